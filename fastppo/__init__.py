@@ -1,0 +1,25 @@
+"""fastppo: exact and sample-based PPO-Clip on large sparse finite MDPs.
+
+Quick start::
+
+    import fastppo
+    mdp = fastppo.garnet(50_000, 10, 10, gamma=0.99, seed=0)
+    ev = fastppo.evaluate(mdp, mdp.uniform_policy(), fastppo.ForwardKL(0.1))
+    d = fastppo.visitation(mdp, mdp.uniform_policy())
+"""
+from ._backend import backend, get_backend, set_backend, set_num_threads, show_backends
+from ._krylov import ConvergenceError
+from .evaluation import Evaluation, evaluate, gradient, softmax, visitation
+from .generators import chain, garnet, gridworld, token_tree
+from .mdp import MDP
+from .regularizers import (AlphaDivergence, ChiSquare, ForwardKL, Hellinger, JensenShannon,
+                           Regularizer, ReverseKL)
+
+__version__ = "0.1.0"
+__all__ = [
+    "MDP", "garnet", "gridworld", "chain", "token_tree",
+    "Regularizer", "ReverseKL", "ForwardKL", "ChiSquare", "Hellinger", "JensenShannon",
+    "AlphaDivergence",
+    "evaluate", "visitation", "gradient", "softmax", "Evaluation", "ConvergenceError",
+    "backend", "set_backend", "get_backend", "set_num_threads", "show_backends",
+]

@@ -1,0 +1,150 @@
+"""The one dispatch point: (kernel name, backend) → callable.
+
+Every kernel is called as ``kernel(*arrays_and_scalars, n_threads)``. Backend
+resolution: explicit ``backend=`` argument → ``fastppo.backend(...)`` context /
+``set_backend()`` → environment variable ``FASTPPO_BACKEND`` → ``"numba"``.
+Thread count: explicit ``n_threads=`` → ``set_num_threads()`` → ``FASTPPO_NUM_THREADS``
+→ the number of CPUs.
+"""
+import contextlib
+import importlib
+import numbers
+import os
+
+BACKENDS = ("numba", "cython", "numpy")
+# kernel file stem → kernel names (identical in kernels/numba, kernels/cython, _reference)
+STEMS = {
+    "linear": ("bellman_matvec", "bellman_rmatvec", "q_values"),
+    "tables": ("segment_softmax", "regularized_reward", "advantages", "policy_gradient"),
+}
+
+_state = {"backend": None, "n_threads": None}
+_cache = {}
+
+
+def _check_backend(name):
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {name!r}")
+    return name
+
+
+def resolve_backend(backend=None):
+    """The backend name in force for a call with ``backend=`` (may be None)."""
+    if backend is not None:
+        return _check_backend(backend)
+    if _state["backend"] is not None:
+        return _state["backend"]
+    env = os.environ.get("FASTPPO_BACKEND")
+    if env:
+        return _check_backend(env)
+    return "numba"
+
+
+def resolve_threads(n_threads=None):
+    """The thread count in force for a call with ``n_threads=`` (may be None)."""
+    if n_threads is None:
+        n_threads = _state["n_threads"]
+    if n_threads is None:
+        env = os.environ.get("FASTPPO_NUM_THREADS")
+        n_threads = int(env) if env else (os.cpu_count() or 1)
+    if isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral) or n_threads < 1:
+        raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
+    return int(n_threads)
+
+
+def set_backend(name):
+    """Set the default backend ("numba", "cython" or "numpy"); None restores the default."""
+    _state["backend"] = None if name is None else _check_backend(name)
+
+
+def get_backend():
+    """The default backend now in force."""
+    return resolve_backend(None)
+
+
+def set_num_threads(n):
+    """Set the default number of threads for kernels (None: all CPUs)."""
+    _state["n_threads"] = None if n is None else resolve_threads(n)
+
+
+@contextlib.contextmanager
+def backend(name=None, n_threads=None):
+    """Context manager: ``with fastppo.backend("cython", n_threads=1): ...``."""
+    old = dict(_state)
+    if name is not None:
+        _state["backend"] = _check_backend(name)
+    if n_threads is not None:
+        _state["n_threads"] = resolve_threads(n_threads)
+    try:
+        yield
+    finally:
+        _state.update(old)
+
+
+def _numba_kernel(serial, parallel):
+    import numba
+
+    def call(*args):
+        *args, n_threads = args
+        if n_threads == 1:
+            return serial(*args)
+        old = numba.get_num_threads()
+        numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            return parallel(*args)
+        finally:
+            numba.set_num_threads(old)
+
+    call.__name__ = serial.__name__.removesuffix("_serial")
+    return call
+
+
+def _load(name, which):
+    stem = next(s for s, names in STEMS.items() if name in names)
+    if which == "numpy":
+        from . import _reference
+        return getattr(_reference, name)
+    try:
+        module = importlib.import_module(f"fastppo._kernels.{which}.{stem}")
+    except ImportError as exc:
+        from ._check_build import raise_build_error
+        raise_build_error(exc)
+    if which == "numba":
+        return _numba_kernel(*module.KERNELS[name])
+    return getattr(module, name)
+
+
+def get_kernel(name, backend=None):
+    """The callable for kernel ``name`` of the resolved backend."""
+    which = resolve_backend(backend)
+    key = (name, which)
+    if key not in _cache:
+        _cache[key] = _load(name, which)
+    return _cache[key]
+
+
+def openmp_enabled():
+    """Whether the Cython kernels were compiled with OpenMP."""
+    from ._kernels.cython import _info
+    return _info.openmp_enabled()
+
+
+def show_backends(file=None):
+    """Print the available backends, thread counts and build facts."""
+    import numba
+    import numpy
+    import scipy
+
+    from . import __version__
+
+    lines = [f"fastppo {__version__} (numpy {numpy.__version__}, scipy {scipy.__version__})"]
+    lines.append(f"  numba   available  (numba {numba.__version__}, "
+                 f"{numba.config.NUMBA_NUM_THREADS} threads, layer {numba.config.THREADING_LAYER})")
+    try:
+        omp = openmp_enabled()
+        lines.append(f"  cython  available  ({'OpenMP' if omp else 'serial build, no OpenMP'})")
+    except ImportError as exc:
+        lines.append(f"  cython  NOT BUILT  ({exc})")
+    lines.append("  numpy   available  (reference implementation)")
+    lines.append(f"  default backend: {get_backend()}, threads: {resolve_threads()}")
+    print("\n".join(lines), file=file)

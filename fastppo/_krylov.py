@@ -1,0 +1,107 @@
+"""Restarted GMRES driven by a fused matrix-free product.
+
+Solves A x = b for the Bellman systems (I − γP_π) v = c and (I − γP_πᵀ) y = μ,
+where ``matvec(x, out)`` writes A x into ``out``. Arnoldi uses classical
+Gram–Schmidt with one re-orthogonalisation (two BLAS gemv per step) and Givens
+rotations; each restart cycle ends with the true residual ‖b − A x‖ / ‖b‖, so the
+reported residual is never an estimate.
+"""
+import numpy as np
+from scipy.linalg import solve_triangular
+
+__all__ = ["ConvergenceError", "gmres"]
+
+
+class ConvergenceError(RuntimeError):
+    """A linear solve did not reach its tolerance within ``max_iter`` products."""
+
+
+def gmres(matvec, b, x0=None, tol=1e-12, restart=40, max_iter=2000, what="linear system"):
+    """Solve A x = b to relative residual ``tol``.
+
+    Parameters
+    ----------
+    matvec : callable ``matvec(x, out)``
+    b : ndarray of shape (n,)
+    x0 : ndarray of shape (n,), optional
+        Initial guess (warm start).
+    tol : float
+        Target relative residual ‖b − A x‖₂ / ‖b‖₂.
+    restart : int
+        Krylov subspace size per cycle.
+    max_iter : int
+        Maximum number of products with A.
+    what : str
+        Named in the error message.
+
+    Returns
+    -------
+    x : ndarray of shape (n,)
+    n_matvec : int
+        Products with A used, including the residual checks.
+    residual : float
+        True relative residual of the returned x.
+
+    Raises
+    ------
+    ConvergenceError
+        If ``tol`` is not reached within ``max_iter`` products.
+    """
+    n = b.shape[0]
+    bnorm = np.linalg.norm(b)
+    x = np.zeros(n) if x0 is None else np.array(x0, dtype=np.float64)
+    if bnorm == 0.0:
+        return np.zeros(n), 0, 0.0
+    m = max(1, min(restart, n))
+    V = np.empty((m + 1, n))
+    H = np.zeros((m + 1, m))
+    w = np.empty(n)
+    n_matvec = 0
+    fresh = x0 is None
+    while True:
+        if fresh:
+            r = b.copy()
+            fresh = False
+        else:
+            matvec(x, w)
+            n_matvec += 1
+            r = b - w
+        beta = np.linalg.norm(r)
+        residual = beta / bnorm
+        if residual <= tol:
+            return x, n_matvec, residual
+        if n_matvec >= max_iter:
+            raise ConvergenceError(
+                f"GMRES on the {what} did not reach tol={tol:g} within max_iter={max_iter} "
+                f"products (relative residual {residual:.3g}); raise max_iter or tol"
+            )
+        np.divide(r, beta, out=V[0])
+        g = np.zeros(m + 1)
+        g[0] = beta
+        cs = np.zeros(m)
+        sn = np.zeros(m)
+        k = 0
+        for j in range(m):
+            matvec(V[j], w)
+            n_matvec += 1
+            Vj = V[: j + 1]
+            h = Vj @ w
+            w -= h @ Vj
+            h2 = Vj @ w
+            w -= h2 @ Vj
+            h += h2
+            hn = np.linalg.norm(w)
+            col = np.append(h, hn)
+            for i in range(j):  # apply earlier rotations
+                col[i], col[i + 1] = cs[i] * col[i] + sn[i] * col[i + 1], -sn[i] * col[i] + cs[i] * col[i + 1]
+            rho = np.hypot(col[j], col[j + 1])
+            cs[j], sn[j] = (1.0, 0.0) if rho == 0.0 else (col[j] / rho, col[j + 1] / rho)
+            col[j], col[j + 1] = rho, 0.0
+            H[: j + 2, j] = col
+            g[j], g[j + 1] = cs[j] * g[j], -sn[j] * g[j]
+            k = j + 1
+            if hn == 0.0 or abs(g[j + 1]) / bnorm <= 0.5 * tol or n_matvec >= max_iter:
+                break
+            np.divide(w, hn, out=V[j + 1])
+        y = solve_triangular(H[:k, :k], g[:k])
+        x += y @ V[:k]

@@ -1,0 +1,305 @@
+"""The one place that turns user input into fastppo's canonical arrays.
+
+Canonical form of an MDP (QuantEcon's state-action-pair layout):
+
+- pairs sorted by (state, action); ``a_indptr`` of shape (n_states + 1,), int64:
+  the pairs of state ``s`` are ``a_indptr[s]:a_indptr[s + 1]`` (never empty);
+- ``a_indices`` of shape (n_pairs,), int64: the action label of each pair,
+  strictly increasing within a state;
+- transitions as CSR of shape (n_pairs, n_states): ``p_indptr`` int64,
+  ``p_indices`` int32 (sorted, distinct within a row), ``p_data`` float64
+  (finite, non-negative, each row summing to 1 within 1e-8);
+- ``r`` of shape (n_pairs,), float64, finite;
+- ``gamma`` in [0, 1); ``rho`` of shape (n_states,), a probability vector.
+
+Every check raises ``ValueError`` (``TypeError`` for wrong types) whose message
+names the first offending state, pair or argument.
+"""
+import numbers
+
+import numpy as np
+import scipy.sparse as sp
+
+ROW_SUM_TOL = 1e-8
+
+
+def check_gamma(gamma):
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
+        raise TypeError(f"gamma must be a real number, got {type(gamma).__name__}")
+    gamma = float(gamma)
+    if not 0.0 <= gamma < 1.0:
+        raise ValueError(f"gamma must be in [0, 1), got {gamma}")
+    return gamma
+
+
+def check_finite(x, name):
+    bad = ~np.isfinite(x)
+    if bad.any():
+        i = np.unravel_index(int(np.argmax(bad)), x.shape)
+        i = i[0] if len(i) == 1 else i
+        raise ValueError(f"{name} must be finite: {name}[{i}] = {x[i]}")
+
+
+def as_float_array(x, name, copy=False):
+    """``x`` as a float64 ndarray; TypeError (not numpy's ValueError) for non-numbers."""
+    try:
+        return np.array(x, dtype=np.float64, copy=copy or None)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an array of real numbers") from None
+
+
+def check_distribution(x, n_states, name):
+    """A probability vector over states (None means uniform)."""
+    if x is None:
+        return np.full(n_states, 1.0 / n_states)
+    x = as_float_array(x, name, copy=True)
+    if x.shape != (n_states,):
+        raise ValueError(f"{name} must have shape ({n_states},), got {x.shape}")
+    check_finite(x, name)
+    if (x < 0).any():
+        s = int(np.argmax(x < 0))
+        raise ValueError(f"{name} must be non-negative: {name}[{s}] = {x[s]}")
+    total = x.sum()
+    if abs(total - 1.0) > ROW_SUM_TOL:
+        raise ValueError(f"{name} must sum to 1, sums to {float(total)!r} (off by {total - 1.0:.3g})")
+    return x
+
+
+def _as_index_array(x, name):
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {x.shape}")
+    if x.size and not np.issubdtype(x.dtype, np.integer):
+        if not np.issubdtype(x.dtype, np.floating) or (x != np.round(x)).any():
+            raise TypeError(f"{name} must hold integers, got dtype {x.dtype}")
+    return x.astype(np.int64)
+
+
+def as_csr(P, shape, name="P"):
+    """A float64 CSR copy of ``P`` (dense or any scipy.sparse) with sorted, summed indices."""
+    if sp.issparse(P):
+        if P.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {P.shape}")
+        # copy first: a CSR built from (data, indices, indptr) views its inputs and
+        # sort_indices / sum_duplicates would reorder the caller's arrays in place
+        P = sp.csr_array(P, dtype=np.float64, copy=True)
+    else:
+        P = np.asarray(P)
+        if P.dtype == object or not (np.issubdtype(P.dtype, np.number) or P.dtype == bool):
+            raise TypeError(f"{name} must be a numeric array or a scipy.sparse matrix")
+        if P.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {P.shape}")
+        # non-finite entries are reported by check_canonical, naming the (s, a) pair
+        P = sp.csr_array(P.astype(np.float64))
+    P.sum_duplicates()
+    P.eliminate_zeros()  # explicit zeros would make the canonical form depend on the input form
+    P.sort_indices()
+    return P
+
+
+def canonical_from_pairs(s_indices, a_indices, P, R, n_states):
+    """Sort and check a state-action-pair MDP; return the canonical arrays.
+
+    Parameters
+    ----------
+    s_indices, a_indices : array_like of shape (n_pairs,)
+    P : array_like or scipy.sparse of shape (n_pairs, n_states)
+    R : array_like of shape (n_pairs,)
+    n_states : int
+
+    Returns
+    -------
+    dict with a_indptr, a_indices, p_indptr, p_indices, p_data, r
+    """
+    s_indices = _as_index_array(s_indices, "s_indices")
+    a_indices = _as_index_array(a_indices, "a_indices")
+    n_pairs = s_indices.size
+    if a_indices.size != n_pairs:
+        raise ValueError(
+            f"s_indices and a_indices must have the same length, got {n_pairs} and {a_indices.size}"
+        )
+    if n_pairs == 0:
+        raise ValueError("the MDP has no state-action pairs")
+    if (s_indices < 0).any() or (s_indices >= n_states).any():
+        k = int(np.argmax((s_indices < 0) | (s_indices >= n_states)))
+        raise ValueError(
+            f"pair {k}: state index {s_indices[k]} out of range [0, {n_states})"
+        )
+    if (a_indices < 0).any():
+        k = int(np.argmax(a_indices < 0))
+        raise ValueError(f"pair {k} (s={s_indices[k]}): negative action index {a_indices[k]}")
+    R = as_float_array(R, "R")
+    if R.shape != (n_pairs,):
+        raise ValueError(f"R must have shape ({n_pairs},), got {R.shape}")
+    P = as_csr(P, (n_pairs, n_states))
+
+    order = np.lexsort((a_indices, s_indices))
+    s_sorted, a_sorted = s_indices[order], a_indices[order]
+    dup = (s_sorted[1:] == s_sorted[:-1]) & (a_sorted[1:] == a_sorted[:-1])
+    if dup.any():
+        k = int(np.argmax(dup))
+        raise ValueError(f"duplicate state-action pair (s={s_sorted[k]}, a={a_sorted[k]})")
+    counts = np.bincount(s_sorted, minlength=n_states)
+    if (counts == 0).any():
+        raise ValueError(f"state {int(np.argmax(counts == 0))} has no actions")
+    for name, x in (("R", R),):
+        bad = ~np.isfinite(x)
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise ValueError(
+                f"{name} must be finite: pair (s={s_indices[k]}, a={a_indices[k]}) has {x[k]}"
+            )
+    P = P[order]
+    P.sort_indices()
+    a_indptr = np.zeros(n_states + 1, dtype=np.int64)
+    np.cumsum(counts, out=a_indptr[1:])
+    arrays = dict(
+        a_indptr=a_indptr,
+        a_indices=a_sorted,
+        p_indptr=P.indptr.astype(np.int64),
+        p_indices=P.indices.astype(np.int32),
+        p_data=P.data.astype(np.float64),
+        r=R[order],
+    )
+    check_canonical(**arrays, n_states=n_states)
+    return arrays
+
+
+def check_canonical(a_indptr, a_indices, p_indptr, p_indices, p_data, r, n_states):
+    """Check canonical arrays in O(nnz) time without copying them.
+
+    Raises ValueError naming the first offending pair (as (s, a)).
+    """
+    if r.ndim != 1:
+        raise ValueError(f"r must be one-dimensional, got shape {r.shape}")
+    n_pairs = r.shape[0]
+    if a_indptr.shape != (n_states + 1,) or a_indptr[0] != 0 or a_indptr[-1] != n_pairs:
+        raise ValueError(
+            f"a_indptr must have length n_states + 1 = {n_states + 1}, start at 0 and end at "
+            f"n_pairs = {n_pairs}; got length {a_indptr.size} from {a_indptr[:1]} to {a_indptr[-1:]}"
+        )
+    counts = np.diff(a_indptr)
+    if (counts <= 0).any():
+        raise ValueError(f"state {int(np.argmax(counts <= 0))} has no actions")
+    if a_indices.shape != (n_pairs,):
+        raise ValueError(f"a_indices must have shape ({n_pairs},), got {a_indices.shape}")
+
+    def pair(k):
+        s = int(np.searchsorted(a_indptr, k, side="right") - 1)
+        return f"pair (s={s}, a={int(a_indices[k])})"
+
+    same_state = np.ones(n_pairs, dtype=bool)
+    same_state[a_indptr[:-1]] = False
+    bad = same_state[1:] & (a_indices[1:] <= a_indices[:-1])
+    if bad.any():
+        raise ValueError(f"{pair(int(np.argmax(bad)) + 1)}: action labels must increase within a state")
+    if (a_indices < 0).any():
+        raise ValueError(f"{pair(int(np.argmax(a_indices < 0)))}: negative action label")
+    bad = ~np.isfinite(r)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(f"R must be finite: {pair(k)} has reward {r[k]}")
+    if p_indptr.shape != (n_pairs + 1,) or p_indptr[0] != 0 or p_indptr[-1] != p_data.size:
+        raise ValueError("p_indptr must have length n_pairs + 1, start at 0 and end at nnz")
+    if p_indices.size != p_data.size:
+        raise ValueError("p_indices and p_data must have the same length")
+    row_len = np.diff(p_indptr)
+    if (row_len < 0).any():
+        raise ValueError(f"p_indptr must be non-decreasing: it decreases at {pair(int(np.argmax(row_len < 0)))}")
+    if p_indices.size:
+        lo, hi = p_indices.min(), p_indices.max()
+        if lo < 0 or hi >= n_states:
+            j = int(np.argmax((p_indices < 0) | (p_indices >= n_states)))
+            k = int(np.searchsorted(p_indptr, j, side="right") - 1)
+            raise ValueError(
+                f"{pair(k)}: next-state index {p_indices[j]} out of range [0, {n_states})"
+            )
+    bad = ~np.isfinite(p_data)
+    if bad.any():
+        j = int(np.argmax(bad))
+        k = int(np.searchsorted(p_indptr, j, side="right") - 1)
+        raise ValueError(f"{pair(k)}: transition probability {p_data[j]} is not finite")
+    bad = p_data < 0
+    if bad.any():
+        j = int(np.argmax(bad))
+        k = int(np.searchsorted(p_indptr, j, side="right") - 1)
+        raise ValueError(
+            f"{pair(k)}: negative transition probability {p_data[j]} to state {p_indices[j]}"
+        )
+    if (row_len == 0).any():
+        raise ValueError(f"{pair(int(np.argmax(row_len == 0)))}: transition row is empty (probabilities sum to 0)")
+    sums = np.add.reduceat(p_data, p_indptr[:-1])
+    bad = np.abs(sums - 1.0) > ROW_SUM_TOL
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(
+            f"{pair(k)}: transition probabilities sum to {float(sums[k])!r} (off by {sums[k] - 1.0:.3g})"
+        )
+    within = np.ones(p_indices.size, dtype=bool)
+    within[p_indptr[:-1]] = False
+    bad = within[1:] & (p_indices[1:] <= p_indices[:-1])
+    if bad.any():
+        j = int(np.argmax(bad)) + 1
+        k = int(np.searchsorted(p_indptr, j, side="right") - 1)
+        raise ValueError(f"{pair(k)}: next-state indices must be sorted and distinct")
+
+
+def pair_table(mdp, x, name, dtype=np.float64):
+    """A per-pair table given as (n_pairs,) or, rectangular MDPs only, (S, A) → (n_pairs,)."""
+    x = np.asarray(x)
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
+    if x.shape == (mdp.n_pairs,):
+        flat = x.astype(dtype, copy=True)
+    elif mdp.is_rectangular and x.shape == (mdp.n_states, mdp.n_actions):
+        flat = x.astype(dtype).reshape(-1)
+    else:
+        extra = f" or ({mdp.n_states}, {mdp.n_actions})" if mdp.is_rectangular else ""
+        raise ValueError(f"{name} must have shape ({mdp.n_pairs},){extra}, got {x.shape}")
+    return np.ascontiguousarray(flat)
+
+
+def check_policy(mdp, pi, name="pi"):
+    """A policy as (n_pairs,) float64: non-negative, finite, summing to 1 in every state."""
+    flat = pair_table(mdp, pi, name)
+    bad = ~np.isfinite(flat) | (flat < 0)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(f"{name} must be finite and non-negative: {mdp.pair_name(k)} has {flat[k]}")
+    sums = np.add.reduceat(flat, mdp.a_indptr[:-1])
+    bad = np.abs(sums - 1.0) > ROW_SUM_TOL
+    if bad.any():
+        s = int(np.argmax(bad))
+        raise ValueError(
+            f"{name} must sum to 1 in every state: state {s} sums to {float(sums[s])!r} "
+            f"(off by {sums[s] - 1.0:.3g})"
+        )
+    return flat
+
+
+def check_logits(mdp, logits, name="logits"):
+    flat = pair_table(mdp, logits, name)
+    bad = ~np.isfinite(flat)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(f"{name} must be finite: {mdp.pair_name(k)} has {flat[k]}")
+    return flat
+
+
+def check_positive(x, name, strict=True, allow_none=False):
+    if x is None and allow_none:
+        return None
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+    x = float(x)
+    if not np.isfinite(x) or (x <= 0 if strict else x < 0):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} 0 and finite, got {x}")
+    return x
+
+
+def check_int(x, name, minimum=1):
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(x).__name__}")
+    if x < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {x}")
+    return int(x)

@@ -1,0 +1,1 @@
+"""Cython kernels (twins of ``kernels/numba``), compiled by setup.py."""

@@ -1,0 +1,1 @@
+"""Numba kernels (twins of ``kernels/cython``)."""

@@ -1,0 +1,61 @@
+"""Sparse products with the policy's transition operator.
+
+``bellman_matvec``:  out = x − γ P_π x        (policy evaluation system)
+``bellman_rmatvec``: out = x − γ P_πᵀ x       (visitation system), scattered into
+                     per-chunk buffers reduced in a fixed order (no atomics)
+``q_values``:        out = r + γ P v          (per pair)
+
+where (P_π x)(s) = Σ_a π(a|s) Σ_s' P(s'|s,a) x(s'). Each kernel is compiled twice
+from one Python function: serial, and ``parallel=True`` (used when n_threads > 1).
+Mirrors kernels/cython/linear.pyx.
+"""
+import numpy as np
+from numba import prange
+
+from ._jit import twins
+
+
+def bellman_matvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out):
+    n_states = out.shape[0]
+    for s in prange(n_states):
+        acc = 0.0
+        for k in range(a_indptr[s], a_indptr[s + 1]):
+            row = 0.0
+            for j in range(p_indptr[k], p_indptr[k + 1]):
+                row += p_data[j] * x[np.uint32(p_indices[j])]
+            acc += pi[k] * row
+        out[s] = x[s] - gamma * acc
+
+
+def bellman_rmatvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out, buf):
+    n_states = out.shape[0]
+    n_chunks = buf.shape[0]
+    for c in prange(n_chunks):
+        y = buf[c]
+        y[:] = 0.0
+        lo = c * n_states // n_chunks
+        hi = (c + 1) * n_states // n_chunks
+        for s in range(lo, hi):
+            xs = x[s]
+            for k in range(a_indptr[s], a_indptr[s + 1]):
+                w = pi[k] * xs
+                for j in range(p_indptr[k], p_indptr[k + 1]):
+                    y[np.uint32(p_indices[j])] += w * p_data[j]
+    for s in prange(n_states):
+        acc = 0.0
+        for c in range(n_chunks):
+            acc += buf[c, s]
+        out[s] = x[s] - gamma * acc
+
+
+def q_values(p_indptr, p_indices, p_data, r, gamma, v, out):
+    n_pairs = out.shape[0]
+    for k in prange(n_pairs):
+        row = 0.0
+        for j in range(p_indptr[k], p_indptr[k + 1]):
+            row += p_data[j] * v[np.uint32(p_indices[j])]
+        out[k] = r[k] + gamma * row
+
+
+
+KERNELS = twins(bellman_matvec, bellman_rmatvec, q_values)
