@@ -117,6 +117,7 @@ def garnet(n_states, n_actions, branching, gamma=0.99, seed=None, locality=None)
         if i:
             t[(succ[:, :i] == t[:, None]).any(axis=1)] = j
         succ[:, i] = t
+    del t
     if locality is not None:  # offsets 0..2k → states s-k..s+k (mod S)
         succ += (np.arange(S, dtype=np.int32) - k).repeat(A)[:, None]
         np.remainder(succ, S, out=succ)
@@ -127,7 +128,8 @@ def garnet(n_states, n_actions, branching, gamma=0.99, seed=None, locality=None)
     p2 /= p2.sum(axis=1, keepdims=True)
     r = rng.random(L)
     return MDP(np.arange(0, L + 1, A, dtype=np.int64), np.tile(np.arange(A, dtype=np.int64), S),
-               np.arange(0, L * b + 1, b, dtype=np.int64), succ.reshape(-1), p, r, gamma)
+               np.arange(0, L * b + 1, b, dtype=np.int64), succ.reshape(-1), p, r, gamma,
+               _copy=False)
 
 
 # ------------------------------------------------------------------------- gridworld
@@ -382,4 +384,4 @@ def token_tree(vocab, depth, gamma=0.99, seed=None):
     rho = np.zeros(N)
     rho[0] = 1.0
     return MDP(np.arange(0, L + 1, Vb, dtype=np.int64), np.tile(np.arange(Vb, dtype=np.int64), N),
-               np.arange(L + 1, dtype=np.int64), succ, np.ones(L), r, gamma, rho)
+               np.arange(L + 1, dtype=np.int64), succ, np.ones(L), r, gamma, rho, _copy=False)

@@ -1,0 +1,46 @@
+# Per-pair f-divergence terms shared by the Cython kernels.
+# code: 0 none, 1 reverse KL, 2 forward KL, 3 chi-square, 4 squared Hellinger,
+# 5 Jensen-Shannon, 6 alpha. p = pi(a|s), q = pi_ref(a|s) > 0.
+# Mirrors kernels/numba/_divergence.py. Included (not cimported) by the kernels.
+from libc.math cimport log, sqrt, pow, INFINITY
+
+
+cdef inline double ref_f(int code, double alpha, double p, double q) noexcept nogil:
+    """q * f(p / q), with the limit at p = 0."""
+    cdef double t, d
+    if code == 1:
+        return p * log(p / q) if p > 0.0 else 0.0
+    if code == 2:
+        return q * log(q / p) if p > 0.0 else INFINITY
+    if code == 3:
+        return (p - q) * (p - q) / q
+    if code == 4:
+        d = sqrt(p) - sqrt(q)
+        return d * d
+    if code == 5:
+        t = p * log(p / q) if p > 0.0 else 0.0
+        return t - (p + q) * log((p + q) / (2.0 * q))
+    if code == 6:
+        if p > 0.0:
+            return (pow(p, 1.0 - alpha) * pow(q, alpha) - (1.0 - alpha) * p - alpha * q) / (alpha * (alpha - 1.0))
+        return q / (1.0 - alpha) if alpha < 1.0 else INFINITY
+    return 0.0
+
+
+cdef inline double p_fprime(int code, double alpha, double p, double q) noexcept nogil:
+    """p * f'(p / q), with the limit at p = 0."""
+    if code == 1:
+        return p * (log(p / q) + 1.0) if p > 0.0 else 0.0
+    if code == 2:
+        return -q
+    if code == 3:
+        return 2.0 * p * (p - q) / q
+    if code == 4:
+        return p - sqrt(p * q)
+    if code == 5:
+        return p * log(2.0 * p / (p + q)) if p > 0.0 else 0.0
+    if code == 6:
+        if p > 0.0:
+            return (p - pow(p, 1.0 - alpha) * pow(q, alpha)) / alpha
+        return 0.0 if alpha < 1.0 else -INFINITY
+    return 0.0

@@ -1,0 +1,89 @@
+"""Per-state segment kernels over the pairs of each state (``a_indptr`` blocks).
+
+``segment_softmax``:    out = softmax of logits within each state (log-sum-exp)
+``regularized_reward``: out[s] = Σ_a π r − τ Σ_a π_ref f(π/π_ref)
+``advantages``:         out = q − Σ_a π q  (per state)
+``policy_gradient``:    out[k] = w(s) π_k [(b_k − Σ_a π b) − τ(f'_k − Σ_a π f')]
+Mirrors kernels/numba/tables.py.
+"""
+from cython.parallel cimport prange
+from libc.math cimport exp
+from libc.stdint cimport int64_t
+
+include "_divergence.pxi"
+
+
+def segment_softmax(const int64_t[::1] a_indptr, const double[::1] logits,  # IN
+                    double[::1] out, int n_threads):                          # OUT
+    """segment_softmax(a_indptr, logits, out, n_threads)"""
+    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, s
+    cdef int64_t k
+    cdef double m, z, e
+    for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
+        m = logits[a_indptr[s]]
+        for k in range(a_indptr[s] + 1, a_indptr[s + 1]):
+            if logits[k] > m:
+                m = logits[k]
+        z = 0.0
+        for k in range(a_indptr[s], a_indptr[s + 1]):
+            e = exp(logits[k] - m)
+            out[k] = e
+            z = z + e
+        for k in range(a_indptr[s], a_indptr[s + 1]):
+            out[k] = out[k] / z
+
+
+def regularized_reward(const int64_t[::1] a_indptr, const double[::1] r, const double[::1] pi,
+                       const double[::1] ref, int code, double alpha, double tau,  # IN
+                       double[::1] out, int n_threads):                            # OUT
+    """regularized_reward(a_indptr, r, pi, ref, code, alpha, tau, out, n_threads)"""
+    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, s
+    cdef int64_t k
+    cdef double acc, div
+    for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
+        acc = 0.0
+        div = 0.0
+        for k in range(a_indptr[s], a_indptr[s + 1]):
+            acc = acc + pi[k] * r[k]
+            if tau != 0.0:
+                div = div + ref_f(code, alpha, pi[k], ref[k])
+        if tau != 0.0:
+            out[s] = acc - tau * div
+        else:
+            out[s] = acc
+
+
+def advantages(const int64_t[::1] a_indptr, const double[::1] pi, const double[::1] q,  # IN
+               double[::1] out, int n_threads):                                        # OUT
+    """advantages(a_indptr, pi, q, out, n_threads)"""
+    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, s
+    cdef int64_t k
+    cdef double mean
+    for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
+        mean = 0.0
+        for k in range(a_indptr[s], a_indptr[s + 1]):
+            mean = mean + pi[k] * q[k]
+        for k in range(a_indptr[s], a_indptr[s + 1]):
+            out[k] = q[k] - mean
+
+
+def policy_gradient(const int64_t[::1] a_indptr, const double[::1] pi, const double[::1] b,
+                    const double[::1] weight, const double[::1] ref, int code, double alpha,
+                    double tau,                                                   # IN
+                    double[::1] out, int n_threads):                              # OUT
+    """policy_gradient(a_indptr, pi, b, weight, ref, code, alpha, tau, out, n_threads)"""
+    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, s
+    cdef int64_t k
+    cdef double mean_b, mean_f, g
+    for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
+        mean_b = 0.0
+        mean_f = 0.0
+        for k in range(a_indptr[s], a_indptr[s + 1]):
+            mean_b = mean_b + pi[k] * b[k]
+            if tau != 0.0:
+                mean_f = mean_f + p_fprime(code, alpha, pi[k], ref[k])
+        for k in range(a_indptr[s], a_indptr[s + 1]):
+            g = pi[k] * (b[k] - mean_b)
+            if tau != 0.0:
+                g = g - tau * (p_fprime(code, alpha, pi[k], ref[k]) - pi[k] * mean_f)
+            out[k] = weight[s] * g

@@ -1,0 +1,58 @@
+"""Shared fixtures: backends, seeds and small MDPs."""
+import os
+import tempfile
+
+# Numba's cache must live outside the package tree (set before numba is imported).
+os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "fastppo-numba-cache"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import fastppo  # noqa: E402
+
+BACKENDS = ["numba", "cython", "numpy"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture(params=[1, 2], ids=lambda n: f"threads{n}")
+def n_threads(request):
+    return request.param
+
+
+def random_mdp(seed, n_states=12, n_actions=3, gamma=0.9, rectangular=True, density=0.4):
+    """A small random MDP; non-rectangular ones have 1..n_actions actions per state,
+    with non-contiguous action labels."""
+    rng = np.random.default_rng(seed)
+    s_idx, a_idx, rows = [], [], []
+    for s in range(n_states):
+        labels = (np.arange(n_actions) if rectangular
+                  else np.sort(rng.choice(2 * n_actions, rng.integers(1, n_actions + 1), replace=False)))
+        for a in labels:
+            p = rng.random(n_states) * (rng.random(n_states) < density)
+            p[rng.integers(n_states)] += 0.1
+            rows.append(p / p.sum())
+            s_idx.append(s)
+            a_idx.append(a)
+    R = rng.normal(size=len(s_idx))
+    rho = rng.random(n_states) + 0.1
+    return fastppo.MDP.from_sa_pairs(s_idx, a_idx, np.array(rows), R, gamma, rho / rho.sum())
+
+
+def random_policy(mdp, seed, sharp=1.0):
+    rng = np.random.default_rng(seed)
+    logits = sharp * rng.normal(size=mdp.n_pairs)
+    return fastppo.softmax(mdp, logits, backend="numpy"), logits
+
+
+@pytest.fixture
+def small_mdp():
+    return random_mdp(0)
+
+
+@pytest.fixture
+def ragged_mdp():
+    return random_mdp(1, rectangular=False)
