@@ -16,6 +16,7 @@ BACKENDS = ("numba", "cython", "numpy")
 STEMS = {
     "linear": ("bellman_matvec", "bellman_rmatvec", "q_values"),
     "tables": ("segment_softmax", "regularized_reward", "advantages", "policy_gradient"),
+    "policy_update": ("greedy_policy", "ppo_update"),
 }
 
 _state = {"backend": None, "n_threads": None}

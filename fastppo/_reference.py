@@ -70,3 +70,72 @@ def policy_gradient(a_indptr, pi, b, weight, ref, code, alpha, tau, out, n_threa
         pf = from_code(code, alpha).p_fprime(pi, ref)
         g -= tau * (pf - pi * _segment_sum(a_indptr, pf)[s])
     out[:] = weight[s] * g
+
+
+# -------------------------------------------------------------- policy update
+def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out, n_threads=1):
+    """p(s) = argmax_p Σ p Q − τ D_f(p ‖ π_ref) and its value, per state.
+
+    τ = 0: first argmax. Reverse KL: p ∝ π_ref exp(Q/τ). Other f: the stationarity
+    condition Q_a − τ f'(p_a/π_ref,a) = ν, solved for ν by vectorised bisection on
+    Σ_a π_ref,a (f')^{-1}((Q_a − ν)/τ) = 1 (200 halvings of [min Q − τf'(1), max Q − τf'(1)]).
+    """
+    s = _states(a_indptr)
+    qmax = np.maximum.reduceat(q, a_indptr[:-1])
+    if tau == 0.0 or code == 0:
+        first = np.zeros(q.shape[0], dtype=bool)
+        is_max = q == qmax[s]
+        idx = np.flatnonzero(is_max)
+        first_idx = idx[np.r_[True, s[idx][1:] != s[idx][:-1]]]
+        first[first_idx] = True
+        pi_out[:] = first
+        value_out[:] = qmax
+        return
+    reg = from_code(code, alpha)
+    if code == 1:
+        e = ref * np.exp((q - qmax[s]) / tau)
+        z = _segment_sum(a_indptr, e)
+        pi_out[:] = e / z[s]
+        value_out[:] = qmax + tau * np.log(z)
+        return
+    shift = tau * float(reg.fprime(np.array(1.0)))
+    lo = np.minimum.reduceat(q, a_indptr[:-1]) - shift
+    hi = qmax - shift
+
+    def mass(nu):
+        with np.errstate(all="ignore"):
+            return ref * reg.fprime_inv((q - nu[s]) / tau)
+
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        big = _segment_sum(a_indptr, mass(mid)) > 1.0
+        lo = np.where(big, mid, lo)
+        hi = np.where(big, hi, mid)
+    p = mass(hi)
+    p /= _segment_sum(a_indptr, p)[s]
+    pi_out[:] = p
+    value_out[:] = _segment_sum(a_indptr, p * q - tau * reg.ref_f(p, ref))
+
+
+def ppo_update(a_indptr, pi_old, adv, weight, ref, code, alpha, tau, eps_low, eps_high,
+               beta, lr, n_steps, theta, pi_out, clipped_out, gsq_out, kl_out, n_threads=1):
+    """``n_steps`` ascent steps on the clipped surrogate (+ β KL(π_old ‖ π_θ) penalty)."""
+    s = _states(a_indptr)
+    reg = from_code(code, alpha)
+    for step in range(n_steps):
+        segment_softmax(a_indptr, theta, pi_out)
+        ratio = pi_out / pi_old
+        active = ((adv > 0) & (ratio < 1 + eps_high)) | ((adv < 0) & (ratio > 1 - eps_low))
+        b = np.where(active, adv, 0.0)
+        g = pi_out * (b - _segment_sum(a_indptr, pi_out * b)[s])
+        if tau != 0.0 and reg is not None:
+            pf = reg.p_fprime(pi_out, ref)
+            g -= tau * (pf - pi_out * _segment_sum(a_indptr, pf)[s])
+        g += beta * (pi_old - pi_out)
+        g *= weight[s]
+        if step == 0:
+            gsq_out[:] = _segment_sum(a_indptr, g * g)
+        clipped_out[:] = _segment_sum(a_indptr, (~active & (adv != 0)).astype(np.int64))
+        theta += lr * g
+    segment_softmax(a_indptr, theta, pi_out)
+    kl_out[:] = _segment_sum(a_indptr, np.where(pi_out > 0, pi_out * np.log(np.where(pi_out > 0, pi_out, 1.0) / pi_old), 0.0))

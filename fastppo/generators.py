@@ -137,6 +137,10 @@ _MOVES = np.array([(-1, 0), (0, 1), (1, 0), (0, -1)])  # up, right, down, left
 _LAYOUT = {"S": "start", "F": "free", ".": "free", "#": "wall", "G": "goal", "T": "trap", "H": "trap"}
 
 
+def _cell(rc):
+    return f"({int(rc[0])}, {int(rc[1])})"
+
+
 def _cells(cells, name, height, width):
     arr = np.asarray(list(cells), dtype=object)
     if arr.size == 0:
@@ -147,7 +151,7 @@ def _cells(cells, name, height, width):
     arr = arr.astype(np.int64)
     bad = (arr < 0).any(axis=1) | (arr[:, 0] >= height) | (arr[:, 1] >= width)
     if bad.any():
-        raise ValueError(f"{name}: cell {tuple(arr[np.argmax(bad)])} is outside the "
+        raise ValueError(f"{name}: cell {_cell(arr[np.argmax(bad)])} is outside the "
                          f"{height}x{width} grid")
     return arr
 
@@ -233,10 +237,11 @@ def gridworld(height=None, width=None, walls=(), goals=None, traps=(), slip=0.1,
     kind = np.zeros((H, W), dtype=np.int8)  # 0 free, 1 wall, 2 goal, 3 trap
     for code, (name, cells) in enumerate((("walls", walls), ("goals", goals), ("traps", traps)), 1):
         cells = _cells(cells, name, H, W)
-        taken = kind[cells[:, 0], cells[:, 1]] != 0
+        taken = kind[cells[:, 0], cells[:, 1]]
         if taken.any():
-            raise ValueError(f"{name}: cell {tuple(cells[np.argmax(taken)])} is already a "
-                             f"{['', 'wall', 'goal', 'trap'][kind[tuple(cells[np.argmax(taken)])]]}")
+            i = int(np.argmax(taken))
+            raise ValueError(f"{name}: cell {_cell(cells[i])} is already a "
+                             f"{['', 'wall', 'goal', 'trap'][taken[i]]}")
         kind[cells[:, 0], cells[:, 1]] = code
     if (kind == 1).all():
         raise ValueError("every cell is a wall: the gridworld has no states")
@@ -267,7 +272,7 @@ def gridworld(height=None, width=None, walls=(), goals=None, traps=(), slip=0.1,
     if start is not None:
         s0 = _cells([start], "start", H, W)[0]
         if kind[s0[0], s0[1]] == 1:
-            raise ValueError(f"start: cell {tuple(s0)} is a wall")
+            raise ValueError(f"start: cell {_cell(s0)} is a wall")
         rho = np.zeros(S)
         rho[index[s0[0], s0[1]]] = 1.0
     elif terminal.all():

@@ -67,6 +67,10 @@ class Regularizer:
     def fprime(self, x):
         raise NotImplementedError
 
+    def fprime_inv(self, y):
+        """(f')^{-1}(y), extended by 0 below the range of f' and +inf above it."""
+        raise NotImplementedError
+
     # per-pair terms (vectorised, exact limits at p = 0)
     def ref_f(self, p, q):
         """q · f(p/q)."""
@@ -115,6 +119,9 @@ class ReverseKL(Regularizer):
         return _xlogy(p, p / q) + p
 
 
+    def fprime_inv(self, y):
+        return np.exp(y - 1.0)
+
 class ForwardKL(Regularizer):
     """τ · KL(π_ref ‖ π), f(x) = −log x."""
 
@@ -132,6 +139,10 @@ class ForwardKL(Regularizer):
         return -np.asarray(q, dtype=np.float64) + 0.0 * p
 
 
+    def fprime_inv(self, y):
+        with np.errstate(divide="ignore"):
+            return np.where(y < 0, -1.0 / np.minimum(y, -0.0), np.inf)
+
 class ChiSquare(Regularizer):
     """τ · χ²(π ‖ π_ref), f(x) = (x − 1)²."""
 
@@ -143,6 +154,9 @@ class ChiSquare(Regularizer):
     def fprime(self, x):
         return 2.0 * (x - 1.0)
 
+
+    def fprime_inv(self, y):
+        return np.maximum(1.0 + 0.5 * y, 0.0)
 
 class Hellinger(Regularizer):
     """τ · H²(π, π_ref), f(x) = (√x − 1)²."""
@@ -159,6 +173,10 @@ class Hellinger(Regularizer):
     def p_fprime(self, p, q):
         return p - np.sqrt(p * q)
 
+
+    def fprime_inv(self, y):
+        with np.errstate(divide="ignore"):
+            return np.where(y < 1, 1.0 / (1.0 - np.minimum(y, 1.0)) ** 2, np.inf)
 
 class JensenShannon(Regularizer):
     """τ · 2 JS(π, π_ref), f(x) = x log x − (x + 1) log((x + 1)/2)."""
@@ -178,6 +196,11 @@ class JensenShannon(Regularizer):
     def p_fprime(self, p, q):
         return _xlogy(p, 2.0 * p / (p + q))
 
+
+    def fprime_inv(self, y):
+        e = np.exp(np.minimum(y, np.log(2.0)))
+        with np.errstate(divide="ignore"):
+            return np.where(y < np.log(2.0), e / (2.0 - e), np.inf)
 
 class AlphaDivergence(Regularizer):
     """τ · D_α(π ‖ π_ref), f(x) = (x^{1−α} − (1−α)x − α) / (α(α−1)), α ∉ {0, 1}.
@@ -210,6 +233,13 @@ class AlphaDivergence(Regularizer):
         with np.errstate(divide="ignore"):
             return (p - np.power(p, 1.0 - a) * np.power(q, a)) / a
 
+
+    def fprime_inv(self, y):
+        a = self.alpha
+        t = 1.0 - a * y
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = np.power(np.maximum(t, 0.0), -1.0 / a)
+        return np.where(t > 0, x, np.inf if a > 0 else 0.0)
 
 REGULARIZERS = {cls.name: cls for cls in
                 (ReverseKL, ForwardKL, ChiSquare, Hellinger, JensenShannon, AlphaDivergence)}

@@ -7,7 +7,6 @@
 Mirrors kernels/numba/tables.py.
 """
 from cython.parallel cimport prange
-from libc.math cimport exp
 from libc.stdint cimport int64_t
 
 include "_divergence.pxi"

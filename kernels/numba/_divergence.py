@@ -52,3 +52,48 @@ def p_fprime(code, alpha, p, q):
             return (p - p ** (1.0 - alpha) * q ** alpha) / alpha
         return 0.0 if alpha < 1.0 else -math.inf
     return 0.0
+
+
+@njit(cache=True, inline="always")
+def fprime_one(code):
+    """f'(1): shifts the bracket of the normaliser ν in the greedy step."""
+    if code == REVERSE_KL:
+        return 1.0
+    if code == FORWARD_KL:
+        return -1.0
+    return 0.0
+
+
+@njit(cache=True, inline="always")
+def fprime_inv(code, alpha, y):
+    """(h(y), h'(y)) with h = (f')^{-1} extended by 0 below and +inf above its range."""
+    if code == REVERSE_KL:
+        h = math.exp(y - 1.0)
+        return h, h
+    if code == FORWARD_KL:
+        if y < 0.0:
+            return -1.0 / y, 1.0 / (y * y)
+        return math.inf, math.inf
+    if code == CHI_SQUARE:
+        if y > -2.0:
+            return 1.0 + 0.5 * y, 0.5
+        return 0.0, 0.0
+    if code == HELLINGER:
+        if y < 1.0:
+            t = 1.0 / (1.0 - y)
+            return t * t, 2.0 * t * t * t
+        return math.inf, math.inf
+    if code == JENSEN_SHANNON:
+        if y < math.log(2.0):
+            e = math.exp(y)
+            return e / (2.0 - e), 2.0 * e / ((2.0 - e) * (2.0 - e))
+        return math.inf, math.inf
+    if code == ALPHA:
+        t = 1.0 - alpha * y
+        if t > 0.0:
+            h = t ** (-1.0 / alpha)
+            return h, h / t
+        if alpha > 0.0:
+            return math.inf, math.inf
+        return 0.0, 0.0
+    return 0.0, 0.0
