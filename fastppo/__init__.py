@@ -12,6 +12,7 @@ from ._krylov import ConvergenceError
 from .evaluation import Evaluation, evaluate, gradient, softmax, visitation
 from .generators import chain, garnet, gridworld, token_tree
 from .mdp import MDP
+from .solvers import NPG, KLPenaltyPPO, PPOClip, RunResult, SoftmaxPG, SolveResult, solve
 from .regularizers import (AlphaDivergence, ChiSquare, ForwardKL, Hellinger, JensenShannon,
                            Regularizer, ReverseKL)
 
@@ -21,5 +22,6 @@ __all__ = [
     "Regularizer", "ReverseKL", "ForwardKL", "ChiSquare", "Hellinger", "JensenShannon",
     "AlphaDivergence",
     "evaluate", "visitation", "gradient", "softmax", "Evaluation", "ConvergenceError",
+    "solve", "PPOClip", "SoftmaxPG", "NPG", "KLPenaltyPPO", "SolveResult", "RunResult",
     "backend", "set_backend", "get_backend", "set_num_threads", "show_backends",
 ]

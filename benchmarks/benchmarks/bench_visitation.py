@@ -1,0 +1,59 @@
+"""fastppo.visitation: d^π_μ = (1−γ)(I − γP_πᵀ)^{-1} μ (one GMRES solve, transposed products)."""
+import fastppo
+
+from .common import (BACKENDS, FAMILIES, SIZES, THREADS, TimeSolve, get_mdp, get_policy,
+                     get_tiny, skip_params, warm)
+
+
+class VisitationSuite(TimeSolve):
+    """Wall time of ``visitation(mdp, pi)`` (μ = ρ uniform) to relative residual 1e-12."""
+
+    params = [BACKENDS, SIZES, FAMILIES, THREADS]
+    param_names = ["backend", "n_states", "family", "n_threads"]
+
+    def setup(self, backend, n_states, family, n_threads):
+        skip_params(backend, n_states, n_threads)
+        self.mdp = get_mdp(family, n_states)
+        self.pi = get_policy(family, n_states)
+        warm(("visitation", backend, n_states, family, n_threads),
+             lambda: self.time_visitation(backend, n_states, family, n_threads))
+
+    def time_visitation(self, backend, n_states, family, n_threads):
+        fastppo.visitation(self.mdp, self.pi, backend=backend, n_threads=n_threads)
+
+
+class VisitationMemory:
+    """Peak RSS of one ``visitation`` (subtract ``peakmem_reference``)."""
+
+    params = [BACKENDS, SIZES, FAMILIES]
+    param_names = ["backend", "n_states", "family"]
+
+    def setup(self, backend, n_states, family):
+        skip_params(backend, n_states)
+        tiny = get_tiny(family)
+        fastppo.visitation(tiny, tiny.uniform_policy(), backend=backend, n_threads=1)
+        self.mdp = get_mdp(family, n_states)
+        self.pi = get_policy(family, n_states)
+
+    def peakmem_reference(self, backend, n_states, family):
+        pass
+
+    def peakmem_visitation(self, backend, n_states, family):
+        fastppo.visitation(self.mdp, self.pi, backend=backend, n_threads=1)
+
+
+class VisitationProducts:
+    """GMRES products with I − γP_πᵀ to reach 1e-12 (algorithmic cost)."""
+
+    params = [SIZES, FAMILIES]
+    param_names = ["n_states", "family"]
+    unit = "products"
+
+    def setup(self, n_states, family):
+        skip_params("numba", n_states)
+        self.mdp = get_mdp(family, n_states)
+        self.pi = get_policy(family, n_states)
+
+    def track_n_matvec(self, n_states, family):
+        res = fastppo.visitation(self.mdp, self.pi, backend="numba", n_threads=1, full_output=True)
+        return res.n_matvec

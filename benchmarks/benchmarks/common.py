@@ -1,0 +1,123 @@
+"""Shared fixtures for the asv suite: memoised fixed-seed MDPs, policies, JIT warm-up.
+
+Three families, because garnet MDPs alone flatter every solver (they mix in a few
+steps, so GMRES needs ~20 products):
+
+- ``"garnet"``: ``fastppo.garnet(S, 10, 10, gamma=0.99, seed=0)``, successors
+  uniform over all states (fast mixing, poor memory locality);
+- ``"local"``: the same with ``locality=50`` (successors within ±50 states: slow
+  mixing, ~150 products, good locality);
+- ``"grid"``: ``fastppo.gridworld(H, W, gamma=0.99)`` with ``H * W = S`` (4 actions,
+  ≤ 3 successors, slip 0.1, one absorbing goal; ~200 products).
+
+Everything is memoised per process: asv re-runs ``setup`` before every timing
+sample, so a ``setup`` must be cheap after its first call. The first call of each
+(operation, backend, n_threads, family, n_states) runs the operation once, so
+Numba's compilation / cache load never lands in a timed call.
+"""
+import functools
+import math
+import os
+
+import numpy as np
+
+import fastppo
+
+BACKENDS = ["numba", "cython", "numpy"]
+SIZES = [1_000, 10_000, 50_000]
+FAMILIES = ["garnet", "local", "grid"]
+THREADS = [1, 2]
+
+N_ACTIONS = 10
+BRANCHING = 10
+LOCALITY = 50
+GAMMA = 0.99
+SEED = 0
+SLOW_SIZE = 50_000  # n_states >= this: only with FASTPPO_ASV_SLOW=1
+
+
+def _skip_slow():
+    """Skip a large benchmark unless FASTPPO_ASV_SLOW=1 (asv: NotImplementedError = skip)."""
+    if os.environ.get("FASTPPO_ASV_SLOW", "0") != "1":
+        raise NotImplementedError("large size: set FASTPPO_ASV_SLOW=1 to run it")
+
+
+def skip_params(backend, n_states, n_threads=1):
+    """Skip the large sizes (see _skip_slow) and numpy with n_threads > 1 (it is serial)."""
+    if n_states >= SLOW_SIZE:
+        _skip_slow()
+    if backend == "numpy" and n_threads != 1:
+        raise NotImplementedError("the numpy backend ignores n_threads")
+
+
+def grid_shape(n_states):
+    """(H, W) with H * W == n_states and H the largest divisor <= sqrt(n_states)."""
+    h = max(d for d in range(1, math.isqrt(n_states) + 1) if n_states % d == 0)
+    return h, n_states // h
+
+
+@functools.lru_cache(maxsize=None)
+def get_mdp(family, n_states):
+    """The fixed-seed MDP of a family with exactly ``n_states`` states."""
+    if family == "garnet":
+        return fastppo.garnet(n_states, N_ACTIONS, BRANCHING, gamma=GAMMA, seed=SEED)
+    if family == "local":
+        return fastppo.garnet(n_states, N_ACTIONS, BRANCHING, gamma=GAMMA, seed=SEED,
+                              locality=LOCALITY)
+    if family == "grid":
+        h, w = grid_shape(n_states)
+        return fastppo.gridworld(h, w, gamma=GAMMA)
+    raise ValueError(f"unknown family {family!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def get_logits(family, n_states):
+    """Fixed-seed logits θ ~ N(0, 1) per pair (a non-uniform, full-support policy)."""
+    mdp = get_mdp(family, n_states)
+    logits = np.random.default_rng(SEED + 1).standard_normal(mdp.n_pairs)
+    logits.flags.writeable = False
+    return logits
+
+
+@functools.lru_cache(maxsize=None)
+def get_policy(family, n_states):
+    """π = softmax(get_logits(...)), flat (n_pairs,)."""
+    mdp = get_mdp(family, n_states)
+    pi = fastppo.softmax(mdp, get_logits(family, n_states), backend="numpy")
+    pi.flags.writeable = False
+    return pi
+
+
+def get_reg():
+    """The regularizer used by evaluate / gradient benchmarks: 0.1 · KL(π ‖ uniform)."""
+    return fastppo.ReverseKL(0.1)
+
+
+_warm = set()
+
+
+def warm(key, func):
+    """Call ``func()`` once per process for ``key`` (JIT compile / cache load, page-in)."""
+    if key not in _warm:
+        func()
+        _warm.add(key)
+
+
+@functools.lru_cache(maxsize=None)
+def get_tiny(family):
+    """A 200-state MDP of the family: warms the JIT for peakmem benchmarks cheaply."""
+    return get_mdp(family, 200)
+
+
+class TimeSolve:
+    """Timing attributes shared by the solver suites (one call = tens to hundreds of products).
+
+    ``setup`` already ran the operation once, so no asv warm-up; one call per sample,
+    2 rounds of up to 3 samples, at most ~2 s of sampling per round.
+    """
+
+    number = 1
+    repeat = (1, 3, 2.0)
+    rounds = 2
+    warmup_time = 0.0
+    timeout = 300

@@ -1,0 +1,414 @@
+r"""The regularized optimum and deterministic (exact) policy-optimization methods.
+
+**Regularized optimum** (``solve``). The regularized Bellman operator
+
+    (T V)(s) = max_{p ∈ Δ} Σ_a p_a [r(s,a) + γ Σ_s' P(s'|s,a) V(s')] − τ D_f(p ‖ π_ref(·|s))
+
+is a γ-contraction. Regularized policy iteration alternates exact evaluation of Ṽ^π
+with the per-state greedy step (a kernel): reverse KL p ∝ π_ref exp(Q/τ); forward
+KL p_a = τ π_ref,a / (ν − Q_a); other f via (f')^{-1} and a 1-D root for ν. τ = 0
+is classic policy iteration (deterministic optimal policy).
+
+**Deterministic actor-only PPO-Clip** (``PPOClip``; arXiv 2512.16565). Each outer
+iteration evaluates Ã_old = Ã^{π_old} and d_old = d^{π_old}_μ exactly, then takes K
+ascent steps θ ← θ + η g on the clipped surrogate
+
+    L(θ) = 1/(1−γ) Σ_s d_old(s) [ Σ_a π_old min(r Ã_old, clip(r, 1−ε_low, 1+ε_high) Ã_old)
+                                  − τ D_f(π_θ(·|s) ‖ π_ref(·|s)) ],   r = π_θ / π_old,
+
+whose gradient in logits is
+g(s,a) = d_old(s)/(1−γ) · π_θ [ (B − Σ π_θ B) − τ (f'(w) − Σ π_θ f'(w)) ],
+B = Ã_old on pairs where the clip is inactive, else 0. At the first inner step g is
+the exact policy gradient (``fastppo.gradient``).
+
+**Step size.** The per-state step is η d_old(s)/(1−γ), and d averages 1/S, so the
+natural η grows like S·(1−γ) times a dimensionless step. ``lr`` is the raw η of the
+update above (comparable with the paper); ``lr=None`` uses the scale-free
+η = ``step`` · (1−γ) / max_s d_0(s) (d_0: visitation of the initial policy), so the
+largest per-state step is ``step`` at the start, at every size. Too large a step makes
+the K inner steps bounce across the clip boundary, and PPO-Clip can then stall at a
+non-optimal fixed point: reduce ``step`` (or ``inner_steps``) if the gap stops falling.
+
+Baselines with the same interface: ``SoftmaxPG`` (exact policy gradient: K = 1, no
+clip), ``NPG`` (natural policy gradient / policy mirror descent with a KL proximal
+term, linearised regularizer: π_new ∝ π_old exp(η (Q̃ − τ f'(π_old/π_ref)))), and
+``KLPenaltyPPO`` (PPO with an adaptive KL penalty β KL(π_old ‖ π_θ) instead of the
+clip; β doubled / halved when the KL leaves [target/1.5, 1.5 target], as in the
+PPO paper).
+"""
+import time
+import warnings
+
+import numpy as np
+
+from . import _validation as V
+from ._backend import get_kernel, resolve_backend, resolve_threads
+from ._krylov import ConvergenceError
+from ._result import Result
+from .evaluation import DEFAULT_TOL, evaluate, reg_args, softmax, visitation
+
+__all__ = ["solve", "PPOClip", "SoftmaxPG", "NPG", "KLPenaltyPPO", "SolveResult", "RunResult"]
+
+
+class SolveResult(Result):
+    """Result of :func:`solve`: ``policy``, ``v``, ``q``, ``adv``, ``J``, ``n_iter``,
+    ``bellman_residual`` (‖TṼ − Ṽ‖∞ at the returned policy), ``n_matvec``, ``converged``."""
+
+
+class RunResult(Result):
+    """Result of ``.run()``: ``policy``, ``logits``, ``v``, ``J``, ``history`` (structured
+    array, one row per outer iteration), ``n_iter``, ``converged``, ``reference`` (J* or None)."""
+
+    def to_pandas(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.history)
+
+
+def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None, n_threads=None):
+    """The globally optimal (regularized) policy by regularized policy iteration.
+
+    Parameters
+    ----------
+    mdp : MDP
+    reg : Regularizer, optional
+        None (or τ = 0): the plain MDP and a deterministic optimal policy.
+    tol : float, default 1e-12
+        Stop when ‖TṼ^π − Ṽ^π‖∞ ≤ tol · max(1, ‖Ṽ^π‖∞) (T: the regularized Bellman
+        operator), or, for τ = 0, when the greedy policy is stable.
+    max_iter : int, default 100
+        Policy-iteration steps.
+    lin_tol : float, default 1e-13
+        Relative residual of each exact evaluation.
+    backend, n_threads
+        Kernel backend and threads (see ``fastppo.set_backend``).
+
+    Returns
+    -------
+    SolveResult
+        ``policy`` (table shape), ``v`` (n_states,), ``q``, ``adv``, ``J``, ``n_iter``,
+        ``bellman_residual``, ``n_matvec``, ``converged``.
+
+    Raises
+    ------
+    ConvergenceError
+        If ``max_iter`` iterations do not reach ``tol``.
+    """
+    tol = V.check_positive(tol, "tol")
+    max_iter = V.check_int(max_iter, "max_iter")
+    which, nt = resolve_backend(backend), resolve_threads(n_threads)
+    uniform = mdp.uniform_policy()
+    code, alpha, tau, ref = reg_args(mdp, reg, uniform)
+    greedy = get_kernel("greedy_policy", which)
+    pi = np.empty(mdp.n_pairs)
+    tv = np.empty(mdp.n_states)
+    if tau > 0:
+        pi[:] = ref
+    else:
+        greedy(mdp.a_indptr, mdp.r, uniform, 0, 0.0, 0.0, pi, tv, nt)
+    v, n_matvec, best = None, 0, np.inf
+    new_pi = np.empty(mdp.n_pairs)
+    for it in range(1, max_iter + 1):
+        ev = evaluate(mdp, pi, reg, v0=v, tol=lin_tol, backend=which, n_threads=nt)
+        v, n_matvec = ev.v, n_matvec + ev.n_matvec
+        greedy(mdp.a_indptr, ev.q, ref, code, alpha, tau, new_pi, tv, nt)
+        residual = float(np.max(np.abs(tv - v)))
+        scale = max(1.0, float(np.max(np.abs(v))))
+        stable = tau == 0 and np.array_equal(new_pi, pi)
+        if residual <= tol * scale or stable:
+            return SolveResult(policy=mdp.to_table(pi.copy()), v=v, q=mdp.to_table(ev.q),
+                               adv=mdp.to_table(ev.adv), J=ev.J, n_iter=it,
+                               bellman_residual=residual, n_matvec=n_matvec, converged=True,
+                               backend=which)
+        if residual >= best and it > 3:  # round-off floor: the evaluation limits the residual
+            warnings.warn(f"solve stopped at iteration {it}: Bellman residual {residual:.3g} no "
+                          f"longer decreases (tol {tol:g} x scale {scale:.3g} is below round-off)",
+                          RuntimeWarning, stacklevel=2)
+            return SolveResult(policy=mdp.to_table(pi.copy()), v=v, q=mdp.to_table(ev.q),
+                               adv=mdp.to_table(ev.adv), J=ev.J, n_iter=it,
+                               bellman_residual=residual, n_matvec=n_matvec, converged=False,
+                               backend=which)
+        best = min(best, residual)
+        pi, new_pi = new_pi, pi
+    raise ConvergenceError(f"solve did not reach tol={tol:g} in max_iter={max_iter} policy-"
+                           f"iteration steps (Bellman residual {residual:.3g})")
+
+
+_HISTORY = [("iter", np.int64), ("J", np.float64), ("gap", np.float64),
+            ("max_abs_adv", np.float64), ("clipfrac", np.float64), ("kl", np.float64),
+            ("grad_norm", np.float64), ("n_matvec", np.int64), ("seconds", np.float64)]
+
+
+class _ExactMethod:
+    """Shared machinery: exact evaluation each outer iteration, history, run loop."""
+
+    def __init__(self, mdp, reg, lr, mu, init, step, reference, backend, n_threads, tol,
+                 warm_start):
+        self.mdp = mdp
+        self.reg = reg
+        self.backend = resolve_backend(backend)
+        self.n_threads = resolve_threads(n_threads)
+        self.tol = V.check_positive(tol, "tol")
+        self.warm_start = bool(warm_start)
+        uniform = mdp.uniform_policy()
+        self._code, self._alpha, self._tau, self._ref = reg_args(mdp, reg, uniform)
+        self.mu = self._weighting(mu)
+        if init is None:
+            ref = uniform if self._tau == 0 else self._ref
+            self.logits = np.log(ref)
+        else:
+            self.logits = V.check_logits(mdp, init, "init")
+        self._table_like = init
+        self.pi = softmax(mdp, self.logits, backend=self.backend, n_threads=self.n_threads)
+        self._v = self._d = None
+        if lr is None:
+            step = V.check_positive(step, "step")
+            d0 = visitation(mdp, self.pi, self.mu, **self._opts())
+            self._d = d0
+            lr = step * (1.0 - mdp.gamma) / float(d0.max())
+        self.lr = V.check_positive(lr, "lr")
+        self.n_iter = 0
+        self._rows = []
+        if reference is True:
+            reference = solve(mdp, reg, backend=self.backend, n_threads=self.n_threads).J
+        elif reference is False:
+            reference = None
+        self.reference = None if reference is None else float(reference)
+
+    def _weighting(self, mu):
+        mdp = self.mdp
+        if mu is None:
+            rho = mdp.rho
+            return rho if (rho > 0).all() else 0.5 * (rho + 1.0 / mdp.n_states)
+        if isinstance(mu, str) and mu == "uniform":
+            return np.full(mdp.n_states, 1.0 / mdp.n_states)
+        mu = V.check_distribution(mu, mdp.n_states, "mu")
+        if (mu <= 0).any():
+            raise ValueError(f"mu must have full support (the convergence theory needs it): "
+                             f"mu[{int(np.argmax(mu <= 0))}] = 0")
+        return mu
+
+    def _opts(self):
+        return dict(tol=self.tol, backend=self.backend, n_threads=self.n_threads)
+
+    def step(self):
+        """One outer iteration; returns its diagnostics (a dict, also appended to history)."""
+        t0 = time.perf_counter()
+        mdp = self.mdp
+        ev = evaluate(mdp, self.pi, self.reg, v0=self._v if self.warm_start else None, **self._opts())
+        info = self._update(ev)
+        if not np.isfinite(self.logits).all():
+            k = int(np.argmax(~np.isfinite(self.logits)))
+            raise FloatingPointError(
+                f"{type(self).__name__}: non-finite logits at iteration {self.n_iter + 1} "
+                f"({mdp.pair_name(k)}); reduce lr")
+        self.n_iter += 1
+        self._v = ev.v
+        row = dict(iter=self.n_iter, J=ev.J,
+                   gap=np.nan if self.reference is None else self.reference - ev.J,
+                   max_abs_adv=float(np.max(np.abs(ev.adv))),
+                   n_matvec=ev.n_matvec + info.pop("n_matvec", 0), **info,
+                   seconds=time.perf_counter() - t0)
+        self._rows.append(row)
+        return row
+
+    def _d_weight(self, pi):
+        res = visitation(self.mdp, pi, self.mu, d0=self._d if self.warm_start else None,
+                         full_output=True, **self._opts())
+        self._d = res.d
+        return res.d / (1.0 - self.mdp.gamma), res.n_matvec
+
+    @property
+    def history(self):
+        """Per-iteration diagnostics as a structured array (fields: iter, J, gap, max_abs_adv,
+        clipfrac, kl, grad_norm, n_matvec, seconds)."""
+        rows = [tuple(r.get(name, np.nan) for name, _ in _HISTORY) for r in self._rows]
+        return np.array(rows, dtype=_HISTORY)
+
+    def run(self, n_iter, tol=None, callback=None, progress=False):
+        """Run ``n_iter`` outer iterations (fewer if ``tol`` is reached).
+
+        Parameters
+        ----------
+        n_iter : int
+        tol : float, optional
+            Stop when the suboptimality J* − J ≤ tol (needs ``reference``), else when
+            the gradient norm ≤ tol.
+        callback : callable, optional
+            ``callback(solver, row)`` after each iteration; returning True stops the run.
+        progress : bool
+            Show a tqdm progress bar with J, the gap and the Krylov products.
+
+        Returns
+        -------
+        RunResult
+        """
+        n_iter = V.check_int(n_iter, "n_iter", minimum=0)
+        tol = V.check_positive(tol, "tol", allow_none=True)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=n_iter, desc=type(self).__name__, unit="it")
+        converged = False
+        try:
+            for _ in range(n_iter):
+                row = self.step()
+                if bar is not None:
+                    post = {"J": f"{row['J']:.6g}", "products": row["n_matvec"]}
+                    if self.reference is not None:
+                        post["gap"] = f"{row['gap']:.2e}"
+                    bar.set_postfix(post, refresh=False)
+                    bar.update()
+                if tol is not None:
+                    measure = row["gap"] if self.reference is not None else row["grad_norm"]
+                    if measure <= tol:
+                        converged = True
+                        break
+                if callback is not None and callback(self, row):
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        final = evaluate(self.mdp, self.pi, self.reg, v0=self._v, **self._opts())
+        return RunResult(policy=self.mdp.to_table(self.pi.copy(), like=self._table_like),
+                         logits=self.mdp.to_table(self.logits.copy(), like=self._table_like),
+                         v=final.v, J=final.J, history=self.history, n_iter=self.n_iter,
+                         converged=converged, reference=self.reference,
+                         gap=np.nan if self.reference is None else self.reference - final.J)
+
+
+class PPOClip(_ExactMethod):
+    """Deterministic actor-only PPO-Clip with an f-divergence regularizer (exact).
+
+    Parameters
+    ----------
+    mdp : MDP
+    reg : Regularizer, optional
+        τ·D_f(π ‖ π_ref); None for the plain MDP.
+    clip : float or (float, float), default 0.2
+        ε, or (ε_low, ε_high) for an asymmetric clip range [1 − ε_low, 1 + ε_high].
+    inner_steps : int, default 10
+        K ascent steps per outer iteration.
+    lr : float, optional
+        Raw step size η of the update (as in the paper). If None, η = step·(1−γ)/max_s d_0(s).
+    mu : array_like of shape (n_states,) or "uniform", optional
+        Weighting distribution with full support; default ``mdp.rho`` (mixed half and
+        half with uniform when ρ lacks full support).
+    init : array_like of shape (n_pairs,) or (S, A), optional
+        Initial logits; default log π_ref.
+    step : float, default 1.0
+        Scale-free step used when ``lr`` is None.
+    reference : bool or float, default False
+        True: compute J* with :func:`solve` so the history records the gap J* − J;
+        a float: J* itself.
+    backend, n_threads
+        Kernel backend and threads.
+    tol : float, default 1e-12
+        Relative residual of the exact linear solves.
+    warm_start : bool, default True
+        Start each solve from the previous iteration's solution.
+    """
+
+    def __init__(self, mdp, reg=None, clip=0.2, inner_steps=10, lr=None, mu=None, init=None, *,
+                 step=1.0, reference=False, backend=None, n_threads=None, tol=DEFAULT_TOL,
+                 warm_start=True):
+        self.eps_low, self.eps_high = _clip_range(clip)
+        self.inner_steps = V.check_int(inner_steps, "inner_steps")
+        self.beta = 0.0
+        super().__init__(mdp, reg, lr, mu, init, step, reference, backend, n_threads, tol,
+                         warm_start)
+
+    def _update(self, ev):
+        mdp = self.mdp
+        weight, n_mv = self._d_weight(self.pi)
+        adv = mdp.to_pairs(ev.adv)
+        pi_old = self.pi
+        pi_new = np.empty(mdp.n_pairs)
+        clipped = np.empty(mdp.n_states, dtype=np.int64)
+        gsq = np.empty(mdp.n_states)
+        kl = np.empty(mdp.n_states)
+        get_kernel("ppo_update", self.backend)(
+            mdp.a_indptr, pi_old, adv, weight, self._ref, self._code, self._alpha, self._tau,
+            self.eps_low, self.eps_high, self.beta, self.lr, self.inner_steps, self.logits,
+            pi_new, clipped, gsq, kl, self.n_threads)
+        self.pi = pi_new
+        return dict(clipfrac=clipped.sum() / mdp.n_pairs, kl=float(self._d @ kl),
+                    grad_norm=float(np.sqrt(gsq.sum())), n_matvec=n_mv)
+
+
+class SoftmaxPG(PPOClip):
+    """Exact softmax policy gradient θ ← θ + η ∇_θ Ṽ(μ) (PPOClip with K = 1 and no clip)."""
+
+    def __init__(self, mdp, reg=None, lr=None, mu=None, init=None, **kwargs):
+        super().__init__(mdp, reg, clip=np.inf, inner_steps=1, lr=lr, mu=mu, init=init, **kwargs)
+
+
+class KLPenaltyPPO(PPOClip):
+    """PPO with an adaptive KL penalty β KL(π_old ‖ π_θ) instead of the clip.
+
+    After each outer iteration, with KL = Σ_s d(s) KL(π_new ‖ π_old): β ← 2β if
+    KL > 1.5·kl_target, β ← β/2 if KL < kl_target/1.5 (Schulman et al., 2017, §4).
+    """
+
+    def __init__(self, mdp, reg=None, kl_target=0.01, beta=1.0, inner_steps=10, lr=None,
+                 mu=None, init=None, **kwargs):
+        super().__init__(mdp, reg, clip=np.inf, inner_steps=inner_steps, lr=lr, mu=mu,
+                         init=init, **kwargs)
+        self.kl_target = V.check_positive(kl_target, "kl_target")
+        self.beta = V.check_positive(beta, "beta", strict=False)
+
+    def _update(self, ev):
+        info = super()._update(ev)
+        info["beta"] = self.beta
+        if info["kl"] > 1.5 * self.kl_target:
+            self.beta *= 2.0
+        elif info["kl"] < self.kl_target / 1.5:
+            self.beta /= 2.0
+        return info
+
+
+class NPG(_ExactMethod):
+    """Natural policy gradient / policy mirror descent with a KL proximal term.
+
+    π_new(·|s) ∝ π_old(·|s) exp(η (Q̃(s,·) − τ f'(π_old/π_ref))), i.e.
+    θ ← θ + η (Q̃ − τ f'(π/π_ref)): the closed-form maximiser of
+    η ⟨p, Q̃ − τ f'(π_old/π_ref)⟩ − KL(p ‖ π_old) (regularizer linearised at π_old).
+    ``lr=None`` uses η = step/τ when τ > 0 and η = step/(1−γ) otherwise.
+    """
+
+    def __init__(self, mdp, reg=None, lr=None, mu=None, init=None, *, step=1.0, **kwargs):
+        if lr is None:
+            tau = 0.0 if reg is None else reg.tau
+            lr = V.check_positive(step, "step") / (tau if tau > 0 else 1.0 / (1.0 - mdp.gamma))
+        super().__init__(mdp, reg, lr, mu, init, step, kwargs.pop("reference", False),
+                         kwargs.pop("backend", None), kwargs.pop("n_threads", None),
+                         kwargs.pop("tol", DEFAULT_TOL), kwargs.pop("warm_start", True))
+        if kwargs:
+            raise TypeError(f"unexpected keyword arguments: {', '.join(kwargs)}")
+
+    def _update(self, ev):
+        mdp = self.mdp
+        q = mdp.to_pairs(ev.q)
+        direction = q
+        if self._tau > 0:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                direction = q - self._tau * self.reg.fprime(self.pi / self._ref)
+        old = self.pi
+        self.logits = self.logits + self.lr * direction
+        self.pi = softmax(mdp, self.logits, backend=self.backend, n_threads=self.n_threads)
+        s = mdp.s_indices
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(self.pi > 0, self.pi * np.log(self.pi / old), 0.0)
+        kl = np.bincount(s, terms, minlength=mdp.n_states)
+        return dict(clipfrac=0.0, kl=float(self.mu @ kl), grad_norm=np.nan)
+
+
+def _clip_range(clip):
+    if np.ndim(clip) == 0:
+        eps = np.inf if clip == np.inf else V.check_positive(clip, "clip")
+        return eps, eps
+    if len(clip) != 2:
+        raise ValueError(f"clip must be a float or a pair (eps_low, eps_high), got {clip!r}")
+    low = V.check_positive(clip[0], "clip[0] (eps_low)")
+    high = V.check_positive(clip[1], "clip[1] (eps_high)")
+    return low, high
