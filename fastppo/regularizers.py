@@ -205,17 +205,21 @@ class JensenShannon(Regularizer):
 class AlphaDivergence(Regularizer):
     """τ · D_α(π ‖ π_ref), f(x) = (x^{1−α} − (1−α)x − α) / (α(α−1)), α ∉ {0, 1}.
 
-    α → 1 recovers reverse KL and α → 0 forward KL; α = 1/2 is 4·H².
+    With this f (x^{1−α}, not x^α) α → 0 recovers reverse KL and α → 1 forward KL;
+    α = 1/2 gives f = 2(√x − 1)², twice the :class:`Hellinger` divergence
+    Σ(√π − √π_ref)² (4·H² in the ½-normalised convention).
     """
 
     code, name = 6, "alpha"
 
     def __init__(self, tau, alpha, ref=None):
         super().__init__(tau, ref)
-        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not np.isfinite(alpha):
-            raise TypeError(f"alpha must be a finite real number, got {alpha!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+            raise TypeError(f"alpha must be a real number, got {type(alpha).__name__}")
+        if not np.isfinite(alpha):
+            raise ValueError(f"alpha must be finite, got {alpha}")
         if alpha in (0, 1):
-            raise ValueError("alpha must not be 0 or 1 (use ForwardKL or ReverseKL)")
+            raise ValueError("alpha must not be 0 or 1 (the limits are ReverseKL at 0 and ForwardKL at 1)")
         self.alpha = float(alpha)
 
     def f(self, x):

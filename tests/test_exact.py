@@ -463,3 +463,131 @@ def test_puterman_two_state_analytic(backend):
         v0 = ((5.0 + 0.95 * 0.5 * v1) / (1 - 0.95 * 0.5)) if pi[0] == 1.0 else 10.0 + 0.95 * v1
         np.testing.assert_allclose(ev.v, [v0, v1], rtol=1e-13)
         assert math.isclose(ev.adv[2], 0.0, abs_tol=1e-13)
+
+
+# ------------------------------------------------------------------ rejection paths
+@pytest.fixture
+def rect():
+    mdp = random_mdp(60, n_states=5, n_actions=3)
+    return mdp, mdp.uniform_policy(), np.zeros(mdp.n_pairs)
+
+
+def _all_calls(mdp, pi, logits, **kw):
+    """evaluate, visitation and gradient with the same options."""
+    return [lambda: fastppo.evaluate(mdp, pi, **kw), lambda: fastppo.visitation(mdp, pi, **kw),
+            lambda: fastppo.gradient(mdp, logits, **kw)]
+
+
+def test_reject_policy_not_summing_to_one(rect):
+    mdp, pi, _ = rect
+    bad = pi.reshape(5, 3).copy()
+    bad[3, 1] += 0.01
+    for call in (fastppo.evaluate, fastppo.visitation):
+        with pytest.raises(ValueError, match=r"pi must sum to 1 in every state: state 3 sums to 1\.01"):
+            call(mdp, bad)
+    bad = pi.copy()
+    bad[3 * 3 + 1] = 0.0  # flat (n_pairs,) form: state 3
+    with pytest.raises(ValueError, match="state 3 sums to 0.66"):
+        fastppo.evaluate(mdp, bad)
+
+
+def test_reject_negative_or_nonfinite_policy(rect):
+    mdp, pi, _ = rect
+    bad = pi.reshape(5, 3).copy()
+    bad[2] = [0.6, -0.2, 0.6]
+    for call in (fastppo.evaluate, fastppo.visitation):
+        with pytest.raises(ValueError, match=r"pi must be finite and non-negative: pair \(s=2, a=1\) has -0\.2"):
+            call(mdp, bad)
+    bad = pi.copy()
+    bad[4] = np.nan
+    with pytest.raises(ValueError, match=r"pi must be finite and non-negative: pair \(s=1, a=1\) has nan"):
+        fastppo.evaluate(mdp, bad)
+
+
+def test_reject_wrong_shapes(rect):
+    mdp, pi, logits = rect
+    for bad in (pi[:-1], pi.reshape(3, 5), pi[None, :], np.float64(1.0)):
+        for call in (fastppo.evaluate, fastppo.visitation):
+            with pytest.raises(ValueError, match=r"pi must have shape \(15,\) or \(5, 3\), got"):
+                call(mdp, bad)
+        with pytest.raises(ValueError, match=r"logits must have shape \(15,\) or \(5, 3\), got"):
+            fastppo.gradient(mdp, np.zeros_like(bad))
+        with pytest.raises(ValueError, match=r"logits must have shape"):
+            fastppo.softmax(mdp, np.zeros_like(bad))
+    ragged = random_mdp(61, n_states=5, n_actions=3, rectangular=False)
+    with pytest.raises(ValueError, match=rf"pi must have shape \({ragged.n_pairs},\), got \(5, 3\)"):
+        fastppo.evaluate(ragged, np.full((5, 3), 1 / 3))
+    with pytest.raises(TypeError, match="pi must be a numeric array"):
+        fastppo.evaluate(mdp, ["a"] * 15)
+
+
+def test_reject_bad_logits(rect):
+    mdp, _, logits = rect
+    bad = logits.copy()
+    bad[7] = np.inf
+    with pytest.raises(ValueError, match=r"logits must be finite: pair \(s=2, a=1\) has inf"):
+        fastppo.gradient(mdp, bad)
+    with pytest.raises(ValueError, match=r"logits must be finite: pair \(s=2, a=1\)"):
+        fastppo.softmax(mdp, bad)
+
+
+def test_reject_bad_mu(rect):
+    mdp, pi, logits = rect
+    cases_ = [
+        (np.full(4, 0.25), r"mu must have shape \(5,\), got \(4,\)"),
+        (np.array([0.5, 0.5, 0.5, -0.5, 0.0]), r"mu must be non-negative: mu\[3\] = -0\.5"),
+        (np.full(5, 0.3), r"mu must sum to 1, sums to 1\.5"),
+        (np.array([np.nan, 1, 0, 0, 0]), r"mu must be finite: mu\[0\] = nan"),
+    ]
+    for mu, msg in cases_:
+        with pytest.raises(ValueError, match=msg):
+            fastppo.visitation(mdp, pi, mu)
+        with pytest.raises(ValueError, match=msg):
+            fastppo.gradient(mdp, logits, None, mu)
+
+
+@pytest.mark.parametrize("name, bad, exc, msg", [
+    ("tol", 0.0, ValueError, r"tol must be > 0 and finite, got 0\.0"),
+    ("tol", -1e-3, ValueError, r"tol must be > 0 and finite, got -0\.001"),
+    ("tol", float("nan"), ValueError, r"tol must be > 0 and finite, got nan"),
+    ("tol", "1e-8", TypeError, r"tol must be a real number, got str"),
+    ("max_iter", 0, ValueError, r"max_iter must be >= 1, got 0"),
+    ("max_iter", 10.0, TypeError, r"max_iter must be an integer, got float"),
+    ("max_iter", True, TypeError, r"max_iter must be an integer, got bool"),
+    ("restart", 0, ValueError, r"restart must be >= 1, got 0"),
+    ("restart", "40", TypeError, r"restart must be an integer, got str"),
+    ("backend", "torch", ValueError, r"backend must be one of 'numba', 'cython', 'numpy'; got 'torch'"),
+    ("backend", "Numba", ValueError, r"backend must be one of .*; got 'Numba'"),
+    ("n_threads", 0, ValueError, r"n_threads must be a positive integer, got 0"),
+    ("n_threads", -2, ValueError, r"n_threads must be a positive integer, got -2"),
+    ("n_threads", 2.0, ValueError, r"n_threads must be a positive integer, got 2\.0"),
+    ("n_threads", True, ValueError, r"n_threads must be a positive integer, got True"),
+])
+def test_reject_bad_solver_options(rect, name, bad, exc, msg):
+    mdp, pi, logits = rect
+    for call in _all_calls(mdp, pi, logits, **{name: bad}):
+        with pytest.raises(exc, match=msg):
+            call()
+    if name in ("backend", "n_threads"):
+        with pytest.raises(exc, match=msg):
+            fastppo.softmax(mdp, logits, **{name: bad})
+
+
+@pytest.mark.parametrize("bad", [0.1, "reverse_kl", fastppo.ReverseKL, np.float64(0.5), {"tau": 0.1}])
+def test_reject_reg_of_the_wrong_type(rect, bad):
+    mdp, pi, logits = rect
+    for call in (lambda: fastppo.evaluate(mdp, pi, bad), lambda: fastppo.gradient(mdp, logits, bad)):
+        with pytest.raises(TypeError, match=r"reg must be a fastppo regularizer \(e\.g\. fastppo\.ForwardKL\(0\.1\)\) or None, got"):
+            call()
+
+
+def test_reject_bad_warm_starts(rect):
+    mdp, pi, _ = rect
+    with pytest.raises(ValueError, match=r"v0 must have shape \(5,\), got \(4,\)"):
+        fastppo.evaluate(mdp, pi, v0=np.zeros(4))
+    with pytest.raises(ValueError, match=r"v0 must be finite: v0\[2\] = inf"):
+        fastppo.evaluate(mdp, pi, v0=np.array([0, 0, np.inf, 0, 0]))
+    with pytest.raises(ValueError, match=r"d0 must have shape \(5,\), got \(5, 1\)"):
+        fastppo.visitation(mdp, pi, d0=np.zeros((5, 1)))
+    with pytest.raises(ValueError, match=r"d0 must be finite: d0\[0\] = nan"):
+        fastppo.visitation(mdp, pi, d0=np.array([np.nan, 0, 0, 0, 0]))

@@ -2,7 +2,7 @@
 import fastppo
 
 from .common import (BACKENDS, FAMILIES, SIZES, THREADS, TimeSolve, get_mdp, get_policy, get_reg,
-                     get_tiny, skip_params, warm)
+                     get_tiny, check_params, warm)
 
 
 class EvaluateSuite(TimeSolve):
@@ -12,7 +12,7 @@ class EvaluateSuite(TimeSolve):
     param_names = ["backend", "n_states", "family", "n_threads"]
 
     def setup(self, backend, n_states, family, n_threads):
-        skip_params(backend, n_states, n_threads)
+        check_params(backend, n_states, n_threads)
         self.mdp = get_mdp(family, n_states)
         self.pi = get_policy(family, n_states)
         self.reg = get_reg()
@@ -30,7 +30,7 @@ class EvaluateMemory:
     param_names = ["backend", "n_states", "family"]
 
     def setup(self, backend, n_states, family):
-        skip_params(backend, n_states)
+        check_params(backend, n_states)
         tiny = get_tiny(family)  # compile / load kernels without touching the large MDP
         fastppo.evaluate(tiny, tiny.uniform_policy(), get_reg(), backend=backend, n_threads=1)
         self.mdp = get_mdp(family, n_states)
@@ -53,7 +53,7 @@ class EvaluateProducts:
     unit = "products"
 
     def setup(self, n_states, family):
-        skip_params("numba", n_states)
+        check_params("numba", n_states)
         self.mdp = get_mdp(family, n_states)
         self.pi = get_policy(family, n_states)
 

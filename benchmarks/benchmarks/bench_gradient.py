@@ -2,7 +2,7 @@
 import fastppo
 
 from .common import (BACKENDS, FAMILIES, SIZES, THREADS, TimeSolve, get_logits, get_mdp, get_reg,
-                     get_tiny, skip_params, warm)
+                     get_tiny, check_params, warm)
 
 
 class GradientSuite(TimeSolve):
@@ -12,7 +12,7 @@ class GradientSuite(TimeSolve):
     param_names = ["backend", "n_states", "family", "n_threads"]
 
     def setup(self, backend, n_states, family, n_threads):
-        skip_params(backend, n_states, n_threads)
+        check_params(backend, n_states, n_threads)
         self.mdp = get_mdp(family, n_states)
         self.logits = get_logits(family, n_states)
         self.reg = get_reg()
@@ -30,7 +30,7 @@ class GradientMemory:
     param_names = ["backend", "n_states", "family"]
 
     def setup(self, backend, n_states, family):
-        skip_params(backend, n_states)
+        check_params(backend, n_states)
         tiny = get_tiny(family)
         fastppo.gradient(tiny, get_logits(family, 200), get_reg(), backend=backend, n_threads=1)
         self.mdp = get_mdp(family, n_states)
@@ -52,7 +52,7 @@ class GradientProducts:
     unit = "products"
 
     def setup(self, n_states, family):
-        skip_params("numba", n_states)
+        check_params("numba", n_states)
         self.mdp = get_mdp(family, n_states)
         self.pi = fastppo.softmax(self.mdp, get_logits(family, n_states), backend="numba")
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from fastppo._backend import get_kernel
 
-from .common import BACKENDS, FAMILIES, SIZES, THREADS, get_mdp, get_policy, skip_params, warm
+from .common import BACKENDS, FAMILIES, SIZES, THREADS, get_mdp, get_policy, check_params, warm
 
 KERNELS = ["bellman_matvec", "bellman_rmatvec", "q_values"]
 
@@ -22,7 +22,7 @@ class KernelSuite:
     warmup_time = 0.0
 
     def setup(self, kernel, backend, n_states, family, n_threads):
-        skip_params(backend, n_states, n_threads)
+        check_params(backend, n_states, n_threads)
         m = get_mdp(family, n_states)
         pi = get_policy(family, n_states)
         x = np.random.default_rng(0).random(m.n_states)

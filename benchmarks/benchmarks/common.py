@@ -42,7 +42,7 @@ def _skip_slow():
         raise NotImplementedError("large size: set FASTPPO_ASV_SLOW=1 to run it")
 
 
-def skip_params(backend, n_states, n_threads=1):
+def check_params(backend, n_states, n_threads=1):
     """Skip the large sizes (see _skip_slow) and numpy with n_threads > 1 (it is serial)."""
     if n_states >= SLOW_SIZE:
         _skip_slow()

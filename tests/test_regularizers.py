@@ -1,0 +1,282 @@
+"""The f-divergence regularizers: generators, derivatives, limits at π = 0, the
+agreement of their NumPy forms with the compiled kernels, and input checking."""
+import math
+
+import numpy as np
+import pytest
+
+import fastppo
+import naive
+from conftest import random_mdp, random_policy
+from fastppo._backend import get_kernel
+
+ALL = [
+    fastppo.ReverseKL(1.0), fastppo.ForwardKL(1.0), fastppo.ChiSquare(1.0), fastppo.Hellinger(1.0),
+    fastppo.JensenShannon(1.0), fastppo.AlphaDivergence(1.0, 0.5), fastppo.AlphaDivergence(1.0, 2.0),
+    fastppo.AlphaDivergence(1.0, -1.0),
+]
+IDS = [repr(r) for r in ALL]
+X = np.concatenate([np.logspace(-8, 3, 200), [1.0, 0.5, 2.0, 1 - 1e-9, 1 + 1e-9]])
+
+
+def _naive_f(reg):
+    name, alpha, _ = naive.spec(reg)
+    f, fp = naive.GENERATORS[name]
+    return (np.vectorize(lambda x: f(x, alpha)), np.vectorize(lambda x: fp(x, alpha)), name, alpha)
+
+
+def _infinite_at_zero(reg):
+    return isinstance(reg, fastppo.ForwardKL) or (isinstance(reg, fastppo.AlphaDivergence) and reg.alpha > 1)
+
+
+# ------------------------------------------------------------------ the generators
+@pytest.mark.parametrize("reg", ALL, ids=IDS)
+def test_f_of_one_is_zero(reg):
+    assert reg.f(np.array(1.0)) == 0.0
+    assert reg.f(np.ones(3)).tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("reg", ALL, ids=IDS)
+def test_f_and_fprime_match_the_spec_table(reg):
+    """The library's f and f' against the SPEC §1 table written out in naive.py."""
+    f, fp, _, _ = _naive_f(reg)
+    np.testing.assert_allclose(reg.f(X), f(X), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(reg.fprime(X), fp(X), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("reg", ALL, ids=IDS)
+def test_f_convex(reg):
+    rng = np.random.default_rng(0)
+    x = np.exp(rng.uniform(-12, 6, 4000))
+    y = np.exp(rng.uniform(-12, 6, 4000))
+    t = rng.random(4000)
+    lhs = reg.f(t * x + (1 - t) * y)
+    rhs = t * reg.f(x) + (1 - t) * reg.f(y)
+    scale = np.abs(reg.f(x)) + np.abs(reg.f(y)) + 1.0
+    assert (lhs <= rhs + 1e-12 * scale).all()
+    # f' non-decreasing
+    grid = np.logspace(-10, 5, 2000)
+    assert (np.diff(reg.fprime(grid)) >= 0).all()
+    # and f ≥ 0 = f(1) is the minimum of q f(p/q) + f'(1)(q - p) terms: f(x) ≥ f'(1)(x − 1)
+    assert (reg.f(grid) >= reg.fprime(np.array(1.0)) * (grid - 1) - 1e-12 * (1 + np.abs(reg.f(grid)))).all()
+
+
+@pytest.mark.parametrize("reg", ALL, ids=IDS)
+def test_fprime_matches_finite_differences(reg):
+    x = np.logspace(-4, 2, 120)
+    h = 1e-5 * x
+    fd = (reg.f(x + h) - reg.f(x - h)) / (2 * h)
+    np.testing.assert_allclose(reg.fprime(x), fd, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("reg", ALL, ids=IDS)
+def test_fprime_inv_inverts_fprime(reg):
+    x = np.logspace(-6, 3, 200)
+    np.testing.assert_allclose(reg.fprime_inv(reg.fprime(x)), x, rtol=1e-9)
+
+
+# ------------------------------------------------------------------ per-pair forms
+@pytest.mark.parametrize("reg", ALL, ids=IDS)
+def test_ref_f_and_p_fprime_definitions(reg):
+    rng = np.random.default_rng(1)
+    p, q = rng.random(500), rng.random(500) + 1e-3
+    f, fp, _, _ = _naive_f(reg)
+    np.testing.assert_allclose(reg.ref_f(p, q), q * f(p / q), rtol=1e-11, atol=1e-14)
+    np.testing.assert_allclose(reg.p_fprime(p, q), p * fp(p / q), rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.parametrize("reg", ALL, ids=IDS)
+def test_limits_at_zero(reg):
+    """ref_f(0, q) = q f(0+) and p_fprime(0, q) = q lim x f'(x): finite exactly where the
+    math is (reverse KL 0, χ² q, H² q, JS q log 2, α<1: q/(1−α); forward KL and α>1: ∞),
+    with no NaN, and continuous from p > 0."""
+    _, _, name, alpha = _naive_f(reg)
+    q = np.array([0.1, 0.5, 1.0])
+    zero = np.zeros(3)
+    with np.errstate(all="raise"):  # no warnings from the NumPy forms either
+        rf = np.asarray(reg.ref_f(zero, q))
+        pf = np.asarray(reg.p_fprime(zero, q))
+    assert not np.isnan(rf).any() and not np.isnan(pf).any()
+    expect_rf = q * naive.f_at_zero(name, alpha)
+    expect_pf = q * naive.x_fprime_at_zero(name, alpha)
+    np.testing.assert_allclose(rf, expect_rf, rtol=1e-15)
+    np.testing.assert_allclose(pf, expect_pf, rtol=1e-15)
+    assert np.isfinite(rf).all() == (not _infinite_at_zero(reg))
+    # continuity: p = 1e-14 is within ~1e-6 of the limit where it is finite
+    tiny = np.full(3, 1e-14)
+    if np.isfinite(expect_rf).all():
+        np.testing.assert_allclose(reg.ref_f(tiny, q), expect_rf, rtol=1e-5, atol=1e-6)
+    if np.isfinite(expect_pf).all():
+        np.testing.assert_allclose(reg.p_fprime(tiny, q), expect_pf, rtol=1e-5, atol=1e-6)
+
+
+def test_known_divergences():
+    """D_f against the closed forms named in the SPEC table."""
+    rng = np.random.default_rng(2)
+    p, q = rng.random(6), rng.random(6)
+    p, q = p / p.sum(), q / q.sum()
+    D = {type(r).__name__ + str(r.alpha): r.ref_f(p, q).sum() for r in ALL}
+    m = (p + q) / 2
+    kl = lambda a, b: float(np.sum(a * np.log(a / b)))  # noqa: E731
+    assert math.isclose(D["ReverseKL0.0"], kl(p, q), rel_tol=1e-13)
+    assert math.isclose(D["ForwardKL0.0"], kl(q, p), rel_tol=1e-13)
+    assert math.isclose(D["ChiSquare0.0"], float(np.sum((p - q) ** 2 / q)), rel_tol=1e-13)
+    assert math.isclose(D["Hellinger0.0"], float(np.sum((np.sqrt(p) - np.sqrt(q)) ** 2)), rel_tol=1e-12)
+    assert math.isclose(D["JensenShannon0.0"], kl(p, m) + kl(q, m), rel_tol=1e-12)  # 2·JS
+    assert math.isclose(D["AlphaDivergence0.5"], 2 * D["Hellinger0.0"], rel_tol=1e-12)  # f = 2(√x−1)²
+    for d in D.values():
+        assert d > 0
+    # D_f(q ‖ q) = 0
+    for r in ALL:
+        assert abs(r.ref_f(q, q).sum()) < 1e-15
+
+
+def test_alpha_limits():
+    """With f(x) = (x^{1−α} − (1−α)x − α)/(α(α−1)): α → 0 is reverse KL, α → 1 forward KL."""
+    rng = np.random.default_rng(3)
+    p, q = rng.random(5), rng.random(5)
+    p, q = p / p.sum(), q / q.sum()
+    rkl, fkl = fastppo.ReverseKL(1.0).ref_f(p, q).sum(), fastppo.ForwardKL(1.0).ref_f(p, q).sum()
+    for eps in (1e-5, -1e-5):
+        assert math.isclose(fastppo.AlphaDivergence(1.0, eps).ref_f(p, q).sum(), rkl, rel_tol=1e-4)
+        assert math.isclose(fastppo.AlphaDivergence(1.0, 1 + eps).ref_f(p, q).sum(), fkl, rel_tol=1e-4)
+
+
+# ------------------------------------------------------------------ NumPy forms = kernel forms
+def _pairs():
+    """(p, q) pairs as singleton 'states': random, extreme and exactly zero p."""
+    rng = np.random.default_rng(4)
+    p = np.concatenate([rng.random(200), [0.0, 1e-300, 1e-30, 1e-8, 0.5, 1 - 1e-12, 1.0, 0.0, 0.3]])
+    q = np.concatenate([rng.random(200) + 1e-6, [0.3, 0.3, 1e-3, 0.9, 0.5, 1.0, 1.0, 1e-6, 0.3]])
+    return p, q
+
+
+@pytest.mark.parametrize("n_threads", [1, 2], ids=lambda n: f"threads{n}")
+@pytest.mark.parametrize("which", ["numba", "cython", "numpy"])
+@pytest.mark.parametrize("reg", ALL, ids=IDS)
+def test_numpy_forms_equal_kernel_forms(reg, which, n_threads):
+    """regularized_reward and policy_gradient on one-pair 'states' (the kernels do not
+    validate, so π need not sum to 1) expose the kernels' ref_f and p_fprime directly."""
+    p, q = _pairs()
+    if _infinite_at_zero(reg):
+        keep = p > 0
+        p, q = p[keep], q[keep]
+    n = p.size
+    a_indptr = np.arange(n + 1, dtype=np.int64)
+    out = np.full(n, np.nan)
+    get_kernel("regularized_reward", which)(a_indptr, np.zeros(n), p, q, reg.code, reg.alpha, 1.0,
+                                            out, n_threads)
+    np.testing.assert_allclose(-out, reg.ref_f(p, q), rtol=1e-12, atol=1e-15)
+    out = np.full(n, np.nan)
+    get_kernel("policy_gradient", which)(a_indptr, p, np.zeros(n), np.ones(n), q, reg.code, reg.alpha,
+                                         1.0, out, n_threads)
+    pf = reg.p_fprime(p, q)
+    np.testing.assert_allclose(out, -(pf - p * pf), rtol=1e-12, atol=1e-15)
+    assert np.isfinite(out).all()
+
+
+def test_kernel_divergence_infinite_at_zero():
+    """Forward KL / α > 1 with π = 0 < π_ref: every backend gives D = +∞ (not NaN)."""
+    a_indptr = np.array([0, 2], dtype=np.int64)
+    p, q = np.array([0.0, 1.0]), np.array([0.5, 0.5])
+    for reg in (fastppo.ForwardKL(1.0), fastppo.AlphaDivergence(1.0, 2.0)):
+        for which in ("numba", "cython", "numpy"):
+            out = np.full(1, np.nan)
+            get_kernel("regularized_reward", which)(a_indptr, np.zeros(2), p, q, reg.code, reg.alpha,
+                                                    1.0, out, 1)
+            assert out[0] == -np.inf, (reg, which)
+
+
+def test_regularized_reward_through_evaluate_gamma_zero():
+    """End to end with γ = 0: v(s) = Σ π r − τ D_f, for a non-uniform reference."""
+    mdp = random_mdp(5, n_states=7, n_actions=3, gamma=0.0)
+    pi, _ = random_policy(mdp, 6)
+    ref = random_policy(mdp, 7)[0]
+    for reg in ALL:
+        r = (type(reg)(0.7, reg.alpha, ref) if isinstance(reg, fastppo.AlphaDivergence)
+             else type(reg)(0.7, ref))
+        for which in ("numba", "cython", "numpy"):
+            v = fastppo.evaluate(mdp, pi, r, backend=which, n_threads=1).v
+            expect = naive.r_pi(mdp, pi) - 0.7 * naive.divergence(mdp, pi, r)
+            assert naive.rel_err(v, expect) <= 1e-14, (r, which)
+
+
+# ------------------------------------------------------------------ rejection
+@pytest.mark.parametrize("cls", [fastppo.ReverseKL, fastppo.ForwardKL, fastppo.ChiSquare,
+                                 fastppo.Hellinger, fastppo.JensenShannon])
+def test_bad_tau(cls):
+    for bad in (-0.1, float("nan"), float("inf"), -np.inf):
+        with pytest.raises(ValueError, match="tau must be finite and >= 0"):
+            cls(bad)
+    for bad in ("0.1", None, True, [0.1], 1j):
+        with pytest.raises(TypeError, match="tau must be a real number"):
+            cls(bad)
+    assert cls(0).tau == 0.0 and cls(np.float32(0.5)).tau == 0.5 and cls(2).tau == 2.0
+
+
+def test_bad_alpha():
+    for bad in (0, 1, 0.0, 1.0, np.float64(1.0)):
+        with pytest.raises(ValueError, match="alpha must not be 0 or 1"):
+            fastppo.AlphaDivergence(0.1, bad)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="alpha must be finite"):
+            fastppo.AlphaDivergence(0.1, bad)
+    for bad in ("2", None, True):
+        with pytest.raises(TypeError, match="alpha must be a real number"):
+            fastppo.AlphaDivergence(0.1, bad)
+    with pytest.raises(ValueError, match="tau must be finite and >= 0"):
+        fastppo.AlphaDivergence(-1.0, 2.0)
+    assert fastppo.AlphaDivergence(0.1, -1).alpha == -1.0
+
+
+@pytest.fixture
+def rect():
+    return random_mdp(8, n_states=5, n_actions=3)
+
+
+def test_ref_with_a_zero_entry(rect):
+    ref = rect.uniform_policy().reshape(5, 3)
+    ref[2] = [0.5, 0.5, 0.0]
+    for cls in (fastppo.ReverseKL, fastppo.ChiSquare):
+        with pytest.raises(ValueError, match=r"ref must have full support: pair \(s=2, a=2\) has probability 0"):
+            fastppo.evaluate(rect, rect.uniform_policy(), cls(0.1, ref))
+    with pytest.raises(ValueError, match=r"full support: pair \(s=2, a=2\)"):
+        fastppo.gradient(rect, np.zeros(rect.n_pairs), fastppo.AlphaDivergence(0.1, 0.5, ref))
+
+
+def test_ref_not_summing_to_one(rect):
+    ref = rect.uniform_policy().reshape(5, 3)
+    ref[3] = [0.5, 0.5, 0.5]
+    with pytest.raises(ValueError, match="ref must sum to 1 in every state: state 3 sums to 1.5"):
+        fastppo.evaluate(rect, rect.uniform_policy(), fastppo.ForwardKL(0.1, ref))
+    ref = rect.uniform_policy()
+    ref[4] = -0.1
+    with pytest.raises(ValueError, match=r"ref must be finite and non-negative: pair \(s=1, a=1\)"):
+        fastppo.evaluate(rect, rect.uniform_policy(), fastppo.ForwardKL(0.1, ref))
+    ref = rect.uniform_policy()
+    ref[0] = np.nan
+    with pytest.raises(ValueError, match=r"ref must be finite and non-negative: pair \(s=0, a=0\)"):
+        fastppo.evaluate(rect, rect.uniform_policy(), fastppo.ForwardKL(0.1, ref))
+
+
+def test_ref_wrong_shape(rect):
+    with pytest.raises(ValueError, match=r"ref must have shape \(15,\) or \(5, 3\), got \(5, 2\)"):
+        fastppo.evaluate(rect, rect.uniform_policy(), fastppo.ReverseKL(0.1, np.full((5, 2), 0.5)))
+    with pytest.raises(ValueError, match=r"ref must have shape \(15,\) or \(5, 3\), got \(14,\)"):
+        fastppo.evaluate(rect, rect.uniform_policy(), fastppo.ReverseKL(0.1, np.full(14, 1 / 3)))
+    with pytest.raises(TypeError, match="ref must be a numeric array"):
+        fastppo.evaluate(rect, rect.uniform_policy(), fastppo.ReverseKL(0.1, "uniform"))
+    ragged = random_mdp(9, n_states=5, n_actions=3, rectangular=False)
+    with pytest.raises(ValueError, match=rf"ref must have shape \({ragged.n_pairs},\), got \(5, 3\)"):
+        fastppo.evaluate(ragged, ragged.uniform_policy(), fastppo.ReverseKL(0.1, np.full((5, 3), 1 / 3)))
+
+
+def test_zero_tau_ignores_ref(rect):
+    """τ = 0 is the plain MDP: the reference is not even consulted."""
+    ev = fastppo.evaluate(rect, rect.uniform_policy(), fastppo.ReverseKL(0.0, "not checked"))
+    np.testing.assert_array_equal(ev.v, fastppo.evaluate(rect, rect.uniform_policy()).v)
+
+
+def test_repr():
+    assert repr(fastppo.ForwardKL(0.25)) == "ForwardKL(tau=0.25, ref=uniform)"
+    assert repr(fastppo.AlphaDivergence(0.5, 2, ref=np.ones(3))) == "AlphaDivergence(tau=0.5, alpha=2.0, ref=given)"
