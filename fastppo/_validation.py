@@ -206,42 +206,60 @@ def check_canonical(a_indptr, a_indices, p_indptr, p_indices, p_data, r, n_state
     row_len = np.diff(p_indptr)
     if (row_len < 0).any():
         raise ValueError(f"p_indptr must be non-decreasing: it decreases at {pair(int(np.argmax(row_len < 0)))}")
-    if p_indices.size:
-        lo, hi = p_indices.min(), p_indices.max()
-        if lo < 0 or hi >= n_states:
-            j = int(np.argmax((p_indices < 0) | (p_indices >= n_states)))
-            k = int(np.searchsorted(p_indptr, j, side="right") - 1)
-            raise ValueError(
-                f"{pair(k)}: next-state index {p_indices[j]} out of range [0, {n_states})"
-            )
-    bad = ~np.isfinite(p_data)
-    if bad.any():
-        j = int(np.argmax(bad))
-        k = int(np.searchsorted(p_indptr, j, side="right") - 1)
-        raise ValueError(f"{pair(k)}: transition probability {p_data[j]} is not finite")
-    bad = p_data < 0
-    if bad.any():
-        j = int(np.argmax(bad))
-        k = int(np.searchsorted(p_indptr, j, side="right") - 1)
+    nnz = p_indices.size
+
+    def where(j):
+        return pair(int(np.searchsorted(p_indptr, j, side="right") - 1))
+
+    j = _first_bad(nnz, lambda lo, hi: (p_indices[lo:hi] < 0) | (p_indices[lo:hi] >= n_states))
+    if j >= 0:
+        raise ValueError(f"{where(j)}: next-state index {p_indices[j]} out of range [0, {n_states})")
+    j = _first_bad(nnz, lambda lo, hi: ~np.isfinite(p_data[lo:hi]))
+    if j >= 0:
+        raise ValueError(f"{where(j)}: transition probability {p_data[j]} is not finite")
+    j = _first_bad(nnz, lambda lo, hi: p_data[lo:hi] < 0)
+    if j >= 0:
         raise ValueError(
-            f"{pair(k)}: negative transition probability {p_data[j]} to state {p_indices[j]}"
-        )
+            f"{where(j)}: negative transition probability {p_data[j]} to state {p_indices[j]}")
     if (row_len == 0).any():
         raise ValueError(f"{pair(int(np.argmax(row_len == 0)))}: transition row is empty (probabilities sum to 0)")
     sums = np.add.reduceat(p_data, p_indptr[:-1])
-    bad = np.abs(sums - 1.0) > ROW_SUM_TOL
-    if bad.any():
-        k = int(np.argmax(bad))
+    sums -= 1.0
+    np.abs(sums, out=sums)
+    k = int(np.argmax(sums))
+    if sums[k] > ROW_SUM_TOL:
+        total = float(p_data[p_indptr[k]:p_indptr[k + 1]].sum())
         raise ValueError(
-            f"{pair(k)}: transition probabilities sum to {float(sums[k])!r} (off by {sums[k] - 1.0:.3g})"
+            f"{pair(k)}: transition probabilities sum to {total!r} (off by {total - 1.0:.3g})"
         )
-    within = np.ones(p_indices.size, dtype=bool)
-    within[p_indptr[:-1]] = False
-    bad = within[1:] & (p_indices[1:] <= p_indices[:-1])
-    if bad.any():
-        j = int(np.argmax(bad)) + 1
-        k = int(np.searchsorted(p_indptr, j, side="right") - 1)
-        raise ValueError(f"{pair(k)}: next-state indices must be sorted and distinct")
+    del sums
+
+    def unsorted(lo, hi):
+        lo = max(lo, 1)
+        bad = p_indices[lo:hi] <= p_indices[lo - 1:hi - 1]
+        starts = p_indptr[np.searchsorted(p_indptr, lo):np.searchsorted(p_indptr, hi)]
+        bad[starts - lo] = False  # a row start may be smaller than the previous row's end
+        return bad
+
+    j = _first_bad(nnz, unsorted, offset=1)
+    if j >= 0:
+        raise ValueError(f"{where(j)}: next-state indices must be sorted and distinct")
+
+
+_CHUNK = 1 << 22
+
+
+def _first_bad(n, is_bad, offset=0):
+    """First index j in [offset, n) flagged by ``is_bad(lo, hi)`` (a bool array for j in
+    [max(lo, offset), hi)), checked in chunks so no full-size temporary is made; -1 if none."""
+    for lo in range(0, n, _CHUNK):
+        hi = min(n, lo + _CHUNK)
+        if hi <= offset:
+            continue
+        bad = is_bad(lo, hi)
+        if bad.any():
+            return max(lo, offset) + int(np.argmax(bad))
+    return -1
 
 
 def pair_table(mdp, x, name, dtype=np.float64):
