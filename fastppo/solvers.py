@@ -116,6 +116,16 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
         scale = max(1.0, float(np.max(np.abs(v))))
         stable = tau == 0 and np.array_equal(new_pi, pi)
         if residual <= tol * scale or stable:
+            if tau > 0:
+                # Policy iteration is Newton's method: Ṽ^π is second order in the policy
+                # error, so a tiny residual certifies v but π itself is only ~sqrt(residual)
+                # from the optimum. The greedy policy of this v is first-order accurate
+                # (error ~ residual/τ): return it, with its own exact evaluation.
+                pi, new_pi = new_pi, pi
+                ev = evaluate(mdp, pi, reg, v0=v, tol=lin_tol, backend=which, n_threads=nt)
+                v, n_matvec = ev.v, n_matvec + ev.n_matvec
+                greedy(mdp.a_indptr, ev.q, ref, code, alpha, tau, new_pi, tv, nt)
+                residual = float(np.max(np.abs(tv - v)))
             return SolveResult(policy=mdp.to_table(pi.copy()), v=v, q=mdp.to_table(ev.q),
                                adv=mdp.to_table(ev.adv), J=ev.J, n_iter=it,
                                bellman_residual=residual, n_matvec=n_matvec, converged=True,
@@ -195,13 +205,11 @@ class _ExactMethod:
         """One outer iteration; returns its diagnostics (a dict, also appended to history)."""
         t0 = time.perf_counter()
         mdp = self.mdp
+        if self.n_iter == 0:
+            self._check_iterate(1, "the init logits are too far apart")
         ev = evaluate(mdp, self.pi, self.reg, v0=self._v if self.warm_start else None, **self._opts())
         info = self._update(ev)
-        if not np.isfinite(self.logits).all():
-            k = int(np.argmax(~np.isfinite(self.logits)))
-            raise FloatingPointError(
-                f"{type(self).__name__}: non-finite logits at iteration {self.n_iter + 1} "
-                f"({mdp.pair_name(k)}); reduce lr")
+        self._check_iterate(self.n_iter + 1)
         self.n_iter += 1
         self._v = ev.v
         row = dict(iter=self.n_iter, J=ev.J,
@@ -211,6 +219,32 @@ class _ExactMethod:
                    seconds=time.perf_counter() - t0)
         self._rows.append(row)
         return row
+
+    # PPO-type updates divide by π_old (the ratio π_θ/π_old): a policy that underflowed to
+    # exactly 0 (logits ~745 apart) would make it 0/0 in the next iteration.
+    _zeros_ok = False
+
+    def _check_logits(self, it, hint="reduce lr"):
+        bad = ~np.isfinite(self.logits)
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise FloatingPointError(
+                f"{type(self).__name__}: non-finite logits at iteration {it} "
+                f"({self.mdp.pair_name(k)}: {self.logits[k]}); {hint}")
+
+    def _check_iterate(self, it, hint="reduce lr"):
+        """FloatingPointError naming iteration ``it`` if the iterate left the range of doubles."""
+        self._check_logits(it, hint)
+        if not self._zeros_ok and not (self.pi > 0).all():
+            k = int(np.argmax(~(self.pi > 0)))
+            s = int(self.mdp.s_indices[k])
+            theta = self.logits[self.mdp.a_indptr[s]:self.mdp.a_indptr[s + 1]]
+            with np.errstate(over="ignore"):
+                span = float(theta.max() - theta.min())
+            raise FloatingPointError(
+                f"{type(self).__name__}: the policy underflowed to 0 at iteration {it} "
+                f"({self.mdp.pair_name(k)}; the logits of state {s} span {span:.3g}), and the "
+                f"update divides by it or takes its log; {hint}")
 
     def _d_weight(self, pi):
         res = visitation(self.mdp, pi, self.mu, d0=self._d if self.warm_start else None,
@@ -332,7 +366,9 @@ class PPOClip(_ExactMethod):
             self.eps_low, self.eps_high, self.beta, self.lr, self.inner_steps, self.logits,
             pi_new, clipped, gsq, kl, self.n_threads)
         self.pi = pi_new
-        return dict(clipfrac=clipped.sum() / mdp.n_pairs, kl=float(self._d @ kl),
+        # KL ≥ 0; the per-state sums Σ π log(π/π_old) round to ±1e-17 once π ≈ π_old
+        return dict(clipfrac=clipped.sum() / mdp.n_pairs,
+                    kl=float(self._d @ np.maximum(kl, 0.0)),
                     grad_norm=float(np.sqrt(gsq.sum())), n_matvec=n_mv)
 
 
@@ -379,12 +415,17 @@ class NPG(_ExactMethod):
     def __init__(self, mdp, reg=None, lr=None, mu=None, init=None, *, step=1.0, **kwargs):
         if lr is None:
             tau = 0.0 if reg is None else reg.tau
-            lr = V.check_positive(step, "step") / (tau if tau > 0 else 1.0 / (1.0 - mdp.gamma))
+            step = V.check_positive(step, "step")
+            lr = step / tau if tau > 0 else step / (1.0 - mdp.gamma)
         super().__init__(mdp, reg, lr, mu, init, step, kwargs.pop("reference", False),
                          kwargs.pop("backend", None), kwargs.pop("n_threads", None),
                          kwargs.pop("tol", DEFAULT_TOL), kwargs.pop("warm_start", True))
         if kwargs:
             raise TypeError(f"unexpected keyword arguments: {', '.join(kwargs)}")
+        # NPG adds Q̃ − τ f'(π/π_ref) to the logits (no ratio): a zero probability is harmless
+        # unless f'(0) is infinite (reverse/forward KL, Hellinger, JS, alpha > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self._zeros_ok = self._tau == 0 or bool(np.isfinite(self.reg.fprime(np.array(0.0))))
 
     def _update(self, ev):
         mdp = self.mdp
@@ -395,12 +436,13 @@ class NPG(_ExactMethod):
                 direction = q - self._tau * self.reg.fprime(self.pi / self._ref)
         old = self.pi
         self.logits = self.logits + self.lr * direction
+        self._check_logits(self.n_iter + 1)  # before softmax, which rejects non-finite input
         self.pi = softmax(mdp, self.logits, backend=self.backend, n_threads=self.n_threads)
         s = mdp.s_indices
         with np.errstate(divide="ignore", invalid="ignore"):
             terms = np.where(self.pi > 0, self.pi * np.log(self.pi / old), 0.0)
         kl = np.bincount(s, terms, minlength=mdp.n_states)
-        return dict(clipfrac=0.0, kl=float(self.mu @ kl), grad_norm=np.nan)
+        return dict(clipfrac=0.0, kl=float(self.mu @ np.maximum(kl, 0.0)), grad_norm=np.nan)
 
 
 def _clip_range(clip):

@@ -271,10 +271,11 @@ def test_ref_wrong_shape(rect):
         fastppo.evaluate(ragged, ragged.uniform_policy(), fastppo.ReverseKL(0.1, np.full((5, 3), 1 / 3)))
 
 
-def test_zero_tau_ignores_ref(rect):
-    """τ = 0 is the plain MDP: the reference is not even consulted."""
-    ev = fastppo.evaluate(rect, rect.uniform_policy(), fastppo.ReverseKL(0.0, "not checked"))
-    np.testing.assert_array_equal(ev.v, fastppo.evaluate(rect, rect.uniform_policy()).v)
+def test_zero_tau_is_the_plain_mdp(rect):
+    ref = random_policy(rect, 1)[0]
+    plain = fastppo.evaluate(rect, rect.uniform_policy(), None).v
+    for reg in (fastppo.ReverseKL(0.0, ref), fastppo.AlphaDivergence(0.0, 2.0, ref)):
+        np.testing.assert_array_equal(fastppo.evaluate(rect, rect.uniform_policy(), reg).v, plain)
 
 
 def test_repr():

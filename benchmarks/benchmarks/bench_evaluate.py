@@ -1,7 +1,7 @@
 """fastppo.evaluate: regularized Ṽ, Q̃, Ã of a fixed policy (one GMRES solve + tables)."""
 import fastppo
 
-from .common import (BACKENDS, FAMILIES, SIZES, THREADS, TimeSolve, get_mdp, get_policy, get_reg,
+from .common import (BACKENDS, FAMILIES, MEM_SIZES, SIZES, THREADS, TimeSolve, get_mdp, get_policy, get_reg,
                      get_tiny, check_params, warm)
 
 
@@ -26,7 +26,7 @@ class EvaluateSuite(TimeSolve):
 class EvaluateMemory:
     """Peak RSS of one ``evaluate`` (subtract ``peakmem_reference``: process + MDP + JIT)."""
 
-    params = [BACKENDS, SIZES, FAMILIES]
+    params = [BACKENDS, MEM_SIZES, FAMILIES]
     param_names = ["backend", "n_states", "family"]
 
     def setup(self, backend, n_states, family):

@@ -1,7 +1,7 @@
 """fastppo.gradient: exact ∂Ṽ(ρ)/∂θ of the softmax policy (softmax + two solves + tables)."""
 import fastppo
 
-from .common import (BACKENDS, FAMILIES, SIZES, THREADS, TimeSolve, get_logits, get_mdp, get_reg,
+from .common import (BACKENDS, FAMILIES, MEM_SIZES, SIZES, THREADS, TimeSolve, get_logits, get_mdp, get_reg,
                      get_tiny, check_params, warm)
 
 
@@ -26,7 +26,7 @@ class GradientSuite(TimeSolve):
 class GradientMemory:
     """Peak RSS of one ``gradient`` (subtract ``peakmem_reference``)."""
 
-    params = [BACKENDS, SIZES, FAMILIES]
+    params = [BACKENDS, MEM_SIZES, FAMILIES]
     param_names = ["backend", "n_states", "family"]
 
     def setup(self, backend, n_states, family):

@@ -17,8 +17,8 @@ class KernelSuite:
     params = [KERNELS, BACKENDS, SIZES, FAMILIES, THREADS]
     param_names = ["kernel", "backend", "n_states", "family", "n_threads"]
     number = 5
-    repeat = (3, 10, 0.5)
-    rounds = 2
+    repeat = (3, 10, 0.25)
+    rounds = 1
     warmup_time = 0.0
 
     def setup(self, kernel, backend, n_states, family, n_threads):

@@ -1,7 +1,7 @@
 """fastppo.visitation: d^π_μ = (1−γ)(I − γP_πᵀ)^{-1} μ (one GMRES solve, transposed products)."""
 import fastppo
 
-from .common import (BACKENDS, FAMILIES, SIZES, THREADS, TimeSolve, get_mdp, get_policy,
+from .common import (BACKENDS, FAMILIES, MEM_SIZES, SIZES, THREADS, TimeSolve, get_mdp, get_policy,
                      get_tiny, check_params, warm)
 
 
@@ -25,7 +25,7 @@ class VisitationSuite(TimeSolve):
 class VisitationMemory:
     """Peak RSS of one ``visitation`` (subtract ``peakmem_reference``)."""
 
-    params = [BACKENDS, SIZES, FAMILIES]
+    params = [BACKENDS, MEM_SIZES, FAMILIES]
     param_names = ["backend", "n_states", "family"]
 
     def setup(self, backend, n_states, family):
