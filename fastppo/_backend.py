@@ -41,13 +41,24 @@ def resolve_backend(backend=None):
     return "numba"
 
 
-def resolve_threads(n_threads=None):
-    """The thread count in force for a call with ``n_threads=`` (may be None)."""
+SERIAL_BELOW = 100_000  # transition nonzeros below which the default runs serially
+
+
+def resolve_threads(n_threads=None, work=None):
+    """The thread count in force for a call with ``n_threads=`` (may be None).
+
+    When nothing sets it (argument, ``set_num_threads``, ``FASTPPO_NUM_THREADS``), all
+    CPUs are used, except for problems with ``work`` < 100,000 transition nonzeros,
+    where starting threads costs more than it saves.
+    """
     if n_threads is None:
         n_threads = _state["n_threads"]
     if n_threads is None:
         env = os.environ.get("FASTPPO_NUM_THREADS")
-        n_threads = int(env) if env else (os.cpu_count() or 1)
+        if env:
+            n_threads = int(env)
+        else:
+            n_threads = 1 if work is not None and work < SERIAL_BELOW else (os.cpu_count() or 1)
     if isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral) or n_threads < 1:
         raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
     return int(n_threads)

@@ -58,6 +58,7 @@ def gmres(matvec, b, x0=None, tol=1e-12, restart=40, max_iter=2000, what="linear
     w = np.empty(n)
     n_matvec = 0
     fresh = x0 is None
+    last, stalls = np.inf, 0
     while True:
         if fresh:
             r = b.copy()
@@ -75,6 +76,16 @@ def gmres(matvec, b, x0=None, tol=1e-12, restart=40, max_iter=2000, what="linear
                 f"GMRES on the {what} did not reach tol={tol:g} within max_iter={max_iter} "
                 f"products (relative residual {residual:.3g}); raise max_iter or tol"
             )
+        if residual > 0.99 * last:  # a whole restart cycle gained < 1 %: round-off floor
+            stalls += 1
+            if stalls == 3:
+                raise ConvergenceError(
+                    f"GMRES on the {what} stalled at relative residual {residual:.3g} after "
+                    f"{n_matvec} products, above tol={tol:g}: the tolerance is below what "
+                    f"round-off allows for this system; raise tol")
+        else:
+            stalls = 0
+        last = residual
         np.divide(r, beta, out=V[0])
         g = np.zeros(m + 1)
         g[0] = beta

@@ -126,7 +126,7 @@ def evaluate(mdp, pi, reg=None, *, v0=None, tol=DEFAULT_TOL, max_iter=None,
     code, alpha, tau, ref = reg_args(mdp, reg, flat)
     tol, max_iter, restart = _solver_args(tol, max_iter, restart)
     v0 = _guess(v0, mdp.n_states, "v0")
-    which, nt = resolve_backend(backend), resolve_threads(n_threads)
+    which, nt = resolve_backend(backend), resolve_threads(n_threads, mdp.p_data.size)
     k = lambda name: get_kernel(name, which)  # noqa: E731
 
     c = np.empty(mdp.n_states)
@@ -135,7 +135,7 @@ def evaluate(mdp, pi, reg=None, *, v0=None, tol=DEFAULT_TOL, max_iter=None,
     matvec = k("bellman_matvec")
     args = (mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data, flat, mdp.gamma)
     v, n_matvec, residual = gmres(lambda x, out: matvec(*args, x, out, nt), c, v0, tol, restart,
-                                  max_iter, what="evaluation system (I - gamma P_pi) v = r_pi")
+                                  max_iter, what="evaluation system (I - gamma P_pi) v = r_pi - tau D_f(pi)")
     q = np.empty(mdp.n_pairs)
     k("q_values")(mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r, mdp.gamma, v, q, nt)
     adv = np.empty(mdp.n_pairs)
@@ -170,7 +170,7 @@ def visitation(mdp, pi, mu=None, *, d0=None, tol=DEFAULT_TOL, max_iter=None,
     mu = mdp.rho if mu is None else V.check_distribution(mu, mdp.n_states, "mu")
     tol, max_iter, restart = _solver_args(tol, max_iter, restart)
     d0 = _guess(d0, mdp.n_states, "d0")
-    which, nt = resolve_backend(backend), resolve_threads(n_threads)
+    which, nt = resolve_backend(backend), resolve_threads(n_threads, mdp.p_data.size)
     rmatvec = get_kernel("bellman_rmatvec", which)
     buf = np.empty((nt, mdp.n_states))
     args = (mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data, flat, mdp.gamma)
@@ -200,7 +200,8 @@ def softmax(mdp, logits, *, backend=None, n_threads=None):
     """
     flat = V.check_logits(mdp, logits)
     out = np.empty_like(flat)
-    get_kernel("segment_softmax", backend)(mdp.a_indptr, flat, out, resolve_threads(n_threads))
+    nt = resolve_threads(n_threads, mdp.p_data.size)
+    get_kernel("segment_softmax", backend)(mdp.a_indptr, flat, out, nt)
     return mdp.to_table(out, like=logits)
 
 
@@ -222,7 +223,7 @@ def gradient(mdp, logits, reg=None, mu=None, *, tol=DEFAULT_TOL, max_iter=None,
     -------
     grad : ndarray of the shape of ``logits``
     """
-    which, nt = resolve_backend(backend), resolve_threads(n_threads)
+    which, nt = resolve_backend(backend), resolve_threads(n_threads, mdp.p_data.size)
     opts = dict(tol=tol, max_iter=max_iter, restart=restart, backend=which, n_threads=nt)
     pi = softmax(mdp, V.check_logits(mdp, logits), backend=which, n_threads=nt)
     ev = evaluate(mdp, pi, reg, **opts)

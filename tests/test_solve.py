@@ -65,7 +65,8 @@ GEN = {
     "ChiSquare": (lambda x, a: (x - 1.0) ** 2, lambda y, a: max(0.0, 1.0 + 0.5 * y)),
     "Hellinger": (lambda x, a: (math.sqrt(x) - 1.0) ** 2,
                   lambda y, a: 1.0 / (1.0 - y) ** 2 if y < 1.0 else math.inf),
-    "JensenShannon": (lambda x, a: x * math.log(x) - (x + 1.0) * math.log((x + 1.0) / 2.0), _js_inv),
+    "JensenShannon": (lambda x, a: x * math.log(x) - (x + 1.0) * math.log((x + 1.0) / 2.0),
+                      _js_inv),
     "AlphaDivergence": (lambda x, a: (x ** (1.0 - a) - (1.0 - a) * x - a) / (a * (a - 1.0)),
                         _alpha_inv),
 }
