@@ -59,9 +59,10 @@ def reg_args(mdp, reg, pi):
         return 0, 0.0, 0.0, pi
     if not isinstance(reg, Regularizer):
         raise TypeError(f"reg must be a fastppo regularizer (e.g. fastppo.ForwardKL(0.1)) or None, got {reg!r}")
+    ref = reg.reference_policy(mdp)  # validated even when τ = 0
     if reg.tau == 0.0:
-        return 0, 0.0, 0.0, pi
-    return reg.code, reg.alpha, reg.tau, reg.reference_policy(mdp)
+        return 0, 0.0, 0.0, ref
+    return reg.code, reg.alpha, reg.tau, ref
 
 
 def _solver_args(tol, max_iter, restart):

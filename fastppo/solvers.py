@@ -276,6 +276,13 @@ class _ExactMethod:
         Returns
         -------
         RunResult
+
+        Raises
+        ------
+        FloatingPointError
+            If an iterate leaves the range of doubles (non-finite logits, or a probability
+            that underflowed to 0 where the next update divides by it or takes its log),
+            naming the iteration; usually the step is too large.
         """
         n_iter = V.check_int(n_iter, "n_iter", minimum=0)
         tol = V.check_positive(tol, "tol", allow_none=True)
