@@ -46,6 +46,7 @@ from ._backend import get_kernel, resolve_backend, resolve_threads
 from ._krylov import ConvergenceError
 from ._result import Result
 from .evaluation import DEFAULT_TOL, evaluate, reg_args, softmax, visitation
+from .regularizers import ReverseKL
 
 __all__ = ["solve", "PPOClip", "SoftmaxPG", "NPG", "KLPenaltyPPO", "SolveResult", "RunResult"]
 
@@ -291,9 +292,21 @@ class _ExactMethod:
             from tqdm.auto import tqdm
             bar = tqdm(total=n_iter, desc=type(self).__name__, unit="it")
         converged = False
+        still = 0
         try:
             for _ in range(n_iter):
+                last_J = self._rows[-1]["J"] if self._rows else np.nan
                 row = self.step()
+                # a run whose J no longer moves while the gradient is not small has stalled
+                # (e.g. PPO-Clip's inner steps cycling across the clip boundary)
+                moving = abs(row["J"] - last_J) > 1e-14 * max(1.0, abs(row["J"]))
+                still = 0 if moving or not row["grad_norm"] > 1e-8 else still + 1
+                if still == 5:
+                    warnings.warn(
+                        f"{type(self).__name__} stalled at iteration {row['iter']}: J is not "
+                        f"changing but the gradient norm is {row['grad_norm']:.3g}; the step is "
+                        f"too large for this problem (lower step/lr or inner_steps)",
+                        RuntimeWarning, stacklevel=2)
                 if bar is not None:
                     post = {"J": f"{row['J']:.6g}", "products": row["n_matvec"]}
                     if self.reference is not None:
@@ -389,8 +402,10 @@ class SoftmaxPG(PPOClip):
 class KLPenaltyPPO(PPOClip):
     """PPO with an adaptive KL penalty β KL(π_old ‖ π_θ) instead of the clip.
 
-    After each outer iteration, with KL = Σ_s d(s) KL(π_new ‖ π_old): β ← 2β if
-    KL > 1.5·kl_target, β ← β/2 if KL < kl_target/1.5 (Schulman et al., 2017, §4).
+    After each outer iteration, with KL = Σ_s d(s) KL(π_old ‖ π_new) (the divergence the
+    penalty uses): β ← 2β if KL > 1.5·kl_target, β ← β/2 if KL < kl_target/1.5
+    (Schulman et al., 2017, §4). The inner steps are explicit, so β is capped at
+    1/(η max_s d(s)/(1−γ)), beyond which the penalty step itself overshoots.
     """
 
     def __init__(self, mdp, reg=None, kl_target=0.01, beta=1.0, inner_steps=10, lr=None,
@@ -401,7 +416,15 @@ class KLPenaltyPPO(PPOClip):
         self.beta = V.check_positive(beta, "beta", strict=False)
 
     def _update(self, ev):
+        pi_old = self.pi
+        d = self._d
+        if d is not None:
+            self.beta = min(self.beta, (1.0 - self.mdp.gamma) / (self.lr * float(d.max())))
         info = super()._update(ev)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(pi_old > 0, pi_old * np.log(pi_old / self.pi), 0.0)
+        kl_old_new = np.bincount(self.mdp.s_indices, terms, minlength=self.mdp.n_states)
+        info["kl"] = float(self._d @ np.maximum(kl_old_new, 0.0))
         info["beta"] = self.beta
         if info["kl"] > 1.5 * self.kl_target:
             self.beta *= 2.0
@@ -416,12 +439,19 @@ class NPG(_ExactMethod):
     π_new(·|s) ∝ π_old(·|s) exp(η (Q̃(s,·) − τ f'(π_old/π_ref))), i.e.
     θ ← θ + η (Q̃ − τ f'(π/π_ref)): the closed-form maximiser of
     η ⟨p, Q̃ − τ f'(π_old/π_ref)⟩ − KL(p ‖ π_old) (regularizer linearised at π_old).
-    ``lr=None`` uses η = step/τ when τ > 0 and η = step/(1−γ) otherwise.
+    ``lr=None`` uses η = step/τ when τ > 0 (for reverse KL and step = 1 this is soft
+    policy iteration, π_new ∝ π_ref exp(Q̃/τ)) and η = step/(1−γ) otherwise; ``step``
+    defaults to 1 for reverse KL and τ = 0, and to 0.2 for the other f, whose f'(π/π_ref)
+    is steep where π is small. History: ``kl`` is KL(π_new ‖ π_old) under μ and
+    ``grad_norm`` the natural-gradient norm (Σ_s μ(s) Σ_a π (u − Σ_b π u)²)^½ of the
+    direction u = Q̃ − τ f'(π/π_ref), zero exactly at the optimum.
     """
 
-    def __init__(self, mdp, reg=None, lr=None, mu=None, init=None, *, step=1.0, **kwargs):
+    def __init__(self, mdp, reg=None, lr=None, mu=None, init=None, *, step=None, **kwargs):
         if lr is None:
             tau = 0.0 if reg is None else reg.tau
+            if step is None:
+                step = 1.0 if tau == 0 or isinstance(reg, ReverseKL) else 0.2
             step = V.check_positive(step, "step")
             lr = step / tau if tau > 0 else step / (1.0 - mdp.gamma)
         super().__init__(mdp, reg, lr, mu, init, step, kwargs.pop("reference", False),
@@ -449,7 +479,10 @@ class NPG(_ExactMethod):
         with np.errstate(divide="ignore", invalid="ignore"):
             terms = np.where(self.pi > 0, self.pi * np.log(self.pi / old), 0.0)
         kl = np.bincount(s, terms, minlength=mdp.n_states)
-        return dict(clipfrac=0.0, kl=float(self.mu @ np.maximum(kl, 0.0)), grad_norm=np.nan)
+        mean = np.bincount(s, old * direction, minlength=mdp.n_states)
+        spread = np.bincount(s, old * (direction - mean[s]) ** 2, minlength=mdp.n_states)
+        return dict(clipfrac=0.0, kl=float(self.mu @ np.maximum(kl, 0.0)),
+                    grad_norm=float(np.sqrt(self.mu @ spread)))
 
 
 def _clip_range(clip):
