@@ -65,7 +65,13 @@ def resolve_threads(n_threads=None, work=None):
 
 
 def set_backend(name):
-    """Set the default backend ("numba", "cython" or "numpy"); None restores the default."""
+    """Set the default backend.
+
+    Parameters
+    ----------
+    name : {"numba", "cython", "numpy"} or None
+        None restores the default (``FASTPPO_BACKEND``, else "numba").
+    """
     _state["backend"] = None if name is None else _check_backend(name)
 
 
@@ -75,13 +81,27 @@ def get_backend():
 
 
 def set_num_threads(n):
-    """Set the default number of threads for kernels (None: all CPUs)."""
+    """Set the default number of kernel threads.
+
+    Parameters
+    ----------
+    n : int or None
+        Threads; None restores the default (``FASTPPO_NUM_THREADS``, else all CPUs).
+    """
     _state["n_threads"] = None if n is None else resolve_threads(n)
 
 
 @contextlib.contextmanager
 def backend(name=None, n_threads=None):
-    """Context manager: ``with fastppo.backend("cython", n_threads=1): ...``."""
+    """Context manager: ``with fastppo.backend("cython", n_threads=1): ...``.
+
+    Parameters
+    ----------
+    name : {"numba", "cython", "numpy"}, optional
+        Backend inside the block (unchanged when None).
+    n_threads : int, optional
+        Kernel threads inside the block (unchanged when None).
+    """
     old = dict(_state)
     if name is not None:
         _state["backend"] = _check_backend(name)
@@ -142,7 +162,13 @@ def openmp_enabled():
 
 
 def show_backends(file=None):
-    """Print the available backends, thread counts and build facts."""
+    """Print the available backends, thread counts and build facts.
+
+    Parameters
+    ----------
+    file : file-like, optional
+        Where to print; ``sys.stdout`` by default.
+    """
     import numba
     import numpy
     import scipy

@@ -194,6 +194,8 @@ def softmax(mdp, logits, *, backend=None, n_threads=None):
     ----------
     mdp : MDP
     logits : array_like of shape (n_pairs,) or (n_states, n_actions)
+    backend : {"numba", "cython", "numpy"}, optional
+    n_threads : int, optional
 
     Returns
     -------

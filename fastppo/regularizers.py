@@ -118,9 +118,9 @@ class ReverseKL(Regularizer):
     def p_fprime(self, p, q):
         return _xlogy(p, p / q) + p
 
-
     def fprime_inv(self, y):
         return np.exp(y - 1.0)
+
 
 class ForwardKL(Regularizer):
     """τ · KL(π_ref ‖ π), f(x) = −log x."""
@@ -138,10 +138,10 @@ class ForwardKL(Regularizer):
     def p_fprime(self, p, q):
         return -np.asarray(q, dtype=np.float64) + 0.0 * p
 
-
     def fprime_inv(self, y):
         with np.errstate(divide="ignore"):
             return np.where(y < 0, -1.0 / np.minimum(y, -0.0), np.inf)
+
 
 class ChiSquare(Regularizer):
     """τ · χ²(π ‖ π_ref), f(x) = (x − 1)²."""
@@ -154,9 +154,9 @@ class ChiSquare(Regularizer):
     def fprime(self, x):
         return 2.0 * (x - 1.0)
 
-
     def fprime_inv(self, y):
         return np.maximum(1.0 + 0.5 * y, 0.0)
+
 
 class Hellinger(Regularizer):
     """τ · H²(π, π_ref), f(x) = (√x − 1)²."""
@@ -173,10 +173,10 @@ class Hellinger(Regularizer):
     def p_fprime(self, p, q):
         return p - np.sqrt(p * q)
 
-
     def fprime_inv(self, y):
         with np.errstate(divide="ignore"):
             return np.where(y < 1, 1.0 / (1.0 - np.minimum(y, 1.0)) ** 2, np.inf)
+
 
 class JensenShannon(Regularizer):
     """τ · 2 JS(π, π_ref), f(x) = x log x − (x + 1) log((x + 1)/2)."""
@@ -196,11 +196,11 @@ class JensenShannon(Regularizer):
     def p_fprime(self, p, q):
         return _xlogy(p, 2.0 * p / (p + q))
 
-
     def fprime_inv(self, y):
         e = np.exp(np.minimum(y, np.log(2.0)))
         with np.errstate(divide="ignore"):
             return np.where(y < np.log(2.0), e / (2.0 - e), np.inf)
+
 
 class AlphaDivergence(Regularizer):
     """τ · D_α(π ‖ π_ref), f(x) = (x^{1−α} − (1−α)x − α) / (α(α−1)), α ∉ {0, 1}.
@@ -208,6 +208,15 @@ class AlphaDivergence(Regularizer):
     With this f (x^{1−α}, not x^α) α → 0 recovers reverse KL and α → 1 forward KL;
     α = 1/2 gives f = 2(√x − 1)², twice the :class:`Hellinger` divergence
     Σ(√π − √π_ref)² (4·H² in the ½-normalised convention).
+
+    Parameters
+    ----------
+    tau : float
+        Weight τ ≥ 0.
+    alpha : float
+        α, finite and not 0 or 1.
+    ref : array_like of shape (n_pairs,) or (n_states, n_actions), optional
+        Reference policy with full support; uniform when None.
     """
 
     code, name = 6, "alpha"
@@ -236,7 +245,6 @@ class AlphaDivergence(Regularizer):
         a = self.alpha
         with np.errstate(divide="ignore"):
             return (p - np.power(p, 1.0 - a) * np.power(q, a)) / a
-
 
     def fprime_inv(self, y):
         a = self.alpha

@@ -131,7 +131,7 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
                                adv=mdp.to_table(ev.adv), J=ev.J, n_iter=it,
                                bellman_residual=residual, n_matvec=n_matvec, converged=True,
                                backend=which)
-        if residual >= best and it > 3:  # round-off floor: the evaluation limits the residual
+        if residual >= best and residual < 1e-8 * scale:  # round-off floor of the evaluation
             warnings.warn(f"solve stopped at iteration {it}: Bellman residual {residual:.3g} no "
                           f"longer decreases (tol {tol:g} x scale {scale:.3g} is below round-off)",
                           RuntimeWarning, stacklevel=2)
@@ -406,6 +406,15 @@ class KLPenaltyPPO(PPOClip):
     penalty uses): β ← 2β if KL > 1.5·kl_target, β ← β/2 if KL < kl_target/1.5
     (Schulman et al., 2017, §4). The inner steps are explicit, so β is capped at
     1/(η max_s d(s)/(1−γ)), beyond which the penalty step itself overshoots.
+
+    Parameters
+    ----------
+    kl_target : float, default 0.01
+        Target of the d-weighted KL(π_old ‖ π_new) per outer iteration.
+    beta : float, default 1.0
+        Initial penalty weight β ≥ 0.
+    mdp, reg, inner_steps, lr, mu, init, **kwargs
+        As in :class:`PPOClip` (no clip).
     """
 
     def __init__(self, mdp, reg=None, kl_target=0.01, beta=1.0, inner_steps=10, lr=None,
@@ -445,6 +454,21 @@ class NPG(_ExactMethod):
     is steep where π is small. History: ``kl`` is KL(π_new ‖ π_old) under μ and
     ``grad_norm`` the natural-gradient norm (Σ_s μ(s) Σ_a π (u − Σ_b π u)²)^½ of the
     direction u = Q̃ − τ f'(π/π_ref), zero exactly at the optimum.
+
+    Parameters
+    ----------
+    mdp : MDP
+    reg : Regularizer, optional
+    lr : float, optional
+        Raw step η; default from ``step`` as above.
+    mu : array_like of shape (n_states,) or "uniform", optional
+        Weighting of the history's KL and gradient norm (default as in PPOClip).
+    init : array_like, optional
+        Initial logits; default log π_ref.
+    step : float, optional
+        Scale-free step (see above).
+    **kwargs
+        ``reference``, ``backend``, ``n_threads``, ``tol``, ``warm_start`` as in PPOClip.
     """
 
     def __init__(self, mdp, reg=None, lr=None, mu=None, init=None, *, step=None, **kwargs):
