@@ -2,8 +2,9 @@
 
 Solves A x = b for the Bellman systems (I − γP_π) v = c and (I − γP_πᵀ) y = μ,
 where ``matvec(x, out)`` writes A x into ``out``. Arnoldi uses classical
-Gram–Schmidt with one re-orthogonalisation (two BLAS gemv per step) and Givens
-rotations; each restart cycle ends with the true residual ‖b − A x‖ / ‖b‖, so the
+Gram–Schmidt (two BLAS gemv per step), re-orthogonalised when cancellation shrinks the
+vector below 0.7 of its norm (Kahan–Parlett "twice is enough"), and Givens rotations;
+each restart cycle ends with the true residual ‖b − A x‖ / ‖b‖, so the
 reported residual is never an estimate.
 """
 import numpy as np
@@ -96,12 +97,15 @@ def gmres(matvec, b, x0=None, tol=1e-12, restart=40, max_iter=2000, what="linear
             matvec(V[j], w)
             n_matvec += 1
             Vj = V[: j + 1]
+            before = np.linalg.norm(w)
             h = Vj @ w
             w -= h @ Vj
-            h2 = Vj @ w
-            w -= h2 @ Vj
-            h += h2
             hn = np.linalg.norm(w)
+            if hn < 0.7 * before:  # cancellation: orthogonalise once more ("twice is enough")
+                h2 = Vj @ w
+                w -= h2 @ Vj
+                h += h2
+                hn = np.linalg.norm(w)
             col = np.append(h, hn)
             for i in range(j):  # apply earlier rotations
                 col[i], col[i + 1] = cs[i] * col[i] + sn[i] * col[i + 1], -sn[i] * col[i] + cs[i] * col[i + 1]

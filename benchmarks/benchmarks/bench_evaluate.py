@@ -1,8 +1,12 @@
 """fastppo.evaluate: regularized Ṽ, Q̃, Ã of a fixed policy (one GMRES solve + tables)."""
 import fastppo
 
-from .common import (BACKENDS, FAMILIES, MEM_SIZES, SIZES, THREADS, TimeSolve, get_mdp, get_policy, get_reg,
-                     get_tiny, check_params, warm)
+from .common import (BACKENDS, FAMILIES, MEM_SIZES, SIZES, THREADS, TimeSolve, check_params,
+                     get_mdp, get_policy, get_reg, get_tiny, warm)
+
+
+def _evaluate(mdp, pi, backend, n_threads):
+    return fastppo.evaluate(mdp, pi, get_reg(), backend=backend, n_threads=n_threads)
 
 
 class EvaluateSuite(TimeSolve):
@@ -15,12 +19,12 @@ class EvaluateSuite(TimeSolve):
         check_params(backend, n_states, n_threads)
         self.mdp = get_mdp(family, n_states)
         self.pi = get_policy(family, n_states)
-        self.reg = get_reg()
-        warm(("evaluate", backend, n_states, family, n_threads),
-             lambda: self.time_evaluate(backend, n_states, family, n_threads))
+        tiny = get_tiny(family)
+        warm(("evaluate", backend, family, n_threads),
+             lambda: _evaluate(tiny, tiny.uniform_policy(), backend, n_threads))
 
     def time_evaluate(self, backend, n_states, family, n_threads):
-        fastppo.evaluate(self.mdp, self.pi, self.reg, backend=backend, n_threads=n_threads)
+        _evaluate(self.mdp, self.pi, backend, n_threads)
 
 
 class EvaluateMemory:
@@ -31,22 +35,21 @@ class EvaluateMemory:
 
     def setup(self, backend, n_states, family):
         check_params(backend, n_states)
-        tiny = get_tiny(family)  # compile / load kernels without touching the large MDP
-        fastppo.evaluate(tiny, tiny.uniform_policy(), get_reg(), backend=backend, n_threads=1)
+        tiny = get_tiny(family)  # load the kernels without touching the large MDP
+        _evaluate(tiny, tiny.uniform_policy(), backend, 1)
         self.mdp = get_mdp(family, n_states)
         self.pi = get_policy(family, n_states)
-        self.reg = get_reg()
 
     def peakmem_reference(self, backend, n_states, family):
         pass
 
     def peakmem_evaluate(self, backend, n_states, family):
-        fastppo.evaluate(self.mdp, self.pi, self.reg, backend=backend, n_threads=1)
+        _evaluate(self.mdp, self.pi, backend, 1)
 
 
 class EvaluateProducts:
-    """GMRES products with I − γP_π to reach 1e-12: the algorithmic cost, separate from the
-    cost per product (backend-independent up to round-off, so measured with numba)."""
+    """GMRES products with I − γP_π to reach 1e-12: the algorithmic cost, separate from
+    the cost per product (backend-independent up to round-off, so measured with numba)."""
 
     params = [SIZES, FAMILIES]
     param_names = ["n_states", "family"]
@@ -58,4 +61,4 @@ class EvaluateProducts:
         self.pi = get_policy(family, n_states)
 
     def track_n_matvec(self, n_states, family):
-        return fastppo.evaluate(self.mdp, self.pi, get_reg(), backend="numba", n_threads=1).n_matvec
+        return _evaluate(self.mdp, self.pi, "numba", 1).n_matvec

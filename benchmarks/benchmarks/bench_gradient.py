@@ -1,8 +1,13 @@
-"""fastppo.gradient: exact ∂Ṽ(ρ)/∂θ of the softmax policy (softmax + two solves + tables)."""
+"""fastppo.gradient: exact ∂Ṽ(ρ)/∂θ of the softmax policy (softmax + two solves +
+tables)."""
 import fastppo
 
-from .common import (BACKENDS, FAMILIES, MEM_SIZES, SIZES, THREADS, TimeSolve, get_logits, get_mdp, get_reg,
-                     get_tiny, check_params, warm)
+from .common import (BACKENDS, FAMILIES, MEM_SIZES, SIZES, THREADS, TINY, TimeSolve,
+                     check_params, get_logits, get_mdp, get_reg, get_tiny, warm)
+
+
+def _gradient(mdp, logits, backend, n_threads):
+    return fastppo.gradient(mdp, logits, get_reg(), backend=backend, n_threads=n_threads)
 
 
 class GradientSuite(TimeSolve):
@@ -15,12 +20,12 @@ class GradientSuite(TimeSolve):
         check_params(backend, n_states, n_threads)
         self.mdp = get_mdp(family, n_states)
         self.logits = get_logits(family, n_states)
-        self.reg = get_reg()
-        warm(("gradient", backend, n_states, family, n_threads),
-             lambda: self.time_gradient(backend, n_states, family, n_threads))
+        tiny, tiny_logits = get_tiny(family), get_logits(family, TINY)
+        warm(("gradient", backend, family, n_threads),
+             lambda: _gradient(tiny, tiny_logits, backend, n_threads))
 
     def time_gradient(self, backend, n_states, family, n_threads):
-        fastppo.gradient(self.mdp, self.logits, self.reg, backend=backend, n_threads=n_threads)
+        _gradient(self.mdp, self.logits, backend, n_threads)
 
 
 class GradientMemory:
@@ -31,17 +36,15 @@ class GradientMemory:
 
     def setup(self, backend, n_states, family):
         check_params(backend, n_states)
-        tiny = get_tiny(family)
-        fastppo.gradient(tiny, get_logits(family, 200), get_reg(), backend=backend, n_threads=1)
+        _gradient(get_tiny(family), get_logits(family, TINY), backend, 1)
         self.mdp = get_mdp(family, n_states)
         self.logits = get_logits(family, n_states)
-        self.reg = get_reg()
 
     def peakmem_reference(self, backend, n_states, family):
         pass
 
     def peakmem_gradient(self, backend, n_states, family):
-        fastppo.gradient(self.mdp, self.logits, self.reg, backend=backend, n_threads=1)
+        _gradient(self.mdp, self.logits, backend, 1)
 
 
 class GradientProducts:

@@ -1,5 +1,5 @@
 """Cold start, each sample in a fresh interpreter: ``import fastppo``, and the first
-``evaluate`` after import (Numba cache load / Cython module import / scipy import)."""
+``evaluate`` after import (Numba cache load / Cython module import / SciPy import)."""
 
 
 class ImportSuite:
@@ -18,6 +18,8 @@ class FirstCallSuite:
     timeout = 300
 
     def timeraw_first_evaluate(self, backend):
-        setup = "import fastppo\nm = fastppo.garnet(200, 4, 3, gamma=0.99, seed=0)\npi = m.uniform_policy()"
+        setup = ("import fastppo\n"
+                 "m = fastppo.garnet(200, 4, 3, gamma=0.99, seed=0)\n"
+                 "pi = m.uniform_policy()")
         stmt = f"fastppo.evaluate(m, pi, backend={backend!r}, n_threads=1)"
         return stmt, setup

@@ -1,8 +1,13 @@
-"""fastppo.visitation: d^π_μ = (1−γ)(I − γP_πᵀ)^{-1} μ (one GMRES solve, transposed products)."""
+"""fastppo.visitation: d^π_μ = (1−γ)(I − γP_πᵀ)^{-1} μ (one GMRES solve, transposed
+products)."""
 import fastppo
 
-from .common import (BACKENDS, FAMILIES, MEM_SIZES, SIZES, THREADS, TimeSolve, get_mdp, get_policy,
-                     get_tiny, check_params, warm)
+from .common import (BACKENDS, FAMILIES, MEM_SIZES, SIZES, THREADS, TimeSolve, check_params,
+                     get_mdp, get_policy, get_tiny, warm)
+
+
+def _visitation(mdp, pi, backend, n_threads):
+    return fastppo.visitation(mdp, pi, backend=backend, n_threads=n_threads, full_output=True)
 
 
 class VisitationSuite(TimeSolve):
@@ -15,11 +20,12 @@ class VisitationSuite(TimeSolve):
         check_params(backend, n_states, n_threads)
         self.mdp = get_mdp(family, n_states)
         self.pi = get_policy(family, n_states)
-        warm(("visitation", backend, n_states, family, n_threads),
-             lambda: self.time_visitation(backend, n_states, family, n_threads))
+        tiny = get_tiny(family)
+        warm(("visitation", backend, family, n_threads),
+             lambda: _visitation(tiny, tiny.uniform_policy(), backend, n_threads))
 
     def time_visitation(self, backend, n_states, family, n_threads):
-        fastppo.visitation(self.mdp, self.pi, backend=backend, n_threads=n_threads)
+        _visitation(self.mdp, self.pi, backend, n_threads)
 
 
 class VisitationMemory:
@@ -31,7 +37,7 @@ class VisitationMemory:
     def setup(self, backend, n_states, family):
         check_params(backend, n_states)
         tiny = get_tiny(family)
-        fastppo.visitation(tiny, tiny.uniform_policy(), backend=backend, n_threads=1)
+        _visitation(tiny, tiny.uniform_policy(), backend, 1)
         self.mdp = get_mdp(family, n_states)
         self.pi = get_policy(family, n_states)
 
@@ -39,7 +45,7 @@ class VisitationMemory:
         pass
 
     def peakmem_visitation(self, backend, n_states, family):
-        fastppo.visitation(self.mdp, self.pi, backend=backend, n_threads=1)
+        _visitation(self.mdp, self.pi, backend, 1)
 
 
 class VisitationProducts:
@@ -55,5 +61,4 @@ class VisitationProducts:
         self.pi = get_policy(family, n_states)
 
     def track_n_matvec(self, n_states, family):
-        res = fastppo.visitation(self.mdp, self.pi, backend="numba", n_threads=1, full_output=True)
-        return res.n_matvec
+        return _visitation(self.mdp, self.pi, "numba", 1).n_matvec

@@ -11,13 +11,20 @@ steps, so GMRES needs ~20 products):
   ≤ 3 successors, slip 0.1, one absorbing goal; ~200 products).
 
 Everything is memoised per process: asv re-runs ``setup`` before every timing
-sample, so a ``setup`` must be cheap after its first call. The first call of each
-(operation, backend, n_threads, family, n_states) runs the operation once, so
-Numba's compilation / cache load never lands in a timed call.
+sample, so a ``setup`` must be cheap after its first call. The first ``setup`` of each
+(operation, backend, n_threads, family) runs the operation once on a 200-state MDP of
+the family (same dtypes, hence the same compiled specialisations), so Numba's
+compilation / cache load and the start of the thread pool never land in a timed call,
+without paying a full-size call per benchmark.
+
+``asv.conf.json`` selects asv's fork server: the benchmark modules are imported once
+and every benchmark runs in a fork of that process. :func:`_preload` uses this to load
+the serial Numba kernels once instead of once per benchmark.
 """
 import functools
 import math
 import os
+import sys
 
 import numpy as np
 
@@ -104,35 +111,42 @@ def warm(key, func):
         _warm.add(key)
 
 
+TINY = 200
+
+
 @functools.lru_cache(maxsize=None)
 def get_tiny(family):
-    """A 200-state MDP of the family: warms the JIT for peakmem benchmarks cheaply."""
-    return get_mdp(family, 200)
+    """A 200-state MDP of the family: warms the JIT without a full-size call."""
+    return get_mdp(family, TINY)
 
 
 class TimeSolve:
     """Timing attributes shared by the solver suites (one call = tens to hundreds of products).
 
     ``setup`` already ran the operation once, so no asv warm-up; one call per sample,
-    1 to 3 samples within ~1 s (keeps the default suite to a few minutes; raise with
+    1 to 3 samples within ~0.5 s (keeps the default suite to a few minutes; raise with
     ``asv run -a repeat=7 -a rounds=2`` for publication numbers).
     """
 
     number = 1
-    repeat = (1, 3, 1.0)
+    repeat = (1, 3, 0.5)
     rounds = 1
     warmup_time = 0.0
     timeout = 300
 
 
 def _preload():
-    """Load the serial Numba kernels and the Cython modules at import time.
+    """Load the serial Numba kernels and the Cython modules in asv's fork server.
 
-    asv imports the benchmark modules once in its fork server and forks one child per
-    benchmark, so whatever is loaded here is not paid again per child (the Numba cache
-    load is ~0.6 s). Only n_threads=1 is run here: a process that has run a parallel
-    Numba kernel (GNU OpenMP) must not fork.
+    asv (``"launch_method": "forkserver"``) imports the benchmark modules once in a
+    server process (``benchmark.py run_server ...``) and forks one child per benchmark
+    and parameter set, so whatever is loaded here is not paid again per child (the Numba
+    cache load is ~0.6 s). Only n_threads=1 is run: a process that has run a parallel
+    Numba kernel (GNU OpenMP thread pool) must not fork. With ``--launch-method spawn``
+    (a fresh interpreter per benchmark) nothing is preloaded.
     """
+    if "run_server" not in sys.argv:
+        return
     tiny = get_tiny("garnet")
     pi = tiny.uniform_policy()
     for backend in ("numba", "cython"):
