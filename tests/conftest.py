@@ -23,9 +23,11 @@ def n_threads(request):
     return request.param
 
 
-def random_mdp(seed, n_states=12, n_actions=3, gamma=0.9, rectangular=True, density=0.4):
-    """A small random MDP; non-rectangular ones have 1..n_actions actions per state,
-    with non-contiguous action labels."""
+def raw_mdp(seed, n_states=12, n_actions=3, rectangular=True, density=0.4, boost=0.1,
+            reward_scales=None):
+    """(s_indices, a_indices, P dense (n_pairs, S), R) of a small random MDP, in generation
+    order; non-rectangular ones have 1..n_actions actions per state, with non-contiguous
+    action labels."""
     rng = np.random.default_rng(seed)
     s_idx, a_idx, rows = [], [], []
     for s in range(n_states):
@@ -33,13 +35,21 @@ def random_mdp(seed, n_states=12, n_actions=3, gamma=0.9, rectangular=True, dens
                   else np.sort(rng.choice(2 * n_actions, rng.integers(1, n_actions + 1), replace=False)))
         for a in labels:
             p = rng.random(n_states) * (rng.random(n_states) < density)
-            p[rng.integers(n_states)] += 0.1
+            p[rng.integers(n_states)] += boost
             rows.append(p / p.sum())
             s_idx.append(s)
             a_idx.append(a)
     R = rng.normal(size=len(s_idx))
+    if reward_scales is not None:
+        R = R * rng.choice(reward_scales)
+    return np.array(s_idx), np.array(a_idx), np.array(rows), R, rng
+
+
+def random_mdp(seed, n_states=12, n_actions=3, gamma=0.9, rectangular=True, density=0.4):
+    """A small random MDP (see raw_mdp) with a random full-support rho."""
+    s_idx, a_idx, P, R, rng = raw_mdp(seed, n_states, n_actions, rectangular, density)
     rho = rng.random(n_states) + 0.1
-    return fastppo.MDP.from_sa_pairs(s_idx, a_idx, np.array(rows), R, gamma, rho / rho.sum())
+    return fastppo.MDP.from_sa_pairs(s_idx, a_idx, P, R, gamma, rho / rho.sum())
 
 
 def random_policy(mdp, seed, sharp=1.0):

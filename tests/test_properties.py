@@ -6,6 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import conftest
 import fastppo
 import naive
 
@@ -27,19 +28,8 @@ REGS = [
 
 def raw_mdp(seed, n_states, n_actions, rectangular, density):
     """(s_indices, a_indices, P dense (n_pairs, S), R) in generation order."""
-    rng = np.random.default_rng(seed)
-    s_idx, a_idx, rows = [], [], []
-    for s in range(n_states):
-        labels = (np.arange(n_actions) if rectangular
-                  else np.sort(rng.choice(2 * n_actions, rng.integers(1, n_actions + 1), replace=False)))
-        for a in labels:
-            p = rng.random(n_states) * (rng.random(n_states) < density)
-            p[rng.integers(n_states)] += 0.05
-            rows.append(p / p.sum())
-            s_idx.append(s)
-            a_idx.append(a)
-    R = rng.normal(size=len(s_idx)) * rng.choice([0.01, 1.0, 100.0])
-    return np.array(s_idx), np.array(a_idx), np.array(rows), R
+    return conftest.raw_mdp(seed, n_states, n_actions, rectangular, density, boost=0.05,
+                            reward_scales=[0.01, 1.0, 100.0])[:4]
 
 
 @st.composite
