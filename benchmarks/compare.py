@@ -72,7 +72,8 @@ import scipy.sparse.linalg as spla  # noqa: E402
 
 import fastppo  # noqa: E402
 
-RESTART = 40
+RESTART = 40  # GMRES restart length, as fastppo
+MAX_RESTARTS = 10  # bicgstab restarts after a breakdown
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -108,6 +109,11 @@ def describe(family, a, mdp):
     return f"fastppo.gridworld({h}, {a.n_states // h}, gamma={a.gamma})"
 
 
+def relres(A, x, b):
+    """True relative residual ‖b − A x‖ / ‖b‖ (untimed runs only)."""
+    return float(np.linalg.norm(b - A @ x) / np.linalg.norm(b))
+
+
 def segment_sum(a_indptr, x):
     return np.add.reduceat(x, a_indptr[:-1])
 
@@ -135,6 +141,7 @@ class ScipyBaseline:
                               shape=(mdp.n_pairs, mdp.n_states))
         self.eye = sp.eye_array(mdp.n_states, format="csr")
         self.ref = reg.reference_policy(mdp)
+        self.restarts = 0
 
     # -- assembly (timed separately)
     def assemble(self, pi, transpose=False):
@@ -148,33 +155,53 @@ class ScipyBaseline:
         return A, None
 
     def solve(self, method, A, b, counting=False):
+        """x with ‖b − A x‖ ≤ tol ‖b‖, and the products used (if ``counting``).
+
+        bicgstab can break down (info < 0: ρ or ω ≈ 0) on these systems even with an
+        order-1 right-hand side. It is then restarted from its last iterate (a new
+        shadow residual), as a user would, if that iterate has a smaller true residual
+        than the start (at most MAX_RESTARTS times; ``self.restarts`` keeps the most
+        seen); otherwise the solve fails.
+        """
         op = Counting(A) if counting else A
-        if method == "bicgstab":
-            x, info = spla.bicgstab(op, b, rtol=self.tol, atol=0.0, maxiter=5000)
-        else:
-            x, info = spla.gmres(op, b, rtol=self.tol, atol=0.0, restart=RESTART, maxiter=200)
-        if info != 0:
-            raise RuntimeError(f"scipy {method} did not converge (info={info})")
-        return x, (op.n if counting else None)
+        bnorm = np.linalg.norm(b)
+        x, start_res, restarts = None, bnorm, 0
+        while True:
+            if method == "bicgstab":
+                x_new, info = spla.bicgstab(op, b, x0=x, rtol=self.tol, atol=0.0, maxiter=5000)
+            else:
+                x_new, info = spla.gmres(op, b, x0=x, rtol=self.tol, atol=0.0, restart=RESTART,
+                                         maxiter=200)
+            if info == 0:
+                break
+            if info > 0:
+                raise RuntimeError(f"{method}: no convergence within maxiter (info={info})")
+            res = np.linalg.norm(b - A @ x_new)
+            if not res < start_res or restarts == MAX_RESTARTS:
+                raise RuntimeError(f"{method}: breakdown (info={info}) at true relative residual "
+                                   f"{res / bnorm:.1e} after {restarts} restart(s)")
+            x, start_res, restarts = x_new, res, restarts + 1
+        self.restarts = max(self.restarts, restarts)
+        return x_new, (op.n if counting else None)
 
     # -- the three operations, given the assembled matrices
     def evaluate(self, method, A, pi, counting=False):
         m, reg = self.mdp, self.reg
-        c = segment_sum(m.a_indptr, pi * m.r) - reg.tau * segment_sum(m.a_indptr, reg.ref_f(pi, self.ref))
+        c = segment_sum(m.a_indptr, pi * m.r - reg.tau * reg.ref_f(pi, self.ref))
         v, n = self.solve(method, A, c, counting)
         q = m.r + m.gamma * (self.P @ v)
         adv = q - segment_sum(m.a_indptr, pi * q)[self.s_of_pair]
-        return dict(v=v, q=q, adv=adv, n_matvec=n, residual=np.linalg.norm(c - A @ v) / np.linalg.norm(c))
+        return dict(v=v, q=q, adv=adv, n_matvec=n, residual=relres(A, v, c) if counting else None)
 
     def visitation(self, method, At, mu=None, counting=False):
         m = self.mdp
         mu = m.rho if mu is None else mu
-        scale = mu.max()  # solve with an order-1 right-hand side (bicgstab false breakdowns)
-        y, n = self.solve(method, At, mu / scale, counting)
-        d = (1.0 - m.gamma) * scale * y
+        b = mu / mu.max()  # an order-1 right-hand side (bicgstab false breakdowns)
+        y, n = self.solve(method, At, b, counting)
+        d = (1.0 - m.gamma) * mu.max() * y
         np.maximum(d, 0.0, out=d)
         d /= d.sum()
-        return dict(d=d, n_matvec=n, residual=np.linalg.norm(mu / scale - At @ y) / np.linalg.norm(mu / scale))
+        return dict(d=d, n_matvec=n, residual=relres(At, y, b) if counting else None)
 
     def softmax(self, logits):
         m = self.mdp
@@ -193,12 +220,52 @@ class ScipyBaseline:
         pf = reg.p_fprime(pi, self.ref)
         g -= reg.tau * (pf - pi * segment_sum(m.a_indptr, pf)[s])
         g *= (vis["d"] / (1.0 - m.gamma))[s]
-        n = None if not counting else ev["n_matvec"] + vis["n_matvec"]
-        return dict(g=g, n_matvec=n, residual=max(ev["residual"], vis["residual"]))
+        if not counting:
+            return dict(g=g, n_matvec=None, residual=None)
+        return dict(g=g, n_matvec=ev["n_matvec"] + vis["n_matvec"],
+                    residual=max(ev["residual"], vis["residual"]))
 
 
 def rel_diff(x, y):
     return float(np.max(np.abs(x - y)) / np.max(np.abs(y)))
+
+
+def fastppo_entry(mdp, op, backend, nt, pi, logits, reg, a):
+    """(median, min, products, residual, result) of one fastppo entry."""
+    opts = dict(backend=backend, n_threads=nt)
+    if op == "evaluate":
+        med, mn, out = timed(lambda: fastppo.evaluate(mdp, pi, reg, **opts), a.repeat)
+        return med, mn, out.n_matvec, out.residual, out.v
+    if op == "visitation":
+        med, mn, out = timed(lambda: fastppo.visitation(mdp, pi, full_output=True, **opts),
+                             a.repeat)
+        return med, mn, out.n_matvec, out.residual, out.d
+    med, mn, out = timed(lambda: fastppo.gradient(mdp, logits, reg, **opts), a.repeat)
+    p = fastppo.softmax(mdp, logits, **opts)  # the two solves inside gradient, for counts
+    ev = fastppo.evaluate(mdp, p, reg, **opts)
+    vis = fastppo.visitation(mdp, p, full_output=True, **opts)
+    return med, mn, ev.n_matvec + vis.n_matvec, max(ev.residual, vis.residual), out.reshape(-1)
+
+
+def baseline_entry(base, op, method, pi, logits, a):
+    """(median, min, assembly median, products, residual, result) of one SciPy entry."""
+    if op == "evaluate":
+        asm, _, (A, _) = timed(lambda: base.assemble(pi), a.repeat)
+        med, mn, out = timed(lambda: base.evaluate(method, A, pi), a.repeat)
+        cnt = base.evaluate(method, A, pi, counting=True)
+        x = out["v"]
+    elif op == "visitation":
+        asm, _, (_, At) = timed(lambda: base.assemble(pi, transpose=True), a.repeat)
+        med, mn, out = timed(lambda: base.visitation(method, At), a.repeat)
+        cnt = base.visitation(method, At, counting=True)
+        x = out["d"]
+    else:
+        p = base.softmax(logits)  # the op recomputes it (timed); the assembly needs it
+        asm, _, (A, At) = timed(lambda: base.assemble(p, transpose=True), a.repeat)
+        med, mn, out = timed(lambda: base.gradient(method, A, At, logits), a.repeat)
+        cnt = base.gradient(method, A, At, logits, counting=True)
+        x = out["g"]
+    return med, mn, asm, cnt["n_matvec"], cnt["residual"], x
 
 
 # -------------------------------------------------------------------------------- main
@@ -206,122 +273,122 @@ def run_family(family, a):
     t = time.perf_counter()
     mdp = build(family, a)
     t_build = time.perf_counter() - t
-    rng = np.random.default_rng(a.seed + 1)
-    logits = rng.standard_normal(mdp.n_pairs)
+    logits = np.random.default_rng(a.seed + 1).standard_normal(mdp.n_pairs)
     pi = fastppo.softmax(mdp, logits, backend="numpy")
     reg = fastppo.ReverseKL(a.tau)
     print(f"\n=== family {family!r}: {describe(family, a, mdp)}")
     print(f"    {mdp!r}; built in {t_build:.2f} s")
-    print(f"    policy pi = softmax(theta), theta ~ N(0,1) (seed {a.seed + 1}); "
-          f"regularizer {reg!r} for evaluate/gradient; mu = rho (uniform) for visitation")
+    print(f"    policy pi = softmax(theta), theta ~ N(0,1) (seed {a.seed + 1}); regularizer "
+          f"{reg!r} for evaluate/gradient; mu = rho for visitation")
 
-    rows = []  # (op, method, threads, median, min, assembly, products, residual)
+    rows = []  # dicts: op, method, thr, med, min, asm, n, res, note
     results = {}
     for op in a.ops:
         for backend in a.backends:
             for nt in a.threads:
-                opts = dict(backend=backend, n_threads=nt)
-                if op == "evaluate":
-                    f = lambda: fastppo.evaluate(mdp, pi, reg, **opts)  # noqa: E731
-                elif op == "visitation":
-                    f = lambda: fastppo.visitation(mdp, pi, full_output=True, **opts)  # noqa: E731
-                else:
-                    f = lambda: fastppo.gradient(mdp, logits, reg, **opts)  # noqa: E731
-                med, mn, out = timed(f, a.repeat)
-                if op == "gradient":
-                    p = fastppo.softmax(mdp, logits, **opts)
-                    ev = fastppo.evaluate(mdp, p, reg, **opts)
-                    vis = fastppo.visitation(mdp, p, full_output=True, **opts)
-                    n, res = ev.n_matvec + vis.n_matvec, max(ev.residual, vis.residual)
-                    results[(op, backend, nt)] = out
-                else:
-                    n, res = out.n_matvec, out.residual
-                    results[(op, backend, nt)] = out.v if op == "evaluate" else out.d
-                label = f"fastppo[{backend}]" + (" (ignores n_threads)" if backend == "numpy" and nt > 1 else "")
-                rows.append((op, label, nt, med, mn, 0.0, n, res))
-                print(f"    {op:10s} {label:34s} threads={nt}  median {med:8.4f} s  products {n}", flush=True)
-
+                med, mn, n, res, x = fastppo_entry(mdp, op, backend, nt, pi, logits, reg, a)
+                results[(op, f"{backend}/{nt}")] = x
+                note = "numpy backend ignores n_threads" if backend == "numpy" and nt > 1 else ""
+                rows.append(dict(op=op, method=f"fastppo[{backend}]", thr=nt, med=med, min=mn,
+                                 asm=0.0, n=n, res=res, note=note, ok=True))
+                print(f"    {op:10s} {'fastppo[' + backend + ']':22s} threads={nt}  median {med:8.4f} s  "
+                      f"products {n}", flush=True)
         base = ScipyBaseline(mdp, reg, a.tol)
         for method in ("bicgstab", "gmres"):
-            if op == "evaluate":
-                asm, _, (A, _) = timed(lambda: base.assemble(pi), a.repeat)
-                med, mn, out = timed(lambda: base.evaluate(method, A, pi), a.repeat)
-                cnt = base.evaluate(method, A, pi, counting=True)
-                results[(op, method)] = out["v"]
-            elif op == "visitation":
-                asm, _, (_, At) = timed(lambda: base.assemble(pi, transpose=True), a.repeat)
-                med, mn, out = timed(lambda: base.visitation(method, At), a.repeat)
-                cnt = base.visitation(method, At, counting=True)
-                results[(op, method)] = out["d"]
-            else:
-                p = base.softmax(logits)  # the op recomputes it (timed); assembly needs it
-                asm, _, (A, At) = timed(lambda: base.assemble(p, transpose=True), a.repeat)
-                med, mn, out = timed(lambda: base.gradient(method, A, At, logits), a.repeat)
-                cnt = base.gradient(method, A, At, logits, counting=True)
-                results[(op, method)] = out["g"]
-            rows.append((op, f"scipy {method} (CSR)", 1, med, mn, asm, cnt["n_matvec"], cnt["residual"]))
-            print(f"    {op:10s} {'scipy ' + method:34s} threads=1  median {med:8.4f} s  "
-                  f"assembly {asm:.4f} s  products {cnt['n_matvec']}", flush=True)
+            base.restarts = 0
+            label = f"scipy {method} (CSR)"
+            try:
+                med, mn, asm, n, res, x = baseline_entry(base, op, method, pi, logits, a)
+            except RuntimeError as exc:  # report and keep going
+                rows.append(dict(op=op, method=label, thr=1, med=math.nan, min=math.nan,
+                                 asm=math.nan, n="-", res=math.nan, note=f"FAILED: {exc}",
+                                 ok=False))
+                print(f"    {op:10s} {label:22s} FAILED: {exc}", flush=True)
+                continue
+            notes = [f"{base.restarts} breakdown restart(s)"] if base.restarts else []
+            ok = res <= 10 * a.tol
+            if ok:
+                results[(op, method)] = x
+            else:  # recursive residual converged, true residual did not (residual gap)
+                notes.append(f"NOT CONVERGED: true residual {res:.1e} > 10*tol")
+            note = "; ".join(notes)
+            rows.append(dict(op=op, method=label, thr=1, med=med, min=mn, asm=asm, n=n, res=res,
+                             note=note, ok=ok))
+            print(f"    {op:10s} {label:22s} threads=1  median {med:8.4f} s  assembly {asm:.4f} s  "
+                  f"products {n}  {note}", flush=True)
         del base
 
-    # agreement with bicgstab (same systems, same tolerance)
-    print("\n    agreement (max |x - x_bicgstab| / max |x_bicgstab|):")
+    print("\n    agreement with the converged scipy solution (max |x - x_scipy| / max |x_scipy|; "
+          "v for evaluate, d for visitation, the gradient for gradient):")
     for op in a.ops:
-        ref = results[(op, "bicgstab")]
-        diffs = [f"{k[1]}/{k[2]}: {rel_diff(np.asarray(x).reshape(-1), ref):.1e}"
-                 for k, x in results.items() if k[0] == op and len(k) == 3]
-        diffs.append(f"gmres: {rel_diff(results[(op, 'gmres')], ref):.1e}")
-        print(f"      {op:10s} " + ", ".join(diffs))
+        method = next((m for m in ("bicgstab", "gmres") if (op, m) in results), None)
+        if method is None:
+            print(f"      {op:10s} no converged scipy solution")
+            continue
+        ref = results[(op, method)]
+        diffs = [f"{k[1]}: {rel_diff(x, ref):.1e}" for k, x in results.items()
+                 if k[0] == op and k[1] != method]
+        print(f"      {op:10s} (vs scipy {method}) " + ", ".join(diffs))
+    table(family, rows, a)
 
-    table(family, rows)
 
-
-def table(family, rows):
-    head = ("operation", "method", "thr", "median s", "min s", "assembly s", "products", "residual",
-            "x bicg", "x bicg+asm")
+def table(family, rows, a):
+    head = ("operation", "method", "thr", "median s", "min s", "assembly s", "products",
+            "residual", "x bicg", "x bicg+asm", "note")
     lines = []
-    for op in dict.fromkeys(r[0] for r in rows):
-        ops = [r for r in rows if r[0] == op]
-        bicg = next(r for r in ops if r[1].startswith("scipy bicgstab"))
-        for (o, method, nt, med, mn, asm, n, res) in ops:
-            lines.append((o, method, str(nt), f"{med:.4f}", f"{mn:.4f}",
-                          f"{asm:.4f}" if asm else "-", str(n), f"{res:.1e}",
-                          f"{bicg[3] / med:.2f}", f"{(bicg[3] + bicg[5]) / (med + asm):.2f}"))
+    for op in dict.fromkeys(r["op"] for r in rows):
+        ops = [r for r in rows if r["op"] == op]
+        # the reference is scipy bicgstab; where it failed, scipy gmres (said in the note)
+        ref = next((r for m in ("bicgstab", "gmres") for r in ops
+                    if r["method"] == f"scipy {m} (CSR)" and r["ok"]), None)
+        fallback = ref is not None and "gmres" in ref["method"]
+        for r in ops:
+            ratios = ("n/a", "n/a")
+            if r["ok"] and ref is not None:
+                ratios = (f"{ref['med'] / r['med']:.2f}",
+                          f"{(ref['med'] + ref['asm']) / (r['med'] + r['asm']):.2f}")
+            note = r["note"] or ("ratios vs scipy gmres (bicgstab failed)" if fallback else "")
+            lines.append((op, r["method"], str(r["thr"]), f"{r['med']:.4f}", f"{r['min']:.4f}",
+                          f"{r['asm']:.4f}" if r["asm"] else "-", str(r["n"]), f"{r['res']:.1e}",
+                          *ratios, note))
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)  # noqa: E731
-                                  for i, (c, w) in enumerate(zip(cells, widths)))
-    print(f"\n    results for family {family!r} (median of {ARGS.repeat} after a warm-up; "
-          "'x bicg' = scipy bicgstab solve time / this time, 'x bicg+asm' = "
-          "(bicgstab solve + its assembly) / (this time + its assembly)):")
+
+    def fmt(cells):
+        return "  ".join(c.ljust(w) if i in (0, 1, 10) else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    print(f"\n    results for family {family!r}: median and min of {a.repeat} calls after a "
+          "warm-up;\n    x bicg = (scipy bicgstab solve time) / (this time), "
+          "x bicg+asm = (bicgstab solve + its assembly) / (this time + its assembly);\n"
+          "    > 1 means faster than scipy bicgstab. 'median s' of the scipy rows excludes "
+          "the assembly of I - gamma P_pi (own column).")
     print("    " + fmt(head))
     print("    " + "  ".join("-" * w for w in widths))
-    prev = None
-    for line in lines:
-        if prev is not None and line[0] != prev:
+    for i, line in enumerate(lines):
+        if i and line[0] != lines[i - 1][0]:
             print()
-        prev = line[0]
         print("    " + fmt(line))
 
 
 def main():
     a = ARGS
-    cmd = " ".join(["python", "benchmarks/compare.py", *sys.argv[1:]])
-    print(f"command: {cmd}")
+    print(f"command: {' '.join(['python', 'benchmarks/compare.py', *sys.argv[1:]])}")
     print(f"sizes:   n_states={a.n_states}, n_actions={a.n_actions}, branching={a.branching}, "
           f"gamma={a.gamma}, locality={a.locality} (local family); families={a.families}")
-    print(f"solvers: tol={a.tol:g} relative residual for all (scipy: rtol={a.tol:g}, atol=0; "
+    print(f"solvers: relative residual tol={a.tol:g} for all (scipy: rtol={a.tol:g}, atol=0; "
           f"gmres restart={RESTART}); repeat={a.repeat}; threads={a.threads}; "
           f"backends={a.backends}")
-    print(f"host:    {platform.machine()}, {os.cpu_count()} CPUs, load average "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; python {platform.python_version()}, "
-          f"numpy {np.__version__}, scipy {scipy.__version__}, fastppo {fastppo.__version__}; "
-          f"BLAS threads {os.environ['OPENBLAS_NUM_THREADS']}")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"host:    {platform.machine()}, {os.cpu_count()} CPUs, load average {load}; "
+          f"python {platform.python_version()}, numpy {np.__version__}, scipy "
+          f"{scipy.__version__}, fastppo {fastppo.__version__}; BLAS threads "
+          f"{os.environ['OPENBLAS_NUM_THREADS']}")
     fastppo.show_backends()
     t0 = time.perf_counter()
     for family in a.families:
         run_family(family, a)
-    print(f"\ntotal wall time {time.perf_counter() - t0:.0f} s; load average at the end "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"\ntotal wall time {time.perf_counter() - t0:.0f} s; load average at the end {load}")
 
 
 if __name__ == "__main__":
