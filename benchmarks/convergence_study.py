@@ -6,7 +6,7 @@ one-factor-at-a-time grid around (τ = 0.1, ε = 0.2, K = 10): τ ∈ {0.05, 0.1
 ε = 0.4, K = 1 besides the base; reverse KL the base and τ = 0.2), and writes
 
 - ``<out>/<mdp>.png``: log10(J* − J) against the outer iteration, one line per setting;
-- ``<out>/rates.csv``: per line, the fitted linear rate ρ (gap_n ≈ C ρ^n, least squares
+- ``<out>/rates.csv`` (appended, one row per finished run): per line, the fitted linear rate ρ (gap_n ≈ C ρ^n, least squares
   on log gap over 1e-10 < gap < 1e-2 · gap_0), the R² of that fit (1 = a straight line),
   iterations to gap 1e-8, and the final gap and gradient norm.
 
@@ -73,16 +73,25 @@ def main(argv=None):
     p.add_argument("--max-states", type=int, default=50_000)
     p.add_argument("--iters", type=int, default=600)
     p.add_argument("--tol", type=float, default=1e-10)
+    p.add_argument("--mdps", help="comma-separated subset, e.g. garnet50000,taxi")
+    p.add_argument("--large-grid", choices=["reduced", "base"], default="reduced",
+                   help="settings above 20,000 states: one variation per factor, or the base only")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    rates = os.path.join(args.out, "rates.csv")
     rows = []
-    for name, build in mdps(args.max_states).items():
+    selected = mdps(args.max_states)
+    if args.mdps:
+        selected = {k: v for k, v in selected.items() if k in args.mdps.split(",")}
+    for name, build in selected.items():
         mdp = build()
         print(f"\n{name}: {mdp}", flush=True)
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
         for ax, reg_cls in zip(axes, (fastppo.ForwardKL, fastppo.ReverseKL)):
             optimum = {}
-            grid = LARGE_GRID[reg_cls.name] if mdp.n_states > LARGE else GRID
+            grid = GRID
+            if mdp.n_states > LARGE:
+                grid = LARGE_GRID[reg_cls.name] if args.large_grid == "reduced" else [BASE]
             for setting in grid:
                 reg = reg_cls(setting["tau"])
                 t0 = time.perf_counter()
@@ -105,6 +114,12 @@ def main(argv=None):
                                  seconds=time.perf_counter() - t0))
                 print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                        for k, v in rows[-1].items()), flush=True)
+                new = not os.path.exists(rates)
+                with open(rates, "a", newline="") as f:  # appended run by run: partial runs keep rows
+                    writer = csv.DictWriter(f, fieldnames=list(rows[-1]))
+                    if new:
+                        writer.writeheader()
+                    writer.writerow(rows[-1])
             ax.set_title(f"{name}: PPO-Clip, {reg_cls.__name__}")
             ax.set_xlabel("outer iteration")
             ax.grid(True, which="both", alpha=0.3)
@@ -113,11 +128,7 @@ def main(argv=None):
         fig.tight_layout()
         fig.savefig(os.path.join(args.out, f"{name}.png"), dpi=80)
         plt.close(fig)
-    with open(os.path.join(args.out, "rates.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"\nwrote {args.out}/rates.csv and one PNG per MDP")
+    print(f"\nappended {len(rows)} rows to {rates}; one PNG per MDP")
 
 
 if __name__ == "__main__":
