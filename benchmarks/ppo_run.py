@@ -17,6 +17,8 @@ def main():
     p.add_argument("--n-states", type=int, default=50_000)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--backends", default="numba,cython,numpy")
+    p.add_argument("--per-iteration", type=int, metavar="N",
+                   help="only time N outer iterations per backend at 1 and 2 threads (median)")
     args = p.parse_args()
     mdp = fastppo.garnet(args.n_states, 10, 10, gamma=0.99, seed=0)
     reg = fastppo.ForwardKL(0.1)
@@ -26,6 +28,14 @@ def main():
     print(f"solve: J*={opt.J:.12g}, {opt.n_iter} PI steps, {opt.n_matvec} products, "
           f"{time.perf_counter() - t0:.2f} s")
     fastppo.PPOClip(fastppo.garnet(200, 10, 10, seed=1), reg).run(2)  # JIT warm-up
+    if args.per_iteration:
+        print(f"{'backend':>8} {'threads':>7} {'median ms/iteration':>20} (over iterations 2..{args.per_iteration + 1})")
+        for backend in args.backends.split(","):
+            for nt in (1, 2):
+                ppo = fastppo.PPOClip(mdp, reg, backend=backend, n_threads=nt)
+                h = ppo.run(args.per_iteration + 1).history
+                print(f"{backend:>8} {nt:>7} {np.median(h['seconds'][1:]) * 1e3:>20.0f}", flush=True)
+        return
     runs = [(b, True) for b in args.backends.split(",")] + [("numba", False)]
     print(f"{'backend':>8} {'warm':>5} {'iters':>6} {'seconds':>8} {'ms/iter':>8} "
           f"{'products':>9} {'prod/iter':>9} {'final gap':>10}")

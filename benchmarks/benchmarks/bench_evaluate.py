@@ -2,7 +2,7 @@
 import fastppo
 
 from .common import (BACKENDS, FAMILIES, MEM_SIZES, SIZES, THREADS, TimeSolve, check_params,
-                     get_mdp, get_policy, get_reg, get_tiny, warm)
+                     get_mdp, get_policy, get_reg, get_tiny, reset_peak_rss, warm)
 
 
 def _evaluate(mdp, pi, backend, n_threads):
@@ -39,6 +39,7 @@ class EvaluateMemory:
         _evaluate(tiny, tiny.uniform_policy(), backend, 1)
         self.mdp = get_mdp(family, n_states)
         self.pi = get_policy(family, n_states)
+        reset_peak_rss()
 
     def peakmem_reference(self, backend, n_states, family):
         pass

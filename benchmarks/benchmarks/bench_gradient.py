@@ -3,7 +3,8 @@ tables)."""
 import fastppo
 
 from .common import (BACKENDS, FAMILIES, MEM_SIZES, SIZES, THREADS, TINY, TimeSolve,
-                     check_params, get_logits, get_mdp, get_reg, get_tiny, warm)
+                     check_params, get_logits, get_mdp, get_reg, get_tiny, reset_peak_rss,
+                     warm)
 
 
 def _gradient(mdp, logits, backend, n_threads):
@@ -39,6 +40,7 @@ class GradientMemory:
         _gradient(get_tiny(family), get_logits(family, TINY), backend, 1)
         self.mdp = get_mdp(family, n_states)
         self.logits = get_logits(family, n_states)
+        reset_peak_rss()
 
     def peakmem_reference(self, backend, n_states, family):
         pass

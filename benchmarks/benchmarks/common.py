@@ -1,14 +1,14 @@
 """Shared fixtures for the asv suite: memoised fixed-seed MDPs, policies, JIT warm-up.
 
 Three families, because garnet MDPs alone flatter every solver (they mix in a few
-steps, so GMRES needs ~20 products):
+steps, so GMRES needs ~20 products whatever the size):
 
 - ``"garnet"``: ``fastppo.garnet(S, 10, 10, gamma=0.99, seed=0)``, successors
   uniform over all states (fast mixing, poor memory locality);
 - ``"local"``: the same with ``locality=50`` (successors within ±50 states: slow
-  mixing, ~150 products, good locality);
+  mixing, ~160-180 products from 10,000 states on, good locality);
 - ``"grid"``: ``fastppo.gridworld(H, W, gamma=0.99)`` with ``H * W = S`` (4 actions,
-  ≤ 3 successors, slip 0.1, one absorbing goal; ~200 products).
+  ≤ 3 successors, slip 0.1, one absorbing goal; ~260-310 products, cheap products).
 
 Everything is memoised per process: asv re-runs ``setup`` before every timing
 sample, so a ``setup`` must be cheap after its first call. The first ``setup`` of each
@@ -99,6 +99,22 @@ def get_policy(family, n_states):
 def get_reg():
     """The regularizer used by evaluate / gradient benchmarks: 0.1 · KL(π ‖ uniform)."""
     return fastppo.ReverseKL(0.1)
+
+
+def reset_peak_rss():
+    """Reset the process's peak RSS to its current RSS (Linux ≥ 4.0; elsewhere a no-op).
+
+    Called at the end of a peakmem ``setup``: building a large MDP (the generators' int32
+    and bool temporaries) peaks above the working set of the operation itself, and asv's
+    peakmem reads ``ru_maxrss``, which would otherwise still hold the setup's peak.
+    ``peakmem_reference`` then measures the RSS after setup and ``peakmem_<op>`` the
+    peak during the operation.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 _warm = set()
