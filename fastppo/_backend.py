@@ -4,7 +4,7 @@ Every kernel is called as ``kernel(*arrays_and_scalars, n_threads)``. Backend
 resolution: explicit ``backend=`` argument → ``fastppo.backend(...)`` context /
 ``set_backend()`` → environment variable ``FASTPPO_BACKEND`` → ``"numba"``.
 Thread count: explicit ``n_threads=`` → ``set_num_threads()`` → ``FASTPPO_NUM_THREADS``
-→ the number of CPUs.
+→ 1.
 """
 import contextlib
 import importlib
@@ -41,24 +41,19 @@ def resolve_backend(backend=None):
     return "numba"
 
 
-SERIAL_BELOW = 100_000  # transition nonzeros below which the default runs serially
-
-
-def resolve_threads(n_threads=None, work=None):
+def resolve_threads(n_threads=None):
     """The thread count in force for a call with ``n_threads=`` (may be None).
 
-    When nothing sets it (argument, ``set_num_threads``, ``FASTPPO_NUM_THREADS``), all
-    CPUs are used, except for problems with ``work`` < 100,000 transition nonzeros,
-    where starting threads costs more than it saves.
+    Unless set (argument, ``set_num_threads``, ``FASTPPO_NUM_THREADS``), kernels run on
+    one thread: the products are memory-bound and one core nearly saturates the memory
+    bandwidth, so on a 2-core machine a whole PPO-Clip iteration measured slower on two
+    threads (934 vs 716 ms at S = 50,000).
     """
     if n_threads is None:
         n_threads = _state["n_threads"]
     if n_threads is None:
         env = os.environ.get("FASTPPO_NUM_THREADS")
-        if env:
-            n_threads = int(env)
-        else:
-            n_threads = 1 if work is not None and work < SERIAL_BELOW else (os.cpu_count() or 1)
+        n_threads = int(env) if env else 1
     if isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral) or n_threads < 1:
         raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
     return int(n_threads)
@@ -86,7 +81,7 @@ def set_num_threads(n):
     Parameters
     ----------
     n : int or None
-        Threads; None restores the default (``FASTPPO_NUM_THREADS``, else all CPUs).
+        Threads; None restores the default (``FASTPPO_NUM_THREADS``, else 1).
     """
     _state["n_threads"] = None if n is None else resolve_threads(n)
 

@@ -127,7 +127,7 @@ def evaluate(mdp, pi, reg=None, *, v0=None, tol=DEFAULT_TOL, max_iter=None,
     code, alpha, tau, ref = reg_args(mdp, reg, flat)
     tol, max_iter, restart = _solver_args(tol, max_iter, restart)
     v0 = _guess(v0, mdp.n_states, "v0")
-    which, nt = resolve_backend(backend), resolve_threads(n_threads, mdp.p_data.size)
+    which, nt = resolve_backend(backend), resolve_threads(n_threads)
     k = lambda name: get_kernel(name, which)  # noqa: E731
 
     c = np.empty(mdp.n_states)
@@ -171,7 +171,7 @@ def visitation(mdp, pi, mu=None, *, d0=None, tol=DEFAULT_TOL, max_iter=None,
     mu = mdp.rho if mu is None else V.check_distribution(mu, mdp.n_states, "mu")
     tol, max_iter, restart = _solver_args(tol, max_iter, restart)
     d0 = _guess(d0, mdp.n_states, "d0")
-    which, nt = resolve_backend(backend), resolve_threads(n_threads, mdp.p_data.size)
+    which, nt = resolve_backend(backend), resolve_threads(n_threads)
     rmatvec = get_kernel("bellman_rmatvec", which)
     buf = np.empty((nt, mdp.n_states))
     args = (mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data, flat, mdp.gamma)
@@ -203,7 +203,7 @@ def softmax(mdp, logits, *, backend=None, n_threads=None):
     """
     flat = V.check_logits(mdp, logits)
     out = np.empty_like(flat)
-    nt = resolve_threads(n_threads, mdp.p_data.size)
+    nt = resolve_threads(n_threads)
     get_kernel("segment_softmax", backend)(mdp.a_indptr, flat, out, nt)
     return mdp.to_table(out, like=logits)
 
@@ -226,7 +226,7 @@ def gradient(mdp, logits, reg=None, mu=None, *, tol=DEFAULT_TOL, max_iter=None,
     -------
     grad : ndarray of the shape of ``logits``
     """
-    which, nt = resolve_backend(backend), resolve_threads(n_threads, mdp.p_data.size)
+    which, nt = resolve_backend(backend), resolve_threads(n_threads)
     opts = dict(tol=tol, max_iter=max_iter, restart=restart, backend=which, n_threads=nt)
     pi = softmax(mdp, V.check_logits(mdp, logits), backend=which, n_threads=nt)
     ev = evaluate(mdp, pi, reg, **opts)

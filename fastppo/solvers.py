@@ -97,7 +97,7 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
     """
     tol = V.check_positive(tol, "tol")
     max_iter = V.check_int(max_iter, "max_iter")
-    which, nt = resolve_backend(backend), resolve_threads(n_threads, mdp.p_data.size)
+    which, nt = resolve_backend(backend), resolve_threads(n_threads)
     uniform = mdp.uniform_policy()
     code, alpha, tau, ref = reg_args(mdp, reg, uniform)
     greedy = get_kernel("greedy_policy", which)
@@ -158,7 +158,7 @@ class _ExactMethod:
         self.mdp = mdp
         self.reg = reg
         self.backend = resolve_backend(backend)
-        self.n_threads = resolve_threads(n_threads, mdp.p_data.size)
+        self.n_threads = resolve_threads(n_threads)
         self.tol = V.check_positive(tol, "tol")
         self.warm_start = bool(warm_start)
         uniform = mdp.uniform_policy()
