@@ -2,51 +2,30 @@
 products)."""
 import fastppo
 
-from .common import (BACKENDS, FAMILIES, MEM_SIZES, SIZES, THREADS, TimeSolve, check_params,
-                     get_mdp, get_policy, get_tiny, reset_peak_rss, warm)
+from .common import (FAMILIES, SIZES, OperationMemory, OperationSuite, check_params, get_mdp,
+                     get_policy)
 
 
 def _visitation(mdp, pi, backend, n_threads):
     return fastppo.visitation(mdp, pi, backend=backend, n_threads=n_threads, full_output=True)
 
 
-class VisitationSuite(TimeSolve):
+class VisitationSuite(OperationSuite):
     """Wall time of ``visitation(mdp, pi)`` (μ = ρ uniform) to relative residual 1e-12."""
 
-    params = [BACKENDS, SIZES, FAMILIES, THREADS]
-    param_names = ["backend", "n_states", "family", "n_threads"]
-
-    def setup(self, backend, n_states, family, n_threads):
-        check_params(backend, n_states, n_threads)
-        self.mdp = get_mdp(family, n_states)
-        self.pi = get_policy(family, n_states)
-        tiny = get_tiny(family)
-        warm(("visitation", backend, family, n_threads),
-             lambda: _visitation(tiny, tiny.uniform_policy(), backend, n_threads))
+    name, operation = "visitation", staticmethod(_visitation)
 
     def time_visitation(self, backend, n_states, family, n_threads):
-        _visitation(self.mdp, self.pi, backend, n_threads)
+        self.call(backend, n_threads)
 
 
-class VisitationMemory:
-    """Peak RSS of one ``visitation`` (subtract ``peakmem_reference``)."""
+class VisitationMemory(OperationMemory):
+    """Peak RSS of one ``visitation``."""
 
-    params = [BACKENDS, MEM_SIZES, FAMILIES]
-    param_names = ["backend", "n_states", "family"]
-
-    def setup(self, backend, n_states, family):
-        check_params(backend, n_states)
-        tiny = get_tiny(family)
-        _visitation(tiny, tiny.uniform_policy(), backend, 1)
-        self.mdp = get_mdp(family, n_states)
-        self.pi = get_policy(family, n_states)
-        reset_peak_rss()
-
-    def peakmem_reference(self, backend, n_states, family):
-        pass
+    operation = staticmethod(_visitation)
 
     def peakmem_visitation(self, backend, n_states, family):
-        _visitation(self.mdp, self.pi, backend, 1)
+        self.call(backend)
 
 
 class VisitationProducts:

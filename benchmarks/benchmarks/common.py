@@ -151,6 +151,54 @@ class TimeSolve:
     timeout = 300
 
 
+class OperationSuite(TimeSolve):
+    """Wall time of one call ``operation(mdp, argument, backend, n_threads)``.
+
+    Subclasses set ``name``, ``operation`` and ``argument`` (``get_policy`` or
+    ``get_logits``) and define ``time_<name>`` calling ``self.call``.
+    """
+
+    params = [BACKENDS, SIZES, FAMILIES, THREADS]
+    param_names = ["backend", "n_states", "family", "n_threads"]
+    argument = staticmethod(get_policy)
+
+    def setup(self, backend, n_states, family, n_threads):
+        check_params(backend, n_states, n_threads)
+        self.mdp = get_mdp(family, n_states)
+        self.arg = self.argument(family, n_states)
+        tiny, tiny_arg = get_tiny(family), self.argument(family, TINY)
+        warm((self.name, backend, family, n_threads),
+             lambda: self.operation(tiny, tiny_arg, backend, n_threads))
+
+    def call(self, backend, n_threads):
+        return self.operation(self.mdp, self.arg, backend, n_threads)
+
+
+class OperationMemory:
+    """Peak RSS of one call (subtract ``peakmem_reference``: process + MDP + JIT).
+
+    Subclasses set ``operation`` and ``argument`` and define ``peakmem_<name>``
+    calling ``self.call``.
+    """
+
+    params = [BACKENDS, MEM_SIZES, FAMILIES]
+    param_names = ["backend", "n_states", "family"]
+    argument = staticmethod(get_policy)
+
+    def setup(self, backend, n_states, family):
+        check_params(backend, n_states)
+        self.operation(get_tiny(family), self.argument(family, TINY), backend, 1)  # load kernels
+        self.mdp = get_mdp(family, n_states)
+        self.arg = self.argument(family, n_states)
+        reset_peak_rss()
+
+    def peakmem_reference(self, backend, n_states, family):
+        pass
+
+    def call(self, backend):
+        return self.operation(self.mdp, self.arg, backend, 1)
+
+
 def _preload():
     """Load the serial Numba kernels and the Cython modules in asv's fork server.
 
