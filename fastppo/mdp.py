@@ -10,6 +10,8 @@ pairs of state ``s`` are ``a_indptr[s]:a_indptr[s+1]``. Transitions
 For a rectangular MDP (every state has actions ``0..A-1``) per-pair tables can also
 be given and returned with shape ``(n_states, n_actions)``.
 """
+import functools
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -283,10 +285,12 @@ class MDP:
                        _copy=False)
 
     # ------------------------------------------------------------------ views
-    @property
+    @functools.cached_property
     def s_indices(self):
-        """State of each pair, shape (n_pairs,), int64."""
-        return np.repeat(np.arange(self.n_states, dtype=np.int64), np.diff(self.a_indptr))
+        """State of each pair, shape (n_pairs,), int64 (computed once, read-only)."""
+        s = np.repeat(np.arange(self.n_states, dtype=np.int64), np.diff(self.a_indptr))
+        s.flags.writeable = False
+        return s
 
     @property
     def P(self):

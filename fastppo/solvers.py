@@ -116,29 +116,27 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
         residual = float(np.max(np.abs(tv - v)))
         scale = max(1.0, float(np.max(np.abs(v))))
         stable = tau == 0 and np.array_equal(new_pi, pi)
-        if residual <= tol * scale or stable:
-            if tau > 0:
-                # Policy iteration is Newton's method: Ṽ^π is second order in the policy
-                # error, so a tiny residual certifies v but π itself is only ~sqrt(residual)
-                # from the optimum. The greedy policy of this v is first-order accurate
-                # (error ~ residual/τ): return it, with its own exact evaluation.
-                pi, new_pi = new_pi, pi
-                ev = evaluate(mdp, pi, reg, v0=v, tol=lin_tol, backend=which, n_threads=nt)
-                v, n_matvec = ev.v, n_matvec + ev.n_matvec
-                greedy(mdp.a_indptr, ev.q, ref, code, alpha, tau, new_pi, tv, nt)
-                residual = float(np.max(np.abs(tv - v)))
-            return SolveResult(policy=mdp.to_table(pi.copy()), v=v, q=mdp.to_table(ev.q),
-                               adv=mdp.to_table(ev.adv), J=ev.J, n_iter=it,
-                               bellman_residual=residual, n_matvec=n_matvec, converged=True,
-                               backend=which)
-        if residual >= best and residual < 1e-8 * scale:  # round-off floor of the evaluation
+        converged = residual <= tol * scale or stable
+        stalled = residual >= best and residual < 1e-8 * scale  # round-off floor of evaluation
+        if converged and tau > 0:
+            # Policy iteration is Newton's method: Ṽ^π is second order in the policy
+            # error, so a tiny residual certifies v but π itself is only ~sqrt(residual)
+            # from the optimum. The greedy policy of this v is first-order accurate
+            # (error ~ residual/τ): return it, with its own exact evaluation.
+            pi, new_pi = new_pi, pi
+            ev = evaluate(mdp, pi, reg, v0=v, tol=lin_tol, backend=which, n_threads=nt)
+            v, n_matvec = ev.v, n_matvec + ev.n_matvec
+            greedy(mdp.a_indptr, ev.q, ref, code, alpha, tau, new_pi, tv, nt)
+            residual = float(np.max(np.abs(tv - v)))
+        elif stalled:
             warnings.warn(f"solve stopped at iteration {it}: Bellman residual {residual:.3g} no "
                           f"longer decreases (tol {tol:g} x scale {scale:.3g} is below round-off)",
                           RuntimeWarning, stacklevel=2)
+        if converged or stalled:
             return SolveResult(policy=mdp.to_table(pi.copy()), v=v, q=mdp.to_table(ev.q),
                                adv=mdp.to_table(ev.adv), J=ev.J, n_iter=it,
-                               bellman_residual=residual, n_matvec=n_matvec, converged=False,
-                               backend=which)
+                               bellman_residual=residual, n_matvec=n_matvec,
+                               converged=converged, backend=which)
         best = min(best, residual)
         pi, new_pi = new_pi, pi
     raise ConvergenceError(f"solve did not reach tol={tol:g} in max_iter={max_iter} policy-"

@@ -1,8 +1,7 @@
 """fastppo.evaluate: regularized Ṽ, Q̃, Ã of a fixed policy (one GMRES solve + tables)."""
 import fastppo
 
-from .common import (FAMILIES, SIZES, OperationMemory, OperationSuite, check_params, get_mdp,
-                     get_policy, get_reg)
+from .common import OperationMemory, OperationProducts, OperationSuite, get_reg
 
 
 def _evaluate(mdp, pi, backend, n_threads):
@@ -27,18 +26,9 @@ class EvaluateMemory(OperationMemory):
         self.call(backend)
 
 
-class EvaluateProducts:
-    """GMRES products with I − γP_π to reach 1e-12: the algorithmic cost, separate from
-    the cost per product (backend-independent up to round-off, so measured with numba)."""
+class EvaluateProducts(OperationProducts):
+    """GMRES products with I − γP_π to reach 1e-12."""
 
-    params = [SIZES, FAMILIES]
-    param_names = ["n_states", "family"]
-    unit = "products"
-
-    def setup(self, n_states, family):
-        check_params("numba", n_states)
-        self.mdp = get_mdp(family, n_states)
-        self.pi = get_policy(family, n_states)
-
-    def track_n_matvec(self, n_states, family):
-        return _evaluate(self.mdp, self.pi, "numba", 1).n_matvec
+    @staticmethod
+    def products(mdp, pi):
+        return _evaluate(mdp, pi, "numba", 1).n_matvec

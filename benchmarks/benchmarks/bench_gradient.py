@@ -2,8 +2,7 @@
 tables)."""
 import fastppo
 
-from .common import (FAMILIES, SIZES, OperationMemory, OperationSuite, check_params,
-                     get_logits, get_mdp, get_reg)
+from .common import OperationMemory, OperationProducts, OperationSuite, get_logits, get_reg
 
 
 def _gradient(mdp, logits, backend, n_threads):
@@ -28,20 +27,15 @@ class GradientMemory(OperationMemory):
         self.call(backend)
 
 
-class GradientProducts:
+class GradientProducts(OperationProducts):
     """Products used by one ``gradient``: the evaluation solve plus the visitation solve."""
 
-    params = [SIZES, FAMILIES]
-    param_names = ["n_states", "family"]
-    unit = "products"
+    argument = staticmethod(get_logits)
 
-    def setup(self, n_states, family):
-        check_params("numba", n_states)
-        self.mdp = get_mdp(family, n_states)
-        self.pi = fastppo.softmax(self.mdp, get_logits(family, n_states), backend="numba")
-
-    def track_n_matvec(self, n_states, family):
+    @staticmethod
+    def products(mdp, logits):
         opts = dict(backend="numba", n_threads=1)
-        ev = fastppo.evaluate(self.mdp, self.pi, get_reg(), **opts)
-        d = fastppo.visitation(self.mdp, self.pi, full_output=True, **opts)
+        pi = fastppo.softmax(mdp, logits, **opts)
+        ev = fastppo.evaluate(mdp, pi, get_reg(), **opts)
+        d = fastppo.visitation(mdp, pi, full_output=True, **opts)
         return ev.n_matvec + d.n_matvec

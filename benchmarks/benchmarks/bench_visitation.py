@@ -2,8 +2,7 @@
 products)."""
 import fastppo
 
-from .common import (FAMILIES, SIZES, OperationMemory, OperationSuite, check_params, get_mdp,
-                     get_policy)
+from .common import OperationMemory, OperationProducts, OperationSuite
 
 
 def _visitation(mdp, pi, backend, n_threads):
@@ -28,17 +27,9 @@ class VisitationMemory(OperationMemory):
         self.call(backend)
 
 
-class VisitationProducts:
-    """GMRES products with I − γP_πᵀ to reach 1e-12 (algorithmic cost)."""
+class VisitationProducts(OperationProducts):
+    """GMRES products with I − γP_πᵀ to reach 1e-12."""
 
-    params = [SIZES, FAMILIES]
-    param_names = ["n_states", "family"]
-    unit = "products"
-
-    def setup(self, n_states, family):
-        check_params("numba", n_states)
-        self.mdp = get_mdp(family, n_states)
-        self.pi = get_policy(family, n_states)
-
-    def track_n_matvec(self, n_states, family):
-        return _visitation(self.mdp, self.pi, "numba", 1).n_matvec
+    @staticmethod
+    def products(mdp, pi):
+        return _visitation(mdp, pi, "numba", 1).n_matvec

@@ -199,6 +199,25 @@ class OperationMemory:
         return self.operation(self.mdp, self.arg, backend, 1)
 
 
+class OperationProducts:
+    """GMRES products one call needs to reach 1e-12: the algorithmic cost, separate from
+    the cost per product (backend-independent up to round-off, so measured with numba).
+    Subclasses set ``products(mdp, argument)`` and ``argument``."""
+
+    params = [SIZES, FAMILIES]
+    param_names = ["n_states", "family"]
+    unit = "products"
+    argument = staticmethod(get_policy)
+
+    def setup(self, n_states, family):
+        check_params("numba", n_states)
+        self.mdp = get_mdp(family, n_states)
+        self.arg = self.argument(family, n_states)
+
+    def track_n_matvec(self, n_states, family):
+        return self.products(self.mdp, self.arg)
+
+
 def _preload():
     """Load the serial Numba kernels and the Cython modules in asv's fork server.
 
