@@ -12,6 +12,8 @@ from ._krylov import ConvergenceError
 from .evaluation import Evaluation, evaluate, gradient, softmax, visitation
 from .generators import chain, garnet, gridworld, token_tree
 from .mdp import MDP
+from .sampled import (AdaptiveKLController, Rollout, SampledPPO, discounted_returns, gae,
+                      group_advantages, kl_estimate, rollout)
 from .solvers import NPG, KLPenaltyPPO, PPOClip, RunResult, SoftmaxPG, SolveResult, solve
 from .regularizers import (AlphaDivergence, ChiSquare, ForwardKL, Hellinger, JensenShannon,
                            Regularizer, ReverseKL)
@@ -23,5 +25,7 @@ __all__ = [
     "AlphaDivergence",
     "evaluate", "visitation", "gradient", "softmax", "Evaluation", "ConvergenceError",
     "solve", "PPOClip", "SoftmaxPG", "NPG", "KLPenaltyPPO", "SolveResult", "RunResult",
+    "rollout", "Rollout", "gae", "discounted_returns", "kl_estimate", "group_advantages",
+    "AdaptiveKLController", "SampledPPO",
     "backend", "set_backend", "get_backend", "set_num_threads", "show_backends",
 ]

@@ -17,6 +17,7 @@ STEMS = {
     "linear": ("bellman_matvec", "bellman_rmatvec", "q_values"),
     "tables": ("segment_softmax", "regularized_reward", "advantages", "policy_gradient"),
     "policy_update": ("greedy_policy", "ppo_update"),
+    "sampling": ("rollout", "gae", "discounted_returns", "ppo_minibatches"),
 }
 
 _state = {"backend": None, "n_threads": None}

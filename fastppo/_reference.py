@@ -139,3 +139,121 @@ def ppo_update(a_indptr, pi_old, adv, weight, ref, code, alpha, tau, eps_low, ep
         theta += lr * g
     segment_softmax(a_indptr, theta, pi_out)
     kl_out[:] = _segment_sum(a_indptr, np.where(pi_out > 0, pi_out * np.log(np.where(pi_out > 0, pi_out, 1.0) / pi_old), 0.0))
+
+
+# ------------------------------------------------------------------- sampling
+def rollout(a_indptr, pi, p_indptr, p_indices, p_data, terminal, start, u_action, u_next,
+            states, pairs, next_states, terminated, truncated, n_threads=1):
+    """One episode per environment e (row), at most ``horizon`` = u_action.shape[1] steps.
+
+    At step t in state s: the action is the first pair k of s with u_action[e, t] <
+    π[lo] + ... + π[k] (summed in order; the last pair if round-off leaves none), the
+    next state the first entry j of row k with u_next[e, t] < p[lo_k] + ... + p[j].
+    The episode ends when the next state is terminal (``terminated``) or at the
+    horizon (``truncated``); later slots hold −1 (states, pairs, next_states) and 0.
+    """
+    n_envs, horizon = u_action.shape
+    states.fill(-1), pairs.fill(-1), next_states.fill(-1)
+    terminated.fill(0), truncated.fill(0)
+    s = start.astype(np.int64).copy()
+    alive = terminal[s] == 0
+    for t in range(horizon):
+        e = np.flatnonzero(alive)
+        if e.size == 0:
+            break
+        st = s[e]
+        k = _first_below(a_indptr[st], a_indptr[st + 1], pi, u_action[e, t])
+        j = _first_below(p_indptr[k], p_indptr[k + 1], p_data, u_next[e, t])
+        nxt = p_indices[j].astype(np.int64)
+        states[e, t], pairs[e, t], next_states[e, t] = st, k, nxt
+        ends = terminal[nxt] != 0
+        terminated[e, t] = ends
+        if t == horizon - 1:
+            truncated[e, t] = ~ends
+        alive[e[ends]] = False
+        s[e] = nxt
+
+
+def _first_below(lo, hi, weights, u):
+    """Per row: first index k in [lo, hi) with u < weights[lo] + ... + weights[k] (else hi − 1)."""
+    k = hi - 1
+    found = np.zeros(lo.shape[0], dtype=bool)
+    acc = np.zeros(lo.shape[0])
+    for step in range(int((hi - lo).max())):
+        idx = lo + step
+        live = idx < hi
+        acc[live] = acc[live] + weights[idx[live]]
+        hit = live & ~found & (u < acc)
+        k[hit] = idx[hit]
+        found |= hit
+    return k
+
+
+def gae(rewards, values, next_values, terminated, done, gamma, lam, out, n_threads=1):
+    """GAE(γ, λ) along the last axis: δ_t = r_t + γ (1 − term_t) V'_t − V_t,
+    A_t = δ_t + γλ (1 − done_t) A_{t+1}."""
+    a = np.zeros(rewards.shape[0])
+    for t in range(rewards.shape[1] - 1, -1, -1):
+        delta = rewards[:, t] + gamma * np.where(terminated[:, t] != 0, 0.0, next_values[:, t]) - values[:, t]
+        a = delta + gamma * lam * np.where(done[:, t] != 0, 0.0, a)
+        out[:, t] = a
+
+
+def discounted_returns(rewards, next_values, terminated, done, gamma, out, n_threads=1):
+    """G_t = r_t + γ·(0 if term_t, V'_t if done_t (truncated), else G_{t+1}) along the last axis."""
+    g = np.zeros(rewards.shape[0])
+    for t in range(rewards.shape[1] - 1, -1, -1):
+        follow = np.where(done[:, t] != 0, next_values[:, t], g)
+        g = rewards[:, t] + gamma * np.where(terminated[:, t] != 0, 0.0, follow)
+        out[:, t] = g
+
+
+def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_ref, returns,
+                    v_old, order, bounds, eps_low, eps_high, dual_clip, kl_coef, kl_kind,
+                    value_clip, lr, critic_lr, logits, values, g, csum, vsum, counts, clipped,
+                    n_threads=1):
+    """Epochs × minibatches of PPO-Clip on tabular logits and a tabular critic (in place).
+
+    Minibatch m of epoch e holds the samples ``order[e, bounds[m]:bounds[m+1]]``. Per
+    sample i at state s, pair k, with r = π_θ(k)/π_old(k), the ascent coefficient is
+    c_i = r A_i where the clip is inactive (A > 0 and r < 1+ε_high, or A < 0 and
+    1−ε_low < r < dual_clip), else 0, minus β ∂k/∂log π (k1: 1, k2: log π/π_ref,
+    k3: 1 − π_ref/π). Each visited state then moves by the mean over its n_s samples:
+    θ(s,·) += lr/n_s Σ_i c_i (e_{k_i} − π_θ(·|s)), and V(s) −= critic_lr/n_s Σ_i ∂ℓ_i/∂V
+    with ℓ = ½ max((V − R)², (V_clip − R)²), V_clip = V_old + clip(V − V_old, ±value_clip).
+    ``clipped[e]`` counts the samples of epoch e with A ≠ 0 and an active clip.
+    ``g, csum, vsum, counts`` are zero scratch arrays (sizes n_pairs, S, S, S).
+    """
+    n_states = a_indptr.shape[0] - 1
+    st = _states(a_indptr)
+    for ep in range(order.shape[0]):
+        for m in range(bounds.shape[0] - 1):
+            idx = order[ep, bounds[m]:bounds[m + 1]]
+            s, k, A = sample_states[idx], sample_pairs[idx], adv[idx]
+            mx = np.maximum.reduceat(logits, a_indptr[:-1])
+            z = _segment_sum(a_indptr, np.exp(logits - mx[st]))
+            pi = np.exp(logits - mx[st]) / z[st]
+            logp = logits[k] - mx[s] - np.log(z[s])
+            ratio = np.exp(logp - logp_old[idx])
+            active = (((A > 0) & (ratio < 1.0 + eps_high))
+                      | ((A < 0) & (ratio > 1.0 - eps_low) & (ratio < dual_clip)))
+            clipped[ep] += np.count_nonzero(~active & (A != 0))
+            coef = np.where(active, ratio * A, 0.0)
+            if kl_kind == 1:
+                coef = coef - kl_coef * 1.0
+            elif kl_kind == 2:
+                coef = coef - kl_coef * (logp - logp_ref[idx])
+            elif kl_kind == 3:
+                coef = coef - kl_coef * (1.0 - np.exp(logp_ref[idx] - logp))
+            diff = values[s] - returns[idx]
+            vclip = v_old[idx] + np.clip(values[s] - v_old[idx], -value_clip, value_clip)
+            vgrad = np.where((vclip - returns[idx]) ** 2 > diff * diff, 0.0, diff)
+            n = np.bincount(s, minlength=n_states)
+            gk = np.bincount(k, coef, minlength=logits.shape[0])
+            cs = np.bincount(s, coef, minlength=n_states)
+            vs = np.bincount(s, vgrad, minlength=n_states)
+            seen = n > 0
+            pair_seen = seen[st]
+            step = (gk - cs[st] * pi) / np.where(pair_seen, n[st], 1)
+            logits[pair_seen] += lr * step[pair_seen]
+            values[seen] -= critic_lr * vs[seen] / n[seen]

@@ -321,3 +321,46 @@ def check_int(x, name, minimum=1):
     if x < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {x}")
     return int(x)
+
+
+def check_unit_interval(x, name):
+    """A real number in [0, 1]."""
+    x = check_positive(x, name, strict=False)
+    if x > 1:
+        raise ValueError(f"{name} must be in [0, 1], got {x}")
+    return x
+
+
+def check_choice(x, name, choices):
+    if x not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {x!r}")
+    return x
+
+
+def trajectory_arrays(shape_name, **arrays):
+    """Same-shape (…, T) arrays → C-contiguous 2-D (rows, T): float64, or uint8 for flags.
+
+    ``arrays`` maps names to array_like (None skipped); names starting with ``flag:``
+    are boolean flags. The first array fixes the shape; any other shape is rejected
+    naming the array. Float arrays must be finite.
+    """
+    out, shape = {}, None
+    for key, x in arrays.items():
+        flag = key.startswith("flag:")
+        name = key.removeprefix("flag:")
+        x = np.asarray(x)
+        if shape is None:
+            shape = x.shape
+            if x.ndim == 0:
+                raise ValueError(f"{name} must have a time axis (shape (..., T)), got a scalar")
+        elif x.shape != shape:
+            raise ValueError(f"{name} must have the shape of {shape_name} {shape}, got {x.shape}")
+        if flag:
+            if x.dtype != bool and not np.isin(x, (0, 1)).all():
+                raise ValueError(f"{name} must hold booleans (0/1)")
+            x = x.astype(np.uint8)
+        else:
+            x = as_float_array(x, name)
+            check_finite(x, name)
+        out[name] = np.ascontiguousarray(x.reshape(-1, shape[-1]))
+    return shape, out

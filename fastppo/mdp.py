@@ -292,6 +292,20 @@ class MDP:
         s.flags.writeable = False
         return s
 
+    @functools.cached_property
+    def terminal(self):
+        """Absorbing zero-reward states, shape (S,), bool (computed once, read-only).
+
+        A state is terminal when every action loops back to it with probability 1 and
+        reward 0 (e.g. the absorbing state ``from_gymnasium`` adds); rollouts end there.
+        """
+        single = np.diff(self.p_indptr) == 1  # rows sum to 1, so that entry is 1
+        first = self.p_indices[np.minimum(self.p_indptr[:-1], self.p_indices.shape[0] - 1)]
+        loops = single & (first == self.s_indices) & (self.r == 0.0)
+        term = np.logical_and.reduceat(loops, self.a_indptr[:-1])
+        term.flags.writeable = False
+        return term
+
     @property
     def P(self):
         """Transitions as a scipy.sparse CSR array of shape (n_pairs, n_states) (a copy)."""

@@ -20,3 +20,9 @@ def twins(*funcs):
         )
         for f in funcs
     }
+
+
+def serial(*funcs):
+    """{name: (f, f)} for kernels that loop serially at any thread count."""
+    jitted = {f.__name__: njit(cache=True, nogil=True)(f) for f in funcs}
+    return {name: (f, f) for name, f in jitted.items()}

@@ -1,0 +1,176 @@
+"""Sampling kernels: vectorised rollouts, GAE and returns, and PPO minibatch epochs.
+
+``rollout``:            one episode per environment from pre-drawn uniforms (no RNG here)
+``gae``:                GAE(γ, λ) along each row, respecting episode ends and truncation
+``discounted_returns``: discounted returns along each row, bootstrapped at truncation
+``ppo_minibatches``:    epochs × minibatches of PPO-Clip on tabular logits and critic (serial)
+
+The NumPy reference (fastppo/_reference.py) states each one's arithmetic.
+Mirrors kernels/numba/sampling.py.
+"""
+from cython.parallel cimport prange
+from libc.math cimport exp, log
+from libc.stdint cimport int32_t, int64_t, uint8_t
+
+
+def rollout(const int64_t[::1] a_indptr, const double[::1] pi, const int64_t[::1] p_indptr,
+            const int32_t[::1] p_indices, const double[::1] p_data, const uint8_t[::1] terminal,
+            const int64_t[::1] start, const double[:, ::1] u_action,
+            const double[:, ::1] u_next,                                           # IN
+            int64_t[:, ::1] states, int64_t[:, ::1] pairs, int64_t[:, ::1] next_states,
+            uint8_t[:, ::1] terminated, uint8_t[:, ::1] truncated, int n_threads):  # OUT
+    """rollout(a_indptr, pi, p_indptr, p_indices, p_data, terminal, start, u_action, u_next,
+    states, pairs, next_states, terminated, truncated, n_threads)"""
+    cdef Py_ssize_t e, n_envs = u_action.shape[0]
+    for e in prange(n_envs, nogil=True, schedule="static", num_threads=n_threads):
+        _episode(e, a_indptr, pi, p_indptr, p_indices, p_data, terminal, start[e], u_action,
+                 u_next, states, pairs, next_states, terminated, truncated)
+
+
+cdef void _episode(Py_ssize_t e, const int64_t[::1] a_indptr, const double[::1] pi,
+                   const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
+                   const double[::1] p_data, const uint8_t[::1] terminal, int64_t s,
+                   const double[:, ::1] u_action, const double[:, ::1] u_next,
+                   int64_t[:, ::1] states, int64_t[:, ::1] pairs, int64_t[:, ::1] next_states,
+                   uint8_t[:, ::1] terminated, uint8_t[:, ::1] truncated) noexcept nogil:
+    cdef Py_ssize_t t, horizon = u_action.shape[1]
+    cdef int64_t i, k, j, nxt
+    cdef double acc
+    cdef bint ends
+    for t in range(horizon):
+        if s < 0 or terminal[s] != 0:
+            states[e, t] = -1
+            pairs[e, t] = -1
+            next_states[e, t] = -1
+            terminated[e, t] = 0
+            truncated[e, t] = 0
+            s = -1
+            continue
+        k = a_indptr[s + 1] - 1
+        acc = 0.0
+        for i in range(a_indptr[s], a_indptr[s + 1]):
+            acc = acc + pi[i]
+            if u_action[e, t] < acc:
+                k = i
+                break
+        j = p_indptr[k + 1] - 1
+        acc = 0.0
+        for i in range(p_indptr[k], p_indptr[k + 1]):
+            acc = acc + p_data[i]
+            if u_next[e, t] < acc:
+                j = i
+                break
+        nxt = p_indices[j]
+        states[e, t] = s
+        pairs[e, t] = k
+        next_states[e, t] = nxt
+        ends = terminal[nxt] != 0
+        terminated[e, t] = 1 if ends else 0
+        truncated[e, t] = 1 if (t == horizon - 1 and not ends) else 0
+        s = nxt
+
+
+def gae(const double[:, ::1] rewards, const double[:, ::1] values,
+        const double[:, ::1] next_values, const uint8_t[:, ::1] terminated,
+        const uint8_t[:, ::1] done, double gamma, double lam,       # IN
+        double[:, ::1] out, int n_threads):                         # OUT
+    """gae(rewards, values, next_values, terminated, done, gamma, lam, out, n_threads)"""
+    cdef Py_ssize_t e, t, n_rows = rewards.shape[0], n_cols = rewards.shape[1]
+    cdef double a, nv, delta
+    for e in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
+        a = 0.0
+        for t in range(n_cols - 1, -1, -1):
+            nv = 0.0 if terminated[e, t] != 0 else next_values[e, t]
+            delta = rewards[e, t] + gamma * nv - values[e, t]
+            a = delta + gamma * lam * (0.0 if done[e, t] != 0 else a)
+            out[e, t] = a
+
+
+def discounted_returns(const double[:, ::1] rewards, const double[:, ::1] next_values,
+                       const uint8_t[:, ::1] terminated, const uint8_t[:, ::1] done,
+                       double gamma,                                 # IN
+                       double[:, ::1] out, int n_threads):           # OUT
+    """discounted_returns(rewards, next_values, terminated, done, gamma, out, n_threads)"""
+    cdef Py_ssize_t e, t, n_rows = rewards.shape[0], n_cols = rewards.shape[1]
+    cdef double g, follow
+    for e in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
+        g = 0.0
+        for t in range(n_cols - 1, -1, -1):
+            follow = next_values[e, t] if done[e, t] != 0 else g
+            g = rewards[e, t] + gamma * (0.0 if terminated[e, t] != 0 else follow)
+            out[e, t] = g
+
+
+cdef inline void _logsumexp_parts(const int64_t[::1] a_indptr, double[::1] logits, int64_t s,
+                                  double* mx, double* z) noexcept nogil:
+    cdef int64_t b
+    mx[0] = logits[a_indptr[s]]
+    for b in range(a_indptr[s] + 1, a_indptr[s + 1]):
+        if logits[b] > mx[0]:
+            mx[0] = logits[b]
+    z[0] = 0.0
+    for b in range(a_indptr[s], a_indptr[s + 1]):
+        z[0] = z[0] + exp(logits[b] - mx[0])
+
+
+def ppo_minibatches(const int64_t[::1] a_indptr, const int64_t[::1] sample_states,
+                    const int64_t[::1] sample_pairs, const double[::1] logp_old,
+                    const double[::1] adv, const double[::1] logp_ref, const double[::1] returns,
+                    const double[::1] v_old, const int64_t[:, ::1] order,
+                    const int64_t[::1] bounds, double eps_low, double eps_high, double dual_clip,
+                    double kl_coef, int kl_kind, double value_clip, double lr,
+                    double critic_lr,                                                 # IN
+                    double[::1] logits, double[::1] values, double[::1] g, double[::1] csum,
+                    double[::1] vsum, int64_t[::1] counts, int64_t[::1] clipped,
+                    int n_threads):                                                   # OUT
+    """ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_ref, returns,
+    v_old, order, bounds, eps_low, eps_high, dual_clip, kl_coef, kl_kind, value_clip, lr,
+    critic_lr, logits, values, g, csum, vsum, counts, clipped, n_threads)"""
+    cdef Py_ssize_t ep, m, j
+    cdef int64_t i, s, k, b, n
+    cdef double mx, z, logp, ratio, A, coef, diff, dv, dc, cs, p
+    cdef bint active
+    with nogil:
+        for ep in range(order.shape[0]):
+            for m in range(bounds.shape[0] - 1):
+                for j in range(bounds[m], bounds[m + 1]):
+                    i = order[ep, j]
+                    s = sample_states[i]
+                    k = sample_pairs[i]
+                    _logsumexp_parts(a_indptr, logits, s, &mx, &z)
+                    logp = logits[k] - mx - log(z)
+                    ratio = exp(logp - logp_old[i])
+                    A = adv[i]
+                    active = ((A > 0.0 and ratio < 1.0 + eps_high)
+                              or (A < 0.0 and ratio > 1.0 - eps_low and ratio < dual_clip))
+                    if not active and A != 0.0:
+                        clipped[ep] += 1
+                    coef = ratio * A if active else 0.0
+                    if kl_kind == 1:
+                        coef = coef - kl_coef * 1.0
+                    elif kl_kind == 2:
+                        coef = coef - kl_coef * (logp - logp_ref[i])
+                    elif kl_kind == 3:
+                        coef = coef - kl_coef * (1.0 - exp(logp_ref[i] - logp))
+                    diff = values[s] - returns[i]
+                    dv = min(max(values[s] - v_old[i], -value_clip), value_clip)
+                    dc = v_old[i] + dv - returns[i]
+                    g[k] += coef
+                    csum[s] += coef
+                    vsum[s] += 0.0 if dc * dc > diff * diff else diff
+                    counts[s] += 1
+                for j in range(bounds[m], bounds[m + 1]):
+                    s = sample_states[order[ep, j]]
+                    n = counts[s]
+                    if n == 0:
+                        continue
+                    _logsumexp_parts(a_indptr, logits, s, &mx, &z)
+                    cs = csum[s]
+                    for b in range(a_indptr[s], a_indptr[s + 1]):
+                        p = exp(logits[b] - mx) / z
+                        logits[b] += lr * ((g[b] - cs * p) / n)
+                        g[b] = 0.0
+                    values[s] -= critic_lr * vsum[s] / n
+                    csum[s] = 0.0
+                    vsum[s] = 0.0
+                    counts[s] = 0

@@ -1,0 +1,140 @@
+"""Sampling kernels: vectorised rollouts, GAE and returns, and PPO minibatch epochs.
+
+``rollout``:            one episode per environment from pre-drawn uniforms (no RNG here)
+``gae``:                GAE(γ, λ) along each row, respecting episode ends and truncation
+``discounted_returns``: discounted returns along each row, bootstrapped at truncation
+``ppo_minibatches``:    epochs × minibatches of PPO-Clip on tabular logits and critic (serial)
+
+The NumPy reference (fastppo/_reference.py) states each one's arithmetic.
+Mirrors kernels/cython/sampling.pyx.
+"""
+import math
+
+import numpy as np
+from numba import prange
+
+from ._jit import serial, twins
+
+
+def rollout(a_indptr, pi, p_indptr, p_indices, p_data, terminal, start, u_action, u_next,
+            states, pairs, next_states, terminated, truncated):
+    n_envs, horizon = u_action.shape
+    for e in prange(n_envs):
+        s = start[e]
+        for t in range(horizon):
+            if s < 0 or terminal[s] != 0:
+                states[e, t] = -1
+                pairs[e, t] = -1
+                next_states[e, t] = -1
+                terminated[e, t] = 0
+                truncated[e, t] = 0
+                s = -1
+                continue
+            lo, hi = a_indptr[s], a_indptr[s + 1]
+            k = hi - 1
+            acc = 0.0
+            for i in range(lo, hi):
+                acc += pi[i]
+                if u_action[e, t] < acc:
+                    k = i
+                    break
+            lo, hi = p_indptr[k], p_indptr[k + 1]
+            j = hi - 1
+            acc = 0.0
+            for i in range(lo, hi):
+                acc += p_data[i]
+                if u_next[e, t] < acc:
+                    j = i
+                    break
+            nxt = np.int64(p_indices[j])
+            states[e, t] = s
+            pairs[e, t] = k
+            next_states[e, t] = nxt
+            ends = terminal[nxt] != 0
+            terminated[e, t] = 1 if ends else 0
+            truncated[e, t] = 1 if (t == horizon - 1 and not ends) else 0
+            s = nxt
+
+
+def gae(rewards, values, next_values, terminated, done, gamma, lam, out):
+    n_rows, n_cols = rewards.shape
+    for e in prange(n_rows):
+        a = 0.0
+        for t in range(n_cols - 1, -1, -1):
+            nv = 0.0 if terminated[e, t] != 0 else next_values[e, t]
+            delta = rewards[e, t] + gamma * nv - values[e, t]
+            a = delta + gamma * lam * (0.0 if done[e, t] != 0 else a)
+            out[e, t] = a
+
+
+def discounted_returns(rewards, next_values, terminated, done, gamma, out):
+    n_rows, n_cols = rewards.shape
+    for e in prange(n_rows):
+        g = 0.0
+        for t in range(n_cols - 1, -1, -1):
+            follow = next_values[e, t] if done[e, t] != 0 else g
+            g = rewards[e, t] + gamma * (0.0 if terminated[e, t] != 0 else follow)
+            out[e, t] = g
+
+
+def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_ref, returns,
+                    v_old, order, bounds, eps_low, eps_high, dual_clip, kl_coef, kl_kind,
+                    value_clip, lr, critic_lr, logits, values, g, csum, vsum, counts, clipped):
+    for ep in range(order.shape[0]):
+        for m in range(bounds.shape[0] - 1):
+            for j in range(bounds[m], bounds[m + 1]):
+                i = order[ep, j]
+                s = sample_states[i]
+                k = sample_pairs[i]
+                lo, hi = a_indptr[s], a_indptr[s + 1]
+                mx = logits[lo]
+                for b in range(lo + 1, hi):
+                    mx = max(mx, logits[b])
+                z = 0.0
+                for b in range(lo, hi):
+                    z += math.exp(logits[b] - mx)
+                logp = logits[k] - mx - math.log(z)
+                ratio = math.exp(logp - logp_old[i])
+                A = adv[i]
+                active = ((A > 0.0 and ratio < 1.0 + eps_high)
+                          or (A < 0.0 and ratio > 1.0 - eps_low and ratio < dual_clip))
+                if not active and A != 0.0:
+                    clipped[ep] += 1
+                coef = ratio * A if active else 0.0
+                if kl_kind == 1:
+                    coef = coef - kl_coef * 1.0
+                elif kl_kind == 2:
+                    coef = coef - kl_coef * (logp - logp_ref[i])
+                elif kl_kind == 3:
+                    coef = coef - kl_coef * (1.0 - math.exp(logp_ref[i] - logp))
+                diff = values[s] - returns[i]
+                dv = min(max(values[s] - v_old[i], -value_clip), value_clip)
+                dc = v_old[i] + dv - returns[i]
+                g[k] += coef
+                csum[s] += coef
+                vsum[s] += 0.0 if dc * dc > diff * diff else diff
+                counts[s] += 1
+            for j in range(bounds[m], bounds[m + 1]):
+                s = sample_states[order[ep, j]]
+                n = counts[s]
+                if n == 0:
+                    continue
+                lo, hi = a_indptr[s], a_indptr[s + 1]
+                mx = logits[lo]
+                for b in range(lo + 1, hi):
+                    mx = max(mx, logits[b])
+                z = 0.0
+                for b in range(lo, hi):
+                    z += math.exp(logits[b] - mx)
+                cs = csum[s]
+                for b in range(lo, hi):
+                    p = math.exp(logits[b] - mx) / z
+                    logits[b] += lr * ((g[b] - cs * p) / n)
+                    g[b] = 0.0
+                values[s] -= critic_lr * vsum[s] / n
+                csum[s] = 0.0
+                vsum[s] = 0.0
+                counts[s] = 0
+
+
+KERNELS = {**twins(rollout, gae, discounted_returns), **serial(ppo_minibatches)}
