@@ -220,7 +220,8 @@ def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_r
     1−ε_low < r < dual_clip), else 0, minus β ∂k/∂log π (k1: 1, k2: log π/π_ref,
     k3: 1 − π_ref/π). Each visited state then moves by the mean over its n_s samples:
     θ(s,·) += lr/n_s Σ_i c_i (e_{k_i} − π_θ(·|s)), and V(s) −= critic_lr/n_s Σ_i ∂ℓ_i/∂V
-    with ℓ = ½ max((V − R)², (V_clip − R)²), V_clip = V_old + clip(V − V_old, ±value_clip).
+    with ℓ = ½ max((V − R)², (V_clip − R)²), V_clip = V_old + clip(V − V_old, ±value_clip)
+    (the clipped branch only where |V − V_old| > value_clip, so round-off cannot pick it).
     ``clipped[e]`` counts the samples of epoch e with A ≠ 0 and an active clip.
     ``g, csum, vsum, counts`` are zero scratch arrays (sizes n_pairs, S, S, S).
     """
@@ -246,8 +247,9 @@ def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_r
             elif kl_kind == 3:
                 coef = coef - kl_coef * (1.0 - np.exp(logp_ref[idx] - logp))
             diff = values[s] - returns[idx]
-            vclip = v_old[idx] + np.clip(values[s] - v_old[idx], -value_clip, value_clip)
-            vgrad = np.where((vclip - returns[idx]) ** 2 > diff * diff, 0.0, diff)
+            dv = values[s] - v_old[idx]
+            dc = v_old[idx] + np.copysign(value_clip, dv) - returns[idx]
+            vgrad = np.where((np.abs(dv) > value_clip) & (dc * dc > diff * diff), 0.0, diff)
             n = np.bincount(s, minlength=n_states)
             gk = np.bincount(k, coef, minlength=logits.shape[0])
             cs = np.bincount(s, coef, minlength=n_states)

@@ -36,8 +36,7 @@ def check_finite(x, name):
     bad = ~np.isfinite(x)
     if bad.any():
         i = np.unravel_index(int(np.argmax(bad)), x.shape)
-        i = i[0] if len(i) == 1 else i
-        raise ValueError(f"{name} must be finite: {name}[{i}] = {x[i]}")
+        raise ValueError(f"{name} must be finite: {name}[{', '.join(map(str, i))}] = {x[i]}")
 
 
 def as_float_array(x, name, copy=False):

@@ -297,6 +297,8 @@ class SampledPPO:
         Maximum episode length; default the smallest T with γ^T ≤ 0.01.
     gae_lambda : float, default 0.95
     advantage : {"gae", "grpo", "dr_grpo", "rloo", "reinforce"}, default "gae"
+        ``reinforce`` has no baseline and wants a smaller ``lr`` (0.05 on rewards in
+        [0, 1]); at 0.5 it commits early to a deterministic suboptimal policy.
     group_size : int, optional
         Episodes per start state; default 8 for grpo / dr_grpo / rloo, else 1.
     whiten : bool, default False

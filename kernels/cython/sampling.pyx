@@ -9,7 +9,7 @@ The NumPy reference (fastppo/_reference.py) states each one's arithmetic.
 Mirrors kernels/numba/sampling.py.
 """
 from cython.parallel cimport prange
-from libc.math cimport exp, log
+from libc.math cimport copysign, exp, fabs, log
 from libc.stdint cimport int32_t, int64_t, uint8_t
 
 
@@ -153,11 +153,14 @@ def ppo_minibatches(const int64_t[::1] a_indptr, const int64_t[::1] sample_state
                     elif kl_kind == 3:
                         coef = coef - kl_coef * (1.0 - exp(logp_ref[i] - logp))
                     diff = values[s] - returns[i]
-                    dv = min(max(values[s] - v_old[i], -value_clip), value_clip)
-                    dc = v_old[i] + dv - returns[i]
+                    dv = values[s] - v_old[i]
+                    if fabs(dv) > value_clip:  # the clipped loss wins: no gradient
+                        dc = v_old[i] + copysign(value_clip, dv) - returns[i]
+                        if dc * dc > diff * diff:
+                            diff = 0.0
                     g[k] += coef
                     csum[s] += coef
-                    vsum[s] += 0.0 if dc * dc > diff * diff else diff
+                    vsum[s] += diff
                     counts[s] += 1
                 for j in range(bounds[m], bounds[m + 1]):
                     s = sample_states[order[ep, j]]

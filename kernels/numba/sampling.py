@@ -108,11 +108,14 @@ def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_r
                 elif kl_kind == 3:
                     coef = coef - kl_coef * (1.0 - math.exp(logp_ref[i] - logp))
                 diff = values[s] - returns[i]
-                dv = min(max(values[s] - v_old[i], -value_clip), value_clip)
-                dc = v_old[i] + dv - returns[i]
+                dv = values[s] - v_old[i]
+                if abs(dv) > value_clip:  # the clipped loss wins: no gradient
+                    dc = v_old[i] + math.copysign(value_clip, dv) - returns[i]
+                    if dc * dc > diff * diff:
+                        diff = 0.0
                 g[k] += coef
                 csum[s] += coef
-                vsum[s] += 0.0 if dc * dc > diff * diff else diff
+                vsum[s] += diff
                 counts[s] += 1
             for j in range(bounds[m], bounds[m + 1]):
                 s = sample_states[order[ep, j]]
