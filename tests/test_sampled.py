@@ -407,7 +407,7 @@ def test_sampled_ppo_adaptive_beta_moves_toward_target(garnet30):
                                       seed=2).run(60).history for beta0 in (5.0, 0.001)}
     high, low = runs[5.0], runs[0.001]
     assert (np.diff(high["kl_coef"][:4]) < 0).all()   # KL below target: β falls
-    assert low["kl_coef"][12] > 100 * 0.001            # KL above target: β rises
+    assert low["kl_coef"][20] > 100 * 0.001            # KL above target: β rises
     for h in runs.values():
         assert 0.5 * target < h["kl_ref"][-30:].mean() < 3 * target
     late = [h["kl_coef"][-30:].mean() for h in runs.values()]
