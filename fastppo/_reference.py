@@ -142,19 +142,23 @@ def ppo_update(a_indptr, pi_old, adv, weight, ref, code, alpha, tau, eps_low, ep
 
 
 # ------------------------------------------------------------------- sampling
-def rollout(a_indptr, pi, p_indptr, p_indices, p_data, terminal, start, u_action, u_next,
-            states, pairs, next_states, terminated, truncated, n_threads=1):
+def rollout(a_indptr, pi, log_pi, r, p_indptr, p_indices, p_data, terminal, start, u_action,
+            u_next, states, actions, pairs, next_states, rewards, logp, terminated, truncated,
+            n_threads=1):
     """One episode per environment e (row), at most ``horizon`` = u_action.shape[1] steps.
 
     At step t in state s: the action is the first pair k of s with u_action[e, t] <
     π[lo] + ... + π[k] (summed in order; the last pair if round-off leaves none), the
-    next state the first entry j of row k with u_next[e, t] < p[lo_k] + ... + p[j].
-    The episode ends when the next state is terminal (``terminated``) or at the
-    horizon (``truncated``); later slots hold −1 (states, pairs, next_states) and 0.
+    next state the first entry j of row k with u_next[e, t] < p[lo_k] + ... + p[j];
+    rewards = r[k], logp = log_pi[k], actions = k − lo. The episode ends when the next
+    state is terminal (``terminated``) or at the horizon (``truncated``); later slots
+    hold −1 (states, actions, pairs, next_states) and 0.
     """
     n_envs, horizon = u_action.shape
-    states.fill(-1), pairs.fill(-1), next_states.fill(-1)
-    terminated.fill(0), truncated.fill(0)
+    for x in (states, actions, pairs, next_states):
+        x.fill(-1)
+    for x in (rewards, logp, terminated, truncated):
+        x.fill(0)
     s = start.astype(np.int64).copy()
     alive = terminal[s] == 0
     for t in range(horizon):
@@ -165,7 +169,8 @@ def rollout(a_indptr, pi, p_indptr, p_indices, p_data, terminal, start, u_action
         k = _first_below(a_indptr[st], a_indptr[st + 1], pi, u_action[e, t])
         j = _first_below(p_indptr[k], p_indptr[k + 1], p_data, u_next[e, t])
         nxt = p_indices[j].astype(np.int64)
-        states[e, t], pairs[e, t], next_states[e, t] = st, k, nxt
+        states[e, t], actions[e, t], pairs[e, t], next_states[e, t] = st, k - a_indptr[st], k, nxt
+        rewards[e, t], logp[e, t] = r[k], log_pi[k]
         ends = terminal[nxt] != 0
         terminated[e, t] = ends
         if t == horizon - 1:

@@ -116,22 +116,21 @@ def rollout(mdp, pi, n_envs, horizon, seed=None, *, group_size=1, start=None, ba
     u_action = rng.random((n_envs, horizon))
     u_next = rng.random((n_envs, horizon))
     shape = (n_envs, horizon)
-    states, pairs, next_states = (np.empty(shape, np.int64) for _ in range(3))
+    states, actions, pairs, next_states = (np.empty(shape, np.int64) for _ in range(4))
+    rewards, logp = np.empty(shape), np.empty(shape)
     terminated, truncated = np.empty(shape, np.uint8), np.empty(shape, np.uint8)
+    with np.errstate(divide="ignore"):  # π = 0 is never sampled
+        log_pi = np.log(pi)
     get_kernel("rollout", backend)(
-        mdp.a_indptr, pi, mdp.p_indptr, mdp.p_indices, mdp.p_data,
+        mdp.a_indptr, pi, log_pi, mdp.r, mdp.p_indptr, mdp.p_indices, mdp.p_data,
         mdp.terminal.view(np.uint8), start, u_action, u_next,
-        states, pairs, next_states, terminated, truncated, resolve_threads(n_threads))
+        states, actions, pairs, next_states, rewards, logp, terminated, truncated,
+        resolve_threads(n_threads))
     mask = states >= 0
-    k = np.where(mask, pairs, 0)
-    return Rollout(
-        states=states, actions=np.where(mask, pairs - mdp.a_indptr[np.maximum(states, 0)], -1),
-        pairs=pairs, next_states=next_states,
-        rewards=np.where(mask, mdp.r[k], 0.0),
-        logp=np.where(mask, np.log(pi[k], where=mask, out=np.zeros(shape)), 0.0),
-        terminated=terminated.view(bool), truncated=truncated.view(bool),
-        done=(terminated | truncated).view(bool), mask=mask, length=mask.sum(axis=1),
-        group=np.arange(n_envs) // group_size)
+    return Rollout(states=states, actions=actions, pairs=pairs, next_states=next_states,
+                   rewards=rewards, logp=logp, terminated=terminated.view(bool),
+                   truncated=truncated.view(bool), done=(terminated | truncated).view(bool),
+                   mask=mask, length=mask.sum(axis=1), group=np.arange(n_envs) // group_size)
 
 
 def _flags(terminated, truncated):

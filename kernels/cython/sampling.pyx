@@ -13,25 +13,30 @@ from libc.math cimport copysign, exp, fabs, log
 from libc.stdint cimport int32_t, int64_t, uint8_t
 
 
-def rollout(const int64_t[::1] a_indptr, const double[::1] pi, const int64_t[::1] p_indptr,
-            const int32_t[::1] p_indices, const double[::1] p_data, const uint8_t[::1] terminal,
-            const int64_t[::1] start, const double[:, ::1] u_action,
-            const double[:, ::1] u_next,                                           # IN
-            int64_t[:, ::1] states, int64_t[:, ::1] pairs, int64_t[:, ::1] next_states,
+def rollout(const int64_t[::1] a_indptr, const double[::1] pi, const double[::1] log_pi,
+            const double[::1] r, const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
+            const double[::1] p_data, const uint8_t[::1] terminal, const int64_t[::1] start,
+            const double[:, ::1] u_action, const double[:, ::1] u_next,           # IN
+            int64_t[:, ::1] states, int64_t[:, ::1] actions, int64_t[:, ::1] pairs,
+            int64_t[:, ::1] next_states, double[:, ::1] rewards, double[:, ::1] logp,
             uint8_t[:, ::1] terminated, uint8_t[:, ::1] truncated, int n_threads):  # OUT
-    """rollout(a_indptr, pi, p_indptr, p_indices, p_data, terminal, start, u_action, u_next,
-    states, pairs, next_states, terminated, truncated, n_threads)"""
+    """rollout(a_indptr, pi, log_pi, r, p_indptr, p_indices, p_data, terminal, start, u_action,
+    u_next, states, actions, pairs, next_states, rewards, logp, terminated, truncated,
+    n_threads)"""
     cdef Py_ssize_t e, n_envs = u_action.shape[0]
     for e in prange(n_envs, nogil=True, schedule="static", num_threads=n_threads):
-        _episode(e, a_indptr, pi, p_indptr, p_indices, p_data, terminal, start[e], u_action,
-                 u_next, states, pairs, next_states, terminated, truncated)
+        _episode(e, a_indptr, pi, log_pi, r, p_indptr, p_indices, p_data, terminal, start[e],
+                 u_action, u_next, states, actions, pairs, next_states, rewards, logp,
+                 terminated, truncated)
 
 
 cdef void _episode(Py_ssize_t e, const int64_t[::1] a_indptr, const double[::1] pi,
+                   const double[::1] log_pi, const double[::1] r,
                    const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
                    const double[::1] p_data, const uint8_t[::1] terminal, int64_t s,
                    const double[:, ::1] u_action, const double[:, ::1] u_next,
-                   int64_t[:, ::1] states, int64_t[:, ::1] pairs, int64_t[:, ::1] next_states,
+                   int64_t[:, ::1] states, int64_t[:, ::1] actions, int64_t[:, ::1] pairs,
+                   int64_t[:, ::1] next_states, double[:, ::1] rewards, double[:, ::1] logp,
                    uint8_t[:, ::1] terminated, uint8_t[:, ::1] truncated) noexcept nogil:
     cdef Py_ssize_t t, horizon = u_action.shape[1]
     cdef int64_t i, k, j, nxt
@@ -40,8 +45,11 @@ cdef void _episode(Py_ssize_t e, const int64_t[::1] a_indptr, const double[::1] 
     for t in range(horizon):
         if s < 0 or terminal[s] != 0:
             states[e, t] = -1
+            actions[e, t] = -1
             pairs[e, t] = -1
             next_states[e, t] = -1
+            rewards[e, t] = 0.0
+            logp[e, t] = 0.0
             terminated[e, t] = 0
             truncated[e, t] = 0
             s = -1
@@ -62,8 +70,11 @@ cdef void _episode(Py_ssize_t e, const int64_t[::1] a_indptr, const double[::1] 
                 break
         nxt = p_indices[j]
         states[e, t] = s
+        actions[e, t] = k - a_indptr[s]
         pairs[e, t] = k
         next_states[e, t] = nxt
+        rewards[e, t] = r[k]
+        logp[e, t] = log_pi[k]
         ends = terminal[nxt] != 0
         terminated[e, t] = 1 if ends else 0
         truncated[e, t] = 1 if (t == horizon - 1 and not ends) else 0

@@ -16,16 +16,19 @@ from numba import prange
 from ._jit import serial, twins
 
 
-def rollout(a_indptr, pi, p_indptr, p_indices, p_data, terminal, start, u_action, u_next,
-            states, pairs, next_states, terminated, truncated):
+def rollout(a_indptr, pi, log_pi, r, p_indptr, p_indices, p_data, terminal, start, u_action,
+            u_next, states, actions, pairs, next_states, rewards, logp, terminated, truncated):
     n_envs, horizon = u_action.shape
     for e in prange(n_envs):
         s = start[e]
         for t in range(horizon):
             if s < 0 or terminal[s] != 0:
                 states[e, t] = -1
+                actions[e, t] = -1
                 pairs[e, t] = -1
                 next_states[e, t] = -1
+                rewards[e, t] = 0.0
+                logp[e, t] = 0.0
                 terminated[e, t] = 0
                 truncated[e, t] = 0
                 s = -1
@@ -48,8 +51,11 @@ def rollout(a_indptr, pi, p_indptr, p_indices, p_data, terminal, start, u_action
                     break
             nxt = np.int64(p_indices[j])
             states[e, t] = s
+            actions[e, t] = k - a_indptr[s]
             pairs[e, t] = k
             next_states[e, t] = nxt
+            rewards[e, t] = r[k]
+            logp[e, t] = log_pi[k]
             ends = terminal[nxt] != 0
             terminated[e, t] = 1 if ends else 0
             truncated[e, t] = 1 if (t == horizon - 1 and not ends) else 0
