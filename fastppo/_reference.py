@@ -215,8 +215,8 @@ def discounted_returns(rewards, next_values, terminated, done, gamma, out, n_thr
 
 def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_ref, returns,
                     v_old, order, bounds, eps_low, eps_high, dual_clip, kl_coef, kl_kind,
-                    value_clip, lr, critic_lr, logits, values, g, csum, vsum, counts, clipped,
-                    n_threads=1):
+                    value_clip, lr, critic_lr, logits, values, g, csum, vsum, counts, lse,
+                    clipped, n_threads=1):
     """Epochs × minibatches of PPO-Clip on tabular logits and a tabular critic (in place).
 
     Minibatch m of epoch e holds the samples ``order[e, bounds[m]:bounds[m+1]]``. Per
@@ -228,7 +228,8 @@ def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_r
     with ℓ = ½ max((V − R)², (V_clip − R)²), V_clip = V_old + clip(V − V_old, ±value_clip)
     (the clipped branch only where |V − V_old| > value_clip, so round-off cannot pick it).
     ``clipped[e]`` counts the samples of epoch e with A ≠ 0 and an active clip.
-    ``g, csum, vsum, counts`` are zero scratch arrays (sizes n_pairs, S, S, S).
+    ``g, csum, vsum, counts`` are zero scratch arrays (sizes n_pairs, S, S, S), ``lse``
+    scratch of size S (log Σ exp θ(s,·), computed once per state and minibatch).
     """
     n_states = a_indptr.shape[0] - 1
     st = _states(a_indptr)
@@ -237,9 +238,9 @@ def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_r
             idx = order[ep, bounds[m]:bounds[m + 1]]
             s, k, A = sample_states[idx], sample_pairs[idx], adv[idx]
             mx = np.maximum.reduceat(logits, a_indptr[:-1])
-            z = _segment_sum(a_indptr, np.exp(logits - mx[st]))
-            pi = np.exp(logits - mx[st]) / z[st]
-            logp = logits[k] - mx[s] - np.log(z[s])
+            lse[:] = mx + np.log(_segment_sum(a_indptr, np.exp(logits - mx[st])))
+            pi = np.exp(logits - lse[st])
+            logp = logits[k] - lse[s]
             ratio = np.exp(logp - logp_old[idx])
             active = (((A > 0) & (ratio < 1.0 + eps_high))
                       | ((A < 0) & (ratio > 1.0 - eps_low) & (ratio < dual_clip)))

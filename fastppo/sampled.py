@@ -430,7 +430,7 @@ class SampledPPO:
             order, bounds, self.eps_low, self.eps_high, self.dual_clip, beta, kl_kind,
             self.value_clip, self.lr, critic_lr, self.logits, self.values,
             np.zeros(mdp.n_pairs), np.zeros(mdp.n_states), np.zeros(mdp.n_states),
-            np.zeros(mdp.n_states, np.int64), clipped, self.n_threads)
+            np.zeros(mdp.n_states, np.int64), np.empty(mdp.n_states), clipped, self.n_threads)
         pi_old, self.pi = self.pi, self._softmax(self.logits)
         self.n_iter += 1
         if not np.isfinite(self.logits).all():

@@ -355,7 +355,7 @@ def test_ppo_minibatch_kernel_equals_explicit_loops(backend, kl_kind):
                np.zeros(mdp.n_states, np.int64))
     get_kernel("ppo_minibatches", backend)(
         mdp.a_indptr, states, pairs, logp_old, adv, logp_ref, returns, v_old, order, bounds,
-        *args, logits, values, *scratch, clipped, 1)
+        *args, logits, values, *scratch, np.empty(mdp.n_states), clipped, 1)
     exp_logits, exp_values, exp_clipped = _loop_minibatches(
         mdp.a_indptr, states, pairs, logp_old, adv, logp_ref, returns, v_old, order, bounds,
         *args, logits0, values0)

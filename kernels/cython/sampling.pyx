@@ -112,16 +112,17 @@ def discounted_returns(const double[:, ::1] rewards, const double[:, ::1] next_v
             out[e, t] = g
 
 
-cdef inline void _logsumexp_parts(const int64_t[::1] a_indptr, double[::1] logits, int64_t s,
-                                  double* mx, double* z) noexcept nogil:
+cdef inline double _logsumexp(const int64_t[::1] a_indptr, double[::1] logits,
+                              int64_t s) noexcept nogil:
+    """log Σ_a exp θ(s, a)."""
     cdef int64_t b
-    mx[0] = logits[a_indptr[s]]
+    cdef double mx = logits[a_indptr[s]], z = 0.0
     for b in range(a_indptr[s] + 1, a_indptr[s + 1]):
-        if logits[b] > mx[0]:
-            mx[0] = logits[b]
-    z[0] = 0.0
+        if logits[b] > mx:
+            mx = logits[b]
     for b in range(a_indptr[s], a_indptr[s + 1]):
-        z[0] = z[0] + exp(logits[b] - mx[0])
+        z = z + exp(logits[b] - mx)
+    return mx + log(z)
 
 
 def ppo_minibatches(const int64_t[::1] a_indptr, const int64_t[::1] sample_states,
@@ -132,14 +133,14 @@ def ppo_minibatches(const int64_t[::1] a_indptr, const int64_t[::1] sample_state
                     double kl_coef, int kl_kind, double value_clip, double lr,
                     double critic_lr,                                                 # IN
                     double[::1] logits, double[::1] values, double[::1] g, double[::1] csum,
-                    double[::1] vsum, int64_t[::1] counts, int64_t[::1] clipped,
-                    int n_threads):                                                   # OUT
+                    double[::1] vsum, int64_t[::1] counts, double[::1] lse,
+                    int64_t[::1] clipped, int n_threads):                                                   # OUT
     """ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_ref, returns,
     v_old, order, bounds, eps_low, eps_high, dual_clip, kl_coef, kl_kind, value_clip, lr,
-    critic_lr, logits, values, g, csum, vsum, counts, clipped, n_threads)"""
+    critic_lr, logits, values, g, csum, vsum, counts, lse, clipped, n_threads)"""
     cdef Py_ssize_t ep, m, j
     cdef int64_t i, s, k, b, n
-    cdef double mx, z, logp, ratio, A, coef, diff, dv, dc, cs, p
+    cdef double logp, ratio, A, coef, diff, dv, dc, cs, p
     cdef bint active
     with nogil:
         for ep in range(order.shape[0]):
@@ -148,8 +149,9 @@ def ppo_minibatches(const int64_t[::1] a_indptr, const int64_t[::1] sample_state
                     i = order[ep, j]
                     s = sample_states[i]
                     k = sample_pairs[i]
-                    _logsumexp_parts(a_indptr, logits, s, &mx, &z)
-                    logp = logits[k] - mx - log(z)
+                    if counts[s] == 0:  # first sample of s in this minibatch
+                        lse[s] = _logsumexp(a_indptr, logits, s)
+                    logp = logits[k] - lse[s]
                     ratio = exp(logp - logp_old[i])
                     A = adv[i]
                     active = ((A > 0.0 and ratio < 1.0 + eps_high)
@@ -178,10 +180,9 @@ def ppo_minibatches(const int64_t[::1] a_indptr, const int64_t[::1] sample_state
                     n = counts[s]
                     if n == 0:
                         continue
-                    _logsumexp_parts(a_indptr, logits, s, &mx, &z)
                     cs = csum[s]
                     for b in range(a_indptr[s], a_indptr[s + 1]):
-                        p = exp(logits[b] - mx) / z
+                        p = exp(logits[b] - lse[s])
                         logits[b] += lr * ((g[b] - cs * p) / n)
                         g[b] = 0.0
                     values[s] -= critic_lr * vsum[s] / n

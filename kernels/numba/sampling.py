@@ -85,21 +85,23 @@ def discounted_returns(rewards, next_values, terminated, done, gamma, out):
 
 def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_ref, returns,
                     v_old, order, bounds, eps_low, eps_high, dual_clip, kl_coef, kl_kind,
-                    value_clip, lr, critic_lr, logits, values, g, csum, vsum, counts, clipped):
+                    value_clip, lr, critic_lr, logits, values, g, csum, vsum, counts, lse, clipped):
     for ep in range(order.shape[0]):
         for m in range(bounds.shape[0] - 1):
             for j in range(bounds[m], bounds[m + 1]):
                 i = order[ep, j]
                 s = sample_states[i]
                 k = sample_pairs[i]
-                lo, hi = a_indptr[s], a_indptr[s + 1]
-                mx = logits[lo]
-                for b in range(lo + 1, hi):
-                    mx = max(mx, logits[b])
-                z = 0.0
-                for b in range(lo, hi):
-                    z += math.exp(logits[b] - mx)
-                logp = logits[k] - mx - math.log(z)
+                if counts[s] == 0:  # first sample of s in this minibatch: log Σ exp θ(s,·)
+                    lo, hi = a_indptr[s], a_indptr[s + 1]
+                    mx = logits[lo]
+                    for b in range(lo + 1, hi):
+                        mx = max(mx, logits[b])
+                    z = 0.0
+                    for b in range(lo, hi):
+                        z += math.exp(logits[b] - mx)
+                    lse[s] = mx + math.log(z)
+                logp = logits[k] - lse[s]
                 ratio = math.exp(logp - logp_old[i])
                 A = adv[i]
                 active = ((A > 0.0 and ratio < 1.0 + eps_high)
@@ -128,16 +130,9 @@ def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_r
                 n = counts[s]
                 if n == 0:
                     continue
-                lo, hi = a_indptr[s], a_indptr[s + 1]
-                mx = logits[lo]
-                for b in range(lo + 1, hi):
-                    mx = max(mx, logits[b])
-                z = 0.0
-                for b in range(lo, hi):
-                    z += math.exp(logits[b] - mx)
                 cs = csum[s]
-                for b in range(lo, hi):
-                    p = math.exp(logits[b] - mx) / z
+                for b in range(a_indptr[s], a_indptr[s + 1]):
+                    p = math.exp(logits[b] - lse[s])
                     logits[b] += lr * ((g[b] - cs * p) / n)
                     g[b] = 0.0
                 values[s] -= critic_lr * vsum[s] / n
