@@ -301,9 +301,10 @@ class SampledPPO:
     group_size : int, optional
         Episodes per start state; default 8 for grpo / dr_grpo / rloo, else 1.
     whiten : bool, default False
-        Standardise the advantages over each batch (common in deep PPO; here it keeps
-        the update size fixed as the advantages vanish, and the gap stalls: 0.4 % on a
-        30-state garnet at any batch size, against 0.006 % without).
+        Standardise the advantages over each batch (common in deep PPO). It keeps the
+        update size fixed as the advantages vanish: on a 30-state garnet (200
+        iterations) the gap stalls at 0.5 % with τ = 0.5 (0.03 % without), while
+        unregularized it helps (0.014 % against 0.064 %).
     kl_coef : float, optional
         Initial β; default ``reg.tau`` (0 without a regularizer).
     kl_estimator : {"k1", "k2", "k3"}, default "k1"
