@@ -149,6 +149,8 @@ def gae(rewards, values, next_values, terminated, truncated, gamma, lam, *, back
         The episode ended at step t in a terminal state / by truncation (the next step,
         if any, starts a new episode).
     gamma, lam : float in [0, 1]
+    backend, n_threads
+        Kernel backend and threads (rows are independent).
 
     Returns
     -------
@@ -177,6 +179,8 @@ def discounted_returns(rewards, terminated, truncated, gamma, next_values=None, 
     gamma : float in [0, 1]
     next_values : array_like, shape (..., T), optional
         V(s_{t+1}), used where an episode is truncated; default 0 (no bootstrap).
+    backend, n_threads
+        Kernel backend and threads (rows are independent).
 
     Returns
     -------
@@ -197,8 +201,17 @@ def discounted_returns(rewards, terminated, truncated, gamma, next_values=None, 
 def kl_estimate(logp, logp_ref, kind="k1"):
     """Per-sample estimates of KL(π ‖ π_ref) from log π(a|s) and log π_ref(a|s) at a ~ π.
 
-    ``k1`` = log π/π_ref (unbiased), ``k2`` = ½ (log π_ref/π)² (biased, low variance),
-    ``k3`` = (π_ref/π − 1) − log(π_ref/π) (unbiased, ≥ 0). Same shape as the inputs.
+    Parameters
+    ----------
+    logp, logp_ref : array_like, same shape
+        log π(a|s) and log π_ref(a|s) of sampled actions.
+    kind : {"k1", "k2", "k3"}
+        ``k1`` = log π/π_ref (unbiased), ``k2`` = ½ (log π_ref/π)² (biased, low
+        variance), ``k3`` = (π_ref/π − 1) − log(π_ref/π) (unbiased, ≥ 0).
+
+    Returns
+    -------
+    ndarray, the shape of the inputs
     """
     V.check_choice(kind, "kind", KL_ESTIMATORS)
     log_r = np.asarray(logp_ref, dtype=np.float64) - np.asarray(logp, dtype=np.float64)
@@ -245,7 +258,17 @@ def group_advantages(returns, group_size, kind):
 class AdaptiveKLController:
     """The KL coefficient controller of Ziegler et al. (2019), as in InstructGPT / TRL.
 
-    β ← β · (1 + clip(KL / target − 1, −0.2, 0.2) · n_steps / horizon).
+    β ← β · (1 + clip(KL / target − 1, −0.2, 0.2) · n_steps / horizon) at each
+    ``update(current_kl, n_steps)``; ``value`` is the current β.
+
+    Parameters
+    ----------
+    init_kl_coef : float ≥ 0
+        Initial β.
+    target : float > 0
+        Target KL (per step, in the units ``update`` receives).
+    horizon : float > 0, default 10000
+        Samples over which an error of 20 % changes β by 20 %.
     """
 
     def __init__(self, init_kl_coef, target, horizon=10_000):
