@@ -1,7 +1,19 @@
-"""Restarted GMRES driven by a fused matrix-free product.
+"""Linear solvers driven by a fused matrix-free product: Richardson sweeps, then GMRES.
 
 Solves A x = b for the Bellman systems (I − γP_π) v = c and (I − γP_πᵀ) y = μ,
-where ``matvec(x, out)`` writes A x into ``out``. Arnoldi uses classical
+where ``matvec(x, out)`` writes A x into ``out``.
+
+``richardson`` is the fixed-point sweep x ← x + (b − A x) = c + γP x with the true
+residual for free at every sweep. Plain sweeps contract at rate γ (2,300 sweeps for
+1e-10 at γ = 0.99), but only along one direction: P_π 1 = 1. For the value system the
+MacQueen bounds  T x + γ/(1−γ) min(Tx − x) ≤ v ≤ T x + γ/(1−γ) max(Tx − x)  remove it
+(each sweep adds γ/(1−γ) times the mid-range of the residual); for the visitation
+system a start of the right mass (1ᵀy = 1/(1−γ)) has no error along it. What is left
+contracts at the mixing rate of P_π: about 0.2 per sweep on garnet MDPs, where this
+reaches 1e-12 in ~20 products with no orthogonalisation. On slow-mixing MDPs the rate
+approaches γ; ``richardson`` then stops early and hands its iterate to GMRES.
+
+``gmres``: restarted GMRES; Arnoldi uses classical
 Gram–Schmidt (two BLAS gemv per step), re-orthogonalised when cancellation shrinks the
 vector below 0.7 of its norm (Kahan–Parlett "twice is enough"), and Givens rotations;
 each restart cycle ends with the true residual ‖b − A x‖ / ‖b‖, so the
@@ -10,11 +22,58 @@ reported residual is never an estimate.
 import numpy as np
 from scipy.linalg import solve_triangular
 
-__all__ = ["ConvergenceError", "gmres"]
+__all__ = ["ConvergenceError", "gmres", "richardson"]
 
 
 class ConvergenceError(RuntimeError):
     """A linear solve did not reach its tolerance within ``max_iter`` products."""
+
+
+def richardson(matvec, b, x0=None, tol=1e-12, max_iter=2000, shift=0.0, max_rate=0.5,
+               min_sweeps=4):
+    """Sweeps x ← x + r (+ shift · mid-range(r) · 1), r = b − A x, while they converge fast.
+
+    Parameters
+    ----------
+    matvec : callable ``matvec(x, out)``
+    b : ndarray of shape (n,)
+    x0 : ndarray of shape (n,), optional
+        Start (default 0).
+    tol : float
+        Target relative residual ‖b − A x‖₂ / ‖b‖₂.
+    max_iter : int
+        Maximum number of products.
+    shift : float
+        γ/(1−γ) for the value system (MacQueen extrapolation), 0 otherwise.
+    max_rate : float
+        Give up once the residual shrank by less than this factor in two sweeps running
+        (after ``min_sweeps`` sweeps).
+
+    Returns
+    -------
+    x, n_matvec, residual, converged
+        ``residual`` is the true relative residual of ``x``.
+    """
+    bnorm = np.linalg.norm(b)
+    x = np.zeros(b.shape[0]) if x0 is None else np.array(x0, dtype=np.float64)
+    if bnorm == 0.0:
+        return np.zeros(b.shape[0]), 0, 0.0, True
+    r = np.empty(b.shape[0])
+    n_matvec, last, slow = 0, np.inf, 0
+    while True:
+        matvec(x, r)
+        n_matvec += 1
+        np.subtract(b, r, out=r)
+        residual = np.linalg.norm(r) / bnorm
+        if residual <= tol:
+            return x, n_matvec, residual, True
+        slow = slow + 1 if residual > max_rate * last else 0
+        last = residual
+        if n_matvec >= max_iter or (n_matvec >= min_sweeps and slow >= 2):
+            return x, n_matvec, residual, False
+        x += r
+        if shift:
+            x += shift * 0.5 * (r.min() + r.max())
 
 
 def gmres(matvec, b, x0=None, tol=1e-12, restart=40, max_iter=2000, what="linear system"):

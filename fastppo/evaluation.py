@@ -13,8 +13,11 @@ and for the softmax policy π_θ(a|s) ∝ exp θ(s,a), with w_a = π(a|s)/π_ref
 
     ∂Ṽ(μ)/∂θ(s,a) = d_μ(s)/(1−γ) · π(a|s) · [Ã(s,a) − τ (f'(w_a) − Σ_b π(b|s) f'(w_b))].
 
-Both linear systems are solved matrix-free by restarted GMRES on fused sparse
-kernels (``fastppo._krylov``); no S×S matrix is formed. ``tol`` is the relative
+Both linear systems are solved matrix-free on fused sparse kernels
+(``fastppo._krylov``); no S×S matrix is formed. ``method="auto"`` starts with
+extrapolated Richardson sweeps (no orthogonalisation: fast on MDPs that mix quickly,
+e.g. garnet) and hands over to restarted GMRES as soon as the sweeps converge slowly
+(gridworlds, local successors); ``method="gmres"`` uses GMRES from the start. ``tol`` is the relative
 residual; the default 1e-12 gives v and d to about 1e-10 relative accuracy for
 γ ≤ 0.99 (the condition number of I − γP_π is at most (1+γ)/(1−γ)).
 """
@@ -22,7 +25,7 @@ import numpy as np
 
 from . import _validation as V
 from ._backend import get_kernel, resolve_backend, resolve_threads
-from ._krylov import gmres
+from ._krylov import ConvergenceError, gmres, richardson
 from ._result import Result
 
 __all__ = ["Evaluation", "evaluate", "visitation", "gradient", "softmax"]
@@ -44,9 +47,11 @@ class Evaluation(Result):
     J : float
         Σ_s ρ(s) Ṽ(s).
     n_matvec : int
-        Products with I − γP_π used by GMRES.
+        Products with I − γP_π used by the solve.
     residual : float
         Relative residual of the solve.
+    method : str
+        "richardson", "gmres", or "richardson+gmres" (sweeps handed over to GMRES).
     backend : str
     """
 
@@ -63,6 +68,24 @@ def reg_args(mdp, reg, pi):
     if reg.tau == 0.0:
         return 0, 0.0, 0.0, ref
     return reg.code, reg.alpha, reg.tau, ref
+
+
+METHODS = ("auto", "gmres")
+
+
+def _linear_solve(matvec, b, x0, tol, restart, max_iter, method, shift, what):
+    """(x, n_matvec, residual, method used): Richardson sweeps, then GMRES if they are slow."""
+    V.check_choice(method, "method", METHODS)
+    n_sweeps = 0
+    if method == "auto":
+        x0, n_sweeps, residual, done = richardson(matvec, b, x0, tol, max_iter, shift)
+        if done:
+            return x0, n_sweeps, residual, "richardson"
+        if n_sweeps >= max_iter:
+            raise ConvergenceError(f"the {what} did not reach tol={tol:g} within max_iter="
+                                   f"{max_iter} products (relative residual {residual:.3g})")
+    x, n, residual = gmres(matvec, b, x0, tol, restart, max_iter - n_sweeps, what=what)
+    return x, n + n_sweeps, residual, "richardson+gmres" if n_sweeps else "gmres"
 
 
 def _solver_args(tol, max_iter, restart):
@@ -83,7 +106,7 @@ def _guess(x0, n, name):
 
 
 def evaluate(mdp, pi, reg=None, *, v0=None, tol=DEFAULT_TOL, max_iter=None,
-             restart=DEFAULT_RESTART, backend=None, n_threads=None):
+             restart=DEFAULT_RESTART, method="auto", backend=None, n_threads=None):
     """Regularized values Ṽ, Q̃ and advantages Ã of a policy.
 
     Parameters
@@ -101,6 +124,10 @@ def evaluate(mdp, pi, reg=None, *, v0=None, tol=DEFAULT_TOL, max_iter=None,
         Maximum number of sparse products.
     restart : int, default 40
         GMRES restart length (memory: restart × n_states floats).
+    method : {"auto", "gmres"}, default "auto"
+        "auto": extrapolated Richardson sweeps while they converge fast (residual
+        shrinking by at least half per sweep), then GMRES from their iterate; "gmres":
+        GMRES only. The result says which ran.
     backend : {"numba", "cython", "numpy"}, optional
     n_threads : int, optional
 
@@ -135,18 +162,22 @@ def evaluate(mdp, pi, reg=None, *, v0=None, tol=DEFAULT_TOL, max_iter=None,
     V.check_finite(c, "r_pi - tau * D_f(pi)")
     matvec = k("bellman_matvec")
     args = (mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data, flat, mdp.gamma)
-    v, n_matvec, residual = gmres(lambda x, out: matvec(*args, x, out, nt), c, v0, tol, restart,
-                                  max_iter, what="evaluation system (I - gamma P_pi) v = r_pi - tau D_f(pi)")
+    gamma = mdp.gamma
+    v, n_matvec, residual, used = _linear_solve(
+        lambda x, out: matvec(*args, x, out, nt), c, v0, tol, restart, max_iter, method,
+        gamma / (1.0 - gamma), "evaluation system (I - gamma P_pi) v = r_pi - tau D_f(pi)")
     q = np.empty(mdp.n_pairs)
     k("q_values")(mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r, mdp.gamma, v, q, nt)
     adv = np.empty(mdp.n_pairs)
     k("advantages")(mdp.a_indptr, flat, q, adv, nt)
     return Evaluation(v=v, q=mdp.to_table(q, like=pi), adv=mdp.to_table(adv, like=pi),
-                      J=float(mdp.rho @ v), n_matvec=n_matvec, residual=residual, backend=which)
+                      J=float(mdp.rho @ v), n_matvec=n_matvec, residual=residual, method=used,
+                      backend=which)
 
 
 def visitation(mdp, pi, mu=None, *, d0=None, tol=DEFAULT_TOL, max_iter=None,
-               restart=DEFAULT_RESTART, backend=None, n_threads=None, full_output=False):
+               restart=DEFAULT_RESTART, method="auto", backend=None, n_threads=None,
+               full_output=False):
     """Normalised discounted state visitation d^π_μ = (1−γ) (I − γP_πᵀ)^{-1} μ.
 
     Parameters
@@ -157,10 +188,10 @@ def visitation(mdp, pi, mu=None, *, d0=None, tol=DEFAULT_TOL, max_iter=None,
         Start distribution; ``mdp.rho`` by default.
     d0 : ndarray of shape (n_states,), optional
         Initial guess for d (warm start).
-    tol, max_iter, restart, backend, n_threads
+    tol, max_iter, restart, method, backend, n_threads
         As in :func:`evaluate`.
     full_output : bool, default False
-        Return a Result with ``d``, ``n_matvec``, ``residual``, ``backend``.
+        Return a Result with ``d``, ``n_matvec``, ``residual``, ``method``, ``backend``.
 
     Returns
     -------
@@ -176,14 +207,16 @@ def visitation(mdp, pi, mu=None, *, d0=None, tol=DEFAULT_TOL, max_iter=None,
     buf = np.empty((nt, mdp.n_states))
     args = (mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data, flat, mdp.gamma)
     scale = 1.0 - mdp.gamma
-    y, n_matvec, residual = gmres(lambda x, out: rmatvec(*args, x, out, buf, nt), mu,
-                                  None if d0 is None else d0 / scale, tol, restart, max_iter,
-                                  what="visitation system (I - gamma P_pi^T) d = (1 - gamma) mu")
+    # a start of the solution's mass 1/(1−γ) leaves no error along P_πᵀ's slow direction
+    y0 = mu / scale if d0 is None else d0 / (scale * d0.sum()) if d0.sum() > 0 else None
+    y, n_matvec, residual, used = _linear_solve(
+        lambda x, out: rmatvec(*args, x, out, buf, nt), mu, y0, tol, restart, max_iter, method,
+        0.0, "visitation system (I - gamma P_pi^T) d = (1 - gamma) mu")
     d = scale * y
     np.maximum(d, 0.0, out=d)  # clears round-off negatives only (d >= (1-γ)μ >= 0 exactly)
     d /= d.sum()
     if full_output:
-        return Result(d=d, n_matvec=n_matvec, residual=residual, backend=which)
+        return Result(d=d, n_matvec=n_matvec, residual=residual, method=used, backend=which)
     return d
 
 

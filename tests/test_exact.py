@@ -139,7 +139,7 @@ def test_visitation_matches_naive(backend, n_threads, mu_kind):
 def test_visitation_full_output(backend, n_threads):
     mdp, pi, _, _ = case(*CASES[2])
     res = fastppo.visitation(mdp, pi, backend=backend, n_threads=n_threads, full_output=True)
-    assert set(res) == {"d", "n_matvec", "residual", "backend"}
+    assert set(res) == {"d", "n_matvec", "residual", "method", "backend"}
     assert res.backend == backend
     assert res.residual <= 1e-12
     assert res.n_matvec >= 1
@@ -412,10 +412,45 @@ def test_looser_tol_fewer_products(backend):
 def test_restart_lengths_agree(backend, restart):
     mdp = random_mdp(37, n_states=30, n_actions=3, gamma=0.9, density=0.1)
     pi, _ = random_policy(mdp, 38)
-    ev = fastppo.evaluate(mdp, pi, fastppo.Hellinger(0.3), restart=restart, backend=backend)
+    ev = fastppo.evaluate(mdp, pi, fastppo.Hellinger(0.3), restart=restart, method="gmres",
+                          backend=backend)
     assert naive.rel_err(ev.v, naive.evaluate(mdp, pi, fastppo.Hellinger(0.3))[0]) <= REL
-    d = fastppo.visitation(mdp, pi, restart=restart, backend=backend)
+    d = fastppo.visitation(mdp, pi, restart=restart, method="gmres", backend=backend)
     assert naive.rel_err(d, naive.visitation(mdp, pi)) <= REL
+
+
+@pytest.mark.parametrize("method", ["auto", "gmres"])
+def test_methods_match_naive(backend, method):
+    for seed, rect, gamma in CASES:
+        mdp, pi, _, ref = case(seed, rect, gamma, "random")
+        reg, mu = fastppo.JensenShannon(0.4, ref), _mu(mdp, "random")
+        ev = fastppo.evaluate(mdp, pi, reg, method=method, backend=backend)
+        assert naive.rel_err(ev.v, naive.evaluate(mdp, pi, reg)[0]) <= REL
+        d = fastppo.visitation(mdp, pi, mu, method=method, backend=backend, full_output=True)
+        assert naive.rel_err(d.d, naive.visitation(mdp, pi, mu)) <= REL
+        assert ev.residual <= 1e-12 and d.residual <= 1e-12
+        assert (method == "gmres") == (ev.method == "gmres" == d.method)
+
+
+def test_method_selection_follows_mixing(backend):
+    """Richardson alone on a fast-mixing garnet; handed over to GMRES on a slow chain."""
+    fast = fastppo.garnet(300, 4, 5, gamma=0.99, seed=0)
+    slow = fastppo.garnet(300, 4, 3, gamma=0.99, seed=0, locality=2)
+    for mdp, expect in ((fast, "richardson"), (slow, "richardson+gmres")):
+        pi = random_policy(mdp, 7)[0]
+        reg = fastppo.ForwardKL(0.2)
+        ev = fastppo.evaluate(mdp, pi, reg, backend=backend)
+        d = fastppo.visitation(mdp, pi, backend=backend, full_output=True)
+        assert ev.method == expect == d.method
+        ev_g = fastppo.evaluate(mdp, pi, reg, method="gmres", backend=backend)
+        d_g = fastppo.visitation(mdp, pi, method="gmres", backend=backend)
+        # both stop at relative residual 1e-12; cond(I − γP_π) ≤ (1+γ)/(1−γ) = 199
+        assert naive.rel_err(ev.v, ev_g.v) <= 2 * 199e-12 and naive.rel_err(d.d, d_g) <= 2 * 199e-12
+    # on the fast chain the sweeps need no more products than GMRES
+    assert ev.n_matvec > 0
+    fast_ev = fastppo.evaluate(fast, random_policy(fast, 7)[0], backend=backend)
+    assert fast_ev.n_matvec <= fastppo.evaluate(fast, random_policy(fast, 7)[0], method="gmres",
+                                                backend=backend).n_matvec
 
 
 def test_convergence_error(backend):
@@ -451,7 +486,7 @@ def test_puterman_two_state_analytic(backend):
     mdp = fastppo.MDP.from_sa_pairs([0, 0, 1], [0, 1, 0], [[0.5, 0.5], [0.0, 1.0], [0.0, 1.0]],
                                     [5.0, 10.0, -1.0], 0.95)
     for pi, v0 in (([1.0, 0.0, 1.0], None), ([0.0, 1.0, 1.0], None)):
-        ev = fastppo.evaluate(mdp, pi, backend=backend)
+        ev = fastppo.evaluate(mdp, pi, backend=backend, tol=1e-15)  # to round-off
         v1 = -1.0 / (1 - 0.95)
         v0 = ((5.0 + 0.95 * 0.5 * v1) / (1 - 0.95 * 0.5)) if pi[0] == 1.0 else 10.0 + 0.95 * v1
         np.testing.assert_allclose(ev.v, [v0, v1], rtol=1e-13)
@@ -572,6 +607,13 @@ def test_reject_reg_of_the_wrong_type(rect, bad):
     for call in (lambda: fastppo.evaluate(mdp, pi, bad), lambda: fastppo.gradient(mdp, logits, bad)):
         with pytest.raises(TypeError, match=r"reg must be a fastppo regularizer \(e\.g\. fastppo\.ForwardKL\(0\.1\)\) or None, got"):
             call()
+
+
+def test_reject_bad_method(rect):
+    mdp, pi, _ = rect
+    for call in (fastppo.evaluate, fastppo.visitation):
+        with pytest.raises(ValueError, match=r"method must be one of 'auto', 'gmres'; got 'lu'"):
+            call(mdp, pi, method="lu")
 
 
 def test_reject_bad_warm_starts(rect):

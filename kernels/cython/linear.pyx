@@ -21,6 +21,8 @@ def bellman_matvec(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
     for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
         acc = 0.0
         for k in range(a_indptr[s], a_indptr[s + 1]):
+            if pi[k] == 0.0:  # deterministic policies: one row per state
+                continue
             row = 0.0
             for j in range(p_indptr[k], p_indptr[k + 1]):
                 row = row + p_data[j] * x[p_indices[j]]
@@ -44,6 +46,8 @@ def bellman_rmatvec(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
         for s in range(lo, hi):
             xs = x[s]
             for k in range(a_indptr[s], a_indptr[s + 1]):
+                if pi[k] == 0.0:
+                    continue
                 w = pi[k] * xs
                 for j in range(p_indptr[k], p_indptr[k + 1]):
                     buf[c, p_indices[j]] += w * p_data[j]

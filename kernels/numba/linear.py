@@ -8,7 +8,8 @@
 where (P_π x)(s) = Σ_a π(a|s) Σ_s' P(s'|s,a) x(s'). Each kernel is compiled twice
 from one Python function: serial, and ``parallel=True`` (used when n_threads > 1).
 Loop bounds and CSR indices are cast to unsigned so Numba drops its negative-index
-wrap-around check (1.36x faster products, S = 50,000 garnet).
+wrap-around check (1.36x faster products, S = 50,000 garnet). Pairs with π = 0 are
+skipped (adding 0 changes nothing), so a deterministic policy costs one row per state.
 Mirrors kernels/cython/linear.pyx.
 """
 import numpy as np
@@ -22,6 +23,8 @@ def bellman_matvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out):
     for s in prange(n_states):
         acc = 0.0
         for k in range(np.uint64(a_indptr[s]), np.uint64(a_indptr[s + 1])):
+            if pi[k] == 0.0:  # deterministic policies: one row per state
+                continue
             row = 0.0
             for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
                 row += p_data[j] * x[np.uint32(p_indices[j])]
@@ -40,6 +43,8 @@ def bellman_rmatvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out, bu
         for s in range(lo, hi):
             xs = x[s]
             for k in range(np.uint64(a_indptr[s]), np.uint64(a_indptr[s + 1])):
+                if pi[k] == 0.0:
+                    continue
                 w = pi[k] * xs
                 for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
                     y[np.uint32(p_indices[j])] += w * p_data[j]
