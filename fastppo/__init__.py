@@ -13,6 +13,7 @@ from .evaluation import Evaluation, evaluate, gradient, softmax, visitation
 from .generators import chain, garnet, gridworld, token_tree
 from .mdp import MDP
 from .solvers import NPG, KLPenaltyPPO, PPOClip, RunResult, SoftmaxPG, SolveResult, solve
+from .sweeps import sweep
 from .regularizers import (AlphaDivergence, ChiSquare, ForwardKL, Hellinger, JensenShannon,
                            Regularizer, ReverseKL)
 
@@ -24,4 +25,5 @@ __all__ = [
     "evaluate", "visitation", "gradient", "softmax", "Evaluation", "ConvergenceError",
     "solve", "PPOClip", "SoftmaxPG", "NPG", "KLPenaltyPPO", "SolveResult", "RunResult",
     "backend", "set_backend", "get_backend", "set_num_threads", "show_backends",
+    "sweep",
 ]

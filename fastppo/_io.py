@@ -30,6 +30,8 @@ import numpy as np
 
 CHECKPOINT, MDP_FILE, RESULT, HISTORY, CONFIG, PLOT = (
     "checkpoint.npz", "mdp.npz", "result.npz", "history.csv", "config.json", "convergence.png")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -38,6 +40,7 @@ def atomic_write(path, mode="wb"):
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
             yield f
             f.flush()
