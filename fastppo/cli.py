@@ -1,8 +1,8 @@
 """Command line: ``fastppo run | solve | eval | compare | sweep | info`` (also ``python -m fastppo``).
 
 ``fastppo run`` with no arguments is the README's main job: exact PPO-Clip (forward
-KL, τ = 0.1, ε = 0.2, K = 10) on a 50,000-state garnet, with a progress bar showing
-the iteration, J, the gap to the regularized optimum and the Krylov products, then a
+KL, τ = 0.1, ε = 0.2, K = 10) on a 50,000-state garnet, with a progress bar (on a
+terminal) showing the iteration, J, the gap to the regularized optimum and the Krylov products, then a
 summary; the result directory (``--out``, default ``fastppo-run/``) gets
 ``result.npz``, ``history.csv``, ``config.json``, ``convergence.png`` and a checkpoint.
 Ctrl-C stops after the current iteration, saves, and exits with status 130;
@@ -112,7 +112,10 @@ def load_mdp(p, fallback=None):
     if path:
         if not os.path.exists(path):
             raise UsageError(f"no such file: {path}")
-        return fastppo.MDP.load(path)
+        try:
+            return fastppo.MDP.load(path)
+        except (ValueError, OSError, KeyError) as exc:
+            raise UsageError(f"cannot read an MDP from {path}: {exc}") from None
     return parse_mdp(p.get("mdp") or DEFAULT_MDP, p.get("gamma"), p.get("seed"))
 
 
@@ -211,6 +214,11 @@ def _params(args):
     return {k: getattr(args, k, None) for k in PARAMS}
 
 
+def _progress(args):
+    """A progress bar on stderr: only for a terminal, and not with --no-progress/--quiet/--json."""
+    return not (args.no_progress or args.quiet or args.json) and sys.stderr.isatty()
+
+
 def _printer(args, out):
     return (lambda *a: None) if args.quiet or args.json else (lambda *a: print(*a, file=out))
 
@@ -241,7 +249,7 @@ def cmd_run(args, out):
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        s = execute(given, folder, progress=not (args.no_progress or args.quiet or args.json),
+        s = execute(given, folder, progress=_progress(args),
                     checkpoint_every=args.checkpoint_every, should_stop=lambda: bool(stop),
                     resume=bool(args.resume), config={"command": "run", "argv": args.argv}, say=say)
     finally:
@@ -350,7 +358,7 @@ def cmd_compare(args, out):
     for name, method in methods.items():
         t0 = time.perf_counter()
         res = method.run(p["iters"], tol=p["tol"],
-                         progress=not (args.no_progress or args.quiet or args.json))
+                         progress=_progress(args))
         h = res.history
         rows.append(dict(method=name, iterations=int(res.n_iter), J=res.J, gap=res.gap,
                          converged=bool(res.converged), seconds=time.perf_counter() - t0,
@@ -383,7 +391,7 @@ def cmd_sweep(args, out):
     if not os.path.exists(args.config):
         raise UsageError(f"no such file: {args.config}")
     res = sweep(args.config, out=args.out, scheduler=args.scheduler, n_workers=args.workers,
-                progress=not (args.no_progress or args.quiet or args.json))
+                progress=_progress(args))
     if args.json:
         print(json.dumps(res.rows), file=out)
     elif not args.quiet:

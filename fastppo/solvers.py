@@ -297,8 +297,9 @@ class _ExactMethod:
         from .regularizers import REGULARIZERS, AlphaDivergence
 
         state = dict(state)
-        if state.pop("method") != type(self).__name__:
-            raise ValueError(f"the state is not one of {type(self).__name__}")
+        method = state.pop("method")
+        if method != type(self).__name__:
+            raise ValueError(f"the state is of a {method}, not of a {type(self).__name__}")
         name, tau, alpha = state.pop("regularizer"), state.pop("tau"), state.pop("alpha")
         ref = state["_ref"] if state.pop("reg_ref_given") else None
         cls = REGULARIZERS.get(name)
