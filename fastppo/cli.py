@@ -2,8 +2,8 @@
 
 ``fastppo run`` with no arguments is the README's main job: exact PPO-Clip (forward
 KL, τ = 0.1, ε = 0.2, K = 10) on a 50,000-state garnet, with a progress bar (on a
-terminal) showing the iteration, J, the gap to the regularized optimum and the Krylov products, then a
-summary; the result directory (``--out``, default ``fastppo-run/``) gets
+terminal) showing the iteration, J, the gap to the regularized optimum and the Krylov
+products, then a summary; the result directory (``--out``, default ``fastppo-run/``) gets
 ``result.npz``, ``history.csv``, ``config.json``, ``convergence.png`` and a checkpoint.
 Ctrl-C stops after the current iteration, saves, and exits with status 130;
 ``fastppo run --resume DIR [--iters N]`` continues bit for bit (``--iters`` counts all
