@@ -33,7 +33,7 @@ FIXED_ON_RESUME = ("mdp", "mdp_file", "gamma", "seed", "reg", "tau", "clip", "in
                    "step", "backend", "threads")
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
     """A user mistake: reported as one line, exit status 2."""
 
 
@@ -184,11 +184,8 @@ def execute(p, out, *, progress=False, checkpoint_every=None, should_stop=None, 
     config = {"params": p, **(config or {}), "title": f"PPO-Clip, {mdp}\n{reg}"}
     _io.write_json(os.path.join(out, _io.CONFIG), {"fastppo_version": fastppo.__version__, **config})
 
-    def measure(row):
-        return row["gap"]
-
     done = ppo.n_iter
-    if done and measure(ppo.history[-1]) <= p["tol"]:
+    if done and ppo.history["gap"][-1] <= p["tol"]:
         done = p["iters"]  # converged before: nothing left to do
 
     def callback(solver, row):
@@ -200,7 +197,7 @@ def execute(p, out, *, progress=False, checkpoint_every=None, should_stop=None, 
     res = ppo.run(max(p["iters"] - done, 0), tol=p["tol"], callback=callback, progress=progress)
     seconds = time.perf_counter() - t0
     h = res.history
-    res["converged"] = bool(len(h) and measure(h[-1]) <= p["tol"])
+    res["converged"] = bool(len(h) and h["gap"][-1] <= p["tol"])
     res.save(out, config)
     return dict(mdp=str(mdp), reg=str(reg), J=res.J, J_star=J_star, gap=res.gap,
                 iterations=int(res.n_iter), converged=res.converged, seconds=seconds,
@@ -493,7 +490,7 @@ def main(argv=None, out=None):
         if getattr(args, "clip", None) is not None:
             _clip(args.clip)
         return args.func(args, out)
-    except (UsageError, ValueError, TypeError, OSError) as exc:
+    except (ValueError, TypeError, OSError) as exc:  # UsageError is a ValueError
         print(f"fastppo: error: {exc}", file=sys.stderr)
         return 2
     except (ArithmeticError, RuntimeError) as exc:  # FloatingPointError, ConvergenceError

@@ -174,9 +174,9 @@ def sweep(config, out=None, *, scheduler=None, n_workers=None, progress=False):
         else:
             todo.append((p, folder))
     if todo:
-        from dask.distributed import as_completed
-
         with _client(scheduler, n_workers) as client:
+            from dask.distributed import as_completed
+
             futures = {client.submit(_run_one, p, folder, pure=False): (p, folder)
                        for p, folder in todo}
             bar = None

@@ -97,6 +97,25 @@ def test_progress_bar_on_a_terminal(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err == ""
 
 
+def test_mdp_options(tmp_path):
+    """--seed and --gamma override the spec; --mdp-file runs a saved MDP."""
+    folder = str(tmp_path / "a")
+    assert main(["run", "--mdp", "garnet:S=50,A=3,b=3,seed=0", "--seed", "5", "--gamma", "0.9",
+                 "--iters", "2", "--out", folder, "--quiet"]) == 0
+    mdp = fastppo.MDP.load(os.path.join(folder, "mdp.npz"))
+    assert mdp == fastppo.garnet(50, 3, 3, gamma=0.9, seed=5)
+    assert mdp != fastppo.garnet(50, 3, 3, gamma=0.9, seed=0)
+    ragged = fastppo.MDP.from_sa_pairs([0, 0, 1], [0, 2, 1], np.array([[0.5, 0.5], [0, 1], [1, 0]]),
+                                       [1.0, 0.0, 0.5], 0.9)
+    ragged.save(tmp_path / "ragged.npz")
+    folder = str(tmp_path / "b")
+    assert main(["run", "--mdp-file", str(tmp_path / "ragged.npz"), "--iters", "3", "--out", folder,
+                 "--quiet"]) == 0
+    assert fastppo.MDP.load(os.path.join(folder, "mdp.npz")) == ragged
+    with np.load(os.path.join(folder, "result.npz")) as f:
+        assert f["policy"].shape == f["logits"].shape == (3,)  # a ragged MDP stays flat
+
+
 def test_solve_eval_info(tmp_path):
     r = cli("solve", "--mdp", "chain:n_states=6", "--reg", "none", "--json")
     assert r.returncode == 0, r.stderr
