@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 
@@ -234,7 +235,11 @@ def cmd_run(args, out):
             raise UsageError(f"--resume {args.resume}: no checkpoint there (a directory written "
                              f"by fastppo run --out)")
         with open(cfg, encoding="utf-8") as f:
-            given = {**json.load(f)["params"], **given}
+            saved = json.load(f).get("params")
+        if saved is None:
+            raise UsageError(f"--resume {args.resume}: not a fastppo run directory (its "
+                             f"config.json has no run parameters)")
+        given = {**saved, **given}
     folder = args.out or args.resume or "fastppo-run"
     say = _printer(args, out)
     stop = []
@@ -244,13 +249,15 @@ def cmd_run(args, out):
             raise KeyboardInterrupt
         stop.append(signum)
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    main_thread = threading.current_thread() is threading.main_thread()  # signals: main only
+    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
     try:
         s = execute(given, folder, progress=_progress(args),
                     checkpoint_every=args.checkpoint_every, should_stop=lambda: bool(stop),
                     resume=bool(args.resume), config={"command": "run", "argv": args.argv}, say=say)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
     if args.json:
         print(json.dumps(s), file=out)
     else:

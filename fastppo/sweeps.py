@@ -20,7 +20,10 @@ same for every run go in ``fixed``. In TOML::
 
 Each run is independent and executes on a Dask worker (``dask.distributed``): a
 ``LocalCluster`` of ``workers`` single-threaded worker processes by default, or an
-existing cluster given by its scheduler address (``tcp://host:port``), used unchanged.
+existing cluster given by its scheduler address (``tcp://host:port``), used unchanged
+(its workers need fastppo installed and the sweep directory on a shared filesystem).
+A script that calls ``sweep`` with the default LocalCluster must guard it with
+``if __name__ == "__main__":`` (Dask starts its workers as fresh Python processes).
 A run writes a result directory ``<out>/runs/<id>/`` (see ``fastppo._io``), where
 ``<id>`` is a hash of its parameters, and finally ``row.json``; a rerun of the sweep
 skips every run whose ``row.json`` exists, so an interrupted sweep resumes and a grown

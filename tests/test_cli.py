@@ -222,6 +222,10 @@ def test_resume_refuses_changed_parameters(tmp_path, capsys):
     assert main(["run", "--resume", str(tmp_path / "a"), "--tau", "0.5"]) == 2
     assert capsys.readouterr().err == ("fastppo: error: --resume continues the saved run in its "
                                        "directory: --tau cannot be changed (only --iters, --tol)\n")
+    fastppo.PPOClip(fastppo.garnet(20, 2, 2, seed=0)).run(1).save(tmp_path / "api")
+    assert main(["run", "--resume", str(tmp_path / "api")]) == 2
+    assert capsys.readouterr().err == (f"fastppo: error: --resume {tmp_path / 'api'}: not a fastppo "
+                                       f"run directory (its config.json has no run parameters)\n")
     os.remove(tmp_path / "a" / "checkpoint.npz")
     assert main(["run", "--resume", str(tmp_path / "a")]) == 2
     assert "no checkpoint there" in capsys.readouterr().err
