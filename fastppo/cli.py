@@ -453,7 +453,8 @@ def build_parser():
     method.add_argument("--iters", type=int, help="total outer iterations (default 1000)")
     method.add_argument("--tol", type=float, help="stop at gap J* - J <= tol (default 1e-8)")
     method.add_argument("--no-progress", action="store_true")
-    method.add_argument("--out", metavar="DIR", help="result directory")
+    method.add_argument("--out", metavar="DIR", help="result directory (default fastppo-run, "
+                        "for compare fastppo-compare)")
 
     run = sub.add_parser("run", parents=[problem, method, out], help="PPO-Clip solve with progress")
     run.add_argument("--checkpoint-every", type=int, metavar="N",
