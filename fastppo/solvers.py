@@ -293,7 +293,15 @@ class _ExactMethod:
         return state
 
     def load_state(self, state, mdp):
-        """Restore a :meth:`state_dict` (for the MDP it was taken on)."""
+        """Restore a :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state : dict
+            From :meth:`state_dict` of the same class.
+        mdp : MDP
+            The MDP the state was taken on.
+        """
         from .regularizers import REGULARIZERS, AlphaDivergence
 
         state = dict(state)
@@ -311,9 +319,15 @@ class _ExactMethod:
         vars(self).update(state)
 
     def save(self, path):
-        """Write a checkpoint (``checkpoint.npz`` and ``mdp.npz``) to directory ``path``.
+        """Write a checkpoint: ``checkpoint.npz`` (:meth:`state_dict`) and ``mdp.npz``.
 
-        ``<Method>.resume(path)`` continues from it bit for bit. Writes are atomic.
+        ``<Method>.resume(path)`` continues from it bit for bit. Writes are atomic, and
+        ``mdp.npz`` is not rewritten when ``path`` already holds this MDP.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Directory, created if needed.
         """
         from ._io import mdp_digest, save_checkpoint
 
@@ -418,10 +432,10 @@ class _ExactMethod:
                 bar.close()
         final = evaluate(self.mdp, self.pi, self.reg, v0=self._v, **self._opts())
         res = RunResult(policy=self.mdp.to_table(self.pi.copy(), like=self._table_like),
-                         logits=self.mdp.to_table(self.logits.copy(), like=self._table_like),
-                         v=final.v, J=final.J, history=self.history, n_iter=self.n_iter,
-                         converged=converged, reference=self.reference,
-                         gap=np.nan if self.reference is None else self.reference - final.J)
+                        logits=self.mdp.to_table(self.logits.copy(), like=self._table_like),
+                        v=final.v, J=final.J, history=self.history, n_iter=self.n_iter,
+                        converged=converged, reference=self.reference,
+                        gap=np.nan if self.reference is None else self.reference - final.J)
         # a snapshot for res.save() (an attribute, not an entry: not in the repr)
         object.__setattr__(res, "_state", self.state_dict())
         object.__setattr__(res, "_mdp", self.mdp)
