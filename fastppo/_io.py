@@ -201,7 +201,7 @@ def save_result(folder, result, config=None):
         k: v for k, v in state.items() if not k.startswith("_") and not isinstance(v, np.ndarray)}
     write_json(os.path.join(folder, CONFIG),
                {"fastppo_version": __version__, "method": settings, **(config or {})})
-    title = (config or {}).get("title", settings.get("class", ""))
-    plot_curves(os.path.join(folder, PLOT), [(settings.get("class", ""), h)], title)
+    method = settings.get("method", "")
+    plot_curves(os.path.join(folder, PLOT), [(method, h)], (config or {}).get("title", method))
     if state is not None:  # last: the checkpoint is what --resume reads
         save_checkpoint(folder, state, result._mdp)
