@@ -12,7 +12,7 @@ A result directory (``RunResult.save``, ``fastppo run --out DIR``) holds
 - ``checkpoint.npz``: the method's complete state (``_ExactMethod.state_dict``) and
   ``mdp.npz`` (``MDP.save``), from which ``PPOClip.resume(DIR)`` continues bit for bit.
   ``mdp.npz`` is written only when the directory does not already hold this MDP, so
-  checkpoints every few iterations do not rewrite it (a 50,000-state garnet is ~60 MB).
+  checkpoints every few iterations do not rewrite it (a 50,000-state garnet is ~73 MB).
 
 Atomic: each file is written to a temporary file in the same directory, flushed and
 fsynced, then renamed over the target (``os.replace``). A process killed at any moment
@@ -178,7 +178,7 @@ def plot_curves(path, curves, title="", ylabel=None):
     default = "gap J* − J" if measures == {"gap"} else "gradient norm" if measures == {
         "grad_norm"} else "gap J* − J (gradient norm where J* unknown)"
     ax.set_ylabel(ylabel or default)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     if len(curves) > 1:
         ax.legend(fontsize=7)
