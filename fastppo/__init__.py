@@ -15,6 +15,7 @@ from .mdp import MDP
 from .sampled import (AdaptiveKLController, Rollout, SampledPPO, discounted_returns, gae,
                       group_advantages, kl_estimate, rollout)
 from .solvers import NPG, KLPenaltyPPO, PPOClip, RunResult, SoftmaxPG, SolveResult, solve
+from .sweeps import sweep
 from .regularizers import (AlphaDivergence, ChiSquare, ForwardKL, Hellinger, JensenShannon,
                            Regularizer, ReverseKL)
 
@@ -28,4 +29,5 @@ __all__ = [
     "rollout", "Rollout", "gae", "discounted_returns", "kl_estimate", "group_advantages",
     "AdaptiveKLController", "SampledPPO",
     "backend", "set_backend", "get_backend", "set_num_threads", "show_backends",
+    "sweep",
 ]

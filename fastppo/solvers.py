@@ -61,9 +61,26 @@ class RunResult(Result):
     array, one row per outer iteration), ``n_iter``, ``converged``, ``reference`` (J* or None)."""
 
     def to_pandas(self):
+        """The history as a pandas DataFrame (needs pandas)."""
         import pandas as pd
 
         return pd.DataFrame(self.history)
+
+    def save(self, path, config=None):
+        """Write a result directory: ``result.npz``, ``history.csv``, ``config.json``,
+        ``convergence.png``, and the checkpoint (``checkpoint.npz``, ``mdp.npz``) from which
+        ``<Method>.resume(path)`` continues the run bit for bit (see ``fastppo._io``).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Directory, created if needed; existing files are replaced atomically.
+        config : dict, optional
+            JSON-serialisable entries added to ``config.json``.
+        """
+        from ._io import save_result
+
+        save_result(path, self, config)
 
 
 def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None, n_threads=None):
@@ -251,6 +268,97 @@ class _ExactMethod:
         self._d = res.d
         return res.d / (1.0 - self.mdp.gamma), res.n_matvec
 
+    # ----------------------------------------------------------- checkpoints
+    _NOT_STATE = ("mdp", "reg", "_rows")
+
+    def state_dict(self):
+        """The complete state of the method: everything ``load_state`` needs to continue
+        bit for bit (logits, π, the warm starts of the linear solves, lr, n_iter, β, the
+        history, ...), as a dict of arrays, scalars and None. The MDP is not included.
+
+        Returns
+        -------
+        dict
+            Includes ``method`` (the class name), ``regularizer``, ``tau``, ``alpha``,
+            ``history`` (structured array) and every attribute of the method.
+        """
+        reg = self.reg
+        state = dict(method=type(self).__name__, regularizer="none" if reg is None else reg.name,
+                     tau=0.0 if reg is None else reg.tau, alpha=0.0 if reg is None else reg.alpha,
+                     reg_ref_given=reg is not None and reg.ref is not None, history=self.history)
+        for k, v in vars(self).items():
+            if k not in self._NOT_STATE:
+                state[k] = v.copy() if isinstance(v, np.ndarray) else (
+                    v if v is None or isinstance(v, (bool, int, float, str)) else np.asarray(v))
+        return state
+
+    def load_state(self, state, mdp):
+        """Restore a :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state : dict
+            From :meth:`state_dict` of the same class.
+        mdp : MDP
+            The MDP the state was taken on.
+        """
+        from .regularizers import REGULARIZERS, AlphaDivergence
+
+        state = dict(state)
+        method = state.pop("method")
+        if method != type(self).__name__:
+            raise ValueError(f"the state is of a {method}, not of a {type(self).__name__}")
+        name, tau, alpha = state.pop("regularizer"), state.pop("tau"), state.pop("alpha")
+        ref = state["_ref"] if state.pop("reg_ref_given") else None
+        cls = REGULARIZERS.get(name)
+        self.reg = None if cls is None else (
+            cls(tau, alpha, ref) if cls is AlphaDivergence else cls(tau, ref))
+        self.mdp = mdp
+        history = state.pop("history")
+        self._rows = [dict(zip(history.dtype.names, row)) for row in history.tolist()]
+        vars(self).update(state)
+
+    def save(self, path):
+        """Write a checkpoint: ``checkpoint.npz`` (:meth:`state_dict`) and ``mdp.npz``.
+
+        ``<Method>.resume(path)`` continues from it bit for bit. Writes are atomic, and
+        ``mdp.npz`` is not rewritten when ``path`` already holds this MDP.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Directory, created if needed.
+        """
+        from ._io import mdp_digest, save_checkpoint
+
+        if getattr(self, "_mdp_digest", None) is None:
+            self._mdp_digest = mdp_digest(self.mdp)
+        save_checkpoint(path, self.state_dict(), self.mdp)
+
+    @classmethod
+    def resume(cls, path, mdp=None):
+        """The method saved in directory ``path`` (by :meth:`save` or ``RunResult.save``),
+        ready to continue: ``.run(n)`` then gives exactly the iterates of an
+        uninterrupted run.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A directory holding ``checkpoint.npz`` (and ``mdp.npz`` unless ``mdp`` is given).
+        mdp : MDP, optional
+            The MDP, instead of reading ``mdp.npz``; it must be the checkpoint's MDP.
+
+        Returns
+        -------
+        instance of cls
+        """
+        from ._io import load_checkpoint
+
+        state, mdp = load_checkpoint(path, mdp)
+        self = cls.__new__(cls)
+        self.load_state(state, mdp)
+        return self
+
     @property
     def history(self):
         """Per-iteration diagnostics as a structured array (fields: iter, J, gap, max_abs_adv,
@@ -288,7 +396,8 @@ class _ExactMethod:
         bar = None
         if progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=n_iter, desc=type(self).__name__, unit="it")
+            bar = tqdm(total=self.n_iter + n_iter, initial=self.n_iter,
+                       desc=type(self).__name__, unit="it")
         converged = False
         still = 0
         try:
@@ -322,11 +431,15 @@ class _ExactMethod:
             if bar is not None:
                 bar.close()
         final = evaluate(self.mdp, self.pi, self.reg, v0=self._v, **self._opts())
-        return RunResult(policy=self.mdp.to_table(self.pi.copy(), like=self._table_like),
-                         logits=self.mdp.to_table(self.logits.copy(), like=self._table_like),
-                         v=final.v, J=final.J, history=self.history, n_iter=self.n_iter,
-                         converged=converged, reference=self.reference,
-                         gap=np.nan if self.reference is None else self.reference - final.J)
+        res = RunResult(policy=self.mdp.to_table(self.pi.copy(), like=self._table_like),
+                        logits=self.mdp.to_table(self.logits.copy(), like=self._table_like),
+                        v=final.v, J=final.J, history=self.history, n_iter=self.n_iter,
+                        converged=converged, reference=self.reference,
+                        gap=np.nan if self.reference is None else self.reference - final.J)
+        # a snapshot for res.save() (an attribute, not an entry: not in the repr)
+        object.__setattr__(res, "_state", self.state_dict())
+        object.__setattr__(res, "_mdp", self.mdp)
+        return res
 
 
 class PPOClip(_ExactMethod):

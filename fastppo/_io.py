@@ -1,0 +1,207 @@
+"""Result directories and checkpoints on disk; every write is atomic.
+
+A result directory (``RunResult.save``, ``fastppo run --out DIR``) holds
+
+- ``result.npz``: arrays ``policy``, ``logits`` (table shape) and ``v`` (n_states,), and
+  the scalars ``J``, ``gap``, ``n_iter``, ``converged``;
+- ``history.csv``: one row per outer iteration, header = the history fields;
+- ``config.json``: the method's settings, the fastppo version, and whatever the caller
+  adds (the command line adds its full arguments);
+- ``convergence.png``: log gap J* − J against the iteration (the gradient norm when J*
+  is unknown);
+- ``checkpoint.npz``: the method's complete state (``_ExactMethod.state_dict``) and
+  ``mdp.npz`` (``MDP.save``), from which ``PPOClip.resume(DIR)`` continues bit for bit.
+  ``mdp.npz`` is written only when the directory does not already hold this MDP, so
+  checkpoints every few iterations do not rewrite it (a 50,000-state garnet is ~73 MB).
+
+Atomic: each file is written to a temporary file in the same directory, flushed and
+fsynced, then renamed over the target (``os.replace``). A process killed at any moment
+leaves every file either at its previous complete version or at the new one (and
+perhaps a stray ``.*.tmp``).
+"""
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import tempfile
+
+import numpy as np
+
+CHECKPOINT, MDP_FILE, RESULT, HISTORY, CONFIG, PLOT = (
+    "checkpoint.npz", "mdp.npz", "result.npz", "history.csv", "config.json", "convergence.png")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """Open a temporary file beside ``path``; on success fsync it and rename it to ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def write_json(path, obj):
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2, default=_jsonable)
+        f.write("\n")
+
+
+def _jsonable(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def write_csv(path, rows, fields):
+    """Rows (dicts or a structured array) to CSV; floats are written with ``repr`` (exact)."""
+    with atomic_write(path, "w") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        for row in rows:
+            values = [row[k] if not isinstance(row, dict) else row.get(k, "") for k in fields]
+            w.writerow([repr(v) if isinstance(v, float) else v
+                        for v in (x.item() if isinstance(x, np.generic) else x for x in values)])
+
+
+def read_history(path):
+    """A ``history.csv`` back as a structured array (float fields; ``iter`` int)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    fields = rows[0]
+    dtype = [(k, np.int64 if k in ("iter", "n_matvec") else np.float64) for k in fields]
+    return np.array([tuple(r) for r in rows[1:]], dtype=[(k, "U32") for k in fields]).astype(dtype)
+
+
+def mdp_digest(mdp):
+    """SHA-256 of an MDP's arrays and discount (identifies the MDP of a checkpoint)."""
+    from .mdp import _ARRAYS
+
+    h = hashlib.sha256(np.float64(mdp.gamma).tobytes())
+    for name in (*_ARRAYS, "rho"):
+        h.update(np.ascontiguousarray(getattr(mdp, name)).data)
+    return h.hexdigest()
+
+
+def save_state(path, state):
+    """A dict of arrays, scalars and None to one ``.npz`` (exact; no pickle)."""
+    none = [k for k, v in state.items() if v is None]
+    arrays = {k: np.asarray(v) for k, v in state.items() if v is not None}
+    with atomic_write(path) as f:
+        np.savez(f, __none__=np.array(none, dtype=str), **arrays)
+
+
+def load_state(path):
+    """Inverse of :func:`save_state`: 0-d arrays come back as Python scalars."""
+    with np.load(path, allow_pickle=False) as f:
+        state = {k: (f[k].item() if f[k].ndim == 0 else f[k]) for k in f.files if k != "__none__"}
+        state.update(dict.fromkeys(f["__none__"].tolist()))
+    return state
+
+
+def save_checkpoint(folder, state, mdp):
+    """Write ``checkpoint.npz`` (and ``mdp.npz`` unless ``folder`` already holds this MDP)."""
+    os.makedirs(folder, exist_ok=True)
+    ckpt = os.path.join(folder, CHECKPOINT)
+    mdp_path = os.path.join(folder, MDP_FILE)
+    state = {**state, "_mdp_digest": state.get("_mdp_digest") or mdp_digest(mdp)}
+    stored = None
+    if os.path.exists(mdp_path) and os.path.exists(ckpt):
+        with np.load(ckpt, allow_pickle=False) as f:
+            stored = str(f["_mdp_digest"]) if "_mdp_digest" in f.files else None
+    if stored != state["_mdp_digest"]:
+        with atomic_write(mdp_path) as f:
+            mdp.save(f)
+    save_state(ckpt, state)
+
+
+def load_checkpoint(folder, mdp=None):
+    """(state, mdp) from a directory written by :func:`save_checkpoint`.
+
+    ``mdp`` given: it is checked against the checkpoint instead of loading ``mdp.npz``.
+    """
+    from .mdp import MDP
+
+    ckpt = os.path.join(folder, CHECKPOINT)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"no such directory: {folder}")
+    if not os.path.exists(ckpt):
+        raise FileNotFoundError(f"{folder} holds no checkpoint ({CHECKPOINT})")
+    state = load_state(ckpt)
+    if mdp is None:
+        mdp = MDP.load(os.path.join(folder, MDP_FILE))
+    if mdp_digest(mdp) != state["_mdp_digest"]:
+        raise ValueError(f"the MDP does not match the one of the checkpoint in {folder}")
+    return state, mdp
+
+
+def plot_curves(path, curves, title="", ylabel=None):
+    """Semilog plot of several histories to a PNG (matplotlib, no pyplot, no GUI).
+
+    Parameters
+    ----------
+    path : str
+    curves : list of (label, structured ndarray)
+        Each history is plotted as its gap J* − J against ``iter``, or as its gradient
+        norm when the gap is unknown (all NaN).
+    title, ylabel : str
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    measures = set()
+    for label, h in curves:
+        measure = "gap" if len(h) and np.isfinite(h["gap"]).any() else "grad_norm"
+        measures.add(measure)
+        y = np.where(h[measure] > 0, h[measure], np.nan)  # log scale: round-off zeros omitted
+        ax.semilogy(h["iter"], y, label=label, lw=1.4)
+    ax.set_xlabel("outer iteration")
+    default = "gap J* − J" if measures == {"gap"} else "gradient norm" if measures == {
+        "grad_norm"} else "gap J* − J (gradient norm where J* unknown)"
+    ax.set_ylabel(ylabel or default)
+    ax.set_title(title, fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    if len(curves) > 1:
+        ax.legend(fontsize=7)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=110)
+
+
+def save_result(folder, result, config=None):
+    """Write a result directory (see the module docstring) for a ``RunResult``."""
+    from . import __version__
+
+    os.makedirs(folder, exist_ok=True)
+    state = getattr(result, "_state", None)
+    with atomic_write(os.path.join(folder, RESULT)) as f:
+        np.savez(f, policy=result.policy, logits=result.logits, v=result.v, J=result.J,
+                 gap=result.gap, n_iter=result.n_iter, converged=result.converged)
+    h = result.history
+    write_csv(os.path.join(folder, HISTORY), h, h.dtype.names)
+    settings = {} if state is None else {
+        k: v for k, v in state.items() if not k.startswith("_") and not isinstance(v, np.ndarray)}
+    write_json(os.path.join(folder, CONFIG),
+               {"fastppo_version": __version__, "method": settings, **(config or {})})
+    method = settings.get("method", "")
+    plot_curves(os.path.join(folder, PLOT), [(method, h)], (config or {}).get("title", method))
+    if state is not None:  # last: the checkpoint is what --resume reads
+        save_checkpoint(folder, state, result._mdp)
