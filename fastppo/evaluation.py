@@ -88,6 +88,26 @@ def _linear_solve(matvec, b, x0, tol, restart, max_iter, method, shift, what):
     return x, n + n_sweeps, residual, "richardson+gmres" if n_sweeps else "gmres"
 
 
+def _policy_rows(mdp, pi):
+    """Kernel arrays (a_indptr, p_indptr, p_indices, p_data, pi) of the pairs π uses.
+
+    Products with P_π only need the pairs with π > 0. When those are at most half of
+    all pairs (a deterministic policy uses one per state), their rows are gathered once
+    into a compact CSR (O(nnz) of those rows), so every product reads only them; the
+    sums are the same, term by term.
+    """
+    used = np.flatnonzero(pi > 0)
+    if used.shape[0] > mdp.n_pairs // 2:
+        return mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data, pi
+    a_indptr = np.zeros(mdp.n_states + 1, dtype=np.int64)
+    np.cumsum(np.bincount(mdp.s_indices[used], minlength=mdp.n_states), out=a_indptr[1:])
+    lengths = mdp.p_indptr[used + 1] - mdp.p_indptr[used]
+    p_indptr = np.zeros(used.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lengths, out=p_indptr[1:])
+    gather = np.repeat(mdp.p_indptr[used] - p_indptr[:-1], lengths) + np.arange(p_indptr[-1])
+    return a_indptr, p_indptr, mdp.p_indices[gather], mdp.p_data[gather], pi[used]
+
+
 def _solver_args(tol, max_iter, restart):
     tol = V.check_positive(tol, "tol")
     max_iter = V.check_int(DEFAULT_MAX_ITER if max_iter is None else max_iter, "max_iter")
@@ -161,7 +181,7 @@ def evaluate(mdp, pi, reg=None, *, v0=None, tol=DEFAULT_TOL, max_iter=None,
     k("regularized_reward")(mdp.a_indptr, mdp.r, flat, ref, code, alpha, tau, c, nt)
     V.check_finite(c, "r_pi - tau * D_f(pi)")
     matvec = k("bellman_matvec")
-    args = (mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data, flat, mdp.gamma)
+    args = (*_policy_rows(mdp, flat), mdp.gamma)
     gamma = mdp.gamma
     v, n_matvec, residual, used = _linear_solve(
         lambda x, out: matvec(*args, x, out, nt), c, v0, tol, restart, max_iter, method,
@@ -205,7 +225,7 @@ def visitation(mdp, pi, mu=None, *, d0=None, tol=DEFAULT_TOL, max_iter=None,
     which, nt = resolve_backend(backend), resolve_threads(n_threads)
     rmatvec = get_kernel("bellman_rmatvec", which)
     buf = np.empty((nt, mdp.n_states))
-    args = (mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data, flat, mdp.gamma)
+    args = (*_policy_rows(mdp, flat), mdp.gamma)
     scale = 1.0 - mdp.gamma
     # a start of the solution's mass 1/(1−γ) leaves no error along P_πᵀ's slow direction
     y0 = mu / scale if d0 is None else d0 / (scale * d0.sum()) if d0.sum() > 0 else None
