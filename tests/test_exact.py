@@ -453,6 +453,26 @@ def test_method_selection_follows_mixing(backend):
                                                 backend=backend).n_matvec
 
 
+@pytest.mark.parametrize("rect", [True, False])
+def test_policies_with_unused_pairs(backend, rect):
+    """Deterministic and sparse policies (their products read only the used rows)."""
+    mdp = random_mdp(45, n_states=15, n_actions=4, gamma=0.95, rectangular=rect)
+    rng = np.random.default_rng(0)
+    for keep in (0.0, 0.3, 0.7):  # 0.0: deterministic
+        logits = rng.normal(size=mdp.n_pairs)
+        logits[rng.random(mdp.n_pairs) < 1 - keep] = -np.inf
+        first = mdp.a_indptr[:-1] + rng.integers(0, np.diff(mdp.a_indptr))
+        logits[first] = 0.0  # every state keeps an action
+        pi = np.where(np.isinf(logits), 0.0, np.exp(np.where(np.isinf(logits), 0.0, logits)))
+        pi /= np.add.reduceat(pi, mdp.a_indptr[:-1])[mdp.s_indices]
+        assert (pi == 0).any()
+        ev = fastppo.evaluate(mdp, pi, backend=backend)
+        assert naive.rel_err(ev.v, naive.evaluate(mdp, pi)[0]) <= REL
+        assert naive.rel_err(ev.q, naive.evaluate(mdp, pi)[1]) <= REL
+        d = fastppo.visitation(mdp, pi, backend=backend)
+        assert naive.rel_err(d, naive.visitation(mdp, pi)) <= REL
+
+
 def test_convergence_error(backend):
     mdp = random_mdp(39, n_states=50, n_actions=3, gamma=0.99, density=0.05)
     pi, logits = random_policy(mdp, 40)
