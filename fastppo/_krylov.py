@@ -29,7 +29,7 @@ class ConvergenceError(RuntimeError):
     """A linear solve did not reach its tolerance within ``max_iter`` products."""
 
 
-def richardson(matvec, b, x0=None, tol=1e-12, max_iter=2000, shift=0.0, max_rate=0.5,
+def richardson(matvec, b, x0=None, tol=1e-12, max_iter=2000, shift=0.0, max_rate=0.6,
                min_sweeps=4):
     """Sweeps x ← x + r (+ shift · mid-range(r) · 1), r = b − A x, while they converge fast.
 

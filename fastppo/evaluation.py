@@ -146,7 +146,7 @@ def evaluate(mdp, pi, reg=None, *, v0=None, tol=DEFAULT_TOL, max_iter=None,
         GMRES restart length (memory: restart × n_states floats).
     method : {"auto", "gmres"}, default "auto"
         "auto": extrapolated Richardson sweeps while they converge fast (residual
-        shrinking by at least half per sweep), then GMRES from their iterate; "gmres":
+        shrinking by a factor 0.6 or better per sweep), then GMRES from their iterate; "gmres":
         GMRES only. The result says which ran.
     backend : {"numba", "cython", "numpy"}, optional
     n_threads : int, optional

@@ -1,0 +1,32 @@
+"""The asv suite stays runnable: ``asv check`` imports every benchmark and checks its
+signature; a quick run of two cheap suites executes setup, timing and tracking code
+against the installed package (the full quick run is in benchmarks/RESULTS.md)."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("asv")
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def asv(*args, home):
+    env = {**os.environ, "HOME": str(home), "FASTPPO_ASV_SLOW": "0"}
+    return subprocess.run([sys.executable, "-m", "asv", *args], cwd=BENCH, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_asv_check(tmp_path):
+    out = asv("check", "--python=same", home=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_asv_quick_run(tmp_path):
+    assert asv("machine", "--yes", "--machine", "ci", home=tmp_path).returncode == 0
+    out = asv("run", "--python=same", "--quick", "--dry-run", "--machine", "ci", "--show-stderr",
+              "-b", r"bench_sampled\.GAE|bench_kernels\.KernelSuite\.time_kernel", home=tmp_path)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    assert "bench_sampled.GAE.time_gae" in text and "failed" not in text.lower()
