@@ -13,7 +13,12 @@ contracts at the mixing rate of P_π: about 0.2 per sweep on garnet MDPs, where 
 reaches 1e-12 in ~20 products with no orthogonalisation. On slow-mixing MDPs the rate
 approaches γ; ``richardson`` then stops early and hands its iterate to GMRES.
 
-``gmres``: restarted GMRES; Arnoldi uses classical
+``bicgstab``: BiCGSTAB (two products and a few vector updates per step, no growing
+basis: on a gridworld with ~12 nonzeros per row, GMRES(40)'s orthogonalisation costs five
+times the product); restarted with a fresh shadow residual after a breakdown or when the
+recursive residual drifts from the true one.
+
+``gmres``: restarted GMRES, the robust last resort; Arnoldi uses classical
 Gram–Schmidt (two BLAS gemv per step), re-orthogonalised when cancellation shrinks the
 vector below 0.7 of its norm (Kahan–Parlett "twice is enough"), and Givens rotations;
 each restart cycle ends with the true residual ‖b − A x‖ / ‖b‖, so the
@@ -22,7 +27,7 @@ reported residual is never an estimate.
 import numpy as np
 from scipy.linalg import solve_triangular
 
-__all__ = ["ConvergenceError", "gmres", "richardson"]
+__all__ = ["ConvergenceError", "bicgstab", "gmres", "richardson"]
 
 
 class ConvergenceError(RuntimeError):
@@ -74,6 +79,77 @@ def richardson(matvec, b, x0=None, tol=1e-12, max_iter=2000, shift=0.0, max_rate
         x += r
         if shift:
             x += shift * 0.5 * (r.min() + r.max())
+
+
+def bicgstab(matvec, b, x0=None, tol=1e-12, max_iter=2000, max_restarts=5):
+    """BiCGSTAB for A x = b, checked on the true residual.
+
+    Parameters
+    ----------
+    matvec, b, x0, tol, max_iter
+        As in :func:`richardson`.
+    max_restarts : int
+        Fresh starts (new shadow residual) allowed after a breakdown, or when the
+        recursive residual met ``tol`` but the true one did not.
+
+    Returns
+    -------
+    x, n_matvec, residual, converged
+        ``converged`` is False when ``max_iter`` or the restarts ran out (``x`` is then
+        the best iterate, for GMRES to continue from).
+    """
+    bnorm = np.linalg.norm(b)
+    x = np.zeros(b.shape[0]) if x0 is None else np.array(x0, dtype=np.float64)
+    if bnorm == 0.0:
+        return np.zeros(b.shape[0]), 0, 0.0, True
+    n = b.shape[0]
+    r, v, p, s, t = (np.empty(n) for _ in range(5))
+    n_matvec = 0
+    for _ in range(max_restarts + 1):
+        if x0 is None and n_matvec == 0:
+            r[:] = b
+        else:
+            matvec(x, r)
+            n_matvec += 1
+            np.subtract(b, r, out=r)
+        residual = np.linalg.norm(r) / bnorm
+        if residual <= tol:
+            return x, n_matvec, residual, True
+        r_hat = r.copy()
+        rho = alpha = omega = 1.0
+        v.fill(0.0)
+        p.fill(0.0)
+        while n_matvec + 2 <= max_iter:
+            rho_new = float(r_hat @ r)
+            if rho_new == 0.0 or omega == 0.0:
+                break  # breakdown: restart
+            beta = (rho_new / rho) * (alpha / omega)
+            p -= omega * v
+            p *= beta
+            p += r
+            matvec(p, v)
+            denom = float(r_hat @ v)
+            if denom == 0.0:
+                n_matvec += 1
+                break
+            alpha = rho_new / denom
+            np.subtract(r, alpha * v, out=s)
+            matvec(s, t)
+            n_matvec += 2
+            tt = float(t @ t)
+            omega = float(t @ s) / tt if tt > 0.0 else 0.0
+            x += alpha * p
+            x += omega * s
+            np.subtract(s, omega * t, out=r)
+            rho = rho_new
+            if np.linalg.norm(r) / bnorm <= tol:
+                break  # verify on the true residual
+        if n_matvec + 2 > max_iter:
+            break
+    matvec(x, r)
+    n_matvec += 1
+    residual = np.linalg.norm(b - r) / bnorm
+    return x, n_matvec, residual, residual <= tol
 
 
 def gmres(matvec, b, x0=None, tol=1e-12, restart=40, max_iter=2000, what="linear system"):

@@ -16,8 +16,9 @@ and for the softmax policy π_θ(a|s) ∝ exp θ(s,a), with w_a = π(a|s)/π_ref
 Both linear systems are solved matrix-free on fused sparse kernels
 (``fastppo._krylov``); no S×S matrix is formed. ``method="auto"`` starts with
 extrapolated Richardson sweeps (no orthogonalisation: fast on MDPs that mix quickly,
-e.g. garnet) and hands over to restarted GMRES as soon as the sweeps converge slowly
-(gridworlds, local successors); ``method="gmres"`` uses GMRES from the start. ``tol`` is the relative
+e.g. garnet) and hands over to BiCGSTAB as soon as the sweeps converge slowly
+(gridworlds, local successors), and to restarted GMRES if BiCGSTAB fails;
+``method="gmres"`` uses GMRES from the start. ``tol`` is the relative
 residual; the default 1e-12 gives v and d to about 1e-10 relative accuracy for
 γ ≤ 0.99 (the condition number of I − γP_π is at most (1+γ)/(1−γ)).
 """
@@ -25,7 +26,7 @@ import numpy as np
 
 from . import _validation as V
 from ._backend import get_kernel, resolve_backend, resolve_threads
-from ._krylov import ConvergenceError, gmres, richardson
+from ._krylov import ConvergenceError, bicgstab, gmres, richardson
 from ._result import Result
 
 __all__ = ["Evaluation", "evaluate", "visitation", "gradient", "softmax"]
@@ -51,7 +52,8 @@ class Evaluation(Result):
     residual : float
         Relative residual of the solve.
     method : str
-        "richardson", "gmres", or "richardson+gmres" (sweeps handed over to GMRES).
+        The solvers that ran, in order: "richardson", "richardson+bicgstab",
+        "richardson+bicgstab+gmres", or "gmres".
     backend : str
     """
 
@@ -74,18 +76,23 @@ METHODS = ("auto", "gmres")
 
 
 def _linear_solve(matvec, b, x0, tol, restart, max_iter, method, shift, what):
-    """(x, n_matvec, residual, method used): Richardson sweeps, then GMRES if they are slow."""
+    """(x, n_matvec, residual, methods used): Richardson sweeps; if they are slow,
+    BiCGSTAB from their iterate; if that fails too, GMRES."""
     V.check_choice(method, "method", METHODS)
-    n_sweeps = 0
+    used, n_total = [], 0
     if method == "auto":
-        x0, n_sweeps, residual, done = richardson(matvec, b, x0, tol, max_iter, shift)
-        if done:
-            return x0, n_sweeps, residual, "richardson"
-        if n_sweeps >= max_iter:
-            raise ConvergenceError(f"the {what} did not reach tol={tol:g} within max_iter="
-                                   f"{max_iter} products (relative residual {residual:.3g})")
-    x, n, residual = gmres(matvec, b, x0, tol, restart, max_iter - n_sweeps, what=what)
-    return x, n + n_sweeps, residual, "richardson+gmres" if n_sweeps else "gmres"
+        for name, solver, kw in (("richardson", richardson, dict(shift=shift)),
+                                 ("bicgstab", bicgstab, {})):
+            x0, n, residual, done = solver(matvec, b, x0, tol, max_iter - n_total, **kw)
+            used.append(name)
+            n_total += n
+            if done:
+                return x0, n_total, residual, "+".join(used)
+            if n_total >= max_iter:
+                raise ConvergenceError(f"the {what} did not reach tol={tol:g} within max_iter="
+                                       f"{max_iter} products (relative residual {residual:.3g})")
+    x, n, residual = gmres(matvec, b, x0, tol, restart, max_iter - n_total, what=what)
+    return x, n + n_total, residual, "+".join([*used, "gmres"])
 
 
 def _policy_rows(mdp, pi):
@@ -146,8 +153,8 @@ def evaluate(mdp, pi, reg=None, *, v0=None, tol=DEFAULT_TOL, max_iter=None,
         GMRES restart length (memory: restart × n_states floats).
     method : {"auto", "gmres"}, default "auto"
         "auto": extrapolated Richardson sweeps while they converge fast (residual
-        shrinking by a factor 0.6 or better per sweep), then GMRES from their iterate; "gmres":
-        GMRES only. The result says which ran.
+        shrinking by a factor 0.6 or better per sweep), then BiCGSTAB from their iterate,
+        and GMRES if BiCGSTAB fails; "gmres": GMRES only. The result says which ran.
     backend : {"numba", "cython", "numpy"}, optional
     n_threads : int, optional
 

@@ -436,7 +436,7 @@ def test_method_selection_follows_mixing(backend):
     """Richardson alone on a fast-mixing garnet; handed over to GMRES on a slow chain."""
     fast = fastppo.garnet(300, 4, 5, gamma=0.99, seed=0)
     slow = fastppo.garnet(300, 4, 3, gamma=0.99, seed=0, locality=2)
-    for mdp, expect in ((fast, "richardson"), (slow, "richardson+gmres")):
+    for mdp, expect in ((fast, "richardson"), (slow, "richardson+bicgstab")):
         pi = random_policy(mdp, 7)[0]
         reg = fastppo.ForwardKL(0.2)
         ev = fastppo.evaluate(mdp, pi, reg, backend=backend)
@@ -471,6 +471,34 @@ def test_policies_with_unused_pairs(backend, rect):
         assert naive.rel_err(ev.q, naive.evaluate(mdp, pi)[1]) <= REL
         d = fastppo.visitation(mdp, pi, backend=backend)
         assert naive.rel_err(d, naive.visitation(mdp, pi)) <= REL
+
+
+def test_bicgstab_solves_nonsymmetric_systems():
+    from fastppo._krylov import bicgstab
+
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 60):
+        A = np.eye(n) + 0.3 * rng.normal(size=(n, n)) / np.sqrt(n)
+        b = rng.normal(size=n)
+        x, n_matvec, residual, ok = bicgstab(lambda x, out: np.matmul(A, x, out=out), b, tol=1e-13)
+        assert ok and residual <= 1e-13 and n_matvec > 0
+        assert np.linalg.norm(A @ x - b) <= 1e-13 * np.linalg.norm(b) * 1.0001
+        np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-10, atol=1e-12)
+    x, n_matvec, residual, ok = bicgstab(lambda x, out: np.matmul(A, x, out=out), np.zeros(60))
+    assert ok and n_matvec == 0 and not x.any()
+    _, n_matvec, _, ok = bicgstab(lambda x, out: np.matmul(A, x, out=out), b, tol=1e-13, max_iter=4)
+    assert not ok and n_matvec <= 5
+
+
+def test_gmres_finishes_when_bicgstab_fails(monkeypatch):
+    import fastppo.evaluation as E
+
+    monkeypatch.setattr(E, "bicgstab", lambda matvec, b, x0, tol, max_iter: (x0, 3, 1.0, False))
+    mdp = fastppo.garnet(300, 4, 3, gamma=0.99, seed=0, locality=2)
+    pi = random_policy(mdp, 7)[0]
+    ev = fastppo.evaluate(mdp, pi)
+    assert ev.method == "richardson+bicgstab+gmres" and ev.residual <= 1e-12
+    assert naive.rel_err(ev.v, naive.evaluate(mdp, pi)[0]) <= REL
 
 
 def test_convergence_error(backend):
