@@ -26,7 +26,9 @@ def test_asv_check(tmp_path):
 def test_asv_quick_run(tmp_path):
     assert asv("machine", "--yes", "--machine", "ci", home=tmp_path).returncode == 0
     out = asv("run", "--python=same", "--quick", "--dry-run", "--machine", "ci", "--show-stderr",
-              "-b", r"bench_sampled\.GAE|bench_kernels\.KernelSuite\.time_kernel", home=tmp_path)
+              "-b", r"bench_sampled\.GAE|bench_kernels\.KernelSuite\.time_kernel|EvaluateProducts",
+              home=tmp_path)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text
-    assert "bench_sampled.GAE.time_gae" in text and "failed" not in text.lower()
+    assert "bench_sampled.GAE.time_gae" in text and "EvaluateProducts.track_n_matvec" in text
+    assert "failed" not in text.lower() and "OperationProducts" not in text
