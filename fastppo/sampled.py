@@ -44,6 +44,7 @@ J(π) and gap J* − J of every iterate.
 import time
 
 import numpy as np
+from scipy.special import entr
 
 from . import _validation as V
 from ._backend import get_kernel, resolve_backend, resolve_threads
@@ -460,7 +461,7 @@ class SampledPPO:
         if not np.isfinite(self.logits).all():
             raise FloatingPointError(f"SampledPPO: non-finite logits at iteration {self.n_iter}; reduce lr")
         log_ratio = np.log(self.pi[k]) - np.log(pi_old[k])
-        entropy = -np.add.reduceat(pi_old * np.log(pi_old), mdp.a_indptr[:-1])
+        entropy = np.add.reduceat(entr(pi_old), mdp.a_indptr[:-1])
         row = dict(iter=self.n_iter, clipfrac=clipped.sum() / (self.epochs * n),
                    approx_kl=float(np.mean(np.expm1(log_ratio) - log_ratio)),
                    kl_ref=float(kl[mask].mean()), kl_coef=beta, entropy=float(entropy[s].mean()),

@@ -437,9 +437,12 @@ def test_sampled_ppo_history_diagnostics(garnet30):
     assert (h["approx_kl"] >= 0).all()
     assert (h["entropy"] > 0).all() and h["entropy"][0] == pytest.approx(np.log(4), rel=1e-12)
     assert h["explained_variance"][-1] > h["explained_variance"][0]
-    assert (h["n_samples"] == 128 * res.history["n_samples"][0] // 128).all()
-    # the sampled mean return estimates the exact unregularized value of the start distribution
-    assert np.isfinite(h["mean_return"]).all()
+    ppo_horizon = int(np.ceil(np.log(0.01) / np.log(garnet30.gamma)))
+    assert (h["n_samples"] == 128 * ppo_horizon).all()  # no terminal states: full episodes
+    # iteration 1 rolls out π_ref (uniform): its sampled discounted return estimates the
+    # exact unregularized J of the uniform policy (truncation at γ^H ≤ 0.01 and noise: ~1 %)
+    exact = fastppo.evaluate(garnet30, garnet30.uniform_policy()).J
+    assert abs(h["mean_return"][0] - exact) < 0.03 * abs(exact)
 
 
 def test_sampled_ppo_episodic_frozenlake(frozenlake):
