@@ -3,6 +3,11 @@
 Usage (from the repository root)::
 
     python benchmarks/compare.py [--n-states 50000] [--repeat 7] [--families garnet local grid]
+                                 [--peers]
+
+``--peers`` then runs ``benchmarks/peers.py`` on the same sizes and families: STREAM-style
+bandwidth and effective GB/s of the products, ``solve`` and ``evaluate`` next to
+QuantEcon, mdpsolver and pymdptoolbox (those installed; ``pip install .[peers]``).
 
 For each MDP family it builds the fixed-seed MDP (default: the garnet S=50,000, A=10,
 b=10, γ=0.99), a fixed non-uniform policy π = softmax(θ), θ ~ N(0, 1), and times
@@ -59,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--tau", type=float, default=0.1, help="weight of the reverse-KL regularizer")
     p.add_argument("--blas-threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--peers", action="store_true",
+                   help="then run benchmarks/peers.py at --n-states (QuantEcon, mdpsolver, "
+                        "pymdptoolbox, STREAM bandwidth; whichever is installed)")
     return p.parse_args(argv)
 
 
@@ -396,6 +404,12 @@ def main():
         run_family(family, a)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"\ntotal wall time {time.perf_counter() - t0:.0f} s; load average at the end {load}")
+    if a.peers:
+        import peers  # benchmarks/peers.py, beside this script
+
+        print()
+        families = [f for f in a.families if f in ("garnet", "local")] or ["garnet"]
+        peers.main(["--sizes", str(a.n_states), "--families", *families])
 
 
 if __name__ == "__main__":
