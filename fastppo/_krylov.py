@@ -34,6 +34,14 @@ class ConvergenceError(RuntimeError):
     """A linear solve did not reach its tolerance within ``max_iter`` products."""
 
 
+def _start(b, x0):
+    """(‖b‖, a private copy of the start x0, or zeros; zeros whenever b = 0)."""
+    bnorm = np.linalg.norm(b)
+    if x0 is None or bnorm == 0.0:
+        return bnorm, np.zeros(b.shape[0])
+    return bnorm, np.array(x0, dtype=np.float64)
+
+
 def richardson(matvec, b, x0=None, tol=1e-12, max_iter=2000, shift=0.0, max_rate=0.6,
                min_sweeps=4):
     """Sweeps x ← x + r (+ shift · mid-range(r) · 1), r = b − A x, while they converge fast.
@@ -59,10 +67,9 @@ def richardson(matvec, b, x0=None, tol=1e-12, max_iter=2000, shift=0.0, max_rate
     x, n_matvec, residual, converged
         ``residual`` is the true relative residual of ``x``.
     """
-    bnorm = np.linalg.norm(b)
-    x = np.zeros(b.shape[0]) if x0 is None else np.array(x0, dtype=np.float64)
+    bnorm, x = _start(b, x0)
     if bnorm == 0.0:
-        return np.zeros(b.shape[0]), 0, 0.0, True
+        return x, 0, 0.0, True
     r = np.empty(b.shape[0])
     n_matvec, last, slow = 0, np.inf, 0
     while True:
@@ -98,10 +105,9 @@ def bicgstab(matvec, b, x0=None, tol=1e-12, max_iter=2000, max_restarts=5):
         ``converged`` is False when ``max_iter`` or the restarts ran out (``x`` is then
         the best iterate, for GMRES to continue from).
     """
-    bnorm = np.linalg.norm(b)
-    x = np.zeros(b.shape[0]) if x0 is None else np.array(x0, dtype=np.float64)
+    bnorm, x = _start(b, x0)
     if bnorm == 0.0:
-        return np.zeros(b.shape[0]), 0, 0.0, True
+        return x, 0, 0.0, True
     n = b.shape[0]
     r, v, p, s, t = (np.empty(n) for _ in range(5))
     n_matvec = 0

@@ -103,9 +103,9 @@ def _policy_rows(mdp, pi):
     into a compact CSR (O(nnz) of those rows), so every product reads only them; the
     sums are the same, term by term.
     """
-    used = np.flatnonzero(pi > 0)
-    if used.shape[0] > mdp.n_pairs // 2:
+    if np.count_nonzero(pi) > mdp.n_pairs // 2:
         return mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data, pi
+    used = np.flatnonzero(pi)
     a_indptr = np.zeros(mdp.n_states + 1, dtype=np.int64)
     np.cumsum(np.bincount(mdp.s_indices[used], minlength=mdp.n_states), out=a_indptr[1:])
     lengths = mdp.p_indptr[used + 1] - mdp.p_indptr[used]

@@ -13,13 +13,16 @@ from .common import BACKENDS, THREADS, check_params, get_mdp, get_policy, warm
 N_ENVS, HORIZON = 4096, 64
 
 
-class Rollout:
-    params = [BACKENDS, [1_000, 10_000], ["garnet", "grid"], THREADS]
-    param_names = ["backend", "n_states", "family", "n_threads"]
-    number = 1
+class _Timing:
+    number = 1  # one call per sample; setup already warmed the JIT
     repeat = (3, 10, 0.5)
     rounds = 1
     warmup_time = 0.0
+
+
+class Rollout(_Timing):
+    params = [BACKENDS, [1_000, 10_000], ["garnet", "grid"], THREADS]
+    param_names = ["backend", "n_states", "family", "n_threads"]
 
     def setup(self, backend, n_states, family, n_threads):
         check_params(backend, n_states, n_threads)
@@ -41,13 +44,9 @@ class Rollout:
     track_steps.unit = "steps"
 
 
-class GAE:
+class GAE(_Timing):
     params = [BACKENDS, THREADS]
     param_names = ["backend", "n_threads"]
-    number = 1
-    repeat = (3, 10, 0.5)
-    rounds = 1
-    warmup_time = 0.0
 
     def setup(self, backend, n_threads):
         check_params(backend, 0, n_threads)
@@ -63,13 +62,10 @@ class GAE:
         fastppo.gae(*self.args, 0.99, 0.95, backend=backend, n_threads=n_threads)
 
 
-class SampledPPOIteration:
+class SampledPPOIteration(_Timing):
     params = [BACKENDS, ["gae", "grpo"]]
     param_names = ["backend", "advantage"]
-    number = 1
     repeat = (3, 10, 1.0)
-    rounds = 1
-    warmup_time = 0.0
 
     def setup(self, backend, advantage):
         mdp = fastppo.garnet(1_000, 4, 5, gamma=0.95, seed=0)

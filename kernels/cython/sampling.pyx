@@ -30,6 +30,18 @@ def rollout(const int64_t[::1] a_indptr, const double[::1] pi, const double[::1]
                  terminated, truncated)
 
 
+cdef inline int64_t _first_below(const double[::1] weights, int64_t lo, int64_t hi,
+                                double u) noexcept nogil:
+    """First i in [lo, hi) with u < weights[lo] + ... + weights[i] (hi − 1 if none)."""
+    cdef int64_t i
+    cdef double acc = 0.0
+    for i in range(lo, hi):
+        acc = acc + weights[i]
+        if u < acc:
+            return i
+    return hi - 1
+
+
 cdef void _episode(Py_ssize_t e, const int64_t[::1] a_indptr, const double[::1] pi,
                    const double[::1] log_pi, const double[::1] r,
                    const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
@@ -39,8 +51,7 @@ cdef void _episode(Py_ssize_t e, const int64_t[::1] a_indptr, const double[::1] 
                    int64_t[:, ::1] next_states, double[:, ::1] rewards, double[:, ::1] logp,
                    uint8_t[:, ::1] terminated, uint8_t[:, ::1] truncated) noexcept nogil:
     cdef Py_ssize_t t, horizon = u_action.shape[1]
-    cdef int64_t i, k, j, nxt
-    cdef double acc
+    cdef int64_t k, j, nxt
     cdef bint ends
     for t in range(horizon):
         if s < 0 or terminal[s] != 0:
@@ -54,20 +65,8 @@ cdef void _episode(Py_ssize_t e, const int64_t[::1] a_indptr, const double[::1] 
             truncated[e, t] = 0
             s = -1
             continue
-        k = a_indptr[s + 1] - 1
-        acc = 0.0
-        for i in range(a_indptr[s], a_indptr[s + 1]):
-            acc = acc + pi[i]
-            if u_action[e, t] < acc:
-                k = i
-                break
-        j = p_indptr[k + 1] - 1
-        acc = 0.0
-        for i in range(p_indptr[k], p_indptr[k + 1]):
-            acc = acc + p_data[i]
-            if u_next[e, t] < acc:
-                j = i
-                break
+        k = _first_below(pi, a_indptr[s], a_indptr[s + 1], u_action[e, t])
+        j = _first_below(p_data, p_indptr[k], p_indptr[k + 1], u_next[e, t])
         nxt = p_indices[j]
         states[e, t] = s
         actions[e, t] = k - a_indptr[s]

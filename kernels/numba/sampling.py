@@ -11,9 +11,20 @@ Mirrors kernels/cython/sampling.pyx.
 import math
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from ._jit import serial, twins
+
+
+@njit(cache=True, nogil=True, inline="always")
+def first_below(weights, lo, hi, u):
+    """First i in [lo, hi) with u < weights[lo] + ... + weights[i] (hi − 1 if round-off leaves none)."""
+    acc = 0.0
+    for i in range(lo, hi):
+        acc += weights[i]
+        if u < acc:
+            return i
+    return hi - 1
 
 
 def rollout(a_indptr, pi, log_pi, r, p_indptr, p_indices, p_data, terminal, start, u_action,
@@ -33,22 +44,8 @@ def rollout(a_indptr, pi, log_pi, r, p_indptr, p_indices, p_data, terminal, star
                 truncated[e, t] = 0
                 s = -1
                 continue
-            lo, hi = a_indptr[s], a_indptr[s + 1]
-            k = hi - 1
-            acc = 0.0
-            for i in range(lo, hi):
-                acc += pi[i]
-                if u_action[e, t] < acc:
-                    k = i
-                    break
-            lo, hi = p_indptr[k], p_indptr[k + 1]
-            j = hi - 1
-            acc = 0.0
-            for i in range(lo, hi):
-                acc += p_data[i]
-                if u_next[e, t] < acc:
-                    j = i
-                    break
+            k = first_below(pi, a_indptr[s], a_indptr[s + 1], u_action[e, t])
+            j = first_below(p_data, p_indptr[k], p_indptr[k + 1], u_next[e, t])
             nxt = np.int64(p_indices[j])
             states[e, t] = s
             actions[e, t] = k - a_indptr[s]
