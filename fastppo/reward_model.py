@@ -26,6 +26,17 @@ On a :class:`~fastppo.TokenMDP` the gold reward is its outcome reward R (``task.
 3. ``task.with_reward(fit.reward)``: the proxy-reward MDP (same states, transitions, ρ and
    π_ref; proxy outcome rewards on the ending pairs), for the over-optimisation curve:
    optimise the proxy, measure the gold return.
+
+Examples
+--------
+>>> import fastppo
+>>> from fastppo import reward_model
+>>> task = fastppo.token_mdp(vocab=3, max_len=3, n_prompts=2, seed=0)
+>>> prefs = reward_model.preference_pairs(task, task.ref, 1000, seed=0)
+>>> fit = reward_model.fit_proxy(task, prefs)
+>>> proxy = task.with_reward(fit.reward)   # same states and pairs, proxy rewards
+>>> proxy.mdp.n_pairs == task.mdp.n_pairs, fit.converged
+(True, True)
 """
 import numpy as np
 from scipy.optimize import minimize
@@ -69,7 +80,8 @@ class ProxyFit(Result):
     loss : float
         The minimised objective (mean negative log-likelihood + L2 term).
     accuracy : float
-        Fraction of training labels the proxy orders the same way.
+        Among the training pairs of two different responses (different features), the
+        fraction the proxy orders as the label does.
     n_iter : int
     converged : bool
     message : str
@@ -201,7 +213,7 @@ def fit_proxy(task, prefs, *, l2=1e-4, tol=1e-10, max_iter=1000):
     Vb, P = task.vocab, task.n_prompts
     proxy = OutcomeReward(np.zeros(P), w[:Vb], np.zeros((P, Vb)), np.zeros((Vb, Vb)), w[Vb:])
     return ProxyFit(reward=proxy, weights=w, loss=float(opt.fun),
-                    accuracy=float(np.mean(Xz @ w > 0)), n_iter=int(opt.nit),
+                    accuracy=float(np.mean((Xz @ w > 0)[(X != 0).any(axis=1)])), n_iter=int(opt.nit),
                     converged=bool(opt.success), message=str(opt.message))
 
 
