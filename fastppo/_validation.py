@@ -10,7 +10,8 @@ Canonical form of an MDP (QuantEcon's state-action-pair layout):
   ``p_indices`` int32 (sorted, distinct within a row), ``p_data`` float64
   (finite, non-negative, each row summing to 1 within 1e-8);
 - ``r`` of shape (n_pairs,), float64, finite;
-- ``gamma`` in [0, 1], 1 only for episodic MDPs (:func:`check_episodic`); ``rho`` of shape (n_states,), a probability vector.
+- ``gamma`` in [0, 1] (1 only for episodic MDPs: :func:`check_episodic`); ``rho`` of
+  shape (n_states,), a probability vector.
 
 Every check raises ``ValueError`` (``TypeError`` for wrong types) whose message
 names the first offending state, pair or argument.
