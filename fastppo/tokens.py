@@ -41,7 +41,6 @@ misspecified proxy.
 c, the last token of the prefix, or the prompt for the empty prefix; a table of shape
 (P + V, V + 1), full support. At END it is uniform.
 """
-import numbers
 
 import numpy as np
 
