@@ -12,6 +12,8 @@ from ._krylov import ConvergenceError
 from .evaluation import Evaluation, evaluate, gradient, softmax, visitation
 from .generators import chain, garnet, gridworld, token_tree
 from .mdp import MDP
+from .tokens import OutcomeReward, TokenMDP, token_mdp
+from . import reward_model
 from .sampled import (AdaptiveKLController, Rollout, SampledPPO, discounted_returns, gae,
                       group_advantages, kl_estimate, rollout)
 from .solvers import NPG, KLPenaltyPPO, PPOClip, RunResult, SoftmaxPG, SolveResult, solve
@@ -21,7 +23,7 @@ from .regularizers import (AlphaDivergence, ChiSquare, ForwardKL, Hellinger, Jen
 
 __version__ = "0.1.0"
 __all__ = [
-    "MDP", "garnet", "gridworld", "chain", "token_tree",
+    "MDP", "garnet", "gridworld", "chain", "token_tree", "token_mdp", "TokenMDP", "OutcomeReward",
     "Regularizer", "ReverseKL", "ForwardKL", "ChiSquare", "Hellinger", "JensenShannon",
     "AlphaDivergence",
     "evaluate", "visitation", "gradient", "softmax", "Evaluation", "ConvergenceError",
@@ -29,5 +31,5 @@ __all__ = [
     "rollout", "Rollout", "gae", "discounted_returns", "kl_estimate", "group_advantages",
     "AdaptiveKLController", "SampledPPO",
     "backend", "set_backend", "get_backend", "set_num_threads", "show_backends",
-    "sweep",
+    "sweep", "reward_model",
 ]

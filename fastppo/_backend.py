@@ -18,6 +18,7 @@ STEMS = {
     "tables": ("segment_softmax", "regularized_reward", "advantages", "policy_gradient"),
     "policy_update": ("greedy_policy", "ppo_update"),
     "sampling": ("rollout", "gae", "discounted_returns", "ppo_minibatches"),
+    "episodic": ("episodic_values", "episodic_visits"),
 }
 
 _state = {"backend": None, "n_threads": None}

@@ -265,3 +265,39 @@ def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_r
             step = (gk - cs[st] * pi) / np.where(pair_seen, n[st], 1)
             logits[pair_seen] += lr * step[pair_seen]
             values[seen] -= critic_lr * vs[seen] / n[seen]
+
+
+# ------------------------------------------------------------------- episodic
+def episodic_values(order, terminal, a_indptr, p_indptr, p_indices, p_data, pi, gamma, c, out,
+                    n_threads=1):
+    """out = c + γ P_π out on the non-terminal states, 0 on terminal ones.
+
+    The non-terminal part of P_π is nilpotent (a DAG), so the sweeps
+    v ← c + γ P_π v (v = 0 on terminal states) reach the fixed point exactly within
+    ``len(order) + 1`` sweeps (depth + 1 in practice); ``order`` only bounds them.
+    """
+    T = _P(p_indptr, p_indices, p_data, out.shape[0])
+    live = terminal == 0
+    v = np.zeros(out.shape[0])
+    for _ in range(order.shape[0] + 1):
+        new = np.where(live, c + gamma * _segment_sum(a_indptr, pi * (T @ v)), 0.0)
+        if np.array_equal(new, v):
+            break
+        v = new
+    out[:] = v
+
+
+def episodic_visits(order, terminal, a_indptr, p_indptr, p_indices, p_data, pi, gamma, mu, out,
+                    n_threads=1):
+    """out = μ + γ P_πᵀ out on the non-terminal states, 0 on terminal ones (sweeps to the
+    exact fixed point, as :func:`episodic_values`)."""
+    T = _P(p_indptr, p_indices, p_data, out.shape[0])
+    live = terminal == 0
+    s = _states(a_indptr)
+    n = np.zeros(out.shape[0])
+    for _ in range(order.shape[0] + 1):
+        new = np.where(live, mu + gamma * (T.T @ (pi * n[s])), 0.0)
+        if np.array_equal(new, n):
+            break
+        n = new
+    out[:] = n

@@ -10,7 +10,8 @@ Canonical form of an MDP (QuantEcon's state-action-pair layout):
   ``p_indices`` int32 (sorted, distinct within a row), ``p_data`` float64
   (finite, non-negative, each row summing to 1 within 1e-8);
 - ``r`` of shape (n_pairs,), float64, finite;
-- ``gamma`` in [0, 1); ``rho`` of shape (n_states,), a probability vector.
+- ``gamma`` in [0, 1] (1 only for episodic MDPs: :func:`check_episodic`); ``rho`` of
+  shape (n_states,), a probability vector.
 
 Every check raises ``ValueError`` (``TypeError`` for wrong types) whose message
 names the first offending state, pair or argument.
@@ -24,12 +25,101 @@ ROW_SUM_TOL = 1e-8
 
 
 def check_gamma(gamma):
+    """A discount in [0, 1]; γ = 1 is checked against the MDP by :func:`check_episodic`."""
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
         raise TypeError(f"gamma must be a real number, got {type(gamma).__name__}")
     gamma = float(gamma)
-    if not 0.0 <= gamma < 1.0:
-        raise ValueError(f"gamma must be in [0, 1), got {gamma}")
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1), got {gamma} (or 1 for an episodic MDP "
+                         "in which every policy terminates)")
     return gamma
+
+
+def check_episodic(mdp):
+    """γ = 1 needs every policy to terminate: the non-terminal states form a DAG."""
+    try:
+        mdp.topological_order
+    except ValueError as exc:
+        raise ValueError(f"gamma must be in [0, 1), got 1.0: gamma = 1 needs an episodic MDP in "
+                         f"which every policy terminates, but {exc}") from None
+
+
+def check_discounted(mdp, what):
+    """Refuse γ = 1 in the entry points whose formulas still divide by 1 − γ."""
+    if mdp.gamma == 1.0:
+        raise NotImplementedError(
+            f"{what} does not support gamma = 1 (episodic MDPs) yet: evaluate, visitation, "
+            "gradient, solve, the exact methods and SampledPPO get gamma = 1 in a coming "
+            "version; until then use gamma < 1 (e.g. 0.9999)")
+
+
+def acyclic_order(mdp):
+    """The non-terminal states in an order in which every transition between them goes
+    forward: int32 array of shape (n_nonterminal,).
+
+    Only transitions with positive probability count; terminal states (absorbing, zero
+    reward: ``MDP.terminal``) are left out, their self-loops are not cycles. When the
+    index order already works (every such transition goes to a higher index, e.g.
+    ``token_mdp``), it is returned and no more is needed. Otherwise the strongly connected
+    components of the successor graph (``scipy.sparse.csgraph.connected_components``)
+    either show a cycle, or, all of size one, give the order (SciPy numbers them sinks
+    first; the order is verified, with Kahn's algorithm as fallback).
+
+    Raises
+    ------
+    ValueError
+        Naming a state on a cycle (a self-loop names its pair).
+    """
+    from scipy.sparse.csgraph import connected_components
+
+    S = mdp.n_states
+    term = mdp.terminal
+    per_state = np.diff(mdp.p_indptr[mdp.a_indptr])
+    src = np.repeat(np.arange(S, dtype=np.int32), per_state)
+    dst = mdp.p_indices
+    keep = (mdp.p_data > 0) & ~term[src] & ~term[dst]
+    loop = keep & (src == dst)
+    if loop.any():
+        j = int(np.argmax(loop))
+        k = int(np.searchsorted(mdp.p_indptr, j, side="right") - 1)
+        raise ValueError(f"state {src[j]} lies on a cycle: {mdp.pair_name(k)} returns to it "
+                         f"with probability {mdp.p_data[j]}")
+    live = np.flatnonzero(~term).astype(np.int32)
+    src, dst = src[keep], dst[keep]
+    del keep, loop
+    if (dst > src).all():
+        return live
+    graph = sp.csr_array((np.ones(src.size, dtype=np.int8), (src, dst)), shape=(S, S))
+    _, labels = connected_components(graph, directed=True, connection="strong")
+    sizes = np.bincount(labels)
+    if (sizes > 1).any():
+        s = int(np.argmax(sizes[labels] > 1))
+        members = np.flatnonzero(labels == labels[s])
+        shown = ", ".join(map(str, members[:6])) + (", ..." if members.size > 6 else "")
+        raise ValueError(f"state {s} lies on a cycle (strongly connected states: {shown}; "
+                         f"{members.size} in all)")
+    order = np.argsort(-labels, kind="stable").astype(np.int32)
+    order = order[~term[order]]
+    position = np.empty(S, dtype=np.int64)
+    position[order] = np.arange(order.size)
+    if (position[src] < position[dst]).all():
+        return order
+    return kahn_order(graph, live)
+
+
+def kahn_order(graph, live):
+    """Kahn's algorithm, one vectorised step per level: a topological order of the
+    states ``live`` of the acyclic CSR ``graph`` (edges among ``live`` only)."""
+    indegree = np.bincount(graph.indices, minlength=graph.shape[0])
+    frontier = live[indegree[live] == 0]
+    levels = []
+    while frontier.size:
+        levels.append(frontier)
+        successors = graph[frontier].indices
+        indegree -= np.bincount(successors, minlength=graph.shape[0])
+        candidates = np.unique(successors)
+        frontier = candidates[indegree[candidates] == 0].astype(np.int32)
+    return np.concatenate(levels).astype(np.int32) if levels else live[:0]
 
 
 def check_finite(x, name):

@@ -177,6 +177,7 @@ def evaluate(mdp, pi, reg=None, *, v0=None, tol=DEFAULT_TOL, max_iter=None,
     >>> ev.v.shape, bool(abs(ev.adv.sum()) < 1e-8 * len(ev.adv))
     ((100,), True)
     """
+    V.check_discounted(mdp, "evaluate")
     flat = V.check_policy(mdp, pi)
     code, alpha, tau, ref = reg_args(mdp, reg, flat)
     tol, max_iter, restart = _solver_args(tol, max_iter, restart)
@@ -225,6 +226,7 @@ def visitation(mdp, pi, mu=None, *, d0=None, tol=DEFAULT_TOL, max_iter=None,
     d : ndarray of shape (n_states,)
         Non-negative, sums to 1, ``d >= (1−γ) mu``.
     """
+    V.check_discounted(mdp, "visitation")
     flat = V.check_policy(mdp, pi)
     mu = mdp.rho if mu is None else V.check_distribution(mu, mdp.n_states, "mu")
     tol, max_iter, restart = _solver_args(tol, max_iter, restart)
@@ -286,6 +288,7 @@ def gradient(mdp, logits, reg=None, mu=None, *, tol=DEFAULT_TOL, max_iter=None,
     -------
     grad : ndarray of the shape of ``logits``
     """
+    V.check_discounted(mdp, "gradient")
     which, nt = resolve_backend(backend), resolve_threads(n_threads)
     opts = dict(tol=tol, max_iter=max_iter, restart=restart, backend=which, n_threads=nt)
     pi = softmax(mdp, V.check_logits(mdp, logits), backend=which, n_threads=nt)

@@ -42,7 +42,10 @@ class MDP:
     r : ndarray of shape (n_pairs,), float64
         Expected reward of each pair.
     gamma : float
-        Discount factor in [0, 1).
+        Discount factor in [0, 1], or 1 for an episodic MDP in which every policy
+        terminates: terminal states (:attr:`terminal`) absorbing with reward 0, the
+        other states acyclic (:attr:`topological_order` exists); otherwise ValueError
+        naming a state on a cycle.
     rho : ndarray of shape (n_states,), optional
         Start distribution; uniform by default.
 
@@ -91,6 +94,8 @@ class MDP:
             (counts == self.n_actions).all()
             and (self.a_indices.reshape(n_states, -1) == np.arange(self.n_actions)).all()
         )
+        if self.gamma == 1.0:
+            V.check_episodic(self)
 
     # ----------------------------------------------------------------- constructors
     @classmethod
@@ -305,6 +310,19 @@ class MDP:
         term = np.logical_and.reduceat(loops, self.a_indptr[:-1])
         term.flags.writeable = False
         return term
+
+    @functools.cached_property
+    def topological_order(self):
+        """The non-terminal states in an order in which every transition between them
+        goes forward, shape (n_nonterminal,), int32 (computed once, read-only).
+
+        ``arange`` of the non-terminal states when the numbering already is such an
+        order (``token_mdp``). Raises ValueError naming a state on a cycle when there is
+        none; an MDP with ``gamma = 1`` always has one.
+        """
+        order = V.acyclic_order(self)
+        order.flags.writeable = False
+        return order
 
     @property
     def P(self):

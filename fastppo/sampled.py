@@ -354,6 +354,7 @@ class SampledPPO:
                  reference=True, backend=None, n_threads=None):
         from .solvers import _clip_range, solve
 
+        V.check_discounted(mdp, "SampledPPO")
         if reg is not None and not isinstance(reg, ReverseKL):
             raise TypeError(f"SampledPPO estimates KL(π ‖ π_ref) from samples, so reg must be "
                             f"ReverseKL or None, got {type(reg).__name__}; use PPOClip for other f")

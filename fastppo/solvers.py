@@ -112,6 +112,7 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
     ConvergenceError
         If ``max_iter`` iterations do not reach ``tol``.
     """
+    V.check_discounted(mdp, "solve")
     tol = V.check_positive(tol, "tol")
     max_iter = V.check_int(max_iter, "max_iter")
     which, nt = resolve_backend(backend), resolve_threads(n_threads)
@@ -182,6 +183,7 @@ class _ExactMethod:
 
     def __init__(self, mdp, reg, lr, mu, init, step, reference, backend, n_threads, tol,
                  warm_start):
+        V.check_discounted(mdp, type(self).__name__)
         self.mdp = mdp
         self.reg = reg
         self.backend = resolve_backend(backend)
@@ -595,6 +597,7 @@ class NPG(_ExactMethod):
     """
 
     def __init__(self, mdp, reg=None, lr=None, mu=None, init=None, *, step=None, **kwargs):
+        V.check_discounted(mdp, "NPG")
         if lr is None:
             tau = 0.0 if reg is None else reg.tau
             if step is None:

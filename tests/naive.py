@@ -264,3 +264,32 @@ def rel_err(x, ref, scale=None):
     if scale == 0:
         return float(np.abs(x - ref).max())
     return float(np.abs(x - ref).max() / scale)
+
+
+# ------------------------------------------------------------------- episodic
+def terminal_states(mdp):
+    """Boolean (S,): every action of s returns to s with probability 1 and reward 0 (loops)."""
+    states, P, r = dense(mdp)
+    out = np.ones(mdp.n_states, dtype=bool)
+    for k in range(mdp.n_pairs):
+        s = int(states[k])
+        if not (P[k, s] == 1.0 and r[k] == 0.0):
+            out[s] = False
+    return out
+
+
+def episodic(mdp, pi, reg=None, mu=None, gamma=None):
+    """(v, n) on an MDP whose non-terminal states N form a DAG, by dense solves on N:
+    v_N = (I − γ P_NN)^{-1} (r_π − τD)_N and n_N = (I − γ P_NNᵀ)^{-1} μ_N; 0 on terminal
+    states. ``gamma`` defaults to ``mdp.gamma``."""
+    g = mdp.gamma if gamma is None else gamma
+    _, _, tau = spec(reg)
+    live = np.flatnonzero(~terminal_states(mdp))
+    M = P_pi(mdp, pi)[np.ix_(live, live)]
+    c = r_pi(mdp, pi) - tau * divergence(mdp, pi, reg) if tau else r_pi(mdp, pi)
+    mu = np.asarray(mdp.rho if mu is None else mu, dtype=np.float64)
+    v, n = np.zeros(mdp.n_states), np.zeros(mdp.n_states)
+    A = np.eye(live.size) - g * M
+    v[live] = np.linalg.solve(A, c[live])
+    n[live] = np.linalg.solve(A.T, mu[live])
+    return v, n
