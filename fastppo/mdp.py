@@ -446,8 +446,10 @@ def _mdptoolbox_rewards(R, mats, layout=None):
     entries = list(R) if per_action or (isinstance(R, np.ndarray) and R.ndim >= 2) else None
     if entries is None or len(entries) != A:
         got = f"{len(entries)} entries" if entries is not None else f"shape {np.shape(R)}"
+        hint = (" (a list is read per action, as pymdptoolbox reads it: for an (S, A) table pass "
+                "an ndarray or reward_layout='state-action')") if per_action else ""
         raise ValueError(f"R in the {layout!r} layout must hold one entry per action: "
-                         f"expected {A}, got {got}")
+                         f"expected {A}, got {got}{hint}")
     if layout == "action-state":
         return np.stack([_reward_vector(x, S, f"R[{a}]") for a, x in enumerate(entries)], axis=1)
     return np.stack([_expected_reward(mats[a], x, S, a) for a, x in enumerate(entries)], axis=1)

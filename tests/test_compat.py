@@ -284,9 +284,11 @@ def toolbox_dense(P, R):
     return Pd, Rd
 
 
-def run_quiet(solver):
+def run_quiet(make, *args, **kw):
+    """``make(*args, **kw)``, run; pymdptoolbox's own SparseEfficiencyWarnings silenced."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pymdptoolbox's own SparseEfficiencyWarning
+        warnings.simplefilter("ignore", sp.SparseEfficiencyWarning)
+        solver = make(*args, **kw)
         solver.run()
     return solver
 
@@ -296,7 +298,7 @@ def run_quiet(solver):
                                  "ValueIterationGS"])
 def test_mdptoolbox_solvers_match_pymdptoolbox_and_dense_reference(name, cls):
     P, R, discount = TOOLBOX[name]
-    ours = run_quiet(getattr(fmdp, cls)(P, R, discount))
+    ours = run_quiet(getattr(fmdp, cls), P, R, discount)
     Pd, Rd = toolbox_dense(P, R)
     v_ref, sigma_ref = dense_optimum(Pd, Rd, discount)
     assert isinstance(ours.V, tuple) and isinstance(ours.policy, tuple)
@@ -307,7 +309,7 @@ def test_mdptoolbox_solvers_match_pymdptoolbox_and_dense_reference(name, cls):
     if cls == "ValueIterationGS" and sp.issparse(P[0]):
         pytest.skip("checked against the dense reference only: pymdptoolbox 4.0b3's "
                     "ValueIterationGS fails on sparse P under NumPy 2 (float() of an array)")
-    theirs = run_quiet(getattr(mdptoolbox.mdp, cls)(P, R, discount))
+    theirs = run_quiet(getattr(mdptoolbox.mdp, cls), P, R, discount)
     assert ours.policy == theirs.policy
     if cls == "PolicyIteration":  # pymdptoolbox's matrix policy iteration is exact
         assert_close(ours.V, theirs.V, 1e-10)
@@ -373,12 +375,12 @@ def test_mdptoolbox_rejections(call, exc, msg):
 
 def test_mdptoolbox_accepted_and_ignored_arguments():
     P, R = mdptoolbox.example.forest()
-    ref = run_quiet(fmdp.PolicyIteration(P, R, 0.9))
+    ref = run_quiet(fmdp.PolicyIteration, P, R, 0.9)
     for s in (fmdp.PolicyIteration(P, R, 0.9, policy0=[1, 1, 1], eval_type="iterative", skip_check=True),
               fmdp.ValueIteration(P, R, 0.9, epsilon=0.5, max_iter=2, initial_value=[1.0, 2.0, 3.0]),
               fmdp.PolicyIterationModified(P, R, 0.9, epsilon=1e-6, max_iter=1)):
         s.setVerbose()
-        run_quiet(s)
+        s.run()
         assert s.V == ref.V and s.policy == ref.policy
 
 
