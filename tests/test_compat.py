@@ -400,3 +400,25 @@ def test_compat_parameters_documented(obj):
         names |= documented(part)
     missing = [p for p in params if p not in names]
     assert not missing, f"{obj.__qualname__}: undocumented parameters {missing}"
+
+
+def test_readme_switching_examples_print_what_the_readme_says():
+    import contextlib
+    import io
+    import pathlib
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Switching from QuantEcon or pymdptoolbox")[1].split("\n## ")[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 2
+    printed = []
+    for code in blocks:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), warnings.catch_warnings():
+            warnings.simplefilter("ignore", sp.SparseEfficiencyWarning)
+            exec(compile(code, "README.md", "exec"), {})
+        printed.append(out.getvalue().strip())
+    assert printed[0] == "[0 0] [ -8.57142857 -20.        ]"
+    assert re.fullmatch(r"\(0, 0, 0\) \(74\.6496\d*, 78\.1056\d*, 82\.1056\d*\)", printed[1]), printed[1]
+    for code, shown in zip(blocks, printed):  # the README's comment is the printed line
+        assert shown.split(" (")[0] in code
