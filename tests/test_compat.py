@@ -91,6 +91,7 @@ def qe_models():
     out.append(("growth_sa_sparse", (R[s, a], sp.csr_matrix(Q[s, a]), beta, s, a)))
     perm = np.random.default_rng(0).permutation(s.size)  # pairs in any order
     out.append(("growth_sa_shuffled", (R[s, a][perm], Q[s, a][perm], beta, s[perm], a[perm])))
+    out.append(("growth_sa_label_gaps", (R[s, a], Q[s, a], beta, s, 2 * a + 1)))  # labels 1, 3, 5, ...
     for seed in range(3):
         ddp = random_discrete_dp(30, 4, beta=0.95, k=5, random_state=seed, sparse=True,
                                  sa_pair=True)
@@ -363,6 +364,8 @@ def test_mdptoolbox_small_with_per_action_reward_vectors():
     (lambda: fmdp.PolicyIteration(*mdptoolbox.example.small(), 0.9, eval_type=2), ValueError, r"'eval_type' should be"),
     (lambda: fmdp.PolicyIteration(*mdptoolbox.example.small(), 0.9, policy0=[0, 2]), ValueError,
      r"policy0\[1\] = 2 is not an action of state 1 \(its actions: 0, 1\)"),
+    (lambda: fmdp.PolicyIteration(*mdptoolbox.example.small(), 0.9, policy0=[0.5, 1]), TypeError,
+     r"policy0 must be an integer array of shape \(2,\)"),
     (lambda: fmdp.PolicyIteration(*mdptoolbox.example.small(), 0.9, max_iter=0), ValueError, r"max_iter must be >= 1"),
     (lambda: fmdp.ValueIteration(*mdptoolbox.example.small(), 0.9, epsilon=0), ValueError, r"epsilon must be > 0"),
     (lambda: fmdp.ValueIteration(*mdptoolbox.example.small(), 0.9, initial_value=[1, 2, 3]), ValueError,
@@ -377,6 +380,7 @@ def test_mdptoolbox_accepted_and_ignored_arguments():
     P, R = mdptoolbox.example.forest()
     ref = run_quiet(fmdp.PolicyIteration, P, R, 0.9)
     for s in (fmdp.PolicyIteration(P, R, 0.9, policy0=[1, 1, 1], eval_type="iterative", skip_check=True),
+              fmdp.PolicyIteration(P, R, 0.9, policy0=np.array([[1.0], [0.0], [1.0]]), eval_type=1),
               fmdp.ValueIteration(P, R, 0.9, epsilon=0.5, max_iter=2, initial_value=[1.0, 2.0, 3.0]),
               fmdp.PolicyIterationModified(P, R, 0.9, epsilon=1e-6, max_iter=1)):
         s.setVerbose()

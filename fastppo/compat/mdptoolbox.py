@@ -127,8 +127,11 @@ class PolicyIteration(_Solver):
     def __init__(self, transitions, reward, discount, policy0=None, max_iter=1000, eval_type=0,
                  skip_check=False):
         super().__init__(transitions, reward, discount, None, max_iter, skip_check)
-        if policy0 is not None:
-            V.sigma_pairs(self.mdp, np.asarray(policy0).reshape(-1), "policy0")
+        if policy0 is not None:  # integers, or floats of integer value as pymdptoolbox allows
+            policy0 = np.asarray(policy0).reshape(-1)
+            if policy0.dtype.kind == "f" and (policy0 == np.round(policy0)).all():
+                policy0 = policy0.astype(np.int64)
+            V.sigma_pairs(self.mdp, policy0, "policy0")
         if eval_type in (0, "matrix"):
             self.eval_type = "matrix"
         elif eval_type in (1, "iterative"):
