@@ -235,8 +235,9 @@ def canonical_from_pairs(s_indices, a_indices, P, R, n_states):
         bad = ~np.isfinite(x)
         if bad.any():
             k = int(np.argmax(bad))
+            hint = " (an infeasible action? infeasible='drop' removes such pairs)" if x[k] == -np.inf else ""
             raise ValueError(
-                f"{name} must be finite: pair (s={s_indices[k]}, a={a_indices[k]}) has {x[k]}"
+                f"{name} must be finite: pair (s={s_indices[k]}, a={a_indices[k]}) has {x[k]}{hint}"
             )
     P = P[order]
     P.sort_indices()
@@ -453,3 +454,112 @@ def trajectory_arrays(shape_name, **arrays):
             check_finite(x, name)
         out[name] = np.ascontiguousarray(x.reshape(-1, shape[-1]))
     return shape, out
+
+
+# ------------------------------------------------ policies given as action labels
+def is_sigma(mdp, pi):
+    """True when ``pi`` is a policy given as action labels (QuantEcon's ``sigma``).
+
+    The rule: an integer-dtype array of shape (n_states,) is sigma; anything else
+    (a float array, a bool array, any other shape) is a probability table.
+    """
+    x = np.asarray(pi)
+    return x.shape == (mdp.n_states,) and np.issubdtype(x.dtype, np.integer)
+
+
+def sigma_pairs(mdp, sigma, name="sigma"):
+    """The flat pair index of each state's action label.
+
+    Parameters
+    ----------
+    mdp : MDP
+    sigma : array_like of int, shape (n_states,)
+        ``sigma[s]`` is an action label of state ``s`` (a value of ``mdp.a_indices``
+        among the pairs of ``s``), as in QuantEcon's ``DiscreteDP``.
+    name : str
+
+    Returns
+    -------
+    ndarray of shape (n_states,), int64
+        ``k[s]`` with ``mdp.a_indices[k[s]] == sigma[s]``.
+
+    Raises
+    ------
+    ValueError
+        Naming the first state whose label is not one of its actions (out of range,
+        negative, or an infeasible action dropped by ``from_sa_pairs``).
+    """
+    sigma = np.asarray(sigma)
+    if sigma.shape != (mdp.n_states,) or not np.issubdtype(sigma.dtype, np.integer):
+        raise TypeError(f"{name} must be an integer array of shape ({mdp.n_states},) (one action "
+                        f"label per state), got dtype {sigma.dtype} and shape {sigma.shape}")
+    labels = sigma.astype(np.int64)
+    starts = mdp.a_indptr[:-1]
+    # within a state labels increase, so the pair of label a sits after the labels < a
+    below = np.add.reduceat((mdp.a_indices < labels[mdp.s_indices]).astype(np.int64), starts)
+    k = starts + below
+    ok = (below < np.diff(mdp.a_indptr)) & (labels >= 0) & (labels == sigma)
+    ok[ok] = mdp.a_indices[k[ok]] == labels[ok]
+    if not ok.all():
+        s = int(np.argmin(ok))
+        actions = mdp.a_indices[mdp.a_indptr[s]:mdp.a_indptr[s + 1]]
+        shown = ", ".join(map(str, actions[:10])) + (", ..." if actions.size > 10 else "")
+        raise ValueError(f"{name}[{s}] = {sigma[s]} is not an action of state {s} "
+                         f"(its actions: {shown})")
+    return k
+
+
+def as_policy(mdp, pi, name="pi"):
+    """A policy given as probabilities or as action labels → (n_pairs,) float64.
+
+    An integer array of shape (n_states,) is sigma (one action label per state,
+    :func:`sigma_pairs`) and becomes the deterministic policy choosing it; anything
+    else is a probability table checked by :func:`check_policy`. A non-integer array of
+    shape (n_states,) that cannot be a table (n_states != n_pairs) is rejected with a
+    hint, so a float sigma is never misread.
+    """
+    if is_sigma(mdp, pi):
+        flat = np.zeros(mdp.n_pairs)
+        flat[sigma_pairs(mdp, pi, name)] = 1.0
+        return flat
+    x = np.asarray(pi)
+    if x.shape == (mdp.n_states,) and mdp.n_states != mdp.n_pairs:
+        raise TypeError(
+            f"{name} has shape ({mdp.n_states},) and dtype {x.dtype}: a policy given as action "
+            f"labels (sigma) must have an integer dtype; a probability table has shape "
+            f"({mdp.n_pairs},)" + (f" or ({mdp.n_states}, {mdp.n_actions})" if mdp.is_rectangular else ""))
+    return check_policy(mdp, x, name)
+
+
+def drop_infeasible(s_indices, a_indices, P, R, n_states):
+    """Remove the pairs whose reward is −inf (QuantEcon's mark of an infeasible action).
+
+    Returns ``(s_indices, a_indices, P, R)`` without those pairs (the inputs themselves
+    when there are none). Inputs of inconsistent shapes are returned unchanged, for
+    :func:`canonical_from_pairs` to report.
+
+    Raises
+    ------
+    ValueError
+        Naming the first state left with no action (every reward of it −inf).
+    """
+    R = as_float_array(R, "R")
+    s = np.asarray(s_indices)
+    n_rows = P.shape[0] if sp.issparse(P) else (np.shape(P)[0] if np.ndim(P) >= 1 else -1)
+    if R.ndim != 1 or s.shape != R.shape or np.shape(a_indices) != R.shape or n_rows != R.size:
+        return s_indices, a_indices, P, R
+    keep = R != -np.inf
+    if keep.all():
+        return s_indices, a_indices, P, R
+    s = _as_index_array(s, "s_indices")
+    valid = (s >= 0) & (s < n_states)
+    had = np.zeros(n_states, dtype=bool)
+    had[s[valid]] = True
+    kept = np.zeros(n_states, dtype=bool)
+    kept[s[valid & keep]] = True
+    lost = had & ~kept
+    if lost.any():
+        st = int(np.argmax(lost))
+        raise ValueError(f"state {st} has no feasible action: every reward of it is -inf")
+    P = sp.csr_array(P)[keep] if sp.issparse(P) else np.asarray(P)[keep]
+    return s[keep], np.asarray(a_indices)[keep], P, R[keep]

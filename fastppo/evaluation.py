@@ -43,7 +43,7 @@ class Evaluation(Result):
     ----------
     v : ndarray of shape (n_states,)
         Regularized values Ṽ.
-    q, adv : ndarray of the shape of ``pi``
+    q, adv : ndarray of the shape of ``pi`` (for sigma: that of ``mdp.R``)
         Q̃ and Ã per pair.
     J : float
         Σ_s ρ(s) Ṽ(s).
@@ -139,8 +139,11 @@ def evaluate(mdp, pi, reg=None, *, v0=None, tol=DEFAULT_TOL, max_iter=None,
     Parameters
     ----------
     mdp : MDP
-    pi : array_like of shape (n_pairs,) or (n_states, n_actions)
-        Policy probabilities (the second shape for rectangular MDPs only).
+    pi : array_like of shape (n_pairs,) or (n_states, n_actions), or int array of shape (n_states,)
+        Policy probabilities (the second shape for rectangular MDPs only), or ``sigma``:
+        per state, the action label (a value of ``mdp.a_indices``) of a deterministic
+        policy, as in QuantEcon. The dtype decides: an integer array of shape
+        (n_states,) is sigma, a float array is a probability table.
     reg : Regularizer, optional
         τ·D_f(π ‖ π_ref); None for the plain MDP.
     v0 : ndarray of shape (n_states,), optional
@@ -161,7 +164,8 @@ def evaluate(mdp, pi, reg=None, *, v0=None, tol=DEFAULT_TOL, max_iter=None,
     Returns
     -------
     Evaluation
-        ``v`` (n_states,), ``q`` and ``adv`` in the shape of ``pi``, ``J``,
+        ``v`` (n_states,), ``q`` and ``adv`` in the shape of ``pi`` (for sigma: the
+        MDP's table shape, that of ``mdp.R``), ``J``,
         ``n_matvec``, ``residual``, ``backend``.
 
     Raises
@@ -178,7 +182,7 @@ def evaluate(mdp, pi, reg=None, *, v0=None, tol=DEFAULT_TOL, max_iter=None,
     ((100,), True)
     """
     V.check_discounted(mdp, "evaluate")
-    flat = V.check_policy(mdp, pi)
+    flat = V.as_policy(mdp, pi)
     code, alpha, tau, ref = reg_args(mdp, reg, flat)
     tol, max_iter, restart = _solver_args(tol, max_iter, restart)
     v0 = _guess(v0, mdp.n_states, "v0")
@@ -198,7 +202,8 @@ def evaluate(mdp, pi, reg=None, *, v0=None, tol=DEFAULT_TOL, max_iter=None,
     k("q_values")(mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r, mdp.gamma, v, q, nt)
     adv = np.empty(mdp.n_pairs)
     k("advantages")(mdp.a_indptr, flat, q, adv, nt)
-    return Evaluation(v=v, q=mdp.to_table(q, like=pi), adv=mdp.to_table(adv, like=pi),
+    like = None if V.is_sigma(mdp, pi) else pi
+    return Evaluation(v=v, q=mdp.to_table(q, like=like), adv=mdp.to_table(adv, like=like),
                       J=float(mdp.rho @ v), n_matvec=n_matvec, residual=residual, method=used,
                       backend=which)
 
@@ -211,7 +216,8 @@ def visitation(mdp, pi, mu=None, *, d0=None, tol=DEFAULT_TOL, max_iter=None,
     Parameters
     ----------
     mdp : MDP
-    pi : array_like of shape (n_pairs,) or (n_states, n_actions)
+    pi : array_like of shape (n_pairs,) or (n_states, n_actions), or int array of shape (n_states,)
+        Policy probabilities, or sigma (action labels), as in :func:`evaluate`.
     mu : array_like of shape (n_states,), optional
         Start distribution; ``mdp.rho`` by default.
     d0 : ndarray of shape (n_states,), optional
@@ -227,7 +233,7 @@ def visitation(mdp, pi, mu=None, *, d0=None, tol=DEFAULT_TOL, max_iter=None,
         Non-negative, sums to 1, ``d >= (1−γ) mu``.
     """
     V.check_discounted(mdp, "visitation")
-    flat = V.check_policy(mdp, pi)
+    flat = V.as_policy(mdp, pi)
     mu = mdp.rho if mu is None else V.check_distribution(mu, mdp.n_states, "mu")
     tol, max_iter, restart = _solver_args(tol, max_iter, restart)
     d0 = _guess(d0, mdp.n_states, "d0")

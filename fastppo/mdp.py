@@ -99,13 +99,14 @@ class MDP:
 
     # ----------------------------------------------------------------- constructors
     @classmethod
-    def from_sa_pairs(cls, s_indices, a_indices, P, R, gamma, rho=None, n_states=None):
+    def from_sa_pairs(cls, s_indices, a_indices, P, R, gamma, rho=None, n_states=None, *,
+                      infeasible="reject"):
         """Build from QuantEcon's state-action-pair form (pairs in any order).
 
         Parameters
         ----------
         s_indices, a_indices : array_like of shape (n_pairs,)
-            State and action of each pair.
+            State and action label of each pair.
         P : array_like or scipy.sparse of shape (n_pairs, n_states)
             ``P[k, s']`` is the probability of moving to ``s'`` from pair ``k``.
         R : array_like of shape (n_pairs,)
@@ -113,12 +114,20 @@ class MDP:
         rho : array_like of shape (n_states,), optional
         n_states : int, optional
             Defaults to ``P.shape[1]``.
+        infeasible : {"reject", "drop"}, default "reject"
+            What to do with pairs of reward −inf (QuantEcon marks infeasible actions so):
+            "reject" raises, naming the pair; "drop" removes them with their rows of
+            ``P`` (which need not be probability vectors then), and raises naming any
+            state left with no action.
         """
+        V.check_choice(infeasible, "infeasible", ("reject", "drop"))
         if n_states is None:
             shape = P.shape if sp.issparse(P) else np.shape(P)
             if len(shape) != 2:
                 raise ValueError(f"P must have shape (n_pairs, n_states), got {tuple(shape)}")
             n_states = shape[1]
+        if infeasible == "drop":
+            s_indices, a_indices, P, R = V.drop_infeasible(s_indices, a_indices, P, R, n_states)
         arrays = V.canonical_from_pairs(s_indices, a_indices, P, R, n_states)
         return cls(**arrays, gamma=gamma, rho=rho, _copy=False)
 
@@ -148,14 +157,40 @@ class MDP:
         return cls.from_sa_pairs(s, a, P, R.reshape(-1), gamma, rho)
 
     @classmethod
-    def from_mdptoolbox(cls, P, R, gamma, rho=None):
+    def from_mdptoolbox(cls, P, R, gamma, rho=None, *, reward_layout=None):
         """Build from pymdptoolbox's layout.
 
         Parameters
         ----------
-        P : array_like of shape (A, S, S), or a list of A (sparse) matrices of shape (S, S)
-        R : array_like of shape (S, A), (S,) or (A, S, S)
-            (A, S, S) holds rewards per transition; the expected reward is used.
+        P : array_like of shape (A, S, S), or a list, tuple or object array of A
+            (dense or scipy.sparse) matrices of shape (S, S)
+            ``P[a][s, s']`` is the probability of moving to ``s'`` from ``s`` under ``a``.
+        R : array_like, scipy.sparse, or a list, tuple or object array of A entries
+            Rewards; the layout is read as pymdptoolbox reads it (``MDP._computeReward``):
+            first by type, then by dimension, never from the sizes of S and A:
+
+            ========================================  ======================  =============================
+            R                                         layout                  reward of (s, a)
+            ========================================  ======================  =============================
+            ndarray (or sparse) of shape (S,)         ``"state"``             ``R[s]``
+            ndarray (or sparse) of shape (S, A)       ``"state-action"``      ``R[s, a]``
+            ndarray of shape (A, S, S)                ``"action-state-state"``  ``Σ_s' P[a][s, s'] R[a][s, s']``
+            list / tuple of numbers (length S)        ``"state"``             ``R[s]``
+            list / tuple / object array of A (S,)     ``"action-state"``      ``R[a][s]``
+            vectors (or (S, 1), (1, S); dense,
+            sparse or lists)
+            list / tuple / object array of A (S, S)   ``"action-state-state"``  ``Σ_s' P[a][s, s'] R[a][s, s']``
+            matrices (dense or sparse)
+            ========================================  ======================  =============================
+
+            So a nested list ``[[...], ...]`` is read per action (A entries of length S),
+            while the same numbers as an ndarray of shape (S, A) are read per state, as
+            in pymdptoolbox. Transition rewards are never densified when sparse.
+        gamma : float in [0, 1)
+        rho : array_like of shape (S,), optional
+        reward_layout : {"state", "state-action", "action-state", "action-state-state"}, optional
+            Read ``R`` in this layout instead (an ndarray of shape (A, S) as
+            ``"action-state"``, a nested list of shape (S, A) as ``"state-action"``, ...).
         """
         if isinstance(P, (list, tuple)) or (isinstance(P, np.ndarray) and P.dtype == object):
             mats = [sp.csr_array(m, dtype=np.float64) if sp.issparse(m) else np.asarray(m, dtype=np.float64) for m in P]
@@ -177,16 +212,7 @@ class MDP:
         stacked = sp.vstack([sp.csr_array(m) for m in mats], format="csr")  # row a*S + s
         perm = (np.arange(S)[:, None] + S * np.arange(A)[None, :]).reshape(-1)
         P_sa = stacked[perm]
-        R = V.as_float_array(R, "R")
-        if R.shape == (A, S, S):
-            r = np.stack([np.asarray((sp.csr_array(m).multiply(R[a])).sum(axis=1)).reshape(-1)
-                          if sp.issparse(m) else (m * R[a]).sum(axis=1) for a, m in enumerate(mats)], axis=1)
-        elif R.shape == (S,):
-            r = np.repeat(R[:, None], A, axis=1)
-        elif R.shape == (S, A):
-            r = R
-        else:
-            raise ValueError(f"R must have shape (S, A), (S,) or (A, S, S) = ({S}, {A}), ({S},) or ({A}, {S}, {S}); got {R.shape}")
+        r = _mdptoolbox_rewards(R, mats, reward_layout)
         s, a = np.divmod(np.arange(S * A), A)
         return cls.from_sa_pairs(s, a, P_sa, r.reshape(-1), gamma, rho)
 
@@ -360,6 +386,29 @@ class MDP:
         """The uniform policy over each state's actions, flat (n_pairs,)."""
         return np.repeat(1.0 / np.diff(self.a_indptr), np.diff(self.a_indptr))
 
+    def to_sigma(self, table):
+        """Per state, the action label of the largest entry of a per-pair table.
+
+        Parameters
+        ----------
+        table : array_like of shape (n_pairs,) or (n_states, n_actions)
+            E.g. a policy (its most probable action) or Q-values (the greedy action).
+
+        Returns
+        -------
+        sigma : ndarray of shape (n_states,), int64
+            Action labels (values of ``a_indices``, QuantEcon's ``sigma``); ties go to
+            the lowest label.
+        """
+        flat = V.pair_table(self, table, "table")
+        nan = np.isnan(flat)
+        if nan.any():
+            raise ValueError(f"table must not hold NaN: {self.pair_name(int(np.argmax(nan)))} is NaN")
+        starts = self.a_indptr[:-1]
+        top = np.maximum.reduceat(flat, starts)
+        first = np.where(flat == top[self.s_indices], np.arange(self.n_pairs), self.n_pairs)
+        return self.a_indices[np.minimum.reduceat(first, starts)]
+
     def __eq__(self, other):
         if not isinstance(other, MDP):
             return NotImplemented
@@ -379,3 +428,68 @@ def _reward_table(R, S, A):
     if R.shape != (S, A):
         raise ValueError(f"R must have shape (S, A) = ({S}, {A}), got {R.shape}")
     return R
+
+
+REWARD_LAYOUTS = ("state", "state-action", "action-state", "action-state-state")
+
+
+def _mdptoolbox_rewards(R, mats, layout=None):
+    """pymdptoolbox's rewards as an (S, A) table (see ``MDP.from_mdptoolbox``)."""
+    A, S = len(mats), mats[0].shape[0]
+    shapes = (f"R must have shape (S, A), (S,) or (A, S, S) = ({S}, {A}), ({S},) or "
+              f"({A}, {S}, {S})")
+    per_action = isinstance(R, (list, tuple)) or (isinstance(R, np.ndarray) and R.dtype == object)
+    if layout is None:
+        if per_action and all(np.ndim(x) == 0 and not sp.issparse(x) for x in R):
+            layout = "state"  # a plain list of numbers
+        elif per_action:
+            first = R[0] if len(R) else None
+            layout = "action-state-state" if np.shape(first) == (S, S) and S > 1 else "action-state"
+        else:
+            ndim = np.ndim(R) if not sp.issparse(R) else 2
+            if sp.issparse(R) and 1 in R.shape and R.shape != (S, A):
+                ndim = 1  # a sparse (S, 1) or (1, S) vector
+            layout = {1: "state", 2: "state-action", 3: "action-state-state"}.get(ndim)
+            if layout is None:
+                raise ValueError(f"{shapes}; got {np.shape(R)}")
+    V.check_choice(layout, "reward_layout", REWARD_LAYOUTS)
+    if layout == "state":
+        r = _reward_vector(R, S, "R", shapes)
+        return np.repeat(r[:, None], A, axis=1)
+    if layout == "state-action":
+        R = V.as_float_array(R.toarray() if sp.issparse(R) else R, "R")
+        if R.shape != (S, A):
+            raise ValueError(f"{shapes}; got {R.shape}")
+        return R
+    entries = list(R) if per_action or (isinstance(R, np.ndarray) and R.ndim >= 2) else None
+    if entries is None or len(entries) != A:
+        got = f"{len(entries)} entries" if entries is not None else f"shape {np.shape(R)}"
+        hint = (" (a list is read per action, as pymdptoolbox reads it: for an (S, A) table pass "
+                "an ndarray or reward_layout='state-action')") if per_action else ""
+        raise ValueError(f"R in the {layout!r} layout must hold one entry per action: "
+                         f"expected {A}, got {got}{hint}")
+    if layout == "action-state":
+        return np.stack([_reward_vector(x, S, f"R[{a}]") for a, x in enumerate(entries)], axis=1)
+    return np.stack([_expected_reward(mats[a], x, S, a) for a, x in enumerate(entries)], axis=1)
+
+
+def _reward_vector(x, S, name, shapes=None):
+    """A reward vector given as (S,), (S, 1) or (1, S) (dense, sparse or a list) → (S,)."""
+    x = V.as_float_array(x.toarray() if sp.issparse(x) else x, name)
+    if x.shape not in ((S,), (S, 1), (1, S)):
+        msg = shapes or f"{name} must be a reward vector of shape ({S},), ({S}, 1) or (1, {S})"
+        raise ValueError(f"{msg}; got {x.shape}")
+    return x.reshape(S)
+
+
+def _expected_reward(Pa, Ra, S, a):
+    """Σ_s' P[a][s, s'] R[a][s, s'] for one action, shape (S,); sparse stays sparse."""
+    if sp.issparse(Ra) or sp.issparse(Pa):
+        Ra = sp.csr_array(Ra, dtype=np.float64) if sp.issparse(Ra) else V.as_float_array(Ra, f"R[{a}]")
+        if Ra.shape != (S, S):
+            raise ValueError(f"R[{a}] must be a transition reward of shape ({S}, {S}), got {Ra.shape}")
+        return np.asarray(sp.csr_array(Pa).multiply(Ra).sum(axis=1)).reshape(S)
+    Ra = V.as_float_array(Ra, f"R[{a}]")
+    if Ra.shape != (S, S):
+        raise ValueError(f"R[{a}] must be a transition reward of shape ({S}, {S}), got {Ra.shape}")
+    return (Pa * Ra).sum(axis=1)

@@ -77,8 +77,8 @@ def rollout(mdp, pi, n_envs, horizon, seed=None, *, group_size=1, start=None, ba
     Parameters
     ----------
     mdp : MDP
-    pi : array_like, shape (n_pairs,) or (S, A)
-        Policy probabilities.
+    pi : array_like, shape (n_pairs,) or (S, A), or int array of shape (S,)
+        Policy probabilities, or sigma (action labels), as in ``fastppo.evaluate``.
     n_envs : int
         Number of environments (episodes), a multiple of ``group_size``.
     horizon : int
@@ -96,7 +96,7 @@ def rollout(mdp, pi, n_envs, horizon, seed=None, *, group_size=1, start=None, ba
     -------
     Rollout
     """
-    pi = V.check_policy(mdp, pi)
+    pi = V.as_policy(mdp, pi)
     n_envs = V.check_int(n_envs, "n_envs")
     horizon = V.check_int(horizon, "horizon")
     group_size = V.check_int(group_size, "group_size")

@@ -52,8 +52,10 @@ __all__ = ["solve", "PPOClip", "SoftmaxPG", "NPG", "KLPenaltyPPO", "SolveResult"
 
 
 class SolveResult(Result):
-    """Result of :func:`solve`: ``policy``, ``v``, ``q``, ``adv``, ``J``, ``n_iter``,
-    ``bellman_residual`` (‖TṼ − Ṽ‖∞ at the returned policy), ``n_matvec``, ``converged``."""
+    """Result of :func:`solve`: ``policy``, ``sigma`` (per state, the action label of the
+    policy's most probable action, ties to the lowest label: for τ = 0 the optimal
+    action), ``v``, ``q``, ``adv``, ``J``, ``n_iter``, ``bellman_residual`` (‖TṼ − Ṽ‖∞ at the
+    returned policy), ``n_matvec``, ``converged``."""
 
 
 class RunResult(Result):
@@ -104,7 +106,8 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
     Returns
     -------
     SolveResult
-        ``policy`` (table shape), ``v`` (n_states,), ``q``, ``adv``, ``J``, ``n_iter``,
+        ``policy`` (table shape), ``sigma`` (n_states,) int64 action labels (the argmax of
+        ``policy``, ties to the lowest label), ``v`` (n_states,), ``q``, ``adv``, ``J``, ``n_iter``,
         ``bellman_residual``, ``n_matvec``, ``converged``.
 
     Raises
@@ -162,7 +165,7 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
                           f"longer decreases (tol {tol:g} x scale {scale:.3g} is below round-off)",
                           RuntimeWarning, stacklevel=2)
         if converged or stalled:
-            return SolveResult(policy=mdp.to_table(pi.copy()), v=v, q=mdp.to_table(ev.q),
+            return SolveResult(policy=mdp.to_table(pi.copy()), sigma=mdp.to_sigma(pi), v=v, q=mdp.to_table(ev.q),
                                adv=mdp.to_table(ev.adv), J=ev.J, n_iter=it,
                                bellman_residual=residual, n_matvec=n_matvec,
                                converged=converged, backend=which)

@@ -1,5 +1,6 @@
 """The MDP container: constructors, canonical form, gymnasium import, persistence, shapes."""
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -147,6 +148,114 @@ def test_mdptoolbox_reward_layouts(R_kind, P_kind):
         Rfull = np.broadcast_to(c, (A0, S0, S0))
         m, expected_R = MDP.from_mdptoolbox(Pt, Rfull, GAMMA), P0 @ c
     assert_same(m, MDP.from_dense(P0, expected_R, GAMMA))
+
+
+def _small():
+    """pymdptoolbox's example.small(): S == A == 2, P (A, S, S), R (S, A)."""
+    P = np.array([[[0.5, 0.5], [0.8, 0.2]], [[0.0, 1.0], [0.1, 0.9]]])
+    return P, np.array([[5, 10], [-1, 2]])
+
+
+def _obj(entries):
+    out = np.empty(len(entries), dtype=object)
+    out[:] = entries
+    return out
+
+
+SMALL_P, SMALL_R = _small()
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", PendingDeprecationWarning)  # np.matrix is discouraged
+    _MATRIX = np.asmatrix(SMALL_R)
+SMALL_REWARDS = {  # every way pymdptoolbox's documentation allows to give the same rewards
+    "ndarray (S, A)": (SMALL_R, None),
+    "float ndarray (S, A)": (SMALL_R.astype(float), None),
+    "np.matrix (S, A)": (_MATRIX, None),
+    "sparse (S, A)": (sp.csr_matrix(SMALL_R), None),
+    "list of per-action (S,) arrays": ([SMALL_R[:, 0], SMALL_R[:, 1]], None),
+    "list of lists": ([list(SMALL_R[:, 0]), list(SMALL_R[:, 1])], None),
+    "tuple of per-action arrays": ((SMALL_R[:, 0], SMALL_R[:, 1]), None),
+    "object array of (S,)": (_obj([SMALL_R[:, 0], SMALL_R[:, 1]]), None),
+    "list of (S, 1)": ([SMALL_R[:, [0]], SMALL_R[:, [1]]], None),
+    "list of (1, S)": ([SMALL_R[None, :, 0], SMALL_R[None, :, 1]], None),
+    "list of sparse (S, 1)": ([sp.csr_matrix(SMALL_R[:, [a]]) for a in range(2)], None),
+    "ndarray (A, S) with layout": (SMALL_R.T, "action-state"),
+    "nested list (S, A) with layout": (SMALL_R.tolist(), "state-action"),
+}
+
+
+@pytest.mark.parametrize("how", list(SMALL_REWARDS))
+def test_mdptoolbox_reward_dispatch_on_small(how):
+    """small() has S == A: no layout may be guessed from the sizes (a list of per-action
+    vectors read as an (S, A) table gave 67.7 instead of 42.4)."""
+    R, layout = SMALL_REWARDS[how]
+    m = MDP.from_mdptoolbox(SMALL_P, R, 0.9, **({} if layout is None else {"reward_layout": layout}))
+    assert_same(m, MDP.from_dense(SMALL_P.transpose(1, 0, 2), SMALL_R, 0.9))
+    P_sas = SMALL_P.transpose(1, 0, 2)  # policy (1, 0) is optimal: its values, by np.linalg.solve
+    v = np.linalg.solve(np.eye(2) - 0.9 * P_sas[[0, 1], [1, 0]], SMALL_R[[0, 1], [1, 0]])
+    np.testing.assert_allclose(v, [42.44186046511628, 36.04651162790698], rtol=1e-14)
+
+
+@pytest.mark.parametrize("P_kind", ["dense", "sparse_list"])
+@pytest.mark.parametrize("R_kind", ["ndarray", "list_dense", "list_sparse", "object_dense", "object_sparse",
+                                    "tuple_mixed"])
+def test_mdptoolbox_transition_rewards(R_kind, P_kind):
+    rng = np.random.default_rng(7)
+    Rfull = rng.integers(-4, 5, size=(A0, S0, S0)) / 2.0  # reward of (a, s, s'); exact sums
+    Pt = P0.transpose(1, 0, 2)
+    if P_kind == "sparse_list":
+        Pt = [sp.csr_matrix(m) for m in Pt]
+    R = {"ndarray": Rfull,
+         "list_dense": list(Rfull),
+         "list_sparse": [sp.csr_matrix(x) for x in Rfull],
+         "object_dense": _obj(list(Rfull)),
+         "object_sparse": _obj([sp.csr_array(x) for x in Rfull]),
+         "tuple_mixed": tuple(sp.csr_matrix(x) if a % 2 else x for a, x in enumerate(Rfull))}[R_kind]
+    expected = np.zeros((S0, A0))
+    for s in range(S0):
+        for a in range(A0):
+            for t in range(S0):
+                expected[s, a] += P0[s, a, t] * Rfull[a, s, t]
+    assert_same(MDP.from_mdptoolbox(Pt, R, GAMMA), MDP.from_dense(P0, expected, GAMMA))
+    assert_same(MDP.from_mdptoolbox(Pt, R, GAMMA, reward_layout="action-state-state"),
+                MDP.from_dense(P0, expected, GAMMA))
+
+
+def test_mdptoolbox_state_rewards_as_a_list_of_numbers():
+    c = [1.0, -2.0, 0.5, 3.0]  # length S (4) != A (3)
+    expected = np.repeat(np.array(c)[:, None], A0, axis=1)
+    Pt = P0.transpose(1, 0, 2)
+    assert_same(MDP.from_mdptoolbox(Pt, c, GAMMA), MDP.from_dense(P0, expected, GAMMA))
+    assert_same(MDP.from_mdptoolbox(Pt, np.array(c), GAMMA, reward_layout="state"),
+                MDP.from_dense(P0, expected, GAMMA))
+
+
+@pytest.mark.parametrize("R, layout, msg", [
+    ([SMALL_R[:, 0]], None, r"R in the 'action-state' layout must hold one entry per action: expected 2, "
+                            r"got 1 entries \(a list is read per action"),
+    ([np.zeros(3), np.zeros(3)], None, r"R\[0\] must be a reward vector of shape \(2,\), \(2, 1\) or \(1, 2\); got \(3,\)"),
+    ([np.eye(2), np.zeros(2)], None, r"R\[1\] must be a transition reward of shape \(2, 2\), got \(2,\)"),
+    ([np.eye(2), np.eye(2)], "action-state", r"R\[0\] must be a reward vector of shape \(2,\), \(2, 1\) or \(1, 2\); got \(2, 2\)"),
+    (SMALL_R, "action-state-state", r"R\[0\] must be a transition reward of shape \(2, 2\), got \(2,\)"),
+    (np.zeros((2, 2, 2, 2)), None, r"R must have shape \(S, A\), \(S,\) or \(A, S, S\) = \(2, 2\), \(2,\) or \(2, 2, 2\); got \(2, 2, 2, 2\)"),
+    (np.zeros((3, 2)), None, r"R must have shape .*; got \(3, 2\)"),
+    (np.zeros((2, 3, 3)), None, r"R\[0\] must be a transition reward of shape \(2, 2\), got \(3, 3\)"),
+    (5.0, None, r"R must have shape .*; got \(\)"),
+    (SMALL_R, "SA", r"reward_layout must be one of 'state', 'state-action', 'action-state', 'action-state-state'; got 'SA'"),
+    ([["a", "b"], ["c", "d"]], None, r"R\[0\] must be an array of real numbers"),
+])
+def test_mdptoolbox_reward_rejections(R, layout, msg):
+    with pytest.raises((ValueError, TypeError), match=msg):
+        MDP.from_mdptoolbox(SMALL_P, R, 0.9, reward_layout=layout)
+
+
+def test_mdptoolbox_nested_list_of_an_s_by_a_table_is_not_misread():
+    """A nested list is read per action (pymdptoolbox's rule): an (S, A) table as a nested list
+    with S != A is an error with a hint, never silently transposed."""
+    with pytest.raises(ValueError, match=r"expected 3, got 4 entries \(a list is read per action.*"
+                                         r"reward_layout='state-action'"):
+        MDP.from_mdptoolbox(P0.transpose(1, 0, 2), R0.tolist(), GAMMA)
+    assert_same(MDP.from_mdptoolbox(P0.transpose(1, 0, 2), R0.tolist(), GAMMA, reward_layout="state-action"),
+                MDP.from_dense(P0, R0, GAMMA))
 
 
 def test_from_sa_pairs_accepts_float_labels_and_explicit_n_states():
