@@ -314,11 +314,13 @@ def check_positive(x, name, strict=True, allow_none=False):
     return x
 
 
-def check_int(x, name, minimum=1):
+def check_int(x, name, minimum=1, maximum=None):
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(x).__name__}")
     if x < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {x}")
+    if maximum is not None and x > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {x}")
     return int(x)
 
 
@@ -334,6 +336,36 @@ def check_choice(x, name, choices):
     if x not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {x!r}")
     return x
+
+
+def check_finite_float(x, name):
+    """A finite real number (any sign)."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+    x = float(x)
+    if not np.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {x}")
+    return x
+
+
+def check_bool(x, name):
+    """A bool (Python or NumPy); 0/1 and strings are rejected."""
+    if not isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {x!r}")
+    return bool(x)
+
+
+def check_seed(seed, name="seed"):
+    """A ``numpy.random.Generator`` from a seed: None (fresh entropy), an int >= 0, or a
+    Generator (used as is). The one seed rule of generators and SampledPPO."""
+    if seed is None or isinstance(seed, np.random.Generator):
+        return np.random.default_rng(seed)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be an int, None or a numpy.random.Generator, "
+                        f"got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"{name} must be >= 0, got {seed}")
+    return np.random.default_rng(int(seed))
 
 
 def trajectory_arrays(shape_name, **arrays):

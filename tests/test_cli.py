@@ -34,10 +34,10 @@ def assert_png(path):
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
 
 
-def reference_run(n_iter, mdp=SMALL, step=1.0, backend=None):
+def reference_run(n_iter, mdp=SMALL, step_scale=1.0, backend=None):
     """The logits of an uninterrupted Python-API run with the CLI's defaults."""
     m = fcli.parse_mdp(mdp)
-    return fastppo.PPOClip(m, fastppo.ForwardKL(0.1), step=step, backend=backend).run(n_iter).logits
+    return fastppo.PPOClip(m, fastppo.ForwardKL(0.1), step_scale=step_scale, backend=backend).run(n_iter).logits
 
 
 # ------------------------------------------------------------------------ run / files
@@ -81,7 +81,7 @@ def test_run_json_output_and_quiet(tmp_path):
     r = cli("run", "--mdp", "garnet:S=60,A=3,b=3,seed=1", "--iters", "3", "--quiet",
             "--backend", "cython", "--out", "q", "--clip", "0.1", "0.3", cwd=tmp_path)
     assert r.returncode == 0 and r.stdout == "" and r.stderr == ""
-    assert json.loads((tmp_path / "q" / "config.json").read_text())["method"]["eps_high"] == 0.3
+    assert json.loads((tmp_path / "q" / "config.json").read_text())["method"]["clip"] == [0.1, 0.3]
 
 
 def test_progress_bar_on_a_terminal(tmp_path, capsys, monkeypatch):
@@ -292,7 +292,7 @@ def test_resume_is_bit_exact_cli(tmp_path):
 
 def test_sigint_stops_saves_and_resumes_bit_exact(tmp_path):
     folder = tmp_path / "run"
-    args = ["--mdp", "garnet:S=2000,A=4,b=5,seed=0", "--step", "0.05", "--backend", "cython"]
+    args = ["--mdp", "garnet:S=2000,A=4,b=5,seed=0", "--step-scale", "0.05", "--backend", "cython"]
     proc = subprocess.Popen([sys.executable, "-m", "fastppo", "run", *args, "--iters", "100000",
                              "--tol", "1e-30", "--out", str(folder), "--checkpoint-every", "1",
                              "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -316,7 +316,7 @@ def test_sigint_stops_saves_and_resumes_bit_exact(tmp_path):
     with np.load(folder / "result.npz") as f:
         assert int(f["n_iter"]) == k + 3
         assert np.array_equal(f["logits"], reference_run(
-            k + 3, "garnet:S=2000,A=4,b=5,seed=0", step=0.05, backend="cython"))
+            k + 3, "garnet:S=2000,A=4,b=5,seed=0", step_scale=0.05, backend="cython"))
 
 
 SAVE_LOOP = textwrap.dedent("""
