@@ -309,7 +309,7 @@ class _Fields:
 
     def fail(self, name, message):
         message = str(message)
-        if not message.startswith(name):
+        if message.split(" ", 1)[0] not in (name, f"{name}:"):
             message = f"{name}: {message}"
         raise UsageError(f"{self.path}: {message}")
 
@@ -329,8 +329,8 @@ class _Fields:
             elif kind in ("count", "float", "bool"):
                 if x.ndim != 0 or x.dtype.kind not in {"count": "iu", "float": "fiu",
                                                        "bool": "b"}[kind]:
-                    raise TypeError(f"must be a {kind.replace('count', 'integer')} scalar, "
-                                    f"got {x.dtype} of shape {x.shape}")
+                    what = {"count": "an integer", "float": "a real", "bool": "a bool"}[kind]
+                    raise TypeError(f"must be {what} scalar, got {x.dtype} of shape {x.shape}")
                 x = x.item()
             elif kind in ("pairs", "states"):
                 if x.dtype.kind not in "fiu":
