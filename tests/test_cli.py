@@ -446,3 +446,62 @@ def test_sweep_runs_are_keyed_by_parameters():
     assert [r["tau"] for r in runs] == [0.1, 0.2, 0.3] and all(r["iters"] == 5 for r in runs)
     ids = [sweeps.run_id(r) for r in runs]
     assert len(set(ids)) == 3 and ids[0] == sweeps.run_id(dict(reversed(runs[0].items())))
+
+
+# ------------------------------------------------------------------ the error rule
+def test_error_classes(tmp_path, capsys, monkeypatch):
+    """User input: one line, exit 2; a numerical failure: one line, exit 1; a bug deep in
+    the library keeps its traceback (it is not a "user mistake")."""
+    args = ["run", "--mdp", "garnet:S=10,A=2,b=2", "--iters", "2", "--out", str(tmp_path / "o")]
+
+    def converge_fail(*a, **k):
+        raise fastppo.ConvergenceError("evaluate did not reach tol=1e-12")
+
+    monkeypatch.setattr(fastppo, "solve", converge_fail)
+    assert main(args) == 1
+    assert capsys.readouterr().err == ("fastppo: error: ConvergenceError: evaluate did not reach "
+                                       "tol=1e-12\n")
+
+    def bug(*a, **k):
+        raise ValueError("an internal inconsistency")
+
+    monkeypatch.setattr(fastppo, "solve", bug)
+    with pytest.raises(ValueError, match="an internal inconsistency"):
+        main(args)
+    monkeypatch.undo()
+    for name, value, message in [
+            ("FASTPPO_NUM_THREADS", "abc", "environment variable FASTPPO_NUM_THREADS='abc': must "
+                                           "be a positive integer"),
+            ("FASTPPO_BACKEND", "rust", "environment variable FASTPPO_BACKEND='rust': backend must "
+                                        "be one of 'numba', 'cython', 'numpy'; got 'rust'")]:
+        monkeypatch.setenv(name, value)
+        assert main(["info"]) == 2
+        assert capsys.readouterr().err == f"fastppo: error: {message}\n"
+        monkeypatch.delenv(name)
+    assert main(["solve", "--mdp", "chain:n_states=5", "--threads", "0"]) == 2
+    assert capsys.readouterr().err == "fastppo: error: n_threads must be a positive integer, got 0\n"
+    assert main(["run", "--mdp", "garnet:S=10,A=2,b=2", "--inner-steps", "0"]) == 2
+    assert capsys.readouterr().err == "fastppo: error: inner_steps must be >= 1, got 0\n"
+    (tmp_path / "cfg").mkdir()
+    fastppo.PPOClip(fastppo.garnet(10, 2, 2, seed=0)).run(1).save(tmp_path / "cfg")
+    (tmp_path / "cfg" / "config.json").write_text("{not json")
+    assert main(["run", "--resume", str(tmp_path / "cfg")]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"fastppo: error: cannot read {tmp_path / 'cfg' / 'config.json'}: Expecting")
+
+
+def test_old_step_flag_and_sweep_key_still_work(tmp_path, capsys):
+    assert main(["run", "--mdp", SMALL, "--iters", "3", "--step", "0.5", "--out",
+                 str(tmp_path / "a"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err == ("fastppo: warning: the run parameter 'step' is deprecated and will be removed "
+                   "in fastppo 0.3.0; use 'step_scale'\n")
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["params"]["step_scale"] == 0.5 and "step" not in config["params"]
+    with np.load(tmp_path / "a" / "result.npz") as f:
+        assert np.array_equal(f["logits"], reference_run(3, step_scale=0.5))
+    assert main(["run", "--mdp", SMALL, "--step", "0.5", "--step-scale", "0.5"]) == 2
+    assert "give --step-scale only" in capsys.readouterr().err
+    with pytest.warns(DeprecationWarning, match="'step' is deprecated"):
+        runs = sweeps.expand({"grid": {"step": [0.5, 0.25]}})
+    assert [r["step_scale"] for r in runs] == [0.5, 0.25] and "step" not in runs[0]

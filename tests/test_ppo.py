@@ -648,5 +648,5 @@ def test_npg_default_step_converges_for_forward_kl():
 def test_stall_warning():
     """A step far too large for τ makes PPO-Clip's inner steps cycle: warn, don't hang silently."""
     mdp = small(1, True)
-    with pytest.warns(RuntimeWarning, match="stalled"):
+    with pytest.warns(fastppo.ConvergenceWarning, match="stalled"):
         fastppo.PPOClip(mdp, fastppo.ForwardKL(0.5), step_scale=3.0).run(200)
