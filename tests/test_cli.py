@@ -40,6 +40,7 @@ def reference_run(n_iter, mdp=SMALL, step_scale=1.0, backend=None):
     return fastppo.PPOClip(m, fastppo.ForwardKL(0.1), step_scale=step_scale, backend=backend).run(n_iter).logits
 
 
+@pytest.mark.slow
 # ------------------------------------------------------------------------ run / files
 def test_run_writes_result_directory(tmp_path):
     r = cli("run", "--mdp", SMALL, "--iters", "12", "--tol", "1e-12", cwd=tmp_path)
@@ -69,6 +70,7 @@ def test_run_writes_result_directory(tmp_path):
     assert_png(folder / "convergence.png")
 
 
+@pytest.mark.slow
 def test_run_json_output_and_quiet(tmp_path):
     r = cli("run", "--mdp", "garnet:S=60,A=3,b=3,seed=1", "--iters", "400", "--tau", "0.5",
             "--json", "--backend", "cython", "--out", "o", cwd=tmp_path)
@@ -116,6 +118,7 @@ def test_mdp_options(tmp_path):
         assert f["policy"].shape == f["logits"].shape == (3,)  # a ragged MDP stays flat
 
 
+@pytest.mark.slow
 def test_solve_eval_info(tmp_path):
     r = cli("solve", "--mdp", "chain:n_states=6", "--reg", "none", "--json")
     assert r.returncode == 0, r.stderr
@@ -142,6 +145,7 @@ def test_solve_eval_info(tmp_path):
     assert json.loads(r.stdout)["J"] == fastppo.evaluate(mdp, res.policy, fastppo.ChiSquare(0.3)).J
 
 
+@pytest.mark.slow
 def test_compare(tmp_path):
     r = cli("compare", "--mdp", "garnet:S=40,A=3,b=3,seed=2", "--tau", "0.5", "--iters", "120",
             "--backend", "cython", "--json", "--out", "cmp", cwd=tmp_path)
@@ -201,6 +205,7 @@ def test_user_errors_are_one_line(args, message, capsys, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []  # nothing written
 
 
+@pytest.mark.slow
 def test_user_errors_from_the_real_entry_point(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip file")
     for args, message, status in [
@@ -278,6 +283,7 @@ def test_resume_rejects_wrong_mdp_class_and_missing_checkpoint(tmp_path):
     assert fastppo.PPOClip.resume(tmp_path).n_iter == 3
 
 
+@pytest.mark.slow
 def test_resume_is_bit_exact_cli(tmp_path):
     args = ["--mdp", SMALL, "--backend", "cython", "--no-progress"]
     assert main(["run", *args, "--iters", "10", "--out", str(tmp_path / "a"), "--quiet"]) == 0
@@ -290,6 +296,7 @@ def test_resume_is_bit_exact_cli(tmp_path):
     assert json.loads((tmp_path / "a" / "config.json").read_text())["params"]["iters"] == 20
 
 
+@pytest.mark.slow
 def test_sigint_stops_saves_and_resumes_bit_exact(tmp_path):
     folder = tmp_path / "run"
     args = ["--mdp", "garnet:S=2000,A=4,b=5,seed=0", "--step-scale", "0.05", "--backend", "cython"]
@@ -330,6 +337,7 @@ SAVE_LOOP = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.0, 0.037, 0.09, 0.16])
 def test_kill_during_saves_leaves_complete_files(tmp_path, delay):
     """kill -9 at an arbitrary moment of a save loop: every file is a complete version."""
@@ -383,6 +391,7 @@ SWEEP = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sweep_on_local_cluster(tmp_path):
     pytest.importorskip("dask.distributed")
     config = tmp_path / "sweep.toml"
@@ -426,6 +435,7 @@ def test_sweep_on_local_cluster(tmp_path):
         assert [r["status"] for r in csv.DictReader(f)] == [r["status"] for r in table]
 
 
+@pytest.mark.slow
 def test_sweep_config_errors(tmp_path):
     with pytest.raises(fcli.UsageError, match="unknown sweep parameter 'eps'"):
         fastppo.sweep({"grid": {"eps": [0.1]}}, out=str(tmp_path))
