@@ -450,7 +450,7 @@ class SampledPPO(IterativeMethod):
         Initial logits, shape (n_pairs,) or (S, A); default log π_ref.
     reference : bool or float, default True
         True: compute J* with :func:`fastppo.solve` (the gap is recorded); a float: J*.
-    **settings
+    **kwargs
         The fields of :class:`SampledPPOConfig` (``clip``, ``dual_clip``, ``value_clip``,
         ``epochs``, ``minibatches``, ``lr``, ``critic_lr``, ``n_envs``, ``horizon``,
         ``gae_lambda``, ``advantage``, ``group_size``, ``whiten``, ``kl_coef``,
@@ -467,15 +467,15 @@ class SampledPPO(IterativeMethod):
     STATE = {"values": ("states", False), "v_exact": ("states", True), "rng": ("json", False),
              "kl_coef": ("float", False)}
 
-    def __init__(self, mdp, reg=None, config=None, *, init=None, reference=True, **settings):
+    def __init__(self, mdp, reg=None, config=None, *, init=None, reference=True, **kwargs):
         from .solvers import solve
 
         if config is None:
-            config = SampledPPOConfig(**settings)
+            config = SampledPPOConfig(**kwargs)
         elif not isinstance(config, SampledPPOConfig):
             raise TypeError(f"config must be a SampledPPOConfig, got {type(config).__name__}")
-        elif settings:
-            config = dataclasses.replace(config, **settings)
+        elif kwargs:
+            config = dataclasses.replace(config, **kwargs)
         if reg is not None and not isinstance(reg, ReverseKL):
             raise TypeError(f"SampledPPO estimates KL(π ‖ π_ref) from samples, so reg must be "
                             f"ReverseKL or None, got {type(reg).__name__}; use PPOClip for other f")
