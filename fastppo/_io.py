@@ -114,22 +114,38 @@ def one_line(exc):
     return text[0] if text else type(exc).__name__
 
 
-def read_npz(path):
+def read_npz(path, max_bytes=None):
     """Every array of an ``.npz`` file, read in full (no pickle).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    max_bytes : callable, optional
+        ``max_bytes(name, read)`` is the largest uncompressed size (bytes) accepted for
+        member ``name`` (None: any), given the members ``read`` so far; it is checked
+        against the size the archive declares *before* the member is decompressed, so a
+        small compressed file cannot expand to gigabytes. Members are read smallest first.
 
     Raises
     ------
     UsageError
         One line naming ``path`` if the file cannot be read (truncated, not a zip,
-        object arrays, ...).
+        object arrays, a member larger than ``max_bytes`` allows, ...).
     """
     from ._errors import UsageError
 
     try:
+        with zipfile.ZipFile(path) as z:  # the declared (uncompressed) sizes
+            sizes = {info.filename.removesuffix(".npy"): info.file_size for info in z.infolist()}
+        out = {}
         with np.load(path, allow_pickle=False) as f:
-            if not hasattr(f, "files"):
-                raise ValueError("a single array, not an .npz archive")
-            return {k: f[k] for k in f.files}
+            for name in sorted(f.files, key=lambda k: (sizes.get(k, 0), k)):
+                limit = None if max_bytes is None else max_bytes(name, out)
+                if limit is not None and sizes.get(name, 0) > limit:
+                    raise ValueError(f"{name}: {sizes[name]} bytes uncompressed, more than the "
+                                     f"{limit} it can need")
+                out[name] = f[name]
+        return out
     except READ_ERRORS as exc:
         raise UsageError(f"cannot read {path}: {one_line(exc)}") from None
 

@@ -188,11 +188,6 @@ class IterativeMethod:
         return res
 
     # ------------------------------------------------------------- checkpoints
-    def describe(self):
-        """The method, its regularizer and its settings (what ``config.json`` records)."""
-        return {"method": type(self).__name__, "regularizer": _reg_spec(self.reg),
-                **self._settings()}
-
     def state_dict(self):
         """The complete state of the method as the entries of ``checkpoint.npz`` (see the
         module docstring for the schema): everything needed to continue bit for bit.
@@ -268,11 +263,11 @@ class IterativeMethod:
             raise FileNotFoundError(f"no such directory: {folder}")
         if not os.path.exists(ckpt):
             raise FileNotFoundError(f"{folder} holds no checkpoint ({CHECKPOINT})")
-        raw = read_npz(ckpt)
-        if "format" not in raw:
-            raw = _migrate_0_1(raw, ckpt)
         if mdp is None:
             mdp = _load_mdp(os.path.join(folder, MDP_FILE))
+        raw = read_npz(ckpt, _size_limits(cls, mdp))
+        if "format" not in raw:
+            raw = _migrate_0_1(raw, ckpt)
         return _restore(cls, raw, mdp, ckpt, folder)
 
 
@@ -282,6 +277,25 @@ COMMON = {"format": ("text", False), "method": ("text", False), "mdp_digest": ("
           "n_iter": ("count", False), "history": ("history", False),
           "reference": ("float", True), "logits": ("pairs", False), "pi": ("pairs", False),
           "table": ("bool", False)}
+
+
+HEADER = 4096  # bytes: an .npy header, with room to spare
+
+
+def _size_limits(cls, mdp):
+    """The largest uncompressed size each checkpoint member can need (``read_npz``):
+    arrays by the MDP's sizes, the history by ``n_iter`` (read first: it is small)."""
+    vector = 8 * max(mdp.n_pairs, mdp.n_states) + HEADER
+    row = np.dtype(list(cls.HISTORY)).itemsize
+
+    def limit(name, read):
+        if name == "history":
+            n = read.get("n_iter")
+            ok = n is not None and n.ndim == 0 and n.dtype.kind in "iu"
+            return row * (int(n) + 1) + HEADER if ok else HEADER
+        return max(vector, 1 << 20)  # text members (settings, RNG state) stay far below 1 MiB
+
+    return limit
 
 
 def _load_mdp(path):
@@ -387,10 +401,8 @@ def _restore(cls, raw, mdp, path, folder):
     table = f.get("table")
     state = {name: f.get(name, check) for name, check in cls._state_checks(mdp).items()}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", DeprecationWarning)  # settings use today's names
-            self = cls(mdp, reg, **settings, **cls._restore_arguments(state),
-                       init=logits, reference=None if reference is None else reference)
+        self = cls(mdp, reg, **settings, **cls._restore_arguments(state), init=logits,
+                   reference=reference)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"{path}: {one_line(exc)}") from None
     from .evaluation import softmax
@@ -405,7 +417,7 @@ def _restore(cls, raw, mdp, path, folder):
     self._rows = [dict(zip(history.dtype.names, row)) for row in history.tolist()]
     try:
         self._set_state(state)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:
         raise UsageError(f"{path}: {one_line(exc)}") from None
     return self
 

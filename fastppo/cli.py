@@ -163,14 +163,17 @@ def cmd_eval(args, out):
     fallback = os.path.join(folder, _io.MDP_FILE)
     mdp = load_mdp(p, fallback if os.path.exists(fallback) else None)
     reg = parse_reg(p["reg"] or PARAMS["reg"], PARAMS["tau"] if p["tau"] is None else p["tau"])
-    try:
-        if path.endswith(".npy"):
+    if path.endswith(".npy"):
+        try:
             pi = np.load(path, allow_pickle=False)
-        else:
-            with np.load(path, allow_pickle=False) as f:
-                pi = f["policy"]
-    except _io.READ_ERRORS as exc:
-        raise UsageError(f"cannot read a policy from {path}: {_io.one_line(exc)}") from None
+        except _io.READ_ERRORS as exc:
+            raise UsageError(f"cannot read a policy from {path}: {_io.one_line(exc)}") from None
+    else:  # sizes checked before decompressing: a result.npz holds per-pair and per-state arrays
+        most = 8 * max(mdp.n_pairs, mdp.n_states) + 4096
+        arrays = _io.read_npz(path, lambda name, read: most)
+        if "policy" not in arrays:
+            raise UsageError(f"cannot read a policy from {path}: it has no 'policy' array")
+        pi = arrays["policy"]
     with user_input(f"{path}: "):
         pi = fastppo._validation.check_policy(mdp, pi, "policy")
     ev = fastppo.evaluate(mdp, pi, reg, backend=args.backend, n_threads=args.threads)

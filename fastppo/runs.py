@@ -242,6 +242,9 @@ def execute(p, out, *, progress=False, checkpoint_every=None, should_stop=None, 
         raise UsageError(f"unknown run parameter {unknown[0]!r}; choose from {', '.join(PARAMS)}")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise UsageError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
+    with user_input():
+        iters = V.check_int(p["iters"], "iters", minimum=0)
+        tol = V.check_positive(p["tol"], "tol")
     if resume:
         ppo = fastppo.PPOClip.resume(out)
         mdp, reg, J_star = ppo.mdp, ppo.reg, ppo.reference
@@ -272,9 +275,6 @@ def execute(p, out, *, progress=False, checkpoint_every=None, should_stop=None, 
             solver.save(out)
         return should_stop is not None and should_stop()
 
-    with user_input():
-        iters = V.check_int(p["iters"], "iters", minimum=0)
-        tol = V.check_positive(p["tol"], "tol")
     t0 = time.perf_counter()
     res = ppo.run(max(iters - done, 0), tol=tol, callback=callback, progress=progress)
     seconds = time.perf_counter() - t0

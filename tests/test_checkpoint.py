@@ -383,3 +383,24 @@ def test_fuzz_checkpoint_loader(fuzz_run, edits, cut):
 
 def test_run_module_exports():
     assert _run.FORMAT == "fastppo-checkpoint-2" and fastppo.RunResult is _run.RunResult
+
+
+def test_sizes_are_checked_before_decompressing(cli_run, tmp_path):
+    """A small compressed checkpoint that would expand to far more than the MDP needs is
+    refused from the sizes the archive declares, before anything is decompressed."""
+    folder = tmp_path / "d"
+    shutil.copytree(cli_run, folder)
+    e = entries(folder)
+    for name, big in (("logits", np.zeros(2_000_000)),
+                      ("history", np.zeros(1_000_000, dtype=e["history"].dtype))):
+        with open(folder / "checkpoint.npz", "wb") as f:
+            np.savez_compressed(f, **{**e, name: big})
+        assert os.path.getsize(folder / "checkpoint.npz") < 200_000
+        with pytest.raises(UsageError, match=f"cannot read {folder / 'checkpoint.npz'}: {name}: "
+                                             r"\d+ bytes uncompressed, more than the \d+ it can need"):
+            fastppo.PPOClip.resume(folder)
+    res = _io.read_npz(os.path.join(cli_run, "result.npz"))
+    with open(tmp_path / "result.npz", "wb") as f:
+        np.savez_compressed(f, **{**res, "policy": np.zeros(2_000_000)})
+    status, err = run_cli("eval", str(tmp_path / "result.npz"), "--mdp", SMALL)
+    assert status == 2 and "policy: 16000128 bytes uncompressed, more than the 10496" in err, err

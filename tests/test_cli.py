@@ -189,6 +189,8 @@ def test_compare(tmp_path):
     (["run", "--mdp", "garnet:S=10,A=2,b=2", "--clip", "0.1", "0.2", "0.3"],
      "--clip takes one or two values, got 3"),
     (["run", "--mdp", "garnet:S=10,A=2,b=2", "--checkpoint-every", "0"], "--checkpoint-every must be >= 1, got 0"),
+    (["run", "--mdp", "garnet:S=10,A=2,b=2", "--iters", "-5"], "iters must be >= 0, got -5"),
+    (["run", "--mdp", "garnet:S=10,A=2,b=2", "--inner-steps", "100000"], "inner_steps must be <= 10000, got 100000"),
     (["solve", "--mdp-file", "no/such/file.npz"], "no such file: no/such/file.npz"),
     (["eval", "no/such/result.npz"], "no such file: no/such/result.npz"),
     (["run", "--resume", "no/such/dir"],
