@@ -30,6 +30,17 @@ pickle). Common fields, then the method's own:
 ``table``      bool: results come back as (S, A) tables
 =============  ====================================================================
 
+The exact methods add ``mu`` (the weighting, (n_states,), a distribution with full
+support) and the warm starts of their linear solves ``v_warm`` and ``d_warm``
+((n_states,), finite, ``d_warm`` ≥ 0; absent before the first solve); their settings
+are ``lr``, ``lin_tol``, ``warm_start``, ``backend``, ``n_threads`` (+ ``clip``,
+``inner_steps`` for PPOClip; ``kl_target``, ``beta``, ``inner_steps`` for KLPenaltyPPO).
+``SampledPPO`` adds the critic ``values`` ((n_states,), finite), ``v_exact`` (the warm
+start of its exact evaluation), ``rng`` (JSON: the ``bit_generator.state`` of its numpy
+Generator) and ``kl_coef`` (β now, ≥ 0); its settings are the fields of
+``SampledPPOConfig``. Every member's uncompressed size is checked against what the MDP
+needs before it is read.
+
 Loading validates every field through ``_validation`` before anything reaches a
 kernel, and rebuilds the method by calling its constructor with the saved settings
 (the same checks as a new method), then overwrites the iterate with the validated
@@ -331,26 +342,10 @@ class _Fields:
         """The field ``name`` (None if an absent optional one), through ``check(x, name)``."""
         if name not in self.raw:
             return None
-        x = self.raw[name]
         kind = self.schema[name][0]
+        kind = {"pairs": "vector", "states": "vector", "history": "array"}.get(kind, kind)
         try:
-            if kind in ("text", "json"):
-                if x.dtype.kind != "U" or x.ndim != 0:
-                    raise TypeError(f"must be a string, got {x.dtype} of shape {x.shape}")
-                x = str(x)
-                if kind == "json":
-                    x = json.loads(x)
-            elif kind in ("count", "float", "bool"):
-                if x.ndim != 0 or x.dtype.kind not in {"count": "iu", "float": "fiu",
-                                                       "bool": "b"}[kind]:
-                    what = {"count": "an integer", "float": "a real", "bool": "a bool"}[kind]
-                    raise TypeError(f"must be {what} scalar, got {x.dtype} of shape {x.shape}")
-                x = x.item()
-            elif kind in ("pairs", "states"):
-                if x.dtype.kind not in "fiu":
-                    raise TypeError(f"must be an array of real numbers, got dtype {x.dtype}")
-                if x.ndim != 1:
-                    raise ValueError(f"must be one-dimensional, got shape {x.shape}")
+            x = V.check_stored(self.raw[name], kind, name)
             return x if check is None else check(x, name)
         except UsageError:
             raise
@@ -423,25 +418,12 @@ def _restore(cls, raw, mdp, path, folder):
 
 
 def _flat(x, mdp, name):
-    if x.shape != (mdp.n_pairs,):
-        raise ValueError(f"must have shape ({mdp.n_pairs},) (n_pairs), got {x.shape}")
-    return x
+    return V.check_length(x, mdp.n_pairs, name, "n_pairs")
 
 
-def check_states(mdp, finite=True, nonnegative=False):
-    """A check of a saved (n_states,) vector (a warm start, a critic)."""
-
-    def check(x, name):
-        if x.shape != (mdp.n_states,):
-            raise ValueError(f"must have shape ({mdp.n_states},) (n_states), got {x.shape}")
-        x = V.as_float_array(x, name, copy=True)
-        V.check_finite(x, name)
-        if nonnegative and (x < 0).any():
-            s = int(np.argmax(x < 0))
-            raise ValueError(f"{name} must be non-negative: {name}[{s}] = {x[s]}")
-        return x
-
-    return check
+def check_states(mdp, nonnegative=False):
+    """The check of a saved (n_states,) vector (a warm start, a critic) on ``mdp``."""
+    return lambda x, name: V.check_state_vector(x, mdp.n_states, name, nonnegative)
 
 
 def _check_settings(cls):

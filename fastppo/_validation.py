@@ -368,6 +368,64 @@ def check_seed(seed, name="seed"):
     return np.random.default_rng(int(seed))
 
 
+# ------------------------------------------------------------ values read from files
+STORED_KINDS = ("text", "json", "count", "float", "bool", "vector", "array")
+
+
+def check_stored(x, kind, name):
+    """A value read back from an ``.npz`` (an ndarray) as what ``kind`` says it is.
+
+    ``text``: a 0-d unicode array → str; ``json``: the same, parsed (JSON);
+    ``count`` / ``float`` / ``bool``: a 0-d integer / real / bool array → Python scalar;
+    ``vector``: a 1-d array of real numbers; ``array``: any array (both returned as
+    is, for the caller's own checks). TypeError or ValueError naming ``name`` otherwise.
+    """
+    import json
+
+    if kind in ("text", "json"):
+        if x.dtype.kind != "U" or x.ndim != 0:
+            raise TypeError(f"{name} must be a string, got {x.dtype} of shape {x.shape}")
+        if kind == "text":
+            return str(x)
+        try:
+            return json.loads(str(x))
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"{name} is not valid JSON: {exc}") from None
+    if kind in ("count", "float", "bool"):
+        accepted, what = {"count": ("iu", "an integer"), "float": ("fiu", "a real"),
+                          "bool": ("b", "a bool")}[kind]
+        if x.ndim != 0 or x.dtype.kind not in accepted:
+            raise TypeError(f"{name} must be {what} scalar, got {x.dtype} of shape {x.shape}")
+        return x.item()
+    if kind == "vector":
+        if x.dtype.kind not in "fiu":
+            raise TypeError(f"{name} must be an array of real numbers, got dtype {x.dtype}")
+        if x.ndim != 1:
+            raise ValueError(f"{name} must be one-dimensional, got shape {x.shape}")
+        return x
+    if kind == "array":
+        return x
+    raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(STORED_KINDS)}")
+
+
+def check_length(x, n, name, what):
+    """A 1-d array of exactly ``n`` entries (``what`` names n, e.g. "n_pairs")."""
+    if x.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) ({what}), got {x.shape}")
+    return x
+
+
+def check_state_vector(x, n_states, name, nonnegative=False):
+    """A saved (n_states,) vector (a warm start, a critic): float64, finite (and ≥ 0)."""
+    check_length(x, n_states, name, "n_states")
+    x = as_float_array(x, name, copy=True)
+    check_finite(x, name)
+    if nonnegative and (x < 0).any():
+        s = int(np.argmax(x < 0))
+        raise ValueError(f"{name} must be non-negative: {name}[{s}] = {x[s]}")
+    return x
+
+
 def trajectory_arrays(shape_name, **arrays):
     """Same-shape (…, T) arrays → C-contiguous 2-D (rows, T): float64, or uint8 for flags.
 

@@ -59,7 +59,7 @@ def _read_params(folder):
     params = saved.get("params") if isinstance(saved, dict) else None
     if params is not None and not isinstance(params, dict):
         raise UsageError(f"{path}: params must be an object, got {type(params).__name__}")
-    return None if params is None else normalize_params(params)
+    return None if params is None else normalize_params(params, warn=False)
 
 
 def _progress(args):

@@ -64,14 +64,16 @@ def user_input(prefix=""):
         raise UsageError(f"{prefix}{exc}") from exc
 
 
-def normalize_params(p):
-    """``p`` with old parameter names (``step``) renamed, warning once per name."""
+def normalize_params(p, warn=True):
+    """``p`` with old parameter names (``step``) renamed, with a DeprecationWarning per
+    name (``warn=False``: silently, for parameters saved by an older fastppo)."""
     p = dict(p)
     for old, new in RENAMED.items():
         if old in p:
             value = p.pop(old)
-            warnings.warn(f"the run parameter {old!r} is deprecated and will be removed in "
-                          f"fastppo 0.3.0; use {new!r}", DeprecationWarning, stacklevel=2)
+            if warn:
+                warnings.warn(f"the run parameter {old!r} is deprecated and will be removed in "
+                              f"fastppo 0.3.0; use {new!r}", DeprecationWarning, stacklevel=2)
             if p.get(new) is None or p.get(new) == PARAMS[new]:
                 p[new] = value
     return p

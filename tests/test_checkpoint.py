@@ -131,6 +131,41 @@ def test_sampled_ppo_config():
         fastppo.SampledPPO(mdp, step=0.1)
 
 
+def test_damaged_sampled_ppo_checkpoint(tmp_path):
+    mdp = fastppo.garnet(20, 3, 3, seed=5)
+    ppo = fastppo.SampledPPO(mdp, fastppo.ReverseKL(0.2), n_envs=32, seed=1, kl_target=0.01)
+    ppo.run(2)
+    ppo.save(tmp_path)
+    e = entries(tmp_path)
+    rng = json.loads(str(e["rng"]))
+    for changes, message in [
+            ({"settings": settings_with(tmp_path, epochs=10**12)}, "epochs must be <= 10000"),
+            ({"settings": settings_with(tmp_path, advantage="ppo")}, "advantage must be one of"),
+            ({"settings": settings_with(tmp_path, gae_lambda=2.0)}, r"gae_lambda must be in \[0, 1\]"),
+            ({"settings": settings_with(tmp_path, step=0.1)}, "unknown setting 'step' for SampledPPO"),
+            ({"rng": np.array(json.dumps({**rng, "bit_generator": "Evil"}))},
+             "rng must be the state of one of numpy's bit generators"),
+            ({"rng": np.array(json.dumps({**rng, "state": {"state": "x", "inc": 1}}))},
+             "rng: not a valid PCG64 state"),
+            ({"kl_coef": np.array(-1.0)}, "kl_coef must be >= 0"),
+            ({"values": np.zeros(3)}, r"values must have shape \(20,\) \(n_states\)"),
+            ({"v_warm": np.zeros(20)}, "v_warm: unknown field"),
+            ({"values": None}, "values: missing field")]:
+        shutil.rmtree(tmp_path)
+        ppo.save(tmp_path)
+        rewrite(tmp_path, **changes)
+        with pytest.raises(UsageError, match=message):
+            fastppo.SampledPPO.resume(tmp_path)
+    # a fixed kl_coef must agree with the settings
+    fixed = fastppo.SampledPPO(mdp, fastppo.ReverseKL(0.2), n_envs=32, seed=1)
+    fixed.run(1)
+    shutil.rmtree(tmp_path)
+    fixed.save(tmp_path)
+    rewrite(tmp_path, kl_coef=np.array(0.7))
+    with pytest.raises(UsageError, match="kl_coef: 0.7 differs from the fixed kl_coef 0.2"):
+        fastppo.SampledPPO.resume(tmp_path)
+
+
 # ----------------------------------------------------------------- fastppo 0.1.0 files
 @pytest.mark.parametrize("method", ["PPOClip", "KLPenaltyPPO", "NPG"])
 def test_checkpoints_of_0_1_0_are_migrated(method, tmp_path):
@@ -144,7 +179,7 @@ def test_checkpoints_of_0_1_0_are_migrated(method, tmp_path):
     # the migrated state goes through the same checks: a damaged old file is refused
     old = entries(tmp_path / "d")
     for changes, message in [
-            ({"logits": old["logits"][:10]}, r"checkpoint.npz: logits: must have shape \(90,\)"),
+            ({"logits": old["logits"][:10]}, r"checkpoint.npz: logits must have shape \(90,\)"),
             ({"foo": np.zeros(2)}, "foo: unknown field in a fastppo 0.1.0 checkpoint"),
             ({"lr": np.array(-1.0)}, "lr must be > 0"),
             ({"n_iter": None}, "cannot be migrated .*n_iter")]:
@@ -184,7 +219,9 @@ def _bogus_regularizer(folder):
 
 DAMAGE = {  # name -> (changes(folder), the field named in the one-line error)
     "logits cut to 10 entries": (lambda d: {"logits": entries(d)["logits"][:10]},
-                                 r"logits: must have shape \(800,\) \(n_pairs\), got \(10,\)"),
+                                 r"logits must have shape \(800,\) \(n_pairs\), got \(10,\)"),
+    "ref without full support": (lambda d: {"ref": np.tile([0.5, 0.5, 0.0, 0.0], 200)},
+                                 r"ref must have full support: pair \(s=0, a=2\) has probability 0"),
     "short ref": (lambda d: {"ref": np.full(10, 0.25)},
                   r"ref must have shape \(800,\) or \(200, 4\), got \(10,\)"),
     "inner_steps 10**12": (lambda d: {"settings": settings_with(d, inner_steps=10**12)},
@@ -203,12 +240,12 @@ DAMAGE = {  # name -> (changes(folder), the field named in the one-line error)
     "NaN logits": (lambda d: {"logits": np.where(np.arange(800) == 7, np.nan, entries(d)["logits"])},
                    r"logits must be finite: pair \(s=1, a=3\) has nan"),
     "string logits": (lambda d: {"logits": np.array(["a"] * 800)},
-                      "logits: must be an array of real numbers, got dtype <U1"),
+                      "logits must be an array of real numbers, got dtype <U1"),
     "history cut": (lambda d: {"history": entries(d)["history"][:4]},
                     r"history: must have n_iter = 10 rows, got shape \(4,\)"),
     "n_iter negative": (lambda d: {"n_iter": np.array(-3)}, "n_iter must be >= 0, got -3"),
     "v_warm short": (lambda d: {"v_warm": np.zeros(3)},
-                     r"v_warm: must have shape \(200,\) \(n_states\), got \(3,\)"),
+                     r"v_warm must have shape \(200,\) \(n_states\), got \(3,\)"),
     "lin_tol zero": (lambda d: {"settings": settings_with(d, lin_tol=0.0)}, "lin_tol must be > 0"),
     "warm_start string": (lambda d: {"settings": settings_with(d, warm_start="yes")},
                           "warm_start must be True or False, got 'yes'"),
@@ -218,7 +255,7 @@ DAMAGE = {  # name -> (changes(folder), the field named in the one-line error)
                 "backend must be one of 'numba', 'cython', 'numpy'; got 'rust'"),
     "reference NaN": (lambda d: {"reference": np.array(np.nan)}, "reference must be finite"),
     "mu zero": (lambda d: {"mu": np.r_[0.0, np.full(199, 1 / 199)]}, r"mu must have full support"),
-    "settings not JSON": (lambda d: {"settings": np.array("{inner_steps: 5")}, "settings: Expecting"),
+    "settings not JSON": (lambda d: {"settings": np.array("{inner_steps: 5")}, "settings is not valid JSON: Expecting"),
     "method": (lambda d: {"method": np.array("NPG")}, "the state is of a NPG, not of a PPOClip"),
     "format": (lambda d: {"format": np.array("fastppo-checkpoint-9")},
                "format: unknown checkpoint format 'fastppo-checkpoint-9'"),
@@ -275,7 +312,7 @@ def test_cut_logits_from_the_real_entry_point(tmp_path, backend):
     r = subprocess.run([sys.executable, "-m", "fastppo", "run", "--resume", folder, "--iters",
                         "12"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr == (
-        f"fastppo: error: {os.path.join(folder, 'checkpoint.npz')}: logits: must have shape "
+        f"fastppo: error: {os.path.join(folder, 'checkpoint.npz')}: logits must have shape "
         f"(800,) (n_pairs), got (10,)\n")
 
 
@@ -404,3 +441,20 @@ def test_sizes_are_checked_before_decompressing(cli_run, tmp_path):
         np.savez_compressed(f, **{**res, "policy": np.zeros(2_000_000)})
     status, err = run_cli("eval", str(tmp_path / "result.npz"), "--mdp", SMALL)
     assert status == 2 and "policy: 16000128 bytes uncompressed, more than the 10496" in err, err
+
+
+def test_a_run_directory_of_0_1_0_resumes_from_the_command_line(tmp_path):
+    """tests/data/run-0.1.0: `fastppo run --step 0.5 --iters 5` of fastppo 0.1.0 (numba,
+    garnet S=40). `--resume` migrates its checkpoint and its old parameter name, quietly,
+    and continues bit for bit."""
+    folder = tmp_path / "run"
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "data", "run-0.1.0"), folder)
+    status, err = run_cli("run", "--resume", str(folder), "--iters", "8", "--quiet")
+    assert status == 0 and err == "", err
+    mdp = fastppo.garnet(40, 3, 3, seed=0)
+    full = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1), step_scale=0.5, backend="numba").run(8)
+    with np.load(folder / "result.npz") as f:
+        assert int(f["n_iter"]) == 8 and np.array_equal(f["logits"], full.logits)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["params"]["step_scale"] == 0.5 and "step" not in config["params"]
+    assert str(entries(folder)["format"]) == "fastppo-checkpoint-2"  # saved in today's schema
