@@ -35,12 +35,25 @@ true residual misses 10·tol is flagged NOT CONVERGED. If bicgstab fails outrigh
 ratios of that operation are taken against SciPy gmres instead (said in the note).
 
 BLAS (OpenBLAS, used by fastppo's Gram-Schmidt and by SciPy's Krylov vector updates) is
-pinned to ``--blas-threads`` threads (default 1) so that ``n_threads`` is the only
-parallelism; the value is printed.
+pinned to ``--blas-threads`` threads (default 1, with threadpoolctl) so that ``n_threads``
+is the only parallelism; the value is printed. The MDP families are built by
+``benchmarks/benchmarks/common.py`` (the asv suite's own builder).
 """
 import argparse
+import math
 import os
+import platform
 import sys
+import time
+
+import numpy as np
+import scipy
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import fastppo
+from benchmarks.common import build_mdp, describe_mdp  # benchmarks/benchmarks/common.py
 
 
 def parse_args(argv=None):
@@ -71,21 +84,6 @@ def parse_args(argv=None):
 
 
 ARGS = parse_args()
-# must precede the first import of numpy
-os.environ.setdefault("OPENBLAS_NUM_THREADS", str(ARGS.blas_threads))
-os.environ.setdefault("MKL_NUM_THREADS", str(ARGS.blas_threads))
-
-import math  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import scipy  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
-import scipy.sparse.linalg as spla  # noqa: E402
-
-import fastppo  # noqa: E402
-
 RESTART = 40  # GMRES restart length, as fastppo
 MAX_RESTARTS = 10  # bicgstab restarts after a breakdown
 
@@ -102,25 +100,17 @@ def timed(func, repeat):
     return float(np.median(times)), float(min(times)), out
 
 
+def _family_options(a):
+    return dict(n_actions=a.n_actions, branching=a.branching, gamma=a.gamma, seed=a.seed,
+                locality=a.locality)
+
+
 def build(family, a):
-    if family == "garnet":
-        return fastppo.garnet(a.n_states, a.n_actions, a.branching, gamma=a.gamma, seed=a.seed)
-    if family == "local":
-        return fastppo.garnet(a.n_states, a.n_actions, a.branching, gamma=a.gamma, seed=a.seed,
-                              locality=a.locality)
-    h = max(d for d in range(1, math.isqrt(a.n_states) + 1) if a.n_states % d == 0)
-    return fastppo.gridworld(h, a.n_states // h, gamma=a.gamma)
+    return build_mdp(family, a.n_states, **_family_options(a))
 
 
 def describe(family, a, mdp):
-    if family == "garnet":
-        return (f"fastppo.garnet({a.n_states}, {a.n_actions}, {a.branching}, gamma={a.gamma}, "
-                f"seed={a.seed})")
-    if family == "local":
-        return (f"fastppo.garnet({a.n_states}, {a.n_actions}, {a.branching}, gamma={a.gamma}, "
-                f"seed={a.seed}, locality={a.locality})")
-    h = max(d for d in range(1, math.isqrt(a.n_states) + 1) if a.n_states % d == 0)
-    return f"fastppo.gridworld({h}, {a.n_states // h}, gamma={a.gamma})"
+    return describe_mdp(family, a.n_states, **_family_options(a))
 
 
 def relres(A, x, b):
@@ -397,7 +387,7 @@ def main():
     print(f"host:    {platform.machine()}, {os.cpu_count()} CPUs, load average {load}; "
           f"python {platform.python_version()}, numpy {np.__version__}, scipy "
           f"{scipy.__version__}, fastppo {fastppo.__version__}; BLAS threads "
-          f"{os.environ['OPENBLAS_NUM_THREADS']}")
+          f"{sorted({p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas'})}")
     fastppo.show_backends()
     t0 = time.perf_counter()
     for family in a.families:
@@ -413,4 +403,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with threadpool_limits(limits=ARGS.blas_threads, user_api="blas"):
+        main()

@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fastppo  # noqa: E402
+from benchmarks.common import build_mdp  # noqa: E402 -- benchmarks/benchmarks/common.py
 
 BASE = dict(tau=0.1, clip=0.2, inner_steps=10)
 GRID = [dict(BASE, tau=t) for t in (0.05, 0.2)] + [dict(BASE, clip=c) for c in (0.1, 0.4)] + \
@@ -42,7 +43,7 @@ def mdps(max_states):
     out = {}
     for S in (5_000, 50_000):
         if S <= max_states:
-            out[f"garnet{S}"] = lambda S=S: fastppo.garnet(S, 10, 10, gamma=0.99, seed=0)
+            out[f"garnet{S}"] = lambda S=S: build_mdp("garnet", S)
     try:
         import gymnasium
 

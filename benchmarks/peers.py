@@ -32,14 +32,13 @@ import platform
 import sys
 import time
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
-import numpy as np  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
-
-import fastppo  # noqa: E402
-from fastppo._backend import get_kernel  # noqa: E402
+import fastppo
+from benchmarks.common import build_mdp  # benchmarks/benchmarks/common.py
+from fastppo._backend import get_kernel
 
 
 def parse_args(argv=None):
@@ -88,7 +87,7 @@ def stream_copy(n=40_000_000, repeat=5):
 
 
 def build(family, n):
-    return fastppo.garnet(n, 10, 10, gamma=0.99, seed=0, locality=50 if family == "local" else None)
+    return build_mdp(family, n)
 
 
 def product_section(mdp, threads, repeat, bw):
@@ -208,6 +207,11 @@ def evaluate_section(mdp, repeat, slow_ok):
 
 
 def main(argv=None):
+    with threadpool_limits(limits=1, user_api="blas"):  # BLAS on one thread, as every peer
+        _main(argv)
+
+
+def _main(argv=None):
     a = parse_args(argv)
     print(f"command: python benchmarks/peers.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"host: {platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "

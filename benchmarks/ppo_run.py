@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 import fastppo
+from benchmarks.common import build_mdp  # benchmarks/benchmarks/common.py
 
 
 def main():
@@ -20,7 +21,7 @@ def main():
     p.add_argument("--per-iteration", type=int, metavar="N",
                    help="only time N outer iterations per backend at 1 and 2 threads (median)")
     args = p.parse_args()
-    mdp = fastppo.garnet(args.n_states, 10, 10, gamma=0.99, seed=0)
+    mdp = build_mdp("garnet", args.n_states)
     reg = fastppo.ForwardKL(0.1)
     print(f"{mdp}; ForwardKL(0.1), clip 0.2, K=10; threads={args.threads or 'default'}")
     t0 = time.perf_counter()

@@ -8,14 +8,15 @@ Quick start::
     d = fastppo.visitation(mdp, mdp.uniform_policy())
 """
 from ._backend import backend, get_backend, set_backend, set_num_threads, show_backends
+from ._errors import ConvergenceWarning
 from ._krylov import ConvergenceError
 from .evaluation import Evaluation, evaluate, gradient, softmax, visitation
 from .generators import chain, garnet, gridworld, token_tree
 from .mdp import MDP
 from .tokens import OutcomeReward, TokenMDP, token_mdp
 from . import reward_model
-from .sampled import (AdaptiveKLController, Rollout, SampledPPO, discounted_returns, gae,
-                      group_advantages, kl_estimate, rollout)
+from .sampled import (AdaptiveKLController, Rollout, SampledPPO, SampledPPOConfig,
+                      discounted_returns, gae, group_advantages, kl_estimate, rollout)
 from .solvers import NPG, KLPenaltyPPO, PPOClip, RunResult, SoftmaxPG, SolveResult, solve
 from .sweeps import sweep
 from .regularizers import (AlphaDivergence, ChiSquare, ForwardKL, Hellinger, JensenShannon,
@@ -27,9 +28,10 @@ __all__ = [
     "Regularizer", "ReverseKL", "ForwardKL", "ChiSquare", "Hellinger", "JensenShannon",
     "AlphaDivergence",
     "evaluate", "visitation", "gradient", "softmax", "Evaluation", "ConvergenceError",
+    "ConvergenceWarning",
     "solve", "PPOClip", "SoftmaxPG", "NPG", "KLPenaltyPPO", "SolveResult", "RunResult",
     "rollout", "Rollout", "gae", "discounted_returns", "kl_estimate", "group_advantages",
-    "AdaptiveKLController", "SampledPPO",
+    "AdaptiveKLController", "SampledPPO", "SampledPPOConfig",
     "backend", "set_backend", "get_backend", "set_num_threads", "show_backends",
     "sweep", "reward_model",
 ]

@@ -47,9 +47,10 @@ def resolve_threads(n_threads=None):
     """The thread count in force for a call with ``n_threads=`` (may be None).
 
     Unless set (argument, ``set_num_threads``, ``FASTPPO_NUM_THREADS``), kernels run on
-    one thread: the products are memory-bound and one core nearly saturates the memory
-    bandwidth, so on a 2-core machine a whole PPO-Clip iteration measured slower on two
-    threads (934 vs 716 ms at S = 50,000).
+    one thread: the products are memory-bound, and a default that does not depend on
+    the machine's load keeps timings reproducible on shared machines. More threads can
+    pay on an idle one: benchmarks/RESULTS.md measured a whole PPO-Clip iteration at
+    S = 50,000 at 448 ms on one thread and 294 ms on two (numba; cython 494 / 231 ms).
     """
     if n_threads is None:
         n_threads = _state["n_threads"]

@@ -5,12 +5,14 @@ A result directory (``RunResult.save``, ``fastppo run --out DIR``) holds
 - ``result.npz``: arrays ``policy``, ``logits`` (table shape) and ``v`` (n_states,), and
   the scalars ``J``, ``gap``, ``n_iter``, ``converged``;
 - ``history.csv``: one row per outer iteration, header = the history fields;
-- ``config.json``: the method's settings, the fastppo version, and whatever the caller
-  adds (the command line adds its full arguments);
+- ``config.json``: under ``method``, the method's name, regularizer and settings (its
+  constructor keywords, verbatim: a ``SampledPPO``'s whole config), the fastppo
+  version, and whatever the caller adds (the command line adds its full arguments);
 - ``convergence.png``: log gap J* − J against the iteration (the gradient norm when J*
   is unknown);
-- ``checkpoint.npz``: the method's complete state (``_ExactMethod.state_dict``) and
-  ``mdp.npz`` (``MDP.save``), from which ``PPOClip.resume(DIR)`` continues bit for bit.
+- ``checkpoint.npz``: the method's complete state (``state_dict``; the schema, tagged
+  ``fastppo-checkpoint-2``, is in ``fastppo._run``) and ``mdp.npz`` (``MDP.save``), from
+  which ``<Method>.resume(DIR)`` continues bit for bit; every field is validated on load.
   ``mdp.npz`` is written only when the directory does not already hold this MDP, so
   checkpoints every few iterations do not rewrite it (a 50,000-state garnet is ~73 MB).
 
@@ -25,11 +27,16 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 
 import numpy as np
 
 CHECKPOINT, MDP_FILE, RESULT, HISTORY, CONFIG, PLOT = (
     "checkpoint.npz", "mdp.npz", "result.npz", "history.csv", "config.json", "convergence.png")
+# what reading a damaged or foreign file can raise (np.load, zipfile, MDP.load)
+READ_ERRORS = (ValueError, TypeError, KeyError, IndexError, OSError, EOFError,
+               zipfile.BadZipFile, zlib.error, NotImplementedError)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -101,56 +108,64 @@ def mdp_digest(mdp):
     return h.hexdigest()
 
 
-def save_state(path, state):
-    """A dict of arrays, scalars and None to one ``.npz`` (exact; no pickle)."""
-    none = [k for k, v in state.items() if v is None]
-    arrays = {k: np.asarray(v) for k, v in state.items() if v is not None}
-    with atomic_write(path) as f:
-        np.savez(f, __none__=np.array(none, dtype=str), **arrays)
+def one_line(exc):
+    """The first line of an exception's message (its type name when empty)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
-def load_state(path):
-    """Inverse of :func:`save_state`: 0-d arrays come back as Python scalars."""
-    with np.load(path, allow_pickle=False) as f:
-        state = {k: (f[k].item() if f[k].ndim == 0 else f[k]) for k in f.files if k != "__none__"}
-        state.update(dict.fromkeys(f["__none__"].tolist()))
-    return state
+def read_npz(path, max_bytes=None):
+    """Every array of an ``.npz`` file, read in full (no pickle).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    max_bytes : callable, optional
+        ``max_bytes(name, read)`` is the largest uncompressed size (bytes) accepted for
+        member ``name`` (None: any), given the members ``read`` so far; it is checked
+        against the size the archive declares *before* the member is decompressed, so a
+        small compressed file cannot expand to gigabytes. Members are read smallest first.
+
+    Raises
+    ------
+    UsageError
+        One line naming ``path`` if the file cannot be read (truncated, not a zip,
+        object arrays, a member larger than ``max_bytes`` allows, ...).
+    """
+    from ._errors import UsageError
+
+    try:
+        with zipfile.ZipFile(path) as z:  # the declared (uncompressed) sizes
+            sizes = {info.filename.removesuffix(".npy"): info.file_size for info in z.infolist()}
+        out = {}
+        with np.load(path, allow_pickle=False) as f:
+            for name in sorted(f.files, key=lambda k: (sizes.get(k, 0), k)):
+                limit = None if max_bytes is None else max_bytes(name, out)
+                if limit is not None and sizes.get(name, 0) > limit:
+                    raise ValueError(f"{name}: {sizes[name]} bytes uncompressed, more than the "
+                                     f"{limit} it can need")
+                out[name] = f[name]
+        return out
+    except READ_ERRORS as exc:
+        raise UsageError(f"cannot read {path}: {one_line(exc)}") from None
 
 
 def save_checkpoint(folder, state, mdp):
-    """Write ``checkpoint.npz`` (and ``mdp.npz`` unless ``folder`` already holds this MDP)."""
+    """Write ``checkpoint.npz`` (the entries ``state``, see ``fastppo._run``) and ``mdp.npz``
+    (unless ``folder`` already holds this MDP)."""
     os.makedirs(folder, exist_ok=True)
     ckpt = os.path.join(folder, CHECKPOINT)
     mdp_path = os.path.join(folder, MDP_FILE)
-    state = {**state, "_mdp_digest": state.get("_mdp_digest") or mdp_digest(mdp)}
     stored = None
     if os.path.exists(mdp_path) and os.path.exists(ckpt):
-        with np.load(ckpt, allow_pickle=False) as f:
-            stored = str(f["_mdp_digest"]) if "_mdp_digest" in f.files else None
-    if stored != state["_mdp_digest"]:
+        with contextlib.suppress(Exception):  # a damaged old checkpoint: rewrite both
+            with np.load(ckpt, allow_pickle=False) as f:
+                stored = str(f["mdp_digest"])
+    if stored != state["mdp_digest"]:
         with atomic_write(mdp_path) as f:
             mdp.save(f)
-    save_state(ckpt, state)
-
-
-def load_checkpoint(folder, mdp=None):
-    """(state, mdp) from a directory written by :func:`save_checkpoint`.
-
-    ``mdp`` given: it is checked against the checkpoint instead of loading ``mdp.npz``.
-    """
-    from .mdp import MDP
-
-    ckpt = os.path.join(folder, CHECKPOINT)
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"no such directory: {folder}")
-    if not os.path.exists(ckpt):
-        raise FileNotFoundError(f"{folder} holds no checkpoint ({CHECKPOINT})")
-    state = load_state(ckpt)
-    if mdp is None:
-        mdp = MDP.load(os.path.join(folder, MDP_FILE))
-    if mdp_digest(mdp) != state["_mdp_digest"]:
-        raise ValueError(f"the MDP does not match the one of the checkpoint in {folder}")
-    return state, mdp
+    with atomic_write(ckpt) as f:
+        np.savez(f, **{k: np.asarray(v) for k, v in state.items()})
 
 
 def plot_curves(path, curves, title="", ylabel=None):
@@ -192,13 +207,14 @@ def save_result(folder, result, config=None):
 
     os.makedirs(folder, exist_ok=True)
     state = getattr(result, "_state", None)
+    settings = {} if state is None else {
+        "method": str(state["method"]), "regularizer": json.loads(str(state["regularizer"])),
+        **json.loads(str(state["settings"]))}
     with atomic_write(os.path.join(folder, RESULT)) as f:
         np.savez(f, policy=result.policy, logits=result.logits, v=result.v, J=result.J,
                  gap=result.gap, n_iter=result.n_iter, converged=result.converged)
     h = result.history
     write_csv(os.path.join(folder, HISTORY), h, h.dtype.names)
-    settings = {} if state is None else {
-        k: v for k, v in state.items() if not k.startswith("_") and not isinstance(v, np.ndarray)}
     write_json(os.path.join(folder, CONFIG),
                {"fastppo_version": __version__, "method": settings, **(config or {})})
     method = settings.get("method", "")

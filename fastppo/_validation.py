@@ -405,11 +405,13 @@ def check_positive(x, name, strict=True, allow_none=False):
     return x
 
 
-def check_int(x, name, minimum=1):
+def check_int(x, name, minimum=1, maximum=None):
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(x).__name__}")
     if x < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {x}")
+    if maximum is not None and x > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {x}")
     return int(x)
 
 
@@ -424,6 +426,94 @@ def check_unit_interval(x, name):
 def check_choice(x, name, choices):
     if x not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {x!r}")
+    return x
+
+
+def check_finite_float(x, name):
+    """A finite real number (any sign)."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+    x = float(x)
+    if not np.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {x}")
+    return x
+
+
+def check_bool(x, name):
+    """A bool (Python or NumPy); 0/1 and strings are rejected."""
+    if not isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {x!r}")
+    return bool(x)
+
+
+def check_seed(seed, name="seed"):
+    """A ``numpy.random.Generator`` from a seed: None (fresh entropy), an int >= 0, or a
+    Generator (used as is). The one seed rule of generators and SampledPPO."""
+    if seed is None or isinstance(seed, np.random.Generator):
+        return np.random.default_rng(seed)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be an int, None or a numpy.random.Generator, "
+                        f"got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"{name} must be >= 0, got {seed}")
+    return np.random.default_rng(int(seed))
+
+
+# ------------------------------------------------------------ values read from files
+STORED_KINDS = ("text", "json", "count", "float", "bool", "vector", "array")
+
+
+def check_stored(x, kind, name):
+    """A value read back from an ``.npz`` (an ndarray) as what ``kind`` says it is.
+
+    ``text``: a 0-d unicode array → str; ``json``: the same, parsed (JSON);
+    ``count`` / ``float`` / ``bool``: a 0-d integer / real / bool array → Python scalar;
+    ``vector``: a 1-d array of real numbers; ``array``: any array (both returned as
+    is, for the caller's own checks). TypeError or ValueError naming ``name`` otherwise.
+    """
+    import json
+
+    if kind in ("text", "json"):
+        if x.dtype.kind != "U" or x.ndim != 0:
+            raise TypeError(f"{name} must be a string, got {x.dtype} of shape {x.shape}")
+        if kind == "text":
+            return str(x)
+        try:
+            return json.loads(str(x))
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"{name} is not valid JSON: {exc}") from None
+    if kind in ("count", "float", "bool"):
+        accepted, what = {"count": ("iu", "an integer"), "float": ("fiu", "a real"),
+                          "bool": ("b", "a bool")}[kind]
+        if x.ndim != 0 or x.dtype.kind not in accepted:
+            raise TypeError(f"{name} must be {what} scalar, got {x.dtype} of shape {x.shape}")
+        return x.item()
+    if kind == "vector":
+        if x.dtype.kind not in "fiu":
+            raise TypeError(f"{name} must be an array of real numbers, got dtype {x.dtype}")
+        if x.ndim != 1:
+            raise ValueError(f"{name} must be one-dimensional, got shape {x.shape}")
+        return x
+    if kind == "array":
+        return x
+    raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(STORED_KINDS)}")
+
+
+def check_length(x, n, name, what):
+    """A 1-d array of exactly ``n`` entries (``what`` names n, e.g. "n_pairs")."""
+    if x.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) ({what}), got {x.shape}")
+    return x
+
+
+def check_state_vector(x, n_states, name, nonnegative=False):
+    """A saved (n_states,) vector (a warm start, a critic): float64, finite (and ≥ 0)."""
+    check_length(x, n_states, name, "n_states")
+    x = as_float_array(x, name, copy=True)
+    check_finite(x, name)
+    if nonnegative and (x < 0).any():
+        s = int(np.argmax(x < 0))
+        raise ValueError(f"{name} must be non-negative: {name}[{s}] = {x[s]}")
     return x
 
 

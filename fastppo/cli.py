@@ -9,12 +9,14 @@ Ctrl-C stops after the current iteration, saves, and exits with status 130;
 ``fastppo run --resume DIR [--iters N]`` continues bit for bit (``--iters`` counts all
 outer iterations, including those already done).
 
-User mistakes (bad spec, missing file, invalid parameter) print one line on stderr and
-exit with status 2; a run that fails numerically (e.g. a step so large the logits
-overflow) prints one line and exits with status 1.
+The spec language and the run itself are ``fastppo.runs`` (shared with sweeps). Errors
+follow one rule (``fastppo._errors``): bad user input — an argument, an environment
+variable, a file (a damaged checkpoint too) — prints one line on stderr and exits with
+status 2; a run that fails numerically (e.g. a step so large the logits overflow, a
+linear solve that does not converge) prints one line and exits with status 1; anything
+else is a bug in fastppo and keeps its traceback (status 1).
 """
 import argparse
-import inspect
 import json
 import os
 import signal
@@ -23,193 +25,41 @@ import threading
 import time
 import warnings
 
-DEFAULT_MDP = "garnet:S=50000,A=10,b=10,seed=0"
-REGS = "forward-kl, reverse-kl, chi2, hellinger, js, alpha:<a>, none"
-# The parameters of one PPO-Clip run (the options of `fastppo run`, the keys of a sweep).
-PARAMS = dict(mdp=DEFAULT_MDP, mdp_file=None, gamma=None, seed=None, reg="forward-kl", tau=0.1,
-              clip=0.2, inner_steps=10, lr=None, step=1.0, iters=1000, tol=1e-8, backend=None,
-              threads=None)
-# what --resume cannot change (the rest: iters, tol)
-FIXED_ON_RESUME = ("mdp", "mdp_file", "gamma", "seed", "reg", "tau", "clip", "inner_steps", "lr",
-                   "step", "backend", "threads")
+from ._errors import UsageError
+from ._krylov import ConvergenceError
+from .runs import (DEFAULT_MDP, FIXED_ON_RESUME, PARAMS, REGS, check_settings, execute,
+                   load_mdp, normalize_params, parse_clip, parse_mdp, parse_reg, user_input)
 
-
-class UsageError(ValueError):
-    """A user mistake: reported as one line, exit status 2."""
-
-
-# ------------------------------------------------------------------- parsing specs
-def parse_mdp(spec, gamma=None, seed=None):
-    """An MDP from a spec like ``garnet:S=1000,A=4,b=5,seed=0`` or ``frozenlake8x8``.
-
-    ``gamma`` and ``seed`` (when not None) override the spec's values.
-    """
-    import fastppo
-
-    name, _, rest = spec.partition(":")
-    kw = {}
-    for item in filter(None, rest.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise UsageError(f"bad MDP spec {spec!r}: expected key=value, got {item!r}")
-        try:
-            kw[key.strip()] = float(value) if "." in value or "e" in value.lower() else int(value)
-        except ValueError:
-            raise UsageError(f"bad MDP spec {spec!r}: {key}={value!r} is not a number") from None
-    if gamma is not None:
-        kw["gamma"] = gamma
-    aliases = {"S": "n_states", "A": "n_actions", "b": "branching", "H": "height", "W": "width"}
-    kw = {aliases.get(k, k): v for k, v in kw.items()}
-    builders = {"garnet": fastppo.garnet, "gridworld": fastppo.gridworld,
-                "chain": fastppo.chain, "token_tree": fastppo.token_tree}
-    gym = {"frozenlake": ("FrozenLake-v1", {"map_name": "4x4"}),
-           "frozenlake8x8": ("FrozenLake-v1", {"map_name": "8x8"}),
-           "taxi": ("Taxi-v4", {}), "cliffwalking": ("CliffWalking-v1", {})}
-    if name not in builders and name not in gym:
-        raise UsageError(f"unknown MDP {name!r}; choose from {', '.join([*builders, *gym])}")
-    if seed is not None:
-        if name not in builders or "seed" not in inspect.signature(builders[name]).parameters:
-            raise UsageError(f"--seed: {name} MDPs are not random (they take no seed)")
-        kw["seed"] = seed
-    try:
-        if name in builders:
-            return builders[name](**kw)
-        try:
-            import gymnasium
-        except ImportError:
-            raise UsageError(f"--mdp {name} needs gymnasium: pip install gymnasium") from None
-        env_id, env_kw = gym[name]
-        return fastppo.MDP.from_gymnasium(gymnasium.make(env_id, **env_kw), kw.get("gamma", 0.99))
-    except TypeError as exc:
-        raise UsageError(f"bad MDP spec {spec!r}: {exc}") from None
-
-
-def parse_reg(name, tau):
-    """A regularizer from ``--reg`` and ``--tau`` (None for ``none``)."""
-    import fastppo
-
-    if name == "none":
-        return None
-    if name.startswith("alpha:"):
-        try:
-            return fastppo.AlphaDivergence(tau, float(name.split(":", 1)[1]))
-        except ValueError as exc:
-            if "could not convert" in str(exc):
-                raise UsageError(f"bad --reg {name!r}: expected alpha:<number>") from None
-            raise
-    classes = {"forward-kl": fastppo.ForwardKL, "reverse-kl": fastppo.ReverseKL,
-               "chi2": fastppo.ChiSquare, "hellinger": fastppo.Hellinger, "js": fastppo.JensenShannon}
-    if name not in classes:
-        raise UsageError(f"unknown --reg {name!r}; choose from {REGS}")
-    return classes[name](tau)
-
-
-def load_mdp(p, fallback=None):
-    """The MDP of parameters ``p``: ``mdp_file``, else the ``mdp`` spec, else ``fallback``
-    (a path to an ``.npz``), else the default spec."""
-    import fastppo
-
-    path = p.get("mdp_file") or (fallback if p.get("mdp") is None else None)
-    if path:
-        if not os.path.exists(path):
-            raise UsageError(f"no such file: {path}")
-        try:
-            return fastppo.MDP.load(path)
-        except (ValueError, OSError, KeyError) as exc:
-            raise UsageError(f"cannot read an MDP from {path}: {exc}") from None
-    return parse_mdp(p.get("mdp") or DEFAULT_MDP, p.get("gamma"), p.get("seed"))
-
-
-def _clip(clip):
-    clip = list(clip) if isinstance(clip, (list, tuple)) else [clip]
-    if len(clip) not in (1, 2):
-        raise UsageError(f"--clip takes one or two values, got {len(clip)}")
-    return clip[0] if len(clip) == 1 else tuple(clip)
-
-
-# ---------------------------------------------------------------- one PPO-Clip run
-def execute(p, out, *, progress=False, checkpoint_every=None, should_stop=None, resume=False,
-            config=None, say=None):
-    """One PPO-Clip run with parameters ``p`` (keys of ``PARAMS``), saved to ``out``.
-
-    Parameters
-    ----------
-    p : dict
-        Run parameters; missing keys take the ``PARAMS`` defaults.
-    out : str
-        Result directory (see ``fastppo._io``); ``config.json`` is written first.
-    progress : bool
-        tqdm progress bar.
-    checkpoint_every : int, optional
-        Also save a checkpoint every this many outer iterations.
-    should_stop : callable, optional
-        Polled after each iteration; True stops the run (it is then saved).
-    resume : bool
-        Continue the checkpoint in ``out`` up to ``p["iters"]`` iterations in total.
-    config : dict, optional
-        Extra entries for ``config.json``.
-    say : callable, optional
-        Prints progress messages.
-
-    Returns
-    -------
-    summary : dict
-        mdp, reg, J, J_star, gap, iterations, converged, seconds, products, lr, out,
-        interrupted.
-    """
-    import fastppo
-    from . import _io
-
-    say = say or (lambda *a: None)
-    p = {**PARAMS, **p}
-    if checkpoint_every is not None and checkpoint_every < 1:
-        raise UsageError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
-    if resume:
-        ppo = fastppo.PPOClip.resume(out)
-        mdp, reg, J_star = ppo.mdp, ppo.reg, ppo.reference
-        say(f"resuming {out} at iteration {ppo.n_iter}: {mdp}, regularizer {reg}")
-    else:
-        mdp = load_mdp(p)
-        reg = parse_reg(p["reg"], p["tau"])
-        say(f"{mdp}\nregularizer {reg}, clip {_clip(p['clip'])}, K={p['inner_steps']}, backend "
-            f"{fastppo.get_backend() if p['backend'] is None else p['backend']}")
-        t0 = time.perf_counter()
-        opt = fastppo.solve(mdp, reg, backend=p["backend"], n_threads=p["threads"])
-        J_star = opt.J
-        say(f"optimum J* = {J_star:.12g} ({opt.n_iter} policy-iteration steps, "
-            f"{time.perf_counter() - t0:.2f} s)")
-        ppo = fastppo.PPOClip(mdp, reg, clip=_clip(p["clip"]), inner_steps=p["inner_steps"],
-                              lr=p["lr"], step=p["step"], reference=J_star, backend=p["backend"],
-                              n_threads=p["threads"])
-    os.makedirs(out, exist_ok=True)
-    config = {"params": p, **(config or {}), "title": f"PPO-Clip, {mdp}\n{reg}"}
-    _io.write_json(os.path.join(out, _io.CONFIG), {"fastppo_version": fastppo.__version__, **config})
-
-    done = ppo.n_iter
-    if done and ppo.history["gap"][-1] <= p["tol"]:
-        done = p["iters"]  # converged before: nothing left to do
-
-    def callback(solver, row):
-        if checkpoint_every and solver.n_iter % checkpoint_every == 0:
-            solver.save(out)
-        return should_stop is not None and should_stop()
-
-    t0 = time.perf_counter()
-    res = ppo.run(max(p["iters"] - done, 0), tol=p["tol"], callback=callback, progress=progress)
-    seconds = time.perf_counter() - t0
-    h = res.history
-    res["converged"] = bool(len(h) and h["gap"][-1] <= p["tol"])
-    res.save(out, config)
-    return dict(mdp=str(mdp), reg=str(reg), J=res.J, J_star=J_star, gap=res.gap,
-                iterations=int(res.n_iter), converged=res.converged, seconds=seconds,
-                products=int(h["n_matvec"].sum()), lr=ppo.lr, out=out,
-                interrupted=bool(should_stop is not None and should_stop()))
+__all__ = ["main", "build_parser", "UsageError", "PARAMS", "execute", "parse_mdp", "parse_reg",
+           "load_mdp"]
 
 
 # ------------------------------------------------------------------------ commands
 def _params(args):
     """The run parameters given on the command line (None: not given)."""
-    return {k: getattr(args, k, None) for k in PARAMS}
+    p = {k: getattr(args, k, None) for k in PARAMS}
+    if getattr(args, "step", None) is not None:
+        if p["step_scale"] is not None:
+            raise UsageError("give --step-scale only (--step is its old name)")
+        p = normalize_params({**{k: v for k, v in p.items() if k != "step_scale"},
+                              "step": args.step})
+    return p
+
+
+def _read_params(folder):
+    """The run parameters saved in ``folder/config.json`` (None when it has none)."""
+    from . import _io
+
+    path = os.path.join(folder, _io.CONFIG)
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except ValueError as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+    params = saved.get("params") if isinstance(saved, dict) else None
+    if params is not None and not isinstance(params, dict):
+        raise UsageError(f"{path}: params must be an object, got {type(params).__name__}")
+    return None if params is None else normalize_params(params, warn=False)
 
 
 def _progress(args):
@@ -234,8 +84,7 @@ def cmd_run(args, out):
         if not os.path.exists(os.path.join(args.resume, _io.CHECKPOINT)) or not os.path.exists(cfg):
             raise UsageError(f"--resume {args.resume}: no checkpoint there (a directory written "
                              f"by fastppo run --out)")
-        with open(cfg, encoding="utf-8") as f:
-            saved = json.load(f).get("params")
+        saved = _read_params(args.resume)
         if saved is None:
             raise UsageError(f"--resume {args.resume}: not a fastppo run directory (its "
                              f"config.json has no run parameters)")
@@ -307,22 +156,26 @@ def cmd_eval(args, out):
     if not os.path.exists(path):
         raise UsageError(f"no such file: {path}")
     p = _params(args)
-    saved = os.path.join(folder, _io.CONFIG)
-    if os.path.exists(saved):  # a result directory: its MDP and regularizer are the defaults
-        with open(saved, encoding="utf-8") as f:
-            params = json.load(f).get("params", {})
+    if os.path.exists(os.path.join(folder, _io.CONFIG)):
+        # a result directory: its MDP and regularizer are the defaults
+        params = _read_params(folder) or {}
         p = {**p, **{k: params.get(k) for k in ("reg", "tau") if p[k] is None}}
     fallback = os.path.join(folder, _io.MDP_FILE)
     mdp = load_mdp(p, fallback if os.path.exists(fallback) else None)
     reg = parse_reg(p["reg"] or PARAMS["reg"], PARAMS["tau"] if p["tau"] is None else p["tau"])
-    try:
-        if path.endswith(".npy"):
+    if path.endswith(".npy"):
+        try:
             pi = np.load(path, allow_pickle=False)
-        else:
-            with np.load(path, allow_pickle=False) as f:
-                pi = f["policy"]
-    except (ValueError, KeyError, OSError) as exc:
-        raise UsageError(f"cannot read a policy from {path}: {exc}") from None
+        except _io.READ_ERRORS as exc:
+            raise UsageError(f"cannot read a policy from {path}: {_io.one_line(exc)}") from None
+    else:  # sizes checked before decompressing: a result.npz holds per-pair and per-state arrays
+        most = 8 * max(mdp.n_pairs, mdp.n_states) + 4096
+        arrays = _io.read_npz(path, lambda name, read: most)
+        if "policy" not in arrays:
+            raise UsageError(f"cannot read a policy from {path}: it has no 'policy' array")
+        pi = arrays["policy"]
+    with user_input(f"{path}: "):
+        pi = fastppo._validation.check_policy(mdp, pi, "policy")
     ev = fastppo.evaluate(mdp, pi, reg, backend=args.backend, n_threads=args.threads)
     info = dict(mdp=str(mdp), reg=str(reg), J=ev.J)
     if args.gap:
@@ -347,12 +200,14 @@ def cmd_compare(args, out):
     p = {**PARAMS, **{k: v for k, v in _params(args).items() if v is not None}}
     mdp = load_mdp(p)
     reg = parse_reg(p["reg"], p["tau"])
+    settings = check_settings(p)
     say = _printer(args, out)
     opt = fastppo.solve(mdp, reg, backend=p["backend"], n_threads=p["threads"])
     say(f"{mdp}\nregularizer {reg}; optimum J* = {opt.J:.12g}")
     common = dict(reference=opt.J, backend=p["backend"], n_threads=p["threads"])
-    step = dict(lr=p["lr"], step=p["step"])  # NPG's step has another scale: its own default
-    methods = {"PPO-Clip": fastppo.PPOClip(mdp, reg, clip=_clip(p["clip"]),
+    # NPG's step_scale has another scale: its own default
+    step = dict(lr=p["lr"], step_scale=p["step_scale"])
+    methods = {"PPO-Clip": fastppo.PPOClip(mdp, reg, clip=settings["clip"],
                                            inner_steps=p["inner_steps"], **step, **common),
                "softmax PG": fastppo.SoftmaxPG(mdp, reg, **step, **common),
                "NPG": fastppo.NPG(mdp, reg, **common),
@@ -449,7 +304,9 @@ def build_parser():
     method.add_argument("--clip", type=float, nargs="+", help="eps, or eps_low eps_high (default 0.2)")
     method.add_argument("--inner-steps", type=int, help="K (default 10)")
     method.add_argument("--lr", type=float, help="raw step size eta (default: scale-free --step)")
-    method.add_argument("--step", type=float, help="scale-free step, used without --lr (default 1)")
+    method.add_argument("--step-scale", type=float,
+                        help="scale-free step, used without --lr (default 1)")
+    method.add_argument("--step", type=float, help=argparse.SUPPRESS)  # old name of --step-scale
     method.add_argument("--iters", type=int, help="total outer iterations (default 1000)")
     method.add_argument("--tol", type=float, help="stop at gap J* - J <= tol (default 1e-8)")
     method.add_argument("--no-progress", action="store_true")
@@ -487,21 +344,46 @@ def _warning_line(message, category, filename, lineno, file=None, line=None):
     print(f"fastppo: warning: {message}", file=sys.stderr if file is None else file)
 
 
+def check_environment():
+    """UsageError naming the variable if FASTPPO_BACKEND or FASTPPO_NUM_THREADS is invalid."""
+    from ._backend import _check_backend
+
+    for var in ("FASTPPO_BACKEND", "FASTPPO_NUM_THREADS"):
+        value = os.environ.get(var)
+        if not value:
+            continue
+        if var == "FASTPPO_BACKEND":
+            with user_input(f"environment variable {var}={value!r}: "):
+                _check_backend(value)
+        elif not value.strip().isdigit() or int(value) < 1:
+            raise UsageError(f"environment variable {var}={value!r}: must be a positive integer")
+
+
 def main(argv=None, out=None):
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status (see the module docstring)."""
     out = sys.stdout if out is None else out
     argv = sys.argv[1:] if argv is None else list(argv)
     showwarning, warnings.showwarning = warnings.showwarning, _warning_line
     try:
-        args = build_parser().parse_args(argv)
-        args.argv = argv
-        if getattr(args, "clip", None) is not None:
-            _clip(args.clip)
-        return args.func(args, out)
-    except (ValueError, TypeError, OSError) as exc:  # UsageError is a ValueError
+        with warnings.catch_warnings():
+            # fastppo's own deprecations (old parameter names) are shown to CLI users
+            warnings.filterwarnings("default", category=DeprecationWarning, module="fastppo")
+            args = build_parser().parse_args(argv)
+            args.argv = argv
+            check_environment()
+            if hasattr(args, "threads"):  # --backend / --threads, before any work
+                from ._backend import resolve_backend, resolve_threads
+
+                with user_input():
+                    resolve_backend(args.backend)
+                    resolve_threads(args.threads)
+            if getattr(args, "clip", None) is not None:
+                parse_clip(args.clip)
+            return args.func(args, out)
+    except (UsageError, OSError) as exc:  # user input: arguments, environment, files
         print(f"fastppo: error: {exc}", file=sys.stderr)
         return 2
-    except (ArithmeticError, RuntimeError) as exc:  # FloatingPointError, ConvergenceError
+    except (ArithmeticError, ConvergenceError) as exc:  # FloatingPointError, ...
         print(f"fastppo: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -26,16 +26,6 @@ __all__ = ["garnet", "gridworld", "chain", "token_tree"]
 _MAX_STATES = np.iinfo(np.int32).max  # next-state indices are int32
 
 
-def _rng(seed):
-    if seed is None or isinstance(seed, np.random.Generator):
-        return np.random.default_rng(seed)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int, None or a numpy.random.Generator, got {type(seed).__name__}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    return np.random.default_rng(int(seed))
-
-
 def _real(x, name):
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
@@ -106,7 +96,7 @@ def garnet(n_states, n_actions, branching, gamma=0.99, seed=None, locality=None)
             raise ValueError(f"branching must be <= 2*locality + 1 = {2 * k + 1}, got {b}")
         if 2 * k + 1 >= S:
             locality = None
-    rng = _rng(seed)
+    rng = V.check_seed(seed)
     L = S * A
     window = S if locality is None else 2 * k + 1
 
@@ -380,7 +370,7 @@ def token_tree(vocab, depth, gamma=0.99, seed=None):
     if N > _MAX_STATES:
         raise ValueError(f"token_tree({vocab}, {depth}) would have {N} states, more than "
                          f"{_MAX_STATES} (int32 indices)")
-    rng = _rng(seed)
+    rng = V.check_seed(seed)
     L = N * Vb
     succ = np.arange(1, L + 1, dtype=np.int32)  # pair k = V*s + t of an inner s → V*s + 1 + t
     succ[n_inner * Vb:] = np.arange(n_inner, N, dtype=np.int32).repeat(Vb)

@@ -41,6 +41,8 @@ fixed point, since the regularized optimum is greedy in every state. With
 regularized optimum :func:`fastppo.solve` computes, and the history records the exact
 J(π) and gap J* − J of every iterate.
 """
+import dataclasses
+import json
 import time
 
 import numpy as np
@@ -48,12 +50,14 @@ from scipy.special import entr
 
 from . import _validation as V
 from ._backend import get_kernel, resolve_backend, resolve_threads
+from ._errors import renamed_parameters
 from ._result import Result
+from ._run import IterativeMethod, check_states
 from .evaluation import evaluate, reg_args, softmax
 from .regularizers import ReverseKL
 
 __all__ = ["rollout", "gae", "discounted_returns", "kl_estimate", "group_advantages",
-           "AdaptiveKLController", "SampledPPO", "Rollout"]
+           "AdaptiveKLController", "SampledPPO", "SampledPPOConfig", "Rollout"]
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 ADVANTAGES = ("gae", "grpo", "dr_grpo", "rloo", "reinforce")
@@ -102,7 +106,7 @@ def rollout(mdp, pi, n_envs, horizon, seed=None, *, group_size=1, start=None, ba
     group_size = V.check_int(group_size, "group_size")
     if n_envs % group_size:
         raise ValueError(f"n_envs ({n_envs}) must be a multiple of group_size ({group_size})")
-    rng = np.random.default_rng(seed)
+    rng = V.check_seed(seed)
     if start is None:
         start = np.repeat(rng.choice(mdp.n_states, size=n_envs // group_size, p=mdp.rho), group_size)
     else:
@@ -138,7 +142,8 @@ def _flags(terminated, truncated):
     return terminated, (terminated | truncated)
 
 
-def gae(rewards, values, next_values, terminated, truncated, gamma, lam, *, backend=None,
+@renamed_parameters(lam="gae_lambda")
+def gae(rewards, values, next_values, terminated, truncated, gamma, gae_lambda, *, backend=None,
         n_threads=None):
     """Generalised advantage estimates GAE(γ, λ) along the last axis.
 
@@ -149,7 +154,8 @@ def gae(rewards, values, next_values, terminated, truncated, gamma, lam, *, back
     terminated, truncated : array_like of bool, shape (..., T)
         The episode ended at step t in a terminal state / by truncation (the next step,
         if any, starts a new episode).
-    gamma, lam : float in [0, 1]
+    gamma, gae_lambda : float in [0, 1]
+        Discount γ and GAE λ (``gae_lambda`` was ``lam``).
     backend, n_threads
         Kernel backend and threads (rows are independent).
 
@@ -158,14 +164,15 @@ def gae(rewards, values, next_values, terminated, truncated, gamma, lam, *, back
     ndarray, shape (..., T)
         A_t; ``A + values`` are the λ-returns.
     """
-    gamma, lam = V.check_unit_interval(gamma, "gamma"), V.check_unit_interval(lam, "lam")
+    gamma = V.check_unit_interval(gamma, "gamma")
+    gae_lambda = V.check_unit_interval(gae_lambda, "gae_lambda")
     shape, a = V.trajectory_arrays("rewards", rewards=rewards, values=values,
                                    next_values=next_values, **{"flag:terminated": terminated,
                                                               "flag:truncated": truncated})
     term, done = _flags(a["terminated"], a["truncated"])
     out = np.empty_like(a["rewards"])
     get_kernel("gae", backend)(a["rewards"], a["values"], a["next_values"], term, done, gamma,
-                               lam, out, resolve_threads(n_threads))
+                               gae_lambda, out, resolve_threads(n_threads))
     return out.reshape(shape)
 
 
@@ -289,17 +296,17 @@ _HISTORY = [("iter", np.int64), ("J", np.float64), ("gap", np.float64),
             ("explained_variance", np.float64), ("n_samples", np.int64), ("seconds", np.float64)]
 
 
-class SampledPPO:
-    """PPO-Clip from sampled trajectories on a tabular MDP (actor, critic, reference, reward).
+@dataclasses.dataclass(frozen=True)
+class SampledPPOConfig:
+    """The settings of :class:`SampledPPO`, validated once (on construction) and saved
+    verbatim with its results (``config.json``) and checkpoints. As CleanRL's ``Args`` or
+    TRL's ``PPOConfig``: one place for every knob. ``SampledPPO(mdp, reg, config)`` and
+    ``SampledPPO(mdp, reg, lr=..., ...)`` are equivalent; the method stores the config with
+    its defaults resolved against the MDP (``horizon``, ``group_size``, ``kl_coef``,
+    ``backend``, ``n_threads``) as ``.config``.
 
     Parameters
     ----------
-    mdp : MDP
-    reg : ReverseKL or None
-        The objective: J = Σ ρ Ṽ with τ·KL(π ‖ π_ref). Its π_ref is the reference policy
-        and τ the default ``kl_coef``; the history reports the exact J and the gap to
-        the optimum of this objective. (Other f-divergences have no per-sample KL
-        estimator here; use :class:`PPOClip` for them.)
     clip : float or (float, float), default 0.2
         ε, or (ε_low, ε_high).
     dual_clip : float > 1, optional
@@ -307,18 +314,18 @@ class SampledPPO:
     value_clip : float, optional
         Clip the critic's change per iteration to ±value_clip (PPO2's value clipping).
     epochs, minibatches : int, default 4, 4
-        Passes over each batch, and shuffled minibatches per pass.
+        Passes over each batch (at most 10,000), and shuffled minibatches per pass.
     lr : float, default 0.5
         Actor step: each visited state's logits move by lr × the mean per-sample gradient
         (in reward units: scale it with 1 / the size of the advantages). Constant-step
         noise leaves a floor on the gap that shrinks with lr and with the batch.
-    critic_lr : float in (0, 1], default 0.5
+    critic_lr : float in [0, 1], default 0.5
         Critic step: V(s) moves by critic_lr × the mean of (target − V(s)) over s's samples.
     n_envs : int, default 256
         Episodes per iteration.
     horizon : int, optional
         Maximum episode length; default the smallest T with γ^T ≤ 0.01.
-    gae_lambda : float, default 0.95
+    gae_lambda : float in [0, 1], default 0.95
     advantage : {"gae", "grpo", "dr_grpo", "rloo", "reinforce"}, default "gae"
         ``reinforce`` has no baseline and wants a smaller ``lr`` (0.05 on rewards in
         [0, 1]); at 0.5 it commits early to a deterministic suboptimal policy.
@@ -330,73 +337,174 @@ class SampledPPO:
         iterations) the gap stalls at 0.5 % with τ = 0.5 (0.03 % without), while
         unregularized it helps (0.014 % against 0.064 %).
     kl_coef : float, optional
-        Initial β; default ``reg.tau`` (0 without a regularizer).
+        Initial weight β of the KL to π_ref; default ``reg.tau`` (0 without a regularizer).
     kl_estimator : {"k1", "k2", "k3"}, default "k1"
     kl_penalty : {"reward", "loss"}, default "reward"
     kl_target : float, optional
         Adapt β toward this per-step KL (Ziegler et al.); fixed β when None.
     kl_horizon : float, default 10000
         Horizon of the adaptive controller, in samples.
-    init : array_like, optional
-        Initial logits, shape (n_pairs,) or (S, A); default log π_ref.
-    seed : int or None
-        Seeds every random draw; the same seed gives the same run on every backend.
-    reference : bool or float, default True
-        True: compute J* with :func:`fastppo.solve` (the gap is recorded); a float: J*.
+    seed : int, numpy.random.Generator or None
+        Seeds every random draw; the same seed gives the same run on every backend. A
+        Generator is used as is (and recorded as ``null``; checkpoints hold its state).
     backend, n_threads
         Kernel backend and threads.
     """
 
-    def __init__(self, mdp, reg=None, *, clip=0.2, dual_clip=None, value_clip=None, epochs=4,
-                 minibatches=4, lr=0.5, critic_lr=0.5, n_envs=256, horizon=None, gae_lambda=0.95,
-                 advantage="gae", group_size=None, whiten=False, kl_coef=None, kl_estimator="k1",
-                 kl_penalty="reward", kl_target=None, kl_horizon=10_000, init=None, seed=None,
-                 reference=True, backend=None, n_threads=None):
-        from .solvers import _clip_range, solve
+    clip: float | tuple = 0.2
+    dual_clip: float | None = None
+    value_clip: float | None = None
+    epochs: int = 4
+    minibatches: int = 4
+    lr: float = 0.5
+    critic_lr: float = 0.5
+    n_envs: int = 256
+    horizon: int | None = None
+    gae_lambda: float = 0.95
+    advantage: str = "gae"
+    group_size: int | None = None
+    whiten: bool = False
+    kl_coef: float | None = None
+    kl_estimator: str = "k1"
+    kl_penalty: str = "reward"
+    kl_target: float | None = None
+    kl_horizon: float = 10_000
+    seed: object = None
+    backend: str | None = None
+    n_threads: int | None = None
+
+    def __post_init__(self):
+        from ._backend import _check_backend
+        from .solvers import _clip_range
+
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        low, high = _clip_range(self.clip)
+        put("clip", low if np.ndim(self.clip) == 0 else (low, high))
+        if self.dual_clip is not None:
+            put("dual_clip", V.check_positive(self.dual_clip, "dual_clip"))
+            if self.dual_clip <= 1.0:
+                raise ValueError(f"dual_clip must be > 1, got {self.dual_clip}")
+        put("value_clip", V.check_positive(self.value_clip, "value_clip", allow_none=True))
+        put("epochs", V.check_int(self.epochs, "epochs", maximum=MAX_EPOCHS))
+        put("minibatches", V.check_int(self.minibatches, "minibatches", maximum=MAX_EPOCHS))
+        put("lr", V.check_positive(self.lr, "lr"))
+        put("critic_lr", V.check_unit_interval(self.critic_lr, "critic_lr"))
+        put("n_envs", V.check_int(self.n_envs, "n_envs"))
+        if self.horizon is not None:
+            put("horizon", V.check_int(self.horizon, "horizon"))
+        put("gae_lambda", V.check_unit_interval(self.gae_lambda, "gae_lambda"))
+        V.check_choice(self.advantage, "advantage", ADVANTAGES)
+        grouped = self.advantage in _GROUPED
+        put("group_size", V.check_int(8 if grouped and self.group_size is None
+                                      else 1 if self.group_size is None else self.group_size,
+                                      "group_size", minimum=2 if grouped else 1))
+        if self.n_envs % self.group_size:
+            raise ValueError(f"n_envs ({self.n_envs}) must be a multiple of group_size "
+                             f"({self.group_size})")
+        put("whiten", V.check_bool(self.whiten, "whiten"))
+        put("kl_coef", V.check_positive(self.kl_coef, "kl_coef", strict=False, allow_none=True))
+        V.check_choice(self.kl_estimator, "kl_estimator", KL_ESTIMATORS)
+        V.check_choice(self.kl_penalty, "kl_penalty", ("reward", "loss"))
+        put("kl_target", V.check_positive(self.kl_target, "kl_target", allow_none=True))
+        put("kl_horizon", V.check_positive(self.kl_horizon, "kl_horizon"))
+        V.check_seed(self.seed)  # type and range only; the generator is made by SampledPPO
+        if self.backend is not None:
+            _check_backend(self.backend)
+        if self.n_threads is not None:
+            put("n_threads", V.check_int(self.n_threads, "n_threads"))
+
+    def to_dict(self):
+        """The settings as JSON values (a Generator seed as None)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if isinstance(d["seed"], np.random.Generator):
+            d["seed"] = None
+        if isinstance(d["clip"], tuple):
+            d["clip"] = list(d["clip"])
+        return d
+
+
+MAX_EPOCHS = 10_000  # epochs and minibatches: a damaged file asking for 10**12 would hang
+
+_HISTORY = [("iter", np.int64), ("J", np.float64), ("gap", np.float64),
+            ("mean_return", np.float64), ("clipfrac", np.float64), ("approx_kl", np.float64),
+            ("kl_ref", np.float64), ("kl_coef", np.float64), ("entropy", np.float64),
+            ("explained_variance", np.float64), ("n_samples", np.int64), ("seconds", np.float64)]
+
+
+class SampledPPO(IterativeMethod):
+    """PPO-Clip from sampled trajectories on a tabular MDP (actor, critic, reference, reward).
+
+    Parameters
+    ----------
+    mdp : MDP
+    reg : ReverseKL or None
+        The objective: J = Σ ρ Ṽ with τ·KL(π ‖ π_ref). Its π_ref is the reference policy
+        and τ the default ``kl_coef``; the history reports the exact J and the gap to
+        the optimum of this objective. (Other f-divergences have no per-sample KL
+        estimator here; use :class:`PPOClip` for them.)
+    config : SampledPPOConfig, optional
+        The settings; keywords below override its fields.
+    init : array_like, optional
+        Initial logits, shape (n_pairs,) or (S, A); default log π_ref.
+    reference : bool or float, default True
+        True: compute J* with :func:`fastppo.solve` (the gap is recorded); a float: J*.
+    **kwargs
+        The fields of :class:`SampledPPOConfig` (``clip``, ``dual_clip``, ``value_clip``,
+        ``epochs``, ``minibatches``, ``lr``, ``critic_lr``, ``n_envs``, ``horizon``,
+        ``gae_lambda``, ``advantage``, ``group_size``, ``whiten``, ``kl_coef``,
+        ``kl_estimator``, ``kl_penalty``, ``kl_target``, ``kl_horizon``, ``seed``,
+        ``backend``, ``n_threads``).
+
+    Notes
+    -----
+    ``save(path)`` / ``SampledPPO.resume(path)`` checkpoint the complete state, the
+    random generator's included: a resumed run continues bit for bit.
+    """
+
+    HISTORY = _HISTORY
+    STATE = {"values": ("states", False), "v_exact": ("states", True), "rng": ("json", False),
+             "kl_coef": ("float", False)}
+
+    def __init__(self, mdp, reg=None, config=None, *, init=None, reference=True, **kwargs):
+        from .solvers import solve
 
         V.check_discounted(mdp, "SampledPPO")
+        if config is None:
+            config = SampledPPOConfig(**kwargs)
+        elif not isinstance(config, SampledPPOConfig):
+            raise TypeError(f"config must be a SampledPPOConfig, got {type(config).__name__}")
+        elif kwargs:
+            config = dataclasses.replace(config, **kwargs)
         if reg is not None and not isinstance(reg, ReverseKL):
             raise TypeError(f"SampledPPO estimates KL(π ‖ π_ref) from samples, so reg must be "
                             f"ReverseKL or None, got {type(reg).__name__}; use PPOClip for other f")
         self.mdp, self.reg = mdp, reg
-        self.backend = resolve_backend(backend)
-        self.n_threads = resolve_threads(n_threads)
-        self.eps_low, self.eps_high = _clip_range(clip)
-        self.dual_clip = np.inf if dual_clip is None else V.check_positive(dual_clip, "dual_clip")
-        if self.dual_clip <= 1.0:
-            raise ValueError(f"dual_clip must be > 1, got {self.dual_clip}")
-        self.value_clip = (np.inf if value_clip is None
-                           else V.check_positive(value_clip, "value_clip"))
-        self.epochs = V.check_int(epochs, "epochs")
-        self.minibatches = V.check_int(minibatches, "minibatches")
-        self.lr = V.check_positive(lr, "lr")
-        self.critic_lr = V.check_unit_interval(critic_lr, "critic_lr")
-        self.n_envs = V.check_int(n_envs, "n_envs")
+        _, _, tau, self._ref = reg_args(mdp, reg, mdp.uniform_policy())
+        horizon = config.horizon
         if horizon is None:
             horizon = 1 if mdp.gamma == 0 else int(np.ceil(np.log(0.01) / np.log(mdp.gamma)))
-        self.horizon = V.check_int(horizon, "horizon")
-        self.gae_lambda = V.check_unit_interval(gae_lambda, "gae_lambda")
-        self.advantage = V.check_choice(advantage, "advantage", ADVANTAGES)
-        if group_size is None:
-            group_size = 8 if advantage in _GROUPED else 1
-        self.group_size = V.check_int(group_size, "group_size",
-                                      minimum=2 if advantage in _GROUPED else 1)
-        if self.n_envs % self.group_size:
-            raise ValueError(f"n_envs ({self.n_envs}) must be a multiple of group_size ({self.group_size})")
-        self.whiten = bool(whiten)
-        self.kl_estimator = V.check_choice(kl_estimator, "kl_estimator", KL_ESTIMATORS)
-        self.kl_penalty = V.check_choice(kl_penalty, "kl_penalty", ("reward", "loss"))
-        _, _, tau, self._ref = reg_args(mdp, reg, mdp.uniform_policy())
-        beta = tau if kl_coef is None else kl_coef
-        self._beta = V.check_positive(beta, "kl_coef", strict=False)
-        self.kl_controller = (None if kl_target is None
-                              else AdaptiveKLController(beta, kl_target, kl_horizon))
+        config = dataclasses.replace(
+            config, horizon=horizon, kl_coef=tau if config.kl_coef is None else config.kl_coef,
+            backend=resolve_backend(config.backend), n_threads=resolve_threads(config.n_threads))
+        self.config = c = config
+        self.backend, self.n_threads = c.backend, c.n_threads
+        self.eps_low, self.eps_high = (c.clip, c.clip) if np.ndim(c.clip) == 0 else c.clip
+        self.dual_clip = np.inf if c.dual_clip is None else c.dual_clip
+        self.value_clip = np.inf if c.value_clip is None else c.value_clip
+        for name in ("epochs", "minibatches", "lr", "critic_lr", "n_envs", "horizon",
+                     "gae_lambda", "advantage", "group_size", "whiten", "kl_estimator",
+                     "kl_penalty"):
+            setattr(self, name, getattr(c, name))
+        self.kl_controller = (None if c.kl_target is None
+                              else AdaptiveKLController(c.kl_coef, c.kl_target, c.kl_horizon))
         self._log_ref = np.log(self._ref)
         self.logits = (self._log_ref.copy() if init is None
                        else V.check_logits(mdp, init, "init"))
-        self._table_like = init
+        self._table = init is None or np.ndim(init) != 1
         self.values = np.zeros(mdp.n_states)
-        self.rng = np.random.default_rng(seed)
+        self.rng = V.check_seed(c.seed)
         if reference is True:
             reference = solve(mdp, reg, backend=self.backend, n_threads=self.n_threads).J
         self.reference = None if reference is False or reference is None else float(reference)
@@ -411,7 +519,7 @@ class SampledPPO:
     @property
     def kl_coef(self):
         """The KL coefficient β now in force."""
-        return self._beta if self.kl_controller is None else self.kl_controller.value
+        return self.config.kl_coef if self.kl_controller is None else self.kl_controller.value
 
     def _advantages(self, traj, rewards):
         """(advantages, critic targets, V_old) on the (n_envs, T) grid."""
@@ -484,58 +592,60 @@ class SampledPPO:
         self._rows.append(row)
         return row
 
-    @property
-    def history(self):
-        """Per-iteration diagnostics, a structured array (fields: iter, J (exact, after the
-        update), gap, mean_return (sampled, discounted from the start state), clipfrac,
-        approx_kl (KL(π_old ‖ π_new) estimate), kl_ref (mean per-step KL estimate to π_ref),
-        kl_coef (β used), entropy, explained_variance (critic, gae only), n_samples, seconds)."""
-        rows = [tuple(r.get(name, np.nan) for name, _ in _HISTORY) for r in self._rows]
-        return np.array(rows, dtype=_HISTORY)
-
-    def run(self, n_iter, callback=None, progress=False):
-        """Run ``n_iter`` iterations.
-
-        Parameters
-        ----------
-        n_iter : int
-        callback : callable, optional
-            ``callback(solver, row)`` after each iteration; returning True stops the run.
-        progress : bool
-            Show a tqdm progress bar with the exact J and gap.
-
-        Returns
-        -------
-        RunResult
-            ``policy``, ``logits``, ``v`` (the critic), ``J`` and ``gap`` (exact, final
-            policy), ``history``, ``n_iter``, ``reference``, ``kl_coef``.
-        """
-        from .solvers import RunResult
-
-        n_iter = V.check_int(n_iter, "n_iter", minimum=0)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=n_iter, desc="SampledPPO", unit="it")
-        try:
-            for _ in range(n_iter):
-                row = self.step()
-                if bar is not None:
-                    post = {"J": f"{row['J']:.6g}", "clipfrac": f"{row['clipfrac']:.2f}"}
-                    if self.reference is not None:
-                        post["gap"] = f"{row['gap']:.2e}"
-                    bar.set_postfix(post, refresh=False)
-                    bar.update()
-                if callback is not None and callback(self, row):
-                    break
-        finally:
-            if bar is not None:
-                bar.close()
+    # ------------------------------------------- run loop and checkpoint hooks (_run)
+    def _final(self):
         ev = evaluate(self.mdp, self.pi, self.reg, v0=self._v_exact, backend=self.backend,
                       n_threads=self.n_threads)
-        return RunResult(policy=self.mdp.to_table(self.pi.copy(), like=self._table_like),
-                         logits=self.mdp.to_table(self.logits.copy(), like=self._table_like),
-                         v=self.values.copy(), J=ev.J, history=self.history,
-                         n_iter=self.n_iter, converged=False, reference=self.reference,
-                         gap=np.nan if self.reference is None else self.reference - ev.J,
-                         kl_coef=self.kl_coef)
+        return self.values.copy(), ev.J, {"kl_coef": self.kl_coef}
+
+    def _postfix(self, row):
+        return {**super()._postfix(row), "clipfrac": f"{row['clipfrac']:.2f}"}
+
+    @classmethod
+    def _setting_names(cls):
+        return [f.name for f in dataclasses.fields(SampledPPOConfig)]
+
+    def _settings(self):
+        return self.config.to_dict()
+
+    def _state(self):
+        from ._io import _jsonable
+
+        return {"values": self.values, "v_exact": self._v_exact,
+                "rng": json.dumps(self.rng.bit_generator.state, default=_jsonable),
+                "kl_coef": np.float64(self.kl_coef)}
+
+    @classmethod
+    def _state_checks(cls, mdp):
+        return {"values": check_states(mdp), "v_exact": check_states(mdp), "rng": None,
+                "kl_coef": lambda x, name: V.check_positive(x, name, strict=False)}
+
+    @classmethod
+    def _restore_arguments(cls, state):
+        return {}
+
+    def _set_state(self, state):
+        self.values, self._v_exact = state["values"], state["v_exact"]
+        self.rng = _generator_from_state(state["rng"])
+        if self.kl_controller is not None:
+            self.kl_controller.value = state["kl_coef"]
+        elif state["kl_coef"] != self.config.kl_coef:
+            raise ValueError(f"kl_coef: {state['kl_coef']!r} differs from the fixed kl_coef "
+                             f"{self.config.kl_coef!r} of the settings")
+
+
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+
+
+def _generator_from_state(state):
+    """A numpy Generator in the saved ``bit_generator.state`` (checked: names the field ``rng``)."""
+    name = state.get("bit_generator") if isinstance(state, dict) else None
+    if name not in _BIT_GENERATORS:
+        raise ValueError(f"rng must be the state of one of numpy's bit generators "
+                         f"({', '.join(_BIT_GENERATORS)}), got {str(state)[:60]!r}")
+    bit_generator = getattr(np.random, name)()
+    try:
+        bit_generator.state = state
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+        raise ValueError(f"rng: not a valid {name} state ({exc})") from None
+    return np.random.Generator(bit_generator)

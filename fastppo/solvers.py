@@ -24,10 +24,11 @@ the exact policy gradient (``fastppo.gradient``).
 **Step size.** The per-state step is η d_old(s)/(1−γ), and d averages 1/S, so the
 natural η grows like S·(1−γ) times a dimensionless step. ``lr`` is the raw η of the
 update above (comparable with the paper); ``lr=None`` uses the scale-free
-η = ``step`` · (1−γ) / max_s d_0(s) (d_0: visitation of the initial policy), so the
-largest per-state step is ``step`` at the start, at every size. Too large a step makes
-the K inner steps bounce across the clip boundary, and PPO-Clip can then stall at a
-non-optimal fixed point: reduce ``step`` (or ``inner_steps``) if the gap stops falling.
+η = ``step_scale`` · (1−γ) / max_s d_0(s) (d_0: visitation of the initial policy), so
+the largest per-state step is ``step_scale`` at the start, at every size. Too large a
+step makes the K inner steps bounce across the clip boundary, and PPO-Clip can then
+stall at a non-optimal fixed point (a ``ConvergenceWarning``): reduce ``step_scale``
+(or ``inner_steps``) if the gap stops falling.
 
 Baselines with the same interface: ``SoftmaxPG`` (exact policy gradient: K = 1, no
 clip), ``NPG`` (natural policy gradient / policy mirror descent with a KL proximal
@@ -43,8 +44,10 @@ import numpy as np
 
 from . import _validation as V
 from ._backend import get_kernel, resolve_backend, resolve_threads
+from ._errors import ConvergenceWarning, renamed_parameters
 from ._krylov import ConvergenceError
 from ._result import Result
+from ._run import IterativeMethod, RunResult, check_states
 from .evaluation import DEFAULT_TOL, evaluate, reg_args, softmax, visitation
 from .regularizers import ReverseKL
 
@@ -56,33 +59,6 @@ class SolveResult(Result):
     policy's most probable action, ties to the lowest label: for τ = 0 the optimal
     action), ``v``, ``q``, ``adv``, ``J``, ``n_iter``, ``bellman_residual`` (‖TṼ − Ṽ‖∞ at the
     returned policy), ``n_matvec``, ``converged``."""
-
-
-class RunResult(Result):
-    """Result of ``.run()``: ``policy``, ``logits``, ``v``, ``J``, ``history`` (structured
-    array, one row per outer iteration), ``n_iter``, ``converged``, ``reference`` (J* or None)."""
-
-    def to_pandas(self):
-        """The history as a pandas DataFrame (needs pandas)."""
-        import pandas as pd
-
-        return pd.DataFrame(self.history)
-
-    def save(self, path, config=None):
-        """Write a result directory: ``result.npz``, ``history.csv``, ``config.json``,
-        ``convergence.png``, and the checkpoint (``checkpoint.npz``, ``mdp.npz``) from which
-        ``<Method>.resume(path)`` continues the run bit for bit (see ``fastppo._io``).
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            Directory, created if needed; existing files are replaced atomically.
-        config : dict, optional
-            JSON-serialisable entries added to ``config.json``.
-        """
-        from ._io import save_result
-
-        save_result(path, self, config)
 
 
 def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None, n_threads=None):
@@ -163,7 +139,7 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
         elif stalled:
             warnings.warn(f"solve stopped at iteration {it}: Bellman residual {residual:.3g} no "
                           f"longer decreases (tol {tol:g} x scale {scale:.3g} is below round-off)",
-                          RuntimeWarning, stacklevel=2)
+                          ConvergenceWarning, stacklevel=2)
         if converged or stalled:
             return SolveResult(policy=mdp.to_table(pi.copy()), sigma=mdp.to_sigma(pi), v=v, q=mdp.to_table(ev.q),
                                adv=mdp.to_table(ev.adv), J=ev.J, n_iter=it,
@@ -176,23 +152,32 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
                            f"iteration steps (Bellman residual {residual:.3g})")
 
 
+MAX_INNER_STEPS = 10_000  # K: a checkpoint or typo asking for 10**12 would run for ever
 _HISTORY = [("iter", np.int64), ("J", np.float64), ("gap", np.float64),
             ("max_abs_adv", np.float64), ("clipfrac", np.float64), ("kl", np.float64),
             ("grad_norm", np.float64), ("n_matvec", np.int64), ("seconds", np.float64)]
 
 
-class _ExactMethod:
-    """Shared machinery: exact evaluation each outer iteration, history, run loop."""
+class _ExactMethod(IterativeMethod):
+    """Set-up and the outer step of the exact methods: an exact evaluation each outer
+    iteration, then the method's ``_update``. The run loop, history and checkpoints are
+    ``fastppo._run``'s."""
 
-    def __init__(self, mdp, reg, lr, mu, init, step, reference, backend, n_threads, tol,
-                 warm_start):
+    HISTORY = _HISTORY
+    FALLBACK_MEASURE = "grad_norm"  # run(tol=...) without J*: the gradient norm
+    # checkpoint fields beyond the common ones: the weighting and the linear solves' warm starts
+    STATE = {"mu": ("states", False), "v_warm": ("states", True), "d_warm": ("states", True)}
+    SETTINGS = ("lr", "lin_tol", "warm_start", "backend", "n_threads")
+
+    def __init__(self, mdp, reg, lr, mu, init, step_scale, reference, backend, n_threads,
+                 lin_tol, warm_start):
         V.check_discounted(mdp, type(self).__name__)
         self.mdp = mdp
         self.reg = reg
         self.backend = resolve_backend(backend)
         self.n_threads = resolve_threads(n_threads)
-        self.tol = V.check_positive(tol, "tol")
-        self.warm_start = bool(warm_start)
+        self.lin_tol = V.check_positive(lin_tol, "lin_tol")
+        self.warm_start = V.check_bool(warm_start, "warm_start")
         uniform = mdp.uniform_policy()
         self._code, self._alpha, self._tau, self._ref = reg_args(mdp, reg, uniform)
         self.mu = self._weighting(mu)
@@ -201,14 +186,14 @@ class _ExactMethod:
             self.logits = np.log(ref)
         else:
             self.logits = V.check_logits(mdp, init, "init")
-        self._table_like = init
+        self._table = init is None or np.ndim(init) != 1  # results as (S, A) tables
         self.pi = softmax(mdp, self.logits, backend=self.backend, n_threads=self.n_threads)
         self._v = self._d = None
         if lr is None:
-            step = V.check_positive(step, "step")
+            step_scale = V.check_positive(step_scale, "step_scale")
             d0 = visitation(mdp, self.pi, self.mu, **self._opts())
             self._d = d0
-            lr = step * (1.0 - mdp.gamma) / float(d0.max())
+            lr = step_scale * (1.0 - mdp.gamma) / float(d0.max())
         self.lr = V.check_positive(lr, "lr")
         self.n_iter = 0
         self._rows = []
@@ -232,7 +217,7 @@ class _ExactMethod:
         return mu
 
     def _opts(self):
-        return dict(tol=self.tol, backend=self.backend, n_threads=self.n_threads)
+        return dict(tol=self.lin_tol, backend=self.backend, n_threads=self.n_threads)
 
     def step(self):
         """One outer iteration; returns its diagnostics (a dict, also appended to history)."""
@@ -285,178 +270,44 @@ class _ExactMethod:
         self._d = res.d
         return res.d / (1.0 - self.mdp.gamma), res.n_matvec
 
-    # ----------------------------------------------------------- checkpoints
-    _NOT_STATE = ("mdp", "reg", "_rows")
+    # ------------------------------------------- run loop and checkpoint hooks (_run)
+    def _final(self):
+        final = evaluate(self.mdp, self.pi, self.reg, v0=self._v, **self._opts())
+        return final.v, final.J, {}
 
-    def state_dict(self):
-        """The complete state of the method: everything ``load_state`` needs to continue
-        bit for bit (logits, π, the warm starts of the linear solves, lr, n_iter, β, the
-        history, ...), as a dict of arrays, scalars and None. The MDP is not included.
+    def _postfix(self, row):
+        return {**super()._postfix(row), "products": row["n_matvec"]}
 
-        Returns
-        -------
-        dict
-            Includes ``method`` (the class name), ``regularizer``, ``tau``, ``alpha``,
-            ``history`` (structured array) and every attribute of the method.
-        """
-        reg = self.reg
-        state = dict(method=type(self).__name__, regularizer="none" if reg is None else reg.name,
-                     tau=0.0 if reg is None else reg.tau, alpha=0.0 if reg is None else reg.alpha,
-                     reg_ref_given=reg is not None and reg.ref is not None, history=self.history)
-        for k, v in vars(self).items():
-            if k not in self._NOT_STATE:
-                state[k] = v.copy() if isinstance(v, np.ndarray) else (
-                    v if v is None or isinstance(v, (bool, int, float, str)) else np.asarray(v))
-        return state
-
-    def load_state(self, state, mdp):
-        """Restore a :meth:`state_dict`.
-
-        Parameters
-        ----------
-        state : dict
-            From :meth:`state_dict` of the same class.
-        mdp : MDP
-            The MDP the state was taken on.
-        """
-        from .regularizers import REGULARIZERS, AlphaDivergence
-
-        state = dict(state)
-        method = state.pop("method")
-        if method != type(self).__name__:
-            raise ValueError(f"the state is of a {method}, not of a {type(self).__name__}")
-        name, tau, alpha = state.pop("regularizer"), state.pop("tau"), state.pop("alpha")
-        ref = state["_ref"] if state.pop("reg_ref_given") else None
-        cls = REGULARIZERS.get(name)
-        self.reg = None if cls is None else (
-            cls(tau, alpha, ref) if cls is AlphaDivergence else cls(tau, ref))
-        self.mdp = mdp
-        history = state.pop("history")
-        self._rows = [dict(zip(history.dtype.names, row)) for row in history.tolist()]
-        vars(self).update(state)
-
-    def save(self, path):
-        """Write a checkpoint: ``checkpoint.npz`` (:meth:`state_dict`) and ``mdp.npz``.
-
-        ``<Method>.resume(path)`` continues from it bit for bit. Writes are atomic, and
-        ``mdp.npz`` is not rewritten when ``path`` already holds this MDP.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            Directory, created if needed.
-        """
-        from ._io import mdp_digest, save_checkpoint
-
-        if getattr(self, "_mdp_digest", None) is None:
-            self._mdp_digest = mdp_digest(self.mdp)
-        save_checkpoint(path, self.state_dict(), self.mdp)
+    def _stall_message(self, row):
+        # a run whose J no longer moves while the gradient is not small has stalled
+        # (e.g. PPO-Clip's inner steps cycling across the clip boundary)
+        if not row["grad_norm"] > 1e-8:
+            return None
+        return (f"{type(self).__name__} stalled at iteration {row['iter']}: J is not changing "
+                f"but the gradient norm is {row['grad_norm']:.3g}; the step is too large for "
+                f"this problem (lower step_scale/lr or inner_steps)")
 
     @classmethod
-    def resume(cls, path, mdp=None):
-        """The method saved in directory ``path`` (by :meth:`save` or ``RunResult.save``),
-        ready to continue: ``.run(n)`` then gives exactly the iterates of an
-        uninterrupted run.
+    def _setting_names(cls):
+        return cls.SETTINGS
 
-        Parameters
-        ----------
-        path : str or os.PathLike
-            A directory holding ``checkpoint.npz`` (and ``mdp.npz`` unless ``mdp`` is given).
-        mdp : MDP, optional
-            The MDP, instead of reading ``mdp.npz``; it must be the checkpoint's MDP.
+    def _settings(self):
+        return {name: getattr(self, name) for name in self.SETTINGS}
 
-        Returns
-        -------
-        instance of cls
-        """
-        from ._io import load_checkpoint
+    def _state(self):
+        return {"mu": self.mu, "v_warm": self._v, "d_warm": self._d}
 
-        state, mdp = load_checkpoint(path, mdp)
-        self = cls.__new__(cls)
-        self.load_state(state, mdp)
-        return self
+    @classmethod
+    def _state_checks(cls, mdp):
+        return {"mu": None, "v_warm": check_states(mdp),
+                "d_warm": check_states(mdp, nonnegative=True)}
 
-    @property
-    def history(self):
-        """Per-iteration diagnostics as a structured array (fields: iter, J, gap, max_abs_adv,
-        clipfrac, kl, grad_norm, n_matvec, seconds)."""
-        rows = [tuple(r.get(name, np.nan) for name, _ in _HISTORY) for r in self._rows]
-        return np.array(rows, dtype=_HISTORY)
+    @classmethod
+    def _restore_arguments(cls, state):
+        return {"mu": state["mu"]}  # validated by the constructor (a distribution, full support)
 
-    def run(self, n_iter, tol=None, callback=None, progress=False):
-        """Run ``n_iter`` outer iterations (fewer if ``tol`` is reached).
-
-        Parameters
-        ----------
-        n_iter : int
-        tol : float, optional
-            Stop when the suboptimality J* − J ≤ tol (needs ``reference``), else when
-            the gradient norm ≤ tol.
-        callback : callable, optional
-            ``callback(solver, row)`` after each iteration; returning True stops the run.
-        progress : bool
-            Show a tqdm progress bar with J, the gap and the Krylov products.
-
-        Returns
-        -------
-        RunResult
-
-        Raises
-        ------
-        FloatingPointError
-            If an iterate leaves the range of doubles (non-finite logits, or a probability
-            that underflowed to 0 where the next update divides by it or takes its log),
-            naming the iteration; usually the step is too large.
-        """
-        n_iter = V.check_int(n_iter, "n_iter", minimum=0)
-        tol = V.check_positive(tol, "tol", allow_none=True)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=self.n_iter + n_iter, initial=self.n_iter,
-                       desc=type(self).__name__, unit="it")
-        converged = False
-        still = 0
-        try:
-            for _ in range(n_iter):
-                last_J = self._rows[-1]["J"] if self._rows else np.nan
-                row = self.step()
-                # a run whose J no longer moves while the gradient is not small has stalled
-                # (e.g. PPO-Clip's inner steps cycling across the clip boundary)
-                moving = abs(row["J"] - last_J) > 1e-14 * max(1.0, abs(row["J"]))
-                still = 0 if moving or not row["grad_norm"] > 1e-8 else still + 1
-                if still == 5:
-                    warnings.warn(
-                        f"{type(self).__name__} stalled at iteration {row['iter']}: J is not "
-                        f"changing but the gradient norm is {row['grad_norm']:.3g}; the step is "
-                        f"too large for this problem (lower step/lr or inner_steps)",
-                        RuntimeWarning, stacklevel=2)
-                if bar is not None:
-                    post = {"J": f"{row['J']:.6g}", "products": row["n_matvec"]}
-                    if self.reference is not None:
-                        post["gap"] = f"{row['gap']:.2e}"
-                    bar.set_postfix(post, refresh=False)
-                    bar.update()
-                if tol is not None:
-                    measure = row["gap"] if self.reference is not None else row["grad_norm"]
-                    if measure <= tol:
-                        converged = True
-                        break
-                if callback is not None and callback(self, row):
-                    break
-        finally:
-            if bar is not None:
-                bar.close()
-        final = evaluate(self.mdp, self.pi, self.reg, v0=self._v, **self._opts())
-        res = RunResult(policy=self.mdp.to_table(self.pi.copy(), like=self._table_like),
-                        logits=self.mdp.to_table(self.logits.copy(), like=self._table_like),
-                        v=final.v, J=final.J, history=self.history, n_iter=self.n_iter,
-                        converged=converged, reference=self.reference,
-                        gap=np.nan if self.reference is None else self.reference - final.J)
-        # a snapshot for res.save() (an attribute, not an entry: not in the repr)
-        object.__setattr__(res, "_state", self.state_dict())
-        object.__setattr__(res, "_mdp", self.mdp)
-        return res
+    def _set_state(self, state):
+        self._v, self._d = state["v_warm"], state["d_warm"]
 
 
 class PPOClip(_ExactMethod):
@@ -472,33 +323,42 @@ class PPOClip(_ExactMethod):
     inner_steps : int, default 10
         K ascent steps per outer iteration.
     lr : float, optional
-        Raw step size η of the update (as in the paper). If None, η = step·(1−γ)/max_s d_0(s).
+        Raw step size η of the update (as in the paper). If None,
+        η = step_scale·(1−γ)/max_s d_0(s).
     mu : array_like of shape (n_states,) or "uniform", optional
         Weighting distribution with full support; default ``mdp.rho`` (mixed half and
         half with uniform when ρ lacks full support).
     init : array_like of shape (n_pairs,) or (S, A), optional
         Initial logits; default log π_ref.
-    step : float, default 1.0
-        Scale-free step used when ``lr`` is None.
+    step_scale : float, default 1.0
+        Scale-free step used when ``lr`` is None (formerly ``step``).
     reference : bool or float, default False
         True: compute J* with :func:`solve` so the history records the gap J* − J;
         a float: J* itself.
     backend, n_threads
         Kernel backend and threads.
-    tol : float, default 1e-12
-        Relative residual of the exact linear solves.
+    lin_tol : float, default 1e-12
+        Relative residual of the exact linear solves (formerly ``tol``).
     warm_start : bool, default True
         Start each solve from the previous iteration's solution.
     """
 
+    SETTINGS = ("clip", "inner_steps", *_ExactMethod.SETTINGS)
+
+    @renamed_parameters(step="step_scale", tol="lin_tol")
     def __init__(self, mdp, reg=None, clip=0.2, inner_steps=10, lr=None, mu=None, init=None, *,
-                 step=1.0, reference=False, backend=None, n_threads=None, tol=DEFAULT_TOL,
-                 warm_start=True):
+                 step_scale=1.0, reference=False, backend=None, n_threads=None,
+                 lin_tol=DEFAULT_TOL, warm_start=True):
         self.eps_low, self.eps_high = _clip_range(clip)
-        self.inner_steps = V.check_int(inner_steps, "inner_steps")
+        self.inner_steps = V.check_int(inner_steps, "inner_steps", maximum=MAX_INNER_STEPS)
         self.beta = 0.0
-        super().__init__(mdp, reg, lr, mu, init, step, reference, backend, n_threads, tol,
-                         warm_start)
+        super().__init__(mdp, reg, lr, mu, init, step_scale, reference, backend, n_threads,
+                         lin_tol, warm_start)
+
+    @property
+    def clip(self):
+        """(ε_low, ε_high)."""
+        return [self.eps_low, self.eps_high]
 
     def _update(self, ev):
         mdp = self.mdp
@@ -523,6 +383,9 @@ class PPOClip(_ExactMethod):
 class SoftmaxPG(PPOClip):
     """Exact softmax policy gradient θ ← θ + η ∇_θ Ṽ(μ) (PPOClip with K = 1 and no clip)."""
 
+    SETTINGS = _ExactMethod.SETTINGS
+
+    @renamed_parameters(step="step_scale", tol="lin_tol")
     def __init__(self, mdp, reg=None, lr=None, mu=None, init=None, **kwargs):
         super().__init__(mdp, reg, clip=np.inf, inner_steps=1, lr=lr, mu=mu, init=init, **kwargs)
 
@@ -545,6 +408,9 @@ class KLPenaltyPPO(PPOClip):
         As in :class:`PPOClip` (no clip).
     """
 
+    SETTINGS = ("kl_target", "beta", "inner_steps", *_ExactMethod.SETTINGS)
+
+    @renamed_parameters(step="step_scale", tol="lin_tol")
     def __init__(self, mdp, reg=None, kl_target=0.01, beta=1.0, inner_steps=10, lr=None,
                  mu=None, init=None, **kwargs):
         super().__init__(mdp, reg, clip=np.inf, inner_steps=inner_steps, lr=lr, mu=mu,
@@ -576,9 +442,9 @@ class NPG(_ExactMethod):
     π_new(·|s) ∝ π_old(·|s) exp(η (Q̃(s,·) − τ f'(π_old/π_ref))), i.e.
     θ ← θ + η (Q̃ − τ f'(π/π_ref)): the closed-form maximiser of
     η ⟨p, Q̃ − τ f'(π_old/π_ref)⟩ − KL(p ‖ π_old) (regularizer linearised at π_old).
-    ``lr=None`` uses η = step/τ when τ > 0 (for reverse KL and step = 1 this is soft
-    policy iteration, π_new ∝ π_ref exp(Q̃/τ)) and η = step/(1−γ) otherwise; ``step``
-    defaults to 1 for reverse KL and τ = 0, and to 0.2 for the other f, whose f'(π/π_ref)
+    ``lr=None`` uses η = step_scale/τ when τ > 0 (for reverse KL and step_scale = 1 this
+    is soft policy iteration, π_new ∝ π_ref exp(Q̃/τ)) and η = step_scale/(1−γ) otherwise;
+    ``step_scale`` defaults to 1 for reverse KL and τ = 0, and to 0.2 for the other f, whose f'(π/π_ref)
     is steep where π is small. History: ``kl`` is KL(π_new ‖ π_old) under μ and
     ``grad_norm`` the natural-gradient norm (Σ_s μ(s) Σ_a π (u − Σ_b π u)²)^½ of the
     direction u = Q̃ − τ f'(π/π_ref), zero exactly at the optimum.
@@ -588,28 +454,29 @@ class NPG(_ExactMethod):
     mdp : MDP
     reg : Regularizer, optional
     lr : float, optional
-        Raw step η; default from ``step`` as above.
+        Raw step η; default from ``step_scale`` as above.
     mu : array_like of shape (n_states,) or "uniform", optional
         Weighting of the history's KL and gradient norm (default as in PPOClip).
     init : array_like, optional
         Initial logits; default log π_ref.
-    step : float, optional
-        Scale-free step (see above).
+    step_scale : float, optional
+        Scale-free step (see above; formerly ``step``).
     **kwargs
-        ``reference``, ``backend``, ``n_threads``, ``tol``, ``warm_start`` as in PPOClip.
+        ``reference``, ``backend``, ``n_threads``, ``lin_tol``, ``warm_start`` as in PPOClip.
     """
 
-    def __init__(self, mdp, reg=None, lr=None, mu=None, init=None, *, step=None, **kwargs):
+    @renamed_parameters(step="step_scale", tol="lin_tol")
+    def __init__(self, mdp, reg=None, lr=None, mu=None, init=None, *, step_scale=None, **kwargs):
         V.check_discounted(mdp, "NPG")
         if lr is None:
             tau = 0.0 if reg is None else reg.tau
-            if step is None:
-                step = 1.0 if tau == 0 or isinstance(reg, ReverseKL) else 0.2
-            step = V.check_positive(step, "step")
-            lr = step / tau if tau > 0 else step / (1.0 - mdp.gamma)
-        super().__init__(mdp, reg, lr, mu, init, step, kwargs.pop("reference", False),
+            if step_scale is None:
+                step_scale = 1.0 if tau == 0 or isinstance(reg, ReverseKL) else 0.2
+            step_scale = V.check_positive(step_scale, "step_scale")
+            lr = step_scale / tau if tau > 0 else step_scale / (1.0 - mdp.gamma)
+        super().__init__(mdp, reg, lr, mu, init, step_scale, kwargs.pop("reference", False),
                          kwargs.pop("backend", None), kwargs.pop("n_threads", None),
-                         kwargs.pop("tol", DEFAULT_TOL), kwargs.pop("warm_start", True))
+                         kwargs.pop("lin_tol", DEFAULT_TOL), kwargs.pop("warm_start", True))
         if kwargs:
             raise TypeError(f"unexpected keyword arguments: {', '.join(kwargs)}")
         # NPG adds Q̃ − τ f'(π/π_ref) to the logits (no ratio): a zero probability is harmless

@@ -2,7 +2,7 @@
 
 A sweep is the union of one or more grids; a grid maps run parameters (the options of
 ``fastppo run``: ``mdp``, ``seed``, ``reg``, ``tau``, ``clip``, ``inner_steps``, ``lr``,
-``step``, ...) to lists of values, and its runs are every combination. Parameters the
+``step_scale``, ...) to lists of values, and its runs are every combination. Parameters the
 same for every run go in ``fixed``. In TOML::
 
     out = "sweep-out"          # sweep directory (relative to the config file)
@@ -41,8 +41,9 @@ import json
 import os
 import re
 
+from ._errors import UsageError
 from ._result import Result
-from .cli import PARAMS, UsageError
+from .runs import PARAMS, RENAMED, normalize_params
 
 __all__ = ["sweep"]
 
@@ -78,13 +79,13 @@ def expand(config):
     runs = []
     for grid in grids:
         for key, values in [*fixed.items(), *grid.items()]:
-            if key not in PARAMS:
+            if key not in PARAMS and key not in RENAMED:
                 raise UsageError(f"unknown sweep parameter {key!r}; choose from {', '.join(PARAMS)}")
         for key, values in grid.items():
             if not isinstance(values, list) or not values:
                 raise UsageError(f"grid parameter {key!r} must be a non-empty list of values")
         for combo in itertools.product(*grid.values()):
-            run = {**PARAMS, **fixed, **dict(zip(grid, combo))}
+            run = {**PARAMS, **normalize_params({**fixed, **dict(zip(grid, combo))})}
             if run not in runs:
                 runs.append(run)
     return runs
@@ -99,13 +100,16 @@ def run_id(params):
 def _run_one(params, folder):
     """One sweep run on a worker: a table row; exceptions become ``status = "failed"``."""
     from . import _io
-    from .cli import execute
+    from .runs import execute
 
     row = {"run": os.path.basename(folder), **params}
     try:
         summary = execute(params, folder)
     except Exception as exc:  # noqa: BLE001 -- reported in the table, the sweep goes on
-        return {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+        # a usage error raised from a library check reports that check's error type
+        shown = exc.__cause__ if isinstance(exc, UsageError) and exc.__cause__ else exc
+        return {**row, "status": "failed",
+                "error": f"{type(shown).__name__}: {exc}".splitlines()[0]}
     row = {**row, **{k: summary[k] for k in RESULTS}, "status": "ok", "error": ""}
     _io.write_json(os.path.join(folder, "row.json"), row)  # last: marks the run finished
     return row
@@ -140,7 +144,7 @@ def sweep(config, out=None, *, scheduler=None, n_workers=None, progress=False):
         of lists, or a list of such dicts: the union of their runs), optional ``out``
         and ``workers``. Parameter names are those of ``fastppo run`` (``mdp``,
         ``mdp_file``, ``gamma``, ``seed``, ``reg``, ``tau``, ``clip``, ``inner_steps``,
-        ``lr``, ``step``, ``iters``, ``tol``, ``backend``, ``threads``).
+        ``lr``, ``step_scale``, ``iters``, ``tol``, ``backend``, ``threads``).
     out : str, optional
         Sweep directory; default the config's ``out`` (relative to the TOML file), else
         ``fastppo-sweep``.

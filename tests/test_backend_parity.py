@@ -1,6 +1,6 @@
 """numba = cython = numpy on identical inputs: every public function of the exact
-solver, and every kernel of its ``fastppo._backend.STEMS`` (``linear``, ``tables``)
-called directly through ``get_kernel``; and results
+solver, and every kernel of every ``fastppo._backend.STEMS`` group (``linear``,
+``tables``, ``policy_update``, ``sampling``) called directly through ``get_kernel``; and results
 reproducible bit for bit run to run for a fixed backend and thread count."""
 import numpy as np
 import pytest
@@ -110,6 +110,7 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
         return np.full(n, np.nan)  # every entry must be written
 
     calls = {
+        **_update_calls(mdp, inp, n_threads),
         "bellman_matvec": [("", lambda k: _run(k, out(S), a, pp, pj, pd, pi, g, inp["x"], n_threads=n_threads))],
         # buf: one scatter buffer per chunk, however many threads run them
         "bellman_rmatvec": [(f"chunks{c}", lambda k, c=c: _run(k, out(S), a, pp, pj, pd, pi, g, inp["x"],
@@ -137,6 +138,78 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
     return calls
 
 
+def _outputs(kernel, args, outs, n_threads, keep=None):
+    """Call a kernel with several outputs (and in/out arrays, copied per call); those in
+    ``keep`` (default all; not the scratch arrays) flattened into one float array."""
+    outs = [o.copy() for o in outs]
+    kernel(*args, *outs, n_threads)
+    keep = range(len(outs)) if keep is None else keep
+    return np.concatenate([outs[i].astype(np.float64).ravel() for i in keep])
+
+
+def _update_calls(mdp, inp, n_threads):
+    """The policy_update and sampling kernels (several outputs each)."""
+    a, S, L = mdp.a_indptr, mdp.n_states, mdp.n_pairs
+    rng = np.random.default_rng(11)
+    # a milder policy than inp["pi"]: steep divergences (alpha = 2, k3) at π ≈ 1e-8 overflow
+    theta = inp["logits"] / 3.0
+    pi = fastppo.softmax(mdp, theta, backend="numpy")
+    ref, q, weight = inp["ref"], inp["q"], inp["weight"]
+    calls = {"greedy_policy": [], "ppo_update": []}
+    for code, alpha in CODES:
+        for tau in (0.0, 0.7):
+            tag = f"code{code}-alpha{alpha}-tau{tau}"
+            calls["greedy_policy"].append(
+                (tag, lambda k, code=code, alpha=alpha, tau=tau: _outputs(
+                    k, (a, q, ref, code, alpha, tau), (np.full(L, np.nan), np.full(S, np.nan)),
+                    n_threads)))
+            for clip, beta in ((0.2, 0.0), (np.inf, 0.5)):
+                calls["ppo_update"].append(
+                    (f"{tag}-clip{clip}-beta{beta}",
+                     lambda k, code=code, alpha=alpha, tau=tau, clip=clip, beta=beta: _outputs(
+                         k, (a, pi, q, weight, ref, code, alpha, tau, clip, clip, beta, 0.3, 3),
+                         (theta, np.full(L, np.nan), np.full(S, -1, np.int64),
+                          np.full(S, np.nan), np.full(S, np.nan)), n_threads)))
+    # sampling: a rollout of 16 environments, GAE and returns on random trajectories, and
+    # the minibatch epochs on random samples
+    n_envs, T = 16, 9
+    start = rng.integers(0, S, n_envs)
+    u_action, u_next = rng.random((n_envs, T)), rng.random((n_envs, T))
+    terminal = (np.arange(S) % 7 == 3).astype(np.uint8)
+    rows = [np.full((n_envs, T), -7, np.int64) for _ in range(4)]
+    rows += [np.full((n_envs, T), np.nan), np.full((n_envs, T), np.nan),
+             np.full((n_envs, T), 9, np.uint8), np.full((n_envs, T), 9, np.uint8)]
+    calls["rollout"] = [("", lambda k: _outputs(
+        k, (a, pi, np.log(pi), mdp.r, mdp.p_indptr, mdp.p_indices, mdp.p_data, terminal, start,
+            u_action, u_next), rows, n_threads))]
+    r, v, nv = (rng.normal(size=(n_envs, T)) for _ in range(3))
+    term = (rng.random((n_envs, T)) < 0.1).astype(np.uint8)
+    done = term | (rng.random((n_envs, T)) < 0.1).astype(np.uint8)
+    calls["gae"] = [(f"lambda{lam}", lambda k, lam=lam: _outputs(
+        k, (r, v, nv, term, done, mdp.gamma, lam), (np.full((n_envs, T), np.nan),), n_threads))
+        for lam in (0.0, 0.95)]
+    calls["discounted_returns"] = [("", lambda k: _outputs(
+        k, (r, nv, term, done, mdp.gamma), (np.full((n_envs, T), np.nan),), n_threads))]
+    n, epochs, minibatches = 60, 2, 3
+    s_samples = rng.integers(0, S, n)
+    k_samples = a[s_samples] + (rng.integers(0, 1 << 30, n) % np.diff(a)[s_samples])
+    logp_old = np.log(pi[k_samples])
+    logp_ref = np.log(ref[k_samples])
+    adv, targets, v_old = rng.normal(size=n), rng.normal(size=n), rng.normal(size=n)
+    order = np.stack([rng.permutation(n) for _ in range(epochs)]).astype(np.int64)
+    bounds = np.linspace(0, n, minibatches + 1).round().astype(np.int64)
+    values = rng.normal(size=S)
+    calls["ppo_minibatches"] = []
+    for kl_kind in (0, 1, 2, 3):
+        calls["ppo_minibatches"].append((f"kl{kl_kind}", lambda k, kl_kind=kl_kind: _outputs(
+            k, (a, s_samples, k_samples, logp_old, adv, logp_ref, targets, v_old, order, bounds,
+                0.2, 0.3, 3.0, 0.1, kl_kind, 0.5, 0.4, 0.5),
+            (theta, values, np.zeros(L), np.zeros(S), np.zeros(S),
+             np.zeros(S, np.int64), np.zeros(S), np.zeros(epochs, np.int64)), n_threads,
+            keep=(0, 1, 7))))  # logits, values, clip counts
+    return calls
+
+
 def _run(kernel, out, *args, extra=None, n_threads):
     if extra is None:
         kernel(*args, out, n_threads)
@@ -145,15 +218,12 @@ def _run(kernel, out, *args, extra=None, n_threads):
     return out
 
 
-# the stems of the exact evaluation kernels (later stems, e.g. the PPO update, have their
-# own parity tests beside their features)
-EXACT_STEMS = ("linear", "tables")
-
-
 def test_parity_covers_every_kernel(mdps):
-    """Every kernel of the exact stems has a parity case (a new kernel fails this until added)."""
+    """Every kernel of every stem (linear, tables, policy_update, sampling) has a parity
+    case (a new kernel fails this until added)."""
     mdp = mdps[0]
-    names = {name for stem in EXACT_STEMS for name in STEMS[stem]}
+    assert set(STEMS) == {"linear", "tables", "policy_update", "sampling"}
+    names = {name for stem in STEMS for name in STEMS[stem]}
     assert set(_calls(mdp, _kernel_inputs(mdp, np.random.default_rng(0)), 1)) == names
 
 

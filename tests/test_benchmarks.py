@@ -18,11 +18,13 @@ def asv(*args, home):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_asv_check(tmp_path):
     out = asv("check", "--python=same", home=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_asv_quick_run(tmp_path):
     assert asv("machine", "--yes", "--machine", "ci", home=tmp_path).returncode == 0
     out = asv("run", "--python=same", "--quick", "--dry-run", "--machine", "ci", "--show-stderr",

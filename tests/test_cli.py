@@ -34,12 +34,13 @@ def assert_png(path):
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
 
 
-def reference_run(n_iter, mdp=SMALL, step=1.0, backend=None):
+def reference_run(n_iter, mdp=SMALL, step_scale=1.0, backend=None):
     """The logits of an uninterrupted Python-API run with the CLI's defaults."""
     m = fcli.parse_mdp(mdp)
-    return fastppo.PPOClip(m, fastppo.ForwardKL(0.1), step=step, backend=backend).run(n_iter).logits
+    return fastppo.PPOClip(m, fastppo.ForwardKL(0.1), step_scale=step_scale, backend=backend).run(n_iter).logits
 
 
+@pytest.mark.slow
 # ------------------------------------------------------------------------ run / files
 def test_run_writes_result_directory(tmp_path):
     r = cli("run", "--mdp", SMALL, "--iters", "12", "--tol", "1e-12", cwd=tmp_path)
@@ -69,6 +70,7 @@ def test_run_writes_result_directory(tmp_path):
     assert_png(folder / "convergence.png")
 
 
+@pytest.mark.slow
 def test_run_json_output_and_quiet(tmp_path):
     r = cli("run", "--mdp", "garnet:S=60,A=3,b=3,seed=1", "--iters", "400", "--tau", "0.5",
             "--json", "--backend", "cython", "--out", "o", cwd=tmp_path)
@@ -81,7 +83,7 @@ def test_run_json_output_and_quiet(tmp_path):
     r = cli("run", "--mdp", "garnet:S=60,A=3,b=3,seed=1", "--iters", "3", "--quiet",
             "--backend", "cython", "--out", "q", "--clip", "0.1", "0.3", cwd=tmp_path)
     assert r.returncode == 0 and r.stdout == "" and r.stderr == ""
-    assert json.loads((tmp_path / "q" / "config.json").read_text())["method"]["eps_high"] == 0.3
+    assert json.loads((tmp_path / "q" / "config.json").read_text())["method"]["clip"] == [0.1, 0.3]
 
 
 def test_progress_bar_on_a_terminal(tmp_path, capsys, monkeypatch):
@@ -116,6 +118,7 @@ def test_mdp_options(tmp_path):
         assert f["policy"].shape == f["logits"].shape == (3,)  # a ragged MDP stays flat
 
 
+@pytest.mark.slow
 def test_solve_eval_info(tmp_path):
     r = cli("solve", "--mdp", "chain:n_states=6", "--reg", "none", "--json")
     assert r.returncode == 0, r.stderr
@@ -142,6 +145,7 @@ def test_solve_eval_info(tmp_path):
     assert json.loads(r.stdout)["J"] == fastppo.evaluate(mdp, res.policy, fastppo.ChiSquare(0.3)).J
 
 
+@pytest.mark.slow
 def test_compare(tmp_path):
     r = cli("compare", "--mdp", "garnet:S=40,A=3,b=3,seed=2", "--tau", "0.5", "--iters", "120",
             "--backend", "cython", "--json", "--out", "cmp", cwd=tmp_path)
@@ -185,6 +189,8 @@ def test_compare(tmp_path):
     (["run", "--mdp", "garnet:S=10,A=2,b=2", "--clip", "0.1", "0.2", "0.3"],
      "--clip takes one or two values, got 3"),
     (["run", "--mdp", "garnet:S=10,A=2,b=2", "--checkpoint-every", "0"], "--checkpoint-every must be >= 1, got 0"),
+    (["run", "--mdp", "garnet:S=10,A=2,b=2", "--iters", "-5"], "iters must be >= 0, got -5"),
+    (["run", "--mdp", "garnet:S=10,A=2,b=2", "--inner-steps", "100000"], "inner_steps must be <= 10000, got 100000"),
     (["solve", "--mdp-file", "no/such/file.npz"], "no such file: no/such/file.npz"),
     (["eval", "no/such/result.npz"], "no such file: no/such/result.npz"),
     (["run", "--resume", "no/such/dir"],
@@ -201,6 +207,7 @@ def test_user_errors_are_one_line(args, message, capsys, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []  # nothing written
 
 
+@pytest.mark.slow
 def test_user_errors_from_the_real_entry_point(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip file")
     for args, message, status in [
@@ -278,6 +285,7 @@ def test_resume_rejects_wrong_mdp_class_and_missing_checkpoint(tmp_path):
     assert fastppo.PPOClip.resume(tmp_path).n_iter == 3
 
 
+@pytest.mark.slow
 def test_resume_is_bit_exact_cli(tmp_path):
     args = ["--mdp", SMALL, "--backend", "cython", "--no-progress"]
     assert main(["run", *args, "--iters", "10", "--out", str(tmp_path / "a"), "--quiet"]) == 0
@@ -290,9 +298,10 @@ def test_resume_is_bit_exact_cli(tmp_path):
     assert json.loads((tmp_path / "a" / "config.json").read_text())["params"]["iters"] == 20
 
 
+@pytest.mark.slow
 def test_sigint_stops_saves_and_resumes_bit_exact(tmp_path):
     folder = tmp_path / "run"
-    args = ["--mdp", "garnet:S=2000,A=4,b=5,seed=0", "--step", "0.05", "--backend", "cython"]
+    args = ["--mdp", "garnet:S=2000,A=4,b=5,seed=0", "--step-scale", "0.05", "--backend", "cython"]
     proc = subprocess.Popen([sys.executable, "-m", "fastppo", "run", *args, "--iters", "100000",
                              "--tol", "1e-30", "--out", str(folder), "--checkpoint-every", "1",
                              "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -316,7 +325,7 @@ def test_sigint_stops_saves_and_resumes_bit_exact(tmp_path):
     with np.load(folder / "result.npz") as f:
         assert int(f["n_iter"]) == k + 3
         assert np.array_equal(f["logits"], reference_run(
-            k + 3, "garnet:S=2000,A=4,b=5,seed=0", step=0.05, backend="cython"))
+            k + 3, "garnet:S=2000,A=4,b=5,seed=0", step_scale=0.05, backend="cython"))
 
 
 SAVE_LOOP = textwrap.dedent("""
@@ -330,6 +339,7 @@ SAVE_LOOP = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.0, 0.037, 0.09, 0.16])
 def test_kill_during_saves_leaves_complete_files(tmp_path, delay):
     """kill -9 at an arbitrary moment of a save loop: every file is a complete version."""
@@ -383,6 +393,7 @@ SWEEP = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sweep_on_local_cluster(tmp_path):
     pytest.importorskip("dask.distributed")
     config = tmp_path / "sweep.toml"
@@ -426,6 +437,7 @@ def test_sweep_on_local_cluster(tmp_path):
         assert [r["status"] for r in csv.DictReader(f)] == [r["status"] for r in table]
 
 
+@pytest.mark.slow
 def test_sweep_config_errors(tmp_path):
     with pytest.raises(fcli.UsageError, match="unknown sweep parameter 'eps'"):
         fastppo.sweep({"grid": {"eps": [0.1]}}, out=str(tmp_path))
@@ -446,3 +458,62 @@ def test_sweep_runs_are_keyed_by_parameters():
     assert [r["tau"] for r in runs] == [0.1, 0.2, 0.3] and all(r["iters"] == 5 for r in runs)
     ids = [sweeps.run_id(r) for r in runs]
     assert len(set(ids)) == 3 and ids[0] == sweeps.run_id(dict(reversed(runs[0].items())))
+
+
+# ------------------------------------------------------------------ the error rule
+def test_error_classes(tmp_path, capsys, monkeypatch):
+    """User input: one line, exit 2; a numerical failure: one line, exit 1; a bug deep in
+    the library keeps its traceback (it is not a "user mistake")."""
+    args = ["run", "--mdp", "garnet:S=10,A=2,b=2", "--iters", "2", "--out", str(tmp_path / "o")]
+
+    def converge_fail(*a, **k):
+        raise fastppo.ConvergenceError("evaluate did not reach tol=1e-12")
+
+    monkeypatch.setattr(fastppo, "solve", converge_fail)
+    assert main(args) == 1
+    assert capsys.readouterr().err == ("fastppo: error: ConvergenceError: evaluate did not reach "
+                                       "tol=1e-12\n")
+
+    def bug(*a, **k):
+        raise ValueError("an internal inconsistency")
+
+    monkeypatch.setattr(fastppo, "solve", bug)
+    with pytest.raises(ValueError, match="an internal inconsistency"):
+        main(args)
+    monkeypatch.undo()
+    for name, value, message in [
+            ("FASTPPO_NUM_THREADS", "abc", "environment variable FASTPPO_NUM_THREADS='abc': must "
+                                           "be a positive integer"),
+            ("FASTPPO_BACKEND", "rust", "environment variable FASTPPO_BACKEND='rust': backend must "
+                                        "be one of 'numba', 'cython', 'numpy'; got 'rust'")]:
+        monkeypatch.setenv(name, value)
+        assert main(["info"]) == 2
+        assert capsys.readouterr().err == f"fastppo: error: {message}\n"
+        monkeypatch.delenv(name)
+    assert main(["solve", "--mdp", "chain:n_states=5", "--threads", "0"]) == 2
+    assert capsys.readouterr().err == "fastppo: error: n_threads must be a positive integer, got 0\n"
+    assert main(["run", "--mdp", "garnet:S=10,A=2,b=2", "--inner-steps", "0"]) == 2
+    assert capsys.readouterr().err == "fastppo: error: inner_steps must be >= 1, got 0\n"
+    (tmp_path / "cfg").mkdir()
+    fastppo.PPOClip(fastppo.garnet(10, 2, 2, seed=0)).run(1).save(tmp_path / "cfg")
+    (tmp_path / "cfg" / "config.json").write_text("{not json")
+    assert main(["run", "--resume", str(tmp_path / "cfg")]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"fastppo: error: cannot read {tmp_path / 'cfg' / 'config.json'}: Expecting")
+
+
+def test_old_step_flag_and_sweep_key_still_work(tmp_path, capsys):
+    assert main(["run", "--mdp", SMALL, "--iters", "3", "--step", "0.5", "--out",
+                 str(tmp_path / "a"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err == ("fastppo: warning: the run parameter 'step' is deprecated and will be removed "
+                   "in fastppo 0.3.0; use 'step_scale'\n")
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["params"]["step_scale"] == 0.5 and "step" not in config["params"]
+    with np.load(tmp_path / "a" / "result.npz") as f:
+        assert np.array_equal(f["logits"], reference_run(3, step_scale=0.5))
+    assert main(["run", "--mdp", SMALL, "--step", "0.5", "--step-scale", "0.5"]) == 2
+    assert "give --step-scale only" in capsys.readouterr().err
+    with pytest.warns(DeprecationWarning, match="'step' is deprecated"):
+        runs = sweeps.expand({"grid": {"step": [0.5, 0.25]}})
+    assert [r["step_scale"] for r in runs] == [0.5, 0.25] and "step" not in runs[0]

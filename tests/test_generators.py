@@ -108,6 +108,7 @@ def test_garnet_full_branching():
     np.testing.assert_array_equal(successors(m), want)
 
 
+@pytest.mark.slow
 def test_garnet_million_states_under_2_gib():
     code = textwrap.dedent("""
         import resource

@@ -290,7 +290,7 @@ def make(name, tau):
 def test_ppoclip_converges_to_the_optimum(backend, name, tau, seed, rect, step):
     mdp = small(seed, rect)
     reg = make(name, tau)
-    res = fastppo.PPOClip(mdp, reg, step=step, reference=True, backend=backend).run(500, tol=1e-9)
+    res = fastppo.PPOClip(mdp, reg, step_scale=step, reference=True, backend=backend).run(500, tol=1e-9)
     star = fastppo.solve(mdp, reg, backend=backend)
     assert res.reference == star.J
     assert res.converged and res.n_iter < 500
@@ -308,7 +308,7 @@ PARITY = [(fastppo.ForwardKL(0.5), 0.2, 3, False), (fastppo.ReverseKL(0.3), (0.1
 def trajectory(case, backend, n_threads):
     reg, clip, seed, rect = PARITY[case]
     mdp = small(seed, rect)
-    ppo = fastppo.PPOClip(mdp, reg, clip=clip, step=2.0, mu=random_mu(mdp, 5),
+    ppo = fastppo.PPOClip(mdp, reg, clip=clip, step_scale=2.0, mu=random_mu(mdp, 5),
                           init=random_policy(mdp, 9)[1], backend=backend, n_threads=n_threads)
     res = ppo.run(12)
     return mdp.to_pairs(res.logits), res.history
@@ -330,7 +330,7 @@ def test_history_fields(backend):
     reg = fastppo.ForwardKL(0.5)
     mu = random_mu(mdp, 3)
     seen, policies = [], []
-    ppo = fastppo.PPOClip(mdp, reg, step=0.25, mu=mu, reference=True, backend=backend)
+    ppo = fastppo.PPOClip(mdp, reg, step_scale=0.25, mu=mu, reference=True, backend=backend)
     policies.append(ppo.pi.copy())
     logits = [ppo.logits.copy()]
 
@@ -468,10 +468,10 @@ def test_npg_converges(backend):
     mdp = small(2, False)
     for reg, step, n in [(fastppo.ReverseKL(1.0), 1.0, 10), (fastppo.ForwardKL(0.5), 0.2, 100),
                          (None, 1.0, 60)]:
-        res = fastppo.NPG(mdp, reg, step=step, reference=True, backend=backend).run(n, tol=1e-9)
+        res = fastppo.NPG(mdp, reg, step_scale=step, reference=True, backend=backend).run(n, tol=1e-9)
         assert res.converged and abs(res.J - res.reference) <= 1e-8, reg
-    assert fastppo.NPG(mdp, None, step=2.0).lr == 2.0 / (1.0 - mdp.gamma)  # as documented
-    assert fastppo.NPG(mdp, fastppo.ForwardKL(0.5), step=2.0).lr == 4.0
+    assert fastppo.NPG(mdp, None, step_scale=2.0).lr == 2.0 / (1.0 - mdp.gamma)  # as documented
+    assert fastppo.NPG(mdp, fastppo.ForwardKL(0.5), step_scale=2.0).lr == 4.0
     # reverse KL with η = 1/τ is soft policy iteration: π_new ∝ π_ref exp(Q̃/τ)
     reg = fastppo.ReverseKL(1.0)
     npg = fastppo.NPG(mdp, reg, backend=backend)
@@ -513,14 +513,14 @@ def test_kl_penalty_beta_adapts():
     solver.step()
     assert solver.beta == 1.0
     # a natural run follows the rule at every iteration
-    solver, rows = run(kl_target=0.003, beta=1.0, step=0.1)  # stability cap ≈ 10: not reached
+    solver, rows = run(kl_target=0.003, beta=1.0, step_scale=0.1)  # stability cap ≈ 10: not reached
     for a, b in zip(rows, rows[1:] + [{"beta": solver.beta}]):
         want = a["beta"] * (2.0 if a["kl"] > 0.0045 else 0.5 if a["kl"] < 0.002 else 1.0)
         assert b["beta"] == want
     assert len({r["beta"] for r in rows}) > 1
     # β really enters the update: a larger β keeps the new policy closer to the old one
     # (while β·η·d/(1−γ) stays small enough for the explicit inner steps to be stable)
-    kls = [fastppo.KLPenaltyPPO(mdp, reg, beta=b, step=0.2).step()["kl"] for b in (0.0, 1.0, 3.0)]
+    kls = [fastppo.KLPenaltyPPO(mdp, reg, beta=b, step_scale=0.2).step()["kl"] for b in (0.0, 1.0, 3.0)]
     assert kls[0] > 1.5 * kls[1] > 3 * kls[2] > 0
 
 
@@ -548,8 +548,8 @@ def test_bad_parameters():
         with pytest.raises(ValueError, match="lr must be > 0"):
             fastppo.PPOClip(mdp, reg, lr=lr)
     for cls in (fastppo.PPOClip, fastppo.NPG, fastppo.SoftmaxPG, fastppo.KLPenaltyPPO):
-        with pytest.raises(ValueError, match="step must be > 0"):
-            cls(mdp, reg, step=0.0)
+        with pytest.raises(ValueError, match="step_scale must be > 0"):
+            cls(mdp, reg, step_scale=0.0)
     mu = np.full(mdp.n_states, 1.0 / (mdp.n_states - 1))
     mu[3] = 0.0
     with pytest.raises(ValueError, match=r"mu must have full support .*mu\[3\] = 0"):
@@ -559,7 +559,7 @@ def test_bad_parameters():
     with pytest.raises(ValueError, match=r"init must be finite: pair \(s=0, a=1\)"):
         fastppo.PPOClip(mdp, reg, init=np.where(np.arange(mdp.n_pairs) == 1, np.nan, 0.0))
     with pytest.raises(ValueError, match="tol must be > 0"):
-        fastppo.PPOClip(mdp, reg, tol=0.0)
+        fastppo.PPOClip(mdp, reg, lin_tol=0.0)
     with pytest.raises(ValueError, match="kl_target must be > 0"):
         fastppo.KLPenaltyPPO(mdp, reg, kl_target=0.0)
     with pytest.raises(ValueError, match="beta must be >= 0"):
@@ -609,10 +609,10 @@ def test_non_finite_logits_and_bad_init_stop_with_floating_point_error(backend):
 
 
 def test_floating_point_error_names_a_later_iteration():
-    """NPG with η = 1/τ (step=1) overshoots for forward KL (its τ π_ref/π term is huge where
+    """NPG with η = 1/τ (step_scale=1) overshoots for forward KL (its τ π_ref/π term is huge where
     π is small); the error names the iteration where the policy left the range of doubles."""
     mdp = small(1, True)
-    npg = fastppo.NPG(mdp, fastppo.ForwardKL(0.5), step=1.0)
+    npg = fastppo.NPG(mdp, fastppo.ForwardKL(0.5), step_scale=1.0)
     with pytest.raises(FloatingPointError, match="iteration ") as info:
         npg.run(20)
     n = npg.n_iter + 1
@@ -648,5 +648,5 @@ def test_npg_default_step_converges_for_forward_kl():
 def test_stall_warning():
     """A step far too large for τ makes PPO-Clip's inner steps cycle: warn, don't hang silently."""
     mdp = small(1, True)
-    with pytest.warns(RuntimeWarning, match="stalled"):
-        fastppo.PPOClip(mdp, fastppo.ForwardKL(0.5), step=3.0).run(200)
+    with pytest.warns(fastppo.ConvergenceWarning, match="stalled"):
+        fastppo.PPOClip(mdp, fastppo.ForwardKL(0.5), step_scale=3.0).run(200)

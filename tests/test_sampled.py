@@ -96,7 +96,7 @@ def test_gae_rejections():
         fastppo.gae(r, v[:, 1:], nv, term, trunc, 0.9, 0.9)
     with pytest.raises(ValueError, match=r"terminated must hold booleans"):
         fastppo.gae(r, v, nv, term * 2, trunc, 0.9, 0.9)
-    with pytest.raises(ValueError, match=r"lam must be in \[0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"gae_lambda must be in \[0, 1\], got 1.5"):
         fastppo.gae(r, v, nv, term, trunc, 0.9, 1.5)
     with pytest.raises(ValueError, match=r"gamma must be >= 0"):
         fastppo.discounted_returns(r, term, trunc, -0.1)

@@ -45,6 +45,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("FASTPPO_SKIP_SCALE") == "1", reason="FASTPPO_SKIP_SCALE=1")
 def test_million_state_garnet_memory():
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,

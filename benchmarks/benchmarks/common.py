@@ -64,18 +64,39 @@ def grid_shape(n_states):
     return h, n_states // h
 
 
+def family_call(family, n_states, n_actions=N_ACTIONS, branching=BRANCHING, gamma=GAMMA,
+                seed=SEED, locality=LOCALITY):
+    """(builder, args, kwargs) of the benchmark MDP ``family`` with ``n_states`` states:
+    the one definition of the families, shared by the asv suite and the scripts in
+    ``benchmarks/`` (compare.py, peers.py, ppo_run.py, convergence_study.py)."""
+    if family == "garnet":
+        return fastppo.garnet, (n_states, n_actions, branching), dict(gamma=gamma, seed=seed)
+    if family == "local":
+        return fastppo.garnet, (n_states, n_actions, branching), dict(gamma=gamma, seed=seed,
+                                                                      locality=locality)
+    if family == "grid":
+        return fastppo.gridworld, grid_shape(n_states), dict(gamma=gamma)
+    raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
+
+
+def build_mdp(family, n_states, **kw):
+    """The fixed-seed MDP of a family (see :func:`family_call`; keywords override the
+    suite's defaults ``n_actions``, ``branching``, ``gamma``, ``seed``, ``locality``)."""
+    func, args, kwargs = family_call(family, n_states, **kw)
+    return func(*args, **kwargs)
+
+
+def describe_mdp(family, n_states, **kw):
+    """The call that builds the family's MDP, as text (for benchmark reports)."""
+    func, args, kwargs = family_call(family, n_states, **kw)
+    text = ", ".join([*map(str, args), *(f"{k}={v}" for k, v in kwargs.items())])
+    return f"fastppo.{func.__name__}({text})"
+
+
 @functools.lru_cache(maxsize=None)
 def get_mdp(family, n_states):
-    """The fixed-seed MDP of a family with exactly ``n_states`` states."""
-    if family == "garnet":
-        return fastppo.garnet(n_states, N_ACTIONS, BRANCHING, gamma=GAMMA, seed=SEED)
-    if family == "local":
-        return fastppo.garnet(n_states, N_ACTIONS, BRANCHING, gamma=GAMMA, seed=SEED,
-                              locality=LOCALITY)
-    if family == "grid":
-        h, w = grid_shape(n_states)
-        return fastppo.gridworld(h, w, gamma=GAMMA)
-    raise ValueError(f"unknown family {family!r}")
+    """The fixed-seed MDP of a family with exactly ``n_states`` states (memoised)."""
+    return build_mdp(family, n_states)
 
 
 @functools.lru_cache(maxsize=None)
