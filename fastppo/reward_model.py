@@ -44,7 +44,6 @@ from scipy.special import expit
 
 from . import _validation as V
 from ._result import Result
-from .generators import _rng
 from .sampled import rollout
 from .tokens import OutcomeReward, TokenMDP, check_responses
 
@@ -110,7 +109,7 @@ def sample_responses(task, pi, n, seed=None, *, group_size=1, backend=None):
         Padded at the end with -1 (EOS is not written).
     """
     _check_task(task)
-    traj = rollout(task.mdp, pi, n, task.max_len, _rng(seed), group_size=group_size,
+    traj = rollout(task.mdp, pi, n, task.max_len, V.check_seed(seed), group_size=group_size,
                    backend=backend)
     tokens = np.where((traj.actions >= 0) & (traj.actions < task.eos), traj.actions, -1)
     return traj.states[:, 0].copy(), tokens
@@ -141,7 +140,7 @@ def preference_pairs(task, pi, n, seed=None, *, reward=None, backend=None):
     gold = task.reward if reward is None else reward
     if not isinstance(gold, OutcomeReward):
         raise TypeError(f"reward must be an OutcomeReward or None, got {type(gold).__name__}")
-    rng = _rng(seed)
+    rng = V.check_seed(seed)
     prompts, tokens = sample_responses(task, pi, 2 * n, rng, group_size=2, backend=backend)
     values = gold(prompts, tokens)
     prob_a = expit(values[0::2] - values[1::2])

@@ -45,7 +45,7 @@ c, the last token of the prefix, or the prompt for the empty prefix; a table of 
 import numpy as np
 
 from . import _validation as V
-from .generators import _MAX_STATES, _real, _rng
+from .generators import _MAX_STATES, _real
 from .mdp import MDP
 
 __all__ = ["token_mdp", "TokenMDP", "OutcomeReward"]
@@ -106,7 +106,7 @@ class OutcomeReward:
         −(ℓ − ℓ*)²/L`` with a preferred length ℓ* uniform on 1..L. Drawn in that order
         from ``seed``.
         """
-        rng = _rng(seed)
+        rng = V.check_seed(seed)
         interaction = _real(interaction, "interaction")
         P, Vb, L = n_prompts, vocab, max_len
         bias, token = rng.standard_normal(P), rng.standard_normal(Vb)
@@ -395,7 +395,7 @@ def token_mdp(vocab, max_len, n_prompts=1, *, gamma=1.0, seed=None, rho=None, in
     if n_prefix + 1 > _MAX_STATES:
         raise ValueError(f"token_mdp({vocab}, {max_len}, {n_prompts}) would have {n_prefix + 1} "
                          f"states, more than {_MAX_STATES} (int32 indices)")
-    rng = _rng(seed)
+    rng = V.check_seed(seed)
     prompt_rho = rng.standard_exponential(P)
     prompt_rho /= prompt_rho.sum()
     if rho is not None:

@@ -1,6 +1,6 @@
 """numba = cython = numpy on identical inputs: every public function of the exact
 solver, and every kernel of every ``fastppo._backend.STEMS`` group (``linear``,
-``tables``, ``policy_update``, ``sampling``) called directly through ``get_kernel``; and results
+``tables``, ``policy_update``, ``sampling``, ``episodic``) called directly through ``get_kernel``; and results
 reproducible bit for bit run to run for a fixed backend and thread count."""
 import numpy as np
 import pytest
@@ -121,6 +121,7 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
                             for s in (1.0, 1e3)],
         "advantages": [("", lambda k: _run(k, out(L), a, pi, inp["q"], n_threads=n_threads))],
         "regularized_reward": [], "policy_gradient": [],
+        **_episodic_calls(n_threads),
     }
     for code, alpha in CODES:
         for tau in (0.0, 0.7):
@@ -210,6 +211,20 @@ def _update_calls(mdp, inp, n_threads):
     return calls
 
 
+def _episodic_calls(n_threads):
+    """The one-pass γ = 1 kernels, on a token MDP (a DAG) with a random policy."""
+    dag = fastppo.token_mdp(3, 3, 2, seed=0).mdp
+    pi = random_policy(dag, 5)[0]
+    args = (dag.topological_order, dag.terminal.view(np.uint8), dag.a_indptr, dag.p_indptr,
+            dag.p_indices, dag.p_data, pi, 1.0)
+    c = np.random.default_rng(6).normal(size=dag.n_states)
+    S = dag.n_states
+    return {"episodic_values": [("", lambda k: _run(k, np.full(S, np.nan), *args, c,
+                                                    n_threads=n_threads))],
+            "episodic_visits": [("", lambda k: _run(k, np.full(S, np.nan), *args, dag.rho,
+                                                    n_threads=n_threads))]}
+
+
 def _run(kernel, out, *args, extra=None, n_threads):
     if extra is None:
         kernel(*args, out, n_threads)
@@ -219,10 +234,10 @@ def _run(kernel, out, *args, extra=None, n_threads):
 
 
 def test_parity_covers_every_kernel(mdps):
-    """Every kernel of every stem (linear, tables, policy_update, sampling) has a parity
-    case (a new kernel fails this until added)."""
+    """Every kernel of every stem (linear, tables, policy_update, sampling, episodic) has a
+    parity case (a new kernel fails this until added)."""
     mdp = mdps[0]
-    assert set(STEMS) == {"linear", "tables", "policy_update", "sampling"}
+    assert set(STEMS) == {"linear", "tables", "policy_update", "sampling", "episodic"}
     names = {name for stem in STEMS for name in STEMS[stem]}
     assert set(_calls(mdp, _kernel_inputs(mdp, np.random.default_rng(0)), 1)) == names
 
