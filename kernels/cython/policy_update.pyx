@@ -8,6 +8,7 @@ Mirrors kernels/numba/policy_update.py (which documents the method).
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 
+include "_codes.pxi"
 include "_divergence.pxi"
 
 
@@ -32,13 +33,13 @@ cdef void _greedy_state(int64_t lo, int64_t hi, const double[::1] q, const doubl
             best = k
         if q[k] < qmin:
             qmin = q[k]
-    if tau == 0.0 or code == 0:
+    if tau == 0.0 or code == NONE:
         for k in range(lo, hi):
             pi_out[k] = 0.0
         pi_out[best] = 1.0
         value[0] = qmax
         return
-    if code == 1:
+    if code == REVERSE_KL:  # closed form
         z = 0.0
         for k in range(lo, hi):
             e = ref[k] * exp((q[k] - qmax) / tau)

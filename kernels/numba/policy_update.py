@@ -15,6 +15,7 @@ import math
 
 from numba import prange
 
+from ._codes import NONE, REVERSE_KL
 from ._divergence import fprime_inv, fprime_one, p_fprime, ref_f
 from ._jit import twins
 
@@ -30,13 +31,13 @@ def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out):
                 qmax = q[k]
                 best = k
             qmin = min(qmin, q[k])
-        if tau == 0.0 or code == 0:
+        if tau == 0.0 or code == NONE:
             for k in range(lo, hi):
                 pi_out[k] = 0.0
             pi_out[best] = 1.0
             value_out[s] = qmax
             continue
-        if code == 1:  # reverse KL: closed form
+        if code == REVERSE_KL:  # closed form
             z = 0.0
             for k in range(lo, hi):
                 e = ref[k] * math.exp((q[k] - qmax) / tau)
