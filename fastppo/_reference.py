@@ -7,7 +7,9 @@ accepted and ignored.
 """
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import rel_entr
 
+from ._codes import KL_K1, KL_K2, KL_K3, NONE, REVERSE_KL
 from .regularizers import from_code
 
 
@@ -53,7 +55,7 @@ def segment_softmax(a_indptr, logits, out, n_threads=1):
 def regularized_reward(a_indptr, r, pi, ref, code, alpha, tau, out, n_threads=1):
     """out[s] = Σ_a π r − τ Σ_a π_ref f(π/π_ref)."""
     out[:] = _segment_sum(a_indptr, pi * r)
-    if tau != 0.0 and code != 0:
+    if tau != 0.0 and code != NONE:
         out -= tau * _segment_sum(a_indptr, from_code(code, alpha).ref_f(pi, ref))
 
 
@@ -66,7 +68,7 @@ def policy_gradient(a_indptr, pi, b, weight, ref, code, alpha, tau, out, n_threa
     """out = w(s) π [(b − Σ π b) − τ (f'(π/π_ref) − Σ π f')] per pair."""
     s = _states(a_indptr)
     g = pi * (b - _segment_sum(a_indptr, pi * b)[s])
-    if tau != 0.0 and code != 0:
+    if tau != 0.0 and code != NONE:
         pf = from_code(code, alpha).p_fprime(pi, ref)
         g -= tau * (pf - pi * _segment_sum(a_indptr, pf)[s])
     out[:] = weight[s] * g
@@ -82,7 +84,7 @@ def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out, n_threa
     """
     s = _states(a_indptr)
     qmax = np.maximum.reduceat(q, a_indptr[:-1])
-    if tau == 0.0 or code == 0:
+    if tau == 0.0 or code == NONE:
         first = np.zeros(q.shape[0], dtype=bool)
         is_max = q == qmax[s]
         idx = np.flatnonzero(is_max)
@@ -92,7 +94,7 @@ def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out, n_threa
         value_out[:] = qmax
         return
     reg = from_code(code, alpha)
-    if code == 1:
+    if code == REVERSE_KL:
         e = ref * np.exp((q - qmax[s]) / tau)
         z = _segment_sum(a_indptr, e)
         pi_out[:] = e / z[s]
@@ -138,7 +140,7 @@ def ppo_update(a_indptr, pi_old, adv, weight, ref, code, alpha, tau, eps_low, ep
         clipped_out[:] = _segment_sum(a_indptr, (~active & (adv != 0)).astype(np.int64))
         theta += lr * g
     segment_softmax(a_indptr, theta, pi_out)
-    kl_out[:] = _segment_sum(a_indptr, np.where(pi_out > 0, pi_out * np.log(np.where(pi_out > 0, pi_out, 1.0) / pi_old), 0.0))
+    kl_out[:] = _segment_sum(a_indptr, rel_entr(pi_out, pi_old))
 
 
 # ------------------------------------------------------------------- sampling
@@ -246,11 +248,11 @@ def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_r
                       | ((A < 0) & (ratio > 1.0 - eps_low) & (ratio < dual_clip)))
             clipped[ep] += np.count_nonzero(~active & (A != 0))
             coef = np.where(active, ratio * A, 0.0)
-            if kl_kind == 1:
+            if kl_kind == KL_K1:
                 coef = coef - kl_coef * 1.0
-            elif kl_kind == 2:
+            elif kl_kind == KL_K2:
                 coef = coef - kl_coef * (logp - logp_ref[idx])
-            elif kl_kind == 3:
+            elif kl_kind == KL_K3:
                 coef = coef - kl_coef * (1.0 - np.exp(logp_ref[idx] - logp))
             diff = values[s] - returns[idx]
             dv = values[s] - v_old[idx]

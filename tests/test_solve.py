@@ -17,6 +17,7 @@ import pytest
 
 import fastppo
 from conftest import random_mdp, random_policy
+from fastppo import _codes
 from fastppo._backend import get_kernel
 
 TAU = 0.5
@@ -334,7 +335,7 @@ def test_policy_is_a_fixed_point_of_the_greedy_step(backend, name):
         res = fastppo.solve(mdp, reg, backend=backend)
         q, pi = mdp.to_pairs(res.q), mdp.to_pairs(res.policy)
         if reg is None:
-            code, alpha, tau, ref = 0, 0.0, 0.0, mdp.uniform_policy()
+            code, alpha, tau, ref = _codes.NONE, 0.0, 0.0, mdp.uniform_policy()
         else:
             code, alpha, tau, ref = reg.code, reg.alpha, reg.tau, reg.reference_policy(mdp)
         out, value = np.empty(mdp.n_pairs), np.empty(mdp.n_states)
