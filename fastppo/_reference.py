@@ -79,34 +79,37 @@ def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out, n_threa
     """p(s) = argmax_p Σ p Q − τ D_f(p ‖ π_ref) and its value, per state.
 
     τ = 0: first argmax. Reverse KL: p ∝ π_ref exp(Q/τ). Other f: the stationarity
-    condition Q_a − τ f'(p_a/π_ref,a) = ν, solved for ν by vectorised bisection on
-    Σ_a π_ref,a (f')^{-1}((Q_a − ν)/τ) = 1 (200 halvings of [min Q − τf'(1), max Q − τf'(1)]).
+    condition Q_a − τ f'(p_a/π_ref,a) = ν with ν = max Q + τ t, solved for t by
+    vectorised bisection on Σ_a π_ref,a (f')^{-1}((Q_a − max Q)/τ − t) = 1 (200 halvings
+    of [max(−f'(1/π_ref,b), (min Q − max Q)/τ − f'(1)), −f'(1)], b the first argmax).
+    Where f(0) = ∞ a probability that underflows is stored as 5e-324 (full support).
     """
     s = _states(a_indptr)
     qmax = np.maximum.reduceat(q, a_indptr[:-1])
+    idx = np.flatnonzero(q == qmax[s])
+    best = idx[np.r_[True, s[idx][1:] != s[idx][:-1]]]  # first argmax of each state
     if tau == 0.0 or code == NONE:
-        first = np.zeros(q.shape[0], dtype=bool)
-        is_max = q == qmax[s]
-        idx = np.flatnonzero(is_max)
-        first_idx = idx[np.r_[True, s[idx][1:] != s[idx][:-1]]]
-        first[first_idx] = True
-        pi_out[:] = first
+        pi_out[:] = 0.0
+        pi_out[best] = 1.0
         value_out[:] = qmax
         return
     reg = from_code(code, alpha)
+    with np.errstate(divide="ignore", over="ignore"):
+        d = (q - qmax[s]) / tau  # ≤ 0, −inf where τ is below the gap
     if code == REVERSE_KL:
-        e = ref * np.exp((q - qmax[s]) / tau)
+        e = ref * np.exp(d)
         z = _segment_sum(a_indptr, e)
         pi_out[:] = e / z[s]
         value_out[:] = qmax + tau * np.log(z)
         return
-    shift = tau * float(reg.fprime(np.array(1.0)))
-    lo = np.minimum.reduceat(q, a_indptr[:-1]) - shift
-    hi = qmax - shift
+    f1 = float(reg.fprime(np.array(1.0)))
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        lo = np.maximum(-reg.fprime(1.0 / ref[best]), np.minimum.reduceat(d, a_indptr[:-1]) - f1)
+    hi = np.full(qmax.shape, -f1)
 
-    def mass(nu):
+    def mass(t):
         with np.errstate(all="ignore"):
-            return ref * reg.fprime_inv((q - nu[s]) / tau)
+            return ref * reg.fprime_inv(d - t[s])
 
     for _ in range(200):
         mid = 0.5 * (lo + hi)
@@ -115,6 +118,8 @@ def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out, n_threa
         hi = np.where(big, hi, mid)
     p = mass(hi)
     p /= _segment_sum(a_indptr, p)[s]
+    # where f(0) = ∞ the optimum has full support: underflowed entries become 5e-324
+    p[(p == 0) & np.isinf(reg.ref_f(np.zeros_like(ref), ref))] = 5e-324
     pi_out[:] = p
     value_out[:] = _segment_sum(a_indptr, p * q - tau * reg.ref_f(p, ref))
 

@@ -53,12 +53,22 @@ cdef inline double p_fprime(int code, double alpha, double p, double q) noexcept
     return 0.0
 
 
-cdef inline double fprime_one(int code) noexcept nogil:
-    """f'(1): shifts the bracket of the normaliser nu in the greedy step."""
+cdef inline double fprime(int code, double alpha, double x) noexcept nogil:
+    """f'(x) for x > 0 (the greedy step's bracket)."""
+    cdef double L
     if code == REVERSE_KL:
-        return 1.0
+        return log(x) + 1.0
     if code == FORWARD_KL:
-        return -1.0
+        return -1.0 / x
+    if code == CHI_SQUARE:
+        return 2.0 * (x - 1.0)
+    if code == HELLINGER:
+        return 1.0 - 1.0 / sqrt(x)
+    if code == JENSEN_SHANNON:
+        return log(2.0 * x / (x + 1.0))
+    if code == ALPHA:
+        L = log(x)
+        return L * _exprel(-alpha * L)
     return 0.0
 
 

@@ -61,12 +61,21 @@ def p_fprime(code, alpha, p, q):
 
 
 @njit(cache=True, inline="always")
-def fprime_one(code):
-    """f'(1): shifts the bracket of the normaliser ν in the greedy step."""
+def fprime(code, alpha, x):
+    """f'(x) for x > 0 (the greedy step's bracket)."""
     if code == REVERSE_KL:
-        return 1.0
+        return math.log(x) + 1.0
     if code == FORWARD_KL:
-        return -1.0
+        return -1.0 / x
+    if code == CHI_SQUARE:
+        return 2.0 * (x - 1.0)
+    if code == HELLINGER:
+        return 1.0 - 1.0 / math.sqrt(x)
+    if code == JENSEN_SHANNON:
+        return math.log(2.0 * x / (x + 1.0))
+    if code == ALPHA:
+        L = math.log(x)
+        return L * _exprel(-alpha * L)
     return 0.0
 
 
