@@ -82,7 +82,8 @@ def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out, n_threa
     condition Q_a − τ f'(p_a/π_ref,a) = ν with ν = max Q + τ t, solved for t by
     vectorised bisection on Σ_a π_ref,a (f')^{-1}((Q_a − max Q)/τ − t) = 1 (200 halvings
     of [max(−f'(1/π_ref,b), (min Q − max Q)/τ − f'(1)), −f'(1)], b the first argmax).
-    Where f(0) = ∞ a probability that underflows is stored as 5e-324 (full support).
+    Where (Q_a − max Q)/τ overflows, (f')^{-1} is its asymptote; where f(0) = ∞ a
+    probability that underflows is stored as 5e-324 (the optimum has full support).
     """
     s = _states(a_indptr)
     qmax = np.maximum.reduceat(q, a_indptr[:-1])
@@ -117,6 +118,9 @@ def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out, n_threa
         lo = np.where(big, mid, lo)
         hi = np.where(big, hi, mid)
     p = mass(hi)
+    far = (d - hi[s]) == -np.inf  # |y| beyond the double range: h by its asymptote
+    if far.any():
+        p[far] = ref[far] * reg.fprime_inv_tail(np.log(qmax[s][far] - q[far]) - np.log(tau))
     p /= _segment_sum(a_indptr, p)[s]
     # where f(0) = ∞ the optimum has full support: underflowed entries become 5e-324
     p[(p == 0) & np.isinf(reg.ref_f(np.zeros_like(ref), ref))] = 5e-324

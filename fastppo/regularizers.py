@@ -77,6 +77,11 @@ class Regularizer:
         """d/dy (f')^{-1}(y) = 1 / f''((f')^{-1}(y)), 0 below the range of f' and +inf above it."""
         raise NotImplementedError
 
+    def fprime_inv_tail(self, log_neg_y):
+        """(f')^{-1}(y) for y = −exp(log_neg_y) below the double range (|y| > 1e308): its
+        asymptote (0 for the generators whose (f')^{-1} vanishes there first)."""
+        return np.zeros(np.shape(log_neg_y))
+
     # per-pair terms (vectorised, exact limits at p = 0)
     def ref_f(self, p, q):
         """q · f(p/q)."""
@@ -145,6 +150,12 @@ class ForwardKL(Regularizer):
         with np.errstate(divide="ignore"):
             return -1.0 / x
 
+    def ref_f(self, p, q):
+        """q log(q/p), finite for p down to 5e-324 (q/p itself may overflow)."""
+        p, q = np.broadcast_arrays(np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64))
+        L = _log_ratio(np.minimum(p, q), np.maximum(p, q))
+        return np.where(p > 0, np.where(p <= q, -q * L, q * L), np.inf)
+
     def p_fprime(self, p, q):
         return -np.asarray(q, dtype=np.float64) + 0.0 * p
 
@@ -155,6 +166,9 @@ class ForwardKL(Regularizer):
     def fprime_inv_deriv(self, y):
         with np.errstate(divide="ignore"):
             return np.where(y < 0, 1.0 / np.square(np.minimum(y, -0.0)), np.inf)
+
+    def fprime_inv_tail(self, log_neg_y):
+        return np.exp(-np.asarray(log_neg_y, dtype=np.float64))
 
 
 class ChiSquare(Regularizer):
@@ -197,6 +211,9 @@ class Hellinger(Regularizer):
     def fprime_inv_deriv(self, y):
         with np.errstate(divide="ignore"):
             return np.where(y < 1, 2.0 / (1.0 - np.minimum(y, 1.0)) ** 3, np.inf)
+
+    def fprime_inv_tail(self, log_neg_y):
+        return np.exp(-2.0 * np.asarray(log_neg_y, dtype=np.float64))
 
 
 class JensenShannon(Regularizer):
@@ -313,6 +330,13 @@ class AlphaDivergence(Regularizer):
 
     def fprime_inv_deriv(self, y):
         return self._fprime_inv(y)[1]
+
+    def fprime_inv_tail(self, log_neg_y):
+        a = self.alpha
+        log_neg_y = np.asarray(log_neg_y, dtype=np.float64)
+        if a <= 0:
+            return np.zeros(log_neg_y.shape)
+        return np.exp(-(np.log(a) + log_neg_y) / a)
 
     def _fprime_inv(self, y):
         a = self.alpha

@@ -32,6 +32,31 @@ GENERATORS = {
 }
 
 
+def _alpha_inv(y, a):
+    t = 1.0 - a * y  # f'(x) = (1 − x^{−a})/a  ⇒  x = (1 − a y)^{−1/a}
+    if t > 0.0:
+        return t ** (-1.0 / a)
+    return math.inf if a > 0 else 0.0
+
+
+def _js_inv(y, a):
+    if y >= math.log(2.0):  # f'(x) = log(2x/(x+1)) < log 2
+        return math.inf
+    e = math.exp(y)
+    return e / (2.0 - e)
+
+
+# name → (f')^{-1}(y) (reverse KL has a closed-form greedy step instead), 0 below the
+# range of f' and inf above it
+FPRIME_INV = {
+    "ForwardKL": lambda y, a: -1.0 / y if y < 0.0 else math.inf,
+    "ChiSquare": lambda y, a: max(0.0, 1.0 + 0.5 * y),
+    "Hellinger": lambda y, a: 1.0 / (1.0 - y) ** 2 if y < 1.0 else math.inf,
+    "JensenShannon": _js_inv,
+    "AlphaDivergence": _alpha_inv,
+}
+
+
 def f_at_zero(name, alpha=0.0):
     """lim_{x→0+} f(x) (math.inf where the divergence is infinite)."""
     return {

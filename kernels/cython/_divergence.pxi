@@ -17,8 +17,10 @@ cdef inline double ref_f(int code, double alpha, double p, double q) noexcept no
     cdef double t, d
     if code == REVERSE_KL:
         return p * log(p / q) if p > 0.0 else 0.0
-    if code == FORWARD_KL:
-        return q * log(q / p) if p > 0.0 else INFINITY
+    if code == FORWARD_KL:  # q log(q/p), finite for p down to 5e-324
+        if p > 0.0:
+            return -q * _log_ratio(p, q) if p <= q else q * _log_ratio(q, p)
+        return INFINITY
     if code == CHI_SQUARE:
         return (p - q) * (p - q) / q
     if code == HELLINGER:
@@ -117,6 +119,18 @@ cdef inline double fprime_inv(int code, double alpha, double y, double* dh) noex
         dh[0] = 0.0
         return 0.0
     dh[0] = 0.0
+    return 0.0
+
+
+cdef inline double fprime_inv_tail(int code, double alpha, double log_neg_y) noexcept nogil:
+    """h(y) = (f')^(-1)(y) for y = -exp(log_neg_y) below the double range (|y| > 1e308):
+    its asymptote, -1/y (forward KL), 1/y^2 (Hellinger), (-alpha y)^(-1/alpha) (alpha > 0), else 0."""
+    if code == FORWARD_KL:
+        return exp(-log_neg_y)
+    if code == HELLINGER:
+        return exp(-2.0 * log_neg_y)
+    if code == ALPHA and alpha > 0.0:
+        return exp(-(log(alpha) + log_neg_y) / alpha)
     return 0.0
 
 

@@ -28,7 +28,7 @@ cdef void _greedy_state(int64_t lo, int64_t hi, const double[::1] q, const doubl
                         double* value) noexcept nogil:
     cdef int64_t k, best = lo
     cdef int it
-    cdef double qmax = q[lo], qmin = q[lo], z, e, f1, a, b, t, F, dF, h, dh, new, step, val, div
+    cdef double qmax = q[lo], qmin = q[lo], z, e, f1, a, b, t, y, F, dF, h, dh, new, step, val, div
     for k in range(lo + 1, hi):
         if q[k] > qmax:
             qmax = q[k]
@@ -80,7 +80,11 @@ cdef void _greedy_state(int64_t lo, int64_t hi, const double[::1] q, const doubl
         t = new
     z = 0.0
     for k in range(lo, hi):
-        h = fprime_inv(code, alpha, (q[k] - qmax) / tau - t, &dh)
+        y = (q[k] - qmax) / tau - t
+        if y == -INFINITY:  # |y| beyond the double range: h by its asymptote
+            h = fprime_inv_tail(code, alpha, log(qmax - q[k]) - log(tau))
+        else:
+            h = fprime_inv(code, alpha, y, &dh)
         pi_out[k] = ref[k] * h
         z = z + pi_out[k]
     val = 0.0

@@ -23,8 +23,10 @@ def ref_f(code, alpha, p, q):
     """q · f(p / q), with the limit at p = 0."""
     if code == REVERSE_KL:
         return p * math.log(p / q) if p > 0.0 else 0.0
-    if code == FORWARD_KL:
-        return q * math.log(q / p) if p > 0.0 else math.inf
+    if code == FORWARD_KL:  # q log(q/p), finite for p down to 5e-324
+        if p > 0.0:
+            return -q * _log_ratio(p, q) if p <= q else q * _log_ratio(q, p)
+        return math.inf
     if code == CHI_SQUARE:
         return (p - q) * (p - q) / q
     if code == HELLINGER:
@@ -112,6 +114,19 @@ def fprime_inv(code, alpha, y):
             return math.inf, math.inf
         return 0.0, 0.0
     return 0.0, 0.0
+
+
+@njit(cache=True, inline="always")
+def fprime_inv_tail(code, alpha, log_neg_y):
+    """h(y) = (f')^{-1}(y) for y = −exp(log_neg_y) below the double range (|y| > 1e308):
+    its asymptote, −1/y (forward KL), 1/y² (Hellinger), (−αy)^{−1/α} (α > 0), else 0."""
+    if code == FORWARD_KL:
+        return math.exp(-log_neg_y)
+    if code == HELLINGER:
+        return math.exp(-2.0 * log_neg_y)
+    if code == ALPHA and alpha > 0.0:
+        return math.exp(-(math.log(alpha) + log_neg_y) / alpha)
+    return 0.0
 
 
 # ------------------------------------------------------------ α-divergence helpers

@@ -6,8 +6,9 @@
     normaliser ν = max Q + τ t found by safeguarded Newton in t (so that the arguments
     (Q_a − max Q)/τ − t stay exact however small τ is against Q) inside the bracket
     [max(−f'(1/π_ref,b), (min Q − max Q)/τ − f'(1)), −f'(1)], b an argmax of Q. Where
-    f(0) = ∞ (forward KL, α > 1) the optimum has full support: a probability that
-    underflows (τ below 1e-308 of a Q gap) is stored as the smallest double, 5e-324.
+    (Q_a − max Q)/τ overflows, h is its asymptote; where f(0) = ∞ (forward KL, α > 1)
+    the optimum has full support, and a probability that underflows is stored as the
+    smallest double, 5e-324.
 ``ppo_update``: ``n_steps`` ascent steps θ ← θ + η g on the clipped surrogate (SPEC §1),
     plus an optional KL penalty β·KL(π_old ‖ π_θ); every state is independent, so all
     inner steps run state by state in one pass. Writes the final policy, and per state
@@ -19,7 +20,7 @@ import math
 from numba import prange
 
 from ._codes import NONE, REVERSE_KL
-from ._divergence import fprime, fprime_inv, p_fprime, ref_f
+from ._divergence import fprime, fprime_inv, fprime_inv_tail, p_fprime, ref_f
 from ._jit import twins
 
 TINIEST = 5e-324  # the smallest positive double
@@ -81,7 +82,11 @@ def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out):
             t = new
         z = 0.0
         for k in range(lo, hi):
-            h, dh = fprime_inv(code, alpha, (q[k] - qmax) / tau - t)
+            y = (q[k] - qmax) / tau - t
+            if y == -math.inf:  # |y| beyond the double range: h by its asymptote
+                h = fprime_inv_tail(code, alpha, math.log(qmax - q[k]) - math.log(tau))
+            else:
+                h, dh = fprime_inv(code, alpha, y)
             pi_out[k] = ref[k] * h
             z += pi_out[k]
         val = 0.0
