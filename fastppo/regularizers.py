@@ -26,6 +26,7 @@ are the readable spec of the per-pair terms those kernels compute
     p_fprime(p, q)       = p f'(p/q)     (the gradient term; finite at p = 0 where the math is)
     fprime_inv(y)        = (f')^{-1}(y)  (the greedy step), and its derivative
     fprime_inv_deriv(y)  = 1 / f''((f')^{-1}(y))
+    fprime_inv_tail(L)   = (f')^{-1}(−e^L), its asymptote for |y| beyond the double range
 """
 import numbers
 
