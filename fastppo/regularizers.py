@@ -276,7 +276,7 @@ class AlphaDivergence(Regularizer):
 
           f_a(e^L) = L (e^{bL} E(aL) − E(bL)) = Σ_{k≥0} (1 + b + … + b^k) L^{k+2}/(k+2)!,
 
-      summed as the series (20 terms) where |L|·max(1, |b|) ≤ 1, else in closed
+      summed as the series (≤ 20 terms) where |L|·max(1, |b|) ≤ 1, else in closed
       form with every exponent ≤ 0 (the product B e^{bL} = p^{1−α} q^α when b < 0,
       formed so that it does not overflow where it is finite).
     - ``p_fprime``: p f'(p/q) = p L E(−αL), L = log(p/q); (p − p^{1−α} q^α)/α once

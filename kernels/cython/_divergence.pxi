@@ -190,6 +190,8 @@ cdef inline double _alpha_ref_f(double alpha, double p, double q) noexcept nogil
             bk = bk * b
             h = h + bk
             s = s + t * h
+            if fabs(t) * (fabs(h) + fabs(bk)) <= 1e-17 * fabs(s):  # bounds the rest / 2
+                break
         return big * s
     if b < 0.0:  # e^(bL) >= 1 may overflow: big e^(bL) = p^(1-alpha) q^alpha
         return _power_mean(alpha, p, q) * (L * (_exprel(a * L) - _exprel(-b * L)))

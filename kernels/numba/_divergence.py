@@ -15,7 +15,7 @@ from ._codes import ALPHA, CHI_SQUARE, FORWARD_KL, HELLINGER, JENSEN_SHANNON, RE
 
 DBL_MIN = 2.2250738585072014e-308  # smallest normal double: ratios below it lose digits
 SERIES_RADIUS = 1.0  # |log x|·max(1, |1 − α|) up to which f_α(x) is summed as a series
-SERIES_TERMS = 20  # enough for a relative truncation error below 1e-19 inside the radius
+SERIES_TERMS = 20  # at most: enough for a relative truncation error below 1e-19 inside the radius
 
 
 @njit(cache=True, inline="always")
@@ -187,6 +187,8 @@ def _alpha_ref_f(alpha, p, q):
             bk = bk * b
             h = h + bk
             s = s + t * h
+            if abs(t) * (abs(h) + abs(bk)) <= 1e-17 * abs(s):  # bounds the rest / 2
+                break
         return big * s
     if b < 0.0:  # e^{bL} ≥ 1 may overflow: big e^{bL} = p^{1−α} q^α
         return _power_mean(alpha, p, q) * (L * (_exprel(a * L) - _exprel(-b * L)))
