@@ -107,6 +107,11 @@ def index_array(x, name):
     return x.astype(np.int64)
 
 
+def _as_index_array(x, name):
+    """:func:`index_array` as int64."""
+    return index_array(x, name).astype(np.int64, copy=False)
+
+
 def check_index(x, name):
     """One integer index (an int, or a float holding an integer) as a Python int."""
     if not isinstance(x, (bool, np.bool_)):
@@ -182,8 +187,8 @@ def canonical_from_pairs(s_indices, a_indices, P, R, n_states):
     dict with a_indptr, a_indices, p_indptr, p_indices, p_data, r
     """
     n_states = check_n_states(n_states)
-    s_indices = index_array(s_indices, "s_indices").astype(np.int64, copy=False)
-    a_indices = index_array(a_indices, "a_indices").astype(np.int64, copy=False)
+    s_indices = _as_index_array(s_indices, "s_indices")
+    a_indices = _as_index_array(a_indices, "a_indices")
     n_pairs = s_indices.size
     if a_indices.size != n_pairs:
         raise ValueError(
