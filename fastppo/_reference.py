@@ -7,7 +7,9 @@ accepted and ignored.
 """
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import rel_entr
 
+from ._codes import KL_K1, KL_K2, KL_K3, NONE, REVERSE_KL
 from .regularizers import from_code
 
 
@@ -53,7 +55,7 @@ def segment_softmax(a_indptr, logits, out, n_threads=1):
 def regularized_reward(a_indptr, r, pi, ref, code, alpha, tau, out, n_threads=1):
     """out[s] = Σ_a π r − τ Σ_a π_ref f(π/π_ref)."""
     out[:] = _segment_sum(a_indptr, pi * r)
-    if tau != 0.0 and code != 0:
+    if tau != 0.0 and code != NONE:
         out -= tau * _segment_sum(a_indptr, from_code(code, alpha).ref_f(pi, ref))
 
 
@@ -66,7 +68,7 @@ def policy_gradient(a_indptr, pi, b, weight, ref, code, alpha, tau, out, n_threa
     """out = w(s) π [(b − Σ π b) − τ (f'(π/π_ref) − Σ π f')] per pair."""
     s = _states(a_indptr)
     g = pi * (b - _segment_sum(a_indptr, pi * b)[s])
-    if tau != 0.0 and code != 0:
+    if tau != 0.0 and code != NONE:
         pf = from_code(code, alpha).p_fprime(pi, ref)
         g -= tau * (pf - pi * _segment_sum(a_indptr, pf)[s])
     out[:] = weight[s] * g
@@ -77,34 +79,38 @@ def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out, n_threa
     """p(s) = argmax_p Σ p Q − τ D_f(p ‖ π_ref) and its value, per state.
 
     τ = 0: first argmax. Reverse KL: p ∝ π_ref exp(Q/τ). Other f: the stationarity
-    condition Q_a − τ f'(p_a/π_ref,a) = ν, solved for ν by vectorised bisection on
-    Σ_a π_ref,a (f')^{-1}((Q_a − ν)/τ) = 1 (200 halvings of [min Q − τf'(1), max Q − τf'(1)]).
+    condition Q_a − τ f'(p_a/π_ref,a) = ν with ν = max Q + τ t, solved for t by
+    vectorised bisection on Σ_a π_ref,a (f')^{-1}((Q_a − max Q)/τ − t) = 1 (200 halvings
+    of [max(−f'(1/π_ref,b), (min Q − max Q)/τ − f'(1)), −f'(1)], b the first argmax).
+    Where (Q_a − max Q)/τ overflows, (f')^{-1} is its asymptote; where f(0) = ∞ a
+    probability that underflows is stored as 5e-324 (the optimum has full support).
     """
     s = _states(a_indptr)
     qmax = np.maximum.reduceat(q, a_indptr[:-1])
-    if tau == 0.0 or code == 0:
-        first = np.zeros(q.shape[0], dtype=bool)
-        is_max = q == qmax[s]
-        idx = np.flatnonzero(is_max)
-        first_idx = idx[np.r_[True, s[idx][1:] != s[idx][:-1]]]
-        first[first_idx] = True
-        pi_out[:] = first
+    idx = np.flatnonzero(q == qmax[s])
+    best = idx[np.r_[True, s[idx][1:] != s[idx][:-1]]]  # first argmax of each state
+    if tau == 0.0 or code == NONE:
+        pi_out[:] = 0.0
+        pi_out[best] = 1.0
         value_out[:] = qmax
         return
     reg = from_code(code, alpha)
-    if code == 1:
-        e = ref * np.exp((q - qmax[s]) / tau)
+    with np.errstate(divide="ignore", over="ignore"):
+        d = (q - qmax[s]) / tau  # ≤ 0, −inf where τ is below the gap
+    if code == REVERSE_KL:
+        e = ref * np.exp(d)
         z = _segment_sum(a_indptr, e)
         pi_out[:] = e / z[s]
         value_out[:] = qmax + tau * np.log(z)
         return
-    shift = tau * float(reg.fprime(np.array(1.0)))
-    lo = np.minimum.reduceat(q, a_indptr[:-1]) - shift
-    hi = qmax - shift
+    f1 = float(reg.fprime(np.array(1.0)))
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        lo = np.maximum(-reg.fprime(1.0 / ref[best]), np.minimum.reduceat(d, a_indptr[:-1]) - f1)
+    hi = np.full(qmax.shape, -f1)
 
-    def mass(nu):
+    def mass(t):
         with np.errstate(all="ignore"):
-            return ref * reg.fprime_inv((q - nu[s]) / tau)
+            return ref * reg.fprime_inv(d - t[s])
 
     for _ in range(200):
         mid = 0.5 * (lo + hi)
@@ -112,7 +118,12 @@ def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out, n_threa
         lo = np.where(big, mid, lo)
         hi = np.where(big, hi, mid)
     p = mass(hi)
+    far = (d - hi[s]) == -np.inf  # |y| beyond the double range: h by its asymptote
+    if far.any():
+        p[far] = ref[far] * reg.fprime_inv_tail(np.log(qmax[s][far] - q[far]) - np.log(tau))
     p /= _segment_sum(a_indptr, p)[s]
+    # where f(0) = ∞ the optimum has full support: underflowed entries become 5e-324
+    p[(p == 0) & np.isinf(reg.ref_f(np.zeros_like(ref), ref))] = 5e-324
     pi_out[:] = p
     value_out[:] = _segment_sum(a_indptr, p * q - tau * reg.ref_f(p, ref))
 
@@ -138,7 +149,7 @@ def ppo_update(a_indptr, pi_old, adv, weight, ref, code, alpha, tau, eps_low, ep
         clipped_out[:] = _segment_sum(a_indptr, (~active & (adv != 0)).astype(np.int64))
         theta += lr * g
     segment_softmax(a_indptr, theta, pi_out)
-    kl_out[:] = _segment_sum(a_indptr, np.where(pi_out > 0, pi_out * np.log(np.where(pi_out > 0, pi_out, 1.0) / pi_old), 0.0))
+    kl_out[:] = _segment_sum(a_indptr, rel_entr(pi_out, pi_old))
 
 
 # ------------------------------------------------------------------- sampling
@@ -246,11 +257,11 @@ def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_r
                       | ((A < 0) & (ratio > 1.0 - eps_low) & (ratio < dual_clip)))
             clipped[ep] += np.count_nonzero(~active & (A != 0))
             coef = np.where(active, ratio * A, 0.0)
-            if kl_kind == 1:
+            if kl_kind == KL_K1:
                 coef = coef - kl_coef * 1.0
-            elif kl_kind == 2:
+            elif kl_kind == KL_K2:
                 coef = coef - kl_coef * (logp - logp_ref[idx])
-            elif kl_kind == 3:
+            elif kl_kind == KL_K3:
                 coef = coef - kl_coef * (1.0 - np.exp(logp_ref[idx] - logp))
             diff = values[s] - returns[idx]
             dv = values[s] - v_old[idx]

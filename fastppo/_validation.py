@@ -15,6 +15,18 @@ Canonical form of an MDP (QuantEcon's state-action-pair layout):
 
 Every check raises ``ValueError`` (``TypeError`` for wrong types) whose message
 names the first offending state, pair or argument.
+
+Input dtypes (one rule for every constructor, ``MDP(...)`` and ``MDP.load``): values
+are checked before any cast, so nothing is truncated, wrapped or silently dropped.
+
+- Index arrays (``s_indices``, ``a_indices``, ``a_indptr``, ``p_indptr``, ``p_indices``,
+  a Gymnasium next state): any integer dtype, or a float dtype whose values are all
+  integers (``3.0``, never ``3.5``, NaN or inf); every value must fit int64, and next
+  states must lie in ``[0, n_states)``.
+- ``n_states`` ≤ ``MAX_STATES`` = 2³¹ − 1: next-state indices are stored as int32 (the
+  kernels read them as unsigned 32-bit indices).
+- Real arrays (``P``, ``R``/``r``, ``p_data``, ``rho``, policies, tables): bool, integer
+  or float dtypes; complex dtypes are rejected, even with a zero imaginary part.
 """
 import numbers
 
@@ -22,6 +34,8 @@ import numpy as np
 import scipy.sparse as sp
 
 ROW_SUM_TOL = 1e-8
+MAX_STATES = int(np.iinfo(np.int32).max)  # next-state indices are int32
+_INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 def check_gamma(gamma):
@@ -130,11 +144,79 @@ def check_finite(x, name):
 
 
 def as_float_array(x, name, copy=False):
-    """``x`` as a float64 ndarray; TypeError (not numpy's ValueError) for non-numbers."""
+    """``x`` as a float64 ndarray; TypeError (not numpy's ValueError) for non-numbers and
+    for complex input (never its real part alone)."""
     try:
+        x = np.asarray(x)
+        if x.dtype.kind == "c":
+            raise TypeError
         return np.array(x, dtype=np.float64, copy=copy or None)
     except (TypeError, ValueError):
-        raise TypeError(f"{name} must be an array of real numbers") from None
+        got = f", got dtype {x.dtype}" if isinstance(x, np.ndarray) and x.dtype.kind == "c" else ""
+        raise TypeError(f"{name} must be an array of real numbers{got}") from None
+
+
+def check_n_states(n_states):
+    """The number of states: an integer in [1, MAX_STATES]."""
+    n_states = check_int(n_states, "n_states")
+    if n_states > MAX_STATES:
+        raise ValueError(f"n_states = {n_states} is too large: next-state indices are stored as int32, "
+                         f"so at most {MAX_STATES} states")
+    return n_states
+
+
+def index_array(x, name):
+    """A 1-D array of integers, checked before any cast (see the dtype rule above).
+
+    Integer input keeps its dtype (no copy; every value fits int64); float input holding
+    integers becomes int64. TypeError for other dtypes and for non-integral floats,
+    ValueError (naming the position) for values beyond int64.
+    """
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {x.shape}")
+    kind = x.dtype.kind
+    if x.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if kind == "u" and x.max() > _INT64_MAX:
+        i = int(np.argmax(x > _INT64_MAX))
+        raise ValueError(f"{name}[{i}] = {x[i]} is out of the int64 range")
+    if kind in "iu":
+        return x
+    if kind != "f":
+        raise TypeError(f"{name} must hold integers, got dtype {x.dtype}")
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(x) | (x != np.trunc(x))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise TypeError(f"{name} must hold integers, got dtype {x.dtype}: {name}[{i}] = {x[i].item()!r}")
+    bad = np.abs(x) >= 2.0 ** 63
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{name}[{i}] = {x[i].item()!r} is out of the int64 range")
+    return x.astype(np.int64)
+
+
+def _as_index_array(x, name):
+    """:func:`index_array` as int64."""
+    return index_array(x, name).astype(np.int64, copy=False)
+
+
+def check_index(x, name):
+    """One integer index (an int, or a float holding an integer) as a Python int."""
+    if not isinstance(x, (bool, np.bool_)):
+        if isinstance(x, numbers.Integral):
+            return int(x)
+        if isinstance(x, numbers.Real) and float(x).is_integer():
+            return int(x)
+    raise TypeError(f"{name} must be an integer, got {x!r}")
+
+
+def check_real(x, name):
+    """One real number (not complex, not bool) as a Python float."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {x!r}")
+    return float(x)
 
 
 def check_distribution(x, n_states, name):
@@ -154,19 +236,11 @@ def check_distribution(x, n_states, name):
     return x
 
 
-def _as_index_array(x, name):
-    x = np.asarray(x)
-    if x.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {x.shape}")
-    if x.size and not np.issubdtype(x.dtype, np.integer):
-        if not np.issubdtype(x.dtype, np.floating) or (x != np.round(x)).any():
-            raise TypeError(f"{name} must hold integers, got dtype {x.dtype}")
-    return x.astype(np.int64)
-
-
 def as_csr(P, shape, name="P"):
     """A float64 CSR copy of ``P`` (dense or any scipy.sparse) with sorted, summed indices."""
     if sp.issparse(P):
+        if P.dtype.kind == "c":
+            raise TypeError(f"{name} must hold real numbers, got dtype {P.dtype}")
         if P.shape != shape:
             raise ValueError(f"{name} must have shape {shape}, got {P.shape}")
         # copy first: a CSR built from (data, indices, indptr) views its inputs and
@@ -176,6 +250,8 @@ def as_csr(P, shape, name="P"):
         P = np.asarray(P)
         if P.dtype == object or not (np.issubdtype(P.dtype, np.number) or P.dtype == bool):
             raise TypeError(f"{name} must be a numeric array or a scipy.sparse matrix")
+        if P.dtype.kind == "c":
+            raise TypeError(f"{name} must hold real numbers, got dtype {P.dtype}")
         if P.shape != shape:
             raise ValueError(f"{name} must have shape {shape}, got {P.shape}")
         # non-finite entries are reported by check_canonical, naming the (s, a) pair
@@ -200,6 +276,7 @@ def canonical_from_pairs(s_indices, a_indices, P, R, n_states):
     -------
     dict with a_indptr, a_indices, p_indptr, p_indices, p_data, r
     """
+    n_states = check_n_states(n_states)
     s_indices = _as_index_array(s_indices, "s_indices")
     a_indices = _as_index_array(a_indices, "a_indices")
     n_pairs = s_indices.size
@@ -255,6 +332,33 @@ def canonical_from_pairs(s_indices, a_indices, P, R, n_states):
     return arrays
 
 
+def canonical_arrays(a_indptr, a_indices, p_indptr, p_indices, p_data, r, copy=True):
+    """The canonical arrays of ``MDP(...)`` and ``MDP.load``, checked; returns (dict, n_states).
+
+    Values are checked before they are cast to the canonical dtypes (the rule above), then
+    by :func:`check_canonical`. ``copy=False`` takes over arrays that already have the
+    canonical dtype and layout (fresh ones, e.g. just loaded).
+    """
+    def conv(x, dtype):
+        return np.array(x, dtype=dtype, order="C") if copy else np.ascontiguousarray(x, dtype=dtype)
+
+    a_indptr = index_array(a_indptr, "a_indptr")
+    if a_indptr.shape[0] < 2:
+        raise ValueError("the MDP must have at least one state (a_indptr of length >= 2)")
+    n_states = check_n_states(a_indptr.shape[0] - 1)
+    arrays = dict(
+        a_indptr=conv(a_indptr, np.int64),
+        a_indices=conv(index_array(a_indices, "a_indices"), np.int64),
+        p_indptr=conv(index_array(p_indptr, "p_indptr"), np.int64),
+        p_indices=index_array(p_indices, "p_indices"),  # cast to int32 once in range
+        p_data=conv(as_float_array(p_data, "p_data"), np.float64),
+        r=conv(as_float_array(r, "r"), np.float64),
+    )
+    check_canonical(**arrays, n_states=n_states)
+    arrays["p_indices"] = conv(arrays["p_indices"], np.int32)
+    return arrays, n_states
+
+
 def check_canonical(a_indptr, a_indices, p_indptr, p_indices, p_data, r, n_states):
     """Check canonical arrays in O(nnz) time without copying them.
 
@@ -303,7 +407,8 @@ def check_canonical(a_indptr, a_indices, p_indptr, p_indices, p_data, r, n_state
 
     j = _first_bad(nnz, lambda lo, hi: (p_indices[lo:hi] < 0) | (p_indices[lo:hi] >= n_states))
     if j >= 0:
-        raise ValueError(f"{where(j)}: next-state index {p_indices[j]} out of range [0, {n_states})")
+        raise ValueError(f"{where(j)}: next-state index {p_indices[j]} out of range [0, {n_states}) "
+                         f"(p_indices[{j}])")
     j = _first_bad(nnz, lambda lo, hi: ~np.isfinite(p_data[lo:hi]))
     if j >= 0:
         raise ValueError(f"{where(j)}: transition probability {p_data[j]} is not finite")
@@ -357,6 +462,8 @@ def pair_table(mdp, x, name, dtype=np.float64):
     x = np.asarray(x)
     if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
+    if x.dtype.kind == "c":
+        raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
     if x.shape == (mdp.n_pairs,):
         flat = x.astype(dtype, copy=True)
     elif mdp.is_rectangular and x.shape == (mdp.n_states, mdp.n_actions):

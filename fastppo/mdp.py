@@ -11,6 +11,8 @@ For a rectangular MDP (every state has actions ``0..A-1``) per-pair tables can a
 be given and returned with shape ``(n_states, n_actions)``.
 """
 import functools
+import os
+import zipfile
 
 import numpy as np
 import scipy.sparse as sp
@@ -50,7 +52,10 @@ class MDP:
         Start distribution; uniform by default.
 
     The arrays are copied (the MDP's own copies are read-only), so the caller's
-    arrays are neither aliased nor frozen.
+    arrays are neither aliased nor frozen. Every value is checked before it is cast:
+    index arrays may be of any integer dtype, or float holding integers (3.0, not 3.5);
+    nothing wraps or is truncated, complex arrays are rejected, and ``n_states`` is at
+    most 2³¹ − 1 (next-state indices are int32); see ``fastppo._validation``.
 
     Attributes
     ----------
@@ -65,21 +70,9 @@ class MDP:
     def __init__(self, a_indptr, a_indices, p_indptr, p_indices, p_data, r, gamma, rho=None,
                  *, _copy=True):
         # _copy=False: the arrays are fresh (from_sa_pairs, load) and may be taken over
-        conv = (lambda x, dt: np.array(x, dtype=dt, order="C")) if _copy else (
-            lambda x, dt: np.ascontiguousarray(x, dtype=dt))
-        a_indptr = conv(a_indptr, np.int64)
-        if a_indptr.ndim != 1 or a_indptr.shape[0] < 2:
-            raise ValueError("the MDP must have at least one state (a_indptr of length >= 2)")
-        n_states = a_indptr.shape[0] - 1
-        arrays = dict(
-            a_indptr=a_indptr,
-            a_indices=conv(a_indices, np.int64),
-            p_indptr=conv(p_indptr, np.int64),
-            p_indices=conv(p_indices, np.int32),
-            p_data=conv(p_data, np.float64),
-            r=conv(r, np.float64),
-        )
-        V.check_canonical(**arrays, n_states=n_states)
+        arrays, n_states = V.canonical_arrays(a_indptr, a_indices, p_indptr, p_indices, p_data, r,
+                                              copy=_copy)
+        a_indptr = arrays["a_indptr"]
         for name, x in arrays.items():
             x.flags.writeable = False
             setattr(self, name, x)
@@ -263,12 +256,14 @@ class MDP:
                     if len(t) != 4:
                         raise ValueError(f"pair (s={s}, a={a}): transitions must be (prob, next_state, reward, terminated), got {t!r}")
                     prob, nxt, reward, done = t
-                    if not 0 <= int(nxt) < S:
+                    nxt = V.check_index(nxt, f"pair (s={s}, a={a}): next state")
+                    if not 0 <= nxt < S:
                         raise ValueError(f"pair (s={s}, a={a}): next state {nxt} out of range [0, {S})")
-                    exp_r += float(prob) * float(reward)
+                    prob = V.check_real(prob, f"pair (s={s}, a={a}): transition probability")
+                    exp_r += prob * V.check_real(reward, f"pair (s={s}, a={a}): reward")
                     rows.append(k)
-                    cols.append(S if done else int(nxt))
-                    vals.append(float(prob))
+                    cols.append(S if done else nxt)
+                    vals.append(prob)
                     any_terminal |= bool(done)
                 s_idx.append(s)
                 a_idx.append(a)
@@ -308,12 +303,34 @@ class MDP:
 
     @classmethod
     def load(cls, path):
-        """Read an MDP written by :meth:`save`."""
-        with np.load(path, allow_pickle=False) as f:
+        """Read an MDP written by :meth:`save`.
+
+        Every field is checked as by the constructor (no pickles are read); a bad field
+        raises ValueError or TypeError naming the file and the field.
+        """
+        where = path if isinstance(path, (str, os.PathLike)) else getattr(path, "name", "the MDP file")
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (ValueError, EOFError, zipfile.BadZipFile) as err:  # empty, truncated, not npz
+            raise ValueError(f"{where} is not a readable fastppo MDP file ({err})") from None
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(f"{where} is not a fastppo MDP file")
+        with data as f:
             if "format" not in f or str(f["format"]) != "fastppo-mdp-1":
-                raise ValueError(f"{path} is not a fastppo MDP file")
-            return cls(**{name: f[name] for name in _ARRAYS}, gamma=float(f["gamma"]), rho=f["rho"],
-                       _copy=False)
+                raise ValueError(f"{where} is not a fastppo MDP file")
+            fields = {}
+            for name in (*_ARRAYS, "gamma", "rho"):
+                if name not in f:
+                    raise ValueError(f"{where}: field {name!r} is missing")
+                try:
+                    fields[name] = f[name]
+                except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+                    raise ValueError(f"{where}: field {name!r} cannot be read ({err})") from None
+        gamma = fields.pop("gamma")
+        try:
+            return cls(**fields, gamma=gamma[()] if gamma.ndim == 0 else gamma, _copy=False)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{where}: {err}") from None
 
     # ------------------------------------------------------------------ views
     @functools.cached_property

@@ -50,6 +50,7 @@ from scipy.special import entr
 
 from . import _validation as V
 from ._backend import get_kernel, resolve_backend, resolve_threads
+from ._codes import KL_KINDS, KL_NONE
 from ._errors import renamed_parameters
 from ._result import Result
 from ._run import IterativeMethod, check_states
@@ -557,7 +558,7 @@ class SampledPPO(IterativeMethod):
         order = np.stack([self.rng.permutation(n) for _ in range(self.epochs)]).astype(np.int64)
         bounds = np.linspace(0, n, self.minibatches + 1).round().astype(np.int64)
         clipped = np.zeros(self.epochs, np.int64)
-        kl_kind = KL_ESTIMATORS.index(self.kl_estimator) + 1 if self.kl_penalty == "loss" else 0
+        kl_kind = KL_KINDS[self.kl_estimator] if self.kl_penalty == "loss" else KL_NONE
         values_before = self.values.copy()
         get_kernel("ppo_minibatches", self.backend)(
             mdp.a_indptr, s, k, traj.logp[mask], a, logp_ref[mask], targets[mask], v_old[mask],

@@ -8,6 +8,7 @@ import pytest
 import fastppo
 import naive
 from conftest import random_mdp, random_policy
+from fastppo import _codes
 from fastppo._backend import STEMS, get_kernel
 
 REL = 1e-10
@@ -15,8 +16,9 @@ COMPILED = ["numba", "cython"]
 REGS = [None, fastppo.ReverseKL(0.3), fastppo.ForwardKL(0.3), fastppo.ChiSquare(0.3),
         fastppo.Hellinger(0.3), fastppo.JensenShannon(0.3), fastppo.AlphaDivergence(0.3, 0.5),
         fastppo.AlphaDivergence(0.3, 2.0), fastppo.AlphaDivergence(0.3, -1.0)]
-# (code, alpha) of every generator (code 0: no regularizer)
-CODES = [(0, 0.0), (1, 0.0), (2, 0.0), (3, 0.0), (4, 0.0), (5, 0.0), (6, 0.5), (6, 2.0), (6, -1.0)]
+# (code, alpha) of every generator (NONE: no regularizer), and α next to its limits
+CODES = ([(_codes.NONE, 0.0)] + [(reg.code, reg.alpha) for reg in REGS[1:]]
+         + [(_codes.ALPHA, 1e-20), (_codes.ALPHA, 1 - 1e-14)])
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,8 @@ def test_public_functions_match_numpy(mdps, which, n_threads):
         # generator code is covered for every code by test_kernels_match_numpy)
         for reg in REGS if n_threads == 1 else REGS[:2] + REGS[-2:]:
             if reg is not None:
-                reg = type(reg)(reg.tau, reg.alpha, ref) if reg.code == 6 else type(reg)(reg.tau, ref)
+                reg = (type(reg)(reg.tau, reg.alpha, ref) if isinstance(reg, fastppo.AlphaDivergence)
+                       else type(reg)(reg.tau, ref))
             a = fastppo.evaluate(mdp, pi, reg, backend=which, n_threads=n_threads)
             b = fastppo.evaluate(mdp, pi, reg, backend="numpy")
             _close(a.v, b.v, f"v {reg}")
@@ -126,7 +129,7 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
     for code, alpha in CODES:
         for tau in (0.0, 0.7):
             for label, p in (("pi", pi), ("zeros", zpi)):
-                if label == "zeros" and (code == 2 or (code == 6 and alpha > 1)):
+                if label == "zeros" and (code == _codes.FORWARD_KL or (code == _codes.ALPHA and alpha > 1)):
                     continue  # divergence infinite at π = 0 (checked in test_regularizers)
                 tag = f"code{code}-alpha{alpha}-tau{tau}-{label}"
                 calls["regularized_reward"].append(
@@ -268,6 +271,31 @@ def test_kernels_serial_equal_parallel(mdps, which):
         for (label, c1), (_, c2) in zip(one[name], two[name]):
             k = get_kernel(name, which)
             np.testing.assert_array_equal(c1(k), c2(k), err_msg=f"{name} {label}")
+
+
+# ------------------------------------------------------------------ kernel codes
+def test_kernel_code_tables_agree():
+    """One table of kernel codes per backend (fastppo/_codes.py, kernels/numba/_codes.py,
+    kernels/cython/_codes.pxi): the same names with the same numbers in all three, and the
+    regularizers and the sampled loss numbered from them."""
+    from fastppo._kernels.cython import _info
+    from fastppo._kernels.numba import _codes as numba_codes
+
+    python = _codes.table()
+    numba = {name: value for name, value in vars(numba_codes).items()
+             if name.isupper() and isinstance(value, int)}
+    cython = {name: int(member) for enum in (_info.DivergenceCode, _info.KLKind)
+              for name, member in enum.__members__.items()}
+    assert python == numba == cython
+    assert len(python) == 11 and len(set(_codes.KL_KINDS.values()) | {_codes.KL_NONE}) == 4
+    by_class = {cls.__name__: cls.code for cls in (fastppo.ReverseKL, fastppo.ForwardKL, fastppo.ChiSquare,
+                                                     fastppo.Hellinger, fastppo.JensenShannon,
+                                                     fastppo.AlphaDivergence)}
+    assert by_class == {"ReverseKL": python["REVERSE_KL"], "ForwardKL": python["FORWARD_KL"],
+                        "ChiSquare": python["CHI_SQUARE"], "Hellinger": python["HELLINGER"],
+                        "JensenShannon": python["JENSEN_SHANNON"], "AlphaDivergence": python["ALPHA"]}
+    assert fastppo.regularizers.Regularizer.code == python["NONE"]
+    assert _codes.KL_KINDS == {"k1": python["KL_K1"], "k2": python["KL_K2"], "k3": python["KL_K3"]}
 
 
 # ------------------------------------------------------------------ reproducibility

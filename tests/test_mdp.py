@@ -497,6 +497,59 @@ def test_property_shuffle_invariance_and_round_trip(tmp_path_factory, seed, S, A
     assert_same(MDP.load(path), ref)
 
 
+_FIELDS = ("a_indptr", "a_indices", "p_indptr", "p_indices", "p_data", "r", "gamma", "rho")
+_DTYPES = ("int8", "uint8", "int32", "uint32", "int64", "uint64", "float32", "float64", "complex128", "bool")
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_property_load_never_crashes_or_wraps(data):
+    """MDP.load on a file with one field replaced (dtype, shape, values: the valid ones
+    recast with one entry changed, or random ones) or cut short: a valid MDP whose arrays
+    are exactly the file's values, or one ValueError/TypeError naming the file; never
+    another exception, a wrapped index or a dropped imaginary part."""
+    m = MDP.from_dense(*random_dyadic_mdp(3, S=4, A=2)[:2], 0.5)
+    fields = {k: getattr(m, k) for k in _FIELDS[:6]} | dict(gamma=np.float64(0.5), rho=m.rho,
+                                                            format=np.array("fastppo-mdp-1"))
+    name = data.draw(st.sampled_from(_FIELDS), label="field")
+    dtype = np.dtype(data.draw(st.sampled_from(_DTYPES), label="dtype"))
+    info = np.iinfo(dtype) if dtype.kind in "iu" else None
+
+    def value():
+        if info:
+            return st.integers(int(info.min), int(info.max))
+        if dtype == bool:
+            return st.booleans()
+        return st.floats(width=32 if dtype == np.float32 else 64)
+
+    valid = np.asarray(fields[name])
+    if valid.ndim and data.draw(st.booleans(), label="recast the valid values"):
+        with np.errstate(all="ignore"):
+            x = valid.astype(dtype)  # may itself wrap or round: the file holds what it holds
+        i = data.draw(st.integers(0, x.size - 1), label="entry")
+        x[i] = data.draw(value(), label="new value")
+    else:
+        shape = valid.shape if not valid.ndim or data.draw(st.booleans(), label="same shape") else (
+            data.draw(st.integers(0, 2 * valid.shape[0] + 2), label="length"),)
+        x = np.array(data.draw(st.lists(value(), min_size=int(np.prod(shape)), max_size=int(np.prod(shape))),
+                               label="values"), dtype=dtype).reshape(shape)
+    fields[name] = x
+    buf = io.BytesIO()
+    np.savez(buf, **fields)
+    raw = buf.getvalue()
+    cut = data.draw(st.sampled_from([len(raw), len(raw) // 2, 10, 0]), label="bytes kept")
+    try:
+        loaded = MDP.load(io.BytesIO(raw[:cut]))
+    except (ValueError, TypeError) as err:
+        assert "MDP file" in str(err) and "\n" not in str(err), err  # one line naming the file
+        return
+    # accepted: every value is exactly the file's (nothing wrapped, truncated or dropped)
+    for key in (*_FIELDS[:6], "rho"):
+        assert np.array_equal(getattr(loaded, key), np.asarray(fields[key])), key
+    assert loaded.gamma == fields["gamma"]
+    assert (loaded.p_indices >= 0).all() and (loaded.p_indices < loaded.n_states).all()
+
+
 def _small(seed, S, A):
     rng = np.random.default_rng(seed)
     P = np.zeros((S, A, S))

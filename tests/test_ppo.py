@@ -11,6 +11,7 @@ import pytest
 import fastppo
 import naive
 from conftest import random_mdp, random_policy
+from fastppo import _codes
 from fastppo._backend import get_kernel
 
 FIELDS = ("iter", "J", "gap", "max_abs_adv", "clipfrac", "kl", "grad_norm", "n_matvec", "seconds")
@@ -49,20 +50,14 @@ def blocks(a_indptr):
     return [(int(a), int(b)) for a, b in zip(a_indptr[:-1], a_indptr[1:])]
 
 
-# π·f'(π/π_ref) per pair, written out from SPEC §1 (f' of reverse KL, forward KL, χ²)
-P_FPRIME = {
-    None: lambda p, ref: np.zeros_like(p),
-    "ReverseKL": lambda p, ref: p * (np.log(p / ref) + 1.0),
-    "ForwardKL": lambda p, ref: -ref,
-    "ChiSquare": lambda p, ref: p * 2.0 * (p / ref - 1.0),
-}
 
 
 def hand_steps(a_indptr, pi_old, adv, weight, ref, kind, tau, eps_low, eps_high, beta, lr,
                n_steps, theta):
     """SPEC §1's inner loop, state by state with explicit softmax, ratio and active set."""
     theta = np.array(theta, dtype=float)
-    pf = P_FPRIME[kind]
+    # π·f'(π/π_ref) per pair, from the SPEC §1 table in naive.py
+    pf = (lambda p, ref: np.zeros_like(p)) if kind is None else functools.partial(naive.p_fprime, kind)
     for _ in range(n_steps):
         for s, (lo, hi) in enumerate(blocks(a_indptr)):
             p = np.exp(theta[lo:hi] - theta[lo:hi].max())
@@ -164,8 +159,9 @@ def test_hand_setup_has_both_clips():
     assert ADV[5] == 0.0  # neither active nor counted as clipped
 
 
-@pytest.mark.parametrize("kind,code,tau", [(None, 0, 0.0), ("ForwardKL", 2, 0.3),
-                                           ("ReverseKL", 1, 0.3), ("ChiSquare", 3, 0.3)])
+@pytest.mark.parametrize("kind,code,tau", [(None, _codes.NONE, 0.0), ("ForwardKL", _codes.FORWARD_KL, 0.3),
+                                           ("ReverseKL", _codes.REVERSE_KL, 0.3),
+                                           ("ChiSquare", _codes.CHI_SQUARE, 0.3)])
 def test_clipped_pairs_move_only_by_centering_and_regularizer(backend, n_threads, kind, code, tau):
     lr = 0.1
     theta, pi_out, clipped, gsq, kl = call_ppo_kernel(
@@ -207,7 +203,7 @@ def test_clipped_pairs_move_only_by_centering_and_regularizer(backend, n_threads
 def test_kl_penalty_term_by_hand(backend):
     """β (π_old − π) is the gradient of −β KL(π_old ‖ π_θ); several steps, no clip."""
     lr, beta = 0.05, 2.5
-    theta = call_ppo_kernel(backend, A_INDPTR, PI_OLD, ADV, WEIGHT, REF, 2, 0.3, np.inf, np.inf,
+    theta = call_ppo_kernel(backend, A_INDPTR, PI_OLD, ADV, WEIGHT, REF, _codes.FORWARD_KL, 0.3, np.inf, np.inf,
                             beta, lr, 4, THETA)[0]
     want = hand_steps(A_INDPTR, PI_OLD, ADV, WEIGHT, REF, "ForwardKL", 0.3, np.inf, np.inf,
                       beta, lr, 4, THETA)
@@ -218,7 +214,7 @@ def test_kl_penalty_term_by_hand(backend):
 
 
 def test_many_inner_steps_by_hand(backend, n_threads):
-    theta = call_ppo_kernel(backend, A_INDPTR, PI_OLD, ADV, WEIGHT, REF, 1, 0.3, 0.1, 0.3, 0.0,
+    theta = call_ppo_kernel(backend, A_INDPTR, PI_OLD, ADV, WEIGHT, REF, _codes.REVERSE_KL, 0.3, 0.1, 0.3, 0.0,
                             0.4, 25, THETA, n_threads)[0]
     want = hand_steps(A_INDPTR, PI_OLD, ADV, WEIGHT, REF, "ReverseKL", 0.3, 0.1, 0.3, 0.0, 0.4,
                       25, THETA)
@@ -235,14 +231,14 @@ def test_each_side_stops_at_its_own_bound(backend):
     weight = np.ones(2)
     lr = 5e-3  # |Δ log ratio| ≤ 2 max|Δθ| ≤ 4 lr max|Ã| per step
     eps_low, eps_high = 0.1, 0.3
-    out = call_ppo_kernel(backend, a_indptr, pi_old, adv, weight, pi_old, 0, 0.0, eps_low,
+    out = call_ppo_kernel(backend, a_indptr, pi_old, adv, weight, pi_old, _codes.NONE, 0.0, eps_low,
                           eps_high, 0.0, lr, 1000, np.zeros(6))
     ratio = out[1] / pi_old
     slack = math.exp(4 * lr)
     assert 1 + eps_high <= ratio[0] < (1 + eps_high) * slack
     assert (1 - eps_low) / slack < ratio[3] <= 1 - eps_low
     np.testing.assert_array_equal(out[2], [1, 1])  # both pairs end clipped
-    more = call_ppo_kernel(backend, a_indptr, pi_old, adv, weight, pi_old, 0, 0.0, eps_low,
+    more = call_ppo_kernel(backend, a_indptr, pi_old, adv, weight, pi_old, _codes.NONE, 0.0, eps_low,
                            eps_high, 0.0, lr, 2000, np.zeros(6))
     np.testing.assert_array_equal(more[0], out[0])  # stopped: later steps are exact zeros
 

@@ -1,5 +1,7 @@
 """The f-divergence regularizers: generators, derivatives, limits at π = 0, the
-agreement of their NumPy forms with the compiled kernels, and input checking."""
+agreement of their NumPy forms with the compiled kernels, the α-divergence near its
+limits against 250-digit mpmath values, and input checking."""
+import functools
 import math
 
 import numpy as np
@@ -7,8 +9,10 @@ import pytest
 
 import fastppo
 import naive
-from conftest import random_mdp, random_policy
+from conftest import BACKENDS, random_mdp, random_policy
 from fastppo._backend import get_kernel
+from fastppo._kernels.cython import _info as cython_info
+from fastppo._kernels.numba import _divergence as numba_divergence
 
 ALL = [
     fastppo.ReverseKL(1.0), fastppo.ForwardKL(1.0), fastppo.ChiSquare(1.0), fastppo.Hellinger(1.0),
@@ -199,6 +203,126 @@ def test_regularized_reward_through_evaluate_gamma_zero():
             v = fastppo.evaluate(mdp, pi, r, backend=which, n_threads=1).v
             expect = naive.r_pi(mdp, pi) - 0.7 * naive.divergence(mdp, pi, r)
             assert naive.rel_err(v, expect) <= 1e-14, (r, which)
+
+
+def _kernel_terms(which, reg, p, q, y):
+    """(ref_f, p_fprime, (f')^{-1}, its derivative) of one backend, elementwise."""
+    if which == "numpy":
+        return reg.ref_f(p, q), reg.p_fprime(p, q), reg.fprime_inv(y), reg.fprime_inv_deriv(y)
+    out = [np.full(p.size, np.nan), np.full(p.size, np.nan), np.full(y.size, np.nan), np.full(y.size, np.nan)]
+    module = numba_divergence if which == "numba" else cython_info
+    module.divergence_terms(reg.code, reg.alpha, p, q, y, *out)
+    return out
+
+
+@pytest.mark.parametrize("which", ["numba", "cython"])
+@pytest.mark.parametrize("reg", ALL, ids=IDS)
+def test_numpy_fprime_inv_equals_kernel_fprime_inv(reg, which):
+    """(f')^{-1} and its derivative (the greedy step's Newton) as the kernels compute them."""
+    y = np.concatenate([-np.logspace(-8, 3, 60), [0.0, 0.5, 1 - 1e-9, 1.0, 2.0], np.logspace(-8, 3, 60)])
+    p = np.array([0.5])
+    _, _, h, dh = _kernel_terms(which, reg, p, p, y)
+    np.testing.assert_allclose(h, reg.fprime_inv(y), rtol=1e-13, atol=0)
+    np.testing.assert_allclose(dh, reg.fprime_inv_deriv(y), rtol=1e-13, atol=0)
+    # h' is the derivative of h (central differences where h is finite, off the kinks at
+    # the ends of the range of f': χ² at −2, α = −1 at −1)
+    y = np.linspace(-2.95, -0.05, 30)
+    step = 1e-6
+    fd = (reg.fprime_inv(y + step) - reg.fprime_inv(y - step)) / (2 * step)
+    np.testing.assert_allclose(reg.fprime_inv_deriv(y), fd, rtol=1e-6, atol=1e-9)
+
+
+# ------------------------------------------------------------------ α near its limits
+LIMIT_ALPHAS = [1e-20, 1e-16, 1e-8, 1e-4, 0.5, 1 - 1e-14, 2.0, -1.0]
+# p from 0 and subnormal to 1, and within 1e-15 .. 1e-1 of q = 0.3; q from 1e-300 to 1
+_P = np.concatenate([[0.0, 1e-320, 1e-310], np.logspace(-300, 0, 31), 0.3 * (1 + np.logspace(-15, -1, 8)),
+                     0.3 * (1 - np.logspace(-15, -1, 8)), np.linspace(0.05, 1.0, 12)])
+_Q = np.array([1e-300, 1e-8, 0.01, 0.3, 0.5, 0.9, 1.0])
+P_GRID, Q_GRID = (np.ascontiguousarray(x.ravel()) for x in np.meshgrid(_P, _Q))
+Y_GRID = np.concatenate([-np.logspace(-12, 2, 15), [0.0], np.logspace(-12, 2, 15)])
+# Relative tolerances (the error bound in AlphaDivergence's docstring): 5e-15 while p/q is
+# within [1e-300, 1e300] (a few roundings in forms without cancellation; measured ≤ 1e-15);
+# 1e-13 beyond (p = 0, subnormal p, 1e-300 against 1: the rounding of 1 − α, ≤ 2^-54,
+# times |log(p/q)| ≤ 745 adds up to 4e-14); values below the normal range to 1e-320
+# absolute. (f')^{-1}(y): 4e-16·(4 + |log h|), the conditioning of exp.
+RTOL_NORMAL, RTOL_EXTREME, ATOL_SUBNORMAL = 5e-15, 1e-13, 1e-320
+
+
+@functools.lru_cache(maxsize=None)
+def _mp_terms(alpha):
+    """mpmath values of the four terms on the grids (computed once per α)."""
+    return ([naive.alpha_ref_f_mp(p, q, alpha) for p, q in zip(P_GRID, Q_GRID)],
+            [naive.alpha_p_fprime_mp(p, q, alpha) for p, q in zip(P_GRID, Q_GRID)],
+            [naive.alpha_fprime_inv_mp(y, alpha)[0] for y in Y_GRID],
+            [naive.alpha_fprime_inv_mp(y, alpha)[1] for y in Y_GRID])
+
+
+def _assert_close_mp(got, expect, rtol, what):
+    """got (doubles) against mpmath values: the same infinity where the value is beyond the
+    double range, else |got − value| ≤ rtol·|value| + 1e-320."""
+    import mpmath as mp
+
+    big = 1.7976931348623157e308
+    for i, (g, e) in enumerate(zip(got, expect)):
+        r = rtol[i] if np.ndim(rtol) else rtol
+        if mp.isinf(e) or abs(e) > big:
+            assert np.isinf(g) and (g > 0) == (e > 0), f"{what}[{i}]: {g!r}, expected {mp.nstr(e, 17)}"
+            continue
+        err = abs(mp.mpf(float(g)) - e)
+        assert np.isfinite(g) and err <= r * abs(e) + ATOL_SUBNORMAL, (
+            f"{what}[{i}]: {g!r}, expected {mp.nstr(e, 17)} (relative error {float(err / abs(e)):.3g})")
+
+
+@pytest.mark.parametrize("which", BACKENDS)
+@pytest.mark.parametrize("alpha", LIMIT_ALPHAS, ids=lambda a: f"alpha{a!r}")
+def test_alpha_terms_against_mpmath(alpha, which):
+    """q f(p/q), p f'(p/q), (f')^{-1} and its derivative of the α-divergence on a grid of
+    (p, q) from 0 and subnormal p to 1 (and p within 1e-15 of q), against 250-digit
+    mpmath values of the defining formulas, for α next to 0 and 1 and ordinary α; per
+    backend (NumPy spec, Numba and Cython kernels' shared code)."""
+    reg = fastppo.AlphaDivergence(1.0, alpha)
+    ref_f, p_fprime, h, dh = _kernel_terms(which, reg, P_GRID, Q_GRID, Y_GRID)
+    mp_ref_f, mp_p_fprime, mp_h, mp_dh = _mp_terms(alpha)
+    with np.errstate(divide="ignore"):
+        ratio = P_GRID / Q_GRID
+    rtol = np.where((ratio >= 1e-300) & (ratio <= 1e300), RTOL_NORMAL, RTOL_EXTREME)
+    _assert_close_mp(ref_f, mp_ref_f, rtol, "ref_f")
+    _assert_close_mp(p_fprime, mp_p_fprime, rtol, "p_fprime")
+    with np.errstate(divide="ignore"):
+        cond = 4.0 + np.abs(np.log(np.where(h > 0, h, 1.0)))
+    _assert_close_mp(h, mp_h, 4e-16 * cond, "fprime_inv")
+    _assert_close_mp(dh, mp_dh, 4e-16 * (cond + 1.0), "fprime_inv_deriv")
+
+
+@pytest.mark.parametrize("alpha", [1e-300, -1e-20, 1e-12, 0.3, 1 - 1e-9, 1 + 1e-14, 1.5, 3.0, -3.0])
+def test_alpha_terms_match_across_backends(alpha):
+    """Beyond the mpmath grid: NumPy spec, Numba and Cython give the same four terms."""
+    reg = fastppo.AlphaDivergence(1.0, alpha)
+    terms = {which: _kernel_terms(which, reg, P_GRID, Q_GRID, Y_GRID) for which in BACKENDS}
+    for which in ("numba", "cython"):
+        for got, want in zip(terms[which], terms["numpy"]):
+            np.testing.assert_allclose(got, want, rtol=1e-14, atol=ATOL_SUBNORMAL, err_msg=which)
+
+
+@pytest.mark.parametrize("tau", [0.05, 1.0])
+def test_alpha_next_to_its_limits_end_to_end(backend, tau):
+    """α = 1e-20 and 1e-16 agree with reverse KL, α = 1 − 1e-14 with forward KL, to 1e-10
+    relative: evaluate (v and J) and solve (J*, v*, π*, converged)."""
+    mdp = random_mdp(21, n_states=15, n_actions=4, gamma=0.9)
+    pi = random_policy(mdp, 22, sharp=3.0)[0]
+    ref = random_policy(mdp, 23)[0]
+    with fastppo.backend(n_threads=1):
+        for alpha, limit in ((1e-20, fastppo.ReverseKL), (1e-16, fastppo.ReverseKL),
+                             (1 - 1e-14, fastppo.ForwardKL)):
+            near, at = fastppo.AlphaDivergence(tau, alpha, ref), limit(tau, ref)
+            a, b = (fastppo.evaluate(mdp, pi, r, backend=backend) for r in (near, at))
+            assert naive.rel_err(a.v, b.v) <= 1e-10, (alpha, naive.rel_err(a.v, b.v))
+            assert abs(a.J - b.J) <= 1e-10 * abs(b.J)
+            a, b = (fastppo.solve(mdp, r, backend=backend) for r in (near, at))
+            assert a.converged and b.converged
+            assert abs(a.J - b.J) <= 1e-10 * abs(b.J), (alpha, a.J, b.J)
+            assert naive.rel_err(a.v, b.v) <= 1e-10
+            assert np.abs(mdp.to_pairs(a.policy) - mdp.to_pairs(b.policy)).max() <= 1e-9
 
 
 # ------------------------------------------------------------------ rejection

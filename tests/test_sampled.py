@@ -7,6 +7,7 @@ from scipy import stats
 
 import fastppo
 from conftest import BACKENDS, random_mdp, random_policy
+from fastppo import _codes
 from fastppo._backend import get_kernel
 
 COMPILED = ["numba", "cython"]
@@ -315,8 +316,9 @@ def _loop_minibatches(a_indptr, states, pairs, logp_old, adv, logp_ref, returns,
                     active = False
                 clipped[ep] += (not active) and A != 0
                 d_logp = r * A if active else 0.0
-                d_logp -= kl_coef * {0: 0.0, 1: 1.0, 2: logp - logp_ref[i],
-                                     3: 1 - np.exp(logp_ref[i] - logp)}[kl_kind]
+                d_logp -= kl_coef * {_codes.KL_NONE: 0.0, _codes.KL_K1: 1.0,
+                                     _codes.KL_K2: logp - logp_ref[i],
+                                     _codes.KL_K3: 1 - np.exp(logp_ref[i] - logp)}[kl_kind]
                 onehot = np.zeros(len(seg))
                 onehot[k - a_indptr[s]] = 1.0
                 grads.setdefault(s, []).append(d_logp * (onehot - pi_s))
@@ -331,7 +333,7 @@ def _loop_minibatches(a_indptr, states, pairs, logp_old, adv, logp_ref, returns,
     return logits, values, clipped
 
 
-@pytest.mark.parametrize("kl_kind", [0, 1, 2, 3])
+@pytest.mark.parametrize("kl_kind", [_codes.KL_NONE, _codes.KL_K1, _codes.KL_K2, _codes.KL_K3])
 def test_ppo_minibatch_kernel_equals_explicit_loops(backend, kl_kind):
     mdp = random_mdp(21, n_states=9, n_actions=3, rectangular=False)
     rng = np.random.default_rng(kl_kind)

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 import fastppo
+import naive
 from conftest import random_mdp, random_policy
+from fastppo import _codes
 from fastppo._backend import get_kernel
 
 TAU = 0.5
@@ -45,31 +47,9 @@ def _serial_by_default():
 
 
 # --------------------------------------------------------------- the brute force
-def _alpha_inv(y, a):
-    t = 1.0 - a * y  # f'(x) = (1 − x^{−a})/a  ⇒  x = (1 − a y)^{−1/a}
-    if t > 0.0:
-        return t ** (-1.0 / a)
-    return math.inf if a > 0 else 0.0
-
-
-def _js_inv(y, a):
-    if y >= math.log(2.0):  # f'(x) = log(2x/(x+1)) < log 2
-        return math.inf
-    e = math.exp(y)
-    return e / (2.0 - e)
-
-
-# name → (f(x), (f')^{-1}(y)); the inverse is 0 below the range of f' and inf above it
-GEN = {
-    "ForwardKL": (lambda x, a: -math.log(x), lambda y, a: -1.0 / y if y < 0.0 else math.inf),
-    "ChiSquare": (lambda x, a: (x - 1.0) ** 2, lambda y, a: max(0.0, 1.0 + 0.5 * y)),
-    "Hellinger": (lambda x, a: (math.sqrt(x) - 1.0) ** 2,
-                  lambda y, a: 1.0 / (1.0 - y) ** 2 if y < 1.0 else math.inf),
-    "JensenShannon": (lambda x, a: x * math.log(x) - (x + 1.0) * math.log((x + 1.0) / 2.0),
-                      _js_inv),
-    "AlphaDivergence": (lambda x, a: (x ** (1.0 - a) - (1.0 - a) * x - a) / (a * (a - 1.0)),
-                        _alpha_inv),
-}
+# name → (f(x), (f')^{-1}(y)) from the SPEC table in naive.py; the inverse is 0 below the
+# range of f' and inf above it
+GEN = {name: (naive.GENERATORS[name][0], inv) for name, inv in naive.FPRIME_INV.items()}
 
 
 def kind_of(reg):
@@ -334,7 +314,7 @@ def test_policy_is_a_fixed_point_of_the_greedy_step(backend, name):
         res = fastppo.solve(mdp, reg, backend=backend)
         q, pi = mdp.to_pairs(res.q), mdp.to_pairs(res.policy)
         if reg is None:
-            code, alpha, tau, ref = 0, 0.0, 0.0, mdp.uniform_policy()
+            code, alpha, tau, ref = _codes.NONE, 0.0, 0.0, mdp.uniform_policy()
         else:
             code, alpha, tau, ref = reg.code, reg.alpha, reg.tau, reg.reference_policy(mdp)
         out, value = np.empty(mdp.n_pairs), np.empty(mdp.n_states)
@@ -344,6 +324,53 @@ def test_policy_is_a_fixed_point_of_the_greedy_step(backend, name):
         else:
             assert np.abs(out - pi).max() <= P_TOL, c
         assert rel(value, res.v) <= 1e-12, c  # T Ṽ = Ṽ
+
+
+# ------------------------------------------------------- τ tiny against Q (issue 13)
+@pytest.mark.parametrize("name", list(REGS))
+def test_greedy_step_is_exact_when_tau_is_tiny_against_q(backend, name):
+    """Q of size 1e3 with τ = 1e-9 (ν − max Q is ~1e-9, below the spacing of the Q
+    values in ν): the greedy step must still meet its stationarity condition
+    (Q_a − max Q)/τ − f'(p_a/π_ref,a) = const over the actions with p_a > 0, and match
+    the brute-force step written with naive.py's tables."""
+    rng = np.random.default_rng(5)
+    mdp, ref = case(*CASES[2])
+    reg = REGS[name](1e-9, mdp.to_table(ref))
+    kind, alpha = kind_of(reg)
+    q = 1e3 + rng.normal(size=mdp.n_pairs) * 1e-8  # gaps of a few τ
+    out, value = np.empty(mdp.n_pairs), np.empty(mdp.n_states)
+    get_kernel("greedy_policy", backend)(mdp.a_indptr, q, ref, reg.code, reg.alpha, reg.tau, out, value, 1)
+    fp = naive.GENERATORS[kind][1]
+    for s, (lo, hi) in enumerate(dense(mdp)[2]):
+        p = out[lo:hi]
+        assert np.isfinite(p).all() and abs(p.sum() - 1.0) <= 1e-12, (s, p)
+        live = p > 0
+        cond = np.array([(q[k] - q[lo:hi].max()) / reg.tau - fp(out[k] / ref[k], alpha)
+                         for k in range(lo, hi)])[live]
+        assert np.ptp(cond) <= 1e-6 * max(1.0, np.abs(cond).max()), (s, cond)
+        if kind != "ReverseKL":  # the brute force in ν loses ν − max Q to the Q spacing
+            continue
+        _, want = state_max(list((q[lo:hi] - q[lo:hi].max()) / reg.tau), list(ref[lo:hi]), kind, alpha, 1.0)
+        np.testing.assert_allclose(p, want, rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("tau", [1e-15, 1e-20, 1e-300, 5e-324])
+@pytest.mark.parametrize("name", list(REGS))
+def test_tiny_tau_gives_the_plain_optimum(backend, name, tau):
+    """τ far below every Q gap (down to the smallest double): solve converges to the
+    optimum of the plain MDP (J*, v*, π* to 1e-12; α = 2 moves mass ~√(τ/gap) off the
+    argmax) instead of failing on a NaN policy; where f(0) = ∞ the policy keeps full support."""
+    c = CASES[1]
+    mdp, _ = case(*c)
+    tol = 1e-12 + (10.0 * math.sqrt(tau) if name == "alpha2" else 0.0)
+    plain = fastppo.solve(mdp, None, backend=backend)
+    res = fastppo.solve(mdp, make_reg(name, c, tau=tau), backend=backend)
+    assert res.converged
+    pi, pi_plain = mdp.to_pairs(res.policy), mdp.to_pairs(plain.policy)
+    assert np.isfinite(pi).all() and np.abs(pi - pi_plain).max() <= tol
+    assert rel(res.v, plain.v) <= tol and abs(res.J - plain.J) <= tol * abs(plain.J)
+    if name in ("forward_kl", "alpha2"):
+        assert (pi > 0).all()
 
 
 @pytest.mark.parametrize("tau", [0.05, 0.5, 5.0])

@@ -198,6 +198,133 @@ def test_canonical_constructor_rejects(edit, match):
         MDP(**{**BASE, **edit}, gamma=0.5)
 
 
+# ------------------------------------------------ dtypes: checked before any cast (issue 13 item 6)
+I64, U64, F64 = np.int64, np.uint64, np.float64
+DTYPE_CASES = [
+    # int64 next states >= 2^32 (and >= 2^31) used to wrap to small states on the int32 cast
+    (dict(p_indices=np.array([0, 0, 1, 1, 0, 1], I64) + 2**32), ValueError,
+     r"pair \(s=0, a=0\): next-state index 4294967296 out of range \[0, 2\) \(p_indices\[0\]\)"),
+    (dict(p_indices=np.array([0, 0, 1, 1, 0, 2**31 + 1], I64)), ValueError,
+     r"pair \(s=1, a=1\): next-state index 2147483649 out of range \[0, 2\) \(p_indices\[5\]\)"),
+    (dict(p_indices=np.array([0, 0, 1, 1, 0, 2**64 - 1], U64)), ValueError,
+     r"p_indices\[5\] = 18446744073709551615 is out of the int64 range"),
+    (dict(a_indptr=np.array([0, 2**63 + 2, 4], U64)), ValueError, r"a_indptr\[1\] = 9223372036854775810 is out of the int64 range"),
+    # floats are never truncated: integers only (3.0 is accepted, 3.5 is not)
+    (dict(p_indices=[0, 0, 1, 1.5, 0, 1]), TypeError, r"p_indices must hold integers, got dtype float64: p_indices\[3\] = 1\.5"),
+    (dict(p_indices=[0, 0, 1, NAN, 0, 1]), TypeError, r"p_indices must hold integers, got dtype float64: p_indices\[3\] = nan"),
+    (dict(a_indptr=[0, 2.5, 4]), TypeError, r"a_indptr must hold integers, got dtype float64: a_indptr\[1\] = 2\.5"),
+    (dict(p_indptr=[0, 1, 3.25, 4, 6]), TypeError, r"p_indptr must hold integers, got dtype float64: p_indptr\[2\] = 3\.25"),
+    (dict(a_indices=[0, 0.5, 0, 1]), TypeError, r"a_indices must hold integers, got dtype float64: a_indices\[1\] = 0\.5"),
+    (dict(a_indptr=[0, 2, 1e30]), ValueError, r"a_indptr\[2\] = 1e\+30 is out of the int64 range"),
+    (dict(p_indices=np.array([0, 0, 1, 1, 0, 1], dtype=bool)), TypeError, r"p_indices must hold integers, got dtype bool"),
+    (dict(p_indices=["0", "0", "1", "1", "0", "1"]), TypeError, r"p_indices must hold integers, got dtype <U1"),
+    # complex values lose nothing silently: rejected even with a zero imaginary part
+    (dict(p_data=np.array([1.0, 0.5, 0.5, 1.0, 0.25, 0.75]) + 1e-3j), TypeError,
+     r"p_data must be an array of real numbers, got dtype complex128"),
+    (dict(p_data=np.array([1.0, 0.5, 0.5, 1.0, 0.25, 0.75], complex)), TypeError,
+     r"p_data must be an array of real numbers, got dtype complex128"),
+    (dict(r=np.zeros(4) + 1j), TypeError, r"r must be an array of real numbers, got dtype complex128"),
+]
+
+
+@pytest.mark.parametrize("edit, exc, match", DTYPE_CASES, ids=ids(DTYPE_CASES))
+def test_canonical_constructor_rejects_lossy_dtypes(edit, exc, match):
+    with pytest.raises(exc, match=match):
+        MDP(**{**BASE, **edit}, gamma=0.5)
+
+
+def test_canonical_constructor_accepts_integers_in_any_integer_or_float_dtype():
+    base = MDP(**BASE, gamma=0.5)
+    for dtype in (np.int8, np.uint16, np.int32, np.uint64, np.float32, np.float64):
+        m = MDP(**{**BASE, **{k: np.array(BASE[k], dtype=dtype)
+                              for k in ("a_indptr", "a_indices", "p_indptr", "p_indices")}}, gamma=0.5)
+        assert m == base and m.p_indices.dtype == np.int32 and m.a_indptr.dtype == np.int64, dtype
+
+
+def _saved(tmp_path, name="m.npz", **edit):
+    """An MDP file with fields replaced (None: field left out)."""
+    m = MDP(**BASE, gamma=0.5)
+    fields = {k: getattr(m, k) for k in BASE} | dict(gamma=np.float64(0.5), rho=m.rho,
+                                                      format=np.array("fastppo-mdp-1"))
+    fields.update(edit)
+    path = tmp_path / name
+    np.savez(path, **{k: v for k, v in fields.items() if v is not None})
+    return path
+
+
+LOAD_CASES = [
+    (dict(p_indices=np.array([0, 0, 1, 1, 0, 1], I64) + 2**32), ValueError,
+     r"m\.npz: pair \(s=0, a=0\): next-state index 4294967296 out of range \[0, 2\) \(p_indices\[0\]\)"),
+    (dict(p_indices=np.array([0, 0, 1, 1, 0, 1.5])), TypeError, r"m\.npz: p_indices must hold integers"),
+    (dict(a_indptr=np.array([0, 2.5, 4])), TypeError, r"m\.npz: a_indptr must hold integers"),
+    (dict(p_data=np.array([1.0, 0.5, 0.5, 1.0, 0.25, 0.75]) + 0j), TypeError,
+     r"m\.npz: p_data must be an array of real numbers, got dtype complex128"),
+    (dict(gamma=np.complex128(0.5 + 1j)), TypeError, r"m\.npz: gamma must be a real number, got complex128"),
+    (dict(gamma=np.array([0.5, 0.5])), TypeError, r"m\.npz: gamma must be a real number, got ndarray"),
+    (dict(rho=np.array([0.5, 0.5]) + 0j), TypeError, r"m\.npz: rho must be an array of real numbers"),
+    (dict(r=None), ValueError, r"m\.npz: field 'r' is missing"),
+    (dict(r=np.array([None] * 4)), ValueError, r"m\.npz: field 'r' cannot be read"),
+]
+
+
+@pytest.mark.parametrize("edit, exc, match", LOAD_CASES, ids=ids(LOAD_CASES))
+def test_load_checks_every_field_before_any_cast(tmp_path, edit, exc, match):
+    with pytest.raises(exc, match=match):
+        MDP.load(_saved(tmp_path, **edit))
+
+
+def test_load_rejects_empty_and_truncated_files(tmp_path):
+    whole = _saved(tmp_path).read_bytes()
+    for name, data in (("empty.npz", b""), ("cut.npz", whole[: len(whole) // 2]), ("text.npz", b"hello")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=rf"{name.replace('.', '[.]')} is not a readable fastppo MDP file"):
+            MDP.load(tmp_path / name)
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    with pytest.raises(ValueError, match=r"array\.npy is not a fastppo MDP file"):
+        MDP.load(tmp_path / "array.npy")
+
+
+def test_constructors_reject_lossy_dtypes():
+    P = P2.reshape(4, 2)
+    s, a = np.divmod(np.arange(4), 2)
+    cases = [
+        (lambda: MDP.from_dense(P2 + 0j, R2, 0.9), TypeError, r"P must hold real numbers, got dtype complex128"),
+        (lambda: MDP.from_dense(P2, R2 + 1j, 0.9), TypeError, r"R must be an array of real numbers, got dtype complex128"),
+        (lambda: MDP.from_sparse(sp.csr_array(P + 0j), R2, 0.9), TypeError, r"P must hold real numbers, got dtype complex128"),
+        (lambda: MDP.from_sa_pairs(s, a, sp.coo_array(P * (1 + 1j)), R2.ravel(), 0.9), TypeError,
+         r"P must hold real numbers, got dtype complex128"),
+        (lambda: MDP.from_sa_pairs(s.astype(np.int64) + 2**32, a, P, R2.ravel(), 0.9), ValueError,
+         r"pair 0: state index 4294967296 out of range \[0, 2\)"),
+        (lambda: MDP.from_sa_pairs(s.astype(np.uint64) + np.uint64(2**63), a, P, R2.ravel(), 0.9), ValueError,
+         r"s_indices\[0\] = 9223372036854775808 is out of the int64 range"),
+        (lambda: MDP.from_sa_pairs(s + 0.5, a, P, R2.ravel(), 0.9), TypeError,
+         r"s_indices must hold integers, got dtype float64: s_indices\[0\] = 0\.5"),
+        (lambda: MDP.from_sa_pairs(s, a, P, R2.ravel(), 0.9, rho=[0.5 + 0j, 0.5]), TypeError,
+         r"rho must be an array of real numbers, got dtype complex128"),
+        # next-state indices are int32: 2^31 states cannot be indexed (a sparse P can say so)
+        (lambda: MDP.from_sa_pairs([0], [0], sp.csr_array(([1.0], ([0], [0])), shape=(1, 2**31)), [0.0], 0.9),
+         ValueError, r"n_states = 2147483648 is too large: next-state indices are stored as int32, so at most 2147483647"),
+        (lambda: MDP.from_sa_pairs(s, a, P, R2.ravel(), 0.9, n_states=2.0), TypeError, r"n_states must be an integer"),
+        (gym({0: {0: [(1.0, 1.5, 0.0, False)]}, 1: {0: OK}}), TypeError,
+         r"pair \(s=0, a=0\): next state must be an integer, got 1\.5"),
+        (gym({0: {0: [(1.0, np.float32(NAN), 0.0, False)]}, 1: {0: OK}}), TypeError,
+         r"pair \(s=0, a=0\): next state must be an integer, got"),
+        (gym({0: {0: [(1.0, True, 0.0, False)]}, 1: {0: OK}}), TypeError,
+         r"pair \(s=0, a=0\): next state must be an integer, got True"),
+        (gym({0: {0: [(np.complex128(1.0), 1, 0.0, False)]}, 1: {0: OK}}), TypeError,
+         r"pair \(s=0, a=0\): transition probability must be a real number"),
+        (gym({0: {0: [(1.0, 1, 1j, False)]}, 1: {0: OK}}), TypeError, r"pair \(s=0, a=0\): reward must be a real number"),
+    ]
+    for build, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            build()
+    # integer-valued floats are integers (the documented rule), e.g. a next state of 1.0
+    as_float = MDP.from_gymnasium({0: {0: [(1.0, 1.0, 0.5, False)]}, 1: {0: [(1.0, np.float64(0), 0.0, False)]}}, 0.9)
+    as_int = MDP.from_gymnasium({0: {0: [(1.0, 1, 0.5, False)]}, 1: {0: [(1.0, 0, 0.0, False)]}}, 0.9)
+    assert as_float == as_int
+    assert MDP.from_sa_pairs(s.astype(float), a.astype(np.float32), P, R2.ravel(), 0.9) == MDP.from_dense(P2, R2, 0.9)
+
+
 def test_load_rejects_foreign_npz(tmp_path):
     path = tmp_path / "other.npz"
     np.savez(path, a=np.zeros(3))
@@ -228,6 +355,8 @@ TABLE_CASES = [
     (lambda m: V.check_logits(m, [[0.0, 0.0], [INF, 0.0]]), ValueError, r"logits must be finite: pair \(s=1, a=0\) has inf"),
     (lambda m: V.check_logits(m, np.zeros(5)), ValueError, r"logits must have shape \(4,\) or \(2, 2\), got \(5,\)"),
     (lambda m: m.to_pairs(np.zeros((2, 3))), ValueError, r"table must have shape \(4,\) or \(2, 2\), got \(2, 3\)"),
+    (lambda m: V.check_policy(m, np.full((2, 2), 0.5 + 0j)), TypeError, r"pi must hold real numbers, got dtype complex128"),
+    (lambda m: V.check_logits(m, np.zeros(4) + 1j), TypeError, r"logits must hold real numbers, got dtype complex128"),
 ]
 
 

@@ -1,4 +1,15 @@
-"""Build facts of the Cython kernels."""
+"""Build facts of the Cython kernels, and Python access to their shared inline code.
+
+``openmp_enabled()``: whether the kernels were compiled with OpenMP. ``DivergenceCode`` and
+``KLKind``: the kernel-code table of _codes.pxi as Python enums (the tests compare it with
+fastppo/_codes.py and kernels/numba/_codes.py). ``divergence_terms``: the per-pair terms
+of _divergence.pxi over arrays, for tests. Mirrors kernels/numba/_divergence.py
+(``divergence_terms``) and kernels/numba/_codes.py.
+"""
+from libc.stdint cimport int64_t
+
+include "_codes.pxi"
+include "_divergence.pxi"
 
 cdef extern from *:
     """
@@ -12,3 +23,21 @@ cdef extern from *:
 def openmp_enabled():
     """openmp_enabled() -> bool: whether the kernels were compiled with OpenMP."""
     return bool(FASTPPO_OPENMP)
+
+
+def divergence_terms(int code, double alpha, const double[::1] p, const double[::1] q,
+                     const double[::1] y,                                           # IN
+                     double[::1] ref_f_out, double[::1] p_fprime_out, double[::1] h_out,
+                     double[::1] dh_out):                                           # OUT
+    """divergence_terms(code, alpha, p, q, y, ref_f_out, p_fprime_out, h_out, dh_out)
+
+    ref_f(p[i], q[i]), p_fprime(p[i], q[i]) and (h, h') = fprime_inv(y[i]) of _divergence.pxi."""
+    cdef Py_ssize_t i
+    cdef double dh
+    with nogil:
+        for i in range(p.shape[0]):
+            ref_f_out[i] = ref_f(code, alpha, p[i], q[i])
+            p_fprime_out[i] = p_fprime(code, alpha, p[i], q[i])
+        for i in range(y.shape[0]):
+            h_out[i] = fprime_inv(code, alpha, y[i], &dh)
+            dh_out[i] = dh

@@ -8,7 +8,10 @@ Mirrors kernels/numba/policy_update.py (which documents the method).
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 
+include "_codes.pxi"
 include "_divergence.pxi"
+
+cdef double TINIEST = 5e-324  # the smallest positive double
 
 
 def greedy_policy(const int64_t[::1] a_indptr, const double[::1] q, const double[::1] ref,
@@ -25,20 +28,20 @@ cdef void _greedy_state(int64_t lo, int64_t hi, const double[::1] q, const doubl
                         double* value) noexcept nogil:
     cdef int64_t k, best = lo
     cdef int it
-    cdef double qmax = q[lo], qmin = q[lo], z, e, shift, a, b, nu, F, dF, h, dh, new, step, val, div
+    cdef double qmax = q[lo], qmin = q[lo], z, e, f1, a, b, t, y, F, dF, h, dh, new, step, val, div
     for k in range(lo + 1, hi):
         if q[k] > qmax:
             qmax = q[k]
             best = k
         if q[k] < qmin:
             qmin = q[k]
-    if tau == 0.0 or code == 0:
+    if tau == 0.0 or code == NONE:
         for k in range(lo, hi):
             pi_out[k] = 0.0
         pi_out[best] = 1.0
         value[0] = qmax
         return
-    if code == 1:
+    if code == REVERSE_KL:  # closed form
         z = 0.0
         for k in range(lo, hi):
             e = ref[k] * exp((q[k] - qmax) / tau)
@@ -48,41 +51,48 @@ cdef void _greedy_state(int64_t lo, int64_t hi, const double[::1] q, const doubl
             pi_out[k] = pi_out[k] / z
         value[0] = qmax + tau * log(z)
         return
-    shift = tau * fprime_one(code)
-    a = qmin - shift
-    b = qmax - shift
-    nu = b
+    # nu = max Q + tau t; F(t) = sum_a ref_a h((Q_a - max Q)/tau - t) - 1 decreases in t
+    f1 = fprime(code, alpha, 1.0)
+    a = max(-fprime(code, alpha, 1.0 / ref[best]), (qmin - qmax) / tau - f1)  # F(a) >= 0
+    b = -f1  # F(b) <= 0
+    t = b
     for it in range(200):
         F = -1.0
         dF = 0.0
         for k in range(lo, hi):
-            h = fprime_inv(code, alpha, (q[k] - nu) / tau, &dh)
+            h = fprime_inv(code, alpha, (q[k] - qmax) / tau - t, &dh)
             F = F + ref[k] * h
-            dF = dF - ref[k] * dh / tau
+            dF = dF - ref[k] * dh
         if F == 0.0:
             break
         if F > 0.0:
-            a = nu
+            a = t
         else:
-            b = nu
+            b = t
         new = 0.5 * (a + b)
         if isfinite(F) and dF < 0.0:
-            step = nu - F / dF
+            step = t - F / dF
             if a < step < b:
                 new = step
-        if fabs(new - nu) <= 1e-15 * max(1.0, fabs(nu)):
-            nu = new
+        if fabs(new - t) <= 1e-15 * max(1.0, fabs(t)):
+            t = new
             break
-        nu = new
+        t = new
     z = 0.0
     for k in range(lo, hi):
-        h = fprime_inv(code, alpha, (q[k] - nu) / tau, &dh)
+        y = (q[k] - qmax) / tau - t
+        if y == -INFINITY:  # |y| beyond the double range: h by its asymptote
+            h = fprime_inv_tail(code, alpha, log(qmax - q[k]) - log(tau))
+        else:
+            h = fprime_inv(code, alpha, y, &dh)
         pi_out[k] = ref[k] * h
         z = z + pi_out[k]
     val = 0.0
     div = 0.0
     for k in range(lo, hi):
         pi_out[k] = pi_out[k] / z
+        if pi_out[k] == 0.0 and ref_f(code, alpha, 0.0, ref[k]) == INFINITY:
+            pi_out[k] = TINIEST  # the optimum has full support there: tau/gap underflowed
         val = val + pi_out[k] * q[k]
         div = div + ref_f(code, alpha, pi_out[k], ref[k])
     value[0] = val - tau * div

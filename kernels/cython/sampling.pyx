@@ -12,6 +12,8 @@ from cython.parallel cimport prange
 from libc.math cimport copysign, exp, fabs, log
 from libc.stdint cimport int32_t, int64_t, uint8_t
 
+include "_codes.pxi"
+
 
 def rollout(const int64_t[::1] a_indptr, const double[::1] pi, const double[::1] log_pi,
             const double[::1] r, const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
@@ -158,11 +160,11 @@ def ppo_minibatches(const int64_t[::1] a_indptr, const int64_t[::1] sample_state
                     if not active and A != 0.0:
                         clipped[ep] += 1
                     coef = ratio * A if active else 0.0
-                    if kl_kind == 1:
+                    if kl_kind == KL_K1:
                         coef = coef - kl_coef * 1.0
-                    elif kl_kind == 2:
+                    elif kl_kind == KL_K2:
                         coef = coef - kl_coef * (logp - logp_ref[i])
-                    elif kl_kind == 3:
+                    elif kl_kind == KL_K3:
                         coef = coef - kl_coef * (1.0 - exp(logp_ref[i] - logp))
                     diff = values[s] - returns[i]
                     dv = values[s] - v_old[i]

@@ -9,6 +9,7 @@ Mirrors kernels/numba/tables.py.
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 
+include "_codes.pxi"
 include "_divergence.pxi"
 
 

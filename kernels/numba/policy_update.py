@@ -3,8 +3,12 @@
 ``greedy_policy``: p(s) = argmax_{p ∈ Δ} Σ_a p_a Q(s,a) − τ D_f(p ‖ π_ref(·|s)) and its
     value (the regularized Bellman operator). τ = 0: first argmax. Reverse KL:
     p ∝ π_ref exp(Q/τ). Other f: p_a = π_ref,a h((Q_a − ν)/τ), h = (f')^{-1}, with the
-    normaliser ν found by safeguarded Newton inside the bracket
-    [min Q − τ f'(1), max Q − τ f'(1)].
+    normaliser ν = max Q + τ t found by safeguarded Newton in t (so that the arguments
+    (Q_a − max Q)/τ − t stay exact however small τ is against Q) inside the bracket
+    [max(−f'(1/π_ref,b), (min Q − max Q)/τ − f'(1)), −f'(1)], b an argmax of Q. Where
+    (Q_a − max Q)/τ overflows, h is its asymptote; where f(0) = ∞ (forward KL, α > 1)
+    the optimum has full support, and a probability that underflows is stored as the
+    smallest double, 5e-324.
 ``ppo_update``: ``n_steps`` ascent steps θ ← θ + η g on the clipped surrogate (SPEC §1),
     plus an optional KL penalty β·KL(π_old ‖ π_θ); every state is independent, so all
     inner steps run state by state in one pass. Writes the final policy, and per state
@@ -15,8 +19,11 @@ import math
 
 from numba import prange
 
-from ._divergence import fprime_inv, fprime_one, p_fprime, ref_f
+from ._codes import NONE, REVERSE_KL
+from ._divergence import fprime, fprime_inv, fprime_inv_tail, p_fprime, ref_f
 from ._jit import twins
+
+TINIEST = 5e-324  # the smallest positive double
 
 
 def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out):
@@ -30,13 +37,13 @@ def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out):
                 qmax = q[k]
                 best = k
             qmin = min(qmin, q[k])
-        if tau == 0.0 or code == 0:
+        if tau == 0.0 or code == NONE:
             for k in range(lo, hi):
                 pi_out[k] = 0.0
             pi_out[best] = 1.0
             value_out[s] = qmax
             continue
-        if code == 1:  # reverse KL: closed form
+        if code == REVERSE_KL:  # closed form
             z = 0.0
             for k in range(lo, hi):
                 e = ref[k] * math.exp((q[k] - qmax) / tau)
@@ -46,41 +53,48 @@ def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out):
                 pi_out[k] /= z
             value_out[s] = qmax + tau * math.log(z)
             continue
-        shift = tau * fprime_one(code)
-        a = qmin - shift  # F(a) >= 1
-        b = qmax - shift  # F(b) <= 1
-        nu = b
+        # ν = max Q + τ t; F(t) = Σ_a π_ref,a h((Q_a − max Q)/τ − t) − 1 decreases in t
+        f1 = fprime(code, alpha, 1.0)
+        a = max(-fprime(code, alpha, 1.0 / ref[best]), (qmin - qmax) / tau - f1)  # F(a) >= 0
+        b = -f1  # F(b) <= 0
+        t = b
         for _ in range(200):
             F = -1.0
             dF = 0.0
             for k in range(lo, hi):
-                h, dh = fprime_inv(code, alpha, (q[k] - nu) / tau)
+                h, dh = fprime_inv(code, alpha, (q[k] - qmax) / tau - t)
                 F += ref[k] * h
-                dF -= ref[k] * dh / tau
+                dF -= ref[k] * dh
             if F == 0.0:
                 break
             if F > 0.0:
-                a = nu
+                a = t
             else:
-                b = nu
+                b = t
             new = 0.5 * (a + b)
             if math.isfinite(F) and dF < 0.0:
-                step = nu - F / dF
+                step = t - F / dF
                 if a < step < b:
                     new = step
-            if abs(new - nu) <= 1e-15 * max(1.0, abs(nu)):
-                nu = new
+            if abs(new - t) <= 1e-15 * max(1.0, abs(t)):
+                t = new
                 break
-            nu = new
+            t = new
         z = 0.0
         for k in range(lo, hi):
-            h, dh = fprime_inv(code, alpha, (q[k] - nu) / tau)
+            y = (q[k] - qmax) / tau - t
+            if y == -math.inf:  # |y| beyond the double range: h by its asymptote
+                h = fprime_inv_tail(code, alpha, math.log(qmax - q[k]) - math.log(tau))
+            else:
+                h, dh = fprime_inv(code, alpha, y)
             pi_out[k] = ref[k] * h
             z += pi_out[k]
         val = 0.0
         div = 0.0
         for k in range(lo, hi):
             pi_out[k] /= z
+            if pi_out[k] == 0.0 and ref_f(code, alpha, 0.0, ref[k]) == math.inf:
+                pi_out[k] = TINIEST  # the optimum has full support there: τ/gap underflowed
             val += pi_out[k] * q[k]
             div += ref_f(code, alpha, pi_out[k], ref[k])
         value_out[s] = val - tau * div

@@ -13,6 +13,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from ._codes import KL_K1, KL_K2, KL_K3
 from ._jit import serial, twins
 
 
@@ -106,11 +107,11 @@ def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_r
                 if not active and A != 0.0:
                     clipped[ep] += 1
                 coef = ratio * A if active else 0.0
-                if kl_kind == 1:
+                if kl_kind == KL_K1:
                     coef = coef - kl_coef * 1.0
-                elif kl_kind == 2:
+                elif kl_kind == KL_K2:
                     coef = coef - kl_coef * (logp - logp_ref[i])
-                elif kl_kind == 3:
+                elif kl_kind == KL_K3:
                     coef = coef - kl_coef * (1.0 - math.exp(logp_ref[i] - logp))
                 diff = values[s] - returns[i]
                 dv = values[s] - v_old[i]
