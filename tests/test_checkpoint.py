@@ -170,12 +170,18 @@ def test_damaged_sampled_ppo_checkpoint(tmp_path):
 @pytest.mark.parametrize("method", ["PPOClip", "KLPenaltyPPO", "NPG"])
 def test_checkpoints_of_0_1_0_are_migrated(method, tmp_path):
     """Untagged checkpoints written by fastppo 0.1.0 (tests/data, 6 iterations on a
-    30-state garnet with a given π_ref) resume bit for bit through the new checks."""
+    30-state garnet with a given π_ref) resume through the new checks: the stored state is
+    restored exactly, and the continued run agrees with 0.1.0's own continuation to the
+    accuracy of the linear solves (not bit for bit: the divergence kernels have computed
+    their terms in more accurate forms since 0.1.0, which moves the last bits)."""
     shutil.copytree(os.path.join(DATA, method), tmp_path / "d")
+    with np.load(os.path.join(DATA, method, "checkpoint.npz")) as f:
+        stored = f["logits"]
     solver = getattr(fastppo, method).resume(tmp_path / "d")
     assert solver.n_iter == 6 and solver.reg.ref is not None and solver.lin_tol == 1e-12
-    assert np.array_equal(solver.run(4).logits, np.load(os.path.join(DATA, method,
-                                                                      "expected_logits.npy")))
+    assert np.array_equal(solver.logits, stored.reshape(-1))
+    expected = np.load(os.path.join(DATA, method, "expected_logits.npy"))
+    np.testing.assert_allclose(solver.run(4).logits, expected, rtol=1e-11, atol=0)
     # the migrated state goes through the same checks: a damaged old file is refused
     old = entries(tmp_path / "d")
     for changes, message in [
@@ -454,7 +460,8 @@ def test_a_run_directory_of_0_1_0_resumes_from_the_command_line(tmp_path):
     mdp = fastppo.garnet(40, 3, 3, seed=0)
     full = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1), step_scale=0.5, backend="numba").run(8)
     with np.load(folder / "result.npz") as f:
-        assert int(f["n_iter"]) == 8 and np.array_equal(f["logits"], full.logits)
+        assert int(f["n_iter"]) == 8
+        np.testing.assert_allclose(f["logits"], full.logits, rtol=1e-11, atol=0)
     config = json.loads((folder / "config.json").read_text())
     assert config["params"]["step_scale"] == 0.5 and "step" not in config["params"]
     assert str(entries(folder)["format"]) == "fastppo-checkpoint-2"  # saved in today's schema
