@@ -61,21 +61,32 @@ SPEC §1's forward-KL greedy step), a fixed point and not an optimum (the diverg
 later states never enters Q^π). For k1 (or β = 0) the KL does nothing: the target is the
 plain optimum (a deterministic policy, approached and never reached by the softmax).
 
-*Computation.* Such a π is fixed by its values: V = V^π satisfies
-V(s) = h_s(Q_V) := Σ_a g_a(Q_V(s,·)) Q_V(s,a), Q_V = r + γPV, g = greedy_{D,τ}: S
-equations V − h(r + γPV) = 0, solved by Newton's method with the Jacobian I − γ W P,
+*Computation.* Plain iteration π ← g(Q^π), g = greedy_{D,τ} (policy iteration with the
+softened greedy step, Q^π by :func:`fastppo.evaluate`), until max|Δπ| ≤ 10⁻⁸; then
+Newton's method. Such a π is fixed by its values: V = V^π satisfies
+V(s) = h_s(Q_V) := Σ_a g_a(Q_V(s,·)) Q_V(s,a), Q_V = r + γPV: S equations
+V − h(r + γPV) = 0, with the Jacobian I − γ W P,
 
     W(s,a) = ∂h_s/∂Q(s,a) = g_a + (ĉ_a/τ) (Q_a − Σ_b ĉ_b Q_b / Σ_b ĉ_b),    ĉ_a = π_ref,a / f''(w_a)
 
 (g_a = π_ref,a (f')^{-1}((Q_a − ν)/τ), so ∂g_a/∂Q_b = (ĉ_a/τ)(δ_ab − ∂ν/∂Q_b), and
-Σ_a g_a = 1 gives ∂ν/∂Q_b = ĉ_b/Σĉ; ĉ = g for reverse KL, g²/π_ref for forward KL). Each
-Newton system is solved matrix-free by GMRES on products with P (no S × S matrix), with a
-backtracking line search on ‖V − h‖∞. The plain iteration π ← g(Q^π) is this map with W
-replaced by π; it cycles when |A| ≫ τ (a 30-state chain at τ = 0.001), where Newton takes
-a few steps. The result is certified with the library's exact operations:
-``residual`` = max_{s,a} |π − g(Q^π)| with Q^π from :func:`fastppo.evaluate`. The coupling
-through Q^π is not monotone, so uniqueness is not guaranteed: it is checked from several
-starts (SampledPPO's start, random logits, the optimum with the same D and τ).
+Σ_a g_a = 1 gives ∂ν/∂Q_b = ĉ_b/Σĉ; ĉ = g for reverse KL, g²/π_ref for forward KL; plain
+iteration is this Newton step with W replaced by π). Each Newton system is solved
+matrix-free by GMRES on products with P (no S × S matrix), with a backtracking line search
+on ‖V − h‖∞. Newton alone can stall at a fold of these equations (γ = 0.99 on slow-mixing
+MDPs, e.g. ``garnet(8, 3, 2, gamma=0.99, seed=3, locality=2)`` at τ = 0.3); then the
+expected-update flow θ ← θ + hF (h as in §5) leads from SampledPPO's start until Newton
+converges. The result is certified with the library's exact operations: ``residual`` =
+max_{s,a} |π − g(Q^π)| with Q^π from :func:`fastppo.evaluate`.
+
+*Uniqueness.* The per-state problems are concave, but the coupling through Q^π is not
+monotone: the fixed point need not be unique. On ``garnet(20, 3, 2, gamma=0.99, seed=3,
+locality=2)`` with k2 in the loss and τ = 0.3 there are several, at state-wise total
+variation up to 0.9 from one another. Each result is checked from several starts
+(SampledPPO's start, random logits, the regularized optimum with the same D and τ); when
+they disagree, the target is the fixed point the expected-update flow reaches from
+SampledPPO's start (the path of SampledPPO as lr → 0 and the batch grows), and ``spread``
+says how far the others are.
 
 **4. k1 in the reward** (InstructGPT). Returns from r − βℓ: Q_R(s,a) = Q̃(s,a) − βℓ_a and
 V_R = Σ_a π_a Q_R = Ṽ (SPEC §1 with f = x log x, τ = β), so F = c·π(Q̃ − βℓ − Ṽ) =
@@ -150,7 +161,8 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 ADVANTAGES = ("gae", "grpo", "dr_grpo", "rloo", "reinforce")
 _GROUPED = ("grpo", "dr_grpo", "rloo")
 LIN_TOL = 1e-13           # relative residual of every exact evaluation here
-FLOW_TO_NEWTON = 1e-6     # ‖F‖∞ at which the flow hands over to Newton–Krylov
+FLOW_TO_NEWTON = {"reward": 1e-6, "loss": 1e-4}  # relative ‖F‖∞ at which the flow hands
+                                                 # over to Newton (shallow basins: reward)
 COLLAPSE = 1e-4           # w below which a still-falling action is taken as collapsing
 NUDGE = 1e-3              # seeded perturbation of the flow's start logits
 _LOG_W_MIN = -700.0       # k3 = e^{-ℓ} − 1 + ℓ stays finite
@@ -159,6 +171,10 @@ _LOG_W_MIN = -700.0       # k3 = e^{-ℓ} − 1 + ℓ stays finite
 class NoTargetError(ValueError):
     """The variant has no fixed target: its expected update has no (attracting) fixed point,
     or depends on quantities outside the MDP (the sampling noise)."""
+
+
+class _NewtonStall(ConvergenceError):
+    """Newton's method found no descent direction (a fold of the equation nearby)."""
 
 
 class SampledTarget(Result):
@@ -181,7 +197,8 @@ class SampledTarget(Result):
     kl_coef, scale : float
         β and the advantage scale c.
     method : str
-        How it was computed: "solve", "newton" (module docstring §3), "flow+newton-krylov" (§5).
+        How it was computed: "solve"; "iteration+newton", "newton" or "flow+newton"
+        (module docstring §3); "flow+newton-krylov" (§5).
     residual : float
         Fixed-point residual. "optimum" and loss placement: max_{s,a} |π* − G(π*)|, G the
         map π ↦ greedy(Q^π) of the fixed-point condition, Q^π by :func:`fastppo.evaluate`.
@@ -191,14 +208,18 @@ class SampledTarget(Result):
     converged : bool
         ``residual <= tol``.
     n_iter : int
-        Newton steps (or flow steps + Newton–Krylov steps) from the first start.
+        Steps from SampledPPO's start: policy-iteration steps of ``solve``; plain-iteration,
+        flow and Newton steps (§3); flow and Newton–Krylov steps (§5).
     spread : float
         Largest state-wise total variation max_s ½‖π_j(·|s) − π*(·|s)‖₁ between π* and the
-        fixed points reached from the other starts (``inf`` if one of them found none): 0 up
-        to round-off when the target is unique. 0 for the "optimum" kinds (unique by
-        contraction).
+        fixed points reached from the other starts: 0 up to round-off when they all agree;
+        ``inf`` when (reward-placed k2/k3) the flow from another start collapses to the
+        boundary, i.e. that start is in the basin of a deterministic policy. 0 for the
+        "optimum" kinds (unique by contraction).
     starts : dict
-        Start name → that state-wise total variation.
+        Start name → that state-wise total variation; ``nan`` where Newton's method found
+        nothing from that start within ``max_iter`` steps (only SampledPPO's own start
+        falls back to the expected-update flow, which is slower).
     stable : bool or None
         Reward-placed k2/k3: the per-state stability condition (§5) holds; else None.
     """
@@ -239,9 +260,8 @@ def _lognormalize(mdp, x):
     """Per-state log-softmax of a per-pair array (log-sum-exp, no underflow)."""
     starts = mdp.a_indptr[:-1]
     s = mdp.s_indices
-    m = np.maximum.reduceat(x, starts)
-    z = np.add.reduceat(np.exp(x - m[s]), starts)
-    return x - (m + np.log(z))[s]
+    shifted = x - np.maximum.reduceat(x, starts)[s]  # exact; keeps Σ exp = 1 to round-off
+    return shifted - np.log(np.add.reduceat(np.exp(shifted), starts))[s]
 
 
 def _setup(mdp, reg, kl_coef, kl_estimator, kl_penalty, advantage, group_size, whiten):
@@ -399,8 +419,8 @@ def _newton_fixed_point(mdp, P, ref, code, tau, pi0, tol, max_iter, opts):
     it = 0
     while norm > 1e-14 * max(1.0, float(np.max(np.abs(v)))):
         if it == max_iter:
-            raise ConvergenceError(f"Newton's method did not converge in max_iter={max_iter} "
-                                   f"steps (|V - h| = {norm:.3g})")
+            raise _NewtonStall(f"Newton's method did not converge in max_iter={max_iter} "
+                               f"steps (|V - h| = {norm:.3g})")
         it += 1
         jac = spla.LinearOperator(
             (n, n), dtype=np.float64,
@@ -416,9 +436,9 @@ def _newton_fixed_point(mdp, P, ref, code, tau, pi0, tol, max_iter, opts):
         else:
             if norm <= 1e-9 * max(1.0, float(np.max(np.abs(v)))):
                 break  # the round-off floor of the equation
-            raise ConvergenceError(
+            raise _NewtonStall(
                 f"Newton's method on the fixed-point equation V = h(r + gamma P V) found no "
-                f"descent at step {it} (|V - h| = {norm:.3g}); no fixed point near this start")
+                f"descent at step {it} (|V - h| = {norm:.3g})")
         v, F, g, w, norm = v + t * step, F_new, g_new, w_new, norm_new
     pi = g
     # certify with exact evaluations; polish by plain steps while they help (quadratic
@@ -460,38 +480,92 @@ def _stable(mdp, log_pi, ref, kind):
     return bad.size == 0, int(bad[0]) if bad.size else -1
 
 
-def _reward_fixed_point(mdp, ref, beta, c, kind, x0, tol, flow_steps, opts):
-    """Follow the expected update from logits x0, then Newton–Krylov (§5).
+def _flow(mdp, x, ref, beta, c, kind, max_steps, opts, stop=1.0):
+    """Euler steps x ← x + hF of the expected update (§1) from logits x, until
+    ‖F‖∞ ≤ stop · FLOW_TO_NEWTON · (β + max|c Q̂|). Returns (log π, n_steps).
 
-    Returns (log_pi, residual, n_iter) or raises NoTargetError / ConvergenceError."""
+    The step h = ½/(β + max|c Q̂|), Q̂ = Q_R − V_R + βk for k2/k3 in the reward (bounded as
+    actions collapse, unlike A_R ~ −βk), A for the loss placement: the Jacobian of F is
+    bounded by about β plus that spread. With k2/k3 in the reward, an action below
+    COLLAPSE of its reference probability and still falling raises NoTargetError."""
     log_ref = np.log(ref)
-    x = _lognormalize(mdp, x0)
-    n_flow = 0
-    for n_flow in range(1, flow_steps + 1):
+    reward = kind in ("k2-reward", "k3-reward")
+    x = _lognormalize(mdp, x)
+    norm = np.inf
+    for n in range(max_steps + 1):
         F, a = _field(mdp, np.exp(x), ref, beta, c, kind, opts)
         norm = float(np.max(np.abs(F)))
-        if norm <= FLOW_TO_NEWTON:
-            break
-        falling = (x - log_ref < np.log(COLLAPSE)) & (F < 0)
-        if falling.any():
+        spread = c * float(np.max(np.abs(a + beta * _k_value(kind, x - log_ref) if reward else a)))
+        if norm <= stop * FLOW_TO_NEWTON["reward" if reward else "loss"] * (beta + spread):
+            return x, n
+        falling = (x - log_ref < np.log(COLLAPSE)) & (F < 0) if reward else None
+        if reward and falling.any():
             k = int(np.argmax(falling))
             raise NoTargetError(
                 f"kl_penalty='reward' with kl_estimator='{kind[:2]}': the expected update drives "
                 f"{mdp.pair_name(k)} to probability 0 (now {np.exp(x[k]):.3g}, "
-                f"{np.exp(x[k] - log_ref[k]):.2g} of pi_ref, still falling) after {n_flow} steps "
+                f"{np.exp(x[k] - log_ref[k]):.2g} of pi_ref, still falling) after {n} steps "
                 f"of the flow: no fixed point lies ahead. This estimator in the reward acts as a "
                 f"non-convex penalty that pushes rare actions down (fastppo.targets, section 5); "
                 f"where SampledPPO ends depends on its path and noise")
-        # step: the Jacobian of F is bounded by ~ β + the spread of Q̂ = Q_R + βk, which
-        # (unlike A_R ~ −βk → −∞) stays bounded as actions collapse
-        qhat = a + beta * _k_value(kind, x - log_ref)
-        h = 0.5 / (beta + c * float(np.max(np.abs(qhat))))
-        x = _lognormalize(mdp, x + h * F)
-    else:
-        raise ConvergenceError(
-            f"the expected update of kl_estimator='{kind[:2]}' in the reward did not settle in "
-            f"flow_steps={flow_steps} steps (|F| = {norm:.3g}, smallest pi/pi_ref = "
-            f"{float(np.exp(np.min(x - log_ref))):.3g}); such runs typically drive actions to 0")
+        x = _lognormalize(mdp, x + 0.5 / (beta + spread) * F)
+    hint = "; such runs typically drive actions to 0" if reward else ""
+    raise ConvergenceError(
+        f"the expected update did not settle in flow_steps={max_steps} steps (|F| = {norm:.3g}, "
+        f"smallest pi/pi_ref = {float(np.exp(np.min(x - log_ref))):.3g}){hint}")
+
+
+def _plain_iteration(mdp, ref, code, tau, pi, max_steps, opts):
+    """π ← g(Q^π) (policy iteration with the softened greedy step) until max|Δπ| ≤ 1e-8.
+    Returns (pi, n_steps, converged)."""
+    for n in range(1, max_steps + 1):
+        q = mdp.to_pairs(evaluate(mdp, pi, tol=LIN_TOL, **opts).q)
+        new, _ = _greedy(mdp, q, ref, code, tau, opts)
+        step = float(np.max(np.abs(new - pi)))
+        pi = new
+        if step <= 1e-8:
+            return pi, n, True
+    return pi, max_steps, False
+
+
+def _loss_fixed_point(mdp, P, ref, beta, c, kind, x0, tol, max_iter, flow_steps, opts,
+                      follow=False):
+    """The fixed point of §3 from logits x0: plain iteration, then Newton's method to
+    polish (or from x0 if plain iteration does not settle in 10·max_iter steps). With
+    ``flow_steps`` > 0 the expected-update flow leads the way: first (``follow``: the
+    fixed point SampledPPO's path reaches) or when both stall, then again with a 100x
+    tighter hand-over each time Newton stalls. Returns (pi, residual, n_iter, method);
+    raises _NewtonStall."""
+    code, tau = (1 if kind == "loss-reverse" else 2), beta / c
+    n_flow, x, stop = 0, _lognormalize(mdp, x0), 1.0
+    if not follow:
+        pi, n_plain, settled = _plain_iteration(mdp, ref, code, tau, np.exp(x), 10 * max_iter,
+                                                opts)
+        try:
+            pi, residual, it = _newton_fixed_point(mdp, P, ref, code, tau,
+                                                   pi if settled else np.exp(x), tol, max_iter, opts)
+            if settled:
+                return pi, residual, n_plain + it, "iteration+newton"
+            return pi, residual, it, "newton"
+        except _NewtonStall:
+            if flow_steps == 0:
+                raise
+    while True:
+        x, n = _flow(mdp, x, ref, beta, c, kind, flow_steps - n_flow, opts, stop)
+        n_flow += n
+        try:
+            pi, residual, it = _newton_fixed_point(mdp, P, ref, code, tau, np.exp(x), tol,
+                                                   max_iter, opts)
+            return pi, residual, n_flow + it, "flow+newton"
+        except _NewtonStall:
+            stop *= 0.01
+
+
+def _reward_fixed_point(mdp, ref, beta, c, kind, x0, tol, flow_steps, opts):
+    """Follow the expected update from logits x0, then Newton–Krylov (§5).
+
+    Returns (log_pi, residual, n_iter) or raises NoTargetError / ConvergenceError."""
+    x, n_flow = _flow(mdp, x0, ref, beta, c, kind, flow_steps, opts)
     free = _gauge(mdp)
     fixed = np.flatnonzero(~free)
     base = np.repeat(x[fixed], np.diff(mdp.a_indptr))
@@ -636,25 +710,38 @@ def sampled_target(mdp, reg=None, *, kl_coef=None, kl_estimator="k1", kl_penalty
                               "the optimum of J = sum rho V~ with tau KL(pi || pi_ref), tau = beta"),
                    starts={"solve": 0.0})
     elif kind in ("loss-reverse", "loss-forward"):
-        code, tau = (1, beta / c) if kind == "loss-reverse" else (2, beta / c)
+        tau = beta / c
         P = mdp.P
         rng = np.random.default_rng(seed)
-        starts = [("init" if init is not None else "reference", np.exp(_lognormalize(mdp, x_init)))]
+        starts = [("init" if init is not None else "reference", x_init)]
         for j in range(max(0, n_starts - 2)):
-            starts.append((f"random {j}", np.exp(_lognormalize(mdp, 2.0 * rng.normal(size=mdp.n_pairs)))))
+            starts.append((f"random {j}", 2.0 * rng.normal(size=mdp.n_pairs)))
         if n_starts >= 2:
-            D = ReverseKL if code == 1 else ForwardKL
-            starts.append(("optimum", mdp.to_pairs(solve(mdp, D(tau, ref), backend=which, n_threads=nt).policy)))
-        found = []
-        for name, pi0 in starts:
-            found.append((name, *_newton_fixed_point(mdp, P, ref, code, tau, pi0, tol, max_iter, opts)))
-        _, pi, residual, n_iter = found[0]
-        dname = "reverse-kl" if code == 1 else "forward-kl"
-        d_text = "KL(p || pi_ref)" if code == 1 else "KL(pi_ref || p)"
-        out.update(kind="fixed point", method="newton", n_iter=n_iter, tau=tau, divergence=dname,
+            D = ReverseKL if kind == "loss-reverse" else ForwardKL
+            opt = mdp.to_pairs(solve(mdp, D(tau, ref), backend=which, n_threads=nt).policy)
+            starts.append(("optimum", np.log(np.maximum(opt, 1e-300))))
+        pi, residual, n_iter, method = _loss_fixed_point(mdp, P, ref, beta, c, kind, x_init,
+                                                         tol, max_iter, flow_steps, opts)
+        found = [(starts[0][0], pi)]
+        for name, x0 in starts[1:]:  # Newton only: nan where it finds nothing
+            try:
+                found.append((name, _loss_fixed_point(mdp, P, ref, beta, c, kind, x0, tol,
+                                                      max_iter, 0, opts)[0]))
+            except _NewtonStall:
+                found.append((name, None))
+        if method != "flow+newton" and any(p is not None and _state_tv(mdp, p, pi) > 1e-8
+                                      for _, p in found):
+            # several fixed points: the target is the one the expected update reaches from
+            # SampledPPO's start
+            pi, residual, n_iter, method = _loss_fixed_point(
+                mdp, P, ref, beta, c, kind, x_init, tol, max_iter, flow_steps, opts, follow=True)
+        dname = "reverse-kl" if kind == "loss-reverse" else "forward-kl"
+        d_text = "KL(p || pi_ref)" if kind == "loss-reverse" else "KL(pi_ref || p)"
+        out.update(kind="fixed point", method=method, n_iter=n_iter, tau=tau, divergence=dname,
                    objective=f"fixed point pi(.|s) = argmax_p <p, Q^pi(s,.)> - tau {d_text}, "
                              f"tau = beta/c, Q^pi on the plain rewards",
-                   starts={name: _state_tv(mdp, p, pi) for name, p, _, _ in found})
+                   starts={name: np.nan if p is None else _state_tv(mdp, p, pi)
+                           for name, p in found})
     else:
         rng = np.random.default_rng(seed)
         nudge = NUDGE * rng.normal(size=mdp.n_pairs)
@@ -681,7 +768,8 @@ def sampled_target(mdp, reg=None, *, kl_coef=None, kl_estimator="k1", kl_penalty
                    divergence=kind, stable=True, starts=found,
                    objective=f"attracting fixed point of the expected update with {kind[:2]} "
                              f"in the reward: Q^(s,a) - beta k(pi/pi_ref) = V_R(s) for all a")
-    out["spread"] = float(max(out["starts"].values()))
+    tvs = [v for v in out["starts"].values() if not np.isnan(v)]
+    out["spread"] = float(max(tvs))
     converged = residual <= tol
     if not converged:
         warnings.warn(f"sampled_target: fixed-point residual {residual:.3g} above tol={tol:g} "

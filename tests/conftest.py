@@ -66,3 +66,8 @@ def small_mdp():
 @pytest.fixture
 def ragged_mdp():
     return random_mdp(1, rectangular=False)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: statistical runs of SampledPPO, seconds each "
+                                       "(deselect with -m 'not slow')")
