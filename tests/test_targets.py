@@ -346,20 +346,66 @@ def test_loss_targets_unique_on_slow_mixing_mdps(mdp, estimator):
     assert t.update_norm < 1e-10 * max(1.0, np.abs(fastppo.evaluate(mdp, t.policy).v).max())
 
 
-def test_plain_iteration_cycles_where_newton_converges():
-    """The reason for Newton (module §3): π ← greedy(Q^π) on a 30-state chain at τ = 0.001."""
-    mdp = fastppo.chain(30, gamma=0.99)
+def plain_iteration(mdp, ref, tau, code, n=2000):
+    """π ← greedy(Q^π) with the greedy step written out (reverse KL: softmax; forward KL:
+    bisection on ν), Q^π dense; a different algorithm from the module's Newton."""
+    pi = np.array(ref, dtype=float)
+    for _ in range(n):
+        _, q = dense_values(mdp, pi, np.array(mdp.r, dtype=float))
+        new = np.empty_like(pi)
+        for s in range(mdp.n_states):
+            ks = slice(int(mdp.a_indptr[s]), int(mdp.a_indptr[s + 1]))
+            qs, rs = q[ks], ref[ks]
+            if code == 1:
+                e = rs * np.exp((qs - qs.max()) / tau)
+                new[ks] = e / e.sum()
+            else:
+                lo, hi = qs.max(), qs.max() + tau
+                for _ in range(200):
+                    mid = 0.5 * (lo + hi)
+                    lo, hi = (mid, hi) if np.sum(tau * rs / (mid - qs)) > 1 else (lo, mid)
+                new[ks] = tau * rs / (0.5 * (lo + hi) - qs)
+                new[ks] /= new[ks].sum()
+        done = np.max(np.abs(new - pi)) < 1e-13
+        pi = new
+        if done:
+            break
+    return pi
+
+
+@pytest.mark.parametrize("code, estimator", [(1, "k2"), (2, "k3")])
+def test_hard_instance_where_newton_alone_stalls(code, estimator):
+    """γ = 0.99 on a slow-mixing garnet: the module's answer equals plain iteration with
+    dense values, and zeroes the expected update."""
+    mdp = fastppo.garnet(8, 3, 2, gamma=0.99, seed=3, locality=2)
+    t = fastppo.sampled_target(mdp, fastppo.ReverseKL(0.3), kl_estimator=estimator, kl_penalty="loss")
     ref = mdp.uniform_policy()
-    pi = ref
-    for _ in range(60):
-        q = flat(mdp, fastppo.evaluate(mdp, pi).q)
-        tau = 0.001
-        e = ref * np.exp((q - np.maximum.reduceat(q, mdp.a_indptr[:-1])[mdp.s_indices]) / tau)
-        new = e / np.add.reduceat(e, mdp.a_indptr[:-1])[mdp.s_indices]
-        step, pi = np.max(np.abs(new - pi)), new
-    assert step > 0.1
-    t = fastppo.sampled_target(mdp, fastppo.ReverseKL(0.001), kl_estimator="k2", kl_penalty="loss")
+    pi = flat(mdp, t.policy)
+    np.testing.assert_allclose(pi, plain_iteration(mdp, ref, 0.3, code), rtol=0, atol=1e-10)
     assert t.converged and t.spread < 1e-10
+    assert np.max(np.abs(dense_field(mdp, pi, ref, 0.3, 1.0, estimator, "loss"))) < 1e-10
+
+
+def test_several_loss_fixed_points_are_reported():
+    """k2 in the loss has several fixed points here: ``spread`` shows it, the target is the
+    one the expected-update flow reaches from SampledPPO's start, and another start gives
+    another genuine fixed point."""
+    mdp = fastppo.garnet(20, 3, 2, gamma=0.99, seed=3, locality=2)
+    reg = fastppo.ReverseKL(0.3)
+    t = fastppo.sampled_target(mdp, reg, kl_estimator="k2", kl_penalty="loss", n_starts=6)
+    assert t.spread > 0.5 and t.method == "flow+newton" and t.converged
+    ref = mdp.uniform_policy()
+    pi = flat(mdp, t.policy)
+    assert np.max(np.abs(dense_field(mdp, pi, ref, 0.3, 1.0, "k2", "loss"))) < 1e-10
+    rng = np.random.default_rng(0)
+    others = []
+    for _ in range(6):
+        o = fastppo.sampled_target(mdp, reg, kl_estimator="k2", kl_penalty="loss", n_starts=1,
+                                   init=2.0 * rng.normal(size=mdp.n_pairs))
+        p = flat(mdp, o.policy)
+        assert np.max(np.abs(dense_field(mdp, p, ref, 0.3, 1.0, "k2", "loss"))) < 1e-10
+        others.append(np.max(0.5 * np.add.reduceat(np.abs(p - pi), mdp.a_indptr[:-1])))
+    assert max(others) > 0.5
 
 
 # ---------------------------------------------------------------- the scale c by simulation
@@ -438,7 +484,7 @@ def test_result_fields():
     mdp = fastppo.garnet(8, 3, 2, gamma=0.9, seed=8)
     t = fastppo.sampled_target(mdp, fastppo.ReverseKL(0.5), kl_estimator="k2", kl_penalty="loss",
                                advantage="dr_grpo", group_size=5)
-    assert t.kind == "fixed point" and t.method == "newton" and t.divergence == "reverse-kl"
+    assert t.kind == "fixed point" and t.method == "iteration+newton" and t.divergence == "reverse-kl"
     assert t.kl_coef == 0.5 and t.scale == 0.8 and t.tau == pytest.approx(0.625)
     assert set(t.starts) == {"reference", "random 0", "optimum"} and t.stable is None
     assert t.policy.shape == (8, 3)
@@ -555,3 +601,19 @@ def test_sampled_ppo_collapses_where_there_is_no_target(estimator):
         final[est] = ppo.pi
     assert final[estimator].max() > 0.999
     np.testing.assert_allclose(final["k1"], flat(mdp, fastppo.sampled_target(mdp, reg).policy), atol=0.02)
+
+
+@pytest.mark.slow
+def test_sampled_ppo_dr_grpo_lands_on_the_scaled_target():
+    """dr_grpo (G = 8) with k2 in the loss lands on τ = β/c, c = 7/8, not on τ = β: the
+    scale c inside SampledPPO itself. Horizon 80 (γ^80 ≈ 2e-4): the critic-free returns are
+    cut at the horizon, and the default horizon (γ^T ≤ 0.01) visibly biases the result."""
+    mdp, reg = fastppo.garnet(10, 3, 2, gamma=0.9, seed=0), fastppo.ReverseKL(0.3)
+    own = fastppo.sampled_target(mdp, reg, kl_estimator="k2", kl_penalty="loss",
+                                 advantage="dr_grpo", n_starts=1)
+    unscaled = fastppo.sampled_target(mdp, reg, kl_estimator="k2", kl_penalty="loss", n_starts=1)
+    assert own.tau == pytest.approx(0.3 * 8 / 7)
+    avg = averaged_run(mdp, reg, 300, 200, kl_estimator="k2", kl_penalty="loss",
+                       advantage="dr_grpo", lr=0.5, horizon=80)
+    d_own, d_unscaled = fastppo.tv_distance(mdp, avg, own), fastppo.tv_distance(mdp, avg, unscaled)
+    assert d_own < 0.005 and d_own < 0.5 * d_unscaled, (d_own, d_unscaled)
