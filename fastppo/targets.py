@@ -10,7 +10,8 @@ the mean over s's samples of coef_i·(e_{a_i} − π(·|s)), where coef_i = rati
 clipped), minus β ∂k/∂log π(a_i|s) when the KL is in the loss. At the first step of an
 iteration the ratio is 1 and nothing is clipped, and as the batch grows the mean over s's
 samples tends to the expectation given s (each visit draws a ~ π(·|s) afresh, whatever
-came before). The expected update of state s is therefore
+came before). The expected update of state s is therefore (terminal states, where the
+episodes end, are never sampled: F = 0 there, and every target keeps the start policy)
 
     F(s,a) = π(a|s) [X(s,a) − Σ_b π(b|s) X(s,b)],    X(s,a) = E[coef | s, a].
 
@@ -54,7 +55,7 @@ KL(π_ref‖p) (k3), 0 (k1). For β > 0 this is strictly concave in p, and a sof
 gradient vanishes iff the gradient in p is constant over the actions, so the fixed points
 are exactly
 
-    π(·|s) = argmax_p ⟨p, c·Q^π(s,·)⟩ − β D(p ‖ π_ref(·|s)) = greedy_{D, τ}(Q^π(s,·)),   τ = β/c,
+    π(·|s) = argmax_p ⟨p, c·Q^π(s,·)⟩ − β D(p ‖ π_ref(·|s)) = greedy_{D,τ}(Q^π(s,·)),  τ = β/c,
 
 Q^π on the PLAIN rewards: π ∝ π_ref exp(Q^π/τ) (k2) and π_a = τ π_ref,a/(ν − Q^π_a) (k3,
 SPEC §1's forward-KL greedy step), a fixed point and not an optimum (the divergence of
@@ -67,16 +68,17 @@ Newton's method. Such a π is fixed by its values: V = V^π satisfies
 V(s) = h_s(Q_V) := Σ_a g_a(Q_V(s,·)) Q_V(s,a), Q_V = r + γPV: S equations
 V − h(r + γPV) = 0, with the Jacobian I − γ W P,
 
-    W(s,a) = ∂h_s/∂Q(s,a) = g_a + (ĉ_a/τ) (Q_a − Σ_b ĉ_b Q_b / Σ_b ĉ_b),    ĉ_a = π_ref,a / f''(w_a)
+    W(s,a) = ∂h_s/∂Q(s,a) = g_a + (ĉ_a/τ) (Q_a − Σ_b ĉ_b Q_b / Σ_b ĉ_b),  ĉ_a = π_ref,a/f''(w_a)
 
 (g_a = π_ref,a (f')^{-1}((Q_a − ν)/τ), so ∂g_a/∂Q_b = (ĉ_a/τ)(δ_ab − ∂ν/∂Q_b), and
 Σ_a g_a = 1 gives ∂ν/∂Q_b = ĉ_b/Σĉ; ĉ = g for reverse KL, g²/π_ref for forward KL; plain
 iteration is this Newton step with W replaced by π). Each Newton system is solved
 matrix-free by GMRES on products with P (no S × S matrix), with a backtracking line search
-on ‖V − h‖∞. Newton alone can stall at a fold of these equations (γ = 0.99 on slow-mixing
-MDPs, e.g. ``garnet(8, 3, 2, gamma=0.99, seed=3, locality=2)`` at τ = 0.3); then the
-expected-update flow θ ← θ + hF (h as in §5) leads from SampledPPO's start until Newton
-converges. The result is certified with the library's exact operations: ``residual`` =
+on ‖V − h‖∞. Plain iteration settled in every case tried; Newton alone can stall at a fold
+of these equations (from π_ref on ``garnet(8, 3, 2, gamma=0.99, seed=3, locality=2)`` at
+τ = 0.3). Where plain iteration does not settle and Newton stalls, the expected-update
+flow θ ← θ + hF (h as in §5) leads from SampledPPO's start until Newton converges. The
+result is certified with the library's exact operations: ``residual`` =
 max_{s,a} |π − g(Q^π)| with Q^π from :func:`fastppo.evaluate`.
 
 *Uniqueness.* The per-state problems are concave, but the coupling through Q^π is not
@@ -90,10 +92,10 @@ says how far the others are.
 
 **4. k1 in the reward** (InstructGPT). Returns from r − βℓ: Q_R(s,a) = Q̃(s,a) − βℓ_a and
 V_R = Σ_a π_a Q_R = Ṽ (SPEC §1 with f = x log x, τ = β), so F = c·π(Q̃ − βℓ − Ṽ) =
-c·π(Ã − β(ℓ − Σπℓ)) — (1−γ)/d(s) times the exact gradient. F = 0 iff Q̃_a − β log(π_a/π_ref,a)
-is constant over a, i.e. π ∝ π_ref exp(Q̃/β): SPEC §1's regularized optimum with τ = β, for
-every c. Unique (the regularized Bellman operator is a γ-contraction); computed by
-:func:`fastppo.solve`.
+c·π(Ã − β(ℓ − Σπℓ)) — c(1−γ)/d(s) times the exact gradient. F = 0 iff
+Q̃_a − β log(π_a/π_ref,a) is constant over a, i.e. π ∝ π_ref exp(Q̃/β): SPEC §1's regularized
+optimum with τ = β, for every c. Unique (the regularized Bellman operator is a
+γ-contraction); computed by :func:`fastppo.solve`.
 
 **5. k2 and k3 in the reward.** The penalty βk(w_a) enters the returns and is
 differentiated only through the score function. Q_R(s,a) = Q̂(s,a) − βk(w_a) with
@@ -104,20 +106,24 @@ KL(π‖π_ref), so V_R = Ṽ and Q̂ = Q̃), and F = c·π(Q_R − V_R). Statio
 
 which needs V_R(s) ≤ min_a Q̂(s,a) and has two roots per action: k decreases on (0, 1) and
 increases on (1, ∞) (k2 = ½ log²w, k3 = 1/w − 1 + log w), unlike f' of a convex f. Which
-are stable? With Q̂ frozen, F(s,·) = c ∇_θ Φ_s, Φ_s(p) = ⟨p, Q̂(s,·)⟩ − β Σ_a π_ref,a K(p_a/π_ref,a)
-with K' = k (K(w) = w(½ℓ² − ℓ + 1) − 1 for k2, (1 + w) log w − 2(w − 1) for k3). K'' = k' < 0
-on (0, 1): below the reference K is concave, D_K is no divergence and Φ_s is not concave.
+are stable? With Q̂ frozen, F(s,·) = c ∇_θ Φ_s with
+Φ_s(p) = ⟨p, Q̂(s,·)⟩ − β Σ_a π_ref,a K(p_a/π_ref,a) and K' = k: K(w) = w(½ℓ² − ℓ + 1) − 1
+for k2, (1 + w) log w − 2(w − 1) for k3. K'' = k' < 0 on (0, 1): below the reference K is
+concave, D_K is no divergence and Φ_s is not concave.
 A stationary point attracts the update iff it is a strict local maximum of Φ_s, i.e. the
 Hessian −β diag(h), h_a = k'(w_a)/π_ref,a, is negative definite on Σ_a δ_a = 0: iff at most
 one h_a < 0 (at most one action below its reference probability) and, if one, Σ_a 1/h_a < 0.
 
 - *Uniform π_ref: no stable interior point.* With one action j below (w_a > 1 for a ≠ j,
   Σ_a (w_a − 1) = 0) the condition reads Σ_{a≠j} w_a²/(w_a − 1) < w_j²/(1 − w_j) for k3;
-  the left side is ≥ Σ_{a≠j} 1/(w_a − 1) ≥ (n−1)²/(1 − w_j) (Cauchy–Schwarz), the right
-  side < 1/(1 − w_j): impossible for n ≥ 2 actions. For k2 (w/log w) the same bounds hold.
-- *Every deterministic policy attracts it.* As π_b → 0 the update of θ(s,b) tends to
-  −βπ_ref,b for k3 (π_b k3(w_b) → π_ref,b) and π_b(Q̂_b − ½β ℓ_b² − V_R) → 0 from below for
-  k2: the rarer an action, the harder it is pushed down.
+  the left side is > Σ_{a≠j} 1/(w_a − 1) ≥ (n−1)²/(1 − w_j) ≥ 1/(1 − w_j) (Cauchy–Schwarz)
+  and the right side < 1/(1 − w_j): impossible for n ≥ 2 actions. For k2 the terms are
+  w_a/log w_a > 1/(w_a − 1) and w_j/(−log w_j) < 1/(1 − w_j), and the same holds. (Two or
+  more actions below their reference: a saddle; none: π = π_ref, degenerate.)
+- *Every deterministic policy attracts it.* The logit of a rare action b falls at the rate
+  βπ_ref,b however rare b is, for k3 (π_b k3(w_b) → π_ref,b); for k2 its update
+  π_b(Q̂_b − ½βℓ_b² − V_R) stays negative once ½βℓ_b² exceeds Q̂_b − V_R: rare actions
+  keep falling.
 
 So reward-placed k2 and k3 drive the policy toward deterministic policies, which one
 depending on the path and the sampling noise: a 3-armed bandit r = (1, ½, 0) with uniform
@@ -128,18 +134,22 @@ action above its reference probability is the less likely one; e.g. r = (0.1, 0)
 stable (SampledPPO lands there).
 
 *Computation.* The module follows the expected update itself, θ ← θ + hF with the exact
-Q_R (:func:`fastppo.evaluate` on the penalised rewards) and h = ½/(β + max|A_R|), from
+Q_R (:func:`fastppo.evaluate` on the penalised rewards) and h = ½/(β + c·max|Q̂ − V_R|)
+(the Jacobian of F is bounded by about the denominator, which stays bounded as actions
+collapse while A_R = Q̂ − βk − V_R does not), from
 SampledPPO's start (``init`` or π_ref, nudged by a seeded 10⁻³ perturbation of the logits
 so that a symmetric unstable point is not taken for a limit). When ‖F‖∞ ≤ 10⁻⁶,
 Newton–Krylov on the equations F = 0 (one logit per state fixed) polishes it to ``tol``
 and the stability condition above is checked at every state (``stable``). When an action
 falls below 10⁻⁴ of its reference probability and is still falling, no fixed point lies
-ahead: :class:`NoTargetError`, naming the pair.
+ahead: :class:`NoTargetError`, naming the pair. Each step is one exact evaluation, on an
+MDP rebuilt with the penalised rewards: meant for small and medium MDPs.
 
 **6. Metrics.** At a fixed point no "gap" is defined (it maximises nothing); report the
 d-weighted total variation Σ_s d^π_ρ(s) · ½ Σ_a |π(a|s) − π*(a|s)| (:func:`tv_distance`)
 and both objectives: ``J_plain`` = Σ_s ρ(s) V^π(s) and ``J_reg`` = Σ_s ρ(s) Ṽ^π(s) with the
-regularizer given (SampledPPO's ``J``).
+regularizer given (SampledPPO's ``J``). Episodic MDPs (γ = 1) go through
+:func:`fastppo.evaluate` and :func:`fastppo.solve` like the rest, once those accept them.
 """
 import warnings
 
@@ -152,6 +162,7 @@ from ._backend import get_kernel, resolve_backend, resolve_threads
 from ._krylov import ConvergenceError
 from ._result import Result
 from .evaluation import evaluate, visitation
+from .mdp import MDP
 from .regularizers import ForwardKL, ReverseKL
 
 __all__ = ["NoTargetError", "SampledTarget", "advantage_scale", "expected_update",
@@ -200,8 +211,10 @@ class SampledTarget(Result):
         How it was computed: "solve"; "iteration+newton", "newton" or "flow+newton"
         (module docstring §3); "flow+newton-krylov" (§5).
     residual : float
-        Fixed-point residual. "optimum" and loss placement: max_{s,a} |π* − G(π*)|, G the
-        map π ↦ greedy(Q^π) of the fixed-point condition, Q^π by :func:`fastppo.evaluate`.
+        Fixed-point residual over the non-terminal states. Reverse-KL optimum and loss
+        placement: max_{s,a} |π* − G(π*)|, G the map π ↦ greedy(Q^π) of the fixed-point
+        condition (Q̃^π for the optimum), Q^π by :func:`fastppo.evaluate`. Plain optimum:
+        max_s (max_a Q^π*(s,a) − V^π*(s)) (reward units; ties make π* non-unique).
         Reward-placed k2/k3: max_{s,a} |F(s,a)|, the expected update (reward units).
     update_norm : float
         max_{s,a} |F(s,a)| of :func:`expected_update` at π* (every kind).
@@ -309,16 +322,19 @@ def _k_prime_over_ref(kind, w, ref):
 
 
 def _penalised_evaluation(mdp, pi, log_w, beta, kind, opts):
-    """evaluate() on the rewards r − β k(w) (k2/k3 in the reward); pairs with π = 0 keep r."""
-    r = np.where(pi > 0, mdp.r - beta * _k_value(kind, log_w), mdp.r)
-    shifted = type(mdp)(mdp.a_indptr, mdp.a_indices, mdp.p_indptr, mdp.p_indices, mdp.p_data,
-                        r, mdp.gamma, mdp.rho)
+    """evaluate() on the rewards r − β k(w) (k2/k3 in the reward); pairs with π = 0 and
+    terminal states (episodes end there: nothing is sampled) keep r."""
+    penalised = (pi > 0) & ~mdp.terminal[mdp.s_indices]
+    r = np.where(penalised, mdp.r - beta * _k_value(kind, log_w), mdp.r)
+    shifted = MDP(mdp.a_indptr, mdp.a_indices, mdp.p_indptr, mdp.p_indices, mdp.p_data, r,
+                  mdp.gamma, mdp.rho)
     return evaluate(shifted, pi, tol=LIN_TOL, **opts)
 
 
 def _field(mdp, pi, ref, beta, c, kind, opts):
-    """(F, A_R) of module §1 at π, flat (n_pairs,); pairs with π = 0 get F = 0."""
-    live = pi > 0
+    """(F, A_R) of module §1 at π, flat (n_pairs,). F = 0 on pairs with π = 0 and in terminal
+    states (SampledPPO's episodes end there: it never updates them)."""
+    live = (pi > 0) & ~mdp.terminal[mdp.s_indices]
     with np.errstate(divide="ignore"):
         log_w = np.where(live, np.log(np.where(live, pi, 1.0)) - np.log(ref), 0.0)
     if kind in ("k2-reward", "k3-reward"):
@@ -395,10 +411,11 @@ def _greedy(mdp, q, ref, code, tau, opts):
 
 
 def _greedy_residual(mdp, pi, ref, code, tau, reg_eval, opts):
-    """max |π − g(Q^π)| with Q^π (Q̃^π for the reverse-KL optimum) from fastppo.evaluate."""
+    """max |π − g(Q^π)| over the non-terminal states, Q^π (Q̃^π for the reverse-KL optimum)
+    from fastppo.evaluate."""
     ev = evaluate(mdp, pi, reg_eval, tol=LIN_TOL, **opts)
     g, _ = _greedy(mdp, mdp.to_pairs(ev.q), ref, code, tau, opts)
-    return float(np.max(np.abs(pi - g)))
+    return float(np.max(np.abs(pi - g), initial=0.0, where=~mdp.terminal[mdp.s_indices]))
 
 
 def _newton_fixed_point(mdp, P, ref, code, tau, pi0, tol, max_iter, opts):
@@ -474,8 +491,9 @@ def _stable(mdp, log_pi, ref, kind):
     neg = np.add.reduceat((h < 0).astype(np.int64), starts)
     with np.errstate(divide="ignore"):
         inv = np.add.reduceat(1.0 / h, starts)
-    # no action below π_ref means π = π_ref there (Σ π_ref w = 1): h = 0, not strict
-    ok = (counts == 1) | ((neg == 1) & (inv < 0))
+    # no action below π_ref means π = π_ref there (Σ π_ref w = 1): h = 0, not strict;
+    # terminal states are never updated
+    ok = (counts == 1) | mdp.terminal | ((neg == 1) & (inv < 0))
     bad = np.flatnonzero(~ok)
     return bad.size == 0, int(bad[0]) if bad.size else -1
 
@@ -692,20 +710,29 @@ def sampled_target(mdp, reg=None, *, kl_coef=None, kl_estimator="k1", kl_penalty
         reg_opt = None if kind == "plain" else ReverseKL(beta, ref)
         res = solve(mdp, reg_opt, backend=which, n_threads=nt)
         pi = mdp.to_pairs(res.policy)
-        code, tau = (0, 0.0) if kind == "plain" else (1, beta)
-        residual = _greedy_residual(mdp, pi, ref, code, tau, reg_opt, opts)
-        for _ in range(5):  # polish solve's answer by (soft) policy-iteration steps
+        if kind == "plain":
+            # ties make the optimal policy non-unique: the residual is the Bellman optimality
+            # residual max_s (max_a Q^π(s,a) − V^π(s)), in reward units
+            tau = 0.0
+            ev = evaluate(mdp, pi, tol=LIN_TOL, **opts)
+            qmax = np.maximum.reduceat(mdp.to_pairs(ev.q), mdp.a_indptr[:-1])
+            residual = float(np.max(qmax - ev.v, initial=0.0, where=~mdp.terminal))
+        else:
+            tau = beta
+            residual = _greedy_residual(mdp, pi, ref, 1, tau, reg_opt, opts)
+        for _ in range(5 if kind != "plain" else 0):  # polish by soft policy-iteration steps
             if residual <= tol:
                 break
             ev = evaluate(mdp, pi, reg_opt, tol=LIN_TOL, **opts)
-            new, _ = _greedy(mdp, mdp.to_pairs(ev.q), ref, code, tau, opts)
-            new_res = _greedy_residual(mdp, new, ref, code, tau, reg_opt, opts)
+            new, _ = _greedy(mdp, mdp.to_pairs(ev.q), ref, 1, tau, opts)
+            new_res = _greedy_residual(mdp, new, ref, 1, tau, reg_opt, opts)
             if new_res >= residual:
                 break
             pi, residual = new, new_res
         out.update(kind="optimum", method="solve", n_iter=res.n_iter, tau=tau,
                    divergence="none" if kind == "plain" else "reverse-kl",
-                   objective=("the optimum of the plain MDP (the KL has no expected gradient)"
+                   objective=("the optimum of the plain MDP (beta = 0, or k1 in the loss: "
+                              "no expected KL gradient)"
                               if kind == "plain" else
                               "the optimum of J = sum rho V~ with tau KL(pi || pi_ref), tau = beta"),
                    starts={"solve": 0.0})
@@ -768,12 +795,17 @@ def sampled_target(mdp, reg=None, *, kl_coef=None, kl_estimator="k1", kl_penalty
                    divergence=kind, stable=True, starts=found,
                    objective=f"attracting fixed point of the expected update with {kind[:2]} "
                              f"in the reward: Q^(s,a) - beta k(pi/pi_ref) = V_R(s) for all a")
+    # SampledPPO never samples in terminal states (its episodes end there): its policy there
+    # stays at the start
+    term = mdp.terminal[mdp.s_indices]
+    pi = np.where(term, np.exp(_lognormalize(mdp, x_init)), pi)
     tvs = [v for v in out["starts"].values() if not np.isnan(v)]
     out["spread"] = float(max(tvs))
     converged = residual <= tol
     if not converged:
         warnings.warn(f"sampled_target: fixed-point residual {residual:.3g} above tol={tol:g} "
-                      f"(round-off of the exact evaluations); the result says converged=False",
+                      f"(round-off of the exact evaluations at this gamma and tau); the result "
+                      f"says converged=False",
                       RuntimeWarning, stacklevel=2)
     F, _ = _field(mdp, pi, ref, beta, c, kind, opts)
     J_plain = evaluate(mdp, pi, tol=LIN_TOL, **opts).J
@@ -792,7 +824,8 @@ def tv_distance(mdp, pi, target, mu=None, *, backend=None, n_threads=None):
     Parameters
     ----------
     mdp : MDP
-    pi : array_like of shape (n_pairs,) or (n_states, n_actions), int array of shape (n_states,), or SampledTarget
+    pi : array_like or SampledTarget
+        Shape (n_pairs,) or (n_states, n_actions), or int array of shape (n_states,).
         The policy (probabilities, or sigma), e.g. SampledPPO's iterate; its visitation
         weights the states.
     target : SampledTarget or array_like

@@ -159,7 +159,7 @@ def test_zero_kl_coef_is_the_plain_optimum():
                                        kl_estimator=est, kl_penalty=place)
             assert t.kind == "optimum" and t.divergence == "none" and t.tau == 0.0
             np.testing.assert_array_equal(t.policy, plain)
-            assert t.residual == 0.0 and t.update_norm == 0.0
+            assert t.residual < 1e-12 and t.update_norm == 0.0
 
 
 def two_action_roots(estimator, dr, ref, beta):
@@ -313,8 +313,9 @@ def test_expected_update_against_dense_loops(estimator, placement):
 
 def test_loss_k2_gradient_is_reverse_kl_and_k3_forward_kl():
     """On policy, the expected loss gradient of β·k: 0 (k1), ∇KL(π‖π_ref) (k2), ∇KL(π_ref‖π)
-    (k3). With zero rewards only the KL term is left: compare with finite differences."""
-    mdp = fastppo.MDP.from_dense(np.ones((1, 4, 1)), np.zeros((1, 4)), gamma=0.0)
+    (k3). With equal rewards only the KL term is left: compare with finite differences.
+    (Equal and nonzero: a zero-reward absorbing state is terminal, never sampled, F = 0.)"""
+    mdp = fastppo.MDP.from_dense(np.ones((1, 4, 1)), np.ones((1, 4)), gamma=0.0)
     rng = np.random.default_rng(3)
     ref, theta = fastppo.softmax(mdp, rng.normal(size=4)), rng.normal(size=4)
     kl = {"k2": lambda p: np.sum(p * np.log(p / ref)), "k3": lambda p: np.sum(ref * np.log(ref / p))}
@@ -327,6 +328,28 @@ def test_loss_k2_gradient_is_reverse_kl_and_k3_forward_kl():
         fd = np.array([(kl[est](fastppo.softmax(mdp, theta + 1e-6 * e)) -
                         kl[est](fastppo.softmax(mdp, theta - 1e-6 * e))) / 2e-6 for e in np.eye(4)])
         np.testing.assert_allclose(F, -fd, atol=1e-9)
+
+
+def test_terminal_states_keep_the_start_policy():
+    """SampledPPO's episodes end in terminal states, so it never updates them: the target
+    keeps the start policy there, the expected update is 0 there, and the residual and the
+    stability check ignore them."""
+    mdp = fastppo.gridworld(4, 4, gamma=0.95)
+    term = mdp.terminal[mdp.s_indices]
+    assert term.any()
+    rng = np.random.default_rng(0)
+    init = rng.normal(size=mdp.n_pairs)
+    start = fastppo.softmax(mdp, init)
+    for est, place in [("k1", "reward"), ("k1", "loss"), ("k2", "loss"), ("k3", "loss")]:
+        t = fastppo.sampled_target(mdp, fastppo.ReverseKL(0.2), kl_estimator=est, kl_penalty=place,
+                                   init=init, n_starts=1)
+        pi = flat(mdp, t.policy)
+        np.testing.assert_allclose(pi[term], start[term], rtol=0, atol=1e-15)
+        assert t.converged, (est, place, t.residual)
+        F = flat(mdp, fastppo.expected_update(mdp, np.maximum(pi, 1e-300) / np.add.reduceat(
+            np.maximum(pi, 1e-300), mdp.a_indptr[:-1])[mdp.s_indices], fastppo.ReverseKL(0.2),
+            kl_estimator=est, kl_penalty=place))
+        assert np.all(F[term] == 0.0)
 
 
 # ---------------------------------------------------------------- uniqueness, hard cases
