@@ -219,7 +219,9 @@ class SampledTarget(Result):
     update_norm : float
         max_{s,a} |F(s,a)| of :func:`expected_update` at π* (every kind).
     converged : bool
-        ``residual <= tol``.
+        ``residual <= tol * max(1, max|Q^π*|)``: a relative error ε of the exact values moves
+        the greedy step by about ε·max|Q|/τ, so the attainable residual scales with |Q|
+        (as ``solve``'s tolerance scales with |V|).
     n_iter : int
         Steps from SampledPPO's start: policy-iteration steps of ``solve``; plain-iteration,
         flow and Newton steps (§3); flow and Newton–Krylov steps (§5).
@@ -442,7 +444,9 @@ def _newton_fixed_point(mdp, P, ref, code, tau, pi0, tol, max_iter, opts):
         jac = spla.LinearOperator(
             (n, n), dtype=np.float64,
             matvec=lambda x, w=w: x - gamma * np.add.reduceat(w * (P @ x), starts))
-        step, _ = spla.gmres(jac, -F, rtol=1e-12, atol=0.0, restart=min(n, 60), maxiter=50)
+        # inexact Newton: a relative residual of about |F| keeps quadratic convergence
+        forcing = min(1e-2, max(1e-13, norm / max(1.0, float(np.max(np.abs(v))))))
+        step, _ = spla.gmres(jac, -F, rtol=forcing, atol=0.0, restart=min(n, 60), maxiter=50)
         t = 1.0
         while t >= 1e-8:
             F_new, g_new, w_new = equation(v + t * step)
@@ -664,8 +668,9 @@ def sampled_target(mdp, reg=None, *, kl_coef=None, kl_estimator="k1", kl_penalty
     seed : int, default 0
         Seeds the random starts and the flow's nudge.
     tol : float, default 1e-12
-        Fixed-point residual (see ``SampledTarget.residual``). If round-off keeps the
-        residual above it, the result says ``converged=False`` and a RuntimeWarning is issued.
+        Fixed-point residual (see ``SampledTarget.residual``), relative to max(1, max|Q^π|).
+        If round-off keeps the residual above it (small τ at γ near 1), the result says
+        ``converged=False`` and a RuntimeWarning is issued.
     max_iter : int, default 50
         Newton steps per start.
     flow_steps : int, default 20000
@@ -801,14 +806,16 @@ def sampled_target(mdp, reg=None, *, kl_coef=None, kl_estimator="k1", kl_penalty
     pi = np.where(term, np.exp(_lognormalize(mdp, x_init)), pi)
     tvs = [v for v in out["starts"].values() if not np.isnan(v)]
     out["spread"] = float(max(tvs))
-    converged = residual <= tol
+    ev = evaluate(mdp, pi, tol=LIN_TOL, **opts)
+    scale = max(1.0, float(np.max(np.abs(ev.q))))
+    converged = residual <= tol * scale
     if not converged:
-        warnings.warn(f"sampled_target: fixed-point residual {residual:.3g} above tol={tol:g} "
-                      f"(round-off of the exact evaluations at this gamma and tau); the result "
-                      f"says converged=False",
+        warnings.warn(f"sampled_target: fixed-point residual {residual:.3g} above tol x "
+                      f"max(1, |Q|) = {tol * scale:.3g} (round-off of the exact evaluations at "
+                      f"this gamma and tau); the result says converged=False",
                       RuntimeWarning, stacklevel=2)
     F, _ = _field(mdp, pi, ref, beta, c, kind, opts)
-    J_plain = evaluate(mdp, pi, tol=LIN_TOL, **opts).J
+    J_plain = ev.J
     J_reg = J_plain if reg is None else evaluate(mdp, pi, reg, tol=LIN_TOL, **opts).J
     return SampledTarget(policy=mdp.to_table(pi.copy()), J_plain=J_plain, J_reg=J_reg,
                          kind=out["kind"], objective=out["objective"], divergence=out["divergence"],
