@@ -640,3 +640,15 @@ def test_sampled_ppo_dr_grpo_lands_on_the_scaled_target():
                        advantage="dr_grpo", lr=0.5, horizon=80)
     d_own, d_unscaled = fastppo.tv_distance(mdp, avg, own), fastppo.tv_distance(mdp, avg, unscaled)
     assert d_own < 0.005 and d_own < 0.5 * d_unscaled, (d_own, d_unscaled)
+
+
+@pytest.mark.slow
+def test_sampled_ppo_two_armed_bandit_lands_on_the_stable_root():
+    """The docstring's example: r = (0.1, 0), π_ref = (0.2, 0.8), β = 1, k3 in the reward:
+    of the stationary points 0.131, 0.341, 0.616 SampledPPO lands on the stable 0.341."""
+    mdp, reg = bandit([0.1, 0.0]), fastppo.ReverseKL(1.0, ref=[[0.2, 0.8]])
+    t = fastppo.sampled_target(mdp, reg, kl_estimator="k3", kl_penalty="reward", n_starts=1)
+    ppo = fastppo.SampledPPO(mdp, reg, kl_estimator="k3", kl_penalty="reward", lr=0.5, seed=0,
+                             reference=False)
+    ppo.run(300)
+    assert abs(ppo.pi[0] - t.policy[0, 0]) < 1e-3
