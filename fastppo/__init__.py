@@ -19,6 +19,8 @@ from .sampled import (AdaptiveKLController, Rollout, SampledPPO, SampledPPOConfi
                       discounted_returns, gae, group_advantages, kl_estimate, rollout)
 from .solvers import NPG, KLPenaltyPPO, PPOClip, RunResult, SoftmaxPG, SolveResult, solve
 from .sweeps import sweep
+from .targets import (NoTargetError, SampledTarget, advantage_scale, expected_update,
+                      sampled_target, tv_distance)
 from .regularizers import (AlphaDivergence, ChiSquare, ForwardKL, Hellinger, JensenShannon,
                            Regularizer, ReverseKL)
 
@@ -32,6 +34,8 @@ __all__ = [
     "solve", "PPOClip", "SoftmaxPG", "NPG", "KLPenaltyPPO", "SolveResult", "RunResult",
     "rollout", "Rollout", "gae", "discounted_returns", "kl_estimate", "group_advantages",
     "AdaptiveKLController", "SampledPPO", "SampledPPOConfig",
+    "sampled_target", "SampledTarget", "NoTargetError", "expected_update", "advantage_scale",
+    "tv_distance",
     "backend", "set_backend", "get_backend", "set_num_threads", "show_backends",
     "sweep", "reward_model",
 ]

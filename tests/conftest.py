@@ -66,3 +66,4 @@ def small_mdp():
 @pytest.fixture
 def ragged_mdp():
     return random_mdp(1, rectangular=False)
+
