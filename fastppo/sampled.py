@@ -49,7 +49,7 @@ from scipy.special import entr
 from . import _validation as V
 from ._backend import get_kernel, resolve_backend, resolve_threads
 from ._result import Result
-from .evaluation import evaluate, reg_args, softmax
+from ._evaluator import Evaluator
 from .regularizers import ReverseKL
 
 __all__ = ["rollout", "gae", "discounted_returns", "kl_estimate", "group_advantages",
@@ -385,7 +385,8 @@ class SampledPPO:
         self.whiten = bool(whiten)
         self.kl_estimator = V.check_choice(kl_estimator, "kl_estimator", KL_ESTIMATORS)
         self.kl_penalty = V.check_choice(kl_penalty, "kl_penalty", ("reward", "loss"))
-        _, _, tau, self._ref = reg_args(mdp, reg, mdp.uniform_policy())
+        E = self._evaluator
+        tau, self._ref = E.tau, E.ref
         beta = tau if kl_coef is None else kl_coef
         self._beta = V.check_positive(beta, "kl_coef", strict=False)
         self.kl_controller = (None if kl_target is None
@@ -404,8 +405,22 @@ class SampledPPO:
         self._rows = []
         self._v_exact = None
 
+    @property
+    def _evaluator(self):
+        """Exact evaluation of the iterates (an Evaluator, made on first use)."""
+        E = self.__dict__.get("_E")
+        if E is None:
+            E = self._E = Evaluator(self.mdp, self.reg, self.backend, self.n_threads)
+        return E
+
     def _softmax(self, logits):
-        return softmax(self.mdp, logits, backend=self.backend, n_threads=self.n_threads)
+        return self._evaluator.softmax(logits)
+
+    def _exact(self):
+        """Exact evaluation of the current policy, warm-started from the last one."""
+        E = self._evaluator
+        E.load(self.pi)
+        return E.evaluation(self._v_exact)
 
     @property
     def kl_coef(self):
@@ -456,10 +471,10 @@ class SampledPPO:
             self.value_clip, self.lr, critic_lr, self.logits, self.values,
             np.zeros(mdp.n_pairs), np.zeros(mdp.n_states), np.zeros(mdp.n_states),
             np.zeros(mdp.n_states, np.int64), np.empty(mdp.n_states), clipped, self.n_threads)
-        pi_old, self.pi = self.pi, self._softmax(self.logits)
         self.n_iter += 1
         if not np.isfinite(self.logits).all():
             raise FloatingPointError(f"SampledPPO: non-finite logits at iteration {self.n_iter}; reduce lr")
+        pi_old, self.pi = self.pi, self._softmax(self.logits)
         log_ratio = np.log(self.pi[k]) - np.log(pi_old[k])
         entropy = np.add.reduceat(entr(pi_old), mdp.a_indptr[:-1])
         row = dict(iter=self.n_iter, clipfrac=clipped.sum() / (self.epochs * n),
@@ -474,8 +489,7 @@ class SampledPPO:
             row["explained_variance"] = 1.0 - resid.var() / var if var > 0 else np.nan
         if self.kl_controller is not None:
             self.kl_controller.update(row["kl_ref"], n)
-        ev = evaluate(mdp, self.pi, self.reg, v0=self._v_exact, backend=self.backend,
-                      n_threads=self.n_threads)
+        ev = self._exact()
         self._v_exact = ev.v
         row["J"] = ev.J
         row["gap"] = np.nan if self.reference is None else self.reference - ev.J
@@ -530,8 +544,7 @@ class SampledPPO:
         finally:
             if bar is not None:
                 bar.close()
-        ev = evaluate(self.mdp, self.pi, self.reg, v0=self._v_exact, backend=self.backend,
-                      n_threads=self.n_threads)
+        ev = self._exact()
         return RunResult(policy=self.mdp.to_table(self.pi.copy(), like=self._table_like),
                          logits=self.mdp.to_table(self.logits.copy(), like=self._table_like),
                          v=self.values.copy(), J=ev.J, history=self.history,

@@ -70,7 +70,7 @@ cdef void _greedy_state(int64_t lo, int64_t hi, const double[::1] q, const doubl
             step = nu - F / dF
             if a < step < b:
                 new = step
-        if fabs(new - nu) <= 1e-15 * max(1.0, fabs(nu)):
+        if fabs(new - nu) <= 1e-15 * max(tau, fabs(nu)):  # (q − ν)/τ to 1e-15: scale-free
             nu = new
             break
         nu = new

@@ -68,7 +68,7 @@ def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out):
                 step = nu - F / dF
                 if a < step < b:
                     new = step
-            if abs(new - nu) <= 1e-15 * max(1.0, abs(nu)):
+            if abs(new - nu) <= 1e-15 * max(tau, abs(nu)):  # (q − ν)/τ to 1e-15: scale-free
                 nu = new
                 break
             nu = new
