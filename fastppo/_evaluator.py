@@ -214,8 +214,8 @@ class Evaluator:
                       backend=self.backend)
 
     def _solve_options(self, tol):
-        return dict(tol=self.tol if tol is None else tol, max_iter=self.max_iter,
-                    method=self.method, restart=self.restart)
+        stop = _krylov.StoppingRule(self.tol if tol is None else tol)
+        return dict(stop=stop, max_iter=self.max_iter, method=self.method, restart=self.restart)
 
     def evaluation(self, v0=None, tol=None):
         """Ṽ, Q̃, Ã and J of the loaded policy.

@@ -54,6 +54,7 @@ __all__ = ["ConvergenceError", "LinearResult", "StoppingRule", "System", "bicgst
            "gmres", "richardson", "solve", "solve_pair"]
 
 METHODS = ("auto", "richardson", "bicgstab", "gmres")
+MAX_RATE, MIN_SWEEPS = 0.6, 4  # Richardson gives up when slower than this (in "auto")
 
 
 class ConvergenceError(RuntimeError):
@@ -160,7 +161,7 @@ class _Sweeps:
     ``A x`` is written into ``r``, then :meth:`absorb` decides and sweeps. ``result`` is
     set once it is finished."""
 
-    def __init__(self, system, x0, stop, max_iter, max_rate=0.6, min_sweeps=4):
+    def __init__(self, system, x0, stop, max_iter, max_rate=MAX_RATE, min_sweeps=MIN_SWEEPS):
         self.system, self.stop, self.max_iter = system, stop, max_iter
         self.max_rate, self.min_sweeps = max_rate, min_sweeps
         self.bnorm, self.x = _start(system, x0, stop)
@@ -190,7 +191,7 @@ class _Sweeps:
             x += self.system.shift * 0.5 * (r.min() + r.max())
 
 
-def richardson(system, x0, stop, max_iter, *, max_rate=0.6, min_sweeps=4):
+def richardson(system, x0, stop, max_iter, *, max_rate=MAX_RATE, min_sweeps=MIN_SWEEPS):
     """Sweeps x ← x + r (+ shift · mid-range(r) · 1), r = b − A x, while they converge fast.
 
     Parameters
@@ -395,7 +396,7 @@ def chain(method="auto", restart=40):
 # ------------------------------------------------------------------------ drivers
 def _scaled(system, x0):
     """(system with b / 2^e, x0 / 2^e, e), 2^(e−1) ≤ max |b| < 2^e (e = 0 when b = 0)."""
-    big = float(np.max(np.abs(system.b))) if system.b.shape[0] else 0.0
+    big = float(np.max(np.abs(system.b)))
     if big == 0.0:
         return system, x0, 0
     e = int(np.frexp(big)[1])
@@ -433,7 +434,7 @@ def _unscaled(res, e):
     return LinearResult(x, res.n_matvec, res.residual, res.converged, res.method)
 
 
-def solve(system, x0=None, *, tol, max_iter, method="auto", restart=40):
+def solve(system, x0=None, *, stop, max_iter, method="auto", restart=40):
     """Solve A x = b by the chain of ``method``, each solver continuing from the last.
 
     Parameters
@@ -441,8 +442,8 @@ def solve(system, x0=None, *, tol, max_iter, method="auto", restart=40):
     system : System
     x0 : ndarray of shape (n,), optional
         Start (warm start); zero when None.
-    tol : float
-        Relative residual ‖b − A x‖₂ / ‖b‖₂ to reach (:class:`StoppingRule`).
+    stop : StoppingRule
+        When a relative residual ‖b − A x‖₂ / ‖b‖₂ is accepted.
     max_iter : int
         Budget of products with A for the whole chain.
     method : {"auto", "richardson", "bicgstab", "gmres"}
@@ -460,14 +461,13 @@ def solve(system, x0=None, *, tol, max_iter, method="auto", restart=40):
     ConvergenceError
         If the chain ends without reaching ``tol``, naming the system and why.
     """
-    stop = StoppingRule(tol)
     scaled, x0, e = _scaled(system, x0)
     (name, first), *links = chain(method, restart)
     res = first(scaled, x0, stop, max_iter)
     return _unscaled(_finish(scaled, res, links, stop, max_iter), e)
 
 
-def solve_pair(value, visit, products, v0=None, y0=None, *, tol, max_iter, method="auto",
+def solve_pair(value, visit, products, v0=None, y0=None, *, stop, max_iter, method="auto",
                restart=40):
     """Solve the value and visitation systems of one policy together.
 
@@ -485,7 +485,7 @@ def solve_pair(value, visit, products, v0=None, y0=None, *, tol, max_iter, metho
         Both products at once: ``out_value = A_value x_value``, ``out_visit = A_visit x_visit``.
     v0, y0 : ndarray of shape (n,), optional
         Starts of the two systems.
-    tol, max_iter, method, restart
+    stop, max_iter, method, restart
         As in :func:`solve`, for each system (``max_iter`` is each system's budget).
 
     Returns
@@ -499,9 +499,8 @@ def solve_pair(value, visit, products, v0=None, y0=None, *, tol, max_iter, metho
         If either system fails (the value system is finished first).
     """
     if method != "auto":
-        return (solve(value, v0, tol=tol, max_iter=max_iter, method=method, restart=restart),
-                solve(visit, y0, tol=tol, max_iter=max_iter, method=method, restart=restart))
-    stop = StoppingRule(tol)
+        return (solve(value, v0, stop=stop, max_iter=max_iter, method=method, restart=restart),
+                solve(visit, y0, stop=stop, max_iter=max_iter, method=method, restart=restart))
     _, *links = chain(method, restart)  # the first link, Richardson, runs here
     sv, v0, ev = _scaled(value, v0)
     sy, y0, ey = _scaled(visit, y0)

@@ -225,7 +225,7 @@ def test_driver_forces_each_method_and_reports_what_ran(method):
     A, fast = markov_system(50, 0.99, 2)
     _, slow = markov_system(50, 0.99, 3, slow=True)
     for sysm, auto in ((fast, "richardson"), (slow, "richardson+bicgstab")):
-        res = K.solve(sysm, tol=1e-12, max_iter=5000, method=method)
+        res = K.solve(sysm, stop=K.StoppingRule(1e-12), max_iter=5000, method=method)
         assert res.converged and res.method == (auto if method == "auto" else method)
         Asys = sysm.matvec
         out = np.empty(50)
@@ -247,7 +247,7 @@ def test_driver_chain_continues_from_the_last_iterate(monkeypatch):
 
     monkeypatch.setitem(K.SOLVERS, "bicgstab", failing)
     monkeypatch.setitem(K.SOLVERS, "gmres", gmres)
-    res = K.solve(slow, tol=1e-12, max_iter=5000)
+    res = K.solve(slow, stop=K.StoppingRule(1e-12), max_iter=5000)
     assert res.method == "richardson+bicgstab+gmres" and res.converged
     assert seen["x0"] is not None
 
@@ -256,13 +256,13 @@ def test_driver_raises_in_one_place():
     _, slow = markov_system(50, 0.99, 3, slow=True)
     with pytest.raises(K.ConvergenceError, match=r"richardson\+bicgstab on the markov system did "
                        r"not reach tol=1e-12 within max_iter=12 products \(relative residual"):
-        K.solve(slow, tol=1e-12, max_iter=12)
+        K.solve(slow, stop=K.StoppingRule(1e-12), max_iter=12)
     with pytest.raises(K.ConvergenceError, match=r"^gmres on the markov system did not reach"):
-        K.solve(slow, tol=1e-12, max_iter=5, method="gmres")
+        K.solve(slow, stop=K.StoppingRule(1e-12), max_iter=5, method="gmres")
     # below round-off: GMRES stalls, and the error says so
     with pytest.raises(K.ConvergenceError, match=r"gmres on the markov system stalled at relative "
                        r"residual .* above tol=1e-30: the tolerance is below what round-off"):
-        K.solve(slow, tol=1e-30, max_iter=5000, method="gmres")
+        K.solve(slow, stop=K.StoppingRule(1e-30), max_iter=5000, method="gmres")
 
 
 def test_lockstep_entry_point_equals_separate_solves():
@@ -280,9 +280,9 @@ def test_lockstep_entry_point_equals_separate_solves():
     for first, second in ((fast, slow), (slow, fast)):
         calls.clear()
         pf = products if first is fast else (lambda xa, xb, oa, ob: products(xb, xa, ob, oa))
-        ra, rb = K.solve_pair(first, second, pf, tol=1e-12, max_iter=5000)
-        sa = K.solve(first, tol=1e-12, max_iter=5000)
-        sb = K.solve(second, tol=1e-12, max_iter=5000)
+        ra, rb = K.solve_pair(first, second, pf, stop=K.StoppingRule(1e-12), max_iter=5000)
+        sa = K.solve(first, stop=K.StoppingRule(1e-12), max_iter=5000)
+        sb = K.solve(second, stop=K.StoppingRule(1e-12), max_iter=5000)
         for r, s in ((ra, sa), (rb, sb)):
             np.testing.assert_array_equal(r.x, s.x)
             assert (r.n_matvec, r.method, r.residual) == (s.n_matvec, s.method, s.residual)
@@ -292,7 +292,7 @@ def test_lockstep_entry_point_equals_separate_solves():
         assert len(calls) == min(richardson_fast, richardson_slow)
     assert (ra.method, rb.method) == ("richardson+bicgstab", "richardson")
     with pytest.raises(K.ConvergenceError, match="markov system did not reach"):
-        K.solve_pair(fast, slow, products, tol=1e-12, max_iter=8)
+        K.solve_pair(fast, slow, products, stop=K.StoppingRule(1e-12), max_iter=8)
 
 
 # ------------------------------------------------------------------ reward scale
