@@ -203,7 +203,7 @@ class Evaluator:
         self._k["q_values"](mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r, mdp.gamma, v, q, nt)
         adv = np.empty(mdp.n_pairs)
         self._k["advantages"](mdp.a_indptr, self.pi, q, adv, nt)
-        return Evaluation(v=v, q=q, adv=adv, J=float(mdp.rho @ v), n_matvec=res.n_matvec,
+        return Evaluation(v=v, q=q, adv=adv, J=_krylov.dot(mdp.rho, v), n_matvec=res.n_matvec,
                           residual=res.residual, method=res.method, backend=self.backend)
 
     def _visitation(self, res):

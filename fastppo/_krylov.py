@@ -46,12 +46,13 @@ A new solver (a preconditioned method, a direct factorisation) is a function of 
 signature added to ``SOLVERS`` and to a chain in :func:`chain`.
 """
 import functools
+import math
 
 import numpy as np
 from scipy.linalg import solve_triangular
 
 __all__ = ["ConvergenceError", "LinearResult", "StoppingRule", "System", "bicgstab", "chain",
-           "gmres", "richardson", "solve", "solve_pair"]
+           "dot", "gmres", "richardson", "solve", "solve_pair"]
 
 METHODS = ("auto", "richardson", "bicgstab", "gmres")
 MAX_RATE, MIN_SWEEPS = 0.6, 4  # Richardson gives up when slower than this (in "auto")
@@ -59,6 +60,17 @@ MAX_RATE, MIN_SWEEPS = 0.6, 4  # Richardson gives up when slower than this (in "
 
 class ConvergenceError(RuntimeError):
     """A linear solve did not reach its tolerance within ``max_iter`` products."""
+
+
+def dot(a, b):
+    """a · b of two vectors of shape (n,), on the calling thread.
+
+    ``np.einsum``'s loop, whose sum does not depend on the arrays' alignment. A BLAS
+    ddot (``a @ b``, ``np.linalg.norm``) of n ≳ 10⁴ wakes BLAS's worker threads: on a
+    loaded 2-core machine that took ~7 ms per call at n = 50,000, the time of a product
+    with P_π, and made a PPO-Clip iteration 2.3× and ``solve`` 4× slower.
+    """
+    return float(np.einsum("i,i->", a, b))
 
 
 class System:
@@ -135,7 +147,7 @@ class StoppingRule:
     def norm(x):
         """‖x‖₂ (the systems are scaled to max |b| ∈ [0.5, 1), so it neither overflows
         nor underflows)."""
-        return float(np.linalg.norm(x))
+        return math.sqrt(dot(x, x))
 
     def relative(self, r, bnorm):
         """‖r‖₂ / ‖b‖₂."""
@@ -253,7 +265,7 @@ def bicgstab(system, x0, stop, max_iter, *, max_restarts=5):
         v.fill(0.0)
         p.fill(0.0)
         while n_matvec + 2 <= max_iter:
-            rho_new = float(r_hat @ r)
+            rho_new = dot(r_hat, r)
             if rho_new == 0.0 or omega == 0.0:
                 break  # breakdown: restart
             beta = (rho_new / rho) * (alpha / omega)
@@ -261,7 +273,7 @@ def bicgstab(system, x0, stop, max_iter, *, max_restarts=5):
             p *= beta
             p += r
             matvec(p, v)
-            denom = float(r_hat @ v)
+            denom = dot(r_hat, v)
             if denom == 0.0:
                 n_matvec += 1
                 break
@@ -269,8 +281,8 @@ def bicgstab(system, x0, stop, max_iter, *, max_restarts=5):
             np.subtract(r, alpha * v, out=s)
             matvec(s, t)
             n_matvec += 2
-            tt = float(t @ t)
-            omega = float(t @ s) / tt if tt > 0.0 else 0.0
+            tt = dot(t, t)
+            omega = dot(t, s) / tt if tt > 0.0 else 0.0
             x += alpha * p
             x += omega * s
             np.subtract(s, omega * t, out=r)
@@ -348,15 +360,15 @@ def gmres(system, x0, stop, max_iter, *, restart=40):
             matvec(V[j], w)
             n_matvec += 1
             Vj = V[: j + 1]
-            before = np.linalg.norm(w)
+            before = stop.norm(w)
             h = Vj @ w
             w -= h @ Vj
-            hn = np.linalg.norm(w)
+            hn = stop.norm(w)
             if hn < 0.7 * before:  # cancellation: orthogonalise once more ("twice is enough")
                 h2 = Vj @ w
                 w -= h2 @ Vj
                 h += h2
-                hn = np.linalg.norm(w)
+                hn = stop.norm(w)
             col = np.append(h, hn)
             for i in range(j):  # apply earlier rotations
                 col[i], col[i + 1] = cs[i] * col[i] + sn[i] * col[i + 1], -sn[i] * col[i] + cs[i] * col[i + 1]
