@@ -433,7 +433,7 @@ def test_methods_match_naive(backend, method):
 
 
 def test_method_selection_follows_mixing(backend):
-    """Richardson alone on a fast-mixing garnet; handed over to GMRES on a slow chain."""
+    """Richardson alone on a fast-mixing garnet; handed over to BiCGSTAB on a slow chain."""
     fast = fastppo.garnet(300, 4, 5, gamma=0.99, seed=0)
     slow = fastppo.garnet(300, 4, 3, gamma=0.99, seed=0, locality=2)
     for mdp, expect in ((fast, "richardson"), (slow, "richardson+bicgstab")):
