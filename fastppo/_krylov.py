@@ -471,10 +471,11 @@ def solve(system, x0=None, *, stop, max_iter, method="auto", restart=40):
     Raises
     ------
     ConvergenceError
-        If the chain ends without reaching ``tol``, naming the system and why.
+        If the chain ends without meeting ``stop``, naming the system and why (out of
+        budget, or stalled above the tolerance).
     """
     scaled, x0, e = _scaled(system, x0)
-    (name, first), *links = chain(method, restart)
+    (_, first), *links = chain(method, restart)
     res = first(scaled, x0, stop, max_iter)
     return _unscaled(_finish(scaled, res, links, stop, max_iter), e)
 

@@ -150,19 +150,6 @@ def test_lockstep_evaluation_equals_separate_solves(backend, n_threads):
 
 
 # ----------------------------------------------------- the linear-solve interface
-def dense_system(n, seed, coupling=0.3, what="test system"):
-    rng = np.random.default_rng(seed)
-    A = np.eye(n) + coupling * rng.normal(size=(n, n)) / np.sqrt(n)
-    b = rng.normal(size=n)
-    calls = []
-
-    def matvec(x, out):
-        calls.append(1)
-        np.matmul(A, x, out=out)
-
-    return A, b, K.System(matvec, b, what), calls
-
-
 def markov_system(n, gamma, seed, slow=False):
     """(I − γP) x = b for a random stochastic P (slow: a near-cyclic shift, which mixes
     slowly), the Bellman structure Richardson needs."""
