@@ -334,6 +334,12 @@ class MDP:
 
     # ------------------------------------------------------------------ views
     @functools.cached_property
+    def _transitions(self):
+        """The transition arrays and their caches (:class:`Transitions`); an MDP made from
+        another with the same arrays may take over the other's holder and its caches."""
+        return Transitions(self.p_indptr, self.p_indices, self.p_data)
+
+    @functools.cached_property
     def s_indices(self):
         """State of each pair, shape (n_pairs,), int64 (computed once, read-only)."""
         s = np.repeat(np.arange(self.n_states, dtype=np.int64), np.diff(self.a_indptr))
@@ -438,6 +444,31 @@ class MDP:
         kind = f"{self.n_actions} actions" if self.is_rectangular else f"up to {self.n_actions} actions"
         return (f"MDP(n_states={self.n_states:,}, {kind}, n_pairs={self.n_pairs:,}, "
                 f"nnz={self.p_data.size:,}, gamma={self.gamma})")
+
+
+class Transitions:
+    """The transition CSR arrays of an MDP and what is derived from them alone.
+
+    Caches here depend on ``p_indptr``, ``p_indices``, ``p_data`` only (never on
+    rewards, γ or ρ), so every MDP sharing these arrays shares them. Each is computed on
+    first use and read-only.
+
+    Parameters
+    ----------
+    p_indptr, p_indices, p_data : ndarray
+        The canonical (read-only) transition arrays, shape (n_pairs + 1,), (nnz,), (nnz,).
+    """
+
+    def __init__(self, p_indptr, p_indices, p_data):
+        self.p_indptr, self.p_indices, self.p_data = p_indptr, p_indices, p_data
+
+    @functools.cached_property
+    def row_lengths(self):
+        """Successor entries of each pair, ``diff(p_indptr)``, shape (n_pairs,), int64
+        (gathering a policy's compact rows reads it)."""
+        lengths = np.diff(self.p_indptr)
+        lengths.flags.writeable = False
+        return lengths
 
 
 def _reward_table(R, S, A):

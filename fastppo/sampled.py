@@ -54,7 +54,7 @@ from ._codes import KL_KINDS, KL_NONE
 from ._errors import renamed_parameters
 from ._result import Result
 from ._run import IterativeMethod, check_states
-from .evaluation import evaluate, reg_args, softmax
+from ._evaluator import Evaluator, regularizer_args
 from .regularizers import ReverseKL
 
 __all__ = ["rollout", "gae", "discounted_returns", "kl_estimate", "group_advantages",
@@ -482,7 +482,8 @@ class SampledPPO(IterativeMethod):
             raise TypeError(f"SampledPPO estimates KL(π ‖ π_ref) from samples, so reg must be "
                             f"ReverseKL or None, got {type(reg).__name__}; use PPOClip for other f")
         self.mdp, self.reg = mdp, reg
-        _, _, tau, self._ref = reg_args(mdp, reg, mdp.uniform_policy())
+        _, _, tau, ref = regularizer_args(mdp, reg)
+        self._ref = mdp.uniform_policy() if ref is None else ref
         horizon = config.horizon
         if horizon is None:
             horizon = 1 if mdp.gamma == 0 else int(np.ceil(np.log(0.01) / np.log(mdp.gamma)))
@@ -514,8 +515,22 @@ class SampledPPO(IterativeMethod):
         self._rows = []
         self._v_exact = None
 
+    @property
+    def _evaluator(self):
+        """Exact evaluation of the iterates (an Evaluator, made on first use)."""
+        E = self.__dict__.get("_E")
+        if E is None:
+            E = self._E = Evaluator(self.mdp, self.reg, self.backend, self.n_threads)
+        return E
+
     def _softmax(self, logits):
-        return softmax(self.mdp, logits, backend=self.backend, n_threads=self.n_threads)
+        return self._evaluator.softmax(logits)
+
+    def _exact(self):
+        """Exact evaluation of the current policy, warm-started from the last one."""
+        E = self._evaluator
+        E.load(self.pi)
+        return E.evaluation(self._v_exact)
 
     @property
     def kl_coef(self):
@@ -566,10 +581,10 @@ class SampledPPO(IterativeMethod):
             self.value_clip, self.lr, critic_lr, self.logits, self.values,
             np.zeros(mdp.n_pairs), np.zeros(mdp.n_states), np.zeros(mdp.n_states),
             np.zeros(mdp.n_states, np.int64), np.empty(mdp.n_states), clipped, self.n_threads)
-        pi_old, self.pi = self.pi, self._softmax(self.logits)
         self.n_iter += 1
         if not np.isfinite(self.logits).all():
             raise FloatingPointError(f"SampledPPO: non-finite logits at iteration {self.n_iter}; reduce lr")
+        pi_old, self.pi = self.pi, self._softmax(self.logits)
         log_ratio = np.log(self.pi[k]) - np.log(pi_old[k])
         entropy = np.add.reduceat(entr(pi_old), mdp.a_indptr[:-1])
         row = dict(iter=self.n_iter, clipfrac=clipped.sum() / (self.epochs * n),
@@ -584,8 +599,7 @@ class SampledPPO(IterativeMethod):
             row["explained_variance"] = 1.0 - resid.var() / var if var > 0 else np.nan
         if self.kl_controller is not None:
             self.kl_controller.update(row["kl_ref"], n)
-        ev = evaluate(mdp, self.pi, self.reg, v0=self._v_exact, backend=self.backend,
-                      n_threads=self.n_threads)
+        ev = self._exact()
         self._v_exact = ev.v
         row["J"] = ev.J
         row["gap"] = np.nan if self.reference is None else self.reference - ev.J
@@ -595,8 +609,7 @@ class SampledPPO(IterativeMethod):
 
     # ------------------------------------------- run loop and checkpoint hooks (_run)
     def _final(self):
-        ev = evaluate(self.mdp, self.pi, self.reg, v0=self._v_exact, backend=self.backend,
-                      n_threads=self.n_threads)
+        ev = self._exact()
         return self.values.copy(), ev.J, {"kl_coef": self.kl_coef}
 
     def _postfix(self, row):

@@ -45,10 +45,10 @@ import numpy as np
 from . import _validation as V
 from ._backend import get_kernel, resolve_backend, resolve_threads
 from ._errors import ConvergenceWarning, renamed_parameters
+from ._evaluator import DEFAULT_TOL, Evaluator
 from ._krylov import ConvergenceError
 from ._result import Result
 from ._run import IterativeMethod, RunResult, check_states
-from .evaluation import DEFAULT_TOL, evaluate, reg_args, softmax, visitation
 from .regularizers import ReverseKL
 
 __all__ = ["solve", "PPOClip", "SoftmaxPG", "NPG", "KLPenaltyPPO", "SolveResult", "RunResult"]
@@ -70,8 +70,9 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
     reg : Regularizer, optional
         None (or τ = 0): the plain MDP and a deterministic optimal policy.
     tol : float, default 1e-12
-        Stop when ‖TṼ^π − Ṽ^π‖∞ ≤ tol · max(1, ‖Ṽ^π‖∞) (T: the regularized Bellman
-        operator), or, for τ = 0, when the greedy policy is stable.
+        Stop when ‖TṼ^π − Ṽ^π‖∞ ≤ tol · max(‖Ṽ^π‖∞, ‖r‖∞) (T: the regularized Bellman
+        operator), or, for τ = 0, when the greedy policy is stable. The test is relative:
+        rewards × c (with τ × c) give the same policy and values × c at every scale.
     max_iter : int, default 100
         Policy-iteration steps.
     lin_tol : float, default 1e-13
@@ -94,16 +95,17 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
     V.check_discounted(mdp, "solve")
     tol = V.check_positive(tol, "tol")
     max_iter = V.check_int(max_iter, "max_iter")
-    which, nt = resolve_backend(backend), resolve_threads(n_threads)
-    uniform = mdp.uniform_policy()
-    code, alpha, tau, ref = reg_args(mdp, reg, uniform)
-    greedy = get_kernel("greedy_policy", which)
+    lin_tol = V.check_positive(lin_tol, "lin_tol")
+    E = Evaluator(mdp, reg, resolve_backend(backend), resolve_threads(n_threads), tol=lin_tol)
+    tau = E.tau
     pi = np.empty(mdp.n_pairs)
     tv = np.empty(mdp.n_states)
     if tau > 0:
-        pi[:] = ref
+        pi[:] = E.ref
     else:
-        greedy(mdp.a_indptr, mdp.r, uniform, 0, 0.0, 0.0, pi, tv, nt)
+        E.greedy(mdp.r, pi, tv)
+    # relative tests: rewards × c (and τ × c) scale v, Tv and this scale alike
+    r_scale = float(np.max(np.abs(mdp.r)))
     v, n_matvec, best = None, 0, np.inf
     new_pi = np.empty(mdp.n_pairs)
     # Inexact policy iteration: early evaluations only need to be as accurate as the
@@ -111,11 +113,12 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
     # redone at lin_tol before anything is returned.
     eval_tol = max(lin_tol, 1e-6)
     for it in range(1, max_iter + 1):
-        ev = evaluate(mdp, pi, reg, v0=v, tol=eval_tol, backend=which, n_threads=nt)
+        E.load(pi)
+        ev = E.evaluation(v, tol=eval_tol)
         v, n_matvec = ev.v, n_matvec + ev.n_matvec
-        greedy(mdp.a_indptr, ev.q, ref, code, alpha, tau, new_pi, tv, nt)
+        E.greedy(ev.q, new_pi, tv)
         residual = float(np.max(np.abs(tv - v)))
-        scale = max(1.0, float(np.max(np.abs(v))))
+        scale = max(r_scale, float(np.max(np.abs(v))))
         stable = tau == 0 and np.array_equal(new_pi, pi)
         if eval_tol > lin_tol and (stable or residual <= 1e3 * eval_tol * scale):
             eval_tol = lin_tol  # certify (or finish) with exact evaluations
@@ -132,9 +135,10 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
             # from the optimum. The greedy policy of this v is first-order accurate
             # (error ~ residual/τ): return it, with its own exact evaluation.
             pi, new_pi = new_pi, pi
-            ev = evaluate(mdp, pi, reg, v0=v, tol=lin_tol, backend=which, n_threads=nt)
+            E.load(pi)
+            ev = E.evaluation(v, tol=lin_tol)
             v, n_matvec = ev.v, n_matvec + ev.n_matvec
-            greedy(mdp.a_indptr, ev.q, ref, code, alpha, tau, new_pi, tv, nt)
+            E.greedy(ev.q, new_pi, tv)
             residual = float(np.max(np.abs(tv - v)))
         elif stalled:
             warnings.warn(f"solve stopped at iteration {it}: Bellman residual {residual:.3g} no "
@@ -144,7 +148,7 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
             return SolveResult(policy=mdp.to_table(pi.copy()), sigma=mdp.to_sigma(pi), v=v, q=mdp.to_table(ev.q),
                                adv=mdp.to_table(ev.adv), J=ev.J, n_iter=it,
                                bellman_residual=residual, n_matvec=n_matvec,
-                               converged=converged, backend=which)
+                               converged=converged, backend=E.backend)
         if eval_tol == lin_tol:
             best = min(best, residual)
         pi, new_pi = new_pi, pi
@@ -178,20 +182,20 @@ class _ExactMethod(IterativeMethod):
         self.n_threads = resolve_threads(n_threads)
         self.lin_tol = V.check_positive(lin_tol, "lin_tol")
         self.warm_start = V.check_bool(warm_start, "warm_start")
-        uniform = mdp.uniform_policy()
-        self._code, self._alpha, self._tau, self._ref = reg_args(mdp, reg, uniform)
+        E = self._evaluator
+        self._code, self._alpha, self._tau, self._ref = E.code, E.alpha, E.tau, E.ref
         self.mu = self._weighting(mu)
         if init is None:
-            ref = uniform if self._tau == 0 else self._ref
-            self.logits = np.log(ref)
+            self.logits = np.log(mdp.uniform_policy() if self._tau == 0 else self._ref)
         else:
             self.logits = V.check_logits(mdp, init, "init")
         self._table = init is None or np.ndim(init) != 1  # results as (S, A) tables
-        self.pi = softmax(mdp, self.logits, backend=self.backend, n_threads=self.n_threads)
+        self.pi = E.softmax(self.logits)
         self._v = self._d = None
         if lr is None:
             step_scale = V.check_positive(step_scale, "step_scale")
-            d0 = visitation(mdp, self.pi, self.mu, **self._opts())
+            E.load(self.pi)
+            d0 = E.visitation(self.mu).d
             self._d = d0
             lr = step_scale * (1.0 - mdp.gamma) / float(d0.max())
         self.lr = V.check_positive(lr, "lr")
@@ -216,8 +220,20 @@ class _ExactMethod(IterativeMethod):
                              f"mu[{int(np.argmax(mu <= 0))}] = 0")
         return mu
 
-    def _opts(self):
-        return dict(tol=self.lin_tol, backend=self.backend, n_threads=self.n_threads)
+    @property
+    def _evaluator(self):
+        """The method's Evaluator (made on first use)."""
+        E = self.__dict__.get("_E")
+        if E is None:
+            E = self._E = Evaluator(self.mdp, self.reg, self.backend, self.n_threads,
+                                    tol=self.lin_tol)
+        return E
+
+    def _evaluate(self):
+        """Exact quantities of the current policy that the update needs (an Evaluation)."""
+        E = self._evaluator
+        E.load(self.pi)
+        return E.evaluation(self._v if self.warm_start else None)
 
     def step(self):
         """One outer iteration; returns its diagnostics (a dict, also appended to history)."""
@@ -225,7 +241,7 @@ class _ExactMethod(IterativeMethod):
         mdp = self.mdp
         if self.n_iter == 0:
             self._check_iterate(1, "the init logits are too far apart")
-        ev = evaluate(mdp, self.pi, self.reg, v0=self._v if self.warm_start else None, **self._opts())
+        ev = self._evaluate()
         info = self._update(ev)
         self._check_iterate(self.n_iter + 1)
         self.n_iter += 1
@@ -264,15 +280,10 @@ class _ExactMethod(IterativeMethod):
                 f"({self.mdp.pair_name(k)}; the logits of state {s} span {span:.3g}), and the "
                 f"update divides by it or takes its log; {hint}")
 
-    def _d_weight(self, pi):
-        res = visitation(self.mdp, pi, self.mu, d0=self._d if self.warm_start else None,
-                         full_output=True, **self._opts())
-        self._d = res.d
-        return res.d / (1.0 - self.mdp.gamma), res.n_matvec
-
     # ------------------------------------------- run loop and checkpoint hooks (_run)
     def _final(self):
-        final = evaluate(self.mdp, self.pi, self.reg, v0=self._v, **self._opts())
+        self._evaluator.load(self.pi)
+        final = self._evaluator.evaluation(self._v)
         return final.v, final.J, {}
 
     def _postfix(self, row):
@@ -360,10 +371,26 @@ class PPOClip(_ExactMethod):
         """(ε_low, ε_high)."""
         return [self.eps_low, self.eps_high]
 
+    def _evaluate(self):
+        # Ã_old and d_old of the same policy: the two linear systems advance together
+        E = self._evaluator
+        E.load(self.pi)
+        warm = (self._v, self._d) if self.warm_start else (None, None)
+        ev, vis = E.evaluation_and_visitation(self.mu, *warm)
+        ev.visitation = vis
+        return ev
+
+    def _d_weight(self, ev):
+        """d_old/(1−γ) from the evaluation (d_old is kept: the next warm start), and the
+        products its solve took."""
+        vis = ev.visitation
+        self._d = vis.d
+        return vis.d / (1.0 - self.mdp.gamma), vis.n_matvec
+
     def _update(self, ev):
         mdp = self.mdp
-        weight, n_mv = self._d_weight(self.pi)
-        adv = mdp.to_pairs(ev.adv)
+        weight, n_mv = self._d_weight(ev)
+        adv = ev.adv
         pi_old = self.pi
         pi_new = np.empty(mdp.n_pairs)
         clipped = np.empty(mdp.n_states, dtype=np.int64)
@@ -486,7 +513,7 @@ class NPG(_ExactMethod):
 
     def _update(self, ev):
         mdp = self.mdp
-        q = mdp.to_pairs(ev.q)
+        q = ev.q
         direction = q
         if self._tau > 0:
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -494,7 +521,7 @@ class NPG(_ExactMethod):
         old = self.pi
         self.logits = self.logits + self.lr * direction
         self._check_logits(self.n_iter + 1)  # before softmax, which rejects non-finite input
-        self.pi = softmax(mdp, self.logits, backend=self.backend, n_threads=self.n_threads)
+        self.pi = self._evaluator.softmax(self.logits)
         s = mdp.s_indices
         with np.errstate(divide="ignore", invalid="ignore"):
             terms = np.where(self.pi > 0, self.pi * np.log(self.pi / old), 0.0)

@@ -433,7 +433,7 @@ def test_methods_match_naive(backend, method):
 
 
 def test_method_selection_follows_mixing(backend):
-    """Richardson alone on a fast-mixing garnet; handed over to GMRES on a slow chain."""
+    """Richardson alone on a fast-mixing garnet; handed over to BiCGSTAB on a slow chain."""
     fast = fastppo.garnet(300, 4, 5, gamma=0.99, seed=0)
     slow = fastppo.garnet(300, 4, 3, gamma=0.99, seed=0, locality=2)
     for mdp, expect in ((fast, "richardson"), (slow, "richardson+bicgstab")):
@@ -474,26 +474,35 @@ def test_policies_with_unused_pairs(backend, rect):
 
 
 def test_bicgstab_solves_nonsymmetric_systems():
-    from fastppo._krylov import bicgstab
+    from fastppo._krylov import StoppingRule, System, bicgstab
 
     rng = np.random.default_rng(0)
+    stop = StoppingRule(1e-13)
     for n in (1, 7, 60):
         A = np.eye(n) + 0.3 * rng.normal(size=(n, n)) / np.sqrt(n)
         b = rng.normal(size=n)
-        x, n_matvec, residual, ok = bicgstab(lambda x, out: np.matmul(A, x, out=out), b, tol=1e-13)
+        x, n_matvec, residual, ok = _unpack(bicgstab(
+            System(lambda x, out: np.matmul(A, x, out=out), b), None, stop, 2000))
         assert ok and residual <= 1e-13 and n_matvec > 0
         assert np.linalg.norm(A @ x - b) <= 1e-13 * np.linalg.norm(b) * 1.0001
         np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-10, atol=1e-12)
-    x, n_matvec, residual, ok = bicgstab(lambda x, out: np.matmul(A, x, out=out), np.zeros(60))
+    x, n_matvec, residual, ok = _unpack(bicgstab(
+        System(lambda x, out: np.matmul(A, x, out=out), np.zeros(60)), None, stop, 2000))
     assert ok and n_matvec == 0 and not x.any()
-    _, n_matvec, _, ok = bicgstab(lambda x, out: np.matmul(A, x, out=out), b, tol=1e-13, max_iter=4)
+    _, n_matvec, _, ok = _unpack(bicgstab(
+        System(lambda x, out: np.matmul(A, x, out=out), b), None, stop, 4))
     assert not ok and n_matvec <= 5
 
 
-def test_gmres_finishes_when_bicgstab_fails(monkeypatch):
-    import fastppo.evaluation as E
+def _unpack(res):
+    return res.x, res.n_matvec, res.residual, res.converged
 
-    monkeypatch.setattr(E, "bicgstab", lambda matvec, b, x0, tol, max_iter: (x0, 3, 1.0, False))
+
+def test_gmres_finishes_when_bicgstab_fails(monkeypatch):
+    import fastppo._krylov as K
+
+    monkeypatch.setitem(K.SOLVERS, "bicgstab",
+                        lambda system, x0, stop, max_iter: K.LinearResult(x0, 3, 1.0, False, "bicgstab"))
     mdp = fastppo.garnet(300, 4, 3, gamma=0.99, seed=0, locality=2)
     pi = random_policy(mdp, 7)[0]
     ev = fastppo.evaluate(mdp, pi)
@@ -660,7 +669,7 @@ def test_reject_reg_of_the_wrong_type(rect, bad):
 def test_reject_bad_method(rect):
     mdp, pi, _ = rect
     for call in (fastppo.evaluate, fastppo.visitation):
-        with pytest.raises(ValueError, match=r"method must be one of 'auto', 'gmres'; got 'lu'"):
+        with pytest.raises(ValueError, match=r"method must be one of 'auto', 'richardson', 'bicgstab', 'gmres'; got 'lu'"):
             call(mdp, pi, method="lu")
 
 

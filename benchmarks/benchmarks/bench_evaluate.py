@@ -1,4 +1,4 @@
-"""fastppo.evaluate: regularized Ṽ, Q̃, Ã of a fixed policy (one GMRES solve + tables)."""
+"""fastppo.evaluate: regularized Ṽ, Q̃, Ã of a fixed policy (one linear solve + tables)."""
 import fastppo
 
 from .common import OperationMemory, OperationProducts, OperationSuite, get_reg
@@ -27,7 +27,7 @@ class EvaluateMemory(OperationMemory):
 
 
 class EvaluateProducts(OperationProducts):
-    """GMRES products with I − γP_π to reach 1e-12."""
+    """Products with I − γP_π (Richardson, then BiCGSTAB / GMRES if needed) to reach 1e-12."""
 
     @staticmethod
     def products(mdp, pi):

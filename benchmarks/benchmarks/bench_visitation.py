@@ -1,4 +1,4 @@
-"""fastppo.visitation: d^π_μ = (1−γ)(I − γP_πᵀ)^{-1} μ (one GMRES solve, transposed
+"""fastppo.visitation: d^π_μ = (1−γ)(I − γP_πᵀ)^{-1} μ (one linear solve, transposed
 products)."""
 import fastppo
 
@@ -28,7 +28,7 @@ class VisitationMemory(OperationMemory):
 
 
 class VisitationProducts(OperationProducts):
-    """GMRES products with I − γP_πᵀ to reach 1e-12."""
+    """Products with I − γP_πᵀ (Richardson, then BiCGSTAB / GMRES if needed) to reach 1e-12."""
 
     @staticmethod
     def products(mdp, pi):

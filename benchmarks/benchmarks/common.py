@@ -1,7 +1,7 @@
 """Shared fixtures for the asv suite: memoised fixed-seed MDPs, policies, JIT warm-up.
 
 Three families, because garnet MDPs alone flatter every solver (they mix in a few
-steps, so GMRES needs ~20 products whatever the size):
+steps, so Richardson sweeps need ~20 products whatever the size):
 
 - ``"garnet"``: ``fastppo.garnet(S, 10, 10, gamma=0.99, seed=0)``, successors
   uniform over all states (fast mixing, poor memory locality);
@@ -227,7 +227,7 @@ class OperationMemory:
 
 
 class OperationProducts:
-    """GMRES products one call needs to reach 1e-12: the algorithmic cost, separate from
+    """Products one call needs to reach 1e-12: the algorithmic cost, separate from
     the cost per product (backend-independent up to round-off, so measured with numba).
     Subclasses set ``products(mdp, argument)`` and ``argument``."""
 

@@ -1,0 +1,291 @@
+"""The private evaluator: exact quantities of policies on one MDP, with no validation inside.
+
+One :class:`Evaluator` per (MDP, regularizer, backend, threads) holds the kernel
+arguments, the resolved kernels, the regularizer resolved once (code, α, τ and the flat
+π_ref), the linear-solve options and per-policy state. The public functions of
+``fastppo.evaluation`` validate their inputs, then delegate here (SciPy's
+validate-then-worker split); every method's inner loop (``solve``, ``PPOClip`` and the
+other exact methods, ``SampledPPO``'s exact evaluations) calls it directly with arrays it
+has already checked: flat float64 of shape (n_pairs,) or (n_states,), C-contiguous.
+
+Use::
+
+    E = Evaluator(mdp, reg, "numba", 1)
+    E.load(pi)                          # the current policy: its product rows
+    ev = E.evaluation(v0)               # Ṽ, Q̃, Ã, J (one linear solve)
+    d = E.visitation(mu, d0)            # d^π_μ (one linear solve)
+    ev, d = E.evaluation_and_visitation(mu, v0, d0)   # both systems together
+    g = E.gradient(mu)                  # ∂Ṽ(μ)/∂θ at θ with softmax(θ) = π
+    E.greedy(q, pi_out, value_out)      # the regularized greedy step
+    E.softmax(logits, out)
+
+The formulas are in ``fastppo.evaluation``'s docstring; the linear solves behind one
+interface in ``fastppo._krylov``.
+"""
+import functools
+
+import numpy as np
+
+from . import _krylov
+from ._backend import get_kernel
+from ._result import Result
+from ._validation import check_finite
+
+DEFAULT_TOL = 1e-12
+DEFAULT_RESTART = 40
+DEFAULT_MAX_ITER = 5000
+
+VALUE_SYSTEM = "evaluation system (I - gamma P_pi) v = r_pi - tau D_f(pi)"
+VISIT_SYSTEM = "visitation system (I - gamma P_pi^T) d = (1 - gamma) mu"
+
+
+class Evaluation(Result):
+    """Result of :func:`evaluate`.
+
+    Attributes
+    ----------
+    v : ndarray of shape (n_states,)
+        Regularized values Ṽ.
+    q, adv : ndarray of the shape of ``pi`` (for sigma: that of ``mdp.R``)
+        Q̃ and Ã per pair.
+    J : float
+        Σ_s ρ(s) Ṽ(s).
+    n_matvec : int
+        Products with I − γP_π used by the solve.
+    residual : float
+        Relative residual of the solve.
+    method : str
+        The solvers that ran, in order: "richardson", "richardson+bicgstab",
+        "richardson+bicgstab+gmres", "bicgstab", "gmres", ...
+    backend : str
+    """
+
+
+def regularizer_args(mdp, reg):
+    """(code, alpha, tau, ref): a regularizer's kernel arguments, π_ref flat (n_pairs,)
+    and checked against the MDP; (0, 0, 0, None) for None, and code 0 when τ = 0."""
+    from .regularizers import Regularizer
+
+    if reg is None:
+        return 0, 0.0, 0.0, None
+    if not isinstance(reg, Regularizer):
+        raise TypeError(f"reg must be a fastppo regularizer (e.g. fastppo.ForwardKL(0.1)) or None, got {reg!r}")
+    ref = reg.reference_policy(mdp)  # checked even when τ = 0
+    if reg.tau == 0.0:
+        return 0, 0.0, 0.0, ref
+    return reg.code, reg.alpha, reg.tau, ref
+
+
+def policy_rows(mdp, pi):
+    """Kernel arrays (a_indptr, p_indptr, p_indices, p_data, pi) of the pairs π uses.
+
+    Products with P_π only need the pairs with π > 0. When those are at most half of
+    all pairs (a deterministic policy uses one per state), their rows are gathered once
+    into a compact CSR (O(nnz) of those rows), so every product reads only them; the
+    sums are the same, term by term.
+    """
+    T = mdp._transitions
+    if np.count_nonzero(pi) > mdp.n_pairs // 2:
+        return mdp.a_indptr, T.p_indptr, T.p_indices, T.p_data, pi
+    used = np.flatnonzero(pi)
+    a_indptr = np.zeros(mdp.n_states + 1, dtype=np.int64)
+    np.cumsum(np.bincount(mdp.s_indices[used], minlength=mdp.n_states), out=a_indptr[1:])
+    lengths = T.row_lengths[used]
+    p_indptr = np.zeros(used.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lengths, out=p_indptr[1:])
+    gather = np.repeat(T.p_indptr[used] - p_indptr[:-1], lengths) + np.arange(p_indptr[-1])
+    return a_indptr, p_indptr, T.p_indices[gather], T.p_data[gather], pi[used]
+
+
+class Evaluator:
+    """Exact evaluation, visitation, gradient and greedy step on one MDP.
+
+    Construction resolves the kernels and the regularizer once (π_ref is checked against
+    the MDP there); the operations never validate.
+
+    Parameters
+    ----------
+    mdp : MDP
+    reg : Regularizer or None
+    backend : {"numba", "cython", "numpy"}
+        Resolved backend name.
+    n_threads : int
+        Resolved thread count.
+    tol : float, default 1e-12
+        Relative residual of the linear solves (each operation can override it).
+    max_iter : int, default 5000
+        Products allowed per linear system.
+    restart : int, default 40
+        GMRES restart length.
+    method : {"auto", "richardson", "bicgstab", "gmres"}, default "auto"
+        Linear-solve chain (``fastppo._krylov.chain``).
+
+    Attributes
+    ----------
+    code, alpha, tau : int, float, float
+        The regularizer's kernel arguments (code 0 and τ = 0 without one).
+    ref : ndarray of shape (n_pairs,)
+        π_ref (uniform without a regularizer).
+    pi : ndarray of shape (n_pairs,) or None
+        The loaded policy.
+    """
+
+    def __init__(self, mdp, reg, backend, n_threads, *, tol=DEFAULT_TOL,
+                 max_iter=DEFAULT_MAX_ITER, restart=DEFAULT_RESTART, method="auto"):
+        self.mdp, self.backend, self.n_threads = mdp, backend, n_threads
+        self.code, self.alpha, self.tau, ref = regularizer_args(mdp, reg)
+        if ref is not None:
+            self.ref = ref
+        self.tol, self.max_iter, self.restart, self.method = tol, max_iter, restart, method
+        k = {name: get_kernel(name, backend) for name in (
+            "bellman_matvec", "bellman_rmatvec", "q_values", "regularized_reward", "advantages",
+            "policy_gradient", "greedy_policy", "segment_softmax")}
+        self._k = k
+        self.pi = None
+        self._rows = None
+        self._scratch = None  # (n_threads, n_states) for the transposed product, on first use
+
+    @functools.cached_property
+    def ref(self):
+        """π_ref, flat (n_pairs,): the regularizer's, or uniform (made on first use)."""
+        return self.mdp.uniform_policy()
+
+    # ------------------------------------------------------------- the loaded policy
+    def load(self, pi):
+        """Make ``pi`` (flat, checked; kept by reference, not copied) the current policy."""
+        self.pi = pi
+        self._rows = (*policy_rows(self.mdp, pi), self.mdp.gamma)
+
+    def matvec(self, x, out):
+        """out = (I − γP_π) x."""
+        self._k["bellman_matvec"](*self._rows, x, out, self.n_threads)
+
+    def rmatvec(self, x, out):
+        """out = (I − γP_πᵀ) x."""
+        if self._scratch is None:
+            self._scratch = np.empty((self.n_threads, self.mdp.n_states))
+        self._k["bellman_rmatvec"](*self._rows, x, out, self._scratch, self.n_threads)
+
+    def products(self, x_value, x_visit, out_value, out_visit):
+        """Both products of one Richardson sweep: :meth:`matvec` and :meth:`rmatvec`."""
+        self.matvec(x_value, out_value)
+        self.rmatvec(x_visit, out_visit)
+
+    def regularized_reward(self):
+        """c = r_π − τ D_f(π ‖ π_ref), shape (n_states,); ValueError if not finite (a
+        divergence that is infinite at this policy)."""
+        mdp = self.mdp
+        c = np.empty(mdp.n_states)
+        self._k["regularized_reward"](mdp.a_indptr, mdp.r, self.pi, self.ref, self.code,
+                                      self.alpha, self.tau, c, self.n_threads)
+        check_finite(c, "r_pi - tau * D_f(pi)")
+        return c
+
+    def _value_system(self):
+        gamma = self.mdp.gamma
+        return _krylov.System(self.matvec, self.regularized_reward(), VALUE_SYSTEM,
+                              shift=gamma / (1.0 - gamma))
+
+    def _visit_system(self, mu, d0):
+        scale = 1.0 - self.mdp.gamma
+        # a start of the solution's mass 1/(1−γ) leaves no error along P_πᵀ's slow direction
+        if d0 is None:
+            y0 = mu / scale
+        else:
+            total = d0.sum()
+            y0 = d0 / (scale * total) if total > 0 else None
+        return _krylov.System(self.rmatvec, mu, VISIT_SYSTEM), y0
+
+    def _evaluation(self, res):
+        mdp, nt = self.mdp, self.n_threads
+        v = res.x
+        q = np.empty(mdp.n_pairs)
+        self._k["q_values"](mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r, mdp.gamma, v, q, nt)
+        adv = np.empty(mdp.n_pairs)
+        self._k["advantages"](mdp.a_indptr, self.pi, q, adv, nt)
+        return Evaluation(v=v, q=q, adv=adv, J=_krylov.dot(mdp.rho, v), n_matvec=res.n_matvec,
+                          residual=res.residual, method=res.method, backend=self.backend)
+
+    def _visitation(self, res):
+        d = (1.0 - self.mdp.gamma) * res.x
+        np.maximum(d, 0.0, out=d)  # clears round-off negatives only (d >= (1-γ)μ >= 0 exactly)
+        d /= d.sum()
+        return Result(d=d, n_matvec=res.n_matvec, residual=res.residual, method=res.method,
+                      backend=self.backend)
+
+    def _solve_options(self, tol):
+        stop = _krylov.StoppingRule(self.tol if tol is None else tol)
+        return dict(stop=stop, max_iter=self.max_iter, method=self.method, restart=self.restart)
+
+    def evaluation(self, v0=None, tol=None):
+        """Ṽ, Q̃, Ã and J of the loaded policy.
+
+        Parameters
+        ----------
+        v0 : ndarray of shape (n_states,), optional
+            Warm start.
+        tol : float, optional
+            Relative residual; the evaluator's by default.
+
+        Returns
+        -------
+        Evaluation
+            Flat ``q`` and ``adv`` (n_pairs,).
+        """
+        res = _krylov.solve(self._value_system(), v0, **self._solve_options(tol))
+        return self._evaluation(res)
+
+    def visitation(self, mu, d0=None, tol=None):
+        """d^π_μ of the loaded policy.
+
+        Parameters
+        ----------
+        mu : ndarray of shape (n_states,)
+            Start distribution.
+        d0 : ndarray of shape (n_states,), optional
+            Warm start (any positive multiple of a guess of d).
+        tol : float, optional
+
+        Returns
+        -------
+        Result
+            ``d``, ``n_matvec``, ``residual``, ``method``, ``backend``.
+        """
+        system, y0 = self._visit_system(mu, d0)
+        return self._visitation(_krylov.solve(system, y0, **self._solve_options(tol)))
+
+    def evaluation_and_visitation(self, mu, v0=None, d0=None, tol=None):
+        """:meth:`evaluation` and :meth:`visitation` of the loaded policy, their linear
+        systems advanced together (``fastppo._krylov.solve_pair``); the same results.
+
+        Returns
+        -------
+        (Evaluation, Result)
+        """
+        visit, y0 = self._visit_system(mu, d0)
+        res_v, res_d = _krylov.solve_pair(self._value_system(), visit, self.products, v0, y0,
+                                          **self._solve_options(tol))
+        return self._evaluation(res_v), self._visitation(res_d)
+
+    def gradient(self, mu, tol=None):
+        """∂Ṽ^{π_θ}(μ)/∂θ of the softmax policy at the loaded π = softmax(θ), flat (n_pairs,)."""
+        mdp = self.mdp
+        ev, vis = self.evaluation_and_visitation(mu, tol=tol)
+        out = np.empty(mdp.n_pairs)
+        self._k["policy_gradient"](mdp.a_indptr, self.pi, ev.adv, vis.d / (1.0 - mdp.gamma),
+                                   self.ref, self.code, self.alpha, self.tau, out, self.n_threads)
+        return out
+
+    # -------------------------------------------------------- per-state operations
+    def greedy(self, q, pi_out, value_out):
+        """The regularized greedy step: per state, pi_out = argmax_p Σ p q − τ D_f(p ‖ π_ref)
+        and value_out its value (the regularized Bellman operator applied to q)."""
+        self._k["greedy_policy"](self.mdp.a_indptr, q, self.ref, self.code, self.alpha,
+                                 self.tau, pi_out, value_out, self.n_threads)
+
+    def softmax(self, logits, out=None):
+        """Per-state softmax of flat logits (into ``out`` if given); returns it."""
+        if out is None:
+            out = np.empty(self.mdp.n_pairs)
+        self._k["segment_softmax"](self.mdp.a_indptr, logits, out, self.n_threads)
+        return out

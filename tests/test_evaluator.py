@@ -1,0 +1,383 @@
+"""The private evaluator, the one linear-solve interface, and reward scale.
+
+- ``fastppo._evaluator.Evaluator`` against the dense references of ``naive.py`` on every
+  backend (values, Q̃, Ã, J, visitation, gradient, greedy step, softmax);
+- ``fastppo._krylov``: each solver through the one signature and result, the one
+  stopping rule, the driver's chain and its errors, and the lockstep entry point
+  against separate solves;
+- reward scale (issue 13): rewards × c (τ × c) give the same policy and values × c for
+  c from 1e-300 to 1e300, with no warnings;
+- the methods' inner loops go through the evaluator, not the validating public functions.
+"""
+import warnings
+
+import numpy as np
+import pytest
+
+import fastppo
+import fastppo._krylov as K
+import naive
+from conftest import random_mdp, random_policy
+from fastppo._evaluator import Evaluator, policy_rows
+
+REL = 1e-9
+
+
+def make_reg(name, mdp, seed=0):
+    rng = np.random.default_rng(seed)
+    ref = fastppo.softmax(mdp, rng.normal(size=mdp.n_pairs), backend="numpy")
+    return {"none": None, "forward_kl": fastppo.ForwardKL(0.3),
+            "js": fastppo.JensenShannon(0.4, ref), "reverse_kl": fastppo.ReverseKL(0.2, ref),
+            "hellinger": fastppo.Hellinger(0.3)}[name]
+
+
+# --------------------------------------------------------------- the evaluator
+@pytest.mark.parametrize("rect", [True, False])
+@pytest.mark.parametrize("reg_name", ["none", "forward_kl", "js"])
+def test_evaluator_matches_dense_references(backend, n_threads, rect, reg_name):
+    mdp = random_mdp(3, n_states=14, n_actions=3, gamma=0.95, rectangular=rect)
+    reg = make_reg(reg_name, mdp)
+    pi, logits = random_policy(mdp, 4)
+    mu = np.random.default_rng(5).random(mdp.n_states)
+    mu /= mu.sum()
+    E = Evaluator(mdp, reg, backend, n_threads)
+    E.load(pi)
+    ev = E.evaluation()
+    v, q, adv = naive.evaluate(mdp, pi, reg)
+    assert naive.rel_err(ev.v, v) <= REL and naive.rel_err(ev.q, q) <= REL
+    assert naive.rel_err(ev.adv, adv) <= REL
+    assert ev.J == pytest.approx(float(mdp.rho @ v), rel=REL)
+    assert ev.residual <= 1e-12 and ev.backend == backend and ev.method == "richardson"
+    vis = E.visitation(mu)
+    assert naive.rel_err(vis.d, naive.visitation(mdp, pi, mu)) <= REL and vis.residual <= 1e-12
+    # the gradient of the softmax policy at θ (π = softmax(θ))
+    E.load(E.softmax(logits))
+    np.testing.assert_allclose(E.pi, naive.softmax(mdp, logits), rtol=1e-13, atol=0)
+    assert naive.rel_err(E.gradient(mu), naive.gradient(mdp, logits, reg, mu)) <= REL
+
+
+@pytest.mark.parametrize("reg_name", ["none", "reverse_kl", "forward_kl", "hellinger"])
+def test_greedy_step_is_the_regularized_bellman_operator(backend, reg_name):
+    """value_out = max_p Σ p q − τ D_f(p ‖ π_ref) per state; pi_out attains it (checked
+    against the dense per-state objective at pi_out and at random policies)."""
+    mdp = random_mdp(6, n_states=10, n_actions=4)
+    reg = make_reg(reg_name, mdp)
+    q = np.random.default_rng(7).normal(size=mdp.n_pairs)
+    E = Evaluator(mdp, reg, backend, 1)
+    pi, value = np.empty(mdp.n_pairs), np.empty(mdp.n_states)
+    E.greedy(q, pi, value)
+    tau = 0.0 if reg is None else reg.tau
+
+    def objective(p):
+        return naive.r_pi(mdp_with(mdp, q), p) - tau * naive.divergence(mdp, p, reg)
+
+    np.testing.assert_allclose(objective(pi), value, rtol=1e-12, atol=1e-12)
+    for seed in range(5):
+        other, _ = random_policy(mdp, 100 + seed, sharp=3.0)
+        assert (objective(other) <= value + 1e-12).all()
+
+
+def mdp_with(mdp, r, gamma=None):
+    """The same transitions with other rewards (and γ)."""
+    return fastppo.MDP(mdp.a_indptr, mdp.a_indices, mdp.p_indptr, mdp.p_indices, mdp.p_data,
+                       r, mdp.gamma if gamma is None else gamma, mdp.rho)
+
+
+def test_compact_rows_of_sparse_policies(backend):
+    """A deterministic policy's products read compact rows, gathered with the cached row
+    lengths of the MDP's transitions; the results are those of the dense reference."""
+    mdp = random_mdp(8, n_states=15, n_actions=4, gamma=0.9, rectangular=False)
+    T = mdp._transitions
+    assert T is mdp._transitions  # one holder, computed once
+    np.testing.assert_array_equal(T.row_lengths, np.diff(mdp.p_indptr))
+    assert not T.row_lengths.flags.writeable and T.row_lengths is T.row_lengths
+    pi = np.zeros(mdp.n_pairs)
+    pi[mdp.a_indptr[:-1]] = 1.0  # first action everywhere
+    a_indptr, p_indptr, p_indices, p_data, pi_used = policy_rows(mdp, pi)
+    assert pi_used.shape == (mdp.n_states,) and p_indptr[-1] < mdp.p_indptr[-1]
+    E = Evaluator(mdp, None, backend, 1)
+    E.load(pi)
+    ev = E.evaluation()
+    assert naive.rel_err(ev.v, naive.evaluate(mdp, pi)[0]) <= REL
+    assert naive.rel_err(E.visitation(mdp.rho).d, naive.visitation(mdp, pi)) <= REL
+
+
+def test_evaluator_resolves_the_regularizer_once():
+    mdp = random_mdp(9, n_states=6, n_actions=3)
+    reg = make_reg("js", mdp)
+    E = Evaluator(mdp, reg, "numpy", 1)
+    assert (E.code, E.alpha, E.tau) == (reg.code, reg.alpha, reg.tau)
+    np.testing.assert_array_equal(E.ref, mdp.to_pairs(reg.ref))
+    plain = Evaluator(mdp, None, "numpy", 1)
+    assert (plain.code, plain.tau) == (0, 0.0)
+    np.testing.assert_array_equal(plain.ref, mdp.uniform_policy())
+    zero = Evaluator(mdp, fastppo.ForwardKL(0.0, reg.ref), "numpy", 1)
+    assert (zero.code, zero.tau) == (0, 0.0)  # τ = 0: the plain MDP, π_ref still checked
+    bad = mdp.uniform_policy().reshape(6, 3)
+    bad[1] = [0.0, 0.5, 0.5]
+    with pytest.raises(ValueError, match=r"ref must have full support: pair \(s=1, a=0\)"):
+        Evaluator(mdp, fastppo.ForwardKL(0.0, bad), "numpy", 1)
+
+
+def test_lockstep_evaluation_equals_separate_solves(backend, n_threads):
+    """Value and visitation systems advanced together give bit for bit the results of
+    two separate solves (same iterates, products and solvers), also when one system's
+    sweeps stall and it continues with BiCGSTAB."""
+    fast = fastppo.garnet(300, 4, 5, gamma=0.99, seed=0)
+    slow = fastppo.garnet(300, 4, 3, gamma=0.99, seed=0, locality=2)
+    for mdp in (fast, slow):
+        pi, _ = random_policy(mdp, 7)
+        reg = fastppo.ForwardKL(0.2)
+        mu = mdp.rho
+        E = Evaluator(mdp, reg, backend, n_threads)
+        E.load(pi)
+        ev, vis = E.evaluation_and_visitation(mu)
+        ev1, vis1 = E.evaluation(), E.visitation(mu)
+        np.testing.assert_array_equal(ev.v, ev1.v)
+        np.testing.assert_array_equal(ev.adv, ev1.adv)
+        np.testing.assert_array_equal(vis.d, vis1.d)
+        assert (ev.n_matvec, ev.method, vis.n_matvec, vis.method) == \
+            (ev1.n_matvec, ev1.method, vis1.n_matvec, vis1.method)
+        # warm starts too
+        pi2 = fastppo.softmax(mdp, np.log(pi) + 0.05)
+        E.load(pi2)
+        ev, vis = E.evaluation_and_visitation(mu, ev1.v, vis1.d)
+        ev2, vis2 = E.evaluation(ev1.v), E.visitation(mu, vis1.d)
+        np.testing.assert_array_equal(ev.v, ev2.v)
+        np.testing.assert_array_equal(vis.d, vis2.d)
+        assert (ev.n_matvec, vis.n_matvec) == (ev2.n_matvec, vis2.n_matvec)
+    assert ev1.method == "richardson+bicgstab"  # the slow chain went on to BiCGSTAB
+
+
+# ----------------------------------------------------- the linear-solve interface
+def markov_system(n, gamma, seed, slow=False):
+    """(I − γP) x = b for a random stochastic P (slow: a near-cyclic shift, which mixes
+    slowly), the Bellman structure Richardson needs."""
+    rng = np.random.default_rng(seed)
+    if slow:
+        P = 0.95 * np.roll(np.eye(n), 1, axis=1) + 0.05 * rng.random((n, n)) / n
+    else:
+        P = rng.random((n, n))
+    P /= P.sum(axis=1, keepdims=True)
+    A = np.eye(n) - gamma * P
+    b = rng.normal(size=n)
+    return A, K.System(lambda x, out: np.matmul(A, x, out=out), b, "markov system",
+                       shift=gamma / (1 - gamma))
+
+
+@pytest.mark.parametrize("name", ["richardson", "bicgstab", "gmres"])
+def test_each_solver_through_the_one_interface(name):
+    A, sysm = markov_system(40, 0.9, 0)
+    stop = K.StoppingRule(1e-12)
+    for x0 in (None, np.ones(40)):
+        res = K.SOLVERS[name](sysm, x0, stop, 2000)
+        assert isinstance(res, K.LinearResult)
+        assert res.converged and not res.stalled and res.method == name and res.n_matvec > 0
+        true = np.linalg.norm(sysm.b - A @ res.x) / np.linalg.norm(sysm.b)
+        assert res.residual == pytest.approx(true, rel=1e-6, abs=1e-16) and res.residual <= 1e-12
+        np.testing.assert_allclose(res.x, np.linalg.solve(A, sysm.b), rtol=1e-9)
+    # b = 0: x = 0 without a product
+    zero = K.System(sysm.matvec, np.zeros(40), "zero")
+    res = K.SOLVERS[name](zero, np.ones(40), stop, 2000)
+    assert res.converged and res.n_matvec == 0 and not res.x.any() and res.residual == 0.0
+    # a budget too small: not converged, not stalled, within the budget (+ a final check)
+    res = K.SOLVERS[name](sysm, None, stop, 3)
+    assert not res.converged and not res.stalled and res.n_matvec <= 4
+
+
+def test_solvers_use_the_one_stopping_rule():
+    """A rule accepting 1e-4 makes every solver stop there: the decision is the rule's."""
+
+    class Loose(K.StoppingRule):
+        seen = 0
+
+        def met(self, residual):
+            Loose.seen += 1
+            return residual <= 1e-4
+
+    A, sysm = markov_system(60, 0.95, 1)
+    for name, solver in K.SOLVERS.items():
+        Loose.seen = 0
+        tight = solver(sysm, None, K.StoppingRule(1e-12), 2000)
+        loose = solver(sysm, None, Loose(1e-12), 2000)
+        assert Loose.seen > 0 and loose.converged, name
+        assert 1e-12 < loose.residual <= 1e-4 and loose.n_matvec < tight.n_matvec, name
+    rule = K.StoppingRule(1e-8)
+    assert rule.met(1e-8) and not rule.met(1.0000001e-8)
+    assert rule.relative(np.array([3.0, 4.0]), 10.0) == 0.5
+
+
+@pytest.mark.parametrize("method", ["auto", "richardson", "bicgstab", "gmres"])
+def test_driver_forces_each_method_and_reports_what_ran(method):
+    A, fast = markov_system(50, 0.99, 2)
+    _, slow = markov_system(50, 0.99, 3, slow=True)
+    for sysm, auto in ((fast, "richardson"), (slow, "richardson+bicgstab")):
+        res = K.solve(sysm, stop=K.StoppingRule(1e-12), max_iter=5000, method=method)
+        assert res.converged and res.method == (auto if method == "auto" else method)
+        Asys = sysm.matvec
+        out = np.empty(50)
+        Asys(res.x, out)
+        assert np.linalg.norm(sysm.b - out) <= 1e-12 * np.linalg.norm(sysm.b) * 1.01
+
+
+def test_driver_chain_continues_from_the_last_iterate(monkeypatch):
+    """auto: a failing BiCGSTAB hands its iterate to GMRES; products are summed."""
+    _, slow = markov_system(50, 0.99, 3, slow=True)
+    seen = {}
+
+    def gmres(system, x0, stop, max_iter, restart=40):
+        seen["x0"] = x0
+        return K.gmres(system, x0, stop, max_iter, restart=restart)
+
+    def failing(system, x0, stop, max_iter):
+        return K.LinearResult(x0 + 1.0, 7, 0.5, False, "bicgstab", stalled=True)
+
+    monkeypatch.setitem(K.SOLVERS, "bicgstab", failing)
+    monkeypatch.setitem(K.SOLVERS, "gmres", gmres)
+    res = K.solve(slow, stop=K.StoppingRule(1e-12), max_iter=5000)
+    assert res.method == "richardson+bicgstab+gmres" and res.converged
+    assert seen["x0"] is not None
+
+
+def test_driver_raises_in_one_place():
+    _, slow = markov_system(50, 0.99, 3, slow=True)
+    with pytest.raises(K.ConvergenceError, match=r"richardson\+bicgstab on the markov system did "
+                       r"not reach tol=1e-12 within max_iter=12 products \(relative residual"):
+        K.solve(slow, stop=K.StoppingRule(1e-12), max_iter=12)
+    with pytest.raises(K.ConvergenceError, match=r"^gmres on the markov system did not reach"):
+        K.solve(slow, stop=K.StoppingRule(1e-12), max_iter=5, method="gmres")
+    # below round-off: GMRES stalls, and the error says so
+    with pytest.raises(K.ConvergenceError, match=r"gmres on the markov system stalled at relative "
+                       r"residual .* above tol=1e-30: the tolerance is below what round-off"):
+        K.solve(slow, stop=K.StoppingRule(1e-30), max_iter=5000, method="gmres")
+
+
+def test_lockstep_entry_point_equals_separate_solves():
+    """solve_pair: one products() call per lockstep sweep; each system leaves when done,
+    or continues alone with the Krylov chain; results equal separate solves bit for bit."""
+    A, fast = markov_system(40, 0.9, 4)
+    B, slow = markov_system(40, 0.99, 5, slow=True)
+    calls = []
+
+    def products(xa, xb, oa, ob):
+        calls.append(1)
+        fast.matvec(xa, oa)
+        slow.matvec(xb, ob)
+
+    for first, second in ((fast, slow), (slow, fast)):
+        calls.clear()
+        pf = products if first is fast else (lambda xa, xb, oa, ob: products(xb, xa, ob, oa))
+        ra, rb = K.solve_pair(first, second, pf, stop=K.StoppingRule(1e-12), max_iter=5000)
+        sa = K.solve(first, stop=K.StoppingRule(1e-12), max_iter=5000)
+        sb = K.solve(second, stop=K.StoppingRule(1e-12), max_iter=5000)
+        for r, s in ((ra, sa), (rb, sb)):
+            np.testing.assert_array_equal(r.x, s.x)
+            assert (r.n_matvec, r.method, r.residual) == (s.n_matvec, s.method, s.residual)
+        # the lockstep lasted as long as both systems were sweeping
+        richardson_fast = K.richardson(fast, None, K.StoppingRule(1e-12), 5000).n_matvec
+        richardson_slow = K.richardson(slow, None, K.StoppingRule(1e-12), 5000).n_matvec
+        assert len(calls) == min(richardson_fast, richardson_slow)
+    assert (ra.method, rb.method) == ("richardson+bicgstab", "richardson")
+    with pytest.raises(K.ConvergenceError, match="markov system did not reach"):
+        K.solve_pair(fast, slow, products, stop=K.StoppingRule(1e-12), max_iter=8)
+
+
+# ------------------------------------------------------------------ reward scale
+SCALES = [1e-300, 2.0 ** -900, 1e-154, 1e-12, 0.37, 1e154, 1e160, 2.0 ** 900, 1e300]
+
+
+def scaled_problem(mdp, reg, c):
+    regc = None if reg is None else type(reg)(reg.tau * c, reg.ref)
+    return mdp_with(mdp, c * mdp.r), regc
+
+
+@pytest.mark.parametrize("reg", [None, fastppo.ForwardKL(0.1), fastppo.ReverseKL(0.2),
+                                 fastppo.Hellinger(0.3)], ids=lambda r: type(r).__name__)
+def test_solve_is_reward_scale_free(backend, reg):
+    """solve(c·r) (τ → c·τ): the same policy and c·J, for c from 1e-300 to 1e300."""
+    mdp = fastppo.garnet(120, 4, 3, gamma=0.99, seed=0)
+    ref = fastppo.solve(mdp, reg, backend=backend)
+    for c in SCALES:
+        m, r = scaled_problem(mdp, reg, c)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            res = fastppo.solve(m, r, backend=backend)
+        assert res.converged
+        if reg is None:
+            np.testing.assert_array_equal(res.policy, ref.policy)
+        else:
+            np.testing.assert_allclose(res.policy, ref.policy, rtol=0, atol=1e-10)
+        assert abs(res.J / c - ref.J) <= 1e-11 * abs(ref.J), c
+        assert naive.rel_err(res.v / c, ref.v) <= 1e-11, c
+
+
+@pytest.mark.parametrize("method", ["auto", "bicgstab", "gmres"])
+def test_evaluate_and_visitation_are_reward_scale_free(backend, method):
+    mdp = fastppo.garnet(150, 4, 3, gamma=0.99, seed=1, locality=3)
+    pi, _ = random_policy(mdp, 2)
+    reg = fastppo.JensenShannon(0.3)
+    ev = fastppo.evaluate(mdp, pi, reg, method=method, backend=backend)
+    for c in SCALES:
+        m, r = scaled_problem(mdp, reg, c)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            evc = fastppo.evaluate(m, pi, r, method=method, backend=backend)
+            g = fastppo.gradient(m, np.log(pi), r, backend=backend)
+        assert evc.residual <= 1e-12 and np.isfinite(evc.v).all()
+        assert naive.rel_err(evc.v / c, ev.v) <= 1e-10, c
+        assert naive.rel_err(mdp.to_pairs(evc.adv) / c, mdp.to_pairs(ev.adv)) <= 1e-9, c
+        assert abs(evc.J / c - ev.J) <= 1e-10 * abs(ev.J)
+        g1 = fastppo.gradient(mdp, np.log(pi), reg, backend=backend)
+        assert naive.rel_err(g / c, g1) <= 1e-9, c
+        if np.log2(c) == round(np.log2(c)):  # powers of two scale exactly: bit for bit
+            np.testing.assert_array_equal(evc.v, c * ev.v)
+            assert evc.n_matvec == ev.n_matvec and evc.method == ev.method
+
+
+def test_solve_at_tiny_rewards_finds_the_optimum():
+    """The reproduction of issue 13: rewards × 1e-12 gave J*/true = 0.96 with converged=True."""
+    mdp = fastppo.garnet(200, 4, 3, gamma=0.99, seed=3)
+    ref = fastppo.solve(mdp)
+    for c in (1e-11, 1e-12, 1e-13):
+        res = fastppo.solve(mdp_with(mdp, c * mdp.r))
+        np.testing.assert_array_equal(res.policy, ref.policy)
+        assert res.J / c == pytest.approx(ref.J, rel=1e-12)
+
+
+# ------------------------------------------------- the methods use the evaluator
+@pytest.mark.parametrize("cls", [fastppo.PPOClip, fastppo.NPG, fastppo.KLPenaltyPPO,
+                                 fastppo.SoftmaxPG])
+def test_inner_loops_do_not_revalidate(monkeypatch, cls):
+    """After construction, iterations call neither the public evaluate/visitation/softmax
+    nor the policy checks: the evaluator holds what they would recompute."""
+    mdp = random_mdp(11, n_states=20, n_actions=3, gamma=0.9)
+    reg = make_reg("js", mdp)
+    method = cls(mdp, reg)
+    import fastppo._validation as V
+    import fastppo.evaluation as public
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("validating call inside the inner loop")
+
+    for mod, name in ((V, "check_policy"), (V, "check_logits"), (V, "pair_table"),
+                      (public, "evaluate"), (public, "visitation"), (public, "softmax")):
+        monkeypatch.setattr(mod, name, forbidden)
+    res = method.run(3)
+    assert res.n_iter == 3 and np.isfinite(res.history["J"]).all()
+
+
+def test_ppoclip_iteration_uses_the_lockstep_solve(monkeypatch):
+    """PPOClip's outer iteration solves v and d of π_old together, and the products of
+    both count in the history."""
+    mdp = fastppo.garnet(200, 4, 3, gamma=0.95, seed=2)
+    seen = []
+    real = K.solve_pair
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.append(out[0].n_matvec + out[1].n_matvec)
+        return out
+
+    monkeypatch.setattr(K, "solve_pair", spy)
+    h = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1)).run(3).history
+    assert list(h["n_matvec"]) == seen
