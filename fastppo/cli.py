@@ -346,7 +346,7 @@ def _warning_line(message, category, filename, lineno, file=None, line=None):
 
 def check_environment():
     """UsageError naming the variable if FASTPPO_BACKEND or FASTPPO_NUM_THREADS is invalid."""
-    from ._backend import _check_backend
+    from ._backend import _check_backend, resolve_threads
 
     for var in ("FASTPPO_BACKEND", "FASTPPO_NUM_THREADS"):
         value = os.environ.get(var)
@@ -357,6 +357,9 @@ def check_environment():
                 _check_backend(value)
         elif not value.strip().isdigit() or int(value) < 1:
             raise UsageError(f"environment variable {var}={value!r}: must be a positive integer")
+        else:
+            with user_input(f"environment variable {var}={value!r}: "):
+                resolve_threads(int(value))
 
 
 def main(argv=None, out=None):

@@ -508,7 +508,8 @@ class SampledPPO(IterativeMethod):
         self.rng = V.check_seed(c.seed)
         if reference is True:
             reference = solve(mdp, reg, backend=self.backend, n_threads=self.n_threads).J
-        self.reference = None if reference is False or reference is None else float(reference)
+        self.reference = (None if reference is False or reference is None
+                          else V.check_finite_float(reference, "reference"))
         self.pi = self._softmax(self.logits)
         self.n_iter = 0
         self._rows = []
@@ -566,10 +567,12 @@ class SampledPPO(IterativeMethod):
             self.value_clip, self.lr, critic_lr, self.logits, self.values,
             np.zeros(mdp.n_pairs), np.zeros(mdp.n_states), np.zeros(mdp.n_states),
             np.zeros(mdp.n_states, np.int64), np.empty(mdp.n_states), clipped, self.n_threads)
+        if not np.isfinite(self.logits).all():
+            raise FloatingPointError(f"SampledPPO: non-finite logits at iteration {self.n_iter + 1}; "
+                                     f"reduce lr")
         pi_old, self.pi = self.pi, self._softmax(self.logits)
         self.n_iter += 1
-        if not np.isfinite(self.logits).all():
-            raise FloatingPointError(f"SampledPPO: non-finite logits at iteration {self.n_iter}; reduce lr")
+        _check_collapse(mdp, pi_old, self.pi, self.logits, self.n_iter)
         log_ratio = np.log(self.pi[k]) - np.log(pi_old[k])
         entropy = np.add.reduceat(entr(pi_old), mdp.a_indptr[:-1])
         row = dict(iter=self.n_iter, clipfrac=clipped.sum() / (self.epochs * n),
@@ -633,6 +636,19 @@ class SampledPPO(IterativeMethod):
         elif state["kl_coef"] != self.config.kl_coef:
             raise ValueError(f"kl_coef: {state['kl_coef']!r} differs from the fixed kl_coef "
                              f"{self.config.kl_coef!r} of the settings")
+
+
+def _check_collapse(mdp, pi_old, pi, logits, it):
+    """FloatingPointError if an update sent a probability from > 0 to exactly 0 (a step so
+    large the policy collapsed onto one action, as the exact methods report it)."""
+    collapsed = (pi == 0) & (pi_old > 0)
+    if collapsed.any():
+        k = int(np.argmax(collapsed))
+        s = int(mdp.s_indices[k])
+        theta = logits[mdp.a_indptr[s]:mdp.a_indptr[s + 1]]
+        raise FloatingPointError(
+            f"SampledPPO: the policy underflowed to 0 at iteration {it} ({mdp.pair_name(k)}; "
+            f"the logits of state {s} span {float(theta.max() - theta.min()):.3g}); reduce lr")
 
 
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
