@@ -43,6 +43,7 @@ J(π) and gap J* − J of every iterate.
 """
 import dataclasses
 import json
+import os
 import time
 
 import numpy as np
@@ -107,6 +108,7 @@ def rollout(mdp, pi, n_envs, horizon, seed=None, *, group_size=1, start=None, ba
     group_size = V.check_int(group_size, "group_size")
     if n_envs % group_size:
         raise ValueError(f"n_envs ({n_envs}) must be a multiple of group_size ({group_size})")
+    check_batch_memory(n_envs, horizon)
     rng = V.check_seed(seed)
     if start is None:
         start = np.repeat(rng.choice(mdp.n_states, size=n_envs // group_size, p=mdp.rho), group_size)
@@ -137,6 +139,24 @@ def rollout(mdp, pi, n_envs, horizon, seed=None, *, group_size=1, start=None, ba
                    rewards=rewards, logp=logp, terminated=terminated.view(bool),
                    truncated=truncated.view(bool), done=(terminated | truncated).view(bool),
                    mask=mask, length=mask.sum(axis=1), group=np.arange(n_envs) // group_size)
+
+
+BYTES_PER_STEP = 160  # the (n_envs, horizon) arrays of a rollout and of one update, per step
+
+
+def check_batch_memory(n_envs, horizon):
+    """ValueError if a batch of ``n_envs`` episodes of ``horizon`` steps would need more
+    than the machine's physical memory (estimated at ``BYTES_PER_STEP`` per step), checked
+    before anything is allocated."""
+    need = n_envs * horizon * BYTES_PER_STEP
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): no check
+        return
+    if need > have:
+        raise ValueError(f"n_envs x horizon = {n_envs} x {horizon} steps would need about "
+                         f"{need / 2**30:.3g} GiB ({BYTES_PER_STEP} bytes a step), more than "
+                         f"the {have / 2**30:.3g} GiB of memory of this machine")
 
 
 def _flags(terminated, truncated):
@@ -486,6 +506,7 @@ class SampledPPO(IterativeMethod):
         horizon = config.horizon
         if horizon is None:
             horizon = 1 if mdp.gamma == 0 else int(np.ceil(np.log(0.01) / np.log(mdp.gamma)))
+        check_batch_memory(config.n_envs, horizon)
         config = dataclasses.replace(
             config, horizon=horizon, kl_coef=tau if config.kl_coef is None else config.kl_coef,
             backend=resolve_backend(config.backend), n_threads=resolve_threads(config.n_threads))
