@@ -273,7 +273,7 @@ def locked(folder, run_id):
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_UMASK)
     except FileExistsError:
-        raise UsageError(_lock_message(folder, path)) from None
+        raise UsageError(lock_message(folder, path)) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(holder, f)
@@ -288,7 +288,7 @@ def locked(folder, run_id):
                 os.unlink(path)
 
 
-def _lock_message(folder, path):
+def lock_message(folder, path):
     """Who holds the lock ``path`` of ``folder``, for the one-line error."""
     try:
         with open(path, encoding="utf-8") as f:

@@ -64,8 +64,9 @@ def _printer(args, out):
 def cmd_run(args, out):
     given = {k: v for k, v in _params(args).items() if v is not None}
     if args.resume:
-        bad = [k for k in FIXED_ON_RESUME if k in given] + [
-            k for k in ("out", "overwrite") if getattr(args, k)]
+        if args.overwrite:
+            raise UsageError("--overwrite starts a new run: it cannot be used with --resume")
+        bad = [k for k in FIXED_ON_RESUME if k in given] + (["out"] if args.out else [])
         if bad:
             raise UsageError(f"--resume continues the saved run in its directory: "
                              f"--{bad[0].replace('_', '-')} cannot be changed (only --iters, --tol)")

@@ -291,6 +291,9 @@ def saved_params(folder):
     UsageError if there is nothing to resume there."""
     from . import _io
 
+    lock = os.path.join(folder, _io.LOCK)
+    if os.path.lexists(lock):  # a run is going on there (or was killed): say so first
+        raise UsageError(_io.lock_message(folder, lock))
     ckpt = os.path.join(folder, _io.CHECKPOINT)
     files = _io.run_files(folder) if os.path.isdir(folder) else []
     if _io.RUN in files and not set(files) & set(_io.RESULT_FILES):
@@ -484,7 +487,7 @@ def execute(p, out, *, progress=False, checkpoint_every=None, should_stop=None, 
         except (ArithmeticError, ConvergenceError) as exc:
             if ppo.n_iter > start:  # the method is back at its last good iterate: keep it
                 _save_failed(ppo, out, config)
-                exc.args = (f"{exc}; its {ppo.n_iter} iterations before are saved in {out}",)
+                exc.args = (f"{exc}; the {ppo.n_iter} iterations before it are saved in {out}",)
             raise
         seconds = time.perf_counter() - t0
         h = res.history

@@ -194,9 +194,9 @@ def sweep(config, out=None, *, scheduler=None, n_workers=None, progress=False):
 
     config, base = _read_config(config)
     runs = expand(config)
+    if not isinstance(config.get("out", ""), str):
+        raise UsageError(f"sweep setting 'out' must be a string, got {config['out']!r}")
     if out is None:
-        if not isinstance(config.get("out", ""), str):
-            raise UsageError(f"sweep setting 'out' must be a string, got {config['out']!r}")
         out = os.path.join(base, config["out"]) if "out" in config else "fastppo-sweep"
     if n_workers is None:
         n_workers = config.get("workers", 2)
