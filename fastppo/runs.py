@@ -306,7 +306,9 @@ def saved_params(folder):
     if params is None:
         raise UsageError(f"--resume {folder}: not a fastppo run directory (its "
                          f"config.json has no run parameters)")
-    return normalize_params(params, warn=False)
+    params = normalize_params(params, warn=False)
+    check_param_types(params, f"{os.path.join(folder, _io.CONFIG)}: run parameter")
+    return params
 
 
 def _read_identity(folder):

@@ -196,6 +196,18 @@ def test_a_directory_without_identity_is_adopted_on_resume(tmp_path):
             runs.parse_mdp(TINY), fastppo.ForwardKL(0.1)).run(5).logits)
 
 
+def test_damaged_config_on_resume_names_the_file(tmp_path):
+    folder = tmp_path / "d"
+    assert run_cli("run", "--mdp", TINY, "--iters", "2", "--out", str(folder), "--quiet")[0] == 0
+    config = json.loads((folder / "config.json").read_text())
+    for params, message in [({**config["params"], "tau": "x"}, "run parameter 'tau' must be a "
+                                                                "number, got 'x'"),
+                            ([1, 2], "params must be an object, got list")]:
+        (folder / "config.json").write_text(json.dumps({**config, "params": params}))
+        assert one_error_line(*run_cli("run", "--resume", str(folder), "--iters", "3")) == (
+            f"{folder / 'config.json'}: {message}")
+
+
 def test_damaged_identity_is_one_line(tmp_path):
     folder = str(tmp_path / "d")
     assert run_cli("run", "--mdp", TINY, "--iters", "2", "--out", folder, "--quiet")[0] == 0
