@@ -181,7 +181,7 @@ class IterativeMethod:
                     self._rollback(before, exc)
                     raise
                 message = self._stall_message(row)
-                moving = abs(row["J"] - last_J) > 1e-14 * max(1.0, abs(row["J"]))
+                moving = abs(row["J"] - last_J) > 1e-14 * abs(row["J"])  # relative: any scale
                 still = 0 if moving or message is None else still + 1
                 if still == STALL_ITERATIONS:
                     warnings.warn(message, ConvergenceWarning, stacklevel=2)

@@ -280,11 +280,14 @@ class _ExactMethod(IterativeMethod):
 
     def _stall_message(self, row):
         # a run whose J no longer moves while the gradient is not small has stalled (e.g.
-        # PPO-Clip's inner steps cycling across the clip boundary). Small is relative: the
-        # linear solves give Q to about lin_tol/(1 − γ) of its scale max|V| + max|A| ≥ max|Q|,
-        # so a gradient norm below 100 times that is round-off at the optimum, not a stall.
+        # PPO-Clip's inner steps cycling across the clip boundary). Small is relative to the
+        # scale of Q, max|V| + max|A| ≥ max|Q|: near the optimum J moves by about the square
+        # of the gradient, so J stops moving (at 1e-14 relative, see _run) once the gradient
+        # is below sqrt(1e-14) = 1e-7 of that scale; and the linear solves give Q only to
+        # about lin_tol/(1 − γ) of it. Below either, J is at the optimum, not stalled.
         scale = (0.0 if self._v is None else float(np.max(np.abs(self._v)))) + row["max_abs_adv"]
-        if not row["grad_norm"] > 100.0 * self.lin_tol / (1.0 - self.mdp.gamma) * scale:
+        roundoff = max(1e-7, 100.0 * self.lin_tol / (1.0 - self.mdp.gamma)) * scale
+        if not row["grad_norm"] > roundoff:
             return None
         return (f"{type(self).__name__} stalled at iteration {row['iter']}: J is not changing "
                 f"but the gradient norm is {row['grad_norm']:.3g}; the step is too large for "
