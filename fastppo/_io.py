@@ -103,12 +103,21 @@ def write_csv(path, rows, fields):
 
 
 def read_history(path):
-    """A ``history.csv`` back as a structured array (float fields; ``iter`` int)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    fields = rows[0]
-    dtype = [(k, np.int64 if k in ("iter", "n_matvec") else np.float64) for k in fields]
-    return np.array([tuple(r) for r in rows[1:]], dtype=[(k, "U32") for k in fields]).astype(dtype)
+    """A ``history.csv`` back as a structured array (float fields; ``iter`` int);
+    UsageError naming the file if it cannot be read."""
+    from ._errors import UsageError
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        if not rows:
+            raise ValueError("empty file")
+        fields = rows[0]
+        dtype = [(k, np.int64 if k in ("iter", "n_matvec") else np.float64) for k in fields]
+        return np.array([tuple(r) for r in rows[1:]],
+                        dtype=[(k, "U32") for k in fields]).astype(dtype)
+    except (*READ_ERRORS, csv.Error, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {one_line(exc)}") from None
 
 
 def mdp_digest(mdp):

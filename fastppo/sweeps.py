@@ -44,6 +44,7 @@ import itertools
 import json
 import os
 import re
+import warnings
 
 from ._errors import UsageError
 from ._result import Result
@@ -215,7 +216,7 @@ def sweep(config, out=None, *, scheduler=None, n_workers=None, progress=False):
             with contextlib.suppress(OSError, ValueError):  # a damaged row: run it again
                 with open(done, encoding="utf-8") as f:
                     row = json.load(f)
-        if isinstance(row, dict) and row.get("status") == "ok":
+        if isinstance(row, dict) and row.get("status") == "ok" and set(COLUMNS) <= set(row):
             rows[folder] = row
         else:
             todo.append((p, folder))
@@ -253,9 +254,15 @@ def sweep(config, out=None, *, scheduler=None, n_workers=None, progress=False):
         mine = [(r, f) for r, f in zip(table, folders) if problem(r) == mdp]
         varying = [k for k in PARAMS if k not in ("mdp", "mdp_file")
                    and len({json.dumps(r[k]) for r, _ in mine}) > 1]
-        curves = [(", ".join(f"{k}={r[k]}" for k in varying) or r["run"],
-                   _io.read_history(os.path.join(f, _io.HISTORY)))
-                  for r, f in mine if r["status"] == "ok"]
+        curves = []
+        for r, f in mine:
+            if r["status"] == "ok":
+                try:
+                    h = _io.read_history(os.path.join(f, _io.HISTORY))
+                except UsageError as exc:  # a damaged file of a finished run: not plotted
+                    warnings.warn(f"{exc}; run {r['run']} is left out of the plot", stacklevel=2)
+                    continue
+                curves.append((", ".join(f"{k}={r[k]}" for k in varying) or r["run"], h))
         if curves:
             plots.append(os.path.join(out, f"plot-{_slug(os.path.basename(mdp))}.png"))
             _io.plot_curves(plots[-1], curves, f"PPO-Clip sweep: {mdp}")

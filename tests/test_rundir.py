@@ -662,9 +662,17 @@ def test_a_sweep_reruns_after_its_mdp_file_changed(tmp_path):
         assert changed.rows[0]["run"] != first.rows[0]["run"]
         J = fastppo.PPOClip(fastppo.garnet(20, 3, 3, seed=1), fastppo.ForwardKL(0.2)).run(3).J
         assert changed.rows[0]["J"] == J != first.rows[0]["J"]
-        # a damaged row.json is run again, not a traceback
-        (tmp_path / "out" / "runs" / changed.rows[0]["run"] / _io.ROW).write_text("{")
-        assert sweep().n_run == 1
+        # a damaged row.json is run again, not a traceback; a damaged history is left out
+        # of the plot, with a warning
+        done = tmp_path / "out" / "runs" / changed.rows[0]["run"]
+        for content in ("{", '{"status": "ok"}'):
+            (done / _io.ROW).write_text(content)
+            assert sweep().n_run == 1
+        (done / _io.HISTORY).write_text("")
+        with pytest.warns(UserWarning, match=f"cannot read {done / _io.HISTORY}: empty file; "
+                                             f"run {changed.rows[0]['run']} is left out of the plot"):
+            res = sweep()
+        assert res.n_skipped == 1 and res.plots == []
 
 
 @pytest.mark.slow
