@@ -339,20 +339,14 @@ def _warning_line(message, category, filename, lineno, file=None, line=None):
 
 def check_environment():
     """UsageError naming the variable if FASTPPO_BACKEND or FASTPPO_NUM_THREADS is invalid."""
-    from ._backend import _check_backend, resolve_threads
+    from ._backend import _check_backend, env_threads
 
-    for var in ("FASTPPO_BACKEND", "FASTPPO_NUM_THREADS"):
-        value = os.environ.get(var)
-        if not value:
-            continue
-        if var == "FASTPPO_BACKEND":
-            with user_input(f"environment variable {var}={value!r}: "):
-                _check_backend(value)
-        elif not value.strip().isdigit() or int(value) < 1:
-            raise UsageError(f"environment variable {var}={value!r}: must be a positive integer")
-        else:
-            with user_input(f"environment variable {var}={value!r}: "):
-                resolve_threads(int(value))
+    value = os.environ.get("FASTPPO_BACKEND")
+    if value:
+        with user_input(f"environment variable FASTPPO_BACKEND={value!r}: "):
+            _check_backend(value)
+    with user_input():  # the message names the variable
+        env_threads()
 
 
 def main(argv=None, out=None):

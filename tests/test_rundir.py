@@ -485,9 +485,14 @@ def test_threads_beyond_the_machine_are_refused():
 
 def test_env_threads_beyond_the_machine_names_the_variable(monkeypatch):
     monkeypatch.setenv("FASTPPO_NUM_THREADS", str(os.cpu_count() + 1))
-    assert one_error_line(*run_cli("info")) == (
-        f"environment variable FASTPPO_NUM_THREADS='{os.cpu_count() + 1}': n_threads must be "
-        f"<= {os.cpu_count()} (the CPUs of this machine, os.cpu_count()), got {os.cpu_count() + 1}")
+    message = (f"environment variable FASTPPO_NUM_THREADS='{os.cpu_count() + 1}': must be "
+               f"<= {os.cpu_count()} (the CPUs of this machine, os.cpu_count())")
+    assert one_error_line(*run_cli("info")) == message
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        fastppo.evaluate(fastppo.chain(3), fastppo.chain(3).uniform_policy())  # the API too
+    monkeypatch.setenv("FASTPPO_NUM_THREADS", "abc")
+    with pytest.raises(ValueError, match="FASTPPO_NUM_THREADS='abc': must be a positive integer"):
+        fastppo._backend.resolve_threads()
 
 
 def test_sampled_batch_larger_than_memory_is_refused_before_allocating():
@@ -689,4 +694,4 @@ def test_hostile_command_lines_from_the_real_entry_point(tmp_path):
     r = subprocess.run([sys.executable, "-m", "fastppo", "info"], capture_output=True, text=True,
                        env={**os.environ, "FASTPPO_NUM_THREADS": "20000"}, timeout=300)
     assert r.returncode == 2 and r.stderr.startswith(
-        "fastppo: error: environment variable FASTPPO_NUM_THREADS='20000': n_threads must be <= ")
+        "fastppo: error: environment variable FASTPPO_NUM_THREADS='20000': must be <= ")
