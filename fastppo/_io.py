@@ -313,8 +313,9 @@ def lock_message(folder, path):
     if host != socket.gethostname():
         return (f"{folder} is in use by {who}; if that process is no longer running, "
                 f"delete {path}")
-    if _alive(pid):
-        return f"{folder} is in use by {who}, which is still running"
+    if _alive(pid):  # (or its pid was reused since: then the lock is stale)
+        return (f"{folder} is in use by {who}, which is still running (if pid {pid} is "
+                f"another program, delete {path})")
     return (f"{folder} is locked by {who}, which is no longer running (it was killed): "
             f"if no other fastppo run is writing to {folder}, delete {path}")
 

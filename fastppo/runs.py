@@ -19,11 +19,11 @@ pass through unchanged.
 **A run directory belongs to one run.** ``execute`` first takes the directory's lock
 (``fastppo._io.locked``: a second run into it is refused, naming the holder), then:
 
-- a new run refuses a directory that already holds the files of a run (``run.json``,
-  ``checkpoint.npz``, ``result.npz``, ``config.json``, ...) unless ``overwrite``; it then
-  writes its identity ``run.json`` (a random run id and the SHA-256 of the parameters
-  it cannot change on resume, ``FIXED_ON_RESUME``) before anything else, and only then
-  deletes the files of the run it replaces;
+- a new run refuses a directory that already holds the results of a run
+  (``checkpoint.npz``, ``result.npz``, ``history.csv`` or a sweep's ``row.json``) unless
+  ``overwrite``; it then writes its identity ``run.json`` (a random run id and the
+  SHA-256 of the parameters it cannot change on resume, ``FIXED_ON_RESUME``) before
+  anything else, and only then deletes the files of the run it replaces;
 - every checkpoint it writes carries the run id; ``resume`` continues only a
   checkpoint with the id of ``run.json`` and a ``config.json`` whose parameters have
   the digest of ``run.json``: a directory where a new run was started over an old one
@@ -117,7 +117,9 @@ def check_param_types(p, what="run parameter"):
 
 def params_digest(p):
     """SHA-256 of the parameters a run cannot change on resume (``FIXED_ON_RESUME``)."""
-    text = json.dumps({k: p.get(k) for k in FIXED_ON_RESUME}, sort_keys=True)
+    from ._io import _jsonable
+
+    text = json.dumps({k: p.get(k) for k in FIXED_ON_RESUME}, sort_keys=True, default=_jsonable)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -248,7 +248,7 @@ def test_a_lock_held_by_a_running_process_or_another_host(tmp_path):
     lock = folder / _io.LOCK
     write_lock(folder)  # this very process: alive
     assert one_error_line(*run_cli("run", "--mdp", TINY, "--out", str(folder))).endswith(
-        "which is still running")
+        f"which is still running (if pid {os.getpid()} is another program, delete {lock})")
     write_lock(folder, host="elsewhere.example", pid=1)
     assert one_error_line(*run_cli("run", "--mdp", TINY, "--out", str(folder))) == (
         f"{folder} is in use by run {'ab' * 16} (pid 1 on elsewhere.example, started "
@@ -300,7 +300,8 @@ def test_two_simultaneous_runs_into_one_directory(tmp_path):
     assert second.returncode == 2 and second.stderr == (
         f"fastppo: error: {folder} is in use by run {run_id} (pid {first.pid} on "
         f"{socket.gethostname()}, started {json.loads((folder / _io.LOCK).read_text())['started']}"
-        f"), which is still running\n")
+        f"), which is still running (if pid {first.pid} is another program, delete "
+        f"{folder / _io.LOCK})\n")
     first.send_signal(signal.SIGTERM)
     _, err = first.communicate(timeout=120)
     assert first.returncode == 143, err
@@ -628,7 +629,7 @@ def test_a_sweep_run_directory_follows_the_run_rules(tmp_path):
     write_lock(folder)  # held by a live run (this process)
     row = sweeps._run_one(p, str(folder))
     assert row["status"] == "failed" and row["error"].startswith(
-        f"UsageError: {folder} is in use by run ") and row["error"].endswith("still running")
+        f"UsageError: {folder} is in use by run ") and "which is still running" in row["error"]
     os.remove(folder / _io.LOCK)
     (folder / "checkpoint.npz").write_bytes(b"an unfinished earlier attempt")
     row = sweeps._run_one(p, str(folder))
