@@ -53,7 +53,6 @@ written by fastppo 0.1.0 are migrated to this schema (and then validated the sam
 import json
 import os
 import re
-import time
 import warnings
 
 import numpy as np
