@@ -4,7 +4,7 @@ Every kernel is called as ``kernel(*arrays_and_scalars, n_threads)``. Backend
 resolution: explicit ``backend=`` argument → ``fastppo.backend(...)`` context /
 ``set_backend()`` → environment variable ``FASTPPO_BACKEND`` → ``"numba"``.
 Thread count: explicit ``n_threads=`` → ``set_num_threads()`` → ``FASTPPO_NUM_THREADS``
-→ 1.
+→ 1; at most ``os.cpu_count()``.
 """
 import contextlib
 import importlib
@@ -55,11 +55,34 @@ def resolve_threads(n_threads=None):
     if n_threads is None:
         n_threads = _state["n_threads"]
     if n_threads is None:
-        env = os.environ.get("FASTPPO_NUM_THREADS")
-        n_threads = int(env) if env else 1
+        return env_threads() or 1
     if isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral) or n_threads < 1:
         raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
+    if n_threads > max_threads():
+        raise ValueError(f"n_threads must be <= {max_threads()} (the CPUs of this machine, "
+                         f"os.cpu_count()), got {n_threads}")
     return int(n_threads)
+
+
+def env_threads():
+    """The thread count of ``FASTPPO_NUM_THREADS`` (None when unset), checked as
+    ``n_threads=``; ValueError naming the variable."""
+    env = os.environ.get("FASTPPO_NUM_THREADS")
+    if not env:
+        return None
+    prefix = f"environment variable FASTPPO_NUM_THREADS={env!r}: "
+    if not env.strip().isdecimal() or int(env) < 1:
+        raise ValueError(f"{prefix}must be a positive integer")
+    if int(env) > max_threads():
+        raise ValueError(f"{prefix}must be <= {max_threads()} (the CPUs of this machine, "
+                         f"os.cpu_count())")
+    return int(env)
+
+
+def max_threads():
+    """The most kernel threads a call may ask for: the machine's logical CPUs
+    (``os.cpu_count()``, also Numba's default thread pool). More only oversubscribe."""
+    return os.cpu_count() or 1
 
 
 def set_backend(name):

@@ -20,13 +20,22 @@ Atomic: each file is written to a temporary file in the same directory, flushed 
 fsynced, then renamed over the target (``os.replace``). A process killed at any moment
 leaves every file either at its previous complete version or at the new one (and
 perhaps a stray ``.*.tmp``).
+
+A directory of ``fastppo run`` (and each run of a sweep) also holds ``run.json``, the
+run's identity, written before anything else (``fastppo.runs`` says how it is used),
+and, while the run is going, the lock ``.fastppo.lock``: created with
+``O_CREAT | O_EXCL`` (atomic on local and NFS filesystems, unlike ``flock``), holding
+the host, pid and run id of its owner, removed by its owner when the run ends. A
+lock whose owner is gone (a killed run) is reported, never removed silently.
 """
 import contextlib
 import csv
 import hashlib
 import json
 import os
+import socket
 import tempfile
+import time
 import zipfile
 import zlib
 
@@ -34,6 +43,10 @@ import numpy as np
 
 CHECKPOINT, MDP_FILE, RESULT, HISTORY, CONFIG, PLOT = (
     "checkpoint.npz", "mdp.npz", "result.npz", "history.csv", "config.json", "convergence.png")
+RUN, LOCK, ROW = "run.json", ".fastppo.lock", "row.json"
+# the files of a run in its directory (row.json: a finished sweep run)
+RUN_FILES = (RUN, CHECKPOINT, MDP_FILE, RESULT, HISTORY, CONFIG, PLOT, ROW)
+RESULT_FILES = (CHECKPOINT, RESULT, HISTORY, ROW)  # those that hold iterations
 # what reading a damaged or foreign file can raise (np.load, zipfile, MDP.load)
 READ_ERRORS = (ValueError, TypeError, KeyError, IndexError, OSError, EOFError,
                zipfile.BadZipFile, zlib.error, NotImplementedError)
@@ -90,12 +103,21 @@ def write_csv(path, rows, fields):
 
 
 def read_history(path):
-    """A ``history.csv`` back as a structured array (float fields; ``iter`` int)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    fields = rows[0]
-    dtype = [(k, np.int64 if k in ("iter", "n_matvec") else np.float64) for k in fields]
-    return np.array([tuple(r) for r in rows[1:]], dtype=[(k, "U32") for k in fields]).astype(dtype)
+    """A ``history.csv`` back as a structured array (float fields; ``iter`` int);
+    UsageError naming the file if it cannot be read."""
+    from ._errors import UsageError
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        if not rows:
+            raise ValueError("empty file")
+        fields = rows[0]
+        dtype = [(k, np.int64 if k in ("iter", "n_matvec") else np.float64) for k in fields]
+        return np.array([tuple(r) for r in rows[1:]],
+                        dtype=[(k, "U32") for k in fields]).astype(dtype)
+    except (*READ_ERRORS, csv.Error, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {one_line(exc)}") from None
 
 
 def mdp_digest(mdp):
@@ -221,3 +243,89 @@ def save_result(folder, result, config=None):
     plot_curves(os.path.join(folder, PLOT), [(method, h)], (config or {}).get("title", method))
     if state is not None:  # last: the checkpoint is what --resume reads
         save_checkpoint(folder, state, result._mdp)
+
+
+# ------------------------------------------------------------- run directories
+def run_files(folder):
+    """The files of a run (``RUN_FILES``) that ``folder`` holds."""
+    return [name for name in RUN_FILES if os.path.lexists(os.path.join(folder, name))]
+
+
+def remove_run_files(folder, keep=()):
+    """Delete the files of a run in ``folder`` (and stray temporary files of their
+    atomic writes), except ``keep``; other files are left alone."""
+    names = set(RUN_FILES) - set(keep)
+    for name in os.listdir(folder):
+        stray = name.startswith(".") and name.endswith(".tmp") and any(
+            name.startswith(f".{n}.") for n in names)
+        if name in names or stray:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, name))
+
+
+@contextlib.contextmanager
+def locked(folder, run_id):
+    """Hold the lock of run directory ``folder`` (which must exist) for run ``run_id``.
+
+    Raises
+    ------
+    UsageError
+        The lock exists: one line naming its holder (host, pid, run id), and whether
+        that process is still running (when it is on this host); a stale lock is
+        reported with how to remove it, never broken here.
+    """
+    from ._errors import UsageError
+
+    path = os.path.join(folder, LOCK)
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "run_id": run_id,
+              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_UMASK)
+    except FileExistsError:
+        raise UsageError(lock_message(folder, path)) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(holder, f)
+            f.flush()
+            os.fsync(f.fileno())
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            with open(path, encoding="utf-8") as f:
+                ours = json.load(f) == holder
+            if ours:  # not if someone removed it and another run took it since
+                os.unlink(path)
+
+
+def lock_message(folder, path):
+    """Who holds the lock ``path`` of ``folder``, for the one-line error."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            holder = json.load(f)
+        host, pid, run_id = str(holder["host"]), holder["pid"], str(holder["run_id"])
+        started = str(holder.get("started", "?"))
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            raise ValueError(f"bad pid {pid!r}")
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        return (f"{folder} is locked by another run ({path} exists but cannot be read: "
+                f"{one_line(exc)}); if no fastppo run is writing to {folder}, delete {path}")
+    who = f"run {run_id} (pid {pid} on {host}, started {started})"
+    if host != socket.gethostname():
+        return (f"{folder} is in use by {who}; if that process is no longer running, "
+                f"delete {path}")
+    if _alive(pid):  # (or its pid was reused since: then the lock is stale)
+        return (f"{folder} is in use by {who}, which is still running (if pid {pid} is "
+                f"another program, delete {path})")
+    return (f"{folder} is locked by {who}, which is no longer running (it was killed): "
+            f"if no other fastppo run is writing to {folder}, delete {path}")
+
+
+def _alive(pid):
+    """Whether process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or a pid kill() cannot take): assume alive
+    return True

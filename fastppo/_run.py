@@ -28,6 +28,8 @@ pickle). Common fields, then the method's own:
 ``logits``     (n_pairs,) float64, finite
 ``pi``         (n_pairs,) float64, a policy (sums to 1 per state) equal to softmax(logits)
 ``table``      bool: results come back as (S, A) tables
+``run_id``     the id of the ``fastppo run`` that wrote it (32 hex digits, see
+               ``fastppo.runs``); absent when saved from Python
 =============  ====================================================================
 
 The exact methods add ``mu`` (the weighting, (n_states,), a distribution with full
@@ -50,7 +52,7 @@ written by fastppo 0.1.0 are migrated to this schema (and then validated the sam
 """
 import json
 import os
-import time
+import re
 import warnings
 
 import numpy as np
@@ -149,7 +151,9 @@ class IterativeMethod:
         FloatingPointError
             If an iterate leaves the range of doubles (non-finite logits, or a probability
             that underflowed to 0 where the next update divides by it or takes its log),
-            naming the iteration; usually the step is too large.
+            naming the iteration; usually the step is too large. Whatever an iteration
+            raises, the method is first put back in its state before that iteration
+            (the iterations done stay: ``save`` keeps them, ``run`` continues from them).
 
         Warns
         -----
@@ -169,9 +173,14 @@ class IterativeMethod:
         try:
             for _ in range(n_iter):
                 last_J = self._rows[-1]["J"] if self._rows else np.nan
-                row = self.step()
+                before = self._entries()
+                try:
+                    row = self.step()
+                except BaseException as exc:
+                    self._rollback(before, exc)
+                    raise
                 message = self._stall_message(row)
-                moving = abs(row["J"] - last_J) > 1e-14 * max(1.0, abs(row["J"]))
+                moving = abs(row["J"] - last_J) > 1e-14 * abs(row["J"])  # relative: any scale
                 still = 0 if moving or message is None else still + 1
                 if still == STALL_ITERATIONS:
                     warnings.warn(message, ConvergenceWarning, stacklevel=2)
@@ -186,17 +195,48 @@ class IterativeMethod:
         finally:
             if bar is not None:
                 bar.close()
+        return self.result(converged)
+
+    def result(self, converged=False):
+        """The :class:`RunResult` of the iterations done so far (what ``run`` returns).
+
+        Parameters
+        ----------
+        converged : bool
+            Recorded as the result's ``converged``.
+
+        Returns
+        -------
+        RunResult
+        """
         v, J, extras = self._final()
         like = None if self._table else self.logits
         res = RunResult(policy=self.mdp.to_table(self.pi.copy(), like=like),
                         logits=self.mdp.to_table(self.logits.copy(), like=like),
                         v=v, J=J, history=self.history, n_iter=self.n_iter,
-                        converged=converged, reference=self.reference,
+                        converged=bool(converged), reference=self.reference,
                         gap=np.nan if self.reference is None else self.reference - J, **extras)
         # a snapshot for res.save() (attributes, not entries: not in the repr)
         object.__setattr__(res, "_state", self.state_dict())
         object.__setattr__(res, "_mdp", self.mdp)
         return res
+
+    def _rollback(self, entries, exc):
+        """Put the method back in the state ``entries`` (``_entries()`` taken before the
+        step that raised ``exc``), rebuilt through the checkpoint loader as on resume. If
+        that fails too, ``exc`` (the cause) is still what the caller sees, with a note."""
+        n = int(entries["n_iter"])
+        raw = {k: np.asarray(v) for k, v in {**entries, "history": self.history[:n]}.items()}
+        try:
+            restored = _restore(type(self), raw, self.mdp, "the state before the failed "
+                                "iteration", "memory")
+        except Exception as failed:  # noqa: BLE001 -- exc is the error to report
+            note = f"(and the state before it could not be restored: {failed})"
+            if hasattr(exc, "add_note"):  # Python >= 3.11
+                exc.add_note(note)
+            return
+        vars(self).clear()
+        vars(self).update(vars(restored))
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self):
@@ -208,6 +248,13 @@ class IterativeMethod:
         -------
         dict of str -> ndarray or scalar
         """
+        return {**self._entries(), "history": self.history}
+
+    # the run that owns the checkpoint (set by fastppo.runs; None from Python)
+    run_id = None
+
+    def _entries(self):
+        """``state_dict()`` without the history (taken before every iteration: cheap)."""
         from ._io import mdp_digest
 
         if getattr(self, "_digest", None) is None:
@@ -215,12 +262,13 @@ class IterativeMethod:
         state = dict(format=FORMAT, method=type(self).__name__, mdp_digest=self._digest,
                      regularizer=json.dumps(_reg_spec(self.reg)),
                      settings=json.dumps(self._settings()), n_iter=np.int64(self.n_iter),
-                     history=self.history, logits=self.logits.copy(), pi=self.pi.copy(),
-                     table=np.bool_(self._table))
+                     logits=self.logits.copy(), pi=self.pi.copy(), table=np.bool_(self._table))
         if self.reg is not None and self.reg.ref is not None:
-            state["ref"] = self._ref.copy()
+            state["ref"] = self._ref  # never changes: not copied
         if self.reference is not None:
             state["reference"] = np.float64(self.reference)
+        if self.run_id is not None:
+            state["run_id"] = self.run_id
         for name, value in self._state().items():
             if value is not None:
                 state[name] = value.copy() if isinstance(value, np.ndarray) else value
@@ -287,7 +335,7 @@ COMMON = {"format": ("text", False), "method": ("text", False), "mdp_digest": ("
           "regularizer": ("json", False), "ref": ("pairs", True), "settings": ("json", False),
           "n_iter": ("count", False), "history": ("history", False),
           "reference": ("float", True), "logits": ("pairs", False), "pi": ("pairs", False),
-          "table": ("bool", False)}
+          "table": ("bool", False), "run_id": ("text", True)}
 
 
 HEADER = 4096  # bytes: an .npy header, with room to spare
@@ -408,6 +456,7 @@ def _restore(cls, raw, mdp, path, folder):
         f.fail("pi", f"does not match softmax(logits) at {mdp.pair_name(k)}: "
                      f"{pi[k]!r} vs {expected[k]!r}")
     self.logits, self.pi, self._table = logits, pi, bool(table)
+    self.run_id = f.get("run_id", _check_run_id)
     self.n_iter = n_iter
     self._rows = [dict(zip(history.dtype.names, row)) for row in history.tolist()]
     try:
@@ -415,6 +464,15 @@ def _restore(cls, raw, mdp, path, folder):
     except (ValueError, TypeError, KeyError, OverflowError) as exc:
         raise UsageError(f"{path}: {one_line(exc)}") from None
     return self
+
+
+def _check_run_id(x, name):
+    if not RUN_ID.fullmatch(x):
+        raise ValueError(f"must be 32 hexadecimal digits, got {x[:40]!r}")
+    return x
+
+
+RUN_ID = re.compile("[0-9a-f]{32}")
 
 
 def _flat(x, mdp, name):

@@ -5,9 +5,11 @@ KL, τ = 0.1, ε = 0.2, K = 10) on a 50,000-state garnet, with a progress bar (o
 terminal) showing the iteration, J, the gap to the regularized optimum and the Krylov
 products, then a summary; the result directory (``--out``, default ``fastppo-run/``) gets
 ``result.npz``, ``history.csv``, ``config.json``, ``convergence.png`` and a checkpoint.
-Ctrl-C stops after the current iteration, saves, and exits with status 130;
-``fastppo run --resume DIR [--iters N]`` continues bit for bit (``--iters`` counts all
-outer iterations, including those already done).
+Ctrl-C (SIGINT) or SIGTERM stops after the current iteration, saves, and exits with
+status 130 or 143; ``fastppo run --resume DIR [--iters N]`` continues bit for bit
+(``--iters`` counts all outer iterations, including those already done). A directory
+belongs to one run (``fastppo.runs``): a new run into a directory holding another is
+refused unless ``--overwrite``, and a second run into a directory in use is refused.
 
 The spec language and the run itself are ``fastppo.runs`` (shared with sweeps). Errors
 follow one rule (``fastppo._errors``): bad user input — an argument, an environment
@@ -28,10 +30,14 @@ import warnings
 from ._errors import UsageError
 from ._krylov import ConvergenceError
 from .runs import (DEFAULT_MDP, FIXED_ON_RESUME, PARAMS, REGS, check_settings, execute,
-                   load_mdp, normalize_params, parse_clip, parse_mdp, parse_reg, user_input)
+                   load_mdp, normalize_params, parse_clip, parse_mdp, parse_reg, read_config,
+                   saved_params, user_input)
 
 __all__ = ["main", "build_parser", "UsageError", "PARAMS", "execute", "parse_mdp", "parse_reg",
            "load_mdp"]
+
+# signals that stop a run after its current iteration, saved (exit status 128 + the signal)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 # ------------------------------------------------------------------------ commands
@@ -46,22 +52,6 @@ def _params(args):
     return p
 
 
-def _read_params(folder):
-    """The run parameters saved in ``folder/config.json`` (None when it has none)."""
-    from . import _io
-
-    path = os.path.join(folder, _io.CONFIG)
-    try:
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-    except ValueError as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
-    params = saved.get("params") if isinstance(saved, dict) else None
-    if params is not None and not isinstance(params, dict):
-        raise UsageError(f"{path}: params must be an object, got {type(params).__name__}")
-    return None if params is None else normalize_params(params, warn=False)
-
-
 def _progress(args):
     """A progress bar on stderr: only for a terminal, and not with --no-progress/--quiet/--json."""
     return not (args.no_progress or args.quiet or args.json) and sys.stderr.isatty()
@@ -72,41 +62,34 @@ def _printer(args, out):
 
 
 def cmd_run(args, out):
-    from . import _io
-
     given = {k: v for k, v in _params(args).items() if v is not None}
     if args.resume:
+        if args.overwrite:
+            raise UsageError("--overwrite starts a new run: it cannot be used with --resume")
         bad = [k for k in FIXED_ON_RESUME if k in given] + (["out"] if args.out else [])
         if bad:
             raise UsageError(f"--resume continues the saved run in its directory: "
                              f"--{bad[0].replace('_', '-')} cannot be changed (only --iters, --tol)")
-        cfg = os.path.join(args.resume, _io.CONFIG)
-        if not os.path.exists(os.path.join(args.resume, _io.CHECKPOINT)) or not os.path.exists(cfg):
-            raise UsageError(f"--resume {args.resume}: no checkpoint there (a directory written "
-                             f"by fastppo run --out)")
-        saved = _read_params(args.resume)
-        if saved is None:
-            raise UsageError(f"--resume {args.resume}: not a fastppo run directory (its "
-                             f"config.json has no run parameters)")
-        given = {**saved, **given}
+        given = {**saved_params(args.resume), **given}
     folder = args.out or args.resume or "fastppo-run"
     say = _printer(args, out)
     stop = []
 
-    def on_sigint(signum, frame):
-        if stop:  # a second Ctrl-C aborts at once
+    def on_signal(signum, frame):
+        if stop:  # a second signal aborts at once
             raise KeyboardInterrupt
         stop.append(signum)
 
     main_thread = threading.current_thread() is threading.main_thread()  # signals: main only
-    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS} if main_thread else {}
     try:
         s = execute(given, folder, progress=_progress(args),
                     checkpoint_every=args.checkpoint_every, should_stop=lambda: bool(stop),
-                    resume=bool(args.resume), config={"command": "run", "argv": args.argv}, say=say)
+                    resume=bool(args.resume), overwrite=args.overwrite,
+                    config={"command": "run", "argv": args.argv}, say=say)
     finally:
-        if main_thread:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if args.json:
         print(json.dumps(s), file=out)
     else:
@@ -119,9 +102,10 @@ def cmd_run(args, out):
             f"{'lr':>12}: {s['lr']:.4g}\n{'saved':>12}: {folder}{os.sep} (result.npz, history.csv, "
             f"config.json, convergence.png, checkpoint)")
     if s["interrupted"]:
-        print(f"fastppo: interrupted at iteration {s['iterations']}; saved to {folder} "
+        what = "interrupted" if stop[0] == signal.SIGINT else "terminated"
+        print(f"fastppo: {what} at iteration {s['iterations']}; saved to {folder} "
               f"(continue with: fastppo run --resume {folder})", file=sys.stderr)
-        return 130
+        return 128 + stop[0]  # 130 for SIGINT (Ctrl-C), 143 for SIGTERM
     return 0
 
 
@@ -158,7 +142,7 @@ def cmd_eval(args, out):
     p = _params(args)
     if os.path.exists(os.path.join(folder, _io.CONFIG)):
         # a result directory: its MDP and regularizer are the defaults
-        params = _read_params(folder) or {}
+        params = normalize_params(read_config(folder).get("params") or {}, warn=False)
         p = {**p, **{k: params.get(k) for k in ("reg", "tau") if p[k] is None}}
     fallback = os.path.join(folder, _io.MDP_FILE)
     mdp = load_mdp(p, fallback if os.path.exists(fallback) else None)
@@ -202,6 +186,12 @@ def cmd_compare(args, out):
     reg = parse_reg(p["reg"], p["tau"])
     settings = check_settings(p)
     say = _printer(args, out)
+    folder = args.out or "fastppo-compare"
+    if os.path.lexists(folder) and not os.path.isdir(folder):  # before the runs, not after
+        raise UsageError(f"--out {folder} exists and is not a directory")
+    os.makedirs(folder, exist_ok=True)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {folder}: cannot write there")
     opt = fastppo.solve(mdp, reg, backend=p["backend"], n_threads=p["threads"])
     say(f"{mdp}\nregularizer {reg}; optimum J* = {opt.J:.12g}")
     common = dict(reference=opt.J, backend=p["backend"], n_threads=p["threads"])
@@ -223,8 +213,6 @@ def cmd_compare(args, out):
                          converged=bool(res.converged), seconds=time.perf_counter() - t0,
                          products=int(h["n_matvec"].sum()), lr=method.lr))
         curves.append((name, h))
-    folder = args.out or "fastppo-compare"
-    os.makedirs(folder, exist_ok=True)
     fields = list(rows[0])
     _io.write_csv(os.path.join(folder, "compare.csv"), rows, fields)
     for (name, h) in curves:
@@ -249,6 +237,8 @@ def cmd_sweep(args, out):
 
     if not os.path.exists(args.config):
         raise UsageError(f"no such file: {args.config}")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
     res = sweep(args.config, out=args.out, scheduler=args.scheduler, n_workers=args.workers,
                 progress=_progress(args))
     if args.json:
@@ -315,8 +305,11 @@ def build_parser():
 
     run = sub.add_parser("run", parents=[problem, method, out], help="PPO-Clip solve with progress")
     run.add_argument("--checkpoint-every", type=int, metavar="N",
-                     help="save a checkpoint every N iterations (always: at the end and on Ctrl-C)")
+                     help="save a checkpoint every N iterations (always: at the end, on Ctrl-C "
+                     "and SIGTERM, and before a numerical failure); kept by --resume")
     run.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start the run in --out even if it holds another run (deleting its files)")
     run.set_defaults(func=cmd_run)
     solve = sub.add_parser("solve", parents=[problem, out], help="the regularized optimum")
     solve.set_defaults(func=cmd_solve)
@@ -346,17 +339,14 @@ def _warning_line(message, category, filename, lineno, file=None, line=None):
 
 def check_environment():
     """UsageError naming the variable if FASTPPO_BACKEND or FASTPPO_NUM_THREADS is invalid."""
-    from ._backend import _check_backend
+    from ._backend import _check_backend, env_threads
 
-    for var in ("FASTPPO_BACKEND", "FASTPPO_NUM_THREADS"):
-        value = os.environ.get(var)
-        if not value:
-            continue
-        if var == "FASTPPO_BACKEND":
-            with user_input(f"environment variable {var}={value!r}: "):
-                _check_backend(value)
-        elif not value.strip().isdigit() or int(value) < 1:
-            raise UsageError(f"environment variable {var}={value!r}: must be a positive integer")
+    value = os.environ.get("FASTPPO_BACKEND")
+    if value:
+        with user_input(f"environment variable FASTPPO_BACKEND={value!r}: "):
+            _check_backend(value)
+    with user_input():  # the message names the variable
+        env_threads()
 
 
 def main(argv=None, out=None):

@@ -43,6 +43,7 @@ J(π) and gap J* − J of every iterate.
 """
 import dataclasses
 import json
+import os
 import time
 
 import numpy as np
@@ -107,6 +108,7 @@ def rollout(mdp, pi, n_envs, horizon, seed=None, *, group_size=1, start=None, ba
     group_size = V.check_int(group_size, "group_size")
     if n_envs % group_size:
         raise ValueError(f"n_envs ({n_envs}) must be a multiple of group_size ({group_size})")
+    check_batch_memory(n_envs, horizon)
     rng = V.check_seed(seed)
     if start is None:
         start = np.repeat(rng.choice(mdp.n_states, size=n_envs // group_size, p=mdp.rho), group_size)
@@ -137,6 +139,24 @@ def rollout(mdp, pi, n_envs, horizon, seed=None, *, group_size=1, start=None, ba
                    rewards=rewards, logp=logp, terminated=terminated.view(bool),
                    truncated=truncated.view(bool), done=(terminated | truncated).view(bool),
                    mask=mask, length=mask.sum(axis=1), group=np.arange(n_envs) // group_size)
+
+
+BYTES_PER_STEP = 160  # the (n_envs, horizon) arrays of a rollout and of one update, per step
+
+
+def check_batch_memory(n_envs, horizon):
+    """ValueError if a batch of ``n_envs`` episodes of ``horizon`` steps would need more
+    than the machine's physical memory (estimated at ``BYTES_PER_STEP`` per step), checked
+    before anything is allocated."""
+    need = n_envs * horizon * BYTES_PER_STEP
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): no check
+        return
+    if need > have:
+        raise ValueError(f"n_envs x horizon = {n_envs} x {horizon} steps would need about "
+                         f"{need / 2**30:.3g} GiB ({BYTES_PER_STEP} bytes a step), more than "
+                         f"the {have / 2**30:.3g} GiB of memory of this machine")
 
 
 def _flags(terminated, truncated):
@@ -487,6 +507,7 @@ class SampledPPO(IterativeMethod):
         horizon = config.horizon
         if horizon is None:
             horizon = 1 if mdp.gamma == 0 else int(np.ceil(np.log(0.01) / np.log(mdp.gamma)))
+        check_batch_memory(config.n_envs, horizon)
         config = dataclasses.replace(
             config, horizon=horizon, kl_coef=tau if config.kl_coef is None else config.kl_coef,
             backend=resolve_backend(config.backend), n_threads=resolve_threads(config.n_threads))
@@ -509,7 +530,8 @@ class SampledPPO(IterativeMethod):
         self.rng = V.check_seed(c.seed)
         if reference is True:
             reference = solve(mdp, reg, backend=self.backend, n_threads=self.n_threads).J
-        self.reference = None if reference is False or reference is None else float(reference)
+        self.reference = (None if reference is False or reference is None
+                          else V.check_finite_float(reference, "reference"))
         self.pi = self._softmax(self.logits)
         self.n_iter = 0
         self._rows = []
@@ -581,10 +603,12 @@ class SampledPPO(IterativeMethod):
             self.value_clip, self.lr, critic_lr, self.logits, self.values,
             np.zeros(mdp.n_pairs), np.zeros(mdp.n_states), np.zeros(mdp.n_states),
             np.zeros(mdp.n_states, np.int64), np.empty(mdp.n_states), clipped, self.n_threads)
-        self.n_iter += 1
         if not np.isfinite(self.logits).all():
-            raise FloatingPointError(f"SampledPPO: non-finite logits at iteration {self.n_iter}; reduce lr")
+            raise FloatingPointError(f"SampledPPO: non-finite logits at iteration {self.n_iter + 1}; "
+                                     f"reduce lr")
         pi_old, self.pi = self.pi, self._softmax(self.logits)
+        self.n_iter += 1
+        _check_collapse(mdp, pi_old, self.pi, self.logits, self.n_iter)
         log_ratio = np.log(self.pi[k]) - np.log(pi_old[k])
         entropy = np.add.reduceat(entr(pi_old), mdp.a_indptr[:-1])
         row = dict(iter=self.n_iter, clipfrac=clipped.sum() / (self.epochs * n),
@@ -646,6 +670,19 @@ class SampledPPO(IterativeMethod):
         elif state["kl_coef"] != self.config.kl_coef:
             raise ValueError(f"kl_coef: {state['kl_coef']!r} differs from the fixed kl_coef "
                              f"{self.config.kl_coef!r} of the settings")
+
+
+def _check_collapse(mdp, pi_old, pi, logits, it):
+    """FloatingPointError if an update sent a probability from > 0 to exactly 0 (a step so
+    large the policy collapsed onto one action, as the exact methods report it)."""
+    collapsed = (pi == 0) & (pi_old > 0)
+    if collapsed.any():
+        k = int(np.argmax(collapsed))
+        s = int(mdp.s_indices[k])
+        theta = logits[mdp.a_indptr[s]:mdp.a_indptr[s + 1]]
+        raise FloatingPointError(
+            f"SampledPPO: the policy underflowed to 0 at iteration {it} ({mdp.pair_name(k)}; "
+            f"the logits of state {s} span {float(theta.max() - theta.min()):.3g}); reduce lr")
 
 
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")

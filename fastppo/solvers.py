@@ -205,7 +205,7 @@ class _ExactMethod(IterativeMethod):
             reference = solve(mdp, reg, backend=self.backend, n_threads=self.n_threads).J
         elif reference is False:
             reference = None
-        self.reference = None if reference is None else float(reference)
+        self.reference = None if reference is None else V.check_finite_float(reference, "reference")
 
     def _weighting(self, mu):
         mdp = self.mdp
@@ -290,9 +290,15 @@ class _ExactMethod(IterativeMethod):
         return {**super()._postfix(row), "products": row["n_matvec"]}
 
     def _stall_message(self, row):
-        # a run whose J no longer moves while the gradient is not small has stalled
-        # (e.g. PPO-Clip's inner steps cycling across the clip boundary)
-        if not row["grad_norm"] > 1e-8:
+        # a run whose J no longer moves while the gradient is not small has stalled (e.g.
+        # PPO-Clip's inner steps cycling across the clip boundary). Small is relative to the
+        # scale of Q, max|V| + max|A| ≥ max|Q|: near the optimum J moves by about the square
+        # of the gradient, so J stops moving (at 1e-14 relative, see _run) once the gradient
+        # is below sqrt(1e-14) = 1e-7 of that scale; and the linear solves give Q only to
+        # about lin_tol/(1 − γ) of it. Below either, J is at the optimum, not stalled.
+        scale = (0.0 if self._v is None else float(np.max(np.abs(self._v)))) + row["max_abs_adv"]
+        roundoff = max(1e-7, 100.0 * self.lin_tol / (1.0 - self.mdp.gamma)) * scale
+        if not row["grad_norm"] > roundoff:
             return None
         return (f"{type(self).__name__} stalled at iteration {row['iter']}: J is not changing "
                 f"but the gradient norm is {row['grad_norm']:.3g}; the step is too large for "
@@ -345,7 +351,7 @@ class PPOClip(_ExactMethod):
         Scale-free step used when ``lr`` is None (formerly ``step``).
     reference : bool or float, default False
         True: compute J* with :func:`solve` so the history records the gap J* − J;
-        a float: J* itself.
+        a float: J* itself (finite).
     backend, n_threads
         Kernel backend and threads.
     lin_tol : float, default 1e-12

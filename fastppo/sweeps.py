@@ -25,9 +25,13 @@ existing cluster given by its scheduler address (``tcp://host:port``), used unch
 A script that calls ``sweep`` with the default LocalCluster must guard it with
 ``if __name__ == "__main__":`` (Dask starts its workers as fresh Python processes).
 A run writes a result directory ``<out>/runs/<id>/`` (see ``fastppo._io``), where
-``<id>`` is a hash of its parameters, and finally ``row.json``; a rerun of the sweep
-skips every run whose ``row.json`` exists, so an interrupted sweep resumes and a grown
-grid runs only its new points. A run that fails is reported in the table
+``<id>`` is a hash of its parameters (and of the contents of its ``mdp_file``), and
+finally ``row.json``; a rerun of the sweep skips every run whose ``row.json`` exists, so
+an interrupted sweep resumes and a grown grid runs only its new points (an edited
+``mdp_file`` makes new runs). Each run directory follows the rules of ``fastppo run``
+(``fastppo.runs``): locked while its run goes on (a second sweep into the same ``out``
+at the same time gets those runs as failed, naming the holder), and an unfinished
+earlier attempt of the same run is replaced. A run that fails is reported in the table
 (``status = "failed"`` and its error) without stopping the others, and is tried again
 on the next rerun. The sweep writes ``<out>/results.csv`` (one row per run: its id,
 the parameters, J, J*, gap, iterations, converged, seconds, products, status, error)
@@ -40,10 +44,11 @@ import itertools
 import json
 import os
 import re
+import warnings
 
 from ._errors import UsageError
 from ._result import Result
-from .runs import PARAMS, RENAMED, normalize_params
+from .runs import DEFAULT_MDP, PARAMS, RENAMED, check_param_types, normalize_params
 
 __all__ = ["sweep"]
 
@@ -66,14 +71,19 @@ def _read_config(config):
 
 
 def expand(config):
-    """The runs of a sweep configuration: a list of full parameter dicts, in grid order."""
+    """The runs of a sweep configuration: a list of full parameter dicts, in grid order.
+    A setting or parameter of the wrong type is a UsageError naming it."""
     unknown = set(config) - {"out", "workers", "fixed", "grid"}
     if unknown:
         raise UsageError(f"unknown sweep setting {sorted(unknown)[0]!r}; "
                          f"expected out, workers, [fixed], [grid]")
     fixed = config.get("fixed", {})
+    if not isinstance(fixed, dict):
+        raise UsageError(f"sweep setting 'fixed' must be a table, got {fixed!r}")
     grids = config.get("grid", [])
-    grids = [grids] if isinstance(grids, dict) else list(grids)
+    grids = [grids] if isinstance(grids, dict) else grids
+    if not isinstance(grids, list) or not all(isinstance(g, dict) for g in grids):
+        raise UsageError(f"sweep setting 'grid' must be a table or a list of tables, got {grids!r}")
     if not grids:
         raise UsageError("the sweep has no [grid]")
     runs = []
@@ -85,16 +95,33 @@ def expand(config):
             if not isinstance(values, list) or not values:
                 raise UsageError(f"grid parameter {key!r} must be a non-empty list of values")
         for combo in itertools.product(*grid.values()):
-            run = {**PARAMS, **normalize_params({**fixed, **dict(zip(grid, combo))})}
+            given = normalize_params({**fixed, **dict(zip(grid, combo))})
+            check_param_types(given, "sweep parameter")
+            run = {**PARAMS, **given}
             if run not in runs:
                 runs.append(run)
     return runs
 
 
-def run_id(params):
-    """A stable short id of a run's parameters (its directory name)."""
-    text = json.dumps(params, sort_keys=True)
+def run_id(params, mdp_digest=None):
+    """A stable short id of a run's parameters (its directory name); ``mdp_digest`` (of
+    the contents of its ``mdp_file``) is part of it when given."""
+    text = json.dumps(params, sort_keys=True) + ("" if mdp_digest is None else mdp_digest)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _file_digest(path, cache):
+    """SHA-256 of a file's contents (None when it cannot be read: the run reports that)."""
+    if path not in cache:
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            cache[path] = h.hexdigest()
+        except OSError:
+            cache[path] = None
+    return cache[path]
 
 
 def _run_one(params, folder):
@@ -103,15 +130,15 @@ def _run_one(params, folder):
     from .runs import execute
 
     row = {"run": os.path.basename(folder), **params}
-    try:
-        summary = execute(params, folder)
+    try:  # an unfinished earlier attempt of this run (no row.json) is replaced
+        summary = execute(params, folder, overwrite=True)
     except Exception as exc:  # noqa: BLE001 -- reported in the table, the sweep goes on
         # a usage error raised from a library check reports that check's error type
         shown = exc.__cause__ if isinstance(exc, UsageError) and exc.__cause__ else exc
         return {**row, "status": "failed",
                 "error": f"{type(shown).__name__}: {exc}".splitlines()[0]}
     row = {**row, **{k: summary[k] for k in RESULTS}, "status": "ok", "error": ""}
-    _io.write_json(os.path.join(folder, "row.json"), row)  # last: marks the run finished
+    _io.write_json(os.path.join(folder, _io.ROW), row)  # last: marks the run finished
     return row
 
 
@@ -168,16 +195,29 @@ def sweep(config, out=None, *, scheduler=None, n_workers=None, progress=False):
 
     config, base = _read_config(config)
     runs = expand(config)
+    if not isinstance(config.get("out", ""), str):
+        raise UsageError(f"sweep setting 'out' must be a string, got {config['out']!r}")
     if out is None:
         out = os.path.join(base, config["out"]) if "out" in config else "fastppo-sweep"
-    n_workers = n_workers or config.get("workers", 2)
-    folders = [os.path.join(out, "runs", run_id(p)) for p in runs]
+    if n_workers is None:
+        n_workers = config.get("workers", 2)
+        if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+            raise UsageError(f"sweep setting 'workers' must be an integer >= 1, got {n_workers!r}")
+    elif isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+        raise UsageError(f"n_workers must be an integer >= 1, got {n_workers!r}")
+    digests = {}
+    folders = [os.path.join(out, "runs", run_id(p, p["mdp_file"] and _file_digest(
+        p["mdp_file"], digests))) for p in runs]
     rows, todo = {}, []
     for p, folder in zip(runs, folders):
-        done = os.path.join(folder, "row.json")
+        done = os.path.join(folder, _io.ROW)
+        row = None
         if os.path.exists(done):
-            with open(done, encoding="utf-8") as f:
-                rows[folder] = json.load(f)
+            with contextlib.suppress(OSError, ValueError):  # a damaged row: run it again
+                with open(done, encoding="utf-8") as f:
+                    row = json.load(f)
+        if isinstance(row, dict) and row.get("status") == "ok" and set(COLUMNS) <= set(row):
+            rows[folder] = row
         else:
             todo.append((p, folder))
     if todo:
@@ -207,13 +247,22 @@ def sweep(config, out=None, *, scheduler=None, n_workers=None, progress=False):
     _io.write_csv(csv_path, [{k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()}
                              for r in table], COLUMNS)
     plots = []
-    for mdp in dict.fromkeys(r["mdp_file"] or r["mdp"] for r in table):
-        mine = [(r, f) for r, f in zip(table, folders) if (r["mdp_file"] or r["mdp"]) == mdp]
+    def problem(r):
+        return r["mdp_file"] or r["mdp"] or DEFAULT_MDP
+
+    for mdp in dict.fromkeys(problem(r) for r in table):
+        mine = [(r, f) for r, f in zip(table, folders) if problem(r) == mdp]
         varying = [k for k in PARAMS if k not in ("mdp", "mdp_file")
                    and len({json.dumps(r[k]) for r, _ in mine}) > 1]
-        curves = [(", ".join(f"{k}={r[k]}" for k in varying) or r["run"],
-                   _io.read_history(os.path.join(f, _io.HISTORY)))
-                  for r, f in mine if r["status"] == "ok"]
+        curves = []
+        for r, f in mine:
+            if r["status"] == "ok":
+                try:
+                    h = _io.read_history(os.path.join(f, _io.HISTORY))
+                except UsageError as exc:  # a damaged file of a finished run: not plotted
+                    warnings.warn(f"{exc}; run {r['run']} is left out of the plot", stacklevel=2)
+                    continue
+                curves.append((", ".join(f"{k}={r[k]}" for k in varying) or r["run"], h))
         if curves:
             plots.append(os.path.join(out, f"plot-{_slug(os.path.basename(mdp))}.png"))
             _io.plot_curves(plots[-1], curves, f"PPO-Clip sweep: {mdp}")

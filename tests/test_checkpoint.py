@@ -267,6 +267,9 @@ DAMAGE = {  # name -> (changes(folder), the field named in the one-line error)
                "format: unknown checkpoint format 'fastppo-checkpoint-9'"),
     "object array": (lambda d: {"history": np.array([None, 1], dtype=object)},
                      "cannot read .*checkpoint.npz: Object arrays cannot be loaded"),
+    "run_id not an id": (lambda d: {"run_id": np.array("../../etc")},
+                         "run_id: must be 32 hexadecimal digits, got '../../etc'"),
+    "run_id not text": (lambda d: {"run_id": np.zeros(32)}, "run_id must be a string"),
 }
 
 
@@ -336,7 +339,7 @@ def test_a_valid_edit_is_accepted(cli_run, tmp_path):
 def _mutations():
     keys = st.sampled_from(["format", "method", "mdp_digest", "regularizer", "settings", "n_iter",
                             "history", "reference", "logits", "pi", "table", "mu", "v_warm",
-                            "d_warm", "extra"])
+                            "d_warm", "run_id", "extra"])
     values = st.one_of(
         st.floats(allow_nan=True, allow_infinity=True), st.integers(-2**70, 2**70),
         st.text(max_size=20), st.booleans(),

@@ -48,7 +48,7 @@ def test_run_writes_result_directory(tmp_path):
     folder = tmp_path / "fastppo-run"  # the default --out
     assert f"saved: fastppo-run{os.sep}" in r.stdout and "gap J*-J" in r.stdout
     assert sorted(os.listdir(folder)) == ["checkpoint.npz", "config.json", "convergence.png",
-                                          "history.csv", "mdp.npz", "result.npz"]
+                                          "history.csv", "mdp.npz", "result.npz", "run.json"]
     mdp = fastppo.MDP.load(folder / "mdp.npz")
     assert mdp == fcli.parse_mdp(SMALL)
     with np.load(folder / "result.npz") as f:
@@ -95,7 +95,8 @@ def test_progress_bar_on_a_terminal(tmp_path, capsys, monkeypatch):
         assert field in err
     assert main(["run", "--resume", str(tmp_path), "--iters", "5"]) == 0
     assert "5/5" in capsys.readouterr().err  # the bar counts all iterations
-    assert main(["run", "--mdp", SMALL, "--iters", "3", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert main(["run", "--mdp", SMALL, "--iters", "3", "--out", str(tmp_path), "--no-progress",
+                 "--overwrite"]) == 0  # a new run over the old one
     assert capsys.readouterr().err == ""
 
 
