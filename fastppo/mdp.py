@@ -326,9 +326,10 @@ class MDP:
             "r": map the arrays read-only from the file instead of reading them
             (``path`` must then be a file name, and the file uncompressed, as
             :meth:`save` writes it). Arrays stored in their canonical dtype
-            (``p_data`` float64, ``p_indices`` int32, ...) stay ``numpy.memmap``
-            objects of the file; the operating system shares their pages between processes, and a
-            mapped MDP pickles as a reference to the file (see :meth:`__getstate__`).
+            (``p_data`` float64, ``p_indices`` int32, ..., and ``rho``) stay
+            ``numpy.memmap`` objects of the file: the operating system shares their
+            pages between processes, and a mapped MDP pickles as a reference to the
+            file (see :meth:`__getstate__`).
 
         Every field is checked as by the constructor (no pickles are read; with
         ``mmap_mode`` the checks read the mapped arrays without copying them); a bad
@@ -353,7 +354,7 @@ class MDP:
                 if name not in f:
                     raise ValueError(f"{where}: field {name!r} is missing")
                 try:
-                    if mmap_mode is not None and name in _ARRAYS:
+                    if mmap_mode is not None and name != "gamma":
                         fields[name] = mapped[name] = _map_member(path, f.zip.getinfo(f"{name}.npy"))
                     else:
                         fields[name] = f[name]
@@ -364,10 +365,12 @@ class MDP:
             mdp = cls(**fields, gamma=gamma[()] if gamma.ndim == 0 else gamma, _copy=False)
         except (TypeError, ValueError) as err:
             raise type(err)(f"{where}: {err}") from None
-        for name, m in mapped.items():  # the checked arrays are views of the maps: keep the maps
+        for name, m in mapped.items():  # keep the maps where the checked array is the map's data
             x = getattr(mdp, name)
-            if isinstance(m, np.memmap) and (x.dtype, x.shape, x.ctypes.data) == (m.dtype, m.shape, m.ctypes.data):
-                setattr(mdp, name, m)
+            if not isinstance(m, np.memmap) or (x.dtype, x.shape) != (m.dtype, m.shape):
+                continue
+            if x.ctypes.data == m.ctypes.data or (name == "rho" and np.array_equal(x, m)):
+                setattr(mdp, name, m)  # (rho was checked on a copy)
         return mdp
 
     # ------------------------------------------------------------------ pickling
@@ -381,22 +384,19 @@ class MDP:
         operating system's page cache. The file must then be readable at the same path
         and unchanged (else unpickling raises ValueError).
         """
-        state = {name: _FileArray.wrap(getattr(self, name)) for name in _ARRAYS}
+        state = {name: _FileArray.wrap(getattr(self, name)) for name in (*_ARRAYS, "rho")}
         state.update({name: getattr(self, name) for name in _STATE_SCALARS})
-        state["rho"] = self.rho
         return state
 
     def __setstate__(self, state):
         # a pickle is trusted (unpickling can run any code): no O(nnz) checks again
-        for name in _ARRAYS:
+        for name in (*_ARRAYS, "rho"):
             x = state[name]
             x = x.open() if isinstance(x, _FileArray) else x
             x.flags.writeable = False
             setattr(self, name, x)
         for name in _STATE_SCALARS:
             setattr(self, name, state[name])
-        self.rho = state["rho"]
-        self.rho.flags.writeable = False
 
     # ------------------------------------------------------------ derived MDPs
     def with_rewards(self, r):
