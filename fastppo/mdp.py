@@ -61,12 +61,14 @@ class MDP:
         Start distribution; uniform by default.
 
     The arrays are copied (the MDP's own copies are read-only), so the caller's
-    arrays are neither aliased nor frozen. ``with_rewards``, ``with_gamma`` and
-    ``with_rho`` derive MDPs that share them (O(n_pairs), not O(nnz)); an MDP pickles
-    as its arrays, γ and ρ, and ``MDP.load(path, mmap_mode="r")`` maps a saved one. Every value is checked before it is cast:
+    arrays are neither aliased nor frozen. Every value is checked before it is cast:
     index arrays may be of any integer dtype, or float holding integers (3.0, not 3.5);
     nothing wraps or is truncated, complex arrays are rejected, and ``n_states`` is at
     most 2³¹ − 1 (next-state indices are int32); see ``fastppo._validation``.
+
+    ``with_rewards``, ``with_gamma`` and ``with_rho`` derive MDPs that share the arrays
+    (O(n_pairs), not O(nnz)); an MDP pickles as its arrays, γ and ρ, and
+    ``MDP.load(path, mmap_mode="r")`` maps a saved one.
 
     Attributes
     ----------
