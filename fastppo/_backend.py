@@ -1,12 +1,17 @@
 """The one dispatch point: (kernel name, backend) → callable.
 
 Every kernel is called as ``kernel(*arrays_and_scalars, n_threads)``. Backend
-resolution: explicit ``backend=`` argument → ``fastppo.backend(...)`` context /
+resolution: explicit ``backend=`` argument → ``with fastppo.backend(...)`` block →
 ``set_backend()`` → environment variable ``FASTPPO_BACKEND`` → ``"numba"``.
-Thread count: explicit ``n_threads=`` → ``set_num_threads()`` → ``FASTPPO_NUM_THREADS``
-→ 1; at most ``os.cpu_count()``.
+Thread count: explicit ``n_threads=`` → ``with fastppo.backend(n_threads=...)`` block →
+``set_num_threads()`` → ``FASTPPO_NUM_THREADS`` → 1;
+at most ``os.cpu_count()``.
+
+A ``with fastppo.backend(...)`` block is local to its thread (a ``contextvars`` context:
+also to its asyncio task); ``set_backend`` and ``set_num_threads`` are process-wide.
 """
 import contextlib
+import contextvars
 import importlib
 import numbers
 import os
@@ -21,7 +26,9 @@ STEMS = {
     "episodic": ("episodic_values", "episodic_visits"),
 }
 
-_state = {"backend": None, "n_threads": None}
+_state = {"backend": None, "n_threads": None}  # process-wide: set_backend, set_num_threads
+# the innermost ``with backend(...)`` block of this thread / task: (backend, n_threads), None = unset
+_block = contextvars.ContextVar("fastppo_backend_block", default=(None, None))
 _cache = {}
 
 
@@ -35,6 +42,9 @@ def resolve_backend(backend=None):
     """The backend name in force for a call with ``backend=`` (may be None)."""
     if backend is not None:
         return _check_backend(backend)
+    block = _block.get()[0]
+    if block is not None:
+        return block
     if _state["backend"] is not None:
         return _state["backend"]
     env = os.environ.get("FASTPPO_BACKEND")
@@ -52,6 +62,8 @@ def resolve_threads(n_threads=None):
     pay on an idle one: benchmarks/RESULTS.md measured a whole PPO-Clip iteration at
     S = 50,000 at 448 ms on one thread and 294 ms on two (numba; cython 494 / 231 ms).
     """
+    if n_threads is None:
+        n_threads = _block.get()[1]
     if n_threads is None:
         n_threads = _state["n_threads"]
     if n_threads is None:
@@ -97,7 +109,7 @@ def set_backend(name):
 
 
 def get_backend():
-    """The default backend now in force."""
+    """The backend now in force in this thread (block, process setting, environment, default)."""
     return resolve_backend(None)
 
 
@@ -116,6 +128,13 @@ def set_num_threads(n):
 def backend(name=None, n_threads=None):
     """Context manager: ``with fastppo.backend("cython", n_threads=1): ...``.
 
+    The block is local to the thread (and asyncio task) that enters it: other threads
+    keep their own setting, and a thread started inside the block does not inherit it
+    (run it in ``contextvars.copy_context()`` to pass it on, or give ``backend=``). Inside
+    the block it takes precedence over ``set_backend`` / ``set_num_threads`` (which are
+    process-wide); an explicit ``backend=`` / ``n_threads=`` argument still wins. Blocks
+    nest; leaving one restores the setting of the enclosing one.
+
     Parameters
     ----------
     name : {"numba", "cython", "numpy"}, optional
@@ -123,15 +142,14 @@ def backend(name=None, n_threads=None):
     n_threads : int, optional
         Kernel threads inside the block (unchanged when None).
     """
-    old = dict(_state)
-    if name is not None:
-        _state["backend"] = _check_backend(name)
-    if n_threads is not None:
-        _state["n_threads"] = resolve_threads(n_threads)
+    outer_name, outer_threads = _block.get()
+    inner = (outer_name if name is None else _check_backend(name),
+             outer_threads if n_threads is None else resolve_threads(n_threads))
+    token = _block.set(inner)
     try:
         yield
     finally:
-        _state.update(old)
+        _block.reset(token)
 
 
 def _numba_kernel(serial, parallel):

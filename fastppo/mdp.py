@@ -11,7 +11,9 @@ For a rectangular MDP (every state has actions ``0..A-1``) per-pair tables can a
 be given and returned with shape ``(n_states, n_actions)``.
 """
 import functools
+import mmap
 import os
+import struct
 import zipfile
 
 import numpy as np
@@ -22,6 +24,13 @@ from . import _validation as V
 __all__ = ["MDP"]
 
 _ARRAYS = ("a_indptr", "a_indices", "p_indptr", "p_indices", "p_data", "r")
+_STATE_SCALARS = ("gamma", "n_states", "n_pairs", "n_actions", "is_rectangular")
+# what with_rewards / with_gamma / with_rho take over (attributes and cached properties):
+# the action layout, the transitions and what is derived from them alone ...
+_STRUCTURE = ("a_indptr", "a_indices", "p_indptr", "p_indices", "p_data", "n_states", "n_pairs",
+              "n_actions", "is_rectangular", "_transitions", "s_indices")
+# ... and, when the rewards stay, the caches that depend on the rewards but not on γ or ρ
+_REWARD_CACHES = ("terminal", "topological_order")
 
 
 class MDP:
@@ -56,6 +65,10 @@ class MDP:
     index arrays may be of any integer dtype, or float holding integers (3.0, not 3.5);
     nothing wraps or is truncated, complex arrays are rejected, and ``n_states`` is at
     most 2³¹ − 1 (next-state indices are int32); see ``fastppo._validation``.
+
+    ``with_rewards``, ``with_gamma`` and ``with_rho`` derive MDPs that share the arrays
+    (O(n_pairs), not O(nnz)); an MDP pickles as its arrays, γ and ρ, and
+    ``MDP.load(path, mmap_mode="r")`` maps a saved one.
 
     Attributes
     ----------
@@ -292,22 +305,43 @@ class MDP:
 
     # --------------------------------------------------------------- persistence
     def save(self, path):
-        """Write the MDP to one ``.npz`` file at exactly ``path`` (``MDP.load(path)`` reads it back exactly)."""
+        """Write the MDP to one ``.npz`` file at exactly ``path`` (``MDP.load(path)`` reads it back exactly).
+
+        The file is NumPy's ``.npz`` (``np.load`` reads it): uncompressed members, each
+        array's data aligned to 64 bytes in the file, so that
+        ``MDP.load(path, mmap_mode="r")`` can map it.
+        """
         arrays = {name: getattr(self, name) for name in _ARRAYS}
         kw = dict(**arrays, gamma=np.float64(self.gamma), rho=self.rho, format=np.array("fastppo-mdp-1"))
         if hasattr(path, "write"):
-            np.savez(path, **kw)
+            _write_npz(path, kw)
         else:  # np.savez would append ".npz" to a bare path, and load(path) would then fail
             with open(path, "wb") as f:
-                np.savez(f, **kw)
+                _write_npz(f, kw)
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, mmap_mode=None):
         """Read an MDP written by :meth:`save`.
 
-        Every field is checked as by the constructor (no pickles are read); a bad field
-        raises ValueError or TypeError naming the file and the field.
+        Parameters
+        ----------
+        path : str, path-like or file-like
+        mmap_mode : {None, "r"}, default None
+            "r": map the arrays read-only from the file instead of reading them
+            (``path`` must then be a file name, and the file uncompressed, as
+            :meth:`save` writes it). Arrays stored in their canonical dtype
+            (``p_data`` float64, ``p_indices`` int32, ..., and ``rho``) stay
+            ``numpy.memmap`` objects of the file: the operating system shares their
+            pages between processes, and a mapped MDP pickles as a reference to the
+            file (see :meth:`__getstate__`).
+
+        Every field is checked as by the constructor (no pickles are read; with
+        ``mmap_mode`` the checks read the mapped arrays without copying them); a bad
+        field raises ValueError or TypeError naming the file and the field.
         """
+        V.check_choice(mmap_mode, "mmap_mode", (None, "r"))
+        if mmap_mode is not None and not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"mmap_mode={mmap_mode!r} needs a file name, got {type(path).__name__}")
         where = path if isinstance(path, (str, os.PathLike)) else getattr(path, "name", "the MDP file")
         try:
             data = np.load(path, allow_pickle=False)
@@ -315,6 +349,7 @@ class MDP:
             raise ValueError(f"{where} is not a readable fastppo MDP file ({err})") from None
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise ValueError(f"{where} is not a fastppo MDP file")
+        mapped = {}
         with data as f:
             if "format" not in f or str(f["format"]) != "fastppo-mdp-1":
                 raise ValueError(f"{where} is not a fastppo MDP file")
@@ -323,14 +358,136 @@ class MDP:
                 if name not in f:
                     raise ValueError(f"{where}: field {name!r} is missing")
                 try:
-                    fields[name] = f[name]
+                    if mmap_mode is not None and name != "gamma":
+                        fields[name] = mapped[name] = _map_member(path, f.zip.getinfo(f"{name}.npy"))
+                    else:
+                        fields[name] = f[name]
                 except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
                     raise ValueError(f"{where}: field {name!r} cannot be read ({err})") from None
         gamma = fields.pop("gamma")
         try:
-            return cls(**fields, gamma=gamma[()] if gamma.ndim == 0 else gamma, _copy=False)
+            mdp = cls(**fields, gamma=gamma[()] if gamma.ndim == 0 else gamma, _copy=False)
         except (TypeError, ValueError) as err:
             raise type(err)(f"{where}: {err}") from None
+        for name, m in mapped.items():  # keep the maps where the checked array is the map's data
+            x = getattr(mdp, name)
+            if not isinstance(m, np.memmap) or (x.dtype, x.shape) != (m.dtype, m.shape):
+                continue
+            if x.ctypes.data == m.ctypes.data or (name == "rho" and np.array_equal(x, m)):
+                setattr(mdp, name, m)  # (rho was checked on a copy)
+        return mdp
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self):
+        """The arrays, γ, ρ and the sizes; no derived cache (they are re-made on first use).
+
+        A pickle is about as large as the arrays themselves, or, for arrays mapped by
+        ``MDP.load(path, mmap_mode="r")``, a reference to the file (its name, the
+        array's place in it, its size and modification time): unpickling maps the file
+        again, so a process pool shares one copy of the transitions through the
+        operating system's page cache. The file must then be readable at the same path
+        and unchanged (else unpickling raises ValueError).
+        """
+        state = {name: _FileArray.wrap(getattr(self, name)) for name in (*_ARRAYS, "rho")}
+        state.update({name: getattr(self, name) for name in _STATE_SCALARS})
+        return state
+
+    def __setstate__(self, state):
+        # a pickle is trusted (unpickling can run any code): no O(nnz) checks again
+        for name in (*_ARRAYS, "rho"):
+            x = state[name]
+            x = x.open() if isinstance(x, _FileArray) else x
+            x.flags.writeable = False
+            setattr(self, name, x)
+        for name in _STATE_SCALARS:
+            setattr(self, name, state[name])
+
+    # ------------------------------------------------------------ derived MDPs
+    def with_rewards(self, r):
+        """The same MDP with rewards ``r``: O(n_pairs), whatever the number of transitions.
+
+        The new MDP shares this one's transition arrays (read-only), action layout and
+        everything derived from them alone (``mdp._transitions`` and its caches,
+        ``s_indices``); γ and ρ are kept. Caches that depend on the rewards
+        (``terminal``, ``topological_order``) are not carried over.
+
+        Parameters
+        ----------
+        r : array_like of shape (n_pairs,) or (n_states, n_actions)
+            Expected reward of each pair (the table shape for rectangular MDPs); finite.
+            Copied.
+
+        Returns
+        -------
+        MDP
+
+        Raises
+        ------
+        ValueError
+            Naming the pair of a non-finite reward, or, for γ = 1, a state on a cycle of
+            the non-terminal states (terminal states depend on the rewards).
+
+        Examples
+        --------
+        >>> import fastppo
+        >>> mdp = fastppo.garnet(100, 4, 3, gamma=0.9, seed=0)
+        >>> other = mdp.with_rewards(2 * mdp.r)
+        >>> other.p_data is mdp.p_data, other._transitions is mdp._transitions
+        (True, True)
+        """
+        r = V.pair_table(self, r, "r")
+        bad = ~np.isfinite(r)
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise ValueError(f"r must be finite: {self.pair_name(k)} has reward {r[k]}")
+        r.flags.writeable = False
+        return self._derived(r=r)
+
+    def with_gamma(self, gamma):
+        """The same MDP with discount ``gamma`` (O(1); γ = 1 checks that the MDP is
+        episodic, as the constructor does). Shares every array and cache that does not
+        depend on γ (see :meth:`with_rewards`).
+
+        Parameters
+        ----------
+        gamma : float in [0, 1]
+
+        Returns
+        -------
+        MDP
+        """
+        return self._derived(gamma=V.check_gamma(gamma))
+
+    def with_rho(self, rho):
+        """The same MDP with start distribution ``rho`` (O(n_states)). Shares every array
+        and cache that does not depend on ρ (see :meth:`with_rewards`).
+
+        Parameters
+        ----------
+        rho : array_like of shape (n_states,)
+            A probability vector; copied.
+
+        Returns
+        -------
+        MDP
+        """
+        rho = V.check_distribution(rho, self.n_states, "rho")
+        rho.flags.writeable = False
+        return self._derived(rho=rho)
+
+    def _derived(self, r=None, gamma=None, rho=None):
+        """A new MDP with some of r, γ, ρ replaced, taking over what depends on none of
+        them: ``_STRUCTURE`` always, ``_REWARD_CACHES`` unless the rewards change."""
+        self._transitions  # made now, so both MDPs hold the one holder and fill it together
+        keep = _STRUCTURE if r is not None else _STRUCTURE + _REWARD_CACHES
+        new = object.__new__(type(self))
+        new.__dict__.update({name: self.__dict__[name] for name in keep if name in self.__dict__})
+        new.r = self.r if r is None else r
+        new.gamma = self.gamma if gamma is None else gamma
+        new.rho = self.rho if rho is None else rho
+        if new.gamma == 1.0:
+            V.check_episodic(new)
+        return new
 
     # ------------------------------------------------------------------ views
     @functools.cached_property
@@ -469,6 +626,102 @@ class Transitions:
         lengths = np.diff(self.p_indptr)
         lengths.flags.writeable = False
         return lengths
+
+
+NPZ_ALIGN = 64  # np.lib.format pads .npy headers to this; members start on it too
+
+
+def _write_npz(f, arrays):
+    """``np.savez(f, **arrays)`` (uncompressed ``.npy`` members, read by ``np.load``), with
+    each array's data at a multiple of 64 bytes in the file so that a map of it is aligned.
+
+    The local header of each member gets a padding field in its "extra" block (ID 0xD935,
+    as Android's zipalign writes; zip readers skip unknown fields). A file object that
+    cannot tell its position is written unpadded (still valid, maps unaligned).
+    """
+    with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_STORED
+            try:
+                pos = f.tell()
+            except (AttributeError, OSError):
+                pos = None
+            if pos is not None:
+                # local header: 30 bytes, the name, the extra block (ours, then 20 bytes of zip64)
+                need = -(pos + 30 + len(info.filename.encode()) + 20) % NPZ_ALIGN
+                if need:
+                    pad = need - 4 if need >= 4 else need + NPZ_ALIGN - 4
+                    info.extra = struct.pack("<HH", 0xD935, pad) + bytes(pad)
+            with zf.open(info, "w", force_zip64=True) as out:
+                np.lib.format.write_array(out, np.asanyarray(value), allow_pickle=False)
+
+
+def _map_member(path, info):
+    """A read-only ``numpy.memmap`` of the ``.npy`` member ``info`` of the npz file ``path``.
+
+    ``np.load`` ignores ``mmap_mode`` for npz files; an uncompressed member is a plain
+    ``.npy`` file inside the zip, so it is mapped at its place. Raises ValueError for a
+    compressed or damaged member.
+    """
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ValueError("the member is compressed; mmap_mode needs the uncompressed file "
+                         "MDP.save writes")
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        head = f.read(30)
+        if len(head) != 30 or head[:4] != b"PK\x03\x04":
+            raise ValueError("bad zip member header")
+        name_len, extra_len = struct.unpack("<HH", head[26:30])
+        start = info.header_offset + 30 + name_len + extra_len
+        f.seek(start)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f".npy format version {version} cannot be mapped")
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError("the member holds Python objects")
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if offset - start + nbytes != info.file_size:
+        raise ValueError(f"the member holds {info.file_size - (offset - start)} bytes of data, "
+                         f"its header announces {nbytes}")
+    if nbytes == 0:
+        return np.zeros(shape, dtype=dtype)  # mmap cannot map zero bytes
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
+                     order="F" if fortran else "C")
+
+
+class _FileArray:
+    """A pickled reference to an array mapped read-only from a file (see ``MDP.__getstate__``)."""
+
+    def __init__(self, filename, offset, dtype, shape, order, size, mtime_ns):
+        self.filename, self.offset, self.dtype, self.shape = filename, offset, dtype, shape
+        self.order, self.size, self.mtime_ns = order, size, mtime_ns
+
+    @classmethod
+    def wrap(cls, x):
+        """``x`` itself, or a reference to its file if it is a whole read-only file map."""
+        if not (isinstance(x, np.memmap) and x.mode == "r" and x.filename is not None
+                and isinstance(x.base, mmap.mmap)):
+            return x  # in memory, or a view of a map (not the map itself): pickled by value
+        st = os.stat(x.filename)
+        order = "F" if (x.flags.f_contiguous and not x.flags.c_contiguous) else "C"
+        return cls(x.filename, x.offset, x.dtype.str, x.shape, order, st.st_size, st.st_mtime_ns)
+
+    def open(self):
+        try:
+            st = os.stat(self.filename)
+        except OSError as err:
+            raise ValueError(f"cannot map the MDP file {self.filename} again: {err}") from None
+        if (st.st_size, st.st_mtime_ns) != (self.size, self.mtime_ns):
+            raise ValueError(f"the MDP file {self.filename} changed since the MDP was pickled "
+                             "(its arrays were mapped from it)")
+        return np.memmap(self.filename, dtype=np.dtype(self.dtype), mode="r", offset=self.offset,
+                         shape=self.shape, order=self.order)
 
 
 def _reward_table(R, S, A):

@@ -69,8 +69,10 @@ _GROUPED = ("grpo", "dr_grpo", "rloo")
 class Rollout(Result):
     """Trajectories of :func:`rollout`, arrays of shape (n_envs, horizon) unless noted.
 
-    ``states``, ``actions`` (index within the state), ``pairs`` (flat pair index),
-    ``next_states`` (−1 after the episode), ``rewards``, ``logp`` (log π(a|s)),
+    ``states``, ``actions`` (action labels, values of ``mdp.a_indices``: QuantEcon's
+    meaning, as ``sigma``), ``action_index`` (the action's position among its state's
+    pairs, ``pairs − a_indptr[states]``), ``pairs`` (flat pair index), ``next_states``,
+    all −1 after the episode, ``rewards``, ``logp`` (log π(a|s)),
     ``terminated`` / ``truncated`` / ``done`` (bool, set on the episode's last step),
     ``mask`` (bool: a step of the episode), ``length`` (n_envs,), ``group`` (n_envs,).
     """
@@ -124,7 +126,7 @@ def rollout(mdp, pi, n_envs, horizon, seed=None, *, group_size=1, start=None, ba
     u_action = rng.random((n_envs, horizon))
     u_next = rng.random((n_envs, horizon))
     shape = (n_envs, horizon)
-    states, actions, pairs, next_states = (np.empty(shape, np.int64) for _ in range(4))
+    states, action_index, pairs, next_states = (np.empty(shape, np.int64) for _ in range(4))
     rewards, logp = np.empty(shape), np.empty(shape)
     terminated, truncated = np.empty(shape, np.uint8), np.empty(shape, np.uint8)
     with np.errstate(divide="ignore"):  # π = 0 is never sampled
@@ -132,10 +134,12 @@ def rollout(mdp, pi, n_envs, horizon, seed=None, *, group_size=1, start=None, ba
     get_kernel("rollout", backend)(
         mdp.a_indptr, pi, log_pi, mdp.r, mdp.p_indptr, mdp.p_indices, mdp.p_data,
         mdp.terminal.view(np.uint8), start, u_action, u_next,
-        states, actions, pairs, next_states, rewards, logp, terminated, truncated,
+        states, action_index, pairs, next_states, rewards, logp, terminated, truncated,
         resolve_threads(n_threads))
     mask = states >= 0
-    return Rollout(states=states, actions=actions, pairs=pairs, next_states=next_states,
+    actions = np.where(mask, mdp.a_indices[pairs], -1)  # pairs are -1 (a valid index) outside
+    return Rollout(states=states, actions=actions, action_index=action_index, pairs=pairs,
+                   next_states=next_states,
                    rewards=rewards, logp=logp, terminated=terminated.view(bool),
                    truncated=truncated.view(bool), done=(terminated | truncated).view(bool),
                    mask=mask, length=mask.sum(axis=1), group=np.arange(n_envs) // group_size)

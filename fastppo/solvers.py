@@ -61,7 +61,8 @@ class SolveResult(Result):
     returned policy), ``n_matvec``, ``converged``."""
 
 
-def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None, n_threads=None):
+def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, v0=None, pi0=None,
+          backend=None, n_threads=None):
     """The globally optimal (regularized) policy by regularized policy iteration.
 
     Parameters
@@ -77,6 +78,16 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
         Policy-iteration steps.
     lin_tol : float, default 1e-13
         Relative residual of each exact evaluation.
+    v0 : array_like of shape (n_states,), optional
+        Warm start: a guess of the optimal values (e.g. the previous solve's ``v``
+        after the rewards changed a little). The first evaluation starts from it and,
+        unless ``pi0`` is given, the first policy is greedy in Q̃ = r + γPv0 (one
+        policy-iteration step from v0).
+    pi0 : array_like of shape (n_pairs,) or (n_states, n_actions), or int array of shape (n_states,), optional
+        Warm start: the first policy (e.g. the previous solve's ``policy``, or its
+        ``sigma`` for τ = 0), as in :func:`fastppo.evaluate`. For τ > 0 its divergence
+        must be finite (a ``sigma`` is not, for forward KL: give the previous
+        ``policy``).
     backend, n_threads
         Kernel backend and threads (see ``fastppo.set_backend``).
 
@@ -98,15 +109,12 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
     lin_tol = V.check_positive(lin_tol, "lin_tol")
     E = Evaluator(mdp, reg, resolve_backend(backend), resolve_threads(n_threads), tol=lin_tol)
     tau = E.tau
-    pi = np.empty(mdp.n_pairs)
+    v0 = None if v0 is None else V.check_state_vector(np.asarray(v0), mdp.n_states, "v0")
+    pi = _first_policy(E, v0, pi0)
     tv = np.empty(mdp.n_states)
-    if tau > 0:
-        pi[:] = E.ref
-    else:
-        E.greedy(mdp.r, pi, tv)
     # relative tests: rewards × c (and τ × c) scale v, Tv and this scale alike
     r_scale = float(np.max(np.abs(mdp.r)))
-    v, n_matvec, best = None, 0, np.inf
+    v, n_matvec, best = v0, 0, np.inf
     new_pi = np.empty(mdp.n_pairs)
     # Inexact policy iteration: early evaluations only need to be as accurate as the
     # next Bellman residual (quadratic convergence); a loose one that looks final is
@@ -154,6 +162,35 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
         pi, new_pi = new_pi, pi
     raise ConvergenceError(f"solve did not reach tol={tol:g} in max_iter={max_iter} policy-"
                            f"iteration steps (Bellman residual {residual:.3g})")
+
+
+def _first_policy(E, v0, pi0):
+    """Policy iteration's first policy, flat (n_pairs,): ``pi0``; else greedy in
+    Q̃ = r + γPv0; cold: π_ref for τ > 0, greedy in r for τ = 0."""
+    mdp = E.mdp
+    pi = np.empty(mdp.n_pairs)
+    value = np.empty(mdp.n_states)
+    if pi0 is not None:
+        pi[:] = V.as_policy(mdp, pi0, "pi0")
+        if E.tau > 0:
+            E.load(pi)
+            try:
+                E.regularized_reward()
+            except ValueError:
+                raise ValueError("pi0: the divergence D_f(pi0 || pi_ref) is infinite at some state "
+                                 "(pi0 is zero where this f needs support); start from a policy "
+                                 "with full support, e.g. the previous solve's policy, not its "
+                                 "sigma") from None
+    elif v0 is not None:
+        q = np.empty(mdp.n_pairs)
+        get_kernel("q_values", E.backend)(mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r,
+                                          mdp.gamma, v0, q, E.n_threads)
+        E.greedy(q, pi, value)
+    elif E.tau > 0:
+        pi[:] = E.ref
+    else:
+        E.greedy(mdp.r, pi, value)
+    return pi
 
 
 MAX_INNER_STEPS = 10_000  # K: a checkpoint or typo asking for 10**12 would run for ever

@@ -272,10 +272,7 @@ class TokenMDP:
     def with_reward(self, reward, token_reward=None):
         """The same task with another outcome reward (e.g. a fitted proxy): a new
         TokenMDP whose MDP shares this one's transitions, ρ, γ and π_ref."""
-        r = self.pair_rewards(reward, token_reward)
-        m = self.mdp
-        mdp = MDP(m.a_indptr, m.a_indices, m.p_indptr, m.p_indices, m.p_data, r, m.gamma, m.rho,
-                  _copy=False)
+        mdp = self.mdp.with_rewards(self.pair_rewards(reward, token_reward))
         token_reward = (self.token_reward if token_reward is None
                         else _token_reward(token_reward, self.vocab))
         return TokenMDP(mdp, self.ref, self.ref_table, reward, token_reward, self.vocab,

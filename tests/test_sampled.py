@@ -159,7 +159,9 @@ def test_rollout_structure(frozenlake):
         assert tr.truncated[e, n - 1] == (n == H and not mdp.terminal[tr.next_states[e, n - 1]])
     s, k = tr.states[mask], tr.pairs[mask]
     assert np.array_equal(mdp.s_indices[k], s)
-    assert np.array_equal(tr.actions[mask], k - mdp.a_indptr[s])
+    assert np.array_equal(tr.action_index[mask], k - mdp.a_indptr[s])
+    assert np.array_equal(tr.actions[mask], mdp.a_indices[k])  # labels (= indices here)
+    assert (tr.actions[~mask] == -1).all() and (tr.action_index[~mask] == -1).all()
     np.testing.assert_array_equal(tr.rewards[mask], mdp.r[k])
     np.testing.assert_array_equal(tr.logp[mask], np.log(pi[k]))
     assert (tr.rewards[~mask] == 0).all()

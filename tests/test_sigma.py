@@ -55,6 +55,23 @@ def test_rollout_with_sigma_equals_the_one_hot_table():
     assert np.isin(a.pairs[a.mask], k).all()
 
 
+@pytest.mark.parametrize("backend", ["numba", "cython", "numpy"])
+def test_rollout_actions_are_labels(backend):
+    """Rollout.actions hold action labels (values of a_indices, as sigma does), and
+    action_index the position within the state; they differ on this MDP's labels."""
+    mdp = random_mdp(4, rectangular=False)
+    sigma, k = random_sigma(mdp, 0)
+    tr = fastppo.rollout(mdp, sigma, 8, 20, seed=1, backend=backend)
+    m = tr.mask
+    np.testing.assert_array_equal(tr.actions[m], sigma[tr.states[m]])  # sigma's own labels back
+    np.testing.assert_array_equal(tr.actions[m], mdp.a_indices[tr.pairs[m]])
+    np.testing.assert_array_equal(tr.action_index[m], tr.pairs[m] - mdp.a_indptr[tr.states[m]])
+    assert (tr.actions[m] != tr.action_index[m]).any()
+    assert (tr.actions[~m] == -1).all() and (tr.action_index[~m] == -1).all()
+    tr = fastppo.rollout(mdp, mdp.uniform_policy(), 64, 10, seed=2, backend=backend)
+    np.testing.assert_array_equal(tr.actions[tr.mask], mdp.a_indices[tr.pairs[tr.mask]])
+
+
 @pytest.mark.parametrize("rectangular", [True, False])
 def test_solve_sigma_is_the_optimal_action_label(rectangular):
     mdp = random_mdp(5, n_states=15, rectangular=rectangular)
