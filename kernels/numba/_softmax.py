@@ -161,7 +161,8 @@ def fexpm1(x):
 def flog(x):
     """log x (error bound: the module docstring)."""
     sub = x < DBL_MIN
-    y = x * TWO54 if sub else x
+    scaled = x * TWO54
+    y = scaled if sub else x
     bits = _bits(y) + LOG_OFFSET  # carries into the exponent once the mantissa passes √2
     k = (_double((bits >> U52) | TWO52_BITS) - TWO52_BIAS) - (54.0 if sub else 0.0)
     f = _double((bits & MANTISSA) + SQRT_HALF_HI) - 1.0

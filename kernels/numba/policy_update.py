@@ -175,7 +175,7 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
                               | ((A < 0.0) & (p[a, l] > lo[a, l])))
                     b[a, l] = A if active else 0.0
                     mean_b[l] += p[a, l] * b[a, l]
-                    clipped[l] += 0 if active or A == 0.0 else 1
+                    clipped[l] += 0 if active | (A == 0.0) else 1
             if step == 0:
                 for l in range(n_lanes):
                     gsq[l] = 0.0
