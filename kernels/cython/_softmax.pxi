@@ -4,8 +4,9 @@
 # ppo_update, ppo_minibatches): softmax_lanes, on a block of LANES states laid out
 # structure-of-arrays (x[a * LANES + l] is action a of the block's l-th state), so that
 # the loops run across states and GCC vectorises them. Rows beyond a state's action count,
-# and lanes beyond the last state, hold PAD_LOGIT = -inf (pi = 0 exactly there).
-# softmax_states runs it over a range of states. fexp, fexp_neg, fexpm1 and flog perform
+# and lanes beyond the last state, hold PAD_LOGIT = -inf (pi = 0 exactly there); a block
+# need not be full (its first n_lanes lanes are used). softmax_states runs it over a range
+# of states. fexp, fexp_neg, fexpm1 and flog perform
 # the very same operations, in the same order, with the same explicit fma, as
 # kernels/numba/_softmax.py (their error bounds are stated there), so the two backends
 # agree bit for bit; setup.py compiles with -ffp-contract=off (no implicit fma) and never
@@ -169,26 +170,26 @@ cdef inline double flog(double x) noexcept nogil:
 
 
 # -------------------------------------------------------------------------- softmax
-cdef inline void softmax_lanes(cdptr x, Py_ssize_t n_rows, dptr p, dptr m, dptr z,
-                               dptr rz) noexcept nogil:
-    """Softmax of each lane of x[:n_rows]: p = e^(x - m) rz, m the lane's max,
-    z = sum_a e^(x - m), rz = 1/z. Row 0 of every lane must be a real action."""
+cdef inline void softmax_lanes(cdptr x, Py_ssize_t n_rows, Py_ssize_t n_lanes, dptr p, dptr m,
+                               dptr z, dptr rz) noexcept nogil:
+    """Softmax of each lane l < n_lanes of the (n_rows, LANES) block x: p = e^(x - m) rz, m the
+    lane's max, z = sum_a e^(x - m), rz = 1/z. Row 0 of every lane must be a real action."""
     cdef Py_ssize_t a, l
-    for l in range(LANES):
+    for l in range(n_lanes):
         m[l] = x[l]
     for a in range(1, n_rows):
-        for l in range(LANES):
+        for l in range(n_lanes):
             m[l] = x[a * LANES + l] if x[a * LANES + l] > m[l] else m[l] + 0.0
-    for l in range(LANES):
+    for l in range(n_lanes):
         z[l] = 0.0
     for a in range(n_rows):
-        for l in range(LANES):
+        for l in range(n_lanes):
             p[a * LANES + l] = fexp_neg(x[a * LANES + l] - m[l])
             z[l] = z[l] + p[a * LANES + l]
-    for l in range(LANES):
+    for l in range(n_lanes):
         rz[l] = 1.0 / z[l]
     for a in range(n_rows):
-        for l in range(LANES):
+        for l in range(n_lanes):
             p[a * LANES + l] = p[a * LANES + l] * rz[l]
 
 
@@ -203,12 +204,12 @@ cdef inline Py_ssize_t max_actions(const int64_t* a_indptr, Py_ssize_t s0,
 
 
 cdef inline void load_lanes(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
-                            const double* values, double pad, Py_ssize_t n_rows,
-                            double* out) noexcept nogil:
-    """out[a, l] = values[a_indptr[s0 + l] + a] for the states s0 <= s0 + l < s1, pad in the
-    rows beyond a state's action count and in the lanes beyond s1."""
+                            Py_ssize_t n_lanes, const double* values, double pad,
+                            Py_ssize_t n_rows, double* out) noexcept nogil:
+    """out[a, l] = values[a_indptr[s0 + l] + a] for the lanes l < n_lanes of the states
+    s0 <= s0 + l < s1, pad in the rows beyond a state's action count and in the lanes beyond s1."""
     cdef Py_ssize_t l, a, n, lo
-    for l in range(LANES):
+    for l in range(n_lanes):
         n = 0
         if s0 + l < s1:
             lo = a_indptr[s0 + l]
@@ -229,29 +230,25 @@ cdef inline void store_lanes(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t 
             out[lo + a] = block[a * LANES + l]
 
 
-cdef inline int softmax_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
-                               const double* logits, double* pi_out,
-                               double* lse_out) noexcept nogil:
-    """pi(.|s) = softmax theta(s, .) into pi_out (skipped if NULL) and
-    lse_out[s] = log sum_a e^theta(s, a), for the states s0 <= s < s1, LANES at a time.
-    Returns -1 if the block could not be allocated."""
+cdef inline void softmax_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
+                                const double* logits, double* pi_out, double* lse_out,
+                                double* scratch) noexcept nogil:
+    """pi(.|s) = softmax theta(s, .) into pi_out and lse_out[s] = log sum_a e^theta(s, a)
+    (either skipped if NULL), for the states s0 <= s < s1, LANES at a time. scratch: room for
+    (2 max_actions(a_indptr, s0, s1) + 3) LANES doubles."""
     cdef Py_ssize_t n_rows = max_actions(a_indptr, s0, s1), k, b0, b1, l
-    cdef double* buf = <double*> malloc((2 * n_rows + 3) * LANES * sizeof(double))
-    if buf == NULL:
-        return -1
-    cdef double* x = buf
-    cdef double* p = buf + n_rows * LANES
-    cdef double* m = buf + 2 * n_rows * LANES
+    cdef double* x = scratch
+    cdef double* p = scratch + n_rows * LANES
+    cdef double* m = scratch + 2 * n_rows * LANES
     cdef double* z = m + LANES
     cdef double* rz = z + LANES
     for k in range((s1 - s0 + LANES - 1) // LANES):
         b0 = s0 + k * LANES
         b1 = min(b0 + LANES, s1)
-        load_lanes(a_indptr, b0, b1, logits, PAD_LOGIT, n_rows, x)
-        softmax_lanes(x, n_rows, p, m, z, rz)
+        load_lanes(a_indptr, b0, b1, b1 - b0, logits, PAD_LOGIT, n_rows, x)
+        softmax_lanes(x, n_rows, b1 - b0, p, m, z, rz)
         if pi_out != NULL:
             store_lanes(a_indptr, b0, b1, p, pi_out)
-        for l in range(b1 - b0):
-            lse_out[b0 + l] = m[l] + flog(z[l])
-    free(buf)
-    return 0
+        if lse_out != NULL:
+            for l in range(b1 - b0):
+                lse_out[b0 + l] = m[l] + flog(z[l])

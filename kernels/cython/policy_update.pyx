@@ -170,14 +170,14 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
     for k in range((s1 - s0 + LANES - 1) // LANES):
         b0 = s0 + k * LANES
         b1 = min(b0 + LANES, s1)
-        load_lanes(a_indptr, b0, b1, theta, PAD_LOGIT, n_rows, th)
-        load_lanes(a_indptr, b0, b1, pi_old, 0.0, n_rows, old)
-        load_lanes(a_indptr, b0, b1, adv, 0.0, n_rows, av)
+        load_lanes(a_indptr, b0, b1, LANES, theta, PAD_LOGIT, n_rows, th)
+        load_lanes(a_indptr, b0, b1, LANES, pi_old, 0.0, n_rows, old)
+        load_lanes(a_indptr, b0, b1, LANES, adv, 0.0, n_rows, av)
         # ratio r = pi/pi_old < 1 + eps_high (> 1 - eps_low) as pi < hi (pi > lo); at
         # pi_old = 0 (r = inf, or NaN at pi = 0) as pi < 0 (pi > 0)
         _thresholds(size, old, hi_ratio, lo_ratio, hi, lo)
         if regularized:
-            load_lanes(a_indptr, b0, b1, ref, 0.0, n_rows, q)
+            load_lanes(a_indptr, b0, b1, LANES, ref, 0.0, n_rows, q)
             if code == REVERSE_KL or code == ALPHA:
                 for i in range(size):
                     logq[i] = flog(q[i])
@@ -188,7 +188,7 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
             for i in range(size):
                 pf[i] = 0.0
         for step in range(n_steps + 1):
-            softmax_lanes(th, n_rows, p, m, z, rz)
+            softmax_lanes(th, n_rows, LANES, p, m, z, rz)
             if step == n_steps:
                 break
             if regularized:

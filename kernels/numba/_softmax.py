@@ -9,7 +9,7 @@ state's action count, and lanes beyond the last state, hold ``PAD_LOGIT`` = −i
 the softmax maps to π = 0 exactly without changing the lane's max or sum, so a state of
 any action count fits (ragged MDPs only pad more). :func:`softmax_states` runs it over a
 range of states (:func:`load_lanes` / :func:`store_lanes` move values between the pair
-order and the blocks).
+order and the blocks; a block need not be full: its first ``n_lanes`` lanes are used).
 
 The exp and log are polynomials in double arithmetic with explicit fused multiply-adds
 (``fma``: one rounding, the same in every backend) and no fast-math, so the Cython twin,
@@ -42,7 +42,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-LANES = 32  # states per block: long enough rows for LLVM's vectorised loops to pay off
+LANES = 64  # states per block: long enough rows for LLVM's vectorised loops to pay off
 PAD_LOGIT = -math.inf  # logit of the padding rows and lanes: π = 0 exactly there
 
 DBL_MIN = 2.2250738585072014e-308  # the smallest normal double
@@ -180,17 +180,17 @@ def flog(x):
 
 # --------------------------------------------------------------------------- softmax
 @njit(cache=True, inline="always", error_model="numpy")
-def softmax_lanes(x, n_rows, p, m, z, rz):
-    """Softmax of each lane (column) of x[:n_rows]: p = e^{x − m}·rz, with m the lane's
-    max, z = Σ_a e^{x − m} and rz = 1/z (log π = (x − m) − log z, log Σ_a e^x = m + log z).
+def softmax_lanes(x, n_rows, n_lanes, p, m, z, rz):
+    """Softmax of each lane l < n_lanes (column) of x[:n_rows]: p = e^{x − m}·rz, with m the
+    lane's max, z = Σ_a e^{x − m} and rz = 1/z (log π = (x − m) − log z, and
+    log Σ_a e^x = m + log z).
 
-    x, p : (≥ n_rows, n_lanes) float64 (p written); m, z, rz : (n_lanes,) float64 (written).
-    Row 0 of every lane must be a real action (states are non-empty); PAD_LOGIT rows get
-    p = 0 exactly. The lane count is read from the arrays, not fixed: LLVM's loop
-    vectoriser then takes the loops over lanes (a constant count would have them unrolled
-    first, and left scalar).
+    x, p : (≥ n_rows, ≥ n_lanes) float64 (p written); m, z, rz : (≥ n_lanes,) float64
+    (written). Row 0 of every lane must be a real action (states are non-empty); PAD_LOGIT
+    rows get p = 0 exactly. The lane count is a run-time value, not the constant LANES:
+    LLVM's loop vectoriser then takes the loops over lanes (a constant count would have them
+    unrolled first, and left scalar).
     """
-    n_lanes = x.shape[1]
     for l in range(n_lanes):
         m[l] = x[0, l]
     for a in range(1, n_rows):
@@ -219,10 +219,11 @@ def max_actions(a_indptr, s0, s1):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def load_lanes(a_indptr, s0, s1, values, pad, out):
-    """out[a, l] = values[a_indptr[s0 + l] + a] for the states s0 ≤ s0 + l < s1, and ``pad``
-    in the rows beyond a state's action count and in the lanes beyond s1."""
-    n_rows, n_lanes = out.shape
+def load_lanes(a_indptr, s0, s1, n_lanes, values, pad, out):
+    """out[a, l] = values[a_indptr[s0 + l] + a] for the lanes l < n_lanes of the states
+    s0 ≤ s0 + l < s1, and ``pad`` in the rows beyond a state's action count and in the lanes
+    beyond s1."""
+    n_rows = out.shape[0]
     for l in range(n_lanes):
         n = 0
         if s0 + l < s1:
@@ -243,23 +244,26 @@ def store_lanes(a_indptr, s0, s1, block, out):
             dst[a] = block[a, l]
 
 
-@njit(cache=True, error_model="numpy")
-def softmax_states(a_indptr, s0, s1, logits, pi_out, lse_out):
-    """π(·|s) = softmax θ(s, ·) into pi_out (skipped if it is empty) and
-    lse_out[s] = log Σ_a e^{θ(s, a)}, for the states s0 ≤ s < s1, LANES at a time."""
+@njit(cache=True, inline="always", error_model="numpy")
+def softmax_states(a_indptr, s0, s1, logits, pi_out, lse_out, block, lanes):
+    """π(·|s) = softmax θ(s, ·) into pi_out and lse_out[s] = log Σ_a e^{θ(s, a)} (either
+    skipped if empty), for the states s0 ≤ s < s1, LANES at a time.
+
+    block : (2, ≥ max_actions(a_indptr, s0, s1), LANES) and lanes : (3, LANES) float64,
+    scratch.
+    """
     n_rows = max_actions(a_indptr, s0, s1)
-    block = np.empty((2, n_rows, LANES))
     x, p = block[0], block[1]
-    lanes = np.empty((3, LANES))
     m, z, rz = lanes[0], lanes[1], lanes[2]
     for b0 in range(s0, s1, LANES):
         b1 = min(b0 + LANES, s1)
-        load_lanes(a_indptr, b0, b1, logits, PAD_LOGIT, x)
-        softmax_lanes(x, n_rows, p, m, z, rz)
+        load_lanes(a_indptr, b0, b1, b1 - b0, logits, PAD_LOGIT, x[:n_rows])
+        softmax_lanes(x, n_rows, b1 - b0, p, m, z, rz)
         if pi_out.shape[0] > 0:
             store_lanes(a_indptr, b0, b1, p, pi_out)
-        for l in range(b1 - b0):
-            lse_out[b0 + l] = m[l] + flog(z[l])
+        if lse_out.shape[0] > 0:
+            for l in range(b1 - b0):
+                lse_out[b0 + l] = m[l] + flog(z[l])
 
 
 @njit(cache=True, error_model="numpy")

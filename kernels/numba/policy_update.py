@@ -138,9 +138,9 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
     lo_ratio = 1.0 - eps_low
     for b0 in range(s0, s1, LANES):
         b1 = min(b0 + LANES, s1)
-        load_lanes(a_indptr, b0, b1, theta, PAD_LOGIT, th)
-        load_lanes(a_indptr, b0, b1, pi_old, 0.0, old)
-        load_lanes(a_indptr, b0, b1, adv, 0.0, av)
+        load_lanes(a_indptr, b0, b1, n_lanes, theta, PAD_LOGIT, th)
+        load_lanes(a_indptr, b0, b1, n_lanes, pi_old, 0.0, old)
+        load_lanes(a_indptr, b0, b1, n_lanes, adv, 0.0, av)
         # ratio r = π/π_old < 1 + ε_high (> 1 − ε_low) as π < hi (π > lo); at π_old = 0
         # (r = inf, or NaN at π = 0) as π < 0 (π > 0)
         for a in range(n_rows):
@@ -148,7 +148,7 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
                 hi[a, l] = old[a, l] * hi_ratio if old[a, l] > 0.0 else 0.0
                 lo[a, l] = old[a, l] * lo_ratio if old[a, l] > 0.0 else 0.0
         if regularized:
-            load_lanes(a_indptr, b0, b1, ref, 0.0, q)
+            load_lanes(a_indptr, b0, b1, n_lanes, ref, 0.0, q)
             for a in range(logq.shape[0]):
                 for l in range(n_lanes):
                     logq[a, l] = flog(q[a, l])
@@ -160,7 +160,7 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
                 for l in range(n_lanes):
                     pf[a, l] = 0.0
         for step in range(n_steps + 1):
-            softmax_lanes(th, n_rows, p, m, z, rz)
+            softmax_lanes(th, n_rows, n_lanes, p, m, z, rz)
             if step == n_steps:
                 break
             if regularized:
