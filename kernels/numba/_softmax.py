@@ -268,9 +268,10 @@ def softmax_states(a_indptr, s0, s1, logits, pi_out, lse_out, block, lanes):
 
 @njit(cache=True, error_model="numpy")
 def elementary(x, exp_out, exp_neg_out, expm1_out, log_out):
-    """fexp, fexp_neg (x ≤ 0 only), fexpm1 and flog over an array (tests)."""
+    """fexp(x), fexp_neg(x if x ≤ 0 else 0), fexpm1(x) and flog(x) elementwise (tests).
+    Mirrors kernels/cython/_info.pyx (``elementary``)."""
     for i in range(x.shape[0]):
         exp_out[i] = fexp(x[i])
-        exp_neg_out[i] = fexp_neg(min(x[i], 0.0))
+        exp_neg_out[i] = fexp_neg(0.0 if x[i] > 0.0 else x[i])
         expm1_out[i] = fexpm1(x[i])
         log_out[i] = flog(x[i])
