@@ -170,24 +170,40 @@ cdef inline double flog(double x) noexcept nogil:
 
 
 # -------------------------------------------------------------------------- softmax
-cdef inline void softmax_lanes(cdptr x, Py_ssize_t n_rows, Py_ssize_t n_lanes, dptr p, dptr m,
-                               dptr z, dptr rz) noexcept nogil:
-    """Softmax of each lane l < n_lanes of the (n_rows, LANES) block x: p = e^(x - m) rz, m the
-    lane's max, z = sum_a e^(x - m), rz = 1/z. Row 0 of every lane must be a real action."""
+cdef inline void max_lanes(cdptr x, Py_ssize_t n_rows, Py_ssize_t n_lanes,
+                           dptr m) noexcept nogil:
+    """m[l] = max_a x[a, l] for the lanes l < n_lanes of the (n_rows, LANES) block x."""
     cdef Py_ssize_t a, l
     for l in range(n_lanes):
         m[l] = x[l]
     for a in range(1, n_rows):
         for l in range(n_lanes):
             m[l] = x[a * LANES + l] if x[a * LANES + l] > m[l] else m[l] + 0.0
+
+
+cdef inline void exp_lanes(cdptr x, Py_ssize_t n_rows, Py_ssize_t n_lanes, cdptr m, dptr e,
+                           dptr z, dptr rz) noexcept nogil:
+    """The unnormalised softmax given the lane max m: e = e^(x - m), z = sum_a e (in row
+    order), rz = 1/z, so that pi = e rz."""
+    cdef Py_ssize_t a, l
     for l in range(n_lanes):
         z[l] = 0.0
     for a in range(n_rows):
         for l in range(n_lanes):
-            p[a * LANES + l] = fexp_neg(x[a * LANES + l] - m[l])
-            z[l] = z[l] + p[a * LANES + l]
+            e[a * LANES + l] = fexp_neg(x[a * LANES + l] - m[l])
+            z[l] = z[l] + e[a * LANES + l]
     for l in range(n_lanes):
         rz[l] = 1.0 / z[l]
+
+
+cdef inline void softmax_lanes(cdptr x, Py_ssize_t n_rows, Py_ssize_t n_lanes, dptr p, dptr m,
+                               dptr z, dptr rz) noexcept nogil:
+    """Softmax of each lane l < n_lanes of the (n_rows, LANES) block x: p = e^(x - m) rz, m the
+    lane's max, z = sum_a e^(x - m), rz = 1/z (max_lanes, exp_lanes, then p rz). Row 0 of
+    every lane must be a real action."""
+    cdef Py_ssize_t a, l
+    max_lanes(x, n_rows, n_lanes, m)
+    exp_lanes(x, n_rows, n_lanes, m, p, z, rz)
     for a in range(n_rows):
         for l in range(n_lanes):
             p[a * LANES + l] = p[a * LANES + l] * rz[l]

@@ -187,28 +187,38 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
         if not regularized:
             for i in range(size):
                 pf[i] = 0.0
+        # each step: softmax (exp_lanes, then pi = e rz inside _clip_lanes), pi f' and its
+        # sum if regularized, the clipped advantages, and the ascent step, which also takes
+        # the max of the new logits (the next softmax's shift)
+        max_lanes(th, n_rows, LANES, m)
         for step in range(n_steps + 1):
-            softmax_lanes(th, n_rows, LANES, p, m, z, rz)
+            exp_lanes(th, n_rows, LANES, m, p, z, rz)
             if step == n_steps:
+                for a in range(n_rows):
+                    for l in range(LANES):
+                        p[a * LANES + l] = p[a * LANES + l] * rz[l]
                 break
+            if step == n_steps - 1:  # the clipped-pair count of the last step
+                _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, True)
+            else:
+                _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, False)
             if regularized:
                 _fprime_lanes(code, alpha, n_rows, p, th, m, z, logz, q, logq, pf, mean_f)
-            _clip_lanes(n_rows, p, av, hi, lo, b, mean_b, clipped)
             if step == 0:
                 for l in range(LANES):
                     gsq[l] = 0.0
                 if plain:
                     _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
-                            False, True)
+                            m, False, True)
                 else:
                     _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
-                            True, True)
+                            m, True, True)
             elif plain:
                 _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
-                        False, False)
+                        m, False, False)
             else:
                 _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
-                        True, False)
+                        m, True, False)
         _kl_lanes(n_rows, p, old, kl)
         store_lanes(a_indptr, b0, b1, th, theta)
         store_lanes(a_indptr, b0, b1, p, pi_out)
@@ -229,33 +239,39 @@ cdef inline void _thresholds(Py_ssize_t size, cdptr old, double hi_ratio, double
         lo[i] = old[i] * lo_ratio if old[i] > 0.0 else 0.0
 
 
-cdef inline void _clip_lanes(Py_ssize_t n_rows, cdptr p, cdptr av, cdptr hi, cdptr lo, dptr b,
-                             dptr mean_b, int64_t* clipped) noexcept nogil:
-    """b = the advantage where the clipped objective is active (else 0), mean_b = sum_a p b,
-    clipped = the count of inactive pairs with a nonzero advantage, per lane."""
+cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdptr hi, cdptr lo,
+                             dptr b, dptr mean_b, int64_t* clipped, bint count) noexcept nogil:
+    """pi = e rz in place (p holds e^(theta - m) from exp_lanes), b = the advantage where the
+    clipped objective is active (else 0), mean_b = sum_a pi b, and if count, clipped = the
+    count of inactive pairs with a nonzero advantage, per lane."""
     cdef Py_ssize_t a, l, i
-    cdef double A
+    cdef double A, pi
     cdef bint active
     for l in range(LANES):
         mean_b[l] = 0.0
-        clipped[l] = 0
+        if count:
+            clipped[l] = 0
     for a in range(n_rows):
         for l in range(LANES):
             i = a * LANES + l
+            pi = p[i] * rz[l]
+            p[i] = pi
             A = av[i]
-            active = ((A > 0.0) & (p[i] < hi[i])) | ((A < 0.0) & (p[i] > lo[i]))
+            active = ((A > 0.0) & (pi < hi[i])) | ((A < 0.0) & (pi > lo[i]))
             b[i] = A if active else 0.0
-            mean_b[l] = mean_b[l] + p[i] * b[i]
-            clipped[l] = clipped[l] + (0 if active | (A == 0.0) else 1)
+            mean_b[l] = mean_b[l] + pi * b[i]
+            if count:
+                clipped[l] = clipped[l] + (0 if active | (A == 0.0) else 1)
 
 
 cdef inline void _ascend(Py_ssize_t n_rows, dptr th, cdptr p, cdptr b, cdptr mean_b, cdptr old,
                          cdptr pf, cdptr mean_f, cdptr w, double tau, double beta, double lr,
-                         dptr gsq, bint full, bint first) noexcept nogil:
+                         dptr gsq, dptr m, bint full, bint first) noexcept nogil:
     """theta += lr g on a block, g = w [pi (b - sum pi b) - tau (pf - pi sum pf)
-    + beta (pi_old - pi)] (without the tau and beta terms unless full); gsq += g^2 if first."""
+    + beta (pi_old - pi)] (without the tau and beta terms unless full); gsq += g^2 if first;
+    m = the new max of theta per lane."""
     cdef Py_ssize_t a, l, i
-    cdef double g
+    cdef double g, t
     for a in range(n_rows):
         for l in range(LANES):
             i = a * LANES + l
@@ -266,7 +282,9 @@ cdef inline void _ascend(Py_ssize_t n_rows, dptr th, cdptr p, cdptr b, cdptr mea
             g = g * w[l]
             if first:
                 gsq[l] = gsq[l] + g * g
-            th[i] = th[i] + lr * g
+            t = th[i] + lr * g
+            th[i] = t
+            m[l] = t if (a == 0) | (t > m[l]) else m[l] + 0.0
 
 
 cdef inline void _kl_lanes(Py_ssize_t n_rows, cdptr p, cdptr old, dptr kl) noexcept nogil:

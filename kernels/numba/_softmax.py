@@ -1,8 +1,9 @@
 """The segment softmax / log-sum-exp of the Numba kernels, and the exp and log it runs on.
 
 One place computes π(·|s) = softmax θ(s, ·) for every kernel (``segment_softmax``,
-``ppo_update``, ``ppo_minibatches``): :func:`softmax_lanes`, on a block of states laid
-out structure-of-arrays — ``x[a, l]`` is action ``a`` of the block's ``l``-th state — so
+``ppo_update``, ``ppo_minibatches``): :func:`softmax_lanes` (:func:`max_lanes`, then
+:func:`exp_lanes`, then π = e·rz; ppo_update calls the two parts and fuses the last
+product into its own pass), on a block of states laid out structure-of-arrays — ``x[a, l]`` is action ``a`` of the block's ``l``-th state — so
 that the loops run across states, which LLVM vectorises (the reductions over one state's
 actions are serial chains; across states they are independent lanes). Rows beyond a
 state's action count, and lanes beyond the last state, hold ``PAD_LOGIT`` = −inf, which
@@ -12,7 +13,9 @@ range of states (:func:`load_lanes` / :func:`store_lanes` move values between th
 order and the blocks; a block need not be full: its first ``n_lanes`` lanes are used).
 
 The exp and log are polynomials in double arithmetic with explicit fused multiply-adds
-(``fma``: one rounding, the same in every backend) and no fast-math, so the Cython twin,
+(``fma``: one rounding, the same in every backend) and no fast-math (Numba's default
+``fastmath=False``: LLVM neither contracts a·b + c into an fma nor reassociates; setup.py
+gives GCC ``-ffp-contract=off`` and no ``-ffast-math``), so the Cython twin,
 which performs the very same operations in the same order, agrees bit for bit; libm's
 scalar calls do not vectorise here (llvmlite has no SVML).
 
@@ -42,7 +45,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-LANES = 64  # states per block: long enough rows for LLVM's vectorised loops to pay off
+LANES = 32  # states per block: rows long enough for vectorised loops, blocks within L1
 PAD_LOGIT = -math.inf  # logit of the padding rows and lanes: π = 0 exactly there
 
 DBL_MIN = 2.2250738585072014e-308  # the smallest normal double
@@ -180,10 +183,35 @@ def flog(x):
 
 # --------------------------------------------------------------------------- softmax
 @njit(cache=True, inline="always", error_model="numpy")
+def max_lanes(x, n_rows, n_lanes, m):
+    """m[l] = max_a x[a, l] for the lanes l < n_lanes of x[:n_rows] (NaN in row 0 stays)."""
+    for l in range(n_lanes):
+        m[l] = x[0, l]
+    for a in range(1, n_rows):
+        for l in range(n_lanes):  # "+ 0.0" keeps the store unconditional (no masked stores)
+            m[l] = x[a, l] if x[a, l] > m[l] else m[l] + 0.0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def exp_lanes(x, n_rows, n_lanes, m, e, z, rz):
+    """The unnormalised softmax of each lane given its max m: e = e^{x − m},
+    z = Σ_a e^{x − m} (summed in row order) and rz = 1/z, so that π = e·rz."""
+    for l in range(n_lanes):
+        z[l] = 0.0
+    for a in range(n_rows):
+        for l in range(n_lanes):
+            e[a, l] = fexp_neg(x[a, l] - m[l])
+            z[l] += e[a, l]
+    for l in range(n_lanes):
+        rz[l] = 1.0 / z[l]
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def softmax_lanes(x, n_rows, n_lanes, p, m, z, rz):
     """Softmax of each lane l < n_lanes (column) of x[:n_rows]: p = e^{x − m}·rz, with m the
     lane's max, z = Σ_a e^{x − m} and rz = 1/z (log π = (x − m) − log z, and
-    log Σ_a e^x = m + log z).
+    log Σ_a e^x = m + log z): :func:`max_lanes`, :func:`exp_lanes`, then p·rz (kernels that
+    fuse the last product into a pass of their own, as ppo_update, call the first two).
 
     x, p : (≥ n_rows, ≥ n_lanes) float64 (p written); m, z, rz : (≥ n_lanes,) float64
     (written). Row 0 of every lane must be a real action (states are non-empty); PAD_LOGIT
@@ -191,19 +219,8 @@ def softmax_lanes(x, n_rows, n_lanes, p, m, z, rz):
     LLVM's loop vectoriser then takes the loops over lanes (a constant count would have them
     unrolled first, and left scalar).
     """
-    for l in range(n_lanes):
-        m[l] = x[0, l]
-    for a in range(1, n_rows):
-        for l in range(n_lanes):  # "+ 0.0" keeps the store unconditional (no masked stores)
-            m[l] = x[a, l] if x[a, l] > m[l] else m[l] + 0.0
-    for l in range(n_lanes):
-        z[l] = 0.0
-    for a in range(n_rows):
-        for l in range(n_lanes):
-            p[a, l] = fexp_neg(x[a, l] - m[l])
-            z[l] += p[a, l]
-    for l in range(n_lanes):
-        rz[l] = 1.0 / z[l]
+    max_lanes(x, n_rows, n_lanes, m)
+    exp_lanes(x, n_rows, n_lanes, m, p, z, rz)
     for a in range(n_rows):
         for l in range(n_lanes):
             p[a, l] = p[a, l] * rz[l]

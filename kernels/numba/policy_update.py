@@ -23,8 +23,8 @@ from numba import njit, prange
 from ._codes import ALPHA, CHI_SQUARE, FORWARD_KL, HELLINGER, JENSEN_SHANNON, NONE, REVERSE_KL
 from ._divergence import fprime, fprime_inv, fprime_inv_tail, p_fprime, ref_f
 from ._jit import twins
-from ._softmax import (LANES, PAD_LOGIT, fexp, fexpm1, flog, load_lanes, max_actions,
-                       softmax_lanes, store_lanes)
+from ._softmax import (LANES, PAD_LOGIT, exp_lanes, fexp, fexpm1, flog, load_lanes,
+                       max_actions, max_lanes, store_lanes)
 
 TASK_BLOCKS = 32  # blocks of LANES states per parallel task
 
@@ -159,38 +159,38 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
             for a in range(n_rows):
                 for l in range(n_lanes):
                     pf[a, l] = 0.0
+        # each step: softmax (exp_lanes, then π = e·rz inside _clip_lanes), π f' and its
+        # sum if regularized, the clipped advantages, and the ascent step, which also takes
+        # the max of the new logits (the next softmax's shift)
+        max_lanes(th, n_rows, n_lanes, m)
         for step in range(n_steps + 1):
-            softmax_lanes(th, n_rows, n_lanes, p, m, z, rz)
+            exp_lanes(th, n_rows, n_lanes, m, p, z, rz)
             if step == n_steps:
+                for a in range(n_rows):
+                    for l in range(n_lanes):
+                        p[a, l] = p[a, l] * rz[l]
                 break
+            if step == n_steps - 1:  # the clipped-pair count of the last step
+                _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, True)
+            else:
+                _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, False)
             if regularized:
                 _fprime_lanes(code, alpha, n_rows, p, th, m, z, logz, q, logq, pf, mean_f)
-            for l in range(n_lanes):
-                mean_b[l] = 0.0
-                clipped[l] = 0
-            for a in range(n_rows):
-                for l in range(n_lanes):
-                    A = av[a, l]
-                    active = (((A > 0.0) & (p[a, l] < hi[a, l]))
-                              | ((A < 0.0) & (p[a, l] > lo[a, l])))
-                    b[a, l] = A if active else 0.0
-                    mean_b[l] += p[a, l] * b[a, l]
-                    clipped[l] += 0 if active | (A == 0.0) else 1
             if step == 0:
                 for l in range(n_lanes):
                     gsq[l] = 0.0
                 if plain:
                     _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
-                            False, True)
+                            m, False, True)
                 else:
                     _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
-                            True, True)
+                            m, True, True)
             elif plain:
                 _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
-                        False, False)
+                        m, False, False)
             else:
                 _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
-                        True, False)
+                        m, True, False)
         for l in range(n_lanes):
             kl[l] = 0.0
         for a in range(n_rows):
@@ -206,10 +206,34 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq, full, first):
-    """θ += lr·g on a block, g = w π (b − Σπb) − τ (pf − π Σpf) + β (π_old − π) (SPEC §1);
-    ``full``: with the τ and β terms (else they are 0); ``first``: gsq += g² per lane.
-    Called with literal flags, so that each call compiles to one branch-free loop."""
+def _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, count):
+    """π = e·rz in place (p holds e^{θ − m} from exp_lanes), b = the advantage where the
+    clipped objective is active (else 0) and mean_b = Σ_a π b per lane; ``count``: also
+    clipped = the number of inactive pairs with a nonzero advantage, per lane. Called with
+    literal flags, so that each call compiles to one branch-free loop."""
+    n_lanes = p.shape[1]
+    for l in range(n_lanes):
+        mean_b[l] = 0.0
+        if count:
+            clipped[l] = 0
+    for a in range(n_rows):
+        for l in range(n_lanes):
+            pi = p[a, l] * rz[l]
+            p[a, l] = pi
+            A = av[a, l]
+            active = (A > 0.0) & (pi < hi[a, l]) | (A < 0.0) & (pi > lo[a, l])
+            b[a, l] = A if active else 0.0
+            mean_b[l] += pi * b[a, l]
+            if count:
+                clipped[l] += 0 if active | (A == 0.0) else 1
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq, m, full, first):
+    """θ += lr·g on a block, g = w π (b − Σπb) − τ (pf − π Σpf) + β (π_old − π) (SPEC §1),
+    and m = the new max of θ per lane; ``full``: with the τ and β terms (else they are 0);
+    ``first``: gsq += g² per lane. Called with literal flags, so that each call compiles to
+    one branch-free loop."""
     n_lanes = th.shape[1]
     for a in range(n_rows):
         for l in range(n_lanes):
@@ -220,7 +244,9 @@ def _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq, fu
             g = g * w[l]
             if first:
                 gsq[l] += g * g
-            th[a, l] = th[a, l] + lr * g
+            t = th[a, l] + lr * g
+            th[a, l] = t
+            m[l] = t if (a == 0) | (t > m[l]) else m[l] + 0.0
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
