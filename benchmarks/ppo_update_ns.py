@@ -10,7 +10,7 @@ b = 10; the inputs are the asv suite's (``benchmarks/benchmarks/bench_ppo_update
 (outside the timing).
 
 Run ``python benchmarks/ppo_update_ns.py`` (``--threads 2``, ``--repeat 41``,
-``--states`` to change; ``--backends numba``); prints one table row per
+``--states``, ``--steps`` to change; ``--backends numba``); prints one table row per
 divergence in RESULTS.md's format, and the cost of ``np.exp`` per element in the same run
 (about 8-9 ns on an idle AVX2 core), the yardstick that tells a loaded machine apart.
 """
@@ -30,6 +30,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--states", type=int, default=50_000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=PPO_STEPS,
+                    help="inner steps K per call (two runs with different K separate the "
+                         "cost per step from the cost per call)")
     ap.add_argument("--repeat", type=int, default=21, help="timed calls per (backend, f)")
     ap.add_argument("--backends", default="numba,cython")
     ap.add_argument("--cpu-time", action="store_true",
@@ -39,7 +42,7 @@ def main(argv=None):
     clock = time.process_time if args.cpu_time else time.perf_counter
     backends = args.backends.split(",")
     n = get_mdp("garnet", args.states).n_pairs
-    calls = {(b, key): ppo_update_call(b, "garnet", args.states, key, args.threads)
+    calls = {(b, key): ppo_update_call(b, "garnet", args.states, key, args.threads, args.steps)
              for b in backends for _, key in CASES}
 
     def timed(backend, key):
@@ -62,7 +65,7 @@ def main(argv=None):
         shift = r % len(order)
         for key in order[shift:] + order[:shift]:
             times[key].append(timed(*key))
-    print(f"ppo_update on {describe_mdp('garnet', args.states)}: {n:,} pairs, K = {PPO_STEPS}, "
+    print(f"ppo_update on {describe_mdp('garnet', args.states)}: {n:,} pairs, K = {args.steps}, "
           f"{args.threads} thread(s), τ = {PPO_TAU} (except τ = 0), median of {args.repeat} calls, "
           f"{'CPU' if args.cpu_time else 'wall'} time")
     print("| divergence | " + " | ".join(f"{b} ns/pair/step (ms/call)" for b in backends) + " |")
@@ -71,7 +74,7 @@ def main(argv=None):
         cells = []
         for backend in backends:
             med = float(np.median(times[backend, key]))
-            cells.append(f"{med / (n * PPO_STEPS) * 1e9:.2f} ({med * 1e3:.1f})")
+            cells.append(f"{med / (n * args.steps) * 1e9:.2f} ({med * 1e3:.1f})")
         print(f"| {name} | " + " | ".join(cells) + " |")
     print(f"np.exp in the same run: {np.median(exp_times) / n * 1e9:.2f} ns per element")
 

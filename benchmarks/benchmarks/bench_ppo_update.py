@@ -13,8 +13,9 @@ from .common import (BACKENDS, PPO_DIVERGENCES, PPO_STEPS, PPO_TAU, SIZES, THREA
                      ppo_update_inputs, warm)
 
 
-def ppo_update_call(backend, family, n_states, divergence, n_threads):
-    """(reset, call): reset θ to θ0, then one ppo_update call (outputs preallocated)."""
+def ppo_update_call(backend, family, n_states, divergence, n_threads, n_steps=PPO_STEPS):
+    """(reset, call): reset θ to θ0, then one ppo_update call of ``n_steps`` inner steps
+    (outputs preallocated)."""
     mdp, pi_old, adv, weight, ref, theta0, lr = ppo_update_inputs(family, n_states)
     code, alpha = PPO_DIVERGENCES[divergence]
     tau = 0.0 if divergence == "none" else PPO_TAU
@@ -25,7 +26,7 @@ def ppo_update_call(backend, family, n_states, divergence, n_threads):
 
     def call():
         kernel(mdp.a_indptr, pi_old, adv, weight, ref, code, alpha, tau, 0.2, 0.2, 0.0, lr,
-               PPO_STEPS, theta, *outs, n_threads)
+               n_steps, theta, *outs, n_threads)
 
     return (lambda: np.copyto(theta, theta0)), call
 
