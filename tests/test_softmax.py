@@ -116,6 +116,26 @@ def test_backends_bit_identical():
                                           err_msg=name)
 
 
+def test_numba_without_fast_math():
+    """The bit-identity above rests on Numba's default fastmath=False: the LLVM IR of the
+    exp/log carries no fast-math flag (no contraction into fma, no reassociation), and
+    its fused multiply-adds are the explicit llvm.fma calls."""
+    import re
+
+    from numba import njit
+
+    from fastppo._kernels.numba import _softmax
+
+    fresh = njit(error_model="numpy")(_softmax.elementary.py_func)  # not from the cache
+    x = np.linspace(-5.0, 5.0, 11)
+    fresh(x, *(np.empty(11) for _ in range(4)))
+    ir = next(iter(fresh.inspect_llvm().values()))
+    assert len(re.findall(r"= f(add|sub|mul|div) double", ir)) > 20
+    flags = r"= f(add|sub|mul|div) (fast|contract|reassoc|nnan|ninf|nsz|arcp|afn)"
+    assert re.findall(flags, ir) == []
+    assert "llvm.fma.f64" in ir
+
+
 # ------------------------------------------------------------------ softmax kernels
 REL = 1e-12
 CODES = [(_codes.NONE, 0.0, 0.0), (_codes.REVERSE_KL, 0.0, 0.3), (_codes.FORWARD_KL, 0.0, 0.3),
