@@ -117,6 +117,34 @@ def get_policy(family, n_states):
     return pi
 
 
+PPO_DIVERGENCES = {"none": (0, 0.0), "reverse-kl": (1, 0.0), "forward-kl": (2, 0.0),
+                   "chi-square": (3, 0.0), "hellinger": (4, 0.0), "jensen-shannon": (5, 0.0),
+                   "alpha-0.5": (6, 0.5)}  # name: (kernel code of fastppo._codes, α)
+PPO_TAU = 0.1  # τ of the regularized cases ("none": τ = 0)
+PPO_STEPS = 10  # inner steps K per ppo_update call
+
+
+@functools.lru_cache(maxsize=None)
+def ppo_update_inputs(family, n_states):
+    """Fixed-seed inputs of one ``ppo_update`` call: (mdp, pi_old, adv, weight, ref, theta0,
+    lr). π_old = softmax(get_logits), θ0 = its logits, Ã ~ N(0, 1) centred per state under
+    π_old, weights 1/(S(1 − γ)) (d uniform), π_ref uniform, and lr = 0.1·S(1 − γ), so that
+    one step moves θ by O(0.1) and some pairs clip within K = 10 steps."""
+    mdp = get_mdp(family, n_states)
+    a = mdp.a_indptr
+    states = np.repeat(np.arange(mdp.n_states), np.diff(a))
+    theta0 = get_logits(family, n_states)
+    pi_old = get_policy(family, n_states)
+    adv = np.random.default_rng(SEED + 2).standard_normal(mdp.n_pairs)
+    adv -= np.add.reduceat(pi_old * adv, a[:-1])[states]
+    weight = np.full(mdp.n_states, 1.0 / (mdp.n_states * (1.0 - mdp.gamma)))
+    ref = 1.0 / np.diff(a)[states]
+    lr = 0.1 * mdp.n_states * (1.0 - mdp.gamma)
+    for x in (adv, weight, ref):
+        x.flags.writeable = False
+    return mdp, pi_old, adv, weight, ref, theta0, lr
+
+
 def get_reg():
     """The regularizer used by evaluate / gradient benchmarks: 0.1 · KL(π ‖ uniform)."""
     return fastppo.ReverseKL(0.1)

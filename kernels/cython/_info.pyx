@@ -3,13 +3,15 @@
 ``openmp_enabled()``: whether the kernels were compiled with OpenMP. ``DivergenceCode`` and
 ``KLKind``: the kernel-code table of _codes.pxi as Python enums (the tests compare it with
 fastppo/_codes.py and kernels/numba/_codes.py). ``divergence_terms``: the per-pair terms
-of _divergence.pxi over arrays, for tests. Mirrors kernels/numba/_divergence.py
-(``divergence_terms``) and kernels/numba/_codes.py.
+of _divergence.pxi over arrays, for tests. ``elementary``: the polynomial exp / log of
+_softmax.pxi over arrays, for tests. Mirrors kernels/numba/_divergence.py
+(``divergence_terms``), kernels/numba/_softmax.py (``elementary``) and kernels/numba/_codes.py.
 """
 from libc.stdint cimport int64_t
 
 include "_codes.pxi"
 include "_divergence.pxi"
+include "_softmax.pxi"
 
 cdef extern from *:
     """
@@ -41,3 +43,18 @@ def divergence_terms(int code, double alpha, const double[::1] p, const double[:
         for i in range(y.shape[0]):
             h_out[i] = fprime_inv(code, alpha, y[i], &dh)
             dh_out[i] = dh
+
+
+def elementary(const double[::1] x,                                               # IN
+               double[::1] exp_out, double[::1] exp_neg_out, double[::1] expm1_out,
+               double[::1] log_out):                                          # OUT
+    """elementary(x, exp_out, exp_neg_out, expm1_out, log_out)
+
+    fexp(x), fexp_neg(x if x <= 0 else 0), fexpm1(x) and flog(x) of _softmax.pxi, elementwise."""
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(x.shape[0]):
+            exp_out[i] = fexp(x[i])
+            exp_neg_out[i] = fexp_neg(0.0 if x[i] > 0.0 else x[i])
+            expm1_out[i] = fexpm1(x[i])
+            log_out[i] = flog(x[i])

@@ -6,10 +6,16 @@
 Mirrors kernels/numba/policy_update.py (which documents the method).
 """
 from cython.parallel cimport prange
+from libc.math cimport sqrt
 from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
 
 include "_codes.pxi"
 include "_divergence.pxi"
+include "_softmax.pxi"
+
+cdef enum:
+    TASK_BLOCKS = 32  # blocks of LANES states per parallel task
 
 cdef double TINIEST = 5e-324  # the smallest positive double
 
@@ -107,59 +113,240 @@ def ppo_update(const int64_t[::1] a_indptr, const double[::1] pi_old, const doub
                double[::1] kl_out, int n_threads):                              # OUT
     """ppo_update(a_indptr, pi_old, adv, weight, ref, code, alpha, tau, eps_low, eps_high,
     beta, lr, n_steps, theta, pi_out, clipped_out, gsq_out, kl_out, n_threads)"""
-    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, s
-    cdef int64_t lo, hi, k, clipped
+    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, per_task = TASK_BLOCKS * LANES, c
+    cdef Py_ssize_t n_tasks = (n_states + per_task - 1) // per_task
+    cdef int failed = 0
+    if n_states == 0:
+        return
+    for c in prange(n_tasks, nogil=True, schedule="static", num_threads=n_threads):
+        if _ppo_states(&a_indptr[0], c * per_task, min((c + 1) * per_task, n_states),
+                       &pi_old[0], &adv[0], &weight[0], &ref[0], code, alpha, tau, eps_low,
+                       eps_high, beta, lr, n_steps, &theta[0], &pi_out[0], &clipped_out[0],
+                       &gsq_out[0], &kl_out[0]) != 0:
+            failed = 1
+    if failed:
+        raise MemoryError("ppo_update: could not allocate a block of states")
+
+
+cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
+                     const double* pi_old, const double* adv, const double* weight,
+                     const double* ref, int code, double alpha, double tau, double eps_low,
+                     double eps_high, double beta, double lr, int n_steps, double* theta,
+                     double* pi_out, int64_t* clipped_out, double* gsq_out,
+                     double* kl_out) noexcept nogil:
+    """ppo_update for the states s0 <= s < s1: LANES states at a time, every inner step on
+    (n_rows, LANES) blocks, written back once (-1 if the blocks could not be allocated)."""
+    cdef Py_ssize_t n_rows = max_actions(a_indptr, s0, s1), size, k, b0, b1, a, l, i
     cdef int step
-    cdef double w, gsq, m, z, e, mean_b, mean_f, ratio, bk, g, kl
-    for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
-        lo = a_indptr[s]
-        hi = a_indptr[s + 1]
-        w = weight[s]
-        clipped = 0
-        gsq = 0.0
+    cdef bint regularized = tau != 0.0 and code != NONE
+    cdef bint plain = not regularized and beta == 0.0
+    cdef double hi_ratio = 1.0 + eps_high, lo_ratio = 1.0 - eps_low, t
+    size = n_rows * LANES
+    cdef double* buf = <double*> malloc((10 * size + 9 * LANES) * sizeof(double))
+    cdef int64_t* clipped = <int64_t*> malloc(LANES * sizeof(int64_t))
+    if buf == NULL or clipped == NULL:
+        free(buf)
+        free(clipped)
+        return -1
+    cdef double* th = buf
+    cdef double* p = buf + size
+    cdef double* b = buf + 2 * size
+    cdef double* old = buf + 3 * size
+    cdef double* hi = buf + 4 * size
+    cdef double* lo = buf + 5 * size
+    cdef double* av = buf + 6 * size
+    cdef double* q = buf + 7 * size
+    cdef double* pf = buf + 8 * size
+    cdef double* logq = buf + 9 * size
+    cdef double* m = buf + 10 * size
+    cdef double* z = m + LANES
+    cdef double* rz = z + LANES
+    cdef double* logz = rz + LANES
+    cdef double* w = logz + LANES
+    cdef double* mean_b = w + LANES
+    cdef double* mean_f = mean_b + LANES
+    cdef double* gsq = mean_f + LANES
+    cdef double* kl = gsq + LANES
+    for k in range((s1 - s0 + LANES - 1) // LANES):
+        b0 = s0 + k * LANES
+        b1 = min(b0 + LANES, s1)
+        load_lanes(a_indptr, b0, b1, LANES, theta, PAD_LOGIT, n_rows, th)
+        load_lanes(a_indptr, b0, b1, LANES, pi_old, 0.0, n_rows, old)
+        load_lanes(a_indptr, b0, b1, LANES, adv, 0.0, n_rows, av)
+        # ratio r = pi/pi_old < 1 + eps_high (> 1 - eps_low) as pi < hi (pi > lo); at
+        # pi_old = 0 (r = inf, or NaN at pi = 0) as pi < 0 (pi > 0)
+        _thresholds(size, old, hi_ratio, lo_ratio, hi, lo)
+        if regularized:
+            load_lanes(a_indptr, b0, b1, LANES, ref, 0.0, n_rows, q)
+            if code == REVERSE_KL or code == ALPHA:
+                for i in range(size):
+                    logq[i] = flog(q[i])
+        for l in range(LANES):
+            w[l] = weight[b0 + l] if b0 + l < b1 else 0.0
+            mean_f[l] = 0.0
+        if not regularized:
+            for i in range(size):
+                pf[i] = 0.0
+        # each step: softmax (exp_lanes, then pi = e rz inside _clip_lanes), pi f' and its
+        # sum if regularized, the clipped advantages, and the ascent step, which also takes
+        # the max of the new logits (the next softmax's shift)
+        max_lanes(th, n_rows, LANES, m)
         for step in range(n_steps + 1):
-            m = theta[lo]
-            for k in range(lo + 1, hi):
-                if theta[k] > m:
-                    m = theta[k]
-            z = 0.0
-            for k in range(lo, hi):
-                e = exp(theta[k] - m)
-                pi_out[k] = e
-                z = z + e
-            for k in range(lo, hi):
-                pi_out[k] = pi_out[k] / z
+            exp_lanes(th, n_rows, LANES, m, p, z, rz)
             if step == n_steps:
+                for a in range(n_rows):
+                    for l in range(LANES):
+                        p[a * LANES + l] = p[a * LANES + l] * rz[l]
                 break
-            mean_b = 0.0
-            mean_f = 0.0
-            clipped = 0
-            for k in range(lo, hi):
-                ratio = pi_out[k] / pi_old[k]
-                if (adv[k] > 0.0 and ratio < 1.0 + eps_high) or (adv[k] < 0.0 and ratio > 1.0 - eps_low):
-                    mean_b = mean_b + pi_out[k] * adv[k]
-                elif adv[k] != 0.0:
-                    clipped = clipped + 1
-                if tau != 0.0:
-                    mean_f = mean_f + p_fprime(code, alpha, pi_out[k], ref[k])
-            for k in range(lo, hi):
-                ratio = pi_out[k] / pi_old[k]
-                bk = 0.0
-                if (adv[k] > 0.0 and ratio < 1.0 + eps_high) or (adv[k] < 0.0 and ratio > 1.0 - eps_low):
-                    bk = adv[k]
-                g = pi_out[k] * (bk - mean_b)
-                if tau != 0.0:
-                    g = g - tau * (p_fprime(code, alpha, pi_out[k], ref[k]) - pi_out[k] * mean_f)
-                if beta != 0.0:
-                    g = g + beta * (pi_old[k] - pi_out[k])
-                g = g * w
-                if step == 0:
-                    gsq = gsq + g * g
-                theta[k] = theta[k] + lr * g
-        kl = 0.0
-        for k in range(lo, hi):
-            if pi_out[k] > 0.0:
-                kl = kl + pi_out[k] * log(pi_out[k] / pi_old[k])
-        clipped_out[s] = clipped
-        gsq_out[s] = gsq
-        kl_out[s] = kl
+            if step == n_steps - 1:  # the clipped-pair count of the last step
+                _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, True)
+            else:
+                _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, False)
+            if regularized:
+                _fprime_lanes(code, alpha, n_rows, p, th, m, z, logz, q, logq, pf, mean_f)
+            if step == 0:
+                for l in range(LANES):
+                    gsq[l] = 0.0
+                if plain:
+                    _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
+                            m, False, True)
+                else:
+                    _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
+                            m, True, True)
+            elif plain:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
+                        m, False, False)
+            else:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
+                        m, True, False)
+        _kl_lanes(n_rows, p, old, kl)
+        store_lanes(a_indptr, b0, b1, th, theta)
+        store_lanes(a_indptr, b0, b1, p, pi_out)
+        for l in range(b1 - b0):
+            clipped_out[b0 + l] = clipped[l]
+            gsq_out[b0 + l] = gsq[l]
+            kl_out[b0 + l] = kl[l]
+    free(buf)
+    free(clipped)
+    return 0
+
+
+cdef inline void _thresholds(Py_ssize_t size, cdptr old, double hi_ratio, double lo_ratio,
+                             dptr hi, dptr lo) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(size):
+        hi[i] = old[i] * hi_ratio if old[i] > 0.0 else 0.0
+        lo[i] = old[i] * lo_ratio if old[i] > 0.0 else 0.0
+
+
+cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdptr hi, cdptr lo,
+                             dptr b, dptr mean_b, int64_t* clipped, bint count) noexcept nogil:
+    """pi = e rz in place (p holds e^(theta - m) from exp_lanes), b = the advantage where the
+    clipped objective is active (else 0), mean_b = sum_a pi b, and if count, clipped = the
+    count of inactive pairs with a nonzero advantage, per lane."""
+    cdef Py_ssize_t a, l, i
+    cdef double A, pi
+    cdef bint active
+    for l in range(LANES):
+        mean_b[l] = 0.0
+        if count:
+            clipped[l] = 0
+    for a in range(n_rows):
+        for l in range(LANES):
+            i = a * LANES + l
+            pi = p[i] * rz[l]
+            p[i] = pi
+            A = av[i]
+            active = ((A > 0.0) & (pi < hi[i])) | ((A < 0.0) & (pi > lo[i]))
+            b[i] = A if active else 0.0
+            mean_b[l] = mean_b[l] + pi * b[i]
+            if count:
+                clipped[l] = clipped[l] + (0 if active | (A == 0.0) else 1)
+
+
+cdef inline void _ascend(Py_ssize_t n_rows, dptr th, cdptr p, cdptr b, cdptr mean_b, cdptr old,
+                         cdptr pf, cdptr mean_f, cdptr w, double tau, double beta, double lr,
+                         dptr gsq, dptr m, bint full, bint first) noexcept nogil:
+    """theta += lr g on a block, g = w [pi (b - sum pi b) - tau (pf - pi sum pf)
+    + beta (pi_old - pi)] (without the tau and beta terms unless full); gsq += g^2 if first;
+    m = the new max of theta per lane."""
+    cdef Py_ssize_t a, l, i
+    cdef double g, t
+    for a in range(n_rows):
+        for l in range(LANES):
+            i = a * LANES + l
+            g = p[i] * (b[i] - mean_b[l])
+            if full:
+                g = g - tau * (pf[i] - p[i] * mean_f[l])
+                g = g + beta * (old[i] - p[i])
+            g = g * w[l]
+            if first:
+                gsq[l] = gsq[l] + g * g
+            t = th[i] + lr * g
+            th[i] = t
+            m[l] = t if (a == 0) | (t > m[l]) else m[l] + 0.0
+
+
+cdef inline void _kl_lanes(Py_ssize_t n_rows, cdptr p, cdptr old, dptr kl) noexcept nogil:
+    """kl = sum_a p log(p / pi_old) per lane (0 where p = 0)."""
+    cdef Py_ssize_t a, l, i
+    cdef double t
+    for l in range(LANES):
+        kl[l] = 0.0
+    for a in range(n_rows):
+        for l in range(LANES):
+            i = a * LANES + l
+            t = p[i] * flog(p[i] / old[i])
+            kl[l] = kl[l] + (t if p[i] > 0.0 else 0.0)
+
+
+cdef inline void _fprime_lanes(int code, double alpha, Py_ssize_t n_rows, cdptr p, cdptr x,
+                               cdptr m, cdptr z, dptr logz, cdptr q, cdptr logq, dptr pf,
+                               dptr mean_f) noexcept nogil:
+    """pf = pi f'(pi/pi_ref) per pair of a block and mean_f = sum_a pf per lane, from the
+    block's softmax: log pi = (x - m) - log z (padding rows, where q = 0, get 0)."""
+    cdef Py_ssize_t a, l, i
+    cdef double t, logp, L, y, e, small, big
+    cdef double at_zero = 0.0 if alpha < 1.0 else -INFINITY
+    if code == REVERSE_KL:  # pi (log pi - log pi_ref + 1)
+        for l in range(LANES):
+            logz[l] = flog(z[l])
+        for a in range(n_rows):
+            for l in range(LANES):
+                i = a * LANES + l
+                t = p[i] * ((((x[i] - m[l]) - logz[l]) - logq[i]) + 1.0)
+                pf[i] = t if q[i] > 0.0 else 0.0
+    elif code == FORWARD_KL:
+        for i in range(n_rows * LANES):
+            pf[i] = -q[i]
+    elif code == CHI_SQUARE:
+        for i in range(n_rows * LANES):
+            t = ((2.0 * p[i]) * (p[i] - q[i])) / q[i]
+            pf[i] = t if q[i] > 0.0 else 0.0
+    elif code == HELLINGER:
+        for i in range(n_rows * LANES):
+            pf[i] = p[i] - sqrt(p[i] * q[i])
+    elif code == JENSEN_SHANNON:
+        for i in range(n_rows * LANES):
+            t = p[i] * flog((2.0 * p[i]) / (p[i] + q[i]))
+            pf[i] = t if p[i] > 0.0 else 0.0
+    elif code == ALPHA:  # pi L E(-alpha L), L = log(pi/pi_ref); (pi - e^(log pi - alpha L))/alpha once -alpha L > 1
+        for l in range(LANES):
+            logz[l] = flog(z[l])
+        for a in range(n_rows):
+            for l in range(LANES):
+                i = a * LANES + l
+                logp = (x[i] - m[l]) - logz[l]
+                L = logp - logq[i]
+                y = -alpha * L
+                e = fexpm1(y) / y
+                small = (p[i] * L) * (e if y != 0.0 else 1.0)
+                big = (p[i] - fexp(logp + y)) / alpha
+                t = small if y <= 1.0 else big
+                t = t if p[i] > 0.0 else at_zero
+                pf[i] = t if q[i] > 0.0 else 0.0
+    for l in range(LANES):
+        mean_f[l] = 0.0
+    for a in range(n_rows):
+        for l in range(LANES):
+            mean_f[l] = mean_f[l] + pf[a * LANES + l]

@@ -13,6 +13,7 @@ from libc.math cimport copysign, exp, fabs, log
 from libc.stdint cimport int32_t, int64_t, uint8_t
 
 include "_codes.pxi"
+include "_softmax.pxi"
 
 
 def rollout(const int64_t[::1] a_indptr, const double[::1] pi, const double[::1] log_pi,
@@ -113,19 +114,6 @@ def discounted_returns(const double[:, ::1] rewards, const double[:, ::1] next_v
             out[e, t] = g
 
 
-cdef inline double _logsumexp(const int64_t[::1] a_indptr, double[::1] logits,
-                              int64_t s) noexcept nogil:
-    """log Σ_a exp θ(s, a)."""
-    cdef int64_t b
-    cdef double mx = logits[a_indptr[s]], z = 0.0
-    for b in range(a_indptr[s] + 1, a_indptr[s + 1]):
-        if logits[b] > mx:
-            mx = logits[b]
-    for b in range(a_indptr[s], a_indptr[s + 1]):
-        z = z + exp(logits[b] - mx)
-    return mx + log(z)
-
-
 def ppo_minibatches(const int64_t[::1] a_indptr, const int64_t[::1] sample_states,
                     const int64_t[::1] sample_pairs, const double[::1] logp_old,
                     const double[::1] adv, const double[::1] logp_ref, const double[::1] returns,
@@ -143,6 +131,11 @@ def ppo_minibatches(const int64_t[::1] a_indptr, const int64_t[::1] sample_state
     cdef int64_t i, s, k, b, n
     cdef double logp, ratio, A, coef, diff, dv, dc, cs, p
     cdef bint active
+    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1
+    cdef double* scratch = <double*> malloc(
+        (2 * max_actions(&a_indptr[0], 0, n_states) + 3) * LANES * sizeof(double))
+    if scratch == NULL:
+        raise MemoryError("ppo_minibatches: could not allocate a block of states")
     with nogil:
         for ep in range(order.shape[0]):
             for m in range(bounds.shape[0] - 1):
@@ -150,8 +143,8 @@ def ppo_minibatches(const int64_t[::1] a_indptr, const int64_t[::1] sample_state
                     i = order[ep, j]
                     s = sample_states[i]
                     k = sample_pairs[i]
-                    if counts[s] == 0:  # first sample of s in this minibatch
-                        lse[s] = _logsumexp(a_indptr, logits, s)
+                    if counts[s] == 0:  # first sample of s in this minibatch: log Σ exp θ(s,·)
+                        softmax_states(&a_indptr[0], s, s + 1, &logits[0], NULL, &lse[0], scratch)
                     logp = logits[k] - lse[s]
                     ratio = exp(logp - logp_old[i])
                     A = adv[i]
@@ -183,10 +176,11 @@ def ppo_minibatches(const int64_t[::1] a_indptr, const int64_t[::1] sample_state
                         continue
                     cs = csum[s]
                     for b in range(a_indptr[s], a_indptr[s + 1]):
-                        p = exp(logits[b] - lse[s])
+                        p = fexp(logits[b] - lse[s])  # π(b|s), the softmax's exp
                         logits[b] += lr * ((g[b] - cs * p) / n)
                         g[b] = 0.0
                     values[s] -= critic_lr * vsum[s] / n
                     csum[s] = 0.0
                     vsum[s] = 0.0
                     counts[s] = 0
+    free(scratch)

@@ -1,6 +1,6 @@
 """Per-state segment kernels over the pairs of each state (``a_indptr`` blocks).
 
-``segment_softmax``:    out = softmax of logits within each state (log-sum-exp)
+``segment_softmax``:    out = softmax of logits within each state (_softmax.pxi's softmax_states)
 ``regularized_reward``: out[s] = Σ_a π r − τ Σ_a π_ref f(π/π_ref)
 ``advantages``:         out = q − Σ_a π q  (per state)
 ``policy_gradient``:    out[k] = w(s) π_k [(b_k − Σ_a π b) − τ(f'_k − Σ_a π f')]
@@ -8,29 +8,37 @@ Mirrors kernels/numba/tables.py.
 """
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
 
 include "_codes.pxi"
 include "_divergence.pxi"
+include "_softmax.pxi"
+
+cdef enum:
+    TASK_BLOCKS = 32  # blocks of LANES states per parallel task
 
 
 def segment_softmax(const int64_t[::1] a_indptr, const double[::1] logits,  # IN
                     double[::1] out, int n_threads):                          # OUT
     """segment_softmax(a_indptr, logits, out, n_threads)"""
-    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, s
-    cdef int64_t k
-    cdef double m, z, e
-    for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
-        m = logits[a_indptr[s]]
-        for k in range(a_indptr[s] + 1, a_indptr[s + 1]):
-            if logits[k] > m:
-                m = logits[k]
-        z = 0.0
-        for k in range(a_indptr[s], a_indptr[s + 1]):
-            e = exp(logits[k] - m)
-            out[k] = e
-            z = z + e
-        for k in range(a_indptr[s], a_indptr[s + 1]):
-            out[k] = out[k] / z
+    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, per_task = TASK_BLOCKS * LANES, c, s0, s1
+    cdef double* scratch
+    cdef int failed = 0
+    if n_states == 0:
+        return
+    for c in prange((n_states + per_task - 1) // per_task, nogil=True, schedule="static",
+                    num_threads=n_threads):
+        s0 = c * per_task
+        s1 = min(s0 + per_task, n_states)
+        scratch = <double*> malloc((2 * max_actions(&a_indptr[0], s0, s1) + 3) * LANES
+                                   * sizeof(double))
+        if scratch == NULL:
+            failed = 1
+        else:
+            softmax_states(&a_indptr[0], s0, s1, &logits[0], &out[0], NULL, scratch)
+            free(scratch)
+    if failed:
+        raise MemoryError("segment_softmax: could not allocate a block of states")
 
 
 def regularized_reward(const int64_t[::1] a_indptr, const double[::1] r, const double[::1] pi,

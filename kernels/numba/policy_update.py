@@ -17,11 +17,16 @@ Mirrors kernels/cython/policy_update.pyx.
 """
 import math
 
-from numba import prange
+import numpy as np
+from numba import njit, prange
 
-from ._codes import NONE, REVERSE_KL
+from ._codes import ALPHA, CHI_SQUARE, FORWARD_KL, HELLINGER, JENSEN_SHANNON, NONE, REVERSE_KL
 from ._divergence import fprime, fprime_inv, fprime_inv_tail, p_fprime, ref_f
 from ._jit import twins
+from ._softmax import (LANES, PAD_LOGIT, exp_lanes, fexp, fexpm1, flog, load_lanes,
+                       max_actions, max_lanes, store_lanes)
+
+TASK_BLOCKS = 32  # blocks of LANES states per parallel task
 
 TINIEST = 5e-324  # the smallest positive double
 
@@ -102,56 +107,198 @@ def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out):
 
 def ppo_update(a_indptr, pi_old, adv, weight, ref, code, alpha, tau, eps_low, eps_high,
                beta, lr, n_steps, theta, pi_out, clipped_out, gsq_out, kl_out):
-    for s in prange(a_indptr.shape[0] - 1):
-        lo, hi = a_indptr[s], a_indptr[s + 1]
-        w = weight[s]
-        clipped = 0
-        gsq = 0.0
+    n_states = a_indptr.shape[0] - 1
+    per_task = TASK_BLOCKS * LANES
+    for c in prange((n_states + per_task - 1) // per_task):
+        _ppo_states(a_indptr, c * per_task, min((c + 1) * per_task, n_states), pi_old, adv,
+                    weight, ref, code, alpha, tau, eps_low, eps_high, beta, lr, n_steps, theta,
+                    pi_out, clipped_out, gsq_out, kl_out)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, eps_low, eps_high,
+                beta, lr, n_steps, theta, pi_out, clipped_out, gsq_out, kl_out):
+    """ppo_update for the states s0 ≤ s < s1: LANES states at a time, every inner step on
+    (n_rows, LANES) blocks (see _softmax), written back once."""
+    n_rows = max_actions(a_indptr, s0, s1)
+    block = np.empty((9, n_rows, LANES))
+    th, p, b, old, hi, lo, av, q, pf = (block[0], block[1], block[2], block[3], block[4],
+                                        block[5], block[6], block[7], block[8])
+    logq = np.empty((n_rows, LANES) if tau != 0.0 and (code == REVERSE_KL or code == ALPHA)
+                    else (0, LANES))
+    lanes = np.empty((9, LANES))
+    m, z, rz, logz, w, mean_b, mean_f, gsq, kl = (lanes[0], lanes[1], lanes[2], lanes[3],
+                                                  lanes[4], lanes[5], lanes[6], lanes[7],
+                                                  lanes[8])
+    clipped = np.empty(LANES, dtype=np.int64)
+    n_lanes = th.shape[1]
+    regularized = tau != 0.0 and code != NONE
+    plain = not regularized and beta == 0.0
+    hi_ratio = 1.0 + eps_high
+    lo_ratio = 1.0 - eps_low
+    for b0 in range(s0, s1, LANES):
+        b1 = min(b0 + LANES, s1)
+        load_lanes(a_indptr, b0, b1, n_lanes, theta, PAD_LOGIT, th)
+        load_lanes(a_indptr, b0, b1, n_lanes, pi_old, 0.0, old)
+        load_lanes(a_indptr, b0, b1, n_lanes, adv, 0.0, av)
+        # ratio r = π/π_old < 1 + ε_high (> 1 − ε_low) as π < hi (π > lo); at π_old = 0
+        # (r = inf, or NaN at π = 0) as π < 0 (π > 0)
+        for a in range(n_rows):
+            for l in range(n_lanes):
+                hi[a, l] = old[a, l] * hi_ratio if old[a, l] > 0.0 else 0.0
+                lo[a, l] = old[a, l] * lo_ratio if old[a, l] > 0.0 else 0.0
+        if regularized:
+            load_lanes(a_indptr, b0, b1, n_lanes, ref, 0.0, q)
+            for a in range(logq.shape[0]):
+                for l in range(n_lanes):
+                    logq[a, l] = flog(q[a, l])
+        for l in range(n_lanes):
+            w[l] = weight[b0 + l] if b0 + l < b1 else 0.0
+            mean_f[l] = 0.0
+        if not regularized:
+            for a in range(n_rows):
+                for l in range(n_lanes):
+                    pf[a, l] = 0.0
+        # each step: softmax (exp_lanes, then π = e·rz inside _clip_lanes), π f' and its
+        # sum if regularized, the clipped advantages, and the ascent step, which also takes
+        # the max of the new logits (the next softmax's shift)
+        max_lanes(th, n_rows, n_lanes, m)
         for step in range(n_steps + 1):
-            m = theta[lo]
-            for k in range(lo + 1, hi):
-                m = max(m, theta[k])
-            z = 0.0
-            for k in range(lo, hi):
-                e = math.exp(theta[k] - m)
-                pi_out[k] = e
-                z += e
-            for k in range(lo, hi):
-                pi_out[k] /= z
+            exp_lanes(th, n_rows, n_lanes, m, p, z, rz)
             if step == n_steps:
+                for a in range(n_rows):
+                    for l in range(n_lanes):
+                        p[a, l] = p[a, l] * rz[l]
                 break
-            mean_b = 0.0
-            mean_f = 0.0
-            clipped = 0
-            for k in range(lo, hi):
-                ratio = pi_out[k] / pi_old[k]
-                if (adv[k] > 0.0 and ratio < 1.0 + eps_high) or (adv[k] < 0.0 and ratio > 1.0 - eps_low):
-                    mean_b += pi_out[k] * adv[k]
-                elif adv[k] != 0.0:
-                    clipped += 1
-                if tau != 0.0:
-                    mean_f += p_fprime(code, alpha, pi_out[k], ref[k])
-            for k in range(lo, hi):
-                ratio = pi_out[k] / pi_old[k]
-                b = 0.0
-                if (adv[k] > 0.0 and ratio < 1.0 + eps_high) or (adv[k] < 0.0 and ratio > 1.0 - eps_low):
-                    b = adv[k]
-                g = pi_out[k] * (b - mean_b)
-                if tau != 0.0:
-                    g -= tau * (p_fprime(code, alpha, pi_out[k], ref[k]) - pi_out[k] * mean_f)
-                if beta != 0.0:
-                    g += beta * (pi_old[k] - pi_out[k])
-                g *= w
-                if step == 0:
-                    gsq += g * g
-                theta[k] += lr * g
-        kl = 0.0
-        for k in range(lo, hi):
-            if pi_out[k] > 0.0:
-                kl += pi_out[k] * math.log(pi_out[k] / pi_old[k])
-        clipped_out[s] = clipped
-        gsq_out[s] = gsq
-        kl_out[s] = kl
+            if step == n_steps - 1:  # the clipped-pair count of the last step
+                _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, True)
+            else:
+                _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, False)
+            if regularized:
+                _fprime_lanes(code, alpha, n_rows, p, th, m, z, logz, q, logq, pf, mean_f)
+            if step == 0:
+                for l in range(n_lanes):
+                    gsq[l] = 0.0
+                if plain:
+                    _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
+                            m, False, True)
+                else:
+                    _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
+                            m, True, True)
+            elif plain:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
+                        m, False, False)
+            else:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
+                        m, True, False)
+        for l in range(n_lanes):
+            kl[l] = 0.0
+        for a in range(n_rows):
+            for l in range(n_lanes):
+                t = p[a, l] * flog(p[a, l] / old[a, l])
+                kl[l] += t if p[a, l] > 0.0 else 0.0
+        store_lanes(a_indptr, b0, b1, th, theta)
+        store_lanes(a_indptr, b0, b1, p, pi_out)
+        for l in range(b1 - b0):
+            clipped_out[b0 + l] = clipped[l]
+            gsq_out[b0 + l] = gsq[l]
+            kl_out[b0 + l] = kl[l]
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, count):
+    """π = e·rz in place (p holds e^{θ − m} from exp_lanes), b = the advantage where the
+    clipped objective is active (else 0) and mean_b = Σ_a π b per lane; ``count``: also
+    clipped = the number of inactive pairs with a nonzero advantage, per lane. Called with
+    literal flags, so that each call compiles to one branch-free loop."""
+    n_lanes = p.shape[1]
+    for l in range(n_lanes):
+        mean_b[l] = 0.0
+        if count:
+            clipped[l] = 0
+    for a in range(n_rows):
+        for l in range(n_lanes):
+            pi = p[a, l] * rz[l]
+            p[a, l] = pi
+            A = av[a, l]
+            active = (A > 0.0) & (pi < hi[a, l]) | (A < 0.0) & (pi > lo[a, l])
+            b[a, l] = A if active else 0.0
+            mean_b[l] += pi * b[a, l]
+            if count:
+                clipped[l] += 0 if active | (A == 0.0) else 1
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq, m, full, first):
+    """θ += lr·g on a block, g = w π (b − Σπb) − τ (pf − π Σpf) + β (π_old − π) (SPEC §1),
+    and m = the new max of θ per lane; ``full``: with the τ and β terms (else they are 0);
+    ``first``: gsq += g² per lane. Called with literal flags, so that each call compiles to
+    one branch-free loop."""
+    n_lanes = th.shape[1]
+    for a in range(n_rows):
+        for l in range(n_lanes):
+            g = p[a, l] * (b[a, l] - mean_b[l])
+            if full:
+                g = g - tau * (pf[a, l] - p[a, l] * mean_f[l])
+                g = g + beta * (old[a, l] - p[a, l])
+            g = g * w[l]
+            if first:
+                gsq[l] += g * g
+            t = th[a, l] + lr * g
+            th[a, l] = t
+            m[l] = t if (a == 0) | (t > m[l]) else m[l] + 0.0
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _fprime_lanes(code, alpha, n_rows, p, x, m, z, logz, q, logq, pf, mean_f):
+    """pf = π f'(π/π_ref) per pair of a block and mean_f = Σ_a pf per lane, from the block's
+    softmax: log π = (x − m) − log z (padding rows, where q = 0, get 0)."""
+    n_lanes = p.shape[1]
+    if code == REVERSE_KL:  # π (log π − log π_ref + 1)
+        for l in range(n_lanes):
+            logz[l] = flog(z[l])
+        for a in range(n_rows):
+            for l in range(n_lanes):
+                t = p[a, l] * ((((x[a, l] - m[l]) - logz[l]) - logq[a, l]) + 1.0)
+                pf[a, l] = t if q[a, l] > 0.0 else 0.0
+    elif code == FORWARD_KL:
+        for a in range(n_rows):
+            for l in range(n_lanes):
+                pf[a, l] = -q[a, l]
+    elif code == CHI_SQUARE:
+        for a in range(n_rows):
+            for l in range(n_lanes):
+                t = ((2.0 * p[a, l]) * (p[a, l] - q[a, l])) / q[a, l]
+                pf[a, l] = t if q[a, l] > 0.0 else 0.0
+    elif code == HELLINGER:
+        for a in range(n_rows):
+            for l in range(n_lanes):
+                pf[a, l] = p[a, l] - math.sqrt(p[a, l] * q[a, l])
+    elif code == JENSEN_SHANNON:
+        for a in range(n_rows):
+            for l in range(n_lanes):
+                t = p[a, l] * flog((2.0 * p[a, l]) / (p[a, l] + q[a, l]))
+                pf[a, l] = t if p[a, l] > 0.0 else 0.0
+    elif code == ALPHA:  # π L E(−αL), L = log(π/π_ref); (π − e^{log π − αL})/α once −αL > 1
+        at_zero = 0.0 if alpha < 1.0 else -math.inf  # lim_{π→0} π f'(π/π_ref)
+        for l in range(n_lanes):
+            logz[l] = flog(z[l])
+        for a in range(n_rows):
+            for l in range(n_lanes):
+                logp = (x[a, l] - m[l]) - logz[l]
+                L = logp - logq[a, l]
+                y = -alpha * L
+                e = fexpm1(y) / y
+                small = (p[a, l] * L) * (e if y != 0.0 else 1.0)
+                big = (p[a, l] - fexp(logp + y)) / alpha
+                t = small if y <= 1.0 else big
+                t = t if p[a, l] > 0.0 else at_zero
+                pf[a, l] = t if q[a, l] > 0.0 else 0.0
+    for l in range(n_lanes):
+        mean_f[l] = 0.0
+    for a in range(n_rows):
+        for l in range(n_lanes):
+            mean_f[l] += pf[a, l]
 
 
 KERNELS = twins(greedy_policy, ppo_update)

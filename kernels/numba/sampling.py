@@ -15,6 +15,7 @@ from numba import njit, prange
 
 from ._codes import KL_K1, KL_K2, KL_K3
 from ._jit import serial, twins
+from ._softmax import LANES, fexp, max_actions, softmax_states
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -84,6 +85,9 @@ def discounted_returns(rewards, next_values, terminated, done, gamma, out):
 def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_ref, returns,
                     v_old, order, bounds, eps_low, eps_high, dual_clip, kl_coef, kl_kind,
                     value_clip, lr, critic_lr, logits, values, g, csum, vsum, counts, lse, clipped):
+    block = np.empty((2, max_actions(a_indptr, 0, a_indptr.shape[0] - 1), LANES))
+    lanes = np.empty((3, LANES))
+    no_pi = np.empty(0)
     for ep in range(order.shape[0]):
         for m in range(bounds.shape[0] - 1):
             for j in range(bounds[m], bounds[m + 1]):
@@ -91,14 +95,7 @@ def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_r
                 s = sample_states[i]
                 k = sample_pairs[i]
                 if counts[s] == 0:  # first sample of s in this minibatch: log Σ exp θ(s,·)
-                    lo, hi = a_indptr[s], a_indptr[s + 1]
-                    mx = logits[lo]
-                    for b in range(lo + 1, hi):
-                        mx = max(mx, logits[b])
-                    z = 0.0
-                    for b in range(lo, hi):
-                        z += math.exp(logits[b] - mx)
-                    lse[s] = mx + math.log(z)
+                    softmax_states(a_indptr, s, s + 1, logits, no_pi, lse, block, lanes)
                 logp = logits[k] - lse[s]
                 ratio = math.exp(logp - logp_old[i])
                 A = adv[i]
@@ -130,7 +127,7 @@ def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_r
                     continue
                 cs = csum[s]
                 for b in range(a_indptr[s], a_indptr[s + 1]):
-                    p = math.exp(logits[b] - lse[s])
+                    p = fexp(logits[b] - lse[s])  # π(b|s), the softmax's exp
                     logits[b] += lr * ((g[b] - cs * p) / n)
                     g[b] = 0.0
                 values[s] -= critic_lr * vsum[s] / n

@@ -1,33 +1,33 @@
 """Per-state segment kernels over the pairs of each state (``a_indptr`` blocks).
 
-``segment_softmax``:    out = softmax of logits within each state (log-sum-exp)
+``segment_softmax``:    out = softmax of logits within each state (_softmax.softmax_states)
 ``regularized_reward``: out[s] = Σ_a π r − τ Σ_a π_ref f(π/π_ref)
 ``advantages``:         out = q − Σ_a π q  (per state)
 ``policy_gradient``:    out[k] = w(s) π_k [(b_k − Σ_a π b) − τ(f'_k − Σ_a π f')]
 Mirrors kernels/cython/tables.pyx.
 """
-import math
-
-from numba import prange
-
-from ._jit import twins
+import numpy as np
+from numba import njit, prange
 
 from ._divergence import p_fprime, ref_f
+from ._jit import twins
+from ._softmax import LANES, max_actions, softmax_states
+
+TASK_BLOCKS = 32  # blocks of LANES states per parallel task
 
 
 def segment_softmax(a_indptr, logits, out):
-    for s in prange(a_indptr.shape[0] - 1):
-        lo, hi = a_indptr[s], a_indptr[s + 1]
-        m = logits[lo]
-        for k in range(lo + 1, hi):
-            m = max(m, logits[k])
-        z = 0.0
-        for k in range(lo, hi):
-            e = math.exp(logits[k] - m)
-            out[k] = e
-            z += e
-        for k in range(lo, hi):
-            out[k] /= z
+    n_states = a_indptr.shape[0] - 1
+    per_task = TASK_BLOCKS * LANES
+    for c in prange((n_states + per_task - 1) // per_task):
+        _softmax_task(a_indptr, c * per_task, min((c + 1) * per_task, n_states), logits, out)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _softmax_task(a_indptr, s0, s1, logits, out):
+    """segment_softmax for the states s0 ≤ s < s1 (the scratch of one parallel task)."""
+    block = np.empty((2, max_actions(a_indptr, s0, s1), LANES))
+    softmax_states(a_indptr, s0, s1, logits, out, np.empty(0), block, np.empty((3, LANES)))
 
 
 def regularized_reward(a_indptr, r, pi, ref, code, alpha, tau, out):

@@ -1,0 +1,233 @@
+"""The polynomial exp / log behind every softmax (kernels/numba/_softmax.py,
+kernels/cython/_softmax.pxi): their error bounds against 80-bit references over the whole
+double range (overflow, underflow, subnormals, ±inf, NaN), the two backends bit for bit,
+the softmax kernels against the NumPy reference to 1e-12, and subnormals left alone by
+importing fastppo and running its kernels."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastppo
+import naive
+from conftest import random_mdp
+from fastppo import _codes
+from fastppo._backend import get_kernel
+
+EXP_REL = 2.5e-16  # fexp, normal results (module docstring of _softmax)
+EXPM1_REL = 5e-16  # fexpm1 on [-40, 1]
+TINY = 4.9406564584124654e-324  # one subnormal step
+DBL_MIN = 2.2250738585072014e-308
+
+
+def _elementary(which, x):
+    outs = [np.full(x.shape, -7.0) for _ in range(4)]
+    if which == "numba":
+        from fastppo._kernels.numba._softmax import elementary
+    else:
+        from fastppo._kernels.cython._info import elementary
+    elementary(x, *outs)
+    return dict(zip(("exp", "exp_neg", "expm1", "log"), outs))
+
+
+def _exp_inputs():
+    rng = np.random.default_rng(0)
+    specials = [0.0, -0.0, 1.0, -1.0, 709.78, 709.782712893384, 709.7827128933841, 710.0, 711.0,
+                1e300, np.inf, -np.inf, np.nan, -708.39641853226408, -708.4, -744.44, -745.0,
+                -745.1332191019411, -745.1332191019412, -745.2, -746.0, -1e300,
+                1e-300, -1e-300, 5e-324, -5e-324, np.log(2) / 2, -np.log(2) / 2]
+    return np.concatenate([specials, np.linspace(-760.0, 720.0, 200_001),
+                           rng.uniform(-1.0, 1.0, 20_000), rng.uniform(-750.0, 712.0, 50_000),
+                           rng.uniform(-745.2, -708.0, 20_000), -np.logspace(-320, 2, 2_000),
+                           np.logspace(-320, 2, 2_000)])
+
+
+def _log_inputs():
+    rng = np.random.default_rng(1)
+    specials = [0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan, TINY, 2 * TINY, DBL_MIN,
+                DBL_MIN * (1 - 2**-52), np.nextafter(1.0, 0.0), np.nextafter(1.0, 2.0),
+                np.sqrt(0.5), np.sqrt(2.0), 1.7976931348623157e308]
+    return np.concatenate([specials, np.exp(rng.uniform(-744.0, 709.0, 50_000)),
+                           rng.uniform(0.5, 2.0, 20_000), rng.uniform(0.0, 1e-310, 2_000),
+                           -rng.random(100)])
+
+
+@pytest.mark.parametrize("which", ["numba", "cython"])
+def test_exp_error_bound(which):
+    x = _exp_inputs()
+    got = _elementary(which, x)
+    with np.errstate(over="ignore"):
+        true = np.exp(x.astype(np.longdouble))  # 64-bit mantissa: exact enough for 2^-52
+        as_double = true.astype(np.float64)  # the correctly rounded result (overflow: inf)
+    normal = np.abs(as_double) >= DBL_MIN
+    finite = normal & np.isfinite(as_double)
+    err = np.abs((got["exp"][finite] - true[finite]) / true[finite]).max()
+    assert err <= EXP_REL, f"fexp relative error {err:.3g}"
+    sub = ~normal & ~np.isnan(x)  # subnormal or zero: within one subnormal step of e^x
+    assert np.abs(got["exp"][sub] - true[sub]).max() <= TINY
+    assert got["exp"][x == -np.inf].tolist() == [0.0]
+    assert np.all(got["exp"][x < -745.14] == 0.0)
+    assert np.all(got["exp"][x > 709.79] == np.inf)
+    assert np.all(np.isinf(got["exp"][np.isinf(as_double)]))
+    assert np.isnan(got["exp"][np.isnan(x)]).all()
+    assert np.all(got["exp"][~np.isnan(x)] >= 0.0)
+    # fexp_neg: the same function for x ≤ 0 (and NaN), bit for bit
+    neg = ~(x > 0.0)
+    np.testing.assert_array_equal(got["exp_neg"][neg], got["exp"][neg])
+
+
+@pytest.mark.parametrize("which", ["numba", "cython"])
+def test_expm1_error_bound(which):
+    x = _exp_inputs()
+    got = _elementary(which, x)["expm1"]
+    inside = (x >= -40.0) & (x <= 1.0)
+    true = np.expm1(x[inside].astype(np.longdouble))
+    scale = np.abs(true)
+    nonzero = scale > 0
+    err = np.abs((got[inside][nonzero] - true[nonzero]) / scale[nonzero]).max()
+    assert err <= EXPM1_REL, f"fexpm1 relative error {err:.3g}"
+    assert np.all(got[inside][~nonzero] == 0.0)
+    assert np.all(got[x < -40.0] == -1.0)
+    assert np.isnan(got[np.isnan(x)]).all()
+
+
+@pytest.mark.parametrize("which", ["numba", "cython"])
+def test_log_error_bound(which):
+    x = _log_inputs()
+    got = _elementary(which, x)["log"]
+    pos = (x > 0) & np.isfinite(x)
+    true = np.log(x[pos].astype(np.longdouble))
+    ulp = np.spacing(np.abs(true.astype(np.float64)))
+    err = (np.abs(got[pos] - true) / ulp).max()
+    assert err < 1.0, f"flog error {err:.3g} ulp"
+    assert got[x == 0.0].tolist() == [-np.inf, -np.inf]
+    assert got[x == np.inf].tolist() == [np.inf]
+    assert np.isnan(got[(x < 0) | np.isnan(x)]).all()
+    assert got[x == 1.0].tolist() == [0.0]
+
+
+def test_backends_bit_identical():
+    """Same operations in the same order, explicit fma, no fast-math: equal bits."""
+    for x in (_exp_inputs(), _log_inputs()):
+        nb, cy = _elementary("numba", x), _elementary("cython", x)
+        for name in nb:
+            np.testing.assert_array_equal(nb[name].view(np.uint64), cy[name].view(np.uint64),
+                                          err_msg=name)
+
+
+def test_numba_without_fast_math():
+    """The bit-identity above rests on Numba's default fastmath=False: the LLVM IR of the
+    exp/log carries no fast-math flag (no contraction into fma, no reassociation), and
+    its fused multiply-adds are the explicit llvm.fma calls."""
+    import re
+
+    from numba import njit
+
+    from fastppo._kernels.numba import _softmax
+
+    fresh = njit(error_model="numpy")(_softmax.elementary.py_func)  # not from the cache
+    x = np.linspace(-5.0, 5.0, 11)
+    fresh(x, *(np.empty(11) for _ in range(4)))
+    ir = next(iter(fresh.inspect_llvm().values()))
+    assert len(re.findall(r"= f(add|sub|mul|div) double", ir)) > 20
+    flags = r"= f(add|sub|mul|div) (fast|contract|reassoc|nnan|ninf|nsz|arcp|afn)"
+    assert re.findall(flags, ir) == []
+    assert "llvm.fma.f64" in ir
+
+
+# ------------------------------------------------------------------ softmax kernels
+REL = 1e-12
+CODES = [(_codes.NONE, 0.0, 0.0), (_codes.REVERSE_KL, 0.0, 0.3), (_codes.FORWARD_KL, 0.0, 0.3),
+         (_codes.CHI_SQUARE, 0.0, 0.3), (_codes.HELLINGER, 0.0, 0.3),
+         (_codes.JENSEN_SHANNON, 0.0, 0.3), (_codes.ALPHA, 0.5, 0.3), (_codes.ALPHA, 2.0, 0.3),
+         (_codes.ALPHA, -1.0, 0.3)]
+
+
+@pytest.fixture(scope="module")
+def mdps():
+    # more than one block of states (64 lanes) per task, ragged action counts
+    return [random_mdp(60, n_states=150, n_actions=5, gamma=0.95, density=0.05),
+            random_mdp(61, n_states=140, n_actions=6, gamma=0.9, rectangular=False, density=0.05)]
+
+
+def _ppo(which, mdp, code, alpha, tau, beta, n_threads=1):
+    rng = np.random.default_rng(3)
+    n, S = mdp.n_pairs, mdp.n_states
+    theta = rng.normal(size=n)
+    pi_old = fastppo.softmax(mdp, 0.8 * theta, backend="numpy")
+    adv = rng.normal(size=n)
+    weight = rng.random(S) * 3
+    ref = fastppo.softmax(mdp, rng.normal(size=n) / 2, backend="numpy")
+    outs = [np.full(n, np.nan), np.full(S, -1, np.int64), np.full(S, np.nan), np.full(S, np.nan)]
+    get_kernel("ppo_update", which)(mdp.a_indptr, pi_old, adv, weight, ref, code, alpha, tau,
+                                    0.2, 0.25, beta, 0.7, 10, theta, *outs, n_threads)
+    return [theta, *outs]
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+@pytest.mark.parametrize("code,alpha,tau", CODES)
+def test_ppo_update_matches_numpy_and_twins(mdps, code, alpha, tau, beta):
+    """ppo_update (10 inner steps): numba and cython agree bit for bit (1 and 2 threads),
+    and with the NumPy reference (np.exp, np.log) to 1e-12."""
+    for mdp in mdps:
+        expect = _ppo("numpy", mdp, code, alpha, tau, beta)
+        nb = _ppo("numba", mdp, code, alpha, tau, beta)
+        for name, got in (("numba", nb), ("cython", _ppo("cython", mdp, code, alpha, tau, beta)),
+                          ("numba-2", _ppo("numba", mdp, code, alpha, tau, beta, 2)),
+                          ("cython-2", _ppo("cython", mdp, code, alpha, tau, beta, 2))):
+            for i, (g, e) in enumerate(zip(got, expect)):
+                if i == 2:  # clipped-pair counts
+                    np.testing.assert_array_equal(g, e)
+                else:
+                    err = naive.rel_err(g, e)
+                    assert err <= REL, f"{name} output {i}: {err:.3g}"
+            for g, b in zip(got, nb):
+                np.testing.assert_array_equal(g, b, err_msg=name)
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e3])
+def test_segment_softmax_matches_numpy_and_twins(mdps, scale):
+    for mdp in mdps:
+        logits = scale * np.random.default_rng(4).normal(size=mdp.n_pairs)
+        logits[::7] = -800.0 * scale  # e^{θ - max} below the double range: exactly 0
+        out = {}
+        for which in ("numpy", "numba", "cython"):
+            out[which] = np.full(mdp.n_pairs, np.nan)
+            get_kernel("segment_softmax", which)(mdp.a_indptr, logits, out[which], 2)
+        for which in ("numba", "cython"):
+            assert naive.rel_err(out[which], out["numpy"]) <= REL
+        np.testing.assert_array_equal(out["numba"], out["cython"])
+        zero = out["numpy"] == 0.0
+        assert zero.sum() > mdp.n_pairs // 10 and np.all(out["numba"][zero] == 0.0)
+
+
+# ------------------------------------------------------------------ subnormals
+SUBNORMAL_CHECK = """
+import numpy as np
+import fastppo
+from fastppo._backend import get_kernel
+
+mdp = fastppo.garnet(300, 4, 3, gamma=0.9, seed=0)
+logits = np.random.default_rng(0).normal(size=mdp.n_pairs)
+logits[0] = -740.0  # e^{θ - max} is subnormal
+for which in ("numba", "cython"):
+    for n_threads in (1, 2):
+        out = np.empty(mdp.n_pairs)
+        get_kernel("segment_softmax", which)(mdp.a_indptr, logits, out, n_threads)
+        assert out[0] > 0.0 and out[0] < 2.2250738585072014e-308, (which, out[0])
+    fastppo.solve(mdp, fastppo.ReverseKL(0.1), backend=which, n_threads=2)
+assert np.nextafter(0.0, 1.0) > 0.0
+x = np.array([1e-310])
+assert x[0] * 1.0 != 0.0 and (x * 1.0)[0] != 0.0 and 1e-310 * float(x[0] / x[0]) != 0.0
+print("subnormals ok")
+"""
+
+
+def test_subnormals_left_alone():
+    """No flush-to-zero anywhere: not at import (GCC's -ffast-math links crtfastmath.o,
+    which sets it process-wide), not inside the kernels' threads, not after them."""
+    out = subprocess.run([sys.executable, "-c", SUBNORMAL_CHECK], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "subnormals ok" in out.stdout
