@@ -1,4 +1,5 @@
-r"""What SampledPPO converges to: the exact target of every (KL estimator, placement) pair.
+r"""What SampledPPO converges to: the exact target of every (KL estimator, placement) pair,
+advantage form, entropy bonus and reward processing it offers.
 
 Notation as in SPEC §1: β = ``kl_coef``, π_ref the reference policy, at a state s
 w_a = π(a|s)/π_ref(a|s) and ℓ_a = log w_a; Ṽ, Q̃, Ã the values of the reverse-KL
@@ -41,6 +42,22 @@ F (same target), with the KL in the loss it sets the balance of advantage and KL
 the spread of the sampled advantages including the return noise — no fixed target. The
 critic-free forms use returns cut at the horizon (no bootstrap): the targets assume
 episodes end before it (episodic MDPs) or γ^horizon negligible.
+
+*Per step or per sequence.* The forms above at ``advantage_level="step"`` use the
+reward-to-go G_t of the sample's own step t. At ``"sequence"`` (GRPO as practised: one
+advantage for every token of a response) every step of member i carries the same
+statistic of the whole-episode returns G_{0,j}. Write G_{0,i} = P_t + γ^t G_{t,i}, P_t the
+discounted rewards before step t: they were earned before a_t was drawn, so
+E[P_t (e_{a_t} − π) | history] = 0, and the step-t sample sees X = c·γ^t·A_R. As t is not
+a function of s in general, the update of state s is c·w(s)·π(A_R − …) with
+w(s) = E[γ^t | s visited at t] > 0 — which depends on when π visits s. A positive factor
+per state moves no fixed point of an update made of the advantage part alone (k1 in the
+reward, no KL, k2/k3 in the reward: stationarity and the stability condition of §5 are
+both invariant), so those targets are the same at both levels. With a loss-placed KL or an
+entropy bonus (§6) the factor sets the balance between advantage and loss term state by
+state: the target then exists when every state has one depth t(s) from the start states
+(trees, token MDPs; :func:`depths` checks it), with w(s) = γ^{t(s)} — τ = β/(c·γ^{t(s)})
+in §3 — and at γ = 1 (w = 1); elsewhere NoTargetError. ``m(s) = c·w(s)`` below.
 
 **3. KL in the loss** (GRPO). The returns are built from the plain rewards, so A_R = A^π;
 φ_a = ∂k/∂log π(a|s) at the sample is 1 (k1), ℓ_a (k2), 1 − 1/w_a (k3), and
@@ -145,7 +162,45 @@ falls below 10⁻⁴ of its reference probability and is still falling, no fixed
 ahead: :class:`NoTargetError`, naming the pair. Each step is one exact evaluation, on an
 MDP rebuilt with the penalised rewards: meant for small and medium MDPs.
 
-**6. Metrics.** At a fixed point no "gap" is defined (it maximises nothing); report the
+**6. Entropy bonus** (``ent_coef`` = α). The loss gains −α H(π(·|s)) per sample of s;
+∂H/∂θ(s,a) = −π_a (log π_a + H), i.e. X gains −α log π_a: the bonus is the loss-placed
+penalty α KL(π‖uniform) (= α(log n − H)). It never enters the returns, so — like a
+loss-placed KL — it gives a fixed point, not an optimum. Per state (Q frozen) the update
+is the softmax gradient of m⟨p, Q⟩ − Ω_s(p) with
+
+    Ω_s(p) = m β_R KL(p‖π_ref) + β_L D(p‖π_ref) + α KL(p‖uniform),
+
+β_R = β for k1 in the reward (Q = Q̃^π, the returns carry the KL), β_L = β for k2 / k3
+in the loss (D = reverse / forward KL, Q = Q^π plain), zero otherwise. Sums of reverse
+KLs merge: with a = m β_R + β_L and b = a + α,
+
+    π(·|s) ∝ π_ref^{a/b} exp(m Q(s,·)/b),    i.e. greedy_{KL(·‖π_ref^{a/b}), b/m}(Q),
+
+so k1 in the loss (or β = 0) with α > 0 gives π = softmax(m Q^π/α), k2 in the loss
+π ∝ π_ref^{β/(β+α)} exp(m Q^π/(β+α)), k1 in the reward π ∝ π_ref^{mβ/(mβ+α)}
+exp(m Q̃^π/(mβ+α)) (back to the regularized optimum as α → 0). k3 in the loss with α
+has no closed form: stationarity m Q_a + β π_ref,a/p_a − α(log p_a + 1) = ν gives
+p_a = k_a/ω(log k_a − y_a/α), k_a = β π_ref,a/α, y_a = m Q_a − α − ν, ω the Wright
+omega function (``scipy.special.wrightomega``), and ν by Newton's method on Σ_a p_a = 1
+(convex and decreasing in ν, started where the best action has p = 1). All are computed
+as in §3 with h_s = Σ_a g_a (Q_a − β_R log(g_a/π_ref,a)) and
+W = g + m ĉ (y − Σĉy/Σĉ), y = Q − β_R log(g/π_ref), ĉ_a = 1/Ω''_s(g)_a per unit m
+(g/b for the merged reverse KL, g²/(β π_ref + α g) for k3 with α). With k2 / k3 in the
+reward the flow of §5 carries the term; the stability condition becomes: with
+D_a = m β h_a + α/π_a, at most one D_a < 0 and then Σ_a 1/D_a < 0 (all D_a > 0: Φ_s is
+concave, stable).
+
+**7. Reward processing.** ``reward_clip`` clips every environment reward (before the KL
+penalty, as OpenRLHF's ``reward_clip_range``): the rewards are deterministic per pair, so
+the target is that of the MDP with clipped rewards (``reward_clip`` of the result says so;
+``J_plain`` / ``J_reg`` stay on the MDP's own rewards). ``reward_norm`` standardises the
+episode scores by the batch mean μ and std σ (``fastppo.process_rewards``): 1/σ sets the
+balance with the KL or entropy term by the return noise, and at γ < 1 the shift −μ/σ on
+an episode's last step is discounted by its length: no fixed target — except without KL
+and entropy bonus at γ = 1, where every episode's return moves by the same affine map and
+the plain optimum stays.
+
+**8. Metrics.** At a fixed point no "gap" is defined (it maximises nothing); report the
 d-weighted total variation Σ_s d^π_ρ(s) · ½ Σ_a |π(a|s) − π*(a|s)| (:func:`tv_distance`)
 and both objectives: ``J_plain`` = Σ_s ρ(s) V^π(s) and ``J_reg`` = Σ_s ρ(s) Ṽ^π(s) with the
 regularizer given (SampledPPO's ``J``). Episodic MDPs (γ = 1) go through
