@@ -733,6 +733,9 @@ class SampledPPO(IterativeMethod):
         the last ones: J_plain = J + Σ_s d(s) (r_π − c_π)(s)/(1 − γ), c_π = r_π − τ KL."""
         E, mdp = self._evaluator, self.mdp
         E.load(self.pi)
+        if self.target is None and not E.tau:  # J_plain = J and no distance: no d needed
+            ev = E.evaluation(self._v_exact)
+            return ev, None, ev.J, np.nan
         ev, vis = E.evaluation_and_visitation(mdp.rho, self._v_exact, self._d_exact)
         d = vis.d
         J_plain = ev.J
