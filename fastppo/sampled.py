@@ -73,7 +73,8 @@ from ._run import IterativeMethod, check_states
 from ._evaluator import Evaluator, regularizer_args
 from .regularizers import ReverseKL
 from .targets import (ADVANTAGES, KL_ESTIMATORS, LEVELS, _GROUPED, NoTargetError,
-                      SampledTarget, check_reward_clip, resolve_level, sampled_target)
+                      SampledTarget, _acting, check_reward_clip, longest_episode, resolve_level,
+                      sampled_target)
 
 __all__ = ["rollout", "gae", "discounted_returns", "kl_estimate", "group_advantages",
            "process_rewards", "AdaptiveKLController", "SampledPPO", "SampledPPOConfig",
@@ -414,7 +415,9 @@ class SampledPPOConfig:
     n_envs : int, default 256
         Episodes per iteration.
     horizon : int, optional
-        Maximum episode length; default the smallest T with γ^T ≤ 0.01.
+        Maximum episode length; default the smallest T with γ^T ≤ 0.01, or the longest
+        episode where every episode ends sooner (a DAG of non-terminal states, e.g. a token
+        MDP: no episode is then cut).
     gae_lambda : float in [0, 1], default 0.95
     advantage : {"gae", "grpo", "dr_grpo", "rloo", "reinforce"}, default "gae"
         ``reinforce`` has no baseline and wants a smaller ``lr`` (0.05 on rewards in
@@ -616,7 +619,8 @@ class SampledPPO(IterativeMethod):
     batch's discounted return of the environment rewards), ``clipfrac``, ``approx_kl`` (to
     the previous policy), ``kl_ref`` (mean per-step KL estimate to π_ref), ``kl_sequence``
     (its sum over an episode, averaged over the batch), ``kl_coef``, ``entropy``,
-    ``explained_variance`` (gae), ``n_samples``, ``seconds``. ``run(tol=...)`` stops when
+    ``explained_variance`` (gae), ``n_samples``, ``seconds``; ``tv_target`` weighs the
+    non-terminal states as :func:`fastppo.tv_distance`. ``run(tol=...)`` stops when
     the gap ≤ tol, or when ``tv_target`` ≤ tol where no J* is known.
 
     ``save(path)`` / ``SampledPPO.resume(path)`` checkpoint the complete state, the
@@ -646,6 +650,9 @@ class SampledPPO(IterativeMethod):
         horizon = config.horizon
         if horizon is None:
             horizon = 1 if mdp.gamma == 0 else int(np.ceil(np.log(0.01) / np.log(mdp.gamma)))
+            longest = longest_episode(mdp)
+            if longest is not None:
+                horizon = min(horizon, max(longest, 1))
         config = dataclasses.replace(
             config, horizon=horizon, kl_coef=tau if config.kl_coef is None else config.kl_coef,
             backend=resolve_backend(config.backend), n_threads=resolve_threads(config.n_threads))
@@ -743,9 +750,9 @@ class SampledPPO(IterativeMethod):
             r_pi = np.add.reduceat(self.pi * mdp.r, mdp.a_indptr[:-1])
             J_plain += float(d @ (r_pi - E.regularized_reward())) / (1.0 - mdp.gamma)
         tv = np.nan
-        if self.target is not None:
-            tv = float(d @ (0.5 * np.add.reduceat(np.abs(self.pi - self._target_flat),
-                                                  mdp.a_indptr[:-1])))
+        if self.target is not None:  # as fastppo.tv_distance: d on the non-terminal states
+            tv = float(_acting(mdp, d) @ (0.5 * np.add.reduceat(np.abs(self.pi - self._target_flat),
+                                                                mdp.a_indptr[:-1])))
         return ev, d, J_plain, tv
 
     @property

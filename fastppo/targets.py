@@ -40,8 +40,13 @@ standardises over the batch: subtracting the batch mean changes nothing, dividin
 batch std σ scales the advantage part by 1/σ; with the KL in the reward that scales all of
 F (same target), with the KL in the loss it sets the balance of advantage and KL by σ,
 the spread of the sampled advantages including the return noise — no fixed target. The
-critic-free forms use returns cut at the horizon (no bootstrap): the targets assume
-episodes end before it (episodic MDPs) or γ^horizon negligible.
+critic-free forms use returns cut at the horizon H (no bootstrap): a sample at step t sees
+the (H − t)-step return, whose advantage is that of the finite-horizon problem. The
+targets therefore hold when every episode ends before H (episodic MDPs; SampledPPO's
+default horizon covers the longest episode there), and on a continuing MDP only up to the
+last ~1/(1−γ) steps of every episode, however large H (on a 6-state garnet at γ = 0.6 the
+per-step rloo update at the target is off by ~2e-3 in logits, not shrinking with the
+batch). GAE bootstraps from the critic and has no such bias.
 
 *Per step or per sequence.* The forms above at ``advantage_level="step"`` use the
 reward-to-go G_t of the sample's own step t. At ``"sequence"`` (GRPO as practised: one
@@ -201,7 +206,8 @@ and entropy bonus at γ = 1, where every episode's return moves by the same affi
 the plain optimum stays.
 
 **8. Metrics.** At a fixed point no "gap" is defined (it maximises nothing); report the
-d-weighted total variation Σ_s d^π_ρ(s) · ½ Σ_a |π(a|s) − π*(a|s)| (:func:`tv_distance`)
+d-weighted total variation Σ_s d^π_ρ(s) · ½ Σ_a |π(a|s) − π*(a|s)| (:func:`tv_distance`;
+d on the non-terminal states)
 and both objectives: ``J_plain`` = Σ_s ρ(s) V^π(s) and ``J_reg`` = Σ_s ρ(s) Ṽ^π(s) with the
 regularizer given (SampledPPO's ``J``). Episodic MDPs (γ = 1) go through
 :func:`fastppo.evaluate` and :func:`fastppo.solve` like the rest, once those accept them.
@@ -393,6 +399,28 @@ def depths(mdp):
         frontier = succ[~mdp.terminal[succ]]
         t += 1
     return depth
+
+
+def longest_episode(mdp):
+    """Steps of the longest episode from ρ's support when every episode ends (the
+    non-terminal states form a DAG, ``MDP.topological_order``), else None.
+
+    One vectorised step per level: the states reachable in exactly t steps."""
+    if not mdp.terminal.any():
+        return None
+    try:
+        mdp.topological_order
+    except ValueError:
+        return None
+    frontier = np.flatnonzero((mdp.rho > 0) & ~mdp.terminal)
+    t = 0
+    while frontier.size:
+        t += 1
+        pairs = _ranges(mdp.a_indptr[frontier], mdp.a_indptr[frontier + 1])
+        nnz = _ranges(mdp.p_indptr[pairs], mdp.p_indptr[pairs + 1])
+        succ = np.unique(mdp.p_indices[nnz][mdp.p_data[nnz] > 0])
+        frontier = succ[~mdp.terminal[succ]]
+    return t
 
 
 def _ranges(lo, hi):
@@ -1113,6 +1141,11 @@ def sampled_target(mdp, reg=None, *, kl_coef=None, kl_estimator="k1", kl_penalty
 def tv_distance(mdp, pi, target, mu=None, *, backend=None, n_threads=None):
     """d-weighted total variation Σ_s d^π_μ(s) · ½ Σ_a |π(a|s) − π*(a|s)| to a target.
 
+    d^π_μ is taken on the non-terminal states (renormalised there): the policy acts only
+    there, and on an episodic MDP this is each state's share of the visits however close γ
+    is to 1 (the discounted visitation would put almost all its mass on the absorbing
+    state). Without terminal states it is d^π_μ itself.
+
     Parameters
     ----------
     mdp : MDP
@@ -1135,4 +1168,13 @@ def tv_distance(mdp, pi, target, mu=None, *, backend=None, n_threads=None):
     flat = V.as_policy(mdp, pi.policy if isinstance(pi, SampledTarget) else pi)
     star = V.as_policy(mdp, target.policy if isinstance(target, SampledTarget) else target, "target")
     d = visitation(mdp, flat, mu, backend=backend, n_threads=n_threads)
-    return float(d @ (0.5 * np.add.reduceat(np.abs(flat - star), mdp.a_indptr[:-1])))
+    return float(_acting(mdp, d) @ (0.5 * np.add.reduceat(np.abs(flat - star), mdp.a_indptr[:-1])))
+
+
+def _acting(mdp, d):
+    """d on the non-terminal states, renormalised (d itself without terminal states)."""
+    if not mdp.terminal.any():
+        return d
+    d = np.where(mdp.terminal, 0.0, d)
+    total = d.sum()
+    return d / total if total > 0 else d

@@ -833,3 +833,16 @@ def test_each_variant_is_within_3_se_of_its_own_target(name):
         E[n] = functional(means.std(axis=0, ddof=1) / np.sqrt(len(means)))
         assert D[n] <= 3 * E[n], (name, n, D[n], E[n])
     assert D[4 * n_envs] < D[n_envs], (name, D)
+
+
+def test_default_horizon_covers_the_longest_episode(tokens, frozenlake):
+    """Where every episode ends (a DAG: token MDPs) the default horizon is the longest
+    episode, not the 4603 steps γ = 0.999 would give; with cycles it stays γ^T ≤ 0.01."""
+    task, reg = tokens
+    assert fastppo.targets.longest_episode(task.mdp) == task.max_len
+    assert fastppo.SampledPPO(task.mdp, reg, reference=False).horizon == task.max_len
+    assert fastppo.SampledPPO(task.mdp, reg, reference=False, horizon=9).horizon == 9
+    assert fastppo.targets.longest_episode(frozenlake) is None
+    assert fastppo.SampledPPO(frozenlake, reference=False).horizon == int(np.ceil(np.log(0.01) / np.log(0.95)))
+    tr = fastppo.rollout(task.mdp, task.ref, 500, task.max_len, seed=0)
+    assert tr.terminated[np.arange(500), tr.length - 1].all()  # no episode is cut

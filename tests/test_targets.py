@@ -920,3 +920,21 @@ def test_new_setting_errors():
     # sequence-level rloo without a loss term: the same target as per step, on any MDP
     a = fastppo.sampled_target(mdp, reg, advantage="rloo", advantage_level="sequence")
     np.testing.assert_array_equal(a.policy, fastppo.sampled_target(mdp, reg, advantage="rloo").policy)
+
+
+def test_tv_distance_weighs_the_non_terminal_states():
+    """On an episodic MDP the visitation is taken on the non-terminal states, renormalised
+    (the absorbing state would otherwise carry almost all of d at γ near 1)."""
+    task = fastppo.token_mdp(vocab=2, max_len=3, n_prompts=2, gamma=0.999, seed=0)
+    mdp = task.mdp
+    rng = np.random.default_rng(1)
+    pi = fastppo.softmax(mdp, rng.normal(size=mdp.n_pairs))
+    star = fastppo.softmax(mdp, rng.normal(size=mdp.n_pairs))
+    d = naive.visitation(mdp, pi)
+    live = [s for s in range(mdp.n_states) if not mdp.terminal[s]]
+    total = sum(d[s] for s in live)
+    expect = sum(d[s] / total * 0.5 * sum(abs(pi[k] - star[k]) for k in range(int(mdp.a_indptr[s]),
+                                                                            int(mdp.a_indptr[s + 1])))
+                 for s in live)
+    assert fastppo.tv_distance(mdp, pi, star) == pytest.approx(expect, rel=1e-9)
+    assert d[task.end] > 0.99  # what the renormalisation removes
