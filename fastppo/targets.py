@@ -455,7 +455,15 @@ class _Problem:
         """Q the fixed-point condition is greedy in: Q^π (plain rewards), or Q̃^π with β KL in
         the returns (k1 in the reward)."""
         reg = ReverseKL(self.beta_R, self.ref) if self.beta_R > 0 else None
-        return self.mdp.to_pairs(evaluate(self.mdp, pi, reg, tol=LIN_TOL, **self.opts).q)
+        return self.mdp.to_pairs(evaluate(self.mdp, self.unpenalised_terminals(pi), reg,
+                                          tol=LIN_TOL, **self.opts).q)
+
+    def unpenalised_terminals(self, pi):
+        """π with π_ref in the terminal states: SampledPPO's episodes end there, so no KL is
+        sampled there (absorbing with zero reward, their policy enters only through the KL)."""
+        if not self.mdp.terminal.any():
+            return pi
+        return np.where(self.mdp.terminal[self.mdp.s_indices], self.ref, pi)
 
     # ---------------------------------------------------------------- greedy maps
     def greedy(self, q):
@@ -535,8 +543,8 @@ class _Problem:
             x = m * a
             spread = float(np.max(np.abs(m * (a + beta * _k_value(self.kind, log_w)))))
         elif self.kind == "reverse-optimum":
-            a = mdp.to_pairs(evaluate(mdp, pi, ReverseKL(beta, self.ref), tol=LIN_TOL,
-                                      **self.opts).adv)
+            a = mdp.to_pairs(evaluate(mdp, self.unpenalised_terminals(pi), ReverseKL(beta, self.ref),
+                                      tol=LIN_TOL, **self.opts).adv)
             x = m * (a - beta * log_w)  # m (Q_R − V_R) up to a per-state constant
             spread = float(np.max(np.abs(m * a)))
         else:

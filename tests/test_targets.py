@@ -938,3 +938,27 @@ def test_tv_distance_weighs_the_non_terminal_states():
                  for s in live)
     assert fastppo.tv_distance(mdp, pi, star) == pytest.approx(expect, rel=1e-9)
     assert d[task.end] > 0.99  # what the renormalisation removes
+
+
+def test_terminal_policy_does_not_enter_the_reward_kl():
+    """SampledPPO samples no KL in terminal states (its episodes end there): the k1-in-reward
+    update and target do not depend on the policy there (evaluate() with the regularizer
+    would charge τ KL per step in the absorbing state)."""
+    task = fastppo.token_mdp(vocab=2, max_len=3, n_prompts=1, gamma=0.8, seed=2)
+    mdp, reg = task.mdp, fastppo.ReverseKL(0.5, ref=task.ref)
+    theta = np.random.default_rng(0).normal(scale=0.5, size=mdp.n_pairs)
+    term = mdp.terminal[mdp.s_indices]
+    other = np.where(term, np.random.default_rng(1).normal(size=mdp.n_pairs), theta)
+    F = fastppo.expected_update(mdp, fastppo.softmax(mdp, theta), reg)
+    G = fastppo.expected_update(mdp, fastppo.softmax(mdp, other), reg)
+    np.testing.assert_allclose(F, G, atol=1e-12)
+    # and it is the update on the rewards r − β log(π/π_ref) outside the terminal states
+    pi = fastppo.softmax(mdp, theta)
+    ref = np.asarray(task.ref)
+    r = np.where(term, mdp.r, mdp.r - 0.5 * np.log(pi / ref))
+    shifted = fastppo.MDP(mdp.a_indptr, mdp.a_indices, mdp.p_indptr, mdp.p_indices, mdp.p_data, r,
+                          mdp.gamma, mdp.rho)
+    x = mdp.to_pairs(fastppo.evaluate(shifted, pi).adv)  # the state's own KL sample included
+    mean = np.add.reduceat(pi * x, mdp.a_indptr[:-1])
+    expect = np.where(term, 0.0, pi * (x - mean[mdp.s_indices]))
+    np.testing.assert_allclose(F, expect, atol=1e-10)
