@@ -417,7 +417,7 @@ class SampledPPOConfig:
     horizon : int, optional
         Maximum episode length; default the smallest T with γ^T ≤ 0.01, or the longest
         episode where every episode ends sooner (a DAG of non-terminal states, e.g. a token
-        MDP: no episode is then cut).
+        MDP, always at γ = 1: no episode is then cut).
     gae_lambda : float in [0, 1], default 0.95
     advantage : {"gae", "grpo", "dr_grpo", "rloo", "reinforce"}, default "gae"
         ``reinforce`` has no baseline and wants a smaller ``lr`` (0.05 on rewards in
@@ -634,7 +634,6 @@ class SampledPPO(IterativeMethod):
 
     @renamed_parameters(kl_target="kl_target_step")
     def __init__(self, mdp, reg=None, config=None, *, init=None, reference=True, **kwargs):
-        V.check_discounted(mdp, "SampledPPO")
         if config is None:
             config = SampledPPOConfig(**kwargs)
         elif not isinstance(config, SampledPPOConfig):
@@ -649,8 +648,9 @@ class SampledPPO(IterativeMethod):
         self._ref = mdp.uniform_policy() if ref is None else ref
         horizon = config.horizon
         if horizon is None:
-            horizon = 1 if mdp.gamma == 0 else int(np.ceil(np.log(0.01) / np.log(mdp.gamma)))
-            longest = longest_episode(mdp)
+            longest = longest_episode(mdp)  # an int at gamma = 1 (a DAG)
+            horizon = (1 if mdp.gamma == 0 else longest if mdp.gamma == 1.0
+                       else int(np.ceil(np.log(0.01) / np.log(mdp.gamma))))
             if longest is not None:
                 horizon = min(horizon, max(longest, 1))
         config = dataclasses.replace(
@@ -737,7 +737,8 @@ class SampledPPO(IterativeMethod):
 
     def _exact(self):
         """(Evaluation, d^π_ρ, J_plain, tv_target) of the current policy, warm-started from
-        the last ones: J_plain = J + Σ_s d(s) (r_π − c_π)(s)/(1 − γ), c_π = r_π − τ KL."""
+        the last ones: J_plain = J + Σ_s d(s) (r_π − c_π)(s)/(1 − γ), c_π = r_π − τ KL
+        (d/(1 − γ): the visits before termination at γ = 1)."""
         E, mdp = self._evaluator, self.mdp
         E.load(self.pi)
         if self.target is None and not E.tau:  # J_plain = J and no distance: no d needed
@@ -748,7 +749,8 @@ class SampledPPO(IterativeMethod):
         J_plain = ev.J
         if E.tau:
             r_pi = np.add.reduceat(self.pi * mdp.r, mdp.a_indptr[:-1])
-            J_plain += float(d @ (r_pi - E.regularized_reward())) / (1.0 - mdp.gamma)
+            J_plain += (float(vis.visits @ (r_pi - E.regularized_reward())) if mdp.gamma == 1.0
+                        else float(d @ (r_pi - E.regularized_reward())) / (1.0 - mdp.gamma))
         tv = np.nan
         if self.target is not None:  # as fastppo.tv_distance: d on the non-terminal states
             tv = float(_acting(mdp, d) @ (0.5 * np.add.reduceat(np.abs(self.pi - self._target_flat),

@@ -25,7 +25,10 @@ the exact policy gradient (``fastppo.gradient``).
 natural η grows like S·(1−γ) times a dimensionless step. ``lr`` is the raw η of the
 update above (comparable with the paper); ``lr=None`` uses the scale-free
 η = ``step_scale`` · (1−γ) / max_s d_0(s) (d_0: visitation of the initial policy), so
-the largest per-state step is ``step_scale`` at the start, at every size. Too large a
+the largest per-state step is ``step_scale`` at the start, at every size. At γ = 1
+(episodic MDPs, SPEC §1) d_old(s)/(1−γ) is the expected number of visits n_old(s)
+before termination and η = ``step_scale`` / max_s n_0(s) (``fastppo._episodic``);
+``solve``, ``PPOClip`` and ``SoftmaxPG`` accept γ = 1. Too large a
 step makes the K inner steps bounce across the clip boundary, and PPO-Clip can then
 stall at a non-optimal fixed point (a ``ConvergenceWarning``): reduce ``step_scale``
 (or ``inner_steps``) if the gap stops falling.
@@ -44,6 +47,7 @@ import numpy as np
 
 from . import _validation as V
 from ._backend import get_kernel, resolve_backend, resolve_threads
+from ._episodic import visit_weights
 from ._errors import ConvergenceWarning, renamed_parameters
 from ._evaluator import DEFAULT_TOL, Evaluator
 from ._krylov import ConvergenceError
@@ -92,7 +96,6 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
     ConvergenceError
         If ``max_iter`` iterations do not reach ``tol``.
     """
-    V.check_discounted(mdp, "solve")
     tol = V.check_positive(tol, "tol")
     max_iter = V.check_int(max_iter, "max_iter")
     lin_tol = V.check_positive(lin_tol, "lin_tol")
@@ -168,6 +171,7 @@ class _ExactMethod(IterativeMethod):
     ``fastppo._run``'s."""
 
     HISTORY = _HISTORY
+    EPISODIC = False  # gamma = 1 accepted (PPOClip, SoftmaxPG)
     FALLBACK_MEASURE = "grad_norm"  # run(tol=...) without J*: the gradient norm
     # checkpoint fields beyond the common ones: the weighting and the linear solves' warm starts
     STATE = {"mu": ("states", False), "v_warm": ("states", True), "d_warm": ("states", True)}
@@ -175,7 +179,8 @@ class _ExactMethod(IterativeMethod):
 
     def __init__(self, mdp, reg, lr, mu, init, step_scale, reference, backend, n_threads,
                  lin_tol, warm_start):
-        V.check_discounted(mdp, type(self).__name__)
+        if not self.EPISODIC:
+            V.check_discounted(mdp, type(self).__name__)
         self.mdp = mdp
         self.reg = reg
         self.backend = resolve_backend(backend)
@@ -195,9 +200,10 @@ class _ExactMethod(IterativeMethod):
         if lr is None:
             step_scale = V.check_positive(step_scale, "step_scale")
             E.load(self.pi)
-            d0 = E.visitation(self.mu).d
-            self._d = d0
-            lr = step_scale * (1.0 - mdp.gamma) / float(d0.max())
+            vis0 = E.visitation(self.mu)
+            self._d = vis0.d
+            lr = (step_scale / float(vis0.visits.max()) if mdp.gamma == 1.0  # max n₀
+                  else step_scale * (1.0 - mdp.gamma) / float(vis0.d.max()))
         self.lr = V.check_positive(lr, "lr")
         self.n_iter = 0
         self._rows = []
@@ -335,7 +341,8 @@ class PPOClip(_ExactMethod):
         K ascent steps per outer iteration.
     lr : float, optional
         Raw step size η of the update (as in the paper). If None,
-        η = step_scale·(1−γ)/max_s d_0(s).
+        η = step_scale·(1−γ)/max_s d_0(s) (at γ = 1: step_scale/max_s n_0(s), n_0 the
+        expected visits before termination).
     mu : array_like of shape (n_states,) or "uniform", optional
         Weighting distribution with full support; default ``mdp.rho`` (mixed half and
         half with uniform when ρ lacks full support).
@@ -355,6 +362,7 @@ class PPOClip(_ExactMethod):
     """
 
     SETTINGS = ("clip", "inner_steps", *_ExactMethod.SETTINGS)
+    EPISODIC = True
 
     @renamed_parameters(step="step_scale", tol="lin_tol")
     def __init__(self, mdp, reg=None, clip=0.2, inner_steps=10, lr=None, mu=None, init=None, *,
@@ -385,7 +393,7 @@ class PPOClip(_ExactMethod):
         products its solve took."""
         vis = ev.visitation
         self._d = vis.d
-        return vis.d / (1.0 - self.mdp.gamma), vis.n_matvec
+        return visit_weights(self.mdp, vis), vis.n_matvec
 
     def _update(self, ev):
         mdp = self.mdp
@@ -436,6 +444,7 @@ class KLPenaltyPPO(PPOClip):
     """
 
     SETTINGS = ("kl_target", "beta", "inner_steps", *_ExactMethod.SETTINGS)
+    EPISODIC = False  # the cap on beta still reads d/(1 - gamma)
 
     @renamed_parameters(step="step_scale", tol="lin_tol")
     def __init__(self, mdp, reg=None, kl_target=0.01, beta=1.0, inner_steps=10, lr=None,

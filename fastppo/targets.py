@@ -210,7 +210,8 @@ d-weighted total variation Σ_s d^π_ρ(s) · ½ Σ_a |π(a|s) − π*(a|s)| (:f
 d on the non-terminal states)
 and both objectives: ``J_plain`` = Σ_s ρ(s) V^π(s) and ``J_reg`` = Σ_s ρ(s) Ṽ^π(s) with the
 regularizer given (SampledPPO's ``J``). Episodic MDPs (γ = 1) go through
-:func:`fastppo.evaluate` and :func:`fastppo.solve` like the rest, once those accept them.
+:func:`fastppo.evaluate` and :func:`fastppo.solve` like the rest (one topological pass
+each, ``fastppo._episodic``); d is then the visits over the expected episode length.
 """
 import warnings
 

@@ -760,8 +760,10 @@ def _variant_problems():
     g_reg = fastppo.ReverseKL(0.3, ref=fastppo.softmax(garnet, 0.5 * np.random.default_rng(0).normal(size=18)))
     task = fastppo.token_mdp(vocab=2, max_len=3, n_prompts=2, gamma=0.999, seed=0)
     t_reg = fastppo.ReverseKL(1.0, ref=task.ref)
+    episodic = fastppo.token_mdp(vocab=2, max_len=3, n_prompts=2, seed=0)  # gamma = 1
     return {"garnet": (garnet, g_reg), "garnet-plain": (garnet, None),
-            "two-action": _two_action_mdp(4, 0, scale=0.05, gamma=0.5), "tokens": (task.mdp, t_reg)}
+            "two-action": _two_action_mdp(4, 0, scale=0.05, gamma=0.5), "tokens": (task.mdp, t_reg),
+            "tokens-episodic": (episodic.mdp, fastppo.ReverseKL(1.0, ref=episodic.ref))}
 
 
 # (problem, settings, n_envs): critic-based forms on a 6-state garnet (γ = 0.6); the
@@ -782,6 +784,9 @@ VARIANTS = {
                                                      advantage="rloo", advantage_level="sequence",
                                                      lr=0.1), 256),
     "k1-reward-rloo-step": ("tokens", dict(advantage="rloo", lr=0.1), 256),
+    "k3-loss-dr_grpo-sequence-episodic": ("tokens-episodic", dict(
+        kl_estimator="k3", kl_penalty="loss", advantage="dr_grpo", advantage_level="sequence",
+        lr=0.1), 256),
 }
 
 
