@@ -89,7 +89,7 @@ def garnet_advantages(iters, seed):
 
 
 def token_example(iters, seed):
-    task = fastppo.token_mdp(vocab=4, max_len=5, n_prompts=8, gamma=0.999, seed=0)
+    task = fastppo.token_mdp(vocab=4, max_len=5, n_prompts=8, seed=0)  # gamma = 1
     mdp = task.mdp
     reg = fastppo.ReverseKL(0.5, ref=task.ref)
     print(f"\n{task}, ReverseKL(0.5, ref=task.ref), n_envs=1024, {iters} iterations, "

@@ -492,3 +492,27 @@ def test_entry_points_refuse_gamma_one(name):
     with pytest.raises(NotImplementedError, match=rf"^{name} does not support gamma = 1 \(episodic "
                                                   r"MDPs\) yet: .* use gamma < 1"):
         _refusals(task.mdp, task.ref)[name]()
+
+
+def test_visits_weighted_kl_is_the_response_level_kl():
+    """Σ_s n(s) KL(π(·|s) ‖ π_ref(·|s)) (the over-optimization x-axis squared) is the KL
+    between the distributions of whole responses, by enumerating every response."""
+    task = fastppo.token_mdp(vocab=2, max_len=3, n_prompts=2, seed=4)
+    mdp, ref = task.mdp, np.asarray(task.ref)
+    pi, _ = random_policy(mdp, 7)
+    states, P, _ = naive.dense(mdp)
+    term = naive.terminal_states(mdp)
+
+    def responses(s, p, q):  # (prob under π, prob under π_ref) of every path from s
+        if term[s]:
+            yield p, q
+            return
+        for k in range(int(mdp.a_indptr[s]), int(mdp.a_indptr[s + 1])):
+            for t in np.flatnonzero(P[k]):
+                yield from responses(t, p * pi[k] * P[k, t], q * ref[k] * P[k, t])
+
+    kl = sum(p * np.log(p / q) for s0 in np.flatnonzero(mdp.rho)
+             for p, q in responses(s0, mdp.rho[s0], mdp.rho[s0]))
+    n = fastppo.visitation(mdp, pi, full_output=True).visits
+    per_state = np.add.reduceat(pi * np.log(pi / ref), mdp.a_indptr[:-1])
+    assert n @ per_state == pytest.approx(kl, rel=1e-12)
