@@ -16,7 +16,8 @@ from .mdp import MDP
 from .tokens import OutcomeReward, TokenMDP, token_mdp
 from . import reward_model
 from .sampled import (AdaptiveKLController, Rollout, SampledPPO, SampledPPOConfig,
-                      discounted_returns, gae, group_advantages, kl_estimate, rollout)
+                      discounted_returns, gae, group_advantages, kl_estimate, process_rewards,
+                      rollout)
 from .solvers import NPG, KLPenaltyPPO, PPOClip, RunResult, SoftmaxPG, SolveResult, solve
 from .sweeps import sweep
 from .targets import (NoTargetError, SampledTarget, advantage_scale, expected_update,
@@ -33,6 +34,7 @@ __all__ = [
     "ConvergenceWarning",
     "solve", "PPOClip", "SoftmaxPG", "NPG", "KLPenaltyPPO", "SolveResult", "RunResult",
     "rollout", "Rollout", "gae", "discounted_returns", "kl_estimate", "group_advantages",
+    "process_rewards",
     "AdaptiveKLController", "SampledPPO", "SampledPPOConfig",
     "sampled_target", "SampledTarget", "NoTargetError", "expected_update", "advantage_scale",
     "tv_distance",

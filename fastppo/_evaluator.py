@@ -130,6 +130,12 @@ class Evaluator:
         The loaded policy.
     """
 
+    def __new__(cls, mdp, *args, **kwargs):
+        if cls is Evaluator and mdp.gamma == 1.0:  # episodic: one topological pass each
+            from ._episodic import EpisodicEvaluator
+            cls = EpisodicEvaluator
+        return super().__new__(cls)
+
     def __init__(self, mdp, reg, backend, n_threads, *, tol=DEFAULT_TOL,
                  max_iter=DEFAULT_MAX_ITER, restart=DEFAULT_RESTART, method="auto"):
         self.mdp, self.backend, self.n_threads = mdp, backend, n_threads

@@ -197,8 +197,9 @@ def plot_curves(path, curves, title="", ylabel=None):
     ----------
     path : str
     curves : list of (label, structured ndarray)
-        Each history is plotted as its gap J* − J against ``iter``, or as its gradient
-        norm when the gap is unknown (all NaN).
+        Each history is plotted as its gap J* − J against ``iter``, or where the gap is
+        unknown (all NaN) as its distance to the target (``tv_target``, sample-based
+        methods) or its gradient norm (exact methods); not at all if it has none of them.
     title, ylabel : str
     """
     from matplotlib.figure import Figure
@@ -206,14 +207,19 @@ def plot_curves(path, curves, title="", ylabel=None):
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
     measures = set()
+    names = {"gap": "gap J* − J", "tv_target": "TV distance to the target",
+             "grad_norm": "gradient norm"}
     for label, h in curves:
-        measure = "gap" if len(h) and np.isfinite(h["gap"]).any() else "grad_norm"
+        measure = next((m for m in names if m in h.dtype.names and np.isfinite(h[m]).any()),
+                       None)
+        if measure is None:
+            continue
         measures.add(measure)
         y = np.where(h[measure] > 0, h[measure], np.nan)  # log scale: round-off zeros omitted
         ax.semilogy(h["iter"], y, label=label, lw=1.4)
     ax.set_xlabel("outer iteration")
-    default = "gap J* − J" if measures == {"gap"} else "gradient norm" if measures == {
-        "grad_norm"} else "gap J* − J (gradient norm where J* unknown)"
+    default = (names[measures.pop()] if len(measures) == 1
+               else "gap J* − J (else TV distance to the target, or gradient norm)")
     ax.set_ylabel(ylabel or default)
     ax.set_title(title, fontsize=8)
     ax.grid(True, which="both", alpha=0.3)

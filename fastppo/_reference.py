@@ -226,16 +226,20 @@ def discounted_returns(rewards, next_values, terminated, done, gamma, out, n_thr
 
 def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_ref, returns,
                     v_old, order, bounds, eps_low, eps_high, dual_clip, kl_coef, kl_kind,
-                    value_clip, lr, critic_lr, logits, values, g, csum, vsum, counts, lse,
-                    clipped, n_threads=1):
+                    value_clip, lr, critic_lr, ent_coef, sample_mean, logits, values, g, csum,
+                    vsum, counts, lse, clipped, n_threads=1):
     """Epochs × minibatches of PPO-Clip on tabular logits and a tabular critic (in place).
 
     Minibatch m of epoch e holds the samples ``order[e, bounds[m]:bounds[m+1]]``. Per
     sample i at state s, pair k, with r = π_θ(k)/π_old(k), the ascent coefficient is
     c_i = r A_i where the clip is inactive (A > 0 and r < 1+ε_high, or A < 0 and
     1−ε_low < r < dual_clip), else 0, minus β ∂k/∂log π (k1: 1, k2: log π/π_ref,
-    k3: 1 − π_ref/π). Each visited state then moves by the mean over its n_s samples:
-    θ(s,·) += lr/n_s Σ_i c_i (e_{k_i} − π_θ(·|s)), and V(s) −= critic_lr/n_s Σ_i ∂ℓ_i/∂V
+    k3: 1 − π_ref/π). Each sample also carries the entropy bonus ent_coef · H(π_θ(·|s))
+    of its state, ∂H/∂θ(s,b) = −π_b (log π_b + H). Each visited state then moves by the
+    sum over its n_s samples divided by n_s (``sample_mean`` false: the per-state mean) or
+    by the minibatch size m (true: the gradient of the minibatch's sample mean):
+    θ(s,·) += lr/den Σ_i [c_i (e_{k_i} − π_θ(·|s)) + ent_coef ∂H/∂θ(s,·)], den = n_s or m,
+    and V(s) −= critic_lr/den Σ_i ∂ℓ_i/∂V
     with ℓ = ½ max((V − R)², (V_clip − R)²), V_clip = V_old + clip(V − V_old, ±value_clip)
     (the clipped branch only where |V − V_old| > value_clip, so round-off cannot pick it).
     ``clipped[e]`` counts the samples of epoch e with A ≠ 0 and an active clip.
@@ -273,9 +277,14 @@ def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_r
             vs = np.bincount(s, vgrad, minlength=n_states)
             seen = n > 0
             pair_seen = seen[st]
-            step = (gk - cs[st] * pi) / np.where(pair_seen, n[st], 1)
+            den = np.full(n_states, float(idx.size)) if sample_mean else np.maximum(n, 1).astype(float)
+            step = (gk - cs[st] * pi) / den[st]
+            if ent_coef != 0.0:
+                logpi = logits - lse[st]
+                H = -_segment_sum(a_indptr, pi * logpi)
+                step -= (ent_coef * (n / den))[st] * (pi * (logpi + H[st]))
             logits[pair_seen] += lr * step[pair_seen]
-            values[seen] -= critic_lr * vs[seen] / n[seen]
+            values[seen] -= critic_lr * vs[seen] / den[seen]
 
 
 # ------------------------------------------------------------------- episodic

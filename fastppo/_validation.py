@@ -59,12 +59,13 @@ def check_episodic(mdp):
 
 
 def check_discounted(mdp, what):
-    """Refuse γ = 1 in the entry points whose formulas still divide by 1 − γ."""
+    """Refuse γ = 1 in the entry points whose formulas still divide by 1 − γ (NPG,
+    KLPenaltyPPO)."""
     if mdp.gamma == 1.0:
         raise NotImplementedError(
             f"{what} does not support gamma = 1 (episodic MDPs) yet: evaluate, visitation, "
-            "gradient, solve, the exact methods and SampledPPO get gamma = 1 in a coming "
-            "version; until then use gamma < 1 (e.g. 0.9999)")
+            "gradient, solve, PPOClip, SoftmaxPG and SampledPPO do; for this one use "
+            "gamma < 1 (e.g. 0.9999)")
 
 
 def acyclic_order(mdp):

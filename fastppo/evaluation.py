@@ -23,6 +23,12 @@ the relative residual ‖b − A x‖₂/‖b‖₂, the same at every reward sc
 give values × c); the default 1e-12 gives v and d to about 1e-10 relative accuracy for
 γ ≤ 0.99 (the condition number of I − γP_π is at most (1+γ)/(1−γ)).
 
+At γ = 1 (episodic MDPs: every policy terminates, the non-terminal states form a DAG)
+d^π_μ/(1−γ) reads as the expected visits n = (I − P_πᵀ)^{-1} μ before termination and
+d^π_μ as n divided by the expected episode length Σ n; Ṽ, n and d are 0 on terminal
+states, and each is one exact pass over the states in topological order
+(``fastppo._episodic``): no linear solve, ``tol`` and warm starts do not apply.
+
 These functions check their inputs, then delegate to ``fastppo._evaluator.Evaluator``,
 which the solvers' inner loops use directly.
 """
@@ -105,7 +111,6 @@ def evaluate(mdp, pi, reg=None, *, v0=None, tol=DEFAULT_TOL, max_iter=None,
     >>> ev.v.shape, bool(abs(ev.adv.sum()) < 1e-8 * len(ev.adv))
     ((100,), True)
     """
-    V.check_discounted(mdp, "evaluate")
     flat = V.as_policy(mdp, pi)
     E = Evaluator(mdp, reg, resolve_backend(backend), resolve_threads(n_threads),
                   **_solver_args(tol, max_iter, restart, method))
@@ -139,9 +144,10 @@ def visitation(mdp, pi, mu=None, *, d0=None, tol=DEFAULT_TOL, max_iter=None,
     Returns
     -------
     d : ndarray of shape (n_states,)
-        Non-negative, sums to 1, ``d >= (1−γ) mu``.
+        Non-negative, sums to 1, ``d >= (1−γ) mu``. At γ = 1: the expected visits before
+        termination divided by the expected episode length, 0 on terminal states
+        (``full_output`` adds ``visits`` and ``length``).
     """
-    V.check_discounted(mdp, "visitation")
     flat = V.as_policy(mdp, pi)
     mu = mdp.rho if mu is None else V.check_distribution(mu, mdp.n_states, "mu")
     E = Evaluator(mdp, None, resolve_backend(backend), resolve_threads(n_threads),
@@ -189,7 +195,6 @@ def gradient(mdp, logits, reg=None, mu=None, *, tol=DEFAULT_TOL, max_iter=None,
     -------
     grad : ndarray of the shape of ``logits``
     """
-    V.check_discounted(mdp, "gradient")
     which, nt = resolve_backend(backend), resolve_threads(n_threads)
     theta = V.check_logits(mdp, logits)
     E = Evaluator(mdp, reg, which, nt, **_solver_args(tol, max_iter, restart))

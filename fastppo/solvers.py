@@ -25,7 +25,10 @@ the exact policy gradient (``fastppo.gradient``).
 natural η grows like S·(1−γ) times a dimensionless step. ``lr`` is the raw η of the
 update above (comparable with the paper); ``lr=None`` uses the scale-free
 η = ``step_scale`` · (1−γ) / max_s d_0(s) (d_0: visitation of the initial policy), so
-the largest per-state step is ``step_scale`` at the start, at every size. Too large a
+the largest per-state step is ``step_scale`` at the start, at every size. At γ = 1
+(episodic MDPs, SPEC §1) d_old(s)/(1−γ) is the expected number of visits n_old(s)
+before termination and η = ``step_scale`` / max_s n_0(s) (``fastppo._episodic``);
+``solve``, ``PPOClip`` and ``SoftmaxPG`` accept γ = 1. Too large a
 step makes the K inner steps bounce across the clip boundary, and PPO-Clip can then
 stall at a non-optimal fixed point (a ``ConvergenceWarning``): reduce ``step_scale``
 (or ``inner_steps``) if the gap stops falling.
@@ -44,6 +47,7 @@ import numpy as np
 
 from . import _validation as V
 from ._backend import get_kernel, resolve_backend, resolve_threads
+from ._episodic import visit_weights
 from ._errors import ConvergenceWarning, renamed_parameters
 from ._evaluator import DEFAULT_TOL, Evaluator
 from ._krylov import ConvergenceError
@@ -103,7 +107,6 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, v0=None, pi0
     ConvergenceError
         If ``max_iter`` iterations do not reach ``tol``.
     """
-    V.check_discounted(mdp, "solve")
     tol = V.check_positive(tol, "tol")
     max_iter = V.check_int(max_iter, "max_iter")
     lin_tol = V.check_positive(lin_tol, "lin_tol")
@@ -205,6 +208,7 @@ class _ExactMethod(IterativeMethod):
     ``fastppo._run``'s."""
 
     HISTORY = _HISTORY
+    EPISODIC = False  # gamma = 1 accepted (PPOClip, SoftmaxPG)
     FALLBACK_MEASURE = "grad_norm"  # run(tol=...) without J*: the gradient norm
     # checkpoint fields beyond the common ones: the weighting and the linear solves' warm starts
     STATE = {"mu": ("states", False), "v_warm": ("states", True), "d_warm": ("states", True)}
@@ -212,7 +216,8 @@ class _ExactMethod(IterativeMethod):
 
     def __init__(self, mdp, reg, lr, mu, init, step_scale, reference, backend, n_threads,
                  lin_tol, warm_start):
-        V.check_discounted(mdp, type(self).__name__)
+        if not self.EPISODIC:
+            V.check_discounted(mdp, type(self).__name__)
         self.mdp = mdp
         self.reg = reg
         self.backend = resolve_backend(backend)
@@ -232,9 +237,10 @@ class _ExactMethod(IterativeMethod):
         if lr is None:
             step_scale = V.check_positive(step_scale, "step_scale")
             E.load(self.pi)
-            d0 = E.visitation(self.mu).d
-            self._d = d0
-            lr = step_scale * (1.0 - mdp.gamma) / float(d0.max())
+            vis0 = E.visitation(self.mu)
+            self._d = vis0.d
+            lr = (step_scale / float(vis0.visits.max()) if mdp.gamma == 1.0  # max n₀
+                  else step_scale * (1.0 - mdp.gamma) / float(vis0.d.max()))
         self.lr = V.check_positive(lr, "lr")
         self.n_iter = 0
         self._rows = []
@@ -332,9 +338,11 @@ class _ExactMethod(IterativeMethod):
         # scale of Q, max|V| + max|A| ≥ max|Q|: near the optimum J moves by about the square
         # of the gradient, so J stops moving (at 1e-14 relative, see _run) once the gradient
         # is below sqrt(1e-14) = 1e-7 of that scale; and the linear solves give Q only to
-        # about lin_tol/(1 − γ) of it. Below either, J is at the optimum, not stalled.
+        # about lin_tol × horizon of it. Below either, J is at the optimum, not stalled.
         scale = (0.0 if self._v is None else float(np.max(np.abs(self._v)))) + row["max_abs_adv"]
-        roundoff = max(1e-7, 100.0 * self.lin_tol / (1.0 - self.mdp.gamma)) * scale
+        gamma = self.mdp.gamma  # horizon: 1/(1 − γ), or at γ = 1 at most S steps (a DAG)
+        horizon = 1.0 / (1.0 - gamma) if gamma < 1 else float(self.mdp.n_states)
+        roundoff = max(1e-7, 100.0 * self.lin_tol * horizon) * scale
         if not row["grad_norm"] > roundoff:
             return None
         return (f"{type(self).__name__} stalled at iteration {row['iter']}: J is not changing "
@@ -378,7 +386,8 @@ class PPOClip(_ExactMethod):
         K ascent steps per outer iteration.
     lr : float, optional
         Raw step size η of the update (as in the paper). If None,
-        η = step_scale·(1−γ)/max_s d_0(s).
+        η = step_scale·(1−γ)/max_s d_0(s) (at γ = 1: step_scale/max_s n_0(s), n_0 the
+        expected visits before termination).
     mu : array_like of shape (n_states,) or "uniform", optional
         Weighting distribution with full support; default ``mdp.rho`` (mixed half and
         half with uniform when ρ lacks full support).
@@ -398,6 +407,7 @@ class PPOClip(_ExactMethod):
     """
 
     SETTINGS = ("clip", "inner_steps", *_ExactMethod.SETTINGS)
+    EPISODIC = True
 
     @renamed_parameters(step="step_scale", tol="lin_tol")
     def __init__(self, mdp, reg=None, clip=0.2, inner_steps=10, lr=None, mu=None, init=None, *,
@@ -428,7 +438,7 @@ class PPOClip(_ExactMethod):
         products its solve took."""
         vis = ev.visitation
         self._d = vis.d
-        return vis.d / (1.0 - self.mdp.gamma), vis.n_matvec
+        return visit_weights(self.mdp, vis), vis.n_matvec
 
     def _update(self, ev):
         mdp = self.mdp
@@ -479,6 +489,7 @@ class KLPenaltyPPO(PPOClip):
     """
 
     SETTINGS = ("kl_target", "beta", "inner_steps", *_ExactMethod.SETTINGS)
+    EPISODIC = False  # the cap on beta still reads d/(1 - gamma)
 
     @renamed_parameters(step="step_scale", tol="lin_tol")
     def __init__(self, mdp, reg=None, kl_target=0.01, beta=1.0, inner_steps=10, lr=None,

@@ -204,10 +204,13 @@ def _update_calls(mdp, inp, n_threads):
     bounds = np.linspace(0, n, minibatches + 1).round().astype(np.int64)
     values = rng.normal(size=S)
     calls["ppo_minibatches"] = []
-    for kl_kind in (0, 1, 2, 3):
-        calls["ppo_minibatches"].append((f"kl{kl_kind}", lambda k, kl_kind=kl_kind: _outputs(
+    for kl_kind, ent_coef, sample_mean in [(0, 0.0, False), (1, 0.0, False), (2, 0.0, False),
+                                           (3, 0.0, False), (2, 0.05, False), (0, 0.05, True),
+                                           (3, 0.0, True)]:
+        label = f"kl{kl_kind}-ent{ent_coef}-{'sample' if sample_mean else 'state'}_mean"
+        calls["ppo_minibatches"].append((label, lambda k, kl_kind=kl_kind, e=ent_coef, w=sample_mean: _outputs(
             k, (a, s_samples, k_samples, logp_old, adv, logp_ref, targets, v_old, order, bounds,
-                0.2, 0.3, 3.0, 0.1, kl_kind, 0.5, 0.4, 0.5),
+                0.2, 0.3, 3.0, 0.1, kl_kind, 0.5, 0.4, 0.5, e, w),
             (theta, values, np.zeros(L), np.zeros(S), np.zeros(S),
              np.zeros(S, np.int64), np.zeros(S), np.zeros(epochs, np.int64)), n_threads,
             keep=(0, 1, 7))))  # logits, values, clip counts

@@ -78,7 +78,7 @@ def test_checkpoint_schema(tmp_path):
 def test_sampled_ppo_resume_is_bit_exact(tmp_path):
     mdp = fastppo.garnet(30, 4, 3, seed=0)
     reg = fastppo.ReverseKL(0.3, ref=fastppo.softmax(mdp, np.random.default_rng(2).normal(size=120)))
-    kw = dict(seed=4, n_envs=64, dual_clip=3.0, value_clip=0.5, kl_target=0.01, clip=(0.1, 0.3))
+    kw = dict(seed=4, n_envs=64, dual_clip=3.0, value_clip=0.5, kl_target_step=0.01, clip=(0.1, 0.3))
     for backend in ("numba", "cython"):
         full = fastppo.SampledPPO(mdp, reg, backend=backend, **kw).run(8)
         first = fastppo.SampledPPO(mdp, reg, backend=backend, **kw).run(4)
@@ -133,7 +133,7 @@ def test_sampled_ppo_config():
 
 def test_damaged_sampled_ppo_checkpoint(tmp_path):
     mdp = fastppo.garnet(20, 3, 3, seed=5)
-    ppo = fastppo.SampledPPO(mdp, fastppo.ReverseKL(0.2), n_envs=32, seed=1, kl_target=0.01)
+    ppo = fastppo.SampledPPO(mdp, fastppo.ReverseKL(0.2), n_envs=32, seed=1, kl_target_step=0.01)
     ppo.run(2)
     ppo.save(tmp_path)
     e = entries(tmp_path)

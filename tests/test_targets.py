@@ -652,3 +652,313 @@ def test_sampled_ppo_two_armed_bandit_lands_on_the_stable_root():
                              reference=False)
     ppo.run(300)
     assert abs(ppo.pi[0] - t.policy[0, 0]) < 1e-3
+
+
+# ---------------------------------------------------------------- entropy bonus, sequence level, rewards
+def extended_terms(mdp, pi, ref, beta, m, alpha, estimator, placement):
+    """Per pair, the quantity the fixed point makes constant over a state's actions with a
+    per-pair advantage scale ``m`` (c·w(s), module §2) and an entropy bonus ``alpha`` (§6):
+    m Q − β φ-term − α log π, from dense values (loops)."""
+    n = mdp.n_pairs
+    w = [pi[k] / ref[k] for k in range(n)]
+    if placement == "loss":
+        _, q = dense_values(mdp, pi, np.array(mdp.r, dtype=float))
+        kl = {"k1": [0.0] * n, "k2": [-beta * math.log(x) for x in w],
+              "k3": [beta / x for x in w]}[estimator]  # −β(1 − 1/w) up to a constant
+    else:
+        pen = [math.log(x) if estimator == "k1" else k_value(estimator, x) for x in w]
+        _, q = dense_values(mdp, pi, np.array([mdp.r[k] - beta * pen[k] for k in range(n)]))
+        kl = [0.0] * n
+    return np.array([m[k] * q[k] + kl[k] - alpha * math.log(pi[k]) for k in range(n)])
+
+
+def root_policy(mdp, terms, start):
+    """Root of 'terms constant over each non-terminal state's actions' in gauge-fixed logits
+    (scipy.optimize.root); terminal states keep ``start`` (SampledPPO never updates them)."""
+    live = [s for s in range(mdp.n_states) if not mdp.terminal[s]]
+    last = {s: int(mdp.a_indptr[s + 1]) - 1 for s in live}
+    free = [k for s in live for k in range(int(mdp.a_indptr[s]), last[s])]
+    theta0 = np.log(start).copy()
+
+    def policy(y):
+        theta = theta0.copy()
+        theta[free] = y
+        return naive.softmax(mdp, theta)
+
+    def equations(y):
+        t = terms(policy(y))
+        return np.array([t[k] - t[last[int(mdp.s_indices[k])]] for k in free])
+
+    y0 = np.array([theta0[k] - theta0[last[int(mdp.s_indices[k])]] for k in free])
+    theta0[[last[s] for s in live]] = 0.0
+    sol = root(equations, y0, method="hybr", tol=1e-14)
+    assert np.max(np.abs(equations(sol.x))) < 1e-10, sol.message
+    return policy(sol.x)
+
+
+ENTROPY_CASES = [("k1", "loss", "gae"), ("k2", "loss", "dr_grpo"), ("k3", "loss", "gae"),
+                 ("k3", "loss", "dr_grpo"), ("k1", "reward", "gae"), ("k1", "reward", "dr_grpo")]
+
+
+@pytest.mark.parametrize("S, A, gamma, seed", SMALL[1:])
+@pytest.mark.parametrize("estimator, placement, advantage", ENTROPY_CASES)
+def test_entropy_bonus_targets_match_root_finding(S, A, gamma, seed, estimator, placement, advantage):
+    """§6: with ent_coef = α every variant's target makes m Q − β φ − α log π constant."""
+    mdp = fastppo.garnet(S, A, min(2, S), gamma=gamma, seed=seed)
+    rng = np.random.default_rng(seed)
+    ref = fastppo.softmax(mdp, 0.5 * rng.normal(size=mdp.n_pairs))
+    beta, alpha = 0.4, 0.3
+    reg = fastppo.ReverseKL(beta, ref=ref)
+    t = fastppo.sampled_target(mdp, reg, kl_estimator=estimator, kl_penalty=placement,
+                               advantage=advantage, group_size=3, ent_coef=alpha)
+    c = 2 / 3 if advantage == "dr_grpo" else 1.0
+    m = np.full(mdp.n_pairs, c)
+    brute = root_policy(mdp, lambda p: extended_terms(mdp, p, ref, beta, m, alpha, estimator,
+                                                      placement), ref)
+    pi = flat(mdp, t.policy)
+    np.testing.assert_allclose(pi, brute, rtol=0, atol=1e-10)
+    assert t.kind == "fixed point" and t.ent_coef == alpha and t.converged and t.spread < 1e-10
+    assert t.update_norm < 1e-10
+    F = flat(mdp, fastppo.expected_update(mdp, t.policy, reg, kl_estimator=estimator,
+                                          kl_penalty=placement, advantage=advantage,
+                                          group_size=3, ent_coef=alpha))
+    assert np.max(np.abs(F)) < 1e-10
+    # and the bonus matters: without it the target moves
+    t0 = fastppo.sampled_target(mdp, reg, kl_estimator=estimator, kl_penalty=placement,
+                                advantage=advantage, group_size=3)
+    assert np.max(np.abs(t0.policy - t.policy)) > 1e-3
+
+
+def test_entropy_bonus_bandit_closed_forms():
+    """k1 in the loss (or β = 0) with α: π = softmax(c r/α); k2 in the loss:
+    π ∝ π_ref^{β/(β+α)} exp(c r/(β+α)); k1 in the reward: π ∝ π_ref^{cβ/(cβ+α)} exp(c r/(cβ+α))
+    (γ = 0: Q = r)."""
+    mdp, beta, alpha, ref = bandit(R3), 0.7, 0.4, REF3[0]
+    r = np.array(R3)
+    reg = fastppo.ReverseKL(beta, ref=REF3)
+
+    def softmax(z):
+        return np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+
+    for advantage, c in [("gae", 1.0), ("dr_grpo", 0.75)]:
+        kw = dict(advantage=advantage, group_size=4, ent_coef=alpha)
+        got = {(e, p): flat(mdp, fastppo.sampled_target(mdp, reg, kl_estimator=e, kl_penalty=p,
+                                                        **kw).policy)
+               for e, p in [("k1", "loss"), ("k2", "loss"), ("k1", "reward")]}
+        np.testing.assert_allclose(got["k1", "loss"], softmax(c * r / alpha), atol=1e-13)
+        np.testing.assert_allclose(got["k2", "loss"],
+                                   softmax(beta / (beta + alpha) * np.log(ref) + c * r / (beta + alpha)),
+                                   atol=1e-13)
+        b = c * beta + alpha
+        np.testing.assert_allclose(got["k1", "reward"],
+                                   softmax(c * beta / b * np.log(ref) + c * r / b), atol=1e-13)
+
+
+def test_entropy_bonus_k3_loss_bandit_by_nested_roots():
+    """k3 in the loss with α (no closed form, §6): for each ν solve
+    c r_a + β ref_a/p − α(log p + 1) = ν for p_a by brentq, then Σ p = 1 for ν."""
+    mdp, beta, alpha, ref = bandit(R3), 0.7, 0.4, REF3[0]
+    r = np.array(R3)
+
+    def p_of(nu):  # in u = log p: r + β ref e^{−u} − α(u + 1) − ν, decreasing in u
+        return np.exp([brentq(lambda u: r[a] + beta * ref[a] * math.exp(-u) - alpha * (u + 1) - nu,
+                              -700.0, 230.0, xtol=1e-15, rtol=1e-15) for a in range(3)])
+
+    nu = brentq(lambda nu: p_of(nu).sum() - 1.0, -20.0, 20.0, xtol=1e-15, rtol=1e-15)
+    t = fastppo.sampled_target(mdp, fastppo.ReverseKL(beta, ref=REF3), kl_estimator="k3",
+                               kl_penalty="loss", ent_coef=alpha)
+    assert t.divergence == "forward-kl+entropy"
+    np.testing.assert_allclose(flat(mdp, t.policy), p_of(nu), atol=1e-12)
+
+
+@pytest.mark.parametrize("estimator", ["k2", "k3"])
+def test_reward_k2_k3_with_entropy_bonus(estimator):
+    """§5 with §6: an attracting fixed point with α, by root-finding; the bonus also gives a
+    uniform π_ref a target where α is large enough to make Φ_s concave."""
+    mdp, ref_table = two_action_mdp(4, 0, scale=0.05, gamma=0.5)
+    ref = flat(mdp, ref_table)
+    beta, alpha = 1.0, 0.1
+    t = fastppo.sampled_target(mdp, fastppo.ReverseKL(beta, ref=ref_table), kl_estimator=estimator,
+                               kl_penalty="reward", ent_coef=alpha, n_starts=1)
+    pi = flat(mdp, t.policy)
+    assert t.stable and t.residual <= 1e-12
+    m = np.ones(mdp.n_pairs)
+    brute = root_policy(mdp, lambda p: extended_terms(mdp, p, ref, beta, m, alpha, estimator,
+                                                      "reward"), pi)
+    np.testing.assert_allclose(pi, brute, atol=1e-10)
+    # a 3-armed bandit with uniform π_ref: no target at α = 0, a stable interior one at α = 3
+    # (the vertices still attract: near them k2, k3 outgrow the bonus's −α log π)
+    with pytest.raises(NoTargetError):
+        fastppo.sampled_target(bandit(R3), fastppo.ReverseKL(1.0), kl_estimator=estimator,
+                               kl_penalty="reward")
+    t = fastppo.sampled_target(bandit(R3), fastppo.ReverseKL(1.0), kl_estimator=estimator,
+                               kl_penalty="reward", ent_coef=3.0, n_starts=1)
+    terms = extended_terms(bandit(R3), flat(bandit(R3), t.policy), np.full(3, 1 / 3), 1.0,
+                           np.ones(3), 3.0, estimator, "reward")
+    assert t.stable and np.ptp(terms) < 1e-10
+
+
+def token_task(gamma, seed=0):
+    task = fastppo.token_mdp(vocab=2, max_len=3, n_prompts=2, gamma=gamma, seed=seed)
+    return task, fastppo.ReverseKL(0.5, ref=task.ref)
+
+
+def test_depths_of_a_token_mdp_and_of_a_garnet():
+    task, _ = token_task(0.9)
+    t = fastppo.targets.depths(task.mdp)
+    lengths = [len(task.decode(s)[1]) for s in range(task.end)]
+    assert t[:task.end].tolist() == lengths and t[task.end] == -1  # END is terminal
+    assert fastppo.targets.depths(fastppo.garnet(8, 2, 2, seed=0)) is None  # cycles
+    tree = fastppo.MDP.from_dense(np.array([[[0, 1, 0, 0]], [[0, 0, 0, 1]], [[0, 0, 0, 1]],
+                                            [[0, 0, 0, 1]]], float), np.ones((4, 1)), 0.9,
+                                  rho=[0.5, 0, 0.5, 0])
+    assert fastppo.targets.depths(tree) is None  # state 2 at depth 0 (start), ... ; 3 at 1 and 2
+
+
+@pytest.mark.parametrize("estimator, alpha", [("k2", 0.0), ("k3", 0.0), ("k1", 0.2), ("k3", 0.2)])
+def test_sequence_level_targets_on_a_token_mdp(estimator, alpha):
+    """§2: sequence-level dr_grpo with the KL in the loss weighs state s by c γ^t(s),
+    t(s) the prefix length: the target makes c γ^t Q − β φ − α log π constant."""
+    gamma = 0.8
+    task, reg = token_task(gamma)
+    mdp, ref = task.mdp, task.ref
+    kw = dict(kl_estimator=estimator, kl_penalty="loss", advantage="dr_grpo", group_size=4,
+              ent_coef=alpha)
+    seq = fastppo.sampled_target(mdp, reg, advantage_level="sequence", **kw)
+    step = fastppo.sampled_target(mdp, reg, advantage_level="step", **kw)
+    assert seq.advantage_level == "sequence" and "gamma^t(s)" in seq.objective
+    depth = np.array([len(task.decode(s)[1]) if s < task.end else 0 for s in range(mdp.n_states)])
+    m = 0.75 * gamma ** depth[mdp.s_indices]
+    brute = root_policy(mdp, lambda p: extended_terms(mdp, p, ref, 0.5, m, alpha, estimator,
+                                                      "loss"), ref)
+    np.testing.assert_allclose(flat(mdp, seq.policy), brute, atol=1e-10)
+    assert seq.converged and seq.update_norm < 1e-10
+    assert np.max(np.abs(seq.policy - step.policy)) > 1e-3  # the weights matter
+    # without a loss term the level does not move the target (k1 in the reward)
+    a = fastppo.sampled_target(mdp, reg, advantage="dr_grpo", advantage_level="sequence")
+    b = fastppo.sampled_target(mdp, reg, advantage="dr_grpo", advantage_level="step")
+    np.testing.assert_array_equal(a.policy, b.policy)
+
+
+@pytest.mark.parametrize("estimator, placement, advantage, level, alpha", [
+    ("k2", "loss", "dr_grpo", "sequence", 0.0), ("k1", "reward", "rloo", "sequence", 0.2),
+    ("k3", "loss", "gae", "step", 0.2)])
+def test_expected_update_is_sampled_ppos_mean_step_on_a_token_mdp(estimator, placement,
+                                                                 advantage, level, alpha):
+    """SampledPPO's first step (epochs = minibatches = 1, critic at 0: gae with λ = 1 is
+    then the return) averaged over seeds is lr · F of expected_update, the sequence-level
+    weights γ^t(s) and the entropy bonus included, on a token MDP (γ = 0.8, depths 0-2)."""
+    task = fastppo.token_mdp(vocab=2, max_len=3, n_prompts=1, gamma=0.8, seed=2)
+    mdp = task.mdp
+    reg = fastppo.ReverseKL(0.5, ref=task.ref)
+    theta = np.random.default_rng(0).normal(scale=0.5, size=mdp.n_pairs)
+    kw = dict(kl_estimator=estimator, kl_penalty=placement, advantage=advantage,
+              advantage_level=level, ent_coef=alpha)
+    group = dict(group_size=4) if advantage != "gae" else {}
+    F = fastppo.expected_update(mdp, fastppo.softmax(mdp, theta), reg, **kw, **group)
+    steps = []
+    for seed in range(40):
+        ppo = fastppo.SampledPPO(mdp, reg, epochs=1, minibatches=1, lr=1.0, n_envs=2048,
+                                 init=theta, seed=seed, reference=False, gae_lambda=1.0,
+                                 **kw, **group)
+        ppo.step()
+        steps.append(ppo.logits - theta)
+    steps = np.array(steps)
+    live = ~mdp.terminal[mdp.s_indices]
+    mean, se = steps.mean(axis=0), steps.std(axis=0, ddof=1) / np.sqrt(len(steps))
+    assert np.all(np.abs(mean - F)[live] < 4.5 * se[live] + 1e-12), (mean - F, se)
+    assert np.max(np.abs(F)) > 10 * np.max(se)  # the test can tell a wrong F
+    if level == "sequence" and placement == "loss":  # and a wrong weighting
+        F_step = fastppo.expected_update(mdp, fastppo.softmax(mdp, theta), reg,
+                                         **{**kw, "advantage_level": "step"}, **group)
+        assert np.max(np.abs(mean - F_step)[live] / (se[live] + 1e-12)) > 6
+
+
+def test_reward_clip_target_is_the_clipped_mdps():
+    mdp = fastppo.garnet(8, 3, 2, gamma=0.9, seed=8)
+    lo, hi = np.quantile(mdp.r, [0.2, 0.8])
+    clipped = fastppo.MDP(mdp.a_indptr, mdp.a_indices, mdp.p_indptr, mdp.p_indices, mdp.p_data,
+                          np.clip(mdp.r, lo, hi), mdp.gamma, mdp.rho)
+    reg = fastppo.ReverseKL(0.3)
+    for kw in (dict(), dict(kl_estimator="k3", kl_penalty="loss")):
+        t = fastppo.sampled_target(mdp, reg, reward_clip=(lo, hi), **kw)
+        ref = fastppo.sampled_target(clipped, reg, **kw)
+        np.testing.assert_allclose(t.policy, ref.policy, atol=1e-12)
+        assert t.reward_clip == (lo, hi) and "clipped" in t.objective
+        # the objectives are reported on the MDP's own rewards
+        assert t.J_reg == pytest.approx(fastppo.evaluate(mdp, t.policy, reg).J, rel=1e-10)
+    wide = fastppo.sampled_target(mdp, reg, reward_clip=10.0)
+    assert wide.reward_clip is None and wide.kind == "optimum"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(reward_norm=True), "reward_norm=True has no fixed target"),
+    (dict(whiten=True, ent_coef=0.1), "batch standard deviation"),
+    (dict(advantage="dr_grpo", advantage_level="sequence", kl_estimator="k2", kl_penalty="loss"),
+     "several depths"),
+    (dict(advantage="rloo", advantage_level="sequence", ent_coef=0.1), "several depths"),
+])
+def test_no_target_cases(kwargs, match):
+    mdp = fastppo.garnet(6, 3, 2, gamma=0.9, seed=0)
+    with pytest.raises(NoTargetError, match=match):
+        fastppo.sampled_target(mdp, fastppo.ReverseKL(0.5), **kwargs)
+
+
+def test_new_setting_errors():
+    mdp = fastppo.garnet(6, 3, 2, gamma=0.9, seed=0)
+    reg = fastppo.ReverseKL(0.5)
+    with pytest.raises(ValueError, match="advantage_level='sequence' applies to the critic-free"):
+        fastppo.sampled_target(mdp, reg, advantage_level="sequence")
+    with pytest.raises(ValueError, match="advantage_level must be one of"):
+        fastppo.sampled_target(mdp, reg, advantage="rloo", advantage_level="token")
+    with pytest.raises(ValueError, match="ent_coef must be >= 0"):
+        fastppo.sampled_target(mdp, reg, ent_coef=-1.0)
+    with pytest.raises(ValueError, match=r"reward_clip must have low < high"):
+        fastppo.sampled_target(mdp, reg, reward_clip=(1.0, -1.0))
+    with pytest.raises(ValueError, match="reward_clip must be > 0"):
+        fastppo.sampled_target(mdp, reg, reward_clip=0.0)
+    # sequence-level rloo without a loss term: the same target as per step, on any MDP
+    a = fastppo.sampled_target(mdp, reg, advantage="rloo", advantage_level="sequence")
+    np.testing.assert_array_equal(a.policy, fastppo.sampled_target(mdp, reg, advantage="rloo").policy)
+
+
+def test_tv_distance_weighs_the_non_terminal_states():
+    """On an episodic MDP the visitation is taken on the non-terminal states, renormalised
+    (the absorbing state would otherwise carry almost all of d at γ near 1)."""
+    task = fastppo.token_mdp(vocab=2, max_len=3, n_prompts=2, gamma=0.999, seed=0)
+    mdp = task.mdp
+    rng = np.random.default_rng(1)
+    pi = fastppo.softmax(mdp, rng.normal(size=mdp.n_pairs))
+    star = fastppo.softmax(mdp, rng.normal(size=mdp.n_pairs))
+    d = naive.visitation(mdp, pi)
+    live = [s for s in range(mdp.n_states) if not mdp.terminal[s]]
+    total = sum(d[s] for s in live)
+    expect = sum(d[s] / total * 0.5 * sum(abs(pi[k] - star[k]) for k in range(int(mdp.a_indptr[s]),
+                                                                            int(mdp.a_indptr[s + 1])))
+                 for s in live)
+    assert fastppo.tv_distance(mdp, pi, star) == pytest.approx(expect, rel=1e-9)
+    assert d[task.end] > 0.99  # what the renormalisation removes
+
+
+def test_terminal_policy_does_not_enter_the_reward_kl():
+    """SampledPPO samples no KL in terminal states (its episodes end there): the k1-in-reward
+    update and target do not depend on the policy there (evaluate() with the regularizer
+    would charge τ KL per step in the absorbing state)."""
+    task = fastppo.token_mdp(vocab=2, max_len=3, n_prompts=1, gamma=0.8, seed=2)
+    mdp, reg = task.mdp, fastppo.ReverseKL(0.5, ref=task.ref)
+    theta = np.random.default_rng(0).normal(scale=0.5, size=mdp.n_pairs)
+    term = mdp.terminal[mdp.s_indices]
+    other = np.where(term, np.random.default_rng(1).normal(size=mdp.n_pairs), theta)
+    F = fastppo.expected_update(mdp, fastppo.softmax(mdp, theta), reg)
+    G = fastppo.expected_update(mdp, fastppo.softmax(mdp, other), reg)
+    np.testing.assert_allclose(F, G, atol=1e-12)
+    # and it is the update on the rewards r − β log(π/π_ref) outside the terminal states
+    pi = fastppo.softmax(mdp, theta)
+    ref = np.asarray(task.ref)
+    r = np.where(term, mdp.r, mdp.r - 0.5 * np.log(pi / ref))
+    shifted = fastppo.MDP(mdp.a_indptr, mdp.a_indices, mdp.p_indptr, mdp.p_indices, mdp.p_data, r,
+                          mdp.gamma, mdp.rho)
+    x = mdp.to_pairs(fastppo.evaluate(shifted, pi).adv)  # the state's own KL sample included
+    mean = np.add.reduceat(pi * x, mdp.a_indptr[:-1])
+    expect = np.where(term, 0.0, pi * (x - mean[mdp.s_indices]))
+    np.testing.assert_allclose(F, expect, atol=1e-10)

@@ -3,7 +3,8 @@
 ``rollout``:            one episode per environment from pre-drawn uniforms (no RNG here)
 ``gae``:                GAE(γ, λ) along each row, respecting episode ends and truncation
 ``discounted_returns``: discounted returns along each row, bootstrapped at truncation
-``ppo_minibatches``:    epochs × minibatches of PPO-Clip on tabular logits and critic (serial)
+``ppo_minibatches``:    epochs × minibatches of PPO-Clip on tabular logits and critic (serial),
+                        with an entropy bonus and per-state or per-sample averaging
 
 The NumPy reference (fastppo/_reference.py) states each one's arithmetic.
 Mirrors kernels/numba/sampling.py.
@@ -120,16 +121,17 @@ def ppo_minibatches(const int64_t[::1] a_indptr, const int64_t[::1] sample_state
                     const double[::1] v_old, const int64_t[:, ::1] order,
                     const int64_t[::1] bounds, double eps_low, double eps_high, double dual_clip,
                     double kl_coef, int kl_kind, double value_clip, double lr,
-                    double critic_lr,                                                 # IN
+                    double critic_lr, double ent_coef, bint sample_mean,             # IN
                     double[::1] logits, double[::1] values, double[::1] g, double[::1] csum,
                     double[::1] vsum, int64_t[::1] counts, double[::1] lse,
-                    int64_t[::1] clipped, int n_threads):                                                   # OUT
+                    int64_t[::1] clipped, int n_threads):                             # OUT
     """ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_ref, returns,
     v_old, order, bounds, eps_low, eps_high, dual_clip, kl_coef, kl_kind, value_clip, lr,
-    critic_lr, logits, values, g, csum, vsum, counts, lse, clipped, n_threads)"""
+    critic_lr, ent_coef, sample_mean, logits, values, g, csum, vsum, counts, lse, clipped,
+    n_threads)"""
     cdef Py_ssize_t ep, m, j
     cdef int64_t i, s, k, b, n
-    cdef double logp, ratio, A, coef, diff, dv, dc, cs, p
+    cdef double logp, ratio, A, coef, diff, dv, dc, cs, p, size, den, ew, h, lp
     cdef bint active
     cdef Py_ssize_t n_states = a_indptr.shape[0] - 1
     cdef double* scratch = <double*> malloc(
@@ -139,6 +141,7 @@ def ppo_minibatches(const int64_t[::1] a_indptr, const int64_t[::1] sample_state
     with nogil:
         for ep in range(order.shape[0]):
             for m in range(bounds.shape[0] - 1):
+                size = <double>(bounds[m + 1] - bounds[m])
                 for j in range(bounds[m], bounds[m + 1]):
                     i = order[ep, j]
                     s = sample_states[i]
@@ -174,12 +177,25 @@ def ppo_minibatches(const int64_t[::1] a_indptr, const int64_t[::1] sample_state
                     n = counts[s]
                     if n == 0:
                         continue
+                    den = size if sample_mean else <double>n  # per-sample or per-state mean
                     cs = csum[s]
-                    for b in range(a_indptr[s], a_indptr[s + 1]):
-                        p = fexp(logits[b] - lse[s])  # π(b|s), the softmax's exp
-                        logits[b] += lr * ((g[b] - cs * p) / n)
-                        g[b] = 0.0
-                    values[s] -= critic_lr * vsum[s] / n
+                    if ent_coef != 0.0:  # ∂H/∂θ_b = −p_b (log p_b + H), once per sample of s
+                        ew = ent_coef * (n / den)
+                        h = 0.0
+                        for b in range(a_indptr[s], a_indptr[s + 1]):
+                            lp = logits[b] - lse[s]
+                            h -= fexp(lp) * lp
+                        for b in range(a_indptr[s], a_indptr[s + 1]):
+                            lp = logits[b] - lse[s]
+                            p = fexp(lp)
+                            logits[b] += lr * ((g[b] - cs * p) / den - ew * (p * (lp + h)))
+                            g[b] = 0.0
+                    else:
+                        for b in range(a_indptr[s], a_indptr[s + 1]):
+                            p = fexp(logits[b] - lse[s])
+                            logits[b] += lr * ((g[b] - cs * p) / den)
+                            g[b] = 0.0
+                    values[s] -= critic_lr * vsum[s] / den
                     csum[s] = 0.0
                     vsum[s] = 0.0
                     counts[s] = 0

@@ -3,7 +3,8 @@
 ``rollout``:            one episode per environment from pre-drawn uniforms (no RNG here)
 ``gae``:                GAE(γ, λ) along each row, respecting episode ends and truncation
 ``discounted_returns``: discounted returns along each row, bootstrapped at truncation
-``ppo_minibatches``:    epochs × minibatches of PPO-Clip on tabular logits and critic (serial)
+``ppo_minibatches``:    epochs × minibatches of PPO-Clip on tabular logits and critic (serial),
+                        with an entropy bonus and per-state or per-sample averaging
 
 The NumPy reference (fastppo/_reference.py) states each one's arithmetic.
 Mirrors kernels/cython/sampling.pyx.
@@ -84,12 +85,14 @@ def discounted_returns(rewards, next_values, terminated, done, gamma, out):
 
 def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_ref, returns,
                     v_old, order, bounds, eps_low, eps_high, dual_clip, kl_coef, kl_kind,
-                    value_clip, lr, critic_lr, logits, values, g, csum, vsum, counts, lse, clipped):
+                    value_clip, lr, critic_lr, ent_coef, sample_mean, logits, values, g, csum,
+                    vsum, counts, lse, clipped):
     block = np.empty((2, max_actions(a_indptr, 0, a_indptr.shape[0] - 1), LANES))
     lanes = np.empty((3, LANES))
     no_pi = np.empty(0)
     for ep in range(order.shape[0]):
         for m in range(bounds.shape[0] - 1):
+            size = float(bounds[m + 1] - bounds[m])
             for j in range(bounds[m], bounds[m + 1]):
                 i = order[ep, j]
                 s = sample_states[i]
@@ -125,12 +128,25 @@ def ppo_minibatches(a_indptr, sample_states, sample_pairs, logp_old, adv, logp_r
                 n = counts[s]
                 if n == 0:
                     continue
+                den = size if sample_mean else float(n)  # per-sample or per-state mean
                 cs = csum[s]
-                for b in range(a_indptr[s], a_indptr[s + 1]):
-                    p = fexp(logits[b] - lse[s])  # π(b|s), the softmax's exp
-                    logits[b] += lr * ((g[b] - cs * p) / n)
-                    g[b] = 0.0
-                values[s] -= critic_lr * vsum[s] / n
+                if ent_coef != 0.0:  # ∂H/∂θ_b = −p_b (log p_b + H), once per sample of s
+                    ew = ent_coef * (n / den)
+                    h = 0.0
+                    for b in range(a_indptr[s], a_indptr[s + 1]):
+                        lp = logits[b] - lse[s]
+                        h -= fexp(lp) * lp
+                    for b in range(a_indptr[s], a_indptr[s + 1]):
+                        lp = logits[b] - lse[s]
+                        p = fexp(lp)
+                        logits[b] += lr * ((g[b] - cs * p) / den - ew * (p * (lp + h)))
+                        g[b] = 0.0
+                else:
+                    for b in range(a_indptr[s], a_indptr[s + 1]):
+                        p = fexp(logits[b] - lse[s])
+                        logits[b] += lr * ((g[b] - cs * p) / den)
+                        g[b] = 0.0
+                values[s] -= critic_lr * vsum[s] / den
                 csum[s] = 0.0
                 vsum[s] = 0.0
                 counts[s] = 0
