@@ -52,7 +52,7 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 __all__ = ["ConvergenceError", "LinearResult", "StoppingRule", "System", "bicgstab", "chain",
-           "dot", "gmres", "richardson", "solve", "solve_pair"]
+           "dot", "gmres", "richardson", "scale_exponent", "solve", "solve_pair"]
 
 METHODS = ("auto", "richardson", "bicgstab", "gmres")
 MAX_RATE, MIN_SWEEPS = 0.6, 4  # Richardson gives up when slower than this (in "auto")
@@ -406,12 +406,18 @@ def chain(method="auto", restart=40):
 
 
 # ------------------------------------------------------------------------ drivers
+def scale_exponent(b):
+    """e with 2^(e−1) ≤ max |b| < 2^e (0 when b = 0): :func:`solve` and :func:`solve_pair`
+    run on b / 2^e, so their iterates are those of the solution divided by 2^e, exactly."""
+    big = float(np.max(np.abs(b)))
+    return 0 if big == 0.0 else int(np.frexp(big)[1])
+
+
 def _scaled(system, x0):
-    """(system with b / 2^e, x0 / 2^e, e), 2^(e−1) ≤ max |b| < 2^e (e = 0 when b = 0)."""
-    big = float(np.max(np.abs(system.b)))
-    if big == 0.0:
+    """(system with b / 2^e, x0 / 2^e, e), e = :func:`scale_exponent` (b)."""
+    e = scale_exponent(system.b)
+    if e == 0:
         return system, x0, 0
-    e = int(np.frexp(big)[1])
     b = np.ldexp(system.b, -e)
     return (System(system.matvec, b, system.what, system.shift),
             None if x0 is None else np.ldexp(x0, -e), e)
@@ -486,16 +492,21 @@ def solve_pair(value, visit, products, v0=None, y0=None, *, stop, max_iter, meth
 
     With ``method="auto"`` both run Richardson sweeps in lockstep, one
     ``products(x_value, x_visit, out_value, out_visit)`` call per sweep (two products,
-    counted as two); a system that converges leaves the lockstep, the other continues
-    alone with its own ``matvec``, and a system whose sweeps stall continues with the
-    Krylov methods on its own. Each system's iterates are exactly those of
-    :func:`solve` on it alone. Other methods solve the two systems one after the other.
+    counted as two; a fused pass over P can serve both); a system that converges leaves
+    the lockstep and the other sweeps on alone through ``products`` with None for the
+    finished side; a system whose sweeps stall continues with the Krylov methods (its
+    ``matvec``) on its own. Each system's iterates are exactly those of :func:`solve` on
+    it alone. So when the value system's result is "richardson" (with at least one
+    product), the last ``products`` call with an ``x_value`` was at its returned iterate
+    divided by 2^:func:`scale_exponent` (b). Other methods solve the two systems one
+    after the other with their ``matvec``.
 
     Parameters
     ----------
     value, visit : System
     products : callable ``products(x_value, x_visit, out_value, out_visit)``
-        Both products at once: ``out_value = A_value x_value``, ``out_visit = A_visit x_visit``.
+        Both products at once: ``out_value = A_value x_value``, ``out_visit = A_visit x_visit``;
+        a side given as None (``x`` and ``out``) is skipped.
     v0, y0 : ndarray of shape (n,), optional
         Starts of the two systems.
     stop, max_iter, method, restart
@@ -522,9 +533,11 @@ def solve_pair(value, visit, products, v0=None, y0=None, *, stop, max_iter, meth
         products(a.x, b.x, a.r, b.r)
         a.absorb()
         b.absorb()
-    for sweeps in (a, b):
-        while sweeps.result is None:
-            sweeps.system.matvec(sweeps.x, sweeps.r)
-            sweeps.absorb()
+    while a.result is None:
+        products(a.x, None, a.r, None)
+        a.absorb()
+    while b.result is None:
+        products(None, b.x, None, b.r)
+        b.absorb()
     return (_unscaled(_finish(sv, a.result, links, stop, max_iter), ev),
             _unscaled(_finish(sy, b.result, links, stop, max_iter), ey))
