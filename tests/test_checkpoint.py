@@ -182,6 +182,7 @@ def test_checkpoints_of_0_1_0_are_migrated(method, tmp_path):
     solver = getattr(fastppo, method).resume(tmp_path / "d")
     assert solver.n_iter == 6 and solver.reg.ref is not None and solver.lin_tol == 1e-12
     assert np.array_equal(solver.logits, stored.reshape(-1))
+    assert (solver.history["n_passes"] == -1).all()  # not recorded by 0.1.0
     expected = np.load(os.path.join(DATA, method, "expected_logits.npy"))
     # solve errors are absolute on the scale of the logits, not relative to each (a logit
     # near 0 moves by ~5e-13 with any other warm start, warm_start=False included)
