@@ -260,16 +260,17 @@ def test_lockstep_entry_point_equals_separate_solves():
     B, slow = markov_system(40, 0.99, 5, slow=True)
     calls = []
 
-    def products(xa, xb, oa, ob):
+    def products(xa, xb, oa, ob, exact):
         calls.append((xa is not None, xb is not None))
         if xa is not None:
             fast.matvec(xa, oa)
         if xb is not None:
             slow.matvec(xb, ob)
+        return True
 
     for first, second in ((fast, slow), (slow, fast)):
         calls.clear()
-        pf = products if first is fast else (lambda xa, xb, oa, ob: products(xb, xa, ob, oa))
+        pf = products if first is fast else (lambda xa, xb, oa, ob, e: products(xb, xa, ob, oa, e))
         ra, rb = K.solve_pair(first, second, pf, stop=K.StoppingRule(1e-12), max_iter=5000)
         sa = K.solve(first, stop=K.StoppingRule(1e-12), max_iter=5000)
         sb = K.solve(second, stop=K.StoppingRule(1e-12), max_iter=5000)

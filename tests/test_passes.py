@@ -236,3 +236,53 @@ def test_predicted_starts_save_passes_not_accuracy(monkeypatch):
     h, h_last = predicted.history, last.history
     assert h["n_passes"][20:].sum() < 0.7 * h_last["n_passes"][20:].sum()
     assert h_last["n_passes"].sum() < cold.history["n_passes"].sum()
+
+
+# ------------------------------------------------------------- mixed precision
+@pytest.mark.parametrize("which", ["numba", "cython"])
+@pytest.mark.parametrize("rect", [True, False], ids=["rectangular", "ragged"])
+def test_float32_corrections_are_certified_in_float64(which, n_threads, rect):
+    """Sweeps on float32 corrections (forced on small MDPs): every converged solve holds a
+    true float64 residual ≤ 1e-12 (recomputed here), and matches np.linalg.solve."""
+    mdp = random_mdp(31, n_states=40, n_actions=3, gamma=0.97, rectangular=rect, density=0.3)
+    reg = fastppo.ForwardKL(0.3)
+    mu = np.random.default_rng(2).dirichlet(np.ones(mdp.n_states))
+    pi = random_policy(mdp, 5)[0]
+    approximate = []
+    E = Evaluator(mdp, reg, which, n_threads, mixed=True)
+    real = E._corrections
+    E._corrections = lambda *args: approximate.append(1) or real(*args)
+    E.load(pi)
+    ev, vis = E.evaluation_and_visitation(mu)
+    assert len(approximate) > 0  # from a cold start, most sweeps are on corrections
+    # the true residuals, by dense products
+    M = np.eye(mdp.n_states) - mdp.gamma * naive.P_pi(mdp, pi)
+    c = naive.r_pi(mdp, pi) - reg.tau * naive.divergence(mdp, pi, reg)
+    y = vis.d / (1 - mdp.gamma)
+    assert np.linalg.norm(c - M @ ev.v) <= 1e-12 * np.linalg.norm(c)
+    assert np.linalg.norm(mu - M.T @ y) <= 1e-12 * np.linalg.norm(mu)
+    assert naive.rel_err(ev.v, np.linalg.solve(M, c)) <= 1e-10
+    assert naive.rel_err(vis.d, (1 - mdp.gamma) * np.linalg.solve(M.T, mu)) <= 1e-10
+    assert naive.rel_err(ev.q, naive.evaluate(mdp, pi, reg)[1]) <= 1e-10
+    exact = Evaluator(mdp, reg, which, n_threads, mixed=False)
+    exact.load(pi)
+    ev0, vis0 = exact.evaluation_and_visitation(mu)
+    assert ev.n_passes <= ev0.n_passes + 2  # a certificate at most per system
+
+
+def test_float32_corrections_in_a_ppo_run():
+    """PPO-Clip with the lockstep solves on float32 corrections has the iterates of the
+    exact sweeps (to the solves' accuracy); late in the run, once the predicted warm
+    starts are within 1e5 tol, every product is exact."""
+    mdp = fastppo.garnet(300, 5, 8, gamma=0.97, seed=3)
+    reg = fastppo.ForwardKL(0.1)
+    exact = fastppo.PPOClip(mdp, reg)
+    mixed = fastppo.PPOClip(mdp, reg)
+    E = mixed._E = Evaluator(mdp, reg, mixed.backend, mixed.n_threads, mixed=True)
+    approximate, real = [], E._corrections
+    E._corrections = lambda *args: approximate.append(mixed.n_iter) or real(*args)
+    a, b = exact.run(40), mixed.run(40)
+    np.testing.assert_allclose(a.logits, b.logits, rtol=0, atol=1e-9)
+    bound = 1e-12 * (1 + mdp.gamma) / (1 - mdp.gamma) * np.linalg.norm(a.v)
+    assert np.abs(a.history["J"] - b.history["J"]).max() <= bound
+    assert approximate and max(approximate) < 30  # warm starts within 1e5 tol: exact sweeps

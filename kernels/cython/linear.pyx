@@ -6,7 +6,8 @@
 ``q_values``:        out = r + γ P v
 ``bellman_products``: both products of one lockstep sweep in one pass over P:
                      out_x = x − γ P_π x (and ``rows`` = P x per pair),
-                     out_y = y − γ P_πᵀ y; a side whose input has length 0 is skipped
+                     out_y = y − γ P_πᵀ y; a side whose input has length 0 is skipped;
+                     x and the scatter buffers may be float32 (corrections)
 Mirrors kernels/numba/linear.py.
 """
 from cython.parallel cimport prange
@@ -76,13 +77,26 @@ def q_values(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
         out[k] = r[k] + gamma * row
 
 
+ctypedef fused gathered:  # x: float64, or float32 for corrections (half the bytes gathered)
+    float
+    double
+
+ctypedef fused accumulated:  # buf: float64, or float32 for corrections
+    float
+    double
+
+
 def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                      const int32_t[::1] p_indices, const double[::1] p_data,
-                     const double[::1] pi, double gamma, const double[::1] x,
+                     const double[::1] pi, double gamma, const gathered[::1] x,
                      const double[::1] y,                                             # IN
                      double[::1] out_x, double[::1] out_y, double[::1] rows,
-                     double[:, ::1] buf, int n_threads):                              # OUT
-    """bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out_x, out_y, rows, buf, n_threads)"""
+                     accumulated[:, ::1] buf, int n_threads):                         # OUT
+    """bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out_x, out_y, rows, buf, n_threads)
+
+    ``x`` and ``buf`` may be float32 (products of a correction: float32 gathers and
+    scatters, float64 sums); everything else is float64.
+    """
     cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, n_chunks = buf.shape[0], c, s, lo, hi, t
     cdef bint do_x = x.shape[0] > 0, do_y = y.shape[0] > 0, do_rows = rows.shape[0] > 0
     cdef int64_t k, j

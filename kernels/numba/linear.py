@@ -7,7 +7,10 @@
 ``bellman_products``: both products of one lockstep sweep in one pass over P:
                      out_x = x − γ P_π x (and ``rows`` = P x per pair, whose
                      r + γ·rows are the Q-values of x), out_y = y − γ P_πᵀ y;
-                     either side is skipped when its input has length 0
+                     either side is skipped when its input has length 0;
+                     ``x`` and the scatter buffers ``buf`` may be float32
+                     (products of a correction: half the bytes gathered and
+                     scattered, float64 sums)
 
 where (P_π x)(s) = Σ_a π(a|s) Σ_s' P(s'|s,a) x(s'). Each kernel is compiled twice
 from one Python function: serial, and ``parallel=True`` (used when n_threads > 1).
