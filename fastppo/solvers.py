@@ -59,7 +59,7 @@ class SolveResult(Result):
     """Result of :func:`solve`: ``policy``, ``sigma`` (per state, the action label of the
     policy's most probable action, ties to the lowest label: for τ = 0 the optimal
     action), ``v``, ``q``, ``adv``, ``J``, ``n_iter``, ``bellman_residual`` (‖TṼ − Ṽ‖∞ at the
-    returned policy), ``n_matvec``, ``converged``."""
+    returned policy), ``n_matvec``, ``n_passes`` (reads of P's arrays), ``converged``."""
 
 
 def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None, n_threads=None):
@@ -86,7 +86,7 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
     SolveResult
         ``policy`` (table shape), ``sigma`` (n_states,) int64 action labels (the argmax of
         ``policy``, ties to the lowest label), ``v`` (n_states,), ``q``, ``adv``, ``J``, ``n_iter``,
-        ``bellman_residual``, ``n_matvec``, ``converged``.
+        ``bellman_residual``, ``n_matvec``, ``n_passes``, ``converged``.
 
     Raises
     ------
@@ -148,7 +148,7 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
         if converged or stalled:
             return SolveResult(policy=mdp.to_table(pi.copy()), sigma=mdp.to_sigma(pi), v=v, q=mdp.to_table(ev.q),
                                adv=mdp.to_table(ev.adv), J=ev.J, n_iter=it,
-                               bellman_residual=residual, n_matvec=n_matvec,
+                               bellman_residual=residual, n_matvec=n_matvec, n_passes=E.n_passes,
                                converged=converged, backend=E.backend)
         if eval_tol == lin_tol:
             best = min(best, residual)
