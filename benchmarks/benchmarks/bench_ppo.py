@@ -31,15 +31,20 @@ def _after_warmup(backend, n_states, family, n_threads):
     return ppo, _snapshot(ppo)
 
 
+def _copy(x):
+    return x.copy() if hasattr(x, "copy") else x
+
+
 def _snapshot(ppo):
-    return dict(state={k: (v.copy() if hasattr(v, "copy") else v) for k, v in ppo._state().items()},
-                logits=ppo.logits.copy(), pi=ppo.pi.copy(), n_iter=ppo.n_iter, rows=list(ppo._rows))
+    """The iterate of ``ppo``: logits, π, history, and the warm starts (``_state``)."""
+    return dict(state={k: _copy(v) for k, v in ppo._state().items()}, logits=ppo.logits.copy(),
+                pi=ppo.pi.copy(), n_iter=ppo.n_iter, rows=list(ppo._rows))
 
 
 def _restore(ppo, snap):
     ppo.logits, ppo.pi = snap["logits"].copy(), snap["pi"].copy()
     ppo.n_iter, ppo._rows = snap["n_iter"], list(snap["rows"])
-    ppo._set_state({k: (v.copy() if hasattr(v, "copy") else v) for k, v in snap["state"].items()})
+    ppo._set_state({k: _copy(snap["state"].get(k)) for k in type(ppo).STATE})
 
 
 class PPOStepSuite(TimeSolve):
