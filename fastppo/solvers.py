@@ -157,6 +157,8 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
                            f"iteration steps (Bellman residual {residual:.3g})")
 
 
+ADAPTIVE_SHARE = 0.01  # lin_tol="adaptive": J's solve error ≤ this share of its last change
+ADAPTIVE_MAX = 1e-6
 MAX_INNER_STEPS = 10_000  # K: a checkpoint or typo asking for 10**12 would run for ever
 _HISTORY = [("iter", np.int64), ("J", np.float64), ("gap", np.float64),
             ("max_abs_adv", np.float64), ("clipfrac", np.float64), ("kl", np.float64),
@@ -275,7 +277,7 @@ class _ExactMethod(IterativeMethod):
         self.reg = reg
         self.backend = resolve_backend(backend)
         self.n_threads = resolve_threads(n_threads)
-        self.lin_tol = V.check_positive(lin_tol, "lin_tol")
+        self.lin_tol = V.check_lin_tol(lin_tol)
         self.warm_start = V.check_bool(warm_start, "warm_start")
         E = self._evaluator
         self._code, self._alpha, self._tau, self._ref = E.code, E.alpha, E.tau, E.ref
@@ -320,8 +322,8 @@ class _ExactMethod(IterativeMethod):
         """The method's Evaluator (made on first use)."""
         E = self.__dict__.get("_E")
         if E is None:
-            E = self._E = Evaluator(self.mdp, self.reg, self.backend, self.n_threads,
-                                    tol=self.lin_tol)
+            tol = DEFAULT_TOL if self.lin_tol == "adaptive" else self.lin_tol
+            E = self._E = Evaluator(self.mdp, self.reg, self.backend, self.n_threads, tol=tol)
         return E
 
     @property
@@ -343,11 +345,31 @@ class _ExactMethod(IterativeMethod):
         solution of the same policy made at set-up (d_0 for the step size)."""
         trajectory.push(x, step=self.warm_start and self.n_iter > 0)
 
+    def _solve_tol(self):
+        """The relative residual of this iteration's solves: None (the evaluator's,
+        ``lin_tol``) unless ``lin_tol="adaptive"``.
+
+        Adaptive: a residual r of the value system moves J = ρᵀṼ by
+        |d_ρᵀ r| / (1 − γ) ≤ ‖d_ρ‖₂ ‖r‖₂ / (1 − γ), with ‖r‖₂ ≤ tol ‖c‖₂ ≤ tol (1 + γ) ‖Ṽ‖₂.
+        The tolerance keeps that bound (with the last Ṽ, and d_ρ the last visitation when
+        μ = ρ, else ‖d_ρ‖₂ ≤ 1) below ADAPTIVE_SHARE of the last change of J, between
+        DEFAULT_TOL and ADAPTIVE_MAX: loose while J moves a lot, DEFAULT_TOL near the
+        optimum. The same tolerance serves the visitation system."""
+        if self.lin_tol != "adaptive" or len(self._rows) < 2 or self._v is None:
+            return None
+        g = self.mdp.gamma
+        d = self._d if self._d is not None and np.array_equal(self.mu, self.mdp.rho) else None
+        d_norm = 1.0 if d is None else StoppingRule.norm(d)
+        change = abs(self._rows[-1]["J"] - self._rows[-2]["J"])
+        bound = (1.0 + g) / (1.0 - g) * StoppingRule.norm(self._v) * d_norm
+        tol = ADAPTIVE_SHARE * change / bound if bound > 0 else 0.0
+        return min(ADAPTIVE_MAX, max(DEFAULT_TOL, tol))
+
     def _evaluate(self):
         """Exact quantities of the current policy that the update needs (an Evaluation)."""
         E = self._evaluator
         E.load(self.pi)
-        return E.evaluation(self._warm(self._vs))
+        return E.evaluation(self._warm(self._vs), tol=self._solve_tol())
 
     def step(self):
         """One outer iteration; returns its diagnostics (a dict, also appended to history)."""
@@ -474,8 +496,11 @@ class PPOClip(_ExactMethod):
         a float: J* itself.
     backend, n_threads
         Kernel backend and threads.
-    lin_tol : float, default 1e-12
-        Relative residual of the exact linear solves (formerly ``tol``).
+    lin_tol : float or "adaptive", default 1e-12
+        Relative residual of the exact linear solves (formerly ``tol``). "adaptive"
+        (opt-in): per iteration, loose while J still moves a lot, 1e-12 near the
+        optimum (the error it allows in J stays below 1 % of J's last change; see
+        ``_ExactMethod._solve_tol``).
     warm_start : bool, default True
         Start each solve from the previous iteration's solution.
     """
@@ -501,7 +526,8 @@ class PPOClip(_ExactMethod):
         # Ã_old and d_old of the same policy: the two linear systems advance together
         E = self._evaluator
         E.load(self.pi)
-        ev, vis = E.evaluation_and_visitation(self.mu, self._warm(self._vs), self._warm(self._ds))
+        ev, vis = E.evaluation_and_visitation(self.mu, self._warm(self._vs), self._warm(self._ds),
+                                              tol=self._solve_tol())
         ev.visitation = vis
         return ev
 

@@ -286,3 +286,52 @@ def test_float32_corrections_in_a_ppo_run():
     bound = 1e-12 * (1 + mdp.gamma) / (1 - mdp.gamma) * np.linalg.norm(a.v)
     assert np.abs(a.history["J"] - b.history["J"]).max() <= bound
     assert approximate and max(approximate) < 30  # warm starts within 1e5 tol: exact sweeps
+
+
+# ------------------------------------------------------------- lin_tol="adaptive"
+def iterates(ppo, tol=1e-8, max_iter=400):
+    """The policies of a run to gap ≤ tol (the run's own stopping rule), oldest first."""
+    policies = []
+    while ppo.n_iter < max_iter:
+        policies.append(ppo.pi.copy())
+        if ppo.step()["gap"] <= tol:
+            return policies
+    raise AssertionError("no convergence")
+
+
+def test_adaptive_lin_tol_has_the_gaps_of_the_default():
+    """Every iterate of both runs re-evaluated at 1e-13: the gaps agree to 1e-3 relative
+    (or 1e-12 |J*|), both runs stop at the same iteration ± 1, with fewer passes."""
+    mdp = fastppo.garnet(300, 5, 5, gamma=0.97, seed=11)
+    reg = fastppo.ForwardKL(0.1)
+    J_star = fastppo.solve(mdp, reg).J
+    runs = {tol: fastppo.PPOClip(mdp, reg, reference=J_star, lin_tol=tol)
+            for tol in (1e-12, "adaptive")}
+    policies = {tol: iterates(ppo) for tol, ppo in runs.items()}
+    n_default, n_adaptive = (len(p) for p in policies.values())
+    assert abs(n_default - n_adaptive) <= 1
+    gaps = {tol: np.array([J_star - fastppo.evaluate(mdp, pi, reg, tol=1e-13).J for pi in p])
+            for tol, p in policies.items()}
+    n = min(n_default, n_adaptive)
+    a, b = gaps[1e-12][:n], gaps["adaptive"][:n]
+    assert (np.abs(a - b) <= np.maximum(1e-3 * np.abs(a), 1e-12 * abs(J_star))).all()
+    # the recorded gaps are those of the re-evaluation to the same accuracy
+    h = runs["adaptive"].history["gap"]
+    assert (np.abs(h - gaps["adaptive"]) <= np.maximum(1e-3 * np.abs(h), 1e-12 * abs(J_star))).all()
+    passes = {tol: ppo.history["n_passes"].sum() for tol, ppo in runs.items()}
+    assert passes["adaptive"] < 0.9 * passes[1e-12]
+
+
+def test_adaptive_lin_tol_is_checked_and_saved(tmp_path):
+    mdp = fastppo.garnet(50, 3, 3, gamma=0.9, seed=1)
+    with pytest.raises(ValueError, match="lin_tol must be a positive float or 'adaptive', got 'fast'"):
+        fastppo.PPOClip(mdp, lin_tol="fast")
+    with pytest.raises(ValueError, match="lin_tol must be > 0"):
+        fastppo.PPOClip(mdp, lin_tol=0.0)
+    ppo = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1), lin_tol="adaptive")
+    ppo.run(5)
+    ppo.save(tmp_path)
+    resumed = fastppo.PPOClip.resume(tmp_path)
+    assert resumed.lin_tol == "adaptive"
+    full = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1), lin_tol="adaptive").run(10)
+    np.testing.assert_array_equal(resumed.run(5).logits, full.logits)
