@@ -38,6 +38,7 @@ clip; β doubled / halved when the KL leaves [target/1.5, 1.5 target], as in the
 PPO paper).
 """
 import functools
+import math
 import time
 import warnings
 
@@ -217,14 +218,20 @@ def predicted_start(x, steps, sketches):
     m = len(steps) - 1
     if m < 1:
         return x
-    c = np.linalg.lstsq(np.column_stack(sketches[1:]), sketches[0], rcond=None)[0]
-    step = np.multiply(steps[0], c[0])
-    term = np.empty_like(step)
-    for i in range(1, m):
-        step += np.multiply(steps[i], c[i], out=term)
-    size = StoppingRule.norm(step)
-    if not size <= 2.0 * StoppingRule.norm(steps[0]):  # also NaN
-        return x
+    with np.errstate(over="ignore", invalid="ignore"):  # steps of any size (a resumed run)
+        cols = np.column_stack(sketches)
+        big = float(np.abs(cols).max())
+        if not (math.isfinite(big) and big > 0.0):
+            return x
+        cols = np.ldexp(cols, -np.frexp(big)[1])  # entries ≤ 1 (exactly scaled): LAPACK's range
+        c = np.linalg.lstsq(cols[:, 1:], cols[:, 0], rcond=None)[0]
+        step = np.multiply(steps[0], c[0])
+        term = np.empty_like(step)
+        for i in range(1, m):
+            step += np.multiply(steps[i], c[i], out=term)
+        size = StoppingRule.norm(step)
+        if not (math.isfinite(size) and size <= 2.0 * StoppingRule.norm(steps[0])):  # or NaN
+            return x
     step += x
     return step
 

@@ -11,6 +11,8 @@ from the last solutions.
 - ``predicted_start``: exact on a linear recurrence, falls back on a rough trajectory;
   PPO-Clip with predicted starts has the iterates of cold solves and needs fewer passes.
 """
+import warnings
+
 import numpy as np
 import pytest
 
@@ -218,6 +220,15 @@ def test_predicted_start_falls_back_when_the_path_is_rough():
     assert t.start() is t.x  # the fit extrapolates ~1e8 w − 1e8 u: far longer than a step
     assert steps_of(xs[:1]).start() is xs[0] and steps_of(xs[:2]).start() is xs[1]
     assert solvers._Trajectory().start() is None
+    # steps near the top of the doubles (a resumed checkpoint with an absurd v_warm):
+    # the fit overflows, and the start falls back to x without a warning
+    for big in (1e300, 1e307):
+        far = xs[0] + big * u / np.abs(u).max()
+        t = steps_of([xs[0], far, far + w, far + 2 * w])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            start = t.start()
+        assert np.isfinite(start).all()
 
 
 def test_predicted_starts_save_passes_not_accuracy(monkeypatch):
