@@ -19,7 +19,7 @@ import os
 BACKENDS = ("numba", "cython", "numpy")
 # kernel file stem → kernel names (identical in kernels/numba, kernels/cython, _reference)
 STEMS = {
-    "linear": ("bellman_matvec", "bellman_rmatvec", "q_values"),
+    "linear": ("bellman_matvec", "bellman_rmatvec", "q_values", "bellman_products"),
     "tables": ("segment_softmax", "regularized_reward", "advantages", "policy_gradient"),
     "policy_update": ("greedy_policy", "ppo_update"),
     "sampling": ("rollout", "gae", "discounted_returns", "ppo_minibatches"),

@@ -75,6 +75,8 @@ class EpisodicEvaluator(Evaluator):
             the pass checked by one product, ``method`` "topological".
         """
         mdp = self.mdp
+        passes = self.n_passes
+        self.n_passes += 2  # the topological pass and q_values (the residual's product counts itself)
         c = self.regularized_reward()
         v = np.empty(mdp.n_states)
         self._values(*self._pass_args(), c, v, self.n_threads)
@@ -83,8 +85,9 @@ class EpisodicEvaluator(Evaluator):
                             self.n_threads)
         adv = np.empty(mdp.n_pairs)
         self._k["advantages"](mdp.a_indptr, self.pi, q, adv, self.n_threads)
+        residual = self._residual(self.matvec, v, c)
         return Evaluation(v=v, q=q, adv=adv, J=_krylov.dot(mdp.rho, v), n_matvec=1,
-                          residual=self._residual(self.matvec, v, c), method=METHOD,
+                          n_passes=self.n_passes - passes, residual=residual, method=METHOD,
                           backend=self.backend)
 
     def visitation(self, mu, d0=None, tol=None):
@@ -101,6 +104,8 @@ class EpisodicEvaluator(Evaluator):
         ValueError
             If μ has no mass on the non-terminal states (no episode takes a step).
         """
+        passes = self.n_passes
+        self.n_passes += 1  # the topological pass
         n = np.empty(self.mdp.n_states)
         self._visits(*self._pass_args(), mu, n, self.n_threads)
         length = float(n.sum())
@@ -108,8 +113,9 @@ class EpisodicEvaluator(Evaluator):
             raise ValueError("the start distribution puts all its mass on terminal states: "
                              "no episode takes a step, so d (visits / episode length) is undefined")
         live_mu = np.where(self._terminal == 0, mu, 0.0)
+        residual = self._residual(self.rmatvec, n, live_mu)
         return Result(d=n / length, visits=n, length=length, n_matvec=1,
-                      residual=self._residual(self.rmatvec, n, live_mu), method=METHOD,
+                      n_passes=self.n_passes - passes, residual=residual, method=METHOD,
                       backend=self.backend)
 
     def evaluation_and_visitation(self, mu, v0=None, d0=None, tol=None):

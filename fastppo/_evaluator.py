@@ -35,6 +35,9 @@ DEFAULT_TOL = 1e-12
 DEFAULT_RESTART = 40
 DEFAULT_MAX_ITER = 5000
 
+_EMPTY = np.empty(0)  # a skipped side of bellman_products
+_ONES = functools.lru_cache(maxsize=2)(np.ones)
+MIXED_STATES = 1 << 19  # from here on, lockstep sweeps on float32 corrections (``mixed``)
 VALUE_SYSTEM = "evaluation system (I - gamma P_pi) v = r_pi - tau D_f(pi)"
 VISIT_SYSTEM = "visitation system (I - gamma P_pi^T) d = (1 - gamma) mu"
 
@@ -52,6 +55,11 @@ class Evaluation(Result):
         Σ_s ρ(s) Ṽ(s).
     n_matvec : int
         Products with I − γP_π used by the solve.
+    n_passes : int
+        Reads of P's arrays (the products' kernels and ``q_values``). A fused pass that
+        serves both products of a lockstep sweep counts once here and twice in
+        ``n_matvec``; from :meth:`Evaluator.evaluation_and_visitation` both results carry
+        the passes of the joint solve (not to be added).
     residual : float
         Relative residual of the solve.
     method : str
@@ -119,6 +127,9 @@ class Evaluator:
         GMRES restart length.
     method : {"auto", "richardson", "bicgstab", "gmres"}, default "auto"
         Linear-solve chain (``fastppo._krylov.chain``).
+    mixed : bool, optional
+        Sweeps of the lockstep solve on float32 corrections (:meth:`products`); default:
+        from ``MIXED_STATES`` states on, with the compiled backends.
 
     Attributes
     ----------
@@ -137,19 +148,29 @@ class Evaluator:
         return super().__new__(cls)
 
     def __init__(self, mdp, reg, backend, n_threads, *, tol=DEFAULT_TOL,
-                 max_iter=DEFAULT_MAX_ITER, restart=DEFAULT_RESTART, method="auto"):
+                 max_iter=DEFAULT_MAX_ITER, restart=DEFAULT_RESTART, method="auto", mixed=None):
         self.mdp, self.backend, self.n_threads = mdp, backend, n_threads
         self.code, self.alpha, self.tau, ref = regularizer_args(mdp, reg)
         if ref is not None:
             self.ref = ref
         self.tol, self.max_iter, self.restart, self.method = tol, max_iter, restart, method
         k = {name: get_kernel(name, backend) for name in (
-            "bellman_matvec", "bellman_rmatvec", "q_values", "regularized_reward", "advantages",
-            "policy_gradient", "greedy_policy", "segment_softmax")}
+            "bellman_matvec", "bellman_rmatvec", "bellman_products", "q_values",
+            "regularized_reward", "advantages", "policy_gradient", "greedy_policy",
+            "segment_softmax")}
         self._k = k
         self.pi = None
         self._rows = None
-        self._scratch = None  # (n_threads, n_states) for the transposed product, on first use
+        self._compact = False
+        self._scratch = None  # scatter buffers of the transposed product, on first use
+        self._q_rows = None  # P x per pair of the last value sweep (n_pairs,), on first use
+        self._rows_fresh = False  # _q_rows holds P x of the value system's last product
+        self.n_passes = 0  # reads of P's arrays so far
+        if mixed is None:
+            mixed = backend != "numpy" and mdp.n_states >= MIXED_STATES
+        self.mixed = bool(mixed)
+        self._base = [None, None]  # per side: (x, A x) of its last exact product
+        self._buf32 = self._x32 = None  # float32 scatter buffers and gathered correction
 
     @functools.cached_property
     def ref(self):
@@ -160,22 +181,97 @@ class Evaluator:
     def load(self, pi):
         """Make ``pi`` (flat, checked; kept by reference, not copied) the current policy."""
         self.pi = pi
-        self._rows = (*policy_rows(self.mdp, pi), self.mdp.gamma)
+        rows = policy_rows(self.mdp, pi)
+        self._compact = rows[0] is not self.mdp.a_indptr
+        self._rows = (*rows, self.mdp.gamma)
+        self._rows_fresh = False
+
+    @property
+    def _buf(self):
+        """Scatter buffers of the transposed product, (n_chunks, n_states): one per chunk
+        of states, summed in a fixed order. max(2, n_threads) chunks, so the products
+        (hence visitations) are bit for bit the same on 1 and 2 threads."""
+        if self._scratch is None:
+            self._scratch = np.empty((max(2, self.n_threads), self.mdp.n_states))
+        return self._scratch
 
     def matvec(self, x, out):
         """out = (I − γP_π) x."""
+        self.n_passes += 1
+        self._rows_fresh = False
         self._k["bellman_matvec"](*self._rows, x, out, self.n_threads)
 
     def rmatvec(self, x, out):
         """out = (I − γP_πᵀ) x."""
-        if self._scratch is None:
-            self._scratch = np.empty((self.n_threads, self.mdp.n_states))
-        self._k["bellman_rmatvec"](*self._rows, x, out, self._scratch, self.n_threads)
+        self.n_passes += 1
+        self._k["bellman_rmatvec"](*self._rows, x, out, self._buf, self.n_threads)
 
-    def products(self, x_value, x_visit, out_value, out_visit):
-        """Both products of one Richardson sweep: :meth:`matvec` and :meth:`rmatvec`."""
-        self.matvec(x_value, out_value)
-        self.rmatvec(x_visit, out_visit)
+    def products(self, x_value, x_visit, out_value, out_visit, exact=True):
+        """The products of one lockstep sweep in one pass over P (``bellman_products``):
+        out_value = (I − γP_π) x_value and out_visit = (I − γP_πᵀ) x_visit, a side given
+        as None skipped. An exact value product also keeps P x_value per pair (not for
+        compact rows), from which :meth:`evaluation_and_visitation` takes Q̃ without a pass.
+
+        Mixed precision (``self.mixed``; ``exact`` False): each side's product is its last
+        exact product A x̂ plus the product of the correction x − x̂, gathered (value) and
+        scattered (visitation) in float32 and summed in float64, so its error is
+        ~6e-8 ‖x − x̂‖, not ~6e-8 ‖x‖: small once the sweeps are near their solution, and
+        the solve certifies its result with an exact product (``_krylov.solve_pair``).
+        At 10⁶ states the random float32 accesses take about half the time of float64
+        ones (the vector no longer stays in the caches). Returns whether the products
+        were exact.
+        """
+        if self.mixed and not exact:
+            return self._corrections(x_value, x_visit, out_value, out_visit)
+        self.n_passes += 1
+        rows = _EMPTY
+        if x_value is None:
+            x_value = out_value = _EMPTY
+        elif not self._compact:
+            if self._q_rows is None:
+                self._q_rows = np.empty(self.mdp.n_pairs)
+            rows = self._q_rows
+            self._rows_fresh = True
+        else:
+            self._rows_fresh = False
+        if x_visit is None:
+            x_visit = out_visit = _EMPTY
+        self._k["bellman_products"](*self._rows, x_value, x_visit, out_value, out_visit, rows,
+                                    self._buf, self.n_threads)
+        if self.mixed:
+            for side, (x, out) in enumerate(((x_value, out_value), (x_visit, out_visit))):
+                if x.shape[0]:
+                    self._base[side] = (x.copy(), out.copy())
+        return True
+
+    def _corrections(self, x_value, x_visit, out_value, out_visit):
+        """Approximate products from the last exact ones (see :meth:`products`)."""
+        n = self.mdp.n_states
+        if self._buf32 is None:
+            self._buf32 = np.empty(self._buf.shape, dtype=np.float32)
+            self._x32 = np.empty(n, dtype=np.float32)
+        ex, ey, ox, oy = _EMPTY, _EMPTY, _EMPTY, _EMPTY
+        if x_value is not None:
+            base, ax = self._base[0]
+            np.subtract(x_value, base, out=out_value)
+            ex, ox = self._x32, out_value
+            ex[:] = out_value  # rounded to float32
+            self._rows_fresh = False
+        if x_visit is not None:
+            base, ay = self._base[1]
+            ey, oy = x_visit - base, out_visit
+        self.n_passes += 1
+        self._k["bellman_products"](*self._rows, ex, ey, ox, oy, _EMPTY, self._buf32,
+                                    self.n_threads)
+        if x_value is not None:
+            out_value += self._base[0][1]
+        if x_visit is not None:
+            out_visit += self._base[1][1]
+            # 1ᵀ(I − γP_πᵀ) y = (1 − γ) 1ᵀy exactly: the sweeps keep the mass of y (their
+            # slow direction, contracting by γ only) as long as products keep this balance
+            mass = (1.0 - self.mdp.gamma) * _krylov.dot(_ONES(n), x_visit)
+            out_visit += (mass - _krylov.dot(_ONES(n), out_visit)) / n
+        return False
 
     def regularized_reward(self):
         """c = r_π − τ D_f(π ‖ π_ref), shape (n_states,); ValueError if not finite (a
@@ -202,22 +298,37 @@ class Evaluator:
             y0 = d0 / (scale * total) if total > 0 else None
         return _krylov.System(self.rmatvec, mu, VISIT_SYSTEM), y0
 
-    def _evaluation(self, res):
-        mdp, nt = self.mdp, self.n_threads
-        v = res.x
+    def _q_values(self, res, b):
+        """Q̃ = r + γ P v of the solution ``res`` of the value system with right-hand side
+        ``b``: from the rows of its last sweep when that was at v (Richardson, rows kept:
+        the same numbers, the iterate being v / 2^e), else by a pass of ``q_values``."""
+        mdp = self.mdp
         q = np.empty(mdp.n_pairs)
-        self._k["q_values"](mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r, mdp.gamma, v, q, nt)
-        adv = np.empty(mdp.n_pairs)
-        self._k["advantages"](mdp.a_indptr, self.pi, q, adv, nt)
-        return Evaluation(v=v, q=q, adv=adv, J=_krylov.dot(mdp.rho, v), n_matvec=res.n_matvec,
-                          residual=res.residual, method=res.method, backend=self.backend)
+        if self._rows_fresh and res.method == "richardson" and res.n_matvec > 0:
+            np.multiply(self._q_rows, np.ldexp(mdp.gamma, _krylov.scale_exponent(b)), out=q)
+            q += mdp.r
+        else:
+            self.n_passes += 1
+            self._k["q_values"](mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r, mdp.gamma,
+                                res.x, q, self.n_threads)
+        return q
 
-    def _visitation(self, res):
+    def _evaluation(self, res, b, passes):
+        mdp = self.mdp
+        v = res.x
+        q = self._q_values(res, b)
+        adv = np.empty(mdp.n_pairs)
+        self._k["advantages"](mdp.a_indptr, self.pi, q, adv, self.n_threads)
+        return Evaluation(v=v, q=q, adv=adv, J=_krylov.dot(mdp.rho, v), n_matvec=res.n_matvec,
+                          n_passes=self.n_passes - passes, residual=res.residual,
+                          method=res.method, backend=self.backend)
+
+    def _visitation(self, res, passes):
         d = (1.0 - self.mdp.gamma) * res.x
         np.maximum(d, 0.0, out=d)  # clears round-off negatives only (d >= (1-γ)μ >= 0 exactly)
         d /= d.sum()
-        return Result(d=d, n_matvec=res.n_matvec, residual=res.residual, method=res.method,
-                      backend=self.backend)
+        return Result(d=d, n_matvec=res.n_matvec, n_passes=self.n_passes - passes,
+                      residual=res.residual, method=res.method, backend=self.backend)
 
     def _solve_options(self, tol):
         stop = _krylov.StoppingRule(self.tol if tol is None else tol)
@@ -238,8 +349,10 @@ class Evaluator:
         Evaluation
             Flat ``q`` and ``adv`` (n_pairs,).
         """
-        res = _krylov.solve(self._value_system(), v0, **self._solve_options(tol))
-        return self._evaluation(res)
+        passes = self.n_passes
+        system = self._value_system()
+        res = _krylov.solve(system, v0, **self._solve_options(tol))
+        return self._evaluation(res, system.b, passes)
 
     def visitation(self, mu, d0=None, tol=None):
         """d^π_μ of the loaded policy.
@@ -255,23 +368,33 @@ class Evaluator:
         Returns
         -------
         Result
-            ``d``, ``n_matvec``, ``residual``, ``method``, ``backend``.
+            ``d``, ``n_matvec``, ``n_passes``, ``residual``, ``method``, ``backend``.
         """
+        passes = self.n_passes
         system, y0 = self._visit_system(mu, d0)
-        return self._visitation(_krylov.solve(system, y0, **self._solve_options(tol)))
+        return self._visitation(_krylov.solve(system, y0, **self._solve_options(tol)), passes)
 
     def evaluation_and_visitation(self, mu, v0=None, d0=None, tol=None):
         """:meth:`evaluation` and :meth:`visitation` of the loaded policy, their linear
         systems advanced together (``fastppo._krylov.solve_pair``); the same results.
 
+        A lockstep sweep is one pass over P (:meth:`products`), and Q̃ comes from the rows
+        of the value system's last sweep (no pass of its own) when the sweeps solved it.
+
         Returns
         -------
         (Evaluation, Result)
+            Both with the ``n_passes`` of the whole call.
         """
+        passes = self.n_passes
+        value = self._value_system()
         visit, y0 = self._visit_system(mu, d0)
-        res_v, res_d = _krylov.solve_pair(self._value_system(), visit, self.products, v0, y0,
+        res_v, res_d = _krylov.solve_pair(value, visit, self.products, v0, y0,
                                           **self._solve_options(tol))
-        return self._evaluation(res_v), self._visitation(res_d)
+        ev = self._evaluation(res_v, value.b, passes)
+        vis = self._visitation(res_d, passes)
+        vis.n_passes = ev.n_passes
+        return ev, vis
 
     def gradient(self, mu, tol=None):
         """∂Ṽ^{π_θ}(μ)/∂θ of the softmax policy at the loaded π = softmax(θ), flat (n_pairs,)."""

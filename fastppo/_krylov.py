@@ -52,10 +52,11 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 __all__ = ["ConvergenceError", "LinearResult", "StoppingRule", "System", "bicgstab", "chain",
-           "dot", "gmres", "richardson", "solve", "solve_pair"]
+           "dot", "gmres", "richardson", "scale_exponent", "solve", "solve_pair"]
 
 METHODS = ("auto", "richardson", "bicgstab", "gmres")
 MAX_RATE, MIN_SWEEPS = 0.6, 4  # Richardson gives up when slower than this (in "auto")
+REFINE = 1e-5  # approximate (float32) products: an exact one after the residual fell this much
 
 
 class ConvergenceError(RuntimeError):
@@ -171,7 +172,16 @@ def _start(system, x0, stop):
 class _Sweeps:
     """Richardson sweeps on one system, advanced one product at a time by the caller:
     ``A x`` is written into ``r``, then :meth:`absorb` decides and sweeps. ``result`` is
-    set once it is finished."""
+    set once it is finished.
+
+    A product may be approximate (``absorb(exact=False)``: float32 gathers of a correction,
+    :func:`solve_pair`), accurate to about 1e-7 of the residual at the last exact product
+    (1e-5 for the value system's constant direction at γ = 0.99). ``exact`` asks the caller
+    for an exact product: to start a new correction once the residual fell by REFINE below
+    the last exact one (or stopped falling), for every sweep once the last exact residual
+    is within REFINE of tol (a correction cycle and its certificate would not pay for
+    themselves: late in a PPO run, with good warm starts, every product is exact), and to
+    certify a residual that met the rule on an approximate product."""
 
     def __init__(self, system, x0, stop, max_iter, max_rate=MAX_RATE, min_sweeps=MIN_SWEEPS):
         self.system, self.stop, self.max_iter = system, stop, max_iter
@@ -179,20 +189,40 @@ class _Sweeps:
         self.bnorm, self.x = _start(system, x0, stop)
         self.r = np.empty(system.b.shape[0])
         self.n_matvec, self.last, self.slow = 0, np.inf, 0
+        self.exact = True  # the next product must be exact (the first one, a certification)
+        self.exact_residual = np.inf  # residual at the last exact product
+        self.approximate = 0  # approximate products since then
         self.result = None
         if self.bnorm == 0.0:
             self.result = LinearResult(self.x, 0, 0.0, True, "richardson")
 
-    def absorb(self):
+    def absorb(self, exact=True):
         r, x = self.r, self.x
         self.n_matvec += 1
         np.subtract(self.system.b, r, out=r)
         residual = self.stop.relative(r, self.bnorm)
-        if self.stop.met(residual):
-            self.result = LinearResult(x, self.n_matvec, residual, True, "richardson")
-            return
-        self.slow = self.slow + 1 if residual > self.max_rate * self.last else 0
+        self.exact = False
+        if exact:
+            # the rule of giving up sees true residuals only: the rate of the sweeps since
+            # the last exact product (with exact products only, of the last sweep)
+            since = self.approximate + 1
+            slower = residual > self.max_rate ** since * self.exact_residual
+            self.exact_residual, self.approximate = residual, 0
+        else:
+            self.approximate += 1
+            if residual > self.max_rate * self.last or residual <= REFINE * self.exact_residual:
+                self.exact = True  # at or near the correction's float32 round-off: a new base
         self.last = residual
+        if self.exact_residual * REFINE <= self.stop.tol:
+            self.exact = True  # a correction would reach tol: the last sweeps exact, no certificate
+        if self.stop.met(residual):
+            if exact:
+                self.result = LinearResult(x, self.n_matvec, residual, True, "richardson")
+            else:
+                self.exact = True  # certify x by an exact product before accepting it
+            return
+        if exact:
+            self.slow = self.slow + 1 if slower else 0
         slow = self.n_matvec >= self.min_sweeps and self.slow >= 2
         if self.n_matvec >= self.max_iter or slow:
             self.result = LinearResult(x, self.n_matvec, residual, False, "richardson",
@@ -406,12 +436,18 @@ def chain(method="auto", restart=40):
 
 
 # ------------------------------------------------------------------------ drivers
+def scale_exponent(b):
+    """e with 2^(e−1) ≤ max |b| < 2^e (0 when b = 0): :func:`solve` and :func:`solve_pair`
+    run on b / 2^e, so their iterates are those of the solution divided by 2^e, exactly."""
+    big = float(np.max(np.abs(b)))
+    return 0 if big == 0.0 else int(np.frexp(big)[1])
+
+
 def _scaled(system, x0):
-    """(system with b / 2^e, x0 / 2^e, e), 2^(e−1) ≤ max |b| < 2^e (e = 0 when b = 0)."""
-    big = float(np.max(np.abs(system.b)))
-    if big == 0.0:
+    """(system with b / 2^e, x0 / 2^e, e), e = :func:`scale_exponent` (b)."""
+    e = scale_exponent(system.b)
+    if e == 0:
         return system, x0, 0
-    e = int(np.frexp(big)[1])
     b = np.ldexp(system.b, -e)
     return (System(system.matvec, b, system.what, system.shift),
             None if x0 is None else np.ldexp(x0, -e), e)
@@ -485,17 +521,30 @@ def solve_pair(value, visit, products, v0=None, y0=None, *, stop, max_iter, meth
     """Solve the value and visitation systems of one policy together.
 
     With ``method="auto"`` both run Richardson sweeps in lockstep, one
-    ``products(x_value, x_visit, out_value, out_visit)`` call per sweep (two products,
-    counted as two); a system that converges leaves the lockstep, the other continues
-    alone with its own ``matvec``, and a system whose sweeps stall continues with the
-    Krylov methods on its own. Each system's iterates are exactly those of
-    :func:`solve` on it alone. Other methods solve the two systems one after the other.
+    ``products(x_value, x_visit, out_value, out_visit, exact)`` call per sweep (two
+    products, counted as two; a fused pass over P can serve both); a system that
+    converges leaves the lockstep and the other sweeps on alone through ``products`` with
+    None for the finished side; a system whose sweeps stall continues with the Krylov
+    methods (its ``matvec``) on its own. With exact products each system's iterates are
+    exactly those of :func:`solve` on it alone. So when the value system's result is
+    "richardson" (with at least one product), the last ``products`` call with an
+    ``x_value`` was exact, at its returned iterate divided by 2^:func:`scale_exponent` (b).
+    Other methods solve the two systems one after the other with their ``matvec``.
+
+    ``products`` may return approximate products when ``exact`` is False (mixed
+    precision: float32 gathers of the correction from the last exact product, float64
+    sums), and returns whether they were exact. The first product of each system is
+    exact, and a residual met on an approximate product is certified by an exact one at
+    the same iterate before it is accepted: every converged result holds the true
+    (float64) residual.
 
     Parameters
     ----------
     value, visit : System
-    products : callable ``products(x_value, x_visit, out_value, out_visit)``
-        Both products at once: ``out_value = A_value x_value``, ``out_visit = A_visit x_visit``.
+    products : callable ``products(x_value, x_visit, out_value, out_visit, exact)`` -> bool
+        Both products at once: ``out_value = A_value x_value``, ``out_visit = A_visit x_visit``;
+        a side given as None (``x`` and ``out``) is skipped. ``exact``: whether the
+        products must be exact; returns whether they were.
     v0, y0 : ndarray of shape (n,), optional
         Starts of the two systems.
     stop, max_iter, method, restart
@@ -519,12 +568,12 @@ def solve_pair(value, visit, products, v0=None, y0=None, *, stop, max_iter, meth
     sy, y0, ey = _scaled(visit, y0)
     a, b = _Sweeps(sv, v0, stop, max_iter), _Sweeps(sy, y0, stop, max_iter)
     while a.result is None and b.result is None:
-        products(a.x, b.x, a.r, b.r)
-        a.absorb()
-        b.absorb()
-    for sweeps in (a, b):
-        while sweeps.result is None:
-            sweeps.system.matvec(sweeps.x, sweeps.r)
-            sweeps.absorb()
+        exact = products(a.x, b.x, a.r, b.r, a.exact or b.exact)
+        a.absorb(exact)
+        b.absorb(exact)
+    while a.result is None:
+        a.absorb(products(a.x, None, a.r, None, a.exact))
+    while b.result is None:
+        b.absorb(products(None, b.x, None, b.r, b.exact))
     return (_unscaled(_finish(sv, a.result, links, stop, max_iter), ev),
             _unscaled(_finish(sy, b.result, links, stop, max_iter), ey))

@@ -43,6 +43,20 @@ def q_values(p_indptr, p_indices, p_data, r, gamma, v, out, n_threads=1):
     out[:] = r + gamma * (_P(p_indptr, p_indices, p_data, v.shape[0]) @ v)
 
 
+def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out_x, out_y,
+                     rows, buf, n_threads=1):
+    """out_x = x − γ P_π x with rows = P x per pair, and out_y = y − γ P_πᵀ y, in one call;
+    a side whose input has length 0 is skipped (rows too when ``rows`` has length 0)."""
+    n_states = a_indptr.shape[0] - 1
+    if x.shape[0]:
+        Px = _P(p_indptr, p_indices, p_data, n_states) @ x
+        out_x[:] = x - gamma * _segment_sum(a_indptr, pi * Px)
+        if rows.shape[0]:
+            rows[:] = Px
+    if y.shape[0]:
+        bellman_rmatvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, y, out_y, buf)
+
+
 # --------------------------------------------------------------------- tables
 def segment_softmax(a_indptr, logits, out, n_threads=1):
     """out = exp(θ − max_s θ) / Σ_a exp(θ − max_s θ) within each state."""

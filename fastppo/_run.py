@@ -501,8 +501,22 @@ def _check_settings(cls):
     return check
 
 
+def _with_added_fields(cls, x):
+    """A history saved before fields of ``cls.HISTORY_ADDED`` existed, with them filled in
+    (e.g. ``n_passes`` = -1, not recorded); any other history unchanged."""
+    added = getattr(cls, "HISTORY_ADDED", {})
+    older = [(n, t) for n, t in cls.HISTORY if n not in added]
+    if not added or x.dtype != np.dtype(older):
+        return x
+    full = np.empty(x.shape, dtype=list(cls.HISTORY))
+    for name, _ in cls.HISTORY:
+        full[name] = added[name] if name in added else x[name]
+    return full
+
+
 def _check_history(cls, n_iter):
     def check(x, name):
+        x = _with_added_fields(cls, x)
         if x.dtype != np.dtype(list(cls.HISTORY)):
             raise TypeError(f"must be a structured array with fields "
                             f"{', '.join(n for n, _ in cls.HISTORY)}, got dtype {x.dtype}")

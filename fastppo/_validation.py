@@ -513,6 +513,15 @@ def check_positive(x, name, strict=True, allow_none=False):
     return x
 
 
+def check_lin_tol(x, name="lin_tol"):
+    """A relative residual > 0, or the string "adaptive"."""
+    if isinstance(x, str):
+        if x != "adaptive":
+            raise ValueError(f"{name} must be a positive float or 'adaptive', got {x!r}")
+        return x
+    return check_positive(x, name)
+
+
 def check_int(x, name, minimum=1, maximum=None):
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(x).__name__}")

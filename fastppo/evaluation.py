@@ -96,7 +96,8 @@ def evaluate(mdp, pi, reg=None, *, v0=None, tol=DEFAULT_TOL, max_iter=None,
     Evaluation
         ``v`` (n_states,), ``q`` and ``adv`` in the shape of ``pi`` (for sigma: the
         MDP's table shape, that of ``mdp.R``), ``J``,
-        ``n_matvec``, ``residual``, ``backend``.
+        ``n_matvec`` (products), ``n_passes`` (reads of P's arrays), ``residual``,
+        ``method``, ``backend``.
 
     Raises
     ------
@@ -139,7 +140,8 @@ def visitation(mdp, pi, mu=None, *, d0=None, tol=DEFAULT_TOL, max_iter=None,
     tol, max_iter, restart, method, backend, n_threads
         As in :func:`evaluate`.
     full_output : bool, default False
-        Return a Result with ``d``, ``n_matvec``, ``residual``, ``method``, ``backend``.
+        Return a Result with ``d``, ``n_matvec``, ``n_passes``, ``residual``, ``method``,
+        ``backend``.
 
     Returns
     -------

@@ -40,6 +40,8 @@ term, linearised regularizer: π_new ∝ π_old exp(η (Q̃ − τ f'(π_old/π_
 clip; β doubled / halved when the KL leaves [target/1.5, 1.5 target], as in the
 PPO paper).
 """
+import functools
+import math
 import time
 import warnings
 
@@ -50,7 +52,7 @@ from ._backend import get_kernel, resolve_backend, resolve_threads
 from ._episodic import visit_weights
 from ._errors import ConvergenceWarning, renamed_parameters
 from ._evaluator import DEFAULT_TOL, Evaluator
-from ._krylov import ConvergenceError
+from ._krylov import ConvergenceError, StoppingRule, dot
 from ._result import Result
 from ._run import IterativeMethod, RunResult, check_states
 from .regularizers import ReverseKL
@@ -62,7 +64,7 @@ class SolveResult(Result):
     """Result of :func:`solve`: ``policy``, ``sigma`` (per state, the action label of the
     policy's most probable action, ties to the lowest label: for τ = 0 the optimal
     action), ``v``, ``q``, ``adv``, ``J``, ``n_iter``, ``bellman_residual`` (‖TṼ − Ṽ‖∞ at the
-    returned policy), ``n_matvec``, ``converged``."""
+    returned policy), ``n_matvec``, ``n_passes`` (reads of P's arrays), ``converged``."""
 
 
 def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, v0=None, pi0=None,
@@ -100,7 +102,7 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, v0=None, pi0
     SolveResult
         ``policy`` (table shape), ``sigma`` (n_states,) int64 action labels (the argmax of
         ``policy``, ties to the lowest label), ``v`` (n_states,), ``q``, ``adv``, ``J``, ``n_iter``,
-        ``bellman_residual``, ``n_matvec``, ``converged``.
+        ``bellman_residual``, ``n_matvec``, ``n_passes``, ``converged``.
 
     Raises
     ------
@@ -158,7 +160,7 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, v0=None, pi0
         if converged or stalled:
             return SolveResult(policy=mdp.to_table(pi.copy()), sigma=mdp.to_sigma(pi), v=v, q=mdp.to_table(ev.q),
                                adv=mdp.to_table(ev.adv), J=ev.J, n_iter=it,
-                               bellman_residual=residual, n_matvec=n_matvec,
+                               bellman_residual=residual, n_matvec=n_matvec, n_passes=E.n_passes,
                                converged=converged, backend=E.backend)
         if eval_tol == lin_tol:
             best = min(best, residual)
@@ -196,10 +198,110 @@ def _first_policy(E, v0, pi0):
     return pi
 
 
+ADAPTIVE_SHARE = 0.01  # lin_tol="adaptive": J's solve error ≤ this share of its last change
+ADAPTIVE_MAX = 1e-6
+
+
 MAX_INNER_STEPS = 10_000  # K: a checkpoint or typo asking for 10**12 would run for ever
 _HISTORY = [("iter", np.int64), ("J", np.float64), ("gap", np.float64),
             ("max_abs_adv", np.float64), ("clipfrac", np.float64), ("kl", np.float64),
-            ("grad_norm", np.float64), ("n_matvec", np.int64), ("seconds", np.float64)]
+            ("grad_norm", np.float64), ("n_matvec", np.int64), ("n_passes", np.int64),
+            ("seconds", np.float64)]
+
+# ------------------------------------------------------- predicted warm starts
+WARM_STEPS = 7  # steps x_k − x_{k−1} between consecutive solutions kept per linear system
+SKETCH_ROWS = 512
+
+
+@functools.lru_cache(maxsize=4)
+def _count_sketch(n):
+    """(bucket, sign) of a fixed CountSketch ℝⁿ → ℝ^SKETCH_ROWS: x ↦ Σ_i sign_i x_i e_bucket_i."""
+    rng = np.random.default_rng(20_512)
+    bucket = rng.integers(0, SKETCH_ROWS, size=n)
+    sign = rng.integers(0, 2, size=n) * 2.0 - 1.0
+    bucket.flags.writeable = sign.flags.writeable = False
+    return bucket, sign
+
+
+def sketch(x):
+    """The CountSketch of x, shape (SKETCH_ROWS,)."""
+    bucket, sign = _count_sketch(x.shape[0])
+    return np.bincount(bucket, weights=sign * x, minlength=SKETCH_ROWS)
+
+
+def predicted_start(x, steps, sketches):
+    r"""The warm start x + Σ_i c_i Δ_i for the next solve of a linear system whose
+    solutions over the last outer iterations were x, x − Δ_1, x − Δ_1 − Δ_2, ...
+
+    Late in a run the outer iterates, hence the solutions, move along a smooth path, so
+    the steps Δ_1, Δ_2, ... (newest first, ``steps``) follow a linear recurrence. Its
+    coefficients are fitted to the last step, Δ_1 ≈ Σ_{i=1..m} c_i Δ_{i+1} (least
+    squares), and extrapolated one step: Δ_next ≈ Σ_{i=1..m} c_i Δ_i, m = len(steps) − 1.
+    The fit is solved on the CountSketch of the steps (``sketches``, 512 rows): a subspace
+    embedding of the m + 1 vectors, so its residual is within a small factor of the
+    exact one, at the cost of one O(n) pass per new step (the QR of the steps
+    themselves, nearly collinear late in a run, would need m² passes). On the README
+    problem this leaves 2–3 sweeps per solve late in the run, against 12–16 from x
+    alone. A prediction longer than twice the last step (a trajectory that is not
+    smooth) falls back to x.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n,)
+        The last solution.
+    steps, sketches : list of ndarray of shape (n,) and (SKETCH_ROWS,)
+        The steps, newest first, and their sketches.
+
+    Returns
+    -------
+    ndarray of shape (n,)
+        ``x`` itself when fewer than two steps are known.
+    """
+    m = len(steps) - 1
+    if m < 1:
+        return x
+    with np.errstate(over="ignore", invalid="ignore"):  # steps of any size (a resumed run)
+        cols = np.column_stack(sketches)
+        big = float(np.abs(cols).max())
+        if not (math.isfinite(big) and big > 0.0):
+            return x
+        cols = np.ldexp(cols, -np.frexp(big)[1])  # entries ≤ 1 (exactly scaled): LAPACK's range
+        c = np.linalg.lstsq(cols[:, 1:], cols[:, 0], rcond=None)[0]
+        step = np.multiply(steps[0], c[0])
+        term = np.empty_like(step)
+        for i in range(1, m):
+            step += np.multiply(steps[i], c[i], out=term)
+        size = StoppingRule.norm(step)
+        if not (math.isfinite(size) and size <= 2.0 * StoppingRule.norm(steps[0])):  # or NaN
+            return x
+    step += x
+    return step
+
+
+class _Trajectory:
+    """The last solution of one linear system across outer iterations and the steps
+    before it (:func:`predicted_start`)."""
+
+    def __init__(self):
+        self.x, self.steps, self.sketches = None, [], []
+
+    def push(self, x, step=True):
+        """Record the newest solution; ``step``: it follows the previous one (False for
+        a repeated evaluation of the same policy)."""
+        if step and self.x is not None:
+            dx = x - self.x
+            self.steps.insert(0, dx)
+            self.sketches.insert(0, sketch(dx))
+            del self.steps[WARM_STEPS:], self.sketches[WARM_STEPS:]
+        self.x = x
+
+    def start(self):
+        """The predicted warm start (None before any solution)."""
+        return None if self.x is None else predicted_start(self.x, self.steps, self.sketches)
+
+    def restore(self, x, steps):
+        self.x, self.steps = x, list(steps)
+        self.sketches = [sketch(dx) for dx in self.steps]
 
 
 class _ExactMethod(IterativeMethod):
@@ -209,9 +311,13 @@ class _ExactMethod(IterativeMethod):
 
     HISTORY = _HISTORY
     EPISODIC = False  # gamma = 1 accepted (PPOClip, SoftmaxPG)
+    HISTORY_ADDED = {"n_passes": -1}  # not in histories saved before it (-1: not recorded)
     FALLBACK_MEASURE = "grad_norm"  # run(tol=...) without J*: the gradient norm
-    # checkpoint fields beyond the common ones: the weighting and the linear solves' warm starts
-    STATE = {"mu": ("states", False), "v_warm": ("states", True), "d_warm": ("states", True)}
+    # checkpoint fields beyond the common ones: the weighting and the linear solves' warm
+    # starts (the last solutions v_warm, d_warm and the steps before them, v_step1 =
+    # v_warm − the solution before, ... : the predicted start of the next solve)
+    STATE = {"mu": ("states", False), "v_warm": ("states", True), "d_warm": ("states", True),
+             **{f"{x}_step{i}": ("states", True) for x in "vd" for i in range(1, WARM_STEPS + 1)}}
     SETTINGS = ("lr", "lin_tol", "warm_start", "backend", "n_threads")
 
     def __init__(self, mdp, reg, lr, mu, init, step_scale, reference, backend, n_threads,
@@ -222,7 +328,7 @@ class _ExactMethod(IterativeMethod):
         self.reg = reg
         self.backend = resolve_backend(backend)
         self.n_threads = resolve_threads(n_threads)
-        self.lin_tol = V.check_positive(lin_tol, "lin_tol")
+        self.lin_tol = V.check_lin_tol(lin_tol)
         self.warm_start = V.check_bool(warm_start, "warm_start")
         E = self._evaluator
         self._code, self._alpha, self._tau, self._ref = E.code, E.alpha, E.tau, E.ref
@@ -233,12 +339,12 @@ class _ExactMethod(IterativeMethod):
             self.logits = V.check_logits(mdp, init, "init")
         self._table = init is None or np.ndim(init) != 1  # results as (S, A) tables
         self.pi = E.softmax(self.logits)
-        self._v = self._d = None
+        self._vs, self._ds = _Trajectory(), _Trajectory()  # solutions of v and d
         if lr is None:
             step_scale = V.check_positive(step_scale, "step_scale")
             E.load(self.pi)
             vis0 = E.visitation(self.mu)
-            self._d = vis0.d
+            self._ds.push(vis0.d)
             lr = (step_scale / float(vis0.visits.max()) if mdp.gamma == 1.0  # max n₀
                   else step_scale * (1.0 - mdp.gamma) / float(vis0.d.max()))
         self.lr = V.check_positive(lr, "lr")
@@ -268,15 +374,54 @@ class _ExactMethod(IterativeMethod):
         """The method's Evaluator (made on first use)."""
         E = self.__dict__.get("_E")
         if E is None:
-            E = self._E = Evaluator(self.mdp, self.reg, self.backend, self.n_threads,
-                                    tol=self.lin_tol)
+            tol = DEFAULT_TOL if self.lin_tol == "adaptive" else self.lin_tol
+            E = self._E = Evaluator(self.mdp, self.reg, self.backend, self.n_threads, tol=tol)
         return E
+
+    @property
+    def _v(self):
+        """Ṽ of the last evaluated policy (None before the first)."""
+        return self._vs.x
+
+    @property
+    def _d(self):
+        """d of the last evaluated policy (None before the first and for NPG)."""
+        return self._ds.x
+
+    def _warm(self, trajectory):
+        """The start of the next solve of a system: predicted from its last solutions."""
+        return trajectory.start() if self.warm_start else None
+
+    def _remember(self, trajectory, x):
+        """Record x, this outer iteration's solution; the first iteration's replaces a
+        solution of the same policy made at set-up (d_0 for the step size)."""
+        trajectory.push(x, step=self.warm_start and self.n_iter > 0)
+
+    def _solve_tol(self):
+        """The relative residual of this iteration's solves: None (the evaluator's,
+        ``lin_tol``) unless ``lin_tol="adaptive"``.
+
+        Adaptive: a residual r of the value system moves J = ρᵀṼ by
+        |d_ρᵀ r| / (1 − γ) ≤ ‖d_ρ‖₂ ‖r‖₂ / (1 − γ), with ‖r‖₂ ≤ tol ‖c‖₂ ≤ tol (1 + γ) ‖Ṽ‖₂.
+        The tolerance keeps that bound (with the last Ṽ, and d_ρ the last visitation when
+        μ = ρ, else ‖d_ρ‖₂ ≤ 1) below ADAPTIVE_SHARE of the last change of J, between
+        DEFAULT_TOL and ADAPTIVE_MAX: loose while J moves a lot, DEFAULT_TOL near the
+        optimum. The same tolerance serves the visitation system."""
+        if self.lin_tol != "adaptive" or len(self._rows) < 2 or self._v is None:
+            return None
+        g = self.mdp.gamma
+        d = self._d if self._d is not None and np.array_equal(self.mu, self.mdp.rho) else None
+        d_norm = 1.0 if d is None else StoppingRule.norm(d)
+        change = abs(self._rows[-1]["J"] - self._rows[-2]["J"])
+        bound = (1.0 + g) / (1.0 - g) * StoppingRule.norm(self._v) * d_norm
+        tol = ADAPTIVE_SHARE * change / bound if bound > 0 else 0.0
+        return min(ADAPTIVE_MAX, max(DEFAULT_TOL, tol))
 
     def _evaluate(self):
         """Exact quantities of the current policy that the update needs (an Evaluation)."""
         E = self._evaluator
         E.load(self.pi)
-        return E.evaluation(self._v if self.warm_start else None)
+        return E.evaluation(self._warm(self._vs), tol=self._solve_tol())
 
     def step(self):
         """One outer iteration; returns its diagnostics (a dict, also appended to history)."""
@@ -285,15 +430,15 @@ class _ExactMethod(IterativeMethod):
         if self.n_iter == 0:
             self._check_iterate(1, "the init logits are too far apart")
         ev = self._evaluate()
+        self._remember(self._vs, ev.v)
         info = self._update(ev)
         self._check_iterate(self.n_iter + 1)
         self.n_iter += 1
-        self._v = ev.v
         row = dict(iter=self.n_iter, J=ev.J,
                    gap=np.nan if self.reference is None else self.reference - ev.J,
                    max_abs_adv=float(np.max(np.abs(ev.adv))),
-                   n_matvec=ev.n_matvec + info.pop("n_matvec", 0), **info,
-                   seconds=time.perf_counter() - t0)
+                   n_matvec=ev.n_matvec + info.pop("n_matvec", 0), n_passes=ev.n_passes,
+                   **info, seconds=time.perf_counter() - t0)
         self._rows.append(row)
         return row
 
@@ -342,7 +487,8 @@ class _ExactMethod(IterativeMethod):
         scale = (0.0 if self._v is None else float(np.max(np.abs(self._v)))) + row["max_abs_adv"]
         gamma = self.mdp.gamma  # horizon: 1/(1 − γ), or at γ = 1 at most S steps (a DAG)
         horizon = 1.0 / (1.0 - gamma) if gamma < 1 else float(self.mdp.n_states)
-        roundoff = max(1e-7, 100.0 * self.lin_tol * horizon) * scale
+        lin_tol = ADAPTIVE_MAX if self.lin_tol == "adaptive" else self.lin_tol  # the loosest
+        roundoff = max(1e-7, 100.0 * lin_tol * horizon) * scale
         if not row["grad_norm"] > roundoff:
             return None
         return (f"{type(self).__name__} stalled at iteration {row['iter']}: J is not changing "
@@ -357,19 +503,31 @@ class _ExactMethod(IterativeMethod):
         return {name: getattr(self, name) for name in self.SETTINGS}
 
     def _state(self):
-        return {"mu": self.mu, "v_warm": self._v, "d_warm": self._d}
+        state = {"mu": self.mu, "v_warm": self._v, "d_warm": self._d}
+        for x, trajectory in (("v", self._vs), ("d", self._ds)):
+            for i, dx in enumerate(trajectory.steps, 1):
+                state[f"{x}_step{i}"] = dx
+        return state
 
     @classmethod
     def _state_checks(cls, mdp):
+        steps = {f"{x}_step{i}": check_states(mdp) for x in "vd" for i in range(1, WARM_STEPS + 1)}
         return {"mu": None, "v_warm": check_states(mdp),
-                "d_warm": check_states(mdp, nonnegative=True)}
+                "d_warm": check_states(mdp, nonnegative=True), **steps}
 
     @classmethod
     def _restore_arguments(cls, state):
         return {"mu": state["mu"]}  # validated by the constructor (a distribution, full support)
 
     def _set_state(self, state):
-        self._v, self._d = state["v_warm"], state["d_warm"]
+        for x, trajectory in (("v", self._vs), ("d", self._ds)):
+            steps = [state[f"{x}_step{i}"] for i in range(1, WARM_STEPS + 1)]
+            given = [dx is not None for dx in steps]
+            n = given.index(False) if False in given else WARM_STEPS
+            if any(given[n:]) or (n and state[f"{x}_warm"] is None):
+                raise ValueError(f"{x}_step1..{x}_step{WARM_STEPS} must be a run of steps "
+                                 f"from {x}_step1, after {x}_warm")
+            trajectory.restore(state[f"{x}_warm"], steps[:n])
 
 
 class PPOClip(_ExactMethod):
@@ -400,8 +558,11 @@ class PPOClip(_ExactMethod):
         a float: J* itself (finite).
     backend, n_threads
         Kernel backend and threads.
-    lin_tol : float, default 1e-12
-        Relative residual of the exact linear solves (formerly ``tol``).
+    lin_tol : float or "adaptive", default 1e-12
+        Relative residual of the exact linear solves (formerly ``tol``). "adaptive"
+        (opt-in): per iteration, loose while J still moves a lot, 1e-12 near the
+        optimum (the error it allows in J stays below 1 % of J's last change; see
+        ``_ExactMethod._solve_tol``).
     warm_start : bool, default True
         Start each solve from the previous iteration's solution.
     """
@@ -428,8 +589,8 @@ class PPOClip(_ExactMethod):
         # Ã_old and d_old of the same policy: the two linear systems advance together
         E = self._evaluator
         E.load(self.pi)
-        warm = (self._v, self._d) if self.warm_start else (None, None)
-        ev, vis = E.evaluation_and_visitation(self.mu, *warm)
+        ev, vis = E.evaluation_and_visitation(self.mu, self._warm(self._vs), self._warm(self._ds),
+                                              tol=self._solve_tol())
         ev.visitation = vis
         return ev
 
@@ -437,7 +598,7 @@ class PPOClip(_ExactMethod):
         """d_old/(1−γ) from the evaluation (d_old is kept: the next warm start), and the
         products its solve took."""
         vis = ev.visitation
-        self._d = vis.d
+        self._remember(self._ds, vis.d)
         return visit_weights(self.mdp, vis), vis.n_matvec
 
     def _update(self, ev):
@@ -456,7 +617,7 @@ class PPOClip(_ExactMethod):
         self.pi = pi_new
         # KL ≥ 0; the per-state sums Σ π log(π/π_old) round to ±1e-17 once π ≈ π_old
         return dict(clipfrac=clipped.sum() / mdp.n_pairs,
-                    kl=float(self._d @ np.maximum(kl, 0.0)),
+                    kl=dot(self._d, np.maximum(kl, 0.0)),
                     grad_norm=float(np.sqrt(gsq.sum())), n_matvec=n_mv)
 
 

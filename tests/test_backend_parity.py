@@ -120,6 +120,12 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
                                                             extra=np.full((c, S), np.nan), n_threads=n_threads))
                             for c in chunks],
         "q_values": [("", lambda k: _run(k, out(L), pp, pj, pd, mdp.r, g, inp["x"], n_threads=n_threads))],
+        # both products and the rows in one pass, or one side alone (length-0 inputs)
+        "bellman_products": [(f"{sides}-{label}-chunks{c}",
+                              lambda k, sides=sides, p=p, c=c: _products(
+                                  k, (a, pp, pj, pd, p, g), inp["x"], inp["q"][:S], sides, c, n_threads))
+                             for sides in ("xy", "x", "y") for label, p in (("pi", pi), ("zeros", zpi))
+                             for c in chunks],
         "segment_softmax": [(f"x{s}", lambda k, s=s: _run(k, out(L), a, s * inp["logits"], n_threads=n_threads))
                             for s in (1.0, 1e3)],
         "advantages": [("", lambda k: _run(k, out(L), a, pi, inp["q"], n_threads=n_threads))],
@@ -229,6 +235,17 @@ def _episodic_calls(n_threads):
                                                     n_threads=n_threads))],
             "episodic_visits": [("", lambda k: _run(k, np.full(S, np.nan), *args, dag.rho,
                                                     n_threads=n_threads))]}
+
+
+def _products(kernel, args, x, y, sides, chunks, n_threads):
+    """bellman_products with the sides in ``sides``; its outputs concatenated."""
+    empty = np.empty(0)
+    S, L = x.shape[0], args[4].shape[0]
+    ox, oy = (np.full(S, np.nan) if side in sides else empty for side in "xy")
+    rows = np.full(L, np.nan) if "x" in sides else empty
+    kernel(*args, x if "x" in sides else empty, y if "y" in sides else empty, ox, oy, rows,
+           np.full((chunks, S), np.nan), n_threads)
+    return np.concatenate([ox, oy, rows])
 
 
 def _run(kernel, out, *args, extra=None, n_threads):

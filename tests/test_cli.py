@@ -255,7 +255,7 @@ def test_resume_is_bit_exact_python_api(tmp_path, method, kwargs):
     assert resumed.n_iter == 10 and resumed.reg.ref is not None
     rest = resumed.run(10)
     assert np.array_equal(rest.logits, full.logits) and np.array_equal(rest.policy, full.policy)
-    for name in ("iter", "J", "gap", "kl", "grad_norm", "n_matvec"):
+    for name in ("iter", "J", "gap", "kl", "grad_norm", "n_matvec", "n_passes"):
         assert np.array_equal(rest.history[name], full.history[name])
     assert rest.J == full.J and rest.gap == full.gap
     # the same through the other door: the MDP given instead of read from mdp.npz

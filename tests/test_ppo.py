@@ -14,7 +14,8 @@ from conftest import random_mdp, random_policy
 from fastppo import _codes
 from fastppo._backend import get_kernel
 
-FIELDS = ("iter", "J", "gap", "max_abs_adv", "clipfrac", "kl", "grad_norm", "n_matvec", "seconds")
+FIELDS = ("iter", "J", "gap", "max_abs_adv", "clipfrac", "kl", "grad_norm", "n_matvec", "n_passes",
+          "seconds")
 REGS = {
     "none": lambda: None,
     "reverse_kl": lambda: fastppo.ReverseKL(0.4),
@@ -363,6 +364,8 @@ def test_history_fields(backend):
     np.testing.assert_allclose(h["clipfrac"] * mdp.n_pairs, np.round(h["clipfrac"] * mdp.n_pairs),
                                rtol=0, atol=1e-12)
     assert (h["n_matvec"] >= 2).all()
+    # a lockstep sweep is one pass serving two products; Q̃ comes from the last sweep's rows
+    assert ((h["n_passes"] >= 1) & (h["n_passes"] < h["n_matvec"])).all()
     assert np.isfinite(h["seconds"]).all() and (h["seconds"] > 0).all()
     final = fastppo.evaluate(mdp, policies[-1], reg, tol=1e-15)
     bound = 1e-12 * (1 + mdp.gamma) / (1 - mdp.gamma) * np.linalg.norm(final.v)  # as above

@@ -2,7 +2,8 @@
 product).
 
 ``bellman_matvec``: x − γP_π x; ``bellman_rmatvec``: x − γP_πᵀ x;
-``q_values``: r + γ P v.
+``q_values``: r + γ P v; ``bellman_products``: both products and the rows P x in one
+pass (a lockstep sweep: compare with ``bellman_matvec`` + ``bellman_rmatvec``).
 Together with the ``*Products`` tracks this separates "fewer products" from "faster
 products".
 """
@@ -13,7 +14,7 @@ from fastppo._backend import get_kernel
 from .common import (BACKENDS, FAMILIES, SIZES, THREADS, check_params, get_mdp, get_policy,
                      warm)
 
-KERNELS = ["bellman_matvec", "bellman_rmatvec", "q_values"]
+KERNELS = ["bellman_matvec", "bellman_rmatvec", "q_values", "bellman_products"]
 
 
 class KernelSuite:
@@ -34,8 +35,12 @@ class KernelSuite:
         if kernel == "bellman_matvec":
             args = (m.a_indptr, *csr, pi, m.gamma, x, np.empty(m.n_states), n_threads)
         elif kernel == "bellman_rmatvec":
-            buf = np.empty((n_threads, m.n_states))
+            buf = np.empty((max(2, n_threads), m.n_states))  # the evaluator's scatter chunks
             args = (m.a_indptr, *csr, pi, m.gamma, x, np.empty(m.n_states), buf, n_threads)
+        elif kernel == "bellman_products":
+            buf = np.empty((max(2, n_threads), m.n_states))
+            args = (m.a_indptr, *csr, pi, m.gamma, x, x[::-1].copy(), np.empty(m.n_states),
+                    np.empty(m.n_states), np.empty(m.n_pairs), buf, n_threads)
         else:
             args = (*csr, m.r, m.gamma, x, np.empty(m.n_pairs), n_threads)
         self.call = lambda: k(*args)

@@ -4,6 +4,10 @@
 ``bellman_rmatvec``: out = x − γ P_πᵀ x, scattered into per-chunk buffers
                      ``buf`` (n_chunks, n_states) reduced in a fixed order
 ``q_values``:        out = r + γ P v
+``bellman_products``: both products of one lockstep sweep in one pass over P:
+                     out_x = x − γ P_π x (and ``rows`` = P x per pair),
+                     out_y = y − γ P_πᵀ y; a side whose input has length 0 is skipped;
+                     x and the scatter buffers may be float32 (corrections)
 Mirrors kernels/numba/linear.py.
 """
 from cython.parallel cimport prange
@@ -71,3 +75,73 @@ def q_values(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
         for j in range(p_indptr[k], p_indptr[k + 1]):
             row = row + p_data[j] * v[p_indices[j]]
         out[k] = r[k] + gamma * row
+
+
+ctypedef fused gathered:  # x: float64, or float32 for corrections (half the bytes gathered)
+    float
+    double
+
+ctypedef fused accumulated:  # buf: float64, or float32 for corrections
+    float
+    double
+
+
+def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
+                     const int32_t[::1] p_indices, const double[::1] p_data,
+                     const double[::1] pi, double gamma, const gathered[::1] x,
+                     const double[::1] y,                                             # IN
+                     double[::1] out_x, double[::1] out_y, double[::1] rows,
+                     accumulated[:, ::1] buf, int n_threads):                         # OUT
+    """bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out_x, out_y, rows, buf, n_threads)
+
+    ``x`` and ``buf`` may be float32 (products of a correction: float32 gathers and
+    scatters, float64 sums); everything else is float64.
+    """
+    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, n_chunks = buf.shape[0], c, s, lo, hi, t
+    cdef bint do_x = x.shape[0] > 0, do_y = y.shape[0] > 0, do_rows = rows.shape[0] > 0
+    cdef int64_t k, j
+    cdef int32_t i
+    cdef double ys, acc, row, p, w, d
+    # the chunks of bellman_rmatvec: the same sums in the same order, term by term
+    for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
+        if do_y:
+            for t in range(n_states):
+                buf[c, t] = 0.0
+        lo = c * n_states // n_chunks
+        hi = (c + 1) * n_states // n_chunks
+        for s in range(lo, hi):
+            ys = 0.0
+            if do_y:
+                ys = y[s]
+            acc = 0.0
+            for k in range(a_indptr[s], a_indptr[s + 1]):
+                p = pi[k]
+                if p == 0.0 and not do_rows:
+                    continue
+                row = 0.0
+                if do_x and do_y:  # one read of the row serves both products
+                    w = p * ys
+                    for j in range(p_indptr[k], p_indptr[k + 1]):
+                        i = p_indices[j]
+                        d = p_data[j]
+                        row = row + d * x[i]
+                        buf[c, i] += w * d
+                elif do_x:
+                    for j in range(p_indptr[k], p_indptr[k + 1]):
+                        row = row + p_data[j] * x[p_indices[j]]
+                elif p != 0.0:
+                    w = p * ys
+                    for j in range(p_indptr[k], p_indptr[k + 1]):
+                        buf[c, p_indices[j]] += w * p_data[j]
+                if do_rows:
+                    rows[k] = row
+                if p != 0.0:
+                    acc = acc + p * row
+            if do_x:
+                out_x[s] = x[s] - gamma * acc
+    if do_y:
+        for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
+            acc = 0.0
+            for c in range(n_chunks):
+                acc = acc + buf[c, s]
+            out_y[s] = y[s] - gamma * acc

@@ -4,6 +4,13 @@
 ``bellman_rmatvec``: out = x − γ P_πᵀ x       (visitation system), scattered into
                      per-chunk buffers reduced in a fixed order (no atomics)
 ``q_values``:        out = r + γ P v          (per pair)
+``bellman_products``: both products of one lockstep sweep in one pass over P:
+                     out_x = x − γ P_π x (and ``rows`` = P x per pair, whose
+                     r + γ·rows are the Q-values of x), out_y = y − γ P_πᵀ y;
+                     either side is skipped when its input has length 0;
+                     ``x`` and the scatter buffers ``buf`` may be float32
+                     (products of a correction: half the bytes gathered and
+                     scattered, float64 sums)
 
 where (P_π x)(s) = Σ_a π(a|s) Σ_s' P(s'|s,a) x(s'). Each kernel is compiled twice
 from one Python function: serial, and ``parallel=True`` (used when n_threads > 1).
@@ -64,5 +71,56 @@ def q_values(p_indptr, p_indices, p_data, r, gamma, v, out):
         out[k] = r[k] + gamma * row
 
 
+def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out_x, out_y,
+                     rows, buf):
+    n_states = a_indptr.shape[0] - 1
+    n_chunks = buf.shape[0]
+    do_x = x.shape[0] > 0
+    do_y = y.shape[0] > 0
+    do_rows = rows.shape[0] > 0
+    # the chunks of bellman_rmatvec: the same sums in the same order, term by term
+    for c in prange(n_chunks):
+        z = buf[c]
+        if do_y:
+            z[:] = 0.0
+        lo = c * n_states // n_chunks
+        hi = (c + 1) * n_states // n_chunks
+        for s in range(lo, hi):
+            ys = y[s] if do_y else 0.0
+            acc = 0.0
+            for k in range(np.uint64(a_indptr[s]), np.uint64(a_indptr[s + 1])):
+                p = pi[k]
+                if p == 0.0 and not do_rows:
+                    continue
+                j0 = np.uint64(p_indptr[k])
+                j1 = np.uint64(p_indptr[k + 1])
+                row = 0.0
+                if do_x and do_y:  # one read of the row serves both products
+                    w = p * ys
+                    for j in range(j0, j1):
+                        i = np.uint32(p_indices[j])
+                        d = p_data[j]
+                        row += d * x[i]
+                        z[i] += w * d
+                elif do_x:
+                    for j in range(j0, j1):
+                        row += p_data[j] * x[np.uint32(p_indices[j])]
+                elif p != 0.0:
+                    w = p * ys
+                    for j in range(j0, j1):
+                        z[np.uint32(p_indices[j])] += w * p_data[j]
+                if do_rows:
+                    rows[k] = row
+                if p != 0.0:
+                    acc += p * row
+            if do_x:
+                out_x[s] = x[s] - gamma * acc
+    if do_y:
+        for s in prange(n_states):
+            acc = 0.0
+            for c in range(n_chunks):
+                acc += buf[c, s]
+            out_y[s] = y[s] - gamma * acc
 
-KERNELS = twins(bellman_matvec, bellman_rmatvec, q_values)
+
+KERNELS = twins(bellman_matvec, bellman_rmatvec, q_values, bellman_products)

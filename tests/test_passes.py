@@ -1,0 +1,348 @@
+"""Fewer passes over P (issue 12): the fused product kernel, Q̃ from the rows of the last
+sweep, pass counts, visitation bit for bit across thread counts, and warm starts predicted
+from the last solutions.
+
+- ``bellman_products`` against the dense references of ``naive.py`` on every backend, 1 and
+  2 threads, rectangular and ragged MDPs, policies with zeros and compact rows
+  (deterministic policies), each side alone and both together; bit for bit equal to
+  ``bellman_matvec`` / ``bellman_rmatvec`` for the same scatter chunks;
+- the evaluator's lockstep solve: one pass per sweep, Q̃ without a pass of its own (and equal
+  to ``q_values`` bit for bit), counts in ``n_passes`` and ``n_matvec``;
+- ``predicted_start``: exact on a linear recurrence, falls back on a rough trajectory;
+  PPO-Clip with predicted starts has the iterates of cold solves and needs fewer passes.
+"""
+import warnings
+
+import numpy as np
+import pytest
+
+import fastppo
+import fastppo.solvers as solvers
+import naive
+from conftest import random_mdp, random_policy
+from fastppo._backend import get_kernel
+from fastppo._evaluator import Evaluator, policy_rows
+
+EMPTY = np.empty(0)
+
+
+def policies(mdp, seed):
+    """(label, π): stochastic, with exact zeros, and deterministic (compact rows)."""
+    pi = random_policy(mdp, seed, sharp=2.0)[0]
+    zeros = pi.copy()
+    for s in range(0, mdp.n_states, 2):
+        lo, hi = mdp.a_indptr[s], mdp.a_indptr[s + 1]
+        if hi - lo > 1:
+            zeros[lo] = 0.0
+            zeros[lo:hi] /= zeros[lo:hi].sum()
+    det = np.zeros(mdp.n_pairs)
+    det[mdp.a_indptr[1:] - 1] = 1.0  # the last action everywhere
+    return [("stochastic", pi), ("zeros", zeros), ("deterministic", det)]
+
+
+def products(kernel, rows_args, n_states, n_pairs, x, y, want_rows, chunks, n_threads):
+    """(out_x, out_y, rows) of one bellman_products call (NaN where not written)."""
+    out_x, out_y = np.full(n_states, np.nan), np.full(n_states, np.nan)
+    rows = np.full(n_pairs, np.nan) if want_rows else EMPTY
+    kernel(*rows_args, EMPTY if x is None else x, EMPTY if y is None else y,
+           EMPTY if x is None else out_x, EMPTY if y is None else out_y, rows,
+           np.full((chunks, n_states), np.nan), n_threads)
+    return out_x, out_y, rows
+
+
+@pytest.mark.parametrize("rect", [True, False], ids=["rectangular", "ragged"])
+def test_bellman_products_match_dense_references(backend, n_threads, rect):
+    mdp = random_mdp(21, n_states=17, n_actions=4, gamma=0.93, rectangular=rect, density=0.3)
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=mdp.n_states), rng.normal(size=mdp.n_states)
+    _, P, _ = naive.dense(mdp)
+    k = get_kernel("bellman_products", backend)
+    for label, pi in policies(mdp, 4):
+        M = naive.P_pi(mdp, pi)
+        want_x = x - mdp.gamma * M @ x
+        want_y = y - mdp.gamma * M.T @ y
+        compact = policy_rows(mdp, pi)
+        assert (compact[0] is not mdp.a_indptr) == (label == "deterministic")
+        args = (*compact, mdp.gamma)
+        n_rows = compact[1].shape[0] - 1
+        used = np.flatnonzero(pi) if label == "deterministic" else np.arange(mdp.n_pairs)
+        for chunks in (1, 2, 3):
+            for sides in ("xy", "x", "y"):
+                ox, oy, rows = products(k, args, mdp.n_states, n_rows, x if "x" in sides else None,
+                                        y if "y" in sides else None, "x" in sides, chunks, n_threads)
+                what = f"{label} chunks={chunks} sides={sides}"
+                if "x" in sides:
+                    assert naive.rel_err(ox, want_x) <= 1e-12, what
+                    # rows = P x for every pair of the rows, π = 0 ones included
+                    assert naive.rel_err(rows, P[used] @ x) <= 1e-12, what
+                else:
+                    assert np.isnan(ox).all(), what
+                if "y" in sides:
+                    assert naive.rel_err(oy, want_y) <= 1e-12, what
+                else:
+                    assert np.isnan(oy).all(), what
+
+
+@pytest.mark.parametrize("rect", [True, False], ids=["rectangular", "ragged"])
+def test_fused_pass_equals_separate_kernels_bit_for_bit(backend, n_threads, rect):
+    """The same sums in the same order: out_x is bellman_matvec's, out_y bellman_rmatvec's
+    for the same number of scatter chunks, rows those of q_values (r = 0, γ = 1)."""
+    mdp = random_mdp(22, n_states=23, n_actions=3, gamma=0.9, rectangular=rect, density=0.3)
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=mdp.n_states), rng.normal(size=mdp.n_states)
+    k = {name: get_kernel(name, backend)
+         for name in ("bellman_products", "bellman_matvec", "bellman_rmatvec", "q_values")}
+    for _, pi in policies(mdp, 6)[:2]:
+        args = (mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data, pi, mdp.gamma)
+        mx, my, q = np.empty(mdp.n_states), np.empty(mdp.n_states), np.empty(mdp.n_pairs)
+        k["bellman_matvec"](*args, x, mx, n_threads)
+        k["q_values"](mdp.p_indptr, mdp.p_indices, mdp.p_data, np.zeros(mdp.n_pairs), 1.0, x, q,
+                      n_threads)
+        for chunks in (1, 2, 4):
+            k["bellman_rmatvec"](*args, y, my, np.empty((chunks, mdp.n_states)), n_threads)
+            ox, oy, rows = products(k["bellman_products"], args, mdp.n_states, mdp.n_pairs, x, y,
+                                    True, chunks, n_threads)
+            np.testing.assert_array_equal(ox, mx)
+            np.testing.assert_array_equal(oy, my)
+            np.testing.assert_array_equal(rows, q)
+
+
+@pytest.mark.parametrize("which", ["numba", "cython"])
+def test_visitation_is_bit_identical_on_one_and_two_threads(which):
+    """The scatter chunks do not depend on the thread count (max(2, n_threads)), so the
+    transposed products, and every solve made of them, are the same bit for bit."""
+    mdp = fastppo.garnet(400, 4, 5, gamma=0.95, seed=1)
+    slow = fastppo.garnet(300, 3, 3, gamma=0.99, seed=0, locality=3)  # BiCGSTAB on the products
+    for m in (mdp, slow):
+        pi = random_policy(m, 2)[0]
+        mu = np.random.default_rng(3).dirichlet(np.ones(m.n_states))
+        out = []
+        for n_threads in (1, 2):
+            E = Evaluator(m, fastppo.ForwardKL(0.2), which, n_threads)
+            E.load(pi)
+            ev, vis = E.evaluation_and_visitation(mu)
+            out.append((ev.v, ev.q, vis.d, E.visitation(mu).d, vis.method))
+        for a, b in zip(*out):
+            np.testing.assert_array_equal(a, b)
+    assert "bicgstab" in out[0][-1]
+
+
+def test_lockstep_solve_passes_and_q_from_the_last_sweep(backend, n_threads):
+    mdp = fastppo.garnet(300, 4, 5, gamma=0.95, seed=4)
+    reg = fastppo.ForwardKL(0.2)
+    mu = mdp.rho
+    pi = random_policy(mdp, 8)[0]
+    E = Evaluator(mdp, reg, backend, n_threads)
+    E.load(pi)
+    before = E.n_passes
+    ev, vis = E.evaluation_and_visitation(mu)
+    assert ev.method == vis.method == "richardson"
+    # one pass per lockstep sweep and per solo sweep; Q̃ from the rows: no pass of its own
+    assert ev.n_passes == vis.n_passes == max(ev.n_matvec, vis.n_matvec) == E.n_passes - before
+    alone = E.evaluation()
+    assert alone.n_passes == alone.n_matvec + 1  # the products alone, then q_values
+    np.testing.assert_array_equal(ev.q, alone.q)  # the same numbers, bit for bit
+    v, q, _ = naive.evaluate(mdp, pi, reg)
+    assert naive.rel_err(ev.q, q) <= 1e-10 and naive.rel_err(ev.v, v) <= 1e-10
+    assert naive.rel_err(vis.d, naive.visitation(mdp, pi, mu)) <= 1e-10
+    assert E.visitation(mu).n_passes == vis.n_matvec
+    # a deterministic policy reads compact rows, which hold no Q̃ of the other pairs
+    # (no regularizer: forward KL is infinite there)
+    mdp = fastppo.garnet(300, 4, 30, gamma=0.95, seed=4)  # fast mixing with one action
+    det = np.zeros(mdp.n_pairs)
+    det[mdp.a_indptr[:-1]] = 1.0
+    E = Evaluator(mdp, None, backend, n_threads)
+    E.load(det)
+    ev, vis = E.evaluation_and_visitation(mu)
+    assert ev.method == vis.method == "richardson"
+    assert ev.n_passes == max(ev.n_matvec, vis.n_matvec) + 1
+    assert naive.rel_err(ev.q, naive.evaluate(mdp, det)[1]) <= 1e-10
+    assert naive.rel_err(vis.d, naive.visitation(mdp, det, mu)) <= 1e-10
+
+
+def test_q_from_rows_follows_the_solution_scale(backend):
+    """Rewards of any scale: the sweeps run on b / 2^e, and Q̃ = r + γ 2^e rows is still
+    r + γ P v bit for bit."""
+    base = fastppo.garnet(120, 3, 4, gamma=0.9, seed=6)
+    pi = random_policy(base, 1)[0]
+    for c in (1e-200, 3.0, 1e250):
+        mdp = fastppo.MDP(base.a_indptr, base.a_indices, base.p_indptr, base.p_indices,
+                          base.p_data, base.r * c, base.gamma)
+        E = Evaluator(mdp, None, backend, 1)
+        E.load(pi)
+        ev, _ = E.evaluation_and_visitation(mdp.rho)
+        q = np.empty(mdp.n_pairs)
+        get_kernel("q_values", backend)(mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r,
+                                        mdp.gamma, ev.v, q, 1)
+        np.testing.assert_array_equal(ev.q, q)
+
+
+# ------------------------------------------------------------- predicted warm starts
+def trajectory(n, modes, seed=0, size=200):
+    """x_k = x_∞ + Σ_j λ_j^k u_j, k = 0..n−1: what linearly converging iterates look like."""
+    rng = np.random.default_rng(seed)
+    x_inf = rng.normal(size=size)
+    us = [rng.normal(size=size) for _ in modes]
+    return [x_inf + sum(lam ** k * u for lam, u in zip(modes, us)) for k in range(n)]
+
+
+def steps_of(xs):
+    """(x, steps newest first, sketches) of the solutions xs (oldest first)."""
+    t = solvers._Trajectory()
+    for x in xs:
+        t.push(x)
+    return t
+
+
+def test_predicted_start_is_exact_on_a_linear_recurrence():
+    modes = (0.9, 0.7, -0.5)
+    xs = trajectory(12, modes)
+    t = steps_of(xs[:-1])
+    assert len(t.steps) == solvers.WARM_STEPS and len(t.sketches) == solvers.WARM_STEPS
+    np.testing.assert_array_equal(t.steps[0], xs[-2] - xs[-3])
+    start = t.start()
+    scale = np.abs(xs[-1] - xs[-2]).max()
+    assert np.abs(start - xs[-1]).max() <= 1e-9 * scale  # three modes: m = 6 ≥ 3 fits them
+    assert np.abs(xs[-2] - xs[-1]).max() == scale  # the plain warm start is off by a full step
+    # fewer steps than modes: better than the last solution, not exact
+    t = steps_of(xs[-4:-1])  # two steps: one coefficient
+    err = np.abs(t.start() - xs[-1]).max()
+    assert 1e-9 * scale < err < scale
+
+
+def test_predicted_start_falls_back_when_the_path_is_rough():
+    rng = np.random.default_rng(1)
+    u, w = rng.normal(size=100), rng.normal(size=100)
+    xs = [rng.normal(size=100)]
+    for step in (u, u + 1e-8 * w, w):  # a turn that two nearly parallel steps cannot fit
+        xs.append(xs[-1] + step)
+    t = steps_of(xs)
+    assert t.start() is t.x  # the fit extrapolates ~1e8 w − 1e8 u: far longer than a step
+    assert steps_of(xs[:1]).start() is xs[0] and steps_of(xs[:2]).start() is xs[1]
+    assert solvers._Trajectory().start() is None
+    # steps near the top of the doubles (a resumed checkpoint with an absurd v_warm):
+    # the fit overflows, and the start falls back to x without a warning
+    for big in (1e300, 1e307):
+        far = xs[0] + big * u / np.abs(u).max()
+        t = steps_of([xs[0], far, far + w, far + 2 * w])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            start = t.start()
+        assert np.isfinite(start).all()
+
+
+def test_predicted_starts_save_passes_not_accuracy(monkeypatch):
+    mdp = fastppo.garnet(400, 5, 5, gamma=0.97, seed=7)
+    reg = fastppo.ForwardKL(0.1)
+    predicted = fastppo.PPOClip(mdp, reg).run(40)
+    cold = fastppo.PPOClip(mdp, reg, warm_start=False).run(40)
+    monkeypatch.setattr(solvers, "predicted_start", lambda x, steps, sketches: x)
+    last = fastppo.PPOClip(mdp, reg).run(40)  # warm starts from the last solutions only
+    # each solve is accurate to its relative residual 1e-12, whatever its start:
+    # |ΔJ| ≤ ‖Δv‖₂ ≤ 1e-12 (1+γ)/(1−γ) ‖v‖₂
+    bound = 1e-12 * (1 + mdp.gamma) / (1 - mdp.gamma) * np.linalg.norm(predicted.v)
+    for res in (cold, last):
+        np.testing.assert_allclose(predicted.logits, res.logits, rtol=0, atol=1e-9)
+        assert np.abs(predicted.history["J"] - res.history["J"]).max() <= bound
+    h, h_last = predicted.history, last.history
+    assert h["n_passes"][20:].sum() < 0.7 * h_last["n_passes"][20:].sum()
+    assert h_last["n_passes"].sum() < cold.history["n_passes"].sum()
+
+
+# ------------------------------------------------------------- mixed precision
+@pytest.mark.parametrize("which", ["numba", "cython"])
+@pytest.mark.parametrize("rect", [True, False], ids=["rectangular", "ragged"])
+def test_float32_corrections_are_certified_in_float64(which, n_threads, rect):
+    """Sweeps on float32 corrections (forced on small MDPs): every converged solve holds a
+    true float64 residual ≤ 1e-12 (recomputed here), and matches np.linalg.solve."""
+    mdp = random_mdp(31, n_states=40, n_actions=3, gamma=0.97, rectangular=rect, density=0.3)
+    reg = fastppo.ForwardKL(0.3)
+    mu = np.random.default_rng(2).dirichlet(np.ones(mdp.n_states))
+    pi = random_policy(mdp, 5)[0]
+    approximate = []
+    E = Evaluator(mdp, reg, which, n_threads, mixed=True)
+    real = E._corrections
+    E._corrections = lambda *args: approximate.append(1) or real(*args)
+    E.load(pi)
+    ev, vis = E.evaluation_and_visitation(mu)
+    assert len(approximate) > 0  # from a cold start, most sweeps are on corrections
+    # the true residuals, by dense products
+    M = np.eye(mdp.n_states) - mdp.gamma * naive.P_pi(mdp, pi)
+    c = naive.r_pi(mdp, pi) - reg.tau * naive.divergence(mdp, pi, reg)
+    y = vis.d / (1 - mdp.gamma)
+    assert np.linalg.norm(c - M @ ev.v) <= 1e-12 * np.linalg.norm(c)
+    assert np.linalg.norm(mu - M.T @ y) <= 1e-12 * np.linalg.norm(mu)
+    assert naive.rel_err(ev.v, np.linalg.solve(M, c)) <= 1e-10
+    assert naive.rel_err(vis.d, (1 - mdp.gamma) * np.linalg.solve(M.T, mu)) <= 1e-10
+    assert naive.rel_err(ev.q, naive.evaluate(mdp, pi, reg)[1]) <= 1e-10
+    exact = Evaluator(mdp, reg, which, n_threads, mixed=False)
+    exact.load(pi)
+    ev0, vis0 = exact.evaluation_and_visitation(mu)
+    assert ev.n_passes <= ev0.n_passes + 2  # a certificate at most per system
+
+
+def test_float32_corrections_in_a_ppo_run():
+    """PPO-Clip with the lockstep solves on float32 corrections has the iterates of the
+    exact sweeps (to the solves' accuracy); late in the run, once the predicted warm
+    starts are within 1e5 tol, every product is exact."""
+    mdp = fastppo.garnet(300, 5, 8, gamma=0.97, seed=3)
+    reg = fastppo.ForwardKL(0.1)
+    exact = fastppo.PPOClip(mdp, reg)
+    mixed = fastppo.PPOClip(mdp, reg)
+    E = mixed._E = Evaluator(mdp, reg, mixed.backend, mixed.n_threads, mixed=True)
+    approximate, real = [], E._corrections
+    E._corrections = lambda *args: approximate.append(mixed.n_iter) or real(*args)
+    a, b = exact.run(40), mixed.run(40)
+    np.testing.assert_allclose(a.logits, b.logits, rtol=0, atol=1e-9)
+    bound = 1e-12 * (1 + mdp.gamma) / (1 - mdp.gamma) * np.linalg.norm(a.v)
+    assert np.abs(a.history["J"] - b.history["J"]).max() <= bound
+    assert approximate and max(approximate) < 30  # warm starts within 1e5 tol: exact sweeps
+
+
+# ------------------------------------------------------------- lin_tol="adaptive"
+def iterates(ppo, tol=1e-8, max_iter=400):
+    """The policies of a run to gap ≤ tol (the run's own stopping rule), oldest first."""
+    policies = []
+    while ppo.n_iter < max_iter:
+        policies.append(ppo.pi.copy())
+        if ppo.step()["gap"] <= tol:
+            return policies
+    raise AssertionError("no convergence")
+
+
+def test_adaptive_lin_tol_has_the_gaps_of_the_default():
+    """Every iterate of both runs re-evaluated at 1e-13: the gaps agree to 1e-3 relative
+    (or 1e-12 |J*|), both runs stop at the same iteration ± 1, with fewer passes."""
+    mdp = fastppo.garnet(300, 5, 5, gamma=0.97, seed=11)
+    reg = fastppo.ForwardKL(0.1)
+    J_star = fastppo.solve(mdp, reg).J
+    runs = {tol: fastppo.PPOClip(mdp, reg, reference=J_star, lin_tol=tol)
+            for tol in (1e-12, "adaptive")}
+    policies = {tol: iterates(ppo) for tol, ppo in runs.items()}
+    n_default, n_adaptive = (len(p) for p in policies.values())
+    assert abs(n_default - n_adaptive) <= 1
+    gaps = {tol: np.array([J_star - fastppo.evaluate(mdp, pi, reg, tol=1e-13).J for pi in p])
+            for tol, p in policies.items()}
+    n = min(n_default, n_adaptive)
+    a, b = gaps[1e-12][:n], gaps["adaptive"][:n]
+    assert (np.abs(a - b) <= np.maximum(1e-3 * np.abs(a), 1e-12 * abs(J_star))).all()
+    # the recorded gaps are those of the re-evaluation to the same accuracy
+    h = runs["adaptive"].history["gap"]
+    assert (np.abs(h - gaps["adaptive"]) <= np.maximum(1e-3 * np.abs(h), 1e-12 * abs(J_star))).all()
+    passes = {tol: ppo.history["n_passes"].sum() for tol, ppo in runs.items()}
+    assert passes["adaptive"] < 0.9 * passes[1e-12]
+
+
+def test_adaptive_lin_tol_is_checked_and_saved(tmp_path):
+    mdp = fastppo.garnet(50, 3, 3, gamma=0.9, seed=1)
+    with pytest.raises(ValueError, match="lin_tol must be a positive float or 'adaptive', got 'fast'"):
+        fastppo.PPOClip(mdp, lin_tol="fast")
+    with pytest.raises(ValueError, match="lin_tol must be > 0"):
+        fastppo.PPOClip(mdp, lin_tol=0.0)
+    ppo = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1), lin_tol="adaptive")
+    ppo.run(5)
+    ppo.save(tmp_path)
+    resumed = fastppo.PPOClip.resume(tmp_path)
+    assert resumed.lin_tol == "adaptive"
+    full = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1), lin_tol="adaptive").run(10)
+    np.testing.assert_array_equal(resumed.run(5).logits, full.logits)
