@@ -27,6 +27,7 @@ import functools
 import numpy as np
 
 from . import _krylov
+from ._assembled import OMEGA, AssembledMatrix
 from ._backend import get_kernel
 from ._result import Result
 from ._validation import check_finite
@@ -55,8 +56,8 @@ class Evaluation(Result):
     residual : float
         Relative residual of the solve.
     method : str
-        The solvers that ran, in order: "richardson", "richardson+bicgstab",
-        "richardson+bicgstab+gmres", "bicgstab", "gmres", ...
+        The solvers that ran, in order: "richardson", "richardson+sgs",
+        "richardson+sgs+gmres", "bicgstab", "gmres", ...
     backend : str
     """
 
@@ -117,8 +118,11 @@ class Evaluator:
         Products allowed per linear system.
     restart : int, default 40
         GMRES restart length.
-    method : {"auto", "richardson", "bicgstab", "gmres"}, default "auto"
+    method : {"auto", "richardson", "bicgstab", "sgs", "gmres"}, default "auto"
         Linear-solve chain (``fastppo._krylov.chain``).
+    tol_name : str, default "tol"
+        The caller's name for ``tol`` in error messages ("lin_tol" for ``solve`` and
+        the PPO methods).
 
     Attributes
     ----------
@@ -131,8 +135,10 @@ class Evaluator:
     """
 
     def __init__(self, mdp, reg, backend, n_threads, *, tol=DEFAULT_TOL,
-                 max_iter=DEFAULT_MAX_ITER, restart=DEFAULT_RESTART, method="auto"):
+                 max_iter=DEFAULT_MAX_ITER, restart=DEFAULT_RESTART, method="auto",
+                 tol_name="tol"):
         self.mdp, self.backend, self.n_threads = mdp, backend, n_threads
+        self.tol_name = tol_name
         self.code, self.alpha, self.tau, ref = regularizer_args(mdp, reg)
         if ref is not None:
             self.ref = ref
@@ -143,6 +149,8 @@ class Evaluator:
         self._k = k
         self.pi = None
         self._rows = None
+        self._matrix = None  # the loaded policy's assembled I − γP_π, on first use
+        self.omega = OMEGA
         self._scratch = None  # (n_threads, n_states) for the transposed product, on first use
 
     @functools.cached_property
@@ -155,6 +163,14 @@ class Evaluator:
         """Make ``pi`` (flat, checked; kept by reference, not copied) the current policy."""
         self.pi = pi
         self._rows = (*policy_rows(self.mdp, pi), self.mdp.gamma)
+        self._matrix = None
+
+    def assembled(self, transpose=False):
+        """The loaded policy's I − γP_π (or its transpose), assembled on first use and
+        shared by both systems (a ``fastppo._assembled.SplitView``)."""
+        if self._matrix is None:
+            self._matrix = AssembledMatrix(self.mdp, self._rows[:5], self.backend)
+        return self._matrix.view(transpose, self.omega)
 
     def matvec(self, x, out):
         """out = (I − γP_π) x."""
@@ -184,7 +200,7 @@ class Evaluator:
     def _value_system(self):
         gamma = self.mdp.gamma
         return _krylov.System(self.matvec, self.regularized_reward(), VALUE_SYSTEM,
-                              shift=gamma / (1.0 - gamma))
+                              shift=gamma / (1.0 - gamma), assembled=self.assembled)
 
     def _visit_system(self, mu, d0):
         scale = 1.0 - self.mdp.gamma
@@ -194,7 +210,8 @@ class Evaluator:
         else:
             total = d0.sum()
             y0 = d0 / (scale * total) if total > 0 else None
-        return _krylov.System(self.rmatvec, mu, VISIT_SYSTEM), y0
+        return _krylov.System(self.rmatvec, mu, VISIT_SYSTEM,
+                              assembled=functools.partial(self.assembled, True)), y0
 
     def _evaluation(self, res):
         mdp, nt = self.mdp, self.n_threads
@@ -214,7 +231,8 @@ class Evaluator:
                       backend=self.backend)
 
     def _solve_options(self, tol):
-        stop = _krylov.StoppingRule(self.tol if tol is None else tol)
+        stop = _krylov.StoppingRule(self.tol if tol is None else tol, self.mdp.gamma,
+                                    self.tol_name)
         return dict(stop=stop, max_iter=self.max_iter, method=self.method, restart=self.restart)
 
     def evaluation(self, v0=None, tol=None):

@@ -18,6 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _validation as V
+from ._backend import get_kernel
 
 __all__ = ["MDP"]
 
@@ -461,6 +462,7 @@ class Transitions:
 
     def __init__(self, p_indptr, p_indices, p_data):
         self.p_indptr, self.p_indices, self.p_data = p_indptr, p_indices, p_data
+        self._patterns = {}
 
     @functools.cached_property
     def row_lengths(self):
@@ -469,6 +471,27 @@ class Transitions:
         lengths = np.diff(self.p_indptr)
         lengths.flags.writeable = False
         return lengths
+
+    def merged_pattern(self, a_indptr, backend):
+        """The structure of I − γP_π shared by every policy on all pairs (duplicate
+        successors of a state merged), made by ``backend``'s ``merge_pattern`` kernel on
+        first use: ``(indptr, mid, indices, pos, nnz)`` (``fastppo._assembled``; read-only).
+
+        Memory: 8 bytes per transition entry (``pos``) plus 4 per merged entry.
+        """
+        if backend not in self._patterns:
+            n = a_indptr.shape[0] - 1
+            indptr, mid = np.empty(n + 1, dtype=np.int64), np.empty(n, dtype=np.int64)
+            indices = np.empty(self.p_indices.shape[0], dtype=np.int32)
+            pos = np.empty(self.p_indices.shape[0], dtype=np.int64)
+            nnz = int(get_kernel("merge_pattern", backend)(
+                a_indptr, self.p_indptr, self.p_indices, indptr, mid, indices, pos,
+                np.empty(n, dtype=np.int64), 1))
+            indices = indices[:nnz].copy()
+            for a in (indptr, mid, indices, pos):
+                a.flags.writeable = False
+            self._patterns[backend] = (indptr, mid, indices, pos, nnz)
+        return self._patterns[backend]
 
 
 def _reward_table(R, S, A):

@@ -96,7 +96,8 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
     tol = V.check_positive(tol, "tol")
     max_iter = V.check_int(max_iter, "max_iter")
     lin_tol = V.check_positive(lin_tol, "lin_tol")
-    E = Evaluator(mdp, reg, resolve_backend(backend), resolve_threads(n_threads), tol=lin_tol)
+    E = Evaluator(mdp, reg, resolve_backend(backend), resolve_threads(n_threads), tol=lin_tol,
+                  tol_name="lin_tol")
     tau = E.tau
     pi = np.empty(mdp.n_pairs)
     tv = np.empty(mdp.n_states)
@@ -226,7 +227,7 @@ class _ExactMethod(IterativeMethod):
         E = self.__dict__.get("_E")
         if E is None:
             E = self._E = Evaluator(self.mdp, self.reg, self.backend, self.n_threads,
-                                    tol=self.lin_tol)
+                                    tol=self.lin_tol, tol_name="lin_tol")
         return E
 
     def _evaluate(self):
