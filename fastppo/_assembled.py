@@ -11,8 +11,6 @@ Storage: the diagonal D apart; each row's off-diagonal entries with the strictly
 part L (j < i) first and the strictly upper part U after (the kernels
 ``kernels/*/assembled`` document the layout), so Gauss–Seidel sweeps need no sorting.
 """
-import functools
-
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import reverse_cuthill_mckee
@@ -56,9 +54,15 @@ class AssembledMatrix:
         n = mdp.n_states
         self._k = {name: get_kernel(name, backend) for name in KERNELS}
         T = mdp._transitions
+        # the fill-reducing order of the pattern of all pairs serves every policy (a
+        # policy's pattern is a subset of it); cached with that pattern
+        self._shared = T.pattern_cache(backend)
+        self._all_pairs = lambda: T.merged_pattern(mdp.a_indptr, backend)
         if p_indptr is T.p_indptr:
             self.indptr, self.mid, self.indices, pos, self.nnz = T.merged_pattern(a_indptr, backend)
+            self._cache = self._shared  # the permuted structure depends on the pattern alone
         else:
+            self._cache = {}
             self.indptr, self.mid = np.empty(n + 1, dtype=np.int64), np.empty(n, dtype=np.int64)
             indices, pos = np.empty(p_indices.shape[0], dtype=np.int32), np.empty(p_indices.shape[0], dtype=np.int64)
             self.nnz = int(self._k["merge_pattern"](a_indptr, p_indptr, p_indices, self.indptr,
@@ -74,24 +78,14 @@ class AssembledMatrix:
         self._lu = None
         self.fill = None  # (entries of L + U) / (entries of A), once factorised
 
-    @functools.cached_property
+    @property
     def envelope(self):
-        """(perm, size, flops) of A in reverse Cuthill–McKee order: the permutation, the
-        entries of the symmetric envelope {(i, j): first(i) ≤ j ≤ i or the same with i, j
-        swapped}, first(i) the leftmost column of row i of A + Aᵀ, and Σᵢ (i − first(i))²,
-        the work of an LU in that order. An LU without pivoting fills only the envelope:
-        its size bounds the memory of :meth:`lu` before anything is factorised."""
-        n = self.n_states
-        rows = np.repeat(np.arange(n), np.diff(self.indptr))
-        G = sp.csr_array((np.ones(self.nnz, dtype=np.int8), self.indices, self.indptr), shape=(n, n))
-        perm = reverse_cuthill_mckee(G, symmetric_mode=False).astype(np.int64)
-        inv = np.empty(n, dtype=np.int64)
-        inv[perm] = np.arange(n)
-        r, c = inv[rows], inv[self.indices]
-        first = np.arange(n)
-        np.minimum.at(first, np.maximum(r, c), np.minimum(r, c))
-        band = np.arange(n) - first
-        return perm, int(2 * band.sum() + n), float(np.dot(band, band.astype(np.float64)))
+        """(perm, size, flops) of the pattern of all pairs (:func:`envelope`), which
+        contains every policy's: an upper bound for this matrix, computed once per MDP."""
+        if "envelope" not in self._shared:
+            indptr, _, indices, _, nnz = self._all_pairs()
+            self._shared["envelope"] = envelope(indptr, indices, nnz)
+        return self._shared["envelope"]
 
     def csr(self):
         """A as a scipy CSR array (a copy)."""
@@ -110,12 +104,30 @@ class AssembledMatrix:
         if size > FILL_CAP * (self.nnz + self.n_states) or flops > max_flops:
             return None
         if self._lu is None:
-            A = self.csr()[perm][:, perm].tocsc()
+            if "csc" not in self._cache:
+                self._cache["csc"] = self._permuted_csc(perm)
+            order, indptr, indices = self._cache["csc"]
+            values = np.concatenate([self.data[:self.nnz], self.diag])[order]
+            A = sp.csc_array((values, indices, indptr), shape=(self.n_states,) * 2)
             factor = splu(A, permc_spec="NATURAL", diag_pivot_thresh=0.0,
                           options=dict(SymmetricMode=True))
             self._lu = factor
             self.fill = (factor.L.nnz + factor.U.nnz - self.n_states) / (self.nnz + self.n_states)
         return self._lu
+
+    def _permuted_csc(self, perm):
+        """The CSC structure of A[perm][:, perm]: (order, indptr, indices), ``order`` taking
+        the values [off-diagonal slots, diagonal] to CSC order."""
+        n = self.n_states
+        inv = np.empty(n, dtype=np.int64)
+        inv[perm] = np.arange(n)
+        rows = np.concatenate([np.repeat(np.arange(n), np.diff(self.indptr)), np.arange(n)])
+        cols = np.concatenate([self.indices, np.arange(n)])
+        r, c = inv[rows], inv[cols]
+        order = np.lexsort((r, c))
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(c, minlength=n), out=indptr[1:])
+        return order, indptr, r[order].astype(np.int32)
 
     def view(self, transpose=False, omega=1.0):
         """The system matrix B = A (or Aᵀ for ``transpose``) as a :class:`SplitView` with
@@ -189,3 +201,29 @@ class SplitView:
             return x
 
         return solve
+
+
+def envelope(indptr, indices, nnz):
+    """(perm, size, flops) of a pattern in reverse Cuthill–McKee order: the permutation,
+    the entries of the symmetric envelope {(i, j): first(i) ≤ j ≤ i or the same with i, j
+    swapped}, first(i) the leftmost column of row i of A + Aᵀ, and Σᵢ (i − first(i))², the
+    work of an LU in that order. An LU without pivoting fills only the envelope: its size
+    bounds the memory of :meth:`AssembledMatrix.lu` before anything is factorised.
+
+    Parameters
+    ----------
+    indptr : ndarray of shape (n + 1,), indices : ndarray of shape (nnz,)
+        The off-diagonal pattern (CSR, any order within rows).
+    nnz : int
+    """
+    n = indptr.shape[0] - 1
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    G = sp.csr_array((np.ones(nnz, dtype=np.int8), indices[:nnz], indptr), shape=(n, n))
+    perm = reverse_cuthill_mckee(G, symmetric_mode=False).astype(np.int64)
+    inv = np.empty(n, dtype=np.int64)
+    inv[perm] = np.arange(n)
+    r, c = inv[rows], inv[indices[:nnz]]
+    first = np.arange(n)
+    np.minimum.at(first, np.maximum(r, c), np.minimum(r, c))
+    band = np.arange(n) - first
+    return perm, int(2 * band.sum() + n), float(np.dot(band, band.astype(np.float64)))

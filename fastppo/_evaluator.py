@@ -56,8 +56,11 @@ class Evaluation(Result):
     residual : float
         Relative residual of the solve.
     method : str
-        The solvers that ran, in order: "richardson", "richardson+sgs",
-        "richardson+sgs+gmres", "bicgstab", "gmres", ...
+        The solvers that ran, in order: "richardson", "richardson+lu", "richardson+sgs",
+        "richardson+sgs+lu+gmres", "bicgstab", "gmres", ...
+    fill : float or None
+        With "lu" in ``method``: the entries of the LU factors over those of the assembled
+        I − γP_π (capped at ``fastppo._assembled.FILL_CAP``); None otherwise.
     backend : str
     """
 
@@ -221,14 +224,20 @@ class Evaluator:
         adv = np.empty(mdp.n_pairs)
         self._k["advantages"](mdp.a_indptr, self.pi, q, adv, nt)
         return Evaluation(v=v, q=q, adv=adv, J=_krylov.dot(mdp.rho, v), n_matvec=res.n_matvec,
-                          residual=res.residual, method=res.method, backend=self.backend)
+                          residual=res.residual, method=res.method, fill=self._fill(res),
+                          backend=self.backend)
 
     def _visitation(self, res):
         d = (1.0 - self.mdp.gamma) * res.x
         np.maximum(d, 0.0, out=d)  # clears round-off negatives only (d >= (1-γ)μ >= 0 exactly)
         d /= d.sum()
         return Result(d=d, n_matvec=res.n_matvec, residual=res.residual, method=res.method,
-                      backend=self.backend)
+                      fill=self._fill(res), backend=self.backend)
+
+    def _fill(self, res):
+        """The LU's fill ratio when an LU ran for ``res``, else None."""
+        ran = "lu" in res.method.split("+") and self._matrix is not None
+        return self._matrix.fill if ran else None
 
     def _solve_options(self, tol):
         stop = _krylov.StoppingRule(self.tol if tol is None else tol, self.mdp.gamma,

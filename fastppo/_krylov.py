@@ -68,6 +68,8 @@ import math
 import numpy as np
 from scipy.linalg import solve_triangular
 
+from ._assembled import FILL_CAP
+
 __all__ = ["ConvergenceError", "LinearResult", "StoppingRule", "System", "bicgstab", "chain",
            "dot", "gmres", "lu", "richardson", "sgs", "solve", "solve_pair"]
 
@@ -311,7 +313,7 @@ def _bicgstab(matvec, b, x, zero_start, stop, max_iter, max_restarts, check):
         rho = alpha = omega = 1.0
         v.fill(0.0)
         p.fill(0.0)
-        while used + 2 <= max_iter and rel * ratio > 0.5 * stop.target:
+        while used + 2 <= max_iter and not stop.met(2.0 * rel * ratio):
             rho_new = dot(r_hat, r)
             if rho_new == 0.0 or omega == 0.0:
                 break  # breakdown: restart
@@ -565,8 +567,8 @@ def lu(system, x0, stop, max_iter, *, max_flops=np.inf, max_refinements=10):
         return LinearResult(x, 0, 0.0, True, "lu")
     r = np.empty(b.shape[0])
     used, last, residual = 0, np.inf, np.inf
-    for _ in range(max_refinements + 1):
-        if x0 is None and used == 0:
+    for step in range(max_refinements + 1):
+        if x0 is None and step == 0:
             r[:] = b
         else:
             M.matvec(x, r)
@@ -704,6 +706,10 @@ def solve(system, x0=None, *, stop, max_iter, method="auto", restart=40):
     scaled, x0, e = _scaled(system, x0)
     (_, first), *links = _links(method, restart, system)
     res = first(scaled, x0, stop, max_iter)
+    if not res.method:  # a forced LU declined
+        raise ConvergenceError(
+            f"lu declined the {system.what}: its fill bound exceeds {FILL_CAP:g}x the entries "
+            f"of the matrix (or the system has no assembled form); use method='auto'")
     return _unscaled(_finish(scaled, res, links, stop, max_iter), e)
 
 

@@ -472,6 +472,11 @@ class Transitions:
         lengths.flags.writeable = False
         return lengths
 
+    def pattern_cache(self, backend):
+        """A dict for what ``fastppo._assembled`` derives from :meth:`merged_pattern` (its
+        fill-reducing order, the permuted structure)."""
+        return self._patterns.setdefault(("derived", backend), {})
+
     def merged_pattern(self, a_indptr, backend):
         """The structure of I − γP_π shared by every policy on all pairs (duplicate
         successors of a state merged), made by ``backend``'s ``merge_pattern`` kernel on

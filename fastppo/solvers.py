@@ -38,15 +38,14 @@ clip; β doubled / halved when the KL leaves [target/1.5, 1.5 target], as in the
 PPO paper).
 """
 import time
-import warnings
 
 import numpy as np
 
 from . import _validation as V
 from ._backend import get_kernel, resolve_backend, resolve_threads
-from ._errors import ConvergenceWarning, renamed_parameters
+from ._errors import renamed_parameters
 from ._evaluator import DEFAULT_TOL, Evaluator
-from ._krylov import ConvergenceError
+from ._krylov import ConvergenceError, StoppingRule
 from ._result import Result
 from ._run import IterativeMethod, RunResult, check_states
 from .regularizers import ReverseKL
@@ -61,7 +60,8 @@ class SolveResult(Result):
     returned policy), ``n_matvec``, ``converged``."""
 
 
-def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None, n_threads=None):
+def solve(mdp, reg=None, *, tol=1e-12, max_iter=10_000, lin_tol=1e-13, backend=None,
+          n_threads=None):
     """The globally optimal (regularized) policy by regularized policy iteration.
 
     Parameters
@@ -70,13 +70,18 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
     reg : Regularizer, optional
         None (or τ = 0): the plain MDP and a deterministic optimal policy.
     tol : float, default 1e-12
-        Stop when ‖TṼ^π − Ṽ^π‖∞ ≤ tol · max(‖Ṽ^π‖∞, ‖r‖∞) (T: the regularized Bellman
-        operator), or, for τ = 0, when the greedy policy is stable. The test is relative:
-        rewards × c (with τ × c) give the same policy and values × c at every scale.
-    max_iter : int, default 100
-        Policy-iteration steps.
+        Stop when ‖TṼ^π − Ṽ^π‖∞ ≤ max(tol, floor) · max(‖Ṽ^π‖∞, ‖r‖∞) (T: the regularized
+        Bellman operator; floor = 10·eps·(1+γ)/(1−γ), the round-off floor of the one
+        stopping rule, ``fastppo._krylov.StoppingRule``), or, for τ = 0, when the greedy
+        policy is stable. A residual that stops decreasing within 10 × floor is
+        convergence too; above it, ``ConvergenceError``. The test is relative: rewards × c
+        (with τ × c) give the same policy and values × c at every scale.
+    max_iter : int, default 10000
+        Policy-iteration steps (RiverSwim's chain of n states needs n + 1: each step
+        turns one more state towards the far reward).
     lin_tol : float, default 1e-13
-        Relative residual of each exact evaluation.
+        Relative residual of each exact evaluation (below the round-off floor of the
+        system, the floor is used).
     backend, n_threads
         Kernel backend and threads (see ``fastppo.set_backend``).
 
@@ -90,7 +95,8 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
     Raises
     ------
     ConvergenceError
-        If ``max_iter`` iterations do not reach ``tol``.
+        If ``max_iter`` iterations do not reach ``tol``, or the Bellman residual stops
+        decreasing above 10 × floor.
     """
     V.check_discounted(mdp, "solve")
     tol = V.check_positive(tol, "tol")
@@ -107,6 +113,8 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
         E.greedy(mdp.r, pi, tv)
     # relative tests: rewards × c (and τ × c) scale v, Tv and this scale alike
     r_scale = float(np.max(np.abs(mdp.r)))
+    floor = StoppingRule(tol, mdp.gamma).floor
+    target = max(tol, floor)
     v, n_matvec, best = None, 0, np.inf
     new_pi = np.empty(mdp.n_pairs)
     # Inexact policy iteration: early evaluations only need to be as accurate as the
@@ -127,9 +135,11 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
                 continue
         elif eval_tol > lin_tol:
             eval_tol = max(lin_tol, min(eval_tol, (residual / scale) ** 2))
-        converged = eval_tol == lin_tol and (residual <= tol * scale or stable)
-        stalled = (eval_tol == lin_tol and residual >= best
+        converged = eval_tol == lin_tol and (residual <= target * scale or stable)
+        stalled = (not converged and eval_tol == lin_tol and residual >= best
                    and residual < 1e-8 * scale)  # round-off floor of evaluation
+        if stalled and residual <= max(tol, 10.0 * floor) * scale:
+            converged, stalled = True, False  # at round-off: the rule's convergence
         if converged and tau > 0:
             # Policy iteration is Newton's method: Ṽ^π is second order in the policy
             # error, so a tiny residual certifies v but π itself is only ~sqrt(residual)
@@ -142,10 +152,11 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None
             E.greedy(ev.q, new_pi, tv)
             residual = float(np.max(np.abs(tv - v)))
         elif stalled:
-            warnings.warn(f"solve stopped at iteration {it}: Bellman residual {residual:.3g} no "
-                          f"longer decreases (tol {tol:g} x scale {scale:.3g} is below round-off)",
-                          ConvergenceWarning, stacklevel=2)
-        if converged or stalled:
+            raise ConvergenceError(
+                f"solve stalled at iteration {it}: Bellman residual {residual:.3g} no longer "
+                f"decreases, above tol={tol:g} and 10x the round-off floor {floor:.2g} "
+                f"(gamma={mdp.gamma:g}) times the scale {scale:.3g}; raise tol")
+        if converged:
             return SolveResult(policy=mdp.to_table(pi.copy()), sigma=mdp.to_sigma(pi), v=v, q=mdp.to_table(ev.q),
                                adv=mdp.to_table(ev.adv), J=ev.J, n_iter=it,
                                bellman_residual=residual, n_matvec=n_matvec,
