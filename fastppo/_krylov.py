@@ -559,12 +559,12 @@ def lu(system, x0, stop, max_iter, *, max_flops=np.inf, max_refinements=10):
     """
     b = system.b
     bnorm, x = _start(system, x0, stop)
+    if bnorm == 0.0:
+        return LinearResult(x, 0, 0.0, True, "lu")
     M = None if system.assembled is None else system.assembled()
     solve_lu = None if M is None else M.factor(max_flops * (M.m.nnz + M.m.n_states))
     if solve_lu is None:
         return LinearResult(x, 0, np.inf, False, "")
-    if bnorm == 0.0:
-        return LinearResult(x, 0, 0.0, True, "lu")
     r = np.empty(b.shape[0])
     used, last, residual = 0, np.inf, np.inf
     for step in range(max_refinements + 1):
