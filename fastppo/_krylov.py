@@ -459,8 +459,10 @@ def gmres(system, x0, stop, max_iter, *, restart=40):
     Returns
     -------
     LinearResult
-        ``stalled`` when three restart cycles running gained less than 1 % each (the
-        round-off floor of the system lies above the tolerance).
+        ``stalled`` when three restart cycles running gained less than 1 % each at the
+        round-off floor of the system (:meth:`StoppingRule.accepts_stall`), or above it
+        with the cycle already at its longest (16 × ``restart``, or n): a stagnating
+        GMRES(m) doubles m first.
     """
     matvec, b = system.matvec, system.b
     n = b.shape[0]
@@ -468,6 +470,7 @@ def gmres(system, x0, stop, max_iter, *, restart=40):
     if bnorm == 0.0:
         return LinearResult(x, 0, 0.0, True, "gmres")
     m = max(1, min(restart, n))
+    max_m = max(m, min(16 * restart, n))  # memory: (max_m + 1) × n floats at most
     V = np.empty((m + 1, n))
     H = np.zeros((m + 1, m))
     w = np.empty(n)
@@ -488,10 +491,16 @@ def gmres(system, x0, stop, max_iter, *, restart=40):
             return LinearResult(x, n_matvec, residual, True, "gmres")
         if n_matvec >= max_iter:
             return LinearResult(x, n_matvec, residual, False, "gmres")
-        if residual > 0.99 * last:  # a whole restart cycle gained < 1 %: round-off floor
+        if stop.accepts_stall(residual) and residual > 0.5 * last:  # slow at round-off
+            return LinearResult(x, n_matvec, residual, False, "gmres", stalled=True)
+        if residual > 0.99 * last:  # a whole restart cycle gained < 1 %
             stalls += 1
-            if stalls == 3:
+            if stalls == 3 and (stop.accepts_stall(residual) or m >= max_m):  # round-off
                 return LinearResult(x, n_matvec, residual, False, "gmres", stalled=True)
+            if stalls == 3:  # GMRES(m) stagnates above round-off: a longer cycle
+                m = min(2 * m, max_m)
+                V, H = np.empty((m + 1, n)), np.zeros((m + 1, m))
+                stalls = 0
         else:
             stalls = 0
         last = residual
