@@ -121,7 +121,7 @@ class Evaluator:
         Products allowed per linear system.
     restart : int, default 40
         GMRES restart length.
-    method : {"auto", "richardson", "bicgstab", "sgs", "gmres"}, default "auto"
+    method : {"auto", "richardson", "bicgstab", "sgs", "lu", "gmres"}, default "auto"
         Linear-solve chain (``fastppo._krylov.chain``).
     tol_name : str, default "tol"
         The caller's name for ``tol`` in error messages ("lin_tol" for ``solve`` and

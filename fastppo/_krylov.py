@@ -696,7 +696,7 @@ def solve(system, x0=None, *, stop, max_iter, method="auto", restart=40):
         When a relative residual ‖b − A x‖₂ / ‖b‖₂ is accepted.
     max_iter : int
         Budget of products with A for the whole chain.
-    method : {"auto", "richardson", "bicgstab", "sgs", "gmres"}
+    method : {"auto", "richardson", "bicgstab", "sgs", "lu", "gmres"}
         See :func:`chain`.
     restart : int
         GMRES restart length.
