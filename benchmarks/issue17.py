@@ -12,7 +12,8 @@ For each family (``benchmarks/benchmarks/common.py``; γ = 0.99, a stochastic po
 - ``evaluate`` (unregularized) and ``visitation`` (μ = ρ) of fastppo at tol 1e-12;
 - SciPy on the assembled I − γP_π (CSR; Aᵀ as CSR for the visitation system): ``bicgstab``
   (rtol 1e-12, atol 0; restarted from its iterate after a breakdown) and ``spsolve``
-  (SuperLU, default COLAMD order); their assembly is not timed, fastppo's (and its
+  (SuperLU, default COLAMD order; only on ``--spsolve`` families: on garnets its fill is
+  ~S²); their assembly is not timed, fastppo's (and its
   factorisation) is;
 - with ``--solve``: ``fastppo.solve`` (τ = 0) and QuantEcon's modified policy iteration
   (ε = 1e-8; ``--qe-pi``: also its policy iteration), max |v − v*| reported, v* the
@@ -66,7 +67,7 @@ def assemble(mdp, pi):
     return A, A.T.tocsr(), np.add.reduceat(pi * mdp.r, mdp.a_indptr[:-1])
 
 
-def linear_section(mdp, repeat):
+def linear_section(mdp, repeat, with_spsolve):
     pi = fastppo.softmax(mdp, np.random.default_rng(1).standard_normal(mdp.n_pairs))
     A, At, c = assemble(mdp, pi)
     mu = mdp.rho
@@ -78,11 +79,13 @@ def linear_section(mdp, repeat):
             ours = lambda: fastppo.evaluate(mdp, pi, **kw)  # noqa: E731
         else:
             ours = lambda: fastppo.visitation(mdp, pi, mu, full_output=True, **kw)  # noqa: E731
-        med, out = interleaved({"fastppo": ours, "bicgstab": lambda: bicgstab(M, b),
-                                "spsolve": lambda: spla.spsolve(Mc, b)}, repeat)
+        contenders = {"fastppo": ours, "bicgstab": lambda: bicgstab(M, b)}
+        if with_spsolve:
+            contenders["spsolve"] = lambda: spla.spsolve(Mc, b)
+        med, out = interleaved(contenders, repeat)
+        med.setdefault("spsolve", np.nan)
         x = out["fastppo"].v if op == "evaluate" else out["fastppo"].d / (1 - mdp.gamma)
-        res = {"fastppo": relres(M, x, b), "bicgstab": relres(M, out["bicgstab"], b),
-               "spsolve": relres(M, out["spsolve"], b)}
+        res = {name: relres(M, x if name == "fastppo" else y, b) for name, y in out.items()}
         rows[op] = (med, res, out["fastppo"].method, out["fastppo"].get("fill"))
     return rows
 
@@ -112,6 +115,8 @@ def main(argv=None):
     p.add_argument("--n-states", type=int, default=10_000)
     p.add_argument("--families", nargs="+", default=["garnet", "local", "grid", "queue", "pendulum"])
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--spsolve", nargs="*", default=["grid", "queue", "pendulum"],
+                   help="families where scipy's spsolve is timed (its fill is ~S² on garnets)")
     p.add_argument("--solve", action="store_true")
     p.add_argument("--qe-pi", action="store_true", help="also QuantEcon's policy iteration")
     a = p.parse_args(argv)
@@ -120,7 +125,8 @@ def main(argv=None):
             mdp = build_mdp(family, a.n_states)
             print(f"\n== {family}: {describe_mdp(family, a.n_states)}  ({mdp.n_states} states, "
                   f"{mdp.p_indices.size} transitions)", flush=True)
-            for op, (med, res, method, fill) in linear_section(mdp, a.repeat).items():
+            rows = linear_section(mdp, a.repeat, family in a.spsolve)
+            for op, (med, res, method, fill) in rows.items():
                 fill = "" if fill is None else f", LU fill {fill:.1f}x"
                 print(f"  {op:10s} fastppo {1e3 * med['fastppo']:8.1f} ms ({method}{fill}; res "
                       f"{res['fastppo']:.1e}) | bicgstab {1e3 * med['bicgstab']:8.1f} ms (res "
