@@ -290,8 +290,7 @@ def _run(kernel, out, *args, extra=None, n_threads, tail=()):
 
 def test_parity_covers_every_kernel(mdps):
     """Every kernel of every stem (linear, tables, policy_update, sampling, episodic,
-    assembled) has a
-    parity case (a new kernel fails this until added)."""
+    assembled) has a parity case (a new kernel fails this until added)."""
     mdp = mdps[0]
     assert set(STEMS) == {"linear", "tables", "policy_update", "sampling", "episodic", "assembled"}
     names = {name for stem in STEMS for name in STEMS[stem]}
