@@ -39,7 +39,8 @@ continue.
 ``sgs``: BiCGSTAB on I − γP_π assembled once per policy (duplicate successors merged,
 ``fastppo._assembled``), split-preconditioned by symmetric Gauss–Seidel with Eisenstat's
 trick: a step costs two passes over the assembled entries, like plain BiCGSTAB, and takes
-3–4× fewer steps on gridworlds, local garnets, queues and control grids.
+fewer steps (products at 10k, π = softmax(N(0, 1)), γ = 0.99: 2.2× fewer on the local
+garnet, 2.9× on the gridworld, 3.5× on queue2d, 9.5× on the pendulum grid).
 
 ``lu``: a sparse LU of the assembled matrix (SuperLU, reverse Cuthill–McKee order; its
 fill, bounded by the envelope before anything is factorised, is capped at 20× the
@@ -406,8 +407,9 @@ def sgs(system, x0, stop, max_iter, *, max_restarts=5):
     Eisenstat's trick applies Â in one pass over A's off-diagonal entries (a forward and
     a backward sweep), the cost of one product; A is assembled once per policy with
     duplicate successors merged, so on a gridworld a step reads ~4 entries per state
-    instead of 12. On the slow-mixing families this needs 3–4× fewer steps than plain
-    BiCGSTAB (a forward sweep alone solves a chain whose moves all go one way).
+    instead of 12. On the slow-mixing families this needs 2–10× fewer steps than plain
+    BiCGSTAB (module docstring; a forward sweep alone solves a chain whose moves all go
+    one way).
     Convergence is decided on the true residual ‖b − A x‖ / ‖b‖.
 
     Parameters
