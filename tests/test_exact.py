@@ -139,7 +139,7 @@ def test_visitation_matches_naive(backend, n_threads, mu_kind):
 def test_visitation_full_output(backend, n_threads):
     mdp, pi, _, _ = case(*CASES[2])
     res = fastppo.visitation(mdp, pi, backend=backend, n_threads=n_threads, full_output=True)
-    assert set(res) == {"d", "n_matvec", "residual", "method", "backend"}
+    assert set(res) == {"d", "n_matvec", "residual", "method", "fill", "backend"}
     assert res.backend == backend
     assert res.residual <= 1e-12
     assert res.n_matvec >= 1
