@@ -11,7 +11,7 @@ from ._backend import backend, get_backend, set_backend, set_num_threads, show_b
 from ._errors import ConvergenceWarning
 from ._krylov import ConvergenceError
 from .evaluation import Evaluation, evaluate, gradient, softmax, visitation
-from .generators import chain, garnet, gridworld, token_tree
+from .generators import chain, garnet, gridworld, pendulum, queue2d, token_tree
 from .mdp import MDP
 from .tokens import OutcomeReward, TokenMDP, token_mdp
 from . import reward_model
@@ -27,7 +27,7 @@ from .regularizers import (AlphaDivergence, ChiSquare, ForwardKL, Hellinger, Jen
 
 __version__ = "0.1.0"
 __all__ = [
-    "MDP", "garnet", "gridworld", "chain", "token_tree", "token_mdp", "TokenMDP", "OutcomeReward",
+    "MDP", "garnet", "gridworld", "chain", "queue2d", "pendulum", "token_tree", "token_mdp", "TokenMDP", "OutcomeReward",
     "Regularizer", "ReverseKL", "ForwardKL", "ChiSquare", "Hellinger", "JensenShannon",
     "AlphaDivergence",
     "evaluate", "visitation", "gradient", "softmax", "Evaluation", "ConvergenceError",

@@ -24,6 +24,8 @@ STEMS = {
     "policy_update": ("greedy_policy", "ppo_update"),
     "sampling": ("rollout", "gae", "discounted_returns", "ppo_minibatches"),
     "episodic": ("episodic_values", "episodic_visits"),
+    "assembled": ("merge_pattern", "assemble_values", "split_matvec", "triangular_solve",
+                  "sgs_operator"),
 }
 
 _state = {"backend": None, "n_threads": None}  # process-wide: set_backend, set_num_threads

@@ -27,6 +27,7 @@ import functools
 import numpy as np
 
 from . import _krylov
+from ._assembled import OMEGA, AssembledMatrix
 from ._backend import get_kernel
 from ._result import Result
 from ._validation import check_finite
@@ -63,8 +64,11 @@ class Evaluation(Result):
     residual : float
         Relative residual of the solve.
     method : str
-        The solvers that ran, in order: "richardson", "richardson+bicgstab",
-        "richardson+bicgstab+gmres", "bicgstab", "gmres", ...
+        The solvers that ran, in order: "richardson", "richardson+lu", "richardson+sgs",
+        "richardson+sgs+lu+gmres", "bicgstab", "gmres", ...
+    fill : float or None
+        With "lu" in ``method``: the entries of the LU factors over those of the assembled
+        I − γP_π (capped at ``fastppo._assembled.FILL_CAP``); None otherwise.
     backend : str
     """
 
@@ -125,11 +129,14 @@ class Evaluator:
         Products allowed per linear system.
     restart : int, default 40
         GMRES restart length.
-    method : {"auto", "richardson", "bicgstab", "gmres"}, default "auto"
+    method : {"auto", "richardson", "bicgstab", "sgs", "lu", "gmres"}, default "auto"
         Linear-solve chain (``fastppo._krylov.chain``).
     mixed : bool, optional
         Sweeps of the lockstep solve on float32 corrections (:meth:`products`); default:
         from ``MIXED_STATES`` states on, with the compiled backends.
+    tol_name : str, default "tol"
+        The caller's name for ``tol`` in error messages ("lin_tol" for ``solve`` and
+        the PPO methods).
 
     Attributes
     ----------
@@ -148,8 +155,10 @@ class Evaluator:
         return super().__new__(cls)
 
     def __init__(self, mdp, reg, backend, n_threads, *, tol=DEFAULT_TOL,
-                 max_iter=DEFAULT_MAX_ITER, restart=DEFAULT_RESTART, method="auto", mixed=None):
+                 max_iter=DEFAULT_MAX_ITER, restart=DEFAULT_RESTART, method="auto", mixed=None,
+                 tol_name="tol"):
         self.mdp, self.backend, self.n_threads = mdp, backend, n_threads
+        self.tol_name = tol_name
         self.code, self.alpha, self.tau, ref = regularizer_args(mdp, reg)
         if ref is not None:
             self.ref = ref
@@ -171,6 +180,8 @@ class Evaluator:
         self.mixed = bool(mixed)
         self._base = [None, None]  # per side: (x, A x) of its last exact product
         self._buf32 = self._x32 = None  # float32 scatter buffers and gathered correction
+        self._matrix = None  # the loaded policy's assembled I − γP_π, on first use
+        self.omega = OMEGA
 
     @functools.cached_property
     def ref(self):
@@ -185,6 +196,14 @@ class Evaluator:
         self._compact = rows[0] is not self.mdp.a_indptr
         self._rows = (*rows, self.mdp.gamma)
         self._rows_fresh = False
+        self._matrix = None
+
+    def assembled(self, transpose=False):
+        """The loaded policy's I − γP_π (or its transpose), assembled on first use and
+        shared by both systems (a ``fastppo._assembled.SplitView``)."""
+        if self._matrix is None:
+            self._matrix = AssembledMatrix(self.mdp, self._rows[:5], self.backend)
+        return self._matrix.view(transpose, self.omega)
 
     @property
     def _buf(self):
@@ -286,7 +305,7 @@ class Evaluator:
     def _value_system(self):
         gamma = self.mdp.gamma
         return _krylov.System(self.matvec, self.regularized_reward(), VALUE_SYSTEM,
-                              shift=gamma / (1.0 - gamma))
+                              shift=gamma / (1.0 - gamma), assembled=self.assembled)
 
     def _visit_system(self, mu, d0):
         scale = 1.0 - self.mdp.gamma
@@ -296,7 +315,8 @@ class Evaluator:
         else:
             total = d0.sum()
             y0 = d0 / (scale * total) if total > 0 else None
-        return _krylov.System(self.rmatvec, mu, VISIT_SYSTEM), y0
+        return _krylov.System(self.rmatvec, mu, VISIT_SYSTEM,
+                              assembled=functools.partial(self.assembled, True)), y0
 
     def _q_values(self, res, b):
         """Q̃ = r + γ P v of the solution ``res`` of the value system with right-hand side
@@ -321,17 +341,24 @@ class Evaluator:
         self._k["advantages"](mdp.a_indptr, self.pi, q, adv, self.n_threads)
         return Evaluation(v=v, q=q, adv=adv, J=_krylov.dot(mdp.rho, v), n_matvec=res.n_matvec,
                           n_passes=self.n_passes - passes, residual=res.residual,
-                          method=res.method, backend=self.backend)
+                          method=res.method, fill=self._fill(res), backend=self.backend)
 
     def _visitation(self, res, passes):
         d = (1.0 - self.mdp.gamma) * res.x
         np.maximum(d, 0.0, out=d)  # clears round-off negatives only (d >= (1-γ)μ >= 0 exactly)
         d /= d.sum()
         return Result(d=d, n_matvec=res.n_matvec, n_passes=self.n_passes - passes,
-                      residual=res.residual, method=res.method, backend=self.backend)
+                      residual=res.residual, method=res.method, fill=self._fill(res),
+                      backend=self.backend)
+
+    def _fill(self, res):
+        """The LU's fill ratio when an LU ran for ``res``, else None."""
+        ran = "lu" in res.method.split("+") and self._matrix is not None
+        return self._matrix.fill if ran else None
 
     def _solve_options(self, tol):
-        stop = _krylov.StoppingRule(self.tol if tol is None else tol)
+        stop = _krylov.StoppingRule(self.tol if tol is None else tol, self.mdp.gamma,
+                                    self.tol_name)
         return dict(stop=stop, max_iter=self.max_iter, method=self.method, restart=self.restart)
 
     def evaluation(self, v0=None, tol=None):

@@ -8,9 +8,12 @@ solver is a function with one signature and one result::
                                                        method, stalled)
 
 ``x0`` is the start (None: zero), ``stop`` the :class:`StoppingRule`, ``max_iter`` the
-budget of products with A; ``residual`` is always the true relative residual of ``x``.
-Solvers never raise on failure: :func:`solve` runs a chain of them, each continuing from
-the previous one's iterate, and raises :class:`ConvergenceError` in one place.
+budget of products with A; ``residual`` is always the true relative residual of ``x``,
+and ``x`` is always finite. Solvers never raise on failure: :func:`solve` runs a chain of
+them, each continuing from the previous one's iterate, and raises
+:class:`ConvergenceError` in one place. The one stopping rule (:class:`StoppingRule`)
+accepts max(tol, round-off floor of the system) and tells a stall at round-off from a
+failure.
 :func:`solve_pair` does the same for the value and visitation systems of one policy
 together: their Richardson sweeps advance in lockstep through one ``products`` call (a
 fused pass over P can serve both), and each system falls to the Krylov methods on its own.
@@ -30,20 +33,35 @@ MacQueen bounds  T x + γ/(1−γ) min(Tx − x) ≤ v ≤ T x + γ/(1−γ) max
 visitation system a start of the right mass (1ᵀy = 1/(1−γ)) has no error along it. What
 is left contracts at the mixing rate of P_π: about 0.2 per sweep on garnet MDPs, where
 this reaches 1e-12 in ~20 products with no orthogonalisation. On slow-mixing MDPs the
-rate approaches γ; the sweeps then stop early (``max_rate``) and BiCGSTAB continues.
+rate approaches γ; the sweeps then stop early (``max_rate``) and the assembled solvers
+continue.
+
+``sgs``: BiCGSTAB on I − γP_π assembled once per policy (duplicate successors merged,
+``fastppo._assembled``), split-preconditioned by symmetric Gauss–Seidel with Eisenstat's
+trick: a step costs two passes over the assembled entries, like plain BiCGSTAB, and takes
+fewer steps (products at 10k, π = softmax(N(0, 1)), γ = 0.99: 2.2× fewer on the local
+garnet, 2.9× on the gridworld, 3.5× on queue2d, 9.5× on the pendulum grid).
+
+``lu``: a sparse LU of the assembled matrix (SuperLU, reverse Cuthill–McKee order; its
+fill, bounded by the envelope before anything is factorised, is capped at 20× the
+entries of A) and iterative refinement. Its cost does not grow as γ → 1; "auto" uses it
+first where it is cheap (chains, banded matrices) and after ``sgs`` fails.
 
 ``bicgstab``: BiCGSTAB (two products and a few vector updates per step, no growing
 basis: on a gridworld with ~12 nonzeros per row, GMRES(40)'s orthogonalisation costs five
 times the product); restarted with a fresh shadow residual after a breakdown or when the
-recursive residual drifts from the true one.
+recursive residual drifts from the true one, and from the best finite iterate when an
+iterate turns non-finite or explodes (RiverSwim's drift makes it diverge from some
+starts). Matrix-free: the chain of systems without an assembled form.
 
 ``gmres``: restarted GMRES, the robust last resort; Arnoldi uses classical
 Gram–Schmidt (two BLAS gemv per step), re-orthogonalised when cancellation shrinks the
 vector below 0.7 of its norm (Kahan–Parlett "twice is enough"), and Givens rotations;
 each restart cycle ends with the true residual ‖b − A x‖ / ‖b‖.
 
-A new solver (a preconditioned method, a direct factorisation) is a function of the same
-signature added to ``SOLVERS`` and to a chain in :func:`chain`.
+A new solver is a function of the same signature added to ``SOLVERS`` and to a chain in
+:func:`chain`; one that needs the matrix asks ``system.assembled()`` for it (the
+evaluator assembles it once per policy, for both systems).
 """
 import functools
 import math
@@ -53,10 +71,15 @@ from scipy.linalg import solve_triangular
 
 __all__ = ["ConvergenceError", "LinearResult", "StoppingRule", "System", "bicgstab", "chain",
            "dot", "gmres", "richardson", "scale_exponent", "solve", "solve_pair"]
+from ._assembled import FILL_CAP
 
-METHODS = ("auto", "richardson", "bicgstab", "gmres")
+__all__ = ["ConvergenceError", "LinearResult", "StoppingRule", "System", "bicgstab", "chain",
+           "dot", "gmres", "lu", "richardson", "sgs", "solve", "solve_pair"]
+
+METHODS = ("auto", "richardson", "bicgstab", "sgs", "lu", "gmres")
 MAX_RATE, MIN_SWEEPS = 0.6, 4  # Richardson gives up when slower than this (in "auto")
 REFINE = 1e-5  # approximate (float32) products: an exact one after the residual fell this much
+EPS = float(np.finfo(np.float64).eps)
 
 
 class ConvergenceError(RuntimeError):
@@ -88,12 +111,18 @@ class System:
     shift : float
         γ/(1−γ) for the value system (A 1 = (1−γ) 1: Richardson's MacQueen
         extrapolation), 0 otherwise.
+    assembled : callable, optional
+        ``assembled()`` returns A assembled (a ``fastppo._assembled.SplitView``: its
+        products, Gauss–Seidel sweeps and the preconditioned operator), built on the
+        first call; None when A is only known by its product (``sgs`` then runs
+        BiCGSTAB on ``matvec``).
     """
 
-    __slots__ = ("matvec", "b", "what", "shift")
+    __slots__ = ("matvec", "b", "what", "shift", "assembled")
 
-    def __init__(self, matvec, b, what="linear system", shift=0.0):
+    def __init__(self, matvec, b, what="linear system", shift=0.0, assembled=None):
         self.matvec, self.b, self.what, self.shift = matvec, b, what, shift
+        self.assembled = assembled
 
 
 class LinearResult:
@@ -102,15 +131,16 @@ class LinearResult:
     Attributes
     ----------
     x : ndarray of shape (n,)
-        The solution (the best iterate when not converged).
+        The solution (the best finite iterate when not converged).
     n_matvec : int
-        Products with A, including residual checks.
+        Products with A, including residual checks (a symmetric Gauss–Seidel step, one
+        pass over A's entries, counts as one).
     residual : float
         True relative residual ‖b − A x‖₂ / ‖b‖₂ of ``x``.
     converged : bool
         Whether ``stop`` accepted ``residual``.
     method : str
-        What ran, in order: "richardson", "richardson+bicgstab", "gmres", ...
+        What ran, in order: "richardson", "richardson+sgs", "gmres", ...
     stalled : bool
         Not converged although budget was left (the solver gave up: slow sweeps,
         exhausted restarts, or no progress at the round-off floor).
@@ -128,21 +158,40 @@ class LinearResult:
 
 
 class StoppingRule:
-    """The one stopping rule of every solver: relative residual ‖b − A x‖₂ / ‖b‖₂ ≤ tol.
+    r"""The one stopping rule of every solver, on the relative residual ‖b − A x‖₂ / ‖b‖₂.
 
-    Solvers measure residuals with :meth:`relative` and accept them with :meth:`met`
-    only; this is the place for a round-off floor (accepting max(tol, floor)).
+    A = I − γM with M (sub)stochastic has ‖A‖∞ ≤ 1 + γ and ‖A⁻¹‖∞ ≤ 1/(1 − γ): the
+    residual of the exact solution rounded to doubles, computed in doubles, is of the
+    order eps·(1+γ)/(1−γ). The rule's round-off floor is ten times that,
+
+        floor = 10 · eps · (1 + γ) / (1 − γ)        (4.4e-13 at γ = 0.99, 4.4e-10 at 0.99999)
+
+    and a residual ≤ ``target`` = max(tol, floor) is convergence. A solver that stalls
+    (no progress left) is accepted when its residual is ≤ max(tol, 10 · floor): the floor
+    is an estimate, and a stall that close to it is round-off. A stall above that is a
+    failure, reported with the name of the caller's tolerance (``name``). The solution's
+    error then obeys ‖x − x*‖/‖x*‖ ≤ cond(A) · residual.
+
+    Solvers measure residuals with :meth:`relative` and decide with :meth:`met` and
+    :meth:`accepts_stall` only.
 
     Parameters
     ----------
     tol : float
         Target relative residual, > 0.
+    gamma : float in [0, 1), default 0
+        Discount of the systems (sets the floor).
+    name : str, default "tol"
+        The caller's name for ``tol`` ("lin_tol" for ``solve`` and the PPO methods), used
+        in error messages.
     """
 
-    __slots__ = ("tol",)
+    __slots__ = ("tol", "gamma", "floor", "target", "name")
 
-    def __init__(self, tol):
-        self.tol = float(tol)
+    def __init__(self, tol, gamma=0.0, name="tol"):
+        self.tol, self.gamma, self.name = float(tol), float(gamma), name
+        self.floor = 10.0 * EPS * (1.0 + self.gamma) / (1.0 - self.gamma) if gamma < 1 else np.inf
+        self.target = max(self.tol, self.floor)
 
     @staticmethod
     def norm(x):
@@ -155,8 +204,13 @@ class StoppingRule:
         return self.norm(r) / bnorm
 
     def met(self, residual):
-        """Whether a relative residual is accepted."""
-        return residual <= self.tol
+        """Whether a relative residual is accepted: ≤ max(tol, floor)."""
+        return residual <= self.target
+
+    def accepts_stall(self, residual):
+        """Whether a solver that can make no more progress at ``residual`` has reached
+        round-off: ≤ max(tol, 10 · floor)."""
+        return residual <= max(self.tol, 10.0 * self.floor)
 
 
 def _start(system, x0, stop):
@@ -256,45 +310,43 @@ def richardson(system, x0, stop, max_iter, *, max_rate=MAX_RATE, min_sweeps=MIN_
     return sweeps.result
 
 
-def bicgstab(system, x0, stop, max_iter, *, max_restarts=5):
-    """BiCGSTAB for A x = b, checked on the true residual.
+def _bicgstab(matvec, b, x, zero_start, stop, max_iter, max_restarts, check):
+    """BiCGSTAB for matvec(x) = b from ``x`` (updated in place), for a caller whose own
+    residual ``check(x) -> (relative residual, products)`` decides convergence (the true
+    residual of the caller's system, of which this may be a preconditioned form).
 
-    Parameters
-    ----------
-    system, x0, stop, max_iter
-        The solver interface (module docstring).
-    max_restarts : int
-        Fresh starts (new shadow residual) allowed after a breakdown, or when the
-        recursive residual met the rule but the true one did not.
+    The iteration stops when its recursive residual, scaled by the ratio of the caller's
+    residual to it at the last check, is half the rule's target; the caller's residual is
+    then checked, and a miss restarts with a fresh shadow residual. A non-finite or
+    exploding iterate (residual above 1e8 × the lowest seen) restarts from the best finite
+    one (a snapshot taken whenever the residual halved).
 
-    Returns
-    -------
-    LinearResult
-        Not converged when ``max_iter`` or the restarts ran out (``x`` is then the last
-        iterate, for GMRES to continue from).
+    Returns (products, caller's residual, converged, stalled).
     """
-    matvec, b = system.matvec, system.b
-    bnorm, x = _start(system, x0, stop)
-    if bnorm == 0.0:
-        return LinearResult(x, 0, 0.0, True, "bicgstab")
     n = b.shape[0]
+    bnorm = stop.norm(b)
     r, v, p, s, t = (np.empty(n) for _ in range(5))
-    n_matvec, out_of_budget = 0, False
-    for _ in range(max_restarts + 1):
-        if x0 is None and n_matvec == 0:
+    used, ratio, last_true, stalls, true = 0, 1.0, np.inf, 0, np.inf
+    snap, snap_rel = x.copy(), np.inf
+    for attempt in range(max_restarts + 1):
+        if zero_start and attempt == 0:
             r[:] = b
         else:
             matvec(x, r)
-            n_matvec += 1
+            used += 1
             np.subtract(b, r, out=r)
-        residual = stop.relative(r, bnorm)
-        if stop.met(residual):
-            return LinearResult(x, n_matvec, residual, True, "bicgstab")
+        rel = stop.relative(r, bnorm)
+        if not math.isfinite(rel):
+            x[:] = snap
+            continue
+        if rel < snap_rel:
+            snap[:] = x
+            snap_rel = rel
         r_hat = r.copy()
         rho = alpha = omega = 1.0
         v.fill(0.0)
         p.fill(0.0)
-        while n_matvec + 2 <= max_iter:
+        while used + 2 <= max_iter and not stop.met(2.0 * rel * ratio):
             rho_new = dot(r_hat, r)
             if rho_new == 0.0 or omega == 0.0:
                 break  # breakdown: restart
@@ -305,30 +357,127 @@ def bicgstab(system, x0, stop, max_iter, *, max_restarts=5):
             matvec(p, v)
             denom = dot(r_hat, v)
             if denom == 0.0:
-                n_matvec += 1
+                used += 1
                 break
             alpha = rho_new / denom
             np.subtract(r, alpha * v, out=s)
             matvec(s, t)
-            n_matvec += 2
+            used += 2
             tt = dot(t, t)
             omega = dot(t, s) / tt if tt > 0.0 else 0.0
             x += alpha * p
             x += omega * s
             np.subtract(s, omega * t, out=r)
             rho = rho_new
-            if stop.met(stop.relative(r, bnorm)):
-                break  # verify on the true residual
-        if n_matvec + 2 > max_iter:
-            out_of_budget = True
+            rel = stop.relative(r, bnorm)
+            if not rel <= 1e8 * snap_rel:  # NaN, inf or blow-up: back to the best iterate
+                x[:] = snap
+                rel = snap_rel
+                break
+            if rel < 0.5 * snap_rel:
+                snap[:] = x
+                snap_rel = rel
+        true, k = check(x)
+        used += k
+        if not math.isfinite(true):
+            x[:] = snap
+            true, k = check(x)
+            used += k
+        if stop.met(true):
+            return used, true, True, False
+        if rel > 0.0:
+            ratio = max(1.0, true / rel)
+        stalls = stalls + 1 if true > 0.5 * last_true else 0
+        last_true = min(last_true, true)
+        if used + 2 > max_iter:
+            return used, true, False, False
+        if stalls == 2:  # two restarts running without halving the residual
             break
-    matvec(x, r)
-    n_matvec += 1
-    np.subtract(b, r, out=r)
-    residual = stop.relative(r, bnorm)
-    converged = stop.met(residual)
-    return LinearResult(x, n_matvec, residual, converged, "bicgstab",
-                        stalled=not (converged or out_of_budget))
+    return used, true, False, True
+
+
+def bicgstab(system, x0, stop, max_iter, *, max_restarts=5):
+    """BiCGSTAB for A x = b, checked on the true residual.
+
+    Parameters
+    ----------
+    system, x0, stop, max_iter
+        The solver interface (module docstring).
+    max_restarts : int
+        Fresh starts (new shadow residual) allowed after a breakdown, a non-finite or
+        exploding iterate (from the best finite one), or when the recursive residual met
+        the rule but the true one did not.
+
+    Returns
+    -------
+    LinearResult
+        Not converged when ``max_iter`` or the restarts ran out (``x`` is then the last
+        finite iterate, for GMRES to continue from).
+    """
+    matvec, b = system.matvec, system.b
+    bnorm, x = _start(system, x0, stop)
+    if bnorm == 0.0:
+        return LinearResult(x, 0, 0.0, True, "bicgstab")
+    r = np.empty(b.shape[0])
+
+    def check(x):
+        matvec(x, r)
+        np.subtract(b, r, out=r)
+        return stop.relative(r, bnorm), 1
+
+    used, residual, converged, stalled = _bicgstab(matvec, b, x, x0 is None, stop, max_iter,
+                                                   max_restarts, check)
+    return LinearResult(x, used, residual, converged, "bicgstab", stalled)
+
+
+def sgs(system, x0, stop, max_iter, *, max_restarts=5):
+    r"""BiCGSTAB on the assembled A, split-preconditioned by symmetric Gauss–Seidel.
+
+    With A = D + L + U (diagonal, strictly lower and upper parts; for the visitation
+    system the same of Aᵀ) and the preconditioner M = (D + L) D⁻¹ (D + U), BiCGSTAB
+    solves Â y = b̂ with Â = D (D + L)⁻¹ A (D + U)⁻¹, b̂ = D (D + L)⁻¹ b, x = (D + U)⁻¹ y.
+    Eisenstat's trick applies Â in one pass over A's off-diagonal entries (a forward and
+    a backward sweep), the cost of one product; A is assembled once per policy with
+    duplicate successors merged, so on a gridworld a step reads ~4 entries per state
+    instead of 12. On the slow-mixing families this needs 2–10× fewer steps than plain
+    BiCGSTAB (module docstring; a forward sweep alone solves a chain whose moves all go
+    one way).
+    Convergence is decided on the true residual ‖b − A x‖ / ‖b‖.
+
+    Parameters
+    ----------
+    system, x0, stop, max_iter
+        The solver interface; without ``system.assembled`` this is :func:`bicgstab`.
+    max_restarts : int
+        As in :func:`bicgstab`.
+
+    Returns
+    -------
+    LinearResult
+    """
+    if system.assembled is None:
+        return bicgstab(system, x0, stop, max_iter, max_restarts=max_restarts)
+    b = system.b
+    bnorm, x = _start(system, x0, stop)
+    if bnorm == 0.0:
+        return LinearResult(x, 0, 0.0, True, "sgs")
+    M = system.assembled()
+    n = b.shape[0]
+    b_hat, y, r = np.empty(n), np.zeros(n), np.empty(n)
+    M.rhs(b, b_hat)
+    if x0 is not None:
+        M.to_y(x, y)
+
+    def check(y):
+        M.to_x(y, x)
+        M.matvec(x, r)
+        np.subtract(b, r, out=r)
+        return stop.relative(r, bnorm), 1
+
+    used, residual, converged, stalled = _bicgstab(M.operator, b_hat, y, x0 is None, stop,
+                                                   max_iter - 1, max_restarts, check)
+    M.to_x(y, x)
+    return LinearResult(x, used + 1, residual, converged, "sgs", stalled)
 
 
 def gmres(system, x0, stop, max_iter, *, restart=40):
@@ -344,8 +493,10 @@ def gmres(system, x0, stop, max_iter, *, restart=40):
     Returns
     -------
     LinearResult
-        ``stalled`` when three restart cycles running gained less than 1 % each (the
-        round-off floor of the system lies above the tolerance).
+        ``stalled`` when three restart cycles running gained less than 1 % each at the
+        round-off floor of the system (:meth:`StoppingRule.accepts_stall`), or above it
+        with the cycle already at its longest (16 × ``restart``, or n): a stagnating
+        GMRES(m) doubles m first.
     """
     matvec, b = system.matvec, system.b
     n = b.shape[0]
@@ -353,6 +504,7 @@ def gmres(system, x0, stop, max_iter, *, restart=40):
     if bnorm == 0.0:
         return LinearResult(x, 0, 0.0, True, "gmres")
     m = max(1, min(restart, n))
+    max_m = max(m, min(16 * restart, n))  # memory: (max_m + 1) × n floats at most
     V = np.empty((m + 1, n))
     H = np.zeros((m + 1, m))
     w = np.empty(n)
@@ -373,10 +525,16 @@ def gmres(system, x0, stop, max_iter, *, restart=40):
             return LinearResult(x, n_matvec, residual, True, "gmres")
         if n_matvec >= max_iter:
             return LinearResult(x, n_matvec, residual, False, "gmres")
-        if residual > 0.99 * last:  # a whole restart cycle gained < 1 %: round-off floor
+        if stop.accepts_stall(residual) and residual > 0.5 * last:  # slow at round-off
+            return LinearResult(x, n_matvec, residual, False, "gmres", stalled=True)
+        if residual > 0.99 * last:  # a whole restart cycle gained < 1 %
             stalls += 1
-            if stalls == 3:
+            if stalls == 3 and (stop.accepts_stall(residual) or m >= max_m):  # round-off
                 return LinearResult(x, n_matvec, residual, False, "gmres", stalled=True)
+            if stalls == 3:  # GMRES(m) stagnates above round-off: a longer cycle
+                m = min(2 * m, max_m)
+                V, H = np.empty((m + 1, n)), np.zeros((m + 1, m))
+                stalls = 0
         else:
             stalls = 0
         last = residual
@@ -412,29 +570,91 @@ def gmres(system, x0, stop, max_iter, *, restart=40):
             if hn == 0.0 or stop.met(2.0 * abs(g[j + 1]) / bnorm) or n_matvec >= max_iter:
                 break
             np.divide(w, hn, out=V[j + 1])
-        y = solve_triangular(H[:k, :k], g[:k])
-        x += y @ V[:k]
+        y = solve_triangular(H[:k, :k], g[:k], check_finite=False)
+        step = y @ V[:k]
+        if not np.isfinite(step).all():  # a breakdown of the recurrence: keep the last x
+            return LinearResult(x, n_matvec, residual, False, "gmres", stalled=True)
+        x += step
 
 
-SOLVERS = {"richardson": richardson, "bicgstab": bicgstab, "gmres": gmres}
+def lu(system, x0, stop, max_iter, *, max_flops=np.inf, max_refinements=10):
+    """A sparse LU of the assembled matrix, with iterative refinement on the true residual.
+
+    The factorisation (``fastppo._assembled.AssembledMatrix.lu``: reverse Cuthill–McKee
+    order, fill bounded by the envelope, at most ``FILL_CAP`` × the entries of A) is made
+    once per policy and serves both systems; its cost does not grow as γ → 1, where the
+    iterative methods slow down. x ← x + LU⁻¹ (b − A x) until the rule is met.
+
+    Parameters
+    ----------
+    system, x0, stop, max_iter
+        The solver interface.
+    max_flops : float
+        Decline when the factorisation's work bound exceeds this many products with A
+        (the "auto" chain tries an LU first only where it is cheap).
+    max_refinements : int
+
+    Returns
+    -------
+    LinearResult
+        ``method`` "lu"; "" with no product when declined (no assembled form, or the
+        fill or work bound is exceeded): the chain then goes on from ``x0``.
+    """
+    b = system.b
+    bnorm, x = _start(system, x0, stop)
+    if bnorm == 0.0:
+        return LinearResult(x, 0, 0.0, True, "lu")
+    M = None if system.assembled is None else system.assembled()
+    solve_lu = None if M is None else M.factor(max_flops * (M.m.nnz + M.m.n_states))
+    if solve_lu is None:
+        return LinearResult(x, 0, np.inf, False, "")
+    r = np.empty(b.shape[0])
+    used, last, residual = 0, np.inf, np.inf
+    for step in range(max_refinements + 1):
+        if x0 is None and step == 0:
+            r[:] = b
+        else:
+            M.matvec(x, r)
+            np.subtract(b, r, out=r)
+            used += 1
+        residual = stop.relative(r, bnorm)
+        if stop.met(residual):
+            return LinearResult(x, used, residual, True, "lu")
+        if residual > 0.5 * last or used >= max_iter:  # no more gain: round-off
+            break
+        last = residual
+        x += solve_lu(r)
+    return LinearResult(x, used, residual, False, "lu", stalled=used < max_iter)
 
 
-def chain(method="auto", restart=40):
+SOLVERS = {"richardson": richardson, "bicgstab": bicgstab, "sgs": sgs, "lu": lu, "gmres": gmres}
+LU_FIRST = 40.0  # "auto" factorises first when the LU's work bound is below this × nnz(A)
+
+
+def chain(method="auto", restart=40, assembled=True):
     """The solvers ``method`` runs, in order, as (name, solver) pairs.
 
-    "auto": Richardson sweeps while they converge fast, then BiCGSTAB from their
-    iterate, then GMRES if BiCGSTAB fails. A solver's name forces it alone (Richardson
-    then sweeps until the tolerance, the budget or a stall).
+    "auto": Richardson sweeps while they converge fast; then, on the assembled matrix, a
+    sparse LU where it is cheap (a work bound below ``LU_FIRST`` products: banded
+    matrices such as chains), else BiCGSTAB preconditioned by symmetric Gauss–Seidel
+    (``sgs``), then the LU if its fill is acceptable, then GMRES. Without an assembled
+    form (``assembled=False``): Richardson, BiCGSTAB, GMRES. A solver's name forces it
+    alone (Richardson then sweeps until the tolerance, the budget or a stall).
     """
     if method == "auto":
-        names = ("richardson", "bicgstab", "gmres")
+        names = (("richardson", "lu-cheap", "sgs", "lu", "gmres") if assembled
+                 else ("richardson", "bicgstab", "gmres"))
     else:
         names = (method,)
     options = {"richardson": {} if method == "auto" else {"max_rate": 1.0},
-               "bicgstab": {}, "gmres": {"restart": restart}}
-    return [(name, functools.partial(SOLVERS[name], **options[name])) for name in names]
-
-
+               "bicgstab": {}, "sgs": {}, "lu": {}, "gmres": {"restart": restart}}
+    links = []
+    for name in names:
+        if name == "lu-cheap":
+            links.append(("lu", functools.partial(lu, max_flops=LU_FIRST)))
+        else:
+            links.append((name, functools.partial(SOLVERS[name], **options[name])))
+    return links
 # ------------------------------------------------------------------------ drivers
 def scale_exponent(b):
     """e with 2^(e−1) ≤ max |b| < 2^e (0 when b = 0): :func:`solve` and :func:`solve_pair`
@@ -449,31 +669,53 @@ def _scaled(system, x0):
     if e == 0:
         return system, x0, 0
     b = np.ldexp(system.b, -e)
-    return (System(system.matvec, b, system.what, system.shift),
+    return (System(system.matvec, b, system.what, system.shift, system.assembled),
             None if x0 is None else np.ldexp(x0, -e), e)
+
+
+def _links(method, restart, system):
+    """The chain of ``method`` for ``system`` (whether it has an assembled form)."""
+    return chain(method, restart, assembled=system.assembled is not None)
 
 
 def _finish(system, first, links, stop, max_iter):
     """Continue a chain: ``first`` is the result of its first link (already run), then
-    each of ``links`` from the last iterate; raises ConvergenceError if none converges."""
+    each of ``links`` from the last iterate; raises ConvergenceError if none converges.
+
+    A solver that stalls within :meth:`StoppingRule.accepts_stall` (at round-off) ends
+    the chain as converged; Richardson's early exit in "auto" (slow sweeps) is not a
+    stall of that kind and hands over to the next solver.
+    """
     used, total, res = [first.method], first.n_matvec, first
+
+    def at_round_off(res):
+        return res.stalled and total < max_iter and stop.accepts_stall(res.residual)
+
     for name, solver in links:
-        if res.converged or total >= max_iter:
+        if res.converged or total >= max_iter or (res.method != "richardson" and at_round_off(res)):
             break
-        res = solver(system, res.x, stop, max_iter - total)
+        if name == "lu" and "lu" in used:
+            continue  # the factorisation already ran
+        nxt = solver(system, res.x, stop, max_iter - total)
+        if not nxt.method:  # declined (no assembled form, or the LU would fill too much)
+            continue
+        res = nxt
         used.append(name)
         total += res.n_matvec
     method = "+".join(used)
-    if not res.converged:
+    if not (res.converged or at_round_off(res)):
+        floor = (f" (the round-off floor of this system is {stop.floor:.2g})"
+                 if stop.floor > stop.tol else "")
         if res.stalled and total < max_iter:
             raise ConvergenceError(
                 f"{method} on the {system.what} stalled at relative residual {res.residual:.3g} "
-                f"after {total} products, above tol={stop.tol:g}: the tolerance is below what "
-                f"round-off allows for this system; raise tol")
+                f"after {total} products, above {stop.name}={stop.tol:g} and above 10x the "
+                f"round-off floor {stop.floor:.2g} of this system (gamma={stop.gamma:g}); "
+                f"raise {stop.name}")
         raise ConvergenceError(
-            f"{method} on the {system.what} did not reach tol={stop.tol:g} within "
+            f"{method} on the {system.what} did not reach {stop.name}={stop.tol:g}{floor} within "
             f"max_iter={max_iter} products (relative residual {res.residual:.3g}); raise "
-            f"max_iter or tol")
+            f"max_iter or {stop.name}")
     return LinearResult(res.x, total, res.residual, True, method)
 
 
@@ -494,7 +736,7 @@ def solve(system, x0=None, *, stop, max_iter, method="auto", restart=40):
         When a relative residual ‖b − A x‖₂ / ‖b‖₂ is accepted.
     max_iter : int
         Budget of products with A for the whole chain.
-    method : {"auto", "richardson", "bicgstab", "gmres"}
+    method : {"auto", "richardson", "bicgstab", "sgs", "lu", "gmres"}
         See :func:`chain`.
     restart : int
         GMRES restart length.
@@ -511,8 +753,12 @@ def solve(system, x0=None, *, stop, max_iter, method="auto", restart=40):
         budget, or stalled above the tolerance).
     """
     scaled, x0, e = _scaled(system, x0)
-    (_, first), *links = chain(method, restart)
+    (_, first), *links = _links(method, restart, system)
     res = first(scaled, x0, stop, max_iter)
+    if not res.method:  # a forced LU declined
+        raise ConvergenceError(
+            f"lu declined the {system.what}: its fill bound exceeds {FILL_CAP:g}x the entries "
+            f"of the matrix (or the system has no assembled form); use method='auto'")
     return _unscaled(_finish(scaled, res, links, stop, max_iter), e)
 
 
@@ -563,7 +809,6 @@ def solve_pair(value, visit, products, v0=None, y0=None, *, stop, max_iter, meth
     if method != "auto":
         return (solve(value, v0, stop=stop, max_iter=max_iter, method=method, restart=restart),
                 solve(visit, y0, stop=stop, max_iter=max_iter, method=method, restart=restart))
-    _, *links = chain(method, restart)  # the first link, Richardson, runs here
     sv, v0, ev = _scaled(value, v0)
     sy, y0, ey = _scaled(visit, y0)
     a, b = _Sweeps(sv, v0, stop, max_iter), _Sweeps(sy, y0, stop, max_iter)
@@ -575,5 +820,5 @@ def solve_pair(value, visit, products, v0=None, y0=None, *, stop, max_iter, meth
         a.absorb(products(a.x, None, a.r, None, a.exact))
     while b.result is None:
         b.absorb(products(None, b.x, None, b.r, b.exact))
-    return (_unscaled(_finish(sv, a.result, links, stop, max_iter), ev),
-            _unscaled(_finish(sy, b.result, links, stop, max_iter), ey))
+    return (_unscaled(_finish(sv, a.result, _links(method, restart, sv)[1:], stop, max_iter), ev),
+            _unscaled(_finish(sy, b.result, _links(method, restart, sy)[1:], stop, max_iter), ey))

@@ -335,3 +335,76 @@ def episodic_visits(order, terminal, a_indptr, p_indptr, p_indices, p_data, pi, 
             break
         n = new
     out[:] = n
+
+
+# ------------------------------------------------------------------- assembled
+def merge_pattern(a_indptr, p_indptr, p_indices, indptr, mid, indices, pos, mark, n_threads=1):
+    """The merged structure of A = I − γP_π for every policy on these pairs: per row i the
+    distinct off-diagonal successors of i's pairs, sorted, so j < i first
+    ([indptr[i], mid[i])); ``pos[j]`` the slot of P's entry j (``nnz + s`` for the
+    diagonal of state s). Returns nnz. ``mark`` is unused."""
+    n = mark.shape[0]
+    rows = _states(a_indptr)[_states(p_indptr)] if p_indices.shape[0] else np.zeros(0, np.int64)
+    cols = p_indices.astype(np.int64)
+    key = rows * n + cols
+    uniq, inverse = np.unique(key, return_inverse=True)  # row-major, columns sorted
+    urow, ucol = uniq // n, uniq % n
+    off = urow != ucol
+    slot = np.cumsum(off) - 1  # slot of each off-diagonal unique entry
+    nnz = int(off.sum())
+    pos[:] = np.where(off[inverse], slot[inverse], nnz + rows)
+    indptr[:] = np.concatenate([[0], np.cumsum(np.bincount(urow[off], minlength=n))])
+    mid[:] = indptr[:-1] + np.bincount(urow[off & (ucol < urow)], minlength=n)
+    indices[:nnz] = ucol[off]
+    return nnz
+
+
+def assemble_values(a_indptr, p_indptr, p_data, pos, pi, gamma, data, diag, n_threads=1):
+    """data[slot] = −γ Σ π(a|s) P(s'|s, a) over the entries of each slot; diag = 1 − γ (P_π)_ss."""
+    n = diag.shape[0]
+    nnz = data.shape[0] - n
+    w = pi[_states(p_indptr)] * p_data
+    total = np.bincount(pos, w, minlength=nnz + n)
+    data[:nnz] = -gamma * total[:nnz]
+    data[nnz:] = total[nnz:]
+    diag[:] = 1.0 - gamma * total[nnz:]
+
+
+def _parts(indptr, mid, indices, data, diag, transpose):
+    """(E, L_B, U_B) of B = A (or Aᵀ) as scipy matrices, E = diag(``diag``)."""
+    n = diag.shape[0]
+    nnz = indptr[-1]
+    rows = _states(indptr)
+    lower = np.arange(nnz) < mid[rows]
+    cols, vals = indices[:nnz], data[:nnz]
+    L = sp.csr_array((vals[lower], (rows[lower], cols[lower])), shape=(n, n))
+    U = sp.csr_array((vals[~lower], (rows[~lower], cols[~lower])), shape=(n, n))
+    E = sp.dia_array((diag[None, :], [0]), shape=(n, n))
+    return (E, U.T.tocsr(), L.T.tocsr()) if transpose else (E, L, U)
+
+
+def split_matvec(indptr, mid, indices, data, diag, x, out, part, transpose, n_threads=1):
+    """out = B_part x: B = A (``transpose`` 0) or Aᵀ (1) = D + L_B + U_B with the
+    diagonal replaced by E = ``diag``; part 0: E + L_B + U_B, 1: E + L_B, 2: E + U_B."""
+    E, L, U = _parts(indptr, mid, indices, data, diag, transpose)
+    out[:] = diag * x + (L @ x if part != 2 else 0.0) + (U @ x if part != 1 else 0.0)
+
+
+def triangular_solve(indptr, mid, indices, data, dinv, x, out, part, transpose, n_threads=1):
+    """out = (E + L_B)⁻¹ x (part 1) or (E + U_B)⁻¹ x (part 2), E = 1 / ``dinv``."""
+    from scipy.sparse.linalg import spsolve_triangular
+
+    E, L, U = _parts(indptr, mid, indices, data, 1.0 / dinv, transpose)
+    T = (E + L) if part == 1 else (E + U)
+    out[:] = spsolve_triangular(T.tocsr(), np.array(x), lower=part == 1)
+
+
+def sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose,
+                 n_threads=1):
+    """out = E (E + L_B)⁻¹ B (E + U_B)⁻¹ x, E = ``diag`` (= 1 / ``dinv``), B's diagonal
+    D = ``kdiag`` + 2E (symmetric SOR, split); ``t`` scratch."""
+    y = np.empty_like(x)
+    triangular_solve(indptr, mid, indices, data, dinv, x, t, 2, transpose)
+    split_matvec(indptr, mid, indices, data, kdiag + 2.0 * diag, t, y, 0, transpose)
+    triangular_solve(indptr, mid, indices, data, dinv, y, out, 1, transpose)
+    out *= diag

@@ -78,16 +78,21 @@ def evaluate(mdp, pi, reg=None, *, v0=None, tol=DEFAULT_TOL, max_iter=None,
     v0 : ndarray of shape (n_states,), optional
         Initial guess for Ṽ (warm start, e.g. the previous policy's values).
     tol : float, default 1e-12
-        Relative residual of the linear solve.
+        Relative residual of the linear solve. Below the round-off floor of the system,
+        10·eps·(1+γ)/(1−γ), the floor is the target (a solver that stalls within 10× the
+        floor has converged); the result's ``residual`` says what was reached.
     max_iter : int, default 5000
         Maximum number of sparse products.
     restart : int, default 40
         GMRES restart length (memory: restart × n_states floats).
-    method : {"auto", "richardson", "bicgstab", "gmres"}, default "auto"
+    method : {"auto", "richardson", "bicgstab", "sgs", "lu", "gmres"}, default "auto"
         "auto": extrapolated Richardson sweeps while they converge fast (residual
-        shrinking by a factor 0.6 or better per sweep), then BiCGSTAB from their iterate,
-        and GMRES if BiCGSTAB fails; a solver's name runs it alone. The result says
-        which ran.
+        shrinking by a factor 0.6 or better per sweep); then, on I − γP_π assembled once
+        (duplicate successors merged), a sparse LU where it is cheap (banded: chains),
+        else BiCGSTAB preconditioned by symmetric Gauss–Seidel ("sgs"), then the LU if
+        its fill stays below 20× the matrix, then GMRES. A solver's name runs it alone
+        ("lu" raises ``ConvergenceError`` when its fill bound exceeds the cap). The
+        result says which ran (``method``; ``fill`` of the LU when one ran).
     backend : {"numba", "cython", "numpy"}, optional
     n_threads : int, optional
 
@@ -97,7 +102,7 @@ def evaluate(mdp, pi, reg=None, *, v0=None, tol=DEFAULT_TOL, max_iter=None,
         ``v`` (n_states,), ``q`` and ``adv`` in the shape of ``pi`` (for sigma: the
         MDP's table shape, that of ``mdp.R``), ``J``,
         ``n_matvec`` (products), ``n_passes`` (reads of P's arrays), ``residual``,
-        ``method``, ``backend``.
+        ``method``, ``fill``, ``backend``.
 
     Raises
     ------
@@ -140,7 +145,7 @@ def visitation(mdp, pi, mu=None, *, d0=None, tol=DEFAULT_TOL, max_iter=None,
     tol, max_iter, restart, method, backend, n_threads
         As in :func:`evaluate`.
     full_output : bool, default False
-        Return a Result with ``d``, ``n_matvec``, ``n_passes``, ``residual``, ``method``,
+        Return a Result with ``d``, ``n_matvec``, ``n_passes``, ``residual``, ``method``, ``fill``,
         ``backend``.
 
     Returns

@@ -6,6 +6,10 @@
 - :func:`gridworld`: a slippery grid with walls, goals and traps (FrozenLake-style
   ``layout`` maps accepted).
 - :func:`chain`: RiverSwim, the classic hard-exploration chain.
+- :func:`queue2d`: two queues sharing one server whose speed is controlled (a 2-D birth–death
+  chain, uniformized).
+- :func:`pendulum`: swing-up of a torque-limited pendulum on a (θ, ω) grid (a control-grid
+  discretisation with bilinear interpolation).
 - :func:`token_tree`: a toy of LLM generation — states are token prefixes, the reward
   arrives when a sequence is complete.
 
@@ -21,7 +25,7 @@ import scipy.sparse as sp
 from . import _validation as V
 from .mdp import MDP
 
-__all__ = ["garnet", "gridworld", "chain", "token_tree"]
+__all__ = ["garnet", "gridworld", "chain", "queue2d", "pendulum", "token_tree"]
 
 _MAX_STATES = np.iinfo(np.int32).max  # next-state indices are int32
 
@@ -328,6 +332,157 @@ def chain(n_states=6, gamma=0.95, small_reward=0.005, large_reward=1.0):
     rho = np.zeros(N)
     rho[0] = 1.0
     return _rectangular(P, R, gamma, rho)
+
+
+# ---------------------------------------------------------------------------- queue2d
+def queue2d(capacity=(99, 99), arrival=(0.3, 0.25), service=(0.2, 0.4), holding_cost=(1.0, 1.5),
+            fast_cost=2.0, loss_cost=20.0, gamma=0.99):
+    """Two finite queues sharing one server whose speed is controlled.
+
+    A discrete-time (uniformized) birth–death process on (q₁, q₂), 0 ≤ qᵢ ≤ capacityᵢ. At
+    each step exactly one event happens: a job arrives at queue i with probability
+    ``arrival[i]`` (it is lost if the queue is full), or the job in service leaves the
+    queue the server works on with probability ``service[speed]`` (if that queue is not
+    empty), or nothing changes.
+
+    Parameters
+    ----------
+    capacity : (int, int), default (99, 99)
+        Buffer sizes N₁, N₂ ≥ 1: ``(N₁ + 1) (N₂ + 1)`` states (10,000 by default).
+    arrival : (float, float), default (0.3, 0.25)
+        Arrival probabilities per step λ₁, λ₂ ≥ 0.
+    service : (float, float), default (0.2, 0.4)
+        Completion probabilities per step at the normal and the fast speed, with
+        λ₁ + λ₂ + max(service) ≤ 1.
+    holding_cost : (float, float), default (1.0, 1.5)
+        Cost per waiting job per step in each queue.
+    fast_cost : float, default 2.0
+        Cost of a step at the fast speed.
+    loss_cost : float, default 20.0
+        Cost of a lost arrival (charged in expectation: λᵢ when queue i is full).
+    gamma : float in [0, 1), default 0.99
+
+    Returns
+    -------
+    MDP
+        Rectangular, 4 actions: ``0`` serve queue 1, ``1`` serve queue 1 fast, ``2`` serve
+        queue 2, ``3`` serve queue 2 fast; at most 4 successors per pair. State
+        ``q₁ (N₂ + 1) + q₂``. ``r(s, a)`` = −(h₁q₁ + h₂q₂) − fast_cost·[fast] − loss_cost·Σᵢ
+        λᵢ[qᵢ = Nᵢ]. ``rho`` uniform.
+
+    Examples
+    --------
+    >>> m = queue2d(capacity=(3, 4))
+    >>> m.n_states, m.n_actions
+    (20, 4)
+    """
+    N1, N2 = (V.check_int(c, f"capacity[{i}]") for i, c in enumerate(_pair(capacity, "capacity")))
+    lam = np.array([_real(x, f"arrival[{i}]") for i, x in enumerate(_pair(arrival, "arrival"))])
+    mu = np.array([_real(x, f"service[{i}]") for i, x in enumerate(_pair(service, "service"))])
+    h = np.array([_real(x, f"holding_cost[{i}]")
+                  for i, x in enumerate(_pair(holding_cost, "holding_cost"))])
+    fast_cost, loss_cost = _real(fast_cost, "fast_cost"), _real(loss_cost, "loss_cost")
+    gamma = V.check_gamma(gamma)
+    if (lam < 0).any() or (mu < 0).any() or lam.sum() + mu.max() > 1.0:
+        raise ValueError(f"probabilities must be >= 0 with arrival[0] + arrival[1] + "
+                         f"max(service) <= 1, got arrival={tuple(lam)}, service={tuple(mu)}")
+    S = (N1 + 1) * (N2 + 1)
+    q1, q2 = np.divmod(np.arange(S), N2 + 1)
+    full1, full2 = q1 == N1, q2 == N2
+    rows, cols, probs = [], [], []
+    R = np.empty((S, 4))
+    for a in range(4):
+        served = q1 if a < 2 else q2  # the queue the server works on
+        rate = mu[a % 2] * (served > 0)
+        up1 = np.where(full1, 0.0, lam[0])
+        up2 = np.where(full2, 0.0, lam[1])
+        down = np.arange(S) - np.where(a < 2, N2 + 1, 1)  # one job fewer in the served queue
+        succ = np.stack([np.arange(S) + N2 + 1, np.arange(S) + 1, down, np.arange(S)], axis=1)
+        p = np.stack([up1, up2, rate, 1.0 - up1 - up2 - rate], axis=1)
+        keep = p > 0
+        rows.append(np.repeat(4 * np.arange(S) + a, 4)[keep.ravel()])
+        cols.append(succ[keep])
+        probs.append(p[keep])
+        R[:, a] = (-(h[0] * q1 + h[1] * q2) - fast_cost * (a % 2)
+                   - loss_cost * (lam[0] * full1 + lam[1] * full2))
+    P = sp.csr_array((np.concatenate(probs), (np.concatenate(rows), np.concatenate(cols))),
+                     shape=(4 * S, S))
+    return _rectangular(P, R, gamma, np.full(S, 1.0 / S))
+
+
+def _pair(x, name):
+    if isinstance(x, (str, bytes)) or np.ndim(x) != 1 or len(x) != 2:
+        raise ValueError(f"{name} must be a pair of numbers, got {x!r}")
+    return tuple(x)
+
+
+# --------------------------------------------------------------------------- pendulum
+def pendulum(n_theta=100, n_omega=100, n_actions=5, max_torque=2.0, max_speed=8.0, dt=0.05,
+             gamma=0.99):
+    """Swing-up of a torque-limited pendulum, discretised on a (θ, ω) grid.
+
+    The dynamics and cost of Gymnasium's ``Pendulum-v1`` (g = 10, m = 1, l = 1; θ = 0
+    upright): ω' = clip(ω + (3g/2 sin θ + 3u) dt, ±max_speed), θ' = θ + ω' dt. The grid is
+    θ_i = −π + 2πi/n_theta (periodic) and ω_j evenly spaced on [−max_speed, max_speed];
+    the next state is spread over the 4 grid points around (θ', ω') with bilinear
+    interpolation weights (Munos & Moore's discretisation: a control grid whose
+    transitions are deterministic up to interpolation).
+
+    Parameters
+    ----------
+    n_theta, n_omega : int, default 100, 100
+        Grid points in angle (≥ 2) and angular velocity (≥ 2):
+        ``n_theta * n_omega`` states.
+    n_actions : int, default 5
+        Torques evenly spaced on [−max_torque, max_torque] (≥ 1; one action is u = 0).
+    max_torque, max_speed, dt : float
+    gamma : float in [0, 1), default 0.99
+
+    Returns
+    -------
+    MDP
+        Rectangular; state ``i n_omega + j`` is (θ_i, ω_j); at most 4 successors per pair;
+        ``r = −(θ² + 0.1 ω² + 0.001 u²)`` (θ in [−π, π)); ``rho`` uniform.
+
+    Examples
+    --------
+    >>> m = pendulum(20, 15, 3)
+    >>> m.n_states, m.n_actions, int(m.p_indptr[1] - m.p_indptr[0]) <= 4
+    (300, 3, True)
+    """
+    nt = V.check_int(n_theta, "n_theta", minimum=2)
+    nw = V.check_int(n_omega, "n_omega", minimum=2)
+    A = V.check_int(n_actions, "n_actions")
+    max_torque = V.check_positive(max_torque, "max_torque", strict=False)
+    max_speed = V.check_positive(max_speed, "max_speed")
+    dt = V.check_positive(dt, "dt")
+    gamma = V.check_gamma(gamma)
+    if nt * nw > _MAX_STATES:
+        raise ValueError(f"n_theta * n_omega must be <= {_MAX_STATES}, got {nt * nw}")
+    theta = -np.pi + 2 * np.pi * np.arange(nt) / nt
+    omega = np.linspace(-max_speed, max_speed, nw)
+    torque = np.linspace(-max_torque, max_torque, A) if A > 1 else np.zeros(1)
+    th, om, u = np.meshgrid(theta, omega, torque, indexing="ij")  # (nt, nw, A)
+    new_om = np.clip(om + (3 * 10.0 / 2 * np.sin(th) + 3.0 * u) * dt, -max_speed, max_speed)
+    new_th = th + new_om * dt
+    R = -(th ** 2 + 0.1 * om ** 2 + 0.001 * u ** 2)
+    # fractional grid coordinates of (θ', ω'): θ periodic, ω clipped to the grid
+    ft = np.mod((new_th + np.pi) * nt / (2 * np.pi), nt)
+    i0 = np.minimum(np.floor(ft).astype(np.int64), nt - 1)
+    wt = ft - i0
+    fw = (new_om + max_speed) * (nw - 1) / (2 * max_speed)
+    j0 = np.clip(np.floor(fw).astype(np.int64), 0, nw - 2)
+    ww = np.clip(fw - j0, 0.0, 1.0)
+    i1 = (i0 + 1) % nt
+    cols = np.stack([i0 * nw + j0, i0 * nw + j0 + 1, i1 * nw + j0, i1 * nw + j0 + 1], axis=-1)
+    probs = np.stack([(1 - wt) * (1 - ww), (1 - wt) * ww, wt * (1 - ww), wt * ww], axis=-1)
+    S, L = nt * nw, nt * nw * A
+    rows = np.repeat(np.arange(L), 4)
+    keep = probs.reshape(-1) > 0
+    P = sp.csr_array((probs.reshape(-1)[keep], (rows[keep], cols.reshape(-1)[keep])), shape=(L, S))
+    P.sum_duplicates()
+    P.data /= np.add.reduceat(P.data, P.indptr[:-1])[np.repeat(np.arange(L), np.diff(P.indptr))]
+    return _rectangular(P, R.reshape(S, A), gamma, np.full(S, 1.0 / S))
 
 
 # ------------------------------------------------------------------------ token_tree

@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _validation as V
+from ._backend import get_kernel
 
 __all__ = ["MDP"]
 
@@ -618,6 +619,7 @@ class Transitions:
 
     def __init__(self, p_indptr, p_indices, p_data):
         self.p_indptr, self.p_indices, self.p_data = p_indptr, p_indices, p_data
+        self._patterns = {}
 
     @functools.cached_property
     def row_lengths(self):
@@ -626,6 +628,32 @@ class Transitions:
         lengths = np.diff(self.p_indptr)
         lengths.flags.writeable = False
         return lengths
+
+    def pattern_cache(self, backend):
+        """A dict for what ``fastppo._assembled`` derives from :meth:`merged_pattern` (its
+        fill-reducing order, the permuted structure)."""
+        return self._patterns.setdefault(("derived", backend), {})
+
+    def merged_pattern(self, a_indptr, backend):
+        """The structure of I − γP_π shared by every policy on all pairs (duplicate
+        successors of a state merged), made by ``backend``'s ``merge_pattern`` kernel on
+        first use: ``(indptr, mid, indices, pos, nnz)`` (``fastppo._assembled``; read-only).
+
+        Memory: 8 bytes per transition entry (``pos``) plus 4 per merged entry.
+        """
+        if backend not in self._patterns:
+            n = a_indptr.shape[0] - 1
+            indptr, mid = np.empty(n + 1, dtype=np.int64), np.empty(n, dtype=np.int64)
+            indices = np.empty(self.p_indices.shape[0], dtype=np.int32)
+            pos = np.empty(self.p_indices.shape[0], dtype=np.int64)
+            nnz = int(get_kernel("merge_pattern", backend)(
+                a_indptr, self.p_indptr, self.p_indices, indptr, mid, indices, pos,
+                np.empty(n, dtype=np.int64), 1))
+            indices = indices[:nnz].copy()
+            for a in (indptr, mid, indices, pos):
+                a.flags.writeable = False
+            self._patterns[backend] = (indptr, mid, indices, pos, nnz)
+        return self._patterns[backend]
 
 
 NPZ_ALIGN = 64  # np.lib.format pads .npy headers to this; members start on it too

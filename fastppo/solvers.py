@@ -43,7 +43,6 @@ PPO paper).
 import functools
 import math
 import time
-import warnings
 
 import numpy as np
 
@@ -67,7 +66,7 @@ class SolveResult(Result):
     returned policy), ``n_matvec``, ``n_passes`` (reads of P's arrays), ``converged``."""
 
 
-def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, v0=None, pi0=None,
+def solve(mdp, reg=None, *, tol=1e-12, max_iter=10_000, lin_tol=1e-13, v0=None, pi0=None,
           backend=None, n_threads=None):
     """The globally optimal (regularized) policy by regularized policy iteration.
 
@@ -77,13 +76,18 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, v0=None, pi0
     reg : Regularizer, optional
         None (or τ = 0): the plain MDP and a deterministic optimal policy.
     tol : float, default 1e-12
-        Stop when ‖TṼ^π − Ṽ^π‖∞ ≤ tol · max(‖Ṽ^π‖∞, ‖r‖∞) (T: the regularized Bellman
-        operator), or, for τ = 0, when the greedy policy is stable. The test is relative:
-        rewards × c (with τ × c) give the same policy and values × c at every scale.
-    max_iter : int, default 100
-        Policy-iteration steps.
+        Stop when ‖TṼ^π − Ṽ^π‖∞ ≤ max(tol, floor) · max(‖Ṽ^π‖∞, ‖r‖∞) (T: the regularized
+        Bellman operator; floor = 10·eps·(1+γ)/(1−γ), the round-off floor of the one
+        stopping rule, ``fastppo._krylov.StoppingRule``), or, for τ = 0, when the greedy
+        policy is stable. A residual that stops decreasing within 10 × floor is
+        convergence too; above it, ``ConvergenceError``. The test is relative: rewards × c
+        (with τ × c) give the same policy and values × c at every scale.
+    max_iter : int, default 10000
+        Policy-iteration steps (RiverSwim's chain of n states needs n + 1: each step
+        turns one more state towards the far reward).
     lin_tol : float, default 1e-13
-        Relative residual of each exact evaluation.
+        Relative residual of each exact evaluation (below the round-off floor of the
+        system, the floor is used).
     v0 : array_like of shape (n_states,), optional
         Warm start: a guess of the optimal values (e.g. the previous solve's ``v``
         after the rewards changed a little). The first evaluation starts from it and,
@@ -107,18 +111,23 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, v0=None, pi0
     Raises
     ------
     ConvergenceError
-        If ``max_iter`` iterations do not reach ``tol``.
+        If ``max_iter`` iterations do not reach ``tol``, or the Bellman residual stops
+        decreasing above 10 × floor.
     """
     tol = V.check_positive(tol, "tol")
     max_iter = V.check_int(max_iter, "max_iter")
     lin_tol = V.check_positive(lin_tol, "lin_tol")
-    E = Evaluator(mdp, reg, resolve_backend(backend), resolve_threads(n_threads), tol=lin_tol)
+    E = Evaluator(mdp, reg, resolve_backend(backend), resolve_threads(n_threads), tol=lin_tol,
+                  tol_name="lin_tol")
     tau = E.tau
     v0 = None if v0 is None else V.check_state_vector(np.asarray(v0), mdp.n_states, "v0")
     pi = _first_policy(E, v0, pi0)
     tv = np.empty(mdp.n_states)
     # relative tests: rewards × c (and τ × c) scale v, Tv and this scale alike
     r_scale = float(np.max(np.abs(mdp.r)))
+    # round-off floor of the Bellman residual (none for the exact passes at γ = 1)
+    floor = StoppingRule(tol, mdp.gamma).floor if mdp.gamma < 1 else 0.0
+    target = max(tol, floor)
     v, n_matvec, best = v0, 0, np.inf
     new_pi = np.empty(mdp.n_pairs)
     # Inexact policy iteration: early evaluations only need to be as accurate as the
@@ -139,9 +148,11 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, v0=None, pi0
                 continue
         elif eval_tol > lin_tol:
             eval_tol = max(lin_tol, min(eval_tol, (residual / scale) ** 2))
-        converged = eval_tol == lin_tol and (residual <= tol * scale or stable)
-        stalled = (eval_tol == lin_tol and residual >= best
+        converged = eval_tol == lin_tol and (residual <= target * scale or stable)
+        stalled = (not converged and eval_tol == lin_tol and residual >= best
                    and residual < 1e-8 * scale)  # round-off floor of evaluation
+        if stalled and residual <= max(tol, 10.0 * floor) * scale:
+            converged, stalled = True, False  # at round-off: the rule's convergence
         if converged and tau > 0:
             # Policy iteration is Newton's method: Ṽ^π is second order in the policy
             # error, so a tiny residual certifies v but π itself is only ~sqrt(residual)
@@ -154,10 +165,11 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, v0=None, pi0
             E.greedy(ev.q, new_pi, tv)
             residual = float(np.max(np.abs(tv - v)))
         elif stalled:
-            warnings.warn(f"solve stopped at iteration {it}: Bellman residual {residual:.3g} no "
-                          f"longer decreases (tol {tol:g} x scale {scale:.3g} is below round-off)",
-                          ConvergenceWarning, stacklevel=2)
-        if converged or stalled:
+            raise ConvergenceError(
+                f"solve stalled at iteration {it}: Bellman residual {residual:.3g} no longer "
+                f"decreases, above tol={tol:g} and 10x the round-off floor {floor:.2g} "
+                f"(gamma={mdp.gamma:g}) times the scale {scale:.3g}; raise tol")
+        if converged:
             return SolveResult(policy=mdp.to_table(pi.copy()), sigma=mdp.to_sigma(pi), v=v, q=mdp.to_table(ev.q),
                                adv=mdp.to_table(ev.adv), J=ev.J, n_iter=it,
                                bellman_residual=residual, n_matvec=n_matvec, n_passes=E.n_passes,
@@ -375,7 +387,8 @@ class _ExactMethod(IterativeMethod):
         E = self.__dict__.get("_E")
         if E is None:
             tol = DEFAULT_TOL if self.lin_tol == "adaptive" else self.lin_tol
-            E = self._E = Evaluator(self.mdp, self.reg, self.backend, self.n_threads, tol=tol)
+            E = self._E = Evaluator(self.mdp, self.reg, self.backend, self.n_threads, tol=tol,
+                                    tol_name="lin_tol")
         return E
 
     @property

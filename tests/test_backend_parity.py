@@ -131,6 +131,7 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
         "advantages": [("", lambda k: _run(k, out(L), a, pi, inp["q"], n_threads=n_threads))],
         "regularized_reward": [], "policy_gradient": [],
         **_episodic_calls(n_threads),
+        **_assembled_calls(mdp, inp, n_threads),
     }
     for code, alpha in CODES:
         for tau in (0.0, 0.7):
@@ -148,11 +149,12 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
     return calls
 
 
-def _outputs(kernel, args, outs, n_threads, keep=None):
-    """Call a kernel with several outputs (and in/out arrays, copied per call); those in
-    ``keep`` (default all; not the scratch arrays) flattened into one float array."""
+def _outputs(kernel, args, outs, n_threads, keep=None, tail=()):
+    """Call a kernel with several outputs (and in/out arrays, copied per call; ``tail``:
+    arguments after them); those in ``keep`` (default all; not the scratch arrays)
+    flattened into one float array."""
     outs = [o.copy() for o in outs]
-    kernel(*args, *outs, n_threads)
+    kernel(*args, *outs, *tail, n_threads)
     keep = range(len(outs)) if keep is None else keep
     return np.concatenate([outs[i].astype(np.float64).ravel() for i in keep])
 
@@ -248,19 +250,69 @@ def _products(kernel, args, x, y, sides, chunks, n_threads):
     return np.concatenate([ox, oy, rows])
 
 
-def _run(kernel, out, *args, extra=None, n_threads):
+def _assembled_calls(mdp, inp, n_threads):
+    """The assembled-matrix kernels: the pattern compared in an order-free form (the
+    column of each transition's slot: backends may order a row's parts differently), the
+    others on the NumPy reference's pattern, for B = A and Aᵀ and each part."""
+    from fastppo import _reference as ref
+
+    a, pp, pj, pd = mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data
+    S, L = mdp.n_states, pj.shape[0]
+
+    def pattern(k):
+        indptr, mid = np.empty(S + 1, np.int64), np.empty(S, np.int64)
+        indices, pos = np.empty(L, np.int32), np.empty(L, np.int64)
+        nnz = int(k(a, pp, pj, indptr, mid, indices, pos, np.empty(S, np.int64), n_threads))
+        columns = np.concatenate([indices[:nnz], np.arange(S)])[pos]
+        return np.concatenate([indptr, mid, columns, [nnz]]).astype(np.float64)
+
+    indptr, mid = np.empty(S + 1, np.int64), np.empty(S, np.int64)
+    indices, pos = np.empty(L, np.int32), np.empty(L, np.int64)
+    nnz = ref.merge_pattern(a, pp, pj, indptr, mid, indices, pos, np.empty(S, np.int64))
+    indices = indices[:nnz].copy()
+    data, diag = np.empty(nnz + S), np.empty(S)
+    ref.assemble_values(a, pp, pd, pos, inp["pi"], mdp.gamma, data, diag)
+    parts = (indptr, mid, indices, data)
+    e = diag / 1.2  # an SSOR diagonal E = D/ω
+    x = inp["x"]
+
+    def out(n=S):
+        return np.full(n, np.nan)
+
+    calls = {
+        "merge_pattern": [("", pattern)],
+        "assemble_values": [("", lambda k: _outputs(k, (a, pp, pd, pos, inp["pi"], mdp.gamma),
+                                                    [out(nnz + S), out()], n_threads))],
+        "split_matvec": [], "triangular_solve": [], "sgs_operator": [],
+    }
+    for t in (0, 1):
+        for part in (0, 1, 2):
+            calls["split_matvec"].append(
+                (f"t{t}-part{part}", lambda k, t=t, part=part: _run(
+                    k, out(), *parts, e, x, extra=None, n_threads=n_threads, tail=(part, t))))
+            if part:
+                calls["triangular_solve"].append(
+                    (f"t{t}-part{part}", lambda k, t=t, part=part: _run(
+                        k, out(), *parts, 1.0 / e, x, n_threads=n_threads, tail=(part, t))))
+        calls["sgs_operator"].append(
+            (f"t{t}", lambda k, t=t: _outputs(k, (*parts, e, 1.0 / e, diag - 2.0 * e, x),
+                                              [out(), out()], n_threads, keep=[1], tail=(t,))))
+    return calls
+
+
+def _run(kernel, out, *args, extra=None, n_threads, tail=()):
     if extra is None:
-        kernel(*args, out, n_threads)
+        kernel(*args, out, *tail, n_threads)
     else:
-        kernel(*args, out, extra, n_threads)
+        kernel(*args, out, extra, *tail, n_threads)
     return out
 
 
 def test_parity_covers_every_kernel(mdps):
-    """Every kernel of every stem (linear, tables, policy_update, sampling, episodic) has a
-    parity case (a new kernel fails this until added)."""
+    """Every kernel of every stem (linear, tables, policy_update, sampling, episodic,
+    assembled) has a parity case (a new kernel fails this until added)."""
     mdp = mdps[0]
-    assert set(STEMS) == {"linear", "tables", "policy_update", "sampling", "episodic"}
+    assert set(STEMS) == {"linear", "tables", "policy_update", "sampling", "episodic", "assembled"}
     names = {name for stem in STEMS for name in STEMS[stem]}
     assert set(_calls(mdp, _kernel_inputs(mdp, np.random.default_rng(0)), 1)) == names
 

@@ -122,7 +122,7 @@ def test_evaluator_resolves_the_regularizer_once():
 def test_lockstep_evaluation_equals_separate_solves(backend, n_threads):
     """Value and visitation systems advanced together give bit for bit the results of
     two separate solves (same iterates, products and solvers), also when one system's
-    sweeps stall and it continues with BiCGSTAB."""
+    sweeps stall and it continues with the assembled solvers."""
     fast = fastppo.garnet(300, 4, 5, gamma=0.99, seed=0)
     slow = fastppo.garnet(300, 4, 3, gamma=0.99, seed=0, locality=2)
     for mdp in (fast, slow):
@@ -146,13 +146,15 @@ def test_lockstep_evaluation_equals_separate_solves(backend, n_threads):
         np.testing.assert_array_equal(ev.v, ev2.v)
         np.testing.assert_array_equal(vis.d, vis2.d)
         assert (ev.n_matvec, vis.n_matvec) == (ev2.n_matvec, vis2.n_matvec)
-    assert ev1.method == "richardson+bicgstab"  # the slow chain went on to BiCGSTAB
+    assert ev1.method == "richardson+lu"  # the slow (banded) chain went on to the LU
 
 
 # ----------------------------------------------------- the linear-solve interface
-def markov_system(n, gamma, seed, slow=False):
+def markov_system(n, gamma, seed, slow=False, assembled=False):
     """(I − γP) x = b for a random stochastic P (slow: a near-cyclic shift, which mixes
-    slowly), the Bellman structure Richardson needs."""
+    slowly), the Bellman structure Richardson needs; ``assembled``: with the assembled
+    form the ``sgs`` and ``lu`` solvers need (P as a one-action MDP's, through the
+    evaluator), the product staying the dense one."""
     rng = np.random.default_rng(seed)
     if slow:
         P = 0.95 * np.roll(np.eye(n), 1, axis=1) + 0.05 * rng.random((n, n)) / n
@@ -161,27 +163,38 @@ def markov_system(n, gamma, seed, slow=False):
     P /= P.sum(axis=1, keepdims=True)
     A = np.eye(n) - gamma * P
     b = rng.normal(size=n)
+    form = None
+    if assembled:
+        mdp = fastppo.MDP.from_sa_pairs(np.arange(n), np.zeros(n, dtype=np.int64), P,
+                                        np.zeros(n), gamma)
+        E = Evaluator(mdp, None, "numba", 1)
+        E.load(np.ones(n))
+        form = E.assembled
     return A, K.System(lambda x, out: np.matmul(A, x, out=out), b, "markov system",
-                       shift=gamma / (1 - gamma))
+                       shift=gamma / (1 - gamma), assembled=form)
 
 
-@pytest.mark.parametrize("name", ["richardson", "bicgstab", "gmres"])
+@pytest.mark.parametrize("name", ["richardson", "bicgstab", "sgs", "lu", "gmres"])
 def test_each_solver_through_the_one_interface(name):
-    A, sysm = markov_system(40, 0.9, 0)
+    A, sysm = markov_system(40, 0.9, 0, assembled=True)
     stop = K.StoppingRule(1e-12)
     for x0 in (None, np.ones(40)):
         res = K.SOLVERS[name](sysm, x0, stop, 2000)
         assert isinstance(res, K.LinearResult)
         assert res.converged and not res.stalled and res.method == name and res.n_matvec > 0
         true = np.linalg.norm(sysm.b - A @ res.x) / np.linalg.norm(sysm.b)
-        assert res.residual == pytest.approx(true, rel=1e-6, abs=1e-16) and res.residual <= 1e-12
+        # sgs and lu measure it with the assembled A (the same matrix, summed in another
+        # order): equal up to round-off
+        atol = 1e-15 if name in ("sgs", "lu") else 1e-16
+        assert res.residual == pytest.approx(true, rel=1e-6, abs=atol) and res.residual <= 1e-12
         np.testing.assert_allclose(res.x, np.linalg.solve(A, sysm.b), rtol=1e-9)
     # b = 0: x = 0 without a product
     zero = K.System(sysm.matvec, np.zeros(40), "zero")
     res = K.SOLVERS[name](zero, np.ones(40), stop, 2000)
     assert res.converged and res.n_matvec == 0 and not res.x.any() and res.residual == 0.0
-    # a budget too small: not converged, not stalled, within the budget (+ a final check)
-    res = K.SOLVERS[name](sysm, None, stop, 3)
+    # a budget too small: not converged, not stalled, within the budget (+ a final check);
+    # the LU needs one product
+    res = K.SOLVERS[name](sysm, None, stop, 0 if name == "lu" else 3)
     assert not res.converged and not res.stalled and res.n_matvec <= 4
 
 
@@ -195,16 +208,32 @@ def test_solvers_use_the_one_stopping_rule():
             Loose.seen += 1
             return residual <= 1e-4
 
-    A, sysm = markov_system(60, 0.95, 1)
+    A, sysm = markov_system(60, 0.95, 1, assembled=True)
     for name, solver in K.SOLVERS.items():
         Loose.seen = 0
         tight = solver(sysm, None, K.StoppingRule(1e-12), 2000)
         loose = solver(sysm, None, Loose(1e-12), 2000)
         assert Loose.seen > 0 and loose.converged, name
+        if name == "lu":  # a direct solve: one refinement step reaches round-off
+            assert loose.residual <= 1e-4 and loose.n_matvec <= tight.n_matvec
+            continue
         assert 1e-12 < loose.residual <= 1e-4 and loose.n_matvec < tight.n_matvec, name
     rule = K.StoppingRule(1e-8)
     assert rule.met(1e-8) and not rule.met(1.0000001e-8)
     assert rule.relative(np.array([3.0, 4.0]), 10.0) == 0.5
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.9, 0.999, 0.99999])
+def test_stopping_rule_floor(gamma):
+    """floor = 10·eps·(1+γ)/(1−γ); max(tol, floor) is met; a stall within 10× floor (or
+    tol) is accepted, above it is not."""
+    floor = 10 * np.finfo(float).eps * (1 + gamma) / (1 - gamma)
+    rule = K.StoppingRule(1e-20, gamma, "lin_tol")
+    assert rule.floor == pytest.approx(floor, rel=1e-15) and rule.name == "lin_tol"
+    assert rule.met(floor) and not rule.met(1.01 * floor)
+    assert rule.accepts_stall(10 * floor) and not rule.accepts_stall(10.1 * floor)
+    loose = K.StoppingRule(1e-3, gamma)
+    assert loose.met(1e-3) and not loose.met(1.01e-3) and loose.accepts_stall(1e-3)
 
 
 @pytest.mark.parametrize("method", ["auto", "richardson", "bicgstab", "gmres"])
@@ -246,10 +275,17 @@ def test_driver_raises_in_one_place():
         K.solve(slow, stop=K.StoppingRule(1e-12), max_iter=12)
     with pytest.raises(K.ConvergenceError, match=r"^gmres on the markov system did not reach"):
         K.solve(slow, stop=K.StoppingRule(1e-12), max_iter=5, method="gmres")
-    # below round-off: GMRES stalls, and the error says so
+    # below round-off: with the floor switched off, GMRES stalls, and the error says so,
+    # naming the caller's tolerance
+    rule = K.StoppingRule(1e-30, 0.99, "lin_tol")
+    rule.floor, rule.target = 0.0, 1e-30
     with pytest.raises(K.ConvergenceError, match=r"gmres on the markov system stalled at relative "
-                       r"residual .* above tol=1e-30: the tolerance is below what round-off"):
-        K.solve(slow, stop=K.StoppingRule(1e-30), max_iter=5000, method="gmres")
+                       r"residual .* above lin_tol=1e-30 and above 10x the round-off floor .*"
+                       r"raise lin_tol"):
+        K.solve(slow, stop=rule, max_iter=5000, method="gmres")
+    # with the floor (γ = 0.99): the stall at round-off is convergence
+    res = K.solve(slow, stop=K.StoppingRule(1e-30, 0.99), max_iter=5000, method="gmres")
+    assert res.converged and res.residual <= 10 * K.StoppingRule(1e-30, 0.99).floor
 
 
 def test_lockstep_entry_point_equals_separate_solves():

@@ -6,6 +6,8 @@ import textwrap
 import numpy as np
 import pytest
 
+import fastppo
+import naive
 from fastppo.generators import chain, garnet, gridworld, token_tree
 
 
@@ -332,3 +334,45 @@ def test_token_tree_rejects(kwargs, exc, match):
     args = dict(vocab=3, depth=2) | kwargs
     with pytest.raises(exc, match=match):
         token_tree(**args)
+
+
+# ------------------------------------------------------- structured families (issue 17)
+def test_queue2d_dynamics_by_hand():
+    """One event per step: arrivals λᵢ (lost when full), the served queue's completion at
+    the chosen speed, otherwise no change; costs as documented."""
+    lam, mu, h = (0.3, 0.25), (0.2, 0.4), (1.0, 1.5)
+    mdp = fastppo.queue2d(capacity=(3, 4), arrival=lam, service=mu, holding_cost=h,
+                          fast_cost=2.0, loss_cost=20.0, gamma=0.9)
+    assert (mdp.n_states, mdp.n_actions) == (20, 4)
+    P = naive.dense(mdp)[1].reshape(20, 4, 20)
+    R = mdp.r.reshape(20, 4)
+    np.testing.assert_allclose(P.sum(axis=2), 1.0, rtol=0, atol=1e-15)
+    s = 1 * 5 + 2  # (q1, q2) = (1, 2)
+    expect = np.zeros(20)
+    expect[s + 5], expect[s + 1], expect[s - 5] = 0.3, 0.25, 0.4  # serve queue 1 fast
+    expect[s] = 1 - 0.3 - 0.25 - 0.4
+    np.testing.assert_allclose(P[s, 1], expect, atol=1e-15)
+    assert R[s, 1] == pytest.approx(-(1.0 * 1 + 1.5 * 2) - 2.0)
+    full = 3 * 5 + 4  # both queues full: arrivals lost, charged in expectation
+    assert P[full, 2, full] == pytest.approx(1 - 0.2)  # serve queue 2, normal speed
+    assert R[full, 0] == pytest.approx(-(3 + 1.5 * 4) - 20.0 * (0.3 + 0.25))
+    with pytest.raises(ValueError, match="arrival"):
+        fastppo.queue2d(arrival=(0.5, 0.4), service=(0.2, 0.4))
+
+
+def test_pendulum_is_a_bilinear_control_grid():
+    mdp = fastppo.pendulum(16, 9, 3, gamma=0.95)
+    assert (mdp.n_states, mdp.n_actions) == (144, 3)
+    lengths = np.diff(mdp.p_indptr)
+    assert lengths.min() >= 1 and lengths.max() <= 4
+    sums = np.add.reduceat(mdp.p_data, mdp.p_indptr[:-1])
+    np.testing.assert_allclose(sums, 1.0, rtol=0, atol=1e-14)
+    # upright and still (θ = 0 at i = n_theta / 2 = 8, ω = 0 at j = 4), u = 0 (action 1):
+    # stays put, reward 0
+    s = 8 * 9 + 4
+    k = mdp.a_indptr[s] + 1
+    cols = mdp.p_indices[mdp.p_indptr[k]:mdp.p_indptr[k + 1]]
+    probs = mdp.p_data[mdp.p_indptr[k]:mdp.p_indptr[k + 1]]
+    assert probs[cols == s].sum() == pytest.approx(1.0) and mdp.r[k] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="n_theta"):
+        fastppo.pendulum(1, 9)

@@ -11,6 +11,7 @@ checked against scipy's SLSQP on the simplex.
 import functools
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -444,12 +445,17 @@ def test_too_few_iterations_raise():
         fastppo.solve(mdp, make_reg("forward_kl", CASES[0]), max_iter=1)
 
 
-def test_tolerance_below_round_off_warns_and_still_returns_the_optimum():
+def test_tolerance_below_round_off_converges_at_the_floor():
+    """The one stopping rule (issue 17): tol below the round-off floor 10·eps·(1+γ)/(1−γ)
+    is replaced by the floor, and reaching it is convergence, with no warning."""
     c = CASES[1]
     mdp, _ = case(*c)
-    with pytest.warns(RuntimeWarning, match="no longer decreases"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         res = fastppo.solve(mdp, make_reg("forward_kl", c), tol=1e-20)
-    assert not res.converged
+    assert res.converged
+    floor = 10 * np.finfo(float).eps * (1 + mdp.gamma) / (1 - mdp.gamma)
+    assert res.bellman_residual <= 10 * floor * max(np.abs(res.v).max(), np.abs(mdp.r).max())
     v_ref, pi_ref = brute("forward_kl", c)
     assert rel(res.v, v_ref) <= V_TOL
     assert np.abs(mdp.to_pairs(res.policy) - pi_ref).max() <= P_TOL

@@ -34,6 +34,7 @@ BACKENDS = ["numba", "cython", "numpy"]
 SIZES = [1_000, 10_000, 50_000]
 MEM_SIZES = [10_000, 50_000]  # at 1,000 states the working set is lost in the interpreter
 FAMILIES = ["garnet", "local", "grid"]
+STRUCTURED = ["queue", "pendulum"]  # issue 17's structured families (scripts only)
 THREADS = [1, 2]
 
 N_ACTIONS = 10
@@ -76,7 +77,12 @@ def family_call(family, n_states, n_actions=N_ACTIONS, branching=BRANCHING, gamm
                                                                       locality=locality)
     if family == "grid":
         return fastppo.gridworld, grid_shape(n_states), dict(gamma=gamma)
-    raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
+    if family == "queue":  # two queues, one controlled server (issue 17)
+        h, w = grid_shape(n_states)
+        return fastppo.queue2d, (), dict(capacity=(h - 1, w - 1), gamma=gamma)
+    if family == "pendulum":  # a control-grid discretisation (issue 17)
+        return fastppo.pendulum, grid_shape(n_states)[::-1], dict(gamma=gamma)
+    raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES + STRUCTURED)}")
 
 
 def build_mdp(family, n_states, **kw):

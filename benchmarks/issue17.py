@@ -1,0 +1,146 @@
+"""Issue 17, side by side in one process: fastppo against plain SciPy and QuantEcon on the
+slow-mixing and structured families.
+
+Usage (from the repository root)::
+
+    python benchmarks/issue17.py [--n-states 10000] [--families garnet local grid queue pendulum]
+                                 [--repeat 5] [--solve]
+
+For each family (``benchmarks/benchmarks/common.py``; γ = 0.99, a stochastic policy
+π = softmax(θ), θ ~ N(0, 1)), numba backend, one thread, BLAS pinned to one thread:
+
+- ``evaluate`` (unregularized) and ``visitation`` (μ = ρ) of fastppo at tol 1e-12;
+- SciPy on the assembled I − γP_π (CSR; Aᵀ as CSR for the visitation system): ``bicgstab``
+  (rtol 1e-12, atol 0; restarted from its iterate after a breakdown) and ``spsolve``
+  (SuperLU, default COLAMD order; only on ``--spsolve`` families: on garnets its fill is
+  ~S²); their assembly is not timed, fastppo's (and its
+  factorisation) is;
+- with ``--solve``: ``fastppo.solve`` (τ = 0) and QuantEcon's modified policy iteration
+  (ε = 1e-8; ``--qe-pi``: also its policy iteration), max |v − v*| reported, v* the
+  exact value of fastppo's optimal policy (evaluated at tol 1e-14).
+
+Every entry is the median of ``--repeat`` interleaved calls after a warm-up; every
+solution's true relative residual ‖b − A x‖/‖b‖ is printed (certified ≤ 1e-12, or the
+floor). Ratios > 1: fastppo faster.
+"""
+import argparse
+import time
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+from threadpoolctl import threadpool_limits
+
+import fastppo
+from benchmarks.common import build_mdp, describe_mdp
+
+
+def interleaved(contenders, repeat):
+    """{name: median seconds}; one warm-up each, then ``repeat`` rounds in turn."""
+    out = {name: f() for name, f in contenders.items()}
+    times = {name: [] for name in contenders}
+    for _ in range(repeat):
+        for name, f in contenders.items():
+            t = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t)
+    return {name: float(np.median(t)) for name, t in times.items()}, out
+
+
+def relres(A, x, b):
+    return float(np.linalg.norm(b - A @ x) / np.linalg.norm(b))
+
+
+def bicgstab(A, b, tol=1e-12):
+    x = None
+    for _ in range(10):  # restarts after a breakdown, from the last iterate
+        x, info = spla.bicgstab(A, b, x0=x, rtol=tol, atol=0.0, maxiter=20_000)
+        if info == 0:
+            break
+    return x
+
+
+def assemble(mdp, pi):
+    P = sp.csr_array((mdp.p_data, mdp.p_indices, mdp.p_indptr), shape=(mdp.n_pairs, mdp.n_states))
+    Pi = sp.csr_array((pi, np.arange(mdp.n_pairs), mdp.a_indptr), shape=(mdp.n_states, mdp.n_pairs))
+    A = (sp.eye_array(mdp.n_states, format="csr") - mdp.gamma * (Pi @ P)).tocsr()
+    return A, A.T.tocsr(), np.add.reduceat(pi * mdp.r, mdp.a_indptr[:-1])
+
+
+def linear_section(mdp, repeat, with_spsolve):
+    pi = fastppo.softmax(mdp, np.random.default_rng(1).standard_normal(mdp.n_pairs))
+    A, At, c = assemble(mdp, pi)
+    mu = mdp.rho
+    Acsc, Atcsc = A.tocsc(), At.tocsc()
+    kw = dict(backend="numba", n_threads=1)
+    rows = {}
+    for op, b, M, Mc in (("evaluate", c, A, Acsc), ("visitation", mu, At, Atcsc)):
+        if op == "evaluate":
+            ours = lambda: fastppo.evaluate(mdp, pi, **kw)  # noqa: E731
+        else:
+            ours = lambda: fastppo.visitation(mdp, pi, mu, full_output=True, **kw)  # noqa: E731
+        contenders = {"fastppo": ours, "bicgstab": lambda: bicgstab(M, b)}
+        if with_spsolve:
+            contenders["spsolve"] = lambda: spla.spsolve(Mc, b)
+        med, out = interleaved(contenders, repeat)
+        med.setdefault("spsolve", np.nan)
+        x = out["fastppo"].v if op == "evaluate" else out["fastppo"].d / (1 - mdp.gamma)
+        res = {name: relres(M, x if name == "fastppo" else y, b) for name, y in out.items()}
+        rows[op] = (med, res, out["fastppo"].method, out["fastppo"].get("fill"))
+    return rows
+
+
+def solve_section(mdp, repeat, qe_pi):
+    import quantecon as qe
+
+    Q = sp.csr_matrix((mdp.p_data, mdp.p_indices, mdp.p_indptr), shape=(mdp.n_pairs, mdp.n_states))
+    ddp = qe.markov.DiscreteDP(np.asarray(mdp.r), Q, mdp.gamma, np.asarray(mdp.s_indices),
+                               np.asarray(mdp.a_indices))
+    contenders = {
+        "fastppo.solve": lambda: fastppo.solve(mdp, backend="numba", n_threads=1),
+        "qe mpi eps1e-8": lambda: ddp.solve(method="modified_policy_iteration", epsilon=1e-8,
+                                            max_iter=100_000),
+    }
+    if qe_pi:  # SuperLU per iteration: minutes on the unstructured families
+        contenders["qe pi"] = lambda: ddp.solve(method="policy_iteration", max_iter=100_000)
+    med, out = interleaved(contenders, repeat)
+    # v*: the exact value (certified residual) of the optimal policy fastppo returned
+    v_star = fastppo.evaluate(mdp, out["fastppo.solve"].policy, tol=1e-14).v
+    err = {k: np.abs(r.v - v_star).max() for k, r in out.items()}
+    return med, err
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n-states", type=int, default=10_000)
+    p.add_argument("--families", nargs="+", default=["garnet", "local", "grid", "queue", "pendulum"])
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--spsolve", nargs="*", default=["grid", "queue", "pendulum"],
+                   help="families where scipy's spsolve is timed (its fill is ~S² on garnets)")
+    p.add_argument("--solve", action="store_true")
+    p.add_argument("--qe-pi", action="store_true", help="also QuantEcon's policy iteration")
+    a = p.parse_args(argv)
+    with threadpool_limits(1):
+        for family in a.families:
+            mdp = build_mdp(family, a.n_states)
+            print(f"\n== {family}: {describe_mdp(family, a.n_states)}  ({mdp.n_states} states, "
+                  f"{mdp.p_indices.size} transitions)", flush=True)
+            rows = linear_section(mdp, a.repeat, family in a.spsolve)
+            for op, (med, res, method, fill) in rows.items():
+                fill = "" if fill is None else f", LU fill {fill:.1f}x"
+                print(f"  {op:10s} fastppo {1e3 * med['fastppo']:8.1f} ms ({method}{fill}; res "
+                      f"{res['fastppo']:.1e}) | bicgstab {1e3 * med['bicgstab']:8.1f} ms (res "
+                      f"{res['bicgstab']:.1e}) | spsolve {1e3 * med['spsolve']:8.1f} ms | ratio "
+                      f"vs bicgstab {med['bicgstab'] / med['fastppo']:.2f}x, vs spsolve "
+                      f"{med['spsolve'] / med['fastppo']:.2f}x", flush=True)
+            if a.solve:
+                med, err = solve_section(mdp, a.repeat, a.qe_pi)
+                best = min(v for k, v in med.items() if k != "fastppo.solve")
+                print("  solve      " + " | ".join(f"{k} {1e3 * v:.1f} ms (err {err[k]:.1e})"
+                                                   for k, v in med.items())
+                      + f" | ratio vs QuantEcon's fastest {best / med['fastppo.solve']:.2f}x",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+r"""A = I − γP_π assembled once per policy, for the solvers that need the matrix.
+
+The matrix-free products (``bellman_matvec``) read every successor entry of every pair
+the policy uses; once Richardson's sweeps stall (slow-mixing MDPs: hundreds of products
+to come) it pays to assemble A once, with the duplicate successors of a state merged
+(O(nnz) of the policy's rows, a dense marker of n_states, never an S × S array), and to
+run a preconditioned method on it. One assembly serves both systems of a policy: the
+value system A v = c and the visitation system Aᵀ y = μ (:meth:`AssembledMatrix.view`).
+
+Storage: the diagonal D apart; each row's off-diagonal entries with the strictly lower
+part L (j < i) first and the strictly upper part U after (the kernels
+``kernels/*/assembled`` document the layout), so Gauss–Seidel sweeps need no sorting.
+"""
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import reverse_cuthill_mckee
+from scipy.sparse.linalg import splu
+
+from ._backend import get_kernel
+
+__all__ = ["AssembledMatrix", "SplitView", "OMEGA"]
+
+OMEGA = 1.0  # SSOR relaxation of the preconditioner (ω > 1 breaks down on advective MDPs)
+FILL_CAP = 20.0  # LU: at most this many times the entries of A in L + U
+
+KERNELS = ("merge_pattern", "assemble_values", "split_matvec", "triangular_solve",
+           "sgs_operator")
+
+
+class AssembledMatrix:
+    """A = I − γP_π of one policy (duplicate successors merged).
+
+    The structure comes from the MDP's cached pattern (``Transitions.merged_pattern``)
+    when the policy's products read all pairs; for the compact rows of a sparse policy it
+    is merged afresh (O(nnz) of those rows). The values are one pass over the rows.
+
+    Parameters
+    ----------
+    mdp : MDP
+    rows : tuple
+        ``(a_indptr, p_indptr, p_indices, p_data, pi)`` of the pairs the policy uses (as
+        the evaluator holds them: all pairs, or the compact rows of a sparse policy).
+    backend : str
+        Resolved backend name (the kernels are serial at any thread count).
+
+    Attributes
+    ----------
+    nnz : int
+        Stored off-diagonal entries (plus ``n_states`` diagonal ones).
+    """
+
+    def __init__(self, mdp, rows, backend):
+        a_indptr, p_indptr, p_indices, p_data, pi = rows
+        n = mdp.n_states
+        self._k = {name: get_kernel(name, backend) for name in KERNELS}
+        T = mdp._transitions
+        # the fill-reducing order of the pattern of all pairs serves every policy (a
+        # policy's pattern is a subset of it); cached with that pattern
+        self._shared = T.pattern_cache(backend)
+        self._all_pairs = lambda: T.merged_pattern(mdp.a_indptr, backend)
+        if p_indptr is T.p_indptr:
+            self.indptr, self.mid, self.indices, pos, self.nnz = T.merged_pattern(a_indptr, backend)
+            self._cache = self._shared  # the permuted structure depends on the pattern alone
+        else:
+            self._cache = {}
+            self.indptr, self.mid = np.empty(n + 1, dtype=np.int64), np.empty(n, dtype=np.int64)
+            indices, pos = np.empty(p_indices.shape[0], dtype=np.int32), np.empty(p_indices.shape[0], dtype=np.int64)
+            self.nnz = int(self._k["merge_pattern"](a_indptr, p_indptr, p_indices, self.indptr,
+                                                    self.mid, indices, pos,
+                                                    np.empty(n, dtype=np.int64), 1))
+            self.indices = indices[:self.nnz]
+        self.data, self.diag = np.empty(self.nnz + n), np.empty(n)
+        self._k["assemble_values"](a_indptr, p_indptr, p_data, pos, pi, mdp.gamma, self.data,
+                                   self.diag, 1)
+        self.dinv = 1.0 / self.diag  # A is strictly diagonally dominant: diag ≥ 1 − γ > 0
+        self.n_states = n
+        self._parts = self.indptr, self.mid, self.indices, self.data
+        self._lu = None
+        self.fill = None  # (entries of L + U) / (entries of A), once factorised
+
+    @property
+    def envelope(self):
+        """(perm, size, flops) of the pattern of all pairs (:func:`envelope`), which
+        contains every policy's: an upper bound for this matrix, computed once per MDP."""
+        if "envelope" not in self._shared:
+            indptr, _, indices, _, nnz = self._all_pairs()
+            self._shared["envelope"] = envelope(indptr, indices, nnz)
+        return self._shared["envelope"]
+
+    def csr(self):
+        """A as a scipy CSR array (a copy)."""
+        n = self.n_states
+        rows = np.repeat(np.arange(n), np.diff(self.indptr))
+        return sp.csr_array((np.concatenate([self.data[:self.nnz], self.diag]),
+                             (np.concatenate([rows, np.arange(n)]),
+                              np.concatenate([self.indices, np.arange(n)]))), shape=(n, n))
+
+    def lu(self, max_flops=np.inf):
+        """A sparse LU of A (SuperLU) in reverse Cuthill–McKee order, or None when its
+        envelope holds more than ``FILL_CAP`` × (entries of A) or the work bound exceeds
+        ``max_flops``. One factorisation serves A and Aᵀ; cached. A is strictly
+        diagonally dominant: no pivoting is needed, so the fill stays in the envelope."""
+        perm, size, flops = self.envelope
+        if size > FILL_CAP * (self.nnz + self.n_states) or flops > max_flops:
+            return None
+        if self._lu is None:
+            if "csc" not in self._cache:
+                self._cache["csc"] = self._permuted_csc(perm)
+            order, indptr, indices = self._cache["csc"]
+            values = np.concatenate([self.data[:self.nnz], self.diag])[order]
+            A = sp.csc_array((values, indices, indptr), shape=(self.n_states,) * 2)
+            factor = splu(A, permc_spec="NATURAL", diag_pivot_thresh=0.0,
+                          options=dict(SymmetricMode=True))
+            self._lu = factor
+            self.fill = (factor.L.nnz + factor.U.nnz - self.n_states) / (self.nnz + self.n_states)
+        return self._lu
+
+    def _permuted_csc(self, perm):
+        """The CSC structure of A[perm][:, perm]: (order, indptr, indices), ``order`` taking
+        the values [off-diagonal slots, diagonal] to CSC order."""
+        n = self.n_states
+        inv = np.empty(n, dtype=np.int64)
+        inv[perm] = np.arange(n)
+        rows = np.concatenate([np.repeat(np.arange(n), np.diff(self.indptr)), np.arange(n)])
+        cols = np.concatenate([self.indices, np.arange(n)])
+        r, c = inv[rows], inv[cols]
+        order = np.lexsort((r, c))
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(c, minlength=n), out=indptr[1:])
+        return order, indptr, r[order].astype(np.int32)
+
+    def view(self, transpose=False, omega=1.0):
+        """The system matrix B = A (or Aᵀ for ``transpose``) as a :class:`SplitView` with
+        SSOR relaxation ``omega``."""
+        return SplitView(self, int(bool(transpose)), omega)
+
+
+class SplitView:
+    """B = A or Aᵀ = D + L_B + U_B, with what the preconditioned solvers need.
+
+    ``fastppo._krylov.sgs`` solves B x = b as Â y = b̂ with the symmetric SOR split
+    Â = E (E + L_B)⁻¹ B (E + U_B)⁻¹, E = D/ω, b̂ = E (E + L_B)⁻¹ b and x = (E + U_B)⁻¹ y
+    (ω = 1: symmetric Gauss–Seidel; Â is similar to B M⁻¹ for the SSOR preconditioner
+    M = (E + L_B) E⁻¹ (E + U_B)). Every method writes into ``out`` (ndarray of shape
+    (n_states,)).
+
+    Parameters
+    ----------
+    matrix : AssembledMatrix
+    transpose : int
+        1 for Aᵀ.
+    omega : float in (0, 2)
+        Relaxation of the sweeps.
+    """
+
+    def __init__(self, matrix, transpose, omega=1.0):
+        self.m, self.transpose, self.omega = matrix, transpose, omega
+        self._t = np.empty(matrix.n_states)
+        self._e = matrix.diag / omega  # E
+        self._einv = omega * matrix.dinv
+        self._kdiag = matrix.diag - 2.0 * self._e  # K = D − 2E
+
+    def matvec(self, x, out):
+        """out = B x."""
+        m = self.m
+        m._k["split_matvec"](*m._parts, m.diag, x, out, 0, self.transpose, 1)
+
+    def rhs(self, b, out):
+        """out = b̂ = E (E + L_B)⁻¹ b."""
+        m = self.m
+        m._k["triangular_solve"](*m._parts, self._einv, b, out, 1, self.transpose, 1)
+        out *= self._e
+
+    def operator(self, y, out):
+        """out = Â y (one backward and one forward sweep)."""
+        m = self.m
+        m._k["sgs_operator"](*m._parts, self._e, self._einv, self._kdiag, y, self._t, out,
+                             self.transpose, 1)
+
+    def to_x(self, y, out):
+        """out = x = (E + U_B)⁻¹ y."""
+        m = self.m
+        m._k["triangular_solve"](*m._parts, self._einv, y, out, 2, self.transpose, 1)
+
+    def to_y(self, x, out):
+        """out = y = (E + U_B) x."""
+        m = self.m
+        m._k["split_matvec"](*m._parts, self._e, x, out, 2, self.transpose, 1)
+
+    def factor(self, max_flops=np.inf):
+        """``solve(r)`` → B⁻¹ r by the LU of A (:meth:`AssembledMatrix.lu`), or None."""
+        lu = self.m.lu(max_flops)
+        if lu is None:
+            return None
+        perm = self.m.envelope[0]
+        trans = "T" if self.transpose else "N"
+
+        def solve(r):
+            x = np.empty_like(r)
+            x[perm] = lu.solve(r[perm], trans=trans)
+            return x
+
+        return solve
+
+
+def envelope(indptr, indices, nnz):
+    """(perm, size, flops) of a pattern in reverse Cuthill–McKee order: the permutation,
+    the entries of the symmetric envelope {(i, j): first(i) ≤ j ≤ i or the same with i, j
+    swapped}, first(i) the leftmost column of row i of A + Aᵀ, and Σᵢ (i − first(i))², the
+    work of an LU in that order. An LU without pivoting fills only the envelope: its size
+    bounds the memory of :meth:`AssembledMatrix.lu` before anything is factorised.
+
+    Parameters
+    ----------
+    indptr : ndarray of shape (n + 1,), indices : ndarray of shape (nnz,)
+        The off-diagonal pattern (CSR, any order within rows).
+    nnz : int
+    """
+    n = indptr.shape[0] - 1
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    G = sp.csr_array((np.ones(nnz, dtype=np.int8), indices[:nnz], indptr), shape=(n, n))
+    perm = reverse_cuthill_mckee(G, symmetric_mode=False).astype(np.int64)
+    inv = np.empty(n, dtype=np.int64)
+    inv[perm] = np.arange(n)
+    r, c = inv[rows], inv[indices[:nnz]]
+    first = np.arange(n)
+    np.minimum.at(first, np.maximum(r, c), np.minimum(r, c))
+    band = np.arange(n) - first
+    return perm, int(2 * band.sum() + n), float(np.dot(band, band.astype(np.float64)))

@@ -1,0 +1,177 @@
+"""The assembled matrix A = I − γP_π of one policy, and Gauss–Seidel sweeps on it.
+
+``merge_pattern``:    per row i the distinct off-diagonal successors, j < i in
+                      [indptr[i], mid[i]), j > i after; ``pos``: the slot of each entry of
+                      P (``nnz + s`` for the diagonal of state s); returns nnz
+``assemble_values``:  ``data`` (nnz + n_states,) = −γ Σ π P per slot, ``diag`` = 1 − γ (P_π)_ss
+``split_matvec``:     out = B_part x (``diag`` = E)
+``triangular_solve``: out = B_part⁻¹ x (part 1 or 2; ``out`` may be ``x``; ``dinv`` = 1/E)
+``sgs_operator``:     out = E (E + L_B)⁻¹ B (E + U_B)⁻¹ x (Eisenstat's trick; ``diag`` = E,
+                      ``dinv`` = 1/E, ``kdiag`` = D − 2E; ``t`` scratch)
+
+B = A (``transpose`` 0) or Aᵀ (1) = D + L_B + U_B; ``part`` 0: B, 1: E + L_B, 2: E + U_B
+for a diagonal E (E = D/ω in the SSOR sweeps).
+Serial (``n_threads`` is ignored). Mirrors kernels/numba/assembled.py.
+"""
+from libc.stdint cimport int32_t, int64_t
+
+
+def merge_pattern(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
+                  const int32_t[::1] p_indices,                                    # IN
+                  int64_t[::1] indptr, int64_t[::1] mid, int32_t[::1] indices,
+                  int64_t[::1] pos, int64_t[::1] mark, int n_threads):             # OUT
+    """merge_pattern(a_indptr, p_indptr, p_indices, indptr, mid, indices, pos, mark,
+    n_threads) -> nnz"""
+    cdef Py_ssize_t n_states = mark.shape[0], s
+    cdef int64_t nnz = 0, start, j, c, lo, hi, t
+    cdef int32_t ci
+    with nogil:
+        for s in range(n_states):
+            mark[s] = -1
+        indptr[0] = 0
+        for s in range(n_states):
+            start = nnz
+            for j in range(p_indptr[a_indptr[s]], p_indptr[a_indptr[s + 1]]):
+                c = p_indices[j]
+                if c != s and mark[c] < start:  # first time in this row (positions only grow)
+                    mark[c] = nnz
+                    indices[nnz] = <int32_t>c
+                    nnz = nnz + 1
+            lo = start
+            hi = nnz - 1
+            while True:
+                while lo <= hi and indices[lo] < s:
+                    lo = lo + 1
+                while lo <= hi and indices[hi] > s:
+                    hi = hi - 1
+                if lo >= hi:
+                    break
+                ci = indices[lo]
+                indices[lo] = indices[hi]
+                indices[hi] = ci
+            mid[s] = lo
+            indptr[s + 1] = nnz
+            for t in range(start, nnz):
+                mark[indices[t]] = t
+            for j in range(p_indptr[a_indptr[s]], p_indptr[a_indptr[s + 1]]):
+                c = p_indices[j]
+                pos[j] = -1 - s if c == s else mark[c]
+        for j in range(pos.shape[0]):  # the diagonal of state s: slot nnz + s
+            if pos[j] < 0:
+                pos[j] = nnz - 1 - pos[j]
+    return nnz
+
+
+def assemble_values(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
+                    const double[::1] p_data, const int64_t[::1] pos, const double[::1] pi,
+                    double gamma,                                                  # IN
+                    double[::1] data, double[::1] diag, int n_threads):            # OUT
+    """assemble_values(a_indptr, p_indptr, p_data, pos, pi, gamma, data, diag, n_threads)"""
+    cdef Py_ssize_t n_states = diag.shape[0], s
+    cdef Py_ssize_t nnz = data.shape[0] - n_states
+    cdef int64_t k, j
+    cdef double w
+    with nogil:
+        for j in range(data.shape[0]):
+            data[j] = 0.0
+        for s in range(n_states):
+            for k in range(a_indptr[s], a_indptr[s + 1]):
+                w = pi[k]
+                for j in range(p_indptr[k], p_indptr[k + 1]):
+                    data[pos[j]] += w * p_data[j]
+        for j in range(nnz):
+            data[j] = -gamma * data[j]
+        for s in range(n_states):
+            diag[s] = 1.0 - gamma * data[nnz + s]
+
+
+cdef void _matvec(const int64_t[::1] indptr, const int64_t[::1] mid,
+                  const int32_t[::1] indices, const double[::1] data,
+                  const double[::1] diag, const double[::1] x, double[::1] out,
+                  int part, int transpose) noexcept nogil:
+    cdef Py_ssize_t n = diag.shape[0], i
+    cdef int64_t j, a, b
+    cdef double acc, xi
+    cdef bint use_lower = part == 0 or ((part == 1) != (transpose == 1))
+    cdef bint use_upper = part == 0 or ((part == 2) != (transpose == 1))
+    if transpose == 0:
+        for i in range(n):
+            acc = diag[i] * x[i]
+            a = indptr[i] if use_lower else mid[i]
+            b = indptr[i + 1] if use_upper else mid[i]
+            for j in range(a, b):
+                acc = acc + data[j] * x[indices[j]]
+            out[i] = acc
+    else:
+        for i in range(n):
+            out[i] = diag[i] * x[i]
+        for i in range(n):
+            xi = x[i]
+            a = indptr[i] if use_lower else mid[i]
+            b = indptr[i + 1] if use_upper else mid[i]
+            for j in range(a, b):
+                out[indices[j]] += data[j] * xi
+
+
+cdef void _solve(const int64_t[::1] indptr, const int64_t[::1] mid,
+                 const int32_t[::1] indices, const double[::1] data,
+                 const double[::1] dinv, const double[::1] x, double[::1] out,
+                 int part, int transpose) noexcept nogil:
+    cdef Py_ssize_t n = dinv.shape[0], t, i
+    cdef int64_t j, a, b
+    cdef double acc, oi
+    cdef bint lower
+    if transpose == 0:
+        lower = part == 1  # (D + L): forward over rows; (D + U): backward
+        for t in range(n):
+            i = t if lower else n - 1 - t
+            a = indptr[i] if lower else mid[i]
+            b = mid[i] if lower else indptr[i + 1]
+            acc = x[i]
+            for j in range(a, b):
+                acc = acc - data[j] * out[indices[j]]
+            out[i] = acc * dinv[i]
+    else:
+        # (D + Uᵀ) (part 1): forward, scattering row i's upper entries; (D + Lᵀ): backward
+        lower = part == 1  # forward
+        for i in range(n):  # (out may be x)
+            out[i] = x[i]
+        for t in range(n):
+            i = t if lower else n - 1 - t
+            oi = out[i] * dinv[i]
+            out[i] = oi
+            a = mid[i] if lower else indptr[i]
+            b = indptr[i + 1] if lower else mid[i]
+            for j in range(a, b):
+                out[indices[j]] -= data[j] * oi
+
+
+def split_matvec(const int64_t[::1] indptr, const int64_t[::1] mid, const int32_t[::1] indices,
+                 const double[::1] data, const double[::1] diag, const double[::1] x,  # IN
+                 double[::1] out, int part, int transpose, int n_threads):            # OUT
+    """split_matvec(indptr, mid, indices, data, diag, x, out, part, transpose, n_threads)"""
+    _matvec(indptr, mid, indices, data, diag, x, out, part, transpose)
+
+
+def triangular_solve(const int64_t[::1] indptr, const int64_t[::1] mid,
+                     const int32_t[::1] indices, const double[::1] data,
+                     const double[::1] dinv, const double[::1] x,                      # IN
+                     double[::1] out, int part, int transpose, int n_threads):         # OUT
+    """triangular_solve(indptr, mid, indices, data, dinv, x, out, part, transpose, n_threads)"""
+    _solve(indptr, mid, indices, data, dinv, x, out, part, transpose)
+
+
+def sgs_operator(const int64_t[::1] indptr, const int64_t[::1] mid, const int32_t[::1] indices,
+                 const double[::1] data, const double[::1] diag, const double[::1] dinv,
+                 const double[::1] kdiag, const double[::1] x,                         # IN
+                 double[::1] t, double[::1] out, int transpose, int n_threads):        # OUT
+    """sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose,
+    n_threads)"""
+    cdef Py_ssize_t n = dinv.shape[0], i
+    with nogil:
+        _solve(indptr, mid, indices, data, dinv, x, t, 2, transpose)
+        for i in range(n):
+            out[i] = x[i] + kdiag[i] * t[i]
+        _solve(indptr, mid, indices, data, dinv, out, out, 1, transpose)
+        for i in range(n):
+            out[i] = diag[i] * (t[i] + out[i])

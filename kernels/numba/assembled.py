@@ -1,0 +1,171 @@
+"""The assembled matrix A = I − γP_π of one policy, and Gauss–Seidel sweeps on it.
+
+Storage: the diagonal ``diag`` (n_states,) apart, and the off-diagonal entries of each
+row i in CSR (``indptr``, ``indices``, ``data``) with the entries left of the diagonal
+(j < i) first: [indptr[i], mid[i]) is the strictly lower part L, [mid[i], indptr[i+1])
+the strictly upper part U (unsorted within each part). Duplicate successors of a state
+(the same s' reached by several of its pairs) are merged: a row holds each distinct
+successor once. Assembly is two kernels:
+
+``merge_pattern``:    the structure (``indptr``, ``mid``, ``indices``) of the union of
+                      the successors of each state's pairs, and ``pos``: for each entry
+                      j of P the slot it adds into (``nnz + s`` for the diagonal of state
+                      s); returns nnz; ``mark`` (n_states,) int64 is scratch. Depends on
+                      the transitions alone (cached per MDP for all pairs).
+``assemble_values``:  ``data`` (nnz + n_states,) = −γ Σ π P per slot, ``diag`` = 1 − γ (P_π)_ss:
+                      one branch-free pass over the policy's entries.
+
+The other kernels act on B = A (``transpose`` = 0) or B = Aᵀ (1), B = D + L_B + U_B
+(for Aᵀ: L_B = Uᵀ, U_B = Lᵀ), with ``part`` selecting 0: B, 1: E + L_B, 2: E + U_B for
+a diagonal E given as ``diag`` (E = D: the parts of B) or ``dinv`` = 1/E:
+
+``split_matvec``:     out = B_part x (``diag`` = E)
+``triangular_solve``: out = B_part⁻¹ x (part 1 or 2: a forward or backward (S)SOR sweep
+                      with E = D/ω; ``out`` may be ``x``; ``dinv`` = ω/D, a multiplication
+                      in the sweep's dependency chain instead of a division)
+``sgs_operator``:     out = E (E + L_B)⁻¹ B (E + U_B)⁻¹ x, the symmetric SOR
+                      split-preconditioned operator, in one pass over the off-diagonal
+                      entries (Eisenstat's trick: with B = (E + L_B) + (E + U_B) + K,
+                      K = D − 2E given as ``kdiag``, t = (E + U_B)⁻¹ x and
+                      out = E [t + (E + L_B)⁻¹ (x + K t)]); ``diag`` = E, ``dinv`` = 1/E,
+                      ``t`` is scratch
+
+The sweeps are sequential by nature: every kernel here is serial (``n_threads`` is
+ignored). Mirrors kernels/cython/assembled.pyx.
+"""
+import numpy as np
+from numba import njit
+
+from ._jit import serial
+
+
+def merge_pattern(a_indptr, p_indptr, p_indices, indptr, mid, indices, pos, mark):
+    n_states = mark.shape[0]
+    mark[:] = -1
+    nnz = 0
+    indptr[0] = 0
+    for s in range(n_states):
+        start = nnz
+        for j in range(np.uint64(p_indptr[a_indptr[s]]), np.uint64(p_indptr[a_indptr[s + 1]])):
+            c = np.int64(p_indices[j])
+            if c != s and mark[c] < start:  # first time in this row (positions only grow)
+                mark[c] = nnz
+                indices[nnz] = c
+                nnz += 1
+        # partition: columns < s first (two pointers)
+        lo, hi = start, nnz - 1
+        while True:
+            while lo <= hi and indices[lo] < s:
+                lo += 1
+            while lo <= hi and indices[hi] > s:
+                hi -= 1
+            if lo >= hi:
+                break
+            indices[lo], indices[hi] = indices[hi], indices[lo]
+        mid[s] = lo
+        indptr[s + 1] = nnz
+        for t in range(start, nnz):
+            mark[indices[t]] = t
+        for j in range(np.uint64(p_indptr[a_indptr[s]]), np.uint64(p_indptr[a_indptr[s + 1]])):
+            c = np.int64(p_indices[j])
+            pos[j] = -1 - s if c == s else mark[c]
+    for j in range(pos.shape[0]):  # the diagonal of state s: slot nnz + s
+        if pos[j] < 0:
+            pos[j] = nnz - 1 - pos[j]
+    return nnz
+
+
+def assemble_values(a_indptr, p_indptr, p_data, pos, pi, gamma, data, diag):
+    n_states = diag.shape[0]
+    nnz = data.shape[0] - n_states
+    data[:] = 0.0
+    for s in range(n_states):
+        for k in range(np.uint64(a_indptr[s]), np.uint64(a_indptr[s + 1])):
+            w = pi[k]
+            for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+                data[pos[j]] += w * p_data[j]
+    for j in range(nnz):
+        data[j] *= -gamma
+    for s in range(n_states):
+        diag[s] = 1.0 - gamma * data[nnz + s]
+
+
+@njit(cache=True, inline="always")
+def _bounds(indptr, mid, i, lower):
+    """Row i's lower (j < i) or upper (j > i) off-diagonal range."""
+    if lower:
+        return indptr[i], mid[i]
+    return mid[i], indptr[i + 1]
+
+
+@njit(cache=True)
+def _matvec(indptr, mid, indices, data, diag, x, out, part, transpose):
+    n = diag.shape[0]
+    # the stored parts of A that B_part uses: L (rows' lower ranges) and/or U
+    use_lower = part == 0 or (part == 1) != (transpose == 1)
+    use_upper = part == 0 or (part == 2) != (transpose == 1)
+    lo_of = indptr if use_lower else mid  # range [lo_of[i], hi_of[i + (0 or 1)])
+    if transpose == 0:
+        for i in range(n):
+            acc = diag[i] * x[i]
+            a = lo_of[i]
+            b = indptr[i + 1] if use_upper else mid[i]
+            for j in range(np.uint64(a), np.uint64(b)):
+                acc += data[j] * x[np.uint32(indices[j])]
+            out[i] = acc
+    else:
+        for i in range(n):
+            out[i] = diag[i] * x[i]
+        for i in range(n):
+            xi = x[i]
+            a = lo_of[i]
+            b = indptr[i + 1] if use_upper else mid[i]
+            for j in range(np.uint64(a), np.uint64(b)):
+                out[np.uint32(indices[j])] += data[j] * xi
+
+
+@njit(cache=True)
+def _solve(indptr, mid, indices, data, dinv, x, out, part, transpose):
+    n = dinv.shape[0]
+    if transpose == 0:
+        lower = part == 1  # (D + L): forward over rows; (D + U): backward
+        for t in range(n):
+            i = t if lower else n - 1 - t
+            a, b = _bounds(indptr, mid, i, lower)
+            acc = x[i]
+            for j in range(np.uint64(a), np.uint64(b)):
+                acc -= data[j] * out[np.uint32(indices[j])]
+            out[i] = acc * dinv[i]
+    else:
+        # (D + Uᵀ) (part 1): forward, scattering row i's upper entries; (D + Lᵀ): backward
+        forward = part == 1
+        for i in range(n):  # (out may be x)
+            out[i] = x[i]
+        for t in range(n):
+            i = t if forward else n - 1 - t
+            oi = out[i] * dinv[i]
+            out[i] = oi
+            a, b = _bounds(indptr, mid, i, not forward)
+            for j in range(np.uint64(a), np.uint64(b)):
+                out[np.uint32(indices[j])] -= data[j] * oi
+
+
+def split_matvec(indptr, mid, indices, data, diag, x, out, part, transpose):
+    _matvec(indptr, mid, indices, data, diag, x, out, part, transpose)
+
+
+def triangular_solve(indptr, mid, indices, data, dinv, x, out, part, transpose):
+    _solve(indptr, mid, indices, data, dinv, x, out, part, transpose)
+
+
+def sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose):
+    _solve(indptr, mid, indices, data, dinv, x, t, 2, transpose)
+    n = dinv.shape[0]
+    for i in range(n):
+        out[i] = x[i] + kdiag[i] * t[i]
+    _solve(indptr, mid, indices, data, dinv, out, out, 1, transpose)
+    for i in range(n):
+        out[i] = diag[i] * (t[i] + out[i])
+
+
+KERNELS = serial(merge_pattern, assemble_values, split_matvec, triangular_solve, sgs_operator)

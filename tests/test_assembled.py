@@ -1,0 +1,225 @@
+"""The assembled I − γP_π and the solver paths that use it (issue 17), the one stopping
+rule near γ = 1, and RiverSwim (issue 13, item 2).
+
+- ``fastppo._assembled``: the merged matrix against the dense I − γP_π of ``naive.py``,
+  and its Gauss–Seidel kernels against dense triangular solves, on every backend;
+- every ``method=`` path of ``evaluate`` / ``visitation`` against ``np.linalg.solve`` at
+  γ = 0.99 and 0.9999, with the rigorous bounds ‖v − v*‖∞ ≤ ‖r‖∞ / (1 − γ) (and the
+  same in ‖·‖₁ for the visitation system), r the residual of the returned solution;
+- the RiverSwim chain with every method; default arguments at γ ∈ {0.999, 0.9999,
+  0.99999}.
+"""
+import numpy as np
+import pytest
+
+import fastppo
+import naive
+from conftest import random_policy
+from fastppo._assembled import AssembledMatrix
+from fastppo._evaluator import Evaluator, policy_rows
+
+EPS = np.finfo(float).eps
+
+
+def floor(gamma):
+    return 10 * EPS * (1 + gamma) / (1 - gamma)
+
+
+def small_mdps(gamma):
+    import mdptoolbox.example
+
+    P, R = mdptoolbox.example.forest()
+    return {
+        "garnet": fastppo.garnet(60, 3, 3, gamma=gamma, seed=1),
+        "local": fastppo.garnet(80, 3, 3, gamma=gamma, seed=2, locality=3),
+        "grid": fastppo.gridworld(8, 8, gamma=gamma),
+        "chain": fastppo.chain(50, gamma=gamma),
+        "queue": fastppo.queue2d(capacity=(7, 6), gamma=gamma),
+        "pendulum": fastppo.pendulum(12, 10, 3, gamma=gamma),
+        "forest": fastppo.MDP.from_mdptoolbox(P, R, gamma),
+    }
+
+
+def dense_A(mdp, pi):
+    return np.eye(mdp.n_states) - mdp.gamma * naive.P_pi(mdp, pi)
+
+
+# ------------------------------------------------------------------ the matrix
+@pytest.mark.parametrize("sparse_policy", [False, True])
+def test_assembled_matrix_is_the_dense_one(backend, sparse_policy):
+    """Duplicates merged, each row's lower part first; equal to I − γP_π (naive loops)
+    for a full-support policy (the MDP's cached pattern) and a deterministic one (the
+    compact rows of the policy)."""
+    mdp = fastppo.garnet(70, 4, 6, gamma=0.95, seed=3, locality=4)  # many duplicates
+    pi = random_policy(mdp, 5)[0]
+    if sparse_policy:
+        pi = mdp.to_pairs(np.eye(mdp.n_actions)[np.arange(mdp.n_states) % mdp.n_actions])
+    M = AssembledMatrix(mdp, policy_rows(mdp, pi), backend)
+    np.testing.assert_allclose(M.csr().toarray(), dense_A(mdp, pi), rtol=0, atol=1e-15)
+    for i in range(mdp.n_states):
+        cols = M.indices[M.indptr[i]:M.indptr[i + 1]]
+        assert len(set(cols.tolist())) == cols.size and i not in cols
+        assert (cols[:M.mid[i] - M.indptr[i]] < i).all() and (cols[M.mid[i] - M.indptr[i]:] > i).all()
+    assert M.nnz < mdp.p_indices.size  # merged: fewer entries than the transitions
+
+
+@pytest.mark.parametrize("transpose", [0, 1])
+@pytest.mark.parametrize("omega", [1.0, 1.3])
+def test_split_view_kernels_against_dense_triangular_solves(backend, transpose, omega):
+    mdp = fastppo.gridworld(6, 7, gamma=0.97)
+    pi = random_policy(mdp, 2)[0]
+    B = dense_A(mdp, pi)
+    B = B.T if transpose else B
+    D = np.diag(np.diag(B))
+    L, U = np.tril(B, -1), np.triu(B, 1)
+    E = D / omega
+    M = AssembledMatrix(mdp, policy_rows(mdp, pi), backend).view(transpose, omega)
+    x = np.random.default_rng(0).normal(size=mdp.n_states)
+    out = np.empty_like(x)
+    M.matvec(x, out)
+    np.testing.assert_allclose(out, B @ x, rtol=1e-13, atol=1e-14)
+    M.rhs(x, out)
+    np.testing.assert_allclose(out, E @ np.linalg.solve(E + L, x), rtol=1e-12, atol=1e-13)
+    M.to_x(x, out)
+    np.testing.assert_allclose(out, np.linalg.solve(E + U, x), rtol=1e-12, atol=1e-13)
+    M.to_y(x, out)
+    np.testing.assert_allclose(out, (E + U) @ x, rtol=1e-13, atol=1e-14)
+    M.operator(x, out)
+    expect = E @ np.linalg.solve(E + L, B @ np.linalg.solve(E + U, x))
+    np.testing.assert_allclose(out, expect, rtol=1e-12, atol=1e-13)
+    solve = M.factor()
+    np.testing.assert_allclose(B @ solve(x), x, rtol=1e-12, atol=1e-13)
+
+
+# ------------------------------------------------------------------ each path
+PATHS = ["auto", "richardson", "bicgstab", "sgs", "lu", "gmres"]
+
+
+def dense_refs(mdp, pi, mu):
+    """(A, c, v*, d*) by np.linalg.solve and naive.py's loops."""
+    A = dense_A(mdp, pi)
+    c = naive.r_pi(mdp, pi)
+    return A, c, np.linalg.solve(A, c), (1 - mdp.gamma) * np.linalg.solve(A.T, mu)
+
+
+def check_solution(mdp, pi, ev, d_res, mu, refs=None):
+    """The returned v and d against np.linalg.solve, within the bounds the residuals
+    give (plus the dense reference's own round-off, of the same order as the floor)."""
+    g = mdp.gamma
+    A, c, v_ref, d_ref = dense_refs(mdp, pi, mu) if refs is None else refs
+    r = c - A @ ev.v
+    assert np.linalg.norm(r) <= max(1e-12, 10 * floor(g)) * np.linalg.norm(c) * 1.0001
+    slack = 10 * floor(g) * np.abs(v_ref).max()
+    assert np.abs(ev.v - v_ref).max() <= np.abs(r).max() / (1 - g) + slack
+    n = mdp.n_states
+    # y = d / (1 − γ) solves Aᵀ y = μ: ‖y − y*‖₁ ≤ ‖Aᵀ y − μ‖₁ / (1 − γ); normalising d
+    # at most doubles the error
+    bound = 2 * np.sqrt(n) * d_res.residual * np.linalg.norm(mu)
+    assert np.abs(d_res.d - d_ref).sum() <= bound + 10 * floor(g)
+
+
+@pytest.mark.parametrize("gamma", [0.99, 0.9999])
+@pytest.mark.parametrize("method", PATHS)
+def test_each_path_against_the_dense_solution(method, gamma):
+    for name, mdp in small_mdps(gamma).items():
+        if method == "richardson" and name not in ("garnet", "forest"):
+            continue  # plain sweeps contract at γ on slow-mixing MDPs: beyond any budget
+        pi = random_policy(mdp, 11)[0]
+        mu = mdp.rho
+        ev = fastppo.evaluate(mdp, pi, method=method)
+        d_res = fastppo.visitation(mdp, pi, mu, method=method, full_output=True)
+        for res in (ev, d_res):
+            if method == "auto":
+                assert res.method.split("+")[0] == "richardson", name
+            else:
+                assert res.method == method, name
+            assert (res.fill is not None) == ("lu" in res.method.split("+")), name
+            if res.fill is not None:
+                assert 0 < res.fill <= 20, name
+        check_solution(mdp, pi, ev, d_res, mu)
+
+
+def test_backends_agree_on_the_assembled_paths():
+    mdp = fastppo.queue2d(capacity=(9, 8), gamma=0.999)
+    pi = random_policy(mdp, 4)[0]
+    for method in ("sgs", "lu"):
+        results = [fastppo.evaluate(mdp, pi, method=method, backend=b)
+                   for b in ("numba", "cython", "numpy")]
+        for res in results[1:]:
+            assert res.method == results[0].method
+            np.testing.assert_allclose(res.v, results[0].v, rtol=1e-10)
+
+
+def test_forced_lu_declines_with_a_clear_error(monkeypatch):
+    import fastppo._assembled as A
+
+    mdp = fastppo.garnet(200, 3, 4, gamma=0.99, seed=0)  # no band: the envelope is ~S²
+    monkeypatch.setattr(A, "FILL_CAP", 1.0)
+    with pytest.raises(fastppo.ConvergenceError, match=r"lu declined the evaluation system"):
+        fastppo.evaluate(mdp, mdp.uniform_policy(), method="lu")
+    ev = fastppo.evaluate(mdp, mdp.uniform_policy())  # auto goes on without it
+    assert "lu" not in ev.method and ev.fill is None
+
+
+# ------------------------------------------------------------- RiverSwim (issue 13)
+@pytest.mark.parametrize("n, gamma", [(500, 0.95), (500, 0.99), (1000, 0.99),
+                                      pytest.param(500, 0.999, marks=pytest.mark.slow)])
+def test_riverswim_chain_every_method(n, gamma):
+    """BiCGSTAB used to diverge to NaN on RiverSwim and GMRES to start from the NaN;
+    every method reaches the tolerance (or the floor) with finite, accurate values.
+    (Forced GMRES(40) at γ = 0.999 and n = 1000 does not converge within the default
+    budget: RiverSwim is strongly non-normal.)"""
+    mdp = fastppo.chain(n, gamma=gamma)
+    right = mdp.to_pairs(np.tile([0.0, 1.0], (n, 1)))
+    for pi in (mdp.uniform_policy(), right, 0.9 * right + 0.1 * mdp.uniform_policy()):
+        refs = dense_refs(mdp, pi, mdp.rho)
+        for method in ("auto", "bicgstab", "sgs", "lu", "gmres"):
+            ev = fastppo.evaluate(mdp, pi, method=method)
+            d_res = fastppo.visitation(mdp, pi, method=method, full_output=True)
+            assert np.isfinite(ev.v).all() and np.isfinite(d_res.d).all(), method
+            check_solution(mdp, pi, ev, d_res, mdp.rho, refs)
+    res = fastppo.solve(mdp)
+    assert res.converged and np.isfinite(res.v).all()
+
+
+# ----------------------------------------------------------- defaults near γ = 1
+def defaults_succeed(mdp):
+    """solve, evaluate, visitation and 50 PPO-Clip iterations with default arguments:
+    no error, J non-decreasing, the evaluation accurate to its bound."""
+    res = fastppo.solve(mdp)
+    assert res.converged
+    pi = mdp.uniform_policy()
+    ev = fastppo.evaluate(mdp, pi)
+    d_res = fastppo.visitation(mdp, pi, full_output=True)
+    check_solution(mdp, mdp.to_pairs(pi), ev, d_res, mdp.rho)
+    ppo = fastppo.PPOClip(mdp)
+    ppo.run(50)
+    J = ppo.history["J"]
+    assert np.isfinite(J).all() and (np.diff(J) >= -1e-9 * np.abs(J).max()).all()
+    assert J[-1] <= res.J + 1e-9 * abs(res.J)
+
+
+@pytest.mark.parametrize("gamma", [0.999, 0.9999, 0.99999])
+def test_defaults_succeed_near_gamma_one(gamma):
+    import mdptoolbox.example
+
+    P, R = mdptoolbox.example.forest()
+    for mdp in (fastppo.MDP.from_mdptoolbox(P, R, gamma), fastppo.gridworld(30, 30, gamma=gamma),
+                fastppo.garnet(1000, 4, 3, gamma=gamma, seed=0)):
+        defaults_succeed(mdp)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gamma", [0.999, 0.9999, 0.99999])
+def test_defaults_succeed_near_gamma_one_slow(gamma):
+    """chain(1000) (policy iteration needs n + 1 steps) and a 10k local garnet."""
+    defaults_succeed(fastppo.chain(1000, gamma=gamma))
+    big = fastppo.garnet(10_000, 4, 3, gamma=gamma, seed=0, locality=50)
+    res = fastppo.solve(big)
+    assert res.converged
+    ev = fastppo.evaluate(big, big.uniform_policy())
+    assert ev.residual <= max(1e-12, 10 * floor(gamma))
+    ppo = fastppo.PPOClip(big)
+    ppo.run(50)
+    J = ppo.history["J"]
+    assert (np.diff(J) >= -1e-9 * np.abs(J).max()).all()
