@@ -244,10 +244,10 @@ def load_lanes(a_indptr, s0, s1, n_lanes, values, pad, out):
     for l in range(n_lanes):
         n = 0
         if s0 + l < s1:
-            src = values[a_indptr[s0 + l]:a_indptr[s0 + l + 1]]
-            n = src.shape[0]
+            lo = a_indptr[s0 + l]
+            n = a_indptr[s0 + l + 1] - lo
             for a in range(n):
-                out[a, l] = src[a]
+                out[a, l] = values[lo + a]
         for a in range(n, n_rows):
             out[a, l] = pad
 
@@ -256,9 +256,9 @@ def load_lanes(a_indptr, s0, s1, n_lanes, values, pad, out):
 def store_lanes(a_indptr, s0, s1, block, out):
     """out[a_indptr[s0 + l] + a] = block[a, l] for the actions of the states s0 ≤ s0 + l < s1."""
     for l in range(s1 - s0):
-        dst = out[a_indptr[s0 + l]:a_indptr[s0 + l + 1]]
-        for a in range(dst.shape[0]):
-            dst[a] = block[a, l]
+        lo = a_indptr[s0 + l]
+        for a in range(a_indptr[s0 + l + 1] - lo):
+            out[lo + a] = block[a, l]
 
 
 @njit(cache=True, inline="always", error_model="numpy")
