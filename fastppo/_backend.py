@@ -24,6 +24,7 @@ STEMS = {
     "policy_update": ("greedy_policy", "ppo_update"),
     "sampling": ("rollout", "gae", "discounted_returns", "ppo_minibatches"),
     "episodic": ("episodic_values", "episodic_visits"),
+    "batched": ("bellman_matvec_batch", "bellman_rmatvec_batch", "q_values_batch"),
 }
 
 _state = {"backend": None, "n_threads": None}  # process-wide: set_backend, set_num_threads
