@@ -230,30 +230,35 @@ def _episodic_calls(n_threads):
 
 
 def _batched_calls(mdp, inp, n_threads, chunks):
-    """The K-member products on (S, K) vectors: K = 3 policies (one with exact zeros),
-    and one policy / one reward shared by all members ((n_pairs, 1) columns)."""
+    """The K-member products on (S, K) vectors: K = 5 policies (a block of four and one
+    more; two with exact zeros), and one policy / one reward shared by all members
+    ((n_pairs, 1) columns)."""
     a, pp, pj, pd = mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data
     S, L, g = mdp.n_states, mdp.n_pairs, mdp.gamma
     rng = np.random.default_rng(12)
-    pis = np.ascontiguousarray(np.stack([inp["pi"], _zeroed(mdp, inp["pi"]),
-                                         random_policy(mdp, 13)[0]]).T)  # (L, 3)
-    policies = {"K3": pis, "shared": np.ascontiguousarray(pis[:, 1:2])}
-    x = rng.normal(size=(S, 3))
-    rewards = {"K3": rng.normal(size=(L, 3)), "shared": mdp.r[:, None].copy()}
+    pis = np.ascontiguousarray(np.stack(_batch_policies(mdp, inp)).T)  # (L, 5)
+    policies = {"K5": pis, "shared": np.ascontiguousarray(pis[:, 1:2])}
+    x = rng.normal(size=(S, 5))
+    rewards = {"K5": rng.normal(size=(L, 5)), "shared": mdp.r[:, None].copy()}
 
     def out(n):
-        return np.full((n, 3), np.nan)
+        return np.full((n, 5), np.nan)
 
     return {
         "bellman_matvec_batch": [(tag, lambda k, p=p: _run(k, out(S), a, pp, pj, pd, p, g, x,
                                                            n_threads=n_threads))
                                  for tag, p in policies.items()],
         "bellman_rmatvec_batch": [(f"{tag}-chunks{c}", lambda k, p=p, c=c: _run(
-            k, out(S), a, pp, pj, pd, p, g, x, extra=np.full((c, S, 3), np.nan), n_threads=n_threads))
+            k, out(S), a, pp, pj, pd, p, g, x, extra=np.full((c, S, 5), np.nan), n_threads=n_threads))
             for tag, p in policies.items() for c in chunks],
         "q_values_batch": [(tag, lambda k, r=r: _run(k, out(L), pp, pj, pd, r, g, x, n_threads=n_threads))
                            for tag, r in rewards.items()],
     }
+
+
+def _batch_policies(mdp, inp):
+    zeroed = _zeroed(mdp, inp["pi"])
+    return [inp["pi"], zeroed, random_policy(mdp, 13)[0], random_policy(mdp, 14)[0], zeroed[::-1].copy()]
 
 
 def test_batched_kernels_equal_single_kernels(mdps):
@@ -265,14 +270,14 @@ def test_batched_kernels_equal_single_kernels(mdps):
     a, pp, pj, pd = mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data
     S, g = mdp.n_states, mdp.gamma
     rng = np.random.default_rng(12)
-    pis = [inp["pi"], _zeroed(mdp, inp["pi"]), random_policy(mdp, 13)[0]]
-    x = rng.normal(size=(S, 3))
-    r = rng.normal(size=(mdp.n_pairs, 3))
+    pis = _batch_policies(mdp, inp)
+    x = rng.normal(size=(S, 5))
+    r = rng.normal(size=(mdp.n_pairs, 5))
     for which in COMPILED:
         mv = batched["bellman_matvec_batch"][0][1](get_kernel("bellman_matvec_batch", which))
         rmv = batched["bellman_rmatvec_batch"][0][1](get_kernel("bellman_rmatvec_batch", which))
         q = batched["q_values_batch"][0][1](get_kernel("q_values_batch", which))
-        for m in range(3):
+        for m in range(5):
             xm = np.ascontiguousarray(x[:, m])
             single = _run(get_kernel("bellman_matvec", which), np.empty(S), a, pp, pj, pd, pis[m], g, xm,
                           n_threads=1)
