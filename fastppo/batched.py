@@ -81,9 +81,16 @@ class _Members:
                                              else pis[:, used]).T)  # (n_pairs', K or 1)
         self.k = {name: get_kernel(name, backend) for name in (
             "bellman_matvec_batch", "bellman_rmatvec_batch", "bellman_matvec", "bellman_rmatvec")}
+        self._last = (None, None)  # (key, product): π's columns packed once per set of members
 
     def batch_product(self, transposed, members):
         """``product(x, out)`` on (n_states, len(members)) arrays for those members."""
+        key = (transposed, tuple(members))
+        if self._last[0] != key:
+            self._last = (key, self._batch_product(transposed, members))
+        return self._last[1]
+
+    def _batch_product(self, transposed, members):
         pi = self.columns if self.columns.shape[1] == 1 else np.ascontiguousarray(
             self.columns[:, members])
         gamma, nt = self.mdp.gamma, self.n_threads
@@ -169,8 +176,111 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
             current[m] = x[:, i]
 
 
+def _bicgstab_steps(b, x0, stop, max_iter, max_restarts=5):
+    """``_krylov.bicgstab`` step for step, as a generator: it yields each vector to be
+    multiplied by A, receives A·vector (``send``), and returns its LinearResult.
+
+    The same operations in the same order as the single-system solver (kept in step
+    with it: tests/test_batched.py compares results, product counts and methods), so
+    a member driven by :func:`_lockstep` gets that solver's iterates.
+    """
+    bnorm = stop.norm(b)
+    n = b.shape[0]
+    x = np.zeros(n) if x0 is None or bnorm == 0.0 else np.array(x0, dtype=np.float64)
+    if bnorm == 0.0:
+        return _krylov.LinearResult(x, 0, 0.0, True, "bicgstab")
+    r, v, p, s, t = (np.empty(n) for _ in range(5))
+    dot = _krylov.dot
+    n_matvec, out_of_budget = 0, False
+    for _ in range(max_restarts + 1):
+        if x0 is None and n_matvec == 0:
+            r[:] = b
+        else:
+            r[:] = yield x
+            n_matvec += 1
+            np.subtract(b, r, out=r)
+        residual = stop.relative(r, bnorm)
+        if stop.met(residual):
+            return _krylov.LinearResult(x, n_matvec, residual, True, "bicgstab")
+        r_hat = r.copy()
+        rho = alpha = omega = 1.0
+        v.fill(0.0)
+        p.fill(0.0)
+        while n_matvec + 2 <= max_iter:
+            rho_new = dot(r_hat, r)
+            if rho_new == 0.0 or omega == 0.0:
+                break
+            beta = (rho_new / rho) * (alpha / omega)
+            p -= omega * v
+            p *= beta
+            p += r
+            v[:] = yield p
+            denom = dot(r_hat, v)
+            if denom == 0.0:
+                n_matvec += 1
+                break
+            alpha = rho_new / denom
+            np.subtract(r, alpha * v, out=s)
+            t[:] = yield s
+            n_matvec += 2
+            tt = dot(t, t)
+            omega = dot(t, s) / tt if tt > 0.0 else 0.0
+            x += alpha * p
+            x += omega * s
+            np.subtract(s, omega * t, out=r)
+            rho = rho_new
+            if stop.met(stop.relative(r, bnorm)):
+                break
+        if n_matvec + 2 > max_iter:
+            out_of_budget = True
+            break
+    r[:] = yield x
+    n_matvec += 1
+    np.subtract(b, r, out=r)
+    residual = stop.relative(r, bnorm)
+    converged = stop.met(residual)
+    return _krylov.LinearResult(x, n_matvec, residual, converged, "bicgstab",
+                                stalled=not (converged or out_of_budget))
+
+
+def _lockstep(members, transposed, steps):
+    """Drive per-member solver generators together: each round, one batched product of
+    the vectors they ask for. ``steps``: {member: generator}. Returns ({member:
+    LinearResult}, number of batched products)."""
+    pending, results = {}, {}
+    for m, gen in steps.items():
+        try:
+            pending[m] = next(gen)
+        except StopIteration as done:
+            results[m] = done.value
+    n_passes = 0
+    while pending:
+        active = sorted(pending)
+        x = np.empty((next(iter(pending.values())).shape[0], len(active)))
+        for i, m in enumerate(active):
+            x[:, i] = pending[m]
+        out = np.empty_like(x)
+        members.batch_product(transposed, active)(x, out)
+        n_passes += 1
+        for i, m in enumerate(active):
+            try:
+                pending[m] = steps[m].send(np.ascontiguousarray(out[:, i]))
+            except StopIteration as done:
+                results[m] = done.value
+                del pending[m]
+    return results, n_passes
+
+
+def _joined(first, then):
+    """One LinearResult for ``first`` followed by ``then`` (as ``_krylov._finish`` joins
+    the links of a chain)."""
+    return _krylov.LinearResult(then.x, first.n_matvec + then.n_matvec, then.residual,
+                                then.converged, f"{first.method}+{then.method}", stalled=then.stalled)
+
+
 def _solve_members(members, transposed, B, X0, what, shift, *, stop, max_iter, method, restart):
-    """Member-wise ``_krylov.solve`` of A_m x_m = b_m, the Richardson link batched.
+    """Member-wise ``_krylov.solve`` of A_m x_m = b_m, with Richardson and BiCGSTAB run
+    for all members in lockstep (one batched product per step) and GMRES per member.
 
     Returns (list of K unscaled LinearResult, number of batched products); raises
     ConvergenceError naming the first member that fails.
@@ -179,16 +289,32 @@ def _solve_members(members, transposed, B, X0, what, shift, *, stop, max_iter, m
     scaled = [_scaled(B[m], None if X0 is None else X0[m]) for m in range(K)]
     Bs = np.stack([s[0] for s in scaled])
     starts = [s[1] for s in scaled]
-    (first_name, _), *links = _krylov.chain(method, restart)
+    links = _krylov.chain(method, restart)
     n_passes = 0
-    if first_name == "richardson":
+    if links[0][0] == "richardson":
         max_rate = _krylov.MAX_RATE if method == "auto" else 1.0
         firsts, n_passes = _sweeps(members, transposed, Bs, starts, shift, stop, max_iter, max_rate)
+        links = links[1:]
+        if links and links[0][0] == "bicgstab":  # as _krylov._finish: from the sweeps' iterate
+            todo = [m for m in range(K) if not firsts[m].converged and firsts[m].n_matvec < max_iter]
+            steps = {m: _bicgstab_steps(Bs[m], firsts[m].x, stop, max_iter - firsts[m].n_matvec)
+                     for m in todo}
+            more, passes = _lockstep(members, transposed, steps)
+            n_passes += passes
+            for m in todo:
+                firsts[m] = _joined(firsts[m], more[m])
+            links = links[1:]
+    elif links[0][0] == "bicgstab":
+        firsts, n_passes = _lockstep(members, transposed, {
+            m: _bicgstab_steps(Bs[m], starts[m], stop, max_iter) for m in range(K)})
+        links = links[1:]
+    else:
+        firsts = None
     results = []
     for m in range(K):
         system = _krylov.System(members.single_product(transposed, m), Bs[m], what, shift)
         try:
-            if first_name == "richardson":
+            if firsts is not None:
                 res = _krylov._finish(system, firsts[m], links, stop, max_iter)
             else:
                 res = _krylov.solve(system, starts[m], stop=stop, max_iter=max_iter,
