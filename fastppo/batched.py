@@ -14,19 +14,18 @@ read them K times. The products are memory-bound (benchmarks/RESULTS.md §2: one
 product at 50k states reads 70 MB), so K members cost far less than K products.
 
 The solve is the chain of ``fastppo._krylov.solve`` run for each member, in lockstep:
-extrapolated Richardson sweeps (``method="auto"`` or ``"richardson"``) advance all
-members together, one batched product per sweep; each member keeps its own scale,
-residual, slow-sweep count and stopping decision, and is frozen (its iterate copied out,
-its column dropped from later products) the sweep it converges. A member whose sweeps
-stall continues alone with the rest of the chain (BiCGSTAB, then GMRES) on the
-single-member product, from its own iterate; ``method="bicgstab"`` or ``"gmres"`` runs
-every member alone. Member m's products are, term by term and in the same order, those
-of the single-member kernels, and its residuals are computed on the same contiguous
-vectors, so its iterates, stopping decisions and results are those of the separate call
-(to round-off, ~1e-15 relative; bit for bit on the compiled backends at one thread
-count). Batching pays on MDPs that mix fast (garnet: ~20 sweeps); on slow-mixing ones
-(gridworlds, local successors) the sweeps stall after a few products and the members
-finish one by one, at about the cost of K separate calls.
+extrapolated Richardson sweeps advance all members together, one batched product per
+sweep; each member keeps its own scale, residual, slow-sweep count and stopping
+decision, and is frozen (its iterate copied out, its column dropped from later products)
+the sweep it converges. Members whose sweeps stall (slow-mixing MDPs: gridworlds, local
+successors) continue with BiCGSTAB, also in lockstep: each member's BiCGSTAB is a
+generator that asks for the vectors it needs multiplied, and each step serves all of
+them with one batched product. GMRES, the last resort, runs per member on the
+single-member product. Member m's products are, term by term and in the same order,
+those of the single-member kernels, and its residuals and inner products are computed on
+the same contiguous vectors, so its iterates, stopping decisions, product counts and
+results are those of the separate call (to round-off, ~1e-15 relative; bit for bit on
+the compiled backends at one thread count).
 """
 import numpy as np
 
