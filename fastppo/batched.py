@@ -90,8 +90,8 @@ class _Members:
         return self._last[1]
 
     def _batch_product(self, transposed, members):
-        pi = self.columns if self.columns.shape[1] == 1 else np.ascontiguousarray(
-            self.columns[:, members])
+        every = self.columns.shape[1] in (1, len(members))  # shared π, or all members
+        pi = self.columns if every else np.ascontiguousarray(self.columns[:, members])
         gamma, nt = self.mdp.gamma, self.n_threads
         if not transposed:
             kernel = self.k["bellman_matvec_batch"]
