@@ -11,6 +11,7 @@ from ._backend import backend, get_backend, set_backend, set_num_threads, show_b
 from ._errors import ConvergenceWarning
 from ._krylov import ConvergenceError
 from .evaluation import Evaluation, evaluate, gradient, softmax, visitation
+from .batched import BatchEvaluation, evaluate_batch, visitation_batch
 from .generators import chain, garnet, gridworld, pendulum, queue2d, token_tree
 from .mdp import MDP
 from .tokens import OutcomeReward, TokenMDP, token_mdp
@@ -31,6 +32,7 @@ __all__ = [
     "Regularizer", "ReverseKL", "ForwardKL", "ChiSquare", "Hellinger", "JensenShannon",
     "AlphaDivergence",
     "evaluate", "visitation", "gradient", "softmax", "Evaluation", "ConvergenceError",
+    "evaluate_batch", "visitation_batch", "BatchEvaluation",
     "ConvergenceWarning",
     "solve", "PPOClip", "SoftmaxPG", "NPG", "KLPenaltyPPO", "SolveResult", "RunResult",
     "rollout", "Rollout", "gae", "discounted_returns", "kl_estimate", "group_advantages",

@@ -26,6 +26,7 @@ STEMS = {
     "episodic": ("episodic_values", "episodic_visits"),
     "assembled": ("merge_pattern", "assemble_values", "split_matvec", "triangular_solve",
                   "sgs_operator"),
+    "batched": ("bellman_matvec_batch", "bellman_rmatvec_batch", "q_values_batch"),
 }
 
 _state = {"backend": None, "n_threads": None}  # process-wide: set_backend, set_num_threads

@@ -408,3 +408,24 @@ def sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, trans
     split_matvec(indptr, mid, indices, data, kdiag + 2.0 * diag, t, y, 0, transpose)
     triangular_solve(indptr, mid, indices, data, dinv, y, out, 1, transpose)
     out *= diag
+
+
+# -------------------------------------------------------------------- batched
+# K members at once on (S, K) vectors; ``pi`` and ``r`` are (n_pairs, K) or (n_pairs, 1)
+# (one policy or reward shared by all members).
+def bellman_matvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out, n_threads=1):
+    """out[:, m] = x[:, m] − γ P_{π_m} x[:, m]."""
+    Px = _P(p_indptr, p_indices, p_data, x.shape[0]) @ x  # (n_pairs, K)
+    out[:] = x - gamma * np.add.reduceat(pi * Px, a_indptr[:-1], axis=0)
+
+
+def bellman_rmatvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out, buf,
+                          n_threads=1):
+    """out[:, m] = x[:, m] − γ P_{π_m}ᵀ x[:, m]."""
+    w = pi * x[_states(a_indptr)]  # (n_pairs, K)
+    out[:] = x - gamma * (_P(p_indptr, p_indices, p_data, x.shape[0]).T @ w)
+
+
+def q_values_batch(p_indptr, p_indices, p_data, r, gamma, v, out, n_threads=1):
+    """out[:, m] = r[:, m] + γ P v[:, m]."""
+    out[:] = r + gamma * (_P(p_indptr, p_indices, p_data, v.shape[0]) @ v)

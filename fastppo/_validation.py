@@ -770,3 +770,78 @@ def drop_infeasible(s_indices, a_indices, P, R, n_states):
         raise ValueError(f"state {st} has no feasible action: every reward of it is -inf")
     P = sp.csr_array(P)[keep] if sp.issparse(P) else np.asarray(P)[keep]
     return s[keep], np.asarray(a_indices)[keep], P, R[keep]
+
+
+# ------------------------------------------------- batches of K members (evaluate_batch)
+def _member_shapes(mdp, name, what):
+    """The accepted shapes of a batch of per-pair tables, as text for error messages."""
+    table = f", (K, {mdp.n_states}, {mdp.n_actions})" if mdp.is_rectangular else ""
+    sigma = f" or an integer array (K, {mdp.n_states}) of action labels" if what == "policies" else ""
+    return f"{name} must hold K {what}: shape (K, {mdp.n_pairs}){table}{sigma}"
+
+
+def is_single_policy(mdp, pi):
+    """Whether ``pi`` has the shape of one policy: (n_pairs,), (S, A) for rectangular
+    MDPs, or sigma (an integer array of shape (S,))."""
+    shape = np.shape(pi)
+    return (shape == (mdp.n_pairs,) or is_sigma(mdp, pi)
+            or (mdp.is_rectangular and shape == (mdp.n_states, mdp.n_actions)))
+
+
+def policy_batch(mdp, pi, name="pi"):
+    """K policies → (K, n_pairs) float64, each member checked by :func:`as_policy`.
+
+    Accepted: (K, n_pairs) or (K, S, A) (rectangular MDPs) probability tables, or an
+    integer (K, S) array of action labels (one sigma per row). A member's error names it
+    (``pi[2] must sum to 1 in every state: state 5 ...``).
+    """
+    x = np.asarray(pi)
+    member_shape = x.shape[1:]
+    ok = x.ndim >= 2 and x.shape[0] >= 1 and (
+        member_shape == (mdp.n_pairs,)
+        or (mdp.is_rectangular and member_shape == (mdp.n_states, mdp.n_actions))
+        or (member_shape == (mdp.n_states,) and np.issubdtype(x.dtype, np.integer)))
+    if not ok:
+        raise ValueError(f"{_member_shapes(mdp, name, 'policies')}, K >= 1; got shape {x.shape}"
+                         + (f" and dtype {x.dtype}" if member_shape == (mdp.n_states,) else ""))
+    return np.stack([as_policy(mdp, x[m], f"{name}[{m}]") for m in range(x.shape[0])])
+
+
+def reward_batch(mdp, r, name="r"):
+    """K reward vectors → (K, n_pairs) float64, finite; (K, S, A) for rectangular MDPs."""
+    x = as_float_array(r, name)
+    member_shape = x.shape[1:]
+    ok = x.ndim >= 2 and x.shape[0] >= 1 and (
+        member_shape == (mdp.n_pairs,)
+        or (mdp.is_rectangular and member_shape == (mdp.n_states, mdp.n_actions)))
+    if not ok:
+        raise ValueError(f"{_member_shapes(mdp, name, 'reward vectors')}, K >= 1; got shape {x.shape}")
+    x = np.ascontiguousarray(x.reshape(x.shape[0], mdp.n_pairs))
+    bad = ~np.isfinite(x)
+    if bad.any():
+        m, k = np.unravel_index(int(np.argmax(bad)), x.shape)
+        raise ValueError(f"{name}[{m}] must be finite: {mdp.pair_name(k)} has {x[m, k]}")
+    return x
+
+
+def state_batch(x, n_members, n_states, name):
+    """A (K, n_states) warm start → float64, finite (None stays None)."""
+    if x is None:
+        return None
+    x = as_float_array(x, name, copy=True)
+    if x.shape != (n_members, n_states):
+        raise ValueError(f"{name} must have shape ({n_members}, {n_states}) (K, n_states), got {x.shape}")
+    check_finite(x, name)
+    return x
+
+
+def distribution_batch(mu, n_members, n_states, name):
+    """Start distributions: (n_states,) shared by all members or (K, n_states), one per
+    member; each a probability vector (:func:`check_distribution`) → (K, n_states)."""
+    x = np.asarray(mu)
+    if x.shape == (n_states,):
+        return np.broadcast_to(check_distribution(x, n_states, name), (n_members, n_states))
+    if x.shape != (n_members, n_states):
+        raise ValueError(f"{name} must have shape ({n_states},) or ({n_members}, {n_states}) "
+                         f"(K, n_states), got {x.shape}")
+    return np.stack([check_distribution(x[m], n_states, f"{name}[{m}]") for m in range(n_members)])

@@ -1,6 +1,6 @@
 """numba = cython = numpy on identical inputs: every public function of the exact
 solver, and every kernel of every ``fastppo._backend.STEMS`` group (``linear``,
-``tables``, ``policy_update``, ``sampling``, ``episodic``) called directly through ``get_kernel``; and results
+``tables``, ``policy_update``, ``sampling``, ``episodic``, ``batched``) called directly through ``get_kernel``; and results
 reproducible bit for bit run to run for a fixed backend and thread count."""
 import numpy as np
 import pytest
@@ -132,6 +132,7 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
         "regularized_reward": [], "policy_gradient": [],
         **_episodic_calls(n_threads),
         **_assembled_calls(mdp, inp, n_threads),
+        **_batched_calls(mdp, inp, n_threads, chunks),
     }
     for code, alpha in CODES:
         for tau in (0.0, 0.7):
@@ -300,6 +301,67 @@ def _assembled_calls(mdp, inp, n_threads):
     return calls
 
 
+def _batched_calls(mdp, inp, n_threads, chunks):
+    """The K-member products on (S, K) vectors: K = 5 policies (a block of four and one
+    more; two with exact zeros), and one policy / one reward shared by all members
+    ((n_pairs, 1) columns)."""
+    a, pp, pj, pd = mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data
+    S, L, g = mdp.n_states, mdp.n_pairs, mdp.gamma
+    rng = np.random.default_rng(12)
+    pis = np.ascontiguousarray(np.stack(_batch_policies(mdp, inp)).T)  # (L, 5)
+    policies = {"K5": pis, "shared": np.ascontiguousarray(pis[:, 1:2])}
+    x = rng.normal(size=(S, 5))
+    rewards = {"K5": rng.normal(size=(L, 5)), "shared": mdp.r[:, None].copy()}
+
+    def out(n):
+        return np.full((n, 5), np.nan)
+
+    return {
+        "bellman_matvec_batch": [(tag, lambda k, p=p: _run(k, out(S), a, pp, pj, pd, p, g, x,
+                                                           n_threads=n_threads))
+                                 for tag, p in policies.items()],
+        "bellman_rmatvec_batch": [(f"{tag}-chunks{c}", lambda k, p=p, c=c: _run(
+            k, out(S), a, pp, pj, pd, p, g, x, extra=np.full((c, S, 5), np.nan), n_threads=n_threads))
+            for tag, p in policies.items() for c in chunks],
+        "q_values_batch": [(tag, lambda k, r=r: _run(k, out(L), pp, pj, pd, r, g, x, n_threads=n_threads))
+                           for tag, r in rewards.items()],
+    }
+
+
+def _batch_policies(mdp, inp):
+    zeroed = _zeroed(mdp, inp["pi"])
+    return [inp["pi"], zeroed, random_policy(mdp, 13)[0], random_policy(mdp, 14)[0], zeroed[::-1].copy()]
+
+
+def test_batched_kernels_equal_single_kernels(mdps):
+    """Member m of a batched product is the single-member product, bit for bit (compiled
+    backends: the same sums in the same order)."""
+    mdp = mdps[1]
+    inp = _kernel_inputs(mdp, np.random.default_rng(9))
+    batched = _batched_calls(mdp, inp, 1, (2,))  # the same x, r and policies as below
+    a, pp, pj, pd = mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data
+    S, g = mdp.n_states, mdp.gamma
+    rng = np.random.default_rng(12)
+    pis = _batch_policies(mdp, inp)
+    x = rng.normal(size=(S, 5))
+    r = rng.normal(size=(mdp.n_pairs, 5))
+    for which in COMPILED:
+        mv = batched["bellman_matvec_batch"][0][1](get_kernel("bellman_matvec_batch", which))
+        rmv = batched["bellman_rmatvec_batch"][0][1](get_kernel("bellman_rmatvec_batch", which))
+        q = batched["q_values_batch"][0][1](get_kernel("q_values_batch", which))
+        for m in range(5):
+            xm = np.ascontiguousarray(x[:, m])
+            single = _run(get_kernel("bellman_matvec", which), np.empty(S), a, pp, pj, pd, pis[m], g, xm,
+                          n_threads=1)
+            np.testing.assert_array_equal(mv[:, m], single, err_msg=f"{which} matvec {m}")
+            single = _run(get_kernel("bellman_rmatvec", which), np.empty(S), a, pp, pj, pd, pis[m], g,
+                          xm, extra=np.empty((2, S)), n_threads=1)
+            np.testing.assert_array_equal(rmv[:, m], single, err_msg=f"{which} rmatvec {m}")
+            single = _run(get_kernel("q_values", which), np.empty(mdp.n_pairs), pp, pj, pd,
+                          np.ascontiguousarray(r[:, m]), g, xm, n_threads=1)
+            np.testing.assert_array_equal(q[:, m], single, err_msg=f"{which} q_values {m}")
+
+
 def _run(kernel, out, *args, extra=None, n_threads, tail=()):
     if extra is None:
         kernel(*args, out, *tail, n_threads)
@@ -310,9 +372,10 @@ def _run(kernel, out, *args, extra=None, n_threads, tail=()):
 
 def test_parity_covers_every_kernel(mdps):
     """Every kernel of every stem (linear, tables, policy_update, sampling, episodic,
-    assembled) has a parity case (a new kernel fails this until added)."""
+    assembled, batched) has a parity case (a new kernel fails this until added)."""
     mdp = mdps[0]
-    assert set(STEMS) == {"linear", "tables", "policy_update", "sampling", "episodic", "assembled"}
+    assert set(STEMS) == {"linear", "tables", "policy_update", "sampling", "episodic", "assembled",
+                          "batched"}
     names = {name for stem in STEMS for name in STEMS[stem]}
     assert set(_calls(mdp, _kernel_inputs(mdp, np.random.default_rng(0)), 1)) == names
 

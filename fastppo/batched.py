@@ -1,0 +1,546 @@
+r"""Batched exact evaluation: K policies, or one policy under K reward vectors, at once.
+
+Member m (m = 0 … K−1) has a policy π_m and rewards r_m (either may be shared by all
+members); its quantities are those of :func:`fastppo.evaluate` and
+:func:`fastppo.visitation` on it alone:
+
+    Ṽ_m = (I − γ P_{π_m})^{-1} (r_{m,π_m} − τ D_f(π_m)),   Q̃_m = r_m + γ P Ṽ_m,
+    Ã_m = Q̃_m − Σ_a π_m Q̃_m,   J_m = ρ · Ṽ_m,   d_m = (1 − γ) (I − γ P_{π_m}ᵀ)^{-1} μ_m.
+
+Inside, the K iterates are one (n_states, K) array, member m of state s at ``x[s, m]``:
+one product (kernels ``bellman_matvec_batch`` / ``bellman_rmatvec_batch``, stem
+``batched``) reads the transition rows once for all K members, where K separate calls
+read them K times. The products are memory-bound (benchmarks/RESULTS.md §2: one
+product at 50k states reads 70 MB), so K members cost far less than K products.
+
+The solve is the chain of ``fastppo._krylov.solve`` run for each member, in lockstep:
+extrapolated Richardson sweeps advance all members together, one batched product per
+sweep; each member keeps its own scale, residual, slow-sweep count and stopping
+decision, and is frozen (its iterate copied out, its column dropped from later products)
+the sweep it converges. Members whose sweeps stall (slow-mixing MDPs: gridworlds, local
+successors) continue with BiCGSTAB, also in lockstep: each member's BiCGSTAB is a
+generator that asks for the vectors it needs multiplied, and each step serves all of
+them with one batched product. GMRES, the last resort, runs per member on the
+single-member product. Member m's products are, term by term and in the same order,
+those of the single-member kernels, and its residuals and inner products are computed on
+the same contiguous vectors, so its iterates, stopping decisions, product counts and
+results are those of the separate call (to round-off, ~1e-15 relative; bit for bit on
+the compiled backends at one thread count).
+"""
+import math
+
+import numpy as np
+
+from . import _krylov
+from ._assembled import OMEGA, AssembledMatrix
+from . import _validation as V
+from ._backend import get_kernel, resolve_backend, resolve_threads
+from ._evaluator import (DEFAULT_RESTART, DEFAULT_TOL, VALUE_SYSTEM, VISIT_SYSTEM, policy_rows,
+                         regularizer_args)
+from ._result import Result
+from .evaluation import _solver_args
+
+__all__ = ["BatchEvaluation", "evaluate_batch", "visitation_batch"]
+
+
+class BatchEvaluation(Result):
+    """Result of :func:`evaluate_batch`: member m's quantities at index m.
+
+    Attributes
+    ----------
+    v : ndarray of shape (K, n_states)
+        Regularized values Ṽ_m.
+    q, adv : ndarray of shape (K, n_pairs) or (K, n_states, n_actions)
+        Q̃_m and Ã_m, each member in the shape :func:`fastppo.evaluate` gives them.
+    J : ndarray of shape (K,)
+        ρ · Ṽ_m.
+    n_matvec : ndarray of shape (K,), int
+        Products with I − γP_{π_m} each member's solve used (as :func:`fastppo.evaluate`
+        counts them).
+    residual : ndarray of shape (K,)
+        Relative residual of each member's solve.
+    method : list of str
+        The solvers that ran for each member ("richardson", "richardson+bicgstab", ...).
+    n_passes : int
+        Batched products (passes over the transition rows serving all members at once).
+    backend : str
+    """
+
+
+# ---------------------------------------------------------------- the batched solve
+class _Members:
+    """The K members' product rows on one MDP: batched products for any subset of
+    members, and each member's single product (for the Krylov continuation)."""
+
+    def __init__(self, mdp, pis, backend, n_threads):
+        self.mdp, self.n_threads = mdp, n_threads
+        self.pis = pis  # (K, n_pairs), or (1, n_pairs) when shared
+        used = (pis != 0.0).any(axis=0)
+        # the pairs some member uses, gathered once when they are at most half (as policy_rows)
+        *rows, kept = policy_rows(mdp, used.astype(np.float64))
+        self.rows = tuple(rows)
+        self.columns = np.ascontiguousarray((pis if kept.shape[0] == mdp.n_pairs
+                                             else pis[:, used]).T)  # (n_pairs', K or 1)
+        self.k = {name: get_kernel(name, backend) for name in (
+            "bellman_matvec_batch", "bellman_rmatvec_batch", "bellman_matvec", "bellman_rmatvec")}
+        self._last = (None, None)  # (key, product): π's columns packed once per set of members
+        self.backend = backend
+        self._matrices = {}  # member → its assembled I − γP_π (as the Evaluator's), on first use
+
+    def batch_product(self, transposed, members):
+        """``product(x, out)`` on (n_states, len(members)) arrays for those members."""
+        key = (transposed, tuple(members))
+        if self._last[0] != key:
+            self._last = (key, self._batch_product(transposed, members))
+        return self._last[1]
+
+    def _batch_product(self, transposed, members):
+        every = self.columns.shape[1] in (1, len(members))  # shared π, or all members
+        pi = self.columns if every else np.ascontiguousarray(self.columns[:, members])
+        gamma, nt = self.mdp.gamma, self.n_threads
+        if not transposed:
+            kernel = self.k["bellman_matvec_batch"]
+            return lambda x, out: kernel(*self.rows, pi, gamma, x, out, nt)
+        kernel = self.k["bellman_rmatvec_batch"]
+        buf = np.empty((nt, self.mdp.n_states, len(members)))
+        return lambda x, out: kernel(*self.rows, pi, gamma, x, out, buf, nt)
+
+    def assembled(self, transposed, m):
+        """``assembled()`` of member m's system: its I − γP_π assembled on first use
+        (``Evaluator.assembled``), for the chain's solvers after the sweeps."""
+        def view():
+            if m not in self._matrices:
+                pi = self.pis[m if self.pis.shape[0] > 1 else 0]
+                self._matrices[m] = AssembledMatrix(self.mdp, policy_rows(self.mdp, pi), self.backend)
+            return self._matrices[m].view(transposed, OMEGA)
+        return view
+
+    def single_product(self, transposed, m):
+        """``matvec(x, out)`` of member m alone (the single-policy kernels)."""
+        pi = self.pis[m if self.pis.shape[0] > 1 else 0]
+        rows = (*policy_rows(self.mdp, pi), self.mdp.gamma)
+        nt = self.n_threads
+        if not transposed:
+            kernel = self.k["bellman_matvec"]
+            return lambda x, out: kernel(*rows, x, out, nt)
+        kernel = self.k["bellman_rmatvec"]
+        buf = np.empty((nt, self.mdp.n_states))
+        return lambda x, out: kernel(*rows, x, out, buf, nt)
+
+
+def _scaled(b, x0):
+    """(b / 2^e, x0 / 2^e, e) for one member, as ``fastppo._krylov.solve`` scales."""
+    big = float(np.max(np.abs(b)))
+    if big == 0.0:
+        return b, x0, 0
+    e = int(np.frexp(big)[1])
+    return np.ldexp(b, -e), None if x0 is None else np.ldexp(x0, -e), e
+
+
+def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
+    """Richardson sweeps for all members in lockstep (``_krylov.richardson`` per member).
+
+    B : (K, n) scaled right-hand sides; X0 : list of K scaled starts (None: zero).
+    Returns (list of K LinearResult, number of batched products).
+    """
+    K, n = B.shape
+    bnorm = [stop.norm(B[m]) for m in range(K)]
+    results = [None] * K
+    for m in range(K):
+        if bnorm[m] == 0.0:  # as _krylov: zero start, converged at once
+            results[m] = _krylov.LinearResult(np.zeros(n), 0, 0.0, True, "richardson")
+    current = dict(enumerate(X0))  # each active member's iterate (None: zero)
+    last, slow = np.full(K, np.inf), np.zeros(K, dtype=np.int64)
+    n_matvec = 0
+    while True:
+        active = [m for m in range(K) if results[m] is None]
+        if not active:
+            return results, n_matvec
+        # (re)pack the active members' columns: frozen members leave the products
+        x = np.zeros((n, len(active)))
+        for i, m in enumerate(active):
+            if current[m] is not None:
+                x[:, i] = current[m]
+        b = np.ascontiguousarray(B[active].T)
+        r = np.empty_like(x)
+        product = members.batch_product(transposed, active)
+        finished = False
+        while not finished:
+            product(x, r)
+            n_matvec += 1
+            np.subtract(b, r, out=r)
+            rows = r.T.copy()  # each member's residual contiguous, as its own solve sees it
+            for i, m in enumerate(active):
+                residual = stop.relative(rows[i], bnorm[m])
+                if stop.met(residual):
+                    results[m] = _krylov.LinearResult(x[:, i].copy(), n_matvec, residual, True,
+                                                      "richardson")
+                    continue
+                slow[m] = slow[m] + 1 if residual > max_rate * last[m] else 0
+                last[m] = residual
+                gave_up = n_matvec >= _krylov.MIN_SWEEPS and slow[m] >= 2
+                if n_matvec >= max_iter or gave_up:
+                    results[m] = _krylov.LinearResult(x[:, i].copy(), n_matvec, residual, False,
+                                                      "richardson", stalled=n_matvec < max_iter)
+            finished = any(results[m] is not None for m in active)
+            x += r
+            if shift:
+                x += shift * 0.5 * (r.min(axis=0) + r.max(axis=0))
+        for i, m in enumerate(active):
+            current[m] = x[:, i]
+
+
+def _bicgstab_steps(b, x0, stop, max_iter, max_restarts=5):
+    """``_krylov.bicgstab`` (its ``_bicgstab`` with the true residual as the check) step
+    for step, as a generator: it yields each vector to be multiplied by A, receives
+    A·vector (``send``), and returns its LinearResult.
+
+    The same operations in the same order as the single-system solver (kept in step
+    with it: tests/test_batched.py compares results, product counts and methods), so
+    a member driven by :func:`_lockstep` gets that solver's iterates.
+    """
+    bnorm = stop.norm(b)
+    n = b.shape[0]
+    x = np.zeros(n) if x0 is None or bnorm == 0.0 else np.array(x0, dtype=np.float64)
+    if bnorm == 0.0:
+        return _krylov.LinearResult(x, 0, 0.0, True, "bicgstab")
+    zero_start = x0 is None
+    dot = _krylov.dot
+    r, v, p, s, t = (np.empty(n) for _ in range(5))
+    used, ratio, last_true, stalls, true = 0, 1.0, np.inf, 0, np.inf
+    snap, snap_rel = x.copy(), np.inf
+
+    def check():  # the true residual: one product (a generator step of its own)
+        t[:] = yield x
+        np.subtract(b, t, out=t)
+        return stop.relative(t, bnorm)
+
+    for attempt in range(max_restarts + 1):
+        if zero_start and attempt == 0:
+            r[:] = b
+        else:
+            r[:] = yield x
+            used += 1
+            np.subtract(b, r, out=r)
+        rel = stop.relative(r, bnorm)
+        if not math.isfinite(rel):
+            x[:] = snap
+            continue
+        if rel < snap_rel:
+            snap[:] = x
+            snap_rel = rel
+        r_hat = r.copy()
+        rho = alpha = omega = 1.0
+        v.fill(0.0)
+        p.fill(0.0)
+        while used + 2 <= max_iter and not stop.met(2.0 * rel * ratio):
+            rho_new = dot(r_hat, r)
+            if rho_new == 0.0 or omega == 0.0:
+                break
+            beta = (rho_new / rho) * (alpha / omega)
+            p -= omega * v
+            p *= beta
+            p += r
+            v[:] = yield p
+            denom = dot(r_hat, v)
+            if denom == 0.0:
+                used += 1
+                break
+            alpha = rho_new / denom
+            np.subtract(r, alpha * v, out=s)
+            t[:] = yield s
+            used += 2
+            tt = dot(t, t)
+            omega = dot(t, s) / tt if tt > 0.0 else 0.0
+            x += alpha * p
+            x += omega * s
+            np.subtract(s, omega * t, out=r)
+            rho = rho_new
+            rel = stop.relative(r, bnorm)
+            if not rel <= 1e8 * snap_rel:
+                x[:] = snap
+                rel = snap_rel
+                break
+            if rel < 0.5 * snap_rel:
+                snap[:] = x
+                snap_rel = rel
+        true = yield from check()
+        used += 1
+        if not math.isfinite(true):
+            x[:] = snap
+            true = yield from check()
+            used += 1
+        if stop.met(true):
+            return _krylov.LinearResult(x, used, true, True, "bicgstab")
+        if rel > 0.0:
+            ratio = max(1.0, true / rel)
+        stalls = stalls + 1 if true > 0.5 * last_true else 0
+        last_true = min(last_true, true)
+        if used + 2 > max_iter:
+            return _krylov.LinearResult(x, used, true, False, "bicgstab")
+        if stalls == 2:
+            break
+    return _krylov.LinearResult(x, used, true, False, "bicgstab", stalled=True)
+
+
+def _lockstep(members, transposed, steps):
+    """Drive per-member solver generators together: each round, one batched product of
+    the vectors they ask for. ``steps``: {member: generator}. Returns ({member:
+    LinearResult}, number of batched products)."""
+    pending, results = {}, {}
+    for m, gen in steps.items():
+        try:
+            pending[m] = next(gen)
+        except StopIteration as done:
+            results[m] = done.value
+    n_passes = 0
+    while pending:
+        active = sorted(pending)
+        x = np.empty((next(iter(pending.values())).shape[0], len(active)))
+        for i, m in enumerate(active):
+            x[:, i] = pending[m]
+        out = np.empty_like(x)
+        members.batch_product(transposed, active)(x, out)
+        n_passes += 1
+        for i, m in enumerate(active):
+            try:
+                pending[m] = steps[m].send(np.ascontiguousarray(out[:, i]))
+            except StopIteration as done:
+                results[m] = done.value
+                del pending[m]
+    return results, n_passes
+
+
+def _joined(first, then):
+    """One LinearResult for ``first`` followed by ``then`` (as ``_krylov._finish`` joins
+    the links of a chain)."""
+    return _krylov.LinearResult(then.x, first.n_matvec + then.n_matvec, then.residual,
+                                then.converged, f"{first.method}+{then.method}", stalled=then.stalled)
+
+
+def _solve_members(members, transposed, B, X0, what, shift, *, stop, max_iter, method, restart):
+    """Member-wise ``_krylov.solve`` of A_m x_m = b_m, with Richardson and BiCGSTAB run
+    for all members in lockstep (one batched product per step) and GMRES per member.
+
+    Returns (list of K unscaled LinearResult, number of batched products); raises
+    ConvergenceError naming the first member that fails.
+    """
+    K = B.shape[0]
+    scaled = [_scaled(B[m], None if X0 is None else X0[m]) for m in range(K)]
+    Bs = np.stack([s[0] for s in scaled])
+    starts = [s[1] for s in scaled]
+    links = _krylov.chain(method, restart)
+    n_passes = 0
+    if links[0][0] == "richardson":
+        max_rate = _krylov.MAX_RATE if method == "auto" else 1.0
+        firsts, n_passes = _sweeps(members, transposed, Bs, starts, shift, stop, max_iter, max_rate)
+        links = links[1:]
+        if links and links[0][0] == "bicgstab":  # as _krylov._finish: from the sweeps' iterate
+            todo = [m for m in range(K) if not firsts[m].converged and firsts[m].n_matvec < max_iter]
+            steps = {m: _bicgstab_steps(Bs[m], firsts[m].x, stop, max_iter - firsts[m].n_matvec)
+                     for m in todo}
+            more, passes = _lockstep(members, transposed, steps)
+            n_passes += passes
+            for m in todo:
+                firsts[m] = _joined(firsts[m], more[m])
+            links = links[1:]
+    elif links[0][0] == "bicgstab":
+        firsts, n_passes = _lockstep(members, transposed, {
+            m: _bicgstab_steps(Bs[m], starts[m], stop, max_iter) for m in range(K)})
+        links = links[1:]
+    else:
+        firsts = None
+    results = []
+    for m in range(K):
+        system = _krylov.System(members.single_product(transposed, m), Bs[m], what, shift,
+                                assembled=members.assembled(transposed, m))
+        try:
+            if firsts is not None:
+                res = _krylov._finish(system, firsts[m], links, stop, max_iter)
+            else:
+                res = _krylov.solve(system, starts[m], stop=stop, max_iter=max_iter,
+                                    method=method, restart=restart)
+        except _krylov.ConvergenceError as exc:
+            raise _krylov.ConvergenceError(f"member {m}: {exc}") from None
+        results.append(_krylov._unscaled(res, scaled[m][2]))
+    return results, n_passes
+
+
+# ------------------------------------------------------------------- public API
+def _members(mdp, pi, batch, name_batch):
+    """(pis (K, n_pairs) or (1, n_pairs), like): the policies, and the array whose shape
+    each member's per-pair tables take (None: the MDP's table shape, for sigma)."""
+    if batch is not None and V.is_single_policy(mdp, pi):
+        flat = V.as_policy(mdp, pi)
+        return flat[None, :], None if V.is_sigma(mdp, pi) else np.asarray(pi)
+    pis = V.policy_batch(mdp, pi)
+    if batch is not None and pis.shape[0] != batch:
+        raise ValueError(f"pi holds {pis.shape[0]} policies but {name_batch} holds {batch} "
+                         f"members: give K of each, or one policy")
+    x = np.asarray(pi)
+    sigma = x.ndim == 2 and x.shape[1] == mdp.n_states and np.issubdtype(x.dtype, np.integer)
+    return pis, None if sigma else x[0]
+
+
+def _table_shape(mdp, like):
+    return mdp.to_table(np.empty(mdp.n_pairs), like=like).shape
+
+
+def evaluate_batch(mdp, pi, reg=None, *, r=None, v0=None, tol=DEFAULT_TOL, max_iter=None,
+                   restart=DEFAULT_RESTART, method="auto", backend=None, n_threads=None):
+    """Regularized values Ṽ, Q̃, Ã of K policies, or of one policy under K reward vectors.
+
+    Equal, member by member, to K calls of :func:`fastppo.evaluate` (to round-off), with
+    one pass over the transitions per Richardson sweep for all K members.
+
+    Parameters
+    ----------
+    mdp : MDP
+    pi : array_like of shape (K, n_pairs) or (K, n_states, n_actions), or int array of shape (K, n_states)
+        K policies (probabilities; or per row ``sigma``, action labels). With ``r``
+        given, ``pi`` may also be one policy in any shape :func:`fastppo.evaluate`
+        takes, shared by all members.
+    reg : Regularizer, optional
+        τ·D_f(π ‖ π_ref), the same for every member; None for the plain MDP.
+    r : array_like of shape (K, n_pairs) or (K, n_states, n_actions), optional
+        Member m's rewards r_m (member m is then ``mdp.with_rewards(r[m])``); the MDP's
+        own rewards for every member when None.
+    v0 : array_like of shape (K, n_states), optional
+        Warm starts.
+    tol, max_iter, restart, method, backend, n_threads
+        As in :func:`fastppo.evaluate`, for each member.
+
+    Returns
+    -------
+    BatchEvaluation
+        ``v`` (K, n_states); ``q``, ``adv`` (K, n_pairs) or (K, n_states, n_actions);
+        ``J`` (K,); ``n_matvec``, ``residual``, ``method`` per member; ``n_passes``.
+
+    Raises
+    ------
+    ConvergenceError
+        If a member's solve does not reach ``tol`` within ``max_iter`` products (the
+        message names the member).
+
+    Examples
+    --------
+    >>> import numpy as np, fastppo
+    >>> mdp = fastppo.garnet(100, 4, 3, gamma=0.9, seed=0)
+    >>> rng = np.random.default_rng(0)
+    >>> pis = np.stack([fastppo.softmax(mdp, rng.normal(size=mdp.n_pairs)) for _ in range(3)])
+    >>> ev = fastppo.evaluate_batch(mdp, pis)
+    >>> ev.v.shape, ev.J.shape
+    ((3, 100), (3,))
+    >>> bool(np.allclose(ev.v[1], fastppo.evaluate(mdp, pis[1]).v, rtol=1e-12, atol=0))
+    True
+    """
+    V.check_discounted(mdp, "evaluate_batch")
+    which, nt = resolve_backend(backend), resolve_threads(n_threads)
+    opts = _solver_args(tol, max_iter, restart, method)
+    rewards = None if r is None else V.reward_batch(mdp, r)
+    pis, like = _members(mdp, pi, None if rewards is None else rewards.shape[0], "r")
+    K = pis.shape[0] if rewards is None else rewards.shape[0]
+    v0 = V.state_batch(v0, K, mdp.n_states, "v0")
+    code, alpha, tau, ref = regularizer_args(mdp, reg)
+    if ref is None:
+        ref = mdp.uniform_policy()
+    members = _Members(mdp, pis, which, nt)
+
+    def pi_of(m):
+        return pis[m if pis.shape[0] > 1 else 0]
+
+    def r_of(m):
+        return mdp.r if rewards is None else rewards[m]
+
+    # right-hand sides c_m = r_{m,π_m} − τ D_f(π_m), one row each
+    reward_kernel = get_kernel("regularized_reward", which)
+    C = np.empty((K, mdp.n_states))
+    for m in range(K):
+        reward_kernel(mdp.a_indptr, r_of(m), pi_of(m), ref, code, alpha, tau, C[m], nt)
+        V.check_finite(C[m], f"r_pi - tau * D_f(pi) of member {m}")
+    gamma = mdp.gamma
+    results, n_passes = _solve_members(
+        members, False, C, v0, VALUE_SYSTEM, gamma / (1.0 - gamma),
+        stop=_krylov.StoppingRule(opts["tol"]), max_iter=opts["max_iter"],
+        method=opts["method"], restart=opts["restart"])
+    v = np.stack([res.x for res in results])
+    # Q̃ = r + γ P Ṽ for all members in one pass; Ã per member
+    vt = np.ascontiguousarray(v.T)
+    r_columns = mdp.r[:, None] if rewards is None else np.ascontiguousarray(rewards.T)
+    qt = np.empty((mdp.n_pairs, K))
+    get_kernel("q_values_batch", which)(mdp.p_indptr, mdp.p_indices, mdp.p_data, r_columns, gamma,
+                                        vt, qt, nt)
+    q = np.ascontiguousarray(qt.T)
+    adv = np.empty_like(q)
+    adv_kernel = get_kernel("advantages", which)
+    for m in range(K):
+        adv_kernel(mdp.a_indptr, pi_of(m), q[m], adv[m], nt)
+    shape = (K, *_table_shape(mdp, like))
+    return BatchEvaluation(
+        v=v, q=q.reshape(shape), adv=adv.reshape(shape),
+        J=np.array([_krylov.dot(mdp.rho, v[m]) for m in range(K)]),
+        n_matvec=np.array([res.n_matvec for res in results]),
+        residual=np.array([res.residual for res in results]),
+        method=[res.method for res in results], n_passes=n_passes, backend=which)
+
+
+def visitation_batch(mdp, pi, mu=None, *, d0=None, tol=DEFAULT_TOL, max_iter=None,
+                     restart=DEFAULT_RESTART, method="auto", backend=None, n_threads=None,
+                     full_output=False):
+    """Visitations d_m = (1−γ) (I − γP_{π_m}ᵀ)^{-1} μ_m of K policies (or one policy and
+    K start distributions), at once.
+
+    Equal, member by member, to K calls of :func:`fastppo.visitation` (to round-off).
+
+    Parameters
+    ----------
+    mdp : MDP
+    pi : array_like of shape (K, n_pairs) or (K, n_states, n_actions), or int array of shape (K, n_states)
+        K policies, as in :func:`evaluate_batch`; one policy (any shape
+        :func:`fastppo.visitation` takes) when ``mu`` holds K distributions.
+    mu : array_like of shape (n_states,) or (K, n_states), optional
+        Start distribution, shared or one per member; ``mdp.rho`` by default.
+    d0 : array_like of shape (K, n_states), optional
+        Warm starts (any positive multiple of a guess of d_m).
+    tol, max_iter, restart, method, backend, n_threads
+        As in :func:`fastppo.visitation`, for each member.
+    full_output : bool, default False
+        Return a Result with ``d``, ``n_matvec`` (K,), ``residual`` (K,), ``method``
+        (list), ``n_passes``, ``backend``.
+
+    Returns
+    -------
+    d : ndarray of shape (K, n_states)
+        Each row non-negative, summing to 1.
+    """
+    V.check_discounted(mdp, "visitation_batch")
+    which, nt = resolve_backend(backend), resolve_threads(n_threads)
+    opts = _solver_args(tol, max_iter, restart, method)
+    mus = None if mu is None or np.ndim(mu) != 2 else np.asarray(mu)
+    pis, _ = _members(mdp, pi, None if mus is None else mus.shape[0], "mu")
+    K = pis.shape[0] if mus is None else mus.shape[0]
+    mu = (np.broadcast_to(mdp.rho, (K, mdp.n_states)) if mu is None
+          else V.distribution_batch(mu, K, mdp.n_states, "mu"))
+    d0 = V.state_batch(d0, K, mdp.n_states, "d0")
+    scale = 1.0 - mdp.gamma
+    starts = []
+    for m in range(K):  # as Evaluator._visit_system: a start of the solution's mass
+        if d0 is None:
+            starts.append(mu[m] / scale)
+        else:
+            total = d0[m].sum()
+            starts.append(d0[m] / (scale * total) if total > 0 else None)
+    members = _Members(mdp, pis, which, nt)
+    results, n_passes = _solve_members(
+        members, True, np.ascontiguousarray(mu), starts, VISIT_SYSTEM, 0.0,
+        stop=_krylov.StoppingRule(opts["tol"]), max_iter=opts["max_iter"],
+        method=opts["method"], restart=opts["restart"])
+    d = np.stack([scale * res.x for res in results])
+    for m in range(K):  # as Evaluator._visitation
+        np.maximum(d[m], 0.0, out=d[m])  # clears round-off negatives only
+        d[m] /= d[m].sum()
+    if not full_output:
+        return d
+    return Result(d=d, n_matvec=np.array([res.n_matvec for res in results]),
+                  residual=np.array([res.residual for res in results]),
+                  method=[res.method for res in results], n_passes=n_passes, backend=which)
