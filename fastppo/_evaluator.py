@@ -128,7 +128,13 @@ class Evaluator:
         π_ref (uniform without a regularizer).
     pi : ndarray of shape (n_pairs,) or None
         The loaded policy.
+    space : fastppo._krylov.Space
+        Where the state vectors live (``_krylov.LOCAL``; ``fastppo.distributed``'s
+        evaluator holds row blocks on MPI ranks): every reduction over states goes
+        through it.
     """
+
+    space = _krylov.LOCAL
 
     def __init__(self, mdp, reg, backend, n_threads, *, tol=DEFAULT_TOL,
                  max_iter=DEFAULT_MAX_ITER, restart=DEFAULT_RESTART, method="auto"):
@@ -171,6 +177,14 @@ class Evaluator:
         self.matvec(x_value, out_value)
         self.rmatvec(x_visit, out_visit)
 
+    def q_values(self, v):
+        """Q̃ = r + γ P v, flat (n_pairs,), for state values ``v`` (n_states,)."""
+        mdp = self.mdp
+        q = np.empty(mdp.n_pairs)
+        self._k["q_values"](mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r, mdp.gamma, v, q,
+                            self.n_threads)
+        return q
+
     def regularized_reward(self):
         """c = r_π − τ D_f(π ‖ π_ref), shape (n_states,); ValueError if not finite (a
         divergence that is infinite at this policy)."""
@@ -192,29 +206,28 @@ class Evaluator:
         if d0 is None:
             y0 = mu / scale
         else:
-            total = d0.sum()
+            total = self.space.sum(d0)
             y0 = d0 / (scale * total) if total > 0 else None
         return _krylov.System(self.rmatvec, mu, VISIT_SYSTEM), y0
 
     def _evaluation(self, res):
         mdp, nt = self.mdp, self.n_threads
         v = res.x
-        q = np.empty(mdp.n_pairs)
-        self._k["q_values"](mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r, mdp.gamma, v, q, nt)
+        q = self.q_values(v)
         adv = np.empty(mdp.n_pairs)
         self._k["advantages"](mdp.a_indptr, self.pi, q, adv, nt)
-        return Evaluation(v=v, q=q, adv=adv, J=_krylov.dot(mdp.rho, v), n_matvec=res.n_matvec,
+        return Evaluation(v=v, q=q, adv=adv, J=self.space.dot(mdp.rho, v), n_matvec=res.n_matvec,
                           residual=res.residual, method=res.method, backend=self.backend)
 
     def _visitation(self, res):
         d = (1.0 - self.mdp.gamma) * res.x
         np.maximum(d, 0.0, out=d)  # clears round-off negatives only (d >= (1-γ)μ >= 0 exactly)
-        d /= d.sum()
+        d /= self.space.sum(d)
         return Result(d=d, n_matvec=res.n_matvec, residual=res.residual, method=res.method,
                       backend=self.backend)
 
     def _solve_options(self, tol):
-        stop = _krylov.StoppingRule(self.tol if tol is None else tol)
+        stop = _krylov.StoppingRule(self.tol if tol is None else tol, self.space)
         return dict(stop=stop, max_iter=self.max_iter, method=self.method, restart=self.restart)
 
     def evaluation(self, v0=None, tol=None):

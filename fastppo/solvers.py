@@ -108,13 +108,28 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, v0=None, pi0
     max_iter = V.check_int(max_iter, "max_iter")
     lin_tol = V.check_positive(lin_tol, "lin_tol")
     E = Evaluator(mdp, reg, resolve_backend(backend), resolve_threads(n_threads), tol=lin_tol)
-    tau = E.tau
     v0 = None if v0 is None else V.check_state_vector(np.asarray(v0), mdp.n_states, "v0")
     pi = _first_policy(E, v0, pi0)
+    pi, ev, it, residual, n_matvec, converged = _policy_iteration(E, pi, v0, tol, max_iter,
+                                                                   lin_tol)
+    return SolveResult(policy=mdp.to_table(pi.copy()), sigma=mdp.to_sigma(pi), v=ev.v,
+                       q=mdp.to_table(ev.q), adv=mdp.to_table(ev.adv), J=ev.J, n_iter=it,
+                       bellman_residual=residual, n_matvec=n_matvec, converged=converged,
+                       backend=E.backend)
+
+
+def _policy_iteration(E, pi, v, tol, max_iter, lin_tol):
+    """Regularized policy iteration from the policy ``pi`` (and values ``v`` or None) on
+    the evaluator ``E`` (reductions over states through ``E.space``).
+
+    Returns (pi, ev, n_iter, bellman_residual, n_matvec, converged); raises
+    ConvergenceError after ``max_iter`` steps.
+    """
+    mdp, space, tau = E.mdp, E.space, E.tau
     tv = np.empty(mdp.n_states)
     # relative tests: rewards × c (and τ × c) scale v, Tv and this scale alike
-    r_scale = float(np.max(np.abs(mdp.r)))
-    v, n_matvec, best = v0, 0, np.inf
+    r_scale = space.amax(mdp.r)
+    n_matvec, best = 0, np.inf
     new_pi = np.empty(mdp.n_pairs)
     # Inexact policy iteration: early evaluations only need to be as accurate as the
     # next Bellman residual (quadratic convergence); a loose one that looks final is
@@ -125,9 +140,9 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, v0=None, pi0
         ev = E.evaluation(v, tol=eval_tol)
         v, n_matvec = ev.v, n_matvec + ev.n_matvec
         E.greedy(ev.q, new_pi, tv)
-        residual = float(np.max(np.abs(tv - v)))
-        scale = max(r_scale, float(np.max(np.abs(v))))
-        stable = tau == 0 and np.array_equal(new_pi, pi)
+        residual = space.amax(tv - v)
+        scale = max(r_scale, space.amax(v))
+        stable = tau == 0 and space.all_equal(new_pi, pi)
         if eval_tol > lin_tol and (stable or residual <= 1e3 * eval_tol * scale):
             eval_tol = lin_tol  # certify (or finish) with exact evaluations
             if stable:
@@ -147,16 +162,13 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, v0=None, pi0
             ev = E.evaluation(v, tol=lin_tol)
             v, n_matvec = ev.v, n_matvec + ev.n_matvec
             E.greedy(ev.q, new_pi, tv)
-            residual = float(np.max(np.abs(tv - v)))
+            residual = space.amax(tv - v)
         elif stalled:
             warnings.warn(f"solve stopped at iteration {it}: Bellman residual {residual:.3g} no "
                           f"longer decreases (tol {tol:g} x scale {scale:.3g} is below round-off)",
-                          ConvergenceWarning, stacklevel=2)
+                          ConvergenceWarning, stacklevel=3)
         if converged or stalled:
-            return SolveResult(policy=mdp.to_table(pi.copy()), sigma=mdp.to_sigma(pi), v=v, q=mdp.to_table(ev.q),
-                               adv=mdp.to_table(ev.adv), J=ev.J, n_iter=it,
-                               bellman_residual=residual, n_matvec=n_matvec,
-                               converged=converged, backend=E.backend)
+            return pi, ev, it, residual, n_matvec, converged
         if eval_tol == lin_tol:
             best = min(best, residual)
         pi, new_pi = new_pi, pi

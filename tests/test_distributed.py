@@ -1,0 +1,187 @@
+"""fastppo.distributed: `mpiexec -n 2` runs on localhost against one process (issue 16).
+
+The MPI runs go through tests/mpi_scripts/distributed_check.py (see its docstring); they
+are skipped, with the reason, only when mpi4py or mpiexec is missing.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastppo
+
+SCRIPT = Path(__file__).parent / "mpi_scripts" / "distributed_check.py"
+TIMEOUT = 120  # seconds for one job (the JIT warms in the first)
+
+
+def _mpiexec():
+    here = Path(sys.executable).parent / "mpiexec"  # the mpich wheel's, beside this Python
+    return str(here) if here.exists() else shutil.which("mpiexec")
+
+
+try:
+    import mpi4py  # noqa: F401
+except ImportError:
+    mpi4py = None
+MPIEXEC = _mpiexec()
+needs_mpi = pytest.mark.skipif(mpi4py is None or MPIEXEC is None,
+                               reason="mpi4py or mpiexec missing (pip install mpi4py mpich)")
+
+
+def _env():
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               OPENBLAS_NUM_THREADS="1", HYDRA_LAUNCHER="fork", FASTPPO_BACKEND="cython")
+    env.pop("FASTPPO_N_THREADS", None)
+    return env
+
+
+def mpirun(n, *args, timeout=TIMEOUT):
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, str(SCRIPT), *map(str, args)]
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(),
+                       stdin=subprocess.DEVNULL)
+    return p, time.monotonic() - t0
+
+
+@pytest.fixture(scope="module")
+def mdp_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mpi") / "garnet.npz"
+    fastppo.garnet(60, 3, 4, gamma=0.9, seed=3).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def slow_mdp_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mpi") / "local.npz"
+    fastppo.garnet(80, 2, 3, gamma=0.95, seed=5, locality=2).save(path)
+    return path
+
+
+def _ok(p):
+    assert p.returncode == 0, f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+
+
+@needs_mpi
+def test_two_ranks_match_one_process(mdp_file):
+    p, _ = mpirun(2, "parity", mdp_file)
+    _ok(p)
+    assert "parity ok" in p.stdout
+
+
+@needs_mpi
+def test_two_ranks_match_one_process_slow_mixing(slow_mdp_file):
+    # successors local in index: BiCGSTAB and GMRES run after the sweeps stall
+    p, _ = mpirun(2, "parity", slow_mdp_file)
+    _ok(p)
+    assert "parity ok" in p.stdout
+
+
+@needs_mpi
+def test_reproducible_bit_for_bit_at_fixed_rank_count(mdp_file):
+    a, _ = mpirun(2, "digest", mdp_file)
+    b, _ = mpirun(2, "digest", mdp_file)
+    _ok(a)
+    _ok(b)
+    digest = [line for line in a.stdout.splitlines() if line.startswith("digest")]
+    assert len(digest) == 1 and digest[0] in b.stdout
+
+
+@needs_mpi
+def test_checkpoint_resumes_at_another_rank_count(mdp_file, tmp_path):
+    ckpt = tmp_path / "run.npz"
+    p, _ = mpirun(2, "save", mdp_file, ckpt)
+    _ok(p)
+    assert ckpt.exists()
+    p, _ = mpirun(1, "resume", mdp_file, ckpt)  # 2 iterations on 2 ranks + 2 on 1 = 4 in one process
+    _ok(p)
+    assert "resume ok" in p.stdout
+    p, _ = mpirun(2, "resume", mdp_file, ckpt)
+    _ok(p)
+    assert "resume ok" in p.stdout
+
+
+@needs_mpi
+@pytest.mark.parametrize("mode", ["die", "raise"])
+def test_a_failing_rank_ends_the_job(mdp_file, mode):
+    p, seconds = mpirun(2, mode, mdp_file, timeout=90)
+    assert seconds < 60
+    assert p.returncode != 0
+    out = p.stdout + p.stderr
+    if mode == "raise":
+        assert "fastppo.distributed: rank 1 failed: ValueError: a deliberate failure" in out
+    else:  # killed from inside: mpiexec reports the rank
+        assert "rank 1" in out.lower(), out
+
+
+def test_import_fastppo_does_not_import_mpi4py():
+    code = "import sys, fastppo; assert 'mpi4py' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.fixture
+def D():
+    if mpi4py is None:
+        pytest.skip("mpi4py missing (pip install mpi4py mpich)")
+    hook = sys.excepthook
+    from fastppo import distributed
+
+    sys.excepthook = hook  # the module's abort-on-error hook is for MPI jobs, not pytest
+    return distributed
+
+
+def test_partition_is_contiguous_and_balanced(D):
+    off = D.partition(10, 3)
+    assert off.tolist() == [0, 3, 6, 10]
+    with pytest.raises(ValueError, match="smaller than the number of ranks"):
+        D.partition(2, 3)
+
+
+def test_one_rank_in_process_matches_fastppo(D, mdp_file):
+    mdp = fastppo.MDP.load(mdp_file)
+    M = D.DistributedMDP.load(mdp_file)
+    assert (M.n_states, M.n_pairs, M.nnz) == (mdp.n_states, mdp.n_pairs, mdp.p_data.size)
+    reg = fastppo.ForwardKL(0.1)
+    pi = mdp.uniform_policy()
+    ev = D.evaluate(M, pi, reg)
+    ref = fastppo.evaluate(mdp, pi, reg)
+    np.testing.assert_allclose(ev.v, ref.v, rtol=0, atol=1e-12)
+    s = D.solve(M, reg)
+    np.testing.assert_allclose(s.v, fastppo.solve(mdp, reg).v, rtol=0, atol=1e-12)
+    M2 = D.DistributedMDP.from_mdp(mdp)
+    d = D.visitation(M2, pi)
+    np.testing.assert_allclose(d, fastppo.visitation(mdp, pi), rtol=0, atol=1e-12)
+
+
+def test_from_rows_builds_the_block(D, mdp_file):
+    mdp = fastppo.MDP.load(mdp_file)
+
+    def build(lo, hi):
+        a = mdp.a_indptr[lo:hi + 1]
+        p = mdp.p_indptr[a[0]:a[-1] + 1]
+        return (a, mdp.a_indices[a[0]:a[-1]], p, mdp.p_indices[p[0]:p[-1]],
+                mdp.p_data[p[0]:p[-1]], mdp.r[a[0]:a[-1]])
+
+    M = D.DistributedMDP.from_rows(mdp.n_states, build, mdp.gamma)
+    assert D.solve(M).J == pytest.approx(fastppo.solve(mdp).J, abs=1e-12)
+
+
+def test_bad_blocks_are_rejected_naming_the_state(D, mdp_file):
+    mdp = fastppo.MDP.load(mdp_file)
+    p_data = mdp.p_data.copy()
+    p_data[mdp.p_indptr[7]] += 0.5  # pair 7 is state 2's (3 actions)
+    with pytest.raises(ValueError, match="pair 7 of state 2 sums to"):
+        D.DistributedMDP(None, mdp.n_states, mdp.a_indptr, mdp.a_indices, mdp.p_indptr,
+                         mdp.p_indices, p_data, mdp.r, mdp.gamma)
+    idx = mdp.p_indices.astype(np.int64)
+    idx[4] = mdp.n_states
+    with pytest.raises(ValueError, match=r"p_indices\[4\] = 60"):
+        D.DistributedMDP(None, mdp.n_states, mdp.a_indptr, mdp.a_indices, mdp.p_indptr,
+                         idx, mdp.p_data, mdp.r, mdp.gamma)
+    with pytest.raises(ValueError, match="uniform reference policy only"):
+        D.evaluate(D.DistributedMDP.from_mdp(mdp), mdp.uniform_policy(),
+                   fastppo.ReverseKL(0.1, ref=mdp.uniform_policy()))
