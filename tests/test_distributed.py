@@ -40,8 +40,10 @@ def _env():
     return env
 
 
-def mpirun(n, *args, timeout=TIMEOUT):
-    cmd = [MPIEXEC, "-n", str(n), sys.executable, str(SCRIPT), *map(str, args)]
+def mpirun(n, *args, timeout=TIMEOUT, launcher=False):
+    """``mpiexec -n n python [-m fastppo.mpi_run] distributed_check.py args``: (process, seconds)."""
+    watch = ["-m", "fastppo.mpi_run"] if launcher else []
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, *watch, str(SCRIPT), *map(str, args)]
     t0 = time.monotonic()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(),
                        stdin=subprocess.DEVNULL)
@@ -106,16 +108,40 @@ def test_checkpoint_resumes_at_another_rank_count(mdp_file, tmp_path):
 
 
 @needs_mpi
-@pytest.mark.parametrize("mode", ["die", "raise"])
-def test_a_failing_rank_ends_the_job(mdp_file, mode):
-    p, seconds = mpirun(2, mode, mdp_file, timeout=90)
-    assert seconds < 60
-    assert p.returncode != 0
-    out = p.stdout + p.stderr
-    if mode == "raise":
-        assert "fastppo.distributed: rank 1 failed: ValueError: a deliberate failure" in out
-    else:  # killed from inside: mpiexec reports the rank
-        assert "rank 1" in out.lower(), out
+def test_an_exception_on_a_rank_aborts_the_job_naming_it(mdp_file):
+    p, seconds = mpirun(2, "raise", mdp_file, timeout=90)
+    assert seconds < 60 and p.returncode != 0
+    assert "fastppo.distributed: rank 1 failed: ValueError: a deliberate failure" in p.stderr
+
+
+@needs_mpi
+@pytest.mark.parametrize("mode, how", [("die", "exit status 3"), ("kill", "signal 9 (SIGKILL)")])
+def test_a_rank_dying_mid_run_ends_the_job_naming_it(mdp_file, mode, how):
+    # under the launcher, the watcher of rank 1 names it; the other rank, blocked in a
+    # collective, is ended by mpiexec
+    p, seconds = mpirun(2, mode, mdp_file, timeout=90, launcher=True)
+    assert seconds < 60 and p.returncode != 0
+    assert f"fastppo.distributed: rank 1 (pid " in p.stderr
+    assert f") ended with {how}" in p.stderr
+
+
+@needs_mpi
+def test_a_rank_dying_without_the_launcher_still_ends_the_job(mdp_file):
+    p, seconds = mpirun(2, "die", mdp_file, timeout=90)
+    assert seconds < 60 and p.returncode != 0
+
+
+def test_launcher_reports_a_child_status(tmp_path):
+    from fastppo import mpi_run
+
+    script = tmp_path / "exit.py"
+    script.write_text("import os\nos._exit(4)\n")
+    p = subprocess.run([sys.executable, "-m", "fastppo.mpi_run", str(script)], capture_output=True,
+                       text=True, timeout=60, env=dict(os.environ, PMI_RANK="5"))
+    assert p.returncode == 4
+    assert "fastppo.distributed: rank 5 (pid" in p.stderr and "exit status 4" in p.stderr
+    assert mpi_run.describe(-9) == "signal 9 (SIGKILL)"
+    assert mpi_run.main([]) == 2
 
 
 def test_import_fastppo_does_not_import_mpi4py():

@@ -10,10 +10,12 @@ Modes:
   resume      resume OUT, 2 more iterations; rank 0 checks them against 4 iterations of
               fastppo.PPOClip in one process; prints "resume ok".
   die         rank 1 ends itself with os._exit(3) in the middle of a run.
+  kill        rank 1 sends itself SIGKILL in the middle of a run.
   raise       rank 1 raises ValueError in the middle of a run.
 """
 import hashlib
 import os
+import signal
 import sys
 
 import numpy as np
@@ -102,13 +104,15 @@ elif mode == "resume":
         close("resumed logits", logits, mdp.to_pairs(r1.logits))
         close("resumed J", run.history["J"], r1.history["J"])
         print("resume ok")
-elif mode in ("die", "raise"):
+elif mode in ("die", "kill", "raise"):
     run = D.PPOClip(M, reg, inner_steps=5)
     run.run(1)
     if rank == 1:
         sys.stdout.flush()
         if mode == "die":
             os._exit(3)
+        if mode == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
         raise ValueError("a deliberate failure")
     run.run(1000)  # the other ranks wait in collectives until the job is ended
 else:
