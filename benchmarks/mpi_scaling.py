@@ -8,7 +8,7 @@ product pair (I − γP_π)x and (I − γP_πᵀ)y (the work of one lockstep Ri
 exact evaluation + visitation of the uniform policy, and one warm-started PPO-Clip outer
 iteration (3rd), each the median of REPEAT runs, barrier-synchronised, timed on rank 0.
 It prints the bytes each rank moves per product (the MPI payloads, not the wire traffic
-of MPICH's algorithms). Threads per rank: NUMBA_NUM_THREADS / FASTPPO_N_THREADS.
+of MPICH's algorithms). Threads per rank: FASTPPO_NUM_THREADS (and NUMBA_NUM_THREADS at least as many).
 """
 import sys
 import time
@@ -52,13 +52,22 @@ def run(path, repeat):
     run.run(2)
     t_ppo = timed(run.step)
     n_mv = int(run.history["n_matvec"][-1])
+    plain = ""
+    if R == 1:  # the same products by fastppo's own Evaluator, no MPI
+        from fastppo._evaluator import Evaluator
+
+        mdp = fastppo.MDP.load(path, mmap_mode="r")
+        P = Evaluator(mdp, reg, E.backend, E.n_threads)
+        P.load(mdp.uniform_policy())
+        P.products(x, x, a, b)
+        plain = f"  (fastppo.Evaluator, no MPI: product pair {timed(lambda: P.products(x, x, a, b)) * 1e3:.2f} ms)"
     S, n = M.n_states, M.n_local
     moved = 8 * (S - n) * 2  # Allgatherv receives the other blocks; Reduce_scatter sends them
     if M.rank == 0:
         print(f"R={R} threads/rank={E.n_threads} S={S:,} nnz={M.nnz:,}  "
               f"product pair {t_prod * 1e3:.2f} ms  eval+visit {t_eval * 1e3:.1f} ms  "
               f"PPO-Clip iteration {t_ppo * 1e3:.1f} ms ({n_mv} products)  "
-              f"bytes moved per product pair per rank {moved / 1e6:.2f} MB")
+              f"bytes moved per product pair per rank {moved / 1e6:.2f} MB{plain}")
 
 
 if __name__ == "__main__":

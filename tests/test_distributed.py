@@ -36,7 +36,7 @@ needs_mpi = pytest.mark.skipif(mpi4py is None or MPIEXEC is None,
 def _env():
     env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1",
                OPENBLAS_NUM_THREADS="1", HYDRA_LAUNCHER="fork", FASTPPO_BACKEND="cython")
-    env.pop("FASTPPO_N_THREADS", None)
+    env.pop("FASTPPO_NUM_THREADS", None)
     return env
 
 
