@@ -57,6 +57,7 @@ each rank's slice, so a run can resume at any rank count.
 """
 import json
 import math
+import os
 import sys
 import time
 import traceback
@@ -132,6 +133,21 @@ class DistributedMDP:
     Build one with :meth:`load`, :meth:`from_rows` or :meth:`from_mdp` (collective calls:
     every rank of ``comm`` makes the same call).
 
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm or None
+        The ranks (None: ``COMM_WORLD``).
+    n_states : int
+        States of the whole MDP (at most 2³¹ − 1; at least one per rank).
+    a_indptr, a_indices, p_indptr, p_indices, p_data, r
+        This rank's block in ``fastppo.MDP``'s canonical form: ``a_indptr`` of length
+        n_local + 1 and ``p_indptr`` (both may start at any offset), ``p_indices`` global
+        state indices; checked here (bad rows are named by their global state).
+    gamma : float
+        Discount, < 1.
+    rho : ndarray of shape (n_local,), optional
+        This rank's entries of the start distribution (uniform by default).
+
     Attributes
     ----------
     comm : mpi4py.MPI.Comm
@@ -201,7 +217,8 @@ class DistributedMDP:
     # ------------------------------------------------------------- constructors
     @classmethod
     def load(cls, path, comm=None):
-        """This rank's rows of an MDP saved by ``fastppo.MDP.save``, read by mapping the file.
+        """This rank's rows of an MDP saved by ``fastppo.MDP.save``, read by mapping the file
+        (``path``; ``comm`` None: ``COMM_WORLD``).
 
         Each rank maps the uncompressed members of the ``.npz`` and copies only its own
         slice of ``a_indices``, ``r``, ``p_indptr``, ``p_indices``, ``p_data`` and ``rho``
@@ -416,7 +433,6 @@ class DistributedEvaluator(Evaluator):
         self._counts = counts
         self._x = np.empty(S)        # x in rotated order (this rank's block first)
         self._y = None               # transposed product: rotated contributions, scratch
-        self._k["bellman_matvec"]  # resolved by Evaluator.__init__
 
     def load(self, pi):
         super().load(pi)
@@ -473,8 +489,27 @@ def _local(M, x, n, name):
 
 # ------------------------------------------------------------------- public API
 def evaluate(M, pi, reg=None, *, tol=DEFAULT_TOL, backend=None, n_threads=None):
-    """Ṽ, Q̃, Ã and J of the policy ``pi`` (this rank's pairs, flat) — as
-    :func:`fastppo.evaluate`, with ``v``, ``q``, ``adv`` this rank's blocks and ``J`` global."""
+    """Ṽ, Q̃, Ã and J of a policy, as :func:`fastppo.evaluate` (collective).
+
+    Parameters
+    ----------
+    M : DistributedMDP
+    pi : ndarray of shape (n_local_pairs,)
+        This rank's pairs of the policy (flat, checked by the caller: ≥ 0, sums to 1 per
+        state; e.g. ``M.local_pairs(whole_policy)``).
+    reg : Regularizer, optional
+        With the uniform π_ref.
+    tol : float, default 1e-12
+        Relative residual of the linear solve.
+    backend, n_threads
+        Kernel backend and threads per rank.
+
+    Returns
+    -------
+    Evaluation
+        ``v`` (n_local,), ``q`` and ``adv`` (n_local_pairs,): this rank's entries; ``J`` and
+        the solve's ``n_matvec``, ``residual``, ``method``: the same on every rank.
+    """
     E = _evaluator(M, reg, backend, n_threads, tol)
     E.load(_local(M, pi, M.n_local_pairs, "pi"))
     return E.evaluation()
@@ -482,9 +517,26 @@ def evaluate(M, pi, reg=None, *, tol=DEFAULT_TOL, backend=None, n_threads=None):
 
 def visitation(M, pi, mu=None, *, tol=DEFAULT_TOL, backend=None, n_threads=None,
                full_output=False):
-    """d^π_μ of the policy ``pi`` (this rank's pairs), as :func:`fastppo.visitation`: this
-    rank's states of d, shape (n_local,); ``mu`` this rank's entries of the start
-    distribution (default ρ). ``full_output``: the Result (``d``, ``n_matvec``, ...)."""
+    """d^π_μ, as :func:`fastppo.visitation` (collective).
+
+    Parameters
+    ----------
+    M : DistributedMDP
+    pi : ndarray of shape (n_local_pairs,)
+        This rank's pairs of the policy.
+    mu : ndarray of shape (n_local,), optional
+        This rank's entries of the start distribution; default ρ.
+    tol : float, default 1e-12
+    backend, n_threads
+        Kernel backend and threads per rank.
+    full_output : bool, default False
+        Return the Result (``d``, ``n_matvec``, ``residual``, ``method``) instead of ``d``.
+
+    Returns
+    -------
+    ndarray of shape (n_local,)
+        This rank's states of d.
+    """
     E = _evaluator(M, None, backend, n_threads, tol)
     E.load(_local(M, pi, M.n_local_pairs, "pi"))
     mu = M.rho if mu is None else _local(M, mu, M.n_local, "mu")
@@ -494,7 +546,17 @@ def visitation(M, pi, mu=None, *, tol=DEFAULT_TOL, backend=None, n_threads=None,
 
 def solve(M, reg=None, *, tol=1e-12, max_iter=100, lin_tol=1e-13, backend=None, n_threads=None):
     """The regularized optimum by policy iteration, as :func:`fastppo.solve` (the same
-    loop), on the distributed MDP.
+    loop), on the distributed MDP (collective).
+
+    Parameters
+    ----------
+    M : DistributedMDP
+    reg : Regularizer, optional
+        With the uniform π_ref; None: the plain MDP.
+    tol, max_iter, lin_tol
+        As in :func:`fastppo.solve`.
+    backend, n_threads
+        Kernel backend and threads per rank.
 
     Returns
     -------
@@ -637,8 +699,6 @@ class PPOClip:
             tmp = f"{path}.tmp"
             with open(tmp, "wb") as f:
                 _write_npz(f, {**meta, **arrays})
-            import os
-
             os.replace(tmp, path)
         M.comm.Barrier()
 
