@@ -41,8 +41,11 @@ Results equal one process's up to the round-off of the different summation order
 Bytes moved per product per rank: 8·S (Allgatherv receives every other block; the
 transposed product's Reduce_scatter sends and receives ~8·S). This is the "allgather to
 start" design: each rank holds a few length-S buffers (x, the scattered contributions,
-the padded ``a_indptr``), which bounds S·(8·5) bytes per rank (see benchmarks/RESULTS.md,
-"Issue 16: MPI", for the scaling model). Only the uniform π_ref is supported.
+the padded ``a_indptr``), about 48·S bytes per rank (see benchmarks/RESULTS.md, "Issue 16:
+MPI", for the scaling model). Run one rank per core: with R > 1, threads within a rank do
+not speed up the transposed product (``bellman_rmatvec`` splits all S states into
+per-thread chunks, and a rank's rows are the first S/R of them). Only the uniform π_ref is
+supported.
 
 **Errors.** Importing this module in a job of more than one rank installs
 ``sys.excepthook``: an exception on any rank

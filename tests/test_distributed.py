@@ -29,8 +29,13 @@ try:
 except ImportError:
     mpi4py = None
 MPIEXEC = _mpiexec()
-needs_mpi = pytest.mark.skipif(mpi4py is None or MPIEXEC is None,
-                               reason="mpi4py or mpiexec missing (pip install mpi4py mpich)")
+_skip = pytest.mark.skipif(mpi4py is None or MPIEXEC is None,
+                           reason="mpi4py or mpiexec missing (pip install mpi4py mpich)")
+
+
+def needs_mpi(test):
+    """An `mpiexec` job: skipped without MPI, marked slow (subprocesses; CI runs them)."""
+    return pytest.mark.slow(_skip(test))
 
 
 def _env():
