@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import fastppo
@@ -154,65 +153,12 @@ def test_import_fastppo_does_not_import_mpi4py():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-@pytest.fixture
-def D():
-    if mpi4py is None:
-        pytest.skip("mpi4py missing (pip install mpi4py mpich)")
-    hook = sys.excepthook
-    from fastppo import distributed
-
-    sys.excepthook = hook  # the module's abort-on-error hook is for MPI jobs, not pytest
-    return distributed
-
-
-def test_partition_is_contiguous_and_balanced(D):
-    off = D.partition(10, 3)
-    assert off.tolist() == [0, 3, 6, 10]
-    with pytest.raises(ValueError, match="smaller than the number of ranks"):
-        D.partition(2, 3)
-
-
-def test_one_rank_in_process_matches_fastppo(D, mdp_file):
-    mdp = fastppo.MDP.load(mdp_file)
-    M = D.DistributedMDP.load(mdp_file)
-    assert (M.n_states, M.n_pairs, M.nnz) == (mdp.n_states, mdp.n_pairs, mdp.p_data.size)
-    reg = fastppo.ForwardKL(0.1)
-    pi = mdp.uniform_policy()
-    ev = D.evaluate(M, pi, reg)
-    ref = fastppo.evaluate(mdp, pi, reg)
-    np.testing.assert_allclose(ev.v, ref.v, rtol=0, atol=1e-12)
-    s = D.solve(M, reg)
-    np.testing.assert_allclose(s.v, fastppo.solve(mdp, reg).v, rtol=0, atol=1e-12)
-    M2 = D.DistributedMDP.from_mdp(mdp)
-    d = D.visitation(M2, pi)
-    np.testing.assert_allclose(d, fastppo.visitation(mdp, pi), rtol=0, atol=1e-12)
-
-
-def test_from_rows_builds_the_block(D, mdp_file):
-    mdp = fastppo.MDP.load(mdp_file)
-
-    def build(lo, hi):
-        a = mdp.a_indptr[lo:hi + 1]
-        p = mdp.p_indptr[a[0]:a[-1] + 1]
-        return (a, mdp.a_indices[a[0]:a[-1]], p, mdp.p_indices[p[0]:p[-1]],
-                mdp.p_data[p[0]:p[-1]], mdp.r[a[0]:a[-1]])
-
-    M = D.DistributedMDP.from_rows(mdp.n_states, build, mdp.gamma)
-    assert D.solve(M).J == pytest.approx(fastppo.solve(mdp).J, abs=1e-12)
-
-
-def test_bad_blocks_are_rejected_naming_the_state(D, mdp_file):
-    mdp = fastppo.MDP.load(mdp_file)
-    p_data = mdp.p_data.copy()
-    p_data[mdp.p_indptr[7]] += 0.5  # pair 7 is state 2's (3 actions)
-    with pytest.raises(ValueError, match="pair 7 of state 2 sums to"):
-        D.DistributedMDP(None, mdp.n_states, mdp.a_indptr, mdp.a_indices, mdp.p_indptr,
-                         mdp.p_indices, p_data, mdp.r, mdp.gamma)
-    idx = mdp.p_indices.astype(np.int64)
-    idx[4] = mdp.n_states
-    with pytest.raises(ValueError, match=r"p_indices\[4\] = 60"):
-        D.DistributedMDP(None, mdp.n_states, mdp.a_indptr, mdp.a_indices, mdp.p_indptr,
-                         idx, mdp.p_data, mdp.r, mdp.gamma)
-    with pytest.raises(ValueError, match="uniform reference policy only"):
-        D.evaluate(D.DistributedMDP.from_mdp(mdp), mdp.uniform_policy(),
-                   fastppo.ReverseKL(0.1, ref=mdp.uniform_policy()))
+@needs_mpi
+def test_one_rank_checks(mdp_file):
+    # partition, load / from_mdp / from_rows against fastppo, rejected blocks: in an MPI job
+    # of one rank, so that this pytest process never initialises MPI
+    cmd = [MPIEXEC, "-n", "1", sys.executable, str(SCRIPT.parent / "unit_checks.py"), str(mdp_file)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(),
+                       stdin=subprocess.DEVNULL)
+    _ok(p)
+    assert "unit ok" in p.stdout
