@@ -146,6 +146,10 @@ class Evaluator:
         π_ref (uniform without a regularizer).
     pi : ndarray of shape (n_pairs,) or None
         The loaded policy.
+    space : fastppo._krylov.Space
+        Where the state vectors live (``_krylov.LOCAL``; ``fastppo.distributed``'s
+        evaluator holds row blocks on MPI ranks): every reduction over states goes
+        through it.
     """
 
     def __new__(cls, mdp, *args, **kwargs):
@@ -153,6 +157,8 @@ class Evaluator:
             from ._episodic import EpisodicEvaluator
             cls = EpisodicEvaluator
         return super().__new__(cls)
+
+    space = _krylov.LOCAL
 
     def __init__(self, mdp, reg, backend, n_threads, *, tol=DEFAULT_TOL,
                  max_iter=DEFAULT_MAX_ITER, restart=DEFAULT_RESTART, method="auto", mixed=None,
@@ -292,6 +298,14 @@ class Evaluator:
             out_visit += (mass - _krylov.dot(_ONES(n), out_visit)) / n
         return False
 
+    def q_values(self, v):
+        """Q̃ = r + γ P v, flat (n_pairs,), for state values ``v`` (n_states,)."""
+        mdp = self.mdp
+        q = np.empty(mdp.n_pairs)
+        self._k["q_values"](mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r, mdp.gamma, v, q,
+                            self.n_threads)
+        return q
+
     def regularized_reward(self):
         """c = r_π − τ D_f(π ‖ π_ref), shape (n_states,); ValueError if not finite (a
         divergence that is infinite at this policy)."""
@@ -313,24 +327,24 @@ class Evaluator:
         if d0 is None:
             y0 = mu / scale
         else:
-            total = d0.sum()
+            total = self.space.sum(d0)
             y0 = d0 / (scale * total) if total > 0 else None
         return _krylov.System(self.rmatvec, mu, VISIT_SYSTEM,
-                              assembled=functools.partial(self.assembled, True)), y0
+                              assembled=(None if self.assembled is None
+                                         else functools.partial(self.assembled, True))), y0
 
     def _q_values(self, res, b):
         """Q̃ = r + γ P v of the solution ``res`` of the value system with right-hand side
         ``b``: from the rows of its last sweep when that was at v (Richardson, rows kept:
         the same numbers, the iterate being v / 2^e), else by a pass of ``q_values``."""
         mdp = self.mdp
-        q = np.empty(mdp.n_pairs)
         if self._rows_fresh and res.method == "richardson" and res.n_matvec > 0:
+            q = np.empty(mdp.n_pairs)
             np.multiply(self._q_rows, np.ldexp(mdp.gamma, _krylov.scale_exponent(b)), out=q)
             q += mdp.r
         else:
             self.n_passes += 1
-            self._k["q_values"](mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r, mdp.gamma,
-                                res.x, q, self.n_threads)
+            q = self.q_values(res.x)
         return q
 
     def _evaluation(self, res, b, passes):
@@ -339,14 +353,14 @@ class Evaluator:
         q = self._q_values(res, b)
         adv = np.empty(mdp.n_pairs)
         self._k["advantages"](mdp.a_indptr, self.pi, q, adv, self.n_threads)
-        return Evaluation(v=v, q=q, adv=adv, J=_krylov.dot(mdp.rho, v), n_matvec=res.n_matvec,
+        return Evaluation(v=v, q=q, adv=adv, J=self.space.dot(mdp.rho, v), n_matvec=res.n_matvec,
                           n_passes=self.n_passes - passes, residual=res.residual,
                           method=res.method, fill=self._fill(res), backend=self.backend)
 
     def _visitation(self, res, passes):
         d = (1.0 - self.mdp.gamma) * res.x
         np.maximum(d, 0.0, out=d)  # clears round-off negatives only (d >= (1-γ)μ >= 0 exactly)
-        d /= d.sum()
+        d /= self.space.sum(d)
         return Result(d=d, n_matvec=res.n_matvec, n_passes=self.n_passes - passes,
                       residual=res.residual, method=res.method, fill=self._fill(res),
                       backend=self.backend)
@@ -358,7 +372,7 @@ class Evaluator:
 
     def _solve_options(self, tol):
         stop = _krylov.StoppingRule(self.tol if tol is None else tol, self.mdp.gamma,
-                                    self.tol_name)
+                                    self.tol_name, self.space)
         return dict(stop=stop, max_iter=self.max_iter, method=self.method, restart=self.restart)
 
     def evaluation(self, v0=None, tol=None):

@@ -69,8 +69,9 @@ import math
 import numpy as np
 from scipy.linalg import solve_triangular
 
-__all__ = ["ConvergenceError", "LinearResult", "StoppingRule", "System", "bicgstab", "chain",
-           "dot", "gmres", "richardson", "scale_exponent", "solve", "solve_pair"]
+__all__ = ["ConvergenceError", "LOCAL", "LinearResult", "Space", "StoppingRule", "System",
+           "bicgstab", "chain", "dot", "gmres", "norm", "richardson", "scale_exponent", "solve",
+           "solve_pair"]
 from ._assembled import FILL_CAP
 
 __all__ = ["ConvergenceError", "LinearResult", "StoppingRule", "System", "bicgstab", "chain",
@@ -95,6 +96,53 @@ def dot(a, b):
     with P_π, and made a PPO-Clip iteration 2.3× and ``solve`` 4× slower.
     """
     return float(np.einsum("i,i->", a, b))
+
+
+def norm(x):
+    """‖x‖₂ of a vector held whole in this process (:func:`dot`)."""
+    return math.sqrt(dot(x, x))
+
+
+class Space:
+    """Where the vectors of a system live, and the reductions over their entries.
+
+    The solvers reduce vectors only through the :class:`StoppingRule`'s space: the default,
+    :data:`LOCAL`, holds whole vectors in this process. ``fastppo.distributed`` gives one
+    whose vectors are row blocks spread over MPI ranks, each reduction a per-rank partial
+    combined in rank order (every rank gets the same bits).
+    """
+
+    def dot(self, a, b):
+        """a · b (:func:`dot`)."""
+        return dot(a, b)
+
+    def dots(self, V, w):
+        """V @ w for V of shape (k, n): k dot products at once (GMRES's Gram–Schmidt)."""
+        return V @ w
+
+    def sum(self, x):
+        return float(x.sum())
+
+    def min(self, x):
+        return x.min()
+
+    def max(self, x):
+        return x.max()
+
+    def amax(self, x):
+        """max |x|."""
+        return float(np.max(np.abs(x)))
+
+    def size(self, x):
+        """The vectors' length n (the whole vector's, wherever its entries live)."""
+        return x.shape[0]
+
+    def all_equal(self, a, b):
+        """Whether a and b are equal entry for entry."""
+        return np.array_equal(a, b)
+
+
+LOCAL = Space()
 
 
 class System:
@@ -184,20 +232,21 @@ class StoppingRule:
     name : str, default "tol"
         The caller's name for ``tol`` ("lin_tol" for ``solve`` and the PPO methods), used
         in error messages.
+    space : Space, default LOCAL
+        Where the vectors live: every reduction of the solvers goes through it.
     """
 
-    __slots__ = ("tol", "gamma", "floor", "target", "name")
+    __slots__ = ("tol", "gamma", "floor", "target", "name", "space")
 
-    def __init__(self, tol, gamma=0.0, name="tol"):
-        self.tol, self.gamma, self.name = float(tol), float(gamma), name
+    def __init__(self, tol, gamma=0.0, name="tol", space=LOCAL):
+        self.tol, self.gamma, self.name, self.space = float(tol), float(gamma), name, space
         self.floor = 10.0 * EPS * (1.0 + self.gamma) / (1.0 - self.gamma) if gamma < 1 else np.inf
         self.target = max(self.tol, self.floor)
 
-    @staticmethod
-    def norm(x):
+    def norm(self, x):
         """‖x‖₂ (the systems are scaled to max |b| ∈ [0.5, 1), so it neither overflows
         nor underflows)."""
-        return math.sqrt(dot(x, x))
+        return math.sqrt(self.space.dot(x, x))
 
     def relative(self, r, bnorm):
         """‖r‖₂ / ‖b‖₂."""
@@ -284,7 +333,8 @@ class _Sweeps:
             return
         x += r
         if self.system.shift:
-            x += self.system.shift * 0.5 * (r.min() + r.max())
+            space = self.stop.space
+            x += self.system.shift * 0.5 * (space.min(r) + space.max(r))
 
 
 def richardson(system, x0, stop, max_iter, *, max_rate=MAX_RATE, min_sweeps=MIN_SWEEPS):
@@ -323,7 +373,7 @@ def _bicgstab(matvec, b, x, zero_start, stop, max_iter, max_restarts, check):
 
     Returns (products, caller's residual, converged, stalled).
     """
-    n = b.shape[0]
+    n, dot = b.shape[0], stop.space.dot
     bnorm = stop.norm(b)
     r, v, p, s, t = (np.empty(n) for _ in range(5))
     used, ratio, last_true, stalls, true = 0, 1.0, np.inf, 0, np.inf
@@ -503,8 +553,8 @@ def gmres(system, x0, stop, max_iter, *, restart=40):
     bnorm, x = _start(system, x0, stop)
     if bnorm == 0.0:
         return LinearResult(x, 0, 0.0, True, "gmres")
-    m = max(1, min(restart, n))
-    max_m = max(m, min(16 * restart, n))  # memory: (max_m + 1) × n floats at most
+    m = max(1, min(restart, stop.space.size(b)))
+    max_m = max(m, min(16 * restart, stop.space.size(b)))  # memory: (max_m + 1) × n floats at most
     V = np.empty((m + 1, n))
     H = np.zeros((m + 1, m))
     w = np.empty(n)
@@ -549,11 +599,11 @@ def gmres(system, x0, stop, max_iter, *, restart=40):
             n_matvec += 1
             Vj = V[: j + 1]
             before = stop.norm(w)
-            h = Vj @ w
+            h = stop.space.dots(Vj, w)
             w -= h @ Vj
             hn = stop.norm(w)
             if hn < 0.7 * before:  # cancellation: orthogonalise once more ("twice is enough")
-                h2 = Vj @ w
+                h2 = stop.space.dots(Vj, w)
                 w -= h2 @ Vj
                 h += h2
                 hn = stop.norm(w)
@@ -656,16 +706,16 @@ def chain(method="auto", restart=40, assembled=True):
             links.append((name, functools.partial(SOLVERS[name], **options[name])))
     return links
 # ------------------------------------------------------------------------ drivers
-def scale_exponent(b):
+def scale_exponent(b, space=LOCAL):
     """e with 2^(e−1) ≤ max |b| < 2^e (0 when b = 0): :func:`solve` and :func:`solve_pair`
     run on b / 2^e, so their iterates are those of the solution divided by 2^e, exactly."""
-    big = float(np.max(np.abs(b)))
+    big = space.amax(b)
     return 0 if big == 0.0 else int(np.frexp(big)[1])
 
 
-def _scaled(system, x0):
+def _scaled(system, x0, stop):
     """(system with b / 2^e, x0 / 2^e, e), e = :func:`scale_exponent` (b)."""
-    e = scale_exponent(system.b)
+    e = scale_exponent(system.b, stop.space)
     if e == 0:
         return system, x0, 0
     b = np.ldexp(system.b, -e)
@@ -752,7 +802,7 @@ def solve(system, x0=None, *, stop, max_iter, method="auto", restart=40):
         If the chain ends without meeting ``stop``, naming the system and why (out of
         budget, or stalled above the tolerance).
     """
-    scaled, x0, e = _scaled(system, x0)
+    scaled, x0, e = _scaled(system, x0, stop)
     (_, first), *links = _links(method, restart, system)
     res = first(scaled, x0, stop, max_iter)
     if not res.method:  # a forced LU declined
@@ -809,8 +859,8 @@ def solve_pair(value, visit, products, v0=None, y0=None, *, stop, max_iter, meth
     if method != "auto":
         return (solve(value, v0, stop=stop, max_iter=max_iter, method=method, restart=restart),
                 solve(visit, y0, stop=stop, max_iter=max_iter, method=method, restart=restart))
-    sv, v0, ev = _scaled(value, v0)
-    sy, y0, ey = _scaled(visit, y0)
+    sv, v0, ev = _scaled(value, v0, stop)
+    sy, y0, ey = _scaled(visit, y0, stop)
     a, b = _Sweeps(sv, v0, stop, max_iter), _Sweeps(sy, y0, stop, max_iter)
     while a.result is None and b.result is None:
         exact = products(a.x, b.x, a.r, b.r, a.exact or b.exact)

@@ -49,9 +49,9 @@ import numpy as np
 from . import _validation as V
 from ._backend import get_kernel, resolve_backend, resolve_threads
 from ._episodic import visit_weights
-from ._errors import ConvergenceWarning, renamed_parameters
+from ._errors import renamed_parameters
 from ._evaluator import DEFAULT_TOL, Evaluator
-from ._krylov import ConvergenceError, StoppingRule, dot
+from ._krylov import ConvergenceError, StoppingRule, dot, norm
 from ._result import Result
 from ._run import IterativeMethod, RunResult, check_states
 from .regularizers import ReverseKL
@@ -119,16 +119,31 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=10_000, lin_tol=1e-13, v0=None, 
     lin_tol = V.check_positive(lin_tol, "lin_tol")
     E = Evaluator(mdp, reg, resolve_backend(backend), resolve_threads(n_threads), tol=lin_tol,
                   tol_name="lin_tol")
-    tau = E.tau
     v0 = None if v0 is None else V.check_state_vector(np.asarray(v0), mdp.n_states, "v0")
     pi = _first_policy(E, v0, pi0)
+    pi, ev, it, residual, n_matvec, converged = _policy_iteration(E, pi, v0, tol, max_iter,
+                                                                   lin_tol)
+    return SolveResult(policy=mdp.to_table(pi.copy()), sigma=mdp.to_sigma(pi), v=ev.v,
+                       q=mdp.to_table(ev.q), adv=mdp.to_table(ev.adv), J=ev.J, n_iter=it,
+                       bellman_residual=residual, n_matvec=n_matvec, n_passes=E.n_passes,
+                       converged=converged, backend=E.backend)
+
+
+def _policy_iteration(E, pi, v, tol, max_iter, lin_tol):
+    """Regularized policy iteration from the policy ``pi`` (and values ``v`` or None) on
+    the evaluator ``E`` (reductions over states through ``E.space``).
+
+    Returns (pi, ev, n_iter, bellman_residual, n_matvec, converged); raises
+    ConvergenceError after ``max_iter`` steps or on a stall above the round-off floor.
+    """
+    mdp, space, tau = E.mdp, E.space, E.tau
     tv = np.empty(mdp.n_states)
     # relative tests: rewards × c (and τ × c) scale v, Tv and this scale alike
-    r_scale = float(np.max(np.abs(mdp.r)))
+    r_scale = space.amax(mdp.r)
     # round-off floor of the Bellman residual (none for the exact passes at γ = 1)
     floor = StoppingRule(tol, mdp.gamma).floor if mdp.gamma < 1 else 0.0
     target = max(tol, floor)
-    v, n_matvec, best = v0, 0, np.inf
+    n_matvec, best = 0, np.inf
     new_pi = np.empty(mdp.n_pairs)
     # Inexact policy iteration: early evaluations only need to be as accurate as the
     # next Bellman residual (quadratic convergence); a loose one that looks final is
@@ -139,9 +154,9 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=10_000, lin_tol=1e-13, v0=None, 
         ev = E.evaluation(v, tol=eval_tol)
         v, n_matvec = ev.v, n_matvec + ev.n_matvec
         E.greedy(ev.q, new_pi, tv)
-        residual = float(np.max(np.abs(tv - v)))
-        scale = max(r_scale, float(np.max(np.abs(v))))
-        stable = tau == 0 and np.array_equal(new_pi, pi)
+        residual = space.amax(tv - v)
+        scale = max(r_scale, space.amax(v))
+        stable = tau == 0 and space.all_equal(new_pi, pi)
         if eval_tol > lin_tol and (stable or residual <= 1e3 * eval_tol * scale):
             eval_tol = lin_tol  # certify (or finish) with exact evaluations
             if stable:
@@ -163,17 +178,14 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=10_000, lin_tol=1e-13, v0=None, 
             ev = E.evaluation(v, tol=lin_tol)
             v, n_matvec = ev.v, n_matvec + ev.n_matvec
             E.greedy(ev.q, new_pi, tv)
-            residual = float(np.max(np.abs(tv - v)))
+            residual = space.amax(tv - v)
         elif stalled:
             raise ConvergenceError(
                 f"solve stalled at iteration {it}: Bellman residual {residual:.3g} no longer "
                 f"decreases, above tol={tol:g} and 10x the round-off floor {floor:.2g} "
                 f"(gamma={mdp.gamma:g}) times the scale {scale:.3g}; raise tol")
         if converged:
-            return SolveResult(policy=mdp.to_table(pi.copy()), sigma=mdp.to_sigma(pi), v=v, q=mdp.to_table(ev.q),
-                               adv=mdp.to_table(ev.adv), J=ev.J, n_iter=it,
-                               bellman_residual=residual, n_matvec=n_matvec, n_passes=E.n_passes,
-                               converged=converged, backend=E.backend)
+            return pi, ev, it, residual, n_matvec, converged
         if eval_tol == lin_tol:
             best = min(best, residual)
         pi, new_pi = new_pi, pi
@@ -283,8 +295,8 @@ def predicted_start(x, steps, sketches):
         term = np.empty_like(step)
         for i in range(1, m):
             step += np.multiply(steps[i], c[i], out=term)
-        size = StoppingRule.norm(step)
-        if not (math.isfinite(size) and size <= 2.0 * StoppingRule.norm(steps[0])):  # or NaN
+        size = norm(step)
+        if not (math.isfinite(size) and size <= 2.0 * norm(steps[0])):  # or NaN
             return x
     step += x
     return step
@@ -424,9 +436,9 @@ class _ExactMethod(IterativeMethod):
             return None
         g = self.mdp.gamma
         d = self._d if self._d is not None and np.array_equal(self.mu, self.mdp.rho) else None
-        d_norm = 1.0 if d is None else StoppingRule.norm(d)
+        d_norm = 1.0 if d is None else norm(d)
         change = abs(self._rows[-1]["J"] - self._rows[-2]["J"])
-        bound = (1.0 + g) / (1.0 - g) * StoppingRule.norm(self._v) * d_norm
+        bound = (1.0 + g) / (1.0 - g) * norm(self._v) * d_norm
         tol = ADAPTIVE_SHARE * change / bound if bound > 0 else 0.0
         return min(ADAPTIVE_MAX, max(DEFAULT_TOL, tol))
 

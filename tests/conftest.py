@@ -67,3 +67,6 @@ def small_mdp():
 def ragged_mdp():
     return random_mdp(1, rectangular=False)
 
+
+# the scripts mpiexec runs (tests/test_distributed.py), not modules to collect for doctests
+collect_ignore = ["mpi_scripts"]
