@@ -772,8 +772,14 @@ def _newton_fixed_point(pb, pi0, tol, max_iter):
     pi = g
     # certify with exact evaluations; polish by plain steps while they help (quadratic
     # error of Newton's V leaves g(Q_V) at the round-off of the greedy step)
-    residual = pb.greedy_residual(pi)
-    for _ in range(3):
+    pi, residual = _polish(pb, pi, pb.greedy_residual(pi), tol, 3)
+    return pi, residual, it
+
+
+def _polish(pb, pi, residual, tol, steps):
+    """Up to ``steps`` plain greedy steps from ``pi`` while they lower its greedy residual
+    (above ``tol``); (pi, residual)."""
+    for _ in range(steps):
         if residual <= tol:
             break
         new, _, _ = pb.greedy(pb.q_values(pi))
@@ -781,7 +787,7 @@ def _newton_fixed_point(pb, pi0, tol, max_iter):
         if new_res >= residual:
             break
         pi, residual = new, new_res
-    return pi, residual, it
+    return pi, residual
 
 
 def _plain_iteration(pb, pi, max_steps):
@@ -1056,14 +1062,8 @@ def sampled_target(mdp, reg=None, *, kl_coef=None, kl_estimator="k1", kl_penalty
         else:
             tau = beta
             residual = pb.greedy_residual(pi)
-        for _ in range(5 if pb.kind != "plain" else 0):  # polish by soft policy-iteration steps
-            if residual <= tol:
-                break
-            new, _, _ = pb.greedy(pb.q_values(pi))
-            new_res = pb.greedy_residual(new)
-            if new_res >= residual:
-                break
-            pi, residual = new, new_res
+        if pb.kind != "plain":  # polish by soft policy-iteration steps
+            pi, residual = _polish(pb, pi, residual, tol, 5)
         out.update(kind="optimum", method="solve", n_iter=res.n_iter, tau=tau,
                    divergence="none" if pb.kind == "plain" else "reverse-kl",
                    starts={"solve": 0.0})
