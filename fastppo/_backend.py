@@ -2,7 +2,8 @@
 
 Every kernel is called as ``kernel(*arrays_and_scalars, n_threads)``. Backend
 resolution: explicit ``backend=`` argument → ``with fastppo.backend(...)`` block →
-``set_backend()`` → environment variable ``FASTPPO_BACKEND`` → ``"numba"``.
+``set_backend()`` → environment variable ``FASTPPO_BACKEND`` → ``DEFAULT_BACKEND``
+("cython": compiled when the package is installed, so a first run waits for no JIT).
 Thread count: explicit ``n_threads=`` → ``with fastppo.backend(n_threads=...)`` block →
 ``set_num_threads()`` → ``FASTPPO_NUM_THREADS`` → 1;
 at most ``os.cpu_count()``.
@@ -17,6 +18,7 @@ import numbers
 import os
 
 BACKENDS = ("numba", "cython", "numpy")
+DEFAULT_BACKEND = "cython"
 # kernel file stem → kernel names (identical in kernels/numba, kernels/cython, _reference)
 STEMS = {
     "linear": ("bellman_matvec", "bellman_rmatvec", "q_values", "bellman_products"),
@@ -53,7 +55,7 @@ def resolve_backend(backend=None):
     env = os.environ.get("FASTPPO_BACKEND")
     if env:
         return _check_backend(env)
-    return "numba"
+    return DEFAULT_BACKEND
 
 
 def resolve_threads(n_threads=None):
@@ -106,7 +108,7 @@ def set_backend(name):
     Parameters
     ----------
     name : {"numba", "cython", "numpy"} or None
-        None restores the default (``FASTPPO_BACKEND``, else "numba").
+        None restores the default (``FASTPPO_BACKEND``, else ``DEFAULT_BACKEND``).
     """
     _state["backend"] = None if name is None else _check_backend(name)
 

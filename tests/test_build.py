@@ -3,6 +3,8 @@
 import importlib
 import io
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -35,6 +37,26 @@ def test_show_backends_lists_all():
     text = buf.getvalue()
     assert "numba   available" in text and "cython  available" in text
     assert ("OpenMP" in text) or ("serial build" in text)
+
+
+def test_default_backend_is_the_compiled_one(monkeypatch):
+    monkeypatch.delenv("FASTPPO_BACKEND", raising=False)
+    assert fastppo.get_backend() == "cython"
+
+
+def test_default_path_compiles_nothing_at_run_time(tmp_path):
+    """A solve and PPO-Clip steps with default settings never import Numba (no JIT
+    compilation before the first result: the cold start of ``fastppo run``)."""
+    code = (
+        "import sys, fastppo\n"
+        "mdp = fastppo.garnet(300, 4, 3, gamma=0.95, seed=0)\n"
+        "fastppo.solve(mdp)\n"
+        "fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1)).run(3)\n"
+        "print('numba' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if k != "FASTPPO_BACKEND"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr
 
 
 def test_backend_resolution_order(monkeypatch):

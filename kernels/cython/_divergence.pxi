@@ -8,6 +8,7 @@ from libc.float cimport DBL_MIN
 from libc.math cimport exp, expm1, fabs, fmax, isfinite, log, log1p, sqrt, pow, INFINITY
 
 # |log x| * max(1, |1 - alpha|) up to which f_alpha(x) is summed as a series, and its terms
+cdef double SQRT_HALF = 0.7071067811865476  # from here up to 1: log1p((small - big) / big)
 cdef double SERIES_RADIUS = 1.0
 cdef int SERIES_TERMS = 20
 
@@ -15,8 +16,10 @@ cdef int SERIES_TERMS = 20
 cdef inline double ref_f(int code, double alpha, double p, double q) noexcept nogil:
     """q * f(p / q), with the limit at p = 0."""
     cdef double t, d
-    if code == REVERSE_KL:
-        return p * log(p / q) if p > 0.0 else 0.0
+    if code == REVERSE_KL:  # p log(p/q)
+        if p > 0.0:
+            return p * _log_ratio(p, q) if p <= q else -p * _log_ratio(q, p)
+        return 0.0
     if code == FORWARD_KL:  # q log(q/p), finite for p down to 5e-324
         if p > 0.0:
             return -q * _log_ratio(p, q) if p <= q else q * _log_ratio(q, p)
@@ -141,13 +144,14 @@ cdef inline double _exprel(double z) noexcept nogil:
 
 
 cdef inline double _log_ratio(double small, double big) noexcept nogil:
-    """log(small/big) <= 0 for 0 < small <= big, to a few ulps (log1p near 1)."""
+    """log(small/big) <= 0 for 0 < small <= big, to a few ulps (log1p near 1: small - big
+    is exact there); the polynomial log of _softmax.pxi (no libm call per pair)."""
     cdef double r = small / big
-    if r >= 0.5:
-        return log1p((small - big) / big)
+    if r >= SQRT_HALF:
+        return flog1p_reduced((small - big) / big)
     if r >= DBL_MIN:
-        return log(r)
-    return log(small) - log(big)
+        return flog(r)
+    return flog(small) - flog(big)
 
 
 cdef inline double _power_mean(double alpha, double p, double q) noexcept nogil:

@@ -169,6 +169,18 @@ cdef inline double flog(double x) noexcept nogil:
     return r if x >= 0.0 else NAN
 
 
+cdef inline double flog1p_reduced(double f) noexcept nogil:
+    """log(1 + f) for sqrt(1/2) - 1 <= f <= sqrt(2) - 1: flog's polynomial with k = 0
+    applied to f itself (fdlibm's log1p there; error < 1 ulp)."""
+    cdef double hfsq = (0.5 * f) * f
+    cdef double s = f / (2.0 + f)
+    cdef double z = s * s
+    cdef double w = z * z
+    cdef double t1 = w * fma(w, fma(w, LG6, LG4), LG2)
+    cdef double t2 = z * fma(w, fma(w, fma(w, LG7, LG5), LG3), LG1)
+    return ((s * (hfsq + (t2 + t1))) - hfsq) + f
+
+
 # -------------------------------------------------------------------------- softmax
 cdef inline void max_lanes(cdptr x, Py_ssize_t n_rows, Py_ssize_t n_lanes,
                            dptr m) noexcept nogil:

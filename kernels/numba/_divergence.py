@@ -12,8 +12,10 @@ import math
 from numba import njit
 
 from ._codes import ALPHA, CHI_SQUARE, FORWARD_KL, HELLINGER, JENSEN_SHANNON, REVERSE_KL
+from ._softmax import flog, flog1p_reduced
 
 DBL_MIN = 2.2250738585072014e-308  # smallest normal double: ratios below it lose digits
+SQRT_HALF = 0.7071067811865476  # from here up to 1, log(small/big) is log1p((small − big)/big)
 SERIES_RADIUS = 1.0  # |log x|·max(1, |1 − α|) up to which f_α(x) is summed as a series
 SERIES_TERMS = 20  # at most: enough for a relative truncation error below 1e-19 inside the radius
 
@@ -21,8 +23,10 @@ SERIES_TERMS = 20  # at most: enough for a relative truncation error below 1e-19
 @njit(cache=True, inline="always")
 def ref_f(code, alpha, p, q):
     """q · f(p / q), with the limit at p = 0."""
-    if code == REVERSE_KL:
-        return p * math.log(p / q) if p > 0.0 else 0.0
+    if code == REVERSE_KL:  # p log(p/q)
+        if p > 0.0:
+            return p * _log_ratio(p, q) if p <= q else -p * _log_ratio(q, p)
+        return 0.0
     if code == FORWARD_KL:  # q log(q/p), finite for p down to 5e-324
         if p > 0.0:
             return -q * _log_ratio(p, q) if p <= q else q * _log_ratio(q, p)
@@ -138,13 +142,14 @@ def _exprel(z):
 
 @njit(cache=True)
 def _log_ratio(small, big):
-    """log(small/big) ≤ 0 for 0 < small ≤ big, to a few ulps (log1p near 1)."""
+    """log(small/big) ≤ 0 for 0 < small ≤ big, to a few ulps (log1p near 1: small − big
+    is exact there). The polynomial log of ``_softmax``: no libm call per pair."""
     r = small / big
-    if r >= 0.5:
-        return math.log1p((small - big) / big)
+    if r >= SQRT_HALF:
+        return flog1p_reduced((small - big) / big)
     if r >= DBL_MIN:
-        return math.log(r)
-    return math.log(small) - math.log(big)
+        return flog(r)
+    return flog(small) - flog(big)
 
 
 @njit(cache=True)

@@ -181,6 +181,19 @@ def flog(x):
     return r if x >= 0.0 else math.nan
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def flog1p_reduced(f):
+    """log(1 + f) for √½ − 1 ≤ f ≤ √2 − 1: :func:`flog`'s polynomial with k = 0 applied to
+    f itself, so no rounding of 1 + f enters (fdlibm's ``log1p`` there; error < 1 ulp)."""
+    hfsq = (0.5 * f) * f
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    t1 = w * fma(w, fma(w, LG6, LG4), LG2)
+    t2 = z * fma(w, fma(w, fma(w, LG7, LG5), LG3), LG1)
+    return ((s * (hfsq + (t2 + t1))) - hfsq) + f
+
+
 # --------------------------------------------------------------------------- softmax
 @njit(cache=True, inline="always", error_model="numpy")
 def max_lanes(x, n_rows, n_lanes, m):
