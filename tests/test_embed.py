@@ -253,9 +253,9 @@ def test_backend_resolution_order(monkeypatch):
     counts alternate between 1 and 2 so that each layer shows)."""
     from fastppo._backend import resolve_backend, resolve_threads
 
-    monkeypatch.setenv("FASTPPO_BACKEND", "cython")
+    monkeypatch.setenv("FASTPPO_BACKEND", "numba")
     monkeypatch.setenv("FASTPPO_NUM_THREADS", "2")
-    assert (resolve_backend(), resolve_threads()) == ("cython", 2)
+    assert (resolve_backend(), resolve_threads()) == ("numba", 2)
     try:
         fastppo.set_backend("numpy")
         fastppo.set_num_threads(1)
@@ -272,10 +272,10 @@ def test_backend_resolution_order(monkeypatch):
     finally:
         fastppo.set_backend(None)
         fastppo.set_num_threads(None)
-    assert (resolve_backend(), resolve_threads()) == ("cython", 2)
+    assert (resolve_backend(), resolve_threads()) == ("numba", 2)
     monkeypatch.delenv("FASTPPO_BACKEND")
     monkeypatch.delenv("FASTPPO_NUM_THREADS")
-    assert (resolve_backend(), resolve_threads()) == ("numba", 1)
+    assert (resolve_backend(), resolve_threads()) == ("cython", 1)
 
 
 def test_a_thread_started_in_a_block_does_not_inherit_it_unless_given_the_context():
