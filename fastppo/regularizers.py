@@ -127,9 +127,9 @@ class ReverseKL(Regularizer):
     def ref_f(self, p, q):
         """p log(p/q) (0 at p = 0), to a few ulps also where p ≈ q."""
         p, q = np.broadcast_arrays(np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64))
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):  # p = 0: selected away
             L = _log_ratio(np.minimum(p, q), np.maximum(p, q))
-        return np.where(p > 0, np.where(p <= q, p * L, -p * L), 0.0)
+            return np.where(p > 0, np.where(p <= q, p * L, -p * L), 0.0)
 
     def p_fprime(self, p, q):
         return rel_entr(p, q) + p
