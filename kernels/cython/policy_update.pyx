@@ -193,10 +193,7 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
         max_lanes(th, n_rows, LANES, m)
         for step in range(n_steps + 1):
             exp_lanes(th, n_rows, LANES, m, p, z, rz)
-            if step == n_steps:
-                for a in range(n_rows):
-                    for l in range(LANES):
-                        p[a * LANES + l] = p[a * LANES + l] * rz[l]
+            if step == n_steps:  # pi = e rz in _kl_lanes, fused with KL(pi || pi_old)
                 break
             if step == n_steps - 1:  # the clipped-pair count of the last step
                 _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, True)
@@ -219,7 +216,7 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
             else:
                 _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
                         m, True, False)
-        _kl_lanes(n_rows, p, old, kl)
+        _kl_lanes(n_rows, p, rz, old, kl)
         store_lanes(a_indptr, b0, b1, th, theta)
         store_lanes(a_indptr, b0, b1, p, pi_out)
         for l in range(b1 - b0):
@@ -287,17 +284,21 @@ cdef inline void _ascend(Py_ssize_t n_rows, dptr th, cdptr p, cdptr b, cdptr mea
             m[l] = t if (a == 0) | (t > m[l]) else m[l] + 0.0
 
 
-cdef inline void _kl_lanes(Py_ssize_t n_rows, cdptr p, cdptr old, dptr kl) noexcept nogil:
-    """kl = sum_a p log(p / pi_old) per lane (0 where p = 0)."""
+cdef inline void _kl_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr old,
+                           dptr kl) noexcept nogil:
+    """pi = e rz in place (p holds e^(theta - m) from exp_lanes) and kl = sum_a pi
+    log(pi / pi_old) per lane (0 where pi = 0)."""
     cdef Py_ssize_t a, l, i
-    cdef double t
+    cdef double t, pi
     for l in range(LANES):
         kl[l] = 0.0
     for a in range(n_rows):
         for l in range(LANES):
             i = a * LANES + l
-            t = p[i] * flog(p[i] / old[i])
-            kl[l] = kl[l] + (t if p[i] > 0.0 else 0.0)
+            pi = p[i] * rz[l]
+            p[i] = pi
+            t = pi * flog(pi / old[i])
+            kl[l] = kl[l] + (t if pi > 0.0 else 0.0)
 
 
 cdef inline void _fprime_lanes(int code, double alpha, Py_ssize_t n_rows, cdptr p, cdptr x,
