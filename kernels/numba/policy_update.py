@@ -23,8 +23,8 @@ from numba import njit, prange
 from ._codes import ALPHA, CHI_SQUARE, FORWARD_KL, HELLINGER, JENSEN_SHANNON, NONE, REVERSE_KL
 from ._divergence import fprime, fprime_inv, fprime_inv_tail, p_fprime, ref_f
 from ._jit import twins
-from ._softmax import (LANES, PAD_LOGIT, exp_lanes, fexp, fexpm1, flog, load_lanes,
-                       max_actions, max_lanes, store_lanes)
+from ._softmax import (LANES, PAD_LOGIT, exp_constants, exp_lanes, fexp, fexpm1, flog,
+                       load_lanes, max_actions, max_lanes, store_lanes)
 
 TASK_BLOCKS = 32  # blocks of LANES states per parallel task
 
@@ -126,11 +126,12 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
                                         block[5], block[6], block[7], block[8])
     logq = np.empty((n_rows, LANES) if tau != 0.0 and (code == REVERSE_KL or code == ALPHA)
                     else (0, LANES))
-    lanes = np.empty((9, LANES))
+    lanes = np.empty((10, LANES))
     m, z, rz, logz, w, mean_b, mean_f, gsq, kl = (lanes[0], lanes[1], lanes[2], lanes[3],
                                                   lanes[4], lanes[5], lanes[6], lanes[7],
                                                   lanes[8])
     clipped = np.empty(LANES, dtype=np.int64)
+    k = exp_constants(lanes[9])
     n_lanes = th.shape[1]
     regularized = tau != 0.0 and code != NONE
     plain = not regularized and beta == 0.0
@@ -162,7 +163,7 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
         # the max of the new logits (the next softmax's shift)
         max_lanes(th, n_rows, n_lanes, m)
         for step in range(n_steps + 1):
-            exp_lanes(th, n_rows, n_lanes, m, p, z, rz)
+            exp_lanes(th, n_rows, n_lanes, m, p, z, rz, k)
             if step == n_steps:  # π = e·rz below, fused with KL(π ‖ π_old)
                 break
             if step == n_steps - 1:  # the clipped-pair count of the last step
