@@ -170,9 +170,7 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
     for k in range((s1 - s0 + LANES - 1) // LANES):
         b0 = s0 + k * LANES
         b1 = min(b0 + LANES, s1)
-        load_lanes(a_indptr, b0, b1, LANES, theta, PAD_LOGIT, n_rows, th)
-        load_lanes(a_indptr, b0, b1, LANES, pi_old, 0.0, n_rows, old)
-        load_lanes(a_indptr, b0, b1, LANES, adv, 0.0, n_rows, av)
+        _load_ppo_lanes(a_indptr, b0, b1, n_rows, theta, pi_old, adv, th, old, av)
         # ratio r = pi/pi_old < 1 + eps_high (> 1 - eps_low) as pi < hi (pi > lo); at
         # pi_old = 0 (r = inf, or NaN at pi = 0) as pi < 0 (pi > 0)
         _thresholds(size, old, hi_ratio, lo_ratio, hi, lo)
@@ -226,6 +224,29 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
     free(buf)
     free(clipped)
     return 0
+
+
+cdef inline void _load_ppo_lanes(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
+                                Py_ssize_t n_rows, const double* theta, const double* pi_old,
+                                const double* adv, double* th, double* old,
+                                double* av) noexcept nogil:
+    """load_lanes of theta (padding PAD_LOGIT), pi_old and adv (padding 0) in one pass."""
+    cdef Py_ssize_t l, a, n, lo, i
+    for l in range(LANES):
+        n = 0
+        if s0 + l < s1:
+            lo = a_indptr[s0 + l]
+            n = a_indptr[s0 + l + 1] - lo
+            for a in range(n):
+                i = a * LANES + l
+                th[i] = theta[lo + a]
+                old[i] = pi_old[lo + a]
+                av[i] = adv[lo + a]
+        for a in range(n, n_rows):
+            i = a * LANES + l
+            th[i] = PAD_LOGIT
+            old[i] = 0.0
+            av[i] = 0.0
 
 
 cdef inline void _thresholds(Py_ssize_t size, cdptr old, double hi_ratio, double lo_ratio,
