@@ -10,7 +10,8 @@ b = 10; the inputs are the asv suite's (``benchmarks/benchmarks/bench_ppo_update
 (outside the timing).
 
 Run ``python benchmarks/ppo_update_ns.py`` (``--threads 2``, ``--repeat 41``,
-``--states``, ``--steps`` to change; ``--backends numba``); prints one table row per
+``--states``, ``--steps`` to change; ``--backends numba``,
+``--divergences none,forward-kl``); prints one table row per
 divergence in RESULTS.md's format, and the cost of ``np.exp`` per element in the same run
 (about 8-9 ns on an idle AVX2 core), the yardstick that tells a loaded machine apart.
 """
@@ -35,15 +36,18 @@ def main(argv=None):
                          "cost per step from the cost per call)")
     ap.add_argument("--repeat", type=int, default=21, help="timed calls per (backend, f)")
     ap.add_argument("--backends", default="numba,cython")
+    ap.add_argument("--divergences", default=",".join(key for _, key in CASES),
+                    help="comma-separated subset of: " + ", ".join(key for _, key in CASES))
     ap.add_argument("--cpu-time", action="store_true",
                     help="time.process_time instead of wall time (less sensitive to other "
                          "processes on a shared machine; 1 thread only)")
     args = ap.parse_args(argv)
     clock = time.process_time if args.cpu_time else time.perf_counter
     backends = args.backends.split(",")
+    cases = [(name, key) for name, key in CASES if key in args.divergences.split(",")]
     n = get_mdp("garnet", args.states).n_pairs
     calls = {(b, key): ppo_update_call(b, "garnet", args.states, key, args.threads, args.steps)
-             for b in backends for _, key in CASES}
+             for b in backends for _, key in cases}
 
     def timed(backend, key):
         reset, call = calls[backend, key]
@@ -70,7 +74,7 @@ def main(argv=None):
           f"{'CPU' if args.cpu_time else 'wall'} time")
     print("| divergence | " + " | ".join(f"{b} ns/pair/step (ms/call)" for b in backends) + " |")
     print("|---|" + "---:|" * len(backends))
-    for name, key in CASES:
+    for name, key in cases:
         cells = []
         for backend in backends:
             med = float(np.median(times[backend, key]))

@@ -123,20 +123,22 @@ cdef inline double _expm1_reduced(double x, double* t, double* n) noexcept nogil
 
 cdef inline double fexp(double x) noexcept nogil:
     """e^x."""
-    cdef double t, n, u, n1
+    cdef double t, n, u, n1, scale
     x = EXP_MIN if x < EXP_MIN else x
     x = EXP_MAX if x > EXP_MAX else x
     u = _expm1_reduced(x, &t, &n)
     n1 = (n * 0.5 + SHIFTER) - SHIFTER  # 2^n = 2^n1 2^(n - n1), both factors normal
-    return ((1.0 + u) * _pow2(n1 + SHIFTER, EXP_BIAS)) * _pow2((n - n1) + SHIFTER, EXP_BIAS)
+    scale = _pow2(n1 + SHIFTER, EXP_BIAS)
+    return fma(scale, u, scale) * _pow2((n - n1) + SHIFTER, EXP_BIAS)
 
 
 cdef inline double fexp_neg(double x) noexcept nogil:
     """e^x for x <= 0 or NaN: fexp with one power of two, 2^n = 2^(n+64) 2^-64."""
-    cdef double t, n, u
+    cdef double t, n, u, scale
     x = EXP_MIN if x < EXP_MIN else x
     u = _expm1_reduced(x, &t, &n)
-    return ((1.0 + u) * _pow2(t, EXP_BIAS_64)) * TWO_M64
+    scale = _pow2(t, EXP_BIAS_64)
+    return fma(scale, u, scale) * TWO_M64
 
 
 cdef inline double fexpm1(double x) noexcept nogil:

@@ -170,9 +170,7 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
     for k in range((s1 - s0 + LANES - 1) // LANES):
         b0 = s0 + k * LANES
         b1 = min(b0 + LANES, s1)
-        load_lanes(a_indptr, b0, b1, LANES, theta, PAD_LOGIT, n_rows, th)
-        load_lanes(a_indptr, b0, b1, LANES, pi_old, 0.0, n_rows, old)
-        load_lanes(a_indptr, b0, b1, LANES, adv, 0.0, n_rows, av)
+        _load_ppo_lanes(a_indptr, b0, b1, n_rows, theta, pi_old, adv, th, old, av)
         # ratio r = pi/pi_old < 1 + eps_high (> 1 - eps_low) as pi < hi (pi > lo); at
         # pi_old = 0 (r = inf, or NaN at pi = 0) as pi < 0 (pi > 0)
         _thresholds(size, old, hi_ratio, lo_ratio, hi, lo)
@@ -193,10 +191,7 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
         max_lanes(th, n_rows, LANES, m)
         for step in range(n_steps + 1):
             exp_lanes(th, n_rows, LANES, m, p, z, rz)
-            if step == n_steps:
-                for a in range(n_rows):
-                    for l in range(LANES):
-                        p[a * LANES + l] = p[a * LANES + l] * rz[l]
+            if step == n_steps:  # pi = e rz in _kl_lanes, fused with KL(pi || pi_old)
                 break
             if step == n_steps - 1:  # the clipped-pair count of the last step
                 _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, True)
@@ -219,7 +214,7 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
             else:
                 _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
                         m, True, False)
-        _kl_lanes(n_rows, p, old, kl)
+        _kl_lanes(n_rows, p, rz, old, kl)
         store_lanes(a_indptr, b0, b1, th, theta)
         store_lanes(a_indptr, b0, b1, p, pi_out)
         for l in range(b1 - b0):
@@ -229,6 +224,29 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
     free(buf)
     free(clipped)
     return 0
+
+
+cdef inline void _load_ppo_lanes(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
+                                Py_ssize_t n_rows, const double* theta, const double* pi_old,
+                                const double* adv, double* th, double* old,
+                                double* av) noexcept nogil:
+    """load_lanes of theta (padding PAD_LOGIT), pi_old and adv (padding 0) in one pass."""
+    cdef Py_ssize_t l, a, n, lo, i
+    for l in range(LANES):
+        n = 0
+        if s0 + l < s1:
+            lo = a_indptr[s0 + l]
+            n = a_indptr[s0 + l + 1] - lo
+            for a in range(n):
+                i = a * LANES + l
+                th[i] = theta[lo + a]
+                old[i] = pi_old[lo + a]
+                av[i] = adv[lo + a]
+        for a in range(n, n_rows):
+            i = a * LANES + l
+            th[i] = PAD_LOGIT
+            old[i] = 0.0
+            av[i] = 0.0
 
 
 cdef inline void _thresholds(Py_ssize_t size, cdptr old, double hi_ratio, double lo_ratio,
@@ -287,17 +305,21 @@ cdef inline void _ascend(Py_ssize_t n_rows, dptr th, cdptr p, cdptr b, cdptr mea
             m[l] = t if (a == 0) | (t > m[l]) else m[l] + 0.0
 
 
-cdef inline void _kl_lanes(Py_ssize_t n_rows, cdptr p, cdptr old, dptr kl) noexcept nogil:
-    """kl = sum_a p log(p / pi_old) per lane (0 where p = 0)."""
+cdef inline void _kl_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr old,
+                           dptr kl) noexcept nogil:
+    """pi = e rz in place (p holds e^(theta - m) from exp_lanes) and kl = sum_a pi
+    log(pi / pi_old) per lane (0 where pi = 0)."""
     cdef Py_ssize_t a, l, i
-    cdef double t
+    cdef double t, pi
     for l in range(LANES):
         kl[l] = 0.0
     for a in range(n_rows):
         for l in range(LANES):
             i = a * LANES + l
-            t = p[i] * flog(p[i] / old[i])
-            kl[l] = kl[l] + (t if p[i] > 0.0 else 0.0)
+            pi = p[i] * rz[l]
+            p[i] = pi
+            t = pi * flog(pi / old[i])
+            kl[l] = kl[l] + (t if pi > 0.0 else 0.0)
 
 
 cdef inline void _fprime_lanes(int code, double alpha, Py_ssize_t n_rows, cdptr p, cdptr x,

@@ -23,8 +23,8 @@ from numba import njit, prange
 from ._codes import ALPHA, CHI_SQUARE, FORWARD_KL, HELLINGER, JENSEN_SHANNON, NONE, REVERSE_KL
 from ._divergence import fprime, fprime_inv, fprime_inv_tail, p_fprime, ref_f
 from ._jit import twins
-from ._softmax import (LANES, PAD_LOGIT, exp_lanes, fexp, fexpm1, flog, load_lanes,
-                       max_actions, max_lanes, store_lanes)
+from ._softmax import (LANES, PAD_LOGIT, exp_constants, exp_lanes, fexp, fexpm1, flog,
+                       load_lanes, max_actions, max_lanes, store_lanes)
 
 TASK_BLOCKS = 32  # blocks of LANES states per parallel task
 
@@ -126,11 +126,12 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
                                         block[5], block[6], block[7], block[8])
     logq = np.empty((n_rows, LANES) if tau != 0.0 and (code == REVERSE_KL or code == ALPHA)
                     else (0, LANES))
-    lanes = np.empty((9, LANES))
+    lanes = np.empty((10, LANES))
     m, z, rz, logz, w, mean_b, mean_f, gsq, kl = (lanes[0], lanes[1], lanes[2], lanes[3],
                                                   lanes[4], lanes[5], lanes[6], lanes[7],
                                                   lanes[8])
     clipped = np.empty(LANES, dtype=np.int64)
+    k = exp_constants(lanes[9])
     n_lanes = th.shape[1]
     regularized = tau != 0.0 and code != NONE
     plain = not regularized and beta == 0.0
@@ -138,9 +139,7 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
     lo_ratio = 1.0 - eps_low
     for b0 in range(s0, s1, LANES):
         b1 = min(b0 + LANES, s1)
-        load_lanes(a_indptr, b0, b1, n_lanes, theta, PAD_LOGIT, th)
-        load_lanes(a_indptr, b0, b1, n_lanes, pi_old, 0.0, old)
-        load_lanes(a_indptr, b0, b1, n_lanes, adv, 0.0, av)
+        _load_ppo_lanes(a_indptr, b0, b1, n_lanes, theta, pi_old, adv, th, old, av)
         # ratio r = π/π_old < 1 + ε_high (> 1 − ε_low) as π < hi (π > lo); at π_old = 0
         # (r = inf, or NaN at π = 0) as π < 0 (π > 0)
         for a in range(n_rows):
@@ -164,11 +163,8 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
         # the max of the new logits (the next softmax's shift)
         max_lanes(th, n_rows, n_lanes, m)
         for step in range(n_steps + 1):
-            exp_lanes(th, n_rows, n_lanes, m, p, z, rz)
-            if step == n_steps:
-                for a in range(n_rows):
-                    for l in range(n_lanes):
-                        p[a, l] = p[a, l] * rz[l]
+            exp_lanes(th, n_rows, n_lanes, m, p, z, rz, k)
+            if step == n_steps:  # π = e·rz below, fused with KL(π ‖ π_old)
                 break
             if step == n_steps - 1:  # the clipped-pair count of the last step
                 _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, True)
@@ -191,18 +187,47 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
             else:
                 _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
                         m, True, False)
-        for l in range(n_lanes):
-            kl[l] = 0.0
-        for a in range(n_rows):
-            for l in range(n_lanes):
-                t = p[a, l] * flog(p[a, l] / old[a, l])
-                kl[l] += t if p[a, l] > 0.0 else 0.0
+        _kl_lanes(n_rows, p, rz, old, kl)
         store_lanes(a_indptr, b0, b1, th, theta)
         store_lanes(a_indptr, b0, b1, p, pi_out)
         for l in range(b1 - b0):
             clipped_out[b0 + l] = clipped[l]
             gsq_out[b0 + l] = gsq[l]
             kl_out[b0 + l] = kl[l]
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _load_ppo_lanes(a_indptr, s0, s1, n_lanes, theta, pi_old, adv, th, old, av):
+    """load_lanes of θ (padding PAD_LOGIT), π_old and Ã (padding 0) in one pass."""
+    n_rows = th.shape[0]
+    for l in range(n_lanes):
+        n = 0
+        if s0 + l < s1:
+            lo = a_indptr[s0 + l]
+            n = a_indptr[s0 + l + 1] - lo
+            for a in range(n):
+                th[a, l] = theta[lo + a]
+                old[a, l] = pi_old[lo + a]
+                av[a, l] = adv[lo + a]
+        for a in range(n, n_rows):
+            th[a, l] = PAD_LOGIT
+            old[a, l] = 0.0
+            av[a, l] = 0.0
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _kl_lanes(n_rows, p, rz, old, kl):
+    """π = e·rz in place (p holds e^{θ − m} from exp_lanes) and kl = Σ_a π log(π/π_old)
+    per lane (0 where π = 0)."""
+    n_lanes = p.shape[1]
+    for l in range(n_lanes):
+        kl[l] = 0.0
+    for a in range(n_rows):
+        for l in range(n_lanes):
+            pi = p[a, l] * rz[l]
+            p[a, l] = pi
+            t = pi * flog(pi / old[a, l])
+            kl[l] += t if pi > 0.0 else 0.0
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
