@@ -213,11 +213,12 @@ class Evaluator:
 
     @property
     def _buf(self):
-        """Scatter buffers of the transposed product, (n_chunks, n_states): one per chunk
-        of states, summed in a fixed order. max(2, n_threads) chunks, so the products
-        (hence visitations) are bit for bit the same on 1 and 2 threads."""
+        """Scatter buffers of the transposed product, (n_chunks, 2 n_states): one per chunk
+        of states, summed in a fixed order; a fused pass keeps the gathered x beside the
+        sums, ``bellman_products``. max(2, n_threads) chunks, so the products (hence
+        visitations) are bit for bit the same on 1 and 2 threads."""
         if self._scratch is None:
-            self._scratch = np.empty((max(2, self.n_threads), self.mdp.n_states))
+            self._scratch = np.empty((max(2, self.n_threads), 2 * self.mdp.n_states))
         return self._scratch
 
     def matvec(self, x, out):

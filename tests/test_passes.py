@@ -46,7 +46,7 @@ def products(kernel, rows_args, n_states, n_pairs, x, y, want_rows, chunks, n_th
     rows = np.full(n_pairs, np.nan) if want_rows else EMPTY
     kernel(*rows_args, EMPTY if x is None else x, EMPTY if y is None else y,
            EMPTY if x is None else out_x, EMPTY if y is None else out_y, rows,
-           np.full((chunks, n_states), np.nan), n_threads)
+           np.full((chunks, 2 * n_states), np.nan), n_threads)
     return out_x, out_y, rows
 
 
