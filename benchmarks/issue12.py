@@ -105,6 +105,7 @@ def report(h, cpu, phases, label, first, last):
 
 
 def readme(args):
+    use_before(args)
     try:
         from threadpoolctl import threadpool_limits
         threadpool_limits(1)
@@ -161,6 +162,7 @@ def readme(args):
 
 
 def large(args):
+    use_before(args)
     nt, backend = args.threads, args.backend
     fastppo.PPOClip(fastppo.garnet(200, 10, 10, seed=1), fastppo.ForwardKL(0.1), backend=backend,
                     n_threads=nt).run(3)
@@ -217,6 +219,17 @@ def _kernels_from(path):
     sys.modules[spec.name] = module  # Numba's cache finds the kernels' globals there
     spec.loader.exec_module(module)
     return module.KERNELS
+
+
+def use_before(args):
+    """With ``--before FILE``: the Numba backend's linear kernels are those of FILE (their
+    buffers of width n_states fit in today's of 2 n_states)."""
+    if args.before:
+        import fastppo._backend as backend_module
+        old = _kernels_from(args.before)
+        for name, pair in old.items():
+            backend_module._cache[(name, "numba")] = backend_module._numba_kernel(*pair)
+        print(f"linear kernels from {args.before}")
 
 
 def passes(args):
@@ -315,12 +328,13 @@ def main():
     t = sub.add_parser("passes")
     t.add_argument("--n-states", type=int, default=1_000_000)
     t.add_argument("--repeat", type=int, default=5)
-    t.add_argument("--before", help="a kernels/numba/linear.py of another commit, timed "
-                   "beside today's")
     t.set_defaults(func=passes)
     for q in (r, g, t):
         q.add_argument("--threads", type=int, default=1)
         q.add_argument("--backend", default="numba")
+        q.add_argument("--before", help="a kernels/numba/linear.py of another commit (git "
+                       "show COMMIT:kernels/numba/linear.py > FILE): passes times it beside "
+                       "today's kernels, readme and large run on it")
     args = p.parse_args()
     args.func(args)
 
