@@ -105,6 +105,7 @@ def report(h, cpu, phases, label, first, last):
 
 
 def readme(args):
+    use_before(args)
     try:
         from threadpoolctl import threadpool_limits
         threadpool_limits(1)
@@ -161,6 +162,7 @@ def readme(args):
 
 
 def large(args):
+    use_before(args)
     nt, backend = args.threads, args.backend
     fastppo.PPOClip(fastppo.garnet(200, 10, 10, seed=1), fastppo.ForwardKL(0.1), backend=backend,
                     n_threads=nt).run(3)
@@ -168,8 +170,20 @@ def large(args):
     mdp = fastppo.garnet(args.n_states, 10, 10, gamma=0.99, seed=0)
     print(f"{mdp}: built in {time.perf_counter() - t0:.1f} s, peak RSS {peak_rss_gib():.2f} GiB; "
           f"{backend}, {nt} thread(s)", flush=True)
+    reg, init, reference = fastppo.ForwardKL(0.1), None, False
+    if args.perturb is not None:
+        # the late phase without the ~100 iterations before it: start near the optimum
+        c0 = time.process_time()
+        opt = fastppo.solve(mdp, reg, backend=backend, n_threads=nt)
+        noise = np.random.default_rng(1).standard_normal(mdp.n_pairs)
+        init, reference = np.log(opt.policy.ravel()) + args.perturb * noise, opt.J
+        print(f"J* = {opt.J:.15g} by solve ({opt.n_passes} passes, "
+              f"{time.process_time() - c0:.1f} s CPU); start: log π* + {args.perturb} N(0, 1) "
+              f"per pair", flush=True)
+        del opt
     phases = Phases()
-    ppo = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1), backend=backend, n_threads=nt)
+    ppo = fastppo.PPOClip(mdp, reg, init=init, reference=reference, backend=backend,
+                          n_threads=nt)
     E = ppo._evaluator
     print(f"mixed precision sweeps: {E.mixed}", flush=True)
     worst = 0.0
@@ -196,6 +210,7 @@ def large(args):
               f"]  CPU {sum(c.values()):6.2f} s [" + "  ".join(f"{k} {c[k]:5.2f}" for k in PHASES) +
               f"]  passes {row['n_passes']:3d} products {row['n_matvec']:3d}  residuals: "
               f"solver {rv:.1e} / {rd:.1e}, recomputed {tv:.1e} / {td:.1e}  "
+              + (f"gap {row['gap']:.2e}  " if reference else "") +
               f"peak RSS {peak_rss_gib():.2f} GiB", flush=True)
     h = ppo.history
     late = h["seconds"][-args.late:]
@@ -206,10 +221,35 @@ def large(args):
           f"{max(max(r) for r in phases.residuals):.2e}, recomputed {worst:.2e}")
 
 
+def _kernels_from(path):
+    """The linear kernels of ``path`` (a kernels/numba/linear.py of another commit, e.g.
+    ``git show COMMIT:kernels/numba/linear.py > before.py``), compiled in this process."""
+    import importlib.util
+
+    import fastppo._kernels.numba as package
+    spec = importlib.util.spec_from_file_location(f"{package.__name__}._before", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # Numba's cache finds the kernels' globals there
+    spec.loader.exec_module(module)
+    return module.KERNELS
+
+
+def use_before(args):
+    """With ``--before FILE``: the Numba backend's linear kernels are those of FILE (their
+    buffers of width n_states fit in today's of 2 n_states)."""
+    if args.before:
+        import fastppo._backend as backend_module
+        old = _kernels_from(args.before)
+        for name, pair in old.items():
+            backend_module._cache[(name, "numba")] = backend_module._numba_kernel(*pair)
+        print(f"linear kernels from {args.before}")
+
+
 def passes(args):
     """CPU and wall time of one pass over P of each kind at ``--n-states``, and of the
     K = 10 inner steps of ``ppo_update``: the parts of an iteration, when whole
-    iterations cannot be run to the late phase."""
+    iterations cannot be run to the late phase. With ``--before FILE`` the linear kernels
+    of FILE run beside today's in the same process, one call of each in turn."""
     nt, backend = args.threads, args.backend
     fastppo.PPOClip(fastppo.garnet(200, 10, 10, seed=1), fastppo.ForwardKL(0.1), backend=backend,
                     n_threads=nt).run(3)
@@ -217,40 +257,72 @@ def passes(args):
     ppo = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1), backend=backend, n_threads=nt)
     E = ppo._evaluator
     E.load(ppo.pi)
+    n, L = mdp.n_states, mdp.n_pairs
     rng = np.random.default_rng(0)
-    x, y = rng.random(mdp.n_states), rng.random(mdp.n_states)
-    ox, oy = np.empty_like(x), np.empty_like(y)
-    k = get_kernel("bellman_products", backend)
-    buf32 = np.empty(E._buf.shape, dtype=np.float32)
-    q = np.empty(mdp.n_pairs)
-    calls = {
-        "fused pass, float64 (v and d, rows for Q)": lambda: k(
-            *E._rows, x, y, ox, oy, np.empty(0) if E._q_rows is None else E._q_rows, E._buf, nt),
-        "fused pass, float32 corrections": lambda: k(
-            *E._rows, x.astype(np.float32), y, ox, oy, np.empty(0), buf32, nt),
-        "q_values pass": lambda: get_kernel("q_values", backend)(
-            mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r, mdp.gamma, x, q, nt),
-    }
-    E._q_rows = np.empty(mdp.n_pairs)
+    x, y = rng.random(n), rng.random(n)
+    x32 = x.astype(np.float32)
+    ox, oy, rows, q = np.empty(n), np.empty(n), np.empty(L), np.empty(L)
+    chunks = E._buf.shape[0]
+    none = np.empty(0)
+    sets = {"now": (lambda name: get_kernel(name, backend),
+                    np.empty((chunks, 2 * n)), np.empty((chunks, 2 * n), dtype=np.float32))}
+    if args.before:
+        if backend != "numba":
+            raise SystemExit("--before compares Numba kernels: use --backend numba")
+        old = _kernels_from(args.before)
+        sets["before"] = (lambda name: lambda *a: old[name][nt > 1](*a[:-1]),  # no n_threads
+                          np.empty((chunks, n)),
+                          np.empty((chunks, n), dtype=np.float32))
+
+    def pass_calls(k, buf, buf32):
+        fused, T = k("bellman_products"), E._rows
+        return {
+            "fused pass, float64 (v and d, rows for Q)": lambda: fused(
+                *T, x, y, ox, oy, rows, buf, nt),
+            "value side alone (rows for Q)": lambda: fused(*T, x, none, ox, none, rows, buf, nt),
+            "visitation side alone": lambda: fused(*T, none, y, none, oy, none, buf, nt),
+            "fused pass, float32 corrections": lambda: fused(
+                *T, x32, y, ox, oy, none, buf32, nt),
+            "q_values pass": lambda: k("q_values")(
+                mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r, mdp.gamma, x, q, nt),
+        }
+    calls = {f"{name} [{tag}]": call for tag, (k, buf, buf32) in sets.items()
+             for name, call in pass_calls(k, buf, buf32).items()}
+    if args.before:  # the same numbers from both sets of kernels
+        for name in pass_calls(*sets["now"]):
+            outs = []
+            for tag in sets:
+                calls[f"{name} [{tag}]"]()
+                outs.append((ox.copy(), oy.copy(), rows.copy(), q.copy()))
+            same = all(np.array_equal(a, b) for a, b in zip(*outs))
+            print(f"{name}: {'bit for bit the same' if same else 'DIFFERENT'} before and now")
     ev = E.evaluation()
     w = E.visitation(ppo.mu).d / (1 - mdp.gamma)
     logits = ppo.logits.copy()
     pu = get_kernel("ppo_update", backend)
-    out = (np.empty(mdp.n_pairs), np.empty(mdp.n_states, dtype=np.int64),
-           np.empty(mdp.n_states), np.empty(mdp.n_states))
+    out = (np.empty(L), np.empty(n, dtype=np.int64), np.empty(n), np.empty(n))
     calls["ppo_update, K = 10"] = lambda: pu(
         mdp.a_indptr, ppo.pi, ev.adv, w, ppo._ref, ppo._code, ppo._alpha, ppo._tau,
         ppo.eps_low, ppo.eps_high, 0.0, ppo.lr, 10, logits.copy(), *out, nt)
-    print(f"{mdp}; {backend}, {nt} thread(s); medians of {args.repeat}")
-    for name, call in calls.items():
+    stream = np.ones(2**26)  # 512 MB: the read bandwidth of a NumPy sum
+    calls["NumPy sum over 512 MB"] = lambda: stream.sum()
+    print(f"{mdp}; {backend}, {nt} thread(s); medians of {args.repeat}, one call of each "
+          f"kind in turn")
+    for call in calls.values():
         call()
-        wall, cpu = [], []
-        for _ in range(args.repeat):
+    wall, cpu = defaultdict(list), defaultdict(list)
+    for _ in range(args.repeat):
+        for name, call in calls.items():
             t0, c0 = time.perf_counter(), time.process_time()
             call()
-            wall.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-        print(f"{name:>45}: wall {ms(wall)} ms, CPU {ms(cpu)} ms", flush=True)
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    for name in calls:
+        print(f"{name:>52}: wall {ms(wall[name])} ms, CPU {ms(cpu[name])} ms", flush=True)
+    bw = stream.nbytes / np.median(wall["NumPy sum over 512 MB"])
+    read = mdp.p_indices.nbytes + mdp.p_data.nbytes
+    print(f"read bandwidth {bw / 1e9:.1f} GB/s: P's arrays ({read / 1e9:.2f} GB) take "
+          f"{read / bw * 1e3:.0f} ms to stream (the floor of one pass)")
     print(f"peak RSS {peak_rss_gib():.2f} GiB")
 
 
@@ -265,6 +337,9 @@ def main():
     g.add_argument("--n-states", type=int, default=1_000_000)
     g.add_argument("--iters", type=int, default=30)
     g.add_argument("--late", type=int, default=5, help="iterations in the late median")
+    g.add_argument("--perturb", type=float, help="start from log π* (by solve) plus this "
+                   "times standard normal noise per pair: the late phase without the "
+                   "iterations before it")
     g.set_defaults(func=large)
     t = sub.add_parser("passes")
     t.add_argument("--n-states", type=int, default=1_000_000)
@@ -273,6 +348,9 @@ def main():
     for q in (r, g, t):
         q.add_argument("--threads", type=int, default=1)
         q.add_argument("--backend", default="numba")
+        q.add_argument("--before", help="a kernels/numba/linear.py of another commit (git "
+                       "show COMMIT:kernels/numba/linear.py > FILE): passes times it beside "
+                       "today's kernels, readme and large run on it")
     args = p.parse_args()
     args.func(args)
 

@@ -213,11 +213,12 @@ class Evaluator:
 
     @property
     def _buf(self):
-        """Scatter buffers of the transposed product, (n_chunks, n_states): one per chunk
-        of states, summed in a fixed order. max(2, n_threads) chunks, so the products
-        (hence visitations) are bit for bit the same on 1 and 2 threads."""
+        """Scatter buffers of the transposed product, (n_chunks, 2 n_states): one per chunk
+        of states, summed in a fixed order; a fused pass keeps the gathered x beside the
+        sums, ``bellman_products``. max(2, n_threads) chunks, so the products (hence
+        visitations) are bit for bit the same on 1 and 2 threads."""
         if self._scratch is None:
-            self._scratch = np.empty((max(2, self.n_threads), self.mdp.n_states))
+            self._scratch = np.empty((max(2, self.n_threads), 2 * self.mdp.n_states))
         return self._scratch
 
     def matvec(self, x, out):
@@ -242,9 +243,9 @@ class Evaluator:
         scattered (visitation) in float32 and summed in float64, so its error is
         ~6e-8 ‖x − x̂‖, not ~6e-8 ‖x‖: small once the sweeps are near their solution, and
         the solve certifies its result with an exact product (``_krylov.solve_pair``).
-        At 10⁶ states the random float32 accesses take about half the time of float64
-        ones (the vector no longer stays in the caches). Returns whether the products
-        were exact.
+        At 10⁶ states a pass of corrections took 0.65 s of CPU against 0.85 s for an exact
+        fused pass (numba, one thread, loaded machine: benchmarks/RESULTS.md, issue 12
+        target 5). Returns whether the products were exact.
         """
         if self.mixed and not exact:
             return self._corrections(x_value, x_visit, out_value, out_visit)

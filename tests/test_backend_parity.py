@@ -247,7 +247,7 @@ def _products(kernel, args, x, y, sides, chunks, n_threads):
     ox, oy = (np.full(S, np.nan) if side in sides else empty for side in "xy")
     rows = np.full(L, np.nan) if "x" in sides else empty
     kernel(*args, x if "x" in sides else empty, y if "y" in sides else empty, ox, oy, rows,
-           np.full((chunks, S), np.nan), n_threads)
+           np.full((chunks, 2 * S), np.nan), n_threads)
     return np.concatenate([ox, oy, rows])
 
 

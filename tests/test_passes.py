@@ -46,7 +46,7 @@ def products(kernel, rows_args, n_states, n_pairs, x, y, want_rows, chunks, n_th
     rows = np.full(n_pairs, np.nan) if want_rows else EMPTY
     kernel(*rows_args, EMPTY if x is None else x, EMPTY if y is None else y,
            EMPTY if x is None else out_x, EMPTY if y is None else out_y, rows,
-           np.full((chunks, n_states), np.nan), n_threads)
+           np.full((chunks, 2 * n_states), np.nan), n_threads)
     return out_x, out_y, rows
 
 
@@ -81,6 +81,38 @@ def test_bellman_products_match_dense_references(backend, n_threads, rect):
                     assert naive.rel_err(oy, want_y) <= 1e-12, what
                 else:
                     assert np.isnan(oy).all(), what
+
+
+@pytest.mark.parametrize("rect", [True, False], ids=["rectangular", "ragged"])
+def test_float32_corrections_match_dense_references(n_threads, rect):
+    """The mixed path's call: float32 x gathered (kept beside the sums when both sides run)
+    and float32 scatter buffers. The gathers are exact, so out_x is the float64 product
+    of the float32 values; the float32 sums leave out_y within float32 round-off. Numba
+    and Cython agree bit for bit."""
+    mdp = random_mdp(23, n_states=19, n_actions=3, gamma=0.9, rectangular=rect, density=0.3)
+    rng = np.random.default_rng(7)
+    x32, y = rng.normal(size=mdp.n_states).astype(np.float32), rng.normal(size=mdp.n_states)
+    pi = policies(mdp, 8)[1][1]  # with zeros
+    M = naive.P_pi(mdp, pi)
+    x = x32.astype(np.float64)
+    want_x, want_y = x - mdp.gamma * M @ x, y - mdp.gamma * M.T @ y
+    args = (mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data, pi, mdp.gamma)
+    for chunks in (1, 2, 3):
+        for sides in ("xy", "x", "y"):
+            got = []
+            for which in ("numba", "cython"):
+                out_x, out_y = np.full(mdp.n_states, np.nan), np.full(mdp.n_states, np.nan)
+                get_kernel("bellman_products", which)(
+                    *args, x32 if "x" in sides else EMPTY, y if "y" in sides else EMPTY,
+                    out_x if "x" in sides else EMPTY, out_y if "y" in sides else EMPTY, EMPTY,
+                    np.full((chunks, 2 * mdp.n_states), np.nan, dtype=np.float32), n_threads)
+                got.append(np.concatenate([out_x, out_y]))
+                what = f"{which} chunks={chunks} sides={sides}"
+                if "x" in sides:
+                    assert naive.rel_err(out_x, want_x) <= 1e-12, what
+                if "y" in sides:
+                    assert naive.rel_err(out_y, want_y) <= 1e-6, what
+            np.testing.assert_array_equal(*got)
 
 
 @pytest.mark.parametrize("rect", [True, False], ids=["rectangular", "ragged"])

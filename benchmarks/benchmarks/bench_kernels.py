@@ -37,8 +37,8 @@ class KernelSuite:
         elif kernel == "bellman_rmatvec":
             buf = np.empty((max(2, n_threads), m.n_states))  # the evaluator's scatter chunks
             args = (m.a_indptr, *csr, pi, m.gamma, x, np.empty(m.n_states), buf, n_threads)
-        elif kernel == "bellman_products":
-            buf = np.empty((max(2, n_threads), m.n_states))
+        elif kernel == "bellman_products":  # both sides: x beside the sums, 2 n_states per chunk
+            buf = np.empty((max(2, n_threads), 2 * m.n_states))
             args = (m.a_indptr, *csr, pi, m.gamma, x, x[::-1].copy(), np.empty(m.n_states),
                     np.empty(m.n_states), np.empty(m.n_pairs), buf, n_threads)
         else:

@@ -10,23 +10,31 @@
                      either side is skipped when its input has length 0;
                      ``x`` and the scatter buffers ``buf`` may be float32
                      (products of a correction: half the bytes gathered and
-                     scattered, float64 sums)
+                     scattered, float64 sums); with both sides, chunk c's row of
+                     ``buf`` (n_chunks, 2 n_states) holds x and the scatter sums
+                     interleaved, buf[c, 2i] = x[i], buf[c, 2i + 1] = the sums of
+                     state i, so one cache line serves the gather and the scatter
 
 where (P_π x)(s) = Σ_a π(a|s) Σ_s' P(s'|s,a) x(s'). Each kernel is compiled twice
 from one Python function: serial, and ``parallel=True`` (used when n_threads > 1).
 Loop bounds and CSR indices are cast to unsigned so Numba drops its negative-index
 wrap-around check (1.36x faster products, S = 50,000 garnet). Pairs with π = 0 are
 skipped (adding 0 changes nothing), so a deterministic policy costs one row per state.
+Every gather and scatter prefetches the state of the entry ``AHEAD`` positions on
+(kernels/numba/_prefetch.py): at 10⁶ states the vectors leave the caches, and the
+prefetches let the memory waits overlap (a hint: no result changes).
 Mirrors kernels/cython/linear.pyx.
 """
 import numpy as np
 from numba import prange
 
 from ._jit import twins
+from ._prefetch import AHEAD, prefetch_read, prefetch_write
 
 
 def bellman_matvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out):
     n_states = out.shape[0]
+    ahead, last = np.uint64(AHEAD), np.uint64(max(p_indices.shape[0], 1) - 1)
     for s in prange(n_states):
         acc = 0.0
         for k in range(np.uint64(a_indptr[s]), np.uint64(a_indptr[s + 1])):
@@ -34,6 +42,7 @@ def bellman_matvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out):
                 continue
             row = 0.0
             for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+                prefetch_read(x, np.uint32(p_indices[min(j + ahead, last)]))
                 row += p_data[j] * x[np.uint32(p_indices[j])]
             acc += pi[k] * row
         out[s] = x[s] - gamma * acc
@@ -42,9 +51,10 @@ def bellman_matvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out):
 def bellman_rmatvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out, buf):
     n_states = out.shape[0]
     n_chunks = buf.shape[0]
+    ahead, last = np.uint64(AHEAD), np.uint64(max(p_indices.shape[0], 1) - 1)
     for c in prange(n_chunks):
-        y = buf[c]
-        y[:] = 0.0
+        y = buf[c]  # its first n_states entries (bellman_products' buf serves too)
+        y[:n_states] = 0.0
         lo = c * n_states // n_chunks
         hi = (c + 1) * n_states // n_chunks
         for s in range(lo, hi):
@@ -54,6 +64,7 @@ def bellman_rmatvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out, bu
                     continue
                 w = pi[k] * xs
                 for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+                    prefetch_write(y, np.uint32(p_indices[min(j + ahead, last)]))
                     y[np.uint32(p_indices[j])] += w * p_data[j]
     for s in prange(n_states):
         acc = 0.0
@@ -64,9 +75,11 @@ def bellman_rmatvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out, bu
 
 def q_values(p_indptr, p_indices, p_data, r, gamma, v, out):
     n_pairs = out.shape[0]
+    ahead, last = np.uint64(AHEAD), np.uint64(max(p_indices.shape[0], 1) - 1)
     for k in prange(n_pairs):
         row = 0.0
         for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+            prefetch_read(v, np.uint32(p_indices[min(j + ahead, last)]))
             row += p_data[j] * v[np.uint32(p_indices[j])]
         out[k] = r[k] + gamma * row
 
@@ -78,11 +91,18 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
     do_x = x.shape[0] > 0
     do_y = y.shape[0] > 0
     do_rows = rows.shape[0] > 0
+    both = do_x and do_y
+    ahead, last = np.uint64(AHEAD), np.uint64(max(p_indices.shape[0], 1) - 1)
+    one, two = np.uint64(1), np.uint64(2)
     # the chunks of bellman_rmatvec: the same sums in the same order, term by term
     for c in prange(n_chunks):
         z = buf[c]
-        if do_y:
-            z[:] = 0.0
+        if both:  # z[2i] = x[i], z[2i + 1] = the sums of state i: one line for both
+            for t in range(n_states):
+                z[2 * t] = x[t]
+                z[2 * t + 1] = 0.0
+        elif do_y:
+            z[:n_states] = 0.0
         lo = c * n_states // n_chunks
         hi = (c + 1) * n_states // n_chunks
         for s in range(lo, hi):
@@ -95,19 +115,22 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
                 j0 = np.uint64(p_indptr[k])
                 j1 = np.uint64(p_indptr[k + 1])
                 row = 0.0
-                if do_x and do_y:  # one read of the row serves both products
+                if both:  # one read of the row and of each state's line serves both products
                     w = p * ys
                     for j in range(j0, j1):
-                        i = np.uint32(p_indices[j])
+                        prefetch_write(z, two * np.uint64(p_indices[min(j + ahead, last)]))
+                        i = two * np.uint64(p_indices[j])
                         d = p_data[j]
-                        row += d * x[i]
-                        z[i] += w * d
+                        row += d * z[i]
+                        z[i + one] += w * d
                 elif do_x:
                     for j in range(j0, j1):
+                        prefetch_read(x, np.uint32(p_indices[min(j + ahead, last)]))
                         row += p_data[j] * x[np.uint32(p_indices[j])]
                 elif p != 0.0:
                     w = p * ys
                     for j in range(j0, j1):
+                        prefetch_write(z, np.uint32(p_indices[min(j + ahead, last)]))
                         z[np.uint32(p_indices[j])] += w * p_data[j]
                 if do_rows:
                     rows[k] = row
@@ -116,10 +139,11 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
             if do_x:
                 out_x[s] = x[s] - gamma * acc
     if do_y:
+        stride = 2 if both else 1
         for s in prange(n_states):
             acc = 0.0
             for c in range(n_chunks):
-                acc += buf[c, s]
+                acc += buf[c, stride * s + stride - 1]
             out_y[s] = y[s] - gamma * acc
 
 
