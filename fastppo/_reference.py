@@ -370,6 +370,31 @@ def assemble_values(a_indptr, p_indptr, p_data, pos, pi, gamma, data, diag, n_th
     diag[:] = 1.0 - gamma * total[nnz:]
 
 
+def distinct_pairs_bound(indptr, indices, bits, shift, n_threads=1):
+    """A lower bound on the edges {i, j} of the undirected graph of the off-diagonal
+    pattern (``indptr``, ``indices``; columns distinct in each row): the entries with
+    i < j, plus the entries j < i whose mirror (j, i) is surely absent from a one-hash
+    Bloom filter of the first kind (bit h(i, j) = top 64 − ``shift`` bits of
+    (i·n + j) × 0x9E3779B97F4A7C15 mod 2⁶⁴, set in ``bits``, uint64 words)."""
+    n = indptr.shape[0] - 1
+    rows = _states(indptr)
+    cols = indices[:indptr[-1]].astype(np.int64)
+    with np.errstate(over="ignore"):
+        def h(lo, hi):
+            key = lo.astype(np.uint64) * np.uint64(n) + hi.astype(np.uint64)
+            return (key * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(shift)
+
+        upper = rows < cols
+        bits[:] = 0
+        hu = h(rows[upper], cols[upper])
+        np.bitwise_or.at(bits, (hu >> np.uint64(6)).astype(np.int64),
+                         np.uint64(1) << (hu & np.uint64(63)))
+        lower = rows > cols
+        hl = h(cols[lower], rows[lower])
+        seen = (bits[(hl >> np.uint64(6)).astype(np.int64)] >> (hl & np.uint64(63))) & np.uint64(1)
+    return int(upper.sum() + np.count_nonzero(seen == 0))
+
+
 def _parts(indptr, mid, indices, data, diag, transpose):
     """(E, L_B, U_B) of B = A (or Aᵀ) as scipy matrices, E = diag(``diag``)."""
     n = diag.shape[0]

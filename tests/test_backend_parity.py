@@ -285,6 +285,11 @@ def _assembled_calls(mdp, inp, n_threads):
         "assemble_values": [("", lambda k: _outputs(k, (a, pp, pd, pos, inp["pi"], mdp.gamma),
                                                     [out(nnz + S), out()], n_threads))],
         "split_matvec": [], "triangular_solve": [], "sgs_operator": [],
+        # a filter of 2^(64 - shift) bits (garbage in: the kernel clears it): 64 bits
+        # (collisions) and 2^16
+        "distinct_pairs_bound": [(f"shift{shift}", lambda k, shift=shift: np.array([float(k(
+            indptr, indices, np.full(1 << (58 - shift), 7, np.uint64), shift, n_threads))]))
+            for shift in (58, 48)],
     }
     for t in (0, 1):
         for part in (0, 1, 2):

@@ -4,6 +4,9 @@
                       [indptr[i], mid[i]), j > i after; ``pos``: the slot of each entry of
                       P (``nnz + s`` for the diagonal of state s); returns nnz
 ``assemble_values``:  ``data`` (nnz + n_states,) = −γ Σ π P per slot, ``diag`` = 1 − γ (P_π)_ss
+``distinct_pairs_bound``: a lower bound on the undirected edges of the pattern (``indptr``,
+                      ``indices``): entries i < j, plus j < i whose mirror is surely absent
+                      from a one-hash Bloom filter ``bits`` (2^(64 − ``shift``) bits, scratch)
 ``split_matvec``:     out = B_part x (``diag`` = E)
 ``triangular_solve``: out = B_part⁻¹ x (part 1 or 2; ``out`` may be ``x``; ``dinv`` = 1/E)
 ``sgs_operator``:     out = E (E + L_B)⁻¹ B (E + U_B)⁻¹ x (Eisenstat's trick; ``diag`` = E,
@@ -13,7 +16,7 @@ B = A (``transpose`` 0) or Aᵀ (1) = D + L_B + U_B; ``part`` 0: B, 1: E + L_B, 
 for a diagonal E (E = D/ω in the SSOR sweeps).
 Serial (``n_threads`` is ignored). Mirrors kernels/numba/assembled.py.
 """
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint64_t
 
 
 def merge_pattern(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
@@ -83,6 +86,35 @@ def assemble_values(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
             data[j] = -gamma * data[j]
         for s in range(n_states):
             diag[s] = 1.0 - gamma * data[nnz + s]
+
+
+cdef uint64_t GOLDEN = 0x9E3779B97F4A7C15ULL  # Fibonacci hashing
+
+
+def distinct_pairs_bound(const int64_t[::1] indptr, const int32_t[::1] indices,   # IN
+                         uint64_t[::1] bits, int shift, int n_threads):             # OUT
+    """distinct_pairs_bound(indptr, indices, bits, shift, n_threads) -> count"""
+    cdef Py_ssize_t n = indptr.shape[0] - 1, i, w
+    cdef int64_t j, c, count = 0
+    cdef uint64_t h
+    with nogil:
+        for w in range(bits.shape[0]):
+            bits[w] = 0
+        for i in range(n):
+            for j in range(indptr[i], indptr[i + 1]):
+                c = indices[j]
+                if i < c:
+                    h = (((<uint64_t>i) * (<uint64_t>n) + <uint64_t>c) * GOLDEN) >> shift
+                    bits[h >> 6] |= (<uint64_t>1) << (h & 63)
+                    count = count + 1
+        for i in range(n):
+            for j in range(indptr[i], indptr[i + 1]):
+                c = indices[j]
+                if c < i:
+                    h = (((<uint64_t>c) * (<uint64_t>n) + <uint64_t>i) * GOLDEN) >> shift
+                    if (bits[h >> 6] >> (h & 63)) & 1 == 0:
+                        count = count + 1  # (c, i) is not in G: {c, i} is a pair of its own
+    return count
 
 
 cdef void _matvec(const int64_t[::1] indptr, const int64_t[::1] mid,

@@ -14,6 +14,13 @@ successor once. Assembly is two kernels:
                       the transitions alone (cached per MDP for all pairs).
 ``assemble_values``:  ``data`` (nnz + n_states,) = −γ Σ π P per slot, ``diag`` = 1 − γ (P_π)_ss:
                       one branch-free pass over the policy's entries.
+``distinct_pairs_bound``: a lower bound on the edges of the undirected graph of an
+                      off-diagonal pattern (``indptr``, ``indices``; each row's columns
+                      distinct): the entries (i, j), i < j, plus those j < i whose mirror
+                      (j, i) is surely absent, tested in a one-hash Bloom filter ``bits``
+                      (uint64 words, 2^(64 − ``shift``) bits, scratch): a filter has no false
+                      negatives, so the count never exceeds the true one. Two sequential
+                      passes; the filter (a byte per entry) stays in the caches.
 
 The other kernels act on B = A (``transpose`` = 0) or B = Aᵀ (1), B = D + L_B + U_B
 (for Aᵀ: L_B = Uᵀ, U_B = Lᵀ), with ``part`` selecting 0: B, 1: E + L_B, 2: E + U_B for
@@ -88,6 +95,32 @@ def assemble_values(a_indptr, p_indptr, p_data, pos, pi, gamma, data, diag):
         data[j] *= -gamma
     for s in range(n_states):
         diag[s] = 1.0 - gamma * data[nnz + s]
+
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bits of key × GOLDEN
+
+
+def distinct_pairs_bound(indptr, indices, bits, shift):
+    n = indptr.shape[0] - 1
+    bits[:] = 0
+    shift, six, low = np.uint64(shift), np.uint64(6), np.uint64(63)
+    one, size = np.uint64(1), np.uint64(n)
+    count = 0
+    for i in range(n):
+        for j in range(np.uint64(indptr[i]), np.uint64(indptr[i + 1])):
+            c = np.int64(indices[j])
+            if i < c:
+                h = ((np.uint64(i) * size + np.uint64(c)) * GOLDEN) >> shift
+                bits[h >> six] |= one << (h & low)
+                count += 1
+    for i in range(n):
+        for j in range(np.uint64(indptr[i]), np.uint64(indptr[i + 1])):
+            c = np.int64(indices[j])
+            if c < i:
+                h = ((np.uint64(c) * size + np.uint64(i)) * GOLDEN) >> shift
+                if (bits[h >> six] >> (h & low)) & one == np.uint64(0):
+                    count += 1  # (c, i) is not in G: {c, i} is a pair of its own
+    return count
 
 
 @njit(cache=True, inline="always")
@@ -168,4 +201,5 @@ def sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, trans
         out[i] = diag[i] * (t[i] + out[i])
 
 
-KERNELS = serial(merge_pattern, assemble_values, split_matvec, triangular_solve, sgs_operator)
+KERNELS = serial(merge_pattern, assemble_values, distinct_pairs_bound, split_matvec,
+                 triangular_solve, sgs_operator)
