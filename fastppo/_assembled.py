@@ -24,7 +24,7 @@ OMEGA = 1.0  # SSOR relaxation of the preconditioner (ω > 1 breaks down on adve
 FILL_CAP = 20.0  # LU: at most this many times the entries of A in L + U
 
 KERNELS = ("merge_pattern", "assemble_values", "distinct_pairs_bound", "split_matvec",
-           "triangular_solve", "sgs_operator")
+           "triangular_solve", "sgs_operator", "sgs_bicgstab")
 
 
 class AssembledMatrix:
@@ -189,6 +189,16 @@ class SplitView:
         m = self.m
         m._k["sgs_operator"](*m._parts, self._e, self._einv, self._kdiag, y, self._t, out,
                              self.transpose, 1)
+
+    def bicgstab_steps(self, y, r, r_hat, p, v, s, t, snap, state, threshold, blowup,
+                       max_products):
+        """BiCGSTAB steps on Â y = b̂, compiled (the ``sgs_bicgstab`` kernel: arrays of
+        shape (n_states,) updated in place, ``state`` = [ρ, α, ω, relative recursive
+        residual, its lowest, ‖b̂‖, status]); returns the products with Â."""
+        m = self.m
+        return int(m._k["sgs_bicgstab"](*m._parts, self._e, self._einv, self._kdiag,
+                                        self.transpose, y, r, r_hat, p, v, s, t, self._t, snap,
+                                        state, threshold, blowup, max_products, 1))
 
     def to_x(self, y, out):
         """out = x = (E + U_B)⁻¹ y."""

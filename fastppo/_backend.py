@@ -25,7 +25,7 @@ STEMS = {
     "sampling": ("rollout", "gae", "discounted_returns", "ppo_minibatches"),
     "episodic": ("episodic_values", "episodic_visits"),
     "assembled": ("merge_pattern", "assemble_values", "distinct_pairs_bound", "split_matvec",
-                  "triangular_solve", "sgs_operator"),
+                  "triangular_solve", "sgs_operator", "sgs_bicgstab"),
     "batched": ("bellman_matvec_batch", "bellman_rmatvec_batch", "q_values_batch"),
 }
 

@@ -435,6 +435,60 @@ def sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, trans
     out *= diag
 
 
+def sgs_bicgstab(indptr, mid, indices, data, diag, dinv, kdiag, transpose, y, r, r_hat, p, v,
+                 s, t, w, snap, state, threshold, blowup, max_products, n_threads=1):
+    """BiCGSTAB steps on Â y = b̂, Â = :func:`sgs_operator`: from the iterate ``y``, its
+    recursive residual ``r``, shadow ``r_hat`` and directions ``p``, ``v``; ``state`` =
+    [ρ, α, ω, ‖r‖/‖b̂‖, the lowest of it so far, ‖b̂‖, status] read and written. Stops when
+    ‖r‖/‖b̂‖ ≤ ``threshold`` (status 0), before a step would pass ``max_products`` (1), on
+    a breakdown ρ = 0, ω = 0 or r̂ᵀv = 0 (2), or on a residual above ``blowup`` × the lowest
+    or not finite (3; ``y`` back to ``snap``, saved whenever the residual halved). Returns
+    the products with Â. ``s``, ``t``, ``w`` are scratch."""
+    rho, alpha, omega, rel, snap_rel, bnorm = state[:6]
+
+    def A_hat(x, out):
+        sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, w, out, transpose)
+
+    used, status = 0, 1
+    while used + 2 <= max_products:
+        if rel <= threshold:
+            status = 0
+            break
+        rho_new = float(r_hat @ r)
+        if rho_new == 0.0 or omega == 0.0:
+            status = 2
+            break
+        p[:] = r + (rho_new / rho) * (alpha / omega) * (p - omega * v)
+        A_hat(p, v)
+        used += 1
+        denom = float(r_hat @ v)
+        if denom == 0.0:
+            status = 2
+            break
+        alpha = rho_new / denom
+        s[:] = r - alpha * v
+        A_hat(s, t)
+        used += 1
+        tt = float(t @ t)
+        omega = float(t @ s) / tt if tt > 0.0 else 0.0
+        y += alpha * p + omega * s
+        r[:] = s - omega * t
+        rho = rho_new
+        rel = float(np.sqrt(r @ r)) / bnorm
+        if not rel <= blowup * snap_rel:
+            y[:] = snap
+            rel, status = snap_rel, 3
+            break
+        if rel < 0.5 * snap_rel:
+            snap[:] = y
+            snap_rel = rel
+    if status == 1 and rel <= threshold:
+        status = 0
+    state[:5] = rho, alpha, omega, rel, snap_rel
+    state[6] = status
+    return used
+
+
 # -------------------------------------------------------------------- batched
 # K members at once on (S, K) vectors; ``pi`` and ``r`` are (n_pairs, K) or (n_pairs, 1)
 # (one policy or reward shared by all members).

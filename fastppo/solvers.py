@@ -130,6 +130,8 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=10_000, lin_tol=1e-13, v0=None, 
 
 
 LOOSE_EVALUATION = 1e-4  # policy iteration's first evaluations: relative residual
+LOOSE_STALLS = 3
+FORCING = 0.05
 
 
 def _policy_iteration(E, pi, v, tol, max_iter, lin_tol):
@@ -151,9 +153,10 @@ def _policy_iteration(E, pi, v, tol, max_iter, lin_tol):
     # Inexact policy iteration (an inexact Newton method): an evaluation only needs to be
     # as accurate as the next Bellman residual, ~ the square of this one. Exact
     # evaluations from the step whose residual reached the evaluations' accuracy, or
-    # stopped falling (a safeguard), or whose policy is stable: a loose evaluation that
-    # looks final is redone at lin_tol before anything is returned.
-    eval_tol, last = max(lin_tol, LOOSE_EVALUATION), np.inf
+    # whose policy is stable, or after LOOSE_STALLS steps running without a lower residual
+    # (a safeguard against cycling on inexact values): a loose evaluation that looks
+    # final is redone at lin_tol before anything is returned.
+    eval_tol, last, stalls = max(lin_tol, LOOSE_EVALUATION), np.inf, 0
     for it in range(1, max_iter + 1):
         E.load(pi)
         ev = E.evaluation(v, tol=eval_tol)
@@ -162,12 +165,14 @@ def _policy_iteration(E, pi, v, tol, max_iter, lin_tol):
         residual = space.amax(tv - v)
         scale = max(r_scale, space.amax(v))
         stable = tau == 0 and space.all_equal(new_pi, pi)
-        if eval_tol > lin_tol and (stable or residual <= eval_tol * scale or residual >= last):
+        stalls = stalls + 1 if residual >= last else 0
+        if eval_tol > lin_tol and (stable or residual <= eval_tol * scale
+                                   or stalls == LOOSE_STALLS):
             eval_tol = lin_tol  # certify (or finish) with exact evaluations
             if stable:
                 continue
         elif eval_tol > lin_tol:
-            eval_tol = max(lin_tol, min(eval_tol, (residual / scale) ** 2))
+            eval_tol = max(lin_tol, min(eval_tol, FORCING * residual / scale))
         last = residual
         converged = eval_tol == lin_tol and (residual <= target * scale or stable)
         stalled = (not converged and eval_tol == lin_tol and residual >= best

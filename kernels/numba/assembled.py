@@ -37,6 +37,17 @@ a diagonal E given as ``diag`` (E = D: the parts of B) or ``dinv`` = 1/E:
                       out = E [t + (E + L_B)⁻¹ (x + K t)]); ``diag`` = E, ``dinv`` = 1/E,
                       ``t`` is scratch
 
+``sgs_bicgstab``:     BiCGSTAB steps on the ``sgs_operator`` system Â y = b̂ (the loop of
+                      ``fastppo._krylov._bicgstab``, compiled): from the iterate ``y`` and
+                      recursive residual ``r`` with shadow ``r_hat`` and directions ``p``,
+                      ``v`` (``s``, ``t``, ``w`` scratch), ``state`` = [ρ, α, ω, ‖r‖/‖b̂‖,
+                      its best so far, ‖b̂‖, status] in and out, until the relative
+                      recursive residual is ≤ ``threshold`` (status 0), the next step would
+                      exceed ``max_products`` (1), a breakdown (2), or a non-finite residual
+                      or one above ``blowup`` × the best (3: ``y`` restored from ``snap``,
+                      the iterate saved whenever the residual halved); returns the products
+                      with Â.
+
 The sweeps are sequential by nature: every kernel here is serial (``n_threads`` is
 ignored). Mirrors kernels/cython/assembled.pyx.
 """
@@ -191,7 +202,8 @@ def triangular_solve(indptr, mid, indices, data, dinv, x, out, part, transpose):
     _solve(indptr, mid, indices, data, dinv, x, out, part, transpose)
 
 
-def sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose):
+@njit(cache=True)
+def _sgs(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose):
     _solve(indptr, mid, indices, data, dinv, x, t, 2, transpose)
     n = dinv.shape[0]
     for i in range(n):
@@ -201,5 +213,69 @@ def sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, trans
         out[i] = diag[i] * (t[i] + out[i])
 
 
+def sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose):
+    _sgs(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose)
+
+
+@njit(cache=True, inline="always")
+def _dot(a, b):
+    acc = 0.0
+    for i in range(a.shape[0]):
+        acc += a[i] * b[i]
+    return acc
+
+
+def sgs_bicgstab(indptr, mid, indices, data, diag, dinv, kdiag, transpose, y, r, r_hat, p, v,
+                 s, t, w, snap, state, threshold, blowup, max_products):
+    n = y.shape[0]
+    rho, alpha, omega, rel, snap_rel, bnorm = state[0], state[1], state[2], state[3], state[4], state[5]
+    used, status = 0, 1
+    while used + 2 <= max_products:
+        if rel <= threshold:
+            status = 0
+            break
+        rho_new = _dot(r_hat, r)
+        if rho_new == 0.0 or omega == 0.0:
+            status = 2
+            break
+        beta = (rho_new / rho) * (alpha / omega)
+        for i in range(n):
+            p[i] = r[i] + beta * (p[i] - omega * v[i])
+        _sgs(indptr, mid, indices, data, diag, dinv, kdiag, p, w, v, transpose)
+        used += 1
+        denom = _dot(r_hat, v)
+        if denom == 0.0:
+            status = 2
+            break
+        alpha = rho_new / denom
+        for i in range(n):
+            s[i] = r[i] - alpha * v[i]
+        _sgs(indptr, mid, indices, data, diag, dinv, kdiag, s, w, t, transpose)
+        used += 1
+        tt = _dot(t, t)
+        omega = _dot(t, s) / tt if tt > 0.0 else 0.0
+        rr = 0.0
+        for i in range(n):
+            y[i] += alpha * p[i] + omega * s[i]
+            r[i] = s[i] - omega * t[i]
+            rr += r[i] * r[i]
+        rho = rho_new
+        rel = np.sqrt(rr) / bnorm
+        if not rel <= blowup * snap_rel:  # NaN, inf or blow-up: back to the best iterate
+            for i in range(n):
+                y[i] = snap[i]
+            rel = snap_rel
+            status = 3
+            break
+        if rel < 0.5 * snap_rel:
+            for i in range(n):
+                snap[i] = y[i]
+            snap_rel = rel
+    if status == 1 and rel <= threshold:
+        status = 0
+    state[0], state[1], state[2], state[3], state[4], state[6] = rho, alpha, omega, rel, snap_rel, status
+    return used
+
+
 KERNELS = serial(merge_pattern, assemble_values, distinct_pairs_bound, split_matvec,
-                 triangular_solve, sgs_operator)
+                 triangular_solve, sgs_operator, sgs_bicgstab)
