@@ -40,12 +40,16 @@ continue.
 ``fastppo._assembled``), split-preconditioned by symmetric Gauss–Seidel with Eisenstat's
 trick: a step costs two passes over the assembled entries, like plain BiCGSTAB, and takes
 fewer steps (products at 10k, π = softmax(N(0, 1)), γ = 0.99: 2.2× fewer on the local
-garnet, 2.9× on the gridworld, 3.5× on queue2d, 9.5× on the pendulum grid).
+garnet, 2.9× on the gridworld, 3.5× on queue2d, 9.5× on the pendulum grid). The steps
+between two checks of the true residual run compiled (the ``sgs_bicgstab`` kernel).
 
 ``lu``: a sparse LU of the assembled matrix (SuperLU, reverse Cuthill–McKee order; its
 fill, bounded by the envelope before anything is factorised, is capped at 20× the
 entries of A) and iterative refinement. Its cost does not grow as γ → 1; "auto" uses it
-first where it is cheap (chains, banded matrices) and after ``sgs`` fails.
+first where it is cheap (chains, banded matrices) and after ``sgs`` fails. The cheap
+probe declines first on a floor of the work bound valid in every order
+(``fastppo._assembled.flops_floor``: two passes over the pattern), before the ordering
+is computed: on garnets the ordering alone took seconds.
 
 ``bicgstab``: BiCGSTAB (two products and a few vector updates per step, no growing
 basis: on a gridworld with ~12 nonzeros per row, GMRES(40)'s orthogonalisation costs five
