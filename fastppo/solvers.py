@@ -158,7 +158,7 @@ def _policy_iteration(E, pi, v, tol, max_iter, lin_tol):
     # final is redone at lin_tol before anything is returned.
     eval_tol, last, stalls = max(lin_tol, LOOSE_EVALUATION), np.inf, 0
     for it in range(1, max_iter + 1):
-        E.load(pi)
+        E.load(pi, patch=True)
         ev = E.evaluation(v, tol=eval_tol)
         v, n_matvec = ev.v, n_matvec + ev.n_matvec
         E.greedy(ev.q, new_pi, tv)
