@@ -540,9 +540,12 @@ def sgs(system, x0, stop, max_iter, *, max_restarts=5):
         np.subtract(b, r, out=r)
         return stop.relative(r, bnorm), 1
 
+    # the compiled steps test the recursive residual against the rule's target: a rule
+    # whose ``met`` is another test (a subclass) decides in the Python loop
+    steps = M.bicgstab_steps if type(stop).met is StoppingRule.met else None
     used, residual, converged, stalled = _bicgstab(M.operator, b_hat, y, x0 is None, stop,
                                                    max_iter - 1, max_restarts, check,
-                                                   steps=M.bicgstab_steps)
+                                                   steps=steps)
     M.to_x(y, x)
     return LinearResult(x, used + 1, residual, converged, "sgs", stalled)
 
