@@ -130,6 +130,7 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=10_000, lin_tol=1e-13, v0=None, 
 
 
 LOOSE_EVALUATION = 1e-4  # policy iteration's first evaluations: relative residual
+WARM_EVALUATION = 1e-6  # the same from a warm start v0
 LOOSE_STALLS = 3
 FORCING = 0.05
 
@@ -156,7 +157,9 @@ def _policy_iteration(E, pi, v, tol, max_iter, lin_tol):
     # whose policy is stable, or after LOOSE_STALLS steps running without a lower residual
     # (a safeguard against cycling on inexact values): a loose evaluation that looks
     # final is redone at lin_tol before anything is returned.
-    eval_tol, last, stalls = max(lin_tol, LOOSE_EVALUATION), np.inf, 0
+    # (from a warm start v, the first policy is near the optimum: a tighter first evaluation)
+    first = LOOSE_EVALUATION if v is None else WARM_EVALUATION
+    eval_tol, last, stalls = max(lin_tol, first), np.inf, 0
     for it in range(1, max_iter + 1):
         E.load(pi, patch=True)
         ev = E.evaluation(v, tol=eval_tol)
