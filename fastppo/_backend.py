@@ -26,8 +26,8 @@ STEMS = {
     "policy_update": ("greedy_policy", "ppo_update"),
     "sampling": ("rollout", "gae", "discounted_returns", "ppo_minibatches"),
     "episodic": ("episodic_values", "episodic_visits"),
-    "assembled": ("merge_pattern", "assemble_values", "split_matvec", "triangular_solve",
-                  "sgs_operator"),
+    "assembled": ("merge_pattern", "assemble_values", "distinct_pairs_bound", "split_matvec",
+                  "triangular_solve", "sgs_operator", "sgs_bicgstab"),
     "batched": ("bellman_matvec_batch", "bellman_rmatvec_batch", "q_values_batch"),
 }
 

@@ -88,17 +88,25 @@ def regularizer_args(mdp, reg):
     return reg.code, reg.alpha, reg.tau, ref
 
 
-def policy_rows(mdp, pi):
+def policy_rows(mdp, pi, previous=None):
     """Kernel arrays (a_indptr, p_indptr, p_indices, p_data, pi) of the pairs π uses.
 
     Products with P_π only need the pairs with π > 0. When those are at most half of
     all pairs (a deterministic policy uses one per state), their rows are gathered once
     into a compact CSR (O(nnz) of those rows), so every product reads only them; the
     sums are the same, term by term.
+
+    ``previous``: (π', its compact rows) of an earlier policy, or None. When π differs
+    from π' in a few states whose pairs' rows keep their shape (policy iteration's last
+    steps), only those states' rows are gathered anew, into a copy of the old arrays.
     """
     T = mdp._transitions
     if np.count_nonzero(pi) > mdp.n_pairs // 2:
         return mdp.a_indptr, T.p_indptr, T.p_indices, T.p_data, pi
+    if previous is not None:
+        rows = _patched_rows(mdp, pi, *previous)
+        if rows is not None:
+            return rows
     used = np.flatnonzero(pi)
     a_indptr = np.zeros(mdp.n_states + 1, dtype=np.int64)
     np.cumsum(np.bincount(mdp.s_indices[used], minlength=mdp.n_states), out=a_indptr[1:])
@@ -107,6 +115,41 @@ def policy_rows(mdp, pi):
     np.cumsum(lengths, out=p_indptr[1:])
     gather = np.repeat(T.p_indptr[used] - p_indptr[:-1], lengths) + np.arange(p_indptr[-1])
     return a_indptr, p_indptr, T.p_indices[gather], T.p_data[gather], pi[used]
+
+
+PATCH_SHARE = 0.25  # policy_rows patches the old rows when at most this share of states changed
+
+
+def _patched_rows(mdp, pi, old_pi, old_rows):
+    """The compact rows of ``pi`` from those of ``old_pi`` (:func:`policy_rows`), or None
+    when too many states changed or a changed state's rows change shape."""
+    a_old, p_old, indices_old, data_old, w_old = old_rows
+    T = mdp._transitions
+    a = mdp.a_indptr
+    states = np.unique(mdp.s_indices[np.flatnonzero(pi != old_pi)])
+    if states.shape[0] > PATCH_SHARE * mdp.n_states:
+        return None
+    # the pairs of the changed states, and those of them π uses
+    counts = a[states + 1] - a[states]
+    pairs = np.repeat(a[states] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+    used = pairs[pi[pairs] != 0]
+    per_state = np.bincount(np.searchsorted(states, mdp.s_indices[used]),
+                            minlength=states.shape[0])
+    if not np.array_equal(per_state, a_old[states + 1] - a_old[states]):
+        return None  # a state now uses more or fewer pairs: the layout moves
+    slots = np.repeat(a_old[states] - np.cumsum(per_state) + per_state, per_state) + \
+        np.arange(used.shape[0])  # the compact pair slots of ``used``, in order
+    lengths = T.row_lengths[used]
+    if not np.array_equal(lengths, p_old[slots + 1] - p_old[slots]):
+        return None  # a row of another length: the layout moves
+    w = w_old.copy()
+    w[slots] = pi[used]
+    old = np.repeat(p_old[slots] - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    new = np.repeat(T.p_indptr[used] - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    indices, data = indices_old.copy(), data_old.copy()
+    indices[old] = T.p_indices[new]
+    data[old] = T.p_data[new]
+    return a_old, p_old, indices, data, w
 
 
 class Evaluator:
@@ -177,6 +220,7 @@ class Evaluator:
         self.pi = None
         self._rows = None
         self._compact = False
+        self._previous = None  # (π, its compact rows) for load(patch=True)
         self._scratch = None  # scatter buffers of the transposed product, on first use
         self._q_rows = None  # P x per pair of the last value sweep (n_pairs,), on first use
         self._rows_fresh = False  # _q_rows holds P x of the value system's last product
@@ -195,11 +239,16 @@ class Evaluator:
         return self.mdp.uniform_policy()
 
     # ------------------------------------------------------------- the loaded policy
-    def load(self, pi):
-        """Make ``pi`` (flat, checked; kept by reference, not copied) the current policy."""
+    def load(self, pi, patch=False):
+        """Make ``pi`` (flat, checked; kept by reference, not copied) the current policy.
+        ``patch``: its compact rows may be patched from the last loaded policy's
+        (:func:`policy_rows`; for policy iteration, whose consecutive policies differ in
+        few states)."""
+        previous = self._previous if patch and self._compact else None
         self.pi = pi
-        rows = policy_rows(self.mdp, pi)
+        rows = policy_rows(self.mdp, pi, previous)
         self._compact = rows[0] is not self.mdp.a_indptr
+        self._previous = (pi.copy(), rows[:5]) if patch and self._compact else None
         self._rows = (*rows, self.mdp.gamma)
         self._rows_fresh = False
         self._matrix = None

@@ -40,12 +40,16 @@ continue.
 ``fastppo._assembled``), split-preconditioned by symmetric Gauss–Seidel with Eisenstat's
 trick: a step costs two passes over the assembled entries, like plain BiCGSTAB, and takes
 fewer steps (products at 10k, π = softmax(N(0, 1)), γ = 0.99: 2.2× fewer on the local
-garnet, 2.9× on the gridworld, 3.5× on queue2d, 9.5× on the pendulum grid).
+garnet, 2.9× on the gridworld, 3.5× on queue2d, 9.5× on the pendulum grid). The steps
+between two checks of the true residual run compiled (the ``sgs_bicgstab`` kernel).
 
 ``lu``: a sparse LU of the assembled matrix (SuperLU, reverse Cuthill–McKee order; its
 fill, bounded by the envelope before anything is factorised, is capped at 20× the
 entries of A) and iterative refinement. Its cost does not grow as γ → 1; "auto" uses it
-first where it is cheap (chains, banded matrices) and after ``sgs`` fails.
+first where it is cheap (chains, banded matrices) and after ``sgs`` fails. The cheap
+probe declines first on a floor of the work bound valid in every order
+(``fastppo._assembled.flops_floor``: two passes over the pattern), before the ordering
+is computed: on garnets the ordering alone took seconds.
 
 ``bicgstab``: BiCGSTAB (two products and a few vector updates per step, no growing
 basis: on a gridworld with ~12 nonzeros per row, GMRES(40)'s orthogonalisation costs five
@@ -360,10 +364,16 @@ def richardson(system, x0, stop, max_iter, *, max_rate=MAX_RATE, min_sweeps=MIN_
     return sweeps.result
 
 
-def _bicgstab(matvec, b, x, zero_start, stop, max_iter, max_restarts, check):
+BLOWUP = 1e8  # BiCGSTAB: a residual this far above the lowest seen restarts from the best iterate
+
+
+def _bicgstab(matvec, b, x, zero_start, stop, max_iter, max_restarts, check, steps=None):
     """BiCGSTAB for matvec(x) = b from ``x`` (updated in place), for a caller whose own
     residual ``check(x) -> (relative residual, products)`` decides convergence (the true
     residual of the caller's system, of which this may be a preconditioned form).
+    ``steps``, if given, runs the iteration between two checks compiled (the
+    ``sgs_bicgstab`` kernel's interface, :meth:`fastppo._assembled.SplitView.bicgstab_steps`;
+    the same arithmetic as the loop here, in another summation order).
 
     The iteration stops when its recursive residual, scaled by the ratio of the caller's
     residual to it at the last check, is half the rule's target; the caller's residual is
@@ -376,6 +386,7 @@ def _bicgstab(matvec, b, x, zero_start, stop, max_iter, max_restarts, check):
     n, dot = b.shape[0], stop.space.dot
     bnorm = stop.norm(b)
     r, v, p, s, t = (np.empty(n) for _ in range(5))
+    state = np.empty(7)
     used, ratio, last_true, stalls, true = 0, 1.0, np.inf, 0, np.inf
     snap, snap_rel = x.copy(), np.inf
     for attempt in range(max_restarts + 1):
@@ -396,7 +407,12 @@ def _bicgstab(matvec, b, x, zero_start, stop, max_iter, max_restarts, check):
         rho = alpha = omega = 1.0
         v.fill(0.0)
         p.fill(0.0)
-        while used + 2 <= max_iter and not stop.met(2.0 * rel * ratio):
+        if steps is not None:
+            state[:6] = rho, alpha, omega, rel, snap_rel, bnorm
+            used += steps(x, r, r_hat, p, v, s, t, snap, state, stop.target / (2.0 * ratio),
+                          BLOWUP, max_iter - used)
+            rel, snap_rel = state[3], state[4]
+        while steps is None and used + 2 <= max_iter and not stop.met(2.0 * rel * ratio):
             rho_new = dot(r_hat, r)
             if rho_new == 0.0 or omega == 0.0:
                 break  # breakdown: restart
@@ -420,7 +436,7 @@ def _bicgstab(matvec, b, x, zero_start, stop, max_iter, max_restarts, check):
             np.subtract(s, omega * t, out=r)
             rho = rho_new
             rel = stop.relative(r, bnorm)
-            if not rel <= 1e8 * snap_rel:  # NaN, inf or blow-up: back to the best iterate
+            if not rel <= BLOWUP * snap_rel:  # NaN, inf or blow-up: back to the best iterate
                 x[:] = snap
                 rel = snap_rel
                 break
@@ -524,8 +540,12 @@ def sgs(system, x0, stop, max_iter, *, max_restarts=5):
         np.subtract(b, r, out=r)
         return stop.relative(r, bnorm), 1
 
+    # the compiled steps test the recursive residual against the rule's target: a rule
+    # whose ``met`` is another test (a subclass) decides in the Python loop
+    steps = M.bicgstab_steps if type(stop).met is StoppingRule.met else None
     used, residual, converged, stalled = _bicgstab(M.operator, b_hat, y, x0 is None, stop,
-                                                   max_iter - 1, max_restarts, check)
+                                                   max_iter - 1, max_restarts, check,
+                                                   steps=steps)
     M.to_x(y, x)
     return LinearResult(x, used + 1, residual, converged, "sgs", stalled)
 

@@ -370,6 +370,31 @@ def assemble_values(a_indptr, p_indptr, p_data, pos, pi, gamma, data, diag, n_th
     diag[:] = 1.0 - gamma * total[nnz:]
 
 
+def distinct_pairs_bound(indptr, indices, bits, shift, n_threads=1):
+    """A lower bound on the edges {i, j} of the undirected graph of the off-diagonal
+    pattern (``indptr``, ``indices``; columns distinct in each row): the entries with
+    i < j, plus the entries j < i whose mirror (j, i) is surely absent from a one-hash
+    Bloom filter of the first kind (bit h(i, j) = top 64 − ``shift`` bits of
+    (i·n + j) × 0x9E3779B97F4A7C15 mod 2⁶⁴, set in ``bits``, uint64 words)."""
+    n = indptr.shape[0] - 1
+    rows = _states(indptr)
+    cols = indices[:indptr[-1]].astype(np.int64)
+    with np.errstate(over="ignore"):
+        def h(lo, hi):
+            key = lo.astype(np.uint64) * np.uint64(n) + hi.astype(np.uint64)
+            return (key * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(shift)
+
+        upper = rows < cols
+        bits[:] = 0
+        hu = h(rows[upper], cols[upper])
+        np.bitwise_or.at(bits, (hu >> np.uint64(6)).astype(np.int64),
+                         np.uint64(1) << (hu & np.uint64(63)))
+        lower = rows > cols
+        hl = h(cols[lower], rows[lower])
+        seen = (bits[(hl >> np.uint64(6)).astype(np.int64)] >> (hl & np.uint64(63))) & np.uint64(1)
+    return int(upper.sum() + np.count_nonzero(seen == 0))
+
+
 def _parts(indptr, mid, indices, data, diag, transpose):
     """(E, L_B, U_B) of B = A (or Aᵀ) as scipy matrices, E = diag(``diag``)."""
     n = diag.shape[0]
@@ -408,6 +433,60 @@ def sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, trans
     split_matvec(indptr, mid, indices, data, kdiag + 2.0 * diag, t, y, 0, transpose)
     triangular_solve(indptr, mid, indices, data, dinv, y, out, 1, transpose)
     out *= diag
+
+
+def sgs_bicgstab(indptr, mid, indices, data, diag, dinv, kdiag, transpose, y, r, r_hat, p, v,
+                 s, t, w, snap, state, threshold, blowup, max_products, n_threads=1):
+    """BiCGSTAB steps on Â y = b̂, Â = :func:`sgs_operator`: from the iterate ``y``, its
+    recursive residual ``r``, shadow ``r_hat`` and directions ``p``, ``v``; ``state`` =
+    [ρ, α, ω, ‖r‖/‖b̂‖, the lowest of it so far, ‖b̂‖, status] read and written. Stops when
+    ‖r‖/‖b̂‖ ≤ ``threshold`` (status 0), before a step would pass ``max_products`` (1), on
+    a breakdown ρ = 0, ω = 0 or r̂ᵀv = 0 (2), or on a residual above ``blowup`` × the lowest
+    or not finite (3; ``y`` back to ``snap``, saved whenever the residual halved). Returns
+    the products with Â. ``s``, ``t``, ``w`` are scratch."""
+    rho, alpha, omega, rel, snap_rel, bnorm = state[:6]
+
+    def A_hat(x, out):
+        sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, w, out, transpose)
+
+    used, status = 0, 1
+    while used + 2 <= max_products:
+        if rel <= threshold:
+            status = 0
+            break
+        rho_new = float(r_hat @ r)
+        if rho_new == 0.0 or omega == 0.0:
+            status = 2
+            break
+        p[:] = r + (rho_new / rho) * (alpha / omega) * (p - omega * v)
+        A_hat(p, v)
+        used += 1
+        denom = float(r_hat @ v)
+        if denom == 0.0:
+            status = 2
+            break
+        alpha = rho_new / denom
+        s[:] = r - alpha * v
+        A_hat(s, t)
+        used += 1
+        tt = float(t @ t)
+        omega = float(t @ s) / tt if tt > 0.0 else 0.0
+        y += alpha * p + omega * s
+        r[:] = s - omega * t
+        rho = rho_new
+        rel = float(np.sqrt(r @ r)) / bnorm
+        if not rel <= blowup * snap_rel:
+            y[:] = snap
+            rel, status = snap_rel, 3
+            break
+        if rel < 0.5 * snap_rel:
+            snap[:] = y
+            snap_rel = rel
+    if status == 1 and rel <= threshold:
+        status = 0
+    state[:5] = rho, alpha, omega, rel, snap_rel
+    state[6] = status
+    return used
 
 
 # -------------------------------------------------------------------- batched

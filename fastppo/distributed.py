@@ -437,8 +437,8 @@ class DistributedEvaluator(Evaluator):
         self._x = np.empty(S)        # x in rotated order (this rank's block first)
         self._y = None               # transposed product: rotated contributions, scratch
 
-    def load(self, pi):
-        super().load(pi)
+    def load(self, pi, patch=False):
+        super().load(pi, patch)
         S, a = self.dmdp.n_states, self._rows[0]
         if self._y is None:
             self._y = (np.empty(S), np.empty(S), np.empty(S), np.empty(S + 1, dtype=np.int64),

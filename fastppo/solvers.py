@@ -129,6 +129,12 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=10_000, lin_tol=1e-13, v0=None, 
                        converged=converged, backend=E.backend)
 
 
+LOOSE_EVALUATION = 1e-4  # policy iteration's first evaluations: relative residual
+WARM_EVALUATION = 1e-6  # the same from a warm start v0
+LOOSE_STALLS = 3
+FORCING = 0.05
+
+
 def _policy_iteration(E, pi, v, tol, max_iter, lin_tol):
     """Regularized policy iteration from the policy ``pi`` (and values ``v`` or None) on
     the evaluator ``E`` (reductions over states through ``E.space``).
@@ -145,24 +151,32 @@ def _policy_iteration(E, pi, v, tol, max_iter, lin_tol):
     target = max(tol, floor)
     n_matvec, best = 0, np.inf
     new_pi = np.empty(mdp.n_pairs)
-    # Inexact policy iteration: early evaluations only need to be as accurate as the
-    # next Bellman residual (quadratic convergence); a loose one that looks final is
-    # redone at lin_tol before anything is returned.
-    eval_tol = max(lin_tol, 1e-6)
+    # Inexact policy iteration (an inexact Newton method): an evaluation only needs to be
+    # as accurate as the next Bellman residual, ~ the square of this one. Exact
+    # evaluations from the step whose residual reached the evaluations' accuracy, or
+    # whose policy is stable, or after LOOSE_STALLS steps running without a lower residual
+    # (a safeguard against cycling on inexact values): a loose evaluation that looks
+    # final is redone at lin_tol before anything is returned.
+    # (from a warm start v, the first policy is near the optimum: a tighter first evaluation)
+    first = LOOSE_EVALUATION if v is None else WARM_EVALUATION
+    eval_tol, last, stalls = max(lin_tol, first), np.inf, 0
     for it in range(1, max_iter + 1):
-        E.load(pi)
+        E.load(pi, patch=True)
         ev = E.evaluation(v, tol=eval_tol)
         v, n_matvec = ev.v, n_matvec + ev.n_matvec
         E.greedy(ev.q, new_pi, tv)
         residual = space.amax(tv - v)
         scale = max(r_scale, space.amax(v))
         stable = tau == 0 and space.all_equal(new_pi, pi)
-        if eval_tol > lin_tol and (stable or residual <= 1e3 * eval_tol * scale):
+        stalls = stalls + 1 if residual >= last else 0
+        if eval_tol > lin_tol and (stable or residual <= eval_tol * scale
+                                   or stalls == LOOSE_STALLS):
             eval_tol = lin_tol  # certify (or finish) with exact evaluations
             if stable:
                 continue
         elif eval_tol > lin_tol:
-            eval_tol = max(lin_tol, min(eval_tol, (residual / scale) ** 2))
+            eval_tol = max(lin_tol, min(eval_tol, FORCING * residual / scale))
+        last = residual
         converged = eval_tol == lin_tol and (residual <= target * scale or stable)
         stalled = (not converged and eval_tol == lin_tol and residual >= best
                    and residual < 1e-8 * scale)  # round-off floor of evaluation

@@ -223,3 +223,76 @@ def test_defaults_succeed_near_gamma_one_slow(gamma):
     ppo.run(50)
     J = ppo.history["J"]
     assert (np.diff(J) >= -1e-9 * np.abs(J).max()).all()
+
+
+# ------------------------------------------------ the LU work bound's cheap floor
+def _exact_edges(indptr, indices):
+    """Edges {i, j} of the undirected graph of an off-diagonal CSR pattern (dense)."""
+    n = indptr.shape[0] - 1
+    G = np.zeros((n, n), dtype=bool)
+    G[np.repeat(np.arange(n), np.diff(indptr)), indices[:indptr[-1]]] = True
+    return int(np.count_nonzero(np.triu(G | G.T, 1)))
+
+
+def _flops_in_order(indptr, indices, order):
+    """Σᵢ (i − first(i))² of the pattern with the states placed in ``order`` (loops)."""
+    n = indptr.shape[0] - 1
+    where = np.empty(n, dtype=np.int64)
+    where[order] = np.arange(n)
+    first = np.arange(n)
+    for i in range(n):
+        for j in indices[indptr[i]:indptr[i + 1]]:
+            a, b = sorted((where[i], where[j]))
+            first[b] = min(first[b], a)
+    return float(np.sum((np.arange(n) - first) ** 2.0))
+
+
+@pytest.mark.parametrize("backend", ["numba", "cython", "numpy"])
+@pytest.mark.parametrize("name", ["garnet", "local", "grid", "chain", "queue", "pendulum",
+                                  "forest"])
+def test_flops_floor_bounds_the_envelope_in_every_order(backend, name):
+    """distinct_pairs_bound never exceeds the true edge count, whatever the filter size
+    (a Bloom filter has no false negatives), and |E|² / n is below the LU work of the
+    RCM order and of random orders; exact for the chain's band."""
+    from fastppo._assembled import envelope, flops_floor
+    from fastppo._backend import get_kernel
+
+    mdp = small_mdps(0.99)[name]
+    indptr, _, indices, _, nnz = mdp._transitions.merged_pattern(mdp.a_indptr, "numpy")
+    n = mdp.n_states
+    edges = _exact_edges(indptr, indices)
+    kernel = get_kernel("distinct_pairs_bound", backend)
+    for shift in (58, 54, 40):  # 64 bits (many collisions) … 2^24 bits (none)
+        bound = kernel(indptr, indices, np.empty(1 << (58 - shift), np.uint64), shift, 1)
+        upper = int(np.sum(indices[:nnz] > np.repeat(np.arange(n), np.diff(indptr))))
+        assert upper <= bound <= edges
+    assert kernel(indptr, indices, np.empty(1 << 18, np.uint64), 40, 1) == edges
+    floor_ = flops_floor(indptr, indices, kernel)
+    assert floor_ <= edges ** 2 / n
+    perm, size, flops = envelope(indptr, indices, nnz)
+    assert floor_ <= flops == _flops_in_order(indptr, indices, perm)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        assert floor_ <= _flops_in_order(indptr, indices, rng.permutation(n))
+    if name == "chain":
+        assert floor_ == pytest.approx(flops, rel=0.05)
+
+
+def test_lu_cheap_declines_a_garnet_without_ordering_it(monkeypatch):
+    """On a garnet the floor exceeds "auto"'s LU budget: "lu-cheap" declines without the
+    envelope (RCM of A + Aᵀ, seconds at 50k states); on a chain the LU runs first."""
+    import fastppo._assembled as A
+
+    def no_envelope(*args):
+        raise AssertionError("the envelope was computed")
+
+    from fastppo._krylov import LU_FIRST
+
+    mdp = fastppo.garnet(400, 10, 10, gamma=0.9999, seed=3)
+    monkeypatch.setattr(A, "envelope", no_envelope)
+    M = AssembledMatrix(mdp, policy_rows(mdp, mdp.uniform_policy()), "numba")
+    assert M.flops_floor > LU_FIRST * (M.nnz + mdp.n_states)
+    assert M.view().factor(LU_FIRST * (M.nnz + mdp.n_states)) is None  # "lu-cheap" declines
+    monkeypatch.undo()
+    chain = fastppo.chain(300, gamma=0.9999)
+    assert fastppo.evaluate(chain, chain.uniform_policy()).method.split("+")[:2] == ["richardson", "lu"]

@@ -284,7 +284,12 @@ def _assembled_calls(mdp, inp, n_threads):
         "merge_pattern": [("", pattern)],
         "assemble_values": [("", lambda k: _outputs(k, (a, pp, pd, pos, inp["pi"], mdp.gamma),
                                                     [out(nnz + S), out()], n_threads))],
-        "split_matvec": [], "triangular_solve": [], "sgs_operator": [],
+        "split_matvec": [], "triangular_solve": [], "sgs_operator": [], "sgs_bicgstab": [],
+        # a filter of 2^(64 - shift) bits (garbage in: the kernel clears it): 64 bits
+        # (collisions) and 2^16
+        "distinct_pairs_bound": [(f"shift{shift}", lambda k, shift=shift: np.array([float(k(
+            indptr, indices, np.full(1 << (58 - shift), 7, np.uint64), shift, n_threads))]))
+            for shift in (58, 48)],
     }
     for t in (0, 1):
         for part in (0, 1, 2):
@@ -295,6 +300,14 @@ def _assembled_calls(mdp, inp, n_threads):
                 calls["triangular_solve"].append(
                     (f"t{t}-part{part}", lambda k, t=t, part=part: _run(
                         k, out(), *parts, 1.0 / e, x, n_threads=n_threads, tail=(part, t))))
+        b_hat = np.random.default_rng(13 + t).normal(size=S)
+        bnorm = float(np.linalg.norm(b_hat))
+        start = [np.zeros(S), b_hat, b_hat, np.zeros(S), np.zeros(S), out(), out(), out(),
+                 np.zeros(S), np.array([1.0, 1.0, 1.0, 1.0, 1.0, bnorm, np.nan])]
+        calls["sgs_bicgstab"].append(  # three steps (six products) from y = 0
+            (f"t{t}", lambda k, t=t, start=start: _outputs(
+                k, (*parts, e, 1.0 / e, diag - 2.0 * e, t), start, n_threads,
+                keep=[0, 1, 3, 4, 9], tail=(0.0, 1e8, 6))))
         calls["sgs_operator"].append(
             (f"t{t}", lambda k, t=t: _outputs(k, (*parts, e, 1.0 / e, diag - 2.0 * e, x),
                                               [out(), out()], n_threads, keep=[1], tail=(t,))))

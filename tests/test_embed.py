@@ -191,8 +191,12 @@ def test_warm_start_products_after_a_one_percent_reward_change(family):
         cold = fastppo.solve(new, reg)
         warm = fastppo.solve(new, reg, v0=old.v)
         np.testing.assert_allclose(warm.v, cold.v, rtol=0, atol=1e-10 * np.abs(cold.v).max())
-        # measured 0.34-0.46 (benchmarks/RESULTS.md); the issue's 0.4 is not met everywhere
-        assert warm.n_matvec <= 0.5 * cold.n_matvec, (reg, warm.n_matvec, cold.n_matvec)
+        # measured 0.34-0.46 (benchmarks/RESULTS.md) while every evaluation of policy
+        # iteration was at relative residual 1e-6 or tighter; since cold solves evaluate
+        # their first policies at 1e-4 (issue 17) the cold counts fell (garnet 79 -> 48,
+        # local 296 -> 152 for reg None) and the warm ones did not change (35 -> 36,
+        # 105 -> 108): 0.53-0.75 now. The issue's 0.4 is not met.
+        assert warm.n_matvec <= 0.8 * cold.n_matvec, (reg, warm.n_matvec, cold.n_matvec)
 
 
 def test_warm_start_rejections():

@@ -18,7 +18,7 @@ import fastppo
 import fastppo._krylov as K
 import naive
 from conftest import random_mdp, random_policy
-from fastppo._evaluator import Evaluator, policy_rows
+from fastppo._evaluator import Evaluator, _patched_rows, policy_rows
 
 REL = 1e-9
 
@@ -423,3 +423,32 @@ def test_ppoclip_iteration_uses_the_lockstep_solve(monkeypatch):
     monkeypatch.setattr(K, "solve_pair", spy)
     h = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1)).run(3).history
     assert list(h["n_matvec"]) == seen
+
+
+def test_policy_rows_patched_from_a_nearby_policy_equal_fresh_ones():
+    """Policy iteration's consecutive deterministic policies: the rows patched from the
+    previous policy's equal the rows gathered afresh, array for array; a change of shape
+    (a state using two pairs, on a gridworld with rows of different lengths) gathers afresh."""
+    rng = np.random.default_rng(5)
+    for mdp in (fastppo.garnet(300, 4, 3, gamma=0.9, seed=2), fastppo.gridworld(9, 7, gamma=0.9),
+                fastppo.queue2d(capacity=(6, 5), gamma=0.9)):
+        S, a = mdp.n_states, mdp.a_indptr
+        sigma = rng.integers(0, np.diff(a))
+        old = np.zeros(mdp.n_pairs)
+        old[a[:-1] + sigma] = 1.0
+        previous = (old.copy(), policy_rows(mdp, old))
+        for changed in (0, 1, S // 10, S // 2):
+            pi = old.copy()
+            for s in rng.choice(S, changed, replace=False):
+                pi[a[s]:a[s + 1]] = 0.0
+                pi[a[s] + rng.integers(0, a[s + 1] - a[s])] = 1.0
+            s = int(rng.integers(S))
+            if changed == S // 10 and a[s + 1] - a[s] > 1:  # a stochastic state: new layout
+                pi[a[s]:a[s + 1]] = 1.0 / (a[s + 1] - a[s])
+            if changed <= 1 and mdp.n_states == 300:  # garnet rows: one shape, patched
+                assert _patched_rows(mdp, pi, *previous) is not None
+            patched, fresh = policy_rows(mdp, pi, previous), policy_rows(mdp, pi)
+            for x, y in zip(patched, fresh):
+                np.testing.assert_array_equal(x, y)
+            for x, y in zip(previous[1], policy_rows(mdp, old)):  # the old rows untouched
+                np.testing.assert_array_equal(x, y)

@@ -4,6 +4,11 @@
                       [indptr[i], mid[i]), j > i after; ``pos``: the slot of each entry of
                       P (``nnz + s`` for the diagonal of state s); returns nnz
 ``assemble_values``:  ``data`` (nnz + n_states,) = −γ Σ π P per slot, ``diag`` = 1 − γ (P_π)_ss
+``distinct_pairs_bound``: a lower bound on the undirected edges of the pattern (``indptr``,
+                      ``indices``): entries i < j, plus j < i whose mirror is surely absent
+                      from a one-hash Bloom filter ``bits`` (2^(64 − ``shift``) bits, scratch)
+``sgs_bicgstab``:     BiCGSTAB steps on the ``sgs_operator`` system (state [ρ, α, ω, rel,
+                      best rel, ‖b̂‖, status] in and out; see kernels/numba/assembled.py)
 ``split_matvec``:     out = B_part x (``diag`` = E)
 ``triangular_solve``: out = B_part⁻¹ x (part 1 or 2; ``out`` may be ``x``; ``dinv`` = 1/E)
 ``sgs_operator``:     out = E (E + L_B)⁻¹ B (E + U_B)⁻¹ x (Eisenstat's trick; ``diag`` = E,
@@ -13,7 +18,8 @@ B = A (``transpose`` 0) or Aᵀ (1) = D + L_B + U_B; ``part`` 0: B, 1: E + L_B, 
 for a diagonal E (E = D/ω in the SSOR sweeps).
 Serial (``n_threads`` is ignored). Mirrors kernels/numba/assembled.py.
 """
-from libc.stdint cimport int32_t, int64_t
+from libc.math cimport sqrt
+from libc.stdint cimport int32_t, int64_t, uint64_t
 
 
 def merge_pattern(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
@@ -83,6 +89,35 @@ def assemble_values(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
             data[j] = -gamma * data[j]
         for s in range(n_states):
             diag[s] = 1.0 - gamma * data[nnz + s]
+
+
+cdef uint64_t GOLDEN = 0x9E3779B97F4A7C15ULL  # Fibonacci hashing
+
+
+def distinct_pairs_bound(const int64_t[::1] indptr, const int32_t[::1] indices,   # IN
+                         uint64_t[::1] bits, int shift, int n_threads):             # OUT
+    """distinct_pairs_bound(indptr, indices, bits, shift, n_threads) -> count"""
+    cdef Py_ssize_t n = indptr.shape[0] - 1, i, w
+    cdef int64_t j, c, count = 0
+    cdef uint64_t h
+    with nogil:
+        for w in range(bits.shape[0]):
+            bits[w] = 0
+        for i in range(n):
+            for j in range(indptr[i], indptr[i + 1]):
+                c = indices[j]
+                if i < c:
+                    h = (((<uint64_t>i) * (<uint64_t>n) + <uint64_t>c) * GOLDEN) >> shift
+                    bits[h >> 6] |= (<uint64_t>1) << (h & 63)
+                    count = count + 1
+        for i in range(n):
+            for j in range(indptr[i], indptr[i + 1]):
+                c = indices[j]
+                if c < i:
+                    h = (((<uint64_t>c) * (<uint64_t>n) + <uint64_t>i) * GOLDEN) >> shift
+                    if (bits[h >> 6] >> (h & 63)) & 1 == 0:
+                        count = count + 1  # (c, i) is not in G: {c, i} is a pair of its own
+    return count
 
 
 cdef void _matvec(const int64_t[::1] indptr, const int64_t[::1] mid,
@@ -161,17 +196,100 @@ def triangular_solve(const int64_t[::1] indptr, const int64_t[::1] mid,
     _solve(indptr, mid, indices, data, dinv, x, out, part, transpose)
 
 
+cdef void _sgs(const int64_t[::1] indptr, const int64_t[::1] mid, const int32_t[::1] indices,
+               const double[::1] data, const double[::1] diag, const double[::1] dinv,
+               const double[::1] kdiag, const double[::1] x, double[::1] t, double[::1] out,
+               int transpose) noexcept nogil:
+    cdef Py_ssize_t n = dinv.shape[0], i
+    _solve(indptr, mid, indices, data, dinv, x, t, 2, transpose)
+    for i in range(n):
+        out[i] = x[i] + kdiag[i] * t[i]
+    _solve(indptr, mid, indices, data, dinv, out, out, 1, transpose)
+    for i in range(n):
+        out[i] = diag[i] * (t[i] + out[i])
+
+
 def sgs_operator(const int64_t[::1] indptr, const int64_t[::1] mid, const int32_t[::1] indices,
                  const double[::1] data, const double[::1] diag, const double[::1] dinv,
                  const double[::1] kdiag, const double[::1] x,                         # IN
                  double[::1] t, double[::1] out, int transpose, int n_threads):        # OUT
     """sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose,
     n_threads)"""
-    cdef Py_ssize_t n = dinv.shape[0], i
     with nogil:
-        _solve(indptr, mid, indices, data, dinv, x, t, 2, transpose)
-        for i in range(n):
-            out[i] = x[i] + kdiag[i] * t[i]
-        _solve(indptr, mid, indices, data, dinv, out, out, 1, transpose)
-        for i in range(n):
-            out[i] = diag[i] * (t[i] + out[i])
+        _sgs(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose)
+
+
+cdef inline double _dot(const double[::1] a, const double[::1] b) noexcept nogil:
+    cdef double acc = 0.0
+    cdef Py_ssize_t i
+    for i in range(a.shape[0]):
+        acc += a[i] * b[i]
+    return acc
+
+
+def sgs_bicgstab(const int64_t[::1] indptr, const int64_t[::1] mid, const int32_t[::1] indices,
+                 const double[::1] data, const double[::1] diag, const double[::1] dinv,
+                 const double[::1] kdiag, int transpose,                               # IN
+                 double[::1] y, double[::1] r, const double[::1] r_hat, double[::1] p,
+                 double[::1] v, double[::1] s, double[::1] t, double[::1] w,
+                 double[::1] snap, double[::1] state, double threshold, double blowup,
+                 int64_t max_products, int n_threads):                                 # IN/OUT
+    """sgs_bicgstab(indptr, mid, indices, data, diag, dinv, kdiag, transpose, y, r, r_hat, p,
+    v, s, t, w, snap, state, threshold, blowup, max_products, n_threads) -> products"""
+    cdef Py_ssize_t n = y.shape[0], i
+    cdef double rho = state[0], alpha = state[1], omega = state[2], rel = state[3]
+    cdef double snap_rel = state[4], bnorm = state[5]
+    cdef double rho_new, beta, denom, tt, rr
+    cdef int64_t used = 0
+    cdef int status = 1
+    with nogil:
+        while used + 2 <= max_products:
+            if rel <= threshold:
+                status = 0
+                break
+            rho_new = _dot(r_hat, r)
+            if rho_new == 0.0 or omega == 0.0:
+                status = 2
+                break
+            beta = (rho_new / rho) * (alpha / omega)
+            for i in range(n):
+                p[i] = r[i] + beta * (p[i] - omega * v[i])
+            _sgs(indptr, mid, indices, data, diag, dinv, kdiag, p, w, v, transpose)
+            used = used + 1
+            denom = _dot(r_hat, v)
+            if denom == 0.0:
+                status = 2
+                break
+            alpha = rho_new / denom
+            for i in range(n):
+                s[i] = r[i] - alpha * v[i]
+            _sgs(indptr, mid, indices, data, diag, dinv, kdiag, s, w, t, transpose)
+            used = used + 1
+            tt = _dot(t, t)
+            omega = _dot(t, s) / tt if tt > 0.0 else 0.0
+            rr = 0.0
+            for i in range(n):
+                y[i] += alpha * p[i] + omega * s[i]
+                r[i] = s[i] - omega * t[i]
+                rr += r[i] * r[i]
+            rho = rho_new
+            rel = sqrt(rr) / bnorm
+            if not rel <= blowup * snap_rel:  # NaN, inf or blow-up: back to the best iterate
+                for i in range(n):
+                    y[i] = snap[i]
+                rel = snap_rel
+                status = 3
+                break
+            if rel < 0.5 * snap_rel:
+                for i in range(n):
+                    snap[i] = y[i]
+                snap_rel = rel
+        if status == 1 and rel <= threshold:
+            status = 0
+    state[0] = rho
+    state[1] = alpha
+    state[2] = omega
+    state[3] = rel
+    state[4] = snap_rel
+    state[6] = status
+    return used

@@ -14,6 +14,13 @@ successor once. Assembly is two kernels:
                       the transitions alone (cached per MDP for all pairs).
 ``assemble_values``:  ``data`` (nnz + n_states,) = −γ Σ π P per slot, ``diag`` = 1 − γ (P_π)_ss:
                       one branch-free pass over the policy's entries.
+``distinct_pairs_bound``: a lower bound on the edges of the undirected graph of an
+                      off-diagonal pattern (``indptr``, ``indices``; each row's columns
+                      distinct): the entries (i, j), i < j, plus those j < i whose mirror
+                      (j, i) is surely absent, tested in a one-hash Bloom filter ``bits``
+                      (uint64 words, 2^(64 − ``shift``) bits, scratch): a filter has no false
+                      negatives, so the count never exceeds the true one. Two sequential
+                      passes; the filter (a byte per entry) stays in the caches.
 
 The other kernels act on B = A (``transpose`` = 0) or B = Aᵀ (1), B = D + L_B + U_B
 (for Aᵀ: L_B = Uᵀ, U_B = Lᵀ), with ``part`` selecting 0: B, 1: E + L_B, 2: E + U_B for
@@ -29,6 +36,17 @@ a diagonal E given as ``diag`` (E = D: the parts of B) or ``dinv`` = 1/E:
                       K = D − 2E given as ``kdiag``, t = (E + U_B)⁻¹ x and
                       out = E [t + (E + L_B)⁻¹ (x + K t)]); ``diag`` = E, ``dinv`` = 1/E,
                       ``t`` is scratch
+
+``sgs_bicgstab``:     BiCGSTAB steps on the ``sgs_operator`` system Â y = b̂ (the loop of
+                      ``fastppo._krylov._bicgstab``, compiled): from the iterate ``y`` and
+                      recursive residual ``r`` with shadow ``r_hat`` and directions ``p``,
+                      ``v`` (``s``, ``t``, ``w`` scratch), ``state`` = [ρ, α, ω, ‖r‖/‖b̂‖,
+                      its best so far, ‖b̂‖, status] in and out, until the relative
+                      recursive residual is ≤ ``threshold`` (status 0), the next step would
+                      exceed ``max_products`` (1), a breakdown (2), or a non-finite residual
+                      or one above ``blowup`` × the best (3: ``y`` restored from ``snap``,
+                      the iterate saved whenever the residual halved); returns the products
+                      with Â.
 
 The sweeps are sequential by nature: every kernel here is serial (``n_threads`` is
 ignored). Mirrors kernels/cython/assembled.pyx.
@@ -88,6 +106,32 @@ def assemble_values(a_indptr, p_indptr, p_data, pos, pi, gamma, data, diag):
         data[j] *= -gamma
     for s in range(n_states):
         diag[s] = 1.0 - gamma * data[nnz + s]
+
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bits of key × GOLDEN
+
+
+def distinct_pairs_bound(indptr, indices, bits, shift):
+    n = indptr.shape[0] - 1
+    bits[:] = 0
+    shift, six, low = np.uint64(shift), np.uint64(6), np.uint64(63)
+    one, size = np.uint64(1), np.uint64(n)
+    count = 0
+    for i in range(n):
+        for j in range(np.uint64(indptr[i]), np.uint64(indptr[i + 1])):
+            c = np.int64(indices[j])
+            if i < c:
+                h = ((np.uint64(i) * size + np.uint64(c)) * GOLDEN) >> shift
+                bits[h >> six] |= one << (h & low)
+                count += 1
+    for i in range(n):
+        for j in range(np.uint64(indptr[i]), np.uint64(indptr[i + 1])):
+            c = np.int64(indices[j])
+            if c < i:
+                h = ((np.uint64(c) * size + np.uint64(i)) * GOLDEN) >> shift
+                if (bits[h >> six] >> (h & low)) & one == np.uint64(0):
+                    count += 1  # (c, i) is not in G: {c, i} is a pair of its own
+    return count
 
 
 @njit(cache=True, inline="always")
@@ -158,7 +202,8 @@ def triangular_solve(indptr, mid, indices, data, dinv, x, out, part, transpose):
     _solve(indptr, mid, indices, data, dinv, x, out, part, transpose)
 
 
-def sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose):
+@njit(cache=True)
+def _sgs(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose):
     _solve(indptr, mid, indices, data, dinv, x, t, 2, transpose)
     n = dinv.shape[0]
     for i in range(n):
@@ -168,4 +213,69 @@ def sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, trans
         out[i] = diag[i] * (t[i] + out[i])
 
 
-KERNELS = serial(merge_pattern, assemble_values, split_matvec, triangular_solve, sgs_operator)
+def sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose):
+    _sgs(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose)
+
+
+@njit(cache=True, inline="always")
+def _dot(a, b):
+    acc = 0.0
+    for i in range(a.shape[0]):
+        acc += a[i] * b[i]
+    return acc
+
+
+def sgs_bicgstab(indptr, mid, indices, data, diag, dinv, kdiag, transpose, y, r, r_hat, p, v,
+                 s, t, w, snap, state, threshold, blowup, max_products):
+    n = y.shape[0]
+    rho, alpha, omega, rel, snap_rel, bnorm = state[0], state[1], state[2], state[3], state[4], state[5]
+    used, status = 0, 1
+    while used + 2 <= max_products:
+        if rel <= threshold:
+            status = 0
+            break
+        rho_new = _dot(r_hat, r)
+        if rho_new == 0.0 or omega == 0.0:
+            status = 2
+            break
+        beta = (rho_new / rho) * (alpha / omega)
+        for i in range(n):
+            p[i] = r[i] + beta * (p[i] - omega * v[i])
+        _sgs(indptr, mid, indices, data, diag, dinv, kdiag, p, w, v, transpose)
+        used += 1
+        denom = _dot(r_hat, v)
+        if denom == 0.0:
+            status = 2
+            break
+        alpha = rho_new / denom
+        for i in range(n):
+            s[i] = r[i] - alpha * v[i]
+        _sgs(indptr, mid, indices, data, diag, dinv, kdiag, s, w, t, transpose)
+        used += 1
+        tt = _dot(t, t)
+        omega = _dot(t, s) / tt if tt > 0.0 else 0.0
+        rr = 0.0
+        for i in range(n):
+            y[i] += alpha * p[i] + omega * s[i]
+            r[i] = s[i] - omega * t[i]
+            rr += r[i] * r[i]
+        rho = rho_new
+        rel = np.sqrt(rr) / bnorm
+        if not rel <= blowup * snap_rel:  # NaN, inf or blow-up: back to the best iterate
+            for i in range(n):
+                y[i] = snap[i]
+            rel = snap_rel
+            status = 3
+            break
+        if rel < 0.5 * snap_rel:
+            for i in range(n):
+                snap[i] = y[i]
+            snap_rel = rel
+    if status == 1 and rel <= threshold:
+        status = 0
+    state[0], state[1], state[2], state[3], state[4], state[6] = rho, alpha, omega, rel, snap_rel, status
+    return used
+
+
+KERNELS = serial(merge_pattern, assemble_values, distinct_pairs_bound, split_matvec,
+                 triangular_solve, sgs_operator, sgs_bicgstab)
