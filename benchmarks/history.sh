@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# asv history of this machine ("fastppo-2core"): the reduced benchmark set of
+# benchmarks/RESULTS.md ("Issue 12 target 6: asv history"), one build per commit.
+#
+#   bash benchmarks/history.sh                        # the commits in history_commits.txt
+#   bash benchmarks/history.sh e2f1953..HEAD          # a range (git rev-list --first-parent)
+#   bash benchmarks/history.sh HASHFILE:my_list.txt --skip-existing   # extra asv run flags
+#   bash benchmarks/history.sh publish                # HTML in benchmarks/html/ (ignored)
+#
+# Results land in benchmarks/results/fastppo-2core/ (tracked); compare with
+#   cd benchmarks && asv compare --machine fastppo-2core e2f1953 d58f311
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [[ ${1:-} == publish ]]; then
+    # asv publish draws a line per configured branch along its first parents, so the
+    # commits of merged feature branches would be left out of the graphs ("Couldn't find
+    # ... in branches"). .asv-history.conf.json (ignored) is asv.conf.json with one more
+    # "branch" per line of history_commits.txt: each listed commit that is not a first
+    # parent of another listed commit, or of HEAD.
+    python - <<'PY'
+import json
+import subprocess
+
+from asv import util
+
+def first_parents(rev):
+    out = subprocess.run(["git", "rev-list", "--first-parent", rev], check=True,
+                         capture_output=True, text=True).stdout
+    return set(out.split())
+
+commits = open("history_commits.txt").read().split()
+lines = {c: first_parents(c) for c in commits + ["HEAD"]}
+tips = [c for c in commits
+        if not any(c in lines[o] for o in commits + ["HEAD"] if o != c)]
+conf = util.load_json("asv.conf.json", js_comments=True)
+conf["branches"] = ["HEAD"] + tips
+with open(".asv-history.conf.json", "w") as f:
+    json.dump(conf, f, indent=4)
+print("branches:", conf["branches"])
+PY
+    exec asv --config .asv-history.conf.json publish "${@:2}"
+fi
+
+range=${1:-HASHFILE:history_commits.txt}
+shift $(( $# > 0 ? 1 : 0 ))
+
+# register the machine name once (asv keeps it in ~/.asv-machine.json; `asv machine --yes
+# --machine NAME` would store the name alone, without os/cpu/ram)
+python - <<'PY'
+from asv.machine import Machine, MachineCollection
+try:
+    MachineCollection.load("fastppo-2core")
+except Exception:
+    info = Machine.get_defaults()
+    info["machine"] = "fastppo-2core"
+    MachineCollection.save("fastppo-2core", info)
+PY
+
+export FASTPPO_ASV_SLOW=1  # unlocks the 50,000-state parameters selected below
+export NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-$(mktemp -d)}
+exec nice -n 19 asv run --machine fastppo-2core --show-stderr \
+    -b "PPOUpdateSuite\.time_ppo_update\('(numba|cython)', 50000, '(none|forward-kl)', 1\)" \
+    -b "(PPOStepSuite|SolveSuite)\.\w+\('numba', 10000, 'garnet', 1\)" \
+    -b "KernelSuite\.time_kernel\('bellman_(matvec|rmatvec|products)', '(numba|cython)', 50000, 'garnet', 1\)" \
+    "$range" "$@"
