@@ -3,7 +3,7 @@
 # benchmarks/RESULTS.md ("Issue 12 target 6: asv history"), one build per commit.
 #
 #   bash benchmarks/history.sh                        # the commits in history_commits.txt
-#   bash benchmarks/history.sh e2f1953..HEAD          # a range (git rev-list --first-parent)
+#   bash benchmarks/history.sh HEAD~3..HEAD           # a range (git rev-list --first-parent)
 #   bash benchmarks/history.sh HASHFILE:my_list.txt --skip-existing   # extra asv run flags
 #   bash benchmarks/history.sh publish                # HTML in benchmarks/html/ (ignored)
 #
