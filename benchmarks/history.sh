@@ -11,14 +11,18 @@
 #   cd benchmarks && asv compare --machine fastppo-2core e2f1953 d58f311
 set -euo pipefail
 cd "$(dirname "$0")"
+range=${1:-HASHFILE:history_commits.txt}
+shift $(( $# > 0 ? 1 : 0 ))
 
-if [[ ${1:-} == publish ]]; then
-    # asv publish draws a line per configured branch along its first parents, so the
-    # commits of merged feature branches would be left out of the graphs ("Couldn't find
-    # ... in branches"). .asv-history.conf.json (ignored) is asv.conf.json with one more
-    # "branch" per line of history_commits.txt: each listed commit that is not a first
-    # parent of another listed commit, or of HEAD.
-    python - <<'PY'
+# .asv-history.conf.json (ignored) is asv.conf.json with two changes for this script:
+# - "branches": asv publish draws a line per branch along its first parents, so the
+#   commits of merged feature branches would be left out of the graphs ("Couldn't find
+#   ... in branches"); each listed commit that is not a first parent of another listed
+#   commit, or of HEAD, becomes a branch;
+# - the wheel is built without build isolation (the environment has setuptools, wheel,
+#   Cython and numpy) and through ccache when it is installed: the Cython modules a commit
+#   leaves unchanged come from the cache (same compiler, flags and generated C).
+python - <<'PY'
 import json
 import subprocess
 
@@ -35,15 +39,17 @@ tips = [c for c in commits
         if not any(c in lines[o] for o in commits + ["HEAD"] if o != c)]
 conf = util.load_json("asv.conf.json", js_comments=True)
 conf["branches"] = ["HEAD"] + tips
+conf["build_command"] = ["python -m build --wheel --no-isolation -o {build_cache_dir} {build_dir}"]
 with open(".asv-history.conf.json", "w") as f:
     json.dump(conf, f, indent=4)
-print("branches:", conf["branches"])
 PY
-    exec asv --config .asv-history.conf.json publish "${@:2}"
+if [[ $range == publish ]]; then
+    exec asv --config .asv-history.conf.json publish "$@"
 fi
-
-range=${1:-HASHFILE:history_commits.txt}
-shift $(( $# > 0 ? 1 : 0 ))
+if command -v ccache > /dev/null; then
+    export CC="ccache $(python -c 'import sysconfig; print(sysconfig.get_config_var("CC"))')"
+    export CCACHE_DIR=${CCACHE_DIR:-$PWD/env/ccache}
+fi
 
 # register the machine name once (asv keeps it in ~/.asv-machine.json; `asv machine --yes
 # --machine NAME` would store the name alone, without os/cpu/ram)
@@ -59,7 +65,7 @@ PY
 
 export FASTPPO_ASV_SLOW=1  # unlocks the 50,000-state parameters selected below
 export NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-$(mktemp -d)}
-exec nice -n 19 asv run --machine fastppo-2core --show-stderr \
+exec nice -n 19 asv --config .asv-history.conf.json run --machine fastppo-2core --show-stderr \
     -b "PPOUpdateSuite\.time_ppo_update\('(numba|cython)', 50000, '(none|forward-kl)', 1\)" \
     -b "(PPOStepSuite|SolveSuite)\.\w+\('numba', 10000, 'garnet', 1\)" \
     -b "KernelSuite\.time_kernel\('bellman_(matvec|rmatvec|products)', '(numba|cython)', 50000, 'garnet', 1\)" \
