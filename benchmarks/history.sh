@@ -47,7 +47,12 @@ if [[ $range == publish ]]; then
     exec asv --config .asv-history.conf.json publish "$@"
 fi
 if command -v ccache > /dev/null; then
-    export CC="ccache $(python -c 'import sysconfig; print(sysconfig.get_config_var("CC"))')"
+    # cc and gcc first on PATH are ccache (it runs the next compiler of that name): not
+    # CC="ccache gcc", which setup.py's probes would run as one program name, fail, and
+    # build without -march=native and OpenMP
+    wrap=$(mktemp -d)
+    for name in cc gcc; do ln -s "$(command -v ccache)" "$wrap/$name"; done
+    export PATH="$wrap:$PATH"
     export CCACHE_DIR=${CCACHE_DIR:-$PWD/env/ccache}
 fi
 
