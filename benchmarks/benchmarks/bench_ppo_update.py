@@ -7,10 +7,8 @@ for the other f, garnet S = 50,000, A = 10, one thread).
 """
 import numpy as np
 
-from fastppo._backend import get_kernel
-
 from .common import (BACKENDS, PPO_DIVERGENCES, PPO_STEPS, PPO_TAU, SIZES, THREADS, check_params,
-                     ppo_update_inputs, warm)
+                     kernel_or_skip, ppo_update_inputs, warm)
 
 
 def ppo_update_call(backend, family, n_states, divergence, n_threads, n_steps=PPO_STEPS):
@@ -22,7 +20,7 @@ def ppo_update_call(backend, family, n_states, divergence, n_threads, n_steps=PP
     theta = theta0.copy()
     outs = (np.empty(mdp.n_pairs), np.empty(mdp.n_states, dtype=np.int64),
             np.empty(mdp.n_states), np.empty(mdp.n_states))
-    kernel = get_kernel("ppo_update", backend)
+    kernel = kernel_or_skip("ppo_update", backend)
 
     def call():
         kernel(mdp.a_indptr, pi_old, adv, weight, ref, code, alpha, tau, 0.2, 0.2, 0.0, lr,

@@ -51,6 +51,24 @@ def _skip_slow():
         raise NotImplementedError("large size: set FASTPPO_ASV_SLOW=1 to run it")
 
 
+try:  # asv_runner >= 0.2: a skip raised inside the benchmark body (setup already ran)
+    from asv_runner.benchmarks.mark import SkipNotImplemented
+except ImportError:  # outside asv (tests calling the suites directly)
+    class SkipNotImplemented(NotImplementedError):
+        """Stand-in for asv_runner's skip-from-the-body exception."""
+
+
+def kernel_or_skip(name, backend):
+    """``fastppo._backend.get_kernel(name, backend)``, or a skip (NotImplementedError) when
+    the installed commit has no kernel of that name: asv runs this suite against older
+    commits (``benchmarks/history_commits.txt``), e.g. before ``bellman_products`` existed."""
+    from fastppo import _backend
+
+    if not any(name in names for names in _backend.STEMS.values()):
+        raise NotImplementedError(f"kernel {name!r} does not exist in this commit")
+    return _backend.get_kernel(name, backend)
+
+
 def check_params(backend, n_states, n_threads=1):
     """Skip the large sizes (see _skip_slow) and numpy with n_threads > 1 (it is serial)."""
     if n_states >= SLOW_SIZE:
