@@ -347,11 +347,12 @@ def main():
     t.set_defaults(func=passes)
     for q in (r, g, t):
         q.add_argument("--threads", type=int, default=1)
-        q.add_argument("--backend", default="numba")
+        q.add_argument("--backend", help="default: the library's (FASTPPO_BACKEND, else cython)")
         q.add_argument("--before", help="a kernels/numba/linear.py of another commit (git "
                        "show COMMIT:kernels/numba/linear.py > FILE): passes times it beside "
                        "today's kernels, readme and large run on it")
     args = p.parse_args()
+    args.backend = args.backend or fastppo.get_backend()
     args.func(args)
 
 
