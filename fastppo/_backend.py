@@ -65,7 +65,7 @@ def resolve_threads(n_threads=None):
     one thread: the products are memory-bound, and a default that does not depend on
     the machine's load keeps timings reproducible on shared machines. More threads can
     pay on an idle one: benchmarks/RESULTS.md measured a whole PPO-Clip iteration at
-    S = 50,000 at 448 ms on one thread and 294 ms on two (numba; cython 494 / 231 ms).
+    S = 50,000 at 111 ms on one thread and 66 ms on two when the machine is idle (cython).
     """
     if n_threads is None:
         n_threads = _block.get()[1]
