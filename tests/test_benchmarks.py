@@ -1,6 +1,7 @@
 """The asv suite stays runnable: ``asv check`` imports every benchmark and checks its
 signature; a quick run of two cheap suites executes setup, timing and tracking code
 against the installed package (the full quick run is in benchmarks/RESULTS.md)."""
+import json
 import os
 import pathlib
 import subprocess
@@ -12,10 +13,19 @@ pytest.importorskip("asv")
 BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def asv(*args, home):
+def asv(command, *args, home):
+    """``asv command args`` in benchmarks/ with its configuration, except that results,
+    environments and HTML go under ``home`` (the tracked benchmarks/results/ stays as is)."""
+    lines = (BENCH / "asv.conf.json").read_text().splitlines()
+    config = json.loads("\n".join(line for line in lines if not line.lstrip().startswith("//")))
+    config.update(repo=str(BENCH.parent), benchmark_dir=str(BENCH / "benchmarks"),
+                  results_dir=str(home / "results"), env_dir=str(home / "env"),
+                  html_dir=str(home / "html"))
+    conf = home / "asv.conf.json"
+    conf.write_text(json.dumps(config))
     env = {**os.environ, "HOME": str(home), "FASTPPO_ASV_SLOW": "0"}
-    return subprocess.run([sys.executable, "-m", "asv", *args], cwd=BENCH, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "asv", command, "--config", str(conf), *args],
+                          cwd=BENCH, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
@@ -34,3 +44,4 @@ def test_asv_quick_run(tmp_path):
     assert out.returncode == 0, text
     assert "bench_sampled.GAE.time_gae" in text and "EvaluateProducts.track_n_matvec" in text
     assert "failed" not in text.lower() and "OperationProducts" not in text
+    assert (tmp_path / "results" / "benchmarks.json").exists()  # not the tracked results/
