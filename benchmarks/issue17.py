@@ -4,10 +4,11 @@ slow-mixing and structured families.
 Usage (from the repository root)::
 
     python benchmarks/issue17.py [--n-states 10000] [--families garnet local grid queue pendulum]
-                                 [--repeat 5] [--solve]
+                                 [--repeat 5] [--solve] [--ppo 13] [--backend cython]
 
 For each family (``benchmarks/benchmarks/common.py``; γ = 0.99, a stochastic policy
-π = softmax(θ), θ ~ N(0, 1)), numba backend, one thread, BLAS pinned to one thread:
+π = softmax(θ), θ ~ N(0, 1)), the library's default backend (``--backend``), one thread, BLAS
+pinned to one thread:
 
 - ``evaluate`` (unregularized) and ``visitation`` (μ = ρ) of fastppo at tol 1e-12;
 - SciPy on the assembled I − γP_π (CSR; Aᵀ as CSR for the visitation system): ``bicgstab``
@@ -17,7 +18,11 @@ For each family (``benchmarks/benchmarks/common.py``; γ = 0.99, a stochastic po
   factorisation) is;
 - with ``--solve``: ``fastppo.solve`` (τ = 0) and QuantEcon's modified policy iteration
   (ε = 1e-8; ``--qe-pi``: also its policy iteration), max |v − v*| reported, v* the
-  exact value of fastppo's optimal policy (evaluated at tol 1e-14).
+  exact value of fastppo's optimal policy (evaluated at tol 1e-14);
+- with ``--ppo N`` (target 4): ``N`` outer iterations of ``PPOClip.step()`` (forward KL
+  τ = 0.1, ε = 0.2, K = 10, from the uniform policy) and of the speed issue's
+  straightforward scipy/NumPy baseline (``benchmarks/baseline_ppo.py``) in turn, medians of
+  iterations 2..N (wall and CPU), and max |Δθ| between the two after N iterations.
 
 Every entry is the median of ``--repeat`` interleaved calls after a warm-up; every
 solution's true relative residual ‖b − A x‖/‖b‖ is printed (certified ≤ 1e-12, or the
@@ -32,7 +37,10 @@ import scipy.sparse.linalg as spla
 from threadpoolctl import threadpool_limits
 
 import fastppo
+from baseline_ppo import BaselinePPO
 from benchmarks.common import build_mdp, describe_mdp
+
+BACKEND = None  # set by --backend; None: the library's default
 
 
 def interleaved(contenders, repeat):
@@ -72,7 +80,7 @@ def linear_section(mdp, repeat, with_spsolve):
     A, At, c = assemble(mdp, pi)
     mu = mdp.rho
     Acsc, Atcsc = A.tocsc(), At.tocsc()
-    kw = dict(backend="numba", n_threads=1)
+    kw = dict(backend=BACKEND, n_threads=1)
     rows = {}
     for op, b, M, Mc in (("evaluate", c, A, Acsc), ("visitation", mu, At, Atcsc)):
         if op == "evaluate":
@@ -97,7 +105,7 @@ def solve_section(mdp, repeat, qe_pi):
     ddp = qe.markov.DiscreteDP(np.asarray(mdp.r), Q, mdp.gamma, np.asarray(mdp.s_indices),
                                np.asarray(mdp.a_indices))
     contenders = {
-        "fastppo.solve": lambda: fastppo.solve(mdp, backend="numba", n_threads=1),
+        "fastppo.solve": lambda: fastppo.solve(mdp, backend=BACKEND, n_threads=1),
         "qe mpi eps1e-8": lambda: ddp.solve(method="modified_policy_iteration", epsilon=1e-8,
                                             max_iter=100_000),
     }
@@ -110,6 +118,24 @@ def solve_section(mdp, repeat, qe_pi):
     return med, err
 
 
+def ppo_section(mdp, n_iter):
+    """PPO-Clip against the straightforward baseline, iteration by iteration in turn."""
+    reg = fastppo.ForwardKL(0.1)
+    ppo = fastppo.PPOClip(mdp, reg, backend=BACKEND, n_threads=1)
+    base = BaselinePPO(mdp.P, mdp.R, mdp.gamma, mdp.rho, "forward-kl", 0.1, lr=ppo.lr)
+    times = {"fastppo": ([], []), "baseline": ([], [])}
+    for _ in range(n_iter):
+        for name, step in (("fastppo", ppo.step), ("baseline", base.step)):
+            t, c = time.perf_counter(), time.process_time()
+            step()
+            times[name][0].append(time.perf_counter() - t)
+            times[name][1].append(time.process_time() - c)
+    diff = float(np.abs(base.theta.ravel() - ppo.logits).max())
+    med = {name: (float(np.median(w[1:])), float(np.median(c[1:])))
+           for name, (w, c) in times.items()}
+    return med, diff
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n-states", type=int, default=10_000)
@@ -119,13 +145,20 @@ def main(argv=None):
                    help="families where scipy's spsolve is timed (its fill is ~S² on garnets)")
     p.add_argument("--solve", action="store_true")
     p.add_argument("--qe-pi", action="store_true", help="also QuantEcon's policy iteration")
+    p.add_argument("--ppo", type=int, default=0, metavar="N",
+                   help="also N PPO-Clip iterations against the straightforward baseline")
+    p.add_argument("--linear", action=argparse.BooleanOptionalAction, default=True,
+                   help="the evaluate / visitation section (default on)")
+    p.add_argument("--backend", help="default: the library's (FASTPPO_BACKEND, else cython)")
     a = p.parse_args(argv)
+    global BACKEND
+    BACKEND = a.backend
     with threadpool_limits(1):
         for family in a.families:
             mdp = build_mdp(family, a.n_states)
             print(f"\n== {family}: {describe_mdp(family, a.n_states)}  ({mdp.n_states} states, "
                   f"{mdp.p_indices.size} transitions)", flush=True)
-            rows = linear_section(mdp, a.repeat, family in a.spsolve)
+            rows = linear_section(mdp, a.repeat, family in a.spsolve) if a.linear else {}
             for op, (med, res, method, fill) in rows.items():
                 fill = "" if fill is None else f", LU fill {fill:.1f}x"
                 print(f"  {op:10s} fastppo {1e3 * med['fastppo']:8.1f} ms ({method}{fill}; res "
@@ -139,6 +172,13 @@ def main(argv=None):
                 print("  solve      " + " | ".join(f"{k} {1e3 * v:.1f} ms (err {err[k]:.1e})"
                                                    for k, v in med.items())
                       + f" | ratio vs QuantEcon's fastest {best / med['fastppo.solve']:.2f}x",
+                      flush=True)
+            if a.ppo:
+                med, diff = ppo_section(mdp, a.ppo)
+                (fw, fc), (bw, bc) = med["fastppo"], med["baseline"]
+                print(f"  PPO-Clip   iterations 2..{a.ppo}: fastppo {1e3 * fw:.1f} ms (CPU "
+                      f"{1e3 * fc:.1f}) | baseline {1e3 * bw:.1f} ms (CPU {1e3 * bc:.1f}) | "
+                      f"ratio {bw / fw:.2f}x (CPU {bc / fc:.2f}x); max |Δθ| {diff:.1e}",
                       flush=True)
 
 

@@ -11,9 +11,13 @@ Storage: the diagonal D apart; each row's off-diagonal entries with the strictly
 part L (j < i) first and the strictly upper part U after (the kernels
 ``kernels/*/assembled`` document the layout), so Gauss–Seidel sweeps need no sorting.
 """
+import functools
+
 import numpy as np
 import scipy.sparse as sp
+import threadpoolctl
 from scipy.sparse.csgraph import reverse_cuthill_mckee
+from scipy.linalg import lapack
 from scipy.sparse.linalg import splu
 
 from ._backend import get_kernel
@@ -22,6 +26,11 @@ __all__ = ["AssembledMatrix", "SplitView", "OMEGA"]
 
 OMEGA = 1.0  # SSOR relaxation of the preconditioner (ω > 1 breaks down on advective MDPs)
 FILL_CAP = 20.0  # LU: at most this many times the entries of A in L + U
+# LAPACK's band LU (dgbtrf, blocked BLAS-3 on the band) against a product with A: one
+# entry of a product costs ~1 ns, the band LU ~19 flops per ns on one core (the local
+# garnet at 50k: 2 n β² = 3.1e9 flops in 0.166 s against 3.28 ms per product of 3.3e6
+# entries, idle machine)
+BAND_FLOPS_PER_ENTRY = 19.0
 
 KERNELS = ("merge_pattern", "assemble_values", "distinct_pairs_bound", "split_matvec",
            "triangular_solve", "sgs_operator", "sgs_bicgstab")
@@ -76,11 +85,11 @@ class AssembledMatrix:
         self.n_states = n
         self._parts = self.indptr, self.mid, self.indices, self.data
         self._lu = None
-        self.fill = None  # (entries of L + U) / (entries of A), once factorised
+        self.fill = None  # (entries the factorisation stores) / (entries of A), once factorised
 
     @property
     def envelope(self):
-        """(perm, size, flops) of the pattern of all pairs (:func:`envelope`), which
+        """(perm, size, flops, below, above) of the pattern of all pairs (:func:`envelope`), which
         contains every policy's: an upper bound for this matrix, computed once per MDP."""
         if "envelope" not in self._shared:
             indptr, _, indices, _, nnz = self._all_pairs()
@@ -107,26 +116,77 @@ class AssembledMatrix:
                               np.concatenate([self.indices, np.arange(n)]))), shape=(n, n))
 
     def lu(self, max_flops=np.inf):
-        """A sparse LU of A (SuperLU) in reverse Cuthill–McKee order, or None when its
-        envelope holds more than ``FILL_CAP`` × (entries of A) or the work bound exceeds
-        ``max_flops``. One factorisation serves A and Aᵀ; cached. A is strictly
-        diagonally dominant: no pivoting is needed, so the fill stays in the envelope."""
+        """A factorisation of A in reverse Cuthill–McKee order, or None: ``solve(r,
+        transpose)`` → A⁻¹ r (or A⁻ᵀ r) in that order. Cached; one serves A and Aᵀ.
+
+        A band LU (LAPACK ``dgbtrf``) when the band of the order (``below`` + ``above``,
+        :func:`envelope`) fits in ``FILL_CAP`` × (entries of A), else SuperLU's (A is
+        strictly diagonally dominant: no pivoting is needed, so its fill stays in the
+        envelope; declined when the envelope holds more than ``FILL_CAP`` × the entries).
+        Declined when the work bound exceeds ``max_flops`` (in units of one entry of a
+        product: the band LU's flops count 1 / ``BAND_FLOPS_PER_ENTRY``), and before the
+        ordering is computed when the floor of the envelope's work (:func:`flops_floor`)
+        does (on garnets the ordering alone takes seconds)."""
+        n, entries = self.n_states, self.nnz + self.n_states
         if self.flops_floor > max_flops:
             return None  # declined before the ordering is computed
-        perm, size, flops = self.envelope
-        if size > FILL_CAP * (self.nnz + self.n_states) or flops > max_flops:
-            return None
-        if self._lu is None:
-            if "csc" not in self._cache:
-                self._cache["csc"] = self._permuted_csc(perm)
-            order, indptr, indices = self._cache["csc"]
-            values = np.concatenate([self.data[:self.nnz], self.diag])[order]
-            A = sp.csc_array((values, indices, indptr), shape=(self.n_states,) * 2)
-            factor = splu(A, permc_spec="NATURAL", diag_pivot_thresh=0.0,
-                          options=dict(SymmetricMode=True))
-            self._lu = factor
-            self.fill = (factor.L.nnz + factor.U.nnz - self.n_states) / (self.nnz + self.n_states)
+        perm, size, flops, below, above = self.envelope
+        if self._lu is not None:
+            return self._lu
+        if (2 * below + above + 1) * n <= FILL_CAP * entries:
+            # the band LU's flops ≤ 2 n below (below + above) with pivoting, 2 n β² with
+            # β = max(below, above) ≥ i − first(i): a bound of the same kind as the floor's
+            if 2.0 * n * max(below, above) ** 2 / BAND_FLOPS_PER_ENTRY > max_flops:
+                return None
+            self._lu = self._band_lu(perm, below, above)
+            self.fill = (2 * below + above + 1) * n / entries
+        else:
+            if size > FILL_CAP * entries or flops > max_flops:
+                return None
+            self._lu = self._sparse_lu(perm)
         return self._lu
+
+    def _band_lu(self, perm, below, above):
+        """LAPACK's band LU of A[perm][:, perm] (dgbtrf) and its solve (dgbtrs)."""
+        if "band" not in self._cache:
+            order, indptr, indices = self._csc(perm)
+            cols = np.repeat(np.arange(self.n_states), np.diff(indptr))
+            ld = 2 * below + above + 1
+            self._cache["band"] = (order, (below + above + indices - cols) + cols * ld)
+        order, slots = self._cache["band"]
+        ab = np.zeros((2 * below + above + 1, self.n_states), order="F")
+        ab.reshape(-1, order="F")[slots] = np.concatenate([self.data[:self.nnz], self.diag])[order]
+        with _one_blas_thread():
+            lu, piv, info = lapack.dgbtrf(ab, below, above, overwrite_ab=1)
+        if info != 0:  # A is strictly diagonally dominant: nonsingular
+            raise np.linalg.LinAlgError(f"dgbtrf: U[{info - 1}, {info - 1}] is zero")
+
+        def solve(r, transpose):
+            with _one_blas_thread():
+                x, _ = lapack.dgbtrs(lu, below, above, r, piv, trans=int(transpose))
+            return x
+
+        return solve
+
+    def _sparse_lu(self, perm):
+        """SuperLU's LU of A[perm][:, perm] (no pivoting, natural order) and its solve."""
+        order, indptr, indices = self._csc(perm)
+        values = np.concatenate([self.data[:self.nnz], self.diag])[order]
+        A = sp.csc_array((values, indices, indptr), shape=(self.n_states,) * 2)
+        factor = splu(A, permc_spec="NATURAL", diag_pivot_thresh=0.0,
+                      options=dict(SymmetricMode=True))
+        self.fill = (factor.L.nnz + factor.U.nnz - self.n_states) / (self.nnz + self.n_states)
+
+        def solve(r, transpose):
+            return factor.solve(r, trans="T" if transpose else "N")
+
+        return solve
+
+    def _csc(self, perm):
+        """``_permuted_csc(perm)``, cached."""
+        if "csc" not in self._cache:
+            self._cache["csc"] = self._permuted_csc(perm)
+        return self._cache["csc"]
 
     def _permuted_csc(self, perm):
         """The CSC structure of A[perm][:, perm]: (order, indptr, indices), ``order`` taking
@@ -216,22 +276,36 @@ class SplitView:
         if lu is None:
             return None
         perm = self.m.envelope[0]
-        trans = "T" if self.transpose else "N"
+        transpose = bool(self.transpose)
 
         def solve(r):
             x = np.empty_like(r)
-            x[perm] = lu.solve(r[perm], trans=trans)
+            x[perm] = lu(r[perm], transpose)
             return x
 
         return solve
 
 
+@functools.cache
+def _blas_controller():
+    return threadpoolctl.ThreadpoolController()
+
+
+def _one_blas_thread():
+    """A context with BLAS on one thread: OpenBLAS's threads, busy-waiting in the band
+    LU's many small BLAS calls, made ``dgbtrf`` 45× slower on this 2-core machine while
+    other processes ran (11.3 s against 0.25 s at 50k), and gained nothing when it was idle."""
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
 def envelope(indptr, indices, nnz):
-    """(perm, size, flops) of a pattern in reverse Cuthill–McKee order: the permutation,
-    the entries of the symmetric envelope {(i, j): first(i) ≤ j ≤ i or the same with i, j
-    swapped}, first(i) the leftmost column of row i of A + Aᵀ, and Σᵢ (i − first(i))², the
-    work of an LU in that order. An LU without pivoting fills only the envelope: its size
-    bounds the memory of :meth:`AssembledMatrix.lu` before anything is factorised.
+    """(perm, size, flops, below, above) of a pattern in reverse Cuthill–McKee order: the
+    permutation, the entries of the symmetric envelope {(i, j): first(i) ≤ j ≤ i or the
+    same with i, j swapped}, first(i) the leftmost column of row i of A + Aᵀ, Σᵢ (i −
+    first(i))², the work of an LU in that order, and the band: the largest i − j (below)
+    and j − i (above) of an entry (i, j). An LU without pivoting fills only the envelope:
+    its size bounds the memory of :meth:`AssembledMatrix.lu` before anything is
+    factorised.
 
     Parameters
     ----------
@@ -249,7 +323,10 @@ def envelope(indptr, indices, nnz):
     first = np.arange(n)
     np.minimum.at(first, np.maximum(r, c), np.minimum(r, c))
     band = np.arange(n) - first
-    return perm, int(2 * band.sum() + n), float(np.dot(band, band.astype(np.float64)))
+    below = int((r - c).max(initial=0))
+    above = int((c - r).max(initial=0))
+    return (perm, int(2 * band.sum() + n), float(np.dot(band, band.astype(np.float64))),
+            below, above)
 
 
 def flops_floor(indptr, indices, distinct_pairs_bound):

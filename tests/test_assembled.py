@@ -269,8 +269,15 @@ def test_flops_floor_bounds_the_envelope_in_every_order(backend, name):
     assert kernel(indptr, indices, np.empty(1 << 18, np.uint64), 40, 1) == edges
     floor_ = flops_floor(indptr, indices, kernel)
     assert floor_ <= edges ** 2 / n
-    perm, size, flops = envelope(indptr, indices, nnz)
+    perm, size, flops, below, above = envelope(indptr, indices, nnz)
     assert floor_ <= flops == _flops_in_order(indptr, indices, perm)
+    where = np.empty(n, dtype=np.int64)
+    where[perm] = np.arange(n)
+    pairs = [(where[i], where[j]) for i in range(n) for j in indices[indptr[i]:indptr[i + 1]]]
+    assert below == max([i - j for i, j in pairs] + [0])
+    assert above == max([j - i for i, j in pairs] + [0])
+    # the band LU's work bound 2 n β² (β = max(below, above)) is above the floor's 2 / 16
+    assert 2.0 * floor_ <= 2.0 * n * max(below, above) ** 2
     rng = np.random.default_rng(0)
     for _ in range(3):
         assert floor_ <= _flops_in_order(indptr, indices, rng.permutation(n))
