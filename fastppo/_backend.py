@@ -22,7 +22,8 @@ DEFAULT_BACKEND = "cython"
 # kernel file stem → kernel names (identical in kernels/numba, kernels/cython, _reference)
 STEMS = {
     "linear": ("bellman_matvec", "bellman_rmatvec", "q_values", "bellman_products"),
-    "tables": ("segment_softmax", "regularized_reward", "advantages", "policy_gradient"),
+    "tables": ("segment_softmax", "regularized_reward", "advantages", "q_advantages",
+               "policy_gradient"),
     "policy_update": ("greedy_policy", "ppo_update"),
     "sampling": ("rollout", "gae", "discounted_returns", "ppo_minibatches"),
     "episodic": ("episodic_values", "episodic_visits"),

@@ -214,8 +214,8 @@ class Evaluator:
         self.tol, self.max_iter, self.restart, self.method = tol, max_iter, restart, method
         k = {name: get_kernel(name, backend) for name in (
             "bellman_matvec", "bellman_rmatvec", "bellman_products", "q_values",
-            "regularized_reward", "advantages", "policy_gradient", "greedy_policy",
-            "segment_softmax")}
+            "regularized_reward", "advantages", "q_advantages", "policy_gradient",
+            "greedy_policy", "segment_softmax")}
         self._k = k
         self.pi = None
         self._rows = None
@@ -383,26 +383,27 @@ class Evaluator:
                               assembled=(None if self.assembled is None
                                          else functools.partial(self.assembled, True))), y0
 
-    def _q_values(self, res, b):
-        """Q̃ = r + γ P v of the solution ``res`` of the value system with right-hand side
-        ``b``: from the rows of its last sweep when that was at v (Richardson, rows kept:
-        the same numbers, the iterate being v / 2^e), else by a pass of ``q_values``."""
-        mdp = self.mdp
+    def _q_advantages(self, res, b):
+        """Q̃ = r + γ P v and Ã = Q̃ − Σ_a π Q̃ of the solution ``res`` of the value system
+        with right-hand side ``b``: from the rows of its last sweep when that was at v
+        (Richardson, rows kept: the same numbers, the iterate being v / 2^e; one pass over
+        the pairs, ``q_advantages``), else by a pass of ``q_values``."""
+        mdp, nt = self.mdp, self.n_threads
+        adv = np.empty(mdp.n_pairs)
         if self._rows_fresh and res.method == "richardson" and res.n_matvec > 0:
             q = np.empty(mdp.n_pairs)
-            np.multiply(self._q_rows, np.ldexp(mdp.gamma, _krylov.scale_exponent(b)), out=q)
-            q += mdp.r
+            scale = float(np.ldexp(mdp.gamma, _krylov.scale_exponent(b)))
+            self._k["q_advantages"](mdp.a_indptr, self.pi, self._q_rows, mdp.r, scale, q, adv, nt)
         else:
             self.n_passes += 1
             q = self.q_values(res.x)
-        return q
+            self._k["advantages"](mdp.a_indptr, self.pi, q, adv, nt)
+        return q, adv
 
     def _evaluation(self, res, b, passes):
         mdp = self.mdp
         v = res.x
-        q = self._q_values(res, b)
-        adv = np.empty(mdp.n_pairs)
-        self._k["advantages"](mdp.a_indptr, self.pi, q, adv, self.n_threads)
+        q, adv = self._q_advantages(res, b)
         return Evaluation(v=v, q=q, adv=adv, J=self.space.dot(mdp.rho, v), n_matvec=res.n_matvec,
                           n_passes=self.n_passes - passes, residual=res.residual,
                           method=res.method, fill=self._fill(res), backend=self.backend)

@@ -78,6 +78,12 @@ def advantages(a_indptr, pi, q, out, n_threads=1):
     out[:] = q - _segment_sum(a_indptr, pi * q)[_states(a_indptr)]
 
 
+def q_advantages(a_indptr, pi, rows, r, scale, q, adv, n_threads=1):
+    """q = r + scale·rows (Q̃ from the rows P x of a sweep), adv = q − Σ_a π q."""
+    q[:] = rows * scale + r
+    advantages(a_indptr, pi, q, adv)
+
+
 def policy_gradient(a_indptr, pi, b, weight, ref, code, alpha, tau, out, n_threads=1):
     """out = w(s) π [(b − Σ π b) − τ (f'(π/π_ref) − Σ π f')] per pair."""
     s = _states(a_indptr)

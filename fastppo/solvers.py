@@ -475,7 +475,7 @@ class _ExactMethod(IterativeMethod):
         self.n_iter += 1
         row = dict(iter=self.n_iter, J=ev.J,
                    gap=np.nan if self.reference is None else self.reference - ev.J,
-                   max_abs_adv=float(np.max(np.abs(ev.adv))),
+                   max_abs_adv=float(max(ev.adv.max(), -ev.adv.min())),  # no temporary
                    n_matvec=ev.n_matvec + info.pop("n_matvec", 0), n_passes=ev.n_passes,
                    **info, seconds=time.perf_counter() - t0)
         self._rows.append(row)
@@ -486,6 +486,9 @@ class _ExactMethod(IterativeMethod):
     _zeros_ok = False
 
     def _check_logits(self, it, hint="reduce lr"):
+        # min and max are finite iff every logit is (NaN propagates): no temporary
+        if math.isfinite(self.logits.min()) and math.isfinite(self.logits.max()):
+            return
         bad = ~np.isfinite(self.logits)
         if bad.any():
             k = int(np.argmax(bad))
@@ -496,7 +499,7 @@ class _ExactMethod(IterativeMethod):
     def _check_iterate(self, it, hint="reduce lr"):
         """FloatingPointError naming iteration ``it`` if the iterate left the range of doubles."""
         self._check_logits(it, hint)
-        if not self._zeros_ok and not (self.pi > 0).all():
+        if not self._zeros_ok and not self.pi.min() > 0:  # π ≥ 0 or NaN
             k = int(np.argmax(~(self.pi > 0)))
             s = int(self.mdp.s_indices[k])
             theta = self.logits[self.mdp.a_indptr[s]:self.mdp.a_indptr[s + 1]]

@@ -129,6 +129,9 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
         "segment_softmax": [(f"x{s}", lambda k, s=s: _run(k, out(L), a, s * inp["logits"], n_threads=n_threads))
                             for s in (1.0, 1e3)],
         "advantages": [("", lambda k: _run(k, out(L), a, pi, inp["q"], n_threads=n_threads))],
+        # q = r + scale rows and the advantages of q, both written
+        "q_advantages": [("", lambda k: _outputs(k, (a, pi, inp["q"], mdp.r, g * 2.0 ** -3),
+                                                 (out(L), out(L)), n_threads))],
         "regularized_reward": [], "policy_gradient": [],
         **_episodic_calls(n_threads),
         **_assembled_calls(mdp, inp, n_threads),

@@ -208,6 +208,10 @@ def test_q_from_rows_follows_the_solution_scale(backend):
         get_kernel("q_values", backend)(mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r,
                                         mdp.gamma, ev.v, q, 1)
         np.testing.assert_array_equal(ev.q, q)
+        # Ã from the same pass over the pairs (q_advantages) as from q afterwards
+        adv = np.empty(mdp.n_pairs)
+        get_kernel("advantages", backend)(mdp.a_indptr, pi, q, adv, 1)
+        np.testing.assert_array_equal(ev.adv, adv)
 
 
 # ------------------------------------------------------------- predicted warm starts

@@ -3,6 +3,7 @@
 ``segment_softmax``:    out = softmax of logits within each state (_softmax.pxi's softmax_states)
 ``regularized_reward``: out[s] = Σ_a π r − τ Σ_a π_ref f(π/π_ref)
 ``advantages``:         out = q − Σ_a π q  (per state)
+``q_advantages``:       q = r + scale·rows and adv = q − Σ_a π q in one pass
 ``policy_gradient``:    out[k] = w(s) π_k [(b_k − Σ_a π b) − τ(f'_k − Σ_a π f')]
 Mirrors kernels/numba/tables.py.
 """
@@ -73,6 +74,23 @@ def advantages(const int64_t[::1] a_indptr, const double[::1] pi, const double[:
             mean = mean + pi[k] * q[k]
         for k in range(a_indptr[s], a_indptr[s + 1]):
             out[k] = q[k] - mean
+
+
+def q_advantages(const int64_t[::1] a_indptr, const double[::1] pi, const double[::1] rows,
+                 const double[::1] r, double scale,                       # IN
+                 double[::1] q, double[::1] adv, int n_threads):          # OUT
+    """q_advantages(a_indptr, pi, rows, r, scale, q, adv, n_threads)"""
+    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, s
+    cdef int64_t k
+    cdef double mean, qk
+    for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
+        mean = 0.0
+        for k in range(a_indptr[s], a_indptr[s + 1]):
+            qk = rows[k] * scale + r[k]
+            q[k] = qk
+            mean = mean + pi[k] * qk
+        for k in range(a_indptr[s], a_indptr[s + 1]):
+            adv[k] = q[k] - mean
 
 
 def policy_gradient(const int64_t[::1] a_indptr, const double[::1] pi, const double[::1] b,

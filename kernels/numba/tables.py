@@ -3,6 +3,7 @@
 ``segment_softmax``:    out = softmax of logits within each state (_softmax.softmax_states)
 ``regularized_reward``: out[s] = Σ_a π r − τ Σ_a π_ref f(π/π_ref)
 ``advantages``:         out = q − Σ_a π q  (per state)
+``q_advantages``:       q = r + scale·rows and adv = q − Σ_a π q in one pass
 ``policy_gradient``:    out[k] = w(s) π_k [(b_k − Σ_a π b) − τ(f'_k − Σ_a π f')]
 Mirrors kernels/cython/tables.pyx.
 """
@@ -51,6 +52,18 @@ def advantages(a_indptr, pi, q, out):
             out[k] = q[k] - mean
 
 
+def q_advantages(a_indptr, pi, rows, r, scale, q, adv):
+    for s in prange(a_indptr.shape[0] - 1):
+        lo, hi = a_indptr[s], a_indptr[s + 1]
+        mean = 0.0
+        for k in range(lo, hi):
+            qk = rows[k] * scale + r[k]
+            q[k] = qk
+            mean += pi[k] * qk
+        for k in range(lo, hi):
+            adv[k] = q[k] - mean
+
+
 def policy_gradient(a_indptr, pi, b, weight, ref, code, alpha, tau, out):
     for s in prange(a_indptr.shape[0] - 1):
         lo, hi = a_indptr[s], a_indptr[s + 1]
@@ -67,4 +80,4 @@ def policy_gradient(a_indptr, pi, b, weight, ref, code, alpha, tau, out):
             out[k] = weight[s] * g
 
 
-KERNELS = twins(segment_softmax, regularized_reward, advantages, policy_gradient)
+KERNELS = twins(segment_softmax, regularized_reward, advantages, q_advantages, policy_gradient)
