@@ -18,7 +18,7 @@ cdef enum:
     TASK_BLOCKS = 32  # blocks of LANES states per parallel task
     PF_NONE = 0     # no tau term
     PF_BLOCK = 1    # pi f' in the block pf, its lane sums in mean_f
-    PF_REVERSE = 2  # reverse KL: pi f' formed where it is used (_reverse_pf)
+    PF_REVERSE = 2  # reverse KL: pi f' formed where it is used (_reverse_log)
 
 cdef double TINIEST = 5e-324  # the smallest positive double
 
@@ -149,7 +149,7 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
     if regularized:
         mode = PF_REVERSE if code == REVERSE_KL else PF_BLOCK
     size = n_rows * LANES
-    cdef double* buf = <double*> malloc((10 * size + 10 * LANES) * sizeof(double))
+    cdef double* buf = <double*> malloc((9 * size + 10 * LANES) * sizeof(double))
     cdef int64_t* clipped = <int64_t*> malloc(LANES * sizeof(int64_t))
     if buf == NULL or clipped == NULL:
         free(buf)
@@ -159,13 +159,12 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
     cdef double* p = buf + size
     cdef double* b = buf + 2 * size
     cdef double* old = buf + 3 * size
-    cdef double* hi = buf + 4 * size
-    cdef double* lo = buf + 5 * size
-    cdef double* av = buf + 6 * size
-    cdef double* q = buf + 7 * size
-    cdef double* pf = buf + 8 * size
-    cdef double* logq = buf + 9 * size
-    cdef double* m = buf + 10 * size
+    cdef double* thr = buf + 4 * size
+    cdef double* av = buf + 5 * size
+    cdef double* q = buf + 6 * size
+    cdef double* pf = buf + 7 * size
+    cdef double* logq = buf + 8 * size
+    cdef double* m = buf + 9 * size
     cdef double* m_next = m + LANES
     cdef double* z = m_next + LANES
     cdef double* rz = z + LANES
@@ -179,9 +178,7 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
         b0 = s0 + k * LANES
         b1 = min(b0 + LANES, s1)
         _load_ppo_lanes(a_indptr, b0, b1, n_rows, theta, pi_old, adv, th, old, av)
-        # ratio r = pi/pi_old < 1 + eps_high (> 1 - eps_low) as pi < hi (pi > lo); at
-        # pi_old = 0 (r = inf, or NaN at pi = 0) as pi < 0 (pi > 0)
-        _thresholds(size, old, hi_ratio, lo_ratio, hi, lo)
+        _thresholds(size, old, av, hi_ratio, lo_ratio, thr)
         for l in range(LANES):
             w[l] = weight[b0 + l] if b0 + l < b1 else 0.0
         if regularized:
@@ -212,15 +209,18 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
                                     or code == JENSEN_SHANNON):
                 for l in range(LANES):
                     logz[l] = flog(z[l])
-            _clip_step(mode == PF_REVERSE, step == n_steps - 1, n_rows, p, rz, av, hi, lo, b,
+            _clip_step(mode == PF_REVERSE, step == n_steps - 1, n_rows, p, rz, av, thr, b,
                        mean_b, clipped, th, m, logz, logq, mean_f)
             if mode == PF_BLOCK and code != FORWARD_KL:
                 _fprime_lanes(code, alpha, n_rows, p, th, m, logz, q, logq, pf, mean_f)
+            if mode != PF_NONE:  # g = pi (b - (sum pi b - tau sum pf)) - tau pf
+                for l in range(LANES):
+                    mean_b[l] = mean_b[l] - tau * mean_f[l]
             if step == 0:
                 for l in range(LANES):
                     gsq[l] = 0.0
-            _ascend_step(mode, penalized, step == 0, n_rows, th, p, b, mean_b, old, pf, mean_f,
-                         logz, logq, w, tau, beta, lr, gsq, m, m_next)
+            _ascend_step(mode, penalized, step == 0, n_rows, th, p, b, mean_b, old, pf, logz,
+                         logq, w, tau, beta, lr, gsq, m, m_next)
             swap = m
             m = m_next
             m_next = swap
@@ -259,41 +259,43 @@ cdef inline void _load_ppo_lanes(const int64_t* a_indptr, Py_ssize_t s0, Py_ssiz
             av[i] = 0.0
 
 
-cdef inline void _thresholds(Py_ssize_t size, cdptr old, double hi_ratio, double lo_ratio,
-                             dptr hi, dptr lo) noexcept nogil:
+cdef inline void _thresholds(Py_ssize_t size, cdptr old, cdptr av, double hi_ratio,
+                             double lo_ratio, dptr thr) noexcept nogil:
+    """The one bound on pi each pair's clip can meet: the ratio r = pi/pi_old stays below
+    1 + eps_high where the advantage A > 0 (above 1 - eps_low where A < 0) as pi < thr
+    (pi > thr); at pi_old = 0 (r = inf, or NaN at pi = 0) thr = 0."""
     cdef Py_ssize_t i
     for i in range(size):
-        hi[i] = old[i] * hi_ratio if old[i] > 0.0 else 0.0
-        lo[i] = old[i] * lo_ratio if old[i] > 0.0 else 0.0
+        thr[i] = (old[i] * hi_ratio if av[i] > 0.0 else old[i] * lo_ratio) if old[i] > 0.0 else 0.0
 
 cdef inline void _clip_step(bint reverse, bint count, Py_ssize_t n_rows, dptr p, cdptr rz,
-                            cdptr av, cdptr hi, cdptr lo, dptr b, dptr mean_b, int64_t* clipped,
+                            cdptr av, cdptr thr, dptr b, dptr mean_b, int64_t* clipped,
                             cdptr th, cdptr m, cdptr logz, cdptr logq,
                             dptr mean_f) noexcept nogil:
     """_clip_lanes with literal flags (one branch-free loop per combination)."""
     if reverse:
         if count:
-            _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, th, m, logz, logq,
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
                         mean_f, True, True)
         else:
-            _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, th, m, logz, logq,
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
                         mean_f, False, True)
     elif count:
-        _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, th, m, logz, logq,
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
                     mean_f, True, False)
     else:
-        _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, th, m, logz, logq,
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
                     mean_f, False, False)
 
 
-cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdptr hi, cdptr lo,
-                             dptr b, dptr mean_b, int64_t* clipped, cdptr th, cdptr m,
+cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdptr thr, dptr b,
+                              dptr mean_b, int64_t* clipped, cdptr th, cdptr m,
                              cdptr logz, cdptr logq, dptr mean_f, bint count,
                              bint reverse) noexcept nogil:
     """pi = e rz in place (p holds e^(theta - m) from exp_lanes), b = the advantage where the
     clipped objective is active (else 0), mean_b = sum_a pi b, and if count, clipped = the
     count of inactive pairs with a nonzero advantage, per lane; if reverse, mean_f = sum_a
-    _reverse_pf (logq holds log pi_ref - 1)."""
+    pi _reverse_log (logq holds log pi_ref - 1)."""
     cdef Py_ssize_t a, l, i
     cdef double A, pi
     cdef bint active
@@ -309,79 +311,79 @@ cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdpt
             pi = p[i] * rz[l]
             p[i] = pi
             A = av[i]
-            active = ((A > 0.0) & (pi < hi[i])) | ((A < 0.0) & (pi > lo[i]))
+            active = ((A > 0.0) & (pi < thr[i])) | ((A < 0.0) & (pi > thr[i]))
             b[i] = A if active else 0.0
             mean_b[l] = mean_b[l] + pi * b[i]
             if count:
                 clipped[l] = clipped[l] + (0 if active | (A == 0.0) else 1)
             if reverse:
-                mean_f[l] = mean_f[l] + _reverse_pf(pi, th[i], m[l], logz[l], logq[i])
+                mean_f[l] = mean_f[l] + pi * _reverse_log(th[i], m[l], logz[l], logq[i])
 
 
-cdef inline double _reverse_pf(double pi, double x, double m, double logz,
-                               double logq1) noexcept nogil:
-    """pi f'(pi/pi_ref) for the reverse KL, pi (log pi - log pi_ref + 1) with
-    log pi = (x - m) - log z and logq1 = log pi_ref - 1 (0 where pi_ref = 0)."""
-    cdef double t = pi * (((x - m) - logz) - logq1)
+cdef inline double _reverse_log(double x, double m, double logz, double logq1) noexcept nogil:
+    """f'(pi/pi_ref) for the reverse KL, log pi - log pi_ref + 1, with log pi = (x - m) - log z
+    and logq1 = log pi_ref - 1 (0 where pi_ref = 0)."""
+    cdef double t = ((x - m) - logz) - logq1
     return t if logq1 > -INFINITY else 0.0
 
 
 cdef inline void _ascend_step(int mode, bint penalized, bint first, Py_ssize_t n_rows, dptr th,
-                              cdptr p, cdptr b, cdptr mean_b, cdptr old, cdptr pf, cdptr mean_f,
-                              cdptr logz, cdptr logq, cdptr w, double tau, double beta,
+                              cdptr p, cdptr b, cdptr mean_b, cdptr old, cdptr pf, cdptr logz,
+                              cdptr logq, cdptr w, double tau, double beta,
                               double lr, dptr gsq, cdptr m, dptr m_next) noexcept nogil:
     """_ascend with literal flags (one branch-free loop per combination)."""
     if mode == PF_NONE:
         if penalized:
             if first:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                         lr, gsq, m, m_next, PF_NONE, True, True)
             else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                         lr, gsq, m, m_next, PF_NONE, True, False)
         elif first:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                     lr, gsq, m, m_next, PF_NONE, False, True)
         else:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                     lr, gsq, m, m_next, PF_NONE, False, False)
     elif mode == PF_BLOCK:
         if penalized:
             if first:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                         lr, gsq, m, m_next, PF_BLOCK, True, True)
             else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                         lr, gsq, m, m_next, PF_BLOCK, True, False)
         elif first:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                     lr, gsq, m, m_next, PF_BLOCK, False, True)
         else:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                     lr, gsq, m, m_next, PF_BLOCK, False, False)
     elif penalized:
         if first:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                     lr, gsq, m, m_next, PF_REVERSE, True, True)
         else:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                     lr, gsq, m, m_next, PF_REVERSE, True, False)
     elif first:
-        _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+        _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                 lr, gsq, m, m_next, PF_REVERSE, False, True)
     else:
-        _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+        _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                 lr, gsq, m, m_next, PF_REVERSE, False, False)
 
 
 cdef inline void _ascend(Py_ssize_t n_rows, dptr th, cdptr p, cdptr b, cdptr mean_b, cdptr old,
-                         cdptr pf, cdptr mean_f, cdptr logz, cdptr logq, cdptr w, double tau,
+                         cdptr pf, cdptr logz, cdptr logq, cdptr w, double tau,
                          double beta, double lr, dptr gsq, cdptr m, dptr m_next, int mode,
                          bint penalized, bint first) noexcept nogil:
     """theta += lr g on a block, g = w [pi (b - sum pi b) - tau (pf - pi sum pf)
-    + beta (pi_old - pi)], the tau term by mode (PF_NONE: none; PF_BLOCK: pf from the
-    block; PF_REVERSE: _reverse_pf, with m the current shift), the beta term if penalized;
-    gsq += g^2 if first; m_next = the new max of theta per lane."""
+    + beta (pi_old - pi)] with mean_b = sum pi b - tau sum pf: by mode, PF_NONE:
+    pi (b - mean_b); PF_BLOCK: pi (b - mean_b) - tau pf; PF_REVERSE: pf = pi _reverse_log,
+    with m the current shift; the beta term if penalized; gsq += g^2 if first; m_next =
+    the new max of theta per lane."""
     cdef Py_ssize_t a, l, i
     cdef double g, t, pi
     for a in range(n_rows):
@@ -390,9 +392,9 @@ cdef inline void _ascend(Py_ssize_t n_rows, dptr th, cdptr p, cdptr b, cdptr mea
             pi = p[i]
             g = pi * (b[i] - mean_b[l])
             if mode == PF_BLOCK:
-                g = g - tau * (pf[i] - pi * mean_f[l])
+                g = g - tau * pf[i]
             elif mode == PF_REVERSE:
-                g = g - tau * (_reverse_pf(pi, th[i], m[l], logz[l], logq[i]) - pi * mean_f[l])
+                g = pi * ((b[i] - mean_b[l]) - tau * _reverse_log(th[i], m[l], logz[l], logq[i]))
             if penalized:
                 g = g + beta * (old[i] - pi)
             g = g * w[l]

@@ -32,7 +32,7 @@ TINIEST = 5e-324  # the smallest positive double
 
 PF_NONE = 0  # no τ term
 PF_BLOCK = 1  # π f' in the block pf, its lane sums in mean_f
-PF_REVERSE = 2  # reverse KL: π f' formed where it is used (_reverse_pf)
+PF_REVERSE = 2  # reverse KL: π f' formed where it is used (_reverse_log)
 
 
 def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out):
@@ -125,9 +125,9 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
     """ppo_update for the states s0 ≤ s < s1: LANES states at a time, every inner step on
     (n_rows, LANES) blocks (see _softmax), written back once."""
     n_rows = max_actions(a_indptr, s0, s1)
-    block = np.empty((9, n_rows, LANES))
-    th, p, b, old, hi, lo, av, q, pf = (block[0], block[1], block[2], block[3], block[4],
-                                        block[5], block[6], block[7], block[8])
+    block = np.empty((8, n_rows, LANES))
+    th, p, b, old, thr, av, q, pf = (block[0], block[1], block[2], block[3], block[4],
+                                     block[5], block[6], block[7])
     logq = np.empty((n_rows, LANES) if tau != 0.0 and (code == REVERSE_KL or code == ALPHA)
                     else (0, LANES))
     lanes = np.empty((11, LANES))
@@ -147,12 +147,13 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
     for b0 in range(s0, s1, LANES):
         b1 = min(b0 + LANES, s1)
         _load_ppo_lanes(a_indptr, b0, b1, n_lanes, theta, pi_old, adv, th, old, av)
-        # ratio r = π/π_old < 1 + ε_high (> 1 − ε_low) as π < hi (π > lo); at π_old = 0
-        # (r = inf, or NaN at π = 0) as π < 0 (π > 0)
+        # the one bound on π each pair's clip can meet: r = π/π_old stays below 1 + ε_high
+        # where Ã > 0 (above 1 − ε_low where Ã < 0) as π < thr (π > thr); at π_old = 0
+        # (r = inf, or NaN at π = 0) thr = 0
         for a in range(n_rows):
             for l in range(n_lanes):
-                hi[a, l] = old[a, l] * hi_ratio if old[a, l] > 0.0 else 0.0
-                lo[a, l] = old[a, l] * lo_ratio if old[a, l] > 0.0 else 0.0
+                o = old[a, l]
+                thr[a, l] = (o * hi_ratio if av[a, l] > 0.0 else o * lo_ratio) if o > 0.0 else 0.0
         for l in range(n_lanes):
             w[l] = weight[b0 + l] if b0 + l < b1 else 0.0
         if regularized:
@@ -184,16 +185,24 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
                                     or code == JENSEN_SHANNON):
                 for l in range(n_lanes):
                     logz[l] = flog(z[l])
-            _clip_step(mode == PF_REVERSE, step == n_steps - 1, n_rows, p, rz, av, hi, lo, b,
+            _clip_step(mode == PF_REVERSE, step == n_steps - 1, n_rows, p, rz, av, thr, b,
                        mean_b, clipped, th, m, logz, logq, mean_f)
             if mode == PF_BLOCK and code != FORWARD_KL:
                 _fprime_lanes(code, alpha, n_rows, p, th, m, logz, q, logq, pf, mean_f)
+            if mode != PF_NONE:  # g = π (b − (Σπb − τ Σpf)) − τ pf
+                for l in range(n_lanes):
+                    mean_b[l] = mean_b[l] - tau * mean_f[l]
             if step == 0:
                 for l in range(n_lanes):
                     gsq[l] = 0.0
-            _ascend_step(mode, penalized, step == 0, n_rows, th, p, b, mean_b, old, pf, mean_f,
-                         logz, logq, w, tau, beta, lr, gsq, m, m_next)
-            m, m_next = m_next, m
+            if mode == PF_REVERSE:  # reads the current shift m: the new one into m_next
+                _ascend_step(mode, penalized, step == 0, n_rows, th, p, b, mean_b, old, pf,
+                             logz, logq, w, tau, beta, lr, gsq, m, m_next)
+                for l in range(n_lanes):
+                    m[l] = m_next[l]
+            else:
+                _ascend_step(mode, penalized, step == 0, n_rows, th, p, b, mean_b, old, pf,
+                             logz, logq, w, tau, beta, lr, gsq, m, m)
         _kl_lanes(n_rows, p, rz, old, kl)
         store_lanes(a_indptr, b0, b1, th, theta)
         store_lanes(a_indptr, b0, b1, p, pi_out)
@@ -238,31 +247,31 @@ def _kl_lanes(n_rows, p, rz, old, kl):
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _clip_step(reverse, count, n_rows, p, rz, av, hi, lo, b, mean_b, clipped, th, m, logz,
-               logq, mean_f):
+def _clip_step(reverse, count, n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
+               mean_f):
     """:func:`_clip_lanes` with literal flags (one branch-free loop per combination)."""
     if reverse:
         if count:
-            _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, th, m, logz, logq,
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
                         mean_f, True, True)
         else:
-            _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, th, m, logz, logq,
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
                         mean_f, False, True)
     elif count:
-        _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, th, m, logz, logq,
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
                     mean_f, True, False)
     else:
-        _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, th, m, logz, logq,
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
                     mean_f, False, False)
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, th, m, logz, logq, mean_f,
-                count, reverse):
+def _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq, mean_f, count,
+                reverse):
     """π = e·rz in place (p holds e^{θ − m} from exp_lanes), b = the advantage where the
     clipped objective is active (else 0) and mean_b = Σ_a π b per lane; ``count``: also
     clipped = the number of inactive pairs with a nonzero advantage, per lane; ``reverse``:
-    also mean_f = Σ_a :func:`_reverse_pf` (logq holds log π_ref − 1). Called with literal
+    also mean_f = Σ_a π·:func:`_reverse_log` (logq holds log π_ref − 1). Called with literal
     flags, so that each call compiles to one branch-free loop."""
     n_lanes = p.shape[1]
     for l in range(n_lanes):
@@ -276,76 +285,77 @@ def _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, th, m, logz, logq
             pi = p[a, l] * rz[l]
             p[a, l] = pi
             A = av[a, l]
-            active = (A > 0.0) & (pi < hi[a, l]) | (A < 0.0) & (pi > lo[a, l])
+            active = (A > 0.0) & (pi < thr[a, l]) | (A < 0.0) & (pi > thr[a, l])
             b[a, l] = A if active else 0.0
             mean_b[l] += pi * b[a, l]
             if count:
                 clipped[l] += 0 if active | (A == 0.0) else 1
             if reverse:
-                mean_f[l] += _reverse_pf(pi, th[a, l], m[l], logz[l], logq[a, l])
+                mean_f[l] += pi * _reverse_log(th[a, l], m[l], logz[l], logq[a, l])
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _reverse_pf(pi, x, m, logz, logq1):
-    """π f'(π/π_ref) for the reverse KL, π (log π − log π_ref + 1), with
-    log π = (x − m) − log z and logq1 = log π_ref − 1 (0 where π_ref = 0)."""
-    t = pi * (((x - m) - logz) - logq1)
+def _reverse_log(x, m, logz, logq1):
+    """f'(π/π_ref) for the reverse KL, log π − log π_ref + 1, with log π = (x − m) − log z
+    and logq1 = log π_ref − 1 (0 where π_ref = 0)."""
+    t = ((x - m) - logz) - logq1
     return t if logq1 > -math.inf else 0.0
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _ascend_step(mode, penalized, first, n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq,
-                 w, tau, beta, lr, gsq, m, m_next):
+def _ascend_step(mode, penalized, first, n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau,
+                 beta, lr, gsq, m, m_next):
     """:func:`_ascend` with literal flags (one branch-free loop per combination)."""
     if mode == PF_NONE:
         if penalized:
             if first:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                         lr, gsq, m, m_next, PF_NONE, True, True)
             else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                         lr, gsq, m, m_next, PF_NONE, True, False)
         elif first:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                     lr, gsq, m, m_next, PF_NONE, False, True)
         else:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                     lr, gsq, m, m_next, PF_NONE, False, False)
     elif mode == PF_BLOCK:
         if penalized:
             if first:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                         lr, gsq, m, m_next, PF_BLOCK, True, True)
             else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                         lr, gsq, m, m_next, PF_BLOCK, True, False)
         elif first:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                     lr, gsq, m, m_next, PF_BLOCK, False, True)
         else:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                     lr, gsq, m, m_next, PF_BLOCK, False, False)
     elif penalized:
         if first:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                     lr, gsq, m, m_next, PF_REVERSE, True, True)
         else:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                     lr, gsq, m, m_next, PF_REVERSE, True, False)
     elif first:
-        _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+        _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                 lr, gsq, m, m_next, PF_REVERSE, False, True)
     else:
-        _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
+        _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
                 lr, gsq, m, m_next, PF_REVERSE, False, False)
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta, lr, gsq, m,
-            m_next, mode, penalized, first):
+def _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta, lr, gsq, m, m_next,
+            mode, penalized, first):
     """θ += lr·g on a block, g = w π (b − Σπb) − τ (pf − π Σpf) + β (π_old − π) (SPEC §1),
-    and m_next = the new max of θ per lane. ``mode``: the τ term (PF_NONE: none; PF_BLOCK:
-    pf from the block; PF_REVERSE: :func:`_reverse_pf`, m the current shift);
+    with mean_b = Σπb − τ Σpf, and m_next = the new max of θ per lane. ``mode``: the τ term
+    (PF_NONE: none, g = π (b − mean_b); PF_BLOCK: π (b − mean_b) − τ pf, pf from the block;
+    PF_REVERSE: π ((b − mean_b) − τ :func:`_reverse_log`), m the current shift);
     ``penalized``: with the β term; ``first``: gsq += g² per lane. Called with literal
     flags, so that each call compiles to one branch-free loop."""
     n_lanes = th.shape[1]
@@ -354,10 +364,10 @@ def _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, logz, logq, w, tau, beta,
             pi = p[a, l]
             g = pi * (b[a, l] - mean_b[l])
             if mode == PF_BLOCK:
-                g = g - tau * (pf[a, l] - pi * mean_f[l])
+                g = g - tau * pf[a, l]
             elif mode == PF_REVERSE:
-                g = g - tau * (_reverse_pf(pi, th[a, l], m[l], logz[l], logq[a, l])
-                               - pi * mean_f[l])
+                g = pi * ((b[a, l] - mean_b[l])
+                          - tau * _reverse_log(th[a, l], m[l], logz[l], logq[a, l]))
             if penalized:
                 g = g + beta * (old[a, l] - pi)
             g = g * w[l]
