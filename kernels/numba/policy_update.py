@@ -195,14 +195,10 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
             if step == 0:
                 for l in range(n_lanes):
                     gsq[l] = 0.0
-            if mode == PF_REVERSE:  # reads the current shift m: the new one into m_next
-                _ascend_step(mode, penalized, step == 0, n_rows, th, p, b, mean_b, old, pf,
-                             logz, logq, w, tau, beta, lr, gsq, m, m_next)
-                for l in range(n_lanes):
-                    m[l] = m_next[l]
-            else:
-                _ascend_step(mode, penalized, step == 0, n_rows, th, p, b, mean_b, old, pf,
-                             logz, logq, w, tau, beta, lr, gsq, m, m)
+            _ascend_step(mode, penalized, step == 0, n_rows, th, p, b, mean_b, old, pf, logz,
+                         logq, w, tau, beta, lr, gsq, m, m_next)
+            for l in range(n_lanes):  # the new shift (the ascent read the current one)
+                m[l] = m_next[l]
         _kl_lanes(n_rows, p, rz, old, kl)
         store_lanes(a_indptr, b0, b1, th, theta)
         store_lanes(a_indptr, b0, b1, p, pi_out)
