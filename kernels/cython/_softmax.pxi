@@ -6,7 +6,7 @@
 # the loops run across states and GCC vectorises them. Rows beyond a state's action count,
 # and lanes beyond the last state, hold PAD_LOGIT = -inf (pi = 0 exactly there); a block
 # need not be full (its first n_lanes lanes are used). softmax_states runs it over a range
-# of states. fexp, fexp_neg, fexpm1 and flog perform
+# of states. fexp, fexp_neg, fexpm1, fexpm1_or_exp and flog perform
 # the very same operations, in the same order, with the same explicit fma, as
 # kernels/numba/_softmax.py (their error bounds are stated there), so the two backends
 # agree bit for bit; setup.py compiles with -ffp-contract=off (no implicit fma) and never

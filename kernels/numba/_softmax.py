@@ -32,6 +32,8 @@ scalar calls do not vectorise here (llvmlite has no SVML).
 - :func:`fexpm1`: e^x − 1 for x ≤ 1 from the same reduction, 2^n (e^r − 1) + (2^n − 1),
   without the cancellation of e^x − 1 near 0: relative error ≤ 5e-16 on [−40, 1]; −1
   below −40 (where e^x < 2^-57).
+- :func:`fexpm1_or_exp`: :func:`fexpm1` or :func:`fexp`, chosen per element, from one
+  reduction; bit for bit either one (so their bounds hold).
 - :func:`flog`: fdlibm's log (also musl's): x = 2^k (1 + f), √2/2 ≤ 1 + f < √2,
   s = f/(2 + f), log(1 + f) = f − f²/2 + s (f²/2 + R(s²)), R of degree 7 (fdlibm's Lg1..Lg7,
   |error| < 2^-58.45): error < 1 ulp for every positive double (subnormals are rescaled by
