@@ -211,6 +211,82 @@ def test_ppo_update_matches_numpy_and_twins(mdps, code, alpha, tau, beta):
                 np.testing.assert_array_equal(g, b, err_msg=name)
 
 
+def _ppo_edges(which, mdp, code, alpha, ref_from):
+    """ppo_update (5 steps, τ = 0.3) from logits 3·N(0, 1), some at -800 (π underflows to
+    0) and some at -700 (π subnormal or tiny), with π_ref = π_old (ref_from "pi":
+    log(π/π_ref) near 0 for every pair) or a softmax of logits 20 times wider (ratios
+    π/π_ref up to e^±100). For α ≥ 1, π f' ~ −π_ref^α/π^(α−1) → −inf as π → 0 (and the
+    steps blow up, in the reference too): logits N(0, 1), π_ref 5 times wider, no tiny π."""
+    rng = np.random.default_rng(8)
+    n, S = mdp.n_pairs, mdp.n_states
+    steep = code == _codes.ALPHA and alpha >= 1.0
+    theta = (1.0 if steep else 3.0) * rng.normal(size=n)
+    if not steep:
+        theta[::11] = -800.0
+        theta[5::13] = -700.0
+    pi_old = fastppo.softmax(mdp, theta, backend="numpy")
+    if ref_from == "pi":
+        ref = pi_old.copy()
+        ref[ref == 0.0] = 1e-300  # π_ref > 0 on every pair
+    else:
+        ref = fastppo.softmax(mdp, (5.0 if steep else 20.0) * rng.normal(size=n),
+                              backend="numpy")
+        ref = np.maximum(ref, 1e-200)
+    adv = rng.normal(size=n)
+    weight = rng.random(S) * 3
+    outs = [np.full(n, np.nan), np.full(S, -1, np.int64), np.full(S, np.nan), np.full(S, np.nan)]
+    get_kernel("ppo_update", which)(mdp.a_indptr, pi_old, adv, weight, ref, code, alpha, 0.3,
+                                    0.2, 0.25, 0.0, 0.1, 5, theta, *outs, 1)
+    return [theta, *outs]
+
+
+@pytest.mark.parametrize("ref_from", ["pi", "wide"])
+@pytest.mark.parametrize("code,alpha", [(_codes.ALPHA, 0.5), (_codes.ALPHA, 2.0),
+                                        (_codes.ALPHA, -1.0), (_codes.ALPHA, 1e-3),
+                                        (_codes.REVERSE_KL, 0.0),
+                                        (_codes.JENSEN_SHANNON, 0.0)])
+def test_ppo_update_divergence_edges(mdps, code, alpha, ref_from):
+    """π f' from the block's log π at its edges: α-divergence with y = −α log(π/π_ref)
+    near 0 (π_ref = π) and beyond 1 (wide π_ref: the e^(log π + y) branch, for α of both
+    signs), π tiny or 0 (underflowed logits, padding rows); reverse KL and Jensen–Shannon
+    likewise. Twins bit for bit, and the NumPy reference to 1e-12 (θ, π, ‖g‖², KL)."""
+    for mdp in mdps:
+        expect = _ppo_edges("numpy", mdp, code, alpha, ref_from)
+        nb = _ppo_edges("numba", mdp, code, alpha, ref_from)
+        cy = _ppo_edges("cython", mdp, code, alpha, ref_from)
+        for i, (g, e) in enumerate(zip(nb, expect)):
+            if i == 2:
+                np.testing.assert_array_equal(g, e)
+            else:
+                assert np.all(np.isfinite(g)), i
+                err = naive.rel_err(g, e)
+                assert err <= REL, f"output {i}: {err:.3g}"
+        for g, b in zip(cy, nb):
+            np.testing.assert_array_equal(g, b)
+
+
+def test_fexpm1_or_exp_is_fexpm1_and_fexp():
+    """One reduction for both: e^x − 1 bit for bit as fexpm1 where x ≤ 1, e^x as fexp
+    everywhere (the cython twin is covered by the ppo_update tests' bit-identity)."""
+    from numba import njit
+
+    from fastppo._kernels.numba import _softmax
+
+    @njit
+    def both(x, minus_one, out):
+        for i in range(x.shape[0]):
+            out[i] = _softmax.fexpm1_or_exp(x[i], minus_one[i])
+
+    x = _exp_inputs()
+    got = _elementary("numba", x)
+    out = np.empty_like(x)
+    small = x <= 1.0
+    both(x, small, out)
+    np.testing.assert_array_equal(out[small].view(np.uint64), got["expm1"][small].view(np.uint64))
+    both(x, np.zeros(x.shape, dtype=np.bool_), out)
+    np.testing.assert_array_equal(out.view(np.uint64), got["exp"].view(np.uint64))
+
+
 @pytest.mark.parametrize("scale", [1.0, 30.0, 1e3])
 def test_segment_softmax_matches_numpy_and_twins(mdps, scale):
     for mdp in mdps:

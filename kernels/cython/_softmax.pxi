@@ -6,7 +6,7 @@
 # the loops run across states and GCC vectorises them. Rows beyond a state's action count,
 # and lanes beyond the last state, hold PAD_LOGIT = -inf (pi = 0 exactly there); a block
 # need not be full (its first n_lanes lanes are used). softmax_states runs it over a range
-# of states. fexp, fexp_neg, fexpm1 and flog perform
+# of states. fexp, fexp_neg, fexpm1, fexpm1_or_exp and flog perform
 # the very same operations, in the same order, with the same explicit fma, as
 # kernels/numba/_softmax.py (their error bounds are stated there), so the two backends
 # agree bit for bit; setup.py compiles with -ffp-contract=off (no implicit fma) and never
@@ -26,6 +26,7 @@ cdef extern from *:
     #define FASTPPO_LOG2E 1.4426950408889634
     #define FASTPPO_LN2_HI 6.93147180369123816490e-01
     #define FASTPPO_LN2_LO 1.90821492927058770002e-10
+    #define FASTPPO_LN2 0.6931471805599453
     #define FASTPPO_SHIFTER 6755399441055744.0
     #define FASTPPO_EXP_MIN (-746.0)
     #define FASTPPO_EXP_MAX 710.0
@@ -64,6 +65,7 @@ cdef extern from *:
     const double LOG2E "FASTPPO_LOG2E"
     const double LN2_HI "FASTPPO_LN2_HI"
     const double LN2_LO "FASTPPO_LN2_LO"
+    const double LN2 "FASTPPO_LN2"
     const double SHIFTER "FASTPPO_SHIFTER"
     const double EXP_MIN "FASTPPO_EXP_MIN"
     const double EXP_MAX "FASTPPO_EXP_MAX"
@@ -149,6 +151,21 @@ cdef inline double fexpm1(double x) noexcept nogil:
     u = _expm1_reduced(x, &t, &n)
     scale = _pow2(t, EXP_BIAS)
     return fma(scale, u, scale - 1.0)
+
+
+cdef inline double fexpm1_or_exp(double x, bint minus_one) noexcept nogil:
+    """e^x - 1 (as fexpm1, for x <= 1) if minus_one, else e^x (as fexp), bit for bit: one
+    reduction for both, so that a loop that needs either per element pays one exp."""
+    cdef double t, n, u, n1, scale, rest, whole
+    cdef double floor = EXPM1_MIN if minus_one else EXP_MIN
+    x = floor if x < floor else x
+    x = EXP_MAX if x > EXP_MAX else x
+    u = _expm1_reduced(x, &t, &n)
+    n1 = (n * 0.5 + SHIFTER) - SHIFTER  # 2^n = 2^n1 2^(n - n1), both factors normal
+    scale = _pow2(n1 + SHIFTER, EXP_BIAS)
+    rest = _pow2((n - n1) + SHIFTER, EXP_BIAS)
+    whole = scale * rest  # 2^n exactly where minus_one (-58 <= n <= 2)
+    return fma(whole, u, whole - 1.0) if minus_one else fma(scale, u, scale) * rest
 
 
 cdef inline double flog(double x) noexcept nogil:

@@ -16,6 +16,9 @@ include "_softmax.pxi"
 
 cdef enum:
     TASK_BLOCKS = 32  # blocks of LANES states per parallel task
+    PF_NONE = 0     # no tau term
+    PF_BLOCK = 1    # pi f' in the block pf, its lane sums in mean_f
+    PF_REVERSE = 2  # reverse KL: pi f' formed where it is used (_reverse_log)
 
 cdef double TINIEST = 5e-324  # the smallest positive double
 
@@ -139,10 +142,14 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
     cdef Py_ssize_t n_rows = max_actions(a_indptr, s0, s1), size, k, b0, b1, a, l, i
     cdef int step
     cdef bint regularized = tau != 0.0 and code != NONE
-    cdef bint plain = not regularized and beta == 0.0
-    cdef double hi_ratio = 1.0 + eps_high, lo_ratio = 1.0 - eps_low, t
+    cdef bint penalized = beta != 0.0
+    cdef int mode = PF_NONE
+    cdef double hi_ratio = 1.0 + eps_high, lo_ratio = 1.0 - eps_low
+    cdef double* swap
+    if regularized:
+        mode = PF_REVERSE if code == REVERSE_KL else PF_BLOCK
     size = n_rows * LANES
-    cdef double* buf = <double*> malloc((10 * size + 9 * LANES) * sizeof(double))
+    cdef double* buf = <double*> malloc((9 * size + 10 * LANES) * sizeof(double))
     cdef int64_t* clipped = <int64_t*> malloc(LANES * sizeof(int64_t))
     if buf == NULL or clipped == NULL:
         free(buf)
@@ -152,14 +159,14 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
     cdef double* p = buf + size
     cdef double* b = buf + 2 * size
     cdef double* old = buf + 3 * size
-    cdef double* hi = buf + 4 * size
-    cdef double* lo = buf + 5 * size
-    cdef double* av = buf + 6 * size
-    cdef double* q = buf + 7 * size
-    cdef double* pf = buf + 8 * size
-    cdef double* logq = buf + 9 * size
-    cdef double* m = buf + 10 * size
-    cdef double* z = m + LANES
+    cdef double* thr = buf + 4 * size
+    cdef double* av = buf + 5 * size
+    cdef double* q = buf + 6 * size
+    cdef double* pf = buf + 7 * size
+    cdef double* logq = buf + 8 * size
+    cdef double* m = buf + 9 * size
+    cdef double* m_next = m + LANES
+    cdef double* z = m_next + LANES
     cdef double* rz = z + LANES
     cdef double* logz = rz + LANES
     cdef double* w = logz + LANES
@@ -171,49 +178,52 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
         b0 = s0 + k * LANES
         b1 = min(b0 + LANES, s1)
         _load_ppo_lanes(a_indptr, b0, b1, n_rows, theta, pi_old, adv, th, old, av)
-        # ratio r = pi/pi_old < 1 + eps_high (> 1 - eps_low) as pi < hi (pi > lo); at
-        # pi_old = 0 (r = inf, or NaN at pi = 0) as pi < 0 (pi > 0)
-        _thresholds(size, old, hi_ratio, lo_ratio, hi, lo)
-        if regularized:
-            load_lanes(a_indptr, b0, b1, LANES, ref, 0.0, n_rows, q)
-            if code == REVERSE_KL or code == ALPHA:
-                for i in range(size):
-                    logq[i] = flog(q[i])
+        _thresholds(size, old, av, hi_ratio, lo_ratio, thr)
         for l in range(LANES):
             w[l] = weight[b0 + l] if b0 + l < b1 else 0.0
-            mean_f[l] = 0.0
-        if not regularized:
-            for i in range(size):
-                pf[i] = 0.0
+        if regularized:
+            load_lanes(a_indptr, b0, b1, LANES, ref, 0.0, n_rows, q)
+            if code == REVERSE_KL:  # log pi_ref - 1: -inf at pi_ref = 0 (masks the pair)
+                for i in range(size):
+                    logq[i] = flog(q[i]) - 1.0
+            elif code == ALPHA:
+                for i in range(size):
+                    logq[i] = flog(q[i])
+            elif code == FORWARD_KL:  # pi f' = -pi_ref does not depend on pi: once per block
+                for l in range(LANES):
+                    mean_f[l] = 0.0
+                for a in range(n_rows):
+                    for l in range(LANES):
+                        i = a * LANES + l
+                        pf[i] = -q[i]
+                        mean_f[l] = mean_f[l] + pf[i]
         # each step: softmax (exp_lanes, then pi = e rz inside _clip_lanes), pi f' and its
         # sum if regularized, the clipped advantages, and the ascent step, which also takes
-        # the max of the new logits (the next softmax's shift)
+        # the max of the new logits (the next softmax's shift, into m_next)
         max_lanes(th, n_rows, LANES, m)
         for step in range(n_steps + 1):
             exp_lanes(th, n_rows, LANES, m, p, z, rz)
             if step == n_steps:  # pi = e rz in _kl_lanes, fused with KL(pi || pi_old)
                 break
-            if step == n_steps - 1:  # the clipped-pair count of the last step
-                _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, True)
-            else:
-                _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, False)
-            if regularized:
-                _fprime_lanes(code, alpha, n_rows, p, th, m, z, logz, q, logq, pf, mean_f)
+            if mode != PF_NONE and (code == REVERSE_KL or code == ALPHA
+                                    or code == JENSEN_SHANNON):
+                for l in range(LANES):
+                    logz[l] = flog(z[l])
+            _clip_step(mode == PF_REVERSE, step == n_steps - 1, n_rows, p, rz, av, thr, b,
+                       mean_b, clipped, th, m, logz, logq, mean_f)
+            if mode == PF_BLOCK and code != FORWARD_KL:
+                _fprime_lanes(code, alpha, n_rows, p, th, m, logz, q, logq, pf, mean_f)
+            if mode != PF_NONE:  # g = pi (b - (sum pi b - tau sum pf)) - tau pf
+                for l in range(LANES):
+                    mean_b[l] = mean_b[l] - tau * mean_f[l]
             if step == 0:
                 for l in range(LANES):
                     gsq[l] = 0.0
-                if plain:
-                    _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
-                            m, False, True)
-                else:
-                    _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
-                            m, True, True)
-            elif plain:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
-                        m, False, False)
-            else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
-                        m, True, False)
+            _ascend_step(mode, penalized, step == 0, n_rows, th, p, b, mean_b, old, pf, logz,
+                         logq, w, tau, beta, lr, gsq, m, m_next)
+            swap = m
+            m = m_next
+            m_next = swap
         _kl_lanes(n_rows, p, rz, old, kl)
         store_lanes(a_indptr, b0, b1, th, theta)
         store_lanes(a_indptr, b0, b1, p, pi_out)
@@ -249,19 +259,43 @@ cdef inline void _load_ppo_lanes(const int64_t* a_indptr, Py_ssize_t s0, Py_ssiz
             av[i] = 0.0
 
 
-cdef inline void _thresholds(Py_ssize_t size, cdptr old, double hi_ratio, double lo_ratio,
-                             dptr hi, dptr lo) noexcept nogil:
+cdef inline void _thresholds(Py_ssize_t size, cdptr old, cdptr av, double hi_ratio,
+                             double lo_ratio, dptr thr) noexcept nogil:
+    """The one bound on pi each pair's clip can meet: the ratio r = pi/pi_old stays below
+    1 + eps_high where the advantage A > 0 (above 1 - eps_low where A < 0) as pi < thr
+    (pi > thr); at pi_old = 0 (r = inf, or NaN at pi = 0) thr = 0."""
     cdef Py_ssize_t i
     for i in range(size):
-        hi[i] = old[i] * hi_ratio if old[i] > 0.0 else 0.0
-        lo[i] = old[i] * lo_ratio if old[i] > 0.0 else 0.0
+        thr[i] = (old[i] * hi_ratio if av[i] > 0.0 else old[i] * lo_ratio) if old[i] > 0.0 else 0.0
+
+cdef inline void _clip_step(bint reverse, bint count, Py_ssize_t n_rows, dptr p, cdptr rz,
+                            cdptr av, cdptr thr, dptr b, dptr mean_b, int64_t* clipped,
+                            cdptr th, cdptr m, cdptr logz, cdptr logq,
+                            dptr mean_f) noexcept nogil:
+    """_clip_lanes with literal flags (one branch-free loop per combination)."""
+    if reverse:
+        if count:
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
+                        mean_f, True, True)
+        else:
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
+                        mean_f, False, True)
+    elif count:
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
+                    mean_f, True, False)
+    else:
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
+                    mean_f, False, False)
 
 
-cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdptr hi, cdptr lo,
-                             dptr b, dptr mean_b, int64_t* clipped, bint count) noexcept nogil:
+cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdptr thr, dptr b,
+                              dptr mean_b, int64_t* clipped, cdptr th, cdptr m,
+                             cdptr logz, cdptr logq, dptr mean_f, bint count,
+                             bint reverse) noexcept nogil:
     """pi = e rz in place (p holds e^(theta - m) from exp_lanes), b = the advantage where the
     clipped objective is active (else 0), mean_b = sum_a pi b, and if count, clipped = the
-    count of inactive pairs with a nonzero advantage, per lane."""
+    count of inactive pairs with a nonzero advantage, per lane; if reverse, mean_f = sum_a
+    pi _reverse_log (logq holds log pi_ref - 1)."""
     cdef Py_ssize_t a, l, i
     cdef double A, pi
     cdef bint active
@@ -269,40 +303,106 @@ cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdpt
         mean_b[l] = 0.0
         if count:
             clipped[l] = 0
+        if reverse:
+            mean_f[l] = 0.0
     for a in range(n_rows):
         for l in range(LANES):
             i = a * LANES + l
             pi = p[i] * rz[l]
             p[i] = pi
             A = av[i]
-            active = ((A > 0.0) & (pi < hi[i])) | ((A < 0.0) & (pi > lo[i]))
+            active = ((A > 0.0) & (pi < thr[i])) | ((A < 0.0) & (pi > thr[i]))
             b[i] = A if active else 0.0
             mean_b[l] = mean_b[l] + pi * b[i]
             if count:
                 clipped[l] = clipped[l] + (0 if active | (A == 0.0) else 1)
+            if reverse:
+                mean_f[l] = mean_f[l] + pi * _reverse_log(th[i], m[l], logz[l], logq[i])
+
+
+cdef inline double _reverse_log(double x, double m, double logz, double logq1) noexcept nogil:
+    """f'(pi/pi_ref) for the reverse KL, log pi - log pi_ref + 1, with log pi = (x - m) - log z
+    and logq1 = log pi_ref - 1 (0 where pi_ref = 0)."""
+    cdef double t = ((x - m) - logz) - logq1
+    return t if logq1 > -INFINITY else 0.0
+
+
+cdef inline void _ascend_step(int mode, bint penalized, bint first, Py_ssize_t n_rows, dptr th,
+                              cdptr p, cdptr b, cdptr mean_b, cdptr old, cdptr pf, cdptr logz,
+                              cdptr logq, cdptr w, double tau, double beta,
+                              double lr, dptr gsq, cdptr m, dptr m_next) noexcept nogil:
+    """_ascend with literal flags (one branch-free loop per combination)."""
+    if mode == PF_NONE:
+        if penalized:
+            if first:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                        lr, gsq, m, m_next, PF_NONE, True, True)
+            else:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                        lr, gsq, m, m_next, PF_NONE, True, False)
+        elif first:
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                    lr, gsq, m, m_next, PF_NONE, False, True)
+        else:
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                    lr, gsq, m, m_next, PF_NONE, False, False)
+    elif mode == PF_BLOCK:
+        if penalized:
+            if first:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                        lr, gsq, m, m_next, PF_BLOCK, True, True)
+            else:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                        lr, gsq, m, m_next, PF_BLOCK, True, False)
+        elif first:
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                    lr, gsq, m, m_next, PF_BLOCK, False, True)
+        else:
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                    lr, gsq, m, m_next, PF_BLOCK, False, False)
+    elif penalized:
+        if first:
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                    lr, gsq, m, m_next, PF_REVERSE, True, True)
+        else:
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                    lr, gsq, m, m_next, PF_REVERSE, True, False)
+    elif first:
+        _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                lr, gsq, m, m_next, PF_REVERSE, False, True)
+    else:
+        _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                lr, gsq, m, m_next, PF_REVERSE, False, False)
 
 
 cdef inline void _ascend(Py_ssize_t n_rows, dptr th, cdptr p, cdptr b, cdptr mean_b, cdptr old,
-                         cdptr pf, cdptr mean_f, cdptr w, double tau, double beta, double lr,
-                         dptr gsq, dptr m, bint full, bint first) noexcept nogil:
+                         cdptr pf, cdptr logz, cdptr logq, cdptr w, double tau,
+                         double beta, double lr, dptr gsq, cdptr m, dptr m_next, int mode,
+                         bint penalized, bint first) noexcept nogil:
     """theta += lr g on a block, g = w [pi (b - sum pi b) - tau (pf - pi sum pf)
-    + beta (pi_old - pi)] (without the tau and beta terms unless full); gsq += g^2 if first;
-    m = the new max of theta per lane."""
+    + beta (pi_old - pi)] with mean_b = sum pi b - tau sum pf: by mode, PF_NONE:
+    pi (b - mean_b); PF_BLOCK: pi (b - mean_b) - tau pf; PF_REVERSE: pf = pi _reverse_log,
+    with m the current shift; the beta term if penalized; gsq += g^2 if first; m_next =
+    the new max of theta per lane."""
     cdef Py_ssize_t a, l, i
-    cdef double g, t
+    cdef double g, t, pi
     for a in range(n_rows):
         for l in range(LANES):
             i = a * LANES + l
-            g = p[i] * (b[i] - mean_b[l])
-            if full:
-                g = g - tau * (pf[i] - p[i] * mean_f[l])
-                g = g + beta * (old[i] - p[i])
+            pi = p[i]
+            g = pi * (b[i] - mean_b[l])
+            if mode == PF_BLOCK:
+                g = g - tau * pf[i]
+            elif mode == PF_REVERSE:
+                g = pi * ((b[i] - mean_b[l]) - tau * _reverse_log(th[i], m[l], logz[l], logq[i]))
+            if penalized:
+                g = g + beta * (old[i] - pi)
             g = g * w[l]
             if first:
                 gsq[l] = gsq[l] + g * g
             t = th[i] + lr * g
             th[i] = t
-            m[l] = t if (a == 0) | (t > m[l]) else m[l] + 0.0
+            m_next[l] = t if (a == 0) | (t > m_next[l]) else m_next[l] + 0.0
 
 
 cdef inline void _kl_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr old,
@@ -323,52 +423,49 @@ cdef inline void _kl_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr old,
 
 
 cdef inline void _fprime_lanes(int code, double alpha, Py_ssize_t n_rows, cdptr p, cdptr x,
-                               cdptr m, cdptr z, dptr logz, cdptr q, cdptr logq, dptr pf,
+                               cdptr m, cdptr logz, cdptr q, cdptr logq, dptr pf,
                                dptr mean_f) noexcept nogil:
-    """pf = pi f'(pi/pi_ref) per pair of a block and mean_f = sum_a pf per lane, from the
-    block's softmax: log pi = (x - m) - log z (padding rows, where q = 0, get 0)."""
+    """pf = pi f'(pi/pi_ref) per pair of a block and mean_f = sum_a pf per lane, for the f
+    whose pi f' depends on pi but is not the reverse KL; log pi = (x - m) - log z from the
+    block's softmax (padding rows, where q = 0, get 0)."""
     cdef Py_ssize_t a, l, i
-    cdef double t, logp, L, y, e, small, big
+    cdef double t, logp, y, e, small, big
     cdef double at_zero = 0.0 if alpha < 1.0 else -INFINITY
-    if code == REVERSE_KL:  # pi (log pi - log pi_ref + 1)
-        for l in range(LANES):
-            logz[l] = flog(z[l])
+    cdef double inv_alpha = 1.0 / alpha, neg_inv_alpha = -1.0 / alpha
+    for l in range(LANES):
+        mean_f[l] = 0.0
+    if code == CHI_SQUARE:
         for a in range(n_rows):
             for l in range(LANES):
                 i = a * LANES + l
-                t = p[i] * ((((x[i] - m[l]) - logz[l]) - logq[i]) + 1.0)
+                t = ((2.0 * p[i]) * (p[i] - q[i])) / q[i]
                 pf[i] = t if q[i] > 0.0 else 0.0
-    elif code == FORWARD_KL:
-        for i in range(n_rows * LANES):
-            pf[i] = -q[i]
-    elif code == CHI_SQUARE:
-        for i in range(n_rows * LANES):
-            t = ((2.0 * p[i]) * (p[i] - q[i])) / q[i]
-            pf[i] = t if q[i] > 0.0 else 0.0
+                mean_f[l] = mean_f[l] + pf[i]
     elif code == HELLINGER:
-        for i in range(n_rows * LANES):
-            pf[i] = p[i] - sqrt(p[i] * q[i])
-    elif code == JENSEN_SHANNON:
-        for i in range(n_rows * LANES):
-            t = p[i] * flog((2.0 * p[i]) / (p[i] + q[i]))
-            pf[i] = t if p[i] > 0.0 else 0.0
-    elif code == ALPHA:  # pi L E(-alpha L), L = log(pi/pi_ref); (pi - e^(log pi - alpha L))/alpha once -alpha L > 1
-        for l in range(LANES):
-            logz[l] = flog(z[l])
+        for a in range(n_rows):
+            for l in range(LANES):
+                i = a * LANES + l
+                pf[i] = p[i] - sqrt(p[i] * q[i])
+                mean_f[l] = mean_f[l] + pf[i]
+    elif code == JENSEN_SHANNON:  # pi (log pi - log(pi + pi_ref) + log 2)
+        for a in range(n_rows):
+            for l in range(LANES):
+                i = a * LANES + l
+                t = p[i] * ((((x[i] - m[l]) - logz[l]) - flog(p[i] + q[i])) + LN2)
+                pf[i] = t if p[i] > 0.0 else 0.0
+                mean_f[l] = mean_f[l] + pf[i]
+    elif code == ALPHA:
+        # y = -alpha L, L = log(pi/pi_ref): pi f' = pi L E(y) = -pi (e^y - 1)/alpha for
+        # y <= 1, and (pi - e^(log pi + y))/alpha beyond (no overflow of e^y): one exp
         for a in range(n_rows):
             for l in range(LANES):
                 i = a * LANES + l
                 logp = (x[i] - m[l]) - logz[l]
-                L = logp - logq[i]
-                y = -alpha * L
-                e = fexpm1(y) / y
-                small = (p[i] * L) * (e if y != 0.0 else 1.0)
-                big = (p[i] - fexp(logp + y)) / alpha
+                y = -alpha * (logp - logq[i])
+                e = fexpm1_or_exp(y if y <= 1.0 else logp + y, y <= 1.0)
+                small = (p[i] * e) * neg_inv_alpha
+                big = (p[i] - e) * inv_alpha
                 t = small if y <= 1.0 else big
                 t = t if p[i] > 0.0 else at_zero
                 pf[i] = t if q[i] > 0.0 else 0.0
-    for l in range(LANES):
-        mean_f[l] = 0.0
-    for a in range(n_rows):
-        for l in range(LANES):
-            mean_f[l] = mean_f[l] + pf[a * LANES + l]
+                mean_f[l] = mean_f[l] + pf[i]

@@ -32,6 +32,8 @@ scalar calls do not vectorise here (llvmlite has no SVML).
 - :func:`fexpm1`: e^x − 1 for x ≤ 1 from the same reduction, 2^n (e^r − 1) + (2^n − 1),
   without the cancellation of e^x − 1 near 0: relative error ≤ 5e-16 on [−40, 1]; −1
   below −40 (where e^x < 2^-57).
+- :func:`fexpm1_or_exp`: :func:`fexpm1` or :func:`fexp`, chosen per element, from one
+  reduction; bit for bit either one (so their bounds hold).
 - :func:`flog`: fdlibm's log (also musl's): x = 2^k (1 + f), √2/2 ≤ 1 + f < √2,
   s = f/(2 + f), log(1 + f) = f − f²/2 + s (f²/2 + R(s²)), R of degree 7 (fdlibm's Lg1..Lg7,
   |error| < 2^-58.45): error < 1 ulp for every positive double (subnormals are rescaled by
@@ -55,6 +57,7 @@ TWO_M64 = 5.421010862427522e-20  # 2^-64
 LOG2E = 1.4426950408889634
 LN2_HI = 6.93147180369123816490e-01  # ln 2 to 32 bits: n·LN2_HI is exact for |n| < 2^21
 LN2_LO = 1.90821492927058770002e-10  # ln 2 − LN2_HI
+LN2 = 0.6931471805599453  # ln 2, rounded
 SHIFTER = 6755399441055744.0  # 1.5·2^52: x + SHIFTER rounds x to an integer in the low bits
 EXP_MIN = -746.0  # e^x rounds to 0 below −745.13
 EXP_MAX = 710.0  # e^x overflows above 709.78
@@ -191,6 +194,22 @@ def fexpm1(x):
     t, n, u = _expm1_reduced(x)
     scale = _pow2(t, EXP_BIAS)
     return fma(scale, u, scale - 1.0)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def fexpm1_or_exp(x, minus_one):
+    """e^x − 1 (as :func:`fexpm1`, for x ≤ 1) if ``minus_one``, else e^x (as :func:`fexp`),
+    bit for bit: one reduction for both, so that a loop that needs either per element pays
+    one exp."""
+    floor = EXPM1_MIN if minus_one else EXP_MIN
+    x = floor if x < floor else x
+    x = EXP_MAX if x > EXP_MAX else x
+    t, n, u = _expm1_reduced(x)
+    n1 = (n * 0.5 + SHIFTER) - SHIFTER  # 2^n = 2^{n1} 2^{n − n1}, both factors normal
+    scale = _pow2(n1 + SHIFTER, EXP_BIAS)
+    rest = _pow2((n - n1) + SHIFTER, EXP_BIAS)
+    whole = scale * rest  # 2^n exactly where minus_one (−58 ≤ n ≤ 2)
+    return fma(whole, u, whole - 1.0) if minus_one else fma(scale, u, scale) * rest
 
 
 @njit(cache=True, inline="always", error_model="numpy")

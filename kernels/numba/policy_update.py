@@ -23,12 +23,16 @@ from numba import njit, prange
 from ._codes import ALPHA, CHI_SQUARE, FORWARD_KL, HELLINGER, JENSEN_SHANNON, NONE, REVERSE_KL
 from ._divergence import fprime, fprime_inv, fprime_inv_tail, p_fprime, ref_f
 from ._jit import twins
-from ._softmax import (LANES, PAD_LOGIT, exp_constants, exp_lanes, fexp, fexpm1, flog,
+from ._softmax import (LN2, LANES, PAD_LOGIT, exp_constants, exp_lanes, fexpm1_or_exp, flog,
                        load_lanes, max_actions, max_lanes, store_lanes)
 
 TASK_BLOCKS = 32  # blocks of LANES states per parallel task
 
 TINIEST = 5e-324  # the smallest positive double
+
+PF_NONE = 0  # no τ term
+PF_BLOCK = 1  # π f' in the block pf, its lane sums in mean_f
+PF_REVERSE = 2  # reverse KL: π f' formed where it is used (_reverse_log)
 
 
 def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out):
@@ -121,72 +125,80 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
     """ppo_update for the states s0 ≤ s < s1: LANES states at a time, every inner step on
     (n_rows, LANES) blocks (see _softmax), written back once."""
     n_rows = max_actions(a_indptr, s0, s1)
-    block = np.empty((9, n_rows, LANES))
-    th, p, b, old, hi, lo, av, q, pf = (block[0], block[1], block[2], block[3], block[4],
-                                        block[5], block[6], block[7], block[8])
+    block = np.empty((8, n_rows, LANES))
+    th, p, b, old, thr, av, q, pf = (block[0], block[1], block[2], block[3], block[4],
+                                     block[5], block[6], block[7])
     logq = np.empty((n_rows, LANES) if tau != 0.0 and (code == REVERSE_KL or code == ALPHA)
                     else (0, LANES))
-    lanes = np.empty((10, LANES))
-    m, z, rz, logz, w, mean_b, mean_f, gsq, kl = (lanes[0], lanes[1], lanes[2], lanes[3],
-                                                  lanes[4], lanes[5], lanes[6], lanes[7],
-                                                  lanes[8])
+    lanes = np.empty((11, LANES))
+    m, m_next, z, rz, logz, w, mean_b, mean_f, gsq, kl = (
+        lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], lanes[5], lanes[6], lanes[7],
+        lanes[8], lanes[9])
     clipped = np.empty(LANES, dtype=np.int64)
-    k = exp_constants(lanes[9])
+    k = exp_constants(lanes[10])
     n_lanes = th.shape[1]
     regularized = tau != 0.0 and code != NONE
-    plain = not regularized and beta == 0.0
+    penalized = beta != 0.0
+    mode = PF_NONE
+    if regularized:
+        mode = PF_REVERSE if code == REVERSE_KL else PF_BLOCK
     hi_ratio = 1.0 + eps_high
     lo_ratio = 1.0 - eps_low
     for b0 in range(s0, s1, LANES):
         b1 = min(b0 + LANES, s1)
         _load_ppo_lanes(a_indptr, b0, b1, n_lanes, theta, pi_old, adv, th, old, av)
-        # ratio r = π/π_old < 1 + ε_high (> 1 − ε_low) as π < hi (π > lo); at π_old = 0
-        # (r = inf, or NaN at π = 0) as π < 0 (π > 0)
+        # the one bound on π each pair's clip can meet: r = π/π_old stays below 1 + ε_high
+        # where Ã > 0 (above 1 − ε_low where Ã < 0) as π < thr (π > thr); at π_old = 0
+        # (r = inf, or NaN at π = 0) thr = 0
         for a in range(n_rows):
             for l in range(n_lanes):
-                hi[a, l] = old[a, l] * hi_ratio if old[a, l] > 0.0 else 0.0
-                lo[a, l] = old[a, l] * lo_ratio if old[a, l] > 0.0 else 0.0
-        if regularized:
-            load_lanes(a_indptr, b0, b1, n_lanes, ref, 0.0, q)
-            for a in range(logq.shape[0]):
-                for l in range(n_lanes):
-                    logq[a, l] = flog(q[a, l])
+                o = old[a, l]
+                thr[a, l] = (o * hi_ratio if av[a, l] > 0.0 else o * lo_ratio) if o > 0.0 else 0.0
         for l in range(n_lanes):
             w[l] = weight[b0 + l] if b0 + l < b1 else 0.0
-            mean_f[l] = 0.0
-        if not regularized:
-            for a in range(n_rows):
+        if regularized:
+            load_lanes(a_indptr, b0, b1, n_lanes, ref, 0.0, q)
+            if code == REVERSE_KL:  # log π_ref − 1: −inf at π_ref = 0 (masks the pair)
+                for a in range(n_rows):
+                    for l in range(n_lanes):
+                        logq[a, l] = flog(q[a, l]) - 1.0
+            elif code == ALPHA:
+                for a in range(n_rows):
+                    for l in range(n_lanes):
+                        logq[a, l] = flog(q[a, l])
+            elif code == FORWARD_KL:  # π f' = −π_ref does not depend on π: once per block
                 for l in range(n_lanes):
-                    pf[a, l] = 0.0
+                    mean_f[l] = 0.0
+                for a in range(n_rows):
+                    for l in range(n_lanes):
+                        pf[a, l] = -q[a, l]
+                        mean_f[l] += pf[a, l]
         # each step: softmax (exp_lanes, then π = e·rz inside _clip_lanes), π f' and its
         # sum if regularized, the clipped advantages, and the ascent step, which also takes
-        # the max of the new logits (the next softmax's shift)
+        # the max of the new logits (the next softmax's shift, into m_next)
         max_lanes(th, n_rows, n_lanes, m)
         for step in range(n_steps + 1):
             exp_lanes(th, n_rows, n_lanes, m, p, z, rz, k)
             if step == n_steps:  # π = e·rz below, fused with KL(π ‖ π_old)
                 break
-            if step == n_steps - 1:  # the clipped-pair count of the last step
-                _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, True)
-            else:
-                _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, False)
-            if regularized:
-                _fprime_lanes(code, alpha, n_rows, p, th, m, z, logz, q, logq, pf, mean_f)
+            if mode != PF_NONE and (code == REVERSE_KL or code == ALPHA
+                                    or code == JENSEN_SHANNON):
+                for l in range(n_lanes):
+                    logz[l] = flog(z[l])
+            _clip_step(mode == PF_REVERSE, step == n_steps - 1, n_rows, p, rz, av, thr, b,
+                       mean_b, clipped, th, m, logz, logq, mean_f)
+            if mode == PF_BLOCK and code != FORWARD_KL:
+                _fprime_lanes(code, alpha, n_rows, p, th, m, logz, q, logq, pf, mean_f)
+            if mode != PF_NONE:  # g = π (b − (Σπb − τ Σpf)) − τ pf
+                for l in range(n_lanes):
+                    mean_b[l] = mean_b[l] - tau * mean_f[l]
             if step == 0:
                 for l in range(n_lanes):
                     gsq[l] = 0.0
-                if plain:
-                    _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
-                            m, False, True)
-                else:
-                    _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
-                            m, True, True)
-            elif plain:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
-                        m, False, False)
-            else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq,
-                        m, True, False)
+            _ascend_step(mode, penalized, step == 0, n_rows, th, p, b, mean_b, old, pf, logz,
+                         logq, w, tau, beta, lr, gsq, m, m_next)
+            for l in range(n_lanes):  # the new shift (the ascent read the current one)
+                m[l] = m_next[l]
         _kl_lanes(n_rows, p, rz, old, kl)
         store_lanes(a_indptr, b0, b1, th, theta)
         store_lanes(a_indptr, b0, b1, p, pi_out)
@@ -231,99 +243,179 @@ def _kl_lanes(n_rows, p, rz, old, kl):
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _clip_lanes(n_rows, p, rz, av, hi, lo, b, mean_b, clipped, count):
+def _clip_step(reverse, count, n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
+               mean_f):
+    """:func:`_clip_lanes` with literal flags (one branch-free loop per combination)."""
+    if reverse:
+        if count:
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
+                        mean_f, True, True)
+        else:
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
+                        mean_f, False, True)
+    elif count:
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
+                    mean_f, True, False)
+    else:
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
+                    mean_f, False, False)
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq, mean_f, count,
+                reverse):
     """π = e·rz in place (p holds e^{θ − m} from exp_lanes), b = the advantage where the
     clipped objective is active (else 0) and mean_b = Σ_a π b per lane; ``count``: also
-    clipped = the number of inactive pairs with a nonzero advantage, per lane. Called with
-    literal flags, so that each call compiles to one branch-free loop."""
+    clipped = the number of inactive pairs with a nonzero advantage, per lane; ``reverse``:
+    also mean_f = Σ_a π·:func:`_reverse_log` (logq holds log π_ref − 1). Called with literal
+    flags, so that each call compiles to one branch-free loop."""
     n_lanes = p.shape[1]
     for l in range(n_lanes):
         mean_b[l] = 0.0
         if count:
             clipped[l] = 0
+        if reverse:
+            mean_f[l] = 0.0
     for a in range(n_rows):
         for l in range(n_lanes):
             pi = p[a, l] * rz[l]
             p[a, l] = pi
             A = av[a, l]
-            active = (A > 0.0) & (pi < hi[a, l]) | (A < 0.0) & (pi > lo[a, l])
+            active = (A > 0.0) & (pi < thr[a, l]) | (A < 0.0) & (pi > thr[a, l])
             b[a, l] = A if active else 0.0
             mean_b[l] += pi * b[a, l]
             if count:
                 clipped[l] += 0 if active | (A == 0.0) else 1
+            if reverse:
+                mean_f[l] += pi * _reverse_log(th[a, l], m[l], logz[l], logq[a, l])
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _ascend(n_rows, th, p, b, mean_b, old, pf, mean_f, w, tau, beta, lr, gsq, m, full, first):
+def _reverse_log(x, m, logz, logq1):
+    """f'(π/π_ref) for the reverse KL, log π − log π_ref + 1, with log π = (x − m) − log z
+    and logq1 = log π_ref − 1 (0 where π_ref = 0)."""
+    t = ((x - m) - logz) - logq1
+    return t if logq1 > -math.inf else 0.0
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _ascend_step(mode, penalized, first, n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau,
+                 beta, lr, gsq, m, m_next):
+    """:func:`_ascend` with literal flags (one branch-free loop per combination)."""
+    if mode == PF_NONE:
+        if penalized:
+            if first:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                        lr, gsq, m, m_next, PF_NONE, True, True)
+            else:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                        lr, gsq, m, m_next, PF_NONE, True, False)
+        elif first:
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                    lr, gsq, m, m_next, PF_NONE, False, True)
+        else:
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                    lr, gsq, m, m_next, PF_NONE, False, False)
+    elif mode == PF_BLOCK:
+        if penalized:
+            if first:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                        lr, gsq, m, m_next, PF_BLOCK, True, True)
+            else:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                        lr, gsq, m, m_next, PF_BLOCK, True, False)
+        elif first:
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                    lr, gsq, m, m_next, PF_BLOCK, False, True)
+        else:
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                    lr, gsq, m, m_next, PF_BLOCK, False, False)
+    elif penalized:
+        if first:
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                    lr, gsq, m, m_next, PF_REVERSE, True, True)
+        else:
+            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                    lr, gsq, m, m_next, PF_REVERSE, True, False)
+    elif first:
+        _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                lr, gsq, m, m_next, PF_REVERSE, False, True)
+    else:
+        _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
+                lr, gsq, m, m_next, PF_REVERSE, False, False)
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta, lr, gsq, m, m_next,
+            mode, penalized, first):
     """θ += lr·g on a block, g = w π (b − Σπb) − τ (pf − π Σpf) + β (π_old − π) (SPEC §1),
-    and m = the new max of θ per lane; ``full``: with the τ and β terms (else they are 0);
-    ``first``: gsq += g² per lane. Called with literal flags, so that each call compiles to
-    one branch-free loop."""
+    with mean_b = Σπb − τ Σpf, and m_next = the new max of θ per lane. ``mode``: the τ term
+    (PF_NONE: none, g = π (b − mean_b); PF_BLOCK: π (b − mean_b) − τ pf, pf from the block;
+    PF_REVERSE: π ((b − mean_b) − τ :func:`_reverse_log`), m the current shift);
+    ``penalized``: with the β term; ``first``: gsq += g² per lane. Called with literal
+    flags, so that each call compiles to one branch-free loop."""
     n_lanes = th.shape[1]
     for a in range(n_rows):
         for l in range(n_lanes):
-            g = p[a, l] * (b[a, l] - mean_b[l])
-            if full:
-                g = g - tau * (pf[a, l] - p[a, l] * mean_f[l])
-                g = g + beta * (old[a, l] - p[a, l])
+            pi = p[a, l]
+            g = pi * (b[a, l] - mean_b[l])
+            if mode == PF_BLOCK:
+                g = g - tau * pf[a, l]
+            elif mode == PF_REVERSE:
+                g = pi * ((b[a, l] - mean_b[l])
+                          - tau * _reverse_log(th[a, l], m[l], logz[l], logq[a, l]))
+            if penalized:
+                g = g + beta * (old[a, l] - pi)
             g = g * w[l]
             if first:
                 gsq[l] += g * g
             t = th[a, l] + lr * g
             th[a, l] = t
-            m[l] = t if (a == 0) | (t > m[l]) else m[l] + 0.0
+            m_next[l] = t if (a == 0) | (t > m_next[l]) else m_next[l] + 0.0
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _fprime_lanes(code, alpha, n_rows, p, x, m, z, logz, q, logq, pf, mean_f):
-    """pf = π f'(π/π_ref) per pair of a block and mean_f = Σ_a pf per lane, from the block's
-    softmax: log π = (x − m) − log z (padding rows, where q = 0, get 0)."""
+def _fprime_lanes(code, alpha, n_rows, p, x, m, logz, q, logq, pf, mean_f):
+    """pf = π f'(π/π_ref) per pair of a block and mean_f = Σ_a pf per lane, for the f whose
+    π f' depends on π but is not the reverse KL; log π = (x − m) − log z from the block's
+    softmax (padding rows, where q = 0, get 0)."""
     n_lanes = p.shape[1]
-    if code == REVERSE_KL:  # π (log π − log π_ref + 1)
-        for l in range(n_lanes):
-            logz[l] = flog(z[l])
-        for a in range(n_rows):
-            for l in range(n_lanes):
-                t = p[a, l] * ((((x[a, l] - m[l]) - logz[l]) - logq[a, l]) + 1.0)
-                pf[a, l] = t if q[a, l] > 0.0 else 0.0
-    elif code == FORWARD_KL:
-        for a in range(n_rows):
-            for l in range(n_lanes):
-                pf[a, l] = -q[a, l]
-    elif code == CHI_SQUARE:
+    for l in range(n_lanes):
+        mean_f[l] = 0.0
+    if code == CHI_SQUARE:
         for a in range(n_rows):
             for l in range(n_lanes):
                 t = ((2.0 * p[a, l]) * (p[a, l] - q[a, l])) / q[a, l]
                 pf[a, l] = t if q[a, l] > 0.0 else 0.0
+                mean_f[l] += pf[a, l]
     elif code == HELLINGER:
         for a in range(n_rows):
             for l in range(n_lanes):
                 pf[a, l] = p[a, l] - math.sqrt(p[a, l] * q[a, l])
-    elif code == JENSEN_SHANNON:
+                mean_f[l] += pf[a, l]
+    elif code == JENSEN_SHANNON:  # π (log π − log(π + π_ref) + log 2)
         for a in range(n_rows):
             for l in range(n_lanes):
-                t = p[a, l] * flog((2.0 * p[a, l]) / (p[a, l] + q[a, l]))
+                t = p[a, l] * ((((x[a, l] - m[l]) - logz[l]) - flog(p[a, l] + q[a, l])) + LN2)
                 pf[a, l] = t if p[a, l] > 0.0 else 0.0
-    elif code == ALPHA:  # π L E(−αL), L = log(π/π_ref); (π − e^{log π − αL})/α once −αL > 1
+                mean_f[l] += pf[a, l]
+    elif code == ALPHA:
+        # y = −αL, L = log(π/π_ref): π f' = π L E(y) = −π (e^y − 1)/α for y ≤ 1, and
+        # (π − e^{log π + y})/α beyond (no overflow of e^y): one exp per pair
         at_zero = 0.0 if alpha < 1.0 else -math.inf  # lim_{π→0} π f'(π/π_ref)
-        for l in range(n_lanes):
-            logz[l] = flog(z[l])
+        inv_alpha = 1.0 / alpha
+        neg_inv_alpha = -1.0 / alpha
         for a in range(n_rows):
             for l in range(n_lanes):
                 logp = (x[a, l] - m[l]) - logz[l]
-                L = logp - logq[a, l]
-                y = -alpha * L
-                e = fexpm1(y) / y
-                small = (p[a, l] * L) * (e if y != 0.0 else 1.0)
-                big = (p[a, l] - fexp(logp + y)) / alpha
+                y = -alpha * (logp - logq[a, l])
+                e = fexpm1_or_exp(y if y <= 1.0 else logp + y, y <= 1.0)
+                small = (p[a, l] * e) * neg_inv_alpha
+                big = (p[a, l] - e) * inv_alpha
                 t = small if y <= 1.0 else big
                 t = t if p[a, l] > 0.0 else at_zero
                 pf[a, l] = t if q[a, l] > 0.0 else 0.0
-    for l in range(n_lanes):
-        mean_f[l] = 0.0
-    for a in range(n_rows):
-        for l in range(n_lanes):
-            mean_f[l] += pf[a, l]
+                mean_f[l] += pf[a, l]
 
 
 KERNELS = twins(greedy_policy, ppo_update)
