@@ -133,6 +133,85 @@ cdef extern from *:
         if (hi_b - lo_b > n) fp_gather_more(width, lo_b + n, hi_b, last, idx, data, x, K, acc_b);
     }
 
+    /* One block of 4·nv members (nv = 2 or 1) of state s: out[u] = x_s[u] − γ Σ_k w_k[u]
+       row_k[u], u < 4·nv, the used pairs' rows gathered two at a time (two chains of
+       adds side by side), each member's sums in order of j within a row and of k across
+       rows, as bellman_matvec. ``w[u]`` points at member u's policy row, ``x`` at the
+       block's first member of state 0, ``out`` at out[s, block's first member]. */
+    static inline void fp_matvec_block(const int nv, const int64_t *a_indptr,
+                                       const int64_t *p_indptr, const int32_t *idx,
+                                       const double *data, const double *const *w,
+                                       double gamma, const double *x, Py_ssize_t K,
+                                       Py_ssize_t s, int64_t last, double *out)
+    {
+        fp_v4 acc[2], held_w[2], wk[2], ra[2], rb[2];
+        const fp_v4 zero = {0.0, 0.0, 0.0, 0.0};
+        int64_t k, held = -1, i, n, ja, jb;
+        int v;
+        for (v = 0; v < nv; v++) acc[v] = zero;
+        for (k = a_indptr[s]; k < a_indptr[s + 1]; k++) {
+            int used = 0;
+            for (v = 0; v < nv; v++) {
+                fp_v4 t = {w[4 * v][k], w[4 * v + 1][k], w[4 * v + 2][k], w[4 * v + 3][k]};
+                wk[v] = t;
+                used |= (t[0] != 0.0) | (t[1] != 0.0) | (t[2] != 0.0) | (t[3] != 0.0);
+            }
+            if (!used) continue;
+            if (held < 0) {
+                held = k;
+                for (v = 0; v < nv; v++) held_w[v] = wk[v];
+                continue;
+            }
+            for (v = 0; v < nv; v++) { ra[v] = zero; rb[v] = zero; }
+            n = p_indptr[held + 1] - p_indptr[held];
+            if (p_indptr[k + 1] - p_indptr[k] < n) n = p_indptr[k + 1] - p_indptr[k];
+            for (i = 0; i < n; i++) {
+                ja = p_indptr[held] + i;
+                jb = p_indptr[k] + i;
+                const double *xa = x + (Py_ssize_t)idx[ja] * K, *xb = x + (Py_ssize_t)idx[jb] * K;
+                fp_v4 pa = {data[ja], data[ja], data[ja], data[ja]};
+                fp_v4 pb = {data[jb], data[jb], data[jb], data[jb]};
+                __builtin_prefetch(x + (Py_ssize_t)idx[ja + FP_AHEAD < last ? ja + FP_AHEAD : last] * K, 0, 3);
+                __builtin_prefetch(x + (Py_ssize_t)idx[jb + FP_AHEAD < last ? jb + FP_AHEAD : last] * K, 0, 3);
+                for (v = 0; v < nv; v++) {
+                    ra[v] = ra[v] + pa * *(const fp_v4u *)(xa + 4 * v);
+                    rb[v] = rb[v] + pb * *(const fp_v4u *)(xb + 4 * v);
+                }
+            }
+            for (ja = p_indptr[held] + n; ja < p_indptr[held + 1]; ja++) {
+                const double *xa = x + (Py_ssize_t)idx[ja] * K;
+                fp_v4 pa = {data[ja], data[ja], data[ja], data[ja]};
+                for (v = 0; v < nv; v++) ra[v] = ra[v] + pa * *(const fp_v4u *)(xa + 4 * v);
+            }
+            for (jb = p_indptr[k] + n; jb < p_indptr[k + 1]; jb++) {
+                const double *xb = x + (Py_ssize_t)idx[jb] * K;
+                fp_v4 pb = {data[jb], data[jb], data[jb], data[jb]};
+                for (v = 0; v < nv; v++) rb[v] = rb[v] + pb * *(const fp_v4u *)(xb + 4 * v);
+            }
+            for (v = 0; v < nv; v++) {
+                acc[v] = acc[v] + held_w[v] * ra[v];
+                acc[v] = acc[v] + wk[v] * rb[v];
+            }
+            held = -1;
+        }
+        if (held >= 0) {
+            for (v = 0; v < nv; v++) ra[v] = zero;
+            for (ja = p_indptr[held]; ja < p_indptr[held + 1]; ja++) {
+                const double *xa = x + (Py_ssize_t)idx[ja] * K;
+                fp_v4 pa = {data[ja], data[ja], data[ja], data[ja]};
+                __builtin_prefetch(x + (Py_ssize_t)idx[ja + FP_AHEAD < last ? ja + FP_AHEAD : last] * K, 0, 3);
+                for (v = 0; v < nv; v++) ra[v] = ra[v] + pa * *(const fp_v4u *)(xa + 4 * v);
+            }
+            for (v = 0; v < nv; v++) acc[v] = acc[v] + held_w[v] * ra[v];
+        }
+        {
+            const fp_v4 g = {gamma, gamma, gamma, gamma};
+            const double *xs = x + s * K;
+            for (v = 0; v < nv; v++)
+                *(fp_v4u *)(out + 4 * v) = *(const fp_v4u *)(xs + 4 * v) - g * acc[v];
+        }
+    }
+
     /* buf[idx[j] * K + u] += w[u] * data[j] for j in [lo, hi), u < width (8, 4 or 1);
        buf points at the block's first member. */
     static inline void fp_scatter(int width, int64_t lo, int64_t hi, int64_t last,
@@ -165,6 +244,10 @@ cdef extern from *:
         }
     }
     """
+    void fp_matvec_block(int nv, const int64_t *a_indptr, const int64_t *p_indptr,
+                         const int32_t *idx, const double *data, const double *const *w,
+                         double gamma, const double *x, Py_ssize_t K, Py_ssize_t s,
+                         int64_t last, double *out) nogil
     void fp_gather2(int width, int64_t lo_a, int64_t hi_a, int64_t lo_b, int64_t hi_b,
                     int64_t last, const int32_t *idx, const double *data, const double *x,
                     Py_ssize_t K, double *acc_a, double *acc_b) nogil
@@ -204,8 +287,16 @@ cdef inline void _matvec_state(const int64_t[::1] a_indptr, const int64_t[::1] p
     cdef double row2[8]
     cdef double w[8]
     cdef double w2[8]
+    cdef const double* rows[8]
     while m < K:
         width = _width(K - m)
+        if width > 1:  # a block of SIMD lanes
+            for u in range(width):
+                rows[u] = &pi[members[m + u], 0]
+            fp_matvec_block(width // 4, &a_indptr[0], &p_indptr[0], &p_indices[0], &p_data[0],
+                            rows, gamma, &x[0, m], K, s, last, &out[s, m])
+            m += width
+            continue
         for u in range(width):
             acc[u] = 0.0
         held = -1  # a used pair waiting for a second one
