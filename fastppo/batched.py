@@ -181,14 +181,14 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
             if current[m] is not None:
                 x[:, i] = current[m]
         b = np.ascontiguousarray(B[active].T)
-        ax, r = np.empty_like(x), np.empty_like(x)
+        ax, r, rows = np.empty_like(x), np.empty_like(x), np.empty((len(active), n))
         product = members.batch_product(transposed, active)
         finished = False
         while not finished:
             product(x, ax)
             n_matvec += 1
             np.subtract(b, ax, out=r)
-            rows = r.T.copy()  # each member's residual contiguous, as its own solve sees it
+            rows[:] = r.T  # each member's residual contiguous, as its own solve sees it
             for i, m in enumerate(active):
                 residual = stop.relative(rows[i], bnorm[m])
                 if stop.met(residual):
