@@ -7,25 +7,27 @@ members); its quantities are those of :func:`fastppo.evaluate` and
     Ṽ_m = (I − γ P_{π_m})^{-1} (r_{m,π_m} − τ D_f(π_m)),   Q̃_m = r_m + γ P Ṽ_m,
     Ã_m = Q̃_m − Σ_a π_m Q̃_m,   J_m = ρ · Ṽ_m,   d_m = (1 − γ) (I − γ P_{π_m}ᵀ)^{-1} μ_m.
 
-Inside, the K iterates are one (n_states, K) array, member m of state s at ``x[s, m]``:
-one product (kernels ``bellman_matvec_batch`` / ``bellman_rmatvec_batch``, stem
-``batched``) reads the transition rows once for all K members, where K separate calls
-read them K times. The products are memory-bound (benchmarks/RESULTS.md §2: one
-product at 50k states reads 70 MB), so K members cost far less than K products.
+Inside, the K iterates are one (n_states, K) array, member m of state s at ``x[s, m]``
+(64-byte aligned: at K = 8 a state's members are one cache line): one product (kernels
+``bellman_matvec_batch`` / ``bellman_rmatvec_batch``, stem ``batched``) reads the
+transition rows once for all K members, and gathers one line per successor, where K
+separate calls read the rows K times. The policies (and reward vectors) stay the (K,
+n_pairs) rows the caller gave; a product takes the rows of the members still running.
 
 The solve is the chain of ``fastppo._krylov.solve`` run for each member, in lockstep:
 extrapolated Richardson sweeps advance all members together, one batched product per
 sweep; each member keeps its own scale, residual, slow-sweep count and stopping
 decision, and is frozen (its iterate copied out, its column dropped from later products)
 the sweep it converges. Members whose sweeps stall (slow-mixing MDPs: gridworlds, local
-successors) continue with BiCGSTAB, also in lockstep: each member's BiCGSTAB is a
-generator that asks for the vectors it needs multiplied, and each step serves all of
-them with one batched product. GMRES, the last resort, runs per member on the
-single-member product. Member m's products are, term by term and in the same order,
-those of the single-member kernels, and its residuals and inner products are computed on
-the same contiguous vectors, so its iterates, stopping decisions, product counts and
-results are those of the separate call (to round-off, ~1e-15 relative; bit for bit on
-the compiled backends at one thread count).
+successors) continue with BiCGSTAB, also in lockstep: each member runs
+``fastppo._krylov.bicgstab_steps`` (the single solver's own iteration, a generator that
+asks for the products it needs), and each round serves all of them with one batched
+product. GMRES, the last resort, runs per member on the single-member product. Member
+m's products are, term by term and in the same order, those of the single-member
+kernels, and its residuals and inner products are computed on the same contiguous
+vectors, so its iterates, stopping decisions, product counts and results are those of
+the separate call: bit for bit on the compiled backends at the same thread count
+(tests/test_batched.py), to round-off (~1e-15 relative) on the NumPy reference.
 """
 import numpy as np
 
