@@ -14,7 +14,9 @@ reward vector, as the caller holds them (no transposed copy); member i uses row
 
 Members go in blocks of eight and four SIMD lanes (GCC vector extensions: a multiply
 then an add per lane, ``-ffp-contract=off``), the remainder one at a time; a pair is
-skipped when π is 0 for every member of the block. Each member's sums are those of
+skipped when π is 0 for every member of the block. ``bellman_matvec_batch`` gathers the
+rows of a state's used pairs two at a time, their sums advancing side by side (two
+independent chains of adds: a lone row's sum waits on each add). Each member's sums are those of
 kernels/cython/linear.pyx term by term, in the same order, so member i's product is bit
 for bit the single-member kernel's (``bellman_rmatvec_batch``: with as many chunks).
 Gathers and scatters prefetch the successor ``AHEAD`` entries on, as linear.pyx does.
@@ -75,62 +77,6 @@ cdef extern from *:
         int u;
         for (u = 0; u < width; u++) acc[u] = 0.0;
         fp_gather_more(width, lo, hi, last, idx, data, x, K, acc);
-    }
-
-    /* fp_gather for two rows [lo_a, hi_a) and [lo_b, hi_b) at once: their sums advance
-       side by side (two independent chains of adds), each in order of j. */
-    static inline void fp_gather2(int width, int64_t lo_a, int64_t hi_a, int64_t lo_b,
-                                  int64_t hi_b, int64_t last, const int32_t *idx,
-                                  const double *data, const double *x, Py_ssize_t K,
-                                  double *acc_a, double *acc_b)
-    {
-        int64_t i, n = hi_a - lo_a < hi_b - lo_b ? hi_a - lo_a : hi_b - lo_b;
-        if (width == 8) {
-            fp_v4 a0 = {0.0, 0.0, 0.0, 0.0}, a1 = a0, b0 = a0, b1 = a0;
-            for (i = 0; i < n; i++) {
-                int64_t ja = lo_a + i, jb = lo_b + i;
-                const double *xa = x + (Py_ssize_t)idx[ja] * K, *xb = x + (Py_ssize_t)idx[jb] * K;
-                fp_v4 pa = {data[ja], data[ja], data[ja], data[ja]};
-                fp_v4 pb = {data[jb], data[jb], data[jb], data[jb]};
-                __builtin_prefetch(x + (Py_ssize_t)idx[ja + FP_AHEAD < last ? ja + FP_AHEAD : last] * K, 0, 3);
-                __builtin_prefetch(x + (Py_ssize_t)idx[jb + FP_AHEAD < last ? jb + FP_AHEAD : last] * K, 0, 3);
-                a0 = a0 + pa * *(const fp_v4u *)xa;
-                a1 = a1 + pa * *(const fp_v4u *)(xa + 4);
-                b0 = b0 + pb * *(const fp_v4u *)xb;
-                b1 = b1 + pb * *(const fp_v4u *)(xb + 4);
-            }
-            *(fp_v4u *)acc_a = a0;
-            *(fp_v4u *)(acc_a + 4) = a1;
-            *(fp_v4u *)acc_b = b0;
-            *(fp_v4u *)(acc_b + 4) = b1;
-        } else if (width == 4) {
-            fp_v4 a0 = {0.0, 0.0, 0.0, 0.0}, b0 = a0;
-            for (i = 0; i < n; i++) {
-                int64_t ja = lo_a + i, jb = lo_b + i;
-                fp_v4 pa = {data[ja], data[ja], data[ja], data[ja]};
-                fp_v4 pb = {data[jb], data[jb], data[jb], data[jb]};
-                __builtin_prefetch(x + (Py_ssize_t)idx[ja + FP_AHEAD < last ? ja + FP_AHEAD : last] * K, 0, 3);
-                __builtin_prefetch(x + (Py_ssize_t)idx[jb + FP_AHEAD < last ? jb + FP_AHEAD : last] * K, 0, 3);
-                a0 = a0 + pa * *(const fp_v4u *)(x + (Py_ssize_t)idx[ja] * K);
-                b0 = b0 + pb * *(const fp_v4u *)(x + (Py_ssize_t)idx[jb] * K);
-            }
-            *(fp_v4u *)acc_a = a0;
-            *(fp_v4u *)acc_b = b0;
-        } else {
-            double a0 = 0.0, b0 = 0.0;
-            for (i = 0; i < n; i++) {
-                int64_t ja = lo_a + i, jb = lo_b + i;
-                __builtin_prefetch(x + (Py_ssize_t)idx[ja + FP_AHEAD < last ? ja + FP_AHEAD : last] * K, 0, 3);
-                __builtin_prefetch(x + (Py_ssize_t)idx[jb + FP_AHEAD < last ? jb + FP_AHEAD : last] * K, 0, 3);
-                a0 = a0 + data[ja] * x[(Py_ssize_t)idx[ja] * K];
-                b0 = b0 + data[jb] * x[(Py_ssize_t)idx[jb] * K];
-            }
-            acc_a[0] = a0;
-            acc_b[0] = b0;
-        }
-        /* the longer row's tail, continuing its sums */
-        if (hi_a - lo_a > n) fp_gather_more(width, lo_a + n, hi_a, last, idx, data, x, K, acc_a);
-        if (hi_b - lo_b > n) fp_gather_more(width, lo_b + n, hi_b, last, idx, data, x, K, acc_b);
     }
 
     /* One block of 4·nv members (nv = 2 or 1) of state s: out[u] = x_s[u] − γ Σ_k w_k[u]
@@ -248,9 +194,6 @@ cdef extern from *:
                          const int32_t *idx, const double *data, const double *const *w,
                          double gamma, const double *x, Py_ssize_t K, Py_ssize_t s,
                          int64_t last, double *out) nogil
-    void fp_gather2(int width, int64_t lo_a, int64_t hi_a, int64_t lo_b, int64_t hi_b,
-                    int64_t last, const int32_t *idx, const double *data, const double *x,
-                    Py_ssize_t K, double *acc_a, double *acc_b) nogil
     void fp_gather(int width, int64_t lo, int64_t hi, int64_t last, const int32_t *idx,
                    const double *data, const double *x, Py_ssize_t K, double *acc) nogil
     void fp_scatter(int width, int64_t lo, int64_t hi, int64_t last, const int32_t *idx,
@@ -278,48 +221,28 @@ cdef inline void _matvec_state(const int64_t[::1] a_indptr, const int64_t[::1] p
                                const double[:, ::1] pi, const int64_t[::1] members, double gamma,
                                const double[:, ::1] x, double[:, ::1] out, Py_ssize_t s,
                                int64_t last) noexcept nogil:
-    """out[s, :] for every block of members; the used pairs' rows two at a time
-    (``fp_gather2``), each member's sum over the pairs in order of k."""
+    """out[s, :]: blocks of eight and four members (``fp_matvec_block``), then the
+    members left one at a time; each member's sum over the pairs in order of k."""
     cdef Py_ssize_t K = x.shape[1], m = 0, u, width
-    cdef int64_t k, held
-    cdef double acc[8]
-    cdef double row[8]
-    cdef double row2[8]
-    cdef double w[8]
-    cdef double w2[8]
+    cdef int64_t k
+    cdef double acc, row
     cdef const double* rows[8]
     while m < K:
         width = _width(K - m)
-        if width > 1:  # a block of SIMD lanes
+        if width > 1:
             for u in range(width):
                 rows[u] = &pi[members[m + u], 0]
             fp_matvec_block(width // 4, &a_indptr[0], &p_indptr[0], &p_indices[0], &p_data[0],
                             rows, gamma, &x[0, m], K, s, last, &out[s, m])
-            m += width
-            continue
-        for u in range(width):
-            acc[u] = 0.0
-        held = -1  # a used pair waiting for a second one
-        for k in range(a_indptr[s], a_indptr[s + 1]):
-            if not _weights(pi, members, m, width, k, &w[0] if held < 0 else &w2[0]):
-                continue
-            if held < 0:
-                held = k
-                continue
-            fp_gather2(width, p_indptr[held], p_indptr[held + 1], p_indptr[k], p_indptr[k + 1],
-                       last, &p_indices[0], &p_data[0], &x[0, m], K, row, row2)
-            for u in range(width):
-                acc[u] = acc[u] + w[u] * row[u]
-            for u in range(width):
-                acc[u] = acc[u] + w2[u] * row2[u]
-            held = -1
-        if held >= 0:
-            fp_gather(width, p_indptr[held], p_indptr[held + 1], last, &p_indices[0], &p_data[0],
-                      &x[0, m], K, row)
-            for u in range(width):
-                acc[u] = acc[u] + w[u] * row[u]
-        for u in range(width):
-            out[s, m + u] = x[s, m + u] - gamma * acc[u]
+        else:
+            acc = 0.0
+            for k in range(a_indptr[s], a_indptr[s + 1]):
+                if pi[members[m], k] == 0.0:
+                    continue
+                fp_gather(1, p_indptr[k], p_indptr[k + 1], last, &p_indices[0], &p_data[0],
+                          &x[0, m], K, &row)
+                acc = acc + pi[members[m], k] * row
+            out[s, m] = x[s, m] - gamma * acc
         m += width
 
 
