@@ -1,7 +1,7 @@
 """Batched evaluation (issue 14 item 5): K members at once against one ``evaluate``.
 
     python benchmarks/batched.py [--n-states 50000] [--families garnet] [-K 8]
-                                 [--repeat 7] [--backend numba] [--n-threads 1]
+                                 [--repeat 7] [--backend NAME] [--n-threads 1]
 
 On the benchmark MDP (``benchmarks/benchmarks/common.py``: A = 10, b = 10, γ = 0.99) with
 0.1·reverse KL (the asv evaluate suite's regularizer), times side by side, in one run:
@@ -31,8 +31,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ben
 from common import build_mdp, describe_mdp  # noqa: E402
 
 import fastppo  # noqa: E402
-from fastppo._backend import get_kernel  # noqa: E402
+from fastppo._backend import get_kernel, resolve_backend  # noqa: E402
 from fastppo._evaluator import policy_rows  # noqa: E402
+from fastppo.batched import interleaved  # noqa: E402
 
 
 def cases(mdp, K, backend, n_threads):
@@ -43,10 +44,11 @@ def cases(mdp, K, backend, n_threads):
     z = np.random.default_rng(0).standard_normal((K, mdp.n_pairs))
     R = mdp.r + 0.1 * mdp.r.std() * z
     S = mdp.n_states
-    x1, xk = np.random.default_rng(2).random(S), np.random.default_rng(2).random((S, K))
+    x1, xk = np.random.default_rng(2).random(S), interleaved(S, K)
+    xk[:] = np.random.default_rng(2).random((S, K))
     o1, ok = np.empty(S), np.empty((S, K))
     rows = policy_rows(mdp, pis[0])
-    cols = np.ascontiguousarray(pis.T)
+    members = np.arange(K)
     mv, mvb = get_kernel("bellman_matvec", backend), get_kernel("bellman_matvec_batch", backend)
     a, pp, pj, pd = mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data
     return {
@@ -60,8 +62,8 @@ def cases(mdp, K, backend, n_threads):
         f"visitation_batch K={K}": (lambda: fastppo.visitation_batch(mdp, pis, **opts),
                                     "one visitation"),
         "one product": (lambda: mv(*rows, mdp.gamma, x1, o1, n_threads), "one product"),
-        f"batched product K={K}": (lambda: mvb(a, pp, pj, pd, cols, mdp.gamma, xk, ok, n_threads),
-                                   "one product"),
+        f"batched product K={K}": (lambda: mvb(a, pp, pj, pd, pis, members, mdp.gamma, xk, ok,
+                                               n_threads), "one product"),
     }, (pis, R, reg, opts)
 
 
@@ -71,12 +73,13 @@ def main():
     ap.add_argument("--families", nargs="+", default=["garnet"])
     ap.add_argument("-K", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=7)
-    ap.add_argument("--backend", default="numba")
+    ap.add_argument("--backend", default=None, help="default: the library's default backend")
     ap.add_argument("--n-threads", type=int, default=1)
     args = ap.parse_args()
     for family in args.families:
         mdp = build_mdp(family, args.n_states)
-        table, (pis, R, reg, opts) = cases(mdp, args.K, args.backend, args.n_threads)
+        backend = resolve_backend(args.backend)
+        table, (pis, R, reg, opts) = cases(mdp, args.K, backend, args.n_threads)
         for func, _ in table.values():  # JIT, page-in
             func()
         times = {name: [] for name in table}
@@ -93,7 +96,7 @@ def main():
                     f"K={args.K} policies": f"{bp.n_passes} batched (members {min(bp.n_matvec)}-{max(bp.n_matvec)})",
                     f"K={args.K} rewards": f"{br.n_passes} batched (members {min(br.n_matvec)}-{max(br.n_matvec)})"}
         print(f"\n{describe_mdp(family, args.n_states)}, {mdp.p_data.shape[0]:,} transitions; "
-              f"K = {args.K}, 0.1·reverse KL, backend {args.backend}, {args.n_threads} thread(s), "
+              f"K = {args.K}, 0.1·reverse KL, backend {backend}, {args.n_threads} thread(s), "
               f"medians of {args.repeat} interleaved repeats\n")
         print("| case | median | × reference | reference | products |")
         print("|---|---|---|---|---|")

@@ -371,18 +371,48 @@ BLOWUP = 1e8  # BiCGSTAB: a residual this far above the lowest seen restarts fro
 def _bicgstab(matvec, b, x, zero_start, stop, max_iter, max_restarts, check, steps=None):
     """BiCGSTAB for matvec(x) = b from ``x`` (updated in place), for a caller whose own
     residual ``check(x) -> (relative residual, products)`` decides convergence (the true
-    residual of the caller's system, of which this may be a preconditioned form).
+    residual of the caller's system, of which this may be a preconditioned form): the
+    steps of :func:`bicgstab_steps` served one at a time.
+
+    Returns (products, caller's residual, converged, stalled).
+    """
+    return drive(bicgstab_steps(b, x, zero_start, stop, max_iter, max_restarts, steps), matvec,
+                 check)
+
+
+def drive(steps, matvec, check):
+    """Serve a step generator (:func:`bicgstab_steps`) on one system: ``matvec(vector,
+    out)`` for each product it asks for, ``check(x)`` for each check; returns its result.
+    (``fastppo.batched`` serves K of them at once, one batched product per round.)"""
+    try:
+        vector, out = next(steps)
+        while True:
+            if out is None:
+                vector, out = steps.send(check(vector))
+            else:
+                matvec(vector, out)
+                vector, out = steps.send(None)
+    except StopIteration as done:
+        return done.value
+
+
+def bicgstab_steps(b, x, zero_start, stop, max_iter, max_restarts, steps=None):
+    """BiCGSTAB for A x = b from ``x`` (updated in place), step by step: a generator that
+    yields ``(vector, out)`` to have A·vector written into ``out`` (then resumed with
+    ``send(None)``), and ``(x, None)`` to have the caller's residual of ``x``, a pair
+    (relative residual, products), sent back: the true residual of the caller's system,
+    of which A may be a preconditioned form, decides convergence. Its return value
+    (``StopIteration.value``) is (products, caller's residual, converged, stalled).
     ``steps``, if given, runs the iteration between two checks compiled (the
     ``sgs_bicgstab`` kernel's interface, :meth:`fastppo._assembled.SplitView.bicgstab_steps`;
-    the same arithmetic as the loop here, in another summation order).
+    the same arithmetic as the loop here, in another summation order) and asks for no
+    product itself.
 
     The iteration stops when its recursive residual, scaled by the ratio of the caller's
     residual to it at the last check, is half the rule's target; the caller's residual is
     then checked, and a miss restarts with a fresh shadow residual. A non-finite or
     exploding iterate (residual above 1e8 × the lowest seen) restarts from the best finite
     one (a snapshot taken whenever the residual halved).
-
-    Returns (products, caller's residual, converged, stalled).
     """
     n, dot = b.shape[0], stop.space.dot
     bnorm = stop.norm(b)
@@ -394,7 +424,7 @@ def _bicgstab(matvec, b, x, zero_start, stop, max_iter, max_restarts, check, ste
         if zero_start and attempt == 0:
             r[:] = b
         else:
-            matvec(x, r)
+            yield x, r
             used += 1
             np.subtract(b, r, out=r)
         rel = stop.relative(r, bnorm)
@@ -421,14 +451,14 @@ def _bicgstab(matvec, b, x, zero_start, stop, max_iter, max_restarts, check, ste
             p -= omega * v
             p *= beta
             p += r
-            matvec(p, v)
+            yield p, v
             denom = dot(r_hat, v)
             if denom == 0.0:
                 used += 1
                 break
             alpha = rho_new / denom
             np.subtract(r, alpha * v, out=s)
-            matvec(s, t)
+            yield s, t
             used += 2
             tt = dot(t, t)
             omega = dot(t, s) / tt if tt > 0.0 else 0.0
@@ -444,11 +474,11 @@ def _bicgstab(matvec, b, x, zero_start, stop, max_iter, max_restarts, check, ste
             if rel < 0.5 * snap_rel:
                 snap[:] = x
                 snap_rel = rel
-        true, k = check(x)
+        true, k = yield x, None
         used += k
         if not math.isfinite(true):
             x[:] = snap
-            true, k = check(x)
+            true, k = yield x, None
             used += k
         if stop.met(true):
             return used, true, True, False

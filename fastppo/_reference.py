@@ -496,21 +496,22 @@ def sgs_bicgstab(indptr, mid, indices, data, diag, dinv, kdiag, transpose, y, r,
 
 
 # -------------------------------------------------------------------- batched
-# K members at once on (S, K) vectors; ``pi`` and ``r`` are (n_pairs, K) or (n_pairs, 1)
-# (one policy or reward shared by all members).
-def bellman_matvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out, n_threads=1):
-    """out[:, m] = x[:, m] − γ P_{π_m} x[:, m]."""
+# K members at once on (S, K) vectors; ``pi`` and ``r`` are (L, n_pairs), one row per
+# policy or reward vector, member i using row ``members[i]``.
+def bellman_matvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, members, gamma, x, out,
+                         n_threads=1):
+    """out[:, i] = x[:, i] − γ P_{π_m} x[:, i], m = members[i]."""
     Px = _P(p_indptr, p_indices, p_data, x.shape[0]) @ x  # (n_pairs, K)
-    out[:] = x - gamma * np.add.reduceat(pi * Px, a_indptr[:-1], axis=0)
+    out[:] = x - gamma * np.add.reduceat(pi[members].T * Px, a_indptr[:-1], axis=0)
 
 
-def bellman_rmatvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out, buf,
-                          n_threads=1):
-    """out[:, m] = x[:, m] − γ P_{π_m}ᵀ x[:, m]."""
-    w = pi * x[_states(a_indptr)]  # (n_pairs, K)
+def bellman_rmatvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, members, gamma, x, out,
+                          buf, n_threads=1):
+    """out[:, i] = x[:, i] − γ P_{π_m}ᵀ x[:, i], m = members[i]."""
+    w = pi[members].T * x[_states(a_indptr)]  # (n_pairs, K)
     out[:] = x - gamma * (_P(p_indptr, p_indices, p_data, x.shape[0]).T @ w)
 
 
-def q_values_batch(p_indptr, p_indices, p_data, r, gamma, v, out, n_threads=1):
-    """out[:, m] = r[:, m] + γ P v[:, m]."""
-    out[:] = r + gamma * (_P(p_indptr, p_indices, p_data, v.shape[0]) @ v)
+def q_values_batch(p_indptr, p_indices, p_data, r, members, gamma, v, out, n_threads=1):
+    """out[i] = r_m + γ P v[:, i], m = members[i]."""
+    out[:] = r[members] + gamma * (_P(p_indptr, p_indices, p_data, v.shape[0]) @ v).T

@@ -7,28 +7,28 @@ members); its quantities are those of :func:`fastppo.evaluate` and
     Ṽ_m = (I − γ P_{π_m})^{-1} (r_{m,π_m} − τ D_f(π_m)),   Q̃_m = r_m + γ P Ṽ_m,
     Ã_m = Q̃_m − Σ_a π_m Q̃_m,   J_m = ρ · Ṽ_m,   d_m = (1 − γ) (I − γ P_{π_m}ᵀ)^{-1} μ_m.
 
-Inside, the K iterates are one (n_states, K) array, member m of state s at ``x[s, m]``:
-one product (kernels ``bellman_matvec_batch`` / ``bellman_rmatvec_batch``, stem
-``batched``) reads the transition rows once for all K members, where K separate calls
-read them K times. The products are memory-bound (benchmarks/RESULTS.md §2: one
-product at 50k states reads 70 MB), so K members cost far less than K products.
+Inside, the K iterates are one (n_states, K) array, member m of state s at ``x[s, m]``
+(64-byte aligned: at K = 8 a state's members are one cache line): one product (kernels
+``bellman_matvec_batch`` / ``bellman_rmatvec_batch``, stem ``batched``) reads the
+transition rows once for all K members, and gathers one line per successor, where K
+separate calls read the rows K times. The policies (and reward vectors) stay the (K,
+n_pairs) rows the caller gave; a product takes the rows of the members still running.
 
 The solve is the chain of ``fastppo._krylov.solve`` run for each member, in lockstep:
 extrapolated Richardson sweeps advance all members together, one batched product per
 sweep; each member keeps its own scale, residual, slow-sweep count and stopping
 decision, and is frozen (its iterate copied out, its column dropped from later products)
 the sweep it converges. Members whose sweeps stall (slow-mixing MDPs: gridworlds, local
-successors) continue with BiCGSTAB, also in lockstep: each member's BiCGSTAB is a
-generator that asks for the vectors it needs multiplied, and each step serves all of
-them with one batched product. GMRES, the last resort, runs per member on the
-single-member product. Member m's products are, term by term and in the same order,
-those of the single-member kernels, and its residuals and inner products are computed on
-the same contiguous vectors, so its iterates, stopping decisions, product counts and
-results are those of the separate call (to round-off, ~1e-15 relative; bit for bit on
-the compiled backends at one thread count).
+successors) continue with BiCGSTAB, also in lockstep: each member runs
+``fastppo._krylov.bicgstab_steps`` (the single solver's own iteration, a generator that
+asks for the products it needs), and each round serves all of them with one batched
+product. GMRES, the last resort, runs per member on the single-member product. Member
+m's products are, term by term and in the same order, those of the single-member
+kernels, and its residuals and inner products are computed on the same contiguous
+vectors, so its iterates, stopping decisions, product counts and results are those of
+the separate call: bit for bit on the compiled backends at the same thread count
+(tests/test_batched.py), to round-off (~1e-15 relative) on the NumPy reference.
 """
-import math
-
 import numpy as np
 
 from . import _krylov
@@ -68,24 +68,41 @@ class BatchEvaluation(Result):
 
 
 # ---------------------------------------------------------------- the batched solve
+def interleaved(n, k):
+    """Zeros of shape (n, k), C-contiguous, starting on a 64-byte boundary: at K = 8 a
+    state's K entries are one cache line, which the products gather at once."""
+    buf = np.zeros(n * k + 8)
+    start = (-buf.ctypes.data % 64) // 8
+    return buf[start:start + n * k].reshape(n, k)
+
+
 class _Members:
     """The K members' product rows on one MDP: batched products for any subset of
-    members, and each member's single product (for the Krylov continuation)."""
+    members, and each member's single product (for the solvers that run per member).
+
+    ``pis`` (L, n_pairs) holds L = K policies, or L = 1 shared by all members; member m
+    uses row ``row_of[m]``.
+    """
 
     def __init__(self, mdp, pis, backend, n_threads):
-        self.mdp, self.n_threads = mdp, n_threads
-        self.pis = pis  # (K, n_pairs), or (1, n_pairs) when shared
+        self.mdp, self.n_threads, self.backend = mdp, n_threads, backend
+        self.pis = pis
+        self.row_of = np.arange(pis.shape[0]) if pis.shape[0] > 1 else None
         used = (pis != 0.0).any(axis=0)
         # the pairs some member uses, gathered once when they are at most half (as policy_rows)
         *rows, kept = policy_rows(mdp, used.astype(np.float64))
         self.rows = tuple(rows)
-        self.columns = np.ascontiguousarray((pis if kept.shape[0] == mdp.n_pairs
-                                             else pis[:, used]).T)  # (n_pairs', K or 1)
+        self.weights = pis if kept.shape[0] == mdp.n_pairs else np.ascontiguousarray(pis[:, used])
         self.k = {name: get_kernel(name, backend) for name in (
             "bellman_matvec_batch", "bellman_rmatvec_batch", "bellman_matvec", "bellman_rmatvec")}
-        self._last = (None, None)  # (key, product): π's columns packed once per set of members
-        self.backend = backend
+        self._last = (None, None)  # (key, product): the last subset's product
         self._matrices = {}  # member → its assembled I − γP_π (as the Evaluator's), on first use
+
+    def rows_of(self, members):
+        """The rows of ``pis`` the given members use (int64)."""
+        if self.row_of is None:
+            return np.zeros(len(members), dtype=np.int64)
+        return np.asarray(members, dtype=np.int64)
 
     def batch_product(self, transposed, members):
         """``product(x, out)`` on (n_states, len(members)) arrays for those members."""
@@ -95,50 +112,54 @@ class _Members:
         return self._last[1]
 
     def _batch_product(self, transposed, members):
-        every = self.columns.shape[1] in (1, len(members))  # shared π, or all members
-        pi = self.columns if every else np.ascontiguousarray(self.columns[:, members])
-        gamma, nt = self.mdp.gamma, self.n_threads
+        rows, gamma, nt = self.rows_of(members), self.mdp.gamma, self.n_threads
         if not transposed:
             kernel = self.k["bellman_matvec_batch"]
-            return lambda x, out: kernel(*self.rows, pi, gamma, x, out, nt)
+            return lambda x, out: kernel(*self.rows, self.weights, rows, gamma, x, out, nt)
         kernel = self.k["bellman_rmatvec_batch"]
-        buf = np.empty((nt, self.mdp.n_states, len(members)))
-        return lambda x, out: kernel(*self.rows, pi, gamma, x, out, buf, nt)
+        # as many chunks as the Evaluator's scatter (Evaluator._buf): the same sums
+        buf = np.empty((max(2, nt), self.mdp.n_states, len(members)))
+        return lambda x, out: kernel(*self.rows, self.weights, rows, gamma, x, out, buf, nt)
+
+    def policy(self, m):
+        return self.pis[m if self.row_of is not None else 0]
 
     def assembled(self, transposed, m):
         """``assembled()`` of member m's system: its I − γP_π assembled on first use
         (``Evaluator.assembled``), for the chain's solvers after the sweeps."""
         def view():
             if m not in self._matrices:
-                pi = self.pis[m if self.pis.shape[0] > 1 else 0]
-                self._matrices[m] = AssembledMatrix(self.mdp, policy_rows(self.mdp, pi), self.backend)
+                self._matrices[m] = AssembledMatrix(self.mdp, policy_rows(self.mdp, self.policy(m)),
+                                                    self.backend)
             return self._matrices[m].view(transposed, OMEGA)
         return view
 
     def single_product(self, transposed, m):
         """``matvec(x, out)`` of member m alone (the single-policy kernels)."""
-        pi = self.pis[m if self.pis.shape[0] > 1 else 0]
-        rows = (*policy_rows(self.mdp, pi), self.mdp.gamma)
+        rows = (*policy_rows(self.mdp, self.policy(m)), self.mdp.gamma)
         nt = self.n_threads
         if not transposed:
             kernel = self.k["bellman_matvec"]
             return lambda x, out: kernel(*rows, x, out, nt)
         kernel = self.k["bellman_rmatvec"]
-        buf = np.empty((nt, self.mdp.n_states))
+        buf = np.empty((max(2, nt), self.mdp.n_states))
         return lambda x, out: kernel(*rows, x, out, buf, nt)
 
 
 def _scaled(b, x0):
     """(b / 2^e, x0 / 2^e, e) for one member, as ``fastppo._krylov.solve`` scales."""
-    big = float(np.max(np.abs(b)))
-    if big == 0.0:
+    e = _krylov.scale_exponent(b)
+    if e == 0:
         return b, x0, 0
-    e = int(np.frexp(big)[1])
     return np.ldexp(b, -e), None if x0 is None else np.ldexp(x0, -e), e
 
 
 def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
     """Richardson sweeps for all members in lockstep (``_krylov.richardson`` per member).
+
+    The iterates are one (n, K') array of the K' members still sweeping; each sweep is one
+    batched product, the residuals' norms are taken on contiguous copies (as each
+    member's own solve sees them: the same bits), the rest is vectorised across members.
 
     B : (K, n) scaled right-hand sides; X0 : list of K scaled starts (None: zero).
     Returns (list of K LinearResult, number of batched products).
@@ -157,19 +178,19 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
         if not active:
             return results, n_matvec
         # (re)pack the active members' columns: frozen members leave the products
-        x = np.zeros((n, len(active)))
+        x = interleaved(n, len(active))
         for i, m in enumerate(active):
             if current[m] is not None:
                 x[:, i] = current[m]
         b = np.ascontiguousarray(B[active].T)
-        r = np.empty_like(x)
+        ax, r, rows = np.empty_like(x), np.empty_like(x), np.empty((len(active), n))
         product = members.batch_product(transposed, active)
         finished = False
         while not finished:
-            product(x, r)
+            product(x, ax)
             n_matvec += 1
-            np.subtract(b, r, out=r)
-            rows = r.T.copy()  # each member's residual contiguous, as its own solve sees it
+            np.subtract(b, ax, out=r)
+            rows[:] = r.T  # each member's residual contiguous, as its own solve sees it
             for i, m in enumerate(active):
                 residual = stop.relative(rows[i], bnorm[m])
                 if stop.met(residual):
@@ -184,130 +205,60 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
                                                       "richardson", stalled=n_matvec < max_iter)
             finished = any(results[m] is not None for m in active)
             x += r
-            if shift:
-                x += shift * 0.5 * (r.min(axis=0) + r.max(axis=0))
+            if shift:  # per member, as _krylov: shift · ½ (min r + max r)
+                x += shift * 0.5 * (rows.min(axis=1) + rows.max(axis=1))
         for i, m in enumerate(active):
             current[m] = x[:, i]
 
 
-def _bicgstab_steps(b, x0, stop, max_iter, max_restarts=5):
-    """``_krylov.bicgstab`` (its ``_bicgstab`` with the true residual as the check) step
-    for step, as a generator: it yields each vector to be multiplied by A, receives
-    A·vector (``send``), and returns its LinearResult.
-
-    The same operations in the same order as the single-system solver (kept in step
-    with it: tests/test_batched.py compares results, product counts and methods), so
-    a member driven by :func:`_lockstep` gets that solver's iterates.
-    """
-    bnorm = stop.norm(b)
-    n = b.shape[0]
-    x = np.zeros(n) if x0 is None or bnorm == 0.0 else np.array(x0, dtype=np.float64)
+def _bicgstab_member(b, x0, stop, max_iter, max_restarts=5):
+    """``_krylov.bicgstab`` on one member as a step generator: its requests are those of
+    ``_krylov.bicgstab_steps`` ((vector, out): a product; (x, None): the true residual
+    of x); returns the member's LinearResult."""
+    bnorm, x = _krylov._start(_krylov.System(None, b), x0, stop)
     if bnorm == 0.0:
         return _krylov.LinearResult(x, 0, 0.0, True, "bicgstab")
-    zero_start = x0 is None
-    dot = _krylov.dot
-    r, v, p, s, t = (np.empty(n) for _ in range(5))
-    used, ratio, last_true, stalls, true = 0, 1.0, np.inf, 0, np.inf
-    snap, snap_rel = x.copy(), np.inf
-
-    def check():  # the true residual: one product (a generator step of its own)
-        t[:] = yield x
-        np.subtract(b, t, out=t)
-        return stop.relative(t, bnorm)
-
-    for attempt in range(max_restarts + 1):
-        if zero_start and attempt == 0:
-            r[:] = b
-        else:
-            r[:] = yield x
-            used += 1
-            np.subtract(b, r, out=r)
-        rel = stop.relative(r, bnorm)
-        if not math.isfinite(rel):
-            x[:] = snap
-            continue
-        if rel < snap_rel:
-            snap[:] = x
-            snap_rel = rel
-        r_hat = r.copy()
-        rho = alpha = omega = 1.0
-        v.fill(0.0)
-        p.fill(0.0)
-        while used + 2 <= max_iter and not stop.met(2.0 * rel * ratio):
-            rho_new = dot(r_hat, r)
-            if rho_new == 0.0 or omega == 0.0:
-                break
-            beta = (rho_new / rho) * (alpha / omega)
-            p -= omega * v
-            p *= beta
-            p += r
-            v[:] = yield p
-            denom = dot(r_hat, v)
-            if denom == 0.0:
-                used += 1
-                break
-            alpha = rho_new / denom
-            np.subtract(r, alpha * v, out=s)
-            t[:] = yield s
-            used += 2
-            tt = dot(t, t)
-            omega = dot(t, s) / tt if tt > 0.0 else 0.0
-            x += alpha * p
-            x += omega * s
-            np.subtract(s, omega * t, out=r)
-            rho = rho_new
-            rel = stop.relative(r, bnorm)
-            if not rel <= 1e8 * snap_rel:
-                x[:] = snap
-                rel = snap_rel
-                break
-            if rel < 0.5 * snap_rel:
-                snap[:] = x
-                snap_rel = rel
-        true = yield from check()
-        used += 1
-        if not math.isfinite(true):
-            x[:] = snap
-            true = yield from check()
-            used += 1
-        if stop.met(true):
-            return _krylov.LinearResult(x, used, true, True, "bicgstab")
-        if rel > 0.0:
-            ratio = max(1.0, true / rel)
-        stalls = stalls + 1 if true > 0.5 * last_true else 0
-        last_true = min(last_true, true)
-        if used + 2 > max_iter:
-            return _krylov.LinearResult(x, used, true, False, "bicgstab")
-        if stalls == 2:
-            break
-    return _krylov.LinearResult(x, used, true, False, "bicgstab", stalled=True)
+    used, residual, converged, stalled = yield from _krylov.bicgstab_steps(
+        b, x, x0 is None, stop, max_iter, max_restarts)
+    return _krylov.LinearResult(x, used, residual, converged, "bicgstab", stalled)
 
 
-def _lockstep(members, transposed, steps):
-    """Drive per-member solver generators together: each round, one batched product of
-    the vectors they ask for. ``steps``: {member: generator}. Returns ({member:
-    LinearResult}, number of batched products)."""
+def _lockstep(members, transposed, B, starts, stop, max_iters):
+    """BiCGSTAB for the listed members together: each round, one batched product serves
+    every member's request (a product, or the product of its true-residual check, whose
+    relative residual is then sent back as ``_krylov.bicgstab``'s check computes it).
+
+    ``starts``, ``max_iters``: {member: start, budget}. Returns ({member: LinearResult},
+    number of batched products)."""
+    steps = {m: _bicgstab_member(B[m], starts[m], stop, max_iters[m]) for m in starts}
     pending, results = {}, {}
-    for m, gen in steps.items():
+
+    def advance(m, value):
         try:
-            pending[m] = next(gen)
+            pending[m] = steps[m].send(value)
         except StopIteration as done:
             results[m] = done.value
+            pending.pop(m, None)
+
+    for m in steps:
+        advance(m, None)
+    n = B.shape[1]
     n_passes = 0
     while pending:
         active = sorted(pending)
-        x = np.empty((next(iter(pending.values())).shape[0], len(active)))
+        x, out = interleaved(n, len(active)), np.empty((n, len(active)))
         for i, m in enumerate(active):
-            x[:, i] = pending[m]
-        out = np.empty_like(x)
+            x[:, i] = pending[m][0]
         members.batch_product(transposed, active)(x, out)
         n_passes += 1
         for i, m in enumerate(active):
-            try:
-                pending[m] = steps[m].send(np.ascontiguousarray(out[:, i]))
-            except StopIteration as done:
-                results[m] = done.value
-                del pending[m]
+            vector, target = pending[m]
+            if target is not None:
+                target[:] = out[:, i]
+                advance(m, None)
+            else:  # the check: as _krylov.bicgstab's, on a contiguous residual
+                residual = B[m] - out[:, i]
+                advance(m, (stop.relative(residual, stop.norm(B[m])), 1))
     return results, n_passes
 
 
@@ -337,16 +288,16 @@ def _solve_members(members, transposed, B, X0, what, shift, *, stop, max_iter, m
         links = links[1:]
         if links and links[0][0] == "bicgstab":  # as _krylov._finish: from the sweeps' iterate
             todo = [m for m in range(K) if not firsts[m].converged and firsts[m].n_matvec < max_iter]
-            steps = {m: _bicgstab_steps(Bs[m], firsts[m].x, stop, max_iter - firsts[m].n_matvec)
-                     for m in todo}
-            more, passes = _lockstep(members, transposed, steps)
+            more, passes = _lockstep(members, transposed, Bs, {m: firsts[m].x for m in todo}, stop,
+                                     {m: max_iter - firsts[m].n_matvec for m in todo})
             n_passes += passes
             for m in todo:
                 firsts[m] = _joined(firsts[m], more[m])
             links = links[1:]
     elif links[0][0] == "bicgstab":
-        firsts, n_passes = _lockstep(members, transposed, {
-            m: _bicgstab_steps(Bs[m], starts[m], stop, max_iter) for m in range(K)})
+        firsts, n_passes = _lockstep(members, transposed, Bs, dict(enumerate(starts)), stop,
+                                     dict.fromkeys(range(K), max_iter))
+        firsts = [firsts[m] for m in range(K)]
         links = links[1:]
     else:
         firsts = None
@@ -445,19 +396,7 @@ def evaluate_batch(mdp, pi, reg=None, *, r=None, v0=None, tol=DEFAULT_TOL, max_i
     if ref is None:
         ref = mdp.uniform_policy()
     members = _Members(mdp, pis, which, nt)
-
-    def pi_of(m):
-        return pis[m if pis.shape[0] > 1 else 0]
-
-    def r_of(m):
-        return mdp.r if rewards is None else rewards[m]
-
-    # right-hand sides c_m = r_{m,π_m} − τ D_f(π_m), one row each
-    reward_kernel = get_kernel("regularized_reward", which)
-    C = np.empty((K, mdp.n_states))
-    for m in range(K):
-        reward_kernel(mdp.a_indptr, r_of(m), pi_of(m), ref, code, alpha, tau, C[m], nt)
-        V.check_finite(C[m], f"r_pi - tau * D_f(pi) of member {m}")
+    C = _regularized_rewards(mdp, pis, rewards, ref, code, alpha, tau, which, nt)
     gamma = mdp.gamma
     results, n_passes = _solve_members(
         members, False, C, v0, VALUE_SYSTEM, gamma / (1.0 - gamma),
@@ -465,16 +404,17 @@ def evaluate_batch(mdp, pi, reg=None, *, r=None, v0=None, tol=DEFAULT_TOL, max_i
         method=opts["method"], restart=opts["restart"])
     v = np.stack([res.x for res in results])
     # Q̃ = r + γ P Ṽ for all members in one pass; Ã per member
-    vt = np.ascontiguousarray(v.T)
-    r_columns = mdp.r[:, None] if rewards is None else np.ascontiguousarray(rewards.T)
-    qt = np.empty((mdp.n_pairs, K))
-    get_kernel("q_values_batch", which)(mdp.p_indptr, mdp.p_indices, mdp.p_data, r_columns, gamma,
-                                        vt, qt, nt)
-    q = np.ascontiguousarray(qt.T)
+    vt = interleaved(mdp.n_states, K)
+    vt[:] = v.T
+    r_rows, r_of = ((mdp.r[None], np.zeros(K, dtype=np.int64)) if rewards is None
+                    else (rewards, np.arange(K, dtype=np.int64)))
+    q = np.empty((K, mdp.n_pairs))
+    get_kernel("q_values_batch", which)(mdp.p_indptr, mdp.p_indices, mdp.p_data, r_rows, r_of,
+                                        gamma, vt, q, nt)
     adv = np.empty_like(q)
     adv_kernel = get_kernel("advantages", which)
     for m in range(K):
-        adv_kernel(mdp.a_indptr, pi_of(m), q[m], adv[m], nt)
+        adv_kernel(mdp.a_indptr, members.policy(m), q[m], adv[m], nt)
     shape = (K, *_table_shape(mdp, like))
     return BatchEvaluation(
         v=v, q=q.reshape(shape), adv=adv.reshape(shape),
@@ -482,6 +422,32 @@ def evaluate_batch(mdp, pi, reg=None, *, r=None, v0=None, tol=DEFAULT_TOL, max_i
         n_matvec=np.array([res.n_matvec for res in results]),
         residual=np.array([res.residual for res in results]),
         method=[res.method for res in results], n_passes=n_passes, backend=which)
+
+
+def _regularized_rewards(mdp, pis, rewards, ref, code, alpha, tau, which, nt):
+    """c_m = r_{m,π_m} − τ D_f(π_m ‖ π_ref), one row per member (K, n_states), each as
+    the ``regularized_reward`` kernel gives it for member m alone.
+
+    With one policy for all members, τ D_f(π) is the same for every member: one pass
+    computes 0 − τ D_f(π) (the kernel's sum of π·0 is +0 exactly), the others r_{m,π}
+    alone (τ = 0), and c_m = r_{m,π} + (−τ D_f) is r_{m,π} − τ D_f rounded the same way.
+    """
+    kernel = get_kernel("regularized_reward", which)
+    K = pis.shape[0] if rewards is None else rewards.shape[0]
+    C = np.empty((K, mdp.n_states))
+    if pis.shape[0] == 1 and K > 1 and tau != 0.0:
+        divergence = np.empty(mdp.n_states)
+        kernel(mdp.a_indptr, np.zeros(mdp.n_pairs), pis[0], ref, code, alpha, tau, divergence, nt)
+        for m in range(K):
+            kernel(mdp.a_indptr, rewards[m], pis[0], ref, 0, 0.0, 0.0, C[m], nt)
+            C[m] += divergence
+    else:
+        for m in range(K):
+            kernel(mdp.a_indptr, mdp.r if rewards is None else rewards[m],
+                   pis[m if pis.shape[0] > 1 else 0], ref, code, alpha, tau, C[m], nt)
+    for m in range(K):
+        V.check_finite(C[m], f"r_pi - tau * D_f(pi) of member {m}")
+    return C
 
 
 def visitation_batch(mdp, pi, mu=None, *, d0=None, tol=DEFAULT_TOL, max_iter=None,

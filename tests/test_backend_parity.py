@@ -317,29 +317,37 @@ def _assembled_calls(mdp, inp, n_threads):
     return calls
 
 
-def _batched_calls(mdp, inp, n_threads, chunks):
-    """The K-member products on (S, K) vectors: K = 5 policies (a block of four and one
-    more; two with exact zeros), and one policy / one reward shared by all members
-    ((n_pairs, 1) columns)."""
-    a, pp, pj, pd = mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data
-    S, L, g = mdp.n_states, mdp.n_pairs, mdp.gamma
-    rng = np.random.default_rng(12)
-    pis = np.ascontiguousarray(np.stack(_batch_policies(mdp, inp)).T)  # (L, 5)
-    policies = {"K5": pis, "shared": np.ascontiguousarray(pis[:, 1:2])}
-    x = rng.normal(size=(S, 5))
-    rewards = {"K5": rng.normal(size=(L, 5)), "shared": mdp.r[:, None].copy()}
+# member i of a batch uses policy (or reward) row MEMBERS[i]: 13 members, so the Cython
+# kernels run a block of eight, one of four and one member alone (Numba: fours and one),
+# rows repeated and out of order
+MEMBERS = np.array([0, 1, 2, 3, 4, 4, 3, 2, 1, 0, 2, 0, 1], dtype=np.int64)
 
-    def out(n):
-        return np.full((n, 5), np.nan)
+
+def _batched_calls(mdp, inp, n_threads, chunks):
+    """The K-member products on (S, K) vectors: K = 13 members over 5 policies (two with
+    exact zeros), and one policy / one reward shared by all members (row 0 of one)."""
+    a, pp, pj, pd = mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data
+    S, L, g, K = mdp.n_states, mdp.n_pairs, mdp.gamma, MEMBERS.shape[0]
+    rng = np.random.default_rng(12)
+    pis = np.stack(_batch_policies(mdp, inp))  # (5, L)
+    shared = np.zeros(K, dtype=np.int64)
+    policies = {"K13": (pis, MEMBERS), "shared": (pis[1:2].copy(), shared)}
+    x = rng.normal(size=(S, K))
+    rewards = {"K13": (rng.normal(size=(5, L)), MEMBERS), "shared": (mdp.r[None].copy(), shared)}
+
+    def out(*shape):
+        return np.full(shape, np.nan)
 
     return {
-        "bellman_matvec_batch": [(tag, lambda k, p=p: _run(k, out(S), a, pp, pj, pd, p, g, x,
+        "bellman_matvec_batch": [(tag, lambda k, p=p: _run(k, out(S, K), a, pp, pj, pd, *p, g, x,
                                                            n_threads=n_threads))
                                  for tag, p in policies.items()],
         "bellman_rmatvec_batch": [(f"{tag}-chunks{c}", lambda k, p=p, c=c: _run(
-            k, out(S), a, pp, pj, pd, p, g, x, extra=np.full((c, S, 5), np.nan), n_threads=n_threads))
+            k, out(S, K), a, pp, pj, pd, *p, g, x, extra=np.full((c, S, K), np.nan),
+            n_threads=n_threads))
             for tag, p in policies.items() for c in chunks],
-        "q_values_batch": [(tag, lambda k, r=r: _run(k, out(L), pp, pj, pd, r, g, x, n_threads=n_threads))
+        "q_values_batch": [(tag, lambda k, r=r: _run(k, out(K, L), pp, pj, pd, *r, g, x,
+                                                     n_threads=n_threads))
                            for tag, r in rewards.items()],
     }
 
@@ -350,8 +358,8 @@ def _batch_policies(mdp, inp):
 
 
 def test_batched_kernels_equal_single_kernels(mdps):
-    """Member m of a batched product is the single-member product, bit for bit (compiled
-    backends: the same sums in the same order)."""
+    """Member i of a batched product is the single-member product of its row, bit for bit
+    (compiled backends: the same sums in the same order)."""
     mdp = mdps[1]
     inp = _kernel_inputs(mdp, np.random.default_rng(9))
     batched = _batched_calls(mdp, inp, 1, (2,))  # the same x, r and policies as below
@@ -359,23 +367,23 @@ def test_batched_kernels_equal_single_kernels(mdps):
     S, g = mdp.n_states, mdp.gamma
     rng = np.random.default_rng(12)
     pis = _batch_policies(mdp, inp)
-    x = rng.normal(size=(S, 5))
-    r = rng.normal(size=(mdp.n_pairs, 5))
+    x = rng.normal(size=(S, MEMBERS.shape[0]))
+    r = rng.normal(size=(5, mdp.n_pairs))
     for which in COMPILED:
         mv = batched["bellman_matvec_batch"][0][1](get_kernel("bellman_matvec_batch", which))
         rmv = batched["bellman_rmatvec_batch"][0][1](get_kernel("bellman_rmatvec_batch", which))
         q = batched["q_values_batch"][0][1](get_kernel("q_values_batch", which))
-        for m in range(5):
-            xm = np.ascontiguousarray(x[:, m])
+        for i, m in enumerate(MEMBERS):
+            xm = np.ascontiguousarray(x[:, i])
             single = _run(get_kernel("bellman_matvec", which), np.empty(S), a, pp, pj, pd, pis[m], g, xm,
                           n_threads=1)
-            np.testing.assert_array_equal(mv[:, m], single, err_msg=f"{which} matvec {m}")
+            np.testing.assert_array_equal(mv[:, i], single, err_msg=f"{which} matvec {i}")
             single = _run(get_kernel("bellman_rmatvec", which), np.empty(S), a, pp, pj, pd, pis[m], g,
                           xm, extra=np.empty((2, S)), n_threads=1)
-            np.testing.assert_array_equal(rmv[:, m], single, err_msg=f"{which} rmatvec {m}")
-            single = _run(get_kernel("q_values", which), np.empty(mdp.n_pairs), pp, pj, pd,
-                          np.ascontiguousarray(r[:, m]), g, xm, n_threads=1)
-            np.testing.assert_array_equal(q[:, m], single, err_msg=f"{which} q_values {m}")
+            np.testing.assert_array_equal(rmv[:, i], single, err_msg=f"{which} rmatvec {i}")
+            single = _run(get_kernel("q_values", which), np.empty(mdp.n_pairs), pp, pj, pd, r[m], g,
+                          xm, n_threads=1)
+            np.testing.assert_array_equal(q[i], single, err_msg=f"{which} q_values {i}")
 
 
 def _run(kernel, out, *args, extra=None, n_threads, tail=()):

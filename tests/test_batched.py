@@ -258,3 +258,56 @@ def test_bad_input_names_the_parameter():
         fastppo.evaluate_batch(mdp, pis, max_iter=2)
     with pytest.raises(ValueError, match="backend must be one of"):
         fastppo.evaluate_batch(mdp, pis, backend="fortran")
+
+
+# ------------------------------------------- bit for bit on the compiled backends
+@pytest.mark.parametrize("which,n_threads", [(b, t) for b in ("numba", "cython") for t in (1, 2)])
+def test_members_equal_separate_calls_bit_for_bit(which, n_threads):
+    """K = 13 policies (the Cython products' blocks of eight, four and one; members
+    frozen at different sweeps), K = 9 reward vectors of one policy (its divergence
+    computed once): every member's values, tables, product counts and methods are those
+    of its own call, bit for bit (the same products and sums in the same order)."""
+    mdp = random_mdp(74, n_states=30, n_actions=3, gamma=0.95, density=0.3)
+    reg = fastppo.ReverseKL(0.2)
+    opts = dict(backend=which, n_threads=n_threads)
+    pis = _policies(mdp, 13, seed=80, deterministic=(4,))
+    ev = fastppo.evaluate_batch(mdp, pis, reg, **opts)
+    d = fastppo.visitation_batch(mdp, pis, full_output=True, **opts)
+    assert len(set(ev.n_matvec)) > 1  # members frozen at different sweeps
+    for m in range(13):
+        one = fastppo.evaluate(mdp, pis[m], reg, **opts)
+        for name in ("v", "q", "adv"):
+            np.testing.assert_array_equal(getattr(ev, name)[m], getattr(one, name), err_msg=f"{name}[{m}]")
+        assert (ev.n_matvec[m], ev.method[m], ev.residual[m]) == (one.n_matvec, one.method, one.residual)
+        vis = fastppo.visitation(mdp, pis[m], full_output=True, **opts)
+        np.testing.assert_array_equal(d.d[m], vis.d, err_msg=f"d[{m}]")
+        assert d.n_matvec[m] == vis.n_matvec
+    r = mdp.r + np.random.default_rng(6).normal(size=(9, mdp.n_pairs))
+    ev = fastppo.evaluate_batch(mdp, pis[0], reg, r=r, **opts)
+    for m in range(9):
+        one = fastppo.evaluate(mdp.with_rewards(r[m]), pis[0], reg, **opts)
+        for name in ("v", "q", "adv"):
+            np.testing.assert_array_equal(getattr(ev, name)[m], getattr(one, name), err_msg=f"{name}[{m}]")
+        assert ev.n_matvec[m] == one.n_matvec
+
+
+def test_one_member_is_evaluate_bit_for_bit():
+    """K = 1 through every path: the batch of one is ``evaluate`` / ``visitation``."""
+    mdp = random_mdp(75, n_states=25, n_actions=4, gamma=0.9, density=0.3)
+    pi = random_policy(mdp, 5)[0]
+    for which in ("numba", "cython"):
+        ev = fastppo.evaluate_batch(mdp, pi[None], fastppo.ForwardKL(0.1), backend=which, n_threads=1)
+        one = fastppo.evaluate(mdp, pi, fastppo.ForwardKL(0.1), backend=which, n_threads=1)
+        np.testing.assert_array_equal(ev.v[0], one.v)
+        np.testing.assert_array_equal(ev.q[0], one.q)
+        assert ev.n_matvec[0] == one.n_matvec and ev.n_passes == one.n_matvec
+        d = fastppo.visitation_batch(mdp, pi[None], backend=which, n_threads=1)
+        np.testing.assert_array_equal(d[0], fastppo.visitation(mdp, pi, backend=which, n_threads=1))
+
+
+def test_interleaved_vectors_start_on_a_cache_line():
+    from fastppo.batched import interleaved
+    for n, k in ((1, 1), (7, 8), (1000, 8), (10, 3)):
+        x = interleaved(n, k)
+        assert x.shape == (n, k) and x.flags.c_contiguous and x.ctypes.data % 64 == 0
+        assert not x.any()

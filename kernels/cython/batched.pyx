@@ -1,88 +1,297 @@
 """Sparse products for K members at once, on (S, K)-interleaved vectors.
 
-``bellman_matvec_batch``:  out[:, m] = x[:, m] − γ P_{π_m} x[:, m]
-``bellman_rmatvec_batch``: out[:, m] = x[:, m] − γ P_{π_m}ᵀ x[:, m], scattered into
+``bellman_matvec_batch``:  out[:, i] = x[:, i] − γ P_{π_m} x[:, i],  m = members[i]
+``bellman_rmatvec_batch``: out[:, i] = x[:, i] − γ P_{π_m}ᵀ x[:, i], scattered into
                            per-chunk buffers ``buf`` (n_chunks, n_states, K) reduced in a
                            fixed order
-``q_values_batch``:        out[:, m] = r[:, m] + γ P v[:, m]
+``q_values_batch``:        out[i, :] = r_m + γ P v[:, i],  m = members[i]
 
-``pi`` and ``r`` are (n_pairs, K), or (n_pairs, 1) when shared by all members. Members
-go in blocks of four with four scalar accumulators (the remainder K mod 4 one at a
-time); a pair is skipped when π is 0 for every member of the block. Each member's sums
-are those of kernels/cython/linear.pyx term by term, in the same order.
+Vectors are (n_states, K) C-contiguous: the K entries of one successor share a cache
+line (64 bytes at K = 8), so a product reads P's rows once and gathers one line per
+successor for all K members. ``pi`` and ``r`` are (L, n_pairs), one row per policy or
+reward vector, as the caller holds them (no transposed copy); member i uses row
+``members[i]`` (all 0: one policy or reward for all members).
+
+Members go in blocks of eight and four SIMD lanes (GCC vector extensions: a multiply
+then an add per lane, ``-ffp-contract=off``), the remainder one at a time; a pair is
+skipped when π is 0 for every member of the block. ``bellman_matvec_batch`` gathers the
+rows of a state's used pairs two at a time, their sums advancing side by side (two
+independent chains of adds: a lone row's sum waits on each add). Each member's sums are those of
+kernels/cython/linear.pyx term by term, in the same order, so member i's product is bit
+for bit the single-member kernel's (``bellman_rmatvec_batch``: with as many chunks).
+Gathers and scatters prefetch the successor ``AHEAD`` entries on, as linear.pyx does.
 Mirrors kernels/numba/batched.py.
 """
 from cython.parallel cimport prange
 from libc.stdint cimport int32_t, int64_t
 
 
-def bellman_matvec_batch(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
-                         const int32_t[::1] p_indices, const double[::1] p_data,
-                         const double[:, ::1] pi, double gamma, const double[:, ::1] x,  # IN
-                         double[:, ::1] out, int n_threads):                             # OUT
-    """bellman_matvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out, n_threads)"""
-    cdef Py_ssize_t n_states = out.shape[0], K = out.shape[1], s, m, i
-    cdef Py_ssize_t shared = 0 if pi.shape[1] == 1 else 1, n_four = K // 4 * 4
-    cdef int64_t k, j
-    cdef int32_t t
-    cdef double a0, a1, a2, a3, r0, r1, r2, r3, w0, w1, w2, w3, pj, acc, row, w
-    for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
-        for i in range(n_four // 4):
-            m = 4 * i
-            a0 = 0.0
-            a1 = 0.0
-            a2 = 0.0
-            a3 = 0.0
-            for k in range(a_indptr[s], a_indptr[s + 1]):
-                w0 = pi[k, m * shared]
-                w1 = pi[k, (m + 1) * shared]
-                w2 = pi[k, (m + 2) * shared]
-                w3 = pi[k, (m + 3) * shared]
-                if w0 == 0.0 and w1 == 0.0 and w2 == 0.0 and w3 == 0.0:
-                    continue
-                r0 = 0.0
-                r1 = 0.0
-                r2 = 0.0
-                r3 = 0.0
-                for j in range(p_indptr[k], p_indptr[k + 1]):
-                    pj = p_data[j]
-                    t = p_indices[j]
-                    r0 = r0 + pj * x[t, m]
-                    r1 = r1 + pj * x[t, m + 1]
-                    r2 = r2 + pj * x[t, m + 2]
-                    r3 = r3 + pj * x[t, m + 3]
-                a0 = a0 + w0 * r0
-                a1 = a1 + w1 * r1
-                a2 = a2 + w2 * r2
-                a3 = a3 + w3 * r3
-            out[s, m] = x[s, m] - gamma * a0
-            out[s, m + 1] = x[s, m + 1] - gamma * a1
-            out[s, m + 2] = x[s, m + 2] - gamma * a2
-            out[s, m + 3] = x[s, m + 3] - gamma * a3
-        for m in range(n_four, K):
+cdef extern from *:
+    """
+    typedef double fp_v4 __attribute__((vector_size(32)));
+    typedef double fp_v4u __attribute__((vector_size(32), aligned(8)));
+    #define FP_AHEAD 32  /* entries of P ahead (kernels/cython/linear.pyx: the same) */
+
+    /* acc[u] += data[j] * x[idx[j] * K + u] for j in [lo, hi) in order, u < width (8,
+       4 or 1); x points at the block's first member. */
+    static inline void fp_gather_more(int width, int64_t lo, int64_t hi, int64_t last,
+                                      const int32_t *idx, const double *data, const double *x,
+                                      Py_ssize_t K, double *acc)
+    {
+        int64_t j;
+        if (width == 8) {
+            fp_v4 r0 = *(const fp_v4u *)acc, r1 = *(const fp_v4u *)(acc + 4);
+            for (j = lo; j < hi; j++) {
+                const double *xt = x + (Py_ssize_t)idx[j] * K;
+                fp_v4 p = {data[j], data[j], data[j], data[j]};
+                __builtin_prefetch(x + (Py_ssize_t)idx[j + FP_AHEAD < last ? j + FP_AHEAD : last] * K, 0, 3);
+                r0 = r0 + p * *(const fp_v4u *)xt;
+                r1 = r1 + p * *(const fp_v4u *)(xt + 4);
+            }
+            *(fp_v4u *)acc = r0;
+            *(fp_v4u *)(acc + 4) = r1;
+        } else if (width == 4) {
+            fp_v4 r0 = *(const fp_v4u *)acc;
+            for (j = lo; j < hi; j++) {
+                fp_v4 p = {data[j], data[j], data[j], data[j]};
+                __builtin_prefetch(x + (Py_ssize_t)idx[j + FP_AHEAD < last ? j + FP_AHEAD : last] * K, 0, 3);
+                r0 = r0 + p * *(const fp_v4u *)(x + (Py_ssize_t)idx[j] * K);
+            }
+            *(fp_v4u *)acc = r0;
+        } else {
+            double r0 = acc[0];
+            for (j = lo; j < hi; j++) {
+                __builtin_prefetch(x + (Py_ssize_t)idx[j + FP_AHEAD < last ? j + FP_AHEAD : last] * K, 0, 3);
+                r0 = r0 + data[j] * x[(Py_ssize_t)idx[j] * K];
+            }
+            acc[0] = r0;
+        }
+    }
+
+    /* acc[u] = sum over j in [lo, hi) of data[j] * x[idx[j] * K + u], u < width (8, 4
+       or 1), summed in order of j from 0; x points at the block's first member. */
+    static inline void fp_gather(int width, int64_t lo, int64_t hi, int64_t last,
+                                 const int32_t *idx, const double *data, const double *x,
+                                 Py_ssize_t K, double *acc)
+    {
+        int u;
+        for (u = 0; u < width; u++) acc[u] = 0.0;
+        fp_gather_more(width, lo, hi, last, idx, data, x, K, acc);
+    }
+
+    /* One block of 4·nv members (nv = 2 or 1) of state s: out[u] = x_s[u] − γ Σ_k w_k[u]
+       row_k[u], u < 4·nv, the used pairs' rows gathered two at a time (two chains of
+       adds side by side), each member's sums in order of j within a row and of k across
+       rows, as bellman_matvec. ``w[u]`` points at member u's policy row, ``x`` at the
+       block's first member of state 0, ``out`` at out[s, block's first member]. */
+    static inline void fp_matvec_block(const int nv, const int64_t *a_indptr,
+                                       const int64_t *p_indptr, const int32_t *idx,
+                                       const double *data, const double *const *w,
+                                       double gamma, const double *x, Py_ssize_t K,
+                                       Py_ssize_t s, int64_t last, double *out)
+    {
+        fp_v4 acc[2], held_w[2], wk[2], ra[2], rb[2];
+        const fp_v4 zero = {0.0, 0.0, 0.0, 0.0};
+        int64_t k, held = -1, i, n, ja, jb;
+        int v;
+        for (v = 0; v < nv; v++) acc[v] = zero;
+        for (k = a_indptr[s]; k < a_indptr[s + 1]; k++) {
+            int used = 0;
+            for (v = 0; v < nv; v++) {
+                fp_v4 t = {w[4 * v][k], w[4 * v + 1][k], w[4 * v + 2][k], w[4 * v + 3][k]};
+                wk[v] = t;
+                used |= (t[0] != 0.0) | (t[1] != 0.0) | (t[2] != 0.0) | (t[3] != 0.0);
+            }
+            if (!used) continue;
+            if (held < 0) {
+                held = k;
+                for (v = 0; v < nv; v++) held_w[v] = wk[v];
+                continue;
+            }
+            for (v = 0; v < nv; v++) { ra[v] = zero; rb[v] = zero; }
+            n = p_indptr[held + 1] - p_indptr[held];
+            if (p_indptr[k + 1] - p_indptr[k] < n) n = p_indptr[k + 1] - p_indptr[k];
+            for (i = 0; i < n; i++) {
+                ja = p_indptr[held] + i;
+                jb = p_indptr[k] + i;
+                const double *xa = x + (Py_ssize_t)idx[ja] * K, *xb = x + (Py_ssize_t)idx[jb] * K;
+                fp_v4 pa = {data[ja], data[ja], data[ja], data[ja]};
+                fp_v4 pb = {data[jb], data[jb], data[jb], data[jb]};
+                __builtin_prefetch(x + (Py_ssize_t)idx[ja + FP_AHEAD < last ? ja + FP_AHEAD : last] * K, 0, 3);
+                __builtin_prefetch(x + (Py_ssize_t)idx[jb + FP_AHEAD < last ? jb + FP_AHEAD : last] * K, 0, 3);
+                for (v = 0; v < nv; v++) {
+                    ra[v] = ra[v] + pa * *(const fp_v4u *)(xa + 4 * v);
+                    rb[v] = rb[v] + pb * *(const fp_v4u *)(xb + 4 * v);
+                }
+            }
+            for (ja = p_indptr[held] + n; ja < p_indptr[held + 1]; ja++) {
+                const double *xa = x + (Py_ssize_t)idx[ja] * K;
+                fp_v4 pa = {data[ja], data[ja], data[ja], data[ja]};
+                for (v = 0; v < nv; v++) ra[v] = ra[v] + pa * *(const fp_v4u *)(xa + 4 * v);
+            }
+            for (jb = p_indptr[k] + n; jb < p_indptr[k + 1]; jb++) {
+                const double *xb = x + (Py_ssize_t)idx[jb] * K;
+                fp_v4 pb = {data[jb], data[jb], data[jb], data[jb]};
+                for (v = 0; v < nv; v++) rb[v] = rb[v] + pb * *(const fp_v4u *)(xb + 4 * v);
+            }
+            for (v = 0; v < nv; v++) {
+                acc[v] = acc[v] + held_w[v] * ra[v];
+                acc[v] = acc[v] + wk[v] * rb[v];
+            }
+            held = -1;
+        }
+        if (held >= 0) {
+            for (v = 0; v < nv; v++) ra[v] = zero;
+            for (ja = p_indptr[held]; ja < p_indptr[held + 1]; ja++) {
+                const double *xa = x + (Py_ssize_t)idx[ja] * K;
+                fp_v4 pa = {data[ja], data[ja], data[ja], data[ja]};
+                __builtin_prefetch(x + (Py_ssize_t)idx[ja + FP_AHEAD < last ? ja + FP_AHEAD : last] * K, 0, 3);
+                for (v = 0; v < nv; v++) ra[v] = ra[v] + pa * *(const fp_v4u *)(xa + 4 * v);
+            }
+            for (v = 0; v < nv; v++) acc[v] = acc[v] + held_w[v] * ra[v];
+        }
+        {
+            const fp_v4 g = {gamma, gamma, gamma, gamma};
+            const double *xs = x + s * K;
+            for (v = 0; v < nv; v++)
+                *(fp_v4u *)(out + 4 * v) = *(const fp_v4u *)(xs + 4 * v) - g * acc[v];
+        }
+    }
+
+    /* buf[idx[j] * K + u] += w[u] * data[j] for j in [lo, hi), u < width (8, 4 or 1);
+       buf points at the block's first member. */
+    static inline void fp_scatter(int width, int64_t lo, int64_t hi, int64_t last,
+                                  const int32_t *idx, const double *data, const double *w,
+                                  double *buf, Py_ssize_t K)
+    {
+        int64_t j;
+        if (width == 8) {
+            fp_v4 w0 = *(const fp_v4u *)w, w1 = *(const fp_v4u *)(w + 4);
+            for (j = lo; j < hi; j++) {
+                double *bt = buf + (Py_ssize_t)idx[j] * K;
+                fp_v4 p = {data[j], data[j], data[j], data[j]};
+                __builtin_prefetch(buf + (Py_ssize_t)idx[j + FP_AHEAD < last ? j + FP_AHEAD : last] * K, 1, 3);
+                *(fp_v4u *)bt = *(fp_v4u *)bt + w0 * p;
+                *(fp_v4u *)(bt + 4) = *(fp_v4u *)(bt + 4) + w1 * p;
+            }
+        } else if (width == 4) {
+            fp_v4 w0 = *(const fp_v4u *)w;
+            for (j = lo; j < hi; j++) {
+                double *bt = buf + (Py_ssize_t)idx[j] * K;
+                fp_v4 p = {data[j], data[j], data[j], data[j]};
+                __builtin_prefetch(buf + (Py_ssize_t)idx[j + FP_AHEAD < last ? j + FP_AHEAD : last] * K, 1, 3);
+                *(fp_v4u *)bt = *(fp_v4u *)bt + w0 * p;
+            }
+        } else {
+            for (j = lo; j < hi; j++) {
+                __builtin_prefetch(buf + (Py_ssize_t)idx[j + FP_AHEAD < last ? j + FP_AHEAD : last] * K, 1, 3);
+                buf[(Py_ssize_t)idx[j] * K] += w[0] * data[j];
+            }
+        }
+    }
+    """
+    void fp_matvec_block(int nv, const int64_t *a_indptr, const int64_t *p_indptr,
+                         const int32_t *idx, const double *data, const double *const *w,
+                         double gamma, const double *x, Py_ssize_t K, Py_ssize_t s,
+                         int64_t last, double *out) nogil
+    void fp_gather(int width, int64_t lo, int64_t hi, int64_t last, const int32_t *idx,
+                   const double *data, const double *x, Py_ssize_t K, double *acc) nogil
+    void fp_scatter(int width, int64_t lo, int64_t hi, int64_t last, const int32_t *idx,
+                    const double *data, const double *w, double *buf, Py_ssize_t K) nogil
+
+
+cdef inline Py_ssize_t _width(Py_ssize_t left) noexcept nogil:
+    """Lanes of the next block of members: 8, 4 or 1."""
+    return 8 if left >= 8 else (4 if left >= 4 else 1)
+
+
+cdef inline bint _weights(const double[:, ::1] pi, const int64_t[::1] members, Py_ssize_t m,
+                          Py_ssize_t width, int64_t k, double *w) noexcept nogil:
+    """w[u] = π_{members[m + u]}(k) for the block's lanes; whether any is nonzero."""
+    cdef Py_ssize_t u
+    cdef bint used = False
+    for u in range(width):
+        w[u] = pi[members[m + u], k]
+        used = used or w[u] != 0.0
+    return used
+
+
+cdef inline void _matvec_state(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
+                               const int32_t[::1] p_indices, const double[::1] p_data,
+                               const double[:, ::1] pi, const int64_t[::1] members, double gamma,
+                               const double[:, ::1] x, double[:, ::1] out, Py_ssize_t s,
+                               int64_t last) noexcept nogil:
+    """out[s, :]: blocks of eight and four members (``fp_matvec_block``), then the
+    members left one at a time; each member's sum over the pairs in order of k."""
+    cdef Py_ssize_t K = x.shape[1], m = 0, u, width
+    cdef int64_t k
+    cdef double acc, row
+    cdef const double* rows[8]
+    while m < K:
+        width = _width(K - m)
+        if width > 1:
+            for u in range(width):
+                rows[u] = &pi[members[m + u], 0]
+            fp_matvec_block(width // 4, &a_indptr[0], &p_indptr[0], &p_indices[0], &p_data[0],
+                            rows, gamma, &x[0, m], K, s, last, &out[s, m])
+        else:
             acc = 0.0
             for k in range(a_indptr[s], a_indptr[s + 1]):
-                w = pi[k, m * shared]
-                if w == 0.0:
+                if pi[members[m], k] == 0.0:
                     continue
-                row = 0.0
-                for j in range(p_indptr[k], p_indptr[k + 1]):
-                    row = row + p_data[j] * x[p_indices[j], m]
-                acc = acc + w * row
+                fp_gather(1, p_indptr[k], p_indptr[k + 1], last, &p_indices[0], &p_data[0],
+                          &x[0, m], K, &row)
+                acc = acc + pi[members[m], k] * row
             out[s, m] = x[s, m] - gamma * acc
+        m += width
+
+
+def bellman_matvec_batch(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
+                         const int32_t[::1] p_indices, const double[::1] p_data,
+                         const double[:, ::1] pi, const int64_t[::1] members, double gamma,
+                         const double[:, ::1] x,                                  # IN
+                         double[:, ::1] out, int n_threads):                      # OUT
+    """bellman_matvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, members, gamma, x, out, n_threads)"""
+    cdef Py_ssize_t n_states = out.shape[0], s
+    cdef int64_t last = max(p_indices.shape[0], 1) - 1
+    if out.shape[1] == 0:
+        return
+    for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
+        _matvec_state(a_indptr, p_indptr, p_indices, p_data, pi, members, gamma, x, out, s, last)
+
+
+cdef inline void _rmatvec_state(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
+                                const int32_t[::1] p_indices, const double[::1] p_data,
+                                const double[:, ::1] pi, const int64_t[::1] members,
+                                const double[:, ::1] x, double[:, :, ::1] buf, Py_ssize_t c,
+                                Py_ssize_t s, int64_t last) noexcept nogil:
+    cdef Py_ssize_t K = x.shape[1], m, u, width
+    cdef int64_t k
+    cdef double w[8]
+    for k in range(a_indptr[s], a_indptr[s + 1]):
+        m = 0
+        while m < K:
+            width = _width(K - m)
+            if _weights(pi, members, m, width, k, w):
+                for u in range(width):
+                    w[u] = w[u] * x[s, m + u]
+                fp_scatter(width, p_indptr[k], p_indptr[k + 1], last, &p_indices[0], &p_data[0],
+                           w, &buf[c, 0, m], K)
+            m += width
 
 
 def bellman_rmatvec_batch(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                           const int32_t[::1] p_indices, const double[::1] p_data,
-                          const double[:, ::1] pi, double gamma, const double[:, ::1] x,  # IN
-                          double[:, ::1] out, double[:, :, ::1] buf, int n_threads):       # OUT
-    """bellman_rmatvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out, buf, n_threads)"""
+                          const double[:, ::1] pi, const int64_t[::1] members, double gamma,
+                          const double[:, ::1] x,                                  # IN
+                          double[:, ::1] out, double[:, :, ::1] buf, int n_threads):  # OUT
+    """bellman_rmatvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, members, gamma, x, out, buf, n_threads)"""
     cdef Py_ssize_t n_states = out.shape[0], K = out.shape[1], n_chunks = buf.shape[0]
-    cdef Py_ssize_t shared = 0 if pi.shape[1] == 1 else 1, n_four = K // 4 * 4
-    cdef Py_ssize_t c, s, lo, hi, u, m, i
-    cdef int64_t k, j
-    cdef int32_t t
-    cdef double p0, p1, p2, p3, w0, w1, w2, w3, pj, p, w, acc
+    cdef Py_ssize_t c, s, lo, hi, u, m
+    cdef int64_t last = max(p_indices.shape[0], 1) - 1
+    cdef double acc
+    if K == 0:
+        return
     for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
         for u in range(n_states):
             for m in range(K):
@@ -90,33 +299,7 @@ def bellman_rmatvec_batch(const int64_t[::1] a_indptr, const int64_t[::1] p_indp
         lo = c * n_states // n_chunks
         hi = (c + 1) * n_states // n_chunks
         for s in range(lo, hi):
-            for k in range(a_indptr[s], a_indptr[s + 1]):
-                for i in range(n_four // 4):
-                    m = 4 * i
-                    p0 = pi[k, m * shared]
-                    p1 = pi[k, (m + 1) * shared]
-                    p2 = pi[k, (m + 2) * shared]
-                    p3 = pi[k, (m + 3) * shared]
-                    if p0 == 0.0 and p1 == 0.0 and p2 == 0.0 and p3 == 0.0:
-                        continue
-                    w0 = p0 * x[s, m]
-                    w1 = p1 * x[s, m + 1]
-                    w2 = p2 * x[s, m + 2]
-                    w3 = p3 * x[s, m + 3]
-                    for j in range(p_indptr[k], p_indptr[k + 1]):
-                        pj = p_data[j]
-                        t = p_indices[j]
-                        buf[c, t, m] += w0 * pj
-                        buf[c, t, m + 1] += w1 * pj
-                        buf[c, t, m + 2] += w2 * pj
-                        buf[c, t, m + 3] += w3 * pj
-                for m in range(n_four, K):
-                    p = pi[k, m * shared]
-                    if p == 0.0:
-                        continue
-                    w = p * x[s, m]
-                    for j in range(p_indptr[k], p_indptr[k + 1]):
-                        buf[c, p_indices[j], m] += w * p_data[j]
+            _rmatvec_state(a_indptr, p_indptr, p_indices, p_data, pi, members, x, buf, c, s, last)
     for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
         for m in range(K):
             acc = 0.0
@@ -125,36 +308,29 @@ def bellman_rmatvec_batch(const int64_t[::1] a_indptr, const int64_t[::1] p_indp
             out[s, m] = x[s, m] - gamma * acc
 
 
+cdef inline void _q_pair(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
+                         const double[::1] p_data, const double[:, ::1] r,
+                         const int64_t[::1] members, double gamma, const double[:, ::1] v,
+                         double[:, ::1] out, Py_ssize_t k, int64_t last) noexcept nogil:
+    cdef Py_ssize_t K = v.shape[1], m = 0, u, width
+    cdef double row[8]
+    while m < K:
+        width = _width(K - m)
+        fp_gather(width, p_indptr[k], p_indptr[k + 1], last, &p_indices[0], &p_data[0],
+                  &v[0, m], K, row)
+        for u in range(width):
+            out[m + u, k] = r[members[m + u], k] + gamma * row[u]
+        m += width
+
+
 def q_values_batch(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
-                   const double[::1] p_data, const double[:, ::1] r, double gamma,
-                   const double[:, ::1] v,                                         # IN
+                   const double[::1] p_data, const double[:, ::1] r, const int64_t[::1] members,
+                   double gamma, const double[:, ::1] v,                           # IN
                    double[:, ::1] out, int n_threads):                             # OUT
-    """q_values_batch(p_indptr, p_indices, p_data, r, gamma, v, out, n_threads)"""
-    cdef Py_ssize_t n_pairs = out.shape[0], K = out.shape[1], k, m, i
-    cdef Py_ssize_t shared = 0 if r.shape[1] == 1 else 1, n_four = K // 4 * 4
-    cdef int64_t j
-    cdef int32_t t
-    cdef double r0, r1, r2, r3, pj, row
+    """q_values_batch(p_indptr, p_indices, p_data, r, members, gamma, v, out, n_threads)"""
+    cdef Py_ssize_t n_pairs = out.shape[1], k
+    cdef int64_t last = max(p_indices.shape[0], 1) - 1
+    if v.shape[1] == 0:
+        return
     for k in prange(n_pairs, nogil=True, schedule="static", num_threads=n_threads):
-        for i in range(n_four // 4):
-            m = 4 * i
-            r0 = 0.0
-            r1 = 0.0
-            r2 = 0.0
-            r3 = 0.0
-            for j in range(p_indptr[k], p_indptr[k + 1]):
-                pj = p_data[j]
-                t = p_indices[j]
-                r0 = r0 + pj * v[t, m]
-                r1 = r1 + pj * v[t, m + 1]
-                r2 = r2 + pj * v[t, m + 2]
-                r3 = r3 + pj * v[t, m + 3]
-            out[k, m] = r[k, m * shared] + gamma * r0
-            out[k, m + 1] = r[k, (m + 1) * shared] + gamma * r1
-            out[k, m + 2] = r[k, (m + 2) * shared] + gamma * r2
-            out[k, m + 3] = r[k, (m + 3) * shared] + gamma * r3
-        for m in range(n_four, K):
-            row = 0.0
-            for j in range(p_indptr[k], p_indptr[k + 1]):
-                row = row + p_data[j] * v[p_indices[j], m]
-            out[k, m] = r[k, m * shared] + gamma * row
+        _q_pair(p_indptr, p_indices, p_data, r, members, gamma, v, out, k, last)

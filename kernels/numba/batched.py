@@ -1,55 +1,57 @@
 """Sparse products for K members at once, on (S, K)-interleaved vectors.
 
-``bellman_matvec_batch``:  out[:, m] = x[:, m] − γ P_{π_m} x[:, m]
-``bellman_rmatvec_batch``: out[:, m] = x[:, m] − γ P_{π_m}ᵀ x[:, m], scattered into
+``bellman_matvec_batch``:  out[:, i] = x[:, i] − γ P_{π_m} x[:, i],  m = members[i]
+``bellman_rmatvec_batch``: out[:, i] = x[:, i] − γ P_{π_m}ᵀ x[:, i], scattered into
                            per-chunk buffers ``buf`` (n_chunks, n_states, K) reduced in a
                            fixed order (no atomics)
-``q_values_batch``:        out[:, m] = r[:, m] + γ P v[:, m]   (per pair)
+``q_values_batch``:        out[i, :] = r_m + γ P v[:, i]   (per pair),  m = members[i]
 
-Vectors are (n_states, K) C-contiguous: member m of state s is ``x[s, m]``, so the K
+Vectors are (n_states, K) C-contiguous: member i of state s is ``x[s, i]``, so the K
 members' entries of one successor share a cache line and each product reads the
 transition rows (``p_indptr``, ``p_indices``, ``p_data``: the bulk of the bytes) once
-for all K members. ``pi`` is (n_pairs, K), or (n_pairs, 1) for one policy shared by
-all members; ``r`` likewise (n_pairs, K) or (n_pairs, 1).
+for all K members. ``pi`` and ``r`` are (L, n_pairs), one row per policy or reward
+vector as the caller holds them; member i uses row ``members[i]`` (all 0: one policy
+or reward shared by all members).
 
-Members go in blocks of four with four scalar accumulators (registers, not memory;
-the remainder K mod 4 one at a time); a pair is skipped when π is 0 for every member
-of the block. Each member's sums are those of the single-member kernels of
-``linear.py``, term by term and in the same order (a pair with π_m = 0 adds an exact
-0 for member m), so
-member m's product is bit for bit that of ``bellman_matvec`` / ``bellman_rmatvec`` /
-``q_values`` on it alone (for ``bellman_rmatvec_batch``: with as many chunks).
+Members go in blocks of four with four scalar accumulators (the remainder K mod 4 one
+at a time); a pair is skipped when π is 0 for every member of the block. Each member's
+sums are those of the single-member kernels of ``linear.py``, term by term and in the
+same order (a pair with π_m = 0 adds an exact 0 for member m), so member i's product is
+bit for bit that of ``bellman_matvec`` / ``bellman_rmatvec`` / ``q_values`` on it alone
+(for ``bellman_rmatvec_batch``: with as many chunks), and that of the Cython twin,
+whatever its blocks (eight and four SIMD lanes there). Gathers and scatters prefetch
+the successor ``AHEAD`` entries on.
 Mirrors kernels/cython/batched.pyx.
 """
 import numpy as np
 from numba import prange
 
 from ._jit import twins
+from ._prefetch import AHEAD, prefetch_read, prefetch_write
 
 _4 = np.uint64(4)
 _1, _2, _3 = np.uint64(1), np.uint64(2), np.uint64(3)
 
 
-def bellman_matvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out):
+def bellman_matvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, members, gamma, x, out):
     n_states, n_members = out.shape
     K = np.uint64(n_members)
-    pK = np.uint64(pi.shape[1])
-    shared = np.uint64(0 if pi.shape[1] == 1 else 1)  # column stride of pi: one policy for all
-    xf, pf, of = x.reshape(x.size), pi.reshape(pi.size), out.reshape(out.size)
+    ahead, last = np.uint64(AHEAD), np.uint64(max(p_indices.shape[0], 1) - 1)
+    xf, of = x.reshape(x.size), out.reshape(out.size)
     n_four = K // _4 * _4
     for s in prange(n_states):
         so = np.uint64(s) * K
         lo, hi = np.uint64(a_indptr[s]), np.uint64(a_indptr[s + 1])
         for m in range(np.uint64(0), n_four, _4):
+            p0, p1, p2, p3 = pi[members[m]], pi[members[m + _1]], pi[members[m + _2]], pi[members[m + _3]]
             a0 = a1 = a2 = a3 = 0.0
             for k in range(lo, hi):
-                ko = k * pK
-                w0, w1 = pf[ko + m * shared], pf[ko + (m + _1) * shared]
-                w2, w3 = pf[ko + (m + _2) * shared], pf[ko + (m + _3) * shared]
+                w0, w1, w2, w3 = p0[k], p1[k], p2[k], p3[k]
                 if w0 == 0.0 and w1 == 0.0 and w2 == 0.0 and w3 == 0.0:
                     continue
                 r0 = r1 = r2 = r3 = 0.0
                 for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+                    prefetch_read(xf, np.uint64(p_indices[min(j + ahead, last)]) * K + m)
                     pj = p_data[j]
                     base = np.uint64(p_indices[j]) * K + m
                     r0 += pj * xf[base]
@@ -65,25 +67,26 @@ def bellman_matvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, ou
             of[so + m + _2] = xf[so + m + _2] - gamma * a2
             of[so + m + _3] = xf[so + m + _3] - gamma * a3
         for m in range(n_four, K):
+            p0 = pi[members[m]]
             acc = 0.0
             for k in range(lo, hi):
-                w = pf[k * pK + m * shared]
+                w = p0[k]
                 if w == 0.0:
                     continue
                 row = 0.0
                 for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+                    prefetch_read(xf, np.uint64(p_indices[min(j + ahead, last)]) * K + m)
                     row += p_data[j] * xf[np.uint64(p_indices[j]) * K + m]
                 acc += w * row
             of[so + m] = xf[so + m] - gamma * acc
 
 
-def bellman_rmatvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out, buf):
+def bellman_rmatvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, members, gamma, x, out, buf):
     n_states, n_members = out.shape
     n_chunks = buf.shape[0]
     K = np.uint64(n_members)
-    pK = np.uint64(pi.shape[1])
-    shared = np.uint64(0 if pi.shape[1] == 1 else 1)
-    xf, pf, of = x.reshape(x.size), pi.reshape(pi.size), out.reshape(out.size)
+    ahead, last = np.uint64(AHEAD), np.uint64(max(p_indices.shape[0], 1) - 1)
+    xf, of = x.reshape(x.size), out.reshape(out.size)
     n_four = K // _4 * _4
     for c in prange(n_chunks):
         y = buf[c].reshape(n_states * n_members)
@@ -93,15 +96,15 @@ def bellman_rmatvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, o
         for s in range(lo, hi):
             so = np.uint64(s) * K
             for k in range(np.uint64(a_indptr[s]), np.uint64(a_indptr[s + 1])):
-                ko = k * pK
                 for m in range(np.uint64(0), n_four, _4):
-                    p0, p1 = pf[ko + m * shared], pf[ko + (m + _1) * shared]
-                    p2, p3 = pf[ko + (m + _2) * shared], pf[ko + (m + _3) * shared]
+                    p0, p1 = pi[members[m], k], pi[members[m + _1], k]
+                    p2, p3 = pi[members[m + _2], k], pi[members[m + _3], k]
                     if p0 == 0.0 and p1 == 0.0 and p2 == 0.0 and p3 == 0.0:
                         continue
                     w0, w1 = p0 * xf[so + m], p1 * xf[so + m + _1]
                     w2, w3 = p2 * xf[so + m + _2], p3 * xf[so + m + _3]
                     for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+                        prefetch_write(y, np.uint64(p_indices[min(j + ahead, last)]) * K + m)
                         pj = p_data[j]
                         base = np.uint64(p_indices[j]) * K + m
                         y[base] += w0 * pj
@@ -109,11 +112,12 @@ def bellman_rmatvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, o
                         y[base + _2] += w2 * pj
                         y[base + _3] += w3 * pj
                 for m in range(n_four, K):
-                    p = pf[ko + m * shared]
+                    p = pi[members[m], k]
                     if p == 0.0:
                         continue
                     w = p * xf[so + m]
                     for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+                        prefetch_write(y, np.uint64(p_indices[min(j + ahead, last)]) * K + m)
                         y[np.uint64(p_indices[j]) * K + m] += w * p_data[j]
     for s in prange(n_states):
         so = np.uint64(s) * K
@@ -124,35 +128,34 @@ def bellman_rmatvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, o
             of[so + m] = xf[so + m] - gamma * acc
 
 
-def q_values_batch(p_indptr, p_indices, p_data, r, gamma, v, out):
-    n_pairs, n_members = out.shape
+def q_values_batch(p_indptr, p_indices, p_data, r, members, gamma, v, out):
+    n_members, n_pairs = out.shape
     K = np.uint64(n_members)
-    rK = np.uint64(r.shape[1])
-    shared = np.uint64(0 if r.shape[1] == 1 else 1)
-    vf, rf, of = v.reshape(v.size), r.reshape(r.size), out.reshape(out.size)
+    ahead, last = np.uint64(AHEAD), np.uint64(max(p_indices.shape[0], 1) - 1)
+    vf = v.reshape(v.size)
     n_four = K // _4 * _4
     for k in prange(n_pairs):
-        ko = np.uint64(k) * K
         lo, hi = np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])
         for m in range(np.uint64(0), n_four, _4):
             r0 = r1 = r2 = r3 = 0.0
             for j in range(lo, hi):
+                prefetch_read(vf, np.uint64(p_indices[min(j + ahead, last)]) * K + m)
                 pj = p_data[j]
                 base = np.uint64(p_indices[j]) * K + m
                 r0 += pj * vf[base]
                 r1 += pj * vf[base + _1]
                 r2 += pj * vf[base + _2]
                 r3 += pj * vf[base + _3]
-            rk = np.uint64(k) * rK
-            of[ko + m] = rf[rk + m * shared] + gamma * r0
-            of[ko + m + _1] = rf[rk + (m + _1) * shared] + gamma * r1
-            of[ko + m + _2] = rf[rk + (m + _2) * shared] + gamma * r2
-            of[ko + m + _3] = rf[rk + (m + _3) * shared] + gamma * r3
+            out[m, k] = r[members[m], k] + gamma * r0
+            out[m + _1, k] = r[members[m + _1], k] + gamma * r1
+            out[m + _2, k] = r[members[m + _2], k] + gamma * r2
+            out[m + _3, k] = r[members[m + _3], k] + gamma * r3
         for m in range(n_four, K):
             row = 0.0
             for j in range(lo, hi):
+                prefetch_read(vf, np.uint64(p_indices[min(j + ahead, last)]) * K + m)
                 row += p_data[j] * vf[np.uint64(p_indices[j]) * K + m]
-            of[ko + m] = rf[np.uint64(k) * rK + m * shared] + gamma * row
+            out[m, k] = r[members[m], k] + gamma * row
 
 
 KERNELS = twins(bellman_matvec_batch, bellman_rmatvec_batch, q_values_batch)
