@@ -12,6 +12,7 @@ part L (j < i) first and the strictly upper part U after (the kernels
 ``kernels/*/assembled`` document the layout), so Gauss–Seidel sweeps need no sorting.
 """
 import functools
+import weakref
 
 import numpy as np
 import scipy.sparse as sp
@@ -51,6 +52,10 @@ class AssembledMatrix:
         the evaluator holds them: all pairs, or the compact rows of a sparse policy).
     backend : str
         Resolved backend name (the kernels are serial at any thread count).
+    workspace : dict, optional
+        Scratch kept by the owner across policies (an evaluator's): the band LU reuses its
+        buffer (hundreds of MB on the local garnet at 50k, where mapping fresh pages cost
+        more than the factorisation), which invalidates the previous matrix's factor.
 
     Attributes
     ----------
@@ -58,8 +63,9 @@ class AssembledMatrix:
         Stored off-diagonal entries (plus ``n_states`` diagonal ones).
     """
 
-    def __init__(self, mdp, rows, backend):
+    def __init__(self, mdp, rows, backend, workspace=None):
         a_indptr, p_indptr, p_indices, p_data, pi = rows
+        self._workspace = workspace
         n = mdp.n_states
         self._k = {name: get_kernel(name, backend) for name in KERNELS}
         T = mdp._transitions
@@ -154,7 +160,7 @@ class AssembledMatrix:
             ld = 2 * below + above + 1
             self._cache["band"] = (order, (below + above + indices - cols) + cols * ld)
         order, slots = self._cache["band"]
-        ab = np.zeros((2 * below + above + 1, self.n_states), order="F")
+        ab = self._band_buffer((2 * below + above + 1, self.n_states))
         ab.reshape(-1, order="F")[slots] = np.concatenate([self.data[:self.nnz], self.diag])[order]
         with _one_blas_thread():
             lu, piv, info = lapack.dgbtrf(ab, below, above, overwrite_ab=1)
@@ -167,6 +173,21 @@ class AssembledMatrix:
             return x
 
         return solve
+
+    def _band_buffer(self, shape):
+        """Zeros of ``shape`` (Fortran order): the workspace's buffer when it has one of that
+        shape (the matrix whose factor it holds loses it), else a new array."""
+        held = None if self._workspace is None else self._workspace.get("band")
+        if held is not None and held[0].shape == shape:
+            ab, owner = held[0], held[1]()
+            if owner is not None:
+                owner._lu = None
+            ab.fill(0.0)
+        else:
+            ab = np.zeros(shape, order="F")
+        if self._workspace is not None:
+            self._workspace["band"] = (ab, weakref.ref(self))
+        return ab
 
     def _sparse_lu(self, perm):
         """SuperLU's LU of A[perm][:, perm] (no pivoting, natural order) and its solve."""

@@ -231,6 +231,7 @@ class Evaluator:
         self._base = [None, None]  # per side: (x, A x) of its last exact product
         self._buf32 = self._x32 = None  # float32 scatter buffers and gathered correction
         self._matrix = None  # the loaded policy's assembled I − γP_π, on first use
+        self._workspace = {}  # the assembled matrices' scratch, kept across policies
         self.omega = OMEGA
 
     @functools.cached_property
@@ -257,7 +258,8 @@ class Evaluator:
         """The loaded policy's I − γP_π (or its transpose), assembled on first use and
         shared by both systems (a ``fastppo._assembled.SplitView``)."""
         if self._matrix is None:
-            self._matrix = AssembledMatrix(self.mdp, self._rows[:5], self.backend)
+            self._matrix = AssembledMatrix(self.mdp, self._rows[:5], self.backend,
+                                           self._workspace)
         return self._matrix.view(transpose, self.omega)
 
     @property

@@ -303,3 +303,25 @@ def test_lu_cheap_declines_a_garnet_without_ordering_it(monkeypatch):
     monkeypatch.undo()
     chain = fastppo.chain(300, gamma=0.9999)
     assert fastppo.evaluate(chain, chain.uniform_policy()).method.split("+")[:2] == ["richardson", "lu"]
+
+
+@pytest.mark.parametrize("backend", ["numba", "cython"])
+def test_band_lu_is_the_dense_inverse_and_reuses_its_buffer(backend):
+    """The band LU (the local garnet's band fits) solves A and Aᵀ as np.linalg.solve does;
+    a second policy's matrix built on the same workspace takes over the buffer, and the
+    first, asked again, factorises afresh (its old factor lives in the buffer)."""
+    mdp = fastppo.garnet(120, 3, 3, gamma=0.99, seed=4, locality=4)
+    workspace = {}
+    pis = [random_policy(mdp, seed)[0] for seed in (5, 6)]
+    mats = [AssembledMatrix(mdp, policy_rows(mdp, pi), backend, workspace) for pi in pis]
+    perm, size, flops, below, above = mats[0].envelope
+    assert (2 * below + above + 1) * mdp.n_states <= 20 * (mats[0].nnz + mdp.n_states)
+    b = np.random.default_rng(7).standard_normal(mdp.n_states)
+    for M, pi in zip(mats + mats[:1], pis + pis[:1]):
+        A = dense_A(mdp, pi)
+        for transpose, dense in ((False, A), (True, A.T)):
+            x = M.view(transpose).factor()(b)
+            np.testing.assert_allclose(x, np.linalg.solve(dense, b), rtol=1e-12, atol=1e-12)
+        assert workspace["band"][1]() is M and M.fill == pytest.approx(
+            (2 * below + above + 1) * mdp.n_states / (M.nnz + mdp.n_states))
+    assert mats[1]._lu is None  # the first matrix took the buffer back
