@@ -155,7 +155,8 @@ def ppo_update(a_indptr, pi_old, adv, weight, ref, code, alpha, tau, eps_low, ep
     reg = from_code(code, alpha)
     for step in range(n_steps):
         segment_softmax(a_indptr, theta, pi_out)
-        ratio = pi_out / pi_old
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = pi_out / pi_old  # at π_old = 0: inf, or NaN at π = 0 (never active)
         active = ((adv > 0) & (ratio < 1 + eps_high)) | ((adv < 0) & (ratio > 1 - eps_low))
         b = np.where(active, adv, 0.0)
         g = pi_out * (b - _segment_sum(a_indptr, pi_out * b)[s])
