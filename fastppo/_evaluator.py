@@ -363,7 +363,8 @@ class Evaluator:
         divergence that is infinite at this policy)."""
         mdp = self.mdp
         c = np.empty(mdp.n_states)
-        self._k["regularized_reward"](mdp.a_indptr, mdp.r, self.pi, self.ref, self.code,
+        ref = self.ref if self.tau != 0.0 else self.pi  # not read when τ = 0
+        self._k["regularized_reward"](mdp.a_indptr, mdp.r, self.pi, ref, self.code,
                                       self.alpha, self.tau, c, self.n_threads)
         check_finite(c, "r_pi - tau * D_f(pi)")
         return c

@@ -383,3 +383,47 @@ def test_adaptive_lin_tol_is_checked_and_saved(tmp_path):
     assert resumed.lin_tol == "adaptive"
     full = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1), lin_tol="adaptive").run(10)
     np.testing.assert_array_equal(resumed.run(5).logits, full.logits)
+
+
+@pytest.mark.parametrize("n_states", [1 << 10, 1 << 17], ids=["plain-loops", "prefetching"])
+def test_products_on_both_sides_of_the_prefetch_threshold(n_states):
+    """From PREFETCH_STATES states on the compiled products prefetch, below they run loops
+    without: both paths against a product written differently (a SciPy CSR of P_π), and the
+    two compiled twins equal bit for bit (the same sums in the same order)."""
+    import scipy.sparse as sp
+
+    from fastppo._kernels.numba._prefetch import PREFETCH_STATES
+
+    assert (n_states >= PREFETCH_STATES) == (n_states == 1 << 17)
+    mdp = fastppo.garnet(n_states, 2, 3, gamma=0.9, seed=1)
+    pi = random_policy(mdp, 7, sharp=2.0)[0]
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=n_states), rng.normal(size=n_states)
+    P = sp.csr_array((mdp.p_data, mdp.p_indices, mdp.p_indptr), shape=(mdp.n_pairs, n_states))
+    Pi = sp.csr_array((pi, np.arange(mdp.n_pairs), mdp.a_indptr), shape=(n_states, mdp.n_pairs))
+    P_pi = (Pi @ P).tocsr()
+    want_x, want_y, want_q = x - mdp.gamma * (P_pi @ x), y - mdp.gamma * (P_pi.T @ y), P @ x
+    args = (mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data, pi, mdp.gamma)
+    got = {}
+    for which in ("numba", "cython"):
+        k = {name: get_kernel(name, which)
+             for name in ("bellman_products", "bellman_matvec", "bellman_rmatvec", "q_values")}
+        mx, my, q = np.empty(n_states), np.empty(n_states), np.empty(mdp.n_pairs)
+        k["bellman_matvec"](*args, x, mx, 1)
+        k["bellman_rmatvec"](*args, y, my, np.empty((2, n_states)), 1)
+        k["q_values"](mdp.p_indptr, mdp.p_indices, mdp.p_data, np.zeros(mdp.n_pairs), 1.0, x, q, 1)
+        np.testing.assert_allclose(mx, want_x, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(my, want_y, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(q, want_q, rtol=1e-13, atol=1e-13)
+        got[which] = [mx, my, q]
+        for sides in ("x", "y", "xy"):
+            ox, oy, rows = products(k["bellman_products"], args, n_states, mdp.n_pairs,
+                                    x if "x" in sides else None, y if "y" in sides else None,
+                                    "x" in sides, 2, 1)
+            if "x" in sides:
+                np.testing.assert_array_equal(ox, mx)
+                np.testing.assert_array_equal(rows, q)
+            if "y" in sides:
+                np.testing.assert_array_equal(oy, my)
+    for a, b in zip(got["numba"], got["cython"]):
+        np.testing.assert_array_equal(a, b)

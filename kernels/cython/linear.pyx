@@ -10,8 +10,9 @@
                      x and the scatter buffers may be float32 (corrections);
                      with both sides, buf (n_chunks, 2 n_states) holds x and the
                      sums interleaved, buf[c, 2i] = x[i], buf[c, 2i + 1] = sums
-Every gather and scatter prefetches the state of the entry ``AHEAD`` positions on
-(GCC's ``__builtin_prefetch``; a hint: no result changes).
+From ``PREFETCH_STATES`` states on, every gather and scatter prefetches the state of the
+entry ``AHEAD`` positions on (GCC's ``__builtin_prefetch``; a hint: no result changes);
+below, each row is summed by a loop without them (kernels/numba/linear.py).
 Mirrors kernels/numba/linear.py.
 """
 from cython.parallel cimport prange
@@ -23,6 +24,43 @@ cdef extern from *:
 
 cdef enum:
     AHEAD = 32  # entries of P ahead (kernels/numba/_prefetch.py: the same)
+    # the products prefetch from this many states on; below, the vectors stay in L2 and
+    # prefetching only costs instructions (kernels/numba/_prefetch.py: the same)
+    PREFETCH_STATES = 1 << 17
+
+
+cdef inline double row_sum(const int32_t *indices, const double *data, const double *x,
+                           int64_t lo, int64_t hi) noexcept nogil:
+    """Σ_{lo ≤ j < hi} data[j] x[indices[j]], summed in order, on raw pointers; unrolled
+    by four (GCC does not unroll at -O3; LLVM does for the Numba twin), the same sum."""
+    cdef double row = 0.0
+    cdef int64_t j = lo
+    while j + 4 <= hi:
+        row = row + data[j] * x[indices[j]]
+        row = row + data[j + 1] * x[indices[j + 1]]
+        row = row + data[j + 2] * x[indices[j + 2]]
+        row = row + data[j + 3] * x[indices[j + 3]]
+        j = j + 4
+    while j < hi:
+        row = row + data[j] * x[indices[j]]
+        j = j + 1
+    return row
+
+
+cdef inline void row_scatter(const int32_t *indices, const double *data, double w, double *y,
+                             int64_t lo, int64_t hi) noexcept nogil:
+    """y[indices[j]] += w data[j] for lo ≤ j < hi, in order, on raw pointers; unrolled
+    by four (as :func:`row_sum`)."""
+    cdef int64_t j = lo
+    while j + 4 <= hi:
+        y[indices[j]] += w * data[j]
+        y[indices[j + 1]] += w * data[j + 1]
+        y[indices[j + 2]] += w * data[j + 2]
+        y[indices[j + 3]] += w * data[j + 3]
+        j = j + 4
+    while j < hi:
+        y[indices[j]] += w * data[j]
+        j = j + 1
 
 
 def bellman_matvec(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
@@ -33,15 +71,19 @@ def bellman_matvec(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
     cdef Py_ssize_t n_states = out.shape[0], s
     cdef int64_t k, j, last = max(p_indices.shape[0], 1) - 1
     cdef double acc, row
+    cdef bint fetch = n_states >= PREFETCH_STATES
     for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
         acc = 0.0
         for k in range(a_indptr[s], a_indptr[s + 1]):
             if pi[k] == 0.0:  # deterministic policies: one row per state
                 continue
             row = 0.0
-            for j in range(p_indptr[k], p_indptr[k + 1]):
-                prefetch(&x[p_indices[min(j + AHEAD, last)]], 0, 3)
-                row = row + p_data[j] * x[p_indices[j]]
+            if fetch:
+                for j in range(p_indptr[k], p_indptr[k + 1]):
+                    prefetch(&x[p_indices[min(j + AHEAD, last)]], 0, 3)
+                    row = row + p_data[j] * x[p_indices[j]]
+            else:
+                row = row_sum(&p_indices[0], &p_data[0], &x[0], p_indptr[k], p_indptr[k + 1])
             acc = acc + pi[k] * row
         out[s] = x[s] - gamma * acc
 
@@ -54,6 +96,7 @@ def bellman_rmatvec(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
     cdef Py_ssize_t n_states = out.shape[0], n_chunks = buf.shape[0], c, s, lo, hi, t
     cdef int64_t k, j, last = max(p_indices.shape[0], 1) - 1
     cdef double xs, w, acc
+    cdef bint fetch = n_states >= PREFETCH_STATES
     for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
         for t in range(n_states):  # the first n_states of each row (bellman_products' buf serves too)
             buf[c, t] = 0.0
@@ -65,9 +108,13 @@ def bellman_rmatvec(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                 if pi[k] == 0.0:
                     continue
                 w = pi[k] * xs
-                for j in range(p_indptr[k], p_indptr[k + 1]):
-                    prefetch(&buf[c, p_indices[min(j + AHEAD, last)]], 1, 3)
-                    buf[c, p_indices[j]] += w * p_data[j]
+                if fetch:
+                    for j in range(p_indptr[k], p_indptr[k + 1]):
+                        prefetch(&buf[c, p_indices[min(j + AHEAD, last)]], 1, 3)
+                        buf[c, p_indices[j]] += w * p_data[j]
+                else:
+                    row_scatter(&p_indices[0], &p_data[0], w, &buf[c, 0], p_indptr[k],
+                                p_indptr[k + 1])
     for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
         acc = 0.0
         for c in range(n_chunks):
@@ -83,11 +130,15 @@ def q_values(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
     cdef Py_ssize_t n_pairs = out.shape[0], k
     cdef int64_t j, last = max(p_indices.shape[0], 1) - 1
     cdef double row
+    cdef bint fetch = v.shape[0] >= PREFETCH_STATES
     for k in prange(n_pairs, nogil=True, schedule="static", num_threads=n_threads):
         row = 0.0
-        for j in range(p_indptr[k], p_indptr[k + 1]):
-            prefetch(&v[p_indices[min(j + AHEAD, last)]], 0, 3)
-            row = row + p_data[j] * v[p_indices[j]]
+        if fetch:
+            for j in range(p_indptr[k], p_indptr[k + 1]):
+                prefetch(&v[p_indices[min(j + AHEAD, last)]], 0, 3)
+                row = row + p_data[j] * v[p_indices[j]]
+        else:
+            row = row_sum(&p_indices[0], &p_data[0], &v[0], p_indptr[k], p_indptr[k + 1])
         out[k] = r[k] + gamma * row
 
 
@@ -118,6 +169,7 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
     cdef Py_ssize_t stride = 2 if both else 1
     cdef int64_t k, j, i, last = max(p_indices.shape[0], 1) - 1
     cdef double ys, acc, row, p, w, d
+    cdef bint fetch = n_states >= PREFETCH_STATES
     # the chunks of bellman_rmatvec: the same sums in the same order, term by term
     for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
         if both:  # buf[c, 2i] = x[i], buf[c, 2i + 1] = the sums of state i: one line for both
@@ -141,21 +193,36 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                 row = 0.0
                 if both:  # one read of the row and of each state's line serves both products
                     w = p * ys
-                    for j in range(p_indptr[k], p_indptr[k + 1]):
-                        prefetch(&buf[c, 2 * p_indices[min(j + AHEAD, last)]], 1, 3)
-                        i = 2 * <int64_t>p_indices[j]
-                        d = p_data[j]
-                        row = row + d * buf[c, i]
-                        buf[c, i + 1] += w * d
+                    if fetch:
+                        for j in range(p_indptr[k], p_indptr[k + 1]):
+                            prefetch(&buf[c, 2 * p_indices[min(j + AHEAD, last)]], 1, 3)
+                            i = 2 * <int64_t>p_indices[j]
+                            d = p_data[j]
+                            row = row + d * buf[c, i]
+                            buf[c, i + 1] += w * d
+                    else:
+                        for j in range(p_indptr[k], p_indptr[k + 1]):
+                            i = 2 * <int64_t>p_indices[j]
+                            d = p_data[j]
+                            row = row + d * buf[c, i]
+                            buf[c, i + 1] += w * d
                 elif do_x:
-                    for j in range(p_indptr[k], p_indptr[k + 1]):
-                        prefetch(&x[p_indices[min(j + AHEAD, last)]], 0, 3)
-                        row = row + p_data[j] * x[p_indices[j]]
+                    if fetch:
+                        for j in range(p_indptr[k], p_indptr[k + 1]):
+                            prefetch(&x[p_indices[min(j + AHEAD, last)]], 0, 3)
+                            row = row + p_data[j] * x[p_indices[j]]
+                    else:
+                        for j in range(p_indptr[k], p_indptr[k + 1]):
+                            row = row + p_data[j] * x[p_indices[j]]
                 elif p != 0.0:
                     w = p * ys
-                    for j in range(p_indptr[k], p_indptr[k + 1]):
-                        prefetch(&buf[c, p_indices[min(j + AHEAD, last)]], 1, 3)
-                        buf[c, p_indices[j]] += w * p_data[j]
+                    if fetch:
+                        for j in range(p_indptr[k], p_indptr[k + 1]):
+                            prefetch(&buf[c, p_indices[min(j + AHEAD, last)]], 1, 3)
+                            buf[c, p_indices[j]] += w * p_data[j]
+                    else:
+                        for j in range(p_indptr[k], p_indptr[k + 1]):
+                            buf[c, p_indices[j]] += w * p_data[j]
                 if do_rows:
                     rows[k] = row
                 if p != 0.0:
