@@ -289,12 +289,19 @@ class _Sweeps:
     the last exact one (or stopped falling), for every sweep once the last exact residual
     is within REFINE of tol (a correction cycle and its certificate would not pay for
     themselves: late in a PPO run, with good warm starts, every product is exact), and to
-    certify a residual that met the rule on an approximate product."""
+    certify a residual that met the rule on an approximate product.
+
+    Sweeps that end unconverged return the start instead of their last iterate when that
+    is worse (a higher true residual): on a gridworld's value system the extrapolation
+    first drives the residual from 1 to 47 and the sweeps give up at 6.9, and SGS-BiCGSTAB
+    then needed 103 products from there against 80 from the zero start."""
 
     def __init__(self, system, x0, stop, max_iter, max_rate=MAX_RATE, min_sweeps=MIN_SWEEPS):
         self.system, self.stop, self.max_iter = system, stop, max_iter
         self.max_rate, self.min_sweeps = max_rate, min_sweeps
         self.bnorm, self.x = _start(system, x0, stop)
+        self.x0 = x0  # the caller's start (not modified: ``x`` is a copy), None for zero
+        self.start_residual = np.inf  # the true residual at the start (the first product)
         self.r = np.empty(system.b.shape[0])
         self.n_matvec, self.last, self.slow = 0, np.inf, 0
         self.exact = True  # the next product must be exact (the first one, a certification)
@@ -311,6 +318,8 @@ class _Sweeps:
         residual = self.stop.relative(r, self.bnorm)
         self.exact = False
         if exact:
+            if self.n_matvec == 1:
+                self.start_residual = residual
             # the rule of giving up sees true residuals only: the rate of the sweeps since
             # the last exact product (with exact products only, of the last sweep)
             since = self.approximate + 1
@@ -333,8 +342,12 @@ class _Sweeps:
             self.slow = self.slow + 1 if slower else 0
         slow = self.n_matvec >= self.min_sweeps and self.slow >= 2
         if self.n_matvec >= self.max_iter or slow:
+            stalled = self.n_matvec < self.max_iter
+            if exact and residual > self.start_residual:  # the start was better
+                x = np.zeros_like(x) if self.x0 is None else np.array(self.x0, dtype=np.float64)
+                residual = self.start_residual
             self.result = LinearResult(x, self.n_matvec, residual, False, "richardson",
-                                       stalled=self.n_matvec < self.max_iter)
+                                       stalled=stalled)
             return
         x += r
         if self.system.shift:

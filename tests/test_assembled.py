@@ -325,3 +325,32 @@ def test_band_lu_is_the_dense_inverse_and_reuses_its_buffer(backend):
         assert workspace["band"][1]() is M and M.fill == pytest.approx(
             (2 * below + above + 1) * mdp.n_states / (M.nnz + mdp.n_states))
     assert mats[1]._lu is None  # the first matrix took the buffer back
+
+
+@pytest.mark.parametrize("backend", ["numba", "cython", "numpy"])
+def test_sweeps_that_end_worse_than_their_start_hand_over_the_start(backend):
+    """On a gridworld's value system the extrapolated sweeps drive the residual above the
+    start's and give up: Richardson returns the start (zero, or the caller's x0) with its
+    true residual, the chain continues from there, and the answer is the dense one."""
+    from fastppo import _krylov
+
+    mdp = fastppo.gridworld(20, 20, gamma=0.99)
+    pi = fastppo.softmax(mdp, np.random.default_rng(1).standard_normal(mdp.n_pairs))
+    E = Evaluator(mdp, None, backend, 1)
+    E.load(pi)
+    system = E._value_system()
+    stop = _krylov.StoppingRule(1e-12, mdp.gamma)
+    b, bnorm = system.b, np.linalg.norm(system.b)
+    v = naive.evaluate(mdp, pi)[0]
+    for x0 in (None, 0.5 * v):
+        start = np.zeros(mdp.n_states) if x0 is None else x0.copy()
+        start_res = np.linalg.norm(b - (start - mdp.gamma * (naive.P_pi(mdp, pi) @ start))) / bnorm
+        res = _krylov.richardson(system, x0, stop, 5000)
+        assert not res.converged and res.stalled
+        np.testing.assert_array_equal(res.x, start)  # every sweep ended worse than the start
+        np.testing.assert_allclose(res.residual, start_res, rtol=1e-12)
+        if x0 is not None:
+            np.testing.assert_array_equal(x0, start)  # the caller's start is untouched
+    ev = fastppo.evaluate(mdp, pi, backend=backend, n_threads=1)
+    assert ev.method.startswith("richardson+") and ev.residual <= 1e-12
+    np.testing.assert_allclose(ev.v, v, rtol=1e-9, atol=1e-9 * np.abs(v).max())
