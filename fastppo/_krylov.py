@@ -34,7 +34,8 @@ visitation system a start of the right mass (1ᵀy = 1/(1−γ)) has no error al
 is left contracts at the mixing rate of P_π: about 0.2 per sweep on garnet MDPs, where
 this reaches 1e-12 in ~20 products with no orthogonalisation. On slow-mixing MDPs the
 rate approaches γ; the sweeps then stop early (``max_rate``) and the assembled solvers
-continue.
+continue, from the last iterate or from the start if that was better (on gridworlds the
+extrapolation first multiplies the value system's residual by ~50).
 
 ``sgs``: BiCGSTAB on I − γP_π assembled once per policy (duplicate successors merged,
 ``fastppo._assembled``), split-preconditioned by symmetric Gauss–Seidel with Eisenstat's
