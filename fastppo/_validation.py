@@ -811,29 +811,19 @@ def policy_batch(mdp, pi, name="pi"):
 
 def _probability_batch(mdp, x, name):
     """K probability tables (K, n_pairs) or (K, S, A) → (K, n_pairs) float64, checked as
-    :func:`check_policy` checks each member, in one pass over all of them; the error
-    names the first offending member and its first offence, as member-wise checks would.
-    The caller's array itself when it is already C-contiguous float64 (only read)."""
+    :func:`check_policy` checks each member, in one pass over all of them: a member fails
+    when an entry is not ≥ 0 (NaN, negative, −inf) or a state's sum is off 1 (+inf: sum
+    inf); the first such member is checked alone, for the member-wise message. The
+    caller's array itself when it is already C-contiguous float64 (only read)."""
     if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
     if x.dtype.kind == "c":
         raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
     flat = np.ascontiguousarray(x, dtype=np.float64).reshape(x.shape[0], mdp.n_pairs)
-    bad_pair = ~np.isfinite(flat)
-    bad_pair |= flat < 0
-    sums = np.add.reduceat(flat, mdp.a_indptr[:-1], axis=1)
-    bad_sum = np.abs(sums - 1.0) > ROW_SUM_TOL
-    bad = bad_pair.any(axis=1) | bad_sum.any(axis=1)
-    if bad.any():
-        m = int(np.argmax(bad))
-        if bad_pair[m].any():
-            k = int(np.argmax(bad_pair[m]))
-            raise ValueError(f"{name}[{m}] must be finite and non-negative: {mdp.pair_name(k)} "
-                             f"has {flat[m, k]}")
-        s = int(np.argmax(bad_sum[m]))
-        raise ValueError(
-            f"{name}[{m}] must sum to 1 in every state: state {s} sums to {float(sums[m, s])!r} "
-            f"(off by {sums[m, s] - 1.0:.3g})")
+    bad = ~(flat >= 0.0).all(axis=1)
+    bad |= (np.abs(np.add.reduceat(flat, mdp.a_indptr[:-1], axis=1) - 1.0) > ROW_SUM_TOL).any(axis=1)
+    for m in np.flatnonzero(bad):  # the first raises, naming the member's first offence
+        check_policy(mdp, flat[m], f"{name}[{m}]")
     return flat
 
 
