@@ -820,8 +820,10 @@ def _probability_batch(mdp, x, name):
     if x.dtype.kind == "c":
         raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
     flat = np.ascontiguousarray(x, dtype=np.float64).reshape(x.shape[0], mdp.n_pairs)
-    bad = ~(flat >= 0.0).all(axis=1)
-    bad |= (np.abs(np.add.reduceat(flat, mdp.a_indptr[:-1], axis=1) - 1.0) > ROW_SUM_TOL).any(axis=1)
+    bad = ~(flat.min(axis=1) >= 0.0)  # NaN propagates through min
+    sums = np.add.reduceat(flat, mdp.a_indptr[:-1], axis=1)
+    np.subtract(sums, 1.0, out=sums)
+    bad |= (np.abs(sums, out=sums) > ROW_SUM_TOL).any(axis=1)
     for m in np.flatnonzero(bad):  # the first raises, naming the member's first offence
         check_policy(mdp, flat[m], f"{name}[{m}]")
     return flat
