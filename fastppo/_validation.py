@@ -804,7 +804,29 @@ def policy_batch(mdp, pi, name="pi"):
     if not ok:
         raise ValueError(f"{_member_shapes(mdp, name, 'policies')}, K >= 1; got shape {x.shape}"
                          + (f" and dtype {x.dtype}" if member_shape == (mdp.n_states,) else ""))
-    return np.stack([as_policy(mdp, x[m], f"{name}[{m}]") for m in range(x.shape[0])])
+    if member_shape == (mdp.n_states,):  # one sigma per row
+        return np.stack([as_policy(mdp, x[m], f"{name}[{m}]") for m in range(x.shape[0])])
+    return _probability_batch(mdp, x, name)
+
+
+def _probability_batch(mdp, x, name):
+    """K probability tables (K, n_pairs) or (K, S, A) → (K, n_pairs) float64, checked as
+    :func:`check_policy` checks each member, in one pass over all of them: a member fails
+    when an entry is not ≥ 0 (NaN, negative, −inf) or a state's sum is off 1 (+inf: sum
+    inf); the first such member is checked alone, for the member-wise message. The
+    caller's array itself when it is already C-contiguous float64 (only read)."""
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
+    if x.dtype.kind == "c":
+        raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
+    flat = np.ascontiguousarray(x, dtype=np.float64).reshape(x.shape[0], mdp.n_pairs)
+    bad = ~(flat.min(axis=1) >= 0.0)  # NaN propagates through min
+    sums = np.add.reduceat(flat, mdp.a_indptr[:-1], axis=1)
+    np.subtract(sums, 1.0, out=sums)
+    bad |= (np.abs(sums, out=sums) > ROW_SUM_TOL).any(axis=1)
+    for m in np.flatnonzero(bad):  # the first raises, naming the member's first offence
+        check_policy(mdp, flat[m], f"{name}[{m}]")
+    return flat
 
 
 def reward_batch(mdp, r, name="r"):

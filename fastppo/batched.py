@@ -76,6 +76,15 @@ def interleaved(n, k):
     return buf[start:start + n * k].reshape(n, k)
 
 
+def _columns(buf, k):
+    """The first n·k entries of ``buf`` (an ``interleaved(n, K)`` array, k ≤ K) as a
+    C-contiguous (n, k) array, on the same 64-byte boundary: the buffers of the K members
+    serve any fewer without fresh pages (a first touch of a page costs ~µs here, and a
+    solve repacks its iterates each time members freeze)."""
+    n = buf.shape[0]
+    return buf.reshape(-1)[:n * k].reshape(n, k)
+
+
 class _Members:
     """The K members' product rows on one MDP: batched products for any subset of
     members, and each member's single product (for the solvers that run per member).
@@ -173,17 +182,25 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
     current = dict(enumerate(X0))  # each active member's iterate (None: zero)
     last, slow = np.full(K, np.inf), np.zeros(K, dtype=np.int64)
     n_matvec = 0
+    # buffers of K members, reused as the active members shrink; the iterates alternate
+    # between two (a repack reads the columns of the other), the residual overwrites A x
+    spaces = [interleaved(n, K) for _ in range(4)]
+    rows_space = np.empty(K * n)
     while True:
         active = [m for m in range(K) if results[m] is None]
         if not active:
             return results, n_matvec
         # (re)pack the active members' columns: frozen members leave the products
-        x = interleaved(n, len(active))
+        k = len(active)
+        spaces[0], spaces[3] = spaces[3], spaces[0]
+        x, b, ax = (_columns(space, k) for space in spaces[:3])
+        r = ax
+        x[:] = 0.0
         for i, m in enumerate(active):
             if current[m] is not None:
                 x[:, i] = current[m]
-        b = np.ascontiguousarray(B[active].T)
-        ax, r, rows = np.empty_like(x), np.empty_like(x), np.empty((len(active), n))
+        b[:] = B[active].T
+        rows = rows_space[:k * n].reshape(k, n)
         product = members.batch_product(transposed, active)
         finished = False
         while not finished:
@@ -244,9 +261,10 @@ def _lockstep(members, transposed, B, starts, stop, max_iters):
         advance(m, None)
     n = B.shape[1]
     n_passes = 0
+    spaces = [interleaved(n, len(steps)) for _ in range(2)]  # reused by every round
     while pending:
         active = sorted(pending)
-        x, out = interleaved(n, len(active)), np.empty((n, len(active)))
+        x, out = (_columns(space, len(active)) for space in spaces)
         for i, m in enumerate(active):
             x[:, i] = pending[m][0]
         members.batch_product(transposed, active)(x, out)

@@ -226,6 +226,23 @@ def test_bad_input_names_the_parameter():
     bad[1, 0] += 0.5
     with pytest.raises(ValueError, match=r"pi\[1\] must sum to 1 in every state: state 0"):
         fastppo.evaluate_batch(mdp, bad)
+    bad[2, 5] = -0.25  # member 1 is the first offender, and its own first offence is reported
+    with pytest.raises(ValueError, match=r"pi\[1\] must sum to 1 in every state: state 0"):
+        fastppo.evaluate_batch(mdp, bad)
+    bad[1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"pi\[1\] must be finite and non-negative: pair \(s=0, a=0\) has nan"):
+        fastppo.evaluate_batch(mdp, bad)
+    with pytest.raises(TypeError, match=r"pi must hold real numbers"):
+        fastppo.evaluate_batch(mdp, pis.astype(complex))
+    # the batch's messages are the member-wise checks' (fastppo.evaluate's), for each member
+    for m, k, value in ((0, 3, -1e-3), (2, 15, np.inf), (1, 6, 2.0)):
+        one = pis.copy()
+        one[m, k] = value
+        with pytest.raises(ValueError) as batch_error:
+            fastppo.evaluate_batch(mdp, one)
+        with pytest.raises(ValueError) as member_error:
+            fastppo.evaluate(mdp, one[m])
+        assert str(batch_error.value) == str(member_error.value).replace("pi ", f"pi[{m}] ", 1)
     with pytest.raises(ValueError, match=r"pi\[2\]\[3\] = 7 is not an action of state 3"):
         fastppo.evaluate_batch(mdp, np.array([[0] * S, [1] * S, [0, 0, 0, 7] + [0] * (S - 4)]))
     with pytest.raises(ValueError, match=r"r must hold K reward vectors.*got shape \(16,\)"):

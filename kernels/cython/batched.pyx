@@ -84,11 +84,10 @@ cdef extern from *:
        adds side by side), each member's sums in order of j within a row and of k across
        rows, as bellman_matvec. ``w[u]`` points at member u's policy row, ``x`` at the
        block's first member of state 0, ``out`` at out[s, block's first member]. */
-    static inline void fp_matvec_block(const int nv, const int64_t *a_indptr,
-                                       const int64_t *p_indptr, const int32_t *idx,
-                                       const double *data, const double *const *w,
-                                       double gamma, const double *x, Py_ssize_t K,
-                                       Py_ssize_t s, int64_t last, double *out)
+    static inline __attribute__((always_inline)) void fp_matvec_block_nv(
+        const int nv, const int64_t *a_indptr, const int64_t *p_indptr, const int32_t *idx,
+        const double *data, const double *const *w, double gamma, const double *x,
+        Py_ssize_t K, Py_ssize_t s, int64_t last, double *out)
     {
         fp_v4 acc[2], held_w[2], wk[2], ra[2], rb[2];
         const fp_v4 zero = {0.0, 0.0, 0.0, 0.0};
@@ -111,17 +110,34 @@ cdef extern from *:
             for (v = 0; v < nv; v++) { ra[v] = zero; rb[v] = zero; }
             n = p_indptr[held + 1] - p_indptr[held];
             if (p_indptr[k + 1] - p_indptr[k] < n) n = p_indptr[k + 1] - p_indptr[k];
-            for (i = 0; i < n; i++) {
-                ja = p_indptr[held] + i;
-                jb = p_indptr[k] + i;
-                const double *xa = x + (Py_ssize_t)idx[ja] * K, *xb = x + (Py_ssize_t)idx[jb] * K;
-                fp_v4 pa = {data[ja], data[ja], data[ja], data[ja]};
-                fp_v4 pb = {data[jb], data[jb], data[jb], data[jb]};
-                __builtin_prefetch(x + (Py_ssize_t)idx[ja + FP_AHEAD < last ? ja + FP_AHEAD : last] * K, 0, 3);
-                __builtin_prefetch(x + (Py_ssize_t)idx[jb + FP_AHEAD < last ? jb + FP_AHEAD : last] * K, 0, 3);
-                for (v = 0; v < nv; v++) {
-                    ra[v] = ra[v] + pa * *(const fp_v4u *)(xa + 4 * v);
-                    rb[v] = rb[v] + pb * *(const fp_v4u *)(xb + 4 * v);
+            if (p_indptr[held] + n + FP_AHEAD <= last && p_indptr[k] + n + FP_AHEAD <= last) {
+                /* the prefetched entries stay inside P: no clamp (the common case) */
+                const int32_t *ia = idx + p_indptr[held], *ib = idx + p_indptr[k];
+                const double *da = data + p_indptr[held], *db = data + p_indptr[k];
+                for (i = 0; i < n; i++) {
+                    const double *xa = x + (Py_ssize_t)ia[i] * K, *xb = x + (Py_ssize_t)ib[i] * K;
+                    fp_v4 pa = {da[i], da[i], da[i], da[i]};
+                    fp_v4 pb = {db[i], db[i], db[i], db[i]};
+                    __builtin_prefetch(x + (Py_ssize_t)ia[i + FP_AHEAD] * K, 0, 3);
+                    __builtin_prefetch(x + (Py_ssize_t)ib[i + FP_AHEAD] * K, 0, 3);
+                    for (v = 0; v < nv; v++) {
+                        ra[v] = ra[v] + pa * *(const fp_v4u *)(xa + 4 * v);
+                        rb[v] = rb[v] + pb * *(const fp_v4u *)(xb + 4 * v);
+                    }
+                }
+            } else {
+                for (i = 0; i < n; i++) {
+                    ja = p_indptr[held] + i;
+                    jb = p_indptr[k] + i;
+                    const double *xa = x + (Py_ssize_t)idx[ja] * K, *xb = x + (Py_ssize_t)idx[jb] * K;
+                    fp_v4 pa = {data[ja], data[ja], data[ja], data[ja]};
+                    fp_v4 pb = {data[jb], data[jb], data[jb], data[jb]};
+                    __builtin_prefetch(x + (Py_ssize_t)idx[ja + FP_AHEAD < last ? ja + FP_AHEAD : last] * K, 0, 3);
+                    __builtin_prefetch(x + (Py_ssize_t)idx[jb + FP_AHEAD < last ? jb + FP_AHEAD : last] * K, 0, 3);
+                    for (v = 0; v < nv; v++) {
+                        ra[v] = ra[v] + pa * *(const fp_v4u *)(xa + 4 * v);
+                        rb[v] = rb[v] + pb * *(const fp_v4u *)(xb + 4 * v);
+                    }
                 }
             }
             for (ja = p_indptr[held] + n; ja < p_indptr[held + 1]; ja++) {
@@ -156,6 +172,20 @@ cdef extern from *:
             for (v = 0; v < nv; v++)
                 *(fp_v4u *)(out + 4 * v) = *(const fp_v4u *)(xs + 4 * v) - g * acc[v];
         }
+    }
+
+    /* fp_matvec_block_nv with nv a constant at each call: its loops over nv unrolled, the
+       block's sums in registers */
+    static inline void fp_matvec_block(const int nv, const int64_t *a_indptr,
+                                       const int64_t *p_indptr, const int32_t *idx,
+                                       const double *data, const double *const *w,
+                                       double gamma, const double *x, Py_ssize_t K,
+                                       Py_ssize_t s, int64_t last, double *out)
+    {
+        if (nv == 2)
+            fp_matvec_block_nv(2, a_indptr, p_indptr, idx, data, w, gamma, x, K, s, last, out);
+        else
+            fp_matvec_block_nv(1, a_indptr, p_indptr, idx, data, w, gamma, x, K, s, last, out);
     }
 
     /* buf[idx[j] * K + u] += w[u] * data[j] for j in [lo, hi), u < width (8, 4 or 1);
