@@ -122,8 +122,8 @@ class AssembledMatrix:
                               np.concatenate([self.indices, np.arange(n)]))), shape=(n, n))
 
     def lu(self, max_flops=np.inf):
-        """A factorisation of A in reverse Cuthill–McKee order, or None: ``solve(r,
-        transpose)`` → A⁻¹ r (or A⁻ᵀ r) in that order. Cached; one serves A and Aᵀ.
+        """A factorisation of A in the band-reducing order of :func:`envelope`, or None:
+        ``solve(r, transpose)`` → A⁻¹ r (or A⁻ᵀ r) in that order. Cached; one serves A and Aᵀ.
 
         A band LU (LAPACK ``dgbtrf``) when the band of the order (``below`` + ``above``,
         :func:`envelope`) fits in ``FILL_CAP`` × (entries of A), else SuperLU's (A is
@@ -155,13 +155,20 @@ class AssembledMatrix:
     def _band_lu(self, perm, below, above):
         """LAPACK's band LU of A[perm][:, perm] (dgbtrf) and its solve (dgbtrs)."""
         if "band" not in self._cache:
-            order, indptr, indices = self._csc(perm)
-            cols = np.repeat(np.arange(self.n_states), np.diff(indptr))
-            ld = 2 * below + above + 1
-            self._cache["band"] = (order, (below + above + indices - cols) + cols * ld)
-        order, slots = self._cache["band"]
+            # the slot of each value [off-diagonal entries, diagonal] in the band storage
+            # (Fortran order): entry (i, j) of the permuted matrix at ab[below + above + i − j, j]
+            n = self.n_states
+            inv = np.empty(n, dtype=np.int64)
+            inv[perm] = np.arange(n)
+            rows = inv[np.concatenate([np.repeat(np.arange(n), np.diff(self.indptr)),
+                                       np.arange(n)])]
+            cols = inv[np.concatenate([self.indices, np.arange(n)])]
+            self._cache["band"] = (below + above + rows - cols) + cols * (2 * below + above + 1)
+        slots = self._cache["band"]
         ab = self._band_buffer((2 * below + above + 1, self.n_states))
-        ab.reshape(-1, order="F")[slots] = np.concatenate([self.data[:self.nnz], self.diag])[order]
+        flat = ab.reshape(-1, order="F")  # a view: ab is Fortran-ordered
+        flat[slots[:self.nnz]] = self.data[:self.nnz]
+        flat[slots[self.nnz:]] = self.diag
         with _one_blas_thread():
             lu, piv, info = lapack.dgbtrf(ab, below, above, overwrite_ab=1)
         if info != 0:  # A is strictly diagonally dominant: nonsingular
@@ -320,13 +327,18 @@ def _one_blas_thread():
 
 
 def envelope(indptr, indices, nnz):
-    """(perm, size, flops, below, above) of a pattern in reverse Cuthill–McKee order: the
+    """(perm, size, flops, below, above) of a pattern in a band-reducing order: the
     permutation, the entries of the symmetric envelope {(i, j): first(i) ≤ j ≤ i or the
     same with i, j swapped}, first(i) the leftmost column of row i of A + Aᵀ, Σᵢ (i −
     first(i))², the work of an LU in that order, and the band: the largest i − j (below)
     and j − i (above) of an entry (i, j). An LU without pivoting fills only the envelope:
     its size bounds the memory of :meth:`AssembledMatrix.lu` before anything is
     factorised.
+
+    The order is reverse Cuthill–McKee's, or :func:`smoothed_orders`' refinement of it
+    when that has a narrower band that LAPACK's band LU can hold (``FILL_CAP``): on the
+    local garnet (successors within ±50 on a ring) RCM's band is 177 on either side,
+    the refinement's ~105 (the best is 100), a third of the band LU's work.
 
     Parameters
     ----------
@@ -336,11 +348,19 @@ def envelope(indptr, indices, nnz):
     """
     n = indptr.shape[0] - 1
     rows = np.repeat(np.arange(n), np.diff(indptr))
-    G = sp.csr_array((np.ones(nnz, dtype=np.int8), indices[:nnz], indptr), shape=(n, n))
+    cols = indices[:nnz]
+    G = sp.csr_array((np.ones(nnz, dtype=np.int8), cols, indptr), shape=(n, n))
     perm = reverse_cuthill_mckee(G, symmetric_mode=False).astype(np.int64)
+    best, width = perm, _band(perm, rows, cols)
+    for order in smoothed_orders(G, perm) if nnz else ():
+        w = _band(order, rows, cols)
+        # narrower, and held by the band LU (else SuperLU fills RCM's envelope)
+        if w < width and (3 * w + 1) * n <= FILL_CAP * (nnz + n):
+            best, width = order, w
+    perm = best
     inv = np.empty(n, dtype=np.int64)
     inv[perm] = np.arange(n)
-    r, c = inv[rows], inv[indices[:nnz]]
+    r, c = inv[rows], inv[cols]
     first = np.arange(n)
     np.minimum.at(first, np.maximum(r, c), np.minimum(r, c))
     band = np.arange(n) - first
@@ -348,6 +368,58 @@ def envelope(indptr, indices, nnz):
     above = int((c - r).max(initial=0))
     return (perm, int(2 * band.sum() + n), float(np.dot(band, band.astype(np.float64))),
             below, above)
+
+
+def _band(perm, rows, cols):
+    """max |i − j| over the entries (i, j) of the pattern (``rows``, ``cols``) in ``perm``."""
+    inv = np.empty(perm.shape[0], dtype=np.int64)
+    inv[perm] = np.arange(perm.shape[0])
+    return int(np.abs(inv[rows] - inv[cols]).max(initial=0))
+
+
+SMOOTHING_SWEEPS = 8
+MIDPOINT_ROUNDS = 3
+
+
+def smoothed_orders(G, perm):
+    """Candidate orders refining ``perm`` (RCM's) towards a narrow band, for
+    :func:`envelope` to pick from (it keeps RCM's unless one is narrower).
+
+    Each state's position is averaged with its neighbours' (``SMOOTHING_SWEEPS`` sweeps
+    of x ← mean of x over the closed neighbourhood in A + Aᵀ): RCM's level sets make
+    x a staircase, and the sweeps turn it into a coordinate along the graph, which
+    interleaves the two sides of each level on a ring. Then ``MIDPOINT_ROUNDS`` rounds
+    place each state at the midpoint of its neighbours' positions (the centre of the
+    interval that bounds its row's band). Each sweep or round is one pass over A + Aᵀ.
+
+    Parameters
+    ----------
+    G : scipy CSR array of shape (n, n)
+        The off-diagonal pattern.
+    perm : ndarray of shape (n,)
+
+    Yields
+    ------
+    ndarray of shape (n,)
+        Orders (permutations of the states).
+    """
+    n = G.shape[0]
+    S = (G + G.T + sp.eye_array(n, format="csr", dtype=G.dtype)).tocsr()  # closed neighbourhoods
+    S = sp.csr_array((np.ones(S.indices.shape[0]), S.indices, S.indptr), shape=(n, n))
+    size = np.diff(S.indptr).astype(np.float64)  # ≥ 1: the state itself
+    x = np.empty(n)
+    x[perm] = np.arange(n, dtype=np.float64)
+    for _ in range(SMOOTHING_SWEEPS):
+        x = (S @ x) / size
+    order = np.argsort(x, kind="stable")
+    yield order
+    for _ in range(MIDPOINT_ROUNDS):
+        pos = np.empty(n)
+        pos[order] = np.arange(n, dtype=np.float64)
+        nb = pos[S.indices]
+        mid = np.minimum.reduceat(nb, S.indptr[:-1]) + np.maximum.reduceat(nb, S.indptr[:-1])
+        order = np.lexsort((pos, mid))
+        yield order
 
 
 def flops_floor(indptr, indices, distinct_pairs_bound):
