@@ -6,7 +6,7 @@
 Mirrors kernels/numba/policy_update.py (which documents the method).
 """
 from cython.parallel cimport prange
-from libc.math cimport sqrt
+from libc.math cimport copysign, sqrt
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
@@ -16,12 +16,12 @@ include "_softmax.pxi"
 
 cdef enum:
     TASK_BLOCKS = 32  # blocks of LANES states per parallel task
-    PF_NONE = 0     # no tau term in the ascent (none, or folded into b: the U_ modes)
+    PF_NONE = 0     # no tau term in the ascent (none, or folded into b: U_REVERSE, U_JS)
     PF_BLOCK = 1    # pi f' in the block pf, its lane sums in mean_f
     U_NONE = 0      # b = the clipped advantage
     U_REVERSE = 1   # b -= tau u, u = (theta - m) - log pi_ref (logq holds log pi_ref)
     U_JS = 2        # b -= tau u, u = (theta - m) - log(pi + pi_ref)
-    U_CHI = 3       # b -= tau u, u = pi (2/pi_ref) (logq holds 2/pi_ref)
+    U_CHI = 3       # pf = 2 pi (pi - pi_ref)/pi_ref and mean_f = sum_a pf (PF_BLOCK)
     U_HELLINGER = 4  # pf = pi - sqrt(pi pi_ref) and mean_f = sum_a pf (PF_BLOCK)
     U_ALPHA = 5     # pf = pi f'_alpha and mean_f (PF_BLOCK; logq holds log pi_ref)
 
@@ -156,11 +156,10 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
             umode = U_REVERSE
         elif code == JENSEN_SHANNON:
             umode = U_JS
-        elif code == CHI_SQUARE:
-            umode = U_CHI
         else:
             mode = PF_BLOCK
-            umode = U_HELLINGER if code == HELLINGER else U_ALPHA if code == ALPHA else U_NONE
+            umode = (U_CHI if code == CHI_SQUARE else U_HELLINGER if code == HELLINGER
+                     else U_ALPHA if code == ALPHA else U_NONE)
     size = n_rows * LANES
     cdef double* buf = <double*> malloc((9 * size + 10 * LANES) * sizeof(double))
     cdef int64_t* clipped = <int64_t*> malloc(LANES * sizeof(int64_t))
@@ -199,9 +198,6 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
             if code == REVERSE_KL:  # -inf at pi_ref = 0 (masks the pair)
                 for i in range(size):
                     logq[i] = flog(q[i])
-            elif code == CHI_SQUARE:  # 0 at pi_ref = 0 (masks the pair)
-                for i in range(size):
-                    logq[i] = 2.0 / q[i] if q[i] > 0.0 else 0.0
             elif code == ALPHA:
                 for i in range(size):
                     logq[i] = flog(q[i])
@@ -275,12 +271,16 @@ cdef inline void _load_ppo_lanes(const int64_t* a_indptr, Py_ssize_t s0, Py_ssiz
 
 cdef inline void _thresholds(Py_ssize_t size, cdptr old, cdptr av, double hi_ratio,
                              double lo_ratio, dptr thr) noexcept nogil:
-    """The one bound on pi each pair's clip can meet: the ratio r = pi/pi_old stays below
-    1 + eps_high where the advantage A > 0 (above 1 - eps_low where A < 0) as pi < thr
-    (pi > thr); at pi_old = 0 (r = inf, or NaN at pi = 0) thr = 0."""
+    """The one bound t on pi each pair's clip can meet, negated where the advantage A < 0:
+    the ratio r = pi/pi_old stays below 1 + eps_high where A > 0 (above 1 - eps_low where
+    A < 0) as pi < t (pi > t, i.e. -pi < -t), so that the clip is active where
+    copysign(pi, A) < thr; at pi_old = 0 (r = inf, or NaN at pi = 0) t = 0. (Where A = 0
+    the clip does not matter: b = A = 0.)"""
     cdef Py_ssize_t i
+    cdef double t
     for i in range(size):
-        thr[i] = (old[i] * hi_ratio if av[i] > 0.0 else old[i] * lo_ratio) if old[i] > 0.0 else 0.0
+        t = (old[i] * hi_ratio if av[i] > 0.0 else old[i] * lo_ratio) if old[i] > 0.0 else 0.0
+        thr[i] = -t if av[i] < 0.0 else t
 
 cdef inline void _clip_step(int umode, bint count, Py_ssize_t n_rows, dptr p, cdptr rz,
                             cdptr av, cdptr thr, dptr b, dptr mean_b, int64_t* clipped,
@@ -289,40 +289,52 @@ cdef inline void _clip_step(int umode, bint count, Py_ssize_t n_rows, dptr p, cd
     """_clip_lanes with literal flags (one branch-free loop per combination)."""
     if count:
         if umode == U_NONE:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f, logz, alpha,
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
                         True, U_NONE)
         elif umode == U_REVERSE:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f, logz, alpha,
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
                         True, U_REVERSE)
         elif umode == U_JS:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f, logz, alpha,
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
                         True, U_JS)
         elif umode == U_CHI:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f, logz, alpha,
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
                         True, U_CHI)
         elif umode == U_HELLINGER:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f, logz, alpha,
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
                         True, U_HELLINGER)
         else:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f, logz, alpha,
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
                         True, U_ALPHA)
     elif umode == U_NONE:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f, logz, alpha,
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
                     False, U_NONE)
     elif umode == U_REVERSE:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f, logz, alpha,
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
                     False, U_REVERSE)
     elif umode == U_JS:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f, logz, alpha,
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
                     False, U_JS)
     elif umode == U_CHI:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f, logz, alpha,
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
                     False, U_CHI)
     elif umode == U_HELLINGER:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f, logz, alpha,
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
                     False, U_HELLINGER)
     else:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f, logz, alpha,
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
                     False, U_ALPHA)
 
 
@@ -335,9 +347,11 @@ cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdpt
     constant per lane, which cancels in u - sum_a pi u: the ascent is then the plain
     pi (b - sum pi b)), mean_b = sum_a pi b, and if count, clipped = the count of inactive
     pairs with a nonzero advantage, per lane. u is 0 where it would be NaN or infinite
-    (pi_ref = 0 for U_REVERSE and U_CHI, pi = 0 for U_JS): f' enters g times pi only.
+    (pi_ref = 0 for U_REVERSE, pi = 0 for U_JS): f' enters g times pi only. U_CHI,
     U_HELLINGER and U_ALPHA form pf = pi f'(pi/pi_ref) and mean_f = sum_a pf instead
-    (padding rows, where pi_ref = 0, get 0), with log pi = (theta - m) - log z (logz)."""
+    (padding rows, where pi_ref = 0, get 0), with log pi = (theta - m) - log z (logz).
+    (chi-square keeps pi f' = 2 pi (pi - pi_ref)/pi_ref: u = pi (2/pi_ref) overflows where
+    pi_ref is subnormal.)"""
     cdef Py_ssize_t a, l, i
     cdef double A, pi, u, bb, t, logp, y, e, small, big
     cdef double at_zero = 0.0 if alpha < 1.0 else -INFINITY  # lim_(pi -> 0) pi f'
@@ -347,7 +361,7 @@ cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdpt
         mean_b[l] = 0.0
         if count:
             clipped[l] = 0
-        if umode == U_HELLINGER or umode == U_ALPHA:
+        if umode == U_CHI or umode == U_HELLINGER or umode == U_ALPHA:
             mean_f[l] = 0.0
     for a in range(n_rows):
         for l in range(LANES):
@@ -355,7 +369,7 @@ cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdpt
             pi = p[i] * rz[l]
             p[i] = pi
             A = av[i]
-            active = ((A > 0.0) & (pi < thr[i])) | ((A < 0.0) & (pi > thr[i]))
+            active = copysign(pi, A) < thr[i]  # thr signed like A (_thresholds)
             bb = A if active else 0.0
             if umode == U_REVERSE:  # f' = log(pi/pi_ref) + 1 = u + (1 - log z)
                 u = (th[i] - m[l]) - logq[i]
@@ -363,8 +377,10 @@ cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdpt
             elif umode == U_JS:  # f' = log(2 pi/(pi + pi_ref)) = u + (log 2 - log z)
                 u = (th[i] - m[l]) - flog(pi + q[i])
                 bb = bb - tau * (u if pi > 0.0 else 0.0)
-            elif umode == U_CHI:  # f' = 2 (pi/pi_ref - 1) = u - 2
-                bb = bb - tau * (pi * logq[i])
+            elif umode == U_CHI:
+                t = ((2.0 * pi) * (pi - q[i])) / q[i]
+                pf[i] = t if q[i] > 0.0 else 0.0
+                mean_f[l] = mean_f[l] + pf[i]
             elif umode == U_HELLINGER:
                 pf[i] = pi - sqrt(pi * q[i])
                 mean_f[l] = mean_f[l] + pf[i]

@@ -30,12 +30,12 @@ TASK_BLOCKS = 32  # blocks of LANES states per parallel task
 
 TINIEST = 5e-324  # the smallest positive double
 
-PF_NONE = 0  # no τ term in the ascent (none, or folded into b: the U_ modes)
+PF_NONE = 0  # no τ term in the ascent (none, or folded into b: U_REVERSE, U_JS)
 PF_BLOCK = 1  # π f' in the block pf, its lane sums in mean_f
 U_NONE = 0  # b = the clipped advantage
 U_REVERSE = 1  # b −= τ u, u = (θ − m) − log π_ref (logq holds log π_ref)
 U_JS = 2  # b −= τ u, u = (θ − m) − log(π + π_ref)
-U_CHI = 3  # b −= τ u, u = π (2/π_ref) (logq holds 2/π_ref)
+U_CHI = 3  # pf = 2π (π − π_ref)/π_ref and mean_f = Σ_a pf (PF_BLOCK)
 U_HELLINGER = 4  # pf = π − √(π π_ref) and mean_f = Σ_a pf (PF_BLOCK)
 U_ALPHA = 5  # pf = π f'_α and mean_f (PF_BLOCK; logq holds log π_ref)
 
@@ -133,8 +133,7 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
     block = np.empty((8, n_rows, LANES))
     th, p, b, old, thr, av, q, pf = (block[0], block[1], block[2], block[3], block[4],
                                      block[5], block[6], block[7])
-    logq = np.empty((n_rows, LANES) if tau != 0.0 and (code == REVERSE_KL or code == ALPHA
-                                                       or code == CHI_SQUARE)
+    logq = np.empty((n_rows, LANES) if tau != 0.0 and (code == REVERSE_KL or code == ALPHA)
                     else (0, LANES))
     lanes = np.empty((11, LANES))
     m, m_next, z, rz, logz, w, mean_b, mean_f, gsq, kl = (
@@ -152,23 +151,25 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
             umode = U_REVERSE
         elif code == JENSEN_SHANNON:
             umode = U_JS
-        elif code == CHI_SQUARE:
-            umode = U_CHI
         else:
             mode = PF_BLOCK
-            umode = U_HELLINGER if code == HELLINGER else U_ALPHA if code == ALPHA else U_NONE
+            umode = (U_CHI if code == CHI_SQUARE else U_HELLINGER if code == HELLINGER
+                     else U_ALPHA if code == ALPHA else U_NONE)
     hi_ratio = 1.0 + eps_high
     lo_ratio = 1.0 - eps_low
     for b0 in range(s0, s1, LANES):
         b1 = min(b0 + LANES, s1)
         _load_ppo_lanes(a_indptr, b0, b1, n_lanes, theta, pi_old, adv, th, old, av)
-        # the one bound on π each pair's clip can meet: r = π/π_old stays below 1 + ε_high
-        # where Ã > 0 (above 1 − ε_low where Ã < 0) as π < thr (π > thr); at π_old = 0
-        # (r = inf, or NaN at π = 0) thr = 0
+        # the one bound t on π each pair's clip can meet, negated where Ã < 0: r = π/π_old
+        # stays below 1 + ε_high where Ã > 0 (above 1 − ε_low where Ã < 0) as π < t (π > t,
+        # i.e. −π < −t), so that the clip is active where copysign(π, Ã) < thr; at
+        # π_old = 0 (r = inf, or NaN at π = 0) t = 0. (Where Ã = 0 the clip does not
+        # matter: b = Ã = 0.)
         for a in range(n_rows):
             for l in range(n_lanes):
                 o = old[a, l]
-                thr[a, l] = (o * hi_ratio if av[a, l] > 0.0 else o * lo_ratio) if o > 0.0 else 0.0
+                t = (o * hi_ratio if av[a, l] > 0.0 else o * lo_ratio) if o > 0.0 else 0.0
+                thr[a, l] = -t if av[a, l] < 0.0 else t
         for l in range(n_lanes):
             w[l] = weight[b0 + l] if b0 + l < b1 else 0.0
         if regularized:
@@ -177,10 +178,6 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
                 for a in range(n_rows):
                     for l in range(n_lanes):
                         logq[a, l] = flog(q[a, l])
-            elif code == CHI_SQUARE:  # 0 at π_ref = 0 (masks the pair)
-                for a in range(n_rows):
-                    for l in range(n_lanes):
-                        logq[a, l] = 2.0 / q[a, l] if q[a, l] > 0.0 else 0.0
             elif code == ALPHA:
                 for a in range(n_rows):
                     for l in range(n_lanes):
@@ -310,10 +307,11 @@ def _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau,
     constant per lane, which cancels in u − Σ_a π u: the ascent is then the plain
     π (b − Σπb)), mean_b = Σ_a π b per lane; ``count``: also clipped = the number of
     inactive pairs with a nonzero advantage, per lane. u is 0 where it would be NaN or
-    infinite (π_ref = 0 for U_REVERSE and U_CHI, π = 0 for U_JS): f' enters g times π
-    only. U_HELLINGER and U_ALPHA form pf = π f'(π/π_ref) and mean_f = Σ_a pf instead
-    (padding rows, where π_ref = 0, get 0), with log π = (θ − m) − log z (logz). Called
-    with literal flags, so that each call compiles to one branch-free loop."""
+    infinite (π_ref = 0 for U_REVERSE, π = 0 for U_JS): f' enters g times π only. U_CHI,
+    U_HELLINGER and U_ALPHA form pf = π f'(π/π_ref) and mean_f = Σ_a pf instead (padding
+    rows, where π_ref = 0, get 0), with log π = (θ − m) − log z (logz). (χ² keeps
+    π f' = 2π (π − π_ref)/π_ref: u = π (2/π_ref) overflows where π_ref is subnormal.)
+    Called with literal flags, so that each call compiles to one branch-free loop."""
     n_lanes = p.shape[1]
     at_zero = 0.0 if alpha < 1.0 else -math.inf  # lim_{π→0} π f'(π/π_ref)
     inv_alpha = 1.0 / alpha
@@ -322,14 +320,14 @@ def _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau,
         mean_b[l] = 0.0
         if count:
             clipped[l] = 0
-        if umode == U_HELLINGER or umode == U_ALPHA:
+        if umode == U_CHI or umode == U_HELLINGER or umode == U_ALPHA:
             mean_f[l] = 0.0
     for a in range(n_rows):
         for l in range(n_lanes):
             pi = p[a, l] * rz[l]
             p[a, l] = pi
             A = av[a, l]
-            active = (A > 0.0) & (pi < thr[a, l]) | (A < 0.0) & (pi > thr[a, l])
+            active = math.copysign(pi, A) < thr[a, l]  # thr signed like Ã
             bb = A if active else 0.0
             if umode == U_REVERSE:  # f' = log(π/π_ref) + 1 = u + (1 − log z)
                 u = (th[a, l] - m[l]) - logq[a, l]
@@ -337,8 +335,10 @@ def _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau,
             elif umode == U_JS:  # f' = log(2π/(π + π_ref)) = u + (log 2 − log z)
                 u = (th[a, l] - m[l]) - flog(pi + q[a, l])
                 bb = bb - tau * (u if pi > 0.0 else 0.0)
-            elif umode == U_CHI:  # f' = 2 (π/π_ref − 1) = u − 2
-                bb = bb - tau * (pi * logq[a, l])
+            elif umode == U_CHI:
+                t = ((2.0 * pi) * (pi - q[a, l])) / q[a, l]
+                pf[a, l] = t if q[a, l] > 0.0 else 0.0
+                mean_f[l] += pf[a, l]
             elif umode == U_HELLINGER:
                 pf[a, l] = pi - math.sqrt(pi * q[a, l])
                 mean_f[l] += pf[a, l]
