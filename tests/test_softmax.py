@@ -244,12 +244,13 @@ def _ppo_edges(which, mdp, code, alpha, ref_from):
 @pytest.mark.parametrize("code,alpha", [(_codes.ALPHA, 0.5), (_codes.ALPHA, 2.0),
                                         (_codes.ALPHA, -1.0), (_codes.ALPHA, 1e-3),
                                         (_codes.REVERSE_KL, 0.0),
-                                        (_codes.JENSEN_SHANNON, 0.0)])
+                                        (_codes.JENSEN_SHANNON, 0.0),
+                                        (_codes.CHI_SQUARE, 0.0), (_codes.HELLINGER, 0.0)])
 def test_ppo_update_divergence_edges(mdps, code, alpha, ref_from):
     """π f' from the block's log π at its edges: α-divergence with y = −α log(π/π_ref)
     near 0 (π_ref = π) and beyond 1 (wide π_ref: the e^(log π + y) branch, for α of both
-    signs), π tiny or 0 (underflowed logits, padding rows); reverse KL and Jensen–Shannon
-    likewise. Twins bit for bit, and the NumPy reference to 1e-12 (θ, π, ‖g‖², KL)."""
+    signs), π tiny or 0 (underflowed logits, padding rows); reverse KL, Jensen–Shannon and
+    χ² (f' folded into b up to a per-state constant) and Hellinger likewise. Twins bit for bit, and the NumPy reference to 1e-12 (θ, π, ‖g‖², KL)."""
     for mdp in mdps:
         expect = _ppo_edges("numpy", mdp, code, alpha, ref_from)
         nb = _ppo_edges("numba", mdp, code, alpha, ref_from)

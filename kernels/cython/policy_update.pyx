@@ -6,7 +6,7 @@
 Mirrors kernels/numba/policy_update.py (which documents the method).
 """
 from cython.parallel cimport prange
-from libc.math cimport sqrt
+from libc.math cimport copysign, sqrt
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
@@ -16,9 +16,14 @@ include "_softmax.pxi"
 
 cdef enum:
     TASK_BLOCKS = 32  # blocks of LANES states per parallel task
-    PF_NONE = 0     # no tau term
+    PF_NONE = 0     # no tau term in the ascent (none, or folded into b: U_REVERSE, U_JS)
     PF_BLOCK = 1    # pi f' in the block pf, its lane sums in mean_f
-    PF_REVERSE = 2  # reverse KL: pi f' formed where it is used (_reverse_log)
+    U_NONE = 0      # b = the clipped advantage
+    U_REVERSE = 1   # b -= tau u, u = (theta - m) - log pi_ref (logq holds log pi_ref)
+    U_JS = 2        # b -= tau u, u = (theta - m) - log(pi + pi_ref)
+    U_CHI = 3       # pf = 2 pi (pi - pi_ref)/pi_ref and mean_f = sum_a pf (PF_BLOCK)
+    U_HELLINGER = 4  # pf = pi - sqrt(pi pi_ref) and mean_f = sum_a pf (PF_BLOCK)
+    U_ALPHA = 5     # pf = pi f'_alpha and mean_f (PF_BLOCK; logq holds log pi_ref)
 
 cdef double TINIEST = 5e-324  # the smallest positive double
 
@@ -143,11 +148,18 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
     cdef int step
     cdef bint regularized = tau != 0.0 and code != NONE
     cdef bint penalized = beta != 0.0
-    cdef int mode = PF_NONE
+    cdef int mode = PF_NONE, umode = U_NONE
     cdef double hi_ratio = 1.0 + eps_high, lo_ratio = 1.0 - eps_low
     cdef double* swap
     if regularized:
-        mode = PF_REVERSE if code == REVERSE_KL else PF_BLOCK
+        if code == REVERSE_KL:
+            umode = U_REVERSE
+        elif code == JENSEN_SHANNON:
+            umode = U_JS
+        else:
+            mode = PF_BLOCK
+            umode = (U_CHI if code == CHI_SQUARE else U_HELLINGER if code == HELLINGER
+                     else U_ALPHA if code == ALPHA else U_NONE)
     size = n_rows * LANES
     cdef double* buf = <double*> malloc((9 * size + 10 * LANES) * sizeof(double))
     cdef int64_t* clipped = <int64_t*> malloc(LANES * sizeof(int64_t))
@@ -183,9 +195,9 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
             w[l] = weight[b0 + l] if b0 + l < b1 else 0.0
         if regularized:
             load_lanes(a_indptr, b0, b1, LANES, ref, 0.0, n_rows, q)
-            if code == REVERSE_KL:  # log pi_ref - 1: -inf at pi_ref = 0 (masks the pair)
+            if code == REVERSE_KL:  # -inf at pi_ref = 0 (masks the pair)
                 for i in range(size):
-                    logq[i] = flog(q[i]) - 1.0
+                    logq[i] = flog(q[i])
             elif code == ALPHA:
                 for i in range(size):
                     logq[i] = flog(q[i])
@@ -197,30 +209,28 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
                         i = a * LANES + l
                         pf[i] = -q[i]
                         mean_f[l] = mean_f[l] + pf[i]
-        # each step: softmax (exp_lanes, then pi = e rz inside _clip_lanes), pi f' and its
-        # sum if regularized, the clipped advantages, and the ascent step, which also takes
-        # the max of the new logits (the next softmax's shift, into m_next)
+        # each step: softmax (exp_lanes, then pi = e rz inside _clip_lanes), the clipped
+        # advantages b (minus tau u for the U_ modes), pi f' and its sum for PF_BLOCK, and
+        # the ascent step, which also takes the max of the new logits (the next softmax's
+        # shift, into m_next)
         max_lanes(th, n_rows, LANES, m)
         for step in range(n_steps + 1):
             exp_lanes(th, n_rows, LANES, m, p, z, rz)
             if step == n_steps:  # pi = e rz in _kl_lanes, fused with KL(pi || pi_old)
                 break
-            if mode != PF_NONE and (code == REVERSE_KL or code == ALPHA
-                                    or code == JENSEN_SHANNON):
+            if umode == U_ALPHA:
                 for l in range(LANES):
                     logz[l] = flog(z[l])
-            _clip_step(mode == PF_REVERSE, step == n_steps - 1, n_rows, p, rz, av, thr, b,
-                       mean_b, clipped, th, m, logz, logq, mean_f)
-            if mode == PF_BLOCK and code != FORWARD_KL:
-                _fprime_lanes(code, alpha, n_rows, p, th, m, logz, q, logq, pf, mean_f)
-            if mode != PF_NONE:  # g = pi (b - (sum pi b - tau sum pf)) - tau pf
+            _clip_step(umode, step == n_steps - 1, n_rows, p, rz, av, thr, b, mean_b, clipped,
+                       th, m, q, logq, tau, pf, mean_f, logz, alpha)
+            if mode == PF_BLOCK:  # g = pi (b - (sum pi b - tau sum pf)) - tau pf
                 for l in range(LANES):
                     mean_b[l] = mean_b[l] - tau * mean_f[l]
             if step == 0:
                 for l in range(LANES):
                     gsq[l] = 0.0
-            _ascend_step(mode, penalized, step == 0, n_rows, th, p, b, mean_b, old, pf, logz,
-                         logq, w, tau, beta, lr, gsq, m, m_next)
+            _ascend_step(mode == PF_BLOCK, penalized, step == 0, n_rows, th, p, b, mean_b, old,
+                         pf, w, tau, beta, lr, gsq, m_next)
             swap = m
             m = m_next
             m_next = swap
@@ -261,49 +271,97 @@ cdef inline void _load_ppo_lanes(const int64_t* a_indptr, Py_ssize_t s0, Py_ssiz
 
 cdef inline void _thresholds(Py_ssize_t size, cdptr old, cdptr av, double hi_ratio,
                              double lo_ratio, dptr thr) noexcept nogil:
-    """The one bound on pi each pair's clip can meet: the ratio r = pi/pi_old stays below
-    1 + eps_high where the advantage A > 0 (above 1 - eps_low where A < 0) as pi < thr
-    (pi > thr); at pi_old = 0 (r = inf, or NaN at pi = 0) thr = 0."""
+    """The one bound t on pi each pair's clip can meet, negated where the advantage A < 0:
+    the ratio r = pi/pi_old stays below 1 + eps_high where A > 0 (above 1 - eps_low where
+    A < 0) as pi < t (pi > t, i.e. -pi < -t), so that the clip is active where
+    copysign(pi, A) < thr; at pi_old = 0 (r = inf, or NaN at pi = 0) t = 0. (Where A = 0
+    the clip does not matter: b = A = 0.)"""
     cdef Py_ssize_t i
+    cdef double t
     for i in range(size):
-        thr[i] = (old[i] * hi_ratio if av[i] > 0.0 else old[i] * lo_ratio) if old[i] > 0.0 else 0.0
+        t = (old[i] * hi_ratio if av[i] > 0.0 else old[i] * lo_ratio) if old[i] > 0.0 else 0.0
+        thr[i] = -t if av[i] < 0.0 else t
 
-cdef inline void _clip_step(bint reverse, bint count, Py_ssize_t n_rows, dptr p, cdptr rz,
+cdef inline void _clip_step(int umode, bint count, Py_ssize_t n_rows, dptr p, cdptr rz,
                             cdptr av, cdptr thr, dptr b, dptr mean_b, int64_t* clipped,
-                            cdptr th, cdptr m, cdptr logz, cdptr logq,
-                            dptr mean_f) noexcept nogil:
+                            cdptr th, cdptr m, cdptr q, cdptr logq, double tau, dptr pf,
+                            dptr mean_f, cdptr logz, double alpha) noexcept nogil:
     """_clip_lanes with literal flags (one branch-free loop per combination)."""
-    if reverse:
-        if count:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
-                        mean_f, True, True)
+    if count:
+        if umode == U_NONE:
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
+                        True, U_NONE)
+        elif umode == U_REVERSE:
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
+                        True, U_REVERSE)
+        elif umode == U_JS:
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
+                        True, U_JS)
+        elif umode == U_CHI:
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
+                        True, U_CHI)
+        elif umode == U_HELLINGER:
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
+                        True, U_HELLINGER)
         else:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
-                        mean_f, False, True)
-    elif count:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
-                    mean_f, True, False)
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
+                        True, U_ALPHA)
+    elif umode == U_NONE:
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
+                    False, U_NONE)
+    elif umode == U_REVERSE:
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
+                    False, U_REVERSE)
+    elif umode == U_JS:
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
+                    False, U_JS)
+    elif umode == U_CHI:
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
+                    False, U_CHI)
+    elif umode == U_HELLINGER:
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
+                    False, U_HELLINGER)
     else:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
-                    mean_f, False, False)
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
+                    False, U_ALPHA)
 
 
 cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdptr thr, dptr b,
-                              dptr mean_b, int64_t* clipped, cdptr th, cdptr m,
-                             cdptr logz, cdptr logq, dptr mean_f, bint count,
-                             bint reverse) noexcept nogil:
+                             dptr mean_b, int64_t* clipped, cdptr th, cdptr m, cdptr q,
+                             cdptr logq, double tau, dptr pf, dptr mean_f, cdptr logz,
+                             double alpha, bint count, int umode) noexcept nogil:
     """pi = e rz in place (p holds e^(theta - m) from exp_lanes), b = the advantage where the
-    clipped objective is active (else 0), mean_b = sum_a pi b, and if count, clipped = the
-    count of inactive pairs with a nonzero advantage, per lane; if reverse, mean_f = sum_a
-    pi _reverse_log (logq holds log pi_ref - 1)."""
+    clipped objective is active (else 0), minus tau u by umode (u = f'(pi/pi_ref) up to a
+    constant per lane, which cancels in u - sum_a pi u: the ascent is then the plain
+    pi (b - sum pi b)), mean_b = sum_a pi b, and if count, clipped = the count of inactive
+    pairs with a nonzero advantage, per lane. u is 0 where it would be NaN or infinite
+    (pi_ref = 0 for U_REVERSE, pi = 0 for U_JS): f' enters g times pi only. U_CHI,
+    U_HELLINGER and U_ALPHA form pf = pi f'(pi/pi_ref) and mean_f = sum_a pf instead
+    (padding rows, where pi_ref = 0, get 0), with log pi = (theta - m) - log z (logz).
+    (chi-square keeps pi f' = 2 pi (pi - pi_ref)/pi_ref: u = pi (2/pi_ref) overflows where
+    pi_ref is subnormal.)"""
     cdef Py_ssize_t a, l, i
-    cdef double A, pi
+    cdef double A, pi, u, bb, t, logp, y, e, small, big
+    cdef double at_zero = 0.0 if alpha < 1.0 else -INFINITY  # lim_(pi -> 0) pi f'
+    cdef double inv_alpha = 1.0 / alpha, neg_inv_alpha = -1.0 / alpha
     cdef bint active
     for l in range(LANES):
         mean_b[l] = 0.0
         if count:
             clipped[l] = 0
-        if reverse:
+        if umode == U_CHI or umode == U_HELLINGER or umode == U_ALPHA:
             mean_f[l] = 0.0
     for a in range(n_rows):
         for l in range(LANES):
@@ -311,79 +369,80 @@ cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdpt
             pi = p[i] * rz[l]
             p[i] = pi
             A = av[i]
-            active = ((A > 0.0) & (pi < thr[i])) | ((A < 0.0) & (pi > thr[i]))
-            b[i] = A if active else 0.0
-            mean_b[l] = mean_b[l] + pi * b[i]
+            active = copysign(pi, A) < thr[i]  # thr signed like A (_thresholds)
+            bb = A if active else 0.0
+            if umode == U_REVERSE:  # f' = log(pi/pi_ref) + 1 = u + (1 - log z)
+                u = (th[i] - m[l]) - logq[i]
+                bb = bb - tau * (u if logq[i] > -INFINITY else 0.0)
+            elif umode == U_JS:  # f' = log(2 pi/(pi + pi_ref)) = u + (log 2 - log z)
+                u = (th[i] - m[l]) - flog(pi + q[i])
+                bb = bb - tau * (u if pi > 0.0 else 0.0)
+            elif umode == U_CHI:
+                t = ((2.0 * pi) * (pi - q[i])) / q[i]
+                pf[i] = t if q[i] > 0.0 else 0.0
+                mean_f[l] = mean_f[l] + pf[i]
+            elif umode == U_HELLINGER:
+                pf[i] = pi - sqrt(pi * q[i])
+                mean_f[l] = mean_f[l] + pf[i]
+            elif umode == U_ALPHA:
+                # y = -alpha L, L = log(pi/pi_ref): pi f' = pi L E(y) = -pi (e^y - 1)/alpha
+                # for y <= 1, and (pi - e^(log pi + y))/alpha beyond (no overflow of e^y)
+                logp = (th[i] - m[l]) - logz[l]
+                y = -alpha * (logp - logq[i])
+                e = fexpm1_or_exp(y if y <= 1.0 else logp + y, y <= 1.0)
+                small = (pi * e) * neg_inv_alpha
+                big = (pi - e) * inv_alpha
+                t = small if y <= 1.0 else big
+                t = t if pi > 0.0 else at_zero
+                pf[i] = t if q[i] > 0.0 else 0.0
+                mean_f[l] = mean_f[l] + pf[i]
+            b[i] = bb
+            mean_b[l] = mean_b[l] + pi * bb
             if count:
                 clipped[l] = clipped[l] + (0 if active | (A == 0.0) else 1)
-            if reverse:
-                mean_f[l] = mean_f[l] + pi * _reverse_log(th[i], m[l], logz[l], logq[i])
 
 
-cdef inline double _reverse_log(double x, double m, double logz, double logq1) noexcept nogil:
-    """f'(pi/pi_ref) for the reverse KL, log pi - log pi_ref + 1, with log pi = (x - m) - log z
-    and logq1 = log pi_ref - 1 (0 where pi_ref = 0)."""
-    cdef double t = ((x - m) - logz) - logq1
-    return t if logq1 > -INFINITY else 0.0
-
-
-cdef inline void _ascend_step(int mode, bint penalized, bint first, Py_ssize_t n_rows, dptr th,
-                              cdptr p, cdptr b, cdptr mean_b, cdptr old, cdptr pf, cdptr logz,
-                              cdptr logq, cdptr w, double tau, double beta,
-                              double lr, dptr gsq, cdptr m, dptr m_next) noexcept nogil:
+cdef inline void _ascend_step(bint block, bint penalized, bint first, Py_ssize_t n_rows,
+                              dptr th, cdptr p, cdptr b, cdptr mean_b, cdptr old, cdptr pf,
+                              cdptr w, double tau, double beta, double lr, dptr gsq,
+                              dptr m_next) noexcept nogil:
     """_ascend with literal flags (one branch-free loop per combination)."""
-    if mode == PF_NONE:
+    if block:
         if penalized:
             if first:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                        lr, gsq, m, m_next, PF_NONE, True, True)
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        True, True, True)
             else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                        lr, gsq, m, m_next, PF_NONE, True, False)
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        True, True, False)
         elif first:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                    lr, gsq, m, m_next, PF_NONE, False, True)
+            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                    True, False, True)
         else:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                    lr, gsq, m, m_next, PF_NONE, False, False)
-    elif mode == PF_BLOCK:
-        if penalized:
-            if first:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                        lr, gsq, m, m_next, PF_BLOCK, True, True)
-            else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                        lr, gsq, m, m_next, PF_BLOCK, True, False)
-        elif first:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                    lr, gsq, m, m_next, PF_BLOCK, False, True)
-        else:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                    lr, gsq, m, m_next, PF_BLOCK, False, False)
+            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                    True, False, False)
     elif penalized:
         if first:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                    lr, gsq, m, m_next, PF_REVERSE, True, True)
+            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                    False, True, True)
         else:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                    lr, gsq, m, m_next, PF_REVERSE, True, False)
+            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                    False, True, False)
     elif first:
-        _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                lr, gsq, m, m_next, PF_REVERSE, False, True)
+        _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                False, False, True)
     else:
-        _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                lr, gsq, m, m_next, PF_REVERSE, False, False)
+        _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                False, False, False)
 
 
 cdef inline void _ascend(Py_ssize_t n_rows, dptr th, cdptr p, cdptr b, cdptr mean_b, cdptr old,
-                         cdptr pf, cdptr logz, cdptr logq, cdptr w, double tau,
-                         double beta, double lr, dptr gsq, cdptr m, dptr m_next, int mode,
-                         bint penalized, bint first) noexcept nogil:
+                         cdptr pf, cdptr w, double tau, double beta, double lr, dptr gsq,
+                         dptr m_next, bint block, bint penalized, bint first) noexcept nogil:
     """theta += lr g on a block, g = w [pi (b - sum pi b) - tau (pf - pi sum pf)
-    + beta (pi_old - pi)] with mean_b = sum pi b - tau sum pf: by mode, PF_NONE:
-    pi (b - mean_b); PF_BLOCK: pi (b - mean_b) - tau pf; PF_REVERSE: pf = pi _reverse_log,
-    with m the current shift; the beta term if penalized; gsq += g^2 if first; m_next =
-    the new max of theta per lane."""
+    + beta (pi_old - pi)] with mean_b = sum pi b - tau sum pf: pi (b - mean_b), minus tau pf
+    if block (PF_BLOCK); the beta term if penalized; gsq += g^2 if first; m_next = the new
+    max of theta per lane."""
     cdef Py_ssize_t a, l, i
     cdef double g, t, pi
     for a in range(n_rows):
@@ -391,10 +450,8 @@ cdef inline void _ascend(Py_ssize_t n_rows, dptr th, cdptr p, cdptr b, cdptr mea
             i = a * LANES + l
             pi = p[i]
             g = pi * (b[i] - mean_b[l])
-            if mode == PF_BLOCK:
+            if block:
                 g = g - tau * pf[i]
-            elif mode == PF_REVERSE:
-                g = pi * ((b[i] - mean_b[l]) - tau * _reverse_log(th[i], m[l], logz[l], logq[i]))
             if penalized:
                 g = g + beta * (old[i] - pi)
             g = g * w[l]
@@ -420,52 +477,3 @@ cdef inline void _kl_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr old,
             p[i] = pi
             t = pi * flog(pi / old[i])
             kl[l] = kl[l] + (t if pi > 0.0 else 0.0)
-
-
-cdef inline void _fprime_lanes(int code, double alpha, Py_ssize_t n_rows, cdptr p, cdptr x,
-                               cdptr m, cdptr logz, cdptr q, cdptr logq, dptr pf,
-                               dptr mean_f) noexcept nogil:
-    """pf = pi f'(pi/pi_ref) per pair of a block and mean_f = sum_a pf per lane, for the f
-    whose pi f' depends on pi but is not the reverse KL; log pi = (x - m) - log z from the
-    block's softmax (padding rows, where q = 0, get 0)."""
-    cdef Py_ssize_t a, l, i
-    cdef double t, logp, y, e, small, big
-    cdef double at_zero = 0.0 if alpha < 1.0 else -INFINITY
-    cdef double inv_alpha = 1.0 / alpha, neg_inv_alpha = -1.0 / alpha
-    for l in range(LANES):
-        mean_f[l] = 0.0
-    if code == CHI_SQUARE:
-        for a in range(n_rows):
-            for l in range(LANES):
-                i = a * LANES + l
-                t = ((2.0 * p[i]) * (p[i] - q[i])) / q[i]
-                pf[i] = t if q[i] > 0.0 else 0.0
-                mean_f[l] = mean_f[l] + pf[i]
-    elif code == HELLINGER:
-        for a in range(n_rows):
-            for l in range(LANES):
-                i = a * LANES + l
-                pf[i] = p[i] - sqrt(p[i] * q[i])
-                mean_f[l] = mean_f[l] + pf[i]
-    elif code == JENSEN_SHANNON:  # pi (log pi - log(pi + pi_ref) + log 2)
-        for a in range(n_rows):
-            for l in range(LANES):
-                i = a * LANES + l
-                t = p[i] * ((((x[i] - m[l]) - logz[l]) - flog(p[i] + q[i])) + LN2)
-                pf[i] = t if p[i] > 0.0 else 0.0
-                mean_f[l] = mean_f[l] + pf[i]
-    elif code == ALPHA:
-        # y = -alpha L, L = log(pi/pi_ref): pi f' = pi L E(y) = -pi (e^y - 1)/alpha for
-        # y <= 1, and (pi - e^(log pi + y))/alpha beyond (no overflow of e^y): one exp
-        for a in range(n_rows):
-            for l in range(LANES):
-                i = a * LANES + l
-                logp = (x[i] - m[l]) - logz[l]
-                y = -alpha * (logp - logq[i])
-                e = fexpm1_or_exp(y if y <= 1.0 else logp + y, y <= 1.0)
-                small = (p[i] * e) * neg_inv_alpha
-                big = (p[i] - e) * inv_alpha
-                t = small if y <= 1.0 else big
-                t = t if p[i] > 0.0 else at_zero
-                pf[i] = t if q[i] > 0.0 else 0.0
-                mean_f[l] = mean_f[l] + pf[i]

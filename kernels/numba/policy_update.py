@@ -23,16 +23,21 @@ from numba import njit, prange
 from ._codes import ALPHA, CHI_SQUARE, FORWARD_KL, HELLINGER, JENSEN_SHANNON, NONE, REVERSE_KL
 from ._divergence import fprime, fprime_inv, fprime_inv_tail, p_fprime, ref_f
 from ._jit import twins
-from ._softmax import (LN2, LANES, PAD_LOGIT, exp_constants, exp_lanes, fexpm1_or_exp, flog,
+from ._softmax import (LANES, PAD_LOGIT, exp_constants, exp_lanes, fexpm1_or_exp, flog,
                        load_lanes, max_actions, max_lanes, store_lanes)
 
 TASK_BLOCKS = 32  # blocks of LANES states per parallel task
 
 TINIEST = 5e-324  # the smallest positive double
 
-PF_NONE = 0  # no τ term
+PF_NONE = 0  # no τ term in the ascent (none, or folded into b: U_REVERSE, U_JS)
 PF_BLOCK = 1  # π f' in the block pf, its lane sums in mean_f
-PF_REVERSE = 2  # reverse KL: π f' formed where it is used (_reverse_log)
+U_NONE = 0  # b = the clipped advantage
+U_REVERSE = 1  # b −= τ u, u = (θ − m) − log π_ref (logq holds log π_ref)
+U_JS = 2  # b −= τ u, u = (θ − m) − log(π + π_ref)
+U_CHI = 3  # pf = 2π (π − π_ref)/π_ref and mean_f = Σ_a pf (PF_BLOCK)
+U_HELLINGER = 4  # pf = π − √(π π_ref) and mean_f = Σ_a pf (PF_BLOCK)
+U_ALPHA = 5  # pf = π f'_α and mean_f (PF_BLOCK; logq holds log π_ref)
 
 
 def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out):
@@ -140,28 +145,39 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
     regularized = tau != 0.0 and code != NONE
     penalized = beta != 0.0
     mode = PF_NONE
+    umode = U_NONE
     if regularized:
-        mode = PF_REVERSE if code == REVERSE_KL else PF_BLOCK
+        if code == REVERSE_KL:
+            umode = U_REVERSE
+        elif code == JENSEN_SHANNON:
+            umode = U_JS
+        else:
+            mode = PF_BLOCK
+            umode = (U_CHI if code == CHI_SQUARE else U_HELLINGER if code == HELLINGER
+                     else U_ALPHA if code == ALPHA else U_NONE)
     hi_ratio = 1.0 + eps_high
     lo_ratio = 1.0 - eps_low
     for b0 in range(s0, s1, LANES):
         b1 = min(b0 + LANES, s1)
         _load_ppo_lanes(a_indptr, b0, b1, n_lanes, theta, pi_old, adv, th, old, av)
-        # the one bound on π each pair's clip can meet: r = π/π_old stays below 1 + ε_high
-        # where Ã > 0 (above 1 − ε_low where Ã < 0) as π < thr (π > thr); at π_old = 0
-        # (r = inf, or NaN at π = 0) thr = 0
+        # the one bound t on π each pair's clip can meet, negated where Ã < 0: r = π/π_old
+        # stays below 1 + ε_high where Ã > 0 (above 1 − ε_low where Ã < 0) as π < t (π > t,
+        # i.e. −π < −t), so that the clip is active where copysign(π, Ã) < thr; at
+        # π_old = 0 (r = inf, or NaN at π = 0) t = 0. (Where Ã = 0 the clip does not
+        # matter: b = Ã = 0.)
         for a in range(n_rows):
             for l in range(n_lanes):
                 o = old[a, l]
-                thr[a, l] = (o * hi_ratio if av[a, l] > 0.0 else o * lo_ratio) if o > 0.0 else 0.0
+                t = (o * hi_ratio if av[a, l] > 0.0 else o * lo_ratio) if o > 0.0 else 0.0
+                thr[a, l] = -t if av[a, l] < 0.0 else t
         for l in range(n_lanes):
             w[l] = weight[b0 + l] if b0 + l < b1 else 0.0
         if regularized:
             load_lanes(a_indptr, b0, b1, n_lanes, ref, 0.0, q)
-            if code == REVERSE_KL:  # log π_ref − 1: −inf at π_ref = 0 (masks the pair)
+            if code == REVERSE_KL:  # −inf at π_ref = 0 (masks the pair)
                 for a in range(n_rows):
                     for l in range(n_lanes):
-                        logq[a, l] = flog(q[a, l]) - 1.0
+                        logq[a, l] = flog(q[a, l])
             elif code == ALPHA:
                 for a in range(n_rows):
                     for l in range(n_lanes):
@@ -173,30 +189,28 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
                     for l in range(n_lanes):
                         pf[a, l] = -q[a, l]
                         mean_f[l] += pf[a, l]
-        # each step: softmax (exp_lanes, then π = e·rz inside _clip_lanes), π f' and its
-        # sum if regularized, the clipped advantages, and the ascent step, which also takes
-        # the max of the new logits (the next softmax's shift, into m_next)
+        # each step: softmax (exp_lanes, then π = e·rz inside _clip_lanes), the clipped
+        # advantages b (minus τ u for the U_ modes), π f' and its sum for PF_BLOCK, and the
+        # ascent step, which also takes the max of the new logits (the next softmax's
+        # shift, into m_next)
         max_lanes(th, n_rows, n_lanes, m)
         for step in range(n_steps + 1):
             exp_lanes(th, n_rows, n_lanes, m, p, z, rz, k)
             if step == n_steps:  # π = e·rz below, fused with KL(π ‖ π_old)
                 break
-            if mode != PF_NONE and (code == REVERSE_KL or code == ALPHA
-                                    or code == JENSEN_SHANNON):
+            if umode == U_ALPHA:
                 for l in range(n_lanes):
                     logz[l] = flog(z[l])
-            _clip_step(mode == PF_REVERSE, step == n_steps - 1, n_rows, p, rz, av, thr, b,
-                       mean_b, clipped, th, m, logz, logq, mean_f)
-            if mode == PF_BLOCK and code != FORWARD_KL:
-                _fprime_lanes(code, alpha, n_rows, p, th, m, logz, q, logq, pf, mean_f)
-            if mode != PF_NONE:  # g = π (b − (Σπb − τ Σpf)) − τ pf
+            _clip_step(umode, step == n_steps - 1, n_rows, p, rz, av, thr, b, mean_b, clipped,
+                       th, m, q, logq, tau, pf, mean_f, logz, alpha)
+            if mode == PF_BLOCK:  # g = π (b − (Σπb − τ Σpf)) − τ pf
                 for l in range(n_lanes):
                     mean_b[l] = mean_b[l] - tau * mean_f[l]
             if step == 0:
                 for l in range(n_lanes):
                     gsq[l] = 0.0
-            _ascend_step(mode, penalized, step == 0, n_rows, th, p, b, mean_b, old, pf, logz,
-                         logq, w, tau, beta, lr, gsq, m, m_next)
+            _ascend_step(mode == PF_BLOCK, penalized, step == 0, n_rows, th, p, b, mean_b, old,
+                         pf, w, tau, beta, lr, gsq, m_next)
             for l in range(n_lanes):  # the new shift (the ascent read the current one)
                 m[l] = m_next[l]
         _kl_lanes(n_rows, p, rz, old, kl)
@@ -243,127 +257,156 @@ def _kl_lanes(n_rows, p, rz, old, kl):
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _clip_step(reverse, count, n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
-               mean_f):
+def _clip_step(umode, count, n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau,
+               pf, mean_f, logz, alpha):
     """:func:`_clip_lanes` with literal flags (one branch-free loop per combination)."""
-    if reverse:
-        if count:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
-                        mean_f, True, True)
+    if count:
+        if umode == U_NONE:
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
+                        logz, alpha, True, U_NONE)
+        elif umode == U_REVERSE:
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
+                        logz, alpha, True, U_REVERSE)
+        elif umode == U_JS:
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
+                        logz, alpha, True, U_JS)
+        elif umode == U_CHI:
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
+                        logz, alpha, True, U_CHI)
+        elif umode == U_HELLINGER:
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
+                        logz, alpha, True, U_HELLINGER)
         else:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
-                        mean_f, False, True)
-    elif count:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
-                    mean_f, True, False)
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
+                        logz, alpha, True, U_ALPHA)
+    elif umode == U_NONE:
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
+                    logz, alpha, False, U_NONE)
+    elif umode == U_REVERSE:
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
+                    logz, alpha, False, U_REVERSE)
+    elif umode == U_JS:
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
+                    logz, alpha, False, U_JS)
+    elif umode == U_CHI:
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
+                    logz, alpha, False, U_CHI)
+    elif umode == U_HELLINGER:
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
+                    logz, alpha, False, U_HELLINGER)
     else:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq,
-                    mean_f, False, False)
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
+                    logz, alpha, False, U_ALPHA)
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, logz, logq, mean_f, count,
-                reverse):
+def _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
+                logz, alpha, count, umode):
     """π = e·rz in place (p holds e^{θ − m} from exp_lanes), b = the advantage where the
-    clipped objective is active (else 0) and mean_b = Σ_a π b per lane; ``count``: also
-    clipped = the number of inactive pairs with a nonzero advantage, per lane; ``reverse``:
-    also mean_f = Σ_a π·:func:`_reverse_log` (logq holds log π_ref − 1). Called with literal
-    flags, so that each call compiles to one branch-free loop."""
+    clipped objective is active (else 0), minus τ u by ``umode`` (u = f'(π/π_ref) up to a
+    constant per lane, which cancels in u − Σ_a π u: the ascent is then the plain
+    π (b − Σπb)), mean_b = Σ_a π b per lane; ``count``: also clipped = the number of
+    inactive pairs with a nonzero advantage, per lane. u is 0 where it would be NaN or
+    infinite (π_ref = 0 for U_REVERSE, π = 0 for U_JS): f' enters g times π only. U_CHI,
+    U_HELLINGER and U_ALPHA form pf = π f'(π/π_ref) and mean_f = Σ_a pf instead (padding
+    rows, where π_ref = 0, get 0), with log π = (θ − m) − log z (logz). (χ² keeps
+    π f' = 2π (π − π_ref)/π_ref: u = π (2/π_ref) overflows where π_ref is subnormal.)
+    Called with literal flags, so that each call compiles to one branch-free loop."""
     n_lanes = p.shape[1]
+    at_zero = 0.0 if alpha < 1.0 else -math.inf  # lim_{π→0} π f'(π/π_ref)
+    inv_alpha = 1.0 / alpha
+    neg_inv_alpha = -1.0 / alpha
     for l in range(n_lanes):
         mean_b[l] = 0.0
         if count:
             clipped[l] = 0
-        if reverse:
+        if umode == U_CHI or umode == U_HELLINGER or umode == U_ALPHA:
             mean_f[l] = 0.0
     for a in range(n_rows):
         for l in range(n_lanes):
             pi = p[a, l] * rz[l]
             p[a, l] = pi
             A = av[a, l]
-            active = (A > 0.0) & (pi < thr[a, l]) | (A < 0.0) & (pi > thr[a, l])
-            b[a, l] = A if active else 0.0
-            mean_b[l] += pi * b[a, l]
+            active = math.copysign(pi, A) < thr[a, l]  # thr signed like Ã
+            bb = A if active else 0.0
+            if umode == U_REVERSE:  # f' = log(π/π_ref) + 1 = u + (1 − log z)
+                u = (th[a, l] - m[l]) - logq[a, l]
+                bb = bb - tau * (u if logq[a, l] > -math.inf else 0.0)
+            elif umode == U_JS:  # f' = log(2π/(π + π_ref)) = u + (log 2 − log z)
+                u = (th[a, l] - m[l]) - flog(pi + q[a, l])
+                bb = bb - tau * (u if pi > 0.0 else 0.0)
+            elif umode == U_CHI:
+                t = ((2.0 * pi) * (pi - q[a, l])) / q[a, l]
+                pf[a, l] = t if q[a, l] > 0.0 else 0.0
+                mean_f[l] += pf[a, l]
+            elif umode == U_HELLINGER:
+                pf[a, l] = pi - math.sqrt(pi * q[a, l])
+                mean_f[l] += pf[a, l]
+            elif umode == U_ALPHA:
+                # y = −αL, L = log(π/π_ref): π f' = π L E(y) = −π (e^y − 1)/α for y ≤ 1,
+                # and (π − e^{log π + y})/α beyond (no overflow of e^y): one exp per pair
+                logp = (th[a, l] - m[l]) - logz[l]
+                y = -alpha * (logp - logq[a, l])
+                e = fexpm1_or_exp(y if y <= 1.0 else logp + y, y <= 1.0)
+                small = (pi * e) * neg_inv_alpha
+                big = (pi - e) * inv_alpha
+                t = small if y <= 1.0 else big
+                t = t if pi > 0.0 else at_zero
+                pf[a, l] = t if q[a, l] > 0.0 else 0.0
+                mean_f[l] += pf[a, l]
+            b[a, l] = bb
+            mean_b[l] += pi * bb
             if count:
                 clipped[l] += 0 if active | (A == 0.0) else 1
-            if reverse:
-                mean_f[l] += pi * _reverse_log(th[a, l], m[l], logz[l], logq[a, l])
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _reverse_log(x, m, logz, logq1):
-    """f'(π/π_ref) for the reverse KL, log π − log π_ref + 1, with log π = (x − m) − log z
-    and logq1 = log π_ref − 1 (0 where π_ref = 0)."""
-    t = ((x - m) - logz) - logq1
-    return t if logq1 > -math.inf else 0.0
-
-
-@njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _ascend_step(mode, penalized, first, n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau,
-                 beta, lr, gsq, m, m_next):
+def _ascend_step(block, penalized, first, n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr,
+                 gsq, m_next):
     """:func:`_ascend` with literal flags (one branch-free loop per combination)."""
-    if mode == PF_NONE:
+    if block:
         if penalized:
             if first:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                        lr, gsq, m, m_next, PF_NONE, True, True)
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        True, True, True)
             else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                        lr, gsq, m, m_next, PF_NONE, True, False)
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        True, True, False)
         elif first:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                    lr, gsq, m, m_next, PF_NONE, False, True)
+            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                    True, False, True)
         else:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                    lr, gsq, m, m_next, PF_NONE, False, False)
-    elif mode == PF_BLOCK:
-        if penalized:
-            if first:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                        lr, gsq, m, m_next, PF_BLOCK, True, True)
-            else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                        lr, gsq, m, m_next, PF_BLOCK, True, False)
-        elif first:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                    lr, gsq, m, m_next, PF_BLOCK, False, True)
-        else:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                    lr, gsq, m, m_next, PF_BLOCK, False, False)
+            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                    True, False, False)
     elif penalized:
         if first:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                    lr, gsq, m, m_next, PF_REVERSE, True, True)
+            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                    False, True, True)
         else:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                    lr, gsq, m, m_next, PF_REVERSE, True, False)
+            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                    False, True, False)
     elif first:
-        _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                lr, gsq, m, m_next, PF_REVERSE, False, True)
+        _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                False, False, True)
     else:
-        _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta,
-                lr, gsq, m, m_next, PF_REVERSE, False, False)
+        _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                False, False, False)
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta, lr, gsq, m, m_next,
-            mode, penalized, first):
+def _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next, block,
+            penalized, first):
     """θ += lr·g on a block, g = w π (b − Σπb) − τ (pf − π Σpf) + β (π_old − π) (SPEC §1),
-    with mean_b = Σπb − τ Σpf, and m_next = the new max of θ per lane. ``mode``: the τ term
-    (PF_NONE: none, g = π (b − mean_b); PF_BLOCK: π (b − mean_b) − τ pf, pf from the block;
-    PF_REVERSE: π ((b − mean_b) − τ :func:`_reverse_log`), m the current shift);
-    ``penalized``: with the β term; ``first``: gsq += g² per lane. Called with literal
-    flags, so that each call compiles to one branch-free loop."""
+    with mean_b = Σπb − τ Σpf, and m_next = the new max of θ per lane: g = π (b − mean_b),
+    minus τ pf if ``block`` (PF_BLOCK); ``penalized``: with the β term; ``first``: gsq += g²
+    per lane. Called with literal flags, so that each call compiles to one branch-free loop."""
     n_lanes = th.shape[1]
     for a in range(n_rows):
         for l in range(n_lanes):
             pi = p[a, l]
             g = pi * (b[a, l] - mean_b[l])
-            if mode == PF_BLOCK:
+            if block:
                 g = g - tau * pf[a, l]
-            elif mode == PF_REVERSE:
-                g = pi * ((b[a, l] - mean_b[l])
-                          - tau * _reverse_log(th[a, l], m[l], logz[l], logq[a, l]))
             if penalized:
                 g = g + beta * (old[a, l] - pi)
             g = g * w[l]
@@ -372,50 +415,6 @@ def _ascend(n_rows, th, p, b, mean_b, old, pf, logz, logq, w, tau, beta, lr, gsq
             t = th[a, l] + lr * g
             th[a, l] = t
             m_next[l] = t if (a == 0) | (t > m_next[l]) else m_next[l] + 0.0
-
-
-@njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _fprime_lanes(code, alpha, n_rows, p, x, m, logz, q, logq, pf, mean_f):
-    """pf = π f'(π/π_ref) per pair of a block and mean_f = Σ_a pf per lane, for the f whose
-    π f' depends on π but is not the reverse KL; log π = (x − m) − log z from the block's
-    softmax (padding rows, where q = 0, get 0)."""
-    n_lanes = p.shape[1]
-    for l in range(n_lanes):
-        mean_f[l] = 0.0
-    if code == CHI_SQUARE:
-        for a in range(n_rows):
-            for l in range(n_lanes):
-                t = ((2.0 * p[a, l]) * (p[a, l] - q[a, l])) / q[a, l]
-                pf[a, l] = t if q[a, l] > 0.0 else 0.0
-                mean_f[l] += pf[a, l]
-    elif code == HELLINGER:
-        for a in range(n_rows):
-            for l in range(n_lanes):
-                pf[a, l] = p[a, l] - math.sqrt(p[a, l] * q[a, l])
-                mean_f[l] += pf[a, l]
-    elif code == JENSEN_SHANNON:  # π (log π − log(π + π_ref) + log 2)
-        for a in range(n_rows):
-            for l in range(n_lanes):
-                t = p[a, l] * ((((x[a, l] - m[l]) - logz[l]) - flog(p[a, l] + q[a, l])) + LN2)
-                pf[a, l] = t if p[a, l] > 0.0 else 0.0
-                mean_f[l] += pf[a, l]
-    elif code == ALPHA:
-        # y = −αL, L = log(π/π_ref): π f' = π L E(y) = −π (e^y − 1)/α for y ≤ 1, and
-        # (π − e^{log π + y})/α beyond (no overflow of e^y): one exp per pair
-        at_zero = 0.0 if alpha < 1.0 else -math.inf  # lim_{π→0} π f'(π/π_ref)
-        inv_alpha = 1.0 / alpha
-        neg_inv_alpha = -1.0 / alpha
-        for a in range(n_rows):
-            for l in range(n_lanes):
-                logp = (x[a, l] - m[l]) - logz[l]
-                y = -alpha * (logp - logq[a, l])
-                e = fexpm1_or_exp(y if y <= 1.0 else logp + y, y <= 1.0)
-                small = (p[a, l] * e) * neg_inv_alpha
-                big = (p[a, l] - e) * inv_alpha
-                t = small if y <= 1.0 else big
-                t = t if p[a, l] > 0.0 else at_zero
-                pf[a, l] = t if q[a, l] > 0.0 else 0.0
-                mean_f[l] += pf[a, l]
 
 
 KERNELS = twins(greedy_policy, ppo_update)
