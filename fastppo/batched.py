@@ -164,7 +164,9 @@ def _scaled(b, x0):
 
 
 def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
-    """Richardson sweeps for all members in lockstep (``_krylov.richardson`` per member).
+    """Richardson sweeps for all members in lockstep (``_krylov.richardson`` per member:
+    the same extrapolation, and a member whose sweeps end unconverged above its start's
+    residual hands over its start).
 
     The iterates are one (n, K') array of the K' members still sweeping; each sweep is one
     batched product, the residuals' norms are taken on contiguous copies (as each
