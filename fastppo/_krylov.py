@@ -352,8 +352,13 @@ class _Sweeps:
             return
         x += r
         if self.system.shift:
-            space = self.stop.space
-            x += self.system.shift * 0.5 * (space.min(r) + space.max(r))
+            x += self.system.shift * extrapolation(r, self.stop.space)
+
+
+def extrapolation(r, space=LOCAL):
+    """The residual's mid-range ½ (min r + max r): a sweep of the value system adds
+    ``shift`` times it along 1 (MacQueen's bounds; ``fastppo.batched`` per member)."""
+    return 0.5 * (space.min(r) + space.max(r))
 
 
 def richardson(system, x0, stop, max_iter, *, max_rate=MAX_RATE, min_sweeps=MIN_SWEEPS):

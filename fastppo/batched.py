@@ -164,7 +164,9 @@ def _scaled(b, x0):
 
 
 def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
-    """Richardson sweeps for all members in lockstep (``_krylov.richardson`` per member).
+    """Richardson sweeps for all members in lockstep (``_krylov.richardson`` per member:
+    the same extrapolation, and a member whose sweeps end unconverged above its start's
+    residual hands over its start).
 
     The iterates are one (n, K') array of the K' members still sweeping; each sweep is one
     batched product, the residuals' norms are taken on contiguous copies (as each
@@ -181,6 +183,7 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
             results[m] = _krylov.LinearResult(np.zeros(n), 0, 0.0, True, "richardson")
     current = dict(enumerate(X0))  # each active member's iterate (None: zero)
     last, slow = np.full(K, np.inf), np.zeros(K, dtype=np.int64)
+    start_residual = np.full(K, np.inf)  # each member's true residual at its start
     n_matvec = 0
     # buffers of K members, reused as the active members shrink; the iterates alternate
     # between two (a repack reads the columns of the other), the residual overwrites A x
@@ -210,6 +213,8 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
             rows[:] = r.T  # each member's residual contiguous, as its own solve sees it
             for i, m in enumerate(active):
                 residual = stop.relative(rows[i], bnorm[m])
+                if n_matvec == 1:
+                    start_residual[m] = residual
                 if stop.met(residual):
                     results[m] = _krylov.LinearResult(x[:, i].copy(), n_matvec, residual, True,
                                                       "richardson")
@@ -218,12 +223,16 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
                 last[m] = residual
                 gave_up = n_matvec >= _krylov.MIN_SWEEPS and slow[m] >= 2
                 if n_matvec >= max_iter or gave_up:
-                    results[m] = _krylov.LinearResult(x[:, i].copy(), n_matvec, residual, False,
+                    end = x[:, i].copy()
+                    if residual > start_residual[m]:  # as _krylov._Sweeps: the start was better
+                        end = np.zeros(n) if X0[m] is None else np.array(X0[m], dtype=np.float64)
+                        residual = start_residual[m]
+                    results[m] = _krylov.LinearResult(end, n_matvec, residual, False,
                                                       "richardson", stalled=n_matvec < max_iter)
             finished = any(results[m] is not None for m in active)
             x += r
-            if shift:  # per member, as _krylov: shift · ½ (min r + max r)
-                x += shift * 0.5 * (rows.min(axis=1) + rows.max(axis=1))
+            if shift:  # per member, as _krylov._Sweeps, on its contiguous residual
+                x += shift * np.array([_krylov.extrapolation(row) for row in rows])
         for i, m in enumerate(active):
             current[m] = x[:, i]
 

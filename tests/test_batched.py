@@ -308,6 +308,42 @@ def test_members_equal_separate_calls_bit_for_bit(which, n_threads):
         assert ev.n_matvec[m] == one.n_matvec
 
 
+@pytest.mark.parametrize("which", ["numba", "cython"])
+def test_members_whose_sweeps_end_worse_than_their_start_hand_it_over(which):
+    """A gridworld's value system: each member's extrapolated sweeps end above its start's
+    residual and hand over the start (zero, or the warm start) to the assembled solvers,
+    as ``_krylov._Sweeps`` does for the separate call: every member's values, product
+    count, method and residual are those of its own call, bit for bit, and the dense ones."""
+    from fastppo import _krylov
+    from fastppo._evaluator import Evaluator
+
+    mdp = fastppo.gridworld(20, 20, gamma=0.99)
+    rng = np.random.default_rng(1)
+    pis = np.stack([fastppo.softmax(mdp, s * rng.standard_normal(mdp.n_pairs)) for s in (1.0, 1.0, 3.0)])
+    dense = np.stack([naive.evaluate(mdp, pis[m])[0] for m in range(3)])
+    stop = _krylov.StoppingRule(1e-12, mdp.gamma)
+    opts = dict(backend=which, n_threads=1)
+    for v0 in (None, 0.5 * dense):
+        handed_over = 0
+        for m in range(3):  # the separate call's sweeps: do they return the start?
+            E = Evaluator(mdp, None, which, 1)
+            E.load(pis[m])
+            system = E._value_system()
+            start = None if v0 is None else v0[m]
+            sweeps = _krylov.richardson(system, start, stop, 5000)
+            handed_over += bool(np.array_equal(sweeps.x, np.zeros(mdp.n_states) if start is None
+                                               else start))
+        assert handed_over >= 2  # the path under test runs for most members
+        ev = fastppo.evaluate_batch(mdp, pis, v0=v0, **opts)
+        for m in range(3):
+            one = fastppo.evaluate(mdp, pis[m], v0=None if v0 is None else v0[m], **opts)
+            np.testing.assert_array_equal(ev.v[m], one.v, err_msg=f"v[{m}]")
+            assert (ev.n_matvec[m], ev.method[m], ev.residual[m]) == (one.n_matvec, one.method,
+                                                                      one.residual)
+            assert one.method.startswith("richardson+")
+            _same(ev.v[m], dense[m], f"dense v[{m}]", DENSE)
+
+
 def test_one_member_is_evaluate_bit_for_bit():
     """K = 1 through every path: the batch of one is ``evaluate`` / ``visitation``."""
     mdp = random_mdp(75, n_states=25, n_actions=4, gamma=0.9, density=0.3)
