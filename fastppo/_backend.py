@@ -23,7 +23,7 @@ DEFAULT_BACKEND = "cython"
 STEMS = {
     "linear": ("bellman_matvec", "bellman_rmatvec", "q_values", "bellman_products"),
     "tables": ("segment_softmax", "regularized_reward", "advantages", "q_advantages",
-               "policy_gradient"),
+               "policy_gradient", "compact_indptr", "compact_rows"),
     "policy_update": ("greedy_policy", "ppo_update"),
     "sampling": ("rollout", "gae", "discounted_returns", "ppo_minibatches"),
     "episodic": ("episodic_values", "episodic_visits"),

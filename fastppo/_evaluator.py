@@ -88,33 +88,35 @@ def regularizer_args(mdp, reg):
     return reg.code, reg.alpha, reg.tau, ref
 
 
-def policy_rows(mdp, pi, previous=None):
+def policy_rows(mdp, pi, previous=None, backend=None, n_threads=1):
     """Kernel arrays (a_indptr, p_indptr, p_indices, p_data, pi) of the pairs π uses.
 
     Products with P_π only need the pairs with π > 0. When those are at most half of
     all pairs (a deterministic policy uses one per state), their rows are gathered once
-    into a compact CSR (O(nnz) of those rows), so every product reads only them; the
-    sums are the same, term by term.
+    into a compact CSR (O(nnz) of those rows; kernels ``compact_indptr`` and
+    ``compact_rows`` of ``backend``, default the one in force, on ``n_threads``), so every product reads
+    only them; the sums are the same, term by term.
 
     ``previous``: (π', its compact rows) of an earlier policy, or None. When π differs
     from π' in a few states whose pairs' rows keep their shape (policy iteration's last
     steps), only those states' rows are gathered anew, into a copy of the old arrays.
     """
     T = mdp._transitions
-    if np.count_nonzero(pi) > mdp.n_pairs // 2:
+    n_used = np.count_nonzero(pi)
+    if n_used > mdp.n_pairs // 2:
         return mdp.a_indptr, T.p_indptr, T.p_indices, T.p_data, pi
     if previous is not None:
         rows = _patched_rows(mdp, pi, *previous)
         if rows is not None:
             return rows
-    used = np.flatnonzero(pi)
-    a_indptr = np.zeros(mdp.n_states + 1, dtype=np.int64)
-    np.cumsum(np.bincount(mdp.s_indices[used], minlength=mdp.n_states), out=a_indptr[1:])
-    lengths = T.row_lengths[used]
-    p_indptr = np.zeros(used.shape[0] + 1, dtype=np.int64)
-    np.cumsum(lengths, out=p_indptr[1:])
-    gather = np.repeat(T.p_indptr[used] - p_indptr[:-1], lengths) + np.arange(p_indptr[-1])
-    return a_indptr, p_indptr, T.p_indices[gather], T.p_data[gather], pi[used]
+    a_indptr = np.empty(mdp.n_states + 1, dtype=np.int64)
+    p_indptr = np.empty(n_used + 1, dtype=np.int64)
+    get_kernel("compact_indptr", backend)(mdp.a_indptr, T.p_indptr, pi, a_indptr, p_indptr, 1)
+    indices = np.empty(p_indptr[-1], dtype=T.p_indices.dtype)
+    data, weights = np.empty(p_indptr[-1]), np.empty(n_used)
+    get_kernel("compact_rows", backend)(mdp.a_indptr, T.p_indptr, T.p_indices, T.p_data, pi,
+                                        a_indptr, p_indptr, indices, data, weights, n_threads)
+    return a_indptr, p_indptr, indices, data, weights
 
 
 PATCH_SHARE = 0.25  # policy_rows patches the old rows when at most this share of states changed
@@ -247,7 +249,7 @@ class Evaluator:
         few states)."""
         previous = self._previous if patch and self._compact else None
         self.pi = pi
-        rows = policy_rows(self.mdp, pi, previous)
+        rows = policy_rows(self.mdp, pi, previous, self.backend, self.n_threads)
         self._compact = rows[0] is not self.mdp.a_indptr
         self._previous = (pi.copy(), rows[:5]) if patch and self._compact else None
         self._rows = (*rows, self.mdp.gamma)

@@ -103,6 +103,36 @@ def _zeroed(mdp, pi):
     return pi
 
 
+def _first_pairs(mdp):
+    """The deterministic policy of every state's first pair."""
+    pi = np.zeros(mdp.n_pairs)
+    pi[mdp.a_indptr[:-1]] = 1.0
+    return pi
+
+
+def _compact_calls(mdp, policies, n_threads):
+    """compact_indptr and compact_rows on the MDP's arrays; outputs concatenated as float
+    (pointers pre-filled with -1, values with NaN: every entry must be written)."""
+    a, pp, pj, pd = mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data
+
+    def indptr(k, p):
+        out_a, out_p = np.full(mdp.n_states + 1, -1), np.full(np.count_nonzero(p) + 1, -1)
+        k(a, pp, p, out_a, out_p, n_threads)
+        return np.concatenate([out_a, out_p]).astype(float)
+
+    def rows(k, p):
+        used = np.flatnonzero(p)
+        out_a = np.concatenate([[0], np.cumsum(np.bincount(mdp.s_indices[used], minlength=mdp.n_states))])
+        out_p = np.concatenate([[0], np.cumsum(np.diff(pp)[used])])
+        indices = np.full(out_p[-1], -1, dtype=pj.dtype)
+        data, w = np.full(out_p[-1], np.nan), np.full(used.shape[0], np.nan)
+        k(a, pp, pj, pd, p, out_a, out_p, indices, data, w, n_threads)
+        return np.concatenate([indices, data, w])
+
+    return {"compact_indptr": [(label, lambda k, p=p: indptr(k, p)) for label, p in policies],
+            "compact_rows": [(label, lambda k, p=p: rows(k, p)) for label, p in policies]}
+
+
 def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
     """kernel name → list of (label, call(kernel) → output array)."""
     a, pp, pj, pd = mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data
@@ -133,6 +163,7 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
         "q_advantages": [("", lambda k: _outputs(k, (a, pi, inp["q"], mdp.r, g * 2.0 ** -3),
                                                  (out(L), out(L)), n_threads))],
         "regularized_reward": [], "policy_gradient": [],
+        **_compact_calls(mdp, (("pi", pi), ("zeros", zpi), ("first", _first_pairs(mdp))), n_threads),
         **_episodic_calls(n_threads),
         **_assembled_calls(mdp, inp, n_threads),
         **_batched_calls(mdp, inp, n_threads, chunks),

@@ -102,6 +102,51 @@ def test_compact_rows_of_sparse_policies(backend):
     assert naive.rel_err(E.visitation(mdp.rho).d, naive.visitation(mdp, pi)) <= REL
 
 
+def _loop_compact_rows(mdp, pi):
+    """The compact rows of the pairs with π > 0, by plain loops (reference)."""
+    a_indptr, p_indptr, indices, data, weights = [0], [0], [], [], []
+    for s in range(mdp.n_states):
+        for k in range(mdp.a_indptr[s], mdp.a_indptr[s + 1]):
+            if pi[k] != 0.0:
+                lo, hi = mdp.p_indptr[k], mdp.p_indptr[k + 1]
+                indices += list(mdp.p_indices[lo:hi])
+                data += list(mdp.p_data[lo:hi])
+                weights.append(pi[k])
+                p_indptr.append(len(indices))
+        a_indptr.append(len(weights))
+    return a_indptr, p_indptr, indices, data, weights
+
+
+@pytest.mark.parametrize("kind", ["deterministic", "sparse", "stochastic"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_compact_row_kernels_match_a_loop_reference(backend, n_threads, kind, seed):
+    """``compact_indptr`` + ``compact_rows`` (through ``policy_rows``) of every backend
+    equal plain loops over the pairs and the NumPy reference, on random sparse MDPs with
+    rows of different lengths (and empty states' blocks never: every state has a pair)."""
+    mdp = random_mdp(20 + seed, n_states=17, n_actions=4, gamma=0.9, rectangular=False,
+                     density=0.3)
+    rng = np.random.default_rng(seed)
+    pi = random_policy(mdp, seed)[0]
+    if kind != "stochastic":  # one pair per state, or some states with two
+        keep = np.zeros(mdp.n_pairs, dtype=bool)
+        keep[mdp.a_indptr[:-1] + rng.integers(0, np.diff(mdp.a_indptr))] = True
+        if kind == "sparse":
+            two = np.flatnonzero(np.diff(mdp.a_indptr) > 1)[:mdp.n_pairs // 2 - mdp.n_states]
+            keep[mdp.a_indptr[two] + np.diff(mdp.a_indptr)[two] - 1] = True
+        pi = np.where(keep, pi, 0.0)
+        assert mdp.n_states < np.count_nonzero(pi) <= mdp.n_pairs // 2 or kind == "deterministic"
+    rows = policy_rows(mdp, pi, backend=backend, n_threads=n_threads)
+    if kind == "stochastic":  # more than half the pairs: the MDP's own arrays
+        assert rows[0] is mdp.a_indptr and rows[4] is pi
+        return
+    expected = _loop_compact_rows(mdp, pi)
+    reference = policy_rows(mdp, pi, backend="numpy")
+    for got, want, ref in zip(rows, expected, reference):
+        np.testing.assert_array_equal(got, np.asarray(want, dtype=got.dtype))
+        np.testing.assert_array_equal(got, ref)
+    assert rows[2].dtype == mdp.p_indices.dtype and rows[1].dtype == np.int64
+
+
 def test_evaluator_resolves_the_regularizer_once():
     mdp = random_mdp(9, n_states=6, n_actions=3)
     reg = make_reg("js", mdp)

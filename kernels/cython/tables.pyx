@@ -5,10 +5,12 @@
 ``advantages``:         out = q − Σ_a π q  (per state)
 ``q_advantages``:       q = r + scale·rows and adv = q − Σ_a π q in one pass
 ``policy_gradient``:    out[k] = w(s) π_k [(b_k − Σ_a π b) − τ(f'_k − Σ_a π f')]
+``compact_indptr``:     the pair and row pointers of the pairs with π > 0 (serial prefix sums)
+``compact_rows``:       their rows of P and their π, gathered by those pointers
 Mirrors kernels/numba/tables.py.
 """
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 
 include "_codes.pxi"
@@ -113,3 +115,44 @@ def policy_gradient(const int64_t[::1] a_indptr, const double[::1] pi, const dou
             if tau != 0.0:
                 g = g - tau * (p_fprime(code, alpha, pi[k], ref[k]) - pi[k] * mean_f)
             out[k] = weight[s] * g
+
+
+def compact_indptr(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
+                   const double[::1] pi,                                          # IN
+                   int64_t[::1] out_a_indptr, int64_t[::1] out_p_indptr, int n_threads):  # OUT
+    """compact_indptr(a_indptr, p_indptr, pi, out_a_indptr, out_p_indptr, n_threads)
+
+    Serial at any ``n_threads`` (prefix sums)."""
+    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, s
+    cdef int64_t k, j = 0
+    with nogil:
+        out_a_indptr[0] = 0
+        out_p_indptr[0] = 0
+        for s in range(n_states):
+            for k in range(a_indptr[s], a_indptr[s + 1]):
+                if pi[k] != 0.0:
+                    out_p_indptr[j + 1] = out_p_indptr[j] + (p_indptr[k + 1] - p_indptr[k])
+                    j += 1
+            out_a_indptr[s + 1] = j
+
+
+def compact_rows(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
+                 const int32_t[::1] p_indices, const double[::1] p_data, const double[::1] pi,
+                 const int64_t[::1] out_a_indptr, const int64_t[::1] out_p_indptr,  # IN
+                 int32_t[::1] out_indices, double[::1] out_data, double[::1] out_pi,
+                 int n_threads):                                                     # OUT
+    """compact_rows(a_indptr, p_indptr, p_indices, p_data, pi, out_a_indptr, out_p_indptr,
+    out_indices, out_data, out_pi, n_threads)"""
+    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, s
+    cdef int64_t k, j, i, e
+    for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
+        j = out_a_indptr[s]
+        for k in range(a_indptr[s], a_indptr[s + 1]):
+            if pi[k] != 0.0:
+                out_pi[j] = pi[k]
+                i = out_p_indptr[j]
+                for e in range(p_indptr[k], p_indptr[k + 1]):
+                    out_indices[i] = p_indices[e]
+                    out_data[i] = p_data[e]
+                    i = i + 1
+                j = j + 1

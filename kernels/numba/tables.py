@@ -5,6 +5,8 @@
 ``advantages``:         out = q − Σ_a π q  (per state)
 ``q_advantages``:       q = r + scale·rows and adv = q − Σ_a π q in one pass
 ``policy_gradient``:    out[k] = w(s) π_k [(b_k − Σ_a π b) − τ(f'_k − Σ_a π f')]
+``compact_indptr``:     the pair and row pointers of the pairs with π > 0 (serial prefix sums)
+``compact_rows``:       their rows of P and their π, gathered by those pointers
 Mirrors kernels/cython/tables.pyx.
 """
 import numpy as np
@@ -80,4 +82,32 @@ def policy_gradient(a_indptr, pi, b, weight, ref, code, alpha, tau, out):
             out[k] = weight[s] * g
 
 
-KERNELS = twins(segment_softmax, regularized_reward, advantages, q_advantages, policy_gradient)
+def compact_indptr(a_indptr, p_indptr, pi, out_a_indptr, out_p_indptr):
+    out_a_indptr[0] = 0
+    out_p_indptr[0] = 0
+    j = 0
+    for s in range(a_indptr.shape[0] - 1):  # prefix sums: serial
+        for k in range(a_indptr[s], a_indptr[s + 1]):
+            if pi[k] != 0.0:
+                out_p_indptr[j + 1] = out_p_indptr[j] + (p_indptr[k + 1] - p_indptr[k])
+                j += 1
+        out_a_indptr[s + 1] = j
+
+
+def compact_rows(a_indptr, p_indptr, p_indices, p_data, pi, out_a_indptr, out_p_indptr,
+                 out_indices, out_data, out_pi):
+    for s in prange(a_indptr.shape[0] - 1):
+        j = out_a_indptr[s]
+        for k in range(a_indptr[s], a_indptr[s + 1]):
+            if pi[k] != 0.0:
+                out_pi[j] = pi[k]
+                i = out_p_indptr[j]
+                for e in range(p_indptr[k], p_indptr[k + 1]):
+                    out_indices[i] = p_indices[e]
+                    out_data[i] = p_data[e]
+                    i += 1
+                j += 1
+
+
+KERNELS = twins(segment_softmax, regularized_reward, advantages, q_advantages, policy_gradient,
+                compact_indptr, compact_rows)
