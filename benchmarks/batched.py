@@ -42,7 +42,7 @@ from common import build_mdp, describe_mdp  # noqa: E402
 import fastppo  # noqa: E402
 from fastppo._backend import get_kernel, resolve_backend  # noqa: E402
 from fastppo._evaluator import policy_rows  # noqa: E402
-from fastppo import _krylov, _validation  # noqa: E402
+from fastppo import _validation  # noqa: E402
 from fastppo import batched as _batched  # noqa: E402
 from fastppo.batched import interleaved  # noqa: E402
 
@@ -84,18 +84,16 @@ def breakdown(mdp, K, backend, n_threads, repeat):
     S, gamma = mdp.n_states, mdp.gamma
     code, alpha, tau, ref = _batched.regularizer_args(mdp, reg)
     one_pi = pis[:1]
-    x, b, ax = interleaved(S, K), np.random.default_rng(3).random((S, K)), np.empty((S, K))
+    x, b, ax = interleaved(S, K), np.random.default_rng(3).random((S, K)), interleaved(S, K)
     x[:] = np.random.default_rng(4).random((S, K))
-    r, rows, bnorm = np.empty_like(x), np.empty((K, S)), 1.0
-    stop, shift = _krylov.StoppingRule(1e-12), gamma / (1.0 - gamma)
+    stats, shift = np.empty((3, K)), gamma / (1.0 - gamma)
+    residual_kernel = get_kernel("sweep_residual_batch", backend)
+    update_kernel = get_kernel("sweep_update_batch", backend)
 
     def sweep_vector_ops():  # as fastppo.batched._sweeps, one sweep of K members
-        np.subtract(b, ax, out=r)
-        rows[:] = r.T
-        for i in range(K):
-            stop.relative(rows[i], bnorm)
-        np.add(x, r, out=x)  # (the same r every call: x grows linearly, harmlessly)
-        np.add(x, shift * 0.5 * (rows.min(axis=1) + rows.max(axis=1)), out=x)
+        residual_kernel(b, ax, stats, n_threads)  # (ax drifts call to call, harmlessly)
+        np.sqrt(stats[0])
+        update_kernel(x, ax, shift * (0.5 * (stats[1] + stats[2])), n_threads)
 
     q, adv = np.empty((K, mdp.n_pairs)), np.empty((K, mdp.n_pairs))
     vt = interleaved(S, K)

@@ -539,3 +539,25 @@ def bellman_rmatvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, members, ga
 def q_values_batch(p_indptr, p_indices, p_data, r, members, gamma, v, out, n_threads=1):
     """out[i] = r_m + γ P v[:, i], m = members[i]."""
     out[:] = r[members] + gamma * (_P(p_indptr, p_indices, p_data, v.shape[0]) @ v).T
+
+
+def regularized_reward_batch(a_indptr, r, r_of, pi, pi_of, ref, code, alpha, tau, out, terms,
+                             n_threads=1):
+    """out[i] = Σ_a π_m r_n − τ Σ_a π_ref f(π_m/π_ref), m = pi_of[i], n = r_of[i]."""
+    for i, (m, n) in enumerate(zip(pi_of, r_of)):
+        regularized_reward(a_indptr, r[n], pi[m], ref, code, alpha, tau, out[i])
+
+
+def sweep_residual_batch(b, r, stats, n_threads=1):
+    """r ← b − r (r holds A x); per member i (column): Σ r², min r, max r in stats[:, i]."""
+    np.subtract(b, r, out=r)
+    if r.shape[0]:
+        stats[0] = np.einsum("si,si->i", r, r)
+        stats[1] = r.min(axis=0)
+        stats[2] = r.max(axis=0)
+
+
+def sweep_update_batch(x, r, offset, n_threads=1):
+    """x ← (x + r) + offset (one offset per column): a Richardson sweep."""
+    x += r
+    x += offset

@@ -15,19 +15,24 @@ separate calls read the rows K times. The policies (and reward vectors) stay the
 n_pairs) rows the caller gave; a product takes the rows of the members still running.
 
 The solve is the chain of ``fastppo._krylov.solve`` run for each member, in lockstep:
-extrapolated Richardson sweeps advance all members together, one batched product per
-sweep; each member keeps its own scale, residual, slow-sweep count and stopping
-decision, and is frozen (its iterate copied out, its column dropped from later products)
-the sweep it converges. Members whose sweeps stall (slow-mixing MDPs: gridworlds, local
-successors) continue with BiCGSTAB, also in lockstep: each member runs
+extrapolated Richardson sweeps advance all members together, one batched product and two
+passes over the (n_states, K) arrays per sweep (kernels ``sweep_residual_batch``,
+``sweep_update_batch``); each member keeps its own scale, residual, slow-sweep count and
+stopping decision, and is frozen (its iterate copied out, its column dropped from later
+products) the sweep it converges. Members whose sweeps stall (slow-mixing MDPs:
+gridworlds, local successors) continue with BiCGSTAB, also in lockstep: each member runs
 ``fastppo._krylov.bicgstab_steps`` (the single solver's own iteration, a generator that
 asks for the products it needs), and each round serves all of them with one batched
-product. GMRES, the last resort, runs per member on the single-member product. Member
-m's products are, term by term and in the same order, those of the single-member
-kernels, and its residuals and inner products are computed on the same contiguous
-vectors, so its iterates, stopping decisions, product counts and results are those of
-the separate call: bit for bit on the compiled backends at the same thread count
-(tests/test_batched.py), to round-off (~1e-15 relative) on the NumPy reference.
+product. GMRES, the last resort, runs per member on the single-member product. The
+regularized rewards of all members come from one kernel (``regularized_reward_batch``:
+a shared policy's divergence once, reverse KL's logs vectorised).
+
+Member m's iteration is its separate call's, not its bits: the batched products sum each
+member's terms in the same order but the Cython lanes fuse multiply-adds (FMA), the
+residual norms are summed in another order, and the divergence terms may differ by a few
+ulps. Its results equal the separate call's to ~1e-14 relative (tests/test_batched.py
+asserts 1e-12), its product count within one (a stopping decision can flip only for a
+residual within round-off of a threshold), on every backend.
 """
 import numpy as np
 
@@ -169,8 +174,12 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
     residual hands over its start).
 
     The iterates are one (n, K') array of the K' members still sweeping; each sweep is one
-    batched product, the residuals' norms are taken on contiguous copies (as each
-    member's own solve sees them: the same bits), the rest is vectorised across members.
+    batched product and two passes over the (n, K') arrays (kernels
+    ``sweep_residual_batch``: r = b − A x and each member's Σ r², min r, max r;
+    ``sweep_update_batch``: x ← x + r + shift · mid-range(r)). Each member keeps its own
+    scale, residual, slow-sweep count and stopping decision; its norms are summed in
+    another order than its own call's (the decisions agree but for residuals within
+    round-off of a threshold).
 
     B : (K, n) scaled right-hand sides; X0 : list of K scaled starts (None: zero).
     Returns (list of K LinearResult, number of batched products).
@@ -185,10 +194,13 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
     last, slow = np.full(K, np.inf), np.zeros(K, dtype=np.int64)
     start_residual = np.full(K, np.inf)  # each member's true residual at its start
     n_matvec = 0
+    residual_kernel = get_kernel("sweep_residual_batch", members.backend)
+    update_kernel = get_kernel("sweep_update_batch", members.backend)
+    nt = members.n_threads
     # buffers of K members, reused as the active members shrink; the iterates alternate
     # between two (a repack reads the columns of the other), the residual overwrites A x
     spaces = [interleaved(n, K) for _ in range(4)]
-    rows_space = np.empty(K * n)
+    stats_space = np.empty(3 * K)
     while True:
         active = [m for m in range(K) if results[m] is None]
         if not active:
@@ -196,23 +208,22 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
         # (re)pack the active members' columns: frozen members leave the products
         k = len(active)
         spaces[0], spaces[3] = spaces[3], spaces[0]
-        x, b, ax = (_columns(space, k) for space in spaces[:3])
-        r = ax
+        x, b, r = (_columns(space, k) for space in spaces[:3])
         x[:] = 0.0
         for i, m in enumerate(active):
             if current[m] is not None:
                 x[:, i] = current[m]
         b[:] = B[active].T
-        rows = rows_space[:k * n].reshape(k, n)
+        stats = stats_space[:3 * k].reshape(3, k)
         product = members.batch_product(transposed, active)
         finished = False
         while not finished:
-            product(x, ax)
+            product(x, r)
             n_matvec += 1
-            np.subtract(b, ax, out=r)
-            rows[:] = r.T  # each member's residual contiguous, as its own solve sees it
+            residual_kernel(b, r, stats, nt)
+            norms = np.sqrt(stats[0])
             for i, m in enumerate(active):
-                residual = stop.relative(rows[i], bnorm[m])
+                residual = norms[i] / bnorm[m]
                 if n_matvec == 1:
                     start_residual[m] = residual
                 if stop.met(residual):
@@ -230,9 +241,8 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
                     results[m] = _krylov.LinearResult(end, n_matvec, residual, False,
                                                       "richardson", stalled=n_matvec < max_iter)
             finished = any(results[m] is not None for m in active)
-            x += r
-            if shift:  # per member, as _krylov._Sweeps, on its contiguous residual
-                x += shift * np.array([_krylov.extrapolation(row) for row in rows])
+            # x ← x + r + shift · ½ (min r + max r), per member (as _krylov._Sweeps)
+            update_kernel(x, r, shift * (0.5 * (stats[1] + stats[2])), nt)
         for i, m in enumerate(active):
             current[m] = x[:, i]
 
@@ -368,8 +378,9 @@ def evaluate_batch(mdp, pi, reg=None, *, r=None, v0=None, tol=DEFAULT_TOL, max_i
                    restart=DEFAULT_RESTART, method="auto", backend=None, n_threads=None):
     """Regularized values Ṽ, Q̃, Ã of K policies, or of one policy under K reward vectors.
 
-    Equal, member by member, to K calls of :func:`fastppo.evaluate` (to round-off), with
-    one pass over the transitions per Richardson sweep for all K members.
+    Equal, member by member, to K calls of :func:`fastppo.evaluate` to round-off (1e-12
+    relative; not bit for bit: module docstring), with one pass over the transitions per
+    Richardson sweep for all K members.
 
     Parameters
     ----------
@@ -452,26 +463,16 @@ def evaluate_batch(mdp, pi, reg=None, *, r=None, v0=None, tol=DEFAULT_TOL, max_i
 
 
 def _regularized_rewards(mdp, pis, rewards, ref, code, alpha, tau, which, nt):
-    """c_m = r_{m,π_m} − τ D_f(π_m ‖ π_ref), one row per member (K, n_states), each as
-    the ``regularized_reward`` kernel gives it for member m alone.
-
-    With one policy for all members, τ D_f(π) is the same for every member: one pass
-    computes 0 − τ D_f(π) (the kernel's sum of π·0 is +0 exactly), the others r_{m,π}
-    alone (τ = 0), and c_m = r_{m,π} + (−τ D_f) is r_{m,π} − τ D_f rounded the same way.
-    """
-    kernel = get_kernel("regularized_reward", which)
+    """c_m = r_{m,π_m} − τ D_f(π_m ‖ π_ref), one row per member (K, n_states): the
+    ``regularized_reward_batch`` kernel (each member's ``regularized_reward`` to a few
+    ulps; with one policy for all members, its divergence terms computed once)."""
     K = pis.shape[0] if rewards is None else rewards.shape[0]
+    r_rows, r_of = ((mdp.r[None], np.zeros(K, dtype=np.int64)) if rewards is None
+                    else (rewards, np.arange(K, dtype=np.int64)))
+    pi_of = np.arange(K, dtype=np.int64) if pis.shape[0] > 1 else np.zeros(K, dtype=np.int64)
     C = np.empty((K, mdp.n_states))
-    if pis.shape[0] == 1 and K > 1 and tau != 0.0:
-        divergence = np.empty(mdp.n_states)
-        kernel(mdp.a_indptr, np.zeros(mdp.n_pairs), pis[0], ref, code, alpha, tau, divergence, nt)
-        for m in range(K):
-            kernel(mdp.a_indptr, rewards[m], pis[0], ref, 0, 0.0, 0.0, C[m], nt)
-            C[m] += divergence
-    else:
-        for m in range(K):
-            kernel(mdp.a_indptr, mdp.r if rewards is None else rewards[m],
-                   pis[m if pis.shape[0] > 1 else 0], ref, code, alpha, tau, C[m], nt)
+    get_kernel("regularized_reward_batch", which)(mdp.a_indptr, r_rows, r_of, pis, pi_of, ref, code,
+                                                  alpha, tau, C, np.empty(mdp.n_pairs), nt)
     for m in range(K):
         V.check_finite(C[m], f"r_pi - tau * D_f(pi) of member {m}")
     return C

@@ -365,6 +365,16 @@ def _batched_calls(mdp, inp, n_threads, chunks):
     policies = {"K13": (pis, MEMBERS), "shared": (pis[1:2].copy(), shared)}
     x = rng.normal(size=(S, K))
     rewards = {"K13": (rng.normal(size=(5, L)), MEMBERS), "shared": (mdp.r[None].copy(), shared)}
+    ax, offset = rng.normal(size=(S, K)), rng.normal(size=K)
+    # regularized rewards: full-support policies (rows 0, 2, 3) and one with zeros (row 1,
+    # for the divergences finite at π = 0); consecutive members sharing a row reuse its terms
+    reward_rows, reward_of = rng.normal(size=(3, L)), np.array([0, 2, 1, 1, 0], dtype=np.int64)
+    full_of, zeros_of = np.array([0, 0, 2, 3, 2], dtype=np.int64), np.array([1, 0, 1, 1, 3], dtype=np.int64)
+    divergence_cases = [
+        (f"code{code}-alpha{alpha}-tau{tau}-{label}", code, alpha, tau, of)
+        for code, alpha in CODES for tau in (0.0, 0.7)
+        for label, of in (("full", full_of), ("zeros", zeros_of))
+        if not (label == "zeros" and (code == _codes.FORWARD_KL or (code == _codes.ALPHA and alpha > 1)))]
 
     def out(*shape):
         return np.full(shape, np.nan)
@@ -380,7 +390,23 @@ def _batched_calls(mdp, inp, n_threads, chunks):
         "q_values_batch": [(tag, lambda k, r=r: _run(k, out(K, L), pp, pj, pd, *r, g, x,
                                                      n_threads=n_threads))
                            for tag, r in rewards.items()],
+        # the sweeps' passes over (S, K) arrays: r = b − A x and its per-member statistics,
+        # x ← x + r + offset
+        "sweep_residual_batch": [("", lambda k: _outputs(
+            k, (x,), (ax, out(3, K)), n_threads))],
+        "sweep_update_batch": [("", lambda k: _in_place(
+            k, x, ax, offset, n_threads=n_threads))],
+        "regularized_reward_batch": [(tag, lambda k, code=code, alpha=alpha, tau=tau, of=of: _run(
+            k, out(5, S), a, reward_rows, reward_of, pis, of, inp["ref"], code, alpha, tau,
+            extra=out(L), n_threads=n_threads)) for tag, code, alpha, tau, of in divergence_cases],
     }
+
+
+def _in_place(kernel, x, *args, n_threads):
+    """A kernel updating its first argument in place, on a copy."""
+    x = x.copy()
+    kernel(x, *args, n_threads)
+    return x
 
 
 def _batch_policies(mdp, inp):
@@ -389,8 +415,9 @@ def _batch_policies(mdp, inp):
 
 
 def test_batched_kernels_equal_single_kernels(mdps):
-    """Member i of a batched product is the single-member product of its row, bit for bit
-    (compiled backends: the same sums in the same order)."""
+    """Member i of a batched product is the single-member product of its row: bit for bit
+    on Numba (the same sums in the same order), to 1e-13 on Cython (its SIMD lanes fuse
+    each multiply-add where the host has FMA)."""
     mdp = mdps[1]
     inp = _kernel_inputs(mdp, np.random.default_rng(9))
     batched = _batched_calls(mdp, inp, 1, (2,))  # the same x, r and policies as below
@@ -401,6 +428,13 @@ def test_batched_kernels_equal_single_kernels(mdps):
     x = rng.normal(size=(S, MEMBERS.shape[0]))
     r = rng.normal(size=(5, mdp.n_pairs))
     for which in COMPILED:
+        if which == "numba":
+            def same(a, b, what):
+                np.testing.assert_array_equal(a, b, err_msg=what)
+        else:
+            def same(a, b, what):
+                err = naive.rel_err(a, b)
+                assert err <= 1e-13, f"{what}: relative error {err:.3g}"
         mv = batched["bellman_matvec_batch"][0][1](get_kernel("bellman_matvec_batch", which))
         rmv = batched["bellman_rmatvec_batch"][0][1](get_kernel("bellman_rmatvec_batch", which))
         q = batched["q_values_batch"][0][1](get_kernel("q_values_batch", which))
@@ -408,13 +442,13 @@ def test_batched_kernels_equal_single_kernels(mdps):
             xm = np.ascontiguousarray(x[:, i])
             single = _run(get_kernel("bellman_matvec", which), np.empty(S), a, pp, pj, pd, pis[m], g, xm,
                           n_threads=1)
-            np.testing.assert_array_equal(mv[:, i], single, err_msg=f"{which} matvec {i}")
+            same(mv[:, i], single, f"{which} matvec {i}")
             single = _run(get_kernel("bellman_rmatvec", which), np.empty(S), a, pp, pj, pd, pis[m], g,
                           xm, extra=np.empty((2, S)), n_threads=1)
-            np.testing.assert_array_equal(rmv[:, i], single, err_msg=f"{which} rmatvec {i}")
+            same(rmv[:, i], single, f"{which} rmatvec {i}")
             single = _run(get_kernel("q_values", which), np.empty(mdp.n_pairs), pp, pj, pd, r[m], g,
                           xm, n_threads=1)
-            np.testing.assert_array_equal(q[i], single, err_msg=f"{which} q_values {i}")
+            same(q[i], single, f"{which} q_values {i}")
 
 
 def _run(kernel, out, *args, extra=None, n_threads, tail=()):

@@ -277,13 +277,21 @@ def test_bad_input_names_the_parameter():
         fastppo.evaluate_batch(mdp, pis, backend="fortran")
 
 
-# ------------------------------------------- bit for bit on the compiled backends
+# ------------------------------------------- members as their own calls, to round-off
+# Not bit for bit: the batched sweeps sum each member's residual norm in another order,
+# and the Cython products fuse multiply-adds (FMA) where the separate call does not; a
+# member's stopping decisions are its call's unless a residual is within round-off of a
+# threshold (then its product count may differ by one).
+def _same_count(a, b, what):
+    assert abs(int(a) - int(b)) <= 1, f"{what}: {a} products against {b}"
+
+
 @pytest.mark.parametrize("which,n_threads", [(b, t) for b in ("numba", "cython") for t in (1, 2)])
-def test_members_equal_separate_calls_bit_for_bit(which, n_threads):
+def test_members_equal_separate_calls(which, n_threads):
     """K = 13 policies (the Cython products' blocks of eight, four and one; members
     frozen at different sweeps), K = 9 reward vectors of one policy (its divergence
-    computed once): every member's values, tables, product counts and methods are those
-    of its own call, bit for bit (the same products and sums in the same order)."""
+    computed once): every member's values and tables are those of its own call to 1e-12,
+    its method the same and its product count within one."""
     mdp = random_mdp(74, n_states=30, n_actions=3, gamma=0.95, density=0.3)
     reg = fastppo.ReverseKL(0.2)
     opts = dict(backend=which, n_threads=n_threads)
@@ -294,26 +302,27 @@ def test_members_equal_separate_calls_bit_for_bit(which, n_threads):
     for m in range(13):
         one = fastppo.evaluate(mdp, pis[m], reg, **opts)
         for name in ("v", "q", "adv"):
-            np.testing.assert_array_equal(getattr(ev, name)[m], getattr(one, name), err_msg=f"{name}[{m}]")
-        assert (ev.n_matvec[m], ev.method[m], ev.residual[m]) == (one.n_matvec, one.method, one.residual)
+            _same(getattr(ev, name)[m], getattr(one, name), f"{name}[{m}]")
+        assert ev.method[m] == one.method and ev.residual[m] <= 1e-12
+        _same_count(ev.n_matvec[m], one.n_matvec, f"n_matvec[{m}]")
         vis = fastppo.visitation(mdp, pis[m], full_output=True, **opts)
-        np.testing.assert_array_equal(d.d[m], vis.d, err_msg=f"d[{m}]")
-        assert d.n_matvec[m] == vis.n_matvec
+        _same(d.d[m], vis.d, f"d[{m}]")
+        _same_count(d.n_matvec[m], vis.n_matvec, f"visitation n_matvec[{m}]")
     r = mdp.r + np.random.default_rng(6).normal(size=(9, mdp.n_pairs))
     ev = fastppo.evaluate_batch(mdp, pis[0], reg, r=r, **opts)
     for m in range(9):
         one = fastppo.evaluate(mdp.with_rewards(r[m]), pis[0], reg, **opts)
         for name in ("v", "q", "adv"):
-            np.testing.assert_array_equal(getattr(ev, name)[m], getattr(one, name), err_msg=f"{name}[{m}]")
-        assert ev.n_matvec[m] == one.n_matvec
+            _same(getattr(ev, name)[m], getattr(one, name), f"rewards {name}[{m}]")
+        _same_count(ev.n_matvec[m], one.n_matvec, f"rewards n_matvec[{m}]")
 
 
 @pytest.mark.parametrize("which", ["numba", "cython"])
 def test_members_whose_sweeps_end_worse_than_their_start_hand_it_over(which):
     """A gridworld's value system: each member's extrapolated sweeps end above its start's
     residual and hand over the start (zero, or the warm start) to the assembled solvers,
-    as ``_krylov._Sweeps`` does for the separate call: every member's values, product
-    count, method and residual are those of its own call, bit for bit, and the dense ones."""
+    as ``_krylov._Sweeps`` does for the separate call: every member's values are those of
+    its own call to 1e-12 and the dense ones, its method the same, its product count close."""
     from fastppo import _krylov
     from fastppo._evaluator import Evaluator
 
@@ -337,25 +346,26 @@ def test_members_whose_sweeps_end_worse_than_their_start_hand_it_over(which):
         ev = fastppo.evaluate_batch(mdp, pis, v0=v0, **opts)
         for m in range(3):
             one = fastppo.evaluate(mdp, pis[m], v0=None if v0 is None else v0[m], **opts)
-            np.testing.assert_array_equal(ev.v[m], one.v, err_msg=f"v[{m}]")
-            assert (ev.n_matvec[m], ev.method[m], ev.residual[m]) == (one.n_matvec, one.method,
-                                                                      one.residual)
-            assert one.method.startswith("richardson+")
+            _same(ev.v[m], one.v, f"v[{m}]")
+            assert ev.method[m] == one.method and one.method.startswith("richardson+")
+            _same_count(ev.n_matvec[m], one.n_matvec, f"n_matvec[{m}]")
             _same(ev.v[m], dense[m], f"dense v[{m}]", DENSE)
 
 
-def test_one_member_is_evaluate_bit_for_bit():
-    """K = 1 through every path: the batch of one is ``evaluate`` / ``visitation``."""
+def test_one_member_is_evaluate():
+    """K = 1 through every path: the batch of one is ``evaluate`` / ``visitation`` (to
+    1e-12, product counts within one)."""
     mdp = random_mdp(75, n_states=25, n_actions=4, gamma=0.9, density=0.3)
     pi = random_policy(mdp, 5)[0]
     for which in ("numba", "cython"):
         ev = fastppo.evaluate_batch(mdp, pi[None], fastppo.ForwardKL(0.1), backend=which, n_threads=1)
         one = fastppo.evaluate(mdp, pi, fastppo.ForwardKL(0.1), backend=which, n_threads=1)
-        np.testing.assert_array_equal(ev.v[0], one.v)
-        np.testing.assert_array_equal(ev.q[0], one.q)
-        assert ev.n_matvec[0] == one.n_matvec and ev.n_passes == one.n_matvec
+        _same(ev.v[0], one.v, f"{which} v")
+        _same(ev.q[0], one.q, f"{which} q")
+        _same_count(ev.n_matvec[0], one.n_matvec, f"{which} n_matvec")
+        assert ev.n_passes == ev.n_matvec[0]
         d = fastppo.visitation_batch(mdp, pi[None], backend=which, n_threads=1)
-        np.testing.assert_array_equal(d[0], fastppo.visitation(mdp, pi, backend=which, n_threads=1))
+        _same(d[0], fastppo.visitation(mdp, pi, backend=which, n_threads=1), f"{which} d")
 
 
 def test_interleaved_vectors_start_on_a_cache_line():

@@ -12,18 +12,26 @@ successor for all K members. ``pi`` and ``r`` are (L, n_pairs), one row per poli
 reward vector, as the caller holds them (no transposed copy); member i uses row
 ``members[i]`` (all 0: one policy or reward for all members).
 
-Members go in blocks of eight and four SIMD lanes (GCC vector extensions: a multiply
-then an add per lane, ``-ffp-contract=off``), the remainder one at a time; a pair is
-skipped when π is 0 for every member of the block. ``bellman_matvec_batch`` gathers the
-rows of a state's used pairs two at a time, their sums advancing side by side (two
-independent chains of adds: a lone row's sum waits on each add). Each member's sums are those of
-kernels/cython/linear.pyx term by term, in the same order, so member i's product is bit
-for bit the single-member kernel's (``bellman_rmatvec_batch``: with as many chunks).
-Gathers and scatters prefetch the successor ``AHEAD`` entries on, as linear.pyx does.
+Members go in blocks of eight and four SIMD lanes (GCC vector extensions; each multiply-add
+one AVX2 FMA where the host has FMA, else a multiply then an add), the remainder one at a
+time; a pair is skipped when π is 0 for every member of the block. ``bellman_matvec_batch``
+gathers the rows of a state's used pairs two at a time, their sums advancing side by side
+(two independent chains: a lone row's sum waits on each add). Each member's terms are those
+of kernels/cython/linear.pyx in the same order; with FMA they round once instead of twice,
+so member i's product equals the single-member kernel's (and the Numba twin's, which does
+not fuse) to round-off, not bit for bit (tests/test_backend_parity.py: 1e-13). Gathers and
+scatters prefetch the successor ``AHEAD`` entries on, as linear.pyx does.
+
+``sweep_residual_batch``, ``sweep_update_batch``: the vector passes of a Richardson sweep on
+the (S, K) arrays; ``regularized_reward_batch``: r_π − τ D_f(π) of K members (below).
 Mirrors kernels/numba/batched.py.
 """
 from cython.parallel cimport prange
 from libc.stdint cimport int32_t, int64_t
+
+include "_codes.pxi"
+include "_divergence.pxi"
+include "_softmax.pxi"
 
 
 cdef extern from *:
@@ -31,6 +39,13 @@ cdef extern from *:
     typedef double fp_v4 __attribute__((vector_size(32)));
     typedef double fp_v4u __attribute__((vector_size(32), aligned(8)));
     #define FP_AHEAD 32  /* entries of P ahead (kernels/cython/linear.pyx: the same) */
+    #if defined(__FMA__)
+    #include <immintrin.h>
+    /* a * b + c per lane, rounded once (AVX2 FMA) */
+    #define FP_FMA(a, b, c) ((fp_v4)_mm256_fmadd_pd((a), (b), (c)))
+    #else
+    #define FP_FMA(a, b, c) ((a) * (b) + (c))
+    #endif
 
     /* acc[u] += data[j] * x[idx[j] * K + u] for j in [lo, hi) in order, u < width (8,
        4 or 1); x points at the block's first member. */
@@ -45,8 +60,8 @@ cdef extern from *:
                 const double *xt = x + (Py_ssize_t)idx[j] * K;
                 fp_v4 p = {data[j], data[j], data[j], data[j]};
                 __builtin_prefetch(x + (Py_ssize_t)idx[j + FP_AHEAD < last ? j + FP_AHEAD : last] * K, 0, 3);
-                r0 = r0 + p * *(const fp_v4u *)xt;
-                r1 = r1 + p * *(const fp_v4u *)(xt + 4);
+                r0 = FP_FMA(p, *(const fp_v4u *)xt, r0);
+                r1 = FP_FMA(p, *(const fp_v4u *)(xt + 4), r1);
             }
             *(fp_v4u *)acc = r0;
             *(fp_v4u *)(acc + 4) = r1;
@@ -55,7 +70,7 @@ cdef extern from *:
             for (j = lo; j < hi; j++) {
                 fp_v4 p = {data[j], data[j], data[j], data[j]};
                 __builtin_prefetch(x + (Py_ssize_t)idx[j + FP_AHEAD < last ? j + FP_AHEAD : last] * K, 0, 3);
-                r0 = r0 + p * *(const fp_v4u *)(x + (Py_ssize_t)idx[j] * K);
+                r0 = FP_FMA(p, *(const fp_v4u *)(x + (Py_ssize_t)idx[j] * K), r0);
             }
             *(fp_v4u *)acc = r0;
         } else {
@@ -121,8 +136,8 @@ cdef extern from *:
                     __builtin_prefetch(x + (Py_ssize_t)ia[i + FP_AHEAD] * K, 0, 3);
                     __builtin_prefetch(x + (Py_ssize_t)ib[i + FP_AHEAD] * K, 0, 3);
                     for (v = 0; v < nv; v++) {
-                        ra[v] = ra[v] + pa * *(const fp_v4u *)(xa + 4 * v);
-                        rb[v] = rb[v] + pb * *(const fp_v4u *)(xb + 4 * v);
+                        ra[v] = FP_FMA(pa, *(const fp_v4u *)(xa + 4 * v), ra[v]);
+                        rb[v] = FP_FMA(pb, *(const fp_v4u *)(xb + 4 * v), rb[v]);
                     }
                 }
             } else {
@@ -135,24 +150,24 @@ cdef extern from *:
                     __builtin_prefetch(x + (Py_ssize_t)idx[ja + FP_AHEAD < last ? ja + FP_AHEAD : last] * K, 0, 3);
                     __builtin_prefetch(x + (Py_ssize_t)idx[jb + FP_AHEAD < last ? jb + FP_AHEAD : last] * K, 0, 3);
                     for (v = 0; v < nv; v++) {
-                        ra[v] = ra[v] + pa * *(const fp_v4u *)(xa + 4 * v);
-                        rb[v] = rb[v] + pb * *(const fp_v4u *)(xb + 4 * v);
+                        ra[v] = FP_FMA(pa, *(const fp_v4u *)(xa + 4 * v), ra[v]);
+                        rb[v] = FP_FMA(pb, *(const fp_v4u *)(xb + 4 * v), rb[v]);
                     }
                 }
             }
             for (ja = p_indptr[held] + n; ja < p_indptr[held + 1]; ja++) {
                 const double *xa = x + (Py_ssize_t)idx[ja] * K;
                 fp_v4 pa = {data[ja], data[ja], data[ja], data[ja]};
-                for (v = 0; v < nv; v++) ra[v] = ra[v] + pa * *(const fp_v4u *)(xa + 4 * v);
+                for (v = 0; v < nv; v++) ra[v] = FP_FMA(pa, *(const fp_v4u *)(xa + 4 * v), ra[v]);
             }
             for (jb = p_indptr[k] + n; jb < p_indptr[k + 1]; jb++) {
                 const double *xb = x + (Py_ssize_t)idx[jb] * K;
                 fp_v4 pb = {data[jb], data[jb], data[jb], data[jb]};
-                for (v = 0; v < nv; v++) rb[v] = rb[v] + pb * *(const fp_v4u *)(xb + 4 * v);
+                for (v = 0; v < nv; v++) rb[v] = FP_FMA(pb, *(const fp_v4u *)(xb + 4 * v), rb[v]);
             }
             for (v = 0; v < nv; v++) {
-                acc[v] = acc[v] + held_w[v] * ra[v];
-                acc[v] = acc[v] + wk[v] * rb[v];
+                acc[v] = FP_FMA(held_w[v], ra[v], acc[v]);
+                acc[v] = FP_FMA(wk[v], rb[v], acc[v]);
             }
             held = -1;
         }
@@ -162,9 +177,9 @@ cdef extern from *:
                 const double *xa = x + (Py_ssize_t)idx[ja] * K;
                 fp_v4 pa = {data[ja], data[ja], data[ja], data[ja]};
                 __builtin_prefetch(x + (Py_ssize_t)idx[ja + FP_AHEAD < last ? ja + FP_AHEAD : last] * K, 0, 3);
-                for (v = 0; v < nv; v++) ra[v] = ra[v] + pa * *(const fp_v4u *)(xa + 4 * v);
+                for (v = 0; v < nv; v++) ra[v] = FP_FMA(pa, *(const fp_v4u *)(xa + 4 * v), ra[v]);
             }
-            for (v = 0; v < nv; v++) acc[v] = acc[v] + held_w[v] * ra[v];
+            for (v = 0; v < nv; v++) acc[v] = FP_FMA(held_w[v], ra[v], acc[v]);
         }
         {
             const fp_v4 g = {gamma, gamma, gamma, gamma};
@@ -201,8 +216,8 @@ cdef extern from *:
                 double *bt = buf + (Py_ssize_t)idx[j] * K;
                 fp_v4 p = {data[j], data[j], data[j], data[j]};
                 __builtin_prefetch(buf + (Py_ssize_t)idx[j + FP_AHEAD < last ? j + FP_AHEAD : last] * K, 1, 3);
-                *(fp_v4u *)bt = *(fp_v4u *)bt + w0 * p;
-                *(fp_v4u *)(bt + 4) = *(fp_v4u *)(bt + 4) + w1 * p;
+                *(fp_v4u *)bt = FP_FMA(w0, p, *(fp_v4u *)bt);
+                *(fp_v4u *)(bt + 4) = FP_FMA(w1, p, *(fp_v4u *)(bt + 4));
             }
         } else if (width == 4) {
             fp_v4 w0 = *(const fp_v4u *)w;
@@ -210,7 +225,7 @@ cdef extern from *:
                 double *bt = buf + (Py_ssize_t)idx[j] * K;
                 fp_v4 p = {data[j], data[j], data[j], data[j]};
                 __builtin_prefetch(buf + (Py_ssize_t)idx[j + FP_AHEAD < last ? j + FP_AHEAD : last] * K, 1, 3);
-                *(fp_v4u *)bt = *(fp_v4u *)bt + w0 * p;
+                *(fp_v4u *)bt = FP_FMA(w0, p, *(fp_v4u *)bt);
             }
         } else {
             for (j = lo; j < hi; j++) {
@@ -364,3 +379,90 @@ def q_values_batch(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
         return
     for k in prange(n_pairs, nogil=True, schedule="static", num_threads=n_threads):
         _q_pair(p_indptr, p_indices, p_data, r, members, gamma, v, out, k, last)
+
+
+def sweep_residual_batch(const double[:, ::1] b,                                  # IN
+                         double[:, ::1] r, double[:, ::1] stats, int n_threads):  # IN/OUT
+    """sweep_residual_batch(b, r, stats, n_threads)
+
+    r ← b − r in place (r holds A x on entry), and per member i: stats[0, i] = Σ_s r[s, i]²,
+    stats[1, i] = min_s r[s, i], stats[2, i] = max_s r[s, i] (sums in order of s). One
+    serial pass at any ``n_threads`` (the (S, K) arrays stay in cache).
+    Mirrors kernels/numba/batched.py.
+    """
+    cdef Py_ssize_t n_states = r.shape[0], K = r.shape[1], s, i
+    cdef double t
+    if n_states == 0:
+        return
+    for i in range(K):
+        stats[0, i] = 0.0
+        stats[1, i] = b[0, i] - r[0, i]
+        stats[2, i] = stats[1, i]
+    for s in range(n_states):
+        for i in range(K):
+            t = b[s, i] - r[s, i]
+            r[s, i] = t
+            stats[0, i] = stats[0, i] + t * t
+            stats[1, i] = t if t < stats[1, i] else stats[1, i]
+            stats[2, i] = t if t > stats[2, i] else stats[2, i]
+
+
+def sweep_update_batch(double[:, ::1] x,                                          # IN/OUT
+                       const double[:, ::1] r, const double[::1] offset, int n_threads):  # IN
+    """sweep_update_batch(x, r, offset, n_threads)
+
+    x[s, i] ← (x[s, i] + r[s, i]) + offset[i] (a Richardson sweep with the extrapolation
+    along 1: ``_krylov._Sweeps`` rounds the same way). Serial at any ``n_threads``.
+    Mirrors kernels/numba/batched.py.
+    """
+    cdef Py_ssize_t n_states = x.shape[0], K = x.shape[1], s, i
+    for s in range(n_states):
+        for i in range(K):
+            x[s, i] = (x[s, i] + r[s, i]) + offset[i]
+
+
+def regularized_reward_batch(const int64_t[::1] a_indptr, const double[:, ::1] r,
+                             const int64_t[::1] r_of, const double[:, ::1] pi,
+                             const int64_t[::1] pi_of, const double[::1] ref, int code,
+                             double alpha, double tau,                            # IN
+                             double[:, ::1] out, double[::1] terms, int n_threads):  # OUT
+    """regularized_reward_batch(a_indptr, r, r_of, pi, pi_of, ref, code, alpha, tau, out, terms, n_threads)
+
+    out[i, s] = Σ_a π_m r_n − τ Σ_a π_ref f(π_m/π_ref), m = pi_of[i], n = r_of[i]: the
+    ``regularized_reward`` kernel of each member. The terms π_ref f(π/π_ref) of a policy
+    are computed once into ``terms`` (n_pairs) in a pass over its pairs, and kept for the
+    next member when it has the same policy row. Reverse KL's terms are p·log(p/q) by the
+    branch-free polynomial log (vectorised; ``flog``, p = 0 giving 0), the few that are
+    not finite (p/q under- or overflows) then recomputed as ``ref_f``: equal to
+    ``regularized_reward`` to a few ulps of each term, not bit for bit.
+    Mirrors kernels/numba/batched.py.
+    """
+    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, n_pairs = terms.shape[0]
+    cdef Py_ssize_t K = out.shape[0], i, s
+    cdef int64_t k, m
+    cdef double acc, div, t, p
+    for i in range(K):
+        m = pi_of[i]
+        if tau != 0.0 and (i == 0 or m != pi_of[i - 1]):
+            if code == REVERSE_KL:
+                for k in prange(n_pairs, nogil=True, schedule="static", num_threads=n_threads):
+                    p = pi[m, k]
+                    t = p * flog(p / ref[k])
+                    terms[k] = t if p > 0.0 else 0.0
+            else:
+                for k in prange(n_pairs, nogil=True, schedule="static", num_threads=n_threads):
+                    terms[k] = ref_f(code, alpha, pi[m, k], ref[k])
+        for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
+            acc = 0.0
+            div = 0.0
+            for k in range(a_indptr[s], a_indptr[s + 1]):
+                acc = acc + pi[m, k] * r[r_of[i], k]
+                if tau != 0.0:
+                    t = terms[k]
+                    if not isfinite(t):
+                        t = ref_f(code, alpha, pi[m, k], ref[k])
+                    div = div + t
+            if tau != 0.0:
+                out[i, s] = acc - tau * div
+            else:
+                out[i, s] = acc

@@ -18,15 +18,22 @@ at a time); a pair is skipped when π is 0 for every member of the block. Each m
 sums are those of the single-member kernels of ``linear.py``, term by term and in the
 same order (a pair with π_m = 0 adds an exact 0 for member m), so member i's product is
 bit for bit that of ``bellman_matvec`` / ``bellman_rmatvec`` / ``q_values`` on it alone
-(for ``bellman_rmatvec_batch``: with as many chunks), and that of the Cython twin,
-whatever its blocks (eight and four SIMD lanes there). Gathers and scatters prefetch
+(for ``bellman_rmatvec_batch``: with as many chunks); the Cython twin's blocks fuse each
+multiply-add (FMA), so the twins agree to round-off (1e-13), not bit for bit.
+``sweep_residual_batch`` / ``sweep_update_batch``: the vector passes of a Richardson sweep
+on (S, K) arrays (serial); ``regularized_reward_batch``: r_π − τ D_f(π) of K members, the
+divergence terms of a policy computed once per run of members sharing it (reverse KL by
+the polynomial log, a few ulps from ``regularized_reward``). Gathers and scatters prefetch
 the successor ``AHEAD`` entries on.
 Mirrors kernels/cython/batched.pyx.
 """
 import numpy as np
 from numba import prange
 
-from ._jit import twins
+from ._codes import REVERSE_KL
+from ._divergence import ref_f
+from ._jit import serial, twins
+from ._softmax import flog
 from ._prefetch import AHEAD, prefetch_read, prefetch_write
 
 _4 = np.uint64(4)
@@ -158,4 +165,57 @@ def q_values_batch(p_indptr, p_indices, p_data, r, members, gamma, v, out):
             out[m, k] = r[members[m], k] + gamma * row
 
 
-KERNELS = twins(bellman_matvec_batch, bellman_rmatvec_batch, q_values_batch)
+def sweep_residual_batch(b, r, stats):
+    n_states, K = r.shape
+    if n_states == 0:
+        return
+    for i in range(K):
+        stats[0, i] = 0.0
+        stats[1, i] = b[0, i] - r[0, i]
+        stats[2, i] = stats[1, i]
+    for s in range(n_states):
+        for i in range(K):
+            t = b[s, i] - r[s, i]
+            r[s, i] = t
+            stats[0, i] = stats[0, i] + t * t
+            stats[1, i] = t if t < stats[1, i] else stats[1, i]
+            stats[2, i] = t if t > stats[2, i] else stats[2, i]
+
+
+def sweep_update_batch(x, r, offset):
+    n_states, K = x.shape
+    for s in range(n_states):
+        for i in range(K):
+            x[s, i] = (x[s, i] + r[s, i]) + offset[i]
+
+
+def regularized_reward_batch(a_indptr, r, r_of, pi, pi_of, ref, code, alpha, tau, out, terms):
+    n_states, n_pairs, K = a_indptr.shape[0] - 1, terms.shape[0], out.shape[0]
+    for i in range(K):
+        m = pi_of[i]
+        if tau != 0.0 and (i == 0 or m != pi_of[i - 1]):
+            if code == REVERSE_KL:
+                for k in prange(n_pairs):
+                    p = pi[m, k]
+                    t = p * flog(p / ref[k])
+                    terms[k] = t if p > 0.0 else 0.0
+            else:
+                for k in prange(n_pairs):
+                    terms[k] = ref_f(code, alpha, pi[m, k], ref[k])
+        n = r_of[i]
+        for s in prange(n_states):
+            acc = 0.0
+            div = 0.0
+            for k in range(a_indptr[s], a_indptr[s + 1]):
+                acc += pi[m, k] * r[n, k]
+                if tau != 0.0:
+                    t = terms[k]
+                    if not np.isfinite(t):
+                        t = ref_f(code, alpha, pi[m, k], ref[k])
+                    div += t
+            out[i, s] = acc - tau * div if tau != 0.0 else acc
+
+
+KERNELS = {**twins(bellman_matvec_batch, bellman_rmatvec_batch, q_values_batch,
+                 regularized_reward_batch),
+           **serial(sweep_residual_batch, sweep_update_batch)}
