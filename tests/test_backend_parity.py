@@ -451,6 +451,33 @@ def test_batched_kernels_equal_single_kernels(mdps):
             same(q[i], single, f"{which} q_values {i}")
 
 
+def test_batched_regularized_rewards_equal_member_kernels(mdps):
+    """Row i of ``regularized_reward_batch`` is ``regularized_reward`` of member i's policy
+    and rewards to 1e-13 (every generator; the reverse-KL terms by another log form), on
+    every backend; members sharing a policy row reuse its terms."""
+    mdp = mdps[0]
+    rng = np.random.default_rng(21)
+    full = np.stack([random_policy(mdp, 30 + i, sharp=3.0)[0] for i in range(3)])
+    zeroed = np.stack([_zeroed(mdp, full[i]) for i in range(3)])
+    ref = random_policy(mdp, 40)[0]
+    r = rng.normal(size=(2, mdp.n_pairs))
+    pi_of, r_of = np.array([0, 0, 2, 1, 1, 0], dtype=np.int64), np.array([1, 0, 0, 1, 1, 0], dtype=np.int64)
+    for which in ("numba", "cython", "numpy"):
+        for code, alpha in CODES:
+            finite_at_zero = not (code == _codes.FORWARD_KL or (code == _codes.ALPHA and alpha > 1))
+            for pis in ((full, zeroed) if finite_at_zero else (full,)):
+                out = np.full((6, mdp.n_states), np.nan)
+                get_kernel("regularized_reward_batch", which)(
+                    mdp.a_indptr, r, r_of, pis, pi_of, ref, code, alpha, 0.7, out,
+                    np.empty(mdp.n_pairs), 1)
+                for i in range(6):
+                    one = np.empty(mdp.n_states)
+                    get_kernel("regularized_reward", which)(mdp.a_indptr, r[r_of[i]], pis[pi_of[i]],
+                                                            ref, code, alpha, 0.7, one, 1)
+                    err = naive.rel_err(out[i], one)
+                    assert err <= 1e-13, f"{which} code {code} alpha {alpha} member {i}: {err:.3g}"
+
+
 def _run(kernel, out, *args, extra=None, n_threads, tail=()):
     if extra is None:
         kernel(*args, out, *tail, n_threads)
