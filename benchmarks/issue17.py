@@ -17,9 +17,10 @@ pinned to one thread:
   ~S²); their assembly is not timed, fastppo's (and its
   factorisation) is;
 - with ``--solve``: ``fastppo.solve`` (τ = 0) and QuantEcon's modified policy iteration
-  (ε = 1e-8; ``--qe-pi``: also its policy iteration; ``--qe-vi``: also its value
-  iteration at ε = 1e-8), max |v − v*| reported, v* the
-  exact value of fastppo's optimal policy (evaluated at tol 1e-14);
+  (``--qe-vi``: also its value iteration; each at the largest ε of ``--qe-eps`` whose max
+  error is ≤ 1e-8, found by one untimed call per ε; ``--qe-pi``: also its policy
+  iteration), max |v − v*| reported, v* the exact value of fastppo's optimal policy
+  (evaluated at tol 1e-14);
 - with ``--ppo N`` (target 4): ``N`` outer iterations of ``PPOClip.step()`` (forward KL
   τ = 0.1, ε = 0.2, K = 10, from the uniform policy) and of the speed issue's
   straightforward scipy/NumPy baseline (``benchmarks/baseline_ppo.py``) in turn, medians of
@@ -30,6 +31,7 @@ solution's true relative residual ‖b − A x‖/‖b‖ is printed (certified 
 floor). Ratios > 1: fastppo faster.
 """
 import argparse
+import functools
 import time
 
 import numpy as np
@@ -99,25 +101,41 @@ def linear_section(mdp, repeat, with_spsolve):
     return rows
 
 
-def solve_section(mdp, repeat, qe_pi, qe_vi=False):
+QE_TOL = 1e-8  # QuantEcon's methods must be within this of v* (max abs error)
+
+
+def tuned_epsilon(solve_qe, v_star, grid):
+    """The largest ε of ``grid`` whose solution is within QE_TOL of ``v_star``, and that
+    error (one untimed call each, largest ε first); (min(grid), its error) if none is."""
+    err = np.inf
+    for eps in sorted(grid, reverse=True):
+        err = float(np.abs(solve_qe(eps).v - v_star).max())
+        if err <= QE_TOL:
+            return eps, err
+    return eps, err
+
+
+def solve_section(mdp, repeat, qe_pi, qe_vi=False, eps_grid=(1e-8,)):
     import quantecon as qe
 
     Q = sp.csr_matrix((mdp.p_data, mdp.p_indices, mdp.p_indptr), shape=(mdp.n_pairs, mdp.n_states))
     ddp = qe.markov.DiscreteDP(np.asarray(mdp.r), Q, mdp.gamma, np.asarray(mdp.s_indices),
                                np.asarray(mdp.a_indices))
-    contenders = {
-        "fastppo.solve": lambda: fastppo.solve(mdp, backend=BACKEND, n_threads=1),
-        "qe mpi eps1e-8": lambda: ddp.solve(method="modified_policy_iteration", epsilon=1e-8,
-                                            max_iter=100_000),
-    }
+    ours = lambda: fastppo.solve(mdp, backend=BACKEND, n_threads=1)  # noqa: E731
+    # v*: the exact value (certified residual) of the optimal policy fastppo returns
+    v_star = fastppo.evaluate(mdp, ours().policy, tol=1e-14).v
+    methods = {"mpi": "modified_policy_iteration"}
+    if qe_vi:  # one product per sweep, ~2,500 sweeps at gamma = 0.99 for 1e-8
+        methods["vi"] = "value_iteration"
+    contenders = {"fastppo.solve": ours}
+    for short, method in methods.items():  # ε tuned per method: the largest within QE_TOL
+        def run(eps, method=method):
+            return ddp.solve(method=method, epsilon=eps, max_iter=100_000)
+        eps, _ = tuned_epsilon(run, v_star, eps_grid)
+        contenders[f"qe {short} eps{eps:.0e}"] = functools.partial(run, eps)
     if qe_pi:  # SuperLU per iteration: minutes on the unstructured families
         contenders["qe pi"] = lambda: ddp.solve(method="policy_iteration", max_iter=100_000)
-    if qe_vi:  # one product per sweep, ~2,500 sweeps at gamma = 0.99 for 1e-8
-        contenders["qe vi eps1e-8"] = lambda: ddp.solve(method="value_iteration", epsilon=1e-8,
-                                                        max_iter=100_000)
     med, out = interleaved(contenders, repeat)
-    # v*: the exact value (certified residual) of the optimal policy fastppo returned
-    v_star = fastppo.evaluate(mdp, out["fastppo.solve"].policy, tol=1e-14).v
     err = {k: np.abs(r.v - v_star).max() for k, r in out.items()}
     return med, err
 
@@ -150,6 +168,10 @@ def main(argv=None):
     p.add_argument("--solve", action="store_true")
     p.add_argument("--qe-pi", action="store_true", help="also QuantEcon's policy iteration")
     p.add_argument("--qe-vi", action="store_true", help="also QuantEcon's value iteration")
+    p.add_argument("--qe-eps", nargs="+", type=float,
+                   default=[1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2],
+                   help="ε grid of QuantEcon's vi / mpi: each runs at the largest ε whose "
+                        "max error is <= 1e-8 (default: %(default)s)")
     p.add_argument("--ppo", type=int, default=0, metavar="N",
                    help="also N PPO-Clip iterations against the straightforward baseline")
     p.add_argument("--linear", action=argparse.BooleanOptionalAction, default=True,
@@ -172,9 +194,9 @@ def main(argv=None):
                       f"vs bicgstab {med['bicgstab'] / med['fastppo']:.2f}x, vs spsolve "
                       f"{med['spsolve'] / med['fastppo']:.2f}x", flush=True)
             if a.solve:
-                med, err = solve_section(mdp, a.repeat, a.qe_pi, a.qe_vi)
+                med, err = solve_section(mdp, a.repeat, a.qe_pi, a.qe_vi, a.qe_eps)
                 # QuantEcon's fastest among its methods within 1e-8 of v* (the target's rule)
-                best = min((v for k, v in med.items() if k != "fastppo.solve" and err[k] <= 1e-8),
+                best = min((v for k, v in med.items() if k != "fastppo.solve" and err[k] <= QE_TOL),
                            default=np.nan)
                 print("  solve      " + " | ".join(f"{k} {1e3 * v:.1f} ms (err {err[k]:.1e})"
                                                    for k, v in med.items())

@@ -65,8 +65,9 @@ class EpisodicEvaluator(Evaluator):
         norm = float(np.linalg.norm(b[live]))
         return float(np.linalg.norm((b - ax)[live])) / norm if norm > 0 else 0.0
 
-    def evaluation(self, v0=None, tol=None):
-        """Ṽ, Q̃, Ã and J of the loaded policy (Ṽ = 0 on terminal states).
+    def evaluation(self, v0=None, tol=None, advantages=True):
+        """Ṽ, Q̃, Ã and J of the loaded policy (Ṽ = 0 on terminal states); ``adv`` None
+        when not ``advantages`` (``Evaluator.evaluation``).
 
         Returns
         -------
@@ -83,8 +84,7 @@ class EpisodicEvaluator(Evaluator):
         q = np.empty(mdp.n_pairs)
         self._k["q_values"](mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r, mdp.gamma, v, q,
                             self.n_threads)
-        adv = np.empty(mdp.n_pairs)
-        self._k["advantages"](mdp.a_indptr, self.pi, q, adv, self.n_threads)
+        adv = self.advantages(q) if advantages else None
         residual = self._residual(self.matvec, v, c)
         return Evaluation(v=v, q=q, adv=adv, J=_krylov.dot(mdp.rho, v), n_matvec=1,
                           n_passes=self.n_passes - passes, residual=residual, method=METHOD,

@@ -88,7 +88,7 @@ def regularizer_args(mdp, reg):
     return reg.code, reg.alpha, reg.tau, ref
 
 
-def policy_rows(mdp, pi, previous=None, backend=None, n_threads=1):
+def policy_rows(mdp, pi, previous=None, backend=None, n_threads=1, in_place=False):
     """Kernel arrays (a_indptr, p_indptr, p_indices, p_data, pi) of the pairs π uses.
 
     Products with P_π only need the pairs with π > 0. When those are at most half of
@@ -99,14 +99,16 @@ def policy_rows(mdp, pi, previous=None, backend=None, n_threads=1):
 
     ``previous``: (π', its compact rows) of an earlier policy, or None. When π differs
     from π' in a few states whose pairs' rows keep their shape (policy iteration's last
-    steps), only those states' rows are gathered anew, into a copy of the old arrays.
+    steps), only those states' rows are gathered anew, into a copy of the old arrays
+    (``in_place``: into the old arrays themselves, which the caller gives up).
     """
     T = mdp._transitions
     n_used = np.count_nonzero(pi)
     if n_used > mdp.n_pairs // 2:
         return mdp.a_indptr, T.p_indptr, T.p_indices, T.p_data, pi
     if previous is not None:
-        rows = _patched_rows(mdp, pi, *previous)
+        rows = _patched_rows(mdp, pi, *previous, deterministic=n_used == mdp.n_states,
+                             in_place=in_place)
         if rows is not None:
             return rows
     a_indptr = np.empty(mdp.n_states + 1, dtype=np.int64)
@@ -122,33 +124,46 @@ def policy_rows(mdp, pi, previous=None, backend=None, n_threads=1):
 PATCH_SHARE = 0.25  # policy_rows patches the old rows when at most this share of states changed
 
 
-def _patched_rows(mdp, pi, old_pi, old_rows):
+def _patched_rows(mdp, pi, old_pi, old_rows, deterministic=False, in_place=False):
     """The compact rows of ``pi`` from those of ``old_pi`` (:func:`policy_rows`), or None
-    when too many states changed or a changed state's rows change shape."""
+    when too many states changed or a changed state's rows change shape (nothing written).
+    ``deterministic``: π uses one pair per state (as every policy uses ≥ 1); ``in_place``:
+    written into ``old_rows``' arrays, else into copies."""
     a_old, p_old, indices_old, data_old, w_old = old_rows
     T = mdp._transitions
     a = mdp.a_indptr
-    states = np.unique(mdp.s_indices[np.flatnonzero(pi != old_pi)])
-    if states.shape[0] > PATCH_SHARE * mdp.n_states:
-        return None
-    # the pairs of the changed states, and those of them π uses
-    counts = a[states + 1] - a[states]
-    pairs = np.repeat(a[states] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-    used = pairs[pi[pairs] != 0]
-    per_state = np.bincount(np.searchsorted(states, mdp.s_indices[used]),
-                            minlength=states.shape[0])
-    if not np.array_equal(per_state, a_old[states + 1] - a_old[states]):
-        return None  # a state now uses more or fewer pairs: the layout moves
-    slots = np.repeat(a_old[states] - np.cumsum(per_state) + per_state, per_state) + \
-        np.arange(used.shape[0])  # the compact pair slots of ``used``, in order
+    diff = np.flatnonzero(pi != old_pi)
+    if deterministic and a_old[-1] == mdp.n_states:
+        # one pair per state in both: a changed state's new pair is its only slot
+        used = diff[pi[diff] != 0]
+        if used.shape[0] > PATCH_SHARE * mdp.n_states:
+            return None
+        slots = mdp.s_indices[used]
+    else:
+        changed = mdp.s_indices[diff]  # sorted: pairs go by state
+        states = changed[np.flatnonzero(np.diff(changed, prepend=-1))]  # each once
+        if states.shape[0] > PATCH_SHARE * mdp.n_states:
+            return None
+        # the pairs of the changed states, and those of them π uses
+        counts = a[states + 1] - a[states]
+        pairs = np.repeat(a[states] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        used = pairs[pi[pairs] != 0]
+        per_state = np.bincount(np.searchsorted(states, mdp.s_indices[used]),
+                                minlength=states.shape[0])
+        if not np.array_equal(per_state, a_old[states + 1] - a_old[states]):
+            return None  # a state now uses more or fewer pairs: the layout moves
+        slots = np.repeat(a_old[states] - np.cumsum(per_state) + per_state, per_state) + \
+            np.arange(used.shape[0])  # the compact pair slots of ``used``, in order
     lengths = T.row_lengths[used]
     if not np.array_equal(lengths, p_old[slots + 1] - p_old[slots]):
         return None  # a row of another length: the layout moves
-    w = w_old.copy()
+    if in_place:
+        w, indices, data = w_old, indices_old, data_old
+    else:
+        w, indices, data = w_old.copy(), indices_old.copy(), data_old.copy()
     w[slots] = pi[used]
     old = np.repeat(p_old[slots] - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
     new = np.repeat(T.p_indptr[used] - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-    indices, data = indices_old.copy(), data_old.copy()
     indices[old] = T.p_indices[new]
     data[old] = T.p_data[new]
     return a_old, p_old, indices, data, w
@@ -244,14 +259,15 @@ class Evaluator:
     # ------------------------------------------------------------- the loaded policy
     def load(self, pi, patch=False):
         """Make ``pi`` (flat, checked; kept by reference, not copied) the current policy.
-        ``patch``: its compact rows may be patched from the last loaded policy's
-        (:func:`policy_rows`; for policy iteration, whose consecutive policies differ in
-        few states)."""
+        ``patch``: its compact rows may be patched, in place, from the last loaded
+        policy's (:func:`policy_rows`; for policy iteration, whose consecutive policies
+        differ in few states), and ``pi`` is kept as the reference of the next patch: the
+        caller leaves it unchanged until the next ``load``."""
         previous = self._previous if patch and self._compact else None
         self.pi = pi
-        rows = policy_rows(self.mdp, pi, previous, self.backend, self.n_threads)
+        rows = policy_rows(self.mdp, pi, previous, self.backend, self.n_threads, in_place=True)
         self._compact = rows[0] is not self.mdp.a_indptr
-        self._previous = (pi.copy(), rows[:5]) if patch and self._compact else None
+        self._previous = (pi, rows[:5]) if patch and self._compact else None
         self._rows = (*rows, self.mdp.gamma)
         self._rows_fresh = False
         self._matrix = None
@@ -388,27 +404,32 @@ class Evaluator:
                               assembled=(None if self.assembled is None
                                          else functools.partial(self.assembled, True))), y0
 
-    def _q_advantages(self, res, b):
+    def _q_advantages(self, res, b, advantages=True):
         """Q̃ = r + γ P v and Ã = Q̃ − Σ_a π Q̃ of the solution ``res`` of the value system
         with right-hand side ``b``: from the rows of its last sweep when that was at v
         (Richardson, rows kept: the same numbers, the iterate being v / 2^e; one pass over
-        the pairs, ``q_advantages``), else by a pass of ``q_values``."""
+        the pairs, ``q_advantages``), else by a pass of ``q_values`` (and Ã only if
+        ``advantages``; else None)."""
         mdp, nt = self.mdp, self.n_threads
-        adv = np.empty(mdp.n_pairs)
         if self._rows_fresh and res.method == "richardson" and res.n_matvec > 0:
-            q = np.empty(mdp.n_pairs)
+            q, adv = np.empty(mdp.n_pairs), np.empty(mdp.n_pairs)
             scale = float(np.ldexp(mdp.gamma, _krylov.scale_exponent(b)))
             self._k["q_advantages"](mdp.a_indptr, self.pi, self._q_rows, mdp.r, scale, q, adv, nt)
-        else:
-            self.n_passes += 1
-            q = self.q_values(res.x)
-            self._k["advantages"](mdp.a_indptr, self.pi, q, adv, nt)
-        return q, adv
+            return q, adv
+        self.n_passes += 1
+        q = self.q_values(res.x)
+        return q, self.advantages(q) if advantages else None
 
-    def _evaluation(self, res, b, passes):
+    def advantages(self, q):
+        """Ã = Q̃ − Σ_a π Q̃ of the loaded policy, flat (n_pairs,), from its Q̃ ``q``."""
+        adv = np.empty(self.mdp.n_pairs)
+        self._k["advantages"](self.mdp.a_indptr, self.pi, q, adv, self.n_threads)
+        return adv
+
+    def _evaluation(self, res, b, passes, advantages=True):
         mdp = self.mdp
         v = res.x
-        q, adv = self._q_advantages(res, b)
+        q, adv = self._q_advantages(res, b, advantages)
         return Evaluation(v=v, q=q, adv=adv, J=self.space.dot(mdp.rho, v), n_matvec=res.n_matvec,
                           n_passes=self.n_passes - passes, residual=res.residual,
                           method=res.method, fill=self._fill(res), backend=self.backend)
@@ -431,7 +452,7 @@ class Evaluator:
                                     self.tol_name, self.space)
         return dict(stop=stop, max_iter=self.max_iter, method=self.method, restart=self.restart)
 
-    def evaluation(self, v0=None, tol=None):
+    def evaluation(self, v0=None, tol=None, advantages=True):
         """Ṽ, Q̃, Ã and J of the loaded policy.
 
         Parameters
@@ -440,6 +461,9 @@ class Evaluator:
             Warm start.
         tol : float, optional
             Relative residual; the evaluator's by default.
+        advantages : bool, default True
+            False: ``adv`` may be None (policy iteration's steps need Q̃ only; one pass
+            over the pairs less, :meth:`advantages` makes it later).
 
         Returns
         -------
@@ -449,7 +473,7 @@ class Evaluator:
         passes = self.n_passes
         system = self._value_system()
         res = _krylov.solve(system, v0, **self._solve_options(tol))
-        return self._evaluation(res, system.b, passes)
+        return self._evaluation(res, system.b, passes, advantages)
 
     def visitation(self, mu, d0=None, tol=None):
         """d^π_μ of the loaded policy.

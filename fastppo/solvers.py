@@ -217,6 +217,8 @@ def _policy_iteration(E, pi, v, tol, max_iter, lin_tol):
                 f"decreases, above tol={tol:g} and 10x the round-off floor {floor:.2g} "
                 f"(gamma={mdp.gamma:g}) times the scale {scale:.3g}; raise tol")
         if converged:
+            if ev.adv is None:  # the steps skipped Ã: that of the returned policy
+                ev.adv = E.advantages(ev.q)
             return pi, ev, it, residual, n_matvec, converged
         if eval_tol == lin_tol:
             best = min(best, residual)
@@ -240,15 +242,16 @@ SKIP_STALLED_SWEEPS = True
 
 
 def _evaluate(E, v, tol):
-    """``E.evaluation(v, tol)``. After an evaluation whose sweeps stalled and whose next
-    solver (SGS-BiCGSTAB, or the LU where it is cheap) finished, the next evaluations
-    start with that solver (``E.method``), and fall back to "auto" if it fails."""
+    """``E.evaluation(v, tol)``, Q̃ without Ã (``adv`` may be None). After an evaluation
+    whose sweeps stalled and whose next solver (SGS-BiCGSTAB, or the LU where it is
+    cheap) finished, the next evaluations start with that solver (``E.method``), and fall
+    back to "auto" if it fails."""
     if E.method != "auto":
         try:
-            return E.evaluation(v, tol=tol)
+            return E.evaluation(v, tol=tol, advantages=False)
         except ConvergenceError:
             E.method = "auto"
-    ev = E.evaluation(v, tol=tol)
+    ev = E.evaluation(v, tol=tol, advantages=False)
     if SKIP_STALLED_SWEEPS and ev.method in ("richardson+sgs", "richardson+lu"):
         E.method = ev.method.split("+")[1]
     return ev

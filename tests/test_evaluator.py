@@ -497,3 +497,57 @@ def test_policy_rows_patched_from_a_nearby_policy_equal_fresh_ones():
                 np.testing.assert_array_equal(x, y)
             for x, y in zip(previous[1], policy_rows(mdp, old)):  # the old rows untouched
                 np.testing.assert_array_equal(x, y)
+
+
+def test_deterministic_patch_path_equals_the_general_one():
+    """The shortcut of ``_patched_rows`` for two deterministic policies (one pair per state:
+    a changed state's new pair is its only slot) gives what the general path gives: the
+    same arrays, or None when a changed state's row has another length (the pendulum's
+    rows differ between actions); either way ``policy_rows`` equals the fresh gather."""
+    rng = np.random.default_rng(11)
+    declined = 0
+    for mdp in (fastppo.garnet(300, 4, 3, gamma=0.9, seed=2), fastppo.gridworld(9, 7, gamma=0.9),
+                fastppo.queue2d(capacity=(6, 5), gamma=0.9), fastppo.pendulum(12, 9, 3)):
+        S, a = mdp.n_states, mdp.a_indptr
+        old = np.zeros(mdp.n_pairs)
+        old[a[:-1] + rng.integers(0, np.diff(a))] = 1.0
+        rows = policy_rows(mdp, old)
+        for changed in (0, 1, 3, S // 10, S // 3):
+            pi = old.copy()
+            for s in rng.choice(S, changed, replace=False):
+                pi[a[s]:a[s + 1]] = 0.0
+                pi[a[s] + rng.integers(0, a[s + 1] - a[s])] = 1.0
+            fast = _patched_rows(mdp, pi, old, rows, deterministic=True)
+            general = _patched_rows(mdp, pi, old, rows)
+            assert (fast is None) == (general is None)
+            declined += fast is None
+            fresh = policy_rows(mdp, pi)
+            for x, y, z in zip(fast or fresh, general or fresh, fresh):
+                np.testing.assert_array_equal(x, z)
+                np.testing.assert_array_equal(y, z)
+            for x, y in zip(policy_rows(mdp, pi, (old, rows)), fresh):
+                np.testing.assert_array_equal(x, y)
+            # in place (the evaluator's own rows): into the old arrays, or nothing written
+            mine = tuple(x.copy() for x in rows)
+            patched = _patched_rows(mdp, pi, old, mine, deterministic=True, in_place=True)
+            if patched is None:
+                for x, y in zip(mine, rows):
+                    np.testing.assert_array_equal(x, y)
+            else:
+                assert all(x is y for x, y in zip(patched[2:], mine[2:]))
+                for x, y in zip(patched, fresh):
+                    np.testing.assert_array_equal(x, y)
+    assert declined > 0  # some changes moved the layout (and some did not)
+
+
+def test_power_of_two_scaling_is_ldexp_bit_for_bit():
+    """``_krylov.pow2_scaled`` (a product by 2^e) gives np.ldexp's bits, including results
+    that round into the subnormal range, overflow, signed zeros and non-finite entries."""
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.standard_normal(1000) * 10.0 ** rng.integers(-300, 300, 1000),
+                        [0.0, -0.0, np.inf, -np.inf, np.nan, 5e-324, 2.2250738585072014e-308,
+                         1.7976931348623157e308, 3.0 * 2.0 ** -1070]])
+    for e in (-1100, -1074, -1030, -1022, -600, -5, -1, 0, 1, 7, 600, 1023, 1030):
+        with np.errstate(over="ignore", under="ignore"):
+            got, want = K.pow2_scaled(x, e), np.ldexp(x, e)
+        np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64))

@@ -46,8 +46,8 @@ def record_methods(monkeypatch):
     methods = []
     evaluation = S.Evaluator.evaluation
 
-    def spy(self, v0=None, tol=None):
-        ev = evaluation(self, v0, tol=tol)
+    def spy(self, v0=None, tol=None, **options):
+        ev = evaluation(self, v0, tol=tol, **options)
         methods.append(ev.method)
         return ev
 
