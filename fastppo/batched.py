@@ -165,7 +165,7 @@ def _scaled(b, x0):
     e = _krylov.scale_exponent(b)
     if e == 0:
         return b, x0, 0
-    return np.ldexp(b, -e), None if x0 is None else np.ldexp(x0, -e), e
+    return (_krylov.pow2_scaled(b, -e), None if x0 is None else _krylov.pow2_scaled(x0, -e), e)
 
 
 def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
