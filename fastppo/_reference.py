@@ -22,7 +22,10 @@ def _segment_sum(a_indptr, x):
 
 
 def _P(p_indptr, p_indices, p_data, n_states):
-    return sp.csr_array((p_data, p_indices, p_indptr), shape=(p_indptr.shape[0] - 1, n_states))
+    # float32 storage is read as float64 (a copy: this backend is the spec, not built for
+    # scale), so every product is in float64 as in the compiled kernels
+    return sp.csr_array((p_data.astype(np.float64, copy=False), p_indices, p_indptr),
+                        shape=(p_indptr.shape[0] - 1, n_states))
 
 
 # --------------------------------------------------------------------- linear

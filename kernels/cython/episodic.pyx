@@ -10,10 +10,12 @@ Mirrors kernels/numba/episodic.py.
 """
 from libc.stdint cimport int32_t, int64_t, uint8_t
 
+include "_probability.pxi"
+
 
 def episodic_values(const int32_t[::1] order, const uint8_t[::1] terminal,
                     const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
-                    const int32_t[::1] p_indices, const double[::1] p_data,
+                    const int32_t[::1] p_indices, const probability[::1] p_data,
                     const double[::1] pi, double gamma, const double[::1] c,   # IN
                     double[::1] out, int n_threads):                             # OUT
     """episodic_values(order, terminal, a_indptr, p_indptr, p_indices, p_data, pi, gamma, c,
@@ -40,7 +42,7 @@ def episodic_values(const int32_t[::1] order, const uint8_t[::1] terminal,
 
 def episodic_visits(const int32_t[::1] order, const uint8_t[::1] terminal,
                     const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
-                    const int32_t[::1] p_indices, const double[::1] p_data,
+                    const int32_t[::1] p_indices, const probability[::1] p_data,
                     const double[::1] pi, double gamma, const double[::1] mu,  # IN
                     double[::1] out, int n_threads):                             # OUT
     """episodic_visits(order, terminal, a_indptr, p_indptr, p_indices, p_data, pi, gamma, mu,

@@ -13,10 +13,13 @@
 From ``PREFETCH_STATES`` states on, every gather and scatter prefetches the state of the
 entry ``AHEAD`` positions on (GCC's ``__builtin_prefetch``; a hint: no result changes);
 below, each row is summed by a loop without them (kernels/numba/linear.py).
-Mirrors kernels/numba/linear.py.
+``p_data`` may be float32 (compact storage: the fused type of _probability.pxi); every
+product and sum is in double. Mirrors kernels/numba/linear.py.
 """
 from cython.parallel cimport prange
 from libc.stdint cimport int32_t, int64_t
+
+include "_probability.pxi"
 
 
 cdef extern from *:
@@ -29,7 +32,7 @@ cdef enum:
     PREFETCH_STATES = 1 << 17
 
 
-cdef inline double row_sum(const int32_t *indices, const double *data, const double *x,
+cdef inline double row_sum(const int32_t *indices, const probability *data, const double *x,
                            int64_t lo, int64_t hi) noexcept nogil:
     """Σ_{lo ≤ j < hi} data[j] x[indices[j]], summed in order, on raw pointers; unrolled
     by four (GCC does not unroll at -O3; LLVM does for the Numba twin), the same sum."""
@@ -47,7 +50,7 @@ cdef inline double row_sum(const int32_t *indices, const double *data, const dou
     return row
 
 
-cdef inline void row_scatter(const int32_t *indices, const double *data, double w, double *y,
+cdef inline void row_scatter(const int32_t *indices, const probability *data, double w, double *y,
                              int64_t lo, int64_t hi) noexcept nogil:
     """y[indices[j]] += w data[j] for lo ≤ j < hi, in order, on raw pointers; unrolled
     by four (as :func:`row_sum`)."""
@@ -64,7 +67,7 @@ cdef inline void row_scatter(const int32_t *indices, const double *data, double 
 
 
 def bellman_matvec(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
-                   const int32_t[::1] p_indices, const double[::1] p_data,
+                   const int32_t[::1] p_indices, const probability[::1] p_data,
                    const double[::1] pi, double gamma, const double[::1] x,   # IN
                    double[::1] out, int n_threads):                             # OUT
     """bellman_matvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out, n_threads)"""
@@ -89,7 +92,7 @@ def bellman_matvec(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
 
 
 def bellman_rmatvec(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
-                    const int32_t[::1] p_indices, const double[::1] p_data,
+                    const int32_t[::1] p_indices, const probability[::1] p_data,
                     const double[::1] pi, double gamma, const double[::1] x,  # IN
                     double[::1] out, double[:, ::1] buf, int n_threads):        # OUT
     """bellman_rmatvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out, buf, n_threads)"""
@@ -123,7 +126,7 @@ def bellman_rmatvec(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
 
 
 def q_values(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
-             const double[::1] p_data, const double[::1] r, double gamma,
+             const probability[::1] p_data, const double[::1] r, double gamma,
              const double[::1] v,                                               # IN
              double[::1] out, int n_threads):                                   # OUT
     """q_values(p_indptr, p_indices, p_data, r, gamma, v, out, n_threads)"""
@@ -152,7 +155,7 @@ ctypedef fused accumulated:  # buf: float64, or float32 for corrections
 
 
 def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
-                     const int32_t[::1] p_indices, const double[::1] p_data,
+                     const int32_t[::1] p_indices, const probability[::1] p_data,
                      const double[::1] pi, double gamma, const gathered[::1] x,
                      const double[::1] y,                                             # IN
                      double[::1] out_x, double[::1] out_y, double[::1] rows,

@@ -26,6 +26,8 @@ leave the caches, and the prefetches let the memory waits overlap (a hint: no re
 changes). Below that the vectors stay in L2 and the prefetches only cost instructions
 (a product on the 10k garnet: 1.1 → 0.75 ms without them), so each row is summed by a
 loop of its own without them: the same sums in the same order.
+``p_data`` may be float32 (compact storage, ``MDP(..., dtype=np.float32)``): Numba
+compiles a specialisation per dtype, and every product and sum is in float64.
 Mirrors kernels/cython/linear.pyx.
 """
 import numpy as np
@@ -140,13 +142,13 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
                         for j in range(j0, j1):
                             prefetch_write(z, two * np.uint64(p_indices[min(j + ahead, last)]))
                             i = two * np.uint64(p_indices[j])
-                            d = p_data[j]
+                            d = np.float64(p_data[j])  # float32 storage: double products
                             row += d * z[i]
                             z[i + one] += w * d
                     else:
                         for j in range(j0, j1):
                             i = two * np.uint64(p_indices[j])
-                            d = p_data[j]
+                            d = np.float64(p_data[j])  # float32 storage: double products
                             row += d * z[i]
                             z[i + one] += w * d
                 elif do_x:
