@@ -34,12 +34,18 @@ is the default and float32 input is then read exactly as float64, never down-cas
 unasked): ``p_data`` is stored as float32, rounded to nearest from the input; indices
 stay int32 (signed: they already reach 2³¹ − 1 states, and every kernel reads them
 unsigned), ``p_indptr`` int64. Everything else (rewards, ρ, values, visitations,
-gradients, every sum) stays float64. The MDP fastppo solves is then exactly the stored
-one: probabilities are the float32 numbers read as float64, not renormalised. Rounding
-moves each entry by at most 2⁻²⁴ of itself, so a row's sum by at most 2⁻²⁴ ≈ 6e-8 (sums
-are taken in float64): float32 rows must sum to 1 within ``ROW_SUM_TOL_FLOAT32`` = 1e-7
-(1e-8 for the input plus the rounding); so must float32 input read as float64 (its sums
-are no closer to 1), while float64 input stored as float64 keeps ``ROW_SUM_TOL``.
+gradients, every sum) stays float64. Rounding moves each entry by at most 2⁻²⁴ of
+itself, so a row's sum by at most 2⁻²⁴ ≈ 6e-8 (sums are taken in float64): float32 rows
+must sum to 1 within ``ROW_SUM_TOL_FLOAT32`` = 1e-7 (1e-8 for the input plus the
+rounding); so must float32 input read as float64 (its sums are no closer to 1), while
+float64 input stored as float64 keeps ``ROW_SUM_TOL``. The MDP fastppo solves is the
+stored one with each float32 row divided by its float64 sum (in the kernels, as they
+read it: kernels/numba/_probability.py), so that P 1 = 1 to float64 round-off, which
+the solvers' invariants need (Richardson's mass and MacQueen bounds; without it the
+lockstep sweeps stall near 1e-10 and fall to the assembled solvers). Each entry then
+differs from the float64 input's by at most 2⁻²³ of itself, a row by 2⁻²³ in ℓ1, and the
+values of any policy by at most 2⁻²³ γ/(1 − γ) · max|v| (the issue's b·2⁻²⁴·γ/(1−γ)
+for b ≥ 2).
 """
 import numbers
 

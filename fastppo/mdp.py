@@ -64,14 +64,14 @@ class MDP:
         Storage of the transition probabilities ``p_data`` (every constructor and
         generator takes it). float32 is opt-in compact storage for MDPs too large for
         float64 (12 → 8 bytes per transition with the int32 next-state indices):
-        ``p_data`` is rounded to float32 once, and the stored float32 MDP is the one
-        solved, exactly (values, visitations, gradients, every sum in float64; rows
-        must sum to 1 within 1e-7, as rounding leaves them; not renormalised). Its
-        values differ from the float64 MDP's by at most
-        ``2⁻²⁴ γ / (1 − γ(1 + 2⁻²⁴)) · max|v|`` (each row of P moves by at most 2⁻²⁴ in
-        ℓ1 norm; the issue's b·2⁻²⁴·γ/(1−γ) is a looser form). Not supported (a clear
-        ValueError): ``fastppo.batched`` and ``fastppo.distributed``. Float32 input
-        with the default dtype is read exactly as float64 (never down-cast unasked).
+        ``p_data`` is rounded to float32 once (rows must then sum to 1 within 1e-7), and
+        the MDP solved is the stored one with each row divided by its float64 sum, so
+        that it is stochastic to float64 round-off (values, visitations, gradients,
+        every sum in float64). Its values differ from the float64 MDP's by at most
+        ``2⁻²³ γ / (1 − γ) · max|v|`` (each row of P moves by at most 2⁻²³ in ℓ1 norm;
+        the issue's b·2⁻²⁴·γ/(1−γ) for b ≥ 2). Not supported (a clear ValueError):
+        ``fastppo.batched`` and ``fastppo.distributed``. Float32 input with the default
+        dtype is read exactly as float64 (never down-cast unasked; not normalised).
 
     The arrays are copied (the MDP's own copies are read-only), so the caller's
     arrays are neither aliased nor frozen. Every value is checked before it is cast:

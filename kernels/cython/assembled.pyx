@@ -84,7 +84,7 @@ def assemble_values(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
             data[j] = 0.0
         for s in range(n_states):
             for k in range(a_indptr[s], a_indptr[s + 1]):
-                w = pi[k]
+                w = pi[k] / row_total(&p_data[0], p_indptr[k], p_indptr[k + 1])
                 for j in range(p_indptr[k], p_indptr[k + 1]):
                     data[pos[j]] += w * p_data[j]
         for j in range(nnz):

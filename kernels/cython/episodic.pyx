@@ -36,7 +36,7 @@ def episodic_values(const int32_t[::1] order, const uint8_t[::1] terminal,
                 row = 0.0
                 for j in range(p_indptr[k], p_indptr[k + 1]):
                     row = row + p_data[j] * out[p_indices[j]]
-                acc = acc + pi[k] * row
+                acc = acc + pi[k] * (row / row_total(&p_data[0], p_indptr[k], p_indptr[k + 1]))
             out[s] = c[s] + gamma * acc
 
 
@@ -62,7 +62,7 @@ def episodic_visits(const int32_t[::1] order, const uint8_t[::1] terminal,
             for k in range(a_indptr[s], a_indptr[s + 1]):
                 if pi[k] == 0.0:
                     continue
-                w = gamma * pi[k] * ns
+                w = gamma * pi[k] * ns / row_total(&p_data[0], p_indptr[k], p_indptr[k + 1])
                 for j in range(p_indptr[k], p_indptr[k + 1]):
                     t = p_indices[j]
                     if not terminal[t]:

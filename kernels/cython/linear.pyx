@@ -87,7 +87,7 @@ def bellman_matvec(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                     row = row + p_data[j] * x[p_indices[j]]
             else:
                 row = row_sum(&p_indices[0], &p_data[0], &x[0], p_indptr[k], p_indptr[k + 1])
-            acc = acc + pi[k] * row
+            acc = acc + pi[k] * (row / row_total(&p_data[0], p_indptr[k], p_indptr[k + 1]))
         out[s] = x[s] - gamma * acc
 
 
@@ -110,7 +110,7 @@ def bellman_rmatvec(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
             for k in range(a_indptr[s], a_indptr[s + 1]):
                 if pi[k] == 0.0:
                     continue
-                w = pi[k] * xs
+                w = pi[k] * xs / row_total(&p_data[0], p_indptr[k], p_indptr[k + 1])
                 if fetch:
                     for j in range(p_indptr[k], p_indptr[k + 1]):
                         prefetch(&buf[c, p_indices[min(j + AHEAD, last)]], 1, 3)
@@ -142,7 +142,7 @@ def q_values(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
                 row = row + p_data[j] * v[p_indices[j]]
         else:
             row = row_sum(&p_indices[0], &p_data[0], &v[0], p_indptr[k], p_indptr[k + 1])
-        out[k] = r[k] + gamma * row
+        out[k] = r[k] + gamma * (row / row_total(&p_data[0], p_indptr[k], p_indptr[k + 1]))
 
 
 ctypedef fused gathered:  # x: float64, or float32 for corrections (half the bytes gathered)
@@ -171,7 +171,7 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
     cdef bint both = do_x and do_y
     cdef Py_ssize_t stride = 2 if both else 1
     cdef int64_t k, j, i, last = max(p_indices.shape[0], 1) - 1
-    cdef double ys, acc, row, p, w, d
+    cdef double ys, acc, row, p, w, d, tot
     cdef bint fetch = n_states >= PREFETCH_STATES
     # the chunks of bellman_rmatvec: the same sums in the same order, term by term
     for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
@@ -193,9 +193,10 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                 p = pi[k]
                 if p == 0.0 and not do_rows:
                     continue
+                tot = row_total(&p_data[0], p_indptr[k], p_indptr[k + 1])
                 row = 0.0
                 if both:  # one read of the row and of each state's line serves both products
-                    w = p * ys
+                    w = p * ys / tot
                     if fetch:
                         for j in range(p_indptr[k], p_indptr[k + 1]):
                             prefetch(&buf[c, 2 * p_indices[min(j + AHEAD, last)]], 1, 3)
@@ -218,7 +219,7 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                         for j in range(p_indptr[k], p_indptr[k + 1]):
                             row = row + p_data[j] * x[p_indices[j]]
                 elif p != 0.0:
-                    w = p * ys
+                    w = p * ys / tot
                     if fetch:
                         for j in range(p_indptr[k], p_indptr[k + 1]):
                             prefetch(&buf[c, p_indices[min(j + AHEAD, last)]], 1, 3)
@@ -226,6 +227,7 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                     else:
                         for j in range(p_indptr[k], p_indptr[k + 1]):
                             buf[c, p_indices[j]] += w * p_data[j]
+                row = row / tot
                 if do_rows:
                     rows[k] = row
                 if p != 0.0:

@@ -77,7 +77,7 @@ cdef void _episode(Py_ssize_t e, const int64_t[::1] a_indptr, const double[::1] 
             s = -1
             continue
         k = _first_below(pi, a_indptr[s], a_indptr[s + 1], u_action[e, t])
-        j = _first_below(p_data, p_indptr[k], p_indptr[k + 1], u_next[e, t])
+        j = _first_below(p_data, p_indptr[k], p_indptr[k + 1], u_next[e, t] * row_total(&p_data[0], p_indptr[k], p_indptr[k + 1]))
         nxt = p_indices[j]
         states[e, t] = s
         actions[e, t] = k - a_indptr[s]

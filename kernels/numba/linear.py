@@ -35,6 +35,7 @@ from numba import prange
 
 from ._jit import twins
 from ._prefetch import AHEAD, PREFETCH_STATES, prefetch_read, prefetch_write
+from ._probability import row_total
 
 
 def bellman_matvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out):
@@ -54,7 +55,7 @@ def bellman_matvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out):
             else:
                 for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
                     row += p_data[j] * x[np.uint32(p_indices[j])]
-            acc += pi[k] * row
+            acc += pi[k] * (row / row_total(p_data, np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])))
         out[s] = x[s] - gamma * acc
 
 
@@ -73,7 +74,7 @@ def bellman_rmatvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out, bu
             for k in range(np.uint64(a_indptr[s]), np.uint64(a_indptr[s + 1])):
                 if pi[k] == 0.0:
                     continue
-                w = pi[k] * xs
+                w = pi[k] * xs / row_total(p_data, np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1]))
                 if fetch:
                     for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
                         prefetch_write(y, np.uint32(p_indices[min(j + ahead, last)]))
@@ -101,7 +102,7 @@ def q_values(p_indptr, p_indices, p_data, r, gamma, v, out):
         else:
             for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
                 row += p_data[j] * v[np.uint32(p_indices[j])]
-        out[k] = r[k] + gamma * row
+        out[k] = r[k] + gamma * (row / row_total(p_data, np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])))
 
 
 def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out_x, out_y,
@@ -135,9 +136,10 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
                     continue
                 j0 = np.uint64(p_indptr[k])
                 j1 = np.uint64(p_indptr[k + 1])
+                tot = row_total(p_data, j0, j1)
                 row = 0.0
                 if both:  # one read of the row and of each state's line serves both products
-                    w = p * ys
+                    w = p * ys / tot
                     if fetch:
                         for j in range(j0, j1):
                             prefetch_write(z, two * np.uint64(p_indices[min(j + ahead, last)]))
@@ -160,7 +162,7 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
                         for j in range(j0, j1):
                             row += p_data[j] * x[np.uint32(p_indices[j])]
                 elif p != 0.0:
-                    w = p * ys
+                    w = p * ys / tot
                     if fetch:
                         for j in range(j0, j1):
                             prefetch_write(z, np.uint32(p_indices[min(j + ahead, last)]))
@@ -168,6 +170,7 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
                     else:
                         for j in range(j0, j1):
                             z[np.uint32(p_indices[j])] += w * p_data[j]
+                row = row / tot
                 if do_rows:
                     rows[k] = row
                 if p != 0.0:
