@@ -224,7 +224,8 @@ def large(args):
     print(f"median of the last {args.late} iterations: {np.median(late):.2f} s wall, "
           f"{np.median(late_cpu):.2f} s CPU; peak RSS "
           f"{peak_rss_gib():.2f} GiB; worst residual: solver "
-          f"{max(max(r) for r in phases.residuals):.2e}, recomputed {worst:.2e}")
+          f"{max(max(r) for r in phases.residuals):.2e}, recomputed "
+          + (f"{worst:.2e}" if args.residuals else "(skipped)"))
 
 
 def _kernels_from(path):

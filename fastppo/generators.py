@@ -89,7 +89,7 @@ def garnet(n_states, n_actions, branching, gamma=0.99, seed=None, locality=None,
     the chunking) and stored in ``dtype``; rewards are uniform on [0, 1). Memory: the
     final arrays (8 + the dtype's bytes per non-zero plus 24 bytes per pair) plus one
     int32 per pair and O(GARNET_CHUNK · b) bytes of temporaries; 10^6 × 10 × 10 peaks
-    well under 2 GiB, 10^7 × 10 × 10 in float32 at about 11 GiB.
+    well under 2 GiB, 10^7 × 10 × 10 in float32 at 12 GiB (benchmarks/RESULTS.md).
 
     References
     ----------
