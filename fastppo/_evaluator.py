@@ -115,7 +115,7 @@ def policy_rows(mdp, pi, previous=None, backend=None, n_threads=1, in_place=Fals
     p_indptr = np.empty(n_used + 1, dtype=np.int64)
     get_kernel("compact_indptr", backend)(mdp.a_indptr, T.p_indptr, pi, a_indptr, p_indptr, 1)
     indices = np.empty(p_indptr[-1], dtype=T.p_indices.dtype)
-    data, weights = np.empty(p_indptr[-1]), np.empty(n_used)
+    data, weights = np.empty(p_indptr[-1], dtype=T.p_data.dtype), np.empty(n_used)
     get_kernel("compact_rows", backend)(mdp.a_indptr, T.p_indptr, T.p_indices, T.p_data, pi,
                                         a_indptr, p_indptr, indices, data, weights, n_threads)
     return a_indptr, p_indptr, indices, data, weights

@@ -21,8 +21,20 @@ def _segment_sum(a_indptr, x):
     return np.add.reduceat(x, a_indptr[:-1])
 
 
+def _probabilities(p_indptr, p_data):
+    """``p_data`` as the kernels read it: float64 as stored; float32 rows (compact storage)
+    in float64, each divided by its float64 sum, so that P 1 = 1 (a copy: this backend is
+    the spec, not built for scale). Mirrors kernels/numba/_probability.py."""
+    if p_data.dtype == np.float64:
+        return p_data
+    data = p_data.astype(np.float64)
+    data /= np.repeat(np.add.reduceat(data, p_indptr[:-1]), np.diff(p_indptr))
+    return data
+
+
 def _P(p_indptr, p_indices, p_data, n_states):
-    return sp.csr_array((p_data, p_indices, p_indptr), shape=(p_indptr.shape[0] - 1, n_states))
+    return sp.csr_array((_probabilities(p_indptr, p_data), p_indices, p_indptr),
+                        shape=(p_indptr.shape[0] - 1, n_states))
 
 
 # --------------------------------------------------------------------- linear
@@ -215,6 +227,8 @@ def rollout(a_indptr, pi, log_pi, r, p_indptr, p_indices, p_data, terminal, star
     for x in (rewards, logp, terminated, truncated):
         x.fill(0)
     s = start.astype(np.int64).copy()
+    totals = (np.ones(p_indptr.shape[0] - 1) if p_data.dtype == np.float64  # float32: row sums
+              else np.add.reduceat(p_data.astype(np.float64), p_indptr[:-1]))
     alive = terminal[s] == 0
     for t in range(horizon):
         e = np.flatnonzero(alive)
@@ -222,7 +236,7 @@ def rollout(a_indptr, pi, log_pi, r, p_indptr, p_indices, p_data, terminal, star
             break
         st = s[e]
         k = _first_below(a_indptr[st], a_indptr[st + 1], pi, u_action[e, t])
-        j = _first_below(p_indptr[k], p_indptr[k + 1], p_data, u_next[e, t])
+        j = _first_below(p_indptr[k], p_indptr[k + 1], p_data, u_next[e, t] * totals[k])
         nxt = p_indices[j].astype(np.int64)
         states[e, t], actions[e, t], pairs[e, t], next_states[e, t] = st, k - a_indptr[st], k, nxt
         rewards[e, t], logp[e, t] = r[k], log_pi[k]
@@ -393,7 +407,7 @@ def assemble_values(a_indptr, p_indptr, p_data, pos, pi, gamma, data, diag, n_th
     """data[slot] = −γ Σ π(a|s) P(s'|s, a) over the entries of each slot; diag = 1 − γ (P_π)_ss."""
     n = diag.shape[0]
     nnz = data.shape[0] - n
-    w = pi[_states(p_indptr)] * p_data
+    w = pi[_states(p_indptr)] * _probabilities(p_indptr, p_data)
     total = np.bincount(pos, w, minlength=nnz + n)
     data[:nnz] = -gamma * total[:nnz]
     data[nnz:] = total[nnz:]

@@ -8,7 +8,8 @@ Canonical form of an MDP (QuantEcon's state-action-pair layout):
   strictly increasing within a state;
 - transitions as CSR of shape (n_pairs, n_states): ``p_indptr`` int64,
   ``p_indices`` int32 (sorted, distinct within a row), ``p_data`` float64
-  (finite, non-negative, each row summing to 1 within 1e-8);
+  (finite, non-negative, each row summing to 1 within 1e-8), or float32 when asked for
+  (``dtype=np.float32``: see "Compact storage" below);
 - ``r`` of shape (n_pairs,), float64, finite;
 - ``gamma`` in [0, 1] (1 only for episodic MDPs: :func:`check_episodic`); ``rho`` of
   shape (n_states,), a probability vector.
@@ -27,6 +28,24 @@ are checked before any cast, so nothing is truncated, wrapped or silently droppe
   kernels read them as unsigned 32-bit indices).
 - Real arrays (``P``, ``R``/``r``, ``p_data``, ``rho``, policies, tables): bool, integer
   or float dtypes; complex dtypes are rejected, even with a zero imaginary part.
+
+Compact storage (``dtype=np.float32`` in the constructors and generators; opt-in, float64
+is the default and float32 input is then read exactly as float64, never down-cast
+unasked): ``p_data`` is stored as float32, rounded to nearest from the input; indices
+stay int32 (signed: they already reach 2³¹ − 1 states, and every kernel reads them
+unsigned), ``p_indptr`` int64. Everything else (rewards, ρ, values, visitations,
+gradients, every sum) stays float64. Rounding moves each entry by at most 2⁻²⁴ of
+itself, so a row's sum by at most 2⁻²⁴ ≈ 6e-8 (sums are taken in float64): float32 rows
+must sum to 1 within ``ROW_SUM_TOL_FLOAT32`` = 1e-7 (1e-8 for the input plus the
+rounding); so must float32 input read as float64 (its sums are no closer to 1), while
+float64 input stored as float64 keeps ``ROW_SUM_TOL``. The MDP fastppo solves is the
+stored one with each float32 row divided by its float64 sum (in the kernels, as they
+read it: kernels/numba/_probability.py), so that P 1 = 1 to float64 round-off, which
+the solvers' invariants need (Richardson's mass and MacQueen bounds; without it the
+lockstep sweeps stall near 1e-10 and fall to the assembled solvers). Each entry then
+differs from the float64 input's by at most 2⁻²³ of itself, a row by 2⁻²³ in ℓ1, and the
+values of any policy by at most 2⁻²³ γ/(1 − γ) · max|v| (the issue's b·2⁻²⁴·γ/(1−γ)
+for b ≥ 2).
 """
 import numbers
 
@@ -34,6 +53,8 @@ import numpy as np
 import scipy.sparse as sp
 
 ROW_SUM_TOL = 1e-8
+ROW_SUM_TOL_FLOAT32 = 1e-7  # ROW_SUM_TOL + the rounding to float32 (≤ 2⁻²⁴ of the row's sum)
+TRANSITION_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
 MAX_STATES = int(np.iinfo(np.int32).max)  # next-state indices are int32
 _INT64_MAX = int(np.iinfo(np.int64).max)
 
@@ -144,17 +165,46 @@ def check_finite(x, name):
         raise ValueError(f"{name} must be finite: {name}[{', '.join(map(str, i))}] = {x[i]}")
 
 
-def as_float_array(x, name, copy=False):
-    """``x`` as a float64 ndarray; TypeError (not numpy's ValueError) for non-numbers and
-    for complex input (never its real part alone)."""
+def as_float_array(x, name, copy=False, dtype=np.float64):
+    """``x`` as a float64 (or ``dtype``) ndarray; TypeError (not numpy's ValueError) for
+    non-numbers and for complex input (never its real part alone)."""
     try:
         x = np.asarray(x)
         if x.dtype.kind == "c":
             raise TypeError
-        return np.array(x, dtype=np.float64, copy=copy or None)
+        return np.array(x, dtype=dtype, copy=copy or None)
     except (TypeError, ValueError):
         got = f", got dtype {x.dtype}" if isinstance(x, np.ndarray) and x.dtype.kind == "c" else ""
         raise TypeError(f"{name} must be an array of real numbers{got}") from None
+
+
+def check_transition_dtype(dtype):
+    """The storage dtype of transition probabilities: numpy.float64 (default, also for
+    None) or numpy.float32 (compact storage, see the module docstring)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be numpy.float64 or numpy.float32, got {dtype!r}") from None
+    if dt not in TRANSITION_DTYPES:
+        raise ValueError(f"dtype must be numpy.float64 or numpy.float32 (the storage of the "
+                         f"transition probabilities), got {dt}")
+    return dt
+
+
+def row_sum_tol(*p_data):
+    """How far from 1 a row may sum: ``ROW_SUM_TOL_FLOAT32`` when any of the given arrays
+    (the input, the stored) is float32 (float32 numbers read as float64 sum to 1 only as
+    well as float32 rounding allows), else ``ROW_SUM_TOL``."""
+    return ROW_SUM_TOL_FLOAT32 if any(getattr(x, "dtype", None) == np.float32 for x in p_data) \
+        else ROW_SUM_TOL
+
+
+def check_float64_storage(mdp, what):
+    """ValueError naming ``what`` when ``mdp`` stores its transitions as float32 (for the
+    paths not built for compact storage)."""
+    if getattr(mdp, "p_data", np.empty(0)).dtype != np.float64:
+        raise ValueError(f"{what} does not support float32 transition storage (an MDP built "
+                         f"with dtype=np.float32); use a float64 MDP")
 
 
 def check_n_states(n_states):
@@ -237,8 +287,12 @@ def check_distribution(x, n_states, name):
     return x
 
 
-def as_csr(P, shape, name="P"):
-    """A float64 CSR copy of ``P`` (dense or any scipy.sparse) with sorted, summed indices."""
+def as_csr(P, shape, name="P", dtype=np.float64):
+    """A float64 CSR copy of ``P`` (dense or any scipy.sparse) with sorted, summed indices;
+    with ``dtype=np.float32``, a float32 ``P`` stays float32 (no float64 copy; any other
+    input is made float64 here and rounded by the caller)."""
+    dtype = np.float32 if (np.dtype(dtype) == np.float32 and getattr(P, "dtype", None) == np.float32) \
+        else np.float64
     if sp.issparse(P):
         if P.dtype.kind == "c":
             raise TypeError(f"{name} must hold real numbers, got dtype {P.dtype}")
@@ -246,7 +300,7 @@ def as_csr(P, shape, name="P"):
             raise ValueError(f"{name} must have shape {shape}, got {P.shape}")
         # copy first: a CSR built from (data, indices, indptr) views its inputs and
         # sort_indices / sum_duplicates would reorder the caller's arrays in place
-        P = sp.csr_array(P, dtype=np.float64, copy=True)
+        P = sp.csr_array(P, dtype=dtype, copy=True)
     else:
         P = np.asarray(P)
         if P.dtype == object or not (np.issubdtype(P.dtype, np.number) or P.dtype == bool):
@@ -256,14 +310,14 @@ def as_csr(P, shape, name="P"):
         if P.shape != shape:
             raise ValueError(f"{name} must have shape {shape}, got {P.shape}")
         # non-finite entries are reported by check_canonical, naming the (s, a) pair
-        P = sp.csr_array(P.astype(np.float64))
+        P = sp.csr_array(P.astype(dtype))
     P.sum_duplicates()
     P.eliminate_zeros()  # explicit zeros would make the canonical form depend on the input form
     P.sort_indices()
     return P
 
 
-def canonical_from_pairs(s_indices, a_indices, P, R, n_states):
+def canonical_from_pairs(s_indices, a_indices, P, R, n_states, dtype=np.float64):
     """Sort and check a state-action-pair MDP; return the canonical arrays.
 
     Parameters
@@ -272,11 +326,14 @@ def canonical_from_pairs(s_indices, a_indices, P, R, n_states):
     P : array_like or scipy.sparse of shape (n_pairs, n_states)
     R : array_like of shape (n_pairs,)
     n_states : int
+    dtype : {numpy.float64, numpy.float32}
+        Storage of ``p_data`` (:func:`check_transition_dtype`).
 
     Returns
     -------
     dict with a_indptr, a_indices, p_indptr, p_indices, p_data, r
     """
+    dtype = check_transition_dtype(dtype)
     n_states = check_n_states(n_states)
     s_indices = _as_index_array(s_indices, "s_indices")
     a_indices = _as_index_array(a_indices, "a_indices")
@@ -298,7 +355,7 @@ def canonical_from_pairs(s_indices, a_indices, P, R, n_states):
     R = as_float_array(R, "R")
     if R.shape != (n_pairs,):
         raise ValueError(f"R must have shape ({n_pairs},), got {R.shape}")
-    P = as_csr(P, (n_pairs, n_states))
+    P = as_csr(P, (n_pairs, n_states), dtype=dtype)
 
     order = np.lexsort((a_indices, s_indices))
     s_sorted, a_sorted = s_indices[order], a_indices[order]
@@ -326,23 +383,27 @@ def canonical_from_pairs(s_indices, a_indices, P, R, n_states):
         a_indices=a_sorted,
         p_indptr=P.indptr.astype(np.int64),
         p_indices=P.indices.astype(np.int32),
-        p_data=P.data.astype(np.float64),
+        p_data=P.data.astype(dtype),
         r=R[order],
     )
-    check_canonical(**arrays, n_states=n_states)
+    check_canonical(**arrays, n_states=n_states, row_tol=row_sum_tol(P, arrays["p_data"]))
     return arrays
 
 
-def canonical_arrays(a_indptr, a_indices, p_indptr, p_indices, p_data, r, copy=True):
+def canonical_arrays(a_indptr, a_indices, p_indptr, p_indices, p_data, r, copy=True,
+                     dtype=np.float64):
     """The canonical arrays of ``MDP(...)`` and ``MDP.load``, checked; returns (dict, n_states).
 
     Values are checked before they are cast to the canonical dtypes (the rule above), then
     by :func:`check_canonical`. ``copy=False`` takes over arrays that already have the
-    canonical dtype and layout (fresh ones, e.g. just loaded).
+    canonical dtype and layout (fresh ones, e.g. just loaded). ``dtype``: the storage of
+    ``p_data`` (:func:`check_transition_dtype`).
     """
+    dtype = check_transition_dtype(dtype)
     def conv(x, dtype):
         return np.array(x, dtype=dtype, order="C") if copy else np.ascontiguousarray(x, dtype=dtype)
 
+    row_tol = row_sum_tol(p_data, np.empty(0, dtype=dtype))
     a_indptr = index_array(a_indptr, "a_indptr")
     if a_indptr.shape[0] < 2:
         raise ValueError("the MDP must have at least one state (a_indptr of length >= 2)")
@@ -352,18 +413,19 @@ def canonical_arrays(a_indptr, a_indices, p_indptr, p_indices, p_data, r, copy=T
         a_indices=conv(index_array(a_indices, "a_indices"), np.int64),
         p_indptr=conv(index_array(p_indptr, "p_indptr"), np.int64),
         p_indices=index_array(p_indices, "p_indices"),  # cast to int32 once in range
-        p_data=conv(as_float_array(p_data, "p_data"), np.float64),
+        p_data=conv(as_float_array(p_data, "p_data", dtype=dtype), dtype),
         r=conv(as_float_array(r, "r"), np.float64),
     )
-    check_canonical(**arrays, n_states=n_states)
+    check_canonical(**arrays, n_states=n_states, row_tol=row_tol)
     arrays["p_indices"] = conv(arrays["p_indices"], np.int32)
     return arrays, n_states
 
 
-def check_canonical(a_indptr, a_indices, p_indptr, p_indices, p_data, r, n_states):
+def check_canonical(a_indptr, a_indices, p_indptr, p_indices, p_data, r, n_states, row_tol=None):
     """Check canonical arrays in O(nnz) time without copying them.
 
-    Raises ValueError naming the first offending pair (as (s, a)).
+    Raises ValueError naming the first offending pair (as (s, a)). Row sums are taken in
+    float64 whatever the storage, to within ``row_tol`` (default :func:`row_sum_tol`).
     """
     if r.ndim != 1:
         raise ValueError(f"r must be one-dimensional, got shape {r.shape}")
@@ -419,12 +481,12 @@ def check_canonical(a_indptr, a_indices, p_indptr, p_indices, p_data, r, n_state
             f"{where(j)}: negative transition probability {p_data[j]} to state {p_indices[j]}")
     if (row_len == 0).any():
         raise ValueError(f"{pair(int(np.argmax(row_len == 0)))}: transition row is empty (probabilities sum to 0)")
-    sums = np.add.reduceat(p_data, p_indptr[:-1])
+    sums = row_sums(p_data, p_indptr)
     sums -= 1.0
     np.abs(sums, out=sums)
     k = int(np.argmax(sums))
-    if sums[k] > ROW_SUM_TOL:
-        total = float(p_data[p_indptr[k]:p_indptr[k + 1]].sum())
+    if sums[k] > (row_sum_tol(p_data) if row_tol is None else row_tol):
+        total = float(p_data[p_indptr[k]:p_indptr[k + 1]].sum(dtype=np.float64))
         raise ValueError(
             f"{pair(k)}: transition probabilities sum to {total!r} (off by {total - 1.0:.3g})"
         )
@@ -443,6 +505,24 @@ def check_canonical(a_indptr, a_indices, p_indptr, p_indices, p_data, r, n_state
 
 
 _CHUNK = 1 << 22
+
+
+def row_sums(p_data, p_indptr):
+    """The sum of each (non-empty) row of ``p_data``, shape (n_pairs,), float64; float32
+    storage is summed in float64 by chunks of about ``_CHUNK`` entries (``np.add.reduceat``
+    with a float64 dtype would first copy all of ``p_data`` to float64)."""
+    starts = p_indptr[:-1]
+    if p_data.dtype == np.float64:
+        return np.add.reduceat(p_data, starts)
+    n = starts.shape[0]
+    sums = np.empty(n)
+    k0 = 0
+    while k0 < n:
+        k1 = max(k0 + 1, int(np.searchsorted(starts, starts[k0] + _CHUNK, side="left")))
+        lo, hi = int(starts[k0]), int(p_indptr[k1])
+        sums[k0:k1] = np.add.reduceat(p_data[lo:hi].astype(np.float64), starts[k0:k1] - lo)
+        k0 = k1
+    return sums
 
 
 def _first_bad(n, is_bad, offset=0):

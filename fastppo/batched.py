@@ -424,6 +424,7 @@ def evaluate_batch(mdp, pi, reg=None, *, r=None, v0=None, tol=DEFAULT_TOL, max_i
     True
     """
     V.check_discounted(mdp, "evaluate_batch")
+    V.check_float64_storage(mdp, "evaluate_batch")
     which, nt = resolve_backend(backend), resolve_threads(n_threads)
     opts = _solver_args(tol, max_iter, restart, method)
     rewards = None if r is None else V.reward_batch(mdp, r)
@@ -508,6 +509,7 @@ def visitation_batch(mdp, pi, mu=None, *, d0=None, tol=DEFAULT_TOL, max_iter=Non
         Each row non-negative, summing to 1.
     """
     V.check_discounted(mdp, "visitation_batch")
+    V.check_float64_storage(mdp, "visitation_batch")
     which, nt = resolve_backend(backend), resolve_threads(n_threads)
     opts = _solver_args(tol, max_iter, restart, method)
     mus = None if mu is None or np.ndim(mu) != 2 else np.asarray(mu)

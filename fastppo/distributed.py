@@ -186,6 +186,9 @@ class DistributedMDP:
         a_indptr = a_indptr - a_indptr[0]
         p_indptr = np.ascontiguousarray(p_indptr, dtype=np.int64)
         p_indptr = p_indptr - p_indptr[0]
+        if np.asarray(p_data).dtype == np.float32:
+            raise ValueError("fastppo.distributed does not support float32 transition storage "
+                             "(an MDP built with dtype=np.float32); use a float64 MDP")
         p_data = np.ascontiguousarray(p_data, dtype=np.float64)
         r = np.ascontiguousarray(r, dtype=np.float64)
         _check_block(self, a_indptr, p_indptr, p_indices, p_data, r)

@@ -38,15 +38,19 @@ def _real(x, name):
     return float(x)
 
 
-def _rectangular(P, R, gamma, rho):
+def _rectangular(P, R, gamma, rho, dtype):
     """MDP from a (S*A, S) sparse P and (S, A) R, rows in (state, action) order."""
     S, A = R.shape
     return MDP.from_sa_pairs(np.repeat(np.arange(S), A), np.tile(np.arange(A), S),
-                             P, R.reshape(-1), gamma, rho, n_states=S)
+                             P, R.reshape(-1), gamma, rho, n_states=S, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------- garnet
-def garnet(n_states, n_actions, branching, gamma=0.99, seed=None, locality=None):
+GARNET_CHUNK = 1 << 20  # pairs per chunk of garnet's duplicate checks and probabilities
+
+
+def garnet(n_states, n_actions, branching, gamma=0.99, seed=None, locality=None, *,
+           dtype=np.float64):
     """A random sparse MDP (Garnet) with ``branching`` successors per state-action pair.
 
     Parameters
@@ -64,6 +68,10 @@ def garnet(n_states, n_actions, branching, gamma=0.99, seed=None, locality=None)
         successors of ``(s, a)`` are drawn from the window ``s-k, ..., s+k``
         (indices modulo S, so the chain wraps around), which mixes slowly for small
         ``k``; needs ``b <= 2k + 1``. If ``2k + 1 >= S`` the window is every state.
+    dtype : {numpy.float64, numpy.float32}, default numpy.float64
+        Storage of the probabilities (see :class:`fastppo.MDP`). The same seed gives the
+        same MDP in either dtype: the float32 one holds the float64 one's probabilities
+        rounded to float32.
 
     Returns
     -------
@@ -74,11 +82,14 @@ def garnet(n_states, n_actions, branching, gamma=0.99, seed=None, locality=None)
     -----
     Each pair's successor set is a uniformly random b-subset of its window, drawn
     exactly with Floyd's algorithm vectorised over pairs (b passes over an int32
-    array of shape (S*A, b); no rejection loop, no dense array). The probabilities
-    are normalised standard exponentials, i.e. uniform on the simplex
-    (Dirichlet(1, ..., 1)); rewards are uniform on [0, 1). Memory: the final arrays
-    (12 bytes per non-zero plus 24 bytes per pair) plus O(S*A*b) bytes of int32/bool
-    temporaries; 10^6 × 10 × 10 peaks well under 2 GiB.
+    array of shape (S*A, b), which becomes ``p_indices``; no rejection loop, no dense
+    array). The probabilities are normalised standard exponentials, i.e. uniform on the
+    simplex (Dirichlet(1, ..., 1)), drawn and normalised in float64 by chunks of
+    ``GARNET_CHUNK`` pairs (the same draws as one call: the stream does not depend on
+    the chunking) and stored in ``dtype``; rewards are uniform on [0, 1). Memory: the
+    final arrays (8 + the dtype's bytes per non-zero plus 24 bytes per pair) plus one
+    int32 per pair and O(GARNET_CHUNK · b) bytes of temporaries; 10^6 × 10 × 10 peaks
+    well under 2 GiB, 10^7 × 10 × 10 in float32 at 12 GiB (benchmarks/RESULTS.md).
 
     References
     ----------
@@ -100,30 +111,40 @@ def garnet(n_states, n_actions, branching, gamma=0.99, seed=None, locality=None)
             raise ValueError(f"branching must be <= 2*locality + 1 = {2 * k + 1}, got {b}")
         if 2 * k + 1 >= S:
             locality = None
+    dtype = V.check_transition_dtype(dtype)
     rng = V.check_seed(seed)
     L = S * A
     window = S if locality is None else 2 * k + 1
 
     # Floyd: for j = W-b..W-1 draw t in [0, j]; keep t unless already chosen, else j.
     succ = np.empty((L, b), dtype=np.int32)
+    chunks = [(lo, min(L, lo + GARNET_CHUNK)) for lo in range(0, L, GARNET_CHUNK)]
     for i, j in enumerate(range(window - b, window)):
         t = rng.integers(0, j + 1, size=L, dtype=np.int32)
-        if i:
-            t[(succ[:, :i] == t[:, None]).any(axis=1)] = j
+        for lo, hi in chunks if i else ():
+            tc = t[lo:hi]
+            tc[(succ[lo:hi, :i] == tc[:, None]).any(axis=1)] = j
         succ[:, i] = t
     del t
-    if locality is not None:  # offsets 0..2k → states s-k..s+k (mod S)
-        succ += (np.arange(S, dtype=np.int32) - k).repeat(A)[:, None]
-        np.remainder(succ, S, out=succ)
-    succ.sort(axis=1)
+    for lo, hi in chunks:
+        block = succ[lo:hi]
+        if locality is not None:  # offsets 0..2k → states s-k..s+k (mod S)
+            block += (np.arange(lo // A, (hi - 1) // A + 1, dtype=np.int32) - k
+                      ).repeat(A)[lo % A:lo % A + hi - lo, None]
+            np.remainder(block, S, out=block)
+        block.sort(axis=1)
 
-    p = rng.standard_exponential(L * b)
+    p = np.empty(L * b, dtype=dtype)
     p2 = p.reshape(L, b)
-    p2 /= p2.sum(axis=1, keepdims=True)
+    for lo, hi in chunks:  # draws in order: the same stream as one call
+        x = rng.standard_exponential((hi - lo) * b).reshape(hi - lo, b)
+        x /= x.sum(axis=1, keepdims=True)
+        p2[lo:hi] = x
+    del x
     r = rng.random(L)
     return MDP(np.arange(0, L + 1, A, dtype=np.int64), np.tile(np.arange(A, dtype=np.int64), S),
                np.arange(0, L * b + 1, b, dtype=np.int64), succ.reshape(-1), p, r, gamma,
-               _copy=False)
+               dtype=dtype, _copy=False)
 
 
 # ------------------------------------------------------------------------- gridworld
@@ -172,7 +193,7 @@ def _parse_layout(layout):
 
 def gridworld(height=None, width=None, walls=(), goals=None, traps=(), slip=0.1,
               step_reward=0.0, goal_reward=1.0, trap_reward=-1.0, gamma=0.99, start=None,
-              layout=None):
+              layout=None, *, dtype=np.float64):
     """A slippery gridworld with walls, absorbing goals and traps.
 
     Parameters
@@ -198,6 +219,9 @@ def gridworld(height=None, width=None, walls=(), goals=None, traps=(), slip=0.1,
         A map instead of the arguments above (FrozenLake style), one string per row:
         ``S`` start, ``F`` or ``.`` free, ``#`` wall, ``G`` goal, ``T`` or ``H`` trap.
         Goals are exactly the ``G`` cells.
+
+    dtype : {numpy.float64, numpy.float32}, default numpy.float64
+        Storage of the transition probabilities (see :class:`fastppo.MDP`).
 
     Returns
     -------
@@ -273,11 +297,11 @@ def gridworld(height=None, width=None, walls=(), goals=None, traps=(), slip=0.1,
         raise ValueError("every non-wall cell is a goal or trap: give start to place rho")
     else:
         rho = np.where(terminal, 0.0, 1.0 / (~terminal).sum())
-    return _rectangular(P, R, gamma, rho)
+    return _rectangular(P, R, gamma, rho, dtype)
 
 
 # ----------------------------------------------------------------------------- chain
-def chain(n_states=6, gamma=0.95, small_reward=0.005, large_reward=1.0):
+def chain(n_states=6, gamma=0.95, small_reward=0.005, large_reward=1.0, *, dtype=np.float64):
     """RiverSwim: a chain where exploring to the far right end pays off.
 
     Parameters
@@ -288,6 +312,9 @@ def chain(n_states=6, gamma=0.95, small_reward=0.005, large_reward=1.0):
         Reward of ``left`` in the leftmost state 0.
     large_reward : float, default 1
         Reward of ``right`` in the rightmost state ``n_states - 1``.
+
+    dtype : {numpy.float64, numpy.float32}, default numpy.float64
+        Storage of the transition probabilities (see :class:`fastppo.MDP`).
 
     Returns
     -------
@@ -331,12 +358,12 @@ def chain(n_states=6, gamma=0.95, small_reward=0.005, large_reward=1.0):
     R[0, 0], R[-1, 1] = small_reward, large_reward
     rho = np.zeros(N)
     rho[0] = 1.0
-    return _rectangular(P, R, gamma, rho)
+    return _rectangular(P, R, gamma, rho, dtype)
 
 
 # ---------------------------------------------------------------------------- queue2d
 def queue2d(capacity=(99, 99), arrival=(0.3, 0.25), service=(0.2, 0.4), holding_cost=(1.0, 1.5),
-            fast_cost=2.0, loss_cost=20.0, gamma=0.99):
+            fast_cost=2.0, loss_cost=20.0, gamma=0.99, *, dtype=np.float64):
     """Two finite queues sharing one server whose speed is controlled.
 
     A discrete-time (uniformized) birth–death process on (q₁, q₂), 0 ≤ qᵢ ≤ capacityᵢ. At
@@ -361,6 +388,9 @@ def queue2d(capacity=(99, 99), arrival=(0.3, 0.25), service=(0.2, 0.4), holding_
     loss_cost : float, default 20.0
         Cost of a lost arrival (charged in expectation: λᵢ when queue i is full).
     gamma : float in [0, 1), default 0.99
+
+    dtype : {numpy.float64, numpy.float32}, default numpy.float64
+        Storage of the transition probabilities (see :class:`fastppo.MDP`).
 
     Returns
     -------
@@ -407,7 +437,7 @@ def queue2d(capacity=(99, 99), arrival=(0.3, 0.25), service=(0.2, 0.4), holding_
                    - loss_cost * (lam[0] * full1 + lam[1] * full2))
     P = sp.csr_array((np.concatenate(probs), (np.concatenate(rows), np.concatenate(cols))),
                      shape=(4 * S, S))
-    return _rectangular(P, R, gamma, np.full(S, 1.0 / S))
+    return _rectangular(P, R, gamma, np.full(S, 1.0 / S), dtype)
 
 
 def _pair(x, name):
@@ -418,7 +448,7 @@ def _pair(x, name):
 
 # --------------------------------------------------------------------------- pendulum
 def pendulum(n_theta=100, n_omega=100, n_actions=5, max_torque=2.0, max_speed=8.0, dt=0.05,
-             gamma=0.99):
+             gamma=0.99, *, dtype=np.float64):
     """Swing-up of a torque-limited pendulum, discretised on a (θ, ω) grid.
 
     The dynamics and cost of Gymnasium's ``Pendulum-v1`` (g = 10, m = 1, l = 1; θ = 0
@@ -437,6 +467,9 @@ def pendulum(n_theta=100, n_omega=100, n_actions=5, max_torque=2.0, max_speed=8.
         Torques evenly spaced on [−max_torque, max_torque] (≥ 1; one action is u = 0).
     max_torque, max_speed, dt : float
     gamma : float in [0, 1), default 0.99
+
+    dtype : {numpy.float64, numpy.float32}, default numpy.float64
+        Storage of the transition probabilities (see :class:`fastppo.MDP`).
 
     Returns
     -------
@@ -482,11 +515,11 @@ def pendulum(n_theta=100, n_omega=100, n_actions=5, max_torque=2.0, max_speed=8.
     P = sp.csr_array((probs.reshape(-1)[keep], (rows[keep], cols.reshape(-1)[keep])), shape=(L, S))
     P.sum_duplicates()
     P.data /= np.add.reduceat(P.data, P.indptr[:-1])[np.repeat(np.arange(L), np.diff(P.indptr))]
-    return _rectangular(P, R.reshape(S, A), gamma, np.full(S, 1.0 / S))
+    return _rectangular(P, R.reshape(S, A), gamma, np.full(S, 1.0 / S), dtype)
 
 
 # ------------------------------------------------------------------------ token_tree
-def token_tree(vocab, depth, gamma=0.99, seed=None):
+def token_tree(vocab, depth, gamma=0.99, seed=None, *, dtype=np.float64):
     """A toy of LLM generation: states are token prefixes, actions append a token.
 
     Parameters
@@ -499,6 +532,9 @@ def token_tree(vocab, depth, gamma=0.99, seed=None):
     seed : int, None or numpy.random.Generator
         Seeds the "reward model": a table of shape (V**D,) uniform on [0, 1), one
         score per complete sequence.
+
+    dtype : {numpy.float64, numpy.float32}, default numpy.float64
+        Storage of the transition probabilities (see :class:`fastppo.MDP`).
 
     Returns
     -------
@@ -534,4 +570,5 @@ def token_tree(vocab, depth, gamma=0.99, seed=None):
     rho = np.zeros(N)
     rho[0] = 1.0
     return MDP(np.arange(0, L + 1, Vb, dtype=np.int64), np.tile(np.arange(Vb, dtype=np.int64), N),
-               np.arange(L + 1, dtype=np.int64), succ, np.ones(L), r, gamma, rho, _copy=False)
+               np.arange(L + 1, dtype=np.int64), succ, np.ones(L, dtype=dtype), r, gamma, rho,
+               dtype=dtype, _copy=False)

@@ -50,7 +50,7 @@ class MDP:
         Action label of each pair, increasing within a state.
     p_indptr, p_indices, p_data : ndarray
         CSR of the transition matrix of shape (n_pairs, n_states); int64, int32,
-        float64; indices sorted within rows; rows sum to 1.
+        float64 (or float32, see ``dtype``); indices sorted within rows; rows sum to 1.
     r : ndarray of shape (n_pairs,), float64
         Expected reward of each pair.
     gamma : float
@@ -60,6 +60,18 @@ class MDP:
         naming a state on a cycle.
     rho : ndarray of shape (n_states,), optional
         Start distribution; uniform by default.
+    dtype : {numpy.float64, numpy.float32}, default numpy.float64
+        Storage of the transition probabilities ``p_data`` (every constructor and
+        generator takes it). float32 is opt-in compact storage for MDPs too large for
+        float64 (12 → 8 bytes per transition with the int32 next-state indices):
+        ``p_data`` is rounded to float32 once (rows must then sum to 1 within 1e-7), and
+        the MDP solved is the stored one with each row divided by its float64 sum, so
+        that it is stochastic to float64 round-off (values, visitations, gradients,
+        every sum in float64). Its values differ from the float64 MDP's by at most
+        ``2⁻²³ γ / (1 − γ) · max|v|`` (each row of P moves by at most 2⁻²³ in ℓ1 norm;
+        the issue's b·2⁻²⁴·γ/(1−γ) for b ≥ 2). Not supported (a clear ValueError):
+        ``fastppo.batched`` and ``fastppo.distributed``. Float32 input with the default
+        dtype is read exactly as float64 (never down-cast unasked; not normalised).
 
     The arrays are copied (the MDP's own copies are read-only), so the caller's
     arrays are neither aliased nor frozen. Every value is checked before it is cast:
@@ -82,10 +94,10 @@ class MDP:
     """
 
     def __init__(self, a_indptr, a_indices, p_indptr, p_indices, p_data, r, gamma, rho=None,
-                 *, _copy=True):
+                 *, dtype=np.float64, _copy=True):
         # _copy=False: the arrays are fresh (from_sa_pairs, load) and may be taken over
         arrays, n_states = V.canonical_arrays(a_indptr, a_indices, p_indptr, p_indices, p_data, r,
-                                              copy=_copy)
+                                              copy=_copy, dtype=dtype)
         a_indptr = arrays["a_indptr"]
         for name, x in arrays.items():
             x.flags.writeable = False
@@ -107,7 +119,7 @@ class MDP:
     # ----------------------------------------------------------------- constructors
     @classmethod
     def from_sa_pairs(cls, s_indices, a_indices, P, R, gamma, rho=None, n_states=None, *,
-                      infeasible="reject"):
+                      infeasible="reject", dtype=np.float64):
         """Build from QuantEcon's state-action-pair form (pairs in any order).
 
         Parameters
@@ -126,6 +138,9 @@ class MDP:
             "reject" raises, naming the pair; "drop" removes them with their rows of
             ``P`` (which need not be probability vectors then), and raises naming any
             state left with no action.
+        dtype : {numpy.float64, numpy.float32}, default numpy.float64
+            Storage of the transition probabilities (see :class:`MDP`). A float32 ``P``
+            with ``dtype=np.float32`` is never copied to float64.
         """
         V.check_choice(infeasible, "infeasible", ("reject", "drop"))
         if n_states is None:
@@ -135,23 +150,25 @@ class MDP:
             n_states = shape[1]
         if infeasible == "drop":
             s_indices, a_indices, P, R = V.drop_infeasible(s_indices, a_indices, P, R, n_states)
-        arrays = V.canonical_from_pairs(s_indices, a_indices, P, R, n_states)
-        return cls(**arrays, gamma=gamma, rho=rho, _copy=False)
+        arrays = V.canonical_from_pairs(s_indices, a_indices, P, R, n_states, dtype=dtype)
+        return cls(**arrays, gamma=gamma, rho=rho, dtype=dtype, _copy=False)
 
     @classmethod
-    def from_dense(cls, P, R, gamma, rho=None):
-        """Build from dense arrays ``P[s, a, s']`` of shape (S, A, S) and ``R[s, a]`` of shape (S, A)."""
+    def from_dense(cls, P, R, gamma, rho=None, *, dtype=np.float64):
+        """Build from dense arrays ``P[s, a, s']`` of shape (S, A, S) and ``R[s, a]`` of shape (S, A)
+        (``dtype``: storage of the probabilities, see :class:`MDP`)."""
         P = np.asarray(P)
         if P.ndim != 3 or P.shape[0] != P.shape[2]:
             raise ValueError(f"P must have shape (S, A, S), got {P.shape}")
         S, A, _ = P.shape
         R = _reward_table(R, S, A)
         s, a = np.divmod(np.arange(S * A), A)
-        return cls.from_sa_pairs(s, a, P.reshape(S * A, S), R.reshape(-1), gamma, rho)
+        return cls.from_sa_pairs(s, a, P.reshape(S * A, S), R.reshape(-1), gamma, rho, dtype=dtype)
 
     @classmethod
-    def from_sparse(cls, P, R, gamma, rho=None):
-        """Build from a scipy.sparse ``P`` of shape (S*A, S) (row ``s*A + a``) and ``R`` of shape (S, A)."""
+    def from_sparse(cls, P, R, gamma, rho=None, *, dtype=np.float64):
+        """Build from a scipy.sparse ``P`` of shape (S*A, S) (row ``s*A + a``) and ``R`` of shape (S, A)
+        (``dtype``: storage of the probabilities, see :class:`MDP`)."""
         if not sp.issparse(P):
             raise TypeError("P must be a scipy.sparse matrix or array; use from_dense for arrays")
         R = V.as_float_array(R, "R")
@@ -161,10 +178,10 @@ class MDP:
         if P.shape != (S * A, S):
             raise ValueError(f"P must have shape (S*A, S) = ({S * A}, {S}) to match R, got {P.shape}")
         s, a = np.divmod(np.arange(S * A), A)
-        return cls.from_sa_pairs(s, a, P, R.reshape(-1), gamma, rho)
+        return cls.from_sa_pairs(s, a, P, R.reshape(-1), gamma, rho, dtype=dtype)
 
     @classmethod
-    def from_mdptoolbox(cls, P, R, gamma, rho=None, *, reward_layout=None):
+    def from_mdptoolbox(cls, P, R, gamma, rho=None, *, reward_layout=None, dtype=np.float64):
         """Build from pymdptoolbox's layout.
 
         Parameters
@@ -198,6 +215,8 @@ class MDP:
         reward_layout : {"state", "state-action", "action-state", "action-state-state"}, optional
             Read ``R`` in this layout instead (an ndarray of shape (A, S) as
             ``"action-state"``, a nested list of shape (S, A) as ``"state-action"``, ...).
+        dtype : {numpy.float64, numpy.float32}, default numpy.float64
+            Storage of the transition probabilities (see :class:`MDP`).
         """
         if isinstance(P, (list, tuple)) or (isinstance(P, np.ndarray) and P.dtype == object):
             mats = [sp.csr_array(m, dtype=np.float64) if sp.issparse(m) else np.asarray(m, dtype=np.float64) for m in P]
@@ -221,10 +240,10 @@ class MDP:
         P_sa = stacked[perm]
         r = _mdptoolbox_rewards(R, mats, reward_layout)
         s, a = np.divmod(np.arange(S * A), A)
-        return cls.from_sa_pairs(s, a, P_sa, r.reshape(-1), gamma, rho)
+        return cls.from_sa_pairs(s, a, P_sa, r.reshape(-1), gamma, rho, dtype=dtype)
 
     @classmethod
-    def from_gymnasium(cls, env_or_P, gamma, rho=None):
+    def from_gymnasium(cls, env_or_P, gamma, rho=None, *, dtype=np.float64):
         """Build from a Gymnasium toy-text environment or its ``P`` dict.
 
         ``P[s][a]`` is a list of ``(prob, next_state, reward, terminated)``. The
@@ -235,7 +254,8 @@ class MDP:
         ``(prob, next_state)`` entries are summed.
 
         ``rho`` defaults to the environment's ``initial_state_distrib`` when it has
-        one (FrozenLake, Taxi), else uniform over the non-absorbing states.
+        one (FrozenLake, Taxi), else uniform over the non-absorbing states. ``dtype``:
+        storage of the probabilities (see :class:`MDP`).
         """
         P = env_or_P
         env_rho = None
@@ -302,7 +322,7 @@ class MDP:
         elif rho is None and any_terminal:
             rho = np.zeros(n_states)
             rho[:S] = 1.0 / S
-        return cls.from_sa_pairs(s_idx, a_idx, Pm, rew, gamma, rho, n_states=n_states)
+        return cls.from_sa_pairs(s_idx, a_idx, Pm, rew, gamma, rho, n_states=n_states, dtype=dtype)
 
     # --------------------------------------------------------------- persistence
     def save(self, path):
@@ -331,14 +351,15 @@ class MDP:
             "r": map the arrays read-only from the file instead of reading them
             (``path`` must then be a file name, and the file uncompressed, as
             :meth:`save` writes it). Arrays stored in their canonical dtype
-            (``p_data`` float64, ``p_indices`` int32, ..., and ``rho``) stay
+            (``p_data`` float64 or float32, ``p_indices`` int32, ..., and ``rho``) stay
             ``numpy.memmap`` objects of the file: the operating system shares their
             pages between processes, and a mapped MDP pickles as a reference to the
             file (see :meth:`__getstate__`).
 
         Every field is checked as by the constructor (no pickles are read; with
         ``mmap_mode`` the checks read the mapped arrays without copying them); a bad
-        field raises ValueError or TypeError naming the file and the field.
+        field raises ValueError or TypeError naming the file and the field. An MDP saved
+        with float32 storage (``dtype=np.float32``) loads as one.
         """
         V.check_choice(mmap_mode, "mmap_mode", (None, "r"))
         if mmap_mode is not None and not isinstance(path, (str, os.PathLike)):
@@ -366,8 +387,10 @@ class MDP:
                 except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
                     raise ValueError(f"{where}: field {name!r} cannot be read ({err})") from None
         gamma = fields.pop("gamma")
+        dtype = np.float32 if fields["p_data"].dtype == np.float32 else np.float64
         try:
-            mdp = cls(**fields, gamma=gamma[()] if gamma.ndim == 0 else gamma, _copy=False)
+            mdp = cls(**fields, gamma=gamma[()] if gamma.ndim == 0 else gamma, dtype=dtype,
+                      _copy=False)
         except (TypeError, ValueError) as err:
             raise type(err)(f"{where}: {err}") from None
         for name, m in mapped.items():  # keep the maps where the checked array is the map's data
@@ -601,7 +624,8 @@ class MDP:
     def __repr__(self):
         kind = f"{self.n_actions} actions" if self.is_rectangular else f"up to {self.n_actions} actions"
         return (f"MDP(n_states={self.n_states:,}, {kind}, n_pairs={self.n_pairs:,}, "
-                f"nnz={self.p_data.size:,}, gamma={self.gamma})")
+                f"nnz={self.p_data.size:,}, gamma={self.gamma}"
+                + (f", dtype={self.p_data.dtype})" if self.p_data.dtype != np.float64 else ")"))
 
 
 class Transitions:

@@ -634,7 +634,7 @@ def _setup(mdp, reg, kl_coef, kl_estimator, kl_penalty, advantage, group_size, w
             "plain optimum in place")
     if clip is not None and ((mdp.r < clip[0]) | (mdp.r > clip[1])).any():
         mdp = MDP(mdp.a_indptr, mdp.a_indices, mdp.p_indptr, mdp.p_indices, mdp.p_data,
-                  np.clip(mdp.r, *clip), mdp.gamma, mdp.rho)
+                  np.clip(mdp.r, *clip), mdp.gamma, mdp.rho, dtype=mdp.p_data.dtype)
     else:
         clip = None
     w = np.ones(mdp.n_states)
@@ -680,7 +680,7 @@ def _penalised_evaluation(pb, pi, log_w):
     penalised = (pi > 0) & ~mdp.terminal[mdp.s_indices]
     r = np.where(penalised, mdp.r - pb.beta * _k_value(pb.kind, log_w), mdp.r)
     shifted = MDP(mdp.a_indptr, mdp.a_indices, mdp.p_indptr, mdp.p_indices, mdp.p_data, r,
-                  mdp.gamma, mdp.rho)
+                  mdp.gamma, mdp.rho, dtype=mdp.p_data.dtype)
     return evaluate(shifted, pi, tol=LIN_TOL, **pb.opts)
 
 

@@ -21,6 +21,8 @@ Serial (``n_threads`` is ignored). Mirrors kernels/numba/assembled.py.
 from libc.math cimport sqrt
 from libc.stdint cimport int32_t, int64_t, uint64_t
 
+include "_probability.pxi"
+
 
 def merge_pattern(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                   const int32_t[::1] p_indices,                                    # IN
@@ -69,7 +71,7 @@ def merge_pattern(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
 
 
 def assemble_values(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
-                    const double[::1] p_data, const int64_t[::1] pos, const double[::1] pi,
+                    const probability[::1] p_data, const int64_t[::1] pos, const double[::1] pi,
                     double gamma,                                                  # IN
                     double[::1] data, double[::1] diag, int n_threads):            # OUT
     """assemble_values(a_indptr, p_indptr, p_data, pos, pi, gamma, data, diag, n_threads)"""
@@ -82,7 +84,7 @@ def assemble_values(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
             data[j] = 0.0
         for s in range(n_states):
             for k in range(a_indptr[s], a_indptr[s + 1]):
-                w = pi[k]
+                w = pi[k] / row_total(&p_data[0], p_indptr[k], p_indptr[k + 1])
                 for j in range(p_indptr[k], p_indptr[k + 1]):
                     data[pos[j]] += w * p_data[j]
         for j in range(nnz):

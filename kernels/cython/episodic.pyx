@@ -10,10 +10,12 @@ Mirrors kernels/numba/episodic.py.
 """
 from libc.stdint cimport int32_t, int64_t, uint8_t
 
+include "_probability.pxi"
+
 
 def episodic_values(const int32_t[::1] order, const uint8_t[::1] terminal,
                     const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
-                    const int32_t[::1] p_indices, const double[::1] p_data,
+                    const int32_t[::1] p_indices, const probability[::1] p_data,
                     const double[::1] pi, double gamma, const double[::1] c,   # IN
                     double[::1] out, int n_threads):                             # OUT
     """episodic_values(order, terminal, a_indptr, p_indptr, p_indices, p_data, pi, gamma, c,
@@ -34,13 +36,13 @@ def episodic_values(const int32_t[::1] order, const uint8_t[::1] terminal,
                 row = 0.0
                 for j in range(p_indptr[k], p_indptr[k + 1]):
                     row = row + p_data[j] * out[p_indices[j]]
-                acc = acc + pi[k] * row
+                acc = acc + pi[k] * (row / row_total(&p_data[0], p_indptr[k], p_indptr[k + 1]))
             out[s] = c[s] + gamma * acc
 
 
 def episodic_visits(const int32_t[::1] order, const uint8_t[::1] terminal,
                     const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
-                    const int32_t[::1] p_indices, const double[::1] p_data,
+                    const int32_t[::1] p_indices, const probability[::1] p_data,
                     const double[::1] pi, double gamma, const double[::1] mu,  # IN
                     double[::1] out, int n_threads):                             # OUT
     """episodic_visits(order, terminal, a_indptr, p_indptr, p_indices, p_data, pi, gamma, mu,
@@ -60,7 +62,7 @@ def episodic_visits(const int32_t[::1] order, const uint8_t[::1] terminal,
             for k in range(a_indptr[s], a_indptr[s + 1]):
                 if pi[k] == 0.0:
                     continue
-                w = gamma * pi[k] * ns
+                w = gamma * pi[k] * ns / row_total(&p_data[0], p_indptr[k], p_indptr[k + 1])
                 for j in range(p_indptr[k], p_indptr[k + 1]):
                     t = p_indices[j]
                     if not terminal[t]:

@@ -13,10 +13,13 @@
 From ``PREFETCH_STATES`` states on, every gather and scatter prefetches the state of the
 entry ``AHEAD`` positions on (GCC's ``__builtin_prefetch``; a hint: no result changes);
 below, each row is summed by a loop without them (kernels/numba/linear.py).
-Mirrors kernels/numba/linear.py.
+``p_data`` may be float32 (compact storage: the fused type of _probability.pxi); every
+product and sum is in double. Mirrors kernels/numba/linear.py.
 """
 from cython.parallel cimport prange
 from libc.stdint cimport int32_t, int64_t
+
+include "_probability.pxi"
 
 
 cdef extern from *:
@@ -29,7 +32,7 @@ cdef enum:
     PREFETCH_STATES = 1 << 17
 
 
-cdef inline double row_sum(const int32_t *indices, const double *data, const double *x,
+cdef inline double row_sum(const int32_t *indices, const probability *data, const double *x,
                            int64_t lo, int64_t hi) noexcept nogil:
     """Σ_{lo ≤ j < hi} data[j] x[indices[j]], summed in order, on raw pointers; unrolled
     by four (GCC does not unroll at -O3; LLVM does for the Numba twin), the same sum."""
@@ -47,7 +50,7 @@ cdef inline double row_sum(const int32_t *indices, const double *data, const dou
     return row
 
 
-cdef inline void row_scatter(const int32_t *indices, const double *data, double w, double *y,
+cdef inline void row_scatter(const int32_t *indices, const probability *data, double w, double *y,
                              int64_t lo, int64_t hi) noexcept nogil:
     """y[indices[j]] += w data[j] for lo ≤ j < hi, in order, on raw pointers; unrolled
     by four (as :func:`row_sum`)."""
@@ -64,7 +67,7 @@ cdef inline void row_scatter(const int32_t *indices, const double *data, double 
 
 
 def bellman_matvec(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
-                   const int32_t[::1] p_indices, const double[::1] p_data,
+                   const int32_t[::1] p_indices, const probability[::1] p_data,
                    const double[::1] pi, double gamma, const double[::1] x,   # IN
                    double[::1] out, int n_threads):                             # OUT
     """bellman_matvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out, n_threads)"""
@@ -84,12 +87,12 @@ def bellman_matvec(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                     row = row + p_data[j] * x[p_indices[j]]
             else:
                 row = row_sum(&p_indices[0], &p_data[0], &x[0], p_indptr[k], p_indptr[k + 1])
-            acc = acc + pi[k] * row
+            acc = acc + pi[k] * (row / row_total(&p_data[0], p_indptr[k], p_indptr[k + 1]))
         out[s] = x[s] - gamma * acc
 
 
 def bellman_rmatvec(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
-                    const int32_t[::1] p_indices, const double[::1] p_data,
+                    const int32_t[::1] p_indices, const probability[::1] p_data,
                     const double[::1] pi, double gamma, const double[::1] x,  # IN
                     double[::1] out, double[:, ::1] buf, int n_threads):        # OUT
     """bellman_rmatvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out, buf, n_threads)"""
@@ -107,7 +110,7 @@ def bellman_rmatvec(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
             for k in range(a_indptr[s], a_indptr[s + 1]):
                 if pi[k] == 0.0:
                     continue
-                w = pi[k] * xs
+                w = pi[k] * xs / row_total(&p_data[0], p_indptr[k], p_indptr[k + 1])
                 if fetch:
                     for j in range(p_indptr[k], p_indptr[k + 1]):
                         prefetch(&buf[c, p_indices[min(j + AHEAD, last)]], 1, 3)
@@ -123,7 +126,7 @@ def bellman_rmatvec(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
 
 
 def q_values(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
-             const double[::1] p_data, const double[::1] r, double gamma,
+             const probability[::1] p_data, const double[::1] r, double gamma,
              const double[::1] v,                                               # IN
              double[::1] out, int n_threads):                                   # OUT
     """q_values(p_indptr, p_indices, p_data, r, gamma, v, out, n_threads)"""
@@ -139,7 +142,7 @@ def q_values(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
                 row = row + p_data[j] * v[p_indices[j]]
         else:
             row = row_sum(&p_indices[0], &p_data[0], &v[0], p_indptr[k], p_indptr[k + 1])
-        out[k] = r[k] + gamma * row
+        out[k] = r[k] + gamma * (row / row_total(&p_data[0], p_indptr[k], p_indptr[k + 1]))
 
 
 ctypedef fused gathered:  # x: float64, or float32 for corrections (half the bytes gathered)
@@ -152,7 +155,7 @@ ctypedef fused accumulated:  # buf: float64, or float32 for corrections
 
 
 def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
-                     const int32_t[::1] p_indices, const double[::1] p_data,
+                     const int32_t[::1] p_indices, const probability[::1] p_data,
                      const double[::1] pi, double gamma, const gathered[::1] x,
                      const double[::1] y,                                             # IN
                      double[::1] out_x, double[::1] out_y, double[::1] rows,
@@ -168,7 +171,7 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
     cdef bint both = do_x and do_y
     cdef Py_ssize_t stride = 2 if both else 1
     cdef int64_t k, j, i, last = max(p_indices.shape[0], 1) - 1
-    cdef double ys, acc, row, p, w, d
+    cdef double ys, acc, row, p, w, d, tot
     cdef bint fetch = n_states >= PREFETCH_STATES
     # the chunks of bellman_rmatvec: the same sums in the same order, term by term
     for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
@@ -190,9 +193,10 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                 p = pi[k]
                 if p == 0.0 and not do_rows:
                     continue
+                tot = row_total(&p_data[0], p_indptr[k], p_indptr[k + 1])
                 row = 0.0
                 if both:  # one read of the row and of each state's line serves both products
-                    w = p * ys
+                    w = p * ys / tot
                     if fetch:
                         for j in range(p_indptr[k], p_indptr[k + 1]):
                             prefetch(&buf[c, 2 * p_indices[min(j + AHEAD, last)]], 1, 3)
@@ -215,7 +219,7 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                         for j in range(p_indptr[k], p_indptr[k + 1]):
                             row = row + p_data[j] * x[p_indices[j]]
                 elif p != 0.0:
-                    w = p * ys
+                    w = p * ys / tot
                     if fetch:
                         for j in range(p_indptr[k], p_indptr[k + 1]):
                             prefetch(&buf[c, p_indices[min(j + AHEAD, last)]], 1, 3)
@@ -223,6 +227,7 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                     else:
                         for j in range(p_indptr[k], p_indptr[k + 1]):
                             buf[c, p_indices[j]] += w * p_data[j]
+                row = row / tot
                 if do_rows:
                     rows[k] = row
                 if p != 0.0:

@@ -13,13 +13,15 @@ from cython.parallel cimport prange
 from libc.math cimport copysign, exp, fabs, log
 from libc.stdint cimport int32_t, int64_t, uint8_t
 
+include "_probability.pxi"
+
 include "_codes.pxi"
 include "_softmax.pxi"
 
 
 def rollout(const int64_t[::1] a_indptr, const double[::1] pi, const double[::1] log_pi,
             const double[::1] r, const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
-            const double[::1] p_data, const uint8_t[::1] terminal, const int64_t[::1] start,
+            const probability[::1] p_data, const uint8_t[::1] terminal, const int64_t[::1] start,
             const double[:, ::1] u_action, const double[:, ::1] u_next,           # IN
             int64_t[:, ::1] states, int64_t[:, ::1] actions, int64_t[:, ::1] pairs,
             int64_t[:, ::1] next_states, double[:, ::1] rewards, double[:, ::1] logp,
@@ -34,7 +36,12 @@ def rollout(const int64_t[::1] a_indptr, const double[::1] pi, const double[::1]
                  terminated, truncated)
 
 
-cdef inline int64_t _first_below(const double[::1] weights, int64_t lo, int64_t hi,
+ctypedef fused weight:  # pi (float64) or p_data (float64 or float32): its own fused type
+    float
+    double
+
+
+cdef inline int64_t _first_below(const weight[::1] weights, int64_t lo, int64_t hi,
                                 double u) noexcept nogil:
     """First i in [lo, hi) with u < weights[lo] + ... + weights[i] (hi − 1 if none)."""
     cdef int64_t i
@@ -49,7 +56,7 @@ cdef inline int64_t _first_below(const double[::1] weights, int64_t lo, int64_t 
 cdef void _episode(Py_ssize_t e, const int64_t[::1] a_indptr, const double[::1] pi,
                    const double[::1] log_pi, const double[::1] r,
                    const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
-                   const double[::1] p_data, const uint8_t[::1] terminal, int64_t s,
+                   const probability[::1] p_data, const uint8_t[::1] terminal, int64_t s,
                    const double[:, ::1] u_action, const double[:, ::1] u_next,
                    int64_t[:, ::1] states, int64_t[:, ::1] actions, int64_t[:, ::1] pairs,
                    int64_t[:, ::1] next_states, double[:, ::1] rewards, double[:, ::1] logp,
@@ -70,7 +77,7 @@ cdef void _episode(Py_ssize_t e, const int64_t[::1] a_indptr, const double[::1] 
             s = -1
             continue
         k = _first_below(pi, a_indptr[s], a_indptr[s + 1], u_action[e, t])
-        j = _first_below(p_data, p_indptr[k], p_indptr[k + 1], u_next[e, t])
+        j = _first_below(p_data, p_indptr[k], p_indptr[k + 1], u_next[e, t] * row_total(&p_data[0], p_indptr[k], p_indptr[k + 1]))
         nxt = p_indices[j]
         states[e, t] = s
         actions[e, t] = k - a_indptr[s]

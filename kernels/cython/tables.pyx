@@ -13,6 +13,8 @@ from cython.parallel cimport prange
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 
+include "_probability.pxi"
+
 include "_codes.pxi"
 include "_divergence.pxi"
 include "_softmax.pxi"
@@ -137,9 +139,9 @@ def compact_indptr(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
 
 
 def compact_rows(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
-                 const int32_t[::1] p_indices, const double[::1] p_data, const double[::1] pi,
+                 const int32_t[::1] p_indices, const probability[::1] p_data, const double[::1] pi,
                  const int64_t[::1] out_a_indptr, const int64_t[::1] out_p_indptr,  # IN
-                 int32_t[::1] out_indices, double[::1] out_data, double[::1] out_pi,
+                 int32_t[::1] out_indices, probability[::1] out_data, double[::1] out_pi,
                  int n_threads):                                                     # OUT
     """compact_rows(a_indptr, p_indptr, p_indices, p_data, pi, out_a_indptr, out_p_indptr,
     out_indices, out_data, out_pi, n_threads)"""

@@ -55,6 +55,7 @@ import numpy as np
 from numba import njit
 
 from ._jit import serial
+from ._probability import row_total
 
 
 def merge_pattern(a_indptr, p_indptr, p_indices, indptr, mid, indices, pos, mark):
@@ -99,7 +100,7 @@ def assemble_values(a_indptr, p_indptr, p_data, pos, pi, gamma, data, diag):
     data[:] = 0.0
     for s in range(n_states):
         for k in range(np.uint64(a_indptr[s]), np.uint64(a_indptr[s + 1])):
-            w = pi[k]
+            w = pi[k] / row_total(p_data, np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1]))
             for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
                 data[pos[j]] += w * p_data[j]
     for j in range(nnz):

@@ -16,6 +16,7 @@ skipped. Mirrors kernels/cython/episodic.pyx.
 import numpy as np
 
 from ._jit import serial
+from ._probability import row_total
 
 
 def episodic_values(order, terminal, a_indptr, p_indptr, p_indices, p_data, pi, gamma, c, out):
@@ -33,7 +34,7 @@ def episodic_values(order, terminal, a_indptr, p_indptr, p_indices, p_data, pi, 
             row = 0.0
             for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
                 row += p_data[j] * out[np.uint32(p_indices[j])]
-            acc += pi[k] * row
+            acc += pi[k] * (row / row_total(p_data, np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])))
         out[s] = c[s] + gamma * acc
 
 
@@ -49,7 +50,7 @@ def episodic_visits(order, terminal, a_indptr, p_indptr, p_indices, p_data, pi, 
         for k in range(np.uint64(a_indptr[s]), np.uint64(a_indptr[s + 1])):
             if pi[k] == 0.0:
                 continue
-            w = gamma * pi[k] * ns
+            w = gamma * pi[k] * ns / row_total(p_data, np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1]))
             for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
                 t = np.uint32(p_indices[j])
                 if not terminal[t]:

@@ -26,6 +26,8 @@ leave the caches, and the prefetches let the memory waits overlap (a hint: no re
 changes). Below that the vectors stay in L2 and the prefetches only cost instructions
 (a product on the 10k garnet: 1.1 → 0.75 ms without them), so each row is summed by a
 loop of its own without them: the same sums in the same order.
+``p_data`` may be float32 (compact storage, ``MDP(..., dtype=np.float32)``): Numba
+compiles a specialisation per dtype, and every product and sum is in float64.
 Mirrors kernels/cython/linear.pyx.
 """
 import numpy as np
@@ -33,6 +35,7 @@ from numba import prange
 
 from ._jit import twins
 from ._prefetch import AHEAD, PREFETCH_STATES, prefetch_read, prefetch_write
+from ._probability import row_total
 
 
 def bellman_matvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out):
@@ -52,7 +55,7 @@ def bellman_matvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out):
             else:
                 for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
                     row += p_data[j] * x[np.uint32(p_indices[j])]
-            acc += pi[k] * row
+            acc += pi[k] * (row / row_total(p_data, np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])))
         out[s] = x[s] - gamma * acc
 
 
@@ -71,7 +74,7 @@ def bellman_rmatvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out, bu
             for k in range(np.uint64(a_indptr[s]), np.uint64(a_indptr[s + 1])):
                 if pi[k] == 0.0:
                     continue
-                w = pi[k] * xs
+                w = pi[k] * xs / row_total(p_data, np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1]))
                 if fetch:
                     for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
                         prefetch_write(y, np.uint32(p_indices[min(j + ahead, last)]))
@@ -99,7 +102,7 @@ def q_values(p_indptr, p_indices, p_data, r, gamma, v, out):
         else:
             for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
                 row += p_data[j] * v[np.uint32(p_indices[j])]
-        out[k] = r[k] + gamma * row
+        out[k] = r[k] + gamma * (row / row_total(p_data, np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])))
 
 
 def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out_x, out_y,
@@ -133,20 +136,21 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
                     continue
                 j0 = np.uint64(p_indptr[k])
                 j1 = np.uint64(p_indptr[k + 1])
+                tot = row_total(p_data, j0, j1)
                 row = 0.0
                 if both:  # one read of the row and of each state's line serves both products
-                    w = p * ys
+                    w = p * ys / tot
                     if fetch:
                         for j in range(j0, j1):
                             prefetch_write(z, two * np.uint64(p_indices[min(j + ahead, last)]))
                             i = two * np.uint64(p_indices[j])
-                            d = p_data[j]
+                            d = np.float64(p_data[j])  # float32 storage: double products
                             row += d * z[i]
                             z[i + one] += w * d
                     else:
                         for j in range(j0, j1):
                             i = two * np.uint64(p_indices[j])
-                            d = p_data[j]
+                            d = np.float64(p_data[j])  # float32 storage: double products
                             row += d * z[i]
                             z[i + one] += w * d
                 elif do_x:
@@ -158,7 +162,7 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
                         for j in range(j0, j1):
                             row += p_data[j] * x[np.uint32(p_indices[j])]
                 elif p != 0.0:
-                    w = p * ys
+                    w = p * ys / tot
                     if fetch:
                         for j in range(j0, j1):
                             prefetch_write(z, np.uint32(p_indices[min(j + ahead, last)]))
@@ -166,6 +170,7 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
                     else:
                         for j in range(j0, j1):
                             z[np.uint32(p_indices[j])] += w * p_data[j]
+                row = row / tot
                 if do_rows:
                     rows[k] = row
                 if p != 0.0:

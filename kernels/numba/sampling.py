@@ -16,6 +16,7 @@ from numba import njit, prange
 
 from ._codes import KL_K1, KL_K2, KL_K3
 from ._jit import serial, twins
+from ._probability import row_total
 from ._softmax import LANES, fexp, max_actions, softmax_states
 
 
@@ -48,7 +49,8 @@ def rollout(a_indptr, pi, log_pi, r, p_indptr, p_indices, p_data, terminal, star
                 s = -1
                 continue
             k = first_below(pi, a_indptr[s], a_indptr[s + 1], u_action[e, t])
-            j = first_below(p_data, p_indptr[k], p_indptr[k + 1], u_next[e, t])
+            j = first_below(p_data, p_indptr[k], p_indptr[k + 1],
+                            u_next[e, t] * row_total(p_data, p_indptr[k], p_indptr[k + 1]))
             nxt = np.int64(p_indices[j])
             states[e, t] = s
             actions[e, t] = k - a_indptr[s]

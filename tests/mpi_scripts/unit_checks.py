@@ -61,4 +61,9 @@ raises(ValueError, "uniform reference policy only", D.evaluate, D.DistributedMDP
        pi, fastppo.ReverseKL(0.1, ref=pi))
 raises(ValueError, "gamma < 1", D.DistributedMDP, None, mdp.n_states, mdp.a_indptr,
        mdp.a_indices, mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r, 1.0)
+# float32 storage (MDP(..., dtype=np.float32)) is not supported here: named, not up-cast
+mdp32 = fastppo.MDP(mdp.a_indptr, mdp.a_indices, mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r,
+                    mdp.gamma, dtype=np.float32)
+raises(ValueError, "fastppo.distributed does not support float32", D.DistributedMDP.from_mdp,
+       mdp32)
 print("unit ok")
