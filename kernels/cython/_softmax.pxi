@@ -6,7 +6,7 @@
 # the loops run across states and GCC vectorises them. Rows beyond a state's action count,
 # and lanes beyond the last state, hold PAD_LOGIT = -inf (pi = 0 exactly there); a block
 # need not be full (its first n_lanes lanes are used). softmax_states runs it over a range
-# of states. fexp, fexp_neg, fexpm1, fexpm1_or_exp and flog perform
+# of states. fexp, fexp_neg, fexpm1, fexpm1_or_exp, flog and flog_positive perform
 # the very same operations, in the same order, with the same explicit fma, as
 # kernels/numba/_softmax.py (their error bounds are stated there), so the two backends
 # agree bit for bit; setup.py compiles with -ffp-contract=off (no implicit fma) and never
@@ -170,6 +170,14 @@ cdef inline double fexpm1_or_exp(double x, bint minus_one) noexcept nogil:
 
 cdef inline double flog(double x) noexcept nogil:
     """log x (fdlibm)."""
+    cdef double r = flog_positive(x)
+    r = INFINITY if x == INFINITY else r
+    r = -INFINITY if x == 0.0 else r
+    return r if x >= 0.0 else NAN
+
+
+cdef inline double flog_positive(double x) noexcept nogil:
+    """log x for 0 < x < inf, bit for bit flog (other x: unspecified)."""
     cdef bint sub = x < DBL_MIN
     cdef double scaled = x * TWO54  # computed, then selected: no floating-point operation
     cdef double y = scaled if sub else x  # inside a branch, so that GCC vectorises the loop
@@ -182,10 +190,7 @@ cdef inline double flog(double x) noexcept nogil:
     cdef double w = z * z
     cdef double t1 = w * fma(w, fma(w, LG6, LG4), LG2)
     cdef double t2 = z * fma(w, fma(w, fma(w, LG7, LG5), LG3), LG1)
-    cdef double r = fma(k, LN2_HI, ((fma(s, hfsq + (t2 + t1), k * LN2_LO) - hfsq) + f))
-    r = INFINITY if x == INFINITY else r
-    r = -INFINITY if x == 0.0 else r
-    return r if x >= 0.0 else NAN
+    return fma(k, LN2_HI, ((fma(s, hfsq + (t2 + t1), k * LN2_LO) - hfsq) + f))
 
 
 cdef inline double flog1p_reduced(double f) noexcept nogil:

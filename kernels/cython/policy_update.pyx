@@ -24,6 +24,8 @@ cdef enum:
     U_CHI = 3       # pf = 2 pi (pi - pi_ref)/pi_ref and mean_f = sum_a pf (PF_BLOCK)
     U_HELLINGER = 4  # pf = pi - sqrt(pi pi_ref) and mean_f = sum_a pf (PF_BLOCK)
     U_ALPHA = 5     # pf = pi f'_alpha and mean_f (PF_BLOCK; logq holds log pi_ref)
+    U_ALPHA_UNIT = 6  # U_ALPHA for 0 < alpha < 1: pf from _exp_alpha_lanes (logq holds
+                      # alpha log pi_ref, pf the power e^w and logz z^(alpha - 1) on entry)
 
 cdef double TINIEST = 5e-324  # the smallest positive double
 
@@ -159,6 +161,7 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
         else:
             mode = PF_BLOCK
             umode = (U_CHI if code == CHI_SQUARE else U_HELLINGER if code == HELLINGER
+                     else U_ALPHA_UNIT if code == ALPHA and 0.0 < alpha < 1.0
                      else U_ALPHA if code == ALPHA else U_NONE)
     size = n_rows * LANES
     cdef double* buf = <double*> malloc((9 * size + 10 * LANES) * sizeof(double))
@@ -198,9 +201,12 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
             if code == REVERSE_KL:  # -inf at pi_ref = 0 (masks the pair)
                 for i in range(size):
                     logq[i] = flog(q[i])
-            elif code == ALPHA:
+            elif umode == U_ALPHA:
                 for i in range(size):
                     logq[i] = flog(q[i])
+            elif umode == U_ALPHA_UNIT:
+                for i in range(size):
+                    logq[i] = alpha * flog(q[i])
             elif code == FORWARD_KL:  # pi f' = -pi_ref does not depend on pi: once per block
                 for l in range(LANES):
                     mean_f[l] = 0.0
@@ -215,7 +221,10 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
         # shift, into m_next)
         max_lanes(th, n_rows, LANES, m)
         for step in range(n_steps + 1):
-            exp_lanes(th, n_rows, LANES, m, p, z, rz)
+            if umode == U_ALPHA_UNIT and step < n_steps:  # and pf, logz for _clip_lanes
+                _exp_alpha_lanes(n_rows, th, m, logq, 1.0 - alpha, p, z, rz, pf, logz)
+            else:
+                exp_lanes(th, n_rows, LANES, m, p, z, rz)
             if step == n_steps:  # pi = e rz in _kl_lanes, fused with KL(pi || pi_old)
                 break
             if umode == U_ALPHA:
@@ -308,6 +317,10 @@ cdef inline void _clip_step(int umode, bint count, Py_ssize_t n_rows, dptr p, cd
             _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
                         mean_f, logz, alpha,
                         True, U_HELLINGER)
+        elif umode == U_ALPHA_UNIT:
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
+                        True, U_ALPHA_UNIT)
         else:
             _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
                         mean_f, logz, alpha,
@@ -332,6 +345,10 @@ cdef inline void _clip_step(int umode, bint count, Py_ssize_t n_rows, dptr p, cd
         _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
                         mean_f, logz, alpha,
                     False, U_HELLINGER)
+    elif umode == U_ALPHA_UNIT:
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
+                        mean_f, logz, alpha,
+                    False, U_ALPHA_UNIT)
     else:
         _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
                         mean_f, logz, alpha,
@@ -349,7 +366,11 @@ cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdpt
     pairs with a nonzero advantage, per lane. u is 0 where it would be NaN or infinite
     (pi_ref = 0 for U_REVERSE, pi = 0 for U_JS): f' enters g times pi only. U_CHI,
     U_HELLINGER and U_ALPHA form pf = pi f'(pi/pi_ref) and mean_f = sum_a pf instead
-    (padding rows, where pi_ref = 0, get 0), with log pi = (theta - m) - log z (logz).
+    (padding rows, where pi_ref = 0, get 0), with log pi = (theta - m) - log z (logz);
+    U_ALPHA_UNIT (0 < alpha < 1) as (pi - pi^(1 - alpha) pi_ref^alpha)/alpha, the power
+    from _exp_alpha_lanes (in pf and logz on entry): no expm1 there, so where pi is near
+    pi_ref this pf is accurate to a few ulp of pi/alpha, not relative to itself. U_JS
+    takes flog_positive of pi + pi_ref (its u is masked where that is 0).
     (chi-square keeps pi f' = 2 pi (pi - pi_ref)/pi_ref: u = pi (2/pi_ref) overflows where
     pi_ref is subnormal.)"""
     cdef Py_ssize_t a, l, i
@@ -361,7 +382,7 @@ cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdpt
         mean_b[l] = 0.0
         if count:
             clipped[l] = 0
-        if umode == U_CHI or umode == U_HELLINGER or umode == U_ALPHA:
+        if umode == U_CHI or umode == U_HELLINGER or umode == U_ALPHA or umode == U_ALPHA_UNIT:
             mean_f[l] = 0.0
     for a in range(n_rows):
         for l in range(LANES):
@@ -375,7 +396,7 @@ cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdpt
                 u = (th[i] - m[l]) - logq[i]
                 bb = bb - tau * (u if logq[i] > -INFINITY else 0.0)
             elif umode == U_JS:  # f' = log(2 pi/(pi + pi_ref)) = u + (log 2 - log z)
-                u = (th[i] - m[l]) - flog(pi + q[i])
+                u = (th[i] - m[l]) - flog_positive(pi + q[i])  # masked below where pi = 0
                 bb = bb - tau * (u if pi > 0.0 else 0.0)
             elif umode == U_CHI:
                 t = ((2.0 * pi) * (pi - q[i])) / q[i]
@@ -396,10 +417,37 @@ cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdpt
                 t = t if pi > 0.0 else at_zero
                 pf[i] = t if q[i] > 0.0 else 0.0
                 mean_f[l] = mean_f[l] + pf[i]
+            elif umode == U_ALPHA_UNIT:  # pi f' = (pi - pi^(1 - alpha) pi_ref^alpha)/alpha
+                t = (pi - pf[i] * logz[l]) * inv_alpha  # the power as pf logz (_exp_alpha_lanes)
+                t = t if pi > 0.0 else 0.0
+                pf[i] = t if q[i] > 0.0 else 0.0
+                mean_f[l] = mean_f[l] + pf[i]
             b[i] = bb
             mean_b[l] = mean_b[l] + pi * bb
             if count:
                 clipped[l] = clipped[l] + (0 if active | (A == 0.0) else 1)
+
+
+cdef inline void _exp_alpha_lanes(Py_ssize_t n_rows, cdptr th, cdptr m, cdptr alogq,
+                                  double one_minus_alpha, dptr e, dptr z, dptr rz, dptr power,
+                                  dptr zpow) noexcept nogil:
+    """exp_lanes (e, z, rz), and pi^(1 - alpha) pi_ref^alpha = power zpow for
+    0 < alpha < 1 from the same pass: power = e^w with w = (1 - alpha)(theta - m)
+    + alpha log pi_ref <= 0 (alogq), zpow = z^(alpha - 1) per lane (pi = e^(theta - m)/z)."""
+    cdef Py_ssize_t a, l, i
+    cdef double x
+    for l in range(LANES):
+        z[l] = 0.0
+    for a in range(n_rows):
+        for l in range(LANES):
+            i = a * LANES + l
+            x = th[i] - m[l]
+            e[i] = fexp_neg(x)
+            z[l] = z[l] + e[i]
+            power[i] = fexp_neg(fma(one_minus_alpha, x, alogq[i]))
+    for l in range(LANES):
+        rz[l] = 1.0 / z[l]
+        zpow[l] = fexp_neg(-one_minus_alpha * flog(z[l]))
 
 
 cdef inline void _ascend_step(bint block, bint penalized, bint first, Py_ssize_t n_rows,

@@ -23,8 +23,9 @@ from numba import njit, prange
 from ._codes import ALPHA, CHI_SQUARE, FORWARD_KL, HELLINGER, JENSEN_SHANNON, NONE, REVERSE_KL
 from ._divergence import fprime, fprime_inv, fprime_inv_tail, p_fprime, ref_f
 from ._jit import twins
-from ._softmax import (LANES, PAD_LOGIT, exp_constants, exp_lanes, fexpm1_or_exp, flog,
-                       load_lanes, max_actions, max_lanes, store_lanes)
+from ._softmax import (LANES, PAD_LOGIT, exp_constants, exp_lanes, fexp_neg, fexpm1_or_exp,
+                       flog, flog_positive, fma, load_lanes, max_actions, max_lanes,
+                       store_lanes)
 
 TASK_BLOCKS = 32  # blocks of LANES states per parallel task
 
@@ -38,6 +39,8 @@ U_JS = 2  # b −= τ u, u = (θ − m) − log(π + π_ref)
 U_CHI = 3  # pf = 2π (π − π_ref)/π_ref and mean_f = Σ_a pf (PF_BLOCK)
 U_HELLINGER = 4  # pf = π − √(π π_ref) and mean_f = Σ_a pf (PF_BLOCK)
 U_ALPHA = 5  # pf = π f'_α and mean_f (PF_BLOCK; logq holds log π_ref)
+U_ALPHA_UNIT = 6  # U_ALPHA for 0 < α < 1: pf from _exp_alpha_lanes (logq holds α log π_ref,
+                  # pf the power e^w and logz z^{α−1} on entry)
 
 
 def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out):
@@ -134,7 +137,7 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
     th, p, b, old, thr, av, q, pf = (block[0], block[1], block[2], block[3], block[4],
                                      block[5], block[6], block[7])
     logq = np.empty((n_rows, LANES) if tau != 0.0 and (code == REVERSE_KL or code == ALPHA)
-                    else (0, LANES))
+                    else (0, LANES))  # log π_ref (α log π_ref for U_ALPHA_UNIT)
     lanes = np.empty((11, LANES))
     m, m_next, z, rz, logz, w, mean_b, mean_f, gsq, kl = (
         lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], lanes[5], lanes[6], lanes[7],
@@ -154,6 +157,7 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
         else:
             mode = PF_BLOCK
             umode = (U_CHI if code == CHI_SQUARE else U_HELLINGER if code == HELLINGER
+                     else U_ALPHA_UNIT if code == ALPHA and 0.0 < alpha < 1.0
                      else U_ALPHA if code == ALPHA else U_NONE)
     hi_ratio = 1.0 + eps_high
     lo_ratio = 1.0 - eps_low
@@ -178,10 +182,14 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
                 for a in range(n_rows):
                     for l in range(n_lanes):
                         logq[a, l] = flog(q[a, l])
-            elif code == ALPHA:
+            elif umode == U_ALPHA:
                 for a in range(n_rows):
                     for l in range(n_lanes):
                         logq[a, l] = flog(q[a, l])
+            elif umode == U_ALPHA_UNIT:
+                for a in range(n_rows):
+                    for l in range(n_lanes):
+                        logq[a, l] = alpha * flog(q[a, l])
             elif code == FORWARD_KL:  # π f' = −π_ref does not depend on π: once per block
                 for l in range(n_lanes):
                     mean_f[l] = 0.0
@@ -195,7 +203,10 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
         # shift, into m_next)
         max_lanes(th, n_rows, n_lanes, m)
         for step in range(n_steps + 1):
-            exp_lanes(th, n_rows, n_lanes, m, p, z, rz, k)
+            if umode == U_ALPHA_UNIT and step < n_steps:  # and pf, logz for _clip_lanes
+                _exp_alpha_lanes(n_rows, th, m, logq, 1.0 - alpha, p, z, rz, pf, logz, k)
+            else:
+                exp_lanes(th, n_rows, n_lanes, m, p, z, rz, k)
             if step == n_steps:  # π = e·rz below, fused with KL(π ‖ π_old)
                 break
             if umode == U_ALPHA:
@@ -242,6 +253,25 @@ def _load_ppo_lanes(a_indptr, s0, s1, n_lanes, theta, pi_old, adv, th, old, av):
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _exp_alpha_lanes(n_rows, th, m, alogq, one_minus_alpha, e, z, rz, power, zpow, k):
+    """:func:`exp_lanes` (e, z, rz), and π^{1−α} π_ref^α = power·zpow for 0 < α < 1 from
+    the same pass: power = e^w with w = (1 − α)(θ − m) + α log π_ref ≤ 0 (alogq), and
+    zpow = z^{α−1} per lane (π = e^{θ − m}/z): two independent exps per pair, in one loop."""
+    n_lanes = th.shape[1]
+    for l in range(n_lanes):
+        z[l] = 0.0
+    for a in range(n_rows):
+        for l in range(n_lanes):
+            x = th[a, l] - m[l]
+            e[a, l] = fexp_neg(x, k)
+            z[l] += e[a, l]
+            power[a, l] = fexp_neg(fma(one_minus_alpha, x, alogq[a, l]), k)
+    for l in range(n_lanes):
+        rz[l] = 1.0 / z[l]
+        zpow[l] = fexp_neg(-one_minus_alpha * flog(z[l]), k)
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
 def _kl_lanes(n_rows, p, rz, old, kl):
     """π = e·rz in place (p holds e^{θ − m} from exp_lanes) and kl = Σ_a π log(π/π_old)
     per lane (0 where π = 0)."""
@@ -276,6 +306,9 @@ def _clip_step(umode, count, n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, 
         elif umode == U_HELLINGER:
             _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
                         logz, alpha, True, U_HELLINGER)
+        elif umode == U_ALPHA_UNIT:
+            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
+                        logz, alpha, True, U_ALPHA_UNIT)
         else:
             _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
                         logz, alpha, True, U_ALPHA)
@@ -294,6 +327,9 @@ def _clip_step(umode, count, n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, 
     elif umode == U_HELLINGER:
         _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
                     logz, alpha, False, U_HELLINGER)
+    elif umode == U_ALPHA_UNIT:
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
+                    logz, alpha, False, U_ALPHA_UNIT)
     else:
         _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
                     logz, alpha, False, U_ALPHA)
@@ -309,7 +345,11 @@ def _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau,
     inactive pairs with a nonzero advantage, per lane. u is 0 where it would be NaN or
     infinite (π_ref = 0 for U_REVERSE, π = 0 for U_JS): f' enters g times π only. U_CHI,
     U_HELLINGER and U_ALPHA form pf = π f'(π/π_ref) and mean_f = Σ_a pf instead (padding
-    rows, where π_ref = 0, get 0), with log π = (θ − m) − log z (logz). (χ² keeps
+    rows, where π_ref = 0, get 0), with log π = (θ − m) − log z (logz); U_ALPHA_UNIT
+    (0 < α < 1) as (π − π^{1−α} π_ref^α)/α, the power from :func:`_exp_alpha_lanes` (in pf
+    and logz on entry): no expm1 there, so where π is near π_ref this pf is accurate to a
+    few ulp of π/α, not relative to itself. U_JS takes flog_positive of π + π_ref (its u
+    is masked where that is 0). (χ² keeps
     π f' = 2π (π − π_ref)/π_ref: u = π (2/π_ref) overflows where π_ref is subnormal.)
     Called with literal flags, so that each call compiles to one branch-free loop."""
     n_lanes = p.shape[1]
@@ -320,7 +360,7 @@ def _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau,
         mean_b[l] = 0.0
         if count:
             clipped[l] = 0
-        if umode == U_CHI or umode == U_HELLINGER or umode == U_ALPHA:
+        if umode == U_CHI or umode == U_HELLINGER or umode == U_ALPHA or umode == U_ALPHA_UNIT:
             mean_f[l] = 0.0
     for a in range(n_rows):
         for l in range(n_lanes):
@@ -333,7 +373,7 @@ def _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau,
                 u = (th[a, l] - m[l]) - logq[a, l]
                 bb = bb - tau * (u if logq[a, l] > -math.inf else 0.0)
             elif umode == U_JS:  # f' = log(2π/(π + π_ref)) = u + (log 2 − log z)
-                u = (th[a, l] - m[l]) - flog(pi + q[a, l])
+                u = (th[a, l] - m[l]) - flog_positive(pi + q[a, l])  # masked below at π = 0
                 bb = bb - tau * (u if pi > 0.0 else 0.0)
             elif umode == U_CHI:
                 t = ((2.0 * pi) * (pi - q[a, l])) / q[a, l]
@@ -352,6 +392,11 @@ def _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau,
                 big = (pi - e) * inv_alpha
                 t = small if y <= 1.0 else big
                 t = t if pi > 0.0 else at_zero
+                pf[a, l] = t if q[a, l] > 0.0 else 0.0
+                mean_f[l] += pf[a, l]
+            elif umode == U_ALPHA_UNIT:  # π f' = (π − π^{1−α} π_ref^α)/α
+                t = (pi - pf[a, l] * logz[l]) * inv_alpha  # the power as pf·logz
+                t = t if pi > 0.0 else 0.0
                 pf[a, l] = t if q[a, l] > 0.0 else 0.0
                 mean_f[l] += pf[a, l]
             b[a, l] = bb
