@@ -219,7 +219,7 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
         # shift, into m_next)
         max_lanes(th, n_rows, LANES, m)
         for step in range(n_steps + 1):
-            if umode == U_ALPHA_UNIT and step < n_steps:  # and pf, logz for _clip_lanes
+            if umode == U_ALPHA_UNIT and step < n_steps:  # and the power e^w in pf
                 _exp_alpha_lanes(n_rows, th, m, logq, 1.0 - alpha, p, z, rz, pf)
             else:
                 exp_lanes(th, n_rows, LANES, m, p, z, rz)
@@ -329,14 +329,14 @@ cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdpt
     """pi = e rz in place (p holds e^(theta - m) from exp_lanes), b = the advantage where the
     clipped objective is active (else 0), minus tau u by umode (u = f'(pi/pi_ref) up to a
     constant per lane, which cancels in u - sum_a pi u: the ascent is then the plain
-    pi (b - sum pi b)), mean_b = sum_a pi b per lane. u is 0 where it would be NaN or infinite
-    (pi_ref = 0 for U_REVERSE, pi = 0 for U_JS): f' enters g times pi only. U_CHI,
+    pi (b - sum pi b)), mean_b = sum_a pi b per lane. u is 0 where it would be NaN or
+    infinite (pi_ref = 0 for U_REVERSE, pi = 0 for U_JS): f' enters g times pi only. U_CHI,
     U_HELLINGER and U_ALPHA form pf = pi f'(pi/pi_ref) and mean_f = sum_a pf instead
     (padding rows, where pi_ref = 0, get 0), with log pi = (theta - m) - log z (logz);
     U_ALPHA_UNIT (ALPHA_UNIT_MIN <= alpha < 1) as (pi - pi^(1 - alpha) pi_ref^alpha)/alpha,
-    the power from _exp_alpha_lanes (in pf and logz on entry): no expm1 there, so where pi is near
-    pi_ref this pf is accurate to a few ulp of pi/alpha, not relative to itself. U_JS
-    takes flog_positive of pi + pi_ref (its u is masked where that is 0).
+    the power from _exp_alpha_lanes (in pf and logz on entry): no expm1 there, so where pi
+    is near pi_ref this pf is accurate to a few ulp of pi/alpha, not relative to itself.
+    U_JS takes flog_positive of pi + pi_ref (its u is masked where that is 0).
     (chi-square keeps pi f' = 2 pi (pi - pi_ref)/pi_ref: u = pi (2/pi_ref) overflows where
     pi_ref is subnormal.)"""
     cdef Py_ssize_t a, l, i

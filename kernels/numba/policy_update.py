@@ -199,7 +199,7 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
         # shift, into m_next)
         max_lanes(th, n_rows, n_lanes, m)
         for step in range(n_steps + 1):
-            if umode == U_ALPHA_UNIT and step < n_steps:  # and pf, logz for _clip_lanes
+            if umode == U_ALPHA_UNIT and step < n_steps:  # and the power e^w in pf
                 _exp_alpha_lanes(n_rows, th, m, logq, 1.0 - alpha, p, z, rz, pf, k)
             else:
                 exp_lanes(th, n_rows, n_lanes, m, p, z, rz, k)
