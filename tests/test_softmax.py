@@ -243,14 +243,18 @@ def _ppo_edges(which, mdp, code, alpha, ref_from):
 @pytest.mark.parametrize("ref_from", ["pi", "wide"])
 @pytest.mark.parametrize("code,alpha", [(_codes.ALPHA, 0.5), (_codes.ALPHA, 2.0),
                                         (_codes.ALPHA, -1.0), (_codes.ALPHA, 1e-3),
+                                        (_codes.ALPHA, 0.01), (_codes.ALPHA, 0.999),
                                         (_codes.REVERSE_KL, 0.0),
                                         (_codes.JENSEN_SHANNON, 0.0),
                                         (_codes.CHI_SQUARE, 0.0), (_codes.HELLINGER, 0.0)])
 def test_ppo_update_divergence_edges(mdps, code, alpha, ref_from):
     """π f' from the block's log π at its edges: α-divergence with y = −α log(π/π_ref)
     near 0 (π_ref = π) and beyond 1 (wide π_ref: the e^(log π + y) branch, for α of both
-    signs), π tiny or 0 (underflowed logits, padding rows); reverse KL, Jensen–Shannon and
-    χ² (f' folded into b up to a per-state constant) and Hellinger likewise. Twins bit for bit, and the NumPy reference to 1e-12 (θ, π, ‖g‖², KL)."""
+    signs; for 0.01 ≤ α < 1 the power π^(1−α) π_ref^α from the exp pass instead, 0.01 its
+    worst cancellation near π = π_ref), π tiny or 0 (underflowed logits, padding rows);
+    reverse KL, Jensen–Shannon and χ² (f' folded into b up to a per-state constant) and
+    Hellinger likewise. Twins bit for bit, and the NumPy reference to 1e-12 (θ, π, ‖g‖²,
+    KL)."""
     for mdp in mdps:
         expect = _ppo_edges("numpy", mdp, code, alpha, ref_from)
         nb = _ppo_edges("numba", mdp, code, alpha, ref_from)
@@ -286,6 +290,27 @@ def test_fexpm1_or_exp_is_fexpm1_and_fexp():
     np.testing.assert_array_equal(out[small].view(np.uint64), got["expm1"][small].view(np.uint64))
     both(x, np.zeros(x.shape, dtype=np.bool_), out)
     np.testing.assert_array_equal(out.view(np.uint64), got["exp"].view(np.uint64))
+
+
+def test_flog_positive_is_flog():
+    """flog_positive (Jensen–Shannon's log in ppo_update) is flog bit for bit on
+    0 < x < inf, subnormals included (the cython twin is covered by the ppo_update tests'
+    bit-identity)."""
+    from numba import njit
+
+    from fastppo._kernels.numba import _softmax
+
+    @njit
+    def logs(x, out):
+        for i in range(x.shape[0]):
+            out[i] = _softmax.flog_positive(x[i])
+
+    x = _log_inputs()
+    x = x[(x > 0.0) & (x < np.inf)]
+    out = np.empty_like(x)
+    logs(x, out)
+    expect = _elementary("numba", x)["log"]
+    np.testing.assert_array_equal(out.view(np.uint64), expect.view(np.uint64))
 
 
 @pytest.mark.parametrize("scale", [1.0, 30.0, 1e3])

@@ -6,7 +6,7 @@
 # the loops run across states and GCC vectorises them. Rows beyond a state's action count,
 # and lanes beyond the last state, hold PAD_LOGIT = -inf (pi = 0 exactly there); a block
 # need not be full (its first n_lanes lanes are used). softmax_states runs it over a range
-# of states. fexp, fexp_neg, fexpm1, fexpm1_or_exp and flog perform
+# of states. fexp, fexp_neg, fexpm1, fexpm1_or_exp, flog and flog_positive perform
 # the very same operations, in the same order, with the same explicit fma, as
 # kernels/numba/_softmax.py (their error bounds are stated there), so the two backends
 # agree bit for bit; setup.py compiles with -ffp-contract=off (no implicit fma) and never
@@ -186,6 +186,24 @@ cdef inline double flog(double x) noexcept nogil:
     r = INFINITY if x == INFINITY else r
     r = -INFINITY if x == 0.0 else r
     return r if x >= 0.0 else NAN
+
+
+cdef inline double flog_positive(double x) noexcept nogil:
+    """log x for 0 < x < inf, bit for bit flog (other x: unspecified): flog without its
+    selects for 0, inf and x < 0 (a copy, not a call: GCC inlines both into vectorised loops)."""
+    cdef bint sub = x < DBL_MIN
+    cdef double scaled = x * TWO54  # computed, then selected: no floating-point operation
+    cdef double y = scaled if sub else x  # inside a branch, so that GCC vectorises the loop
+    cdef uint64_t bits = _bits(y) + LOG_OFFSET
+    cdef double k = (_double((bits >> 52) | TWO52_BITS) - TWO52_BIAS) - (54.0 if sub else 0.0)
+    cdef double f = _double((bits & MANTISSA) + SQRT_HALF_HI) - 1.0
+    cdef double hfsq = (0.5 * f) * f
+    cdef double s = f / (2.0 + f)
+    cdef double z = s * s
+    cdef double w = z * z
+    cdef double t1 = w * fma(w, fma(w, LG6, LG4), LG2)
+    cdef double t2 = z * fma(w, fma(w, fma(w, LG7, LG5), LG3), LG1)
+    return fma(k, LN2_HI, ((fma(s, hfsq + (t2 + t1), k * LN2_LO) - hfsq) + f))
 
 
 cdef inline double flog1p_reduced(double f) noexcept nogil:

@@ -24,8 +24,13 @@ cdef enum:
     U_CHI = 3       # pf = 2 pi (pi - pi_ref)/pi_ref and mean_f = sum_a pf (PF_BLOCK)
     U_HELLINGER = 4  # pf = pi - sqrt(pi pi_ref) and mean_f = sum_a pf (PF_BLOCK)
     U_ALPHA = 5     # pf = pi f'_alpha and mean_f (PF_BLOCK; logq holds log pi_ref)
+    U_ALPHA_UNIT = 6  # U_ALPHA for 0.01 <= alpha < 1: pf from _exp_alpha_lanes (logq holds
+                      # alpha log pi_ref, pf the power e^w and logz z^(alpha - 1) on entry)
 
 cdef double TINIEST = 5e-324  # the smallest positive double
+# the least alpha of U_ALPHA_UNIT: there pi f' = (pi - pi^(1 - alpha) pi_ref^alpha)/alpha, whose
+# rounding near pi = pi_ref, a few ulp of pi, 1/alpha amplifies (below: U_ALPHA's expm1)
+cdef double ALPHA_UNIT_MIN = 0.01
 
 
 def greedy_policy(const int64_t[::1] a_indptr, const double[::1] q, const double[::1] ref,
@@ -149,7 +154,7 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
     cdef bint regularized = tau != 0.0 and code != NONE
     cdef bint penalized = beta != 0.0
     cdef int mode = PF_NONE, umode = U_NONE
-    cdef double hi_ratio = 1.0 + eps_high, lo_ratio = 1.0 - eps_low
+    cdef double hi_ratio = 1.0 + eps_high, lo_ratio = 1.0 - eps_low, scale
     cdef double* swap
     if regularized:
         if code == REVERSE_KL:
@@ -159,6 +164,7 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
         else:
             mode = PF_BLOCK
             umode = (U_CHI if code == CHI_SQUARE else U_HELLINGER if code == HELLINGER
+                     else U_ALPHA_UNIT if code == ALPHA and ALPHA_UNIT_MIN <= alpha < 1.0
                      else U_ALPHA if code == ALPHA else U_NONE)
     size = n_rows * LANES
     cdef double* buf = <double*> malloc((9 * size + 10 * LANES) * sizeof(double))
@@ -195,12 +201,10 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
             w[l] = weight[b0 + l] if b0 + l < b1 else 0.0
         if regularized:
             load_lanes(a_indptr, b0, b1, LANES, ref, 0.0, n_rows, q)
-            if code == REVERSE_KL:  # -inf at pi_ref = 0 (masks the pair)
+            if code == REVERSE_KL or code == ALPHA:  # -inf at pi_ref = 0 (masks the pair)
+                scale = alpha if umode == U_ALPHA_UNIT else 1.0  # one flog call site
                 for i in range(size):
-                    logq[i] = flog(q[i])
-            elif code == ALPHA:
-                for i in range(size):
-                    logq[i] = flog(q[i])
+                    logq[i] = scale * flog(q[i])
             elif code == FORWARD_KL:  # pi f' = -pi_ref does not depend on pi: once per block
                 for l in range(LANES):
                     mean_f[l] = 0.0
@@ -215,14 +219,22 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
         # shift, into m_next)
         max_lanes(th, n_rows, LANES, m)
         for step in range(n_steps + 1):
-            exp_lanes(th, n_rows, LANES, m, p, z, rz)
+            if umode == U_ALPHA_UNIT and step < n_steps:  # and the power e^w in pf
+                _exp_alpha_lanes(n_rows, th, m, logq, 1.0 - alpha, p, z, rz, pf)
+            else:
+                exp_lanes(th, n_rows, LANES, m, p, z, rz)
             if step == n_steps:  # pi = e rz in _kl_lanes, fused with KL(pi || pi_old)
                 break
-            if umode == U_ALPHA:
+            if umode == U_ALPHA or umode == U_ALPHA_UNIT:
                 for l in range(LANES):
                     logz[l] = flog(z[l])
-            _clip_step(umode, step == n_steps - 1, n_rows, p, rz, av, thr, b, mean_b, clipped,
-                       th, m, q, logq, tau, pf, mean_f, logz, alpha)
+            if umode == U_ALPHA_UNIT:  # z^(alpha - 1)
+                for l in range(LANES):
+                    logz[l] = fexp_neg(-(1.0 - alpha) * logz[l])
+            _clip_step(umode, n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf,
+                       mean_f, logz, alpha)
+            if step == n_steps - 1:
+                _count_clipped(n_rows, p, av, thr, clipped)
             if mode == PF_BLOCK:  # g = pi (b - (sum pi b - tau sum pf)) - tau pf
                 for l in range(LANES):
                     mean_b[l] = mean_b[l] - tau * mean_f[l]
@@ -282,74 +294,49 @@ cdef inline void _thresholds(Py_ssize_t size, cdptr old, cdptr av, double hi_rat
         t = (old[i] * hi_ratio if av[i] > 0.0 else old[i] * lo_ratio) if old[i] > 0.0 else 0.0
         thr[i] = -t if av[i] < 0.0 else t
 
-cdef inline void _clip_step(int umode, bint count, Py_ssize_t n_rows, dptr p, cdptr rz,
-                            cdptr av, cdptr thr, dptr b, dptr mean_b, int64_t* clipped,
-                            cdptr th, cdptr m, cdptr q, cdptr logq, double tau, dptr pf,
-                            dptr mean_f, cdptr logz, double alpha) noexcept nogil:
-    """_clip_lanes with literal flags (one branch-free loop per combination)."""
-    if count:
-        if umode == U_NONE:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
-                        mean_f, logz, alpha,
-                        True, U_NONE)
-        elif umode == U_REVERSE:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
-                        mean_f, logz, alpha,
-                        True, U_REVERSE)
-        elif umode == U_JS:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
-                        mean_f, logz, alpha,
-                        True, U_JS)
-        elif umode == U_CHI:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
-                        mean_f, logz, alpha,
-                        True, U_CHI)
-        elif umode == U_HELLINGER:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
-                        mean_f, logz, alpha,
-                        True, U_HELLINGER)
-        else:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
-                        mean_f, logz, alpha,
-                        True, U_ALPHA)
-    elif umode == U_NONE:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
-                        mean_f, logz, alpha,
-                    False, U_NONE)
+cdef inline void _clip_step(int umode, Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av,
+                            cdptr thr, dptr b, dptr mean_b, cdptr th, cdptr m, cdptr q,
+                            cdptr logq, double tau, dptr pf, dptr mean_f, cdptr logz,
+                            double alpha) noexcept nogil:
+    """_clip_lanes with a literal umode (one branch-free loop per mode)."""
+    if umode == U_NONE:
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
+                    alpha, U_NONE)
     elif umode == U_REVERSE:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
-                        mean_f, logz, alpha,
-                    False, U_REVERSE)
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
+                    alpha, U_REVERSE)
     elif umode == U_JS:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
-                        mean_f, logz, alpha,
-                    False, U_JS)
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
+                    alpha, U_JS)
     elif umode == U_CHI:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
-                        mean_f, logz, alpha,
-                    False, U_CHI)
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
+                    alpha, U_CHI)
     elif umode == U_HELLINGER:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
-                        mean_f, logz, alpha,
-                    False, U_HELLINGER)
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
+                    alpha, U_HELLINGER)
+    elif umode == U_ALPHA_UNIT:
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
+                    alpha, U_ALPHA_UNIT)
     else:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf,
-                        mean_f, logz, alpha,
-                    False, U_ALPHA)
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
+                    alpha, U_ALPHA)
 
 
 cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdptr thr, dptr b,
-                             dptr mean_b, int64_t* clipped, cdptr th, cdptr m, cdptr q,
-                             cdptr logq, double tau, dptr pf, dptr mean_f, cdptr logz,
-                             double alpha, bint count, int umode) noexcept nogil:
+                             dptr mean_b, cdptr th, cdptr m, cdptr q, cdptr logq, double tau,
+                             dptr pf, dptr mean_f, cdptr logz, double alpha,
+                             int umode) noexcept nogil:
     """pi = e rz in place (p holds e^(theta - m) from exp_lanes), b = the advantage where the
     clipped objective is active (else 0), minus tau u by umode (u = f'(pi/pi_ref) up to a
     constant per lane, which cancels in u - sum_a pi u: the ascent is then the plain
-    pi (b - sum pi b)), mean_b = sum_a pi b, and if count, clipped = the count of inactive
-    pairs with a nonzero advantage, per lane. u is 0 where it would be NaN or infinite
-    (pi_ref = 0 for U_REVERSE, pi = 0 for U_JS): f' enters g times pi only. U_CHI,
+    pi (b - sum pi b)), mean_b = sum_a pi b per lane. u is 0 where it would be NaN or
+    infinite (pi_ref = 0 for U_REVERSE, pi = 0 for U_JS): f' enters g times pi only. U_CHI,
     U_HELLINGER and U_ALPHA form pf = pi f'(pi/pi_ref) and mean_f = sum_a pf instead
-    (padding rows, where pi_ref = 0, get 0), with log pi = (theta - m) - log z (logz).
+    (padding rows, where pi_ref = 0, get 0), with log pi = (theta - m) - log z (logz);
+    U_ALPHA_UNIT (ALPHA_UNIT_MIN <= alpha < 1) as (pi - pi^(1 - alpha) pi_ref^alpha)/alpha,
+    the power from _exp_alpha_lanes (in pf and logz on entry): no expm1 there, so where pi
+    is near pi_ref this pf is accurate to a few ulp of pi/alpha, not relative to itself.
+    U_JS takes flog_positive of pi + pi_ref (its u is masked where that is 0).
     (chi-square keeps pi f' = 2 pi (pi - pi_ref)/pi_ref: u = pi (2/pi_ref) overflows where
     pi_ref is subnormal.)"""
     cdef Py_ssize_t a, l, i
@@ -359,9 +346,7 @@ cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdpt
     cdef bint active
     for l in range(LANES):
         mean_b[l] = 0.0
-        if count:
-            clipped[l] = 0
-        if umode == U_CHI or umode == U_HELLINGER or umode == U_ALPHA:
+        if umode == U_CHI or umode == U_HELLINGER or umode == U_ALPHA or umode == U_ALPHA_UNIT:
             mean_f[l] = 0.0
     for a in range(n_rows):
         for l in range(LANES):
@@ -375,7 +360,7 @@ cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdpt
                 u = (th[i] - m[l]) - logq[i]
                 bb = bb - tau * (u if logq[i] > -INFINITY else 0.0)
             elif umode == U_JS:  # f' = log(2 pi/(pi + pi_ref)) = u + (log 2 - log z)
-                u = (th[i] - m[l]) - flog(pi + q[i])
+                u = (th[i] - m[l]) - flog_positive(pi + q[i])  # masked below where pi = 0
                 bb = bb - tau * (u if pi > 0.0 else 0.0)
             elif umode == U_CHI:
                 t = ((2.0 * pi) * (pi - q[i])) / q[i]
@@ -396,10 +381,49 @@ cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdpt
                 t = t if pi > 0.0 else at_zero
                 pf[i] = t if q[i] > 0.0 else 0.0
                 mean_f[l] = mean_f[l] + pf[i]
+            elif umode == U_ALPHA_UNIT:  # pi f' = (pi - pi^(1 - alpha) pi_ref^alpha)/alpha
+                t = (pi - pf[i] * logz[l]) * inv_alpha  # the power as pf logz (_exp_alpha_lanes)
+                t = t if pi > 0.0 else 0.0
+                pf[i] = t if q[i] > 0.0 else 0.0
+                mean_f[l] = mean_f[l] + pf[i]
             b[i] = bb
             mean_b[l] = mean_b[l] + pi * bb
-            if count:
-                clipped[l] = clipped[l] + (0 if active | (A == 0.0) else 1)
+
+
+cdef inline void _count_clipped(Py_ssize_t n_rows, cdptr p, cdptr av, cdptr thr,
+                                int64_t* clipped) noexcept nogil:
+    """clipped = the count of pairs with a nonzero advantage whose clipped objective is
+    inactive, per lane, from pi (p, as _clip_lanes left it) and _clip_lanes' test."""
+    cdef Py_ssize_t a, l, i
+    cdef double A
+    for l in range(LANES):
+        clipped[l] = 0
+    for a in range(n_rows):
+        for l in range(LANES):
+            i = a * LANES + l
+            A = av[i]
+            clipped[l] = clipped[l] + (0 if (copysign(p[i], A) < thr[i]) | (A == 0.0) else 1)
+
+
+cdef inline void _exp_alpha_lanes(Py_ssize_t n_rows, cdptr th, cdptr m, cdptr alogq,
+                                  double one_minus_alpha, dptr e, dptr z, dptr rz,
+                                  dptr power) noexcept nogil:
+    """exp_lanes (e, z, rz), and for 0 < alpha < 1 (U_ALPHA_UNIT) from the same pass
+    power = e^w with w = (1 - alpha)(theta - m) + alpha log pi_ref <= 0 (alogq), so that
+    pi^(1 - alpha) pi_ref^alpha = power z^(alpha - 1) (pi = e^(theta - m)/z)."""
+    cdef Py_ssize_t a, l, i
+    cdef double x
+    for l in range(LANES):
+        z[l] = 0.0
+    for a in range(n_rows):
+        for l in range(LANES):
+            i = a * LANES + l
+            x = th[i] - m[l]
+            e[i] = fexp_neg(x)
+            z[l] = z[l] + e[i]
+            power[i] = fexp_neg(fma(one_minus_alpha, x, alogq[i]))
+    for l in range(LANES):
+        rz[l] = 1.0 / z[l]
 
 
 cdef inline void _ascend_step(bint block, bint penalized, bint first, Py_ssize_t n_rows,

@@ -37,7 +37,8 @@ scalar calls do not vectorise here (llvmlite has no SVML).
 - :func:`flog`: fdlibm's log (also musl's): x = 2^k (1 + f), √2/2 ≤ 1 + f < √2,
   s = f/(2 + f), log(1 + f) = f − f²/2 + s (f²/2 + R(s²)), R of degree 7 (fdlibm's Lg1..Lg7,
   |error| < 2^-58.45): error < 1 ulp for every positive double (subnormals are rescaled by
-  2^54 first); log 0 = −inf, log inf = inf, NaN for x < 0 or NaN.
+  2^54 first); log 0 = −inf, log inf = inf, NaN for x < 0 or NaN. :func:`flog_positive`
+  is the same for 0 < x < inf without those edge cases.
 
 Mirrors kernels/cython/_softmax.pxi.
 """
@@ -215,6 +216,16 @@ def fexpm1_or_exp(x, minus_one):
 @njit(cache=True, inline="always", error_model="numpy")
 def flog(x):
     """log x (error bound: the module docstring)."""
+    r = flog_positive(x)
+    r = math.inf if x == math.inf else r
+    r = -math.inf if x == 0.0 else r
+    return r if x >= 0.0 else math.nan
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def flog_positive(x):
+    """log x for 0 < x < inf, bit for bit :func:`flog` (other x: unspecified; no selects
+    for 0, inf, x < 0 and NaN)."""
     sub = x < DBL_MIN
     scaled = x * TWO54
     y = scaled if sub else x
@@ -227,10 +238,7 @@ def flog(x):
     w = z * z
     t1 = w * fma(w, fma(w, LG6, LG4), LG2)
     t2 = z * fma(w, fma(w, fma(w, LG7, LG5), LG3), LG1)
-    r = fma(k, LN2_HI, ((fma(s, hfsq + (t2 + t1), k * LN2_LO) - hfsq) + f))
-    r = math.inf if x == math.inf else r
-    r = -math.inf if x == 0.0 else r
-    return r if x >= 0.0 else math.nan
+    return fma(k, LN2_HI, ((fma(s, hfsq + (t2 + t1), k * LN2_LO) - hfsq) + f))
 
 
 @njit(cache=True, inline="always", error_model="numpy")

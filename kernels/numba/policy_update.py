@@ -23,12 +23,16 @@ from numba import njit, prange
 from ._codes import ALPHA, CHI_SQUARE, FORWARD_KL, HELLINGER, JENSEN_SHANNON, NONE, REVERSE_KL
 from ._divergence import fprime, fprime_inv, fprime_inv_tail, p_fprime, ref_f
 from ._jit import twins
-from ._softmax import (LANES, PAD_LOGIT, exp_constants, exp_lanes, fexpm1_or_exp, flog,
-                       load_lanes, max_actions, max_lanes, store_lanes)
+from ._softmax import (LANES, PAD_LOGIT, exp_constants, exp_lanes, fexp_neg, fexpm1_or_exp,
+                       flog, flog_positive, fma, load_lanes, max_actions, max_lanes,
+                       store_lanes)
 
 TASK_BLOCKS = 32  # blocks of LANES states per parallel task
 
 TINIEST = 5e-324  # the smallest positive double
+# the least α of U_ALPHA_UNIT: there π f' = (π − π^{1−α} π_ref^α)/α, whose rounding near
+# π = π_ref, a few ulp of π, 1/α amplifies (below: U_ALPHA's expm1)
+ALPHA_UNIT_MIN = 0.01
 
 PF_NONE = 0  # no τ term in the ascent (none, or folded into b: U_REVERSE, U_JS)
 PF_BLOCK = 1  # π f' in the block pf, its lane sums in mean_f
@@ -38,6 +42,8 @@ U_JS = 2  # b −= τ u, u = (θ − m) − log(π + π_ref)
 U_CHI = 3  # pf = 2π (π − π_ref)/π_ref and mean_f = Σ_a pf (PF_BLOCK)
 U_HELLINGER = 4  # pf = π − √(π π_ref) and mean_f = Σ_a pf (PF_BLOCK)
 U_ALPHA = 5  # pf = π f'_α and mean_f (PF_BLOCK; logq holds log π_ref)
+U_ALPHA_UNIT = 6  # U_ALPHA for 0.01 ≤ α < 1: pf from _exp_alpha_lanes (logq holds α log π_ref,
+                  # pf the power e^w and logz z^{α−1} on entry)
 
 
 def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out):
@@ -134,7 +140,7 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
     th, p, b, old, thr, av, q, pf = (block[0], block[1], block[2], block[3], block[4],
                                      block[5], block[6], block[7])
     logq = np.empty((n_rows, LANES) if tau != 0.0 and (code == REVERSE_KL or code == ALPHA)
-                    else (0, LANES))
+                    else (0, LANES))  # log π_ref (α log π_ref for U_ALPHA_UNIT)
     lanes = np.empty((11, LANES))
     m, m_next, z, rz, logz, w, mean_b, mean_f, gsq, kl = (
         lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], lanes[5], lanes[6], lanes[7],
@@ -154,6 +160,7 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
         else:
             mode = PF_BLOCK
             umode = (U_CHI if code == CHI_SQUARE else U_HELLINGER if code == HELLINGER
+                     else U_ALPHA_UNIT if code == ALPHA and ALPHA_UNIT_MIN <= alpha < 1.0
                      else U_ALPHA if code == ALPHA else U_NONE)
     hi_ratio = 1.0 + eps_high
     lo_ratio = 1.0 - eps_low
@@ -174,14 +181,11 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
             w[l] = weight[b0 + l] if b0 + l < b1 else 0.0
         if regularized:
             load_lanes(a_indptr, b0, b1, n_lanes, ref, 0.0, q)
-            if code == REVERSE_KL:  # −inf at π_ref = 0 (masks the pair)
+            if code == REVERSE_KL or code == ALPHA:  # −inf at π_ref = 0 (masks the pair)
+                scale = alpha if umode == U_ALPHA_UNIT else 1.0  # one flog call site
                 for a in range(n_rows):
                     for l in range(n_lanes):
-                        logq[a, l] = flog(q[a, l])
-            elif code == ALPHA:
-                for a in range(n_rows):
-                    for l in range(n_lanes):
-                        logq[a, l] = flog(q[a, l])
+                        logq[a, l] = scale * flog(q[a, l])
             elif code == FORWARD_KL:  # π f' = −π_ref does not depend on π: once per block
                 for l in range(n_lanes):
                     mean_f[l] = 0.0
@@ -195,14 +199,22 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
         # shift, into m_next)
         max_lanes(th, n_rows, n_lanes, m)
         for step in range(n_steps + 1):
-            exp_lanes(th, n_rows, n_lanes, m, p, z, rz, k)
+            if umode == U_ALPHA_UNIT and step < n_steps:  # and the power e^w in pf
+                _exp_alpha_lanes(n_rows, th, m, logq, 1.0 - alpha, p, z, rz, pf, k)
+            else:
+                exp_lanes(th, n_rows, n_lanes, m, p, z, rz, k)
             if step == n_steps:  # π = e·rz below, fused with KL(π ‖ π_old)
                 break
-            if umode == U_ALPHA:
+            if umode == U_ALPHA or umode == U_ALPHA_UNIT:
                 for l in range(n_lanes):
                     logz[l] = flog(z[l])
-            _clip_step(umode, step == n_steps - 1, n_rows, p, rz, av, thr, b, mean_b, clipped,
-                       th, m, q, logq, tau, pf, mean_f, logz, alpha)
+            if umode == U_ALPHA_UNIT:  # z^{α−1}
+                for l in range(n_lanes):
+                    logz[l] = fexp_neg(-(1.0 - alpha) * logz[l], k)
+            _clip_step(umode, n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f,
+                       logz, alpha)
+            if step == n_steps - 1:
+                _count_clipped(n_rows, p, av, thr, clipped)
             if mode == PF_BLOCK:  # g = π (b − (Σπb − τ Σpf)) − τ pf
                 for l in range(n_lanes):
                     mean_b[l] = mean_b[l] - tau * mean_f[l]
@@ -242,6 +254,25 @@ def _load_ppo_lanes(a_indptr, s0, s1, n_lanes, theta, pi_old, adv, th, old, av):
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _exp_alpha_lanes(n_rows, th, m, alogq, one_minus_alpha, e, z, rz, power, k):
+    """:func:`exp_lanes` (e, z, rz), and for 0 < α < 1 (U_ALPHA_UNIT) from the same pass
+    power = e^w with w = (1 − α)(θ − m) + α log π_ref ≤ 0 (alogq), so that
+    π^{1−α} π_ref^α = power·z^{α−1} (π = e^{θ − m}/z): two independent exps per pair, in
+    one loop."""
+    n_lanes = th.shape[1]
+    for l in range(n_lanes):
+        z[l] = 0.0
+    for a in range(n_rows):
+        for l in range(n_lanes):
+            x = th[a, l] - m[l]
+            e[a, l] = fexp_neg(x, k)
+            z[l] += e[a, l]
+            power[a, l] = fexp_neg(fma(one_minus_alpha, x, alogq[a, l]), k)
+    for l in range(n_lanes):
+        rz[l] = 1.0 / z[l]
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
 def _kl_lanes(n_rows, p, rz, old, kl):
     """π = e·rz in place (p holds e^{θ − m} from exp_lanes) and kl = Σ_a π log(π/π_old)
     per lane (0 where π = 0)."""
@@ -257,59 +288,46 @@ def _kl_lanes(n_rows, p, rz, old, kl):
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _clip_step(umode, count, n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau,
-               pf, mean_f, logz, alpha):
-    """:func:`_clip_lanes` with literal flags (one branch-free loop per combination)."""
-    if count:
-        if umode == U_NONE:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
-                        logz, alpha, True, U_NONE)
-        elif umode == U_REVERSE:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
-                        logz, alpha, True, U_REVERSE)
-        elif umode == U_JS:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
-                        logz, alpha, True, U_JS)
-        elif umode == U_CHI:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
-                        logz, alpha, True, U_CHI)
-        elif umode == U_HELLINGER:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
-                        logz, alpha, True, U_HELLINGER)
-        else:
-            _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
-                        logz, alpha, True, U_ALPHA)
-    elif umode == U_NONE:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
-                    logz, alpha, False, U_NONE)
+def _clip_step(umode, n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
+               alpha):
+    """:func:`_clip_lanes` with a literal ``umode`` (one branch-free loop per mode)."""
+    if umode == U_NONE:
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
+                    alpha, U_NONE)
     elif umode == U_REVERSE:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
-                    logz, alpha, False, U_REVERSE)
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
+                    alpha, U_REVERSE)
     elif umode == U_JS:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
-                    logz, alpha, False, U_JS)
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
+                    alpha, U_JS)
     elif umode == U_CHI:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
-                    logz, alpha, False, U_CHI)
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
+                    alpha, U_CHI)
     elif umode == U_HELLINGER:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
-                    logz, alpha, False, U_HELLINGER)
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
+                    alpha, U_HELLINGER)
+    elif umode == U_ALPHA_UNIT:
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
+                    alpha, U_ALPHA_UNIT)
     else:
-        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
-                    logz, alpha, False, U_ALPHA)
+        _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
+                    alpha, U_ALPHA)
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau, pf, mean_f,
-                logz, alpha, count, umode):
+def _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz, alpha,
+                umode):
     """π = e·rz in place (p holds e^{θ − m} from exp_lanes), b = the advantage where the
     clipped objective is active (else 0), minus τ u by ``umode`` (u = f'(π/π_ref) up to a
     constant per lane, which cancels in u − Σ_a π u: the ascent is then the plain
-    π (b − Σπb)), mean_b = Σ_a π b per lane; ``count``: also clipped = the number of
-    inactive pairs with a nonzero advantage, per lane. u is 0 where it would be NaN or
+    π (b − Σπb)), mean_b = Σ_a π b per lane. u is 0 where it would be NaN or
     infinite (π_ref = 0 for U_REVERSE, π = 0 for U_JS): f' enters g times π only. U_CHI,
     U_HELLINGER and U_ALPHA form pf = π f'(π/π_ref) and mean_f = Σ_a pf instead (padding
-    rows, where π_ref = 0, get 0), with log π = (θ − m) − log z (logz). (χ² keeps
+    rows, where π_ref = 0, get 0), with log π = (θ − m) − log z (logz); U_ALPHA_UNIT
+    (ALPHA_UNIT_MIN ≤ α < 1) as (π − π^{1−α} π_ref^α)/α, the power from
+    :func:`_exp_alpha_lanes` (in pf and logz on entry): no expm1 there, so where π is near
+    π_ref this pf is accurate to a few ulp of π/α, not relative to itself. U_JS takes
+    flog_positive of π + π_ref (its u is masked where that is 0). (χ² keeps
     π f' = 2π (π − π_ref)/π_ref: u = π (2/π_ref) overflows where π_ref is subnormal.)
     Called with literal flags, so that each call compiles to one branch-free loop."""
     n_lanes = p.shape[1]
@@ -318,9 +336,7 @@ def _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau,
     neg_inv_alpha = -1.0 / alpha
     for l in range(n_lanes):
         mean_b[l] = 0.0
-        if count:
-            clipped[l] = 0
-        if umode == U_CHI or umode == U_HELLINGER or umode == U_ALPHA:
+        if umode == U_CHI or umode == U_HELLINGER or umode == U_ALPHA or umode == U_ALPHA_UNIT:
             mean_f[l] = 0.0
     for a in range(n_rows):
         for l in range(n_lanes):
@@ -333,7 +349,7 @@ def _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau,
                 u = (th[a, l] - m[l]) - logq[a, l]
                 bb = bb - tau * (u if logq[a, l] > -math.inf else 0.0)
             elif umode == U_JS:  # f' = log(2π/(π + π_ref)) = u + (log 2 − log z)
-                u = (th[a, l] - m[l]) - flog(pi + q[a, l])
+                u = (th[a, l] - m[l]) - flog_positive(pi + q[a, l])  # masked below at π = 0
                 bb = bb - tau * (u if pi > 0.0 else 0.0)
             elif umode == U_CHI:
                 t = ((2.0 * pi) * (pi - q[a, l])) / q[a, l]
@@ -354,10 +370,26 @@ def _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, clipped, th, m, q, logq, tau,
                 t = t if pi > 0.0 else at_zero
                 pf[a, l] = t if q[a, l] > 0.0 else 0.0
                 mean_f[l] += pf[a, l]
+            elif umode == U_ALPHA_UNIT:  # π f' = (π − π^{1−α} π_ref^α)/α
+                t = (pi - pf[a, l] * logz[l]) * inv_alpha  # the power as pf·logz
+                t = t if pi > 0.0 else 0.0
+                pf[a, l] = t if q[a, l] > 0.0 else 0.0
+                mean_f[l] += pf[a, l]
             b[a, l] = bb
             mean_b[l] += pi * bb
-            if count:
-                clipped[l] += 0 if active | (A == 0.0) else 1
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _count_clipped(n_rows, p, av, thr, clipped):
+    """clipped = the count of pairs with a nonzero advantage whose clipped objective is
+    inactive, per lane, from π (p, as :func:`_clip_lanes` left it) and its test."""
+    n_lanes = p.shape[1]
+    for l in range(n_lanes):
+        clipped[l] = 0
+    for a in range(n_rows):
+        for l in range(n_lanes):
+            A = av[a, l]
+            clipped[l] += 0 if (math.copysign(p[a, l], A) < thr[a, l]) | (A == 0.0) else 1
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
