@@ -179,6 +179,41 @@ def test_numpy_forms_equal_kernel_forms(reg, which, n_threads):
     assert np.isfinite(out).all()
 
 
+@pytest.mark.parametrize("n_threads", [1, 2], ids=lambda n: f"threads{n}")
+@pytest.mark.parametrize("which", ["numba", "cython"])
+@pytest.mark.parametrize("reg", [fastppo.ReverseKL(0.3), fastppo.ForwardKL(0.3)], ids=repr)
+def test_kl_regularized_reward_sums_by_loops(reg, which, n_threads):
+    """The KL path of regularized_reward (terms in chunks of pairs, then the sums per
+    state) equals, bit for bit, explicit loops over the states adding π r and the kernel's
+    own ref_f terms in pair order: states of 0 to 1,500 actions (across chunks and tasks),
+    π = 0, subnormal π and π_ref, π = π_ref."""
+    rng = np.random.default_rng(11)
+    counts = np.concatenate([rng.integers(1, 12, 2_500), [0, 1, 700, 0, 1_500, 3], rng.integers(0, 4, 900)])
+    a_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    n = int(a_indptr[-1])
+    p, q, r = rng.random(n), rng.random(n), rng.normal(size=n)
+    p[::7] = 0.0
+    p[1::11] = 5e-324
+    q[2::13] = 1e-310
+    p[3::17] = q[3::17]
+    p[4::19] = q[4::19] * (1 + 1e-12)
+    out = np.full(counts.size, np.nan)
+    get_kernel("regularized_reward", which)(a_indptr, r, p, q, reg.code, reg.alpha, reg.tau, out,
+                                            n_threads)
+    terms = [np.full(n, np.nan) for _ in range(4)]
+    module = numba_divergence if which == "numba" else cython_info
+    module.divergence_terms(reg.code, reg.alpha, p, q, np.zeros(n), *terms)
+    expect = np.empty(counts.size)
+    for s in range(counts.size):
+        acc = div = 0.0
+        for k in range(a_indptr[s], a_indptr[s + 1]):
+            acc += p[k] * r[k]
+            div += terms[0][k]
+        expect[s] = acc - reg.tau * div
+    np.testing.assert_array_equal(out, expect)
+    assert np.isinf(out).any() == isinstance(reg, fastppo.ForwardKL)  # π = 0 < π_ref
+
+
 def test_kernel_divergence_infinite_at_zero():
     """Forward KL / α > 1 with π = 0 < π_ref: every backend gives D = +∞ (not NaN)."""
     a_indptr = np.array([0, 2], dtype=np.int64)

@@ -313,6 +313,37 @@ def test_flog_positive_is_flog():
     np.testing.assert_array_equal(out.view(np.uint64), expect.view(np.uint64))
 
 
+def test_flog_or_log1p_is_flog_and_log1p():
+    """One polynomial for both: log x bit for bit as flog on 0 < x < inf, log(1 + f) bit for
+    bit as flog1p_reduced on √½ − 1 ≤ f ≤ √2 − 1 (the cython twin is covered by
+    regularized_reward's KL tests against the kernel's own ref_f)."""
+    from numba import njit
+
+    from fastppo._kernels.numba import _softmax
+
+    @njit
+    def logs(x, f, near, out):
+        for i in range(x.shape[0]):
+            out[i] = _softmax.flog_or_log1p(x[i], f[i], near[i])
+
+    @njit
+    def log1ps(f, out):
+        for i in range(f.shape[0]):
+            out[i] = _softmax.flog1p_reduced(f[i])
+
+    x = _log_inputs()
+    x = x[(x > 0.0) & (x < np.inf)]
+    f = np.concatenate([[0.0, np.sqrt(0.5) - 1, np.sqrt(2.0) - 1, -1e-300, 1e-17],
+                        np.random.default_rng(2).uniform(np.sqrt(0.5) - 1, np.sqrt(2.0) - 1, x.size - 5)])
+    out, expect = np.empty_like(x), np.empty_like(x)
+    logs(x, f, np.zeros(x.size, dtype=np.bool_), out)
+    np.testing.assert_array_equal(out.view(np.uint64), _elementary("numba", x)["log"].view(np.uint64))
+    logs(x, f, np.ones(x.size, dtype=np.bool_), out)
+    log1ps(f, expect)
+    np.testing.assert_array_equal(out.view(np.uint64), expect.view(np.uint64))
+    np.testing.assert_allclose(out, np.log1p(f), rtol=4.5e-16, atol=0)  # < 1 ulp each
+
+
 @pytest.mark.parametrize("scale", [1.0, 30.0, 1e3])
 def test_segment_softmax_matches_numpy_and_twins(mdps, scale):
     for mdp in mdps:

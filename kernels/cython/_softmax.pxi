@@ -218,6 +218,27 @@ cdef inline double flog1p_reduced(double f) noexcept nogil:
     return ((s * (hfsq + (t2 + t1))) - hfsq) + f
 
 
+cdef inline double flog_or_log1p(double x, double f, bint near) noexcept nogil:
+    """log(1 + f) if near (bit for bit flog1p_reduced, same range of f), else log x for
+    0 < x < inf (bit for bit flog_positive): one polynomial for both, the argument and k
+    selected before it (k = 0 makes flog's last steps those of flog1p_reduced)."""
+    cdef bint sub = x < DBL_MIN
+    cdef double scaled = x * TWO54
+    cdef double y = scaled if sub else x
+    cdef uint64_t bits = _bits(y) + LOG_OFFSET
+    cdef double k = (_double((bits >> 52) | TWO52_BITS) - TWO52_BIAS) - (54.0 if sub else 0.0)
+    cdef double g = _double((bits & MANTISSA) + SQRT_HALF_HI) - 1.0
+    k = 0.0 if near else k
+    g = f if near else g
+    cdef double hfsq = (0.5 * g) * g
+    cdef double s = g / (2.0 + g)
+    cdef double z = s * s
+    cdef double w = z * z
+    cdef double t1 = w * fma(w, fma(w, LG6, LG4), LG2)
+    cdef double t2 = z * fma(w, fma(w, fma(w, LG7, LG5), LG3), LG1)
+    return fma(k, LN2_HI, ((fma(s, hfsq + (t2 + t1), k * LN2_LO) - hfsq) + g))
+
+
 # -------------------------------------------------------------------------- softmax
 cdef inline void max_lanes(cdptr x, Py_ssize_t n_rows, Py_ssize_t n_lanes,
                            dptr m) noexcept nogil:

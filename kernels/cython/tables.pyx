@@ -21,6 +21,7 @@ include "_softmax.pxi"
 
 cdef enum:
     TASK_BLOCKS = 32  # blocks of LANES states per parallel task
+    TERM_CHUNK = 512  # pairs per chunk of divergence terms (4 KB)
 
 
 def segment_softmax(const int64_t[::1] a_indptr, const double[::1] logits,  # IN
@@ -50,9 +51,27 @@ def regularized_reward(const int64_t[::1] a_indptr, const double[::1] r, const d
                        const double[::1] ref, int code, double alpha, double tau,  # IN
                        double[::1] out, int n_threads):                            # OUT
     """regularized_reward(a_indptr, r, pi, ref, code, alpha, tau, out, n_threads)"""
-    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, s
+    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, per_task = TASK_BLOCKS * LANES, c, s
     cdef int64_t k
     cdef double acc, div
+    cdef double* terms
+    cdef int failed = 0
+    if code == REVERSE_KL or code == FORWARD_KL:  # the terms in vectorised chunks
+        if tau == 0.0 or n_states == 0:
+            code = NONE
+        else:
+            for c in prange((n_states + per_task - 1) // per_task, nogil=True,
+                            schedule="static", num_threads=n_threads):
+                terms = <double*> malloc(TERM_CHUNK * sizeof(double))
+                if terms == NULL:
+                    failed = 1
+                else:
+                    _kl_rewards(&a_indptr[0], c * per_task, min((c + 1) * per_task, n_states),
+                                &r[0], &pi[0], &ref[0], code == REVERSE_KL, tau, &out[0], terms)
+                    free(terms)
+            if failed:
+                raise MemoryError("regularized_reward: could not allocate a block of terms")
+            return
     for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
         acc = 0.0
         div = 0.0
@@ -64,6 +83,67 @@ def regularized_reward(const int64_t[::1] a_indptr, const double[::1] r, const d
             out[s] = acc - tau * div
         else:
             out[s] = acc
+
+
+cdef void _kl_rewards(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1, const double* r,
+                      const double* pi, const double* ref, bint reverse, double tau,
+                      double* out, double* terms) noexcept nogil:
+    """regularized_reward of the states s0 <= s < s1 for reverse or forward KL: the terms
+    ref_f in chunks of TERM_CHUNK pairs (_kl_terms), then the sums per state in pair order
+    (the same operations as the generic loop, so the same bits)."""
+    cdef int64_t k, c0, c1, end = a_indptr[s1]
+    cdef Py_ssize_t s = s0
+    cdef double acc = 0.0, div = 0.0, t
+    cdef int code = REVERSE_KL if reverse else FORWARD_KL
+    c0 = a_indptr[s0]
+    while c0 < end:
+        c1 = min(c0 + TERM_CHUNK, end)
+        if reverse:
+            _kl_terms(c1 - c0, &pi[c0], &ref[c0], terms, True)
+        else:
+            _kl_terms(c1 - c0, &pi[c0], &ref[c0], terms, False)
+        for k in range(c0, c1):
+            while k == a_indptr[s + 1]:  # state s ends before pair k
+                out[s] = acc - tau * div
+                acc = 0.0
+                div = 0.0
+                s = s + 1
+            acc = acc + pi[k] * r[k]
+            t = terms[k - c0]
+            if not isfinite(t):
+                t = ref_f(code, 0.0, pi[k], ref[k])
+            div = div + t
+        c0 = c1
+    while s < s1:
+        out[s] = acc - tau * div
+        acc = 0.0
+        div = 0.0
+        s = s + 1
+
+
+cdef inline void _kl_terms(Py_ssize_t n, cdptr p, cdptr q, dptr out,
+                           bint reverse) noexcept nogil:
+    """out = ref_f(REVERSE_KL or FORWARD_KL, p, q) without branches (GCC vectorises the
+    loop), bit for bit; NaN where ref_f leaves the two polynomial logs of _log_ratio
+    (small/big below DBL_MIN: p = 0, a tiny ratio; NaN), which the caller then computes by
+    ref_f itself."""
+    cdef Py_ssize_t i
+    cdef double pi, qi, small, big, ratio, L, t
+    cdef bint le
+    for i in range(n):
+        pi = p[i]
+        qi = q[i]
+        le = pi <= qi
+        small = pi if le else qi
+        big = qi if le else pi
+        ratio = small / big
+        L = flog_or_log1p(ratio, (small - big) / big, ratio >= SQRT_HALF)  # _log_ratio
+        L = L if ratio >= DBL_MIN else NAN
+        if reverse:  # p log(p/q)
+            t = pi * L if le else -pi * L
+        else:  # q log(q/p)
+            t = -qi * L if le else qi * L
+        out[i] = t
 
 
 def advantages(const int64_t[::1] a_indptr, const double[::1] pi, const double[::1] q,  # IN

@@ -254,6 +254,28 @@ def flog1p_reduced(f):
     return ((s * (hfsq + (t2 + t1))) - hfsq) + f
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def flog_or_log1p(x, f, near):
+    """log(1 + f) if ``near`` (bit for bit :func:`flog1p_reduced`, same range of f), else
+    log x for 0 < x < inf (bit for bit :func:`flog_positive`): one polynomial for both, the
+    argument and k selected before it (k = 0 makes flog's last steps flog1p_reduced's)."""
+    sub = x < DBL_MIN
+    scaled = x * TWO54
+    y = scaled if sub else x
+    bits = _bits(y) + LOG_OFFSET
+    k = (_double((bits >> U52) | TWO52_BITS) - TWO52_BIAS) - (54.0 if sub else 0.0)
+    g = _double((bits & MANTISSA) + SQRT_HALF_HI) - 1.0
+    k = 0.0 if near else k
+    g = f if near else g
+    hfsq = (0.5 * g) * g
+    s = g / (2.0 + g)
+    z = s * s
+    w = z * z
+    t1 = w * fma(w, fma(w, LG6, LG4), LG2)
+    t2 = z * fma(w, fma(w, fma(w, LG7, LG5), LG3), LG1)
+    return fma(k, LN2_HI, ((fma(s, hfsq + (t2 + t1), k * LN2_LO) - hfsq) + g))
+
+
 # --------------------------------------------------------------------------- softmax
 @njit(cache=True, inline="always", error_model="numpy")
 def max_lanes(x, n_rows, n_lanes, m):

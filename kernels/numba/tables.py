@@ -9,14 +9,18 @@
 ``compact_rows``:       their rows of P and their π, gathered by those pointers
 Mirrors kernels/cython/tables.pyx.
 """
+import math
+
 import numpy as np
 from numba import njit, prange
 
-from ._divergence import p_fprime, ref_f
+from ._codes import FORWARD_KL, REVERSE_KL
+from ._divergence import DBL_MIN, SQRT_HALF, p_fprime, ref_f
 from ._jit import twins
-from ._softmax import LANES, max_actions, softmax_states
+from ._softmax import LANES, flog_or_log1p, max_actions, softmax_states
 
 TASK_BLOCKS = 32  # blocks of LANES states per parallel task
+TERM_CHUNK = 512  # pairs per chunk of divergence terms (4 KB)
 
 
 def segment_softmax(a_indptr, logits, out):
@@ -34,14 +38,78 @@ def _softmax_task(a_indptr, s0, s1, logits, out):
 
 
 def regularized_reward(a_indptr, r, pi, ref, code, alpha, tau, out):
-    for s in prange(a_indptr.shape[0] - 1):
+    n_states = a_indptr.shape[0] - 1
+    if (code == REVERSE_KL or code == FORWARD_KL) and tau != 0.0:  # vectorised terms
+        per_task = TASK_BLOCKS * LANES
+        for c in prange((n_states + per_task - 1) // per_task):
+            _kl_rewards(a_indptr, c * per_task, min((c + 1) * per_task, n_states), r, pi, ref,
+                        code == REVERSE_KL, tau, out, np.empty(TERM_CHUNK))
+    else:
+        for s in prange(n_states):
+            acc = 0.0
+            div = 0.0
+            for k in range(a_indptr[s], a_indptr[s + 1]):
+                acc += pi[k] * r[k]
+                if tau != 0.0:
+                    div += ref_f(code, alpha, pi[k], ref[k])
+            out[s] = acc - tau * div if tau != 0.0 else acc
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _kl_rewards(a_indptr, s0, s1, r, pi, ref, reverse, tau, out, terms):
+    """regularized_reward of the states s0 ≤ s < s1 for reverse or forward KL: the terms
+    ``ref_f`` in chunks of ``terms.size`` pairs (:func:`_kl_terms`), then the sums per state
+    in pair order (the generic loop's operations, so the same bits)."""
+    code = REVERSE_KL if reverse else FORWARD_KL
+    end = a_indptr[s1]
+    s = s0
+    acc = 0.0
+    div = 0.0
+    c0 = a_indptr[s0]
+    while c0 < end:
+        c1 = min(c0 + terms.size, end)
+        if reverse:
+            _kl_terms(pi[c0:c1], ref[c0:c1], terms, True)
+        else:
+            _kl_terms(pi[c0:c1], ref[c0:c1], terms, False)
+        for k in range(c0, c1):
+            while k == a_indptr[s + 1]:  # state s ends before pair k
+                out[s] = acc - tau * div
+                acc = 0.0
+                div = 0.0
+                s += 1
+            acc += pi[k] * r[k]
+            t = terms[k - c0]
+            if not math.isfinite(t):
+                t = ref_f(code, 0.0, pi[k], ref[k])
+            div += t
+        c0 = c1
+    while s < s1:
+        out[s] = acc - tau * div
         acc = 0.0
         div = 0.0
-        for k in range(a_indptr[s], a_indptr[s + 1]):
-            acc += pi[k] * r[k]
-            if tau != 0.0:
-                div += ref_f(code, alpha, pi[k], ref[k])
-        out[s] = acc - tau * div if tau != 0.0 else acc
+        s += 1
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _kl_terms(p, q, out, reverse):
+    """out[:p.size] = ref_f(REVERSE_KL or FORWARD_KL, p, q) without branches (LLVM
+    vectorises the loop), bit for bit; NaN where ``ref_f`` leaves the two polynomial logs of
+    ``_log_ratio`` (small/big below DBL_MIN: p = 0, a tiny ratio; NaN), which the caller then
+    computes by ``ref_f`` itself."""
+    for i in range(p.size):
+        pi = p[i]
+        qi = q[i]
+        le = pi <= qi
+        small = pi if le else qi
+        big = qi if le else pi
+        ratio = small / big
+        L = flog_or_log1p(ratio, (small - big) / big, ratio >= SQRT_HALF)  # _log_ratio
+        L = L if ratio >= DBL_MIN else math.nan
+        if reverse:  # p log(p/q)
+            out[i] = pi * L if le else -pi * L
+        else:  # q log(q/p)
+            out[i] = -qi * L if le else qi * L
 
 
 def advantages(a_indptr, pi, q, out):
