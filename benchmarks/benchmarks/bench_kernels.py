@@ -3,7 +3,8 @@ product).
 
 ``bellman_matvec``: x − γP_π x; ``bellman_rmatvec``: x − γP_πᵀ x;
 ``q_values``: r + γ P v; ``bellman_products``: both products and the rows P x in one
-pass (a lockstep sweep: compare with ``bellman_matvec`` + ``bellman_rmatvec``).
+pass (a lockstep sweep: compare with ``bellman_matvec`` + ``bellman_rmatvec``);
+``regularized_reward_kl``: r_π − τ D_f(π) for forward KL (a pass over the pairs, no product).
 Together with the ``*Products`` tracks this separates "fewer products" from "faster
 products".
 """
@@ -12,7 +13,8 @@ import numpy as np
 from .common import (BACKENDS, FAMILIES, SIZES, THREADS, check_params, get_mdp, get_policy,
                      kernel_or_skip, warm)
 
-KERNELS = ["bellman_matvec", "bellman_rmatvec", "q_values", "bellman_products"]
+KERNELS = ["bellman_matvec", "bellman_rmatvec", "q_values", "bellman_products",
+           "regularized_reward_kl"]
 
 
 class KernelSuite:
@@ -28,7 +30,7 @@ class KernelSuite:
         m = get_mdp(family, n_states)
         pi = get_policy(family, n_states)
         x = np.random.default_rng(0).random(m.n_states)
-        k = kernel_or_skip(kernel, backend)
+        k = kernel_or_skip(kernel.removesuffix("_kl"), backend)
         csr = (m.p_indptr, m.p_indices, m.p_data)
         if kernel == "bellman_matvec":
             args = (m.a_indptr, *csr, pi, m.gamma, x, np.empty(m.n_states), n_threads)
@@ -39,6 +41,9 @@ class KernelSuite:
             buf = np.empty((max(2, n_threads), 2 * m.n_states))
             args = (m.a_indptr, *csr, pi, m.gamma, x, x[::-1].copy(), np.empty(m.n_states),
                     np.empty(m.n_states), np.empty(m.n_pairs), buf, n_threads)
+        elif kernel == "regularized_reward_kl":  # forward KL = 2 (fastppo._codes), τ = 0.1
+            args = (m.a_indptr, m.r, pi, np.full(m.n_pairs, 0.1), 2, 0.0, 0.1,
+                    np.empty(m.n_states), n_threads)
         else:
             args = (*csr, m.r, m.gamma, x, np.empty(m.n_pairs), n_threads)
         self.call = lambda: k(*args)
