@@ -226,19 +226,7 @@ def flog(x):
 def flog_positive(x):
     """log x for 0 < x < inf, bit for bit :func:`flog` (other x: unspecified; no selects
     for 0, inf, x < 0 and NaN)."""
-    sub = x < DBL_MIN
-    scaled = x * TWO54
-    y = scaled if sub else x
-    bits = _bits(y) + LOG_OFFSET  # carries into the exponent once the mantissa passes √2
-    k = (_double((bits >> U52) | TWO52_BITS) - TWO52_BIAS) - (54.0 if sub else 0.0)
-    f = _double((bits & MANTISSA) + SQRT_HALF_HI) - 1.0
-    hfsq = (0.5 * f) * f
-    s = f / (2.0 + f)
-    z = s * s
-    w = z * z
-    t1 = w * fma(w, fma(w, LG6, LG4), LG2)
-    t2 = z * fma(w, fma(w, fma(w, LG7, LG5), LG3), LG1)
-    return fma(k, LN2_HI, ((fma(s, hfsq + (t2 + t1), k * LN2_LO) - hfsq) + f))
+    return flog_or_log1p(x, 0.0, False)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -262,7 +250,7 @@ def flog_or_log1p(x, f, near):
     sub = x < DBL_MIN
     scaled = x * TWO54
     y = scaled if sub else x
-    bits = _bits(y) + LOG_OFFSET
+    bits = _bits(y) + LOG_OFFSET  # carries into the exponent once the mantissa passes √2
     k = (_double((bits >> U52) | TWO52_BITS) - TWO52_BIAS) - (54.0 if sub else 0.0)
     g = _double((bits & MANTISSA) + SQRT_HALF_HI) - 1.0
     k = 0.0 if near else k
