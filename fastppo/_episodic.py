@@ -118,8 +118,9 @@ class EpisodicEvaluator(Evaluator):
                       n_passes=self.n_passes - passes, residual=residual, method=METHOD,
                       backend=self.backend)
 
-    def evaluation_and_visitation(self, mu, v0=None, d0=None, tol=None):
-        """:meth:`evaluation` and :meth:`visitation`; (Evaluation, Result)."""
+    def evaluation_and_visitation(self, mu, v0=None, d0=None, tol=None, q=True):
+        """:meth:`evaluation` and :meth:`visitation`; (Evaluation, Result) (``q`` is
+        accepted for the Evaluator's signature; Q̃ is always made here)."""
         return self.evaluation(), self.visitation(mu)
 
     def gradient(self, mu, tol=None):

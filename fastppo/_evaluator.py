@@ -368,10 +368,11 @@ class Evaluator:
             out_visit += (mass - _krylov.dot(_ONES(n), out_visit)) / n
         return False
 
-    def q_values(self, v):
-        """Q̃ = r + γ P v, flat (n_pairs,), for state values ``v`` (n_states,)."""
+    def q_values(self, v, out=None):
+        """Q̃ = r + γ P v, flat (n_pairs,), for state values ``v`` (n_states,) (into ``out``
+        if given); returns it."""
         mdp = self.mdp
-        q = np.empty(mdp.n_pairs)
+        q = np.empty(mdp.n_pairs) if out is None else out
         self._k["q_values"](mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r, mdp.gamma, v, q,
                             self.n_threads)
         return q
@@ -404,14 +405,30 @@ class Evaluator:
                               assembled=(None if self.assembled is None
                                          else functools.partial(self.assembled, True))), y0
 
-    def _q_advantages(self, res, b, advantages=True):
+    def _q_advantages(self, res, b, advantages=True, q=True):
         """Q̃ = r + γ P v and Ã = Q̃ − Σ_a π Q̃ of the solution ``res`` of the value system
         with right-hand side ``b``: from the rows of its last sweep when that was at v
         (Richardson, rows kept: the same numbers, the iterate being v / 2^e; one pass over
         the pairs, ``q_advantages``), else by a pass of ``q_values`` (and Ã only if
-        ``advantages``; else None)."""
+        ``advantages``; else None).
+
+        ``q`` False: (None, Ã), Ã made in place over the rows' buffer (or Q̃'s, from the
+        pass of ``q_values``), which is handed to the caller: no Q̃ array, one per-pair
+        array in all (the kernels read each pair before they write it)."""
         mdp, nt = self.mdp, self.n_threads
-        if self._rows_fresh and res.method == "richardson" and res.n_matvec > 0:
+        fresh = self._rows_fresh and res.method == "richardson" and res.n_matvec > 0
+        if not q:
+            adv = self._q_rows if self._q_rows is not None else np.empty(mdp.n_pairs)
+            self._q_rows, self._rows_fresh = None, False  # the caller's now
+            if fresh:
+                scale = float(np.ldexp(mdp.gamma, _krylov.scale_exponent(b)))
+                self._k["q_advantages"](mdp.a_indptr, self.pi, adv, mdp.r, scale, adv, adv, nt)
+            else:
+                self.n_passes += 1
+                self.q_values(res.x, out=adv)
+                self._k["advantages"](mdp.a_indptr, self.pi, adv, adv, nt)
+            return None, adv
+        if fresh:
             q, adv = np.empty(mdp.n_pairs), np.empty(mdp.n_pairs)
             scale = float(np.ldexp(mdp.gamma, _krylov.scale_exponent(b)))
             self._k["q_advantages"](mdp.a_indptr, self.pi, self._q_rows, mdp.r, scale, q, adv, nt)
@@ -426,10 +443,10 @@ class Evaluator:
         self._k["advantages"](self.mdp.a_indptr, self.pi, q, adv, self.n_threads)
         return adv
 
-    def _evaluation(self, res, b, passes, advantages=True):
+    def _evaluation(self, res, b, passes, advantages=True, q=True):
         mdp = self.mdp
         v = res.x
-        q, adv = self._q_advantages(res, b, advantages)
+        q, adv = self._q_advantages(res, b, advantages, q)
         return Evaluation(v=v, q=q, adv=adv, J=self.space.dot(mdp.rho, v), n_matvec=res.n_matvec,
                           n_passes=self.n_passes - passes, residual=res.residual,
                           method=res.method, fill=self._fill(res), backend=self.backend)
@@ -495,12 +512,14 @@ class Evaluator:
         system, y0 = self._visit_system(mu, d0)
         return self._visitation(_krylov.solve(system, y0, **self._solve_options(tol)), passes)
 
-    def evaluation_and_visitation(self, mu, v0=None, d0=None, tol=None):
+    def evaluation_and_visitation(self, mu, v0=None, d0=None, tol=None, q=True):
         """:meth:`evaluation` and :meth:`visitation` of the loaded policy, their linear
         systems advanced together (``fastppo._krylov.solve_pair``); the same results.
 
         A lockstep sweep is one pass over P (:meth:`products`), and Q̃ comes from the rows
         of the value system's last sweep (no pass of its own) when the sweeps solved it.
+        ``q`` False: the Evaluation's ``q`` is None and its ``adv`` takes the rows' buffer
+        (Ã made in place, the same numbers): one per-pair array instead of three.
 
         Returns
         -------
@@ -512,7 +531,7 @@ class Evaluator:
         visit, y0 = self._visit_system(mu, d0)
         res_v, res_d = _krylov.solve_pair(value, visit, self.products, v0, y0,
                                           **self._solve_options(tol))
-        ev = self._evaluation(res_v, value.b, passes)
+        ev = self._evaluation(res_v, value.b, passes, q=q)
         vis = self._visitation(res_d, passes)
         vis.n_passes = ev.n_passes
         return ev, vis

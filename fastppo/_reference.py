@@ -185,27 +185,30 @@ def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out, n_threa
 
 def ppo_update(a_indptr, pi_old, adv, weight, ref, code, alpha, tau, eps_low, eps_high,
                beta, lr, n_steps, theta, pi_out, clipped_out, gsq_out, kl_out, n_threads=1):
-    """``n_steps`` ascent steps on the clipped surrogate (+ β KL(π_old ‖ π_θ) penalty)."""
+    """``n_steps`` ascent steps on the clipped surrogate (+ β KL(π_old ‖ π_θ) penalty).
+    ``pi_out`` may be ``pi_old`` or ``adv`` (written once, at the end)."""
     s = _states(a_indptr)
     reg = from_code(code, alpha)
+    pi = np.empty_like(theta)
     for step in range(n_steps):
-        segment_softmax(a_indptr, theta, pi_out)
+        segment_softmax(a_indptr, theta, pi)
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = pi_out / pi_old  # at π_old = 0: inf, or NaN at π = 0 (never active)
+            ratio = pi / pi_old  # at π_old = 0: inf, or NaN at π = 0 (never active)
         active = ((adv > 0) & (ratio < 1 + eps_high)) | ((adv < 0) & (ratio > 1 - eps_low))
         b = np.where(active, adv, 0.0)
-        g = pi_out * (b - _segment_sum(a_indptr, pi_out * b)[s])
+        g = pi * (b - _segment_sum(a_indptr, pi * b)[s])
         if tau != 0.0 and reg is not None:
-            pf = reg.p_fprime(pi_out, ref)
-            g -= tau * (pf - pi_out * _segment_sum(a_indptr, pf)[s])
-        g += beta * (pi_old - pi_out)
+            pf = reg.p_fprime(pi, ref)
+            g -= tau * (pf - pi * _segment_sum(a_indptr, pf)[s])
+        g += beta * (pi_old - pi)
         g *= weight[s]
         if step == 0:
             gsq_out[:] = _segment_sum(a_indptr, g * g)
         clipped_out[:] = _segment_sum(a_indptr, (~active & (adv != 0)).astype(np.int64))
         theta += lr * g
-    segment_softmax(a_indptr, theta, pi_out)
-    kl_out[:] = _segment_sum(a_indptr, rel_entr(pi_out, pi_old))
+    segment_softmax(a_indptr, theta, pi)
+    kl_out[:] = _segment_sum(a_indptr, rel_entr(pi, pi_old))
+    pi_out[:] = pi
 
 
 # ------------------------------------------------------------------- sampling

@@ -538,17 +538,18 @@ def _first_bad(n, is_bad, offset=0):
     return -1
 
 
-def pair_table(mdp, x, name, dtype=np.float64):
-    """A per-pair table given as (n_pairs,) or, rectangular MDPs only, (S, A) → (n_pairs,)."""
+def pair_table(mdp, x, name, dtype=np.float64, copy=True):
+    """A per-pair table given as (n_pairs,) or, rectangular MDPs only, (S, A) → (n_pairs,);
+    ``copy`` False: ``x`` itself (a view) when it already has the dtype and is contiguous."""
     x = np.asarray(x)
     if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
     if x.dtype.kind == "c":
         raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
     if x.shape == (mdp.n_pairs,):
-        flat = x.astype(dtype, copy=True)
+        flat = x.astype(dtype, copy=copy)
     elif mdp.is_rectangular and x.shape == (mdp.n_states, mdp.n_actions):
-        flat = x.astype(dtype).reshape(-1)
+        flat = x.astype(dtype, copy=copy).reshape(-1)
     else:
         extra = f" or ({mdp.n_states}, {mdp.n_actions})" if mdp.is_rectangular else ""
         raise ValueError(f"{name} must have shape ({mdp.n_pairs},){extra}, got {x.shape}")

@@ -474,9 +474,9 @@ class DistributedEvaluator(Evaluator):
         send[:lo] = contrib[S - lo:]
         M.comm.Reduce_scatter(send, out, recvcounts=self._counts, op=MPI.SUM)
 
-    def q_values(self, v):
+    def q_values(self, v, out=None):
         mdp = self.mdp
-        q = np.empty(mdp.n_pairs)
+        q = np.empty(mdp.n_pairs) if out is None else out
         self._k["q_values"](mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r, mdp.gamma,
                             self._gather_x(v), q, self.n_threads)
         return q

@@ -604,10 +604,13 @@ class MDP:
             Action labels (values of ``a_indices``, QuantEcon's ``sigma``); ties go to
             the lowest label.
         """
-        flat = V.pair_table(self, table, "table")
-        nan = np.isnan(flat)
-        if nan.any():
+        flat = V.pair_table(self, table, "table", copy=False)  # read only
+        if self.n_pairs and np.isnan(flat.max()):  # NaN propagates: no temporary
+            nan = np.isnan(flat)
             raise ValueError(f"table must not hold NaN: {self.pair_name(int(np.argmax(nan)))} is NaN")
+        if self.is_rectangular:  # labels 0..A-1 in order: argmax takes the first maximum
+            first = flat.reshape(self.n_states, self.n_actions).argmax(axis=1)
+            return self.a_indices[self.a_indptr[:-1] + first]
         starts = self.a_indptr[:-1]
         top = np.maximum.reduceat(flat, starts)
         first = np.where(flat == top[self.s_indices], np.arange(self.n_pairs), self.n_pairs)

@@ -531,12 +531,13 @@ class _ExactMethod(IterativeMethod):
             self._check_iterate(1, "the init logits are too far apart")
         ev = self._evaluate()
         self._remember(self._vs, ev.v)
+        max_abs_adv = float(max(ev.adv.max(), -ev.adv.min()))  # before _update (no temporary)
         info = self._update(ev)
         self._check_iterate(self.n_iter + 1)
         self.n_iter += 1
         row = dict(iter=self.n_iter, J=ev.J,
                    gap=np.nan if self.reference is None else self.reference - ev.J,
-                   max_abs_adv=float(max(ev.adv.max(), -ev.adv.min())),  # no temporary
+                   max_abs_adv=max_abs_adv,
                    n_matvec=ev.n_matvec + info.pop("n_matvec", 0), n_passes=ev.n_passes,
                    **info, seconds=time.perf_counter() - t0)
         self._rows.append(row)
@@ -693,7 +694,7 @@ class PPOClip(_ExactMethod):
         E = self._evaluator
         E.load(self.pi)
         ev, vis = E.evaluation_and_visitation(self.mu, self._warm(self._vs), self._warm(self._ds),
-                                              tol=self._solve_tol())
+                                              tol=self._solve_tol(), q=False)
         ev.visitation = vis
         return ev
 
@@ -705,11 +706,14 @@ class PPOClip(_ExactMethod):
         return visit_weights(self.mdp, vis), vis.n_matvec
 
     def _update(self, ev):
+        # π_new is written over Ã (ppo_update reads each state's pairs before it writes
+        # them), so a step holds four per-pair float64 arrays: θ, π_old, π_ref and Ã/π_new
         mdp = self.mdp
         weight, n_mv = self._d_weight(ev)
         adv = ev.adv
         pi_old = self.pi
-        pi_new = np.empty(mdp.n_pairs)
+        pi_new = ev.adv
+        ev.adv = None  # overwritten below
         clipped = np.empty(mdp.n_states, dtype=np.int64)
         gsq = np.empty(mdp.n_states)
         kl = np.empty(mdp.n_states)

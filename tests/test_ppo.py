@@ -321,6 +321,57 @@ def test_backends_follow_the_same_trajectory(backend, n_threads, case):
     np.testing.assert_array_equal(hist["clipfrac"], ref_hist["clipfrac"])
 
 
+@pytest.mark.parametrize("alias", ["pi_old", "adv"])
+@pytest.mark.parametrize("reg_name", ["none", "forward_kl", "reverse_kl", "js"])
+def test_ppo_update_output_may_alias_pi_old_or_adv(backend, n_threads, alias, reg_name):
+    # PPOClip writes π_new over Ã: the kernel must read every pair before it writes it
+    mdp = small(5, False, n_states=40)
+    rng = np.random.default_rng(6)
+    pi_old = random_policy(mdp, 7)[0]
+    adv, weight = rng.standard_normal(mdp.n_pairs), rng.random(mdp.n_states) + 0.1
+    reg = REGS[reg_name]()
+    code = _codes.NONE if reg is None else reg.code
+    tau = 0.0 if reg is None else 0.4
+    ref = random_policy(mdp, 8)[0]
+    theta0 = np.log(pi_old) + 0.1 * rng.standard_normal(mdp.n_pairs)
+    expected = call_ppo_kernel(backend, mdp.a_indptr, pi_old, adv, weight, ref, code, tau, 0.2,
+                               0.2, 0.0, 0.5, 5, theta0, n_threads)
+    inputs = {"pi_old": pi_old.copy(), "adv": adv.copy()}
+    theta = theta0.copy()
+    pi_out = inputs[alias]
+    clipped = np.empty(mdp.n_states, dtype=np.int64)
+    gsq, kl = np.empty(mdp.n_states), np.empty(mdp.n_states)
+    get_kernel("ppo_update", backend)(mdp.a_indptr, inputs["pi_old"], inputs["adv"], weight, ref,
+                                      code, 0.0, tau, 0.2, 0.2, 0.0, 0.5, 5, theta, pi_out,
+                                      clipped, gsq, kl, n_threads)
+    for got, want in zip((theta, pi_out, clipped, gsq, kl), expected):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_ppo_clip_step_holds_four_per_pair_arrays(backend):
+    # at peak, a step holds θ, π_old, π_ref and one array that is the sweep rows, then Ã
+    # (in place), then π_new: tracemalloc sees NumPy's allocations; n_pairs ≫ n_states so
+    # the per-state vectors (and the kernels' blocks) weigh less than one per-pair array
+    if backend == "numpy":
+        pytest.skip("the NumPy reference computes with per-pair temporaries by design")
+    tracemalloc = pytest.importorskip("tracemalloc")
+    mdp = fastppo.garnet(400, 120, 3, gamma=0.9, seed=3)
+    pair_bytes = 8 * mdp.n_pairs
+    fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1), backend=backend).run(2)  # compiles (numba)
+    tracemalloc.start()
+    try:
+        ppo = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1), backend=backend)
+        ppo.step()
+        for _ in range(2):
+            tracemalloc.reset_peak()
+            ppo.step()
+            peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert ppo.history["n_passes"][-1] > 1  # the step ran its sweeps
+    assert 4 * pair_bytes <= peak < 5 * pair_bytes, f"{peak / pair_bytes:.2f} per-pair arrays"
+
+
 # ---------------------------------------------------------------------- history
 def test_history_fields(backend):
     mdp = small(2, True)

@@ -97,6 +97,20 @@ def test_solve_sigma_with_tau_is_the_argmax_ties_to_the_lowest_label():
     np.testing.assert_array_equal(opt.sigma, [1, 7])
 
 
+def test_to_sigma_of_rectangular_tables_by_state():
+    # rectangular MDPs take argmax over an (S, A) view: first maximum, as state by state
+    mdp = fastppo.garnet(50, 4, 2, seed=1)
+    assert mdp.is_rectangular
+    table = np.random.default_rng(2).integers(0, 3, size=mdp.n_pairs).astype(float)
+    table[:4] = -np.inf
+    want = [int(np.argmax(table[4 * s:4 * s + 4])) for s in range(mdp.n_states)]
+    np.testing.assert_array_equal(mdp.to_sigma(table), want)
+    np.testing.assert_array_equal(mdp.to_sigma(table.reshape(50, 4)), want)
+    table[7] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        mdp.to_sigma(table)
+
+
 def test_to_sigma_ties_and_errors():
     mdp = MDP.from_sa_pairs([0, 0, 0, 1, 1], [3, 5, 9, 0, 2], np.full((5, 2), 0.5), np.zeros(5), 0.5)
     np.testing.assert_array_equal(mdp.to_sigma([1.0, 2.0, 2.0, -np.inf, -np.inf]), [5, 0])

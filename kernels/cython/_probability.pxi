@@ -5,7 +5,9 @@
 # row by its double sum (row_total), so the MDP they solve is exactly stochastic to
 # double round-off, as the solvers assume (P 1 = 1). For double rows row_total is the
 # constant 1.0 (a compile-time branch of the fused type), and x / 1.0 = x: the float64
-# kernels compute what they computed before, bit for bit.
+# kernels compute what they computed before, bit for bit. A gather that reads the row
+# anyway sums it in the same loop instead (t = t + data[j], in order: the same total) and
+# takes folded_total(data, t): t for float rows, 1.0 for double rows (t then unused).
 # Included (not cimported) by every kernel module that reads p_data.
 # Mirrors kernels/numba/_probability.py (Numba specialises on the array dtype by itself).
 
@@ -22,4 +24,11 @@ cdef inline double row_total(const probability *data, int64_t lo, int64_t hi) no
         return 1.0
     for j in range(lo, hi):
         t = t + data[j]
+    return t
+
+
+cdef inline double folded_total(const probability *data, double t) noexcept nogil:
+    """t (the row's sum, accumulated by the gather) for float rows; 1.0 for double rows."""
+    if probability is double:
+        return 1.0
     return t

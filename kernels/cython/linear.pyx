@@ -33,20 +33,27 @@ cdef enum:
 
 
 cdef inline double row_sum(const int32_t *indices, const probability *data, const double *x,
-                           int64_t lo, int64_t hi) noexcept nogil:
+                           int64_t lo, int64_t hi, double *total) noexcept nogil:
     """Σ_{lo ≤ j < hi} data[j] x[indices[j]], summed in order, on raw pointers; unrolled
-    by four (GCC does not unroll at -O3; LLVM does for the Numba twin), the same sum."""
-    cdef double row = 0.0
+    by four (GCC does not unroll at -O3; LLVM does for the Numba twin), the same sum.
+    ``total``: the row's sum Σ data[j] in the same pass (_probability.pxi's folded_total)."""
+    cdef double row = 0.0, t = 0.0
     cdef int64_t j = lo
     while j + 4 <= hi:
         row = row + data[j] * x[indices[j]]
+        t = t + data[j]
         row = row + data[j + 1] * x[indices[j + 1]]
+        t = t + data[j + 1]
         row = row + data[j + 2] * x[indices[j + 2]]
+        t = t + data[j + 2]
         row = row + data[j + 3] * x[indices[j + 3]]
+        t = t + data[j + 3]
         j = j + 4
     while j < hi:
         row = row + data[j] * x[indices[j]]
+        t = t + data[j]
         j = j + 1
+    total[0] = folded_total(data, t)
     return row
 
 
@@ -73,7 +80,7 @@ def bellman_matvec(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
     """bellman_matvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out, n_threads)"""
     cdef Py_ssize_t n_states = out.shape[0], s
     cdef int64_t k, j, last = max(p_indices.shape[0], 1) - 1
-    cdef double acc, row
+    cdef double acc, row, t
     cdef bint fetch = n_states >= PREFETCH_STATES
     for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
         acc = 0.0
@@ -81,13 +88,16 @@ def bellman_matvec(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
             if pi[k] == 0.0:  # deterministic policies: one row per state
                 continue
             row = 0.0
+            t = 0.0  # the row's sum, in the same pass (folded_total)
             if fetch:
                 for j in range(p_indptr[k], p_indptr[k + 1]):
                     prefetch(&x[p_indices[min(j + AHEAD, last)]], 0, 3)
                     row = row + p_data[j] * x[p_indices[j]]
+                    t = t + p_data[j]
+                t = folded_total(&p_data[0], t)
             else:
-                row = row_sum(&p_indices[0], &p_data[0], &x[0], p_indptr[k], p_indptr[k + 1])
-            acc = acc + pi[k] * (row / row_total(&p_data[0], p_indptr[k], p_indptr[k + 1]))
+                row = row_sum(&p_indices[0], &p_data[0], &x[0], p_indptr[k], p_indptr[k + 1], &t)
+            acc = acc + pi[k] * (row / t)
         out[s] = x[s] - gamma * acc
 
 
@@ -132,17 +142,20 @@ def q_values(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
     """q_values(p_indptr, p_indices, p_data, r, gamma, v, out, n_threads)"""
     cdef Py_ssize_t n_pairs = out.shape[0], k
     cdef int64_t j, last = max(p_indices.shape[0], 1) - 1
-    cdef double row
+    cdef double row, t
     cdef bint fetch = v.shape[0] >= PREFETCH_STATES
     for k in prange(n_pairs, nogil=True, schedule="static", num_threads=n_threads):
         row = 0.0
+        t = 0.0  # the row's sum, in the same pass (folded_total)
         if fetch:
             for j in range(p_indptr[k], p_indptr[k + 1]):
                 prefetch(&v[p_indices[min(j + AHEAD, last)]], 0, 3)
                 row = row + p_data[j] * v[p_indices[j]]
+                t = t + p_data[j]
+            t = folded_total(&p_data[0], t)
         else:
-            row = row_sum(&p_indices[0], &p_data[0], &v[0], p_indptr[k], p_indptr[k + 1])
-        out[k] = r[k] + gamma * (row / row_total(&p_data[0], p_indptr[k], p_indptr[k + 1]))
+            row = row_sum(&p_indices[0], &p_data[0], &v[0], p_indptr[k], p_indptr[k + 1], &t)
+        out[k] = r[k] + gamma * (row / t)
 
 
 ctypedef fused gathered:  # x: float64, or float32 for corrections (half the bytes gathered)
@@ -193,7 +206,10 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                 p = pi[k]
                 if p == 0.0 and not do_rows:
                     continue
-                tot = row_total(&p_data[0], p_indptr[k], p_indptr[k + 1])
+                # the scatters need the row's sum first; the gather alone sums it as it goes
+                tot = 1.0
+                if both or not do_x:
+                    tot = row_total(&p_data[0], p_indptr[k], p_indptr[k + 1])
                 row = 0.0
                 if both:  # one read of the row and of each state's line serves both products
                     w = p * ys / tot
@@ -211,13 +227,17 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                             row = row + d * buf[c, i]
                             buf[c, i + 1] += w * d
                 elif do_x:
+                    tot = 0.0
                     if fetch:
                         for j in range(p_indptr[k], p_indptr[k + 1]):
                             prefetch(&x[p_indices[min(j + AHEAD, last)]], 0, 3)
                             row = row + p_data[j] * x[p_indices[j]]
+                            tot = tot + p_data[j]
                     else:
                         for j in range(p_indptr[k], p_indptr[k + 1]):
                             row = row + p_data[j] * x[p_indices[j]]
+                            tot = tot + p_data[j]
+                    tot = folded_total(&p_data[0], tot)
                 elif p != 0.0:
                     w = p * ys / tot
                     if fetch:

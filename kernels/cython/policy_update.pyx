@@ -125,7 +125,10 @@ def ppo_update(const int64_t[::1] a_indptr, const double[::1] pi_old, const doub
                double[::1] pi_out, int64_t[::1] clipped_out, double[::1] gsq_out,
                double[::1] kl_out, int n_threads):                              # OUT
     """ppo_update(a_indptr, pi_old, adv, weight, ref, code, alpha, tau, eps_low, eps_high,
-    beta, lr, n_steps, theta, pi_out, clipped_out, gsq_out, kl_out, n_threads)"""
+    beta, lr, n_steps, theta, pi_out, clipped_out, gsq_out, kl_out, n_threads)
+
+    pi_out may alias pi_old or adv: each block of states reads its pairs into local lanes
+    before it writes any of them back (store_lanes, once), and blocks own disjoint pairs."""
     cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, per_task = TASK_BLOCKS * LANES, c
     cdef Py_ssize_t n_tasks = (n_states + per_task - 1) // per_task
     cdef int failed = 0

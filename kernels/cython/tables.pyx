@@ -163,7 +163,9 @@ def advantages(const int64_t[::1] a_indptr, const double[::1] pi, const double[:
 def q_advantages(const int64_t[::1] a_indptr, const double[::1] pi, const double[::1] rows,
                  const double[::1] r, double scale,                       # IN
                  double[::1] q, double[::1] adv, int n_threads):          # OUT
-    """q_advantages(a_indptr, pi, rows, r, scale, q, adv, n_threads)"""
+    """q_advantages(a_indptr, pi, rows, r, scale, q, adv, n_threads)
+
+    q and adv may alias rows (and each other): each pair is read before it is written."""
     cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, s
     cdef int64_t k
     cdef double mean, qk

@@ -35,7 +35,7 @@ from numba import prange
 
 from ._jit import twins
 from ._prefetch import AHEAD, PREFETCH_STATES, prefetch_read, prefetch_write
-from ._probability import row_total
+from ._probability import folded_total, row_total
 
 
 def bellman_matvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out):
@@ -48,14 +48,17 @@ def bellman_matvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out):
             if pi[k] == 0.0:  # deterministic policies: one row per state
                 continue
             row = 0.0
+            t = 0.0  # the row's sum, in the same pass (folded_total)
             if fetch:
                 for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
                     prefetch_read(x, np.uint32(p_indices[min(j + ahead, last)]))
                     row += p_data[j] * x[np.uint32(p_indices[j])]
+                    t += np.float64(p_data[j])
             else:
                 for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
                     row += p_data[j] * x[np.uint32(p_indices[j])]
-            acc += pi[k] * (row / row_total(p_data, np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])))
+                    t += np.float64(p_data[j])
+            acc += pi[k] * (row / folded_total(p_data, t))
         out[s] = x[s] - gamma * acc
 
 
@@ -95,14 +98,17 @@ def q_values(p_indptr, p_indices, p_data, r, gamma, v, out):
     fetch = v.shape[0] >= PREFETCH_STATES
     for k in prange(n_pairs):
         row = 0.0
+        t = 0.0  # the row's sum, in the same pass (folded_total)
         if fetch:
             for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
                 prefetch_read(v, np.uint32(p_indices[min(j + ahead, last)]))
                 row += p_data[j] * v[np.uint32(p_indices[j])]
+                t += np.float64(p_data[j])
         else:
             for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
                 row += p_data[j] * v[np.uint32(p_indices[j])]
-        out[k] = r[k] + gamma * (row / row_total(p_data, np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])))
+                t += np.float64(p_data[j])
+        out[k] = r[k] + gamma * (row / folded_total(p_data, t))
 
 
 def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out_x, out_y,
@@ -136,7 +142,8 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
                     continue
                 j0 = np.uint64(p_indptr[k])
                 j1 = np.uint64(p_indptr[k + 1])
-                tot = row_total(p_data, j0, j1)
+                # the scatters need the row's sum first; the gather alone sums it as it goes
+                tot = row_total(p_data, j0, j1) if both or not do_x else 1.0
                 row = 0.0
                 if both:  # one read of the row and of each state's line serves both products
                     w = p * ys / tot
@@ -154,13 +161,17 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
                             row += d * z[i]
                             z[i + one] += w * d
                 elif do_x:
+                    t = 0.0
                     if fetch:
                         for j in range(j0, j1):
                             prefetch_read(x, np.uint32(p_indices[min(j + ahead, last)]))
                             row += p_data[j] * x[np.uint32(p_indices[j])]
+                            t += np.float64(p_data[j])
                     else:
                         for j in range(j0, j1):
                             row += p_data[j] * x[np.uint32(p_indices[j])]
+                            t += np.float64(p_data[j])
+                    tot = folded_total(p_data, t)
                 elif p != 0.0:
                     w = p * ys / tot
                     if fetch:

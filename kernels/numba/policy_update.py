@@ -122,6 +122,8 @@ def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out):
 
 def ppo_update(a_indptr, pi_old, adv, weight, ref, code, alpha, tau, eps_low, eps_high,
                beta, lr, n_steps, theta, pi_out, clipped_out, gsq_out, kl_out):
+    """pi_out may alias pi_old or adv: each block of states reads its pairs into local
+    lanes before it writes any of them back (once), and blocks own disjoint pairs."""
     n_states = a_indptr.shape[0] - 1
     per_task = TASK_BLOCKS * LANES
     for c in prange((n_states + per_task - 1) // per_task):

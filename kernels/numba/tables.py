@@ -123,6 +123,7 @@ def advantages(a_indptr, pi, q, out):
 
 
 def q_advantages(a_indptr, pi, rows, r, scale, q, adv):
+    """q and adv may alias rows (and each other): each pair is read before it is written."""
     for s in prange(a_indptr.shape[0] - 1):
         lo, hi = a_indptr[s], a_indptr[s + 1]
         mean = 0.0
