@@ -115,6 +115,8 @@ def breakdown(mdp, K, backend, n_threads, repeat):
         "one product": table["one product"][0],
         "batched product, K policies": table[f"batched product K={K}"][0],
         "batched product, one policy": lambda: prod_one(x, ax),
+        "P_π entries of one policy": lambda: _batched._Members(
+            mdp, one_pi, backend, n_threads).shared_rows(),
         "checks of K policies": lambda: _validation.policy_batch(mdp, pis),
         "checks of K rewards": lambda: _validation.reward_batch(mdp, R),
         "c_m of K policies": lambda: _batched._regularized_rewards(
@@ -152,7 +154,7 @@ def breakdown(mdp, K, backend, n_threads, repeat):
              + med["Q and A tables of K members"] + bp.n_passes * med["vector ops of one sweep"]),
             (f"K={K} rewards", med[f"K={K} rewards"], br.n_passes,
              med["batched product, one policy"],
-             med["checks of K rewards"] + med["c_m of one policy, K rewards"]
+             med["checks of K rewards"] + med["c_m of one policy, K rewards"] + med["P_π entries of one policy"]
              + med["Q and A tables of K members"] + br.n_passes * med["vector ops of one sweep"])):
         print(f"\n{label}: {total:.0f} ms = products {n_passes} × {product:.1f} = "
               f"{n_passes * product:.0f} ms ({n_passes * product / total:.0%})"
