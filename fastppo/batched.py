@@ -13,14 +13,21 @@ Inside, the K iterates are one (n_states, K) array, member m of state s at ``x[s
 transition rows once for all K members, and gathers one line per successor, where K
 separate calls read the rows K times. The policies (and reward vectors) stay the (K,
 n_pairs) rows the caller gave; a product takes the rows of the members still running.
+With one policy for all members (K reward vectors), its P_π entries π(a|s) p(s'|s, a)
+are computed once per call (kernel ``shared_weights``) and each forward product is
+``bellman_matvec_shared``: one weight and one gathered line per entry,
+no per-pair weighting. The (n_states, K) buffers and those entries are this thread's
+scratch, kept between calls (``release_scratch`` frees them): at the 50k garnet they are
+~50 MB, fresh pages at every call otherwise.
 
 The solve is the chain of ``fastppo._krylov.solve`` run for each member, in lockstep:
 extrapolated Richardson sweeps advance all members together, one batched product and two
 passes over the (n_states, K) arrays per sweep (kernels ``sweep_residual_batch``,
 ``sweep_update_batch``); each member keeps its own scale, residual, slow-sweep count and
-stopping decision, and is frozen (its iterate copied out, its column dropped from later
-products) the sweep it converges. Members whose sweeps stall (slow-mixing MDPs:
-gridworlds, local successors) continue with BiCGSTAB, also in lockstep: each member runs
+stopping decision, and is frozen (its iterate copied out) the sweep it converges; its
+column leaves the products at the next repack, which happens when it saves a block of
+SIMD lanes (at K = 8, seven members would cost three single-lane passes more). Members
+whose sweeps stall (slow-mixing MDPs: gridworlds, local successors) continue with BiCGSTAB, also in lockstep: each member runs
 ``fastppo._krylov.bicgstab_steps`` (the single solver's own iteration, a generator that
 asks for the products it needs), and each round serves all of them with one batched
 product. GMRES, the last resort, runs per member on the single-member product. The
@@ -28,9 +35,9 @@ regularized rewards of all members come from one kernel (``regularized_reward_ba
 a shared policy's divergence once, reverse KL's logs vectorised).
 
 Member m's iteration is its separate call's, not its bits: the batched products sum each
-member's terms in the same order but the Cython lanes fuse multiply-adds (FMA), the
-residual norms are summed in another order, and the divergence terms may differ by a few
-ulps. Its results equal the separate call's to ~1e-14 relative (tests/test_batched.py
+member's terms in the same order (with one policy, (π p)·x for π·(p·x): its P_π
+entries), but the Cython lanes fuse multiply-adds (FMA), the residual norms are summed
+in another order, and the divergence terms may differ by a few ulps. Its results equal the separate call's to ~1e-14 relative (tests/test_batched.py
 asserts 1e-12), its product count within one (a stopping decision can flip only for a
 residual within round-off of a threshold), on every backend.
 """
