@@ -37,9 +37,10 @@ a shared policy's divergence once, reverse KL's logs vectorised).
 Member m's iteration is its separate call's, not its bits: the batched products sum each
 member's terms in the same order (with one policy, (π p)·x for π·(p·x): its P_π
 entries), but the Cython lanes fuse multiply-adds (FMA), the residual norms are summed
-in another order, and the divergence terms may differ by a few ulps. Its results equal the separate call's to ~1e-14 relative (tests/test_batched.py
-asserts 1e-12), its product count within one (a stopping decision can flip only for a
-residual within round-off of a threshold), on every backend.
+in another order, and the divergence terms may differ by a few ulps. Its results equal
+the separate call's to ~1e-14 relative (tests/test_batched.py asserts 1e-12), its
+product count within one (a stopping decision can flip only for a residual within
+round-off of a threshold), on every backend.
 """
 import threading
 
