@@ -15,10 +15,10 @@ separate calls read the rows K times. The policies (and reward vectors) stay the
 n_pairs) rows the caller gave; a product takes the rows of the members still running.
 With one policy for all members (K reward vectors), its P_π entries π(a|s) p(s'|s, a)
 are computed once per call (kernel ``shared_weights``) and each forward product is
-``bellman_matvec_shared``: one weight and one gathered line per entry,
-no per-pair weighting. The (n_states, K) buffers and those entries are this thread's
-scratch, kept between calls (``release_scratch`` frees them): at the 50k garnet they are
-~50 MB, fresh pages at every call otherwise.
+``bellman_matvec_shared``: one weight and one gathered line per entry, no per-pair
+weighting. The (n_states, K) buffers and those entries are this thread's scratch, kept
+between calls (``release_scratch`` frees them): at the 50k garnet and K = 8 they are
+~55 MB, fresh pages at every call otherwise.
 
 The solve is the chain of ``fastppo._krylov.solve`` run for each member, in lockstep:
 extrapolated Richardson sweeps advance all members together, one batched product and two
@@ -27,8 +27,8 @@ passes over the (n_states, K) arrays per sweep (kernels ``sweep_residual_batch``
 stopping decision, and is frozen (its iterate copied out) the sweep it converges; its
 column leaves the products at the next repack, which happens when it saves a block of
 SIMD lanes (at K = 8, seven members would cost three single-lane passes more). Members
-whose sweeps stall (slow-mixing MDPs: gridworlds, local successors) continue with BiCGSTAB, also in lockstep: each member runs
-``fastppo._krylov.bicgstab_steps`` (the single solver's own iteration, a generator that
+whose sweeps stall (slow-mixing MDPs: gridworlds, local successors) continue with
+BiCGSTAB, also in lockstep: each member runs ``fastppo._krylov.bicgstab_steps`` (the single solver's own iteration, a generator that
 asks for the products it needs), and each round serves all of them with one batched
 product. GMRES, the last resort, runs per member on the single-member product. The
 regularized rewards of all members come from one kernel (``regularized_reward_batch``:
@@ -106,7 +106,7 @@ def _scratch(name, size, dtype=np.float64):
     """This thread's work array ``name`` of at least ``size`` entries (its first ``size``;
     contents undefined), kept for the thread's next call: a batched solve's (n, K) buffers
     and a shared policy's weights (as many as P's entries) would otherwise be fresh pages
-    at every call (a first touch of a page costs ~µs; 60 MB at the 50k garnet). Released
+    at every call (a first touch of a page costs ~µs; ~55 MB at the 50k garnet). Released
     by :func:`release_scratch`."""
     arrays = getattr(_thread_scratch, "arrays", None)
     if arrays is None:
@@ -235,9 +235,9 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
     The iterates are one (n, K') array of K' members (those still sweeping, and members
     frozen since the last repack: their columns are repacked away only when that saves a
     block of SIMD lanes in the products, ``_lane_blocks``; until then they ride along,
-    unread); each sweep is one
-    batched product and two passes over the (n, K') arrays (kernels
-    ``sweep_residual_batch``: r = b − A x and each member's Σ r², min r, max r;
+    their statistics ignored); each sweep is one batched product and two passes over the
+    (n, K') arrays (kernels ``sweep_residual_batch``: r = b − A x and each member's Σ r²,
+    min r, max r;
     ``sweep_update_batch``: x ← x + r + shift · mid-range(r)). Each member keeps its own
     scale, residual, slow-sweep count and stopping decision; its norms are summed in
     another order than its own call's (the decisions agree but for residuals within
@@ -306,8 +306,11 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
                                                       "richardson", stalled=n_matvec < max_iter)
             running = sum(results[m] is None for m in active)
             finished = running == 0 or _lane_blocks(running) < _lane_blocks(k)
-            # x ← x + r + shift · ½ (min r + max r), per member (as _krylov._Sweeps)
-            update_kernel(x, r, shift * (0.5 * (stats[1] + stats[2])), nt)
+            # x ← x + r + shift · ½ (min r + max r), per member (as _krylov._Sweeps); a
+            # frozen column riding along may overflow: its lane alone, unread
+            with np.errstate(over="ignore", invalid="ignore"):
+                offset = shift * (0.5 * (stats[1] + stats[2]))
+            update_kernel(x, r, offset, nt)
         for i, m in enumerate(active):
             current[m] = x[:, i]
 
