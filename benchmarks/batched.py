@@ -14,7 +14,8 @@ On the benchmark MDP (``benchmarks/benchmarks/common.py``: A = 10, b = 10, γ = 
   (r + 0.1·std(r)·z, z ~ N(0, 1) per pair);
 - ``K separate``: K calls of ``evaluate`` on the K policies;
 - ``visitation`` and ``visitation_batch`` of the K policies;
-- one product: ``bellman_matvec`` and ``bellman_matvec_batch`` on K columns.
+- one product: ``bellman_matvec``, ``bellman_matvec_batch`` on K columns (K policies) and
+  ``bellman_matvec_shared`` on K columns (one policy's P_π entries, ``shared_weights``).
 
 Every repeat runs all cases once, in an order rotated per repeat (the machine is shared:
 noise hits all cases alike); the table gives medians and the ratio of medians to ``one``
@@ -61,6 +62,10 @@ def cases(mdp, K, backend, n_threads):
     rows = policy_rows(mdp, pis[0])
     members = np.arange(K)
     mv, mvb = get_kernel("bellman_matvec", backend), get_kernel("bellman_matvec_batch", backend)
+    # (in this thread's scratch, which evaluate_batch of the same policy refills alike)
+    mvs, shared = (get_kernel("bellman_matvec_shared", backend),
+                   _batched._Members(mdp, pis[:1], backend, n_threads).shared_rows())
+    os_ = interleaved(S, K)
     a, pp, pj, pd = mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data
     return {
         "one evaluate": (lambda: fastppo.evaluate(mdp, pis[0], reg, **opts), "one evaluate"),
@@ -75,6 +80,7 @@ def cases(mdp, K, backend, n_threads):
         "one product": (lambda: mv(*rows, mdp.gamma, x1, o1, n_threads), "one product"),
         f"batched product K={K}": (lambda: mvb(a, pp, pj, pd, pis, members, mdp.gamma, xk, ok,
                                                n_threads), "one product"),
+        f"shared product K={K}": (lambda: mvs(*shared, mdp.gamma, xk, os_, n_threads), "one product"),
     }, (pis, R, reg, opts)
 
 
@@ -115,6 +121,8 @@ def breakdown(mdp, K, backend, n_threads, repeat):
         "one product": table["one product"][0],
         "batched product, K policies": table[f"batched product K={K}"][0],
         "batched product, one policy": lambda: prod_one(x, ax),
+        "P_π entries of one policy": lambda: _batched._Members(
+            mdp, one_pi, backend, n_threads).shared_rows(),
         "checks of K policies": lambda: _validation.policy_batch(mdp, pis),
         "checks of K rewards": lambda: _validation.reward_batch(mdp, R),
         "c_m of K policies": lambda: _batched._regularized_rewards(
@@ -152,7 +160,7 @@ def breakdown(mdp, K, backend, n_threads, repeat):
              + med["Q and A tables of K members"] + bp.n_passes * med["vector ops of one sweep"]),
             (f"K={K} rewards", med[f"K={K} rewards"], br.n_passes,
              med["batched product, one policy"],
-             med["checks of K rewards"] + med["c_m of one policy, K rewards"]
+             med["checks of K rewards"] + med["c_m of one policy, K rewards"] + med["P_π entries of one policy"]
              + med["Q and A tables of K members"] + br.n_passes * med["vector ops of one sweep"])):
         print(f"\n{label}: {total:.0f} ms = products {n_passes} × {product:.1f} = "
               f"{n_passes * product:.0f} ms ({n_passes * product / total:.0%})"

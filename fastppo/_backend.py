@@ -30,7 +30,8 @@ STEMS = {
     "assembled": ("merge_pattern", "assemble_values", "distinct_pairs_bound", "split_matvec",
                   "triangular_solve", "sgs_operator", "sgs_bicgstab"),
     "batched": ("bellman_matvec_batch", "bellman_rmatvec_batch", "q_values_batch",
-                "sweep_residual_batch", "sweep_update_batch", "regularized_reward_batch"),
+                "sweep_residual_batch", "sweep_update_batch", "regularized_reward_batch",
+                "shared_weights", "bellman_matvec_shared"),
 }
 
 _state = {"backend": None, "n_threads": None}  # process-wide: set_backend, set_num_threads

@@ -546,6 +546,20 @@ def bellman_matvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, members, gam
     out[:] = x - gamma * np.add.reduceat(pi[members].T * Px, a_indptr[:-1], axis=0)
 
 
+def shared_weights(p_indptr, p_data, pi, weights, n_threads=1):
+    """weights[j] = π(k) p_data[j] for each entry j of pair k's row (P_π's entries)."""
+    weights[:] = np.repeat(pi, np.diff(p_indptr)) * p_data[:p_indptr[-1]]
+
+
+def bellman_matvec_shared(row_indptr, p_indices, weights, gamma, x, out, n_threads=1):
+    """out[:, i] = x[:, i] − γ W x[:, i], W the (S, S) CSR (row_indptr, p_indices, weights)."""
+    n = x.shape[0]
+    end = row_indptr[-1]
+    # copies: scipy may sort a CSR's arrays in place, and p_indices are the MDP's
+    W = sp.csr_array((weights[:end].copy(), p_indices[:end].copy(), row_indptr.copy()), shape=(n, n))
+    out[:] = x - gamma * (W @ x)
+
+
 def bellman_rmatvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, members, gamma, x, out,
                           buf, n_threads=1):
     """out[:, i] = x[:, i] − γ P_{π_m}ᵀ x[:, i], m = members[i]."""

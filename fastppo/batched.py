@@ -13,27 +13,37 @@ Inside, the K iterates are one (n_states, K) array, member m of state s at ``x[s
 transition rows once for all K members, and gathers one line per successor, where K
 separate calls read the rows K times. The policies (and reward vectors) stay the (K,
 n_pairs) rows the caller gave; a product takes the rows of the members still running.
+With one policy for all members (K reward vectors), its P_π entries π(a|s) p(s'|s, a)
+are computed once per call (kernel ``shared_weights``) and each forward product is
+``bellman_matvec_shared``: one weight and one gathered line per entry, no per-pair
+weighting. The (n_states, K) buffers and those entries are this thread's scratch, kept
+between calls (``release_scratch`` frees them): at the 50k garnet and K = 8 they are
+~55 MB, fresh pages at every call otherwise.
 
 The solve is the chain of ``fastppo._krylov.solve`` run for each member, in lockstep:
 extrapolated Richardson sweeps advance all members together, one batched product and two
 passes over the (n_states, K) arrays per sweep (kernels ``sweep_residual_batch``,
 ``sweep_update_batch``); each member keeps its own scale, residual, slow-sweep count and
-stopping decision, and is frozen (its iterate copied out, its column dropped from later
-products) the sweep it converges. Members whose sweeps stall (slow-mixing MDPs:
-gridworlds, local successors) continue with BiCGSTAB, also in lockstep: each member runs
-``fastppo._krylov.bicgstab_steps`` (the single solver's own iteration, a generator that
+stopping decision, and is frozen (its iterate copied out) the sweep it converges; its
+column leaves the products at the next repack, which happens when it saves a block of
+SIMD lanes (at K = 8, seven members would cost three single-lane passes more). Members
+whose sweeps stall (slow-mixing MDPs: gridworlds, local successors) continue with
+BiCGSTAB, also in lockstep: each member runs ``fastppo._krylov.bicgstab_steps`` (the single solver's own iteration, a generator that
 asks for the products it needs), and each round serves all of them with one batched
 product. GMRES, the last resort, runs per member on the single-member product. The
 regularized rewards of all members come from one kernel (``regularized_reward_batch``:
 a shared policy's divergence once, reverse KL's logs vectorised).
 
 Member m's iteration is its separate call's, not its bits: the batched products sum each
-member's terms in the same order but the Cython lanes fuse multiply-adds (FMA), the
-residual norms are summed in another order, and the divergence terms may differ by a few
-ulps. Its results equal the separate call's to ~1e-14 relative (tests/test_batched.py
-asserts 1e-12), its product count within one (a stopping decision can flip only for a
-residual within round-off of a threshold), on every backend.
+member's terms in the same order (with one policy, (π p)·x for π·(p·x): its P_π
+entries), but the Cython lanes fuse multiply-adds (FMA), the residual norms are summed
+in another order, and the divergence terms may differ by a few ulps. Its results equal
+the separate call's to ~1e-14 relative (tests/test_batched.py asserts 1e-12), its
+product count within one (a stopping decision can flip only for a residual within
+round-off of a threshold), on every backend.
 """
+import threading
+
 import numpy as np
 
 from . import _krylov
@@ -76,9 +86,41 @@ class BatchEvaluation(Result):
 def interleaved(n, k):
     """Zeros of shape (n, k), C-contiguous, starting on a 64-byte boundary: at K = 8 a
     state's K entries are one cache line, which the products gather at once."""
-    buf = np.zeros(n * k + 8)
+    return _aligned(np.zeros(n * k + 8), n, k)
+
+
+def _aligned(buf, n, k):
     start = (-buf.ctypes.data % 64) // 8
     return buf[start:start + n * k].reshape(n, k)
+
+
+def _interleaved_scratch(name, n, k):
+    """As :func:`interleaved`, but this thread's scratch ``name`` (contents undefined)."""
+    return _aligned(_scratch(name, n * k + 8), n, k)
+
+
+_thread_scratch = threading.local()
+
+
+def _scratch(name, size, dtype=np.float64):
+    """This thread's work array ``name`` of at least ``size`` entries (its first ``size``;
+    contents undefined), kept for the thread's next call: a batched solve's (n, K) buffers
+    and a shared policy's weights (as many as P's entries) would otherwise be fresh pages
+    at every call (a first touch of a page costs ~µs; ~55 MB at the 50k garnet). Released
+    by :func:`release_scratch`."""
+    arrays = getattr(_thread_scratch, "arrays", None)
+    if arrays is None:
+        arrays = _thread_scratch.arrays = {}
+    buf = arrays.get(name)
+    if buf is None or buf.shape[0] < size or buf.dtype != dtype:
+        buf = arrays[name] = np.empty(size, dtype=dtype)
+    return buf[:size]
+
+
+def release_scratch():
+    """Free the calling thread's work arrays of :func:`evaluate_batch` and
+    :func:`visitation_batch` (they are kept between calls, to be reused)."""
+    _thread_scratch.arrays = {}
 
 
 def _columns(buf, k):
@@ -108,7 +150,10 @@ class _Members:
         self.rows = tuple(rows)
         self.weights = pis if kept.shape[0] == mdp.n_pairs else np.ascontiguousarray(pis[:, used])
         self.k = {name: get_kernel(name, backend) for name in (
-            "bellman_matvec_batch", "bellman_rmatvec_batch", "bellman_matvec", "bellman_rmatvec")}
+            "bellman_matvec_batch", "bellman_rmatvec_batch", "bellman_matvec", "bellman_rmatvec",
+            "shared_weights", "bellman_matvec_shared")}
+        self.shared = pis.shape[0] == 1  # one policy: P_π's entries once (shared_weights)
+        self._shared_rows = None
         self._last = (None, None)  # (key, product): the last subset's product
         self._matrices = {}  # member → its assembled I − γP_π (as the Evaluator's), on first use
 
@@ -125,8 +170,22 @@ class _Members:
             self._last = (key, self._batch_product(transposed, members))
         return self._last[1]
 
+    def shared_rows(self):
+        """(row_indptr, p_indices, weights): P_π of the shared policy as a CSR over states
+        (a state's entries π(a|s) p(s'|s, a), its pairs' rows one after another; kernel
+        ``shared_weights``), computed on first use into this thread's scratch."""
+        if self._shared_rows is None:
+            a_indptr, p_indptr, p_indices, p_data = self.rows
+            weights = _scratch("shared weights", p_indptr[-1])
+            self.k["shared_weights"](p_indptr, p_data, self.weights[0], weights, self.n_threads)
+            self._shared_rows = (p_indptr[a_indptr], p_indices, weights)
+        return self._shared_rows
+
     def _batch_product(self, transposed, members):
         rows, gamma, nt = self.rows_of(members), self.mdp.gamma, self.n_threads
+        if not transposed and self.shared:
+            kernel, shared = self.k["bellman_matvec_shared"], self.shared_rows()
+            return lambda x, out: kernel(*shared, gamma, x, out, nt)
         if not transposed:
             kernel = self.k["bellman_matvec_batch"]
             return lambda x, out: kernel(*self.rows, self.weights, rows, gamma, x, out, nt)
@@ -173,9 +232,12 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
     the same extrapolation, and a member whose sweeps end unconverged above its start's
     residual hands over its start).
 
-    The iterates are one (n, K') array of the K' members still sweeping; each sweep is one
-    batched product and two passes over the (n, K') arrays (kernels
-    ``sweep_residual_batch``: r = b − A x and each member's Σ r², min r, max r;
+    The iterates are one (n, K') array of K' members (those still sweeping, and members
+    frozen since the last repack: their columns are repacked away only when that saves a
+    block of SIMD lanes in the products, ``_lane_blocks``; until then they ride along,
+    their statistics ignored); each sweep is one batched product and two passes over the
+    (n, K') arrays (kernels ``sweep_residual_batch``: r = b − A x and each member's Σ r²,
+    min r, max r;
     ``sweep_update_batch``: x ← x + r + shift · mid-range(r)). Each member keeps its own
     scale, residual, slow-sweep count and stopping decision; its norms are summed in
     another order than its own call's (the decisions agree but for residuals within
@@ -199,7 +261,7 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
     nt = members.n_threads
     # buffers of K members, reused as the active members shrink; the iterates alternate
     # between two (a repack reads the columns of the other), the residual overwrites A x
-    spaces = [interleaved(n, K) for _ in range(4)]
+    spaces = [_interleaved_scratch(f"sweeps {i}", n, K) for i in range(4)]
     stats_space = np.empty(3 * K)
     while True:
         active = [m for m in range(K) if results[m] is None]
@@ -223,6 +285,8 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
             residual_kernel(b, r, stats, nt)
             norms = np.sqrt(stats[0])
             for i, m in enumerate(active):
+                if results[m] is not None:  # frozen, its column not yet repacked away
+                    continue
                 residual = norms[i] / bnorm[m]
                 if n_matvec == 1:
                     start_residual[m] = residual
@@ -240,11 +304,21 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
                         residual = start_residual[m]
                     results[m] = _krylov.LinearResult(end, n_matvec, residual, False,
                                                       "richardson", stalled=n_matvec < max_iter)
-            finished = any(results[m] is not None for m in active)
-            # x ← x + r + shift · ½ (min r + max r), per member (as _krylov._Sweeps)
-            update_kernel(x, r, shift * (0.5 * (stats[1] + stats[2])), nt)
+            running = sum(results[m] is None for m in active)
+            finished = running == 0 or _lane_blocks(running) < _lane_blocks(k)
+            # x ← x + r + shift · ½ (min r + max r), per member (as _krylov._Sweeps); a
+            # frozen column riding along may overflow: its lane alone, unread
+            with np.errstate(over="ignore", invalid="ignore"):
+                offset = shift * (0.5 * (stats[1] + stats[2]))
+            update_kernel(x, r, offset, nt)
         for i, m in enumerate(active):
             current[m] = x[:, i]
+
+
+def _lane_blocks(k):
+    """Blocks of SIMD lanes the batched products take for k members (8, 4, then 1 at a
+    time): the passes over a row's entries."""
+    return k // 8 + k % 8 // 4 + k % 4
 
 
 def _bicgstab_member(b, x0, stop, max_iter, max_restarts=5):
@@ -280,7 +354,7 @@ def _lockstep(members, transposed, B, starts, stop, max_iters):
         advance(m, None)
     n = B.shape[1]
     n_passes = 0
-    spaces = [interleaved(n, len(steps)) for _ in range(2)]  # reused by every round
+    spaces = [_interleaved_scratch(f"lockstep {i}", n, len(steps)) for i in range(2)]
     while pending:
         active = sorted(pending)
         x, out = (_columns(space, len(active)) for space in spaces)
@@ -443,7 +517,7 @@ def evaluate_batch(mdp, pi, reg=None, *, r=None, v0=None, tol=DEFAULT_TOL, max_i
         method=opts["method"], restart=opts["restart"])
     v = np.stack([res.x for res in results])
     # Q̃ = r + γ P Ṽ for all members in one pass; Ã per member
-    vt = interleaved(mdp.n_states, K)
+    vt = _interleaved_scratch("values", mdp.n_states, K)
     vt[:] = v.T
     r_rows, r_of = ((mdp.r[None], np.zeros(K, dtype=np.int64)) if rewards is None
                     else (rewards, np.arange(K, dtype=np.int64)))

@@ -10,6 +10,7 @@ import naive
 from conftest import random_mdp, random_policy
 from fastppo import _codes
 from fastppo._backend import STEMS, get_kernel
+from fastppo._evaluator import policy_rows
 
 REL = 1e-10
 COMPILED = ["numba", "cython"]
@@ -379,7 +380,15 @@ def _batched_calls(mdp, inp, n_threads, chunks):
     def out(*shape):
         return np.full(shape, np.nan)
 
+    # one policy's P_π entries on the state rows (row 1: with exact zeros)
+    weights = np.empty(pd.shape[0])
+    get_kernel("shared_weights", "numpy")(pp, pd, pis[1], weights, 1)
+
     return {
+        "shared_weights": [(f"pi{i}", lambda k, i=i: _run(k, out(pd.shape[0]), pp, pd, pis[i],
+                                                            n_threads=n_threads)) for i in (0, 1)],
+        "bellman_matvec_shared": [("", lambda k: _run(k, out(S, K), pp[a], pj, weights, g, x,
+                                                      n_threads=n_threads))],
         "bellman_matvec_batch": [(tag, lambda k, p=p: _run(k, out(S, K), a, pp, pj, pd, *p, g, x,
                                                            n_threads=n_threads))
                                  for tag, p in policies.items()],
@@ -449,6 +458,37 @@ def test_batched_kernels_equal_single_kernels(mdps):
             single = _run(get_kernel("q_values", which), np.empty(mdp.n_pairs), pp, pj, pd, r[m], g,
                           xm, n_threads=1)
             same(q[i], single, f"{which} q_values {i}")
+
+
+@pytest.mark.parametrize("which", ("numba", "cython", "numpy"))
+def test_shared_product_equals_single_products(mdps, which):
+    """``bellman_matvec_shared`` on ``shared_weights`` of one policy: each of K = 13
+    columns (a block of eight, one of four, one alone on Cython) is ``bellman_matvec`` of
+    that policy on it, and the dense x − γ P_π x, to 1e-13 (other sums' order), for a
+    policy of full support, one with exact zeros, and a deterministic one (compact rows,
+    ``policy_rows``)."""
+    for mdp in mdps:
+        inp = _kernel_inputs(mdp, np.random.default_rng(31))
+        S, g = mdp.n_states, mdp.gamma
+        x = np.random.default_rng(32).normal(size=(S, MEMBERS.shape[0]))
+        deterministic = np.zeros(mdp.n_pairs)
+        deterministic[mdp.a_indptr[:-1]] = 1.0
+        for pi in (inp["pi"], _zeroed(mdp, inp["pi"]), deterministic):
+            a, pp, pj, pd, w = policy_rows(mdp, pi)
+            weights = np.full(pp[-1], np.nan)
+            get_kernel("shared_weights", which)(pp, pd, w, weights, 1)
+            for j in range(pp.shape[0] - 1):  # loop reference: π(k) p_j
+                np.testing.assert_array_equal(weights[pp[j]:pp[j + 1]], w[j] * pd[pp[j]:pp[j + 1]])
+            out = np.full((S, MEMBERS.shape[0]), np.nan)
+            get_kernel("bellman_matvec_shared", which)(pp[a], pj, weights, g, x, out, 1)
+            P_pi = naive.P_pi(mdp, pi)
+            for i in range(x.shape[1]):
+                xi = np.ascontiguousarray(x[:, i])
+                single = _run(get_kernel("bellman_matvec", which), np.empty(S), a, pp, pj, pd, w, g,
+                              xi, n_threads=1)
+                for ref, what in ((single, "bellman_matvec"), (xi - g * P_pi @ xi, "dense")):
+                    err = naive.rel_err(out[:, i], ref)
+                    assert err <= 1e-13, f"{which} column {i} vs {what}: {err:.3g}"
 
 
 def test_batched_regularized_rewards_equal_member_kernels(mdps):

@@ -44,6 +44,8 @@ class BatchSuite(TimeSolve):
         tiny_pis, tiny_R = get_batch(family, TINY, K)
         warm(("batch", backend, family, K), lambda: (
             fastppo.evaluate_batch(tiny, tiny_pis, get_reg(), backend=backend, n_threads=1),
+            fastppo.evaluate_batch(tiny, tiny_pis[0], get_reg(), r=tiny_R, backend=backend,
+                                   n_threads=1),  # the shared product's kernels too
             fastppo.visitation_batch(tiny, tiny_pis, backend=backend, n_threads=1)))
 
     def time_evaluate_batch_policies(self, backend, n_states, family, K):

@@ -5,6 +5,10 @@
                            per-chunk buffers ``buf`` (n_chunks, n_states, K) reduced in a
                            fixed order
 ``q_values_batch``:        out[i, :] = r_m + γ P v[:, i],  m = members[i]
+``shared_weights``:        weights[j] = π(k) p_j for each entry j of pair k's row: the
+                           entries of P_π of one policy shared by all members
+``bellman_matvec_shared``: out[:, i] = x[:, i] − γ P_π x[:, i] for every column, P_π given
+                           by those weights on the state rows ``row_indptr``
 
 Vectors are (n_states, K) C-contiguous: the K entries of one successor share a cache
 line (64 bytes at K = 8), so a product reads P's rows once and gathers one line per
@@ -234,11 +238,82 @@ cdef extern from *:
             }
         }
     }
+
+    /* acc[u] = Σ_j w[j] x[idx[j] * K + u] over j in [lo, hi), u < width (8, 4 or 1), in two
+       chains (even and odd j) added at the end; x points at the block's first member.
+       ``clamp``: the prefetch index is clamped to ``last`` (rows near P's end). */
+    static inline __attribute__((always_inline)) void fp_shared_row_c(
+        const int clamp, int width, int64_t lo, int64_t hi, int64_t last, const int32_t *idx,
+        const double *w, const double *x, Py_ssize_t K, double *acc)
+    {
+        int64_t j = lo;
+        #define FP_PF(j) __builtin_prefetch(x + (Py_ssize_t)idx[clamp && (j) + FP_AHEAD > last ? last : (j) + FP_AHEAD] * K, 0, 3)
+        if (width == 8) {
+            fp_v4 a0 = {0.0, 0.0, 0.0, 0.0}, a1 = a0, b0 = a0, b1 = a0;
+            for (; j + 1 < hi; j += 2) {
+                const double *xa = x + (Py_ssize_t)idx[j] * K, *xb = x + (Py_ssize_t)idx[j + 1] * K;
+                fp_v4 pa = {w[j], w[j], w[j], w[j]}, pb = {w[j + 1], w[j + 1], w[j + 1], w[j + 1]};
+                FP_PF(j);
+                FP_PF(j + 1);
+                a0 = FP_FMA(pa, *(const fp_v4u *)xa, a0);
+                a1 = FP_FMA(pa, *(const fp_v4u *)(xa + 4), a1);
+                b0 = FP_FMA(pb, *(const fp_v4u *)xb, b0);
+                b1 = FP_FMA(pb, *(const fp_v4u *)(xb + 4), b1);
+            }
+            if (j < hi) {
+                const double *xa = x + (Py_ssize_t)idx[j] * K;
+                fp_v4 pa = {w[j], w[j], w[j], w[j]};
+                a0 = FP_FMA(pa, *(const fp_v4u *)xa, a0);
+                a1 = FP_FMA(pa, *(const fp_v4u *)(xa + 4), a1);
+            }
+            *(fp_v4u *)acc = a0 + b0;
+            *(fp_v4u *)(acc + 4) = a1 + b1;
+        } else if (width == 4) {
+            fp_v4 a0 = {0.0, 0.0, 0.0, 0.0}, b0 = a0;
+            for (; j + 1 < hi; j += 2) {
+                fp_v4 pa = {w[j], w[j], w[j], w[j]}, pb = {w[j + 1], w[j + 1], w[j + 1], w[j + 1]};
+                FP_PF(j);
+                FP_PF(j + 1);
+                a0 = FP_FMA(pa, *(const fp_v4u *)(x + (Py_ssize_t)idx[j] * K), a0);
+                b0 = FP_FMA(pb, *(const fp_v4u *)(x + (Py_ssize_t)idx[j + 1] * K), b0);
+            }
+            if (j < hi) {
+                fp_v4 pa = {w[j], w[j], w[j], w[j]};
+                a0 = FP_FMA(pa, *(const fp_v4u *)(x + (Py_ssize_t)idx[j] * K), a0);
+            }
+            *(fp_v4u *)acc = a0 + b0;
+        } else {
+            double a0 = 0.0, b0 = 0.0;
+            for (; j + 1 < hi; j += 2) {
+                FP_PF(j);
+                FP_PF(j + 1);
+                a0 = a0 + w[j] * x[(Py_ssize_t)idx[j] * K];
+                b0 = b0 + w[j + 1] * x[(Py_ssize_t)idx[j + 1] * K];
+            }
+            if (j < hi)
+                a0 = a0 + w[j] * x[(Py_ssize_t)idx[j] * K];
+            acc[0] = a0 + b0;
+        }
+        #undef FP_PF
+    }
+
+    /* fp_shared_row_c, the prefetch clamped only for rows that end near P's end */
+    static inline void fp_shared_row(int width, int64_t lo, int64_t hi, int64_t last,
+                                     const int32_t *idx, const double *w, const double *x,
+                                     Py_ssize_t K, double *acc)
+    {
+        if (hi + FP_AHEAD <= last)
+            fp_shared_row_c(0, width, lo, hi, last, idx, w, x, K, acc);
+        else
+            fp_shared_row_c(1, width, lo, hi, last, idx, w, x, K, acc);
+    }
     """
     void fp_matvec_block(int nv, const int64_t *a_indptr, const int64_t *p_indptr,
                          const int32_t *idx, const double *data, const double *const *w,
                          double gamma, const double *x, Py_ssize_t K, Py_ssize_t s,
                          int64_t last, double *out) nogil
+    void fp_shared_row(int width, int64_t lo, int64_t hi, int64_t last, const int32_t *idx,
+                       const double *w, const double *x, Py_ssize_t K, double *acc) nogil
     void fp_gather(int width, int64_t lo, int64_t hi, int64_t last, const int32_t *idx,
                    const double *data, const double *x, Py_ssize_t K, double *acc) nogil
     void fp_scatter(int width, int64_t lo, int64_t hi, int64_t last, const int32_t *idx,
@@ -303,6 +378,59 @@ def bellman_matvec_batch(const int64_t[::1] a_indptr, const int64_t[::1] p_indpt
         return
     for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
         _matvec_state(a_indptr, p_indptr, p_indices, p_data, pi, members, gamma, x, out, s, last)
+
+
+def shared_weights(const int64_t[::1] p_indptr, const double[::1] p_data,
+                   const double[::1] pi,                                          # IN
+                   double[::1] weights, int n_threads):                           # OUT
+    """shared_weights(p_indptr, p_data, pi, weights, n_threads)
+
+    weights[j] = π(k) · p_data[j] for every entry j of pair k's row: the entries of P_π,
+    in P's order (a state's rows one after another: state s's entries of P_π are
+    [p_indptr[a_indptr[s]], p_indptr[a_indptr[s + 1]]) ). Computed once per policy, they
+    serve every product of ``bellman_matvec_shared``.
+    Mirrors kernels/numba/batched.py.
+    """
+    cdef Py_ssize_t n_pairs = pi.shape[0], k
+    cdef int64_t j
+    for k in prange(n_pairs, nogil=True, schedule="static", num_threads=n_threads):
+        for j in range(p_indptr[k], p_indptr[k + 1]):
+            weights[j] = pi[k] * p_data[j]
+
+
+cdef inline void _shared_state(const int64_t[::1] row_indptr, const int32_t[::1] p_indices,
+                               const double[::1] weights, double gamma, const double[:, ::1] x,
+                               double[:, ::1] out, Py_ssize_t s, int64_t last) noexcept nogil:
+    cdef Py_ssize_t K = x.shape[1], m = 0, u, width
+    cdef double acc[8]
+    while m < K:
+        width = _width(K - m)
+        fp_shared_row(width, row_indptr[s], row_indptr[s + 1], last, &p_indices[0], &weights[0],
+                      &x[0, m], K, acc)
+        for u in range(width):
+            out[s, m + u] = x[s, m + u] - gamma * acc[u]
+        m += width
+
+
+def bellman_matvec_shared(const int64_t[::1] row_indptr, const int32_t[::1] p_indices,
+                          const double[::1] weights, double gamma,
+                          const double[:, ::1] x,                                 # IN
+                          double[:, ::1] out, int n_threads):                     # OUT
+    """bellman_matvec_shared(row_indptr, p_indices, weights, gamma, x, out, n_threads)
+
+    out[s, i] = x[s, i] − γ Σ_j weights[j] x[p_indices[j], i] over state s's entries
+    j ∈ [row_indptr[s], row_indptr[s + 1]), for every column i: the product of one policy
+    (``shared_weights``) with K vectors, each entry read once for all K. Each row's sum in
+    two chains (even and odd entries) added at the end, the lanes fused (FMA): equal to
+    ``bellman_matvec`` to round-off, not bit for bit.
+    Mirrors kernels/numba/batched.py.
+    """
+    cdef Py_ssize_t n_states = out.shape[0], s
+    cdef int64_t last = max(p_indices.shape[0], 1) - 1
+    if out.shape[1] == 0:
+        return
+    for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
+        _shared_state(row_indptr, p_indices, weights, gamma, x, out, s, last)
 
 
 cdef inline void _rmatvec_state(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,

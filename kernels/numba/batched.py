@@ -5,6 +5,10 @@
                            per-chunk buffers ``buf`` (n_chunks, n_states, K) reduced in a
                            fixed order (no atomics)
 ``q_values_batch``:        out[i, :] = r_m + γ P v[:, i]   (per pair),  m = members[i]
+``shared_weights``:        weights[j] = π(k) p_j for each entry j of pair k's row (P_π's
+                           entries, of one policy shared by all members)
+``bellman_matvec_shared``: out[:, i] = x[:, i] − γ P_π x[:, i] for every column, P_π given
+                           by those weights on the state rows ``row_indptr``
 
 Vectors are (n_states, K) C-contiguous: member i of state s is ``x[s, i]``, so the K
 members' entries of one successor share a cache line and each product reads the
@@ -85,6 +89,44 @@ def bellman_matvec_batch(a_indptr, p_indptr, p_indices, p_data, pi, members, gam
                     prefetch_read(xf, np.uint64(p_indices[min(j + ahead, last)]) * K + m)
                     row += p_data[j] * xf[np.uint64(p_indices[j]) * K + m]
                 acc += w * row
+            of[so + m] = xf[so + m] - gamma * acc
+
+
+def shared_weights(p_indptr, p_data, pi, weights):
+    for k in prange(pi.shape[0]):
+        w = pi[k]
+        for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+            weights[j] = w * p_data[j]
+
+
+def bellman_matvec_shared(row_indptr, p_indices, weights, gamma, x, out):
+    n_states, n_members = out.shape
+    K = np.uint64(n_members)
+    ahead, last = np.uint64(AHEAD), np.uint64(max(p_indices.shape[0], 1) - 1)
+    xf, of = x.reshape(x.size), out.reshape(out.size)
+    n_four = K // _4 * _4
+    for s in prange(n_states):
+        so = np.uint64(s) * K
+        lo, hi = np.uint64(row_indptr[s]), np.uint64(row_indptr[s + 1])
+        for m in range(np.uint64(0), n_four, _4):
+            a0 = a1 = a2 = a3 = 0.0
+            for j in range(lo, hi):
+                prefetch_read(xf, np.uint64(p_indices[min(j + ahead, last)]) * K + m)
+                wj = weights[j]
+                base = np.uint64(p_indices[j]) * K + m
+                a0 += wj * xf[base]
+                a1 += wj * xf[base + _1]
+                a2 += wj * xf[base + _2]
+                a3 += wj * xf[base + _3]
+            of[so + m] = xf[so + m] - gamma * a0
+            of[so + m + _1] = xf[so + m + _1] - gamma * a1
+            of[so + m + _2] = xf[so + m + _2] - gamma * a2
+            of[so + m + _3] = xf[so + m + _3] - gamma * a3
+        for m in range(n_four, K):
+            acc = 0.0
+            for j in range(lo, hi):
+                prefetch_read(xf, np.uint64(p_indices[min(j + ahead, last)]) * K + m)
+                acc += weights[j] * xf[np.uint64(p_indices[j]) * K + m]
             of[so + m] = xf[so + m] - gamma * acc
 
 
@@ -217,5 +259,5 @@ def regularized_reward_batch(a_indptr, r, r_of, pi, pi_of, ref, code, alpha, tau
 
 
 KERNELS = {**twins(bellman_matvec_batch, bellman_rmatvec_batch, q_values_batch,
-                 regularized_reward_batch),
+                 regularized_reward_batch, shared_weights, bellman_matvec_shared),
            **serial(sweep_residual_batch, sweep_update_batch)}
