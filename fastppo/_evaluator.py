@@ -273,13 +273,14 @@ class Evaluator:
         self._matrix = None
         mdp = self.mdp
         self._pairs = None
-        if previous is None and DIRECT_ASSEMBLY and mdp.n_pairs > 1:
+        # the assembled solvers never read the compact rows: no patch for them
+        if DIRECT_ASSEMBLY and (previous is None or self.method in ("sgs", "lu")):
             used = np.flatnonzero(pi)
             if used.shape[0] == mdp.n_states and used.shape[0] <= mdp.n_pairs // 2:
                 # deterministic (one pair per state): its compact rows are gathered on
-                # first use (products); the assembled solvers never read them
+                # first use (products), its I − γP_π assembled straight from P
                 self._pairs, self._compact, self._patch = used, True, patch
-                self._held_rows = None
+                self._held_rows, self._previous = None, None
                 return
         rows = policy_rows(mdp, pi, previous, self.backend, self.n_threads, in_place=True)
         self._hold(rows, patch)
