@@ -121,8 +121,9 @@ def policy_rows(mdp, pi, previous=None, backend=None, n_threads=1, in_place=Fals
     return a_indptr, p_indptr, indices, data, weights
 
 
-# a deterministic policy's I − γP_π is assembled straight from P (assemble_deterministic),
-# its rows gathered only if a product needs them
+# on the steps solved on the assembled matrix alone (method "sgs" / "lu"), a deterministic
+# policy whose rows cannot be patched has its I − γP_π assembled straight from P
+# (assemble_deterministic), its rows gathered only if a product needs them
 DIRECT_ASSEMBLY = True
 PATCH_SHARE = 0.25  # policy_rows patches the old rows when at most this share of states changed
 

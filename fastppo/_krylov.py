@@ -589,7 +589,7 @@ def sgs(system, x0, stop, max_iter, *, max_restarts=5):
     if x0 is not None:
         M.to_y(x, y)
 
-    checked = np.empty(n)  # the y whose x the last check computed
+    checked = np.full(n, np.nan)  # the y whose x the last check computed (none: NaN)
 
     def check(y):
         M.to_x(y, x)
