@@ -21,6 +21,15 @@ pinned to one thread:
   error is ≤ 1e-8, found by one untimed call per ε; ``--qe-pi``: also its policy
   iteration), max |v − v*| reported, v* the exact value of fastppo's optimal policy
   (evaluated at tol 1e-14);
+- with ``--others-max S`` (and ``--solve``): also mdpsolver's modified policy iteration and
+  pymdptoolbox's ``PolicyIterationModified`` (the ``peers`` extra) on MDPs of at most S
+  states, each at the largest tolerance / ε of ``--qe-eps`` within 1e-8 of v* as for
+  QuantEcon (pymdptoolbox only where every state has the same actions, and at most
+  ``--toolbox-max`` states: 28 s at 2,000 for 1e-8); reported beside,
+  not in the ratio (their set-up, Python lists or per-action matrices, is not timed);
+- with ``--before-after`` (and ``--solve``): also ``fastppo.solve`` with this round's
+  levers off (``_evaluator.DIRECT_ASSEMBLY``, ``_krylov.SKIP_CHECKED_SWEEP``), in the same
+  interleaved loop;
 - with ``--ppo N`` (target 4): ``N`` outer iterations of ``PPOClip.step()`` (forward KL
   τ = 0.1, ε = 0.2, K = 10, from the uniform policy) and of the speed issue's
   straightforward scipy/NumPy baseline (``benchmarks/baseline_ppo.py``) in turn, medians of
@@ -33,6 +42,7 @@ floor). Ratios > 1: fastppo faster.
 import argparse
 import functools
 import time
+import types
 
 import numpy as np
 import scipy.sparse as sp
@@ -115,7 +125,72 @@ def tuned_epsilon(solve_qe, v_star, grid):
     return eps, err
 
 
-def solve_section(mdp, repeat, qe_pi, qe_vi=False, eps_grid=(1e-8,)):
+LEVERS = (("fastppo._evaluator", "DIRECT_ASSEMBLY"), ("fastppo._krylov", "SKIP_CHECKED_SWEEP"))
+
+
+def levers_off(f):
+    """``f`` run with this round's levers of ``solve`` switched off (the code before them)."""
+    import importlib
+
+    def run():
+        modules = [importlib.import_module(m) for m, _ in LEVERS]
+        saved = [getattr(m, name) for m, (_, name) in zip(modules, LEVERS)]
+        for m, (_, name) in zip(modules, LEVERS):
+            setattr(m, name, False)
+        try:
+            return f()
+        finally:
+            for m, (_, name), value in zip(modules, LEVERS, saved):
+                setattr(m, name, value)
+    return run
+
+
+def other_peers(mdp, v_star, eps_grid, toolbox_max):
+    """mdpsolver's MPI and pymdptoolbox's PolicyIterationModified, each at its tuned
+    tolerance (:func:`tuned_epsilon`); set-up untimed. {name: callable returning v}."""
+    out = {}
+    S, a = mdp.n_states, mdp.a_indptr
+    try:
+        import mdpsolver
+    except ImportError:
+        mdpsolver = None
+    if mdpsolver is not None:
+        rows = [(mdp.p_indptr[k], mdp.p_indptr[k + 1]) for k in range(mdp.n_pairs)]
+        probs = [[mdp.p_data[lo:hi].tolist() for lo, hi in rows[a[s]:a[s + 1]]] for s in range(S)]
+        cols = [[mdp.p_indices[lo:hi].tolist() for lo, hi in rows[a[s]:a[s + 1]]] for s in range(S)]
+        rewards = [mdp.r[a[s]:a[s + 1]].tolist() for s in range(S)]
+        model = mdpsolver.model()
+        model.mdp(discount=mdp.gamma, rewards=rewards, tranMatProbs=probs, tranMatColumns=cols)
+
+        def run_mdpsolver(eps):
+            model.solve(algorithm="mpi", tolerance=eps, verbose=False)
+            return types.SimpleNamespace(v=np.asarray(model.getValueVector()))
+
+        eps, _ = tuned_epsilon(run_mdpsolver, v_star, eps_grid)
+        out[f"mdpsolver mpi tol{eps:.0e}"] = functools.partial(run_mdpsolver, eps)
+    try:
+        import mdptoolbox.mdp
+    except ImportError:
+        mdptoolbox = None
+    counts = np.diff(a)
+    if mdptoolbox is not None and (counts == counts[0]).all() and S <= toolbox_max:
+        A = int(counts[0])
+        Q = sp.csr_matrix((mdp.p_data, mdp.p_indices, mdp.p_indptr), shape=(mdp.n_pairs, S))
+        Ps, R = [sp.csr_matrix(Q[k::A]) for k in range(A)], np.asarray(mdp.r).reshape(S, A)
+
+        def run_toolbox(eps):
+            m = mdptoolbox.mdp.PolicyIterationModified(Ps, R, mdp.gamma, epsilon=eps,
+                                                       max_iter=100_000)
+            m.run()
+            return types.SimpleNamespace(v=np.asarray(m.V))
+
+        eps, _ = tuned_epsilon(run_toolbox, v_star, eps_grid)
+        out[f"pymdptoolbox pim eps{eps:.0e}"] = functools.partial(run_toolbox, eps)
+    return out
+
+
+def solve_section(mdp, repeat, qe_pi, qe_vi=False, eps_grid=(1e-8,), others=(False, 0),
+                  before_after=False):
     import quantecon as qe
 
     Q = sp.csr_matrix((mdp.p_data, mdp.p_indices, mdp.p_indptr), shape=(mdp.n_pairs, mdp.n_states))
@@ -128,6 +203,8 @@ def solve_section(mdp, repeat, qe_pi, qe_vi=False, eps_grid=(1e-8,)):
     if qe_vi:  # one product per sweep, ~2,500 sweeps at gamma = 0.99 for 1e-8
         methods["vi"] = "value_iteration"
     contenders = {"fastppo.solve": ours}
+    if before_after:
+        contenders["fastppo.solve (before)"] = levers_off(ours)
     for short, method in methods.items():  # ε tuned per method: the largest within QE_TOL
         def run(eps, method=method):
             return ddp.solve(method=method, epsilon=eps, max_iter=100_000)
@@ -135,6 +212,8 @@ def solve_section(mdp, repeat, qe_pi, qe_vi=False, eps_grid=(1e-8,)):
         contenders[f"qe {short} eps{eps:.0e}"] = functools.partial(run, eps)
     if qe_pi:  # SuperLU per iteration: minutes on the unstructured families
         contenders["qe pi"] = lambda: ddp.solve(method="policy_iteration", max_iter=100_000)
+    if others[0]:
+        contenders.update(other_peers(mdp, v_star, eps_grid, others[1]))
     med, out = interleaved(contenders, repeat)
     err = {k: np.abs(r.v - v_star).max() for k, r in out.items()}
     return med, err
@@ -172,6 +251,14 @@ def main(argv=None):
                    default=[1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2],
                    help="ε grid of QuantEcon's vi / mpi: each runs at the largest ε whose "
                         "max error is <= 1e-8 (default: %(default)s)")
+    p.add_argument("--others-max", type=int, default=0, metavar="S",
+                   help="with --solve: also mdpsolver and pymdptoolbox on MDPs of at most S "
+                        "states (reported beside QuantEcon, not in the ratio)")
+    p.add_argument("--toolbox-max", type=int, default=2000, metavar="S",
+                   help="pymdptoolbox only up to S states (its PolicyIterationModified took "
+                        "~28 s at 2,000 states for 1e-8)")
+    p.add_argument("--before-after", action="store_true",
+                   help="with --solve: also fastppo.solve with this round's levers off")
     p.add_argument("--ppo", type=int, default=0, metavar="N",
                    help="also N PPO-Clip iterations against the straightforward baseline")
     p.add_argument("--linear", action=argparse.BooleanOptionalAction, default=True,
@@ -194,13 +281,17 @@ def main(argv=None):
                       f"vs bicgstab {med['bicgstab'] / med['fastppo']:.2f}x, vs spsolve "
                       f"{med['spsolve'] / med['fastppo']:.2f}x", flush=True)
             if a.solve:
-                med, err = solve_section(mdp, a.repeat, a.qe_pi, a.qe_vi, a.qe_eps)
+                med, err = solve_section(mdp, a.repeat, a.qe_pi, a.qe_vi, a.qe_eps,
+                                         (mdp.n_states <= a.others_max, a.toolbox_max),
+                                         a.before_after)
                 # QuantEcon's fastest among its methods within 1e-8 of v* (the target's rule)
-                best = min((v for k, v in med.items() if k != "fastppo.solve" and err[k] <= QE_TOL),
+                best = min((v for k, v in med.items() if k.startswith("qe") and err[k] <= QE_TOL),
                            default=np.nan)
                 print("  solve      " + " | ".join(f"{k} {1e3 * v:.1f} ms (err {err[k]:.1e})"
                                                    for k, v in med.items())
-                      + f" | ratio vs QuantEcon's fastest {best / med['fastppo.solve']:.2f}x",
+                      + f" | ratio vs QuantEcon's fastest {best / med['fastppo.solve']:.2f}x"
+                      + ("" if "fastppo.solve (before)" not in med else
+                         f" (before: {best / med['fastppo.solve (before)']:.2f}x)"),
                       flush=True)
             if a.ppo:
                 med, diff = ppo_section(mdp, a.ppo)

@@ -33,7 +33,8 @@ FILL_CAP = 20.0  # LU: at most this many times the entries of A in L + U
 # entries, idle machine)
 BAND_FLOPS_PER_ENTRY = 19.0
 
-KERNELS = ("merge_pattern", "assemble_values", "distinct_pairs_bound", "split_matvec",
+KERNELS = ("merge_pattern", "assemble_values", "assemble_deterministic", "distinct_pairs_bound",
+           "split_matvec",
            "triangular_solve", "sgs_operator", "sgs_bicgstab")
 
 
@@ -47,15 +48,21 @@ class AssembledMatrix:
     Parameters
     ----------
     mdp : MDP
-    rows : tuple
+    rows : tuple or None
         ``(a_indptr, p_indptr, p_indices, p_data, pi)`` of the pairs the policy uses (as
         the evaluator holds them: all pairs, or the compact rows of a sparse policy).
+        None with ``pairs``.
     backend : str
         Resolved backend name (the kernels are serial at any thread count).
     workspace : dict, optional
         Scratch kept by the owner across policies (an evaluator's): the band LU reuses its
         buffer (hundreds of MB on the local garnet at 50k, where mapping fresh pages cost
         more than the factorisation), which invalidates the previous matrix's factor.
+    pairs : tuple, optional
+        ``(pairs, pi)`` of a deterministic policy: state s's only pair ``pairs[s]``
+        (int64, n_states), π flat (n_pairs,). A is then assembled straight from P's rows
+        in one pass (``assemble_deterministic``: the same matrix, bit for bit, as from
+        the policy's gathered rows, without the gather).
 
     Attributes
     ----------
@@ -63,8 +70,7 @@ class AssembledMatrix:
         Stored off-diagonal entries (plus ``n_states`` diagonal ones).
     """
 
-    def __init__(self, mdp, rows, backend, workspace=None):
-        a_indptr, p_indptr, p_indices, p_data, pi = rows
+    def __init__(self, mdp, rows, backend, workspace=None, pairs=None):
         self._workspace = workspace
         n = mdp.n_states
         self._k = {name: get_kernel(name, backend) for name in KERNELS}
@@ -73,6 +79,13 @@ class AssembledMatrix:
         # policy's pattern is a subset of it); cached with that pattern
         self._shared = T.pattern_cache(backend)
         self._all_pairs = lambda: T.merged_pattern(mdp.a_indptr, backend)
+        self.n_states = n
+        self._lu = None
+        self.fill = None  # (entries the factorisation stores) / (entries of A), once factorised
+        if pairs is not None:
+            self._assemble_deterministic(mdp, *pairs)
+            return
+        a_indptr, p_indptr, p_indices, p_data, pi = rows
         if p_indptr is T.p_indptr:
             self.indptr, self.mid, self.indices, pos, self.nnz = T.merged_pattern(a_indptr, backend)
             self._cache = self._shared  # the permuted structure depends on the pattern alone
@@ -88,10 +101,21 @@ class AssembledMatrix:
         self._k["assemble_values"](a_indptr, p_indptr, p_data, pos, pi, mdp.gamma, self.data,
                                    self.diag, 1)
         self.dinv = 1.0 / self.diag  # A is strictly diagonally dominant: diag ≥ 1 − γ > 0
-        self.n_states = n
         self._parts = self.indptr, self.mid, self.indices, self.data
-        self._lu = None
-        self.fill = None  # (entries the factorisation stores) / (entries of A), once factorised
+
+    def _assemble_deterministic(self, mdp, pairs, pi):
+        T, n = mdp._transitions, mdp.n_states
+        self._cache = {}
+        size = int(T.row_lengths[pairs].sum())  # the policy's entries: a bound on nnz
+        self.indptr, self.mid = np.empty(n + 1, dtype=np.int64), np.empty(n, dtype=np.int64)
+        indices, data = np.empty(size, dtype=np.int32), np.empty(size + n)
+        self.diag = np.empty(n)
+        self.nnz = int(self._k["assemble_deterministic"](
+            T.p_indptr, T.p_indices, T.p_data, pairs, pi, mdp.gamma, self.indptr, self.mid,
+            indices, data, self.diag, np.empty(n, dtype=np.int64), 1))
+        self.indices, self.data = indices[:self.nnz], data[:self.nnz + n]
+        self.dinv = 1.0 / self.diag
+        self._parts = self.indptr, self.mid, self.indices, self.data
 
     @property
     def envelope(self):

@@ -121,6 +121,10 @@ def policy_rows(mdp, pi, previous=None, backend=None, n_threads=1, in_place=Fals
     return a_indptr, p_indptr, indices, data, weights
 
 
+# on the steps solved on the assembled matrix alone (method "sgs" / "lu"), a deterministic
+# policy whose rows cannot be patched has its I − γP_π assembled straight from P
+# (assemble_deterministic), its rows gathered only if a product needs them
+DIRECT_ASSEMBLY = True
 PATCH_SHARE = 0.25  # policy_rows patches the old rows when at most this share of states changed
 
 
@@ -235,7 +239,8 @@ class Evaluator:
             "greedy_policy", "segment_softmax")}
         self._k = k
         self.pi = None
-        self._rows = None
+        self._held_rows = None
+        self._pairs, self._patch = None, False
         self._compact = False
         self._previous = None  # (π, its compact rows) for load(patch=True)
         self._scratch = None  # scatter buffers of the transposed product, on first use
@@ -265,17 +270,50 @@ class Evaluator:
         caller leaves it unchanged until the next ``load``."""
         previous = self._previous if patch and self._compact else None
         self.pi = pi
-        rows = policy_rows(self.mdp, pi, previous, self.backend, self.n_threads, in_place=True)
-        self._compact = rows[0] is not self.mdp.a_indptr
-        self._previous = (pi, rows[:5]) if patch and self._compact else None
-        self._rows = (*rows, self.mdp.gamma)
         self._rows_fresh = False
         self._matrix = None
+        mdp = self.mdp
+        self._pairs = None
+        if DIRECT_ASSEMBLY and self.method in ("sgs", "lu"):
+            used = np.flatnonzero(pi)
+            if used.shape[0] == mdp.n_states and used.shape[0] <= mdp.n_pairs // 2:
+                # deterministic (one pair per state), solved on the assembled matrix
+                # alone. A patch of the last rows re-reads only the changed states' rows
+                # of P (their scattered reads cost ~10x the merge of the compact rows:
+                # local garnet, 10k); without one (rows of other lengths: the pendulum),
+                # the rows are gathered only if a product needs them, and I − γP_π is
+                # assembled straight from P
+                rows = None if previous is None else _patched_rows(
+                    mdp, pi, *previous, deterministic=True, in_place=True)
+                if rows is not None:
+                    self._hold(rows, patch)
+                    return
+                self._pairs, self._compact, self._patch = used, True, patch
+                self._held_rows, self._previous = None, None
+                return
+        rows = policy_rows(mdp, pi, previous, self.backend, self.n_threads, in_place=True)
+        self._hold(rows, patch)
+
+    def _hold(self, rows, patch):
+        self._compact = rows[0] is not self.mdp.a_indptr
+        self._previous = (self.pi, rows[:5]) if patch and self._compact else None
+        self._held_rows = (*rows, self.mdp.gamma)
+
+    @property
+    def _rows(self):
+        """The kernel arrays of the loaded policy's pairs (:func:`policy_rows`) and γ."""
+        if self._held_rows is None:  # a deterministic policy's rows, on first use
+            self._hold(policy_rows(self.mdp, self.pi, None, self.backend, self.n_threads),
+                       self._patch)
+        return self._held_rows
 
     def assembled(self, transpose=False):
         """The loaded policy's I − γP_π (or its transpose), assembled on first use and
         shared by both systems (a ``fastppo._assembled.SplitView``)."""
-        if self._matrix is None:
+        if self._matrix is None and self._held_rows is None:  # straight from P
+            self._matrix = AssembledMatrix(self.mdp, None, self.backend, self._workspace,
+                                           pairs=(self._pairs, self.pi))
+        elif self._matrix is None:
             self._matrix = AssembledMatrix(self.mdp, self._rows[:5], self.backend,
                                            self._workspace)
         return self._matrix.view(transpose, self.omega)

@@ -417,6 +417,24 @@ def assemble_values(a_indptr, p_indptr, p_data, pos, pi, gamma, data, diag, n_th
     diag[:] = 1.0 - gamma * total[nnz:]
 
 
+def assemble_deterministic(p_indptr, p_indices, p_data, pairs, pi, gamma, indptr, mid, indices,
+                           data, diag, mark, n_threads=1):
+    """``merge_pattern`` and ``assemble_values`` on the rows of a deterministic policy
+    (state s's only pair ``pairs[s]``, π of it in ``pi``), gathered first; off-diagonal
+    values in data[:nnz]. Returns nnz."""
+    n = mark.shape[0]
+    lengths = p_indptr[pairs + 1] - p_indptr[pairs]
+    rows_indptr = np.concatenate([[0], np.cumsum(lengths)])
+    src = np.repeat(p_indptr[pairs] - rows_indptr[:-1], lengths) + np.arange(rows_indptr[-1])
+    states = np.arange(n + 1, dtype=np.int64)
+    pos = np.empty(src.shape[0], dtype=np.int64)
+    nnz = merge_pattern(states, rows_indptr, p_indices[src], indptr, mid, indices, pos, mark)
+    values = np.empty(nnz + n)
+    assemble_values(states, rows_indptr, p_data[src], pos, pi[pairs], gamma, values, diag)
+    data[:nnz] = values[:nnz]
+    return nnz
+
+
 def distinct_pairs_bound(indptr, indices, bits, shift, n_threads=1):
     """A lower bound on the edges {i, j} of the undirected graph of the off-diagonal
     pattern (``indptr``, ``indices``; columns distinct in each row): the entries with

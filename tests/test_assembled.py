@@ -63,6 +63,72 @@ def test_assembled_matrix_is_the_dense_one(backend, sparse_policy):
     assert M.nnz < mdp.p_indices.size  # merged: fewer entries than the transitions
 
 
+def deterministic_policy(mdp, seed):
+    """A deterministic policy, flat, and the pair of each state."""
+    counts = np.diff(mdp.a_indptr)
+    pairs = mdp.a_indptr[:-1] + np.random.default_rng(seed).integers(0, counts)
+    pi = np.zeros(mdp.n_pairs)
+    pi[pairs] = 1.0
+    return pi, pairs.astype(np.int64)
+
+
+@pytest.mark.parametrize("name", ["local", "pendulum", "float32"])
+def test_deterministic_assembly_is_the_dense_one(backend, name):
+    """``assemble_deterministic`` (straight from P) against the dense I − γP_π (naive
+    loops), and bit for bit the matrix assembled from the policy's gathered rows: the
+    same layout and sums. Self-loops on the diagonal; rows of different
+    lengths per action (pendulum); float32 rows normalised by their sums."""
+    mdp = {"local": fastppo.garnet(70, 4, 6, gamma=0.95, seed=3, locality=3),
+           "pendulum": fastppo.pendulum(12, 10, 3, gamma=0.99),
+           "float32": fastppo.garnet(50, 3, 5, gamma=0.9, seed=4, locality=3,
+                                     dtype=np.float32)}[name]
+    pi, pairs = deterministic_policy(mdp, 7)
+    direct = AssembledMatrix(mdp, None, backend, pairs=(pairs, pi))
+    gathered = AssembledMatrix(mdp, policy_rows(mdp, pi, backend=backend), backend)
+    expected = np.eye(mdp.n_states)  # explicit loops over each state's row of P
+    for s, k in enumerate(pairs):
+        row = slice(mdp.p_indptr[k], mdp.p_indptr[k + 1])
+        probs = mdp.p_data[row].astype(np.float64)
+        for c, p in zip(mdp.p_indices[row], probs / probs.sum()):
+            expected[s, c] -= mdp.gamma * p
+    np.testing.assert_allclose(direct.csr().toarray(), expected, rtol=0, atol=1e-15)
+    if name != "float32":
+        np.testing.assert_allclose(expected, dense_A(mdp, pi), rtol=0, atol=1e-15)
+    assert direct.nnz == gathered.nnz < mdp.p_indices.size
+    for part in ("indptr", "mid", "indices", "diag", "dinv"):
+        np.testing.assert_array_equal(getattr(direct, part), getattr(gathered, part))
+    np.testing.assert_array_equal(direct.data[:direct.nnz], gathered.data[:gathered.nnz])
+
+
+def test_deterministic_assembly_agrees_across_backends():
+    mdp = fastppo.queue2d(capacity=(9, 8), gamma=0.99)
+    pi, pairs = deterministic_policy(mdp, 2)
+    dense = [AssembledMatrix(mdp, None, b, pairs=(pairs, pi)).csr().toarray()
+             for b in ("numba", "cython", "numpy")]
+    for other in dense[1:]:
+        np.testing.assert_array_equal(other, dense[0])
+
+
+@pytest.mark.parametrize("method", ["sgs", "lu"])
+def test_evaluator_assembles_a_deterministic_policy_from_p(backend, method, monkeypatch):
+    """The evaluator's direct assembly gives the values of the gathered rows' assembly,
+    bit for bit, and gathers the rows only when a product needs them."""
+    import fastppo._evaluator as ev_module
+
+    mdp = fastppo.pendulum(12, 10, 3, gamma=0.99)
+    pi, _ = deterministic_policy(mdp, 3)
+    values = {}
+    for direct in (True, False):
+        monkeypatch.setattr(ev_module, "DIRECT_ASSEMBLY", direct)
+        E = Evaluator(mdp, None, backend, 1, method=method)
+        E.load(pi)
+        assert (E._held_rows is None) == direct
+        values[direct] = E.evaluation(tol=1e-12).v
+    np.testing.assert_array_equal(values[True], values[False])
+    v_star = np.linalg.solve(dense_A(mdp, pi), naive.r_pi(mdp, pi))
+    np.testing.assert_allclose(values[True], v_star, rtol=1e-10)
+
+
 @pytest.mark.parametrize("transpose", [0, 1])
 @pytest.mark.parametrize("omega", [1.0, 1.3])
 def test_split_view_kernels_against_dense_triangular_solves(backend, transpose, omega):

@@ -315,8 +315,23 @@ def _assembled_calls(mdp, inp, n_threads):
     def out(n=S):
         return np.full(n, np.nan)
 
+    pairs = (a[:-1] + np.arange(S) % np.diff(a)).astype(np.int64)  # a deterministic policy
+    pi_det = np.zeros(mdp.n_pairs)
+    pi_det[pairs] = 1.0
+
+    def deterministic(k):  # the matrix, dense (the layout within a row may differ)
+        indptr, mid = np.empty(S + 1, np.int64), np.empty(S, np.int64)
+        indices, data, diag = np.empty(L, np.int32), np.full(L, np.nan), np.full(S, np.nan)
+        nnz = int(k(pp, pj, pd, pairs, pi_det, mdp.gamma, indptr, mid, indices, data, diag,
+                    np.empty(S, np.int64), n_threads))
+        dense = np.diag(diag)
+        rows = np.repeat(np.arange(S), np.diff(indptr))
+        dense[rows, indices[:nnz]] = data[:nnz]
+        return np.concatenate([dense.ravel(), indptr, mid - indptr[:-1]]).astype(np.float64)
+
     calls = {
         "merge_pattern": [("", pattern)],
+        "assemble_deterministic": [("", deterministic)],
         "assemble_values": [("", lambda k: _outputs(k, (a, pp, pd, pos, inp["pi"], mdp.gamma),
                                                     [out(nnz + S), out()], n_threads))],
         "split_matvec": [], "triangular_solve": [], "sgs_operator": [], "sgs_bicgstab": [],

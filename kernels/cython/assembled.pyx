@@ -4,6 +4,8 @@
                       [indptr[i], mid[i]), j > i after; ``pos``: the slot of each entry of
                       P (``nnz + s`` for the diagonal of state s); returns nnz
 ``assemble_values``:  ``data`` (nnz + n_states,) = −γ Σ π P per slot, ``diag`` = 1 − γ (P_π)_ss
+``assemble_deterministic``: both at once for a deterministic policy (state s's pair
+                      ``pairs[s]``), straight from P, bit for bit the same; returns nnz
 ``distinct_pairs_bound``: a lower bound on the undirected edges of the pattern (``indptr``,
                       ``indices``): entries i < j, plus j < i whose mirror is surely absent
                       from a one-hash Bloom filter ``bits`` (2^(64 − ``shift``) bits, scratch)
@@ -91,6 +93,64 @@ def assemble_values(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
             data[j] = -gamma * data[j]
         for s in range(n_states):
             diag[s] = 1.0 - gamma * data[nnz + s]
+
+
+def assemble_deterministic(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
+                           const probability[::1] p_data, const int64_t[::1] pairs,
+                           const double[::1] pi, double gamma,                     # IN
+                           int64_t[::1] indptr, int64_t[::1] mid, int32_t[::1] indices,
+                           double[::1] data, double[::1] diag, int64_t[::1] mark,
+                           int n_threads):                                         # OUT
+    """assemble_deterministic(p_indptr, p_indices, p_data, pairs, pi, gamma, indptr, mid,
+    indices, data, diag, mark, n_threads) -> nnz"""
+    cdef Py_ssize_t n_states = mark.shape[0], s
+    cdef int64_t nnz = 0, start, j, c, lo, hi, t, k, first, last
+    cdef int32_t ci
+    cdef double w, self_loop
+    with nogil:
+        for s in range(n_states):
+            mark[s] = -1
+        indptr[0] = 0
+        for s in range(n_states):
+            k = pairs[s]
+            first = p_indptr[k]
+            last = p_indptr[k + 1]
+            start = nnz
+            for j in range(first, last):
+                c = p_indices[j]
+                if c != s and mark[c] < start:  # first time in this row (positions only grow)
+                    mark[c] = nnz
+                    indices[nnz] = <int32_t>c
+                    nnz = nnz + 1
+            lo = start  # partition as merge_pattern: columns < s first
+            hi = nnz - 1
+            while True:
+                while lo <= hi and indices[lo] < s:
+                    lo = lo + 1
+                while lo <= hi and indices[hi] > s:
+                    hi = hi - 1
+                if lo >= hi:
+                    break
+                ci = indices[lo]
+                indices[lo] = indices[hi]
+                indices[hi] = ci
+            mid[s] = lo
+            indptr[s + 1] = nnz
+            for t in range(start, nnz):
+                mark[indices[t]] = t
+                data[t] = 0.0
+            w = pi[k] / row_total(&p_data[0], first, last)
+            self_loop = 0.0
+            for j in range(first, last):
+                c = p_indices[j]
+                if c == s:
+                    self_loop = self_loop + w * p_data[j]
+                else:
+                    data[mark[c]] += w * p_data[j]
+            for t in range(start, nnz):
+                data[t] = -gamma * data[t]
+            diag[s] = 1.0 - gamma * self_loop
+    return nnz
 
 
 cdef uint64_t GOLDEN = 0x9E3779B97F4A7C15ULL  # Fibonacci hashing

@@ -14,6 +14,11 @@ successor once. Assembly is two kernels:
                       the transitions alone (cached per MDP for all pairs).
 ``assemble_values``:  ``data`` (nnz + n_states,) = −γ Σ π P per slot, ``diag`` = 1 − γ (P_π)_ss:
                       one branch-free pass over the policy's entries.
+``assemble_deterministic``: both at once for a deterministic policy, straight from P:
+                      state s's only pair is ``pairs[s]`` (π of it in ``pi``); the same
+                      layout and the same sums as ``merge_pattern`` + ``assemble_values``
+                      on that policy's rows (bit for bit), without gathering them first.
+                      ``indices``, ``data`` hold at least the rows' entries; returns nnz.
 ``distinct_pairs_bound``: a lower bound on the edges of the undirected graph of an
                       off-diagonal pattern (``indptr``, ``indices``; each row's columns
                       distinct): the entries (i, j), i < j, plus those j < i whose mirror
@@ -107,6 +112,50 @@ def assemble_values(a_indptr, p_indptr, p_data, pos, pi, gamma, data, diag):
         data[j] *= -gamma
     for s in range(n_states):
         diag[s] = 1.0 - gamma * data[nnz + s]
+
+
+def assemble_deterministic(p_indptr, p_indices, p_data, pairs, pi, gamma, indptr, mid,
+                           indices, data, diag, mark):
+    n_states = mark.shape[0]
+    mark[:] = -1
+    nnz = 0
+    indptr[0] = 0
+    for s in range(n_states):
+        k = pairs[s]
+        first, last = np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])
+        start = nnz
+        for j in range(first, last):
+            c = np.int64(p_indices[j])
+            if c != s and mark[c] < start:  # first time in this row (positions only grow)
+                mark[c] = nnz
+                indices[nnz] = c
+                nnz += 1
+        lo, hi = start, nnz - 1  # partition as merge_pattern: columns < s first
+        while True:
+            while lo <= hi and indices[lo] < s:
+                lo += 1
+            while lo <= hi and indices[hi] > s:
+                hi -= 1
+            if lo >= hi:
+                break
+            indices[lo], indices[hi] = indices[hi], indices[lo]
+        mid[s] = lo
+        indptr[s + 1] = nnz
+        for t in range(start, nnz):
+            mark[indices[t]] = t
+            data[t] = 0.0
+        w = pi[k] / row_total(p_data, first, last)
+        self_loop = 0.0
+        for j in range(first, last):
+            c = np.int64(p_indices[j])
+            if c == s:
+                self_loop += w * p_data[j]
+            else:
+                data[mark[c]] += w * p_data[j]
+        for t in range(start, nnz):
+            data[t] *= -gamma
+        diag[s] = 1.0 - gamma * self_loop
+    return nnz
 
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bits of key × GOLDEN
@@ -278,5 +327,5 @@ def sgs_bicgstab(indptr, mid, indices, data, diag, dinv, kdiag, transpose, y, r,
     return used
 
 
-KERNELS = serial(merge_pattern, assemble_values, distinct_pairs_bound, split_matvec,
-                 triangular_solve, sgs_operator, sgs_bicgstab)
+KERNELS = serial(merge_pattern, assemble_values, assemble_deterministic, distinct_pairs_bound,
+                 split_matvec, triangular_solve, sgs_operator, sgs_bicgstab)

@@ -28,6 +28,7 @@ from ._softmax import (LANES, PAD_LOGIT, exp_constants, exp_lanes, fexp_neg, fex
                        store_lanes)
 
 TASK_BLOCKS = 32  # blocks of LANES states per parallel task
+GREEDY_CHUNK = 64  # states per parallel task of the greedy step
 
 TINIEST = 5e-324  # the smallest positive double
 # the least α of U_ALPHA_UNIT: there π f' = (π − π^{1−α} π_ref^α)/α, whose rounding near
@@ -47,77 +48,81 @@ U_ALPHA_UNIT = 6  # U_ALPHA for 0.01 ≤ α < 1: pf from _exp_alpha_lanes (logq 
 
 
 def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out):
-    for s in prange(a_indptr.shape[0] - 1):
-        lo, hi = a_indptr[s], a_indptr[s + 1]
-        qmax = q[lo]
-        qmin = q[lo]
-        best = lo
-        for k in range(lo + 1, hi):
-            if q[k] > qmax:
-                qmax = q[k]
-                best = k
-            qmin = min(qmin, q[k])
-        if tau == 0.0 or code == NONE:
-            for k in range(lo, hi):
-                pi_out[k] = 0.0
-            pi_out[best] = 1.0
-            value_out[s] = qmax
-            continue
-        if code == REVERSE_KL:  # closed form
+    n_states = a_indptr.shape[0] - 1
+    # tasks of GREEDY_CHUNK states (numba's parallel_chunksize does not cache): uneven
+    # action counts balance over many small tasks
+    for c in prange((n_states + GREEDY_CHUNK - 1) // GREEDY_CHUNK):
+        for s in range(c * GREEDY_CHUNK, min(n_states, (c + 1) * GREEDY_CHUNK)):
+            lo, hi = a_indptr[s], a_indptr[s + 1]
+            qmax = q[lo]
+            qmin = q[lo]
+            best = lo
+            for k in range(lo + 1, hi):
+                if q[k] > qmax:
+                    qmax = q[k]
+                    best = k
+                qmin = min(qmin, q[k])
+            if tau == 0.0 or code == NONE:
+                for k in range(lo, hi):
+                    pi_out[k] = 0.0
+                pi_out[best] = 1.0
+                value_out[s] = qmax
+                continue
+            if code == REVERSE_KL:  # closed form
+                z = 0.0
+                for k in range(lo, hi):
+                    e = ref[k] * math.exp((q[k] - qmax) / tau)
+                    pi_out[k] = e
+                    z += e
+                for k in range(lo, hi):
+                    pi_out[k] /= z
+                value_out[s] = qmax + tau * math.log(z)
+                continue
+            # ν = max Q + τ t; F(t) = Σ_a π_ref,a h((Q_a − max Q)/τ − t) − 1 decreases in t
+            f1 = fprime(code, alpha, 1.0)
+            a = max(-fprime(code, alpha, 1.0 / ref[best]), (qmin - qmax) / tau - f1)  # F(a) >= 0
+            b = -f1  # F(b) <= 0
+            t = b
+            for _ in range(200):
+                F = -1.0
+                dF = 0.0
+                for k in range(lo, hi):
+                    h, dh = fprime_inv(code, alpha, (q[k] - qmax) / tau - t)
+                    F += ref[k] * h
+                    dF -= ref[k] * dh
+                if F == 0.0:
+                    break
+                if F > 0.0:
+                    a = t
+                else:
+                    b = t
+                new = 0.5 * (a + b)
+                if math.isfinite(F) and dF < 0.0:
+                    step = t - F / dF
+                    if a < step < b:
+                        new = step
+                if abs(new - t) <= 1e-15 * max(1.0, abs(t)):
+                    t = new
+                    break
+                t = new
             z = 0.0
             for k in range(lo, hi):
-                e = ref[k] * math.exp((q[k] - qmax) / tau)
-                pi_out[k] = e
-                z += e
+                y = (q[k] - qmax) / tau - t
+                if y == -math.inf:  # |y| beyond the double range: h by its asymptote
+                    h = fprime_inv_tail(code, alpha, math.log(qmax - q[k]) - math.log(tau))
+                else:
+                    h, dh = fprime_inv(code, alpha, y)
+                pi_out[k] = ref[k] * h
+                z += pi_out[k]
+            val = 0.0
+            div = 0.0
             for k in range(lo, hi):
                 pi_out[k] /= z
-            value_out[s] = qmax + tau * math.log(z)
-            continue
-        # ν = max Q + τ t; F(t) = Σ_a π_ref,a h((Q_a − max Q)/τ − t) − 1 decreases in t
-        f1 = fprime(code, alpha, 1.0)
-        a = max(-fprime(code, alpha, 1.0 / ref[best]), (qmin - qmax) / tau - f1)  # F(a) >= 0
-        b = -f1  # F(b) <= 0
-        t = b
-        for _ in range(200):
-            F = -1.0
-            dF = 0.0
-            for k in range(lo, hi):
-                h, dh = fprime_inv(code, alpha, (q[k] - qmax) / tau - t)
-                F += ref[k] * h
-                dF -= ref[k] * dh
-            if F == 0.0:
-                break
-            if F > 0.0:
-                a = t
-            else:
-                b = t
-            new = 0.5 * (a + b)
-            if math.isfinite(F) and dF < 0.0:
-                step = t - F / dF
-                if a < step < b:
-                    new = step
-            if abs(new - t) <= 1e-15 * max(1.0, abs(t)):
-                t = new
-                break
-            t = new
-        z = 0.0
-        for k in range(lo, hi):
-            y = (q[k] - qmax) / tau - t
-            if y == -math.inf:  # |y| beyond the double range: h by its asymptote
-                h = fprime_inv_tail(code, alpha, math.log(qmax - q[k]) - math.log(tau))
-            else:
-                h, dh = fprime_inv(code, alpha, y)
-            pi_out[k] = ref[k] * h
-            z += pi_out[k]
-        val = 0.0
-        div = 0.0
-        for k in range(lo, hi):
-            pi_out[k] /= z
-            if pi_out[k] == 0.0 and ref_f(code, alpha, 0.0, ref[k]) == math.inf:
-                pi_out[k] = TINIEST  # the optimum has full support there: τ/gap underflowed
-            val += pi_out[k] * q[k]
-            div += ref_f(code, alpha, pi_out[k], ref[k])
-        value_out[s] = val - tau * div
+                if pi_out[k] == 0.0 and ref_f(code, alpha, 0.0, ref[k]) == math.inf:
+                    pi_out[k] = TINIEST  # the optimum has full support there: τ/gap underflowed
+                val += pi_out[k] * q[k]
+                div += ref_f(code, alpha, pi_out[k], ref[k])
+            value_out[s] = val - tau * div
 
 
 def ppo_update(a_indptr, pi_old, adv, weight, ref, code, alpha, tau, eps_low, eps_high,
