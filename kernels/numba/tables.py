@@ -16,7 +16,7 @@ from numba import njit, prange
 
 from ._codes import FORWARD_KL, REVERSE_KL
 from ._divergence import DBL_MIN, SQRT_HALF, p_fprime, ref_f
-from ._jit import twins
+from ._jit import serial, twins
 from ._softmax import LANES, flog_or_log1p, max_actions, softmax_states
 
 TASK_BLOCKS = 32  # blocks of LANES states per parallel task
@@ -178,5 +178,6 @@ def compact_rows(a_indptr, p_indptr, p_indices, p_data, pi, out_a_indptr, out_p_
                 j += 1
 
 
-KERNELS = twins(segment_softmax, regularized_reward, advantages, q_advantages, policy_gradient,
-                compact_indptr, compact_rows)
+KERNELS = {**twins(segment_softmax, regularized_reward, advantages, q_advantages, policy_gradient,
+                   compact_rows),
+           **serial(compact_indptr)}
