@@ -26,6 +26,38 @@ from libc.stdint cimport int32_t, int64_t, uint64_t
 include "_probability.pxi"
 
 
+cdef inline int64_t _merge_row(const int32_t[::1] p_indices, int64_t first, int64_t last,
+                               Py_ssize_t s, int64_t nnz, int64_t[::1] mid,
+                               int32_t[::1] indices, int64_t[::1] mark) noexcept nogil:
+    """Row s of the pattern from the entries first <= j < last of P: its distinct
+    off-diagonal columns appended at indices[nnz:], those < s first (mid[s] the split),
+    mark[c] = the slot of column c; returns the new nnz."""
+    cdef int64_t start = nnz, j, c, lo, hi, t
+    cdef int32_t ci
+    for j in range(first, last):
+        c = p_indices[j]
+        if c != s and mark[c] < start:  # first time in this row (positions only grow)
+            mark[c] = nnz
+            indices[nnz] = <int32_t>c
+            nnz = nnz + 1
+    lo = start  # partition: columns < s first (two pointers)
+    hi = nnz - 1
+    while True:
+        while lo <= hi and indices[lo] < s:
+            lo = lo + 1
+        while lo <= hi and indices[hi] > s:
+            hi = hi - 1
+        if lo >= hi:
+            break
+        ci = indices[lo]
+        indices[lo] = indices[hi]
+        indices[hi] = ci
+    mid[s] = lo
+    for t in range(start, nnz):
+        mark[indices[t]] = t
+    return nnz
+
+
 def merge_pattern(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                   const int32_t[::1] p_indices,                                    # IN
                   int64_t[::1] indptr, int64_t[::1] mid, int32_t[::1] indices,
@@ -33,36 +65,15 @@ def merge_pattern(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
     """merge_pattern(a_indptr, p_indptr, p_indices, indptr, mid, indices, pos, mark,
     n_threads) -> nnz"""
     cdef Py_ssize_t n_states = mark.shape[0], s
-    cdef int64_t nnz = 0, start, j, c, lo, hi, t
-    cdef int32_t ci
+    cdef int64_t nnz = 0, j, c
     with nogil:
         for s in range(n_states):
             mark[s] = -1
         indptr[0] = 0
         for s in range(n_states):
-            start = nnz
-            for j in range(p_indptr[a_indptr[s]], p_indptr[a_indptr[s + 1]]):
-                c = p_indices[j]
-                if c != s and mark[c] < start:  # first time in this row (positions only grow)
-                    mark[c] = nnz
-                    indices[nnz] = <int32_t>c
-                    nnz = nnz + 1
-            lo = start
-            hi = nnz - 1
-            while True:
-                while lo <= hi and indices[lo] < s:
-                    lo = lo + 1
-                while lo <= hi and indices[hi] > s:
-                    hi = hi - 1
-                if lo >= hi:
-                    break
-                ci = indices[lo]
-                indices[lo] = indices[hi]
-                indices[hi] = ci
-            mid[s] = lo
+            nnz = _merge_row(p_indices, p_indptr[a_indptr[s]], p_indptr[a_indptr[s + 1]], s,
+                             nnz, mid, indices, mark)
             indptr[s + 1] = nnz
-            for t in range(start, nnz):
-                mark[indices[t]] = t
             for j in range(p_indptr[a_indptr[s]], p_indptr[a_indptr[s + 1]]):
                 c = p_indices[j]
                 pos[j] = -1 - s if c == s else mark[c]
@@ -104,8 +115,7 @@ def assemble_deterministic(const int64_t[::1] p_indptr, const int32_t[::1] p_ind
     """assemble_deterministic(p_indptr, p_indices, p_data, pairs, pi, gamma, indptr, mid,
     indices, data, diag, mark, n_threads) -> nnz"""
     cdef Py_ssize_t n_states = mark.shape[0], s
-    cdef int64_t nnz = 0, start, j, c, lo, hi, t, k, first, last
-    cdef int32_t ci
+    cdef int64_t nnz = 0, start, j, c, t, k, first, last
     cdef double w, self_loop
     with nogil:
         for s in range(n_states):
@@ -116,28 +126,9 @@ def assemble_deterministic(const int64_t[::1] p_indptr, const int32_t[::1] p_ind
             first = p_indptr[k]
             last = p_indptr[k + 1]
             start = nnz
-            for j in range(first, last):
-                c = p_indices[j]
-                if c != s and mark[c] < start:  # first time in this row (positions only grow)
-                    mark[c] = nnz
-                    indices[nnz] = <int32_t>c
-                    nnz = nnz + 1
-            lo = start  # partition as merge_pattern: columns < s first
-            hi = nnz - 1
-            while True:
-                while lo <= hi and indices[lo] < s:
-                    lo = lo + 1
-                while lo <= hi and indices[hi] > s:
-                    hi = hi - 1
-                if lo >= hi:
-                    break
-                ci = indices[lo]
-                indices[lo] = indices[hi]
-                indices[hi] = ci
-            mid[s] = lo
+            nnz = _merge_row(p_indices, first, last, s, nnz, mid, indices, mark)
             indptr[s + 1] = nnz
             for t in range(start, nnz):
-                mark[indices[t]] = t
                 data[t] = 0.0
             w = pi[k] / row_total(&p_data[0], first, last)
             self_loop = 0.0

@@ -63,33 +63,42 @@ from ._jit import serial
 from ._probability import row_total
 
 
+@njit(cache=True, nogil=True)
+def merge_row(p_indices, first, last, s, nnz, mid, indices, mark):
+    """Row s of the pattern from the entries first <= j < last of P: its distinct
+    off-diagonal columns appended at indices[nnz:], those < s first (mid[s] the split),
+    mark[c] = the slot of column c; returns the new nnz."""
+    start = nnz
+    for j in range(first, last):
+        c = np.int64(p_indices[j])
+        if c != s and mark[c] < start:  # first time in this row (positions only grow)
+            mark[c] = nnz
+            indices[nnz] = c
+            nnz += 1
+    lo, hi = start, nnz - 1  # partition: columns < s first (two pointers)
+    while True:
+        while lo <= hi and indices[lo] < s:
+            lo += 1
+        while lo <= hi and indices[hi] > s:
+            hi -= 1
+        if lo >= hi:
+            break
+        indices[lo], indices[hi] = indices[hi], indices[lo]
+    mid[s] = lo
+    for t in range(start, nnz):
+        mark[indices[t]] = t
+    return nnz
+
+
 def merge_pattern(a_indptr, p_indptr, p_indices, indptr, mid, indices, pos, mark):
     n_states = mark.shape[0]
     mark[:] = -1
     nnz = 0
     indptr[0] = 0
     for s in range(n_states):
-        start = nnz
-        for j in range(np.uint64(p_indptr[a_indptr[s]]), np.uint64(p_indptr[a_indptr[s + 1]])):
-            c = np.int64(p_indices[j])
-            if c != s and mark[c] < start:  # first time in this row (positions only grow)
-                mark[c] = nnz
-                indices[nnz] = c
-                nnz += 1
-        # partition: columns < s first (two pointers)
-        lo, hi = start, nnz - 1
-        while True:
-            while lo <= hi and indices[lo] < s:
-                lo += 1
-            while lo <= hi and indices[hi] > s:
-                hi -= 1
-            if lo >= hi:
-                break
-            indices[lo], indices[hi] = indices[hi], indices[lo]
-        mid[s] = lo
+        nnz = merge_row(p_indices, np.uint64(p_indptr[a_indptr[s]]),
+                        np.uint64(p_indptr[a_indptr[s + 1]]), s, nnz, mid, indices, mark)
         indptr[s + 1] = nnz
-        for t in range(start, nnz):
-            mark[indices[t]] = t
         for j in range(np.uint64(p_indptr[a_indptr[s]]), np.uint64(p_indptr[a_indptr[s + 1]])):
             c = np.int64(p_indices[j])
             pos[j] = -1 - s if c == s else mark[c]
@@ -124,25 +133,9 @@ def assemble_deterministic(p_indptr, p_indices, p_data, pairs, pi, gamma, indptr
         k = pairs[s]
         first, last = np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])
         start = nnz
-        for j in range(first, last):
-            c = np.int64(p_indices[j])
-            if c != s and mark[c] < start:  # first time in this row (positions only grow)
-                mark[c] = nnz
-                indices[nnz] = c
-                nnz += 1
-        lo, hi = start, nnz - 1  # partition as merge_pattern: columns < s first
-        while True:
-            while lo <= hi and indices[lo] < s:
-                lo += 1
-            while lo <= hi and indices[hi] > s:
-                hi -= 1
-            if lo >= hi:
-                break
-            indices[lo], indices[hi] = indices[hi], indices[lo]
-        mid[s] = lo
+        nnz = merge_row(p_indices, first, last, s, nnz, mid, indices, mark)
         indptr[s + 1] = nnz
         for t in range(start, nnz):
-            mark[indices[t]] = t
             data[t] = 0.0
         w = pi[k] / row_total(p_data, first, last)
         self_loop = 0.0
