@@ -217,7 +217,6 @@ import warnings
 
 import numpy as np
 import scipy.sparse.linalg as spla
-from scipy.optimize import NoConvergence, newton_krylov
 from scipy.special import wrightomega
 
 from . import _validation as V
@@ -910,6 +909,8 @@ def _reward_fixed_point(pb, x0, tol, flow_steps):
 
     def equations(y):
         return pb.field(np.exp(logits(y)))[0][free]
+
+    from scipy.optimize import NoConvergence, newton_krylov  # here: a shorter import
 
     y = (x - base)[free]
     n_nk = 0
