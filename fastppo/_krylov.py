@@ -295,10 +295,12 @@ class _Sweeps:
     in a PPO run, with good warm starts, from the first product on), a certificate would
     cost a pass of its own, so the product that is predicted to meet tol is asked exact:
     the one after a sweep whose residual times the last sweep's rate (FIRST_RATE before
-    the second product) is at most tol. An exact product that misses tol costs a
-    correction's price more than a correction (~0.4 of a pass at 10⁶ states), a
-    correction that meets it a whole certifying pass: hence the optimistic FIRST_RATE.
-    ``PREDICT_LAST`` False: every product exact near tol (the rule before it).
+    the second product) is at most tol. A wrong guess costs either way: an exact product
+    that misses tol ~0.4 of a pass more than a correction (10⁶ states), a correction that
+    meets it a whole certifying pass; hence the optimistic FIRST_RATE. A late 10⁶-state
+    PPO-Clip solve then runs ``exact, exact, 2 corrections, exact`` instead of 5 exact
+    passes (benchmarks/RESULTS.md, issue 12 target 5). ``PREDICT_LAST`` False: every
+    product exact near tol (the rule before it).
 
     Sweeps that end unconverged return the start instead of their last iterate when that
     is worse (a higher true residual): on a gridworld's value system the extrapolation
