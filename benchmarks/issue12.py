@@ -15,6 +15,11 @@ each iteration and the peak RSS. Run it once per thread count (peak RSS is per p
 ``python benchmarks/issue12.py large --threads 2 --n-states 10000000 --dtype float32
 --iters 4 --no-residuals`` is the 10⁷-state run (``--no-residuals`` skips the recomputed
 residuals, whose products and buffers would add to the time and the memory).
+``large ... --save FILE`` writes the last iterate and the warm starts' trajectories;
+``python benchmarks/issue12.py late --state late1m.npz --small-state late50k.npz --threads 2``
+runs late iterations from such states in alternated blocks (the 10⁶ state with and
+without ``_krylov.PREDICT_LAST``, and the 50k state: both sides of the ≤ 25× ratio in
+one process).
 
 Phases (wall time, summed per iteration, from wrappers around the private methods):
 ``solves`` the lockstep Richardson solve of Ṽ and d (one fused pass per sweep: the two
@@ -218,6 +223,8 @@ def large(args):
               f"solver {rv:.1e} / {rd:.1e}, recomputed {tv:.1e} / {td:.1e}  "
               + (f"gap {row['gap']:.2e}  " if reference else "") +
               f"peak RSS {peak_rss_gib():.2f} GiB", flush=True)
+    if args.save:
+        save_state(ppo, args.save)
     h = ppo.history
     late = h["seconds"][-args.late:]
     late_cpu = [sum(c.values()) for c in phases.cpu_rows[-args.late:]]
@@ -226,6 +233,91 @@ def large(args):
           f"{peak_rss_gib():.2f} GiB; worst residual: solver "
           f"{max(max(r) for r in phases.residuals):.2e}, recomputed "
           + (f"{worst:.2e}" if args.residuals else "(skipped)"))
+
+
+def save_state(ppo, path):
+    """The iterate and the warm starts' trajectories: ``late`` resumes from them."""
+    state = dict(logits=ppo.logits, lr=ppo.lr, n_iter=ppo.n_iter)
+    for name, trajectory in (("v", ppo._vs), ("d", ppo._ds)):
+        state[f"{name}_x"], state[f"{name}_n"] = trajectory.x, len(trajectory.steps)
+        for i, dx in enumerate(trajectory.steps):
+            state[f"{name}_step{i}"] = dx
+    np.savez(path, **state)
+
+
+def load_state(mdp, path, backend, nt):
+    """A PPOClip at the state ``save_state`` wrote (the same iterates as the run that did)."""
+    z = np.load(path)
+    ppo = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1), init=z["logits"], lr=float(z["lr"]),
+                          backend=backend, n_threads=nt)
+    for name, trajectory in (("v", ppo._vs), ("d", ppo._ds)):
+        trajectory.restore(z[f"{name}_x"], [z[f"{name}_step{i}"] for i in range(int(z[f"{name}_n"]))])
+    ppo.n_iter = int(z["n_iter"])
+    return ppo
+
+
+def late(args):
+    """Late iterations from saved states (``large --save``), in alternated blocks: ``F`` the
+    10⁶ state with every product exact near tol (``_krylov.PREDICT_LAST`` off, the rule
+    before it), ``T`` the same with the prediction, ``S`` the small state (--small-state,
+    e.g. 50k: its own side of the ratio, in the same process and minutes). Each block
+    restarts from its state, so F and T run the same iterations; every solve's float64
+    residual is recomputed outside the timed step."""
+    import fastppo._krylov as krylov
+    nt, backend = args.threads, args.backend
+    fastppo.PPOClip(fastppo.garnet(200, 10, 10, seed=1), fastppo.ForwardKL(0.1), backend=backend,
+                    n_threads=nt).run(3)
+    mdps = {"big": fastppo.garnet(args.n_states, 10, 10, gamma=0.99, seed=0)}
+    if args.small_state:
+        mdps["small"] = fastppo.garnet(args.small_n, 10, 10, gamma=0.99, seed=0)
+    kinds, residuals = [], []
+    E = evaluator_module.Evaluator
+    real_products, real_solve = E.products, E.evaluation_and_visitation
+
+    def products(self, xv, xd, ov, od, exact=True):
+        out = real_products(self, xv, xd, ov, od, exact)
+        kinds.append(("E" if out else "C") + "v" * (xv is not None) + "d" * (xd is not None))
+        return out
+
+    def solve(self, *a, **kw):
+        out = real_solve(self, *a, **kw)
+        residuals.append((out[0].residual, out[1].residual))
+        return out
+    E.products, E.evaluation_and_visitation = products, solve
+    print(f"{mdps['big']}; {backend}, {nt} thread(s); blocks {args.blocks}: E exact pass, C "
+          f"float32 corrections, v/d the sides", flush=True)
+    times = defaultdict(list)
+    for block in args.blocks:
+        krylov.PREDICT_LAST = block != "F"
+        small = block == "S"
+        mdp = mdps["small" if small else "big"]
+        ppo = load_state(mdp, args.small_state if small else args.state, backend, nt)
+        for _ in range(args.small_iters if small else args.iters):
+            kinds.clear(), residuals.clear()
+            pi_old, c0 = ppo.pi, time.process_time()
+            row = ppo.step()
+            cpu = time.process_time() - c0
+            Ev = ppo._evaluator  # the true residuals, recomputed by exact products
+            Ev.load(pi_old)
+            c, out = Ev.regularized_reward(), np.empty(mdp.n_states)
+            Ev.matvec(ppo._v, out)
+            tv = np.linalg.norm(c - out) / np.linalg.norm(c)
+            Ev.rmatvec(ppo._d, out)
+            b = (1 - mdp.gamma) * ppo.mu
+            td = np.linalg.norm(b - out) / np.linalg.norm(b)
+            times[block].append((row["seconds"], cpu, row["n_passes"], max(tv, td)))
+            print(f"[{block}] iter {ppo.n_iter}: {row['seconds']:6.3f} s wall, {cpu:6.3f} s CPU, "
+                  f"passes {row['n_passes']} ({' '.join(kinds)}); residuals: solver "
+                  f"{residuals[0][0]:.1e} / {residuals[0][1]:.1e}, recomputed {tv:.1e} / {td:.1e}; "
+                  f"J {row['J']:.15g}", flush=True)
+        del ppo
+    names = {"F": "every product exact near tol (before)", "T": "PREDICT_LAST", "S": "small state"}
+    for block, rows in times.items():
+        r = np.array(rows)
+        print(f"{names[block]:>38}: median {np.median(r[:, 0]):.3f} s wall, {np.median(r[:, 1]):.3f} "
+              f"s CPU, {r[:, 2].mean():.2f} passes ({len(r)} iterations); worst recomputed "
+              f"residual {r[:, 3].max():.1e}")
+    print(f"peak RSS {peak_rss_gib():.2f} GiB")
 
 
 def _kernels_from(path):
@@ -351,12 +443,22 @@ def main():
     g.add_argument("--perturb", type=float, help="start from log π* (by solve) plus this "
                    "times standard normal noise per pair: the late phase without the "
                    "iterations before it")
+    g.add_argument("--save", help="write the final iterate and warm starts here (for late)")
     g.set_defaults(func=large)
+    lt = sub.add_parser("late")
+    lt.add_argument("--state", required=True, help="a state written by large --save")
+    lt.add_argument("--n-states", type=int, default=1_000_000)
+    lt.add_argument("--small-state", help="the other side of the ratio (large --save)")
+    lt.add_argument("--small-n", type=int, default=50_000)
+    lt.add_argument("--blocks", default="SFTSFTS")
+    lt.add_argument("--iters", type=int, default=4)
+    lt.add_argument("--small-iters", type=int, default=8)
+    lt.set_defaults(func=late)
     t = sub.add_parser("passes")
     t.add_argument("--n-states", type=int, default=1_000_000)
     t.add_argument("--repeat", type=int, default=5)
     t.set_defaults(func=passes)
-    for q in (r, g, t):
+    for q in (r, g, t, lt):
         q.add_argument("--threads", type=int, default=1)
         q.add_argument("--backend", help="default: the library's (FASTPPO_BACKEND, else cython)")
         q.add_argument("--before", help="a kernels/numba/linear.py of another commit (git "

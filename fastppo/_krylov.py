@@ -86,6 +86,9 @@ __all__ = ["ConvergenceError", "LinearResult", "StoppingRule", "System", "bicgst
 METHODS = ("auto", "richardson", "bicgstab", "sgs", "lu", "gmres")
 MAX_RATE, MIN_SWEEPS = 0.6, 4  # Richardson gives up when slower than this (in "auto")
 REFINE = 1e-5  # approximate (float32) products: an exact one after the residual fell this much
+# approximate products near tol too, the last one predicted (from the last sweep's rate) exact
+PREDICT_LAST = True
+FIRST_RATE = 0.2  # the rate assumed before a system's second product (optimistic: see _Sweeps)
 EPS = float(np.finfo(np.float64).eps)
 
 
@@ -287,10 +290,17 @@ class _Sweeps:
     :func:`solve_pair`), accurate to about 1e-7 of the residual at the last exact product
     (1e-5 for the value system's constant direction at γ = 0.99). ``exact`` asks the caller
     for an exact product: to start a new correction once the residual fell by REFINE below
-    the last exact one (or stopped falling), for every sweep once the last exact residual
-    is within REFINE of tol (a correction cycle and its certificate would not pay for
-    themselves: late in a PPO run, with good warm starts, every product is exact), and to
-    certify a residual that met the rule on an approximate product.
+    the last exact one (or stopped falling), and to certify a residual that met the rule
+    on an approximate product. Once the last exact residual is within REFINE of tol (late
+    in a PPO run, with good warm starts, from the first product on), a certificate would
+    cost a pass of its own, so the product that is predicted to meet tol is asked exact:
+    the one after a sweep whose residual times the last sweep's rate (FIRST_RATE before
+    the second product) is at most tol. A wrong guess costs either way: an exact product
+    that misses tol ~0.4 of a pass more than a correction (10⁶ states), a correction that
+    meets it a whole certifying pass; hence the optimistic FIRST_RATE. A late 10⁶-state
+    PPO-Clip solve then runs ``exact, exact, 2 corrections, exact`` instead of 5 exact
+    passes (benchmarks/RESULTS.md, issue 12 target 5). ``PREDICT_LAST`` False: every
+    product exact near tol (the rule before it).
 
     Sweeps that end unconverged return the start instead of their last iterate when that
     is worse (a higher true residual): on a gridworld's value system the extrapolation
@@ -330,9 +340,13 @@ class _Sweeps:
             self.approximate += 1
             if residual > self.max_rate * self.last or residual <= REFINE * self.exact_residual:
                 self.exact = True  # at or near the correction's float32 round-off: a new base
+        # the residual the next product should have: this one times the last sweep's rate
+        rate = FIRST_RATE if self.n_matvec == 1 else residual / self.last if self.last > 0 else 1.0
+        predicted = residual * rate
         self.last = residual
-        if self.exact_residual * REFINE <= self.stop.tol:
-            self.exact = True  # a correction would reach tol: the last sweeps exact, no certificate
+        if self.exact_residual * REFINE <= self.stop.tol and (
+                not PREDICT_LAST or predicted <= self.stop.target):
+            self.exact = True  # the next product should meet tol: exact, no certificate
         if self.stop.met(residual):
             if exact:
                 self.result = LinearResult(x, self.n_matvec, residual, True, "richardson")

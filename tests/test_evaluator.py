@@ -369,6 +369,45 @@ def test_lockstep_entry_point_equals_separate_solves():
         K.solve_pair(fast, slow, products, stop=K.StoppingRule(1e-12), max_iter=8)
 
 
+@pytest.mark.parametrize("predict_last", [True, False])
+def test_lockstep_near_tol_asks_exact_products_where_tol_is_predicted(monkeypatch, predict_last):
+    """solve_pair near tol (starts within REFINE⁻¹ tol) with approximate products allowed:
+    with ``PREDICT_LAST`` the sweeps ask for an exact product only where the last sweep's
+    rate predicts tol, else every product is exact. Either way each result is accepted on
+    an exact product at its iterate; the products here are in fact exact, so the iterates
+    are those of the exact sweeps, with at most one certifying product more per system."""
+    monkeypatch.setattr(K, "PREDICT_LAST", predict_last)
+    A, first = markov_system(60, 0.9, 4)
+    B, second = markov_system(60, 0.9, 7)
+    rng = np.random.default_rng(3)
+    starts = [np.linalg.solve(M, s.b) * (1 + 1e-9 * rng.normal(size=60))
+              for M, s in ((A, first), (B, second))]
+    stop = K.StoppingRule(1e-12, 0.9)
+    calls = []
+
+    def products(xa, xb, oa, ob, exact, inexact_allowed=True):
+        if xa is not None:
+            first.matvec(xa, oa)
+        if xb is not None:
+            second.matvec(xb, ob)
+        exact = exact or not inexact_allowed
+        calls.append((xa is not None, xb is not None, exact))
+        return exact
+
+    ra, rb = K.solve_pair(first, second, products, *starts, stop=stop, max_iter=100)
+    mixed_calls = list(calls)
+    calls.clear()
+    ea, eb = K.solve_pair(first, second, lambda *a: products(*a, inexact_allowed=False),
+                          *starts, stop=stop, max_iter=100)
+    for r, e, side in ((ra, ea, 0), (rb, eb, 1)):
+        np.testing.assert_array_equal(r.x, e.x)
+        assert r.converged and r.residual == e.residual and r.method == "richardson"
+        assert e.n_matvec <= r.n_matvec <= e.n_matvec + 1
+        assert [c[2] for c in mixed_calls if c[side]][-1]  # accepted on an exact product
+    approximate = [c for c in mixed_calls if not c[2]]
+    assert bool(approximate) == predict_last
+
+
 # ------------------------------------------------------------------ reward scale
 SCALES = [1e-300, 2.0 ** -900, 1e-154, 1e-12, 0.37, 1e154, 1e160, 2.0 ** 900, 1e300]
 

@@ -18,6 +18,7 @@ import pytest
 
 import fastppo
 import fastppo.solvers as solvers
+from fastppo import _krylov
 import naive
 from conftest import random_mdp, random_policy
 from fastppo._backend import get_kernel
@@ -318,10 +319,14 @@ def test_float32_corrections_are_certified_in_float64(which, n_threads, rect):
     assert ev.n_passes <= ev0.n_passes + 2  # a certificate at most per system
 
 
-def test_float32_corrections_in_a_ppo_run():
+@pytest.mark.parametrize("predict_last", [True, False])
+def test_float32_corrections_in_a_ppo_run(monkeypatch, predict_last):
     """PPO-Clip with the lockstep solves on float32 corrections has the iterates of the
-    exact sweeps (to the solves' accuracy); late in the run, once the predicted warm
-    starts are within 1e5 tol, every product is exact."""
+    exact sweeps (to the solves' accuracy). Late in the run, once the predicted warm
+    starts are within 1e5 tol, the sweeps stay on corrections but for the product
+    predicted to meet tol (``PREDICT_LAST``): as many passes as the exact sweeps, most of
+    them on corrections; without the prediction every late product is exact."""
+    monkeypatch.setattr(_krylov, "PREDICT_LAST", predict_last)
     mdp = fastppo.garnet(300, 5, 8, gamma=0.97, seed=3)
     reg = fastppo.ForwardKL(0.1)
     exact = fastppo.PPOClip(mdp, reg)
@@ -333,7 +338,12 @@ def test_float32_corrections_in_a_ppo_run():
     np.testing.assert_allclose(a.logits, b.logits, rtol=0, atol=1e-9)
     bound = 1e-12 * (1 + mdp.gamma) / (1 - mdp.gamma) * np.linalg.norm(a.v)
     assert np.abs(a.history["J"] - b.history["J"]).max() <= bound
-    assert approximate and max(approximate) < 30  # warm starts within 1e5 tol: exact sweeps
+    if predict_last:
+        late = np.bincount(approximate, minlength=40)[20:]
+        assert late.min() > 0  # corrections in every late solve
+        assert b.history["n_passes"][20:].mean() <= a.history["n_passes"][20:].mean() + 0.5
+    else:
+        assert approximate and max(approximate) < 30  # warm starts within 1e5 tol: exact sweeps
 
 
 # ------------------------------------------------------------- lin_tol="adaptive"
