@@ -287,6 +287,30 @@ def test_predicted_starts_save_passes_not_accuracy(monkeypatch):
     assert h_last["n_passes"].sum() < cold.history["n_passes"].sum()
 
 
+def test_float32_steps_above_the_threshold(monkeypatch, tmp_path):
+    """From FLOAT32_STEPS_FROM states on the steps are kept in float32 (half the memory at
+    10⁷ states): the starts change by rounding only, every solve is still certified, the
+    passes saved stay, and a checkpoint resumes bit for bit."""
+    mdp = fastppo.garnet(400, 5, 5, gamma=0.97, seed=7)
+    reg = fastppo.ForwardKL(0.1)
+    exact = fastppo.PPOClip(mdp, reg).run(40)
+    monkeypatch.setattr(solvers, "FLOAT32_STEPS_FROM", 1)
+    ppo = fastppo.PPOClip(mdp, reg)
+    ppo.run(20)
+    assert all(dx.dtype == np.float32 for t in (ppo._vs, ppo._ds) for dx in t.steps)
+    assert len(ppo._vs.steps) == solvers.WARM_STEPS
+    ppo.save(tmp_path)
+    rest = ppo.run(20)
+    assert len(rest.history) == len(exact.history) == 40
+    resumed = fastppo.PPOClip.resume(tmp_path).run(20)
+    np.testing.assert_array_equal(resumed.logits, rest.logits)
+    np.testing.assert_array_equal(resumed.history["n_passes"], rest.history["n_passes"])
+    bound = 1e-12 * (1 + mdp.gamma) / (1 - mdp.gamma) * np.linalg.norm(exact.v)
+    np.testing.assert_allclose(rest.logits, exact.logits, rtol=0, atol=1e-9)
+    assert np.abs(rest.history["J"] - exact.history["J"]).max() <= bound
+    assert rest.history["n_passes"][20:].sum() <= 1.1 * exact.history["n_passes"][20:].sum()
+
+
 # ------------------------------------------------------------- mixed precision
 @pytest.mark.parametrize("which", ["numba", "cython"])
 @pytest.mark.parametrize("rect", [True, False], ids=["rectangular", "ragged"])
