@@ -100,6 +100,46 @@ def test_deterministic_assembly_is_the_dense_one(backend, name):
     np.testing.assert_array_equal(direct.data[:direct.nnz], gathered.data[:gathered.nnz])
 
 
+def test_deterministic_assembly_of_sorted_and_unsorted_rows(backend):
+    """Rows whose columns increase (every row of a valid MDP) are copied as they are, the
+    fast path of ``assemble_deterministic``; others are merged. The kernel on rows of
+    both kinds (the pendulum's, every third reversed, every fifth with a duplicate
+    successor; arrays no MDP accepts) against the NumPy reference (a gather, then
+    ``merge_pattern`` and ``assemble_values``), bit for bit, and the dense I − γP_π."""
+    from fastppo._backend import get_kernel
+
+    mdp = fastppo.pendulum(12, 10, 3, gamma=0.99)
+    indptr, indices, data = mdp.p_indptr, mdp.p_indices.copy(), mdp.p_data.copy()
+    for k in range(mdp.n_pairs):
+        lo, hi = indptr[k], indptr[k + 1]
+        if k % 3 == 0:
+            indices[lo:hi], data[lo:hi] = indices[lo:hi][::-1].copy(), data[lo:hi][::-1].copy()
+        elif k % 5 == 0 and hi - lo >= 2:
+            indices[hi - 1] = indices[lo]  # a duplicate successor
+    pi, pairs = deterministic_policy(mdp, 11)
+    n, size = mdp.n_states, indices.shape[0]
+    out = {}
+    for name in (backend, "numpy"):
+        parts = (np.empty(n + 1, dtype=np.int64), np.empty(n, dtype=np.int64),
+                 np.empty(size, dtype=np.int32), np.empty(size + n), np.empty(n))
+        nnz = get_kernel("assemble_deterministic", name)(
+            indptr, indices, data, pairs, pi, mdp.gamma, *parts, np.empty(n, dtype=np.int64), 1)
+        out[name] = (nnz, *parts[:3], parts[3][:nnz], parts[4])
+    def dense(nnz, ip, _, ix, values, diag):
+        A = np.diag(diag)
+        A[np.repeat(np.arange(n), np.diff(ip)), ix[:nnz]] = values
+        return A
+
+    for got, want in zip(out[backend][:3], out["numpy"][:3]):  # nnz, indptr, mid
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(dense(*out[backend]), dense(*out["numpy"]))
+    expected = np.eye(n)
+    for s, k in enumerate(pairs):
+        np.add.at(expected[s], indices[indptr[k]:indptr[k + 1]],
+                  -mdp.gamma * data[indptr[k]:indptr[k + 1]])
+    np.testing.assert_allclose(dense(*out[backend]), expected, rtol=0, atol=1e-15)
+
+
 def test_deterministic_assembly_agrees_across_backends():
     mdp = fastppo.queue2d(capacity=(9, 8), gamma=0.99)
     pi, pairs = deterministic_policy(mdp, 2)

@@ -106,6 +106,33 @@ def assemble_values(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
             diag[s] = 1.0 - gamma * data[nnz + s]
 
 
+cdef inline int64_t _sorted_row(const int32_t *p_indices, const probability *p_data,
+                                int64_t first, int64_t last, Py_ssize_t s, int64_t start,
+                                double w, double gamma, int64_t *mid, int32_t *indices,
+                                double *data, double *diag) noexcept nogil:
+    """Row s of A from the entries first <= j < last of P when their columns increase:
+    appended at indices[start:] and data[start:] (−γ w P), mid[s] and diag[s] set;
+    returns the new nnz, or −1 (nothing valid written) when a column does not increase."""
+    cdef int64_t nnz = start, lower = start, prev = -1, j, c
+    cdef double self_loop = 0.0
+    for j in range(first, last):
+        c = p_indices[j]
+        if c <= prev:
+            return -1
+        prev = c
+        if c == s:
+            self_loop = self_loop + w * p_data[j]
+        else:
+            indices[nnz] = <int32_t>c
+            data[nnz] = (w * p_data[j]) * -gamma
+            nnz = nnz + 1
+            if c < s:
+                lower = nnz
+    mid[s] = lower
+    diag[s] = 1.0 - gamma * self_loop
+    return nnz
+
+
 def assemble_deterministic(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
                            const probability[::1] p_data, const int64_t[::1] pairs,
                            const double[::1] pi, double gamma,                     # IN
@@ -126,11 +153,18 @@ def assemble_deterministic(const int64_t[::1] p_indptr, const int32_t[::1] p_ind
             first = p_indptr[k]
             last = p_indptr[k + 1]
             start = nnz
-            nnz = _merge_row(p_indices, first, last, s, nnz, mid, indices, mark)
+            w = pi[k] / row_total(&p_data[0], first, last)
+            # a row of increasing columns (distinct, sorted) is its own merged row: copied
+            # with the self-loop apart, the same layout and bits as the merge below
+            nnz = _sorted_row(&p_indices[0], &p_data[0], first, last, s, start, w, gamma,
+                              &mid[0], &indices[0], &data[0], &diag[0])
+            if nnz >= start:
+                indptr[s + 1] = nnz
+                continue
+            nnz = _merge_row(p_indices, first, last, s, start, mid, indices, mark)
             indptr[s + 1] = nnz
             for t in range(start, nnz):
                 data[t] = 0.0
-            w = pi[k] / row_total(&p_data[0], first, last)
             self_loop = 0.0
             for j in range(first, last):
                 c = p_indices[j]

@@ -123,6 +123,31 @@ def assemble_values(a_indptr, p_indptr, p_data, pos, pi, gamma, data, diag):
         diag[s] = 1.0 - gamma * data[nnz + s]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def sorted_row(p_indices, p_data, first, last, s, start, w, gamma, mid, indices, data, diag):
+    """Row s of A from the entries first <= j < last of P when their columns increase:
+    appended at indices[start:] and data[start:] (−γ w P), mid[s] and diag[s] set;
+    returns the new nnz, or −1 (nothing valid written) when a column does not increase."""
+    nnz, lower, prev = start, start, np.int64(-1)
+    self_loop = 0.0
+    for j in range(first, last):
+        c = np.int64(p_indices[j])
+        if c <= prev:
+            return -1
+        prev = c
+        if c == s:
+            self_loop += w * p_data[j]
+        else:
+            indices[nnz] = c
+            data[nnz] = (w * p_data[j]) * -gamma
+            nnz += 1
+            if c < s:
+                lower = nnz
+    mid[s] = lower
+    diag[s] = 1.0 - gamma * self_loop
+    return nnz
+
+
 def assemble_deterministic(p_indptr, p_indices, p_data, pairs, pi, gamma, indptr, mid,
                            indices, data, diag, mark):
     n_states = mark.shape[0]
@@ -133,11 +158,18 @@ def assemble_deterministic(p_indptr, p_indices, p_data, pairs, pi, gamma, indptr
         k = pairs[s]
         first, last = np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])
         start = nnz
-        nnz = merge_row(p_indices, first, last, s, nnz, mid, indices, mark)
+        w = pi[k] / row_total(p_data, first, last)
+        # a row of increasing columns (distinct, sorted) is its own merged row: copied
+        # with the self-loop apart, the same layout and bits as the merge below
+        nnz = sorted_row(p_indices, p_data, first, last, s, start, w, gamma, mid, indices,
+                         data, diag)
+        if nnz >= start:
+            indptr[s + 1] = nnz
+            continue
+        nnz = merge_row(p_indices, first, last, s, start, mid, indices, mark)
         indptr[s + 1] = nnz
         for t in range(start, nnz):
             data[t] = 0.0
-        w = pi[k] / row_total(p_data, first, last)
         self_loop = 0.0
         for j in range(first, last):
             c = np.int64(p_indices[j])
