@@ -253,6 +253,7 @@ class Evaluator:
         self._base = [None, None]  # per side: (x, A x) of its last exact product
         self._buf32 = self._x32 = None  # float32 scatter buffers and gathered correction
         self._matrix = None  # the loaded policy's assembled I − γP_π, on first use
+        self._direct = None  # the last one assembled straight from P (a deterministic policy)
         self._workspace = {}  # the assembled matrices' scratch, kept across policies
         self.omega = OMEGA
 
@@ -275,7 +276,7 @@ class Evaluator:
         mdp = self.mdp
         self._pairs = None
         if DIRECT_ASSEMBLY and self.method in ("sgs", "lu"):
-            used = np.flatnonzero(pi)
+            used = np.flatnonzero(pi != 0)  # on booleans: ~6x faster than on floats
             if used.shape[0] == mdp.n_states and used.shape[0] <= mdp.n_pairs // 2:
                 # deterministic (one pair per state), solved on the assembled matrix
                 # alone. A patch of the last rows re-reads only the changed states' rows
@@ -311,8 +312,10 @@ class Evaluator:
         """The loaded policy's I − γP_π (or its transpose), assembled on first use and
         shared by both systems (a ``fastppo._assembled.SplitView``)."""
         if self._matrix is None and self._held_rows is None:  # straight from P
+            # patched from the last such matrix where few states changed
             self._matrix = AssembledMatrix(self.mdp, None, self.backend, self._workspace,
-                                           pairs=(self._pairs, self.pi))
+                                           pairs=(self._pairs, self.pi), base=self._direct)
+            self._direct = self._matrix
         elif self._matrix is None:
             self._matrix = AssembledMatrix(self.mdp, self._rows[:5], self.backend,
                                            self._workspace)
@@ -419,6 +422,9 @@ class Evaluator:
         """c = r_π − τ D_f(π ‖ π_ref), shape (n_states,); ValueError if not finite (a
         divergence that is infinite at this policy)."""
         mdp = self.mdp
+        if self.tau == 0.0 and self._pairs is not None:
+            # a deterministic policy (``load``'s direct path): Σ_a π r has one term
+            return mdp.r[self._pairs] * self.pi[self._pairs]
         c = np.empty(mdp.n_states)
         ref = self.ref if self.tau != 0.0 else self.pi  # not read when τ = 0
         self._k["regularized_reward"](mdp.a_indptr, mdp.r, self.pi, ref, self.code,

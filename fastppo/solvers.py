@@ -132,7 +132,7 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=10_000, lin_tol=1e-13, v0=None, 
 def _sigma(mdp, pi):
     """``mdp.to_sigma(pi)``; for a deterministic π (one pair per state, τ = 0) the labels
     of its pairs, without the per-state maxima (16 ms at 50k states)."""
-    used = np.flatnonzero(pi)
+    used = np.flatnonzero(pi != 0)
     if used.shape[0] == mdp.n_states:  # every state has ≥ 1 pair with π > 0: exactly one
         return mdp.a_indices[used].astype(np.int64)
     return mdp.to_sigma(pi)

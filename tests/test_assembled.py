@@ -140,6 +140,69 @@ def test_deterministic_assembly_of_sorted_and_unsorted_rows(backend):
     np.testing.assert_allclose(dense(*out[backend]), expected, rtol=0, atol=1e-15)
 
 
+@pytest.mark.parametrize("name", ["pendulum", "queue", "float32"])
+def test_patched_deterministic_assembly_is_the_fresh_one(backend, name):
+    """A deterministic policy's matrix patched from another's (``base``: the changed
+    states' rows anew, the others copied; rows of other lengths move the layout) is bit
+    for bit the matrix assembled afresh; too many changes assemble afresh."""
+    import fastppo._assembled as assembled
+
+    mdp = {"pendulum": fastppo.pendulum(12, 10, 3, gamma=0.99),
+           "queue": fastppo.queue2d(capacity=(9, 8), gamma=0.99),
+           "float32": fastppo.garnet(50, 3, 5, gamma=0.9, seed=4, locality=3,
+                                     dtype=np.float32)}[name]
+    pi, pairs = deterministic_policy(mdp, 3)
+    old = AssembledMatrix(mdp, None, backend, pairs=(pairs, pi))
+    rng = np.random.default_rng(5)
+    for share in (0.0, 0.02, 0.2, 0.9):
+        states = np.flatnonzero(rng.random(mdp.n_states) < share)
+        if share > 0:
+            states = np.union1d(states, [0, mdp.n_states - 1])  # the first and last rows
+        new_pi, new_pairs = pi.copy(), pairs.copy()
+        counts = np.diff(mdp.a_indptr)[states]
+        new_pairs[states] = mdp.a_indptr[states] + (pairs[states] - mdp.a_indptr[states] + 1) % counts
+        new_pi[pairs[states]] = 0.0
+        new_pi[new_pairs[states]] = 1.0
+        patched = AssembledMatrix(mdp, None, backend, pairs=(new_pairs, new_pi), base=old)
+        fresh = AssembledMatrix(mdp, None, backend, pairs=(new_pairs, new_pi))
+        assert patched.nnz == fresh.nnz
+        for part in ("indptr", "mid", "indices", "diag", "dinv"):
+            np.testing.assert_array_equal(getattr(patched, part), getattr(fresh, part))
+        np.testing.assert_array_equal(patched.data[:patched.nnz], fresh.data[:fresh.nnz])
+        np.testing.assert_allclose(patched.csr().toarray(), dense_A(mdp, new_pi), rtol=0,
+                                   atol=1e-6 if name == "float32" else 1e-15)
+    # a change of π alone on a state (not of its pair) is a changed row too
+    scaled = pi.copy()
+    scaled[pairs[1]] = 0.5
+    patched = AssembledMatrix(mdp, None, backend, pairs=(pairs, scaled), base=old)
+    fresh = AssembledMatrix(mdp, None, backend, pairs=(pairs, scaled))
+    np.testing.assert_array_equal(patched.data[:patched.nnz], fresh.data[:fresh.nnz])
+    np.testing.assert_array_equal(patched.diag, fresh.diag)
+    assert assembled.PATCH_SHARE < 0.9
+
+
+def test_patch_kernel_copies_unchanged_rows(backend):
+    """``patch_deterministic`` reads the unchanged states' rows from the old matrix: with
+    no state changed, a marked old matrix comes back as it is (not re-read from P)."""
+    from fastppo._backend import get_kernel
+
+    mdp = fastppo.pendulum(12, 10, 3, gamma=0.99)
+    pi, pairs = deterministic_policy(mdp, 3)
+    old = AssembledMatrix(mdp, None, backend, pairs=(pairs, pi))
+    n, nnz = mdp.n_states, old.nnz
+    data, diag = old.data.copy(), old.diag + 1.0  # marked: not what P gives
+    out = (np.empty(n + 1, dtype=np.int64), np.empty(n, dtype=np.int64),
+           np.empty(nnz, dtype=np.int32), np.empty(nnz + n), np.empty(n))
+    got = get_kernel("patch_deterministic", backend)(
+        mdp.p_indptr, mdp.p_indices, mdp.p_data, pairs, pi, mdp.gamma,
+        np.empty(0, dtype=np.int64), old.indptr, old.mid, old.indices, data, diag, *out,
+        np.empty(n, dtype=np.int64), 1)
+    assert got == nnz
+    if backend != "numpy":  # the reference assembles afresh
+        np.testing.assert_array_equal(out[4], diag)
+    np.testing.assert_array_equal(out[2], old.indices)
+
+
 def test_deterministic_assembly_agrees_across_backends():
     mdp = fastppo.queue2d(capacity=(9, 8), gamma=0.99)
     pi, pairs = deterministic_policy(mdp, 2)
