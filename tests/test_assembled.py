@@ -232,6 +232,43 @@ def test_evaluator_assembles_a_deterministic_policy_from_p(backend, method, monk
     np.testing.assert_allclose(values[True], v_star, rtol=1e-10)
 
 
+def test_evaluator_patches_the_last_deterministic_matrix(backend, monkeypatch):
+    """Consecutive deterministic policies on one evaluator (policy iteration's steps):
+    the second's matrix is patched from the first's (few states changed) and gives the
+    values of a fresh evaluator, bit for bit, and of the dense solve."""
+    import fastppo._assembled as assembled
+
+    patches = []
+    kernel = assembled.get_kernel
+
+    def counting(name, b):
+        k = kernel(name, b)
+        if name != "patch_deterministic":
+            return k
+        return lambda *args: patches.append(len(args[6])) or k(*args)
+
+    monkeypatch.setattr(assembled, "get_kernel", counting)
+    mdp = fastppo.pendulum(12, 10, 3, gamma=0.99)
+    pi, pairs = deterministic_policy(mdp, 3)
+    states = np.arange(0, mdp.n_states, 17)
+    new_pi = pi.copy()
+    new_pi[pairs[states]] = 0.0
+    new_pi[mdp.a_indptr[states] + (pairs[states] - mdp.a_indptr[states] + 1) % 3] = 1.0
+    E = Evaluator(mdp, None, backend, 1, method="sgs")
+    E.load(pi, patch=True)
+    E.evaluation(tol=1e-12)
+    first = E._direct
+    E.load(new_pi, patch=True)
+    patched = E.evaluation(tol=1e-12).v
+    assert E._direct is not first and E._direct.pairs is not None
+    assert patches == [states.shape[0]]  # the changed states' rows only
+    F = Evaluator(mdp, None, backend, 1, method="sgs")
+    F.load(new_pi)
+    np.testing.assert_array_equal(patched, F.evaluation(tol=1e-12).v)
+    v_star = np.linalg.solve(dense_A(mdp, new_pi), naive.r_pi(mdp, new_pi))
+    np.testing.assert_allclose(patched, v_star, rtol=1e-10)
+
+
 @pytest.mark.parametrize("transpose", [0, 1])
 @pytest.mark.parametrize("omega", [1.0, 1.3])
 def test_split_view_kernels_against_dense_triangular_solves(backend, transpose, omega):
