@@ -125,7 +125,7 @@ class AssembledMatrix:
         changed = None
         if base is not None and base.pairs is not None and base.n_states == n:
             changed = np.flatnonzero((pairs != base.pairs) | (self.weights != base.weights))
-        if changed is not None and changed.shape[0] <= PATCH_SHARE * n:
+        if PATCH_SHARE and changed is not None and changed.shape[0] <= PATCH_SHARE * n:
             self.nnz = int(self._k["patch_deterministic"](
                 T.p_indptr, T.p_indices, T.p_data, pairs, pi, mdp.gamma, changed, base.indptr,
                 base.mid, base.indices, base.data, base.diag, *out))
