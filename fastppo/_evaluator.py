@@ -451,7 +451,7 @@ class Evaluator:
                               assembled=(None if self.assembled is None
                                          else functools.partial(self.assembled, True))), y0
 
-    def _q_advantages(self, res, b, advantages=True, q=True):
+    def _q_advantages(self, res, b, advantages=True, q=True, out=None):
         """Q̃ = r + γ P v and Ã = Q̃ − Σ_a π Q̃ of the solution ``res`` of the value system
         with right-hand side ``b``: from the rows of its last sweep when that was at v
         (Richardson, rows kept: the same numbers, the iterate being v / 2^e; one pass over
@@ -460,7 +460,9 @@ class Evaluator:
 
         ``q`` False: (None, Ã), Ã made in place over the rows' buffer (or Q̃'s, from the
         pass of ``q_values``), which is handed to the caller: no Q̃ array, one per-pair
-        array in all (the kernels read each pair before they write it)."""
+        array in all (the kernels read each pair before they write it).
+
+        ``out``: Q̃ written into it (n_pairs,) instead of a new array."""
         mdp, nt = self.mdp, self.n_threads
         fresh = self._rows_fresh and res.method == "richardson" and res.n_matvec > 0
         if not q:
@@ -475,12 +477,13 @@ class Evaluator:
                 self._k["advantages"](mdp.a_indptr, self.pi, adv, adv, nt)
             return None, adv
         if fresh:
-            q, adv = np.empty(mdp.n_pairs), np.empty(mdp.n_pairs)
+            q = np.empty(mdp.n_pairs) if out is None else out
+            adv = np.empty(mdp.n_pairs)
             scale = float(np.ldexp(mdp.gamma, _krylov.scale_exponent(b)))
             self._k["q_advantages"](mdp.a_indptr, self.pi, self._q_rows, mdp.r, scale, q, adv, nt)
             return q, adv
         self.n_passes += 1
-        q = self.q_values(res.x)
+        q = self.q_values(res.x, out=out)
         return q, self.advantages(q) if advantages else None
 
     def advantages(self, q):
@@ -489,10 +492,10 @@ class Evaluator:
         self._k["advantages"](self.mdp.a_indptr, self.pi, q, adv, self.n_threads)
         return adv
 
-    def _evaluation(self, res, b, passes, advantages=True, q=True):
+    def _evaluation(self, res, b, passes, advantages=True, q=True, q_out=None):
         mdp = self.mdp
         v = res.x
-        q, adv = self._q_advantages(res, b, advantages, q)
+        q, adv = self._q_advantages(res, b, advantages, q, q_out)
         return Evaluation(v=v, q=q, adv=adv, J=self.space.dot(mdp.rho, v), n_matvec=res.n_matvec,
                           n_passes=self.n_passes - passes, residual=res.residual,
                           method=res.method, fill=self._fill(res), backend=self.backend)
@@ -515,7 +518,7 @@ class Evaluator:
                                     self.tol_name, self.space)
         return dict(stop=stop, max_iter=self.max_iter, method=self.method, restart=self.restart)
 
-    def evaluation(self, v0=None, tol=None, advantages=True):
+    def evaluation(self, v0=None, tol=None, advantages=True, q_out=None):
         """Ṽ, Q̃, Ã and J of the loaded policy.
 
         Parameters
@@ -527,6 +530,9 @@ class Evaluator:
         advantages : bool, default True
             False: ``adv`` may be None (policy iteration's steps need Q̃ only; one pass
             over the pairs less, :meth:`advantages` makes it later).
+        q_out : ndarray of shape (n_pairs,), optional
+            Q̃ written into it (policy iteration alternates two: no fresh 8·n_pairs bytes
+            per step).
 
         Returns
         -------
@@ -536,7 +542,7 @@ class Evaluator:
         passes = self.n_passes
         system = self._value_system()
         res = _krylov.solve(system, v0, **self._solve_options(tol))
-        return self._evaluation(res, system.b, passes, advantages)
+        return self._evaluation(res, system.b, passes, advantages, q_out=q_out)
 
     def visitation(self, mu, d0=None, tol=None):
         """d^π_μ of the loaded policy.
