@@ -29,7 +29,7 @@ pinned to one thread:
   not in the ratio (their set-up, Python lists or per-action matrices, is not timed);
 - with ``--before-after`` (and ``--solve``): also ``fastppo.solve`` with this round's
   levers off (``_assembled.PATCH_SHARE``, ``_evaluator.DETERMINISTIC_REWARD``,
-  ``solvers.REUSE_Q``), in the same interleaved loop;
+  ``solvers.REUSE_Q``, ``_krylov.HALVED_HANDOVER``), in the same interleaved loop;
 - with ``--ppo N`` (target 4): ``N`` outer iterations of ``PPOClip.step()`` (forward KL
   τ = 0.1, ε = 0.2, K = 10, from the uniform policy) and of the speed issue's
   straightforward scipy/NumPy baseline (``benchmarks/baseline_ppo.py``) in turn, medians of
@@ -127,7 +127,7 @@ def tuned_epsilon(solve_qe, v_star, grid):
 
 # this round's levers that can be switched off (the kernel's copy of sorted rows cannot)
 LEVERS = (("fastppo._assembled", "PATCH_SHARE"), ("fastppo._evaluator", "DETERMINISTIC_REWARD"),
-          ("fastppo.solvers", "REUSE_Q"))
+          ("fastppo.solvers", "REUSE_Q"), ("fastppo._krylov", "HALVED_HANDOVER"))
 
 
 def levers_off(f):
