@@ -28,8 +28,8 @@ pinned to one thread:
   ``--toolbox-max`` states: 28 s at 2,000 for 1e-8); reported beside,
   not in the ratio (their set-up, Python lists or per-action matrices, is not timed);
 - with ``--before-after`` (and ``--solve``): also ``fastppo.solve`` with this round's
-  levers off (``_evaluator.DIRECT_ASSEMBLY``, ``_krylov.SKIP_CHECKED_SWEEP``), in the same
-  interleaved loop;
+  levers off (``_assembled.PATCH_SHARE``, ``_evaluator.DETERMINISTIC_REWARD``,
+  ``solvers.REUSE_Q``, ``_krylov.HALVED_HANDOVER``), in the same interleaved loop;
 - with ``--ppo N`` (target 4): ``N`` outer iterations of ``PPOClip.step()`` (forward KL
   τ = 0.1, ε = 0.2, K = 10, from the uniform policy) and of the speed issue's
   straightforward scipy/NumPy baseline (``benchmarks/baseline_ppo.py``) in turn, medians of
@@ -125,7 +125,9 @@ def tuned_epsilon(solve_qe, v_star, grid):
     return eps, err
 
 
-LEVERS = (("fastppo._evaluator", "DIRECT_ASSEMBLY"), ("fastppo._krylov", "SKIP_CHECKED_SWEEP"))
+# this round's levers that can be switched off (the kernel's copy of sorted rows cannot)
+LEVERS = (("fastppo._assembled", "PATCH_SHARE"), ("fastppo._evaluator", "DETERMINISTIC_REWARD"),
+          ("fastppo.solvers", "REUSE_Q"), ("fastppo._krylov", "HALVED_HANDOVER"))
 
 
 def levers_off(f):

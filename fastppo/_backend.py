@@ -28,7 +28,7 @@ STEMS = {
     "sampling": ("rollout", "gae", "discounted_returns", "ppo_minibatches"),
     "episodic": ("episodic_values", "episodic_visits"),
     "assembled": ("merge_pattern", "assemble_values", "assemble_deterministic",
-                  "distinct_pairs_bound", "split_matvec",
+                  "patch_deterministic", "distinct_pairs_bound", "split_matvec",
                   "triangular_solve", "sgs_operator", "sgs_bicgstab"),
     "batched": ("bellman_matvec_batch", "bellman_rmatvec_batch", "q_values_batch",
                 "sweep_residual_batch", "sweep_update_batch", "regularized_reward_batch",

@@ -65,7 +65,7 @@ class EpisodicEvaluator(Evaluator):
         norm = float(np.linalg.norm(b[live]))
         return float(np.linalg.norm((b - ax)[live])) / norm if norm > 0 else 0.0
 
-    def evaluation(self, v0=None, tol=None, advantages=True):
+    def evaluation(self, v0=None, tol=None, advantages=True, q_out=None):
         """Ṽ, Q̃, Ã and J of the loaded policy (Ṽ = 0 on terminal states); ``adv`` None
         when not ``advantages`` (``Evaluator.evaluation``).
 
@@ -81,7 +81,7 @@ class EpisodicEvaluator(Evaluator):
         c = self.regularized_reward()
         v = np.empty(mdp.n_states)
         self._values(*self._pass_args(), c, v, self.n_threads)
-        q = np.empty(mdp.n_pairs)
+        q = np.empty(mdp.n_pairs) if q_out is None else q_out
         self._k["q_values"](mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r, mdp.gamma, v, q,
                             self.n_threads)
         adv = self.advantages(q) if advantages else None

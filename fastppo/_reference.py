@@ -435,6 +435,16 @@ def assemble_deterministic(p_indptr, p_indices, p_data, pairs, pi, gamma, indptr
     return nnz
 
 
+def patch_deterministic(p_indptr, p_indices, p_data, pairs, pi, gamma, changed, old_indptr,
+                        old_mid, old_indices, old_data, old_diag, indptr, mid, indices, data,
+                        diag, mark, n_threads=1):
+    """``assemble_deterministic`` of the policy, whose matrix differs from the old one
+    (``old_*``) in the states ``changed`` only (the compiled kernels copy the others'
+    rows). Returns nnz."""
+    return assemble_deterministic(p_indptr, p_indices, p_data, pairs, pi, gamma, indptr, mid,
+                                  indices, data, diag, mark)
+
+
 def distinct_pairs_bound(indptr, indices, bits, shift, n_threads=1):
     """A lower bound on the edges {i, j} of the undirected graph of the off-diagonal
     pattern (``indptr``, ``indices``; columns distinct in each row): the entries with

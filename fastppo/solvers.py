@@ -132,7 +132,7 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=10_000, lin_tol=1e-13, v0=None, 
 def _sigma(mdp, pi):
     """``mdp.to_sigma(pi)``; for a deterministic π (one pair per state, τ = 0) the labels
     of its pairs, without the per-state maxima (16 ms at 50k states)."""
-    used = np.flatnonzero(pi)
+    used = np.flatnonzero(pi != 0)
     if used.shape[0] == mdp.n_states:  # every state has ≥ 1 pair with π > 0: exactly one
         return mdp.a_indices[used].astype(np.int64)
     return mdp.to_sigma(pi)
@@ -143,6 +143,7 @@ WARM_EVALUATION = 1e-6  # the same from a warm start v0
 LOOSE_STALLS = 3
 FORCING = 0.05
 START_FROM_TV = True
+REUSE_Q = True  # policy iteration's Q̃ in two buffers taken in turn
 NEAR_STABLE = 1e-3  # τ = 0: evaluate exactly once a step changes at most this share of states
 
 
@@ -162,6 +163,9 @@ def _policy_iteration(E, pi, v, tol, max_iter, lin_tol):
     target = max(tol, floor)
     n_matvec, best = 0, np.inf
     new_pi = np.empty(mdp.n_pairs)
+    # Q̃ of the steps in two buffers taken in turn (the last step's is still read while
+    # the next is made): no fresh per-pair array, and its page faults, per step
+    q_buffers = [np.empty(mdp.n_pairs), np.empty(mdp.n_pairs)] if REUSE_Q else [None, None]
     # Inexact policy iteration (an inexact Newton method): an evaluation only needs to be
     # as accurate as the next Bellman residual, ~ the square of this one. Exact
     # evaluations from the step whose residual reached the evaluations' accuracy, or
@@ -179,7 +183,7 @@ def _policy_iteration(E, pi, v, tol, max_iter, lin_tol):
     for it in range(1, max_iter + 1):
         if reload:
             E.load(pi, patch=True)
-        ev = _evaluate(E, v, eval_tol)
+        ev = _evaluate(E, v, eval_tol, q_buffers[it % 2])
         v, n_matvec = ev.v, n_matvec + ev.n_matvec
         E.greedy(ev.q, new_pi, tv)
         residual = space.amax(tv - v)
@@ -207,7 +211,7 @@ def _policy_iteration(E, pi, v, tol, max_iter, lin_tol):
             # (error ~ residual/τ): return it, with its own exact evaluation.
             pi, new_pi = new_pi, pi
             E.load(pi)
-            ev = _evaluate(E, v, lin_tol)
+            ev = _evaluate(E, v, lin_tol, q_buffers[(it + 1) % 2])
             v, n_matvec = ev.v, n_matvec + ev.n_matvec
             E.greedy(ev.q, new_pi, tv)
             residual = space.amax(tv - v)
@@ -241,17 +245,18 @@ def _policy_iteration(E, pi, v, tol, max_iter, lin_tol):
 SKIP_STALLED_SWEEPS = True
 
 
-def _evaluate(E, v, tol):
-    """``E.evaluation(v, tol)``, Q̃ without Ã (``adv`` may be None). After an evaluation
+def _evaluate(E, v, tol, q_out=None):
+    """``E.evaluation(v, tol)``, Q̃ without Ã (``adv`` may be None), into ``q_out``
+    if given. After an evaluation
     whose sweeps stalled and whose next solver (SGS-BiCGSTAB, or the LU where it is
     cheap) finished, the next evaluations start with that solver (``E.method``), and fall
     back to "auto" if it fails."""
     if E.method != "auto":
         try:
-            return E.evaluation(v, tol=tol, advantages=False)
+            return E.evaluation(v, tol=tol, advantages=False, q_out=q_out)
         except ConvergenceError:
             E.method = "auto"
-    ev = E.evaluation(v, tol=tol, advantages=False)
+    ev = E.evaluation(v, tol=tol, advantages=False, q_out=q_out)
     if SKIP_STALLED_SWEEPS and ev.method in ("richardson+sgs", "richardson+lu"):
         E.method = ev.method.split("+")[1]
     return ev

@@ -100,6 +100,109 @@ def test_deterministic_assembly_is_the_dense_one(backend, name):
     np.testing.assert_array_equal(direct.data[:direct.nnz], gathered.data[:gathered.nnz])
 
 
+def test_deterministic_assembly_of_sorted_and_unsorted_rows(backend):
+    """Rows whose columns increase (every row of a valid MDP) are copied as they are, the
+    fast path of ``assemble_deterministic``; others are merged. The kernel on rows of
+    both kinds (the pendulum's, every third reversed, every fifth with a duplicate
+    successor; arrays no MDP accepts) against the NumPy reference (a gather, then
+    ``merge_pattern`` and ``assemble_values``), bit for bit, and the dense I − γP_π."""
+    from fastppo._backend import get_kernel
+
+    mdp = fastppo.pendulum(12, 10, 3, gamma=0.99)
+    indptr, indices, data = mdp.p_indptr, mdp.p_indices.copy(), mdp.p_data.copy()
+    for k in range(mdp.n_pairs):
+        lo, hi = indptr[k], indptr[k + 1]
+        if k % 3 == 0:
+            indices[lo:hi], data[lo:hi] = indices[lo:hi][::-1].copy(), data[lo:hi][::-1].copy()
+        elif k % 5 == 0 and hi - lo >= 2:
+            indices[hi - 1] = indices[lo]  # a duplicate successor
+    pi, pairs = deterministic_policy(mdp, 11)
+    n, size = mdp.n_states, indices.shape[0]
+    out = {}
+    for name in (backend, "numpy"):
+        parts = (np.empty(n + 1, dtype=np.int64), np.empty(n, dtype=np.int64),
+                 np.empty(size, dtype=np.int32), np.empty(size + n), np.empty(n))
+        nnz = get_kernel("assemble_deterministic", name)(
+            indptr, indices, data, pairs, pi, mdp.gamma, *parts, np.empty(n, dtype=np.int64), 1)
+        out[name] = (nnz, *parts[:3], parts[3][:nnz], parts[4])
+    def dense(nnz, ip, _, ix, values, diag):
+        A = np.diag(diag)
+        A[np.repeat(np.arange(n), np.diff(ip)), ix[:nnz]] = values
+        return A
+
+    for got, want in zip(out[backend][:3], out["numpy"][:3]):  # nnz, indptr, mid
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(dense(*out[backend]), dense(*out["numpy"]))
+    expected = np.eye(n)
+    for s, k in enumerate(pairs):
+        np.add.at(expected[s], indices[indptr[k]:indptr[k + 1]],
+                  -mdp.gamma * data[indptr[k]:indptr[k + 1]])
+    np.testing.assert_allclose(dense(*out[backend]), expected, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["pendulum", "queue", "float32"])
+def test_patched_deterministic_assembly_is_the_fresh_one(backend, name):
+    """A deterministic policy's matrix patched from another's (``base``: the changed
+    states' rows anew, the others copied; rows of other lengths move the layout) is bit
+    for bit the matrix assembled afresh; too many changes assemble afresh."""
+    import fastppo._assembled as assembled
+
+    mdp = {"pendulum": fastppo.pendulum(12, 10, 3, gamma=0.99),
+           "queue": fastppo.queue2d(capacity=(9, 8), gamma=0.99),
+           "float32": fastppo.garnet(50, 3, 5, gamma=0.9, seed=4, locality=3,
+                                     dtype=np.float32)}[name]
+    pi, pairs = deterministic_policy(mdp, 3)
+    old = AssembledMatrix(mdp, None, backend, pairs=(pairs, pi))
+    rng = np.random.default_rng(5)
+    for share in (0.0, 0.02, 0.2, 0.9):
+        states = np.flatnonzero(rng.random(mdp.n_states) < share)
+        if share > 0:
+            states = np.union1d(states, [0, mdp.n_states - 1])  # the first and last rows
+        new_pi, new_pairs = pi.copy(), pairs.copy()
+        counts = np.diff(mdp.a_indptr)[states]
+        new_pairs[states] = mdp.a_indptr[states] + (pairs[states] - mdp.a_indptr[states] + 1) % counts
+        new_pi[pairs[states]] = 0.0
+        new_pi[new_pairs[states]] = 1.0
+        patched = AssembledMatrix(mdp, None, backend, pairs=(new_pairs, new_pi), base=old)
+        fresh = AssembledMatrix(mdp, None, backend, pairs=(new_pairs, new_pi))
+        assert patched.nnz == fresh.nnz
+        for part in ("indptr", "mid", "indices", "diag", "dinv"):
+            np.testing.assert_array_equal(getattr(patched, part), getattr(fresh, part))
+        np.testing.assert_array_equal(patched.data[:patched.nnz], fresh.data[:fresh.nnz])
+        np.testing.assert_allclose(patched.csr().toarray(), dense_A(mdp, new_pi), rtol=0,
+                                   atol=1e-6 if name == "float32" else 1e-15)
+    # a change of π alone on a state (not of its pair) is a changed row too
+    scaled = pi.copy()
+    scaled[pairs[1]] = 0.5
+    patched = AssembledMatrix(mdp, None, backend, pairs=(pairs, scaled), base=old)
+    fresh = AssembledMatrix(mdp, None, backend, pairs=(pairs, scaled))
+    np.testing.assert_array_equal(patched.data[:patched.nnz], fresh.data[:fresh.nnz])
+    np.testing.assert_array_equal(patched.diag, fresh.diag)
+    assert assembled.PATCH_SHARE < 0.9
+
+
+def test_patch_kernel_copies_unchanged_rows(backend):
+    """``patch_deterministic`` reads the unchanged states' rows from the old matrix: with
+    no state changed, a marked old matrix comes back as it is (not re-read from P)."""
+    from fastppo._backend import get_kernel
+
+    mdp = fastppo.pendulum(12, 10, 3, gamma=0.99)
+    pi, pairs = deterministic_policy(mdp, 3)
+    old = AssembledMatrix(mdp, None, backend, pairs=(pairs, pi))
+    n, nnz = mdp.n_states, old.nnz
+    data, diag = old.data.copy(), old.diag + 1.0  # marked: not what P gives
+    out = (np.empty(n + 1, dtype=np.int64), np.empty(n, dtype=np.int64),
+           np.empty(nnz, dtype=np.int32), np.empty(nnz + n), np.empty(n))
+    got = get_kernel("patch_deterministic", backend)(
+        mdp.p_indptr, mdp.p_indices, mdp.p_data, pairs, pi, mdp.gamma,
+        np.empty(0, dtype=np.int64), old.indptr, old.mid, old.indices, data, diag, *out,
+        np.empty(n, dtype=np.int64), 1)
+    assert got == nnz
+    if backend != "numpy":  # the reference assembles afresh
+        np.testing.assert_array_equal(out[4], diag)
+    np.testing.assert_array_equal(out[2], old.indices)
+
+
 def test_deterministic_assembly_agrees_across_backends():
     mdp = fastppo.queue2d(capacity=(9, 8), gamma=0.99)
     pi, pairs = deterministic_policy(mdp, 2)
@@ -127,6 +230,43 @@ def test_evaluator_assembles_a_deterministic_policy_from_p(backend, method, monk
     np.testing.assert_array_equal(values[True], values[False])
     v_star = np.linalg.solve(dense_A(mdp, pi), naive.r_pi(mdp, pi))
     np.testing.assert_allclose(values[True], v_star, rtol=1e-10)
+
+
+def test_evaluator_patches_the_last_deterministic_matrix(backend, monkeypatch):
+    """Consecutive deterministic policies on one evaluator (policy iteration's steps):
+    the second's matrix is patched from the first's (few states changed) and gives the
+    values of a fresh evaluator, bit for bit, and of the dense solve."""
+    import fastppo._assembled as assembled
+
+    patches = []
+    kernel = assembled.get_kernel
+
+    def counting(name, b):
+        k = kernel(name, b)
+        if name != "patch_deterministic":
+            return k
+        return lambda *args: patches.append(len(args[6])) or k(*args)
+
+    monkeypatch.setattr(assembled, "get_kernel", counting)
+    mdp = fastppo.pendulum(12, 10, 3, gamma=0.99)
+    pi, pairs = deterministic_policy(mdp, 3)
+    states = np.arange(0, mdp.n_states, 17)
+    new_pi = pi.copy()
+    new_pi[pairs[states]] = 0.0
+    new_pi[mdp.a_indptr[states] + (pairs[states] - mdp.a_indptr[states] + 1) % 3] = 1.0
+    E = Evaluator(mdp, None, backend, 1, method="sgs")
+    E.load(pi, patch=True)
+    E.evaluation(tol=1e-12)
+    first = E._direct
+    E.load(new_pi, patch=True)
+    patched = E.evaluation(tol=1e-12).v
+    assert E._direct is not first and E._direct.pairs is not None
+    assert patches == [states.shape[0]]  # the changed states' rows only
+    F = Evaluator(mdp, None, backend, 1, method="sgs")
+    F.load(new_pi)
+    np.testing.assert_array_equal(patched, F.evaluation(tol=1e-12).v)
+    v_star = np.linalg.solve(dense_A(mdp, new_pi), naive.r_pi(mdp, new_pi))
+    np.testing.assert_allclose(patched, v_star, rtol=1e-10)
 
 
 @pytest.mark.parametrize("transpose", [0, 1])

@@ -329,9 +329,32 @@ def _assembled_calls(mdp, inp, n_threads):
         dense[rows, indices[:nnz]] = data[:nnz]
         return np.concatenate([dense.ravel(), indptr, mid - indptr[:-1]]).astype(np.float64)
 
+    # another deterministic policy: every third state's next action; its matrix patched
+    # from the first's (the NumPy reference's), the same dense matrix on every backend
+    changed = np.arange(0, S, 3, dtype=np.int64)
+    changed = changed[np.diff(a)[changed] > 1]
+    pairs_new = pairs.copy()
+    pairs_new[changed] = a[changed] + (pairs[changed] - a[changed] + 1) % np.diff(a)[changed]
+    pi_new = np.zeros(mdp.n_pairs)
+    pi_new[pairs_new] = 1.0
+    old = (np.empty(S + 1, np.int64), np.empty(S, np.int64), np.empty(L, np.int32),
+           np.empty(L + S), np.empty(S))
+    ref.assemble_deterministic(pp, pj, pd, pairs, pi_det, mdp.gamma, *old, np.empty(S, np.int64))
+
+    def patched(k):
+        indptr, mid = np.empty(S + 1, np.int64), np.empty(S, np.int64)
+        indices, data, diag = np.empty(L, np.int32), np.full(L, np.nan), np.full(S, np.nan)
+        nnz = int(k(pp, pj, pd, pairs_new, pi_new, mdp.gamma, changed, *old, indptr, mid,
+                    indices, data, diag, np.empty(S, np.int64), n_threads))
+        dense = np.diag(diag)
+        rows = np.repeat(np.arange(S), np.diff(indptr))
+        dense[rows, indices[:nnz]] = data[:nnz]
+        return np.concatenate([dense.ravel(), indptr, mid - indptr[:-1]]).astype(np.float64)
+
     calls = {
         "merge_pattern": [("", pattern)],
         "assemble_deterministic": [("", deterministic)],
+        "patch_deterministic": [("", patched)],
         "assemble_values": [("", lambda k: _outputs(k, (a, pp, pd, pos, inp["pi"], mdp.gamma),
                                                     [out(nnz + S), out()], n_threads))],
         "split_matvec": [], "triangular_solve": [], "sgs_operator": [], "sgs_bicgstab": [],

@@ -590,3 +590,20 @@ def test_power_of_two_scaling_is_ldexp_bit_for_bit():
         with np.errstate(over="ignore", under="ignore"):
             got, want = K.pow2_scaled(x, e), np.ldexp(x, e)
         np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64))
+
+
+@pytest.mark.parametrize("method", ["auto", "sgs"])
+def test_evaluation_writes_q_into_the_given_buffer(backend, method):
+    """``q_out``: Q̃ written into the caller's buffer (policy iteration's two buffers),
+    the same numbers as into a new array, for the sweeps' rows and for a q_values pass."""
+    mdp = fastppo.pendulum(12, 10, 3, gamma=0.99)
+    pi, _ = random_policy(mdp, 4)
+    E = Evaluator(mdp, None, backend, 1, method=method)
+    E.load(pi)
+    fresh = E.evaluation(tol=1e-12, advantages=False)
+    buf = np.full(mdp.n_pairs, np.nan)
+    E.load(pi)
+    given = E.evaluation(tol=1e-12, advantages=False, q_out=buf)
+    assert given.q is buf
+    np.testing.assert_array_equal(buf, fresh.q)
+    np.testing.assert_array_equal(given.v, fresh.v)

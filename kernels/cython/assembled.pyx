@@ -6,6 +6,9 @@
 ``assemble_values``:  ``data`` (nnz + n_states,) = −γ Σ π P per slot, ``diag`` = 1 − γ (P_π)_ss
 ``assemble_deterministic``: both at once for a deterministic policy (state s's pair
                       ``pairs[s]``), straight from P, bit for bit the same; returns nnz
+``patch_deterministic``: the same from another deterministic policy's matrix (``old_*``)
+                      differing in the sorted states ``changed``: their rows anew, the
+                      others copied in blocks; bit for bit ``assemble_deterministic``
 ``distinct_pairs_bound``: a lower bound on the undirected edges of the pattern (``indptr``,
                       ``indices``): entries i < j, plus j < i whose mirror is surely absent
                       from a one-hash Bloom filter ``bits`` (2^(64 − ``shift``) bits, scratch)
@@ -106,6 +109,64 @@ def assemble_values(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
             diag[s] = 1.0 - gamma * data[nnz + s]
 
 
+cdef inline int64_t _sorted_row(const int32_t *p_indices, const probability *p_data,
+                                int64_t first, int64_t last, Py_ssize_t s, int64_t start,
+                                double w, double gamma, int64_t *mid, int32_t *indices,
+                                double *data, double *diag) noexcept nogil:
+    """Row s of A from the entries first <= j < last of P when their columns increase:
+    appended at indices[start:] and data[start:] (−γ w P), mid[s] and diag[s] set;
+    returns the new nnz, or −1 (nothing valid written) when a column does not increase."""
+    cdef int64_t nnz = start, lower = start, prev = -1, j, c
+    cdef double self_loop = 0.0
+    for j in range(first, last):
+        c = p_indices[j]
+        if c <= prev:
+            return -1
+        prev = c
+        if c == s:
+            self_loop = self_loop + w * p_data[j]
+        else:
+            indices[nnz] = <int32_t>c
+            data[nnz] = (w * p_data[j]) * -gamma
+            nnz = nnz + 1
+            if c < s:
+                lower = nnz
+    mid[s] = lower
+    diag[s] = 1.0 - gamma * self_loop
+    return nnz
+
+
+cdef inline int64_t _deterministic_row(const int64_t[::1] p_indptr,
+                                       const int32_t[::1] p_indices,
+                                       const probability[::1] p_data, int64_t k,
+                                       const double[::1] pi, double gamma, Py_ssize_t s,
+                                       int64_t nnz, int64_t[::1] mid, int32_t[::1] indices,
+                                       double[::1] data, double[::1] diag,
+                                       int64_t[::1] mark) noexcept nogil:
+    """Row s of A = I − γP_π from pair k appended at slot ``nnz``; returns the new nnz."""
+    cdef int64_t first = p_indptr[k], last = p_indptr[k + 1], start = nnz, j, c, t
+    cdef double w = pi[k] / row_total(&p_data[0], first, last), self_loop = 0.0
+    # a row of increasing columns (distinct, sorted) is its own merged row: copied
+    # with the self-loop apart, the same layout and bits as the merge below
+    nnz = _sorted_row(&p_indices[0], &p_data[0], first, last, s, start, w, gamma,
+                      &mid[0], &indices[0], &data[0], &diag[0])
+    if nnz >= start:
+        return nnz
+    nnz = _merge_row(p_indices, first, last, s, start, mid, indices, mark)
+    for t in range(start, nnz):
+        data[t] = 0.0
+    for j in range(first, last):
+        c = p_indices[j]
+        if c == s:
+            self_loop = self_loop + w * p_data[j]
+        else:
+            data[mark[c]] += w * p_data[j]
+    for t in range(start, nnz):
+        data[t] = -gamma * data[t]
+    diag[s] = 1.0 - gamma * self_loop
+    return nnz
+
+
 def assemble_deterministic(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
                            const probability[::1] p_data, const int64_t[::1] pairs,
                            const double[::1] pi, double gamma,                     # IN
@@ -115,32 +176,57 @@ def assemble_deterministic(const int64_t[::1] p_indptr, const int32_t[::1] p_ind
     """assemble_deterministic(p_indptr, p_indices, p_data, pairs, pi, gamma, indptr, mid,
     indices, data, diag, mark, n_threads) -> nnz"""
     cdef Py_ssize_t n_states = mark.shape[0], s
-    cdef int64_t nnz = 0, start, j, c, t, k, first, last
-    cdef double w, self_loop
+    cdef int64_t nnz = 0
     with nogil:
         for s in range(n_states):
             mark[s] = -1
         indptr[0] = 0
         for s in range(n_states):
-            k = pairs[s]
-            first = p_indptr[k]
-            last = p_indptr[k + 1]
-            start = nnz
-            nnz = _merge_row(p_indices, first, last, s, nnz, mid, indices, mark)
+            nnz = _deterministic_row(p_indptr, p_indices, p_data, pairs[s], pi, gamma, s, nnz,
+                                     mid, indices, data, diag, mark)
             indptr[s + 1] = nnz
-            for t in range(start, nnz):
-                data[t] = 0.0
-            w = pi[k] / row_total(&p_data[0], first, last)
-            self_loop = 0.0
-            for j in range(first, last):
-                c = p_indices[j]
-                if c == s:
-                    self_loop = self_loop + w * p_data[j]
-                else:
-                    data[mark[c]] += w * p_data[j]
-            for t in range(start, nnz):
-                data[t] = -gamma * data[t]
-            diag[s] = 1.0 - gamma * self_loop
+    return nnz
+
+
+def patch_deterministic(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
+                        const probability[::1] p_data, const int64_t[::1] pairs,
+                        const double[::1] pi, double gamma, const int64_t[::1] changed,
+                        const int64_t[::1] old_indptr, const int64_t[::1] old_mid,
+                        const int32_t[::1] old_indices, const double[::1] old_data,
+                        const double[::1] old_diag,                                # IN
+                        int64_t[::1] indptr, int64_t[::1] mid, int32_t[::1] indices,
+                        double[::1] data, double[::1] diag, int64_t[::1] mark,
+                        int n_threads):                                            # OUT
+    """patch_deterministic(p_indptr, p_indices, p_data, pairs, pi, gamma, changed,
+    old_indptr, old_mid, old_indices, old_data, old_diag, indptr, mid, indices, data, diag,
+    mark, n_threads) -> nnz"""
+    cdef Py_ssize_t n_states = mark.shape[0], n_changed = changed.shape[0], s = 0, i, u
+    cdef Py_ssize_t stop
+    cdef int64_t nnz = 0, lo, hi, shift, t
+    with nogil:
+        for u in range(n_states):
+            mark[u] = -1
+        indptr[0] = 0
+        for i in range(n_changed + 1):
+            stop = changed[i] if i < n_changed else n_states
+            # the unchanged rows s .. stop − 1: one block of the old arrays, shifted
+            lo = old_indptr[s]
+            hi = old_indptr[stop]
+            shift = nnz - lo
+            for t in range(lo, hi):
+                indices[t + shift] = old_indices[t]
+                data[t + shift] = old_data[t]
+            for u in range(s, stop):
+                indptr[u + 1] = old_indptr[u + 1] + shift
+                mid[u] = old_mid[u] + shift
+                diag[u] = old_diag[u]
+            nnz = hi + shift
+            if stop == n_states:
+                break
+            nnz = _deterministic_row(p_indptr, p_indices, p_data, pairs[stop], pi, gamma, stop,
+                                     nnz, mid, indices, data, diag, mark)
+            indptr[stop + 1] = nnz
+            s = stop + 1
     return nnz
 
 

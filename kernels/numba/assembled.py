@@ -19,6 +19,11 @@ successor once. Assembly is two kernels:
                       layout and the same sums as ``merge_pattern`` + ``assemble_values``
                       on that policy's rows (bit for bit), without gathering them first.
                       ``indices``, ``data`` hold at least the rows' entries; returns nnz.
+``patch_deterministic``: the same matrix from that of another deterministic policy
+                      (``old_*``, in the same layout) which differs from it in the states
+                      ``changed`` (sorted): their rows made anew, the others' copied in
+                      blocks (one sequential pass instead of reads of P's rows); the same
+                      bits as ``assemble_deterministic``.
 ``distinct_pairs_bound``: a lower bound on the edges of the undirected graph of an
                       off-diagonal pattern (``indptr``, ``indices``; each row's columns
                       distinct): the entries (i, j), i < j, plus those j < i whose mirror
@@ -123,6 +128,61 @@ def assemble_values(a_indptr, p_indptr, p_data, pos, pi, gamma, data, diag):
         diag[s] = 1.0 - gamma * data[nnz + s]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def sorted_row(p_indices, p_data, first, last, s, start, w, gamma, mid, indices, data, diag):
+    """Row s of A from the entries first <= j < last of P when their columns increase:
+    appended at indices[start:] and data[start:] (−γ w P), mid[s] and diag[s] set;
+    returns the new nnz, or −1 (nothing valid written) when a column does not increase."""
+    nnz, lower, prev = start, start, np.int64(-1)
+    self_loop = 0.0
+    for j in range(first, last):
+        c = np.int64(p_indices[j])
+        if c <= prev:
+            return -1
+        prev = c
+        if c == s:
+            self_loop += w * p_data[j]
+        else:
+            indices[nnz] = c
+            data[nnz] = (w * p_data[j]) * -gamma
+            nnz += 1
+            if c < s:
+                lower = nnz
+    mid[s] = lower
+    diag[s] = 1.0 - gamma * self_loop
+    return nnz
+
+
+@njit(cache=True, nogil=True, inline="always")
+def deterministic_row(p_indptr, p_indices, p_data, k, pi, gamma, s, nnz, mid, indices, data,
+                      diag, mark):
+    """Row s of A = I − γP_π from pair k (π of it in ``pi``) appended at slot ``nnz``;
+    returns the new nnz (``mark``: see ``merge_row``)."""
+    first, last = np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])
+    start = nnz
+    w = pi[k] / row_total(p_data, first, last)
+    # a row of increasing columns (distinct, sorted) is its own merged row: copied
+    # with the self-loop apart, the same layout and bits as the merge below
+    nnz = sorted_row(p_indices, p_data, first, last, s, start, w, gamma, mid, indices,
+                     data, diag)
+    if nnz >= start:
+        return nnz
+    nnz = merge_row(p_indices, first, last, s, start, mid, indices, mark)
+    for t in range(start, nnz):
+        data[t] = 0.0
+    self_loop = 0.0
+    for j in range(first, last):
+        c = np.int64(p_indices[j])
+        if c == s:
+            self_loop += w * p_data[j]
+        else:
+            data[mark[c]] += w * p_data[j]
+    for t in range(start, nnz):
+        data[t] *= -gamma
+    diag[s] = 1.0 - gamma * self_loop
+    return nnz
+
+
 def assemble_deterministic(p_indptr, p_indices, p_data, pairs, pi, gamma, indptr, mid,
                            indices, data, diag, mark):
     n_states = mark.shape[0]
@@ -130,24 +190,39 @@ def assemble_deterministic(p_indptr, p_indices, p_data, pairs, pi, gamma, indptr
     nnz = 0
     indptr[0] = 0
     for s in range(n_states):
-        k = pairs[s]
-        first, last = np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])
-        start = nnz
-        nnz = merge_row(p_indices, first, last, s, nnz, mid, indices, mark)
+        nnz = deterministic_row(p_indptr, p_indices, p_data, pairs[s], pi, gamma, s, nnz, mid,
+                                indices, data, diag, mark)
         indptr[s + 1] = nnz
-        for t in range(start, nnz):
-            data[t] = 0.0
-        w = pi[k] / row_total(p_data, first, last)
-        self_loop = 0.0
-        for j in range(first, last):
-            c = np.int64(p_indices[j])
-            if c == s:
-                self_loop += w * p_data[j]
-            else:
-                data[mark[c]] += w * p_data[j]
-        for t in range(start, nnz):
-            data[t] *= -gamma
-        diag[s] = 1.0 - gamma * self_loop
+    return nnz
+
+
+def patch_deterministic(p_indptr, p_indices, p_data, pairs, pi, gamma, changed, old_indptr,
+                        old_mid, old_indices, old_data, old_diag, indptr, mid, indices, data,
+                        diag, mark):
+    n_states = mark.shape[0]
+    mark[:] = -1
+    nnz = 0
+    indptr[0] = 0
+    s = 0
+    for i in range(changed.shape[0] + 1):
+        stop = changed[i] if i < changed.shape[0] else n_states
+        # the unchanged rows s .. stop − 1: one block of the old arrays, shifted
+        lo, hi = old_indptr[s], old_indptr[stop]
+        shift = nnz - lo
+        for t in range(lo, hi):
+            indices[t + shift] = old_indices[t]
+            data[t + shift] = old_data[t]
+        for u in range(s, stop):
+            indptr[u + 1] = old_indptr[u + 1] + shift
+            mid[u] = old_mid[u] + shift
+            diag[u] = old_diag[u]
+        nnz = hi + shift
+        if stop == n_states:
+            break
+        nnz = deterministic_row(p_indptr, p_indices, p_data, pairs[stop], pi, gamma, stop,
+                                nnz, mid, indices, data, diag, mark)
+        indptr[stop + 1] = nnz
+        s = stop + 1
     return nnz
 
 
@@ -320,5 +395,6 @@ def sgs_bicgstab(indptr, mid, indices, data, diag, dinv, kdiag, transpose, y, r,
     return used
 
 
-KERNELS = serial(merge_pattern, assemble_values, assemble_deterministic, distinct_pairs_bound,
+KERNELS = serial(merge_pattern, assemble_values, assemble_deterministic, patch_deterministic,
+                 distinct_pairs_bound,
                  split_matvec, triangular_solve, sgs_operator, sgs_bicgstab)
