@@ -186,6 +186,7 @@ def large(args):
         opt = fastppo.solve(mdp, reg, backend=backend, n_threads=nt)
         noise = np.random.default_rng(1).standard_normal(mdp.n_pairs)
         init, reference = np.log(opt.policy.ravel()) + args.perturb * noise, opt.J
+        del noise  # (n_pairs,): not held through the run (peak RSS)
         print(f"J* = {opt.J:.15g} by solve ({opt.n_passes} passes, "
               f"{time.process_time() - c0:.1f} s CPU); start: log π* + {args.perturb} N(0, 1) "
               f"per pair", flush=True)
@@ -193,6 +194,7 @@ def large(args):
     phases = Phases()
     ppo = fastppo.PPOClip(mdp, reg, init=init, reference=reference, backend=backend,
                           n_threads=nt)
+    del init  # the solver holds its own logits
     E = ppo._evaluator
     print(f"mixed precision sweeps: {E.mixed}", flush=True)
     worst = 0.0
