@@ -96,6 +96,12 @@ HALVED_HANDOVER = True
 EPS = float(np.finfo(np.float64).eps)
 
 
+def start_is_better(residual, start_residual):
+    """Whether sweeps that gave up at ``residual`` hand over their start instead of their
+    iterate: it did not halve the start's residual (``HALVED_HANDOVER``; else: rose)."""
+    return residual > (0.5 if HALVED_HANDOVER else 1.0) * start_residual
+
+
 class ConvergenceError(RuntimeError):
     """A linear solve did not reach its tolerance within ``max_iter`` products."""
 
@@ -364,8 +370,7 @@ class _Sweeps:
         slow = self.n_matvec >= self.min_sweeps and self.slow >= 2
         if self.n_matvec >= self.max_iter or slow:
             stalled = self.n_matvec < self.max_iter
-            if exact and residual > (0.5 if HALVED_HANDOVER else 1.0) * self.start_residual:
-                # the start was better, or not clearly worse
+            if exact and start_is_better(residual, self.start_residual):
                 x = np.zeros_like(x) if self.x0 is None else np.array(self.x0, dtype=np.float64)
                 residual = self.start_residual
             self.result = LinearResult(x, self.n_matvec, residual, False, "richardson",

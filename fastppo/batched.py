@@ -299,8 +299,7 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
                 gave_up = n_matvec >= _krylov.MIN_SWEEPS and slow[m] >= 2
                 if n_matvec >= max_iter or gave_up:
                     end = x[:, i].copy()
-                    keep = 0.5 if _krylov.HALVED_HANDOVER else 1.0  # as _krylov._Sweeps
-                    if residual > keep * start_residual[m]:  # the start was better
+                    if _krylov.start_is_better(residual, start_residual[m]):
                         end = np.zeros(n) if X0[m] is None else np.array(X0[m], dtype=np.float64)
                         residual = start_residual[m]
                     results[m] = _krylov.LinearResult(end, n_matvec, residual, False,
