@@ -270,8 +270,9 @@ class IterativeMethod:
         if self.run_id is not None:
             state["run_id"] = self.run_id
         for name, value in self._state().items():
-            if value is not None:
-                state[name] = value.copy() if isinstance(value, np.ndarray) else value
+            if value is not None:  # read-only arrays are never changed: shared, not copied
+                copy = isinstance(value, np.ndarray) and value.flags.writeable
+                state[name] = value.copy() if copy else value
         return state
 
     def save(self, path):

@@ -391,6 +391,15 @@ def predicted_start(x, steps, sketches):
     return step
 
 
+def _read_only(x):
+    """A read-only copy of x (x itself if it is read-only)."""
+    if not x.flags.writeable:
+        return x
+    x = x.copy()
+    x.flags.writeable = False
+    return x
+
+
 class _Trajectory:
     """The last solution of one linear system across outer iterations and the steps
     before it (:func:`predicted_start`)."""
@@ -405,6 +414,7 @@ class _Trajectory:
             n = x.shape[0]
             dx = np.subtract(x, self.x, out=np.empty(
                 n, dtype=np.float32 if n >= FLOAT32_STEPS_FROM else np.float64))
+            dx.flags.writeable = False  # never changed: a checkpoint shares it, no copy
             self.steps.insert(0, dx)
             self.sketches.insert(0, sketch(dx))
             keep = max(2, min(WARM_STEPS, WARM_BYTES // dx.nbytes))
@@ -416,7 +426,7 @@ class _Trajectory:
         return None if self.x is None else predicted_start(self.x, self.steps, self.sketches)
 
     def restore(self, x, steps):
-        self.x, self.steps = x, list(steps)
+        self.x, self.steps = x, [_read_only(dx) for dx in steps]
         self.sketches = [sketch(dx) for dx in self.steps]
 
 

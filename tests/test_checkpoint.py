@@ -477,3 +477,19 @@ def test_a_run_directory_of_0_1_0_resumes_from_the_command_line(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     assert config["params"]["step_scale"] == 0.5 and "step" not in config["params"]
     assert str(entries(folder)["format"]) == "fastppo-checkpoint-2"  # saved in today's schema
+
+
+def test_snapshots_share_the_read_only_warm_steps(tmp_path):
+    """The state taken before every iteration shares the warm starts' steps (read-only:
+    nothing changes them) and copies what the next step changes in place."""
+    ppo = fastppo.PPOClip(fastppo.garnet(60, 3, 3, seed=2), fastppo.ForwardKL(0.1))
+    ppo.run(5)
+    state = ppo._entries()
+    step = state["v_step1"]
+    assert step is ppo._vs.steps[0] and not step.flags.writeable
+    with pytest.raises(ValueError):
+        step[0] = 1.0
+    assert state["logits"] is not ppo.logits and state["v_warm"] is not ppo._v
+    ppo.save(tmp_path)
+    resumed = fastppo.PPOClip.resume(tmp_path)
+    assert all(not dx.flags.writeable for dx in resumed._vs.steps + resumed._ds.steps)
