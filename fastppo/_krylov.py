@@ -575,6 +575,8 @@ def bicgstab(system, x0, stop, max_iter, *, max_restarts=5):
 # sgs: the last check's x is the answer when y has not moved since (every return after a
 # check): one backward sweep fewer per solve
 SKIP_CHECKED_SWEEP = True
+# sgs from a start x₀: the first product Â y₀ from x₀ without a backward sweep
+WARM_SGS_START = True
 
 
 def sgs(system, x0, stop, max_iter, *, max_restarts=5):
@@ -624,10 +626,23 @@ def sgs(system, x0, stop, max_iter, *, max_restarts=5):
         np.subtract(b, r, out=r)
         return stop.relative(r, bnorm), 1
 
+    operator = M.operator
+    if WARM_SGS_START and x0 is not None:
+        # the first product (before any check changes x) is Â y₀ with y₀ = (E + U_B) x₀
+        # and x₀ = x known: its backward sweep is skipped (``SplitView.operator_at``)
+        first = [True]
+
+        def operator(vector, out):
+            if first[0]:
+                first[0] = False
+                M.operator_at(vector, x, out)
+            else:
+                M.operator(vector, out)
+
     # the compiled steps test the recursive residual against the rule's target: a rule
     # whose ``met`` is another test (a subclass) decides in the Python loop
     steps = M.bicgstab_steps if type(stop).met is StoppingRule.met else None
-    used, residual, converged, stalled = _bicgstab(M.operator, b_hat, y, x0 is None, stop,
+    used, residual, converged, stalled = _bicgstab(operator, b_hat, y, x0 is None, stop,
                                                    max_iter - 1, max_restarts, check,
                                                    steps=steps)
     if not (SKIP_CHECKED_SWEEP and np.array_equal(y, checked)):
