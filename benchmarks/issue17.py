@@ -28,8 +28,9 @@ pinned to one thread:
   ``--toolbox-max`` states: 28 s at 2,000 for 1e-8); reported beside,
   not in the ratio (their set-up, Python lists or per-action matrices, is not timed);
 - with ``--before-after`` (and ``--solve``): also ``fastppo.solve`` with this round's
-  levers off (``LEVERS``: ``_krylov.WARM_SGS_START``, ``_assembled.UNIT_OMEGA``,
-  ``_assembled.PATCH_BOUND``), in the same interleaved loop;
+  levers off (``LEVERS``: ``_krylov.WARM_SGS_START``, ``_krylov.MOVED_FLAG``,
+  ``_assembled.UNIT_OMEGA``, ``_assembled.PATCH_BOUND``, ``_evaluator.SHARED_WEIGHTS``),
+  in the same interleaved loop;
 - with ``--ppo N`` (target 4): ``N`` outer iterations of ``PPOClip.step()`` (forward KL
   τ = 0.1, ε = 0.2, K = 10, from the uniform policy) and of the speed issue's
   straightforward scipy/NumPy baseline (``benchmarks/baseline_ppo.py``) in turn, medians of
@@ -132,8 +133,9 @@ def tuned_epsilon(solve_qe, v_star, grid):
 
 # this round's levers that can be switched off (the SGS set-up of 2026-12-01, late evening;
 # the round before: PATCH_SHARE, DETERMINISTIC_REWARD, REUSE_Q, HALVED_HANDOVER)
-LEVERS = (("fastppo._krylov", "WARM_SGS_START"), ("fastppo._assembled", "UNIT_OMEGA"),
-          ("fastppo._assembled", "PATCH_BOUND"))
+LEVERS = (("fastppo._krylov", "WARM_SGS_START"), ("fastppo._krylov", "MOVED_FLAG"),
+          ("fastppo._assembled", "UNIT_OMEGA"), ("fastppo._assembled", "PATCH_BOUND"),
+          ("fastppo._evaluator", "SHARED_WEIGHTS"))
 
 
 def levers_off(f):

@@ -69,8 +69,9 @@ class AssembledMatrix:
         buffer (hundreds of MB on the local garnet at 50k, where mapping fresh pages cost
         more than the factorisation), which invalidates the previous matrix's factor.
     pairs : tuple, optional
-        ``(pairs, pi)`` of a deterministic policy: state s's only pair ``pairs[s]``
-        (int64, n_states), π flat (n_pairs,). A is then assembled straight from P's rows
+        ``(pairs, pi)`` or ``(pairs, pi, weights)`` of a deterministic policy: state s's
+        only pair ``pairs[s]`` (int64, n_states), π flat (n_pairs,), ``pi[pairs]`` if
+        given (else gathered here; None: the same). A is then assembled straight from P's rows
         in one pass (``assemble_deterministic``: the same matrix, bit for bit, as from
         the policy's gathered rows, without the gather).
     base : AssembledMatrix, optional
@@ -98,7 +99,7 @@ class AssembledMatrix:
         self.fill = None  # (entries the factorisation stores) / (entries of A), once factorised
         self.pairs = self.weights = None  # a deterministic policy's pairs and π on them
         if pairs is not None:
-            self._assemble_deterministic(mdp, *pairs, base)
+            self._assemble_deterministic(mdp, *pairs, base=base)
             return
         a_indptr, p_indptr, p_indices, p_data, pi = rows
         if p_indptr is T.p_indptr:
@@ -118,10 +119,10 @@ class AssembledMatrix:
         self.dinv = 1.0 / self.diag  # A is strictly diagonally dominant: diag ≥ 1 − γ > 0
         self._parts = self.indptr, self.mid, self.indices, self.data
 
-    def _assemble_deterministic(self, mdp, pairs, pi, base=None):
+    def _assemble_deterministic(self, mdp, pairs, pi, weights=None, base=None):
         T, n = mdp._transitions, mdp.n_states
         self._cache = {}
-        self.pairs, self.weights = pairs, pi[pairs]
+        self.pairs, self.weights = pairs, pi[pairs] if weights is None else weights
         changed = None
         if base is not None and base.pairs is not None and base.n_states == n:
             changed = np.flatnonzero((pairs != base.pairs) | (self.weights != base.weights))
