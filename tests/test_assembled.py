@@ -385,11 +385,46 @@ def test_sgs_from_a_warm_start_against_the_dense_solution(backend, warm, transpo
                            assembled=lambda: M.view(int(transpose)))
     stop = krylov.StoppingRule(1e-12, mdp.gamma)
     rng = np.random.default_rng(6)
-    for x0 in (x_star * (1 + 1e-3 * rng.normal(size=b.shape[0])), rng.normal(size=b.shape[0])):
-        res = krylov.sgs(system, x0.copy(), stop, 500)
+    for x0 in (x_star * (1 + 1e-3 * rng.normal(size=b.shape[0])), rng.normal(size=b.shape[0]),
+               None):
+        res = krylov.sgs(system, None if x0 is None else x0.copy(), stop, 500)
         assert res.converged and res.method == "sgs"
         assert np.linalg.norm(b - B @ res.x) <= max(1e-12, floor(mdp.gamma)) * np.linalg.norm(b) * 1.01
         np.testing.assert_allclose(res.x, x_star, rtol=1e-9)
+        # ``MOVED_FLAG`` (no copy of y per check) against the comparison of y: the same bits
+        monkeypatch.setattr(krylov, "MOVED_FLAG", False)
+        old = krylov.sgs(system, None if x0 is None else x0.copy(), stop, 500)
+        monkeypatch.setattr(krylov, "MOVED_FLAG", True)
+        np.testing.assert_array_equal(old.x, res.x)
+        assert old.n_matvec == res.n_matvec
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_shared_weights_of_a_deterministic_policy(backend, shared, monkeypatch):
+    """``SHARED_WEIGHTS``: π on a deterministic policy's pairs gathered once for r_π and the
+    assembly; the same r_π, matrix and values, bit for bit, and the dense solution, also
+    for a policy whose weights are not 1 and after a patch."""
+    import fastppo._evaluator as ev_module
+
+    mdp = fastppo.pendulum(12, 10, 3, gamma=0.99)
+    pi, pairs = deterministic_policy(mdp, 7)
+    half = pi.copy()
+    half[pairs[::5]] = 0.5  # deterministic support, weights 1 and 0.5
+    values = {}
+    for flag in (shared, not shared):
+        monkeypatch.setattr(ev_module, "SHARED_WEIGHTS", flag)
+        E = Evaluator(mdp, None, backend, 1, method="sgs")
+        values[flag] = []
+        for p in (pi, half):
+            E.load(p, patch=True)
+            c = E.regularized_reward()
+            np.testing.assert_array_equal(c, naive.r_pi(mdp, p))
+            values[flag].append(E.evaluation(tol=1e-12).v)
+            np.testing.assert_array_equal(E._direct.weights, p[pairs])
+    for a, b in zip(values[True], values[False]):
+        np.testing.assert_array_equal(a, b)
+    v_star = np.linalg.solve(dense_A(mdp, half), naive.r_pi(mdp, half))
+    np.testing.assert_allclose(values[shared][1], v_star, rtol=1e-10)
 
 
 # ------------------------------------------------------------------ each path
