@@ -36,7 +36,9 @@ pinned to one thread:
   straightforward scipy/NumPy baseline (``benchmarks/baseline_ppo.py``) in turn, medians of
   iterations 2..N (wall and CPU), and max |Δθ| between the two after N iterations.
 
-Every entry is the median of ``--repeat`` interleaved calls after a warm-up; every
+Every entry is the median of ``--repeat`` interleaved calls after a warm-up (the solve
+section also prints the median CPU time of this process and its ratios: on a shared
+machine wall times wait for the CPU); every
 solution's true relative residual ‖b − A x‖/‖b‖ is printed (certified ≤ 1e-12, or the
 floor). Ratios > 1: fastppo faster.
 """
