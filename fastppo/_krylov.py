@@ -635,7 +635,6 @@ def sgs(system, x0, stop, max_iter, *, max_restarts=5):
         np.subtract(b, r, out=r)
         return stop.relative(r, bnorm), 1
 
-    operator = M.operator
     if WARM_SGS_START and x0 is not None:
         # the first product (before any check changes x) is Â y₀ with y₀ = (E + U_B) x₀
         # and x₀ = x known: its backward sweep is skipped (``SplitView.operator_at``)
