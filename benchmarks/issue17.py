@@ -28,14 +28,17 @@ pinned to one thread:
   ``--toolbox-max`` states: 28 s at 2,000 for 1e-8); reported beside,
   not in the ratio (their set-up, Python lists or per-action matrices, is not timed);
 - with ``--before-after`` (and ``--solve``): also ``fastppo.solve`` with this round's
-  levers off (``_assembled.PATCH_SHARE``, ``_evaluator.DETERMINISTIC_REWARD``,
-  ``solvers.REUSE_Q``, ``_krylov.HALVED_HANDOVER``), in the same interleaved loop;
+  levers off (``LEVERS``: ``_krylov.WARM_SGS_START``, ``_krylov.MOVED_FLAG``,
+  ``_assembled.UNIT_OMEGA``, ``_assembled.PATCH_BOUND``, ``_evaluator.SHARED_WEIGHTS``),
+  in the same interleaved loop;
 - with ``--ppo N`` (target 4): ``N`` outer iterations of ``PPOClip.step()`` (forward KL
   τ = 0.1, ε = 0.2, K = 10, from the uniform policy) and of the speed issue's
   straightforward scipy/NumPy baseline (``benchmarks/baseline_ppo.py``) in turn, medians of
   iterations 2..N (wall and CPU), and max |Δθ| between the two after N iterations.
 
-Every entry is the median of ``--repeat`` interleaved calls after a warm-up; every
+Every entry is the median of ``--repeat`` interleaved calls after a warm-up (the solve
+section also prints the median CPU time of this process and its ratios: on a shared
+machine wall times wait for the CPU); every
 solution's true relative residual ‖b − A x‖/‖b‖ is printed (certified ≤ 1e-12, or the
 floor). Ratios > 1: fastppo faster.
 """
@@ -56,15 +59,20 @@ from benchmarks.common import build_mdp, describe_mdp
 BACKEND = None  # set by --backend; None: the library's default
 
 
-def interleaved(contenders, repeat):
-    """{name: median seconds}; one warm-up each, then ``repeat`` rounds in turn."""
+def interleaved(contenders, repeat, cpu=None):
+    """{name: median seconds}; one warm-up each, then ``repeat`` rounds in turn. ``cpu``:
+    a dict given is filled with the median CPU seconds (this process) of each."""
     out = {name: f() for name, f in contenders.items()}
     times = {name: [] for name in contenders}
+    cpu_times = {name: [] for name in contenders}
     for _ in range(repeat):
         for name, f in contenders.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             f()
             times[name].append(time.perf_counter() - t)
+            cpu_times[name].append(time.process_time() - c)
+    if cpu is not None:
+        cpu.update({name: float(np.median(c)) for name, c in cpu_times.items()})
     return {name: float(np.median(t)) for name, t in times.items()}, out
 
 
@@ -125,9 +133,11 @@ def tuned_epsilon(solve_qe, v_star, grid):
     return eps, err
 
 
-# this round's levers that can be switched off (the kernel's copy of sorted rows cannot)
-LEVERS = (("fastppo._assembled", "PATCH_SHARE"), ("fastppo._evaluator", "DETERMINISTIC_REWARD"),
-          ("fastppo.solvers", "REUSE_Q"), ("fastppo._krylov", "HALVED_HANDOVER"))
+# this round's levers that can be switched off (the SGS set-up of 2026-12-01, late evening;
+# the round before: PATCH_SHARE, DETERMINISTIC_REWARD, REUSE_Q, HALVED_HANDOVER)
+LEVERS = (("fastppo._krylov", "WARM_SGS_START"), ("fastppo._krylov", "MOVED_FLAG"),
+          ("fastppo._assembled", "UNIT_OMEGA"), ("fastppo._assembled", "PATCH_BOUND"),
+          ("fastppo._evaluator", "SHARED_WEIGHTS"))
 
 
 def levers_off(f):
@@ -216,9 +226,10 @@ def solve_section(mdp, repeat, qe_pi, qe_vi=False, eps_grid=(1e-8,), others=(Fal
         contenders["qe pi"] = lambda: ddp.solve(method="policy_iteration", max_iter=100_000)
     if others[0]:
         contenders.update(other_peers(mdp, v_star, eps_grid, others[1]))
-    med, out = interleaved(contenders, repeat)
+    cpu = {}
+    med, out = interleaved(contenders, repeat, cpu)
     err = {k: np.abs(r.v - v_star).max() for k, r in out.items()}
-    return med, err
+    return med, err, cpu
 
 
 def ppo_section(mdp, n_iter):
@@ -283,7 +294,7 @@ def main(argv=None):
                       f"vs bicgstab {med['bicgstab'] / med['fastppo']:.2f}x, vs spsolve "
                       f"{med['spsolve'] / med['fastppo']:.2f}x", flush=True)
             if a.solve:
-                med, err = solve_section(mdp, a.repeat, a.qe_pi, a.qe_vi, a.qe_eps,
+                med, err, cpu = solve_section(mdp, a.repeat, a.qe_pi, a.qe_vi, a.qe_eps,
                                          (mdp.n_states <= a.others_max, a.toolbox_max),
                                          a.before_after)
                 # QuantEcon's fastest among its methods within 1e-8 of v* (the target's rule)
@@ -294,6 +305,14 @@ def main(argv=None):
                       + f" | ratio vs QuantEcon's fastest {best / med['fastppo.solve']:.2f}x"
                       + ("" if "fastppo.solve (before)" not in med else
                          f" (before: {best / med['fastppo.solve (before)']:.2f}x)"),
+                      flush=True)
+                # CPU time of this process (the machine may be shared): the same ratios
+                best_cpu = min((cpu[k] for k in med if k.startswith("qe") and err[k] <= QE_TOL),
+                               default=np.nan)
+                print("  solve cpu  " + " | ".join(f"{k} {1e3 * v:.1f} ms" for k, v in cpu.items())
+                      + f" | ratio {best_cpu / cpu['fastppo.solve']:.2f}x"
+                      + ("" if "fastppo.solve (before)" not in cpu else
+                         f" (before: {best_cpu / cpu['fastppo.solve (before)']:.2f}x)"),
                       flush=True)
             if a.ppo:
                 med, diff = ppo_section(mdp, a.ppo)

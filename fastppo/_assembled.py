@@ -26,6 +26,11 @@ from ._backend import get_kernel
 __all__ = ["AssembledMatrix", "SplitView", "OMEGA"]
 
 OMEGA = 1.0  # SSOR relaxation of the preconditioner (ω > 1 breaks down on advective MDPs)
+# a patched matrix's arrays sized from the old matrix and the changed rows (no gather of
+# every state's row length)
+PATCH_BOUND = True
+# ω = 1: the split's E and E⁻¹ are the matrix's D and D⁻¹ (no copies per view)
+UNIT_OMEGA = True
 FILL_CAP = 20.0  # LU: at most this many times the entries of A in L + U
 # a deterministic policy's matrix is patched from the last one when at most this share of
 # the states changed (policy iteration's later steps): their rows made anew, the others
@@ -64,8 +69,9 @@ class AssembledMatrix:
         buffer (hundreds of MB on the local garnet at 50k, where mapping fresh pages cost
         more than the factorisation), which invalidates the previous matrix's factor.
     pairs : tuple, optional
-        ``(pairs, pi)`` of a deterministic policy: state s's only pair ``pairs[s]``
-        (int64, n_states), π flat (n_pairs,). A is then assembled straight from P's rows
+        ``(pairs, pi)`` or ``(pairs, pi, weights)`` of a deterministic policy: state s's
+        only pair ``pairs[s]`` (int64, n_states), π flat (n_pairs,), ``pi[pairs]`` if
+        given (else gathered here; None: the same). A is then assembled straight from P's rows
         in one pass (``assemble_deterministic``: the same matrix, bit for bit, as from
         the policy's gathered rows, without the gather).
     base : AssembledMatrix, optional
@@ -93,7 +99,7 @@ class AssembledMatrix:
         self.fill = None  # (entries the factorisation stores) / (entries of A), once factorised
         self.pairs = self.weights = None  # a deterministic policy's pairs and π on them
         if pairs is not None:
-            self._assemble_deterministic(mdp, *pairs, base)
+            self._assemble_deterministic(mdp, *pairs, base=base)
             return
         a_indptr, p_indptr, p_indices, p_data, pi = rows
         if p_indptr is T.p_indptr:
@@ -113,19 +119,24 @@ class AssembledMatrix:
         self.dinv = 1.0 / self.diag  # A is strictly diagonally dominant: diag ≥ 1 − γ > 0
         self._parts = self.indptr, self.mid, self.indices, self.data
 
-    def _assemble_deterministic(self, mdp, pairs, pi, base=None):
+    def _assemble_deterministic(self, mdp, pairs, pi, weights=None, base=None):
         T, n = mdp._transitions, mdp.n_states
         self._cache = {}
-        self.pairs, self.weights = pairs, pi[pairs]
-        size = int(T.row_lengths[pairs].sum())  # the policy's entries: a bound on nnz
+        self.pairs, self.weights = pairs, pi[pairs] if weights is None else weights
+        changed = None
+        if base is not None and base.pairs is not None and base.n_states == n:
+            changed = np.flatnonzero((pairs != base.pairs) | (self.weights != base.weights))
+        patch = PATCH_SHARE and changed is not None and changed.shape[0] <= PATCH_SHARE * n
+        if patch and PATCH_BOUND:
+            # the old rows, the changed ones made anew: a bound on nnz from them alone
+            size = base.nnz + int(T.row_lengths[pairs[changed]].sum())
+        else:
+            size = int(T.row_lengths[pairs].sum())  # the policy's entries: a bound on nnz
         self.indptr, self.mid = np.empty(n + 1, dtype=np.int64), np.empty(n, dtype=np.int64)
         indices, data = np.empty(size, dtype=np.int32), np.empty(size + n)
         self.diag = np.empty(n)
         out = (self.indptr, self.mid, indices, data, self.diag, np.empty(n, dtype=np.int64), 1)
-        changed = None
-        if base is not None and base.pairs is not None and base.n_states == n:
-            changed = np.flatnonzero((pairs != base.pairs) | (self.weights != base.weights))
-        if PATCH_SHARE and changed is not None and changed.shape[0] <= PATCH_SHARE * n:
+        if patch:
             self.nnz = int(self._k["patch_deterministic"](
                 T.p_indptr, T.p_indices, T.p_data, pairs, pi, mdp.gamma, changed, base.indptr,
                 base.mid, base.indices, base.data, base.diag, *out))
@@ -300,6 +311,10 @@ class SplitView:
     def __init__(self, matrix, transpose, omega=1.0):
         self.m, self.transpose, self.omega = matrix, transpose, omega
         self._t = np.empty(matrix.n_states)
+        if UNIT_OMEGA and omega == 1.0:  # E = D: the matrix's own arrays, the same bits
+            self._e, self._einv = matrix.diag, matrix.dinv
+            self._kdiag = np.negative(matrix.diag)  # D − 2D, exactly
+            return
         self._e = matrix.diag / omega  # E
         self._einv = omega * matrix.dinv
         self._kdiag = matrix.diag - 2.0 * self._e  # K = D − 2E
@@ -320,6 +335,17 @@ class SplitView:
         m = self.m
         m._k["sgs_operator"](*m._parts, self._e, self._einv, self._kdiag, y, self._t, out,
                              self.transpose, 1)
+
+    def operator_at(self, y, x, out):
+        """out = Â y for y = (E + U_B) x (``to_y``'s), given x: the product without its
+        backward sweep, E (x + (E + L_B)⁻¹ (y + K x)) (the same formula as ``operator``,
+        x in place of (E + U_B)⁻¹ y: equal but for rounding)."""
+        m = self.m
+        np.multiply(self._kdiag, x, out=out)
+        out += y
+        m._k["triangular_solve"](*m._parts, self._einv, out, out, 1, self.transpose, 1)
+        out += x
+        out *= self._e
 
     def bicgstab_steps(self, y, r, r_hat, p, v, s, t, snap, state, threshold, blowup,
                        max_products):

@@ -127,6 +127,8 @@ def policy_rows(mdp, pi, previous=None, backend=None, n_threads=1, in_place=Fals
 DIRECT_ASSEMBLY = True
 # r_π of a deterministic policy assembled straight from P: a gather of r on its pairs
 DETERMINISTIC_REWARD = True
+# π on a deterministic policy's pairs gathered once, for r_π and the assembly
+SHARED_WEIGHTS = True
 PATCH_SHARE = 0.25  # policy_rows patches the old rows when at most this share of states changed
 
 
@@ -243,6 +245,7 @@ class Evaluator:
         self.pi = None
         self._held_rows = None
         self._pairs, self._patch = None, False
+        self._weights = None
         self._compact = False
         self._previous = None  # (π, its compact rows) for load(patch=True)
         self._scratch = None  # scatter buffers of the transposed product, on first use
@@ -292,6 +295,7 @@ class Evaluator:
                     self._hold(rows, patch)
                     return
                 self._pairs, self._compact, self._patch = used, True, patch
+                self._weights = None  # π on its pairs, on first use
                 self._held_rows, self._previous = None, None
                 return
         rows = policy_rows(mdp, pi, previous, self.backend, self.n_threads, in_place=True)
@@ -316,7 +320,8 @@ class Evaluator:
         if self._matrix is None and self._held_rows is None:  # straight from P
             # patched from the last such matrix where few states changed
             self._matrix = AssembledMatrix(self.mdp, None, self.backend, self._workspace,
-                                           pairs=(self._pairs, self.pi), base=self._direct)
+                                           pairs=(self._pairs, self.pi, self._weights),
+                                           base=self._direct)
             self._direct = self._matrix
         elif self._matrix is None:
             self._matrix = AssembledMatrix(self.mdp, self._rows[:5], self.backend,
@@ -426,7 +431,11 @@ class Evaluator:
         mdp = self.mdp
         if DETERMINISTIC_REWARD and self.tau == 0.0 and self._pairs is not None:
             # a deterministic policy (``load``'s direct path): Σ_a π r has one term
-            return mdp.r[self._pairs] * self.pi[self._pairs]
+            if not SHARED_WEIGHTS:
+                return mdp.r[self._pairs] * self.pi[self._pairs]
+            if self._weights is None:  # kept for the assembly (one gather per policy)
+                self._weights = self.pi[self._pairs]
+            return mdp.r[self._pairs] * self._weights
         c = np.empty(mdp.n_states)
         ref = self.ref if self.tau != 0.0 else self.pi  # not read when τ = 0
         self._k["regularized_reward"](mdp.a_indptr, mdp.r, self.pi, ref, self.code,

@@ -575,6 +575,10 @@ def bicgstab(system, x0, stop, max_iter, *, max_restarts=5):
 # sgs: the last check's x is the answer when y has not moved since (every return after a
 # check): one backward sweep fewer per solve
 SKIP_CHECKED_SWEEP = True
+# sgs from a start x₀: the first product Â y₀ from x₀ without a backward sweep
+WARM_SGS_START = True
+# sgs: whether y moved since the last check kept as a flag (no copy and comparison of y)
+MOVED_FLAG = True
 
 
 def sgs(system, x0, stop, max_iter, *, max_restarts=5):
@@ -615,22 +619,51 @@ def sgs(system, x0, stop, max_iter, *, max_restarts=5):
     if x0 is not None:
         M.to_y(x, y)
 
-    checked = np.full(n, np.nan)  # the y whose x the last check computed (none: NaN)
+    # whether y may have moved since the last check (whose x is then y's): every product
+    # and compiled run of steps may move it; the iteration restores a snapshot only after
+    # a product or before a check
+    moved = [True]
+    checked = None if MOVED_FLAG else np.full(n, np.nan)  # the last check's y (none: NaN)
 
     def check(y):
         M.to_x(y, x)
-        checked[:] = y
+        if MOVED_FLAG:
+            moved[0] = False
+        else:
+            checked[:] = y
         M.matvec(x, r)
         np.subtract(b, r, out=r)
         return stop.relative(r, bnorm), 1
 
+    if WARM_SGS_START and x0 is not None:
+        # the first product (before any check changes x) is Â y₀ with y₀ = (E + U_B) x₀
+        # and x₀ = x known: its backward sweep is skipped (``SplitView.operator_at``)
+        first = [True]
+
+        def operator(vector, out):
+            moved[0] = True
+            if first[0]:
+                first[0] = False
+                M.operator_at(vector, x, out)
+            else:
+                M.operator(vector, out)
+    else:
+        def operator(vector, out):
+            moved[0] = True
+            M.operator(vector, out)
+
     # the compiled steps test the recursive residual against the rule's target: a rule
     # whose ``met`` is another test (a subclass) decides in the Python loop
-    steps = M.bicgstab_steps if type(stop).met is StoppingRule.met else None
-    used, residual, converged, stalled = _bicgstab(M.operator, b_hat, y, x0 is None, stop,
+    steps = None
+    if type(stop).met is StoppingRule.met:
+        def steps(*args):
+            moved[0] = True
+            return M.bicgstab_steps(*args)
+    used, residual, converged, stalled = _bicgstab(operator, b_hat, y, x0 is None, stop,
                                                    max_iter - 1, max_restarts, check,
                                                    steps=steps)
-    if not (SKIP_CHECKED_SWEEP and np.array_equal(y, checked)):
+    unchanged = not moved[0] if MOVED_FLAG else np.array_equal(y, checked)
+    if not (SKIP_CHECKED_SWEEP and unchanged):
         M.to_x(y, x)  # a backward sweep, unless the last check already made this x
     return LinearResult(x, used + 1, residual, converged, "sgs", stalled)
 

@@ -181,6 +181,38 @@ def test_patched_deterministic_assembly_is_the_fresh_one(backend, name):
     assert assembled.PATCH_SHARE < 0.9
 
 
+@pytest.mark.parametrize("bound", [True, False])
+def test_patched_matrix_sized_from_the_changed_rows(backend, bound, monkeypatch):
+    """``PATCH_BOUND``: a patched matrix's arrays are sized from the old matrix and the
+    changed rows (the longest rows of P taken by the changed states, the shortest given
+    up); it is the fresh matrix, bit for bit, and the dense one."""
+    import fastppo._assembled as assembled
+
+    monkeypatch.setattr(assembled, "PATCH_BOUND", bound)
+    mdp = fastppo.pendulum(12, 10, 3, gamma=0.99)
+    lengths = np.diff(mdp.p_indptr)
+    a = mdp.a_indptr
+    # every state on its shortest row, then a few states moved to their longest
+    short = np.array([a[s] + np.argmin(lengths[a[s]:a[s + 1]]) for s in range(mdp.n_states)])
+    long = np.array([a[s] + np.argmax(lengths[a[s]:a[s + 1]]) for s in range(mdp.n_states)])
+    pi = np.zeros(mdp.n_pairs)
+    pi[short] = 1.0
+    old = AssembledMatrix(mdp, None, backend, pairs=(short, pi))
+    states = np.flatnonzero(lengths[long] > lengths[short])[::3]
+    assert 0 < states.shape[0] <= assembled.PATCH_SHARE * mdp.n_states
+    pairs = short.copy()
+    pairs[states] = long[states]
+    new_pi = np.zeros(mdp.n_pairs)
+    new_pi[pairs] = 1.0
+    patched = AssembledMatrix(mdp, None, backend, pairs=(pairs, new_pi), base=old)
+    fresh = AssembledMatrix(mdp, None, backend, pairs=(pairs, new_pi))
+    assert patched.nnz == fresh.nnz > old.nnz
+    np.testing.assert_array_equal(patched.indices, fresh.indices)
+    np.testing.assert_array_equal(patched.data[:patched.nnz], fresh.data[:fresh.nnz])
+    np.testing.assert_array_equal(patched.diag, fresh.diag)
+    np.testing.assert_allclose(patched.csr().toarray(), dense_A(mdp, new_pi), rtol=0, atol=1e-15)
+
+
 def test_patch_kernel_copies_unchanged_rows(backend):
     """``patch_deterministic`` reads the unchanged states' rows from the old matrix: with
     no state changed, a marked old matrix comes back as it is (not re-read from P)."""
@@ -295,6 +327,105 @@ def test_split_view_kernels_against_dense_triangular_solves(backend, transpose, 
     np.testing.assert_allclose(out, expect, rtol=1e-12, atol=1e-13)
     solve = M.factor()
     np.testing.assert_allclose(B @ solve(x), x, rtol=1e-12, atol=1e-13)
+    # the first product of a warm start: Â y for y = (E + U) x0, given x0
+    x0 = x
+    y0 = (E + U) @ x0
+    M.operator_at(y0, x0, out)
+    np.testing.assert_allclose(out, E @ np.linalg.solve(E + L, B @ x0), rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("transpose", [0, 1])
+def test_unit_omega_split_is_the_general_one(backend, transpose, monkeypatch):
+    """ω = 1: the split's E, E⁻¹ and K = D − 2E are the matrix's own D, D⁻¹ and −D, the
+    same bits as the general split's, and so are its products."""
+    import fastppo._assembled as assembled
+
+    mdp = fastppo.pendulum(12, 10, 3, gamma=0.99)
+    pi, pairs = deterministic_policy(mdp, 4)
+    M = AssembledMatrix(mdp, None, backend, pairs=(pairs, pi))
+    diag, dinv = M.diag.copy(), M.dinv.copy()
+    x = np.random.default_rng(1).normal(size=mdp.n_states)
+    views, outs = {}, {}
+    for unit in (True, False):
+        monkeypatch.setattr(assembled, "UNIT_OMEGA", unit)
+        views[unit] = V = M.view(transpose, 1.0)
+        outs[unit] = [np.empty_like(x) for _ in range(4)]
+        V.rhs(x, outs[unit][0])
+        V.operator(x, outs[unit][1])
+        V.to_x(x, outs[unit][2])
+        V.operator_at(x, x, outs[unit][3])
+    assert views[True]._e is M.diag and views[True]._einv is M.dinv
+    for part in ("_e", "_einv", "_kdiag"):
+        np.testing.assert_array_equal(getattr(views[True], part), getattr(views[False], part))
+    for a, b in zip(outs[True], outs[False]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(M.diag, diag)  # not modified by the views
+    np.testing.assert_array_equal(M.dinv, dinv)
+
+
+@pytest.mark.parametrize("warm", [True, False])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_sgs_from_a_warm_start_against_the_dense_solution(backend, warm, transpose,
+                                                          monkeypatch):
+    """SGS-BiCGSTAB from a start x0, its first product from x0 without a backward sweep
+    (``WARM_SGS_START``) or the general one: both certify ‖b − Bx‖/‖b‖ ≤ tol and give
+    the dense solution, for A and Aᵀ, from a near, a far and the zero start."""
+    import fastppo._krylov as krylov
+
+    monkeypatch.setattr(krylov, "WARM_SGS_START", warm)
+    mdp = fastppo.pendulum(12, 10, 3, gamma=0.99)
+    pi, pairs = deterministic_policy(mdp, 5)
+    M = AssembledMatrix(mdp, None, backend, pairs=(pairs, pi))
+    B = dense_A(mdp, pi)
+    B = B.T if transpose else B
+    b = naive.r_pi(mdp, pi) + 1.0
+    x_star = np.linalg.solve(B, b)
+    V = M.view(int(transpose))
+    system = krylov.System(V.matvec, b, "test system",
+                           assembled=lambda: M.view(int(transpose)))
+    stop = krylov.StoppingRule(1e-12, mdp.gamma)
+    rng = np.random.default_rng(6)
+    for x0 in (x_star * (1 + 1e-3 * rng.normal(size=b.shape[0])), rng.normal(size=b.shape[0]),
+               None):
+        res = krylov.sgs(system, None if x0 is None else x0.copy(), stop, 500)
+        assert res.converged and res.method == "sgs"
+        bound = max(1e-12, floor(mdp.gamma)) * np.linalg.norm(b)
+        assert np.linalg.norm(b - B @ res.x) <= 1.01 * bound
+        np.testing.assert_allclose(res.x, x_star, rtol=1e-9)
+        # ``MOVED_FLAG`` (no copy of y per check) against the comparison of y: the same bits
+        monkeypatch.setattr(krylov, "MOVED_FLAG", False)
+        old = krylov.sgs(system, None if x0 is None else x0.copy(), stop, 500)
+        monkeypatch.setattr(krylov, "MOVED_FLAG", True)
+        np.testing.assert_array_equal(old.x, res.x)
+        assert old.n_matvec == res.n_matvec
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_shared_weights_of_a_deterministic_policy(backend, shared, monkeypatch):
+    """``SHARED_WEIGHTS``: π on a deterministic policy's pairs gathered once for r_π and the
+    assembly; the same r_π, matrix and values, bit for bit, and the dense solution, also
+    for a policy whose weights are not 1 and after a patch."""
+    import fastppo._evaluator as ev_module
+
+    mdp = fastppo.pendulum(12, 10, 3, gamma=0.99)
+    pi, pairs = deterministic_policy(mdp, 7)
+    half = pi.copy()
+    half[pairs[::5]] = 0.5  # deterministic support, weights 1 and 0.5
+    values = {}
+    for flag in (shared, not shared):
+        monkeypatch.setattr(ev_module, "SHARED_WEIGHTS", flag)
+        E = Evaluator(mdp, None, backend, 1, method="sgs")
+        values[flag] = []
+        for p in (pi, half):
+            E.load(p, patch=True)
+            c = E.regularized_reward()
+            np.testing.assert_array_equal(c, naive.r_pi(mdp, p))
+            values[flag].append(E.evaluation(tol=1e-12).v)
+            np.testing.assert_array_equal(E._direct.weights, p[pairs])
+    for a, b in zip(values[True], values[False]):
+        np.testing.assert_array_equal(a, b)
+    v_star = np.linalg.solve(dense_A(mdp, half), naive.r_pi(mdp, half))
+    np.testing.assert_allclose(values[shared][1], v_star, rtol=1e-10)
 
 
 # ------------------------------------------------------------------ each path
