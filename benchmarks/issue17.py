@@ -27,10 +27,8 @@ pinned to one thread:
   QuantEcon (pymdptoolbox only where every state has the same actions, and at most
   ``--toolbox-max`` states: 28 s at 2,000 for 1e-8); reported beside,
   not in the ratio (their set-up, Python lists or per-action matrices, is not timed);
-- with ``--before-after`` (and ``--solve``): also ``fastppo.solve`` with this round's
-  levers off (``LEVERS``: ``_krylov.WARM_SGS_START``, ``_krylov.MOVED_FLAG``,
-  ``_assembled.UNIT_OMEGA``, ``_assembled.PATCH_BOUND``, ``_evaluator.SHARED_WEIGHTS``),
-  in the same interleaved loop;
+- with ``--before-after`` (and ``--solve``): also ``fastppo.solve`` with the levers of
+  ``LEVERS`` off (``_krylov.WARM_SGS_START``), in the same interleaved loop;
 - with ``--ppo N`` (target 4): ``N`` outer iterations of ``PPOClip.step()`` (forward KL
   τ = 0.1, ε = 0.2, K = 10, from the uniform policy) and of the speed issue's
   straightforward scipy/NumPy baseline (``benchmarks/baseline_ppo.py``) in turn, medians of
@@ -133,15 +131,13 @@ def tuned_epsilon(solve_qe, v_star, grid):
     return eps, err
 
 
-# this round's levers that can be switched off (the SGS set-up of 2026-12-01, late evening;
-# the round before: PATCH_SHARE, DETERMINISTIC_REWARD, REUSE_Q, HALVED_HANDOVER)
-LEVERS = (("fastppo._krylov", "WARM_SGS_START"), ("fastppo._krylov", "MOVED_FLAG"),
-          ("fastppo._assembled", "UNIT_OMEGA"), ("fastppo._assembled", "PATCH_BOUND"),
-          ("fastppo._evaluator", "SHARED_WEIGHTS"))
+# what --before-after switches off: the warm SGS start (2026-12-01, late evening; that
+# round's other levers gave the same bits and products and are retired)
+LEVERS = (("fastppo._krylov", "WARM_SGS_START"),)
 
 
 def levers_off(f):
-    """``f`` run with this round's levers of ``solve`` switched off (the code before them)."""
+    """``f`` run with the levers of ``solve`` in ``LEVERS`` switched off (the code before them)."""
     import importlib
 
     def run():
@@ -271,7 +267,7 @@ def main(argv=None):
                    help="pymdptoolbox only up to S states (its PolicyIterationModified took "
                         "~28 s at 2,000 states for 1e-8)")
     p.add_argument("--before-after", action="store_true",
-                   help="with --solve: also fastppo.solve with this round's levers off")
+                   help="with --solve: also fastppo.solve with the levers of LEVERS off")
     p.add_argument("--ppo", type=int, default=0, metavar="N",
                    help="also N PPO-Clip iterations against the straightforward baseline")
     p.add_argument("--linear", action=argparse.BooleanOptionalAction, default=True,

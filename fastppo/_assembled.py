@@ -26,11 +26,6 @@ from ._backend import get_kernel
 __all__ = ["AssembledMatrix", "SplitView", "OMEGA"]
 
 OMEGA = 1.0  # SSOR relaxation of the preconditioner (ω > 1 breaks down on advective MDPs)
-# a patched matrix's arrays sized from the old matrix and the changed rows (no gather of
-# every state's row length)
-PATCH_BOUND = True
-# ω = 1: the split's E and E⁻¹ are the matrix's D and D⁻¹ (no copies per view)
-UNIT_OMEGA = True
 FILL_CAP = 20.0  # LU: at most this many times the entries of A in L + U
 # a deterministic policy's matrix is patched from the last one when at most this share of
 # the states changed (policy iteration's later steps): their rows made anew, the others
@@ -127,8 +122,9 @@ class AssembledMatrix:
         if base is not None and base.pairs is not None and base.n_states == n:
             changed = np.flatnonzero((pairs != base.pairs) | (self.weights != base.weights))
         patch = PATCH_SHARE and changed is not None and changed.shape[0] <= PATCH_SHARE * n
-        if patch and PATCH_BOUND:
-            # the old rows, the changed ones made anew: a bound on nnz from them alone
+        if patch:
+            # the old rows, the changed ones made anew: a bound on nnz from them alone (no
+            # gather of every state's row length)
             size = base.nnz + int(T.row_lengths[pairs[changed]].sum())
         else:
             size = int(T.row_lengths[pairs].sum())  # the policy's entries: a bound on nnz
@@ -311,7 +307,7 @@ class SplitView:
     def __init__(self, matrix, transpose, omega=1.0):
         self.m, self.transpose, self.omega = matrix, transpose, omega
         self._t = np.empty(matrix.n_states)
-        if UNIT_OMEGA and omega == 1.0:  # E = D: the matrix's own arrays, the same bits
+        if omega == 1.0:  # E = D: the matrix's own arrays (no copies), the same bits
             self._e, self._einv = matrix.diag, matrix.dinv
             self._kdiag = np.negative(matrix.diag)  # D − 2D, exactly
             return

@@ -125,10 +125,6 @@ def policy_rows(mdp, pi, previous=None, backend=None, n_threads=1, in_place=Fals
 # policy whose rows cannot be patched has its I − γP_π assembled straight from P
 # (assemble_deterministic), its rows gathered only if a product needs them
 DIRECT_ASSEMBLY = True
-# r_π of a deterministic policy assembled straight from P: a gather of r on its pairs
-DETERMINISTIC_REWARD = True
-# π on a deterministic policy's pairs gathered once, for r_π and the assembly
-SHARED_WEIGHTS = True
 PATCH_SHARE = 0.25  # policy_rows patches the old rows when at most this share of states changed
 
 
@@ -429,10 +425,9 @@ class Evaluator:
         """c = r_π − τ D_f(π ‖ π_ref), shape (n_states,); ValueError if not finite (a
         divergence that is infinite at this policy)."""
         mdp = self.mdp
-        if DETERMINISTIC_REWARD and self.tau == 0.0 and self._pairs is not None:
-            # a deterministic policy (``load``'s direct path): Σ_a π r has one term
-            if not SHARED_WEIGHTS:
-                return mdp.r[self._pairs] * self.pi[self._pairs]
+        if self.tau == 0.0 and self._pairs is not None:
+            # a deterministic policy (``load``'s direct path): Σ_a π r has one term, a
+            # gather of r on its pairs
             if self._weights is None:  # kept for the assembly (one gather per policy)
                 self._weights = self.pi[self._pairs]
             return mdp.r[self._pairs] * self._weights

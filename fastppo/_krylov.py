@@ -572,13 +572,8 @@ def bicgstab(system, x0, stop, max_iter, *, max_restarts=5):
     return LinearResult(x, used, residual, converged, "bicgstab", stalled)
 
 
-# sgs: the last check's x is the answer when y has not moved since (every return after a
-# check): one backward sweep fewer per solve
-SKIP_CHECKED_SWEEP = True
 # sgs from a start x₀: the first product Â y₀ from x₀ without a backward sweep
 WARM_SGS_START = True
-# sgs: whether y moved since the last check kept as a flag (no copy and comparison of y)
-MOVED_FLAG = True
 
 
 def sgs(system, x0, stop, max_iter, *, max_restarts=5):
@@ -623,14 +618,10 @@ def sgs(system, x0, stop, max_iter, *, max_restarts=5):
     # and compiled run of steps may move it; the iteration restores a snapshot only after
     # a product or before a check
     moved = [True]
-    checked = None if MOVED_FLAG else np.full(n, np.nan)  # the last check's y (none: NaN)
 
     def check(y):
         M.to_x(y, x)
-        if MOVED_FLAG:
-            moved[0] = False
-        else:
-            checked[:] = y
+        moved[0] = False
         M.matvec(x, r)
         np.subtract(b, r, out=r)
         return stop.relative(r, bnorm), 1
@@ -662,8 +653,7 @@ def sgs(system, x0, stop, max_iter, *, max_restarts=5):
     used, residual, converged, stalled = _bicgstab(operator, b_hat, y, x0 is None, stop,
                                                    max_iter - 1, max_restarts, check,
                                                    steps=steps)
-    unchanged = not moved[0] if MOVED_FLAG else np.array_equal(y, checked)
-    if not (SKIP_CHECKED_SWEEP and unchanged):
+    if moved[0]:
         M.to_x(y, x)  # a backward sweep, unless the last check already made this x
     return LinearResult(x, used + 1, residual, converged, "sgs", stalled)
 

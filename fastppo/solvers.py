@@ -143,7 +143,6 @@ WARM_EVALUATION = 1e-6  # the same from a warm start v0
 LOOSE_STALLS = 3
 FORCING = 0.05
 START_FROM_TV = True
-REUSE_Q = True  # policy iteration's Q̃ in two buffers taken in turn
 NEAR_STABLE = 1e-3  # τ = 0: evaluate exactly once a step changes at most this share of states
 
 
@@ -165,7 +164,7 @@ def _policy_iteration(E, pi, v, tol, max_iter, lin_tol):
     new_pi = np.empty(mdp.n_pairs)
     # Q̃ of the steps in two buffers taken in turn (the last step's is still read while
     # the next is made): no fresh per-pair array, and its page faults, per step
-    q_buffers = [np.empty(mdp.n_pairs), np.empty(mdp.n_pairs)] if REUSE_Q else [None, None]
+    q_buffers = [np.empty(mdp.n_pairs), np.empty(mdp.n_pairs)]
     # Inexact policy iteration (an inexact Newton method): an evaluation only needs to be
     # as accurate as the next Bellman residual, ~ the square of this one. Exact
     # evaluations from the step whose residual reached the evaluations' accuracy, or

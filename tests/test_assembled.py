@@ -181,14 +181,12 @@ def test_patched_deterministic_assembly_is_the_fresh_one(backend, name):
     assert assembled.PATCH_SHARE < 0.9
 
 
-@pytest.mark.parametrize("bound", [True, False])
-def test_patched_matrix_sized_from_the_changed_rows(backend, bound, monkeypatch):
-    """``PATCH_BOUND``: a patched matrix's arrays are sized from the old matrix and the
-    changed rows (the longest rows of P taken by the changed states, the shortest given
-    up); it is the fresh matrix, bit for bit, and the dense one."""
+def test_patched_matrix_sized_from_the_changed_rows(backend):
+    """A patched matrix's arrays are sized from the old matrix and the changed rows (the
+    longest rows of P taken by the changed states, the shortest given up); it is the fresh
+    matrix, bit for bit, and the dense one."""
     import fastppo._assembled as assembled
 
-    monkeypatch.setattr(assembled, "PATCH_BOUND", bound)
     mdp = fastppo.pendulum(12, 10, 3, gamma=0.99)
     lengths = np.diff(mdp.p_indptr)
     a = mdp.a_indptr
@@ -335,30 +333,27 @@ def test_split_view_kernels_against_dense_triangular_solves(backend, transpose, 
 
 
 @pytest.mark.parametrize("transpose", [0, 1])
-def test_unit_omega_split_is_the_general_one(backend, transpose, monkeypatch):
-    """ω = 1: the split's E, E⁻¹ and K = D − 2E are the matrix's own D, D⁻¹ and −D, the
-    same bits as the general split's, and so are its products."""
-    import fastppo._assembled as assembled
-
+def test_unit_omega_split_is_the_general_one(backend, transpose):
+    """ω = 1: the split's E, E⁻¹ and K = D − 2E are the matrix's own D, D⁻¹ and −D (no
+    copies), the same bits as the general split's D/ω, ω D⁻¹ and D − 2E; its products
+    (against dense solves: ``test_split_view_kernels_against_dense_triangular_solves``)
+    leave them unchanged."""
     mdp = fastppo.pendulum(12, 10, 3, gamma=0.99)
     pi, pairs = deterministic_policy(mdp, 4)
     M = AssembledMatrix(mdp, None, backend, pairs=(pairs, pi))
     diag, dinv = M.diag.copy(), M.dinv.copy()
     x = np.random.default_rng(1).normal(size=mdp.n_states)
-    views, outs = {}, {}
-    for unit in (True, False):
-        monkeypatch.setattr(assembled, "UNIT_OMEGA", unit)
-        views[unit] = V = M.view(transpose, 1.0)
-        outs[unit] = [np.empty_like(x) for _ in range(4)]
-        V.rhs(x, outs[unit][0])
-        V.operator(x, outs[unit][1])
-        V.to_x(x, outs[unit][2])
-        V.operator_at(x, x, outs[unit][3])
-    assert views[True]._e is M.diag and views[True]._einv is M.dinv
-    for part in ("_e", "_einv", "_kdiag"):
-        np.testing.assert_array_equal(getattr(views[True], part), getattr(views[False], part))
-    for a, b in zip(outs[True], outs[False]):
-        np.testing.assert_array_equal(a, b)
+    V = M.view(transpose, 1.0)
+    outs = [np.empty_like(x) for _ in range(4)]
+    V.rhs(x, outs[0])
+    V.operator(x, outs[1])
+    V.to_x(x, outs[2])
+    V.operator_at(x, x, outs[3])
+    assert V._e is M.diag and V._einv is M.dinv
+    omega = 1.0
+    np.testing.assert_array_equal(V._e, diag / omega)
+    np.testing.assert_array_equal(V._einv, omega * dinv)
+    np.testing.assert_array_equal(V._kdiag, diag - 2.0 * (diag / omega))
     np.testing.assert_array_equal(M.diag, diag)  # not modified by the views
     np.testing.assert_array_equal(M.dinv, dinv)
 
@@ -392,40 +387,26 @@ def test_sgs_from_a_warm_start_against_the_dense_solution(backend, warm, transpo
         bound = max(1e-12, floor(mdp.gamma)) * np.linalg.norm(b)
         assert np.linalg.norm(b - B @ res.x) <= 1.01 * bound
         np.testing.assert_allclose(res.x, x_star, rtol=1e-9)
-        # ``MOVED_FLAG`` (no copy of y per check) against the comparison of y: the same bits
-        monkeypatch.setattr(krylov, "MOVED_FLAG", False)
-        old = krylov.sgs(system, None if x0 is None else x0.copy(), stop, 500)
-        monkeypatch.setattr(krylov, "MOVED_FLAG", True)
-        np.testing.assert_array_equal(old.x, res.x)
-        assert old.n_matvec == res.n_matvec
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_shared_weights_of_a_deterministic_policy(backend, shared, monkeypatch):
-    """``SHARED_WEIGHTS``: π on a deterministic policy's pairs gathered once for r_π and the
-    assembly; the same r_π, matrix and values, bit for bit, and the dense solution, also
-    for a policy whose weights are not 1 and after a patch."""
-    import fastppo._evaluator as ev_module
-
+def test_shared_weights_of_a_deterministic_policy(backend):
+    """π on a deterministic policy's pairs gathered once for r_π and the assembly: r_π is
+    the naive one, bit for bit, and the values are the dense solution, also for a policy
+    whose weights are not 1 and after a patch."""
     mdp = fastppo.pendulum(12, 10, 3, gamma=0.99)
     pi, pairs = deterministic_policy(mdp, 7)
     half = pi.copy()
     half[pairs[::5]] = 0.5  # deterministic support, weights 1 and 0.5
-    values = {}
-    for flag in (shared, not shared):
-        monkeypatch.setattr(ev_module, "SHARED_WEIGHTS", flag)
-        E = Evaluator(mdp, None, backend, 1, method="sgs")
-        values[flag] = []
-        for p in (pi, half):
-            E.load(p, patch=True)
-            c = E.regularized_reward()
-            np.testing.assert_array_equal(c, naive.r_pi(mdp, p))
-            values[flag].append(E.evaluation(tol=1e-12).v)
-            np.testing.assert_array_equal(E._direct.weights, p[pairs])
-    for a, b in zip(values[True], values[False]):
-        np.testing.assert_array_equal(a, b)
+    E = Evaluator(mdp, None, backend, 1, method="sgs")
+    values = []
+    for p in (pi, half):
+        E.load(p, patch=True)
+        c = E.regularized_reward()
+        np.testing.assert_array_equal(c, naive.r_pi(mdp, p))
+        values.append(E.evaluation(tol=1e-12).v)
+        np.testing.assert_array_equal(E._direct.weights, p[pairs])
     v_star = np.linalg.solve(dense_A(mdp, half), naive.r_pi(mdp, half))
-    np.testing.assert_allclose(values[shared][1], v_star, rtol=1e-10)
+    np.testing.assert_allclose(values[1], v_star, rtol=1e-10)
 
 
 # ------------------------------------------------------------------ each path
