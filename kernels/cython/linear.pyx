@@ -10,9 +10,10 @@
                      x and the scatter buffers may be float32 (corrections);
                      with both sides, buf (n_chunks, 2 n_states) holds x and the
                      sums interleaved, buf[c, 2i] = x[i], buf[c, 2i + 1] = sums
-From ``PREFETCH_STATES`` states on, every gather and scatter prefetches the state of the
-entry ``AHEAD`` positions on (GCC's ``__builtin_prefetch``; a hint: no result changes);
-below, each row is summed by a loop without them (kernels/numba/linear.py).
+From ``PREFETCH_STATES`` states on (a fused pass with both sides: ``FUSED_PREFETCH_STATES``),
+every gather and scatter prefetches the state of the entry ``AHEAD`` positions on (GCC's
+``__builtin_prefetch``; a hint: no result changes); below, each row is summed by a loop
+without them (kernels/numba/linear.py).
 ``p_data`` may be float32 (compact storage: the fused type of _probability.pxi); every
 product and sum is in double. Mirrors kernels/numba/linear.py.
 """
@@ -30,6 +31,9 @@ cdef enum:
     # the products prefetch from this many states on; below, the vectors stay in L2 and
     # prefetching only costs instructions (kernels/numba/_prefetch.py: the same)
     PREFETCH_STATES = 1 << 17
+    # a fused pass (both sides) from this many: its lines (x beside the sums, 16 bytes a
+    # state) fill a core's L2 (512 KiB here) from 2¹⁵ states on
+    FUSED_PREFETCH_STATES = 1 << 15
 
 
 cdef inline double row_sum(const int32_t *indices, const probability *data, const double *x,
@@ -167,6 +171,61 @@ ctypedef fused accumulated:  # buf: float64, or float32 for corrections
     double
 
 
+cdef inline void fused_states(const int64_t *a_indptr, const int64_t *p_indptr,
+                              const int32_t *indices, const probability *data,
+                              const double *pi, double gamma, const gathered *x,
+                              const double *y, accumulated *z, double *out_x, double *rows,
+                              Py_ssize_t lo, Py_ssize_t hi, int64_t last,
+                              bint fetch) noexcept nogil:
+    """States lo ≤ s < hi of a fused pass (both sides): gathers z[2i] (= x[i]), scatters
+    into z[2i + 1]; ``rows`` (NULL: none) = P x per pair. A loop of its own on raw
+    pointers: the gathers wait on L2/L3, and every µop spent on a pair's bookkeeping (a
+    2-D memoryview's address, the one-sided branches) holds back gathers in flight. The
+    prefetch is clamped to the end of P only in its last rows. The same sums in the same
+    order as bellman_rmatvec and q_values, term by term."""
+    cdef Py_ssize_t s
+    cdef int64_t k, j, i, start, stop
+    cdef double ys, acc, row, p, w, d, tot
+    for s in range(lo, hi):
+        ys = y[s]
+        acc = 0.0
+        for k in range(a_indptr[s], a_indptr[s + 1]):
+            p = pi[k]
+            if p == 0.0 and rows == NULL:
+                continue
+            start = p_indptr[k]
+            stop = p_indptr[k + 1]
+            tot = row_total(data, start, stop)  # the scatter needs the row's sum first
+            w = p * ys / tot
+            row = 0.0
+            if fetch and stop - 1 + AHEAD <= last:
+                for j in range(start, stop):
+                    prefetch(&z[2 * <int64_t>indices[j + AHEAD]], 1, 3)
+                    i = 2 * <int64_t>indices[j]
+                    d = data[j]
+                    row = row + d * z[i]
+                    z[i + 1] += w * d
+            elif fetch:
+                for j in range(start, stop):
+                    prefetch(&z[2 * <int64_t>indices[min(j + AHEAD, last)]], 1, 3)
+                    i = 2 * <int64_t>indices[j]
+                    d = data[j]
+                    row = row + d * z[i]
+                    z[i + 1] += w * d
+            else:
+                for j in range(start, stop):
+                    i = 2 * <int64_t>indices[j]
+                    d = data[j]
+                    row = row + d * z[i]
+                    z[i + 1] += w * d
+            row = row / tot
+            if rows != NULL:
+                rows[k] = row
+            if p != 0.0:
+                acc = acc + p * row
+        out_x[s] = x[s] - gamma * acc
+
+
 def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                      const int32_t[::1] p_indices, const probability[::1] p_data,
                      const double[::1] pi, double gamma, const gathered[::1] x,
@@ -183,11 +242,21 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
     cdef bint do_x = x.shape[0] > 0, do_y = y.shape[0] > 0, do_rows = rows.shape[0] > 0
     cdef bint both = do_x and do_y
     cdef Py_ssize_t stride = 2 if both else 1
-    cdef int64_t k, j, i, last = max(p_indices.shape[0], 1) - 1
-    cdef double ys, acc, row, p, w, d, tot
+    cdef int64_t k, j, last = max(p_indices.shape[0], 1) - 1
+    cdef double ys, acc, row, p, w, tot
     cdef bint fetch = n_states >= PREFETCH_STATES
+    cdef bint fetch_both = n_states >= FUSED_PREFETCH_STATES
+    # raw pointers in the scatter loops: GCC recomputes a 2-D memoryview's address per
+    # entry (benchmarks/RESULTS.md, issue 12)
+    cdef const int32_t *indices = &p_indices[0]
+    cdef const probability *data = &p_data[0]
+    cdef accumulated *z
+    cdef double *rows_out = NULL
+    if do_rows:
+        rows_out = &rows[0]
     # the chunks of bellman_rmatvec: the same sums in the same order, term by term
     for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
+        z = &buf[c, 0]
         if both:  # buf[c, 2i] = x[i], buf[c, 2i + 1] = the sums of state i: one line for both
             for t in range(n_states):
                 buf[c, 2 * t] = x[t]
@@ -197,6 +266,10 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                 buf[c, t] = 0.0
         lo = c * n_states // n_chunks
         hi = (c + 1) * n_states // n_chunks
+        if both:
+            fused_states(&a_indptr[0], &p_indptr[0], indices, data, &pi[0], gamma, &x[0], &y[0],
+                         z, &out_x[0], rows_out, lo, hi, last, fetch_both)
+            continue
         for s in range(lo, hi):
             ys = 0.0
             if do_y:
@@ -206,27 +279,12 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                 p = pi[k]
                 if p == 0.0 and not do_rows:
                     continue
-                # the scatters need the row's sum first; the gather alone sums it as it goes
+                # the scatter needs the row's sum first; the gather alone sums it as it goes
                 tot = 1.0
-                if both or not do_x:
+                if not do_x:
                     tot = row_total(&p_data[0], p_indptr[k], p_indptr[k + 1])
                 row = 0.0
-                if both:  # one read of the row and of each state's line serves both products
-                    w = p * ys / tot
-                    if fetch:
-                        for j in range(p_indptr[k], p_indptr[k + 1]):
-                            prefetch(&buf[c, 2 * p_indices[min(j + AHEAD, last)]], 1, 3)
-                            i = 2 * <int64_t>p_indices[j]
-                            d = p_data[j]
-                            row = row + d * buf[c, i]
-                            buf[c, i + 1] += w * d
-                    else:
-                        for j in range(p_indptr[k], p_indptr[k + 1]):
-                            i = 2 * <int64_t>p_indices[j]
-                            d = p_data[j]
-                            row = row + d * buf[c, i]
-                            buf[c, i + 1] += w * d
-                elif do_x:
+                if do_x:
                     tot = 0.0
                     if fetch:
                         for j in range(p_indptr[k], p_indptr[k + 1]):
@@ -242,11 +300,11 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                     w = p * ys / tot
                     if fetch:
                         for j in range(p_indptr[k], p_indptr[k + 1]):
-                            prefetch(&buf[c, p_indices[min(j + AHEAD, last)]], 1, 3)
-                            buf[c, p_indices[j]] += w * p_data[j]
+                            prefetch(&z[indices[min(j + AHEAD, last)]], 1, 3)
+                            z[indices[j]] += w * data[j]
                     else:
                         for j in range(p_indptr[k], p_indptr[k + 1]):
-                            buf[c, p_indices[j]] += w * p_data[j]
+                            z[indices[j]] += w * data[j]
                 row = row / tot
                 if do_rows:
                     rows[k] = row

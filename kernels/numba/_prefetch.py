@@ -14,9 +14,12 @@ from numba.extending import intrinsic
 
 AHEAD = 32  # entries of P ahead (kernels/cython/linear.pyx: the same)
 # the products prefetch from this many states on; below, a vector of float64 states fits
-# in L2 (1 MiB here: 2¹⁷ states) and prefetching only costs instructions
-# (kernels/cython/linear.pyx: the same)
+# in L2 and prefetching only costs instructions (kernels/cython/linear.pyx: the same)
 PREFETCH_STATES = 1 << 17
+# a fused pass (both sides) from this many: its lines (x beside the sums, 16 bytes a state)
+# fill a core's L2 (512 KiB here) from 2¹⁵ states on; at 50,000 states prefetching took
+# a third off the pass (benchmarks/RESULTS.md, issue 12)
+FUSED_PREFETCH_STATES = 1 << 15
 
 
 def _prefetch(write):

@@ -20,10 +20,11 @@ from one Python function: serial, and ``parallel=True`` (used when n_threads > 1
 Loop bounds and CSR indices are cast to unsigned so Numba drops its negative-index
 wrap-around check (1.36x faster products, S = 50,000 garnet). Pairs with π = 0 are
 skipped (adding 0 changes nothing), so a deterministic policy costs one row per state.
-From ``PREFETCH_STATES`` states on, every gather and scatter prefetches the state of the
-entry ``AHEAD`` positions on (kernels/numba/_prefetch.py): at 10⁶ states the vectors
-leave the caches, and the prefetches let the memory waits overlap (a hint: no result
-changes). Below that the vectors stay in L2 and the prefetches only cost instructions
+From ``PREFETCH_STATES`` states on (a fused pass with both sides: ``FUSED_PREFETCH_STATES``,
+whose interleaved lines take twice the cache), every gather and scatter prefetches the
+state of the entry ``AHEAD`` positions on (kernels/numba/_prefetch.py): at 10⁶ states
+the vectors leave the caches, and the prefetches let the memory waits overlap (a hint:
+no result changes). Below that the vectors stay in L2 and the prefetches only cost instructions
 (a product on the 10k garnet: 1.1 → 0.75 ms without them), so each row is summed by a
 loop of its own without them: the same sums in the same order.
 ``p_data`` may be float32 (compact storage, ``MDP(..., dtype=np.float32)``): Numba
@@ -34,7 +35,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import twins
-from ._prefetch import AHEAD, PREFETCH_STATES, prefetch_read, prefetch_write
+from ._prefetch import AHEAD, FUSED_PREFETCH_STATES, PREFETCH_STATES, prefetch_read, prefetch_write
 from ._probability import folded_total, row_total
 
 
@@ -122,6 +123,7 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
     ahead, last = np.uint64(AHEAD), np.uint64(max(p_indices.shape[0], 1) - 1)
     one, two = np.uint64(1), np.uint64(2)
     fetch = n_states >= PREFETCH_STATES
+    fetch_both = n_states >= FUSED_PREFETCH_STATES
     # the chunks of bellman_rmatvec: the same sums in the same order, term by term
     for c in prange(n_chunks):
         z = buf[c]
@@ -147,7 +149,7 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
                 row = 0.0
                 if both:  # one read of the row and of each state's line serves both products
                     w = p * ys / tot
-                    if fetch:
+                    if fetch_both:
                         for j in range(j0, j1):
                             prefetch_write(z, two * np.uint64(p_indices[min(j + ahead, last)]))
                             i = two * np.uint64(p_indices[j])
