@@ -83,11 +83,16 @@ CHECKPOINT_FORMAT = "fastppo-distributed-checkpoint-1"
 
 
 # ------------------------------------------------------------------------- errors
+ABORT_GRACE = 0.5  # seconds for mpiexec to forward the report before Abort ends the job
+
+
 def _abort_on_error(exc_type, exc, tb):
     rank = MPI.COMM_WORLD.Get_rank()
-    traceback.print_exception(exc_type, exc, tb)
-    sys.stderr.write(f"fastppo.distributed: rank {rank} failed: {exc_type.__name__}: {exc}\n")
+    report = (f"fastppo.distributed: rank {rank} failed: {exc_type.__name__}: {exc}\n"
+              + "".join(traceback.format_exception(exc_type, exc, tb)))
     sys.stderr.flush()
+    os.write(2, report.encode(errors="replace"))  # one write: Abort cannot cut it in half
+    time.sleep(ABORT_GRACE)
     MPI.COMM_WORLD.Abort(1)
 
 
