@@ -39,6 +39,9 @@ DEFAULT_MAX_ITER = 5000
 _EMPTY = np.empty(0)  # a skipped side of bellman_products
 _ONES = functools.lru_cache(maxsize=2)(np.ones)
 MIXED_STATES = 1 << 19  # from here on, lockstep sweeps on float32 corrections (``mixed``)
+# the products on all pairs read P's column indices as uint16 where they fit (2 bytes fewer
+# per entry, the same sums: Transitions.narrow_indices)
+NARROW_INDICES = True
 VALUE_SYSTEM = "evaluation system (I - gamma P_pi) v = r_pi - tau D_f(pi)"
 VISIT_SYSTEM = "visitation system (I - gamma P_pi^T) d = (1 - gamma) mu"
 
@@ -240,6 +243,7 @@ class Evaluator:
         self._k = k
         self.pi = None
         self._held_rows = None
+        self._narrow_rows = None  # _rows with narrow column indices (_product_rows)
         self._pairs, self._patch = None, False
         self._weights = None
         self._compact = False
@@ -274,6 +278,7 @@ class Evaluator:
         self.pi = pi
         self._rows_fresh = False
         self._matrix = None
+        self._narrow_rows = None
         mdp = self.mdp
         self._pairs = None
         if DIRECT_ASSEMBLY and self.method in ("sgs", "lu"):
@@ -301,6 +306,7 @@ class Evaluator:
         self._compact = rows[0] is not self.mdp.a_indptr
         self._previous = (self.pi, rows[:5]) if patch and self._compact else None
         self._held_rows = (*rows, self.mdp.gamma)
+        self._narrow_rows = None
 
     @property
     def _rows(self):
@@ -309,6 +315,20 @@ class Evaluator:
             self._hold(policy_rows(self.mdp, self.pi, None, self.backend, self.n_threads),
                        self._patch)
         return self._held_rows
+
+    @property
+    def _product_rows(self):
+        """:attr:`_rows` for the products: on all pairs, P's column indices as uint16 where
+        every state fits (``Transitions.narrow_indices``; 2 bytes fewer read per entry,
+        the same sums); compact rows and the NumPy reference keep int32."""
+        if self._narrow_rows is None:
+            rows = self._rows
+            T = self.mdp._transitions
+            narrow = None
+            if NARROW_INDICES and self.backend != "numpy" and rows[2] is T.p_indices:
+                narrow = T.narrow_indices(self.mdp.n_states)
+            self._narrow_rows = rows if narrow is None else (*rows[:2], narrow, *rows[3:])
+        return self._narrow_rows
 
     def assembled(self, transpose=False):
         """The loaded policy's I − γP_π (or its transpose), assembled on first use and
@@ -338,12 +358,12 @@ class Evaluator:
         """out = (I − γP_π) x."""
         self.n_passes += 1
         self._rows_fresh = False
-        self._k["bellman_matvec"](*self._rows, x, out, self.n_threads)
+        self._k["bellman_matvec"](*self._product_rows, x, out, self.n_threads)
 
     def rmatvec(self, x, out):
         """out = (I − γP_πᵀ) x."""
         self.n_passes += 1
-        self._k["bellman_rmatvec"](*self._rows, x, out, self._buf, self.n_threads)
+        self._k["bellman_rmatvec"](*self._product_rows, x, out, self._buf, self.n_threads)
 
     def products(self, x_value, x_visit, out_value, out_visit, exact=True):
         """The products of one lockstep sweep in one pass over P (``bellman_products``):
@@ -375,7 +395,7 @@ class Evaluator:
             self._rows_fresh = False
         if x_visit is None:
             x_visit = out_visit = _EMPTY
-        self._k["bellman_products"](*self._rows, x_value, x_visit, out_value, out_visit, rows,
+        self._k["bellman_products"](*self._product_rows, x_value, x_visit, out_value, out_visit, rows,
                                     self._buf, self.n_threads)
         if self.mixed:
             for side, (x, out) in enumerate(((x_value, out_value), (x_visit, out_visit))):
@@ -400,7 +420,7 @@ class Evaluator:
             base, ay = self._base[1]
             ey, oy = x_visit - base, out_visit
         self.n_passes += 1
-        self._k["bellman_products"](*self._rows, ex, ey, ox, oy, _EMPTY, self._buf32,
+        self._k["bellman_products"](*self._product_rows, ex, ey, ox, oy, _EMPTY, self._buf32,
                                     self.n_threads)
         if x_value is not None:
             out_value += self._base[0][1]
@@ -417,7 +437,12 @@ class Evaluator:
         if given); returns it."""
         mdp = self.mdp
         q = np.empty(mdp.n_pairs) if out is None else out
-        self._k["q_values"](mdp.p_indptr, mdp.p_indices, mdp.p_data, mdp.r, mdp.gamma, v, q,
+        indices = None
+        if NARROW_INDICES and self.backend != "numpy":
+            indices = mdp._transitions.narrow_indices(mdp.n_states)
+        if indices is None:
+            indices = mdp.p_indices
+        self._k["q_values"](mdp.p_indptr, indices, mdp.p_data, mdp.r, mdp.gamma, v, q,
                             self.n_threads)
         return q
 

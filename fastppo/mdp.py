@@ -631,6 +631,9 @@ class MDP:
                 + (f", dtype={self.p_data.dtype})" if self.p_data.dtype != np.float64 else ")"))
 
 
+NARROW_STATES = 1 << 16  # up to this many states, P's column indices fit in uint16
+
+
 class Transitions:
     """The transition CSR arrays of an MDP and what is derived from them alone.
 
@@ -647,6 +650,19 @@ class Transitions:
     def __init__(self, p_indptr, p_indices, p_data):
         self.p_indptr, self.p_indices, self.p_data = p_indptr, p_indices, p_data
         self._patterns = {}
+        self._narrow = None
+
+    def narrow_indices(self, n_states):
+        """``p_indices`` as uint16 when every state fits (``n_states`` ≤ 2¹⁶), else None:
+        the products read 2 bytes fewer per entry of P (12 → 10 with float64 ``p_data``),
+        the same sums. Made on first use, read-only; 2 bytes per entry."""
+        if n_states > NARROW_STATES:
+            return None
+        if self._narrow is None:
+            narrow = self.p_indices.astype(np.uint16)
+            narrow.flags.writeable = False
+            self._narrow = narrow
+        return self._narrow
 
     @functools.cached_property
     def row_lengths(self):
