@@ -395,8 +395,8 @@ class Evaluator:
             self._rows_fresh = False
         if x_visit is None:
             x_visit = out_visit = _EMPTY
-        self._k["bellman_products"](*self._product_rows, x_value, x_visit, out_value, out_visit, rows,
-                                    self._buf, self.n_threads)
+        self._k["bellman_products"](*self._product_rows, x_value, x_visit, out_value, out_visit,
+                                    rows, self._buf, self.n_threads)
         if self.mixed:
             for side, (x, out) in enumerate(((x_value, out_value), (x_visit, out_visit))):
                 if x.shape[0]:
