@@ -42,6 +42,8 @@ MIXED_STATES = 1 << 19  # from here on, lockstep sweeps on float32 corrections (
 # the products on all pairs read P's column indices as uint16 where they fit (2 bytes fewer
 # per entry, the same sums: Transitions.narrow_indices)
 NARROW_INDICES = True
+# evaluate's sweeps keep P x per pair on the product predicted to meet tol: Q̃ without a pass
+LAST_ROWS = True
 VALUE_SYSTEM = "evaluation system (I - gamma P_pi) v = r_pi - tau D_f(pi)"
 VISIT_SYSTEM = "visitation system (I - gamma P_pi^T) d = (1 - gamma) mu"
 
@@ -463,10 +465,23 @@ class Evaluator:
         check_finite(c, "r_pi - tau * D_f(pi)")
         return c
 
+    def _value_sweep(self, x, out, exact):
+        """The value system's sweep product (``System.sweep_product``): the product the
+        sweeps ask exact (the first, and the one predicted to meet tol) by :meth:`products`,
+        which keeps P x per pair, so that Q̃ of a solution met there comes from its rows
+        (:meth:`_q_advantages`) instead of a pass of ``q_values``; the others by
+        :meth:`matvec`. The same sums either way (bit for bit): exact."""
+        if exact and LAST_ROWS:
+            self.products(x, None, out, None)
+        else:
+            self.matvec(x, out)
+        return True
+
     def _value_system(self):
         gamma = self.mdp.gamma
         return _krylov.System(self.matvec, self.regularized_reward(), VALUE_SYSTEM,
-                              shift=gamma / (1.0 - gamma), assembled=self.assembled)
+                              shift=gamma / (1.0 - gamma), assembled=self.assembled,
+                              sweep_product=self._value_sweep)
 
     def _visit_system(self, mu, d0):
         scale = 1.0 - self.mdp.gamma

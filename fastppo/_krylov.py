@@ -183,13 +183,18 @@ class System:
         products, Gauss–Seidel sweeps and the preconditioned operator), built on the
         first call; None when A is only known by its product (``sgs`` then runs
         BiCGSTAB on ``matvec``).
+    sweep_product : callable, optional
+        ``sweep_product(x, out, exact) -> bool``: A x into ``out`` for Richardson's sweeps,
+        told whether they ask for an exact product (the first, and the one predicted to
+        meet tol: :class:`_Sweeps`), returning whether it was exact. None: ``matvec``.
     """
 
-    __slots__ = ("matvec", "b", "what", "shift", "assembled")
+    __slots__ = ("matvec", "b", "what", "shift", "assembled", "sweep_product")
 
-    def __init__(self, matvec, b, what="linear system", shift=0.0, assembled=None):
+    def __init__(self, matvec, b, what="linear system", shift=0.0, assembled=None,
+                 sweep_product=None):
         self.matvec, self.b, self.what, self.shift = matvec, b, what, shift
-        self.assembled = assembled
+        self.assembled, self.sweep_product = assembled, sweep_product
 
 
 class LinearResult:
@@ -404,9 +409,13 @@ def richardson(system, x0, stop, max_iter, *, max_rate=MAX_RATE, min_sweeps=MIN_
     LinearResult
     """
     sweeps = _Sweeps(system, x0, stop, max_iter, max_rate, min_sweeps)
+    product = system.sweep_product
     while sweeps.result is None:
-        system.matvec(sweeps.x, sweeps.r)
-        sweeps.absorb()
+        if product is None:
+            system.matvec(sweeps.x, sweeps.r)
+            sweeps.absorb()
+        else:
+            sweeps.absorb(product(sweeps.x, sweeps.r, sweeps.exact))
     return sweeps.result
 
 
@@ -860,7 +869,8 @@ def _scaled(system, x0, stop):
     if e == 0:
         return system, x0, 0
     b = pow2_scaled(system.b, -e)
-    return (System(system.matvec, b, system.what, system.shift, system.assembled),
+    return (System(system.matvec, b, system.what, system.shift, system.assembled,
+                   system.sweep_product),
             None if x0 is None else pow2_scaled(x0, -e), e)
 
 

@@ -479,3 +479,31 @@ def test_products_on_both_sides_of_the_prefetch_threshold(n_states):
                 np.testing.assert_array_equal(oy, my)
     for a, b in zip(got["numba"], got["cython"]):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("which", ["numba", "cython", "numpy"])
+def test_evaluate_takes_q_from_the_rows_of_its_last_sweep(which, monkeypatch):
+    """evaluate's sweeps keep P x per pair on the product predicted to meet tol
+    (``_evaluator.LAST_ROWS``): when it does, Q̃ and Ã come from its rows, one pass fewer,
+    the same bits as with a pass of ``q_values``; when the prediction misses (policy 3 on
+    the garnet) or the sweeps hand over (a slow-mixing MDP), Q̃ comes from a pass; both
+    against the dense reference."""
+    import fastppo._evaluator as evaluator
+
+    mdp = fastppo.garnet(300, 4, 5, gamma=0.95, seed=4)
+    slow = fastppo.garnet(300, 3, 3, gamma=0.99, seed=0, locality=3)
+    saved = []
+    for m, seed in ((mdp, 1), (mdp, 3), (slow, 3)):
+        pi = random_policy(m, seed)[0]
+        out = {}
+        for on in (True, False):
+            monkeypatch.setattr(evaluator, "LAST_ROWS", on)
+            out[on] = fastppo.evaluate(m, pi, backend=which, n_threads=1)
+        for name in ("v", "q", "adv"):
+            np.testing.assert_array_equal(getattr(out[True], name), getattr(out[False], name))
+        assert out[True].J == out[False].J and out[True].n_matvec == out[False].n_matvec
+        saved.append(out[False].n_passes - out[True].n_passes)
+        v, q, adv = naive.evaluate(m, pi)
+        assert naive.rel_err(out[True].q, q) <= 1e-9 and naive.rel_err(out[True].adv, adv) <= 1e-9
+    assert out[True].method != "richardson"  # the slow MDP's sweeps handed over
+    assert saved == [1, 0, 0]
