@@ -213,10 +213,6 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
                 scale = alpha if umode == U_ALPHA_UNIT else 1.0  # one flog call site
                 for i in range(size):
                     logq[i] = scale * flog(q[i])
-            if umode == U_REVERSE:  # the mask as a factor: q = tau, or 0 where pi_ref = 0
-                for i in range(size):  # (then log pi_ref is read as 0, so that u is finite)
-                    q[i] = tau if logq[i] > -INFINITY else 0.0
-                    logq[i] = logq[i] if logq[i] > -INFINITY else 0.0
             elif code == FORWARD_KL:  # pi f' = -pi_ref does not depend on pi: once per block,
                 for l in range(LANES):  # and tau pf in the block (the ascent's term)
                     mean_f[l] = 0.0
@@ -376,7 +372,8 @@ cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdpt
             active = copysign(pi, A) < thr[i]  # thr signed like A (_thresholds)
             bb = A if active else 0.0
             if umode == U_REVERSE:  # f' = log(pi/pi_ref) + 1 = u + (1 - log z)
-                bb = bb - q[i] * b[i]  # u = b from _exp_u_lanes, q = tau or 0 (the mask)
+                u = b[i]  # (theta - m) - log pi_ref, from _exp_u_lanes
+                bb = bb - tau * (u if logq[i] > -INFINITY else 0.0)
             elif umode == U_JS:  # f' = log(2 pi/(pi + pi_ref)) = u + (log 2 - log z)
                 u = (th[i] - m[l]) - flog_positive(pi + q[i])  # masked below where pi = 0
                 bb = bb - tau * (u if pi > 0.0 else 0.0)
@@ -456,7 +453,6 @@ cdef inline void _exp_u_lanes(Py_ssize_t n_rows, cdptr th, cdptr m, cdptr logq, 
         for l in range(LANES):
             i = a * LANES + l
             x = th[i] - m[l]
-            x = EXP_MIN if x < EXP_MIN else x  # finite (fexp_neg's own clamp)
             e[i] = fexp_neg(x)
             z[l] = z[l] + e[i]
             u[i] = x - logq[i]
