@@ -19,7 +19,8 @@ cdef enum:
     PF_NONE = 0     # no tau term in the ascent (none, or folded into b: U_REVERSE, U_JS)
     PF_BLOCK = 1    # pi f' in the block pf, its lane sums in mean_f
     U_NONE = 0      # b = the clipped advantage
-    U_REVERSE = 1   # b -= tau u, u = (theta - m) - log pi_ref (logq holds log pi_ref)
+    U_REVERSE = 1   # b -= tau u, u = (theta - m) - log pi_ref (logq holds log pi_ref; u in b
+                    # on entry, from _exp_u_lanes)
     U_JS = 2        # b -= tau u, u = (theta - m) - log(pi + pi_ref)
     U_CHI = 3       # pf = 2 pi (pi - pi_ref)/pi_ref and mean_f = sum_a pf (PF_BLOCK)
     U_HELLINGER = 4  # pf = pi - sqrt(pi pi_ref) and mean_f = sum_a pf (PF_BLOCK)

@@ -38,7 +38,8 @@ ALPHA_UNIT_MIN = 0.01
 PF_NONE = 0  # no τ term in the ascent (none, or folded into b: U_REVERSE, U_JS)
 PF_BLOCK = 1  # π f' in the block pf, its lane sums in mean_f
 U_NONE = 0  # b = the clipped advantage
-U_REVERSE = 1  # b −= τ u, u = (θ − m) − log π_ref (logq holds log π_ref)
+U_REVERSE = 1  # b −= τ u, u = (θ − m) − log π_ref (logq holds log π_ref; u in b on entry,
+               # from _exp_u_lanes)
 U_JS = 2  # b −= τ u, u = (θ − m) − log(π + π_ref)
 U_CHI = 3  # pf = 2π (π − π_ref)/π_ref and mean_f = Σ_a pf (PF_BLOCK)
 U_HELLINGER = 4  # pf = π − √(π π_ref) and mean_f = Σ_a pf (PF_BLOCK)
