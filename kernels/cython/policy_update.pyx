@@ -19,7 +19,8 @@ cdef enum:
     PF_NONE = 0     # no tau term in the ascent (none, or folded into b: U_REVERSE, U_JS)
     PF_BLOCK = 1    # pi f' in the block pf, its lane sums in mean_f
     U_NONE = 0      # b = the clipped advantage
-    U_REVERSE = 1   # b -= tau u, u = (theta - m) - log pi_ref (logq holds log pi_ref)
+    U_REVERSE = 1   # b -= tau u, u = (theta - m) - log pi_ref (logq holds log pi_ref; u in b
+                    # on entry, from _exp_u_lanes)
     U_JS = 2        # b -= tau u, u = (theta - m) - log(pi + pi_ref)
     U_CHI = 3       # pf = 2 pi (pi - pi_ref)/pi_ref and mean_f = sum_a pf (PF_BLOCK)
     U_HELLINGER = 4  # pf = pi - sqrt(pi pi_ref) and mean_f = sum_a pf (PF_BLOCK)
@@ -199,24 +200,28 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
     for k in range((s1 - s0 + LANES - 1) // LANES):
         b0 = s0 + k * LANES
         b1 = min(b0 + LANES, s1)
-        _load_ppo_lanes(a_indptr, b0, b1, n_rows, theta, pi_old, adv, th, old, av)
+        if regularized:  # pi_ref into q in the same pass
+            _load_ppo_lanes(a_indptr, b0, b1, n_rows, theta, pi_old, adv, ref, th, old, av, q,
+                            True)
+        else:
+            _load_ppo_lanes(a_indptr, b0, b1, n_rows, theta, pi_old, adv, ref, th, old, av, q,
+                            False)
         _thresholds(size, old, av, hi_ratio, lo_ratio, thr)
         for l in range(LANES):
             w[l] = weight[b0 + l] if b0 + l < b1 else 0.0
         if regularized:
-            load_lanes(a_indptr, b0, b1, LANES, ref, 0.0, n_rows, q)
             if code == REVERSE_KL or code == ALPHA:  # -inf at pi_ref = 0 (masks the pair)
                 scale = alpha if umode == U_ALPHA_UNIT else 1.0  # one flog call site
                 for i in range(size):
                     logq[i] = scale * flog(q[i])
-            elif code == FORWARD_KL:  # pi f' = -pi_ref does not depend on pi: once per block
-                for l in range(LANES):
+            elif code == FORWARD_KL:  # pi f' = -pi_ref does not depend on pi: once per block,
+                for l in range(LANES):  # and tau pf in the block (the ascent's term)
                     mean_f[l] = 0.0
                 for a in range(n_rows):
                     for l in range(LANES):
                         i = a * LANES + l
-                        pf[i] = -q[i]
-                        mean_f[l] = mean_f[l] + pf[i]
+                        pf[i] = tau * -q[i]
+                        mean_f[l] = mean_f[l] - q[i]
         # each step: softmax (exp_lanes, then pi = e rz inside _clip_lanes), the clipped
         # advantages b (minus tau u for the U_ modes), pi f' and its sum for PF_BLOCK, and
         # the ascent step, which also takes the max of the new logits (the next softmax's
@@ -225,6 +230,8 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
         for step in range(n_steps + 1):
             if umode == U_ALPHA_UNIT and step < n_steps:  # and the power e^w in pf
                 _exp_alpha_lanes(n_rows, th, m, logq, 1.0 - alpha, p, z, rz, pf)
+            elif umode == U_REVERSE and step < n_steps:  # and u = (theta - m) - log pi_ref in b
+                _exp_u_lanes(n_rows, th, m, logq, p, z, rz, b)
             else:
                 exp_lanes(th, n_rows, LANES, m, p, z, rz)
             if step == n_steps:  # pi = e rz in _kl_lanes, fused with KL(pi || pi_old)
@@ -245,8 +252,8 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
             if step == 0:
                 for l in range(LANES):
                     gsq[l] = 0.0
-            _ascend_step(mode == PF_BLOCK, penalized, step == 0, n_rows, th, p, b, mean_b, old,
-                         pf, w, tau, beta, lr, gsq, m_next)
+            _ascend_step(mode == PF_BLOCK, code == FORWARD_KL, penalized, step == 0, n_rows, th,
+                         p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next)
             swap = m
             m = m_next
             m_next = swap
@@ -264,9 +271,10 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
 
 cdef inline void _load_ppo_lanes(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
                                 Py_ssize_t n_rows, const double* theta, const double* pi_old,
-                                const double* adv, double* th, double* old,
-                                double* av) noexcept nogil:
-    """load_lanes of theta (padding PAD_LOGIT), pi_old and adv (padding 0) in one pass."""
+                                const double* adv, const double* ref, double* th, double* old,
+                                double* av, double* q, bint with_ref) noexcept nogil:
+    """load_lanes of theta (padding PAD_LOGIT), pi_old and adv (padding 0), and of ref into
+    q (padding 0) if with_ref, in one pass."""
     cdef Py_ssize_t l, a, n, lo, i
     for l in range(LANES):
         n = 0
@@ -278,11 +286,15 @@ cdef inline void _load_ppo_lanes(const int64_t* a_indptr, Py_ssize_t s0, Py_ssiz
                 th[i] = theta[lo + a]
                 old[i] = pi_old[lo + a]
                 av[i] = adv[lo + a]
+                if with_ref:
+                    q[i] = ref[lo + a]
         for a in range(n, n_rows):
             i = a * LANES + l
             th[i] = PAD_LOGIT
             old[i] = 0.0
             av[i] = 0.0
+            if with_ref:
+                q[i] = 0.0
 
 
 cdef inline void _thresholds(Py_ssize_t size, cdptr old, cdptr av, double hi_ratio,
@@ -361,7 +373,7 @@ cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdpt
             active = copysign(pi, A) < thr[i]  # thr signed like A (_thresholds)
             bb = A if active else 0.0
             if umode == U_REVERSE:  # f' = log(pi/pi_ref) + 1 = u + (1 - log z)
-                u = (th[i] - m[l]) - logq[i]
+                u = b[i]  # (theta - m) - log pi_ref, from _exp_u_lanes
                 bb = bb - tau * (u if logq[i] > -INFINITY else 0.0)
             elif umode == U_JS:  # f' = log(2 pi/(pi + pi_ref)) = u + (log 2 - log z)
                 u = (th[i] - m[l]) - flog_positive(pi + q[i])  # masked below where pi = 0
@@ -430,47 +442,85 @@ cdef inline void _exp_alpha_lanes(Py_ssize_t n_rows, cdptr th, cdptr m, cdptr al
         rz[l] = 1.0 / z[l]
 
 
-cdef inline void _ascend_step(bint block, bint penalized, bint first, Py_ssize_t n_rows,
-                              dptr th, cdptr p, cdptr b, cdptr mean_b, cdptr old, cdptr pf,
-                              cdptr w, double tau, double beta, double lr, dptr gsq,
-                              dptr m_next) noexcept nogil:
+cdef inline void _exp_u_lanes(Py_ssize_t n_rows, cdptr th, cdptr m, cdptr logq, dptr e,
+                              dptr z, dptr rz, dptr u) noexcept nogil:
+    """exp_lanes (e, z, rz), and for U_REVERSE from the same pass u = (theta - m) - log pi_ref
+    (logq): the exp pass is bound by the FMA pipes, the subtraction is not."""
+    cdef Py_ssize_t a, l, i
+    cdef double x
+    for l in range(LANES):
+        z[l] = 0.0
+    for a in range(n_rows):
+        for l in range(LANES):
+            i = a * LANES + l
+            x = th[i] - m[l]
+            e[i] = fexp_neg(x)
+            z[l] = z[l] + e[i]
+            u[i] = x - logq[i]
+    for l in range(LANES):
+        rz[l] = 1.0 / z[l]
+
+
+cdef inline void _ascend_step(bint block, bint scaled, bint penalized, bint first,
+                              Py_ssize_t n_rows, dptr th, cdptr p, cdptr b, cdptr mean_b,
+                              cdptr old, cdptr pf, cdptr w, double tau, double beta, double lr,
+                              dptr gsq, dptr m_next) noexcept nogil:
     """_ascend with literal flags (one branch-free loop per combination)."""
-    if block:
+    if block and scaled:
         if penalized:
             if first:
                 _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        True, True, True)
+                        True, True, True, True)
             else:
                 _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        True, True, False)
-        elif first:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                    True, False, True)
+                        True, True, True, False)
         else:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                    True, False, False)
-    elif penalized:
-        if first:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                    False, True, True)
+            if first:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        True, True, False, True)
+            else:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        True, True, False, False)
+    elif block:
+        if penalized:
+            if first:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        True, False, True, True)
+            else:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        True, False, True, False)
         else:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                    False, True, False)
-    elif first:
-        _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                False, False, True)
+            if first:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        True, False, False, True)
+            else:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        True, False, False, False)
     else:
-        _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                False, False, False)
+        if penalized:
+            if first:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        False, False, True, True)
+            else:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        False, False, True, False)
+        else:
+            if first:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        False, False, False, True)
+            else:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        False, False, False, False)
 
 
 cdef inline void _ascend(Py_ssize_t n_rows, dptr th, cdptr p, cdptr b, cdptr mean_b, cdptr old,
                          cdptr pf, cdptr w, double tau, double beta, double lr, dptr gsq,
-                         dptr m_next, bint block, bint penalized, bint first) noexcept nogil:
+                         dptr m_next, bint block, bint scaled, bint penalized,
+                         bint first) noexcept nogil:
     """theta += lr g on a block, g = w [pi (b - sum pi b) - tau (pf - pi sum pf)
     + beta (pi_old - pi)] with mean_b = sum pi b - tau sum pf: pi (b - mean_b), minus tau pf
-    if block (PF_BLOCK); the beta term if penalized; gsq += g^2 if first; m_next = the new
-    max of theta per lane."""
+    if block (PF_BLOCK; pf holds tau pf already if scaled); the beta term if penalized;
+    gsq += g^2 if first; m_next = the new max of theta per lane."""
     cdef Py_ssize_t a, l, i
     cdef double g, t, pi
     for a in range(n_rows):
@@ -479,7 +529,7 @@ cdef inline void _ascend(Py_ssize_t n_rows, dptr th, cdptr p, cdptr b, cdptr mea
             pi = p[i]
             g = pi * (b[i] - mean_b[l])
             if block:
-                g = g - tau * pf[i]
+                g = g - (pf[i] if scaled else tau * pf[i])
             if penalized:
                 g = g + beta * (old[i] - pi)
             g = g * w[l]

@@ -24,7 +24,7 @@ from ._codes import ALPHA, CHI_SQUARE, FORWARD_KL, HELLINGER, JENSEN_SHANNON, NO
 from ._divergence import fprime, fprime_inv, fprime_inv_tail, p_fprime, ref_f
 from ._jit import twins
 from ._softmax import (LANES, PAD_LOGIT, exp_constants, exp_lanes, fexp_neg, fexpm1_or_exp,
-                       flog, flog_positive, fma, load_lanes, max_actions, max_lanes,
+                       flog, flog_positive, fma, max_actions, max_lanes,
                        store_lanes)
 
 TASK_BLOCKS = 32  # blocks of LANES states per parallel task
@@ -38,7 +38,8 @@ ALPHA_UNIT_MIN = 0.01
 PF_NONE = 0  # no τ term in the ascent (none, or folded into b: U_REVERSE, U_JS)
 PF_BLOCK = 1  # π f' in the block pf, its lane sums in mean_f
 U_NONE = 0  # b = the clipped advantage
-U_REVERSE = 1  # b −= τ u, u = (θ − m) − log π_ref (logq holds log π_ref)
+U_REVERSE = 1  # b −= τ u, u = (θ − m) − log π_ref (logq holds log π_ref; u in b on entry,
+               # from _exp_u_lanes)
 U_JS = 2  # b −= τ u, u = (θ − m) − log(π + π_ref)
 U_CHI = 3  # pf = 2π (π − π_ref)/π_ref and mean_f = Σ_a pf (PF_BLOCK)
 U_HELLINGER = 4  # pf = π − √(π π_ref) and mean_f = Σ_a pf (PF_BLOCK)
@@ -173,7 +174,12 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
     lo_ratio = 1.0 - eps_low
     for b0 in range(s0, s1, LANES):
         b1 = min(b0 + LANES, s1)
-        _load_ppo_lanes(a_indptr, b0, b1, n_lanes, theta, pi_old, adv, th, old, av)
+        if regularized:  # π_ref into q in the same pass
+            _load_ppo_lanes(a_indptr, b0, b1, n_lanes, theta, pi_old, adv, ref, th, old, av, q,
+                            True)
+        else:
+            _load_ppo_lanes(a_indptr, b0, b1, n_lanes, theta, pi_old, adv, ref, th, old, av, q,
+                            False)
         # the one bound t on π each pair's clip can meet, negated where Ã < 0: r = π/π_old
         # stays below 1 + ε_high where Ã > 0 (above 1 − ε_low where Ã < 0) as π < t (π > t,
         # i.e. −π < −t), so that the clip is active where copysign(π, Ã) < thr; at
@@ -187,19 +193,18 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
         for l in range(n_lanes):
             w[l] = weight[b0 + l] if b0 + l < b1 else 0.0
         if regularized:
-            load_lanes(a_indptr, b0, b1, n_lanes, ref, 0.0, q)
             if code == REVERSE_KL or code == ALPHA:  # −inf at π_ref = 0 (masks the pair)
                 scale = alpha if umode == U_ALPHA_UNIT else 1.0  # one flog call site
                 for a in range(n_rows):
                     for l in range(n_lanes):
                         logq[a, l] = scale * flog(q[a, l])
-            elif code == FORWARD_KL:  # π f' = −π_ref does not depend on π: once per block
-                for l in range(n_lanes):
+            elif code == FORWARD_KL:  # π f' = −π_ref does not depend on π: once per block,
+                for l in range(n_lanes):  # and τ π f' in the block (the ascent's term)
                     mean_f[l] = 0.0
                 for a in range(n_rows):
                     for l in range(n_lanes):
-                        pf[a, l] = -q[a, l]
-                        mean_f[l] += pf[a, l]
+                        pf[a, l] = tau * -q[a, l]
+                        mean_f[l] = mean_f[l] - q[a, l]
         # each step: softmax (exp_lanes, then π = e·rz inside _clip_lanes), the clipped
         # advantages b (minus τ u for the U_ modes), π f' and its sum for PF_BLOCK, and the
         # ascent step, which also takes the max of the new logits (the next softmax's
@@ -208,6 +213,8 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
         for step in range(n_steps + 1):
             if umode == U_ALPHA_UNIT and step < n_steps:  # and the power e^w in pf
                 _exp_alpha_lanes(n_rows, th, m, logq, 1.0 - alpha, p, z, rz, pf, k)
+            elif umode == U_REVERSE and step < n_steps:  # and u = (θ − m) − log π_ref in b
+                _exp_u_lanes(n_rows, th, m, logq, p, z, rz, b, k)
             else:
                 exp_lanes(th, n_rows, n_lanes, m, p, z, rz, k)
             if step == n_steps:  # π = e·rz below, fused with KL(π ‖ π_old)
@@ -228,8 +235,8 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
             if step == 0:
                 for l in range(n_lanes):
                     gsq[l] = 0.0
-            _ascend_step(mode == PF_BLOCK, penalized, step == 0, n_rows, th, p, b, mean_b, old,
-                         pf, w, tau, beta, lr, gsq, m_next)
+            _ascend_step(mode == PF_BLOCK, code == FORWARD_KL, penalized, step == 0, n_rows, th,
+                         p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next)
             for l in range(n_lanes):  # the new shift (the ascent read the current one)
                 m[l] = m_next[l]
         _kl_lanes(n_rows, p, rz, old, kl)
@@ -242,8 +249,10 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _load_ppo_lanes(a_indptr, s0, s1, n_lanes, theta, pi_old, adv, th, old, av):
-    """load_lanes of θ (padding PAD_LOGIT), π_old and Ã (padding 0) in one pass."""
+def _load_ppo_lanes(a_indptr, s0, s1, n_lanes, theta, pi_old, adv, ref, th, old, av, q,
+                    with_ref):
+    """load_lanes of θ (padding PAD_LOGIT), π_old and Ã (padding 0), and of π_ref into q
+    (padding 0) if ``with_ref`` (a literal), in one pass."""
     n_rows = th.shape[0]
     for l in range(n_lanes):
         n = 0
@@ -254,10 +263,32 @@ def _load_ppo_lanes(a_indptr, s0, s1, n_lanes, theta, pi_old, adv, th, old, av):
                 th[a, l] = theta[lo + a]
                 old[a, l] = pi_old[lo + a]
                 av[a, l] = adv[lo + a]
+                if with_ref:
+                    q[a, l] = ref[lo + a]
         for a in range(n, n_rows):
             th[a, l] = PAD_LOGIT
             old[a, l] = 0.0
             av[a, l] = 0.0
+            if with_ref:
+                q[a, l] = 0.0
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _exp_u_lanes(n_rows, th, m, logq, e, z, rz, u, k):
+    """:func:`exp_lanes` (e, z, rz), and for U_REVERSE from the same pass
+    u = (θ − m) − log π_ref (logq): the exp pass is bound by the FMA pipes, the subtraction
+    is not."""
+    n_lanes = th.shape[1]
+    for l in range(n_lanes):
+        z[l] = 0.0
+    for a in range(n_rows):
+        for l in range(n_lanes):
+            x = th[a, l] - m[l]
+            e[a, l] = fexp_neg(x, k)
+            z[l] += e[a, l]
+            u[a, l] = x - logq[a, l]
+    for l in range(n_lanes):
+        rz[l] = 1.0 / z[l]
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
@@ -353,7 +384,7 @@ def _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean
             active = math.copysign(pi, A) < thr[a, l]  # thr signed like Ã
             bb = A if active else 0.0
             if umode == U_REVERSE:  # f' = log(π/π_ref) + 1 = u + (1 − log z)
-                u = (th[a, l] - m[l]) - logq[a, l]
+                u = b[a, l]  # (θ − m) − log π_ref, from _exp_u_lanes
                 bb = bb - tau * (u if logq[a, l] > -math.inf else 0.0)
             elif umode == U_JS:  # f' = log(2π/(π + π_ref)) = u + (log 2 − log z)
                 u = (th[a, l] - m[l]) - flog_positive(pi + q[a, l])  # masked below at π = 0
@@ -400,52 +431,71 @@ def _count_clipped(n_rows, p, av, thr, clipped):
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _ascend_step(block, penalized, first, n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr,
-                 gsq, m_next):
+def _ascend_step(block, scaled, penalized, first, n_rows, th, p, b, mean_b, old, pf, w, tau, beta,
+                 lr, gsq, m_next):
     """:func:`_ascend` with literal flags (one branch-free loop per combination)."""
-    if block:
+    if block and scaled:
         if penalized:
             if first:
                 _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        True, True, True)
+                        True, True, True, True)
             else:
                 _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        True, True, False)
-        elif first:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                    True, False, True)
+                        True, True, True, False)
         else:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                    True, False, False)
-    elif penalized:
-        if first:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                    False, True, True)
+            if first:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        True, True, False, True)
+            else:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        True, True, False, False)
+    elif block:
+        if penalized:
+            if first:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        True, False, True, True)
+            else:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        True, False, True, False)
         else:
-            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                    False, True, False)
-    elif first:
-        _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                False, False, True)
+            if first:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        True, False, False, True)
+            else:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        True, False, False, False)
     else:
-        _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                False, False, False)
+        if penalized:
+            if first:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        False, False, True, True)
+            else:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        False, False, True, False)
+        else:
+            if first:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        False, False, False, True)
+            else:
+                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                        False, False, False, False)
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next, block,
+def _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next, block, scaled,
             penalized, first):
     """θ += lr·g on a block, g = w π (b − Σπb) − τ (pf − π Σpf) + β (π_old − π) (SPEC §1),
     with mean_b = Σπb − τ Σpf, and m_next = the new max of θ per lane: g = π (b − mean_b),
-    minus τ pf if ``block`` (PF_BLOCK); ``penalized``: with the β term; ``first``: gsq += g²
-    per lane. Called with literal flags, so that each call compiles to one branch-free loop."""
+    minus τ pf if ``block`` (PF_BLOCK; pf holds τ pf already if ``scaled``); ``penalized``:
+    with the β term; ``first``: gsq += g² per lane. Called with literal flags, so that each
+    call compiles to one branch-free loop."""
     n_lanes = th.shape[1]
     for a in range(n_rows):
         for l in range(n_lanes):
             pi = p[a, l]
             g = pi * (b[a, l] - mean_b[l])
             if block:
-                g = g - tau * pf[a, l]
+                g = g - (pf[a, l] if scaled else tau * pf[a, l])
             if penalized:
                 g = g + beta * (old[a, l] - pi)
             g = g * w[l]
