@@ -50,6 +50,7 @@ def _float_flags():
 
 
 omp = _openmp_flags()
+jobs = os.cpu_count() or 1  # the kernels translate and compile in parallel
 debug = os.environ.get("FASTPPO_CYTHON_DEBUG") == "1"
 stems = sorted(p.stem for p in Path("kernels/cython").glob("*.pyx"))
 extensions = [
@@ -67,8 +68,10 @@ extensions = [
     for stem in stems
 ]
 setup(
+    options={"build_ext": {"parallel": jobs}},
     ext_modules=cythonize(
         extensions,
+        nthreads=jobs,
         compiler_directives={
             "language_level": 3,
             "boundscheck": debug,
