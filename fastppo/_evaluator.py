@@ -325,12 +325,19 @@ class Evaluator:
         the same sums); compact rows and the NumPy reference keep int32."""
         if self._narrow_rows is None:
             rows = self._rows
-            T = self.mdp._transitions
-            narrow = None
-            if NARROW_INDICES and self.backend != "numpy" and rows[2] is T.p_indices:
-                narrow = T.narrow_indices(self.mdp.n_states)
-            self._narrow_rows = rows if narrow is None else (*rows[:2], narrow, *rows[3:])
+            if rows[2] is self.mdp.p_indices:  # P's own rows, not compact ones
+                rows = (*rows[:2], self._column_indices(), *rows[3:])
+            self._narrow_rows = rows
         return self._narrow_rows
+
+    def _column_indices(self):
+        """P's column indices for the products: uint16 where every state fits and the
+        backend is compiled (``Transitions.narrow_indices``), else ``p_indices``."""
+        mdp = self.mdp
+        narrow = None
+        if NARROW_INDICES and self.backend != "numpy":
+            narrow = mdp._transitions.narrow_indices(mdp.n_states)
+        return mdp.p_indices if narrow is None else narrow
 
     def assembled(self, transpose=False):
         """The loaded policy's I − γP_π (or its transpose), assembled on first use and
@@ -439,12 +446,7 @@ class Evaluator:
         if given); returns it."""
         mdp = self.mdp
         q = np.empty(mdp.n_pairs) if out is None else out
-        indices = None
-        if NARROW_INDICES and self.backend != "numpy":
-            indices = mdp._transitions.narrow_indices(mdp.n_states)
-        if indices is None:
-            indices = mdp.p_indices
-        self._k["q_values"](mdp.p_indptr, indices, mdp.p_data, mdp.r, mdp.gamma, v, q,
+        self._k["q_values"](mdp.p_indptr, self._column_indices(), mdp.p_data, mdp.r, mdp.gamma, v, q,
                             self.n_threads)
         return q
 
