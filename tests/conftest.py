@@ -11,6 +11,12 @@ import pytest  # noqa: E402
 import fastppo  # noqa: E402
 
 BACKENDS = ["numba", "cython", "numpy"]
+MAX_WORKERS = 4  # each worker compiles the Numba kernels it meets that the cache lacks
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one test worker per core this process may run on, at most MAX_WORKERS."""
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
 
 
 @pytest.fixture(params=BACKENDS)
