@@ -50,6 +50,7 @@ LAST_ROWS = True
 # per policy), 6 bytes read per entry instead of 10; every result is still certified by
 # an exact product (:meth:`Evaluator._sweep`). None: never.
 SINGLE_ROWS = 5_000
+CONSTANT_PART = True  # the value corrections' part along 1 exactly (Evaluator._sweep)
 VALUE_SYSTEM = "evaluation system (I - gamma P_pi) v = r_pi - tau D_f(pi)"
 VISIT_SYSTEM = "visitation system (I - gamma P_pi^T) d = (1 - gamma) mu"
 
@@ -559,10 +560,15 @@ class Evaluator:
         e = np.subtract(x, base[0])
         self.n_passes += 1
         if side == 0:
+            # A 1 = (1 − γ) 1 exactly (P_π 1 = 1): the correction's part along 1 (large
+            # after the sweeps' extrapolation along it) is taken exactly, not in float32
+            mid = CONSTANT_PART and 0.5 * (e.min() + e.max())
+            e -= mid
             self._rows_fresh = False
             self._k["correction_products"](*rows, e, _EMPTY, out, _EMPTY, self._buf,
                                            self.n_threads)
             out += base[1]
+            out += (1.0 - self.mdp.gamma) * mid
         else:
             self._k["correction_products"](*rows, _EMPTY, e, _EMPTY, out, self._buf,
                                            self.n_threads)

@@ -298,6 +298,8 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                             prefetch(&x[p_indices[min(j + AHEAD, last)]], 0, 3)
                             row = row + p_data[j] * x[p_indices[j]]
                             tot = tot + p_data[j]
+                    elif gathered is double:  # bellman_matvec's unrolled loop, the same sum
+                        row = row_sum(indices, data, &x[0], p_indptr[k], p_indptr[k + 1], &tot)
                     else:
                         for j in range(p_indptr[k], p_indptr[k + 1]):
                             row = row + p_data[j] * x[p_indices[j]]
