@@ -169,3 +169,41 @@ def test_where_corrections_apply(monkeypatch):
         E = Evaluator(mdp, None, "cython", 1)
         E.load(pi)
         assert not E._corrects()
+
+
+
+@pytest.mark.parametrize("which", COMPILED)
+def test_slow_sweeps_give_up_after_as_many_products(which, monkeypatch):
+    """On a slow-mixing MDP the sweeps with corrections hand over after as many products
+    as with exact ones (slowness judged on every residual, giving up on an exact one),
+    and the solve that follows is accurate."""
+    from fastppo import _krylov
+
+    mdp = fastppo.gridworld(20, 20, gamma=0.99)
+    pi = random_policy(mdp, 16)[0]
+    mu = np.random.default_rng(17).dirichlet(np.ones(mdp.n_states))
+    sweeps = {"on": [], "off": []}
+    richardson = _krylov.SOLVERS["richardson"]
+    key = "on"
+
+    def counted(system, *args, **kwargs):
+        res = richardson(system, *args, **kwargs)
+        sweeps[key].append((res.n_matvec, res.converged))
+        return res
+
+    monkeypatch.setitem(_krylov.SOLVERS, "richardson", counted)
+    count = _counted(monkeypatch)
+    out = {}
+    for key in ("on", "off"):
+        monkeypatch.setattr(evaluator, "SINGLE_ROWS", 1 if key == "on" else None)
+        out[key] = (fastppo.evaluate(mdp, pi, backend=which, n_threads=1),
+                    fastppo.visitation(mdp, pi, mu, backend=which, n_threads=1, full_output=True))
+        if key == "on":
+            assert count[0] > 0  # corrections ran
+    assert len(sweeps["on"]) == 2 and sweeps["on"] == sweeps["off"]
+    assert not any(converged for _, converged in sweeps["on"])  # they handed over
+    for a, b in zip(out["on"], out["off"]):
+        assert a.method == b.method
+    v, _, _ = naive.evaluate(mdp, pi)
+    assert naive.rel_err(out["on"][0].v, v) <= REL
+    assert naive.rel_err(out["on"][1].d, naive.visitation(mdp, pi, mu)) <= REL
