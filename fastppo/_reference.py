@@ -69,6 +69,25 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
         bellman_rmatvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, y, out_y, buf)
 
 
+
+
+def correction_weights(a_indptr, p_indptr, p_data, pi, weights, n_threads=1):
+    """weights[j] = π(k) P[j] in double, rounded to float32, for every entry j of pair k."""
+    weights[:] = (np.repeat(pi, np.diff(p_indptr)) * p_data.astype(np.float64)).astype(np.float32)
+
+
+def correction_products(state_indptr, p_indices, weights, gamma, x, y, out_x, out_y, buf,
+                        n_threads=1):
+    """out_x = x − γ P̂_π x and out_y = y − γ P̂_πᵀ y, P̂_π the float32 ``weights`` of the
+    states' rows ``state_indptr`` as stored, in double; a side of length 0 is skipped."""
+    n_states = state_indptr.shape[0] - 1
+    P = sp.csr_array((weights.astype(np.float64), p_indices, state_indptr),
+                     shape=(n_states, n_states))
+    if x.shape[0]:
+        out_x[:] = x - gamma * (P @ x)
+    if y.shape[0]:
+        out_y[:] = y - gamma * (P.T @ y)
+
 # --------------------------------------------------------------------- tables
 def segment_softmax(a_indptr, logits, out, n_threads=1):
     """out = exp(θ − max_s θ) / Σ_a exp(θ − max_s θ) within each state."""

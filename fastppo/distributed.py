@@ -495,6 +495,10 @@ class DistributedEvaluator(Evaluator):
             self.rmatvec(x_visit, out_visit)
         return True
 
+    def _corrects(self):
+        """No float32 corrections across ranks: every sweep product is exact."""
+        return False
+
     # the assembled matrix, its LU and SGS need every row in one process: Krylov only
     assembled = None
 

@@ -201,4 +201,54 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
             out_y[s] = y[s] - gamma * acc
 
 
-KERNELS = twins(bellman_matvec, bellman_rmatvec, q_values, bellman_products)
+
+def correction_weights(a_indptr, p_indptr, p_data, pi, weights):
+    n_states = a_indptr.shape[0] - 1
+    for s in prange(n_states):
+        for k in range(np.uint64(a_indptr[s]), np.uint64(a_indptr[s + 1])):
+            p = pi[k]
+            for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+                weights[j] = np.float32(p * np.float64(p_data[j]))
+
+
+def correction_products(state_indptr, p_indices, weights, gamma, x, y, out_x, out_y, buf):
+    n_states = state_indptr.shape[0] - 1
+    n_chunks = buf.shape[0]
+    do_x = x.shape[0] > 0
+    do_y = y.shape[0] > 0
+    one, two, three, four = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)
+    for c in prange(n_chunks):
+        z = buf[c]
+        if do_y:
+            z[:n_states] = 0.0
+        lo = c * n_states // n_chunks
+        hi = (c + 1) * n_states // n_chunks
+        for s in range(lo, hi):
+            start = np.uint64(state_indptr[s])
+            stop = np.uint64(state_indptr[s + 1])
+            if do_x:  # four partial sums (the Cython twin's order)
+                s0 = s1 = s2 = s3 = 0.0
+                j = start
+                while j + four <= stop:
+                    s0 += np.float64(weights[j]) * x[np.uint32(p_indices[j])]
+                    s1 += np.float64(weights[j + one]) * x[np.uint32(p_indices[j + one])]
+                    s2 += np.float64(weights[j + two]) * x[np.uint32(p_indices[j + two])]
+                    s3 += np.float64(weights[j + three]) * x[np.uint32(p_indices[j + three])]
+                    j += four
+                while j < stop:
+                    s0 += np.float64(weights[j]) * x[np.uint32(p_indices[j])]
+                    j += one
+                out_x[s] = x[s] - gamma * ((s0 + s1) + (s2 + s3))
+            if do_y:
+                ys = y[s]
+                for j in range(start, stop):
+                    z[np.uint32(p_indices[j])] += ys * np.float64(weights[j])
+    if do_y:
+        for s in prange(n_states):
+            acc = 0.0
+            for c in range(n_chunks):
+                acc += buf[c, s]
+            out_y[s] = y[s] - gamma * acc
+
+KERNELS = twins(bellman_matvec, bellman_rmatvec, q_values, bellman_products, correction_weights,
+                correction_products)

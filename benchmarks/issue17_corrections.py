@@ -1,0 +1,84 @@
+"""Issue 17, target 1: evaluate / visitation on the garnet with Richardson's corrections on
+P_π's entries in float32 (``fastppo._evaluator.SINGLE_ROWS``) on and off (switched per
+call), and SciPy's bicgstab on the assembled matrix (issue17.py's), interleaved in one
+process; medians of thread and wall time, products and passes, and the true relative
+residual ‖b − A x‖/‖b‖ of each result. The first call of each (this process's first on
+the MDP, which makes the uint16 column indices) is timed apart.
+
+Usage (from the repository root)::
+
+    python benchmarks/issue17_corrections.py N_STATES REPEAT BACKEND [FAMILY]
+"""
+import sys
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+import fastppo
+import fastppo._evaluator as E
+from benchmarks.common import build_mdp
+from issue17 import assemble, bicgstab, relres
+
+S, R, be = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+family = sys.argv[4] if len(sys.argv) > 4 else "garnet"
+mdp = build_mdp(family, S)  # issue17.py's (garnet: A = 10, b = 10, γ = 0.99, seed 0)
+pi = fastppo.softmax(mdp, np.random.default_rng(1).standard_normal(mdp.n_pairs))
+A, At, c = assemble(mdp, pi)
+mu = mdp.rho
+kw = dict(backend=be, n_threads=1)
+SWITCH = E.SINGLE_ROWS
+
+
+def switched(f, on):
+    def run():
+        E.SINGLE_ROWS = SWITCH if on else None
+        return f()
+    return run
+
+
+def evaluate():
+    return fastppo.evaluate(mdp, pi, **kw)
+
+
+def visitation():
+    return fastppo.visitation(mdp, pi, mu, full_output=True, **kw)
+
+
+runs = {"evaluate f32": switched(evaluate, True), "evaluate f64": switched(evaluate, False),
+        "evaluate bicgstab": lambda: bicgstab(A, c),
+        "visitation f32": switched(visitation, True),
+        "visitation f64": switched(visitation, False),
+        "visitation bicgstab": lambda: bicgstab(At, mu)}
+with threadpool_limits(1):
+    first, out = {}, {}
+    for k, f in runs.items():
+        t = time.perf_counter()
+        out[k] = f()
+        first[k] = time.perf_counter() - t
+    thread = {k: [] for k in runs}
+    wall = {k: [] for k in runs}
+    for _ in range(R):
+        for k, f in runs.items():
+            t, w = time.thread_time(), time.perf_counter()
+            f()
+            thread[k].append(time.thread_time() - t)
+            wall[k].append(time.perf_counter() - w)
+E.SINGLE_ROWS = SWITCH
+med = {k: 1e3 * np.median(v) for k, v in thread.items()}
+medw = {k: 1e3 * np.median(v) for k, v in wall.items()}
+print(f"{family} S={mdp.n_states} backend={be} repeat={R} SINGLE_ROWS={SWITCH}")
+for k in runs:
+    o = out[k]
+    if k.startswith("evaluate"):
+        x, M, b = (o if "bicgstab" in k else o.v), A, c
+    else:
+        x, M, b = (o if "bicgstab" in k else o.d / (1 - mdp.gamma)), At, mu
+    extra = "" if "bicgstab" in k else f"  {o.method} {o.n_matvec} products {o.n_passes} passes"
+    print(f"  {k:22s} thread {med[k]:8.2f} ms  wall {medw[k]:8.2f} ms  first {1e3 * first[k]:8.2f} ms"
+          f"  residual {relres(M, x, b):.2e}{extra}")
+for op in ("evaluate", "visitation"):
+    b, bw = med[f"{op} bicgstab"], medw[f"{op} bicgstab"]
+    print(f"  {op}: vs bicgstab, f32 {b / med[op + ' f32']:.2f}x "
+          f"(wall {bw / medw[op + ' f32']:.2f}x), f64 {b / med[op + ' f64']:.2f}x "
+          f"(wall {bw / medw[op + ' f64']:.2f}x)")
