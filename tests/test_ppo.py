@@ -13,6 +13,7 @@ import naive
 from conftest import random_mdp, random_policy
 from fastppo import _codes
 from fastppo._backend import get_kernel
+from fastppo._evaluator import ppo_log_ref
 
 FIELDS = ("iter", "J", "gap", "max_abs_adv", "clipfrac", "kl", "grad_norm", "n_matvec", "n_passes",
           "seconds")
@@ -81,8 +82,9 @@ def call_ppo_kernel(backend, a_indptr, pi_old, adv, weight, ref, code, tau, eps_
     get_kernel("ppo_update", backend)(
         np.asarray(a_indptr, dtype=np.int64), np.asarray(pi_old, dtype=float),
         np.asarray(adv, dtype=float), np.asarray(weight, dtype=float),
-        np.asarray(ref, dtype=float), code, 0.0, tau, eps_low, eps_high, beta, lr, n_steps,
-        theta, pi_out, clipped, gsq, kl, n_threads)
+        np.asarray(ref, dtype=float), ppo_log_ref(code, tau, np.asarray(ref, dtype=float)),
+        code, 0.0, tau, eps_low, eps_high, beta, lr, n_steps, theta, pi_out, clipped, gsq, kl,
+        n_threads)
     return theta, pi_out, clipped, gsq, kl
 
 
@@ -342,8 +344,8 @@ def test_ppo_update_output_may_alias_pi_old_or_adv(backend, n_threads, alias, re
     clipped = np.empty(mdp.n_states, dtype=np.int64)
     gsq, kl = np.empty(mdp.n_states), np.empty(mdp.n_states)
     get_kernel("ppo_update", backend)(mdp.a_indptr, inputs["pi_old"], inputs["adv"], weight, ref,
-                                      code, 0.0, tau, 0.2, 0.2, 0.0, 0.5, 5, theta, pi_out,
-                                      clipped, gsq, kl, n_threads)
+                                      ppo_log_ref(code, tau, ref), code, 0.0, tau, 0.2, 0.2, 0.0,
+                                      0.5, 5, theta, pi_out, clipped, gsq, kl, n_threads)
     for got, want in zip((theta, pi_out, clipped, gsq, kl), expected):
         np.testing.assert_array_equal(got, want)
 
