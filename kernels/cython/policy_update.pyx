@@ -141,9 +141,8 @@ def ppo_update(const int64_t[::1] a_indptr, const double[::1] pi_old, const doub
     for c in prange(n_tasks, nogil=True, schedule="static", num_threads=n_threads):
         if _ppo_states(&a_indptr[0], c * per_task, min((c + 1) * per_task, n_states),
                        &pi_old[0], &adv[0], &weight[0], &ref[0], &log_ref[0], code, alpha,
-                       tau, eps_low,
-                       eps_high, beta, lr, n_steps, &theta[0], &pi_out[0], &clipped_out[0],
-                       &gsq_out[0], &kl_out[0]) != 0:
+                       tau, eps_low, eps_high, beta, lr, n_steps, &theta[0], &pi_out[0],
+                       &clipped_out[0], &gsq_out[0], &kl_out[0]) != 0:
             failed = 1
     if failed:
         raise MemoryError("ppo_update: could not allocate a block of states")
@@ -151,10 +150,10 @@ def ppo_update(const int64_t[::1] a_indptr, const double[::1] pi_old, const doub
 
 cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
                      const double* pi_old, const double* adv, const double* weight,
-                     const double* ref, const double* log_ref, int code, double alpha, double tau, double eps_low,
-                     double eps_high, double beta, double lr, int n_steps, double* theta,
-                     double* pi_out, int64_t* clipped_out, double* gsq_out,
-                     double* kl_out) noexcept nogil:
+                     const double* ref, const double* log_ref, int code, double alpha,
+                     double tau, double eps_low, double eps_high, double beta, double lr,
+                     int n_steps, double* theta, double* pi_out, int64_t* clipped_out,
+                     double* gsq_out, double* kl_out) noexcept nogil:
     """ppo_update for the states s0 <= s < s1: LANES states at a time, every inner step on
     (n_rows, LANES) blocks, written back once (-1 if the blocks could not be allocated)."""
     cdef Py_ssize_t n_rows = max_actions(a_indptr, s0, s1), size, k, b0, b1, a, l, i
