@@ -350,6 +350,18 @@ def test_ppo_update_output_may_alias_pi_old_or_adv(backend, n_threads, alias, re
         np.testing.assert_array_equal(got, want)
 
 
+def test_ppo_log_ref_is_formed_once_and_only_for_reverse_kl():
+    # the kernels read log π_ref for reverse KL only; elsewhere π_ref itself is passed (no copy)
+    ref = np.array([0.5, 0.0, 0.5])
+    assert ppo_log_ref(_codes.FORWARD_KL, 0.1, ref) is ref
+    assert ppo_log_ref(_codes.REVERSE_KL, 0.0, ref) is ref
+    np.testing.assert_array_equal(ppo_log_ref(_codes.REVERSE_KL, 0.1, ref),
+                                  [np.log(0.5), -np.inf, np.log(0.5)])
+    mdp = small(2, True)
+    ppo = fastppo.PPOClip(mdp, fastppo.ReverseKL(0.1), backend="numpy")
+    np.testing.assert_array_equal(ppo._log_ref, np.log(ppo._ref))
+
+
 def test_ppo_clip_step_holds_four_per_pair_arrays(backend):
     # at peak, a step holds θ, π_old, π_ref and one array that is the sweep rows, then Ã
     # (in place), then π_new: tracemalloc sees NumPy's allocations; n_pairs ≫ n_states so
