@@ -136,8 +136,8 @@ def ppo_update(a_indptr, pi_old, adv, weight, ref, log_ref, code, alpha, tau, ep
     per_task = TASK_BLOCKS * LANES
     for c in prange((n_states + per_task - 1) // per_task):
         _ppo_states(a_indptr, c * per_task, min((c + 1) * per_task, n_states), pi_old, adv,
-                    weight, ref, log_ref, code, alpha, tau, eps_low, eps_high, beta, lr, n_steps, theta,
-                    pi_out, clipped_out, gsq_out, kl_out)
+                    weight, ref, log_ref, code, alpha, tau, eps_low, eps_high, beta, lr, n_steps,
+                    theta, pi_out, clipped_out, gsq_out, kl_out)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
