@@ -403,7 +403,7 @@ def passes(args):
     pu = get_kernel("ppo_update", backend)
     out = (np.empty(L), np.empty(n, dtype=np.int64), np.empty(n), np.empty(n))
     calls["ppo_update, K = 10"] = lambda: pu(
-        mdp.a_indptr, ppo.pi, ev.adv, w, ppo._ref, ppo._code, ppo._alpha, ppo._tau,
+        mdp.a_indptr, ppo.pi, ev.adv, w, ppo._ref, ppo._log_ref, ppo._code, ppo._alpha, ppo._tau,
         ppo.eps_low, ppo.eps_high, 0.0, ppo.lr, 10, logits.copy(), *out, nt)
     stream = np.ones(2**26)  # 512 MB: the read bandwidth of a NumPy sum
     calls["NumPy sum over 512 MB"] = lambda: stream.sum()

@@ -29,6 +29,7 @@ import numpy as np
 from . import _krylov
 from ._assembled import OMEGA, AssembledMatrix
 from ._backend import get_kernel
+from ._codes import REVERSE_KL
 from ._result import Result
 from ._validation import check_finite
 
@@ -98,6 +99,16 @@ def regularizer_args(mdp, reg):
     if reg.tau == 0.0:
         return 0, 0.0, 0.0, ref
     return reg.code, reg.alpha, reg.tau, ref
+
+
+def ppo_log_ref(code, tau, ref):
+    """The ``log_ref`` argument of the ``ppo_update`` kernels, formed once per run: log π_ref
+    (−inf where π_ref = 0) for reverse KL with τ ≠ 0, the only case that reads it (it would
+    otherwise take a log per pair in every call); else ``ref`` itself, not read."""
+    if tau == 0.0 or code != REVERSE_KL:
+        return ref
+    with np.errstate(divide="ignore"):
+        return np.log(ref)
 
 
 def policy_rows(mdp, pi, previous=None, backend=None, n_threads=1, in_place=False):

@@ -202,10 +202,13 @@ def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out, n_threa
     value_out[:] = _segment_sum(a_indptr, p * q - tau * reg.ref_f(p, ref))
 
 
-def ppo_update(a_indptr, pi_old, adv, weight, ref, code, alpha, tau, eps_low, eps_high,
-               beta, lr, n_steps, theta, pi_out, clipped_out, gsq_out, kl_out, n_threads=1):
+def ppo_update(a_indptr, pi_old, adv, weight, ref, log_ref, code, alpha, tau, eps_low,
+               eps_high, beta, lr, n_steps, theta, pi_out, clipped_out, gsq_out, kl_out,
+               n_threads=1):
     """``n_steps`` ascent steps on the clipped surrogate (+ β KL(π_old ‖ π_θ) penalty).
-    ``pi_out`` may be ``pi_old`` or ``adv`` (written once, at the end)."""
+    ``pi_out`` may be ``pi_old`` or ``adv`` (written once, at the end). ``log_ref``
+    (log π_ref, which the compiled kernels read for reverse KL) is not read: π f' comes
+    from ``ref`` for every f."""
     s = _states(a_indptr)
     reg = from_code(code, alpha)
     pi = np.empty_like(theta)

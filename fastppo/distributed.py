@@ -71,7 +71,7 @@ from mpi4py import MPI
 from . import _krylov
 from . import _validation as V
 from ._backend import get_kernel, resolve_backend, resolve_threads
-from ._evaluator import DEFAULT_TOL, Evaluator
+from ._evaluator import DEFAULT_TOL, Evaluator, ppo_log_ref
 from ._result import Result
 from .mdp import Transitions, _map_member, _write_npz
 from .solvers import MAX_INNER_STEPS, _clip_range, _first_policy, _policy_iteration
@@ -645,6 +645,7 @@ class PPOClip:
         self.mu = M.rho if full else 0.5 * (M.rho + 1.0 / M.n_states)
         self.logits = np.log(M._block.uniform_policy() if E.tau == 0 else E.ref)
         self.pi = E.softmax(self.logits)
+        self._log_ref = ppo_log_ref(E.code, E.tau, E.ref)  # once per run (reverse KL)
         self._v = self._d = None
         if lr is None:
             step_scale = V.check_positive(step_scale, "step_scale")
@@ -673,9 +674,9 @@ class PPOClip:
         clipped = np.empty(n, dtype=np.int64)
         gsq, kl = np.empty(n), np.empty(n)
         get_kernel("ppo_update", self.backend)(
-            M.a_indptr, self.pi, ev.adv, weight, E.ref, E.code, E.alpha, E.tau, self.eps_low,
-            self.eps_high, 0.0, self.lr, self.inner_steps, self.logits, pi_new, clipped, gsq,
-            kl, self.n_threads)
+            M.a_indptr, self.pi, ev.adv, weight, E.ref, self._log_ref, E.code, E.alpha, E.tau,
+            self.eps_low, self.eps_high, 0.0, self.lr, self.inner_steps, self.logits, pi_new,
+            clipped, gsq, kl, self.n_threads)
         bad = ~np.isfinite(self.logits)
         if bad.any():
             k = int(np.argmax(bad))

@@ -50,7 +50,7 @@ from . import _validation as V
 from ._backend import get_kernel, resolve_backend, resolve_threads
 from ._episodic import visit_weights
 from ._errors import renamed_parameters
-from ._evaluator import DEFAULT_TOL, MIXED_STATES, Evaluator
+from ._evaluator import DEFAULT_TOL, MIXED_STATES, Evaluator, ppo_log_ref
 from ._krylov import ConvergenceError, StoppingRule, dot, norm
 from ._result import Result
 from ._run import IterativeMethod, RunResult, check_states
@@ -709,6 +709,9 @@ class PPOClip(_ExactMethod):
         self.beta = 0.0
         super().__init__(mdp, reg, lr, mu, init, step_scale, reference, backend, n_threads,
                          lin_tol, warm_start)
+        # reverse KL: log π_ref once per run (a fifth per-pair array), not a log per pair
+        # in every ppo_update call
+        self._log_ref = ppo_log_ref(self._code, self._tau, self._ref)
 
     @property
     def clip(self):
@@ -734,6 +737,7 @@ class PPOClip(_ExactMethod):
     def _update(self, ev):
         # π_new is written over Ã (ppo_update reads each state's pairs before it writes
         # them), so a step holds four per-pair float64 arrays: θ, π_old, π_ref and Ã/π_new
+        # (and log π_ref for reverse KL)
         mdp = self.mdp
         weight, n_mv = self._d_weight(ev)
         adv = ev.adv
@@ -744,9 +748,9 @@ class PPOClip(_ExactMethod):
         gsq = np.empty(mdp.n_states)
         kl = np.empty(mdp.n_states)
         get_kernel("ppo_update", self.backend)(
-            mdp.a_indptr, pi_old, adv, weight, self._ref, self._code, self._alpha, self._tau,
-            self.eps_low, self.eps_high, self.beta, self.lr, self.inner_steps, self.logits,
-            pi_new, clipped, gsq, kl, self.n_threads)
+            mdp.a_indptr, pi_old, adv, weight, self._ref, self._log_ref, self._code, self._alpha,
+            self._tau, self.eps_low, self.eps_high, self.beta, self.lr, self.inner_steps,
+            self.logits, pi_new, clipped, gsq, kl, self.n_threads)
         self.pi = pi_new
         # KL ≥ 0; the per-state sums Σ π log(π/π_old) round to ±1e-17 once π ≈ π_old
         return dict(clipfrac=clipped.sum() / mdp.n_pairs,

@@ -10,7 +10,7 @@ import naive
 from conftest import random_mdp, random_policy
 from fastppo import _codes
 from fastppo._backend import STEMS, get_kernel
-from fastppo._evaluator import policy_rows
+from fastppo._evaluator import policy_rows, ppo_log_ref
 
 REL = 1e-10
 COMPILED = ["numba", "cython"]
@@ -223,7 +223,8 @@ def _update_calls(mdp, inp, n_threads):
                 calls["ppo_update"].append(
                     (f"{tag}-clip{clip}-beta{beta}",
                      lambda k, code=code, alpha=alpha, tau=tau, clip=clip, beta=beta: _outputs(
-                         k, (a, pi, q, weight, ref, code, alpha, tau, clip, clip, beta, 0.3, 3),
+                         k, (a, pi, q, weight, ref, ppo_log_ref(code, tau, ref), code, alpha,
+                             tau, clip, clip, beta, 0.3, 3),
                          (theta, np.full(L, np.nan), np.full(S, -1, np.int64),
                           np.full(S, np.nan), np.full(S, np.nan)), n_threads)))
     # sampling: a rollout of 16 environments, GAE and returns on random trajectories, and

@@ -13,6 +13,7 @@ import naive
 from conftest import random_mdp, random_policy
 from fastppo import _codes
 from fastppo._backend import get_kernel
+from fastppo._evaluator import ppo_log_ref
 
 FIELDS = ("iter", "J", "gap", "max_abs_adv", "clipfrac", "kl", "grad_norm", "n_matvec", "n_passes",
           "seconds")
@@ -81,8 +82,9 @@ def call_ppo_kernel(backend, a_indptr, pi_old, adv, weight, ref, code, tau, eps_
     get_kernel("ppo_update", backend)(
         np.asarray(a_indptr, dtype=np.int64), np.asarray(pi_old, dtype=float),
         np.asarray(adv, dtype=float), np.asarray(weight, dtype=float),
-        np.asarray(ref, dtype=float), code, 0.0, tau, eps_low, eps_high, beta, lr, n_steps,
-        theta, pi_out, clipped, gsq, kl, n_threads)
+        np.asarray(ref, dtype=float), ppo_log_ref(code, tau, np.asarray(ref, dtype=float)),
+        code, 0.0, tau, eps_low, eps_high, beta, lr, n_steps, theta, pi_out, clipped, gsq, kl,
+        n_threads)
     return theta, pi_out, clipped, gsq, kl
 
 
@@ -342,10 +344,22 @@ def test_ppo_update_output_may_alias_pi_old_or_adv(backend, n_threads, alias, re
     clipped = np.empty(mdp.n_states, dtype=np.int64)
     gsq, kl = np.empty(mdp.n_states), np.empty(mdp.n_states)
     get_kernel("ppo_update", backend)(mdp.a_indptr, inputs["pi_old"], inputs["adv"], weight, ref,
-                                      code, 0.0, tau, 0.2, 0.2, 0.0, 0.5, 5, theta, pi_out,
-                                      clipped, gsq, kl, n_threads)
+                                      ppo_log_ref(code, tau, ref), code, 0.0, tau, 0.2, 0.2, 0.0,
+                                      0.5, 5, theta, pi_out, clipped, gsq, kl, n_threads)
     for got, want in zip((theta, pi_out, clipped, gsq, kl), expected):
         np.testing.assert_array_equal(got, want)
+
+
+def test_ppo_log_ref_is_formed_once_and_only_for_reverse_kl():
+    # the kernels read log π_ref for reverse KL only; elsewhere π_ref itself is passed (no copy)
+    ref = np.array([0.5, 0.0, 0.5])
+    assert ppo_log_ref(_codes.FORWARD_KL, 0.1, ref) is ref
+    assert ppo_log_ref(_codes.REVERSE_KL, 0.0, ref) is ref
+    np.testing.assert_array_equal(ppo_log_ref(_codes.REVERSE_KL, 0.1, ref),
+                                  [np.log(0.5), -np.inf, np.log(0.5)])
+    mdp = small(2, True)
+    ppo = fastppo.PPOClip(mdp, fastppo.ReverseKL(0.1), backend="numpy")
+    np.testing.assert_array_equal(ppo._log_ref, np.log(ppo._ref))
 
 
 def test_ppo_clip_step_holds_four_per_pair_arrays(backend):

@@ -14,6 +14,7 @@ import naive
 from conftest import random_mdp
 from fastppo import _codes
 from fastppo._backend import get_kernel
+from fastppo._evaluator import ppo_log_ref
 
 EXP_REL = 2.5e-16  # fexp, normal results (module docstring of _softmax)
 EXPM1_REL = 5e-16  # fexpm1 on [-40, 1]
@@ -185,8 +186,9 @@ def _ppo(which, mdp, code, alpha, tau, beta, n_threads=1):
     weight = rng.random(S) * 3
     ref = fastppo.softmax(mdp, rng.normal(size=n) / 2, backend="numpy")
     outs = [np.full(n, np.nan), np.full(S, -1, np.int64), np.full(S, np.nan), np.full(S, np.nan)]
-    get_kernel("ppo_update", which)(mdp.a_indptr, pi_old, adv, weight, ref, code, alpha, tau,
-                                    0.2, 0.25, beta, 0.7, 10, theta, *outs, n_threads)
+    get_kernel("ppo_update", which)(mdp.a_indptr, pi_old, adv, weight, ref,
+                                    ppo_log_ref(code, tau, ref), code, alpha, tau, 0.2, 0.25,
+                                    beta, 0.7, 10, theta, *outs, n_threads)
     return [theta, *outs]
 
 
@@ -235,8 +237,9 @@ def _ppo_edges(which, mdp, code, alpha, ref_from):
     adv = rng.normal(size=n)
     weight = rng.random(S) * 3
     outs = [np.full(n, np.nan), np.full(S, -1, np.int64), np.full(S, np.nan), np.full(S, np.nan)]
-    get_kernel("ppo_update", which)(mdp.a_indptr, pi_old, adv, weight, ref, code, alpha, 0.3,
-                                    0.2, 0.25, 0.0, 0.1, 5, theta, *outs, 1)
+    get_kernel("ppo_update", which)(mdp.a_indptr, pi_old, adv, weight, ref,
+                                    ppo_log_ref(code, 0.3, ref), code, alpha, 0.3, 0.2, 0.25,
+                                    0.0, 0.1, 5, theta, *outs, 1)
     return [theta, *outs]
 
 

@@ -10,6 +10,11 @@ import numpy as np
 from .common import (BACKENDS, PPO_DIVERGENCES, PPO_STEPS, PPO_TAU, SIZES, THREADS, check_params,
                      kernel_or_skip, ppo_update_inputs, warm)
 
+try:  # the kernels' log_ref argument (log π_ref, formed once per run)
+    from fastppo._evaluator import ppo_log_ref
+except ImportError:  # older commits (asv's history): no log_ref argument
+    ppo_log_ref = None
+
 
 def ppo_update_call(backend, family, n_states, divergence, n_threads, n_steps=PPO_STEPS):
     """(reset, call): reset θ to θ0, then one ppo_update call of ``n_steps`` inner steps
@@ -21,9 +26,10 @@ def ppo_update_call(backend, family, n_states, divergence, n_threads, n_steps=PP
     outs = (np.empty(mdp.n_pairs), np.empty(mdp.n_states, dtype=np.int64),
             np.empty(mdp.n_states), np.empty(mdp.n_states))
     kernel = kernel_or_skip("ppo_update", backend)
+    refs = (ref,) if ppo_log_ref is None else (ref, ppo_log_ref(code, tau, ref))
 
     def call():
-        kernel(mdp.a_indptr, pi_old, adv, weight, ref, code, alpha, tau, 0.2, 0.2, 0.0, lr,
+        kernel(mdp.a_indptr, pi_old, adv, weight, *refs, code, alpha, tau, 0.2, 0.2, 0.0, lr,
                n_steps, theta, *outs, n_threads)
 
     return (lambda: np.copyto(theta, theta0)), call

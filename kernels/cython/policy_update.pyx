@@ -19,7 +19,7 @@ cdef enum:
     PF_NONE = 0     # no tau term in the ascent (none, or folded into b: U_REVERSE, U_JS)
     PF_BLOCK = 1    # pi f' in the block pf, its lane sums in mean_f
     U_NONE = 0      # b = the clipped advantage
-    U_REVERSE = 1   # b -= tau u, u = (theta - m) - log pi_ref (logq holds log pi_ref; u in b
+    U_REVERSE = 1   # b -= tau u, u = (theta - m) - log pi_ref (logq holds log_ref; u in b
                     # on entry, from _exp_u_lanes)
     U_JS = 2        # b -= tau u, u = (theta - m) - log(pi + pi_ref)
     U_CHI = 3       # pf = 2 pi (pi - pi_ref)/pi_ref and mean_f = sum_a pf (PF_BLOCK)
@@ -120,15 +120,17 @@ cdef void _greedy_state(int64_t lo, int64_t hi, const double[::1] q, const doubl
 
 
 def ppo_update(const int64_t[::1] a_indptr, const double[::1] pi_old, const double[::1] adv,
-               const double[::1] weight, const double[::1] ref, int code, double alpha,
-               double tau, double eps_low, double eps_high, double beta, double lr,
-               int n_steps,                                                     # IN
+               const double[::1] weight, const double[::1] ref, const double[::1] log_ref,
+               int code, double alpha, double tau, double eps_low, double eps_high,
+               double beta, double lr, int n_steps,                             # IN
                double[::1] theta,                                               # IN/OUT
                double[::1] pi_out, int64_t[::1] clipped_out, double[::1] gsq_out,
                double[::1] kl_out, int n_threads):                              # OUT
-    """ppo_update(a_indptr, pi_old, adv, weight, ref, code, alpha, tau, eps_low, eps_high,
-    beta, lr, n_steps, theta, pi_out, clipped_out, gsq_out, kl_out, n_threads)
+    """ppo_update(a_indptr, pi_old, adv, weight, ref, log_ref, code, alpha, tau, eps_low,
+    eps_high, beta, lr, n_steps, theta, pi_out, clipped_out, gsq_out, kl_out, n_threads)
 
+    log_ref = log pi_ref (-inf where pi_ref = 0) is read for reverse KL only, ref for the
+    other f only (the caller forms log pi_ref once per run, not once per call).
     pi_out may alias pi_old or adv: each block of states reads its pairs into local lanes
     before it writes any of them back (store_lanes, once), and blocks own disjoint pairs."""
     cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, per_task = TASK_BLOCKS * LANES, c
@@ -138,9 +140,9 @@ def ppo_update(const int64_t[::1] a_indptr, const double[::1] pi_old, const doub
         return
     for c in prange(n_tasks, nogil=True, schedule="static", num_threads=n_threads):
         if _ppo_states(&a_indptr[0], c * per_task, min((c + 1) * per_task, n_states),
-                       &pi_old[0], &adv[0], &weight[0], &ref[0], code, alpha, tau, eps_low,
-                       eps_high, beta, lr, n_steps, &theta[0], &pi_out[0], &clipped_out[0],
-                       &gsq_out[0], &kl_out[0]) != 0:
+                       &pi_old[0], &adv[0], &weight[0], &ref[0], &log_ref[0], code, alpha,
+                       tau, eps_low, eps_high, beta, lr, n_steps, &theta[0], &pi_out[0],
+                       &clipped_out[0], &gsq_out[0], &kl_out[0]) != 0:
             failed = 1
     if failed:
         raise MemoryError("ppo_update: could not allocate a block of states")
@@ -148,10 +150,10 @@ def ppo_update(const int64_t[::1] a_indptr, const double[::1] pi_old, const doub
 
 cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
                      const double* pi_old, const double* adv, const double* weight,
-                     const double* ref, int code, double alpha, double tau, double eps_low,
-                     double eps_high, double beta, double lr, int n_steps, double* theta,
-                     double* pi_out, int64_t* clipped_out, double* gsq_out,
-                     double* kl_out) noexcept nogil:
+                     const double* ref, const double* log_ref, int code, double alpha,
+                     double tau, double eps_low, double eps_high, double beta, double lr,
+                     int n_steps, double* theta, double* pi_out, int64_t* clipped_out,
+                     double* gsq_out, double* kl_out) noexcept nogil:
     """ppo_update for the states s0 <= s < s1: LANES states at a time, every inner step on
     (n_rows, LANES) blocks, written back once (-1 if the blocks could not be allocated)."""
     cdef Py_ssize_t n_rows = max_actions(a_indptr, s0, s1), size, k, b0, b1, a, l, i
@@ -200,17 +202,20 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
     for k in range((s1 - s0 + LANES - 1) // LANES):
         b0 = s0 + k * LANES
         b1 = min(b0 + LANES, s1)
-        if regularized:  # pi_ref into q in the same pass
-            _load_ppo_lanes(a_indptr, b0, b1, n_rows, theta, pi_old, adv, ref, th, old, av, q,
-                            True)
+        if umode == U_REVERSE:  # log pi_ref into logq in the same pass (-inf: a masked pair)
+            _load_ppo_lanes(a_indptr, b0, b1, n_rows, theta, pi_old, adv, log_ref, -INFINITY,
+                            th, old, av, logq, True)
+        elif regularized:  # pi_ref into q in the same pass
+            _load_ppo_lanes(a_indptr, b0, b1, n_rows, theta, pi_old, adv, ref, 0.0, th, old,
+                            av, q, True)
         else:
-            _load_ppo_lanes(a_indptr, b0, b1, n_rows, theta, pi_old, adv, ref, th, old, av, q,
-                            False)
+            _load_ppo_lanes(a_indptr, b0, b1, n_rows, theta, pi_old, adv, ref, 0.0, th, old,
+                            av, q, False)
         _thresholds(size, old, av, hi_ratio, lo_ratio, thr)
         for l in range(LANES):
             w[l] = weight[b0 + l] if b0 + l < b1 else 0.0
         if regularized:
-            if code == REVERSE_KL or code == ALPHA:  # -inf at pi_ref = 0 (masks the pair)
+            if code == ALPHA:  # -inf at pi_ref = 0 (masks the pair)
                 scale = alpha if umode == U_ALPHA_UNIT else 1.0  # one flog call site
                 for i in range(size):
                     logq[i] = scale * flog(q[i])
@@ -271,10 +276,11 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
 
 cdef inline void _load_ppo_lanes(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
                                 Py_ssize_t n_rows, const double* theta, const double* pi_old,
-                                const double* adv, const double* ref, double* th, double* old,
-                                double* av, double* q, bint with_ref) noexcept nogil:
+                                const double* adv, const double* ref, double ref_pad,
+                                double* th, double* old, double* av, double* q,
+                                bint with_ref) noexcept nogil:
     """load_lanes of theta (padding PAD_LOGIT), pi_old and adv (padding 0), and of ref into
-    q (padding 0) if with_ref, in one pass."""
+    q (padding ref_pad) if with_ref, in one pass."""
     cdef Py_ssize_t l, a, n, lo, i
     for l in range(LANES):
         n = 0
@@ -294,7 +300,7 @@ cdef inline void _load_ppo_lanes(const int64_t* a_indptr, Py_ssize_t s0, Py_ssiz
             old[i] = 0.0
             av[i] = 0.0
             if with_ref:
-                q[i] = 0.0
+                q[i] = ref_pad
 
 
 cdef inline void _thresholds(Py_ssize_t size, cdptr old, cdptr av, double hi_ratio,

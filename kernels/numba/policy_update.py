@@ -38,7 +38,7 @@ ALPHA_UNIT_MIN = 0.01
 PF_NONE = 0  # no τ term in the ascent (none, or folded into b: U_REVERSE, U_JS)
 PF_BLOCK = 1  # π f' in the block pf, its lane sums in mean_f
 U_NONE = 0  # b = the clipped advantage
-U_REVERSE = 1  # b −= τ u, u = (θ − m) − log π_ref (logq holds log π_ref; u in b on entry,
+U_REVERSE = 1  # b −= τ u, u = (θ − m) − log π_ref (logq holds log_ref; u in b on entry,
                # from _exp_u_lanes)
 U_JS = 2  # b −= τ u, u = (θ − m) − log(π + π_ref)
 U_CHI = 3  # pf = 2π (π − π_ref)/π_ref and mean_f = Σ_a pf (PF_BLOCK)
@@ -126,21 +126,23 @@ def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out):
             value_out[s] = val - tau * div
 
 
-def ppo_update(a_indptr, pi_old, adv, weight, ref, code, alpha, tau, eps_low, eps_high,
-               beta, lr, n_steps, theta, pi_out, clipped_out, gsq_out, kl_out):
+def ppo_update(a_indptr, pi_old, adv, weight, ref, log_ref, code, alpha, tau, eps_low,
+               eps_high, beta, lr, n_steps, theta, pi_out, clipped_out, gsq_out, kl_out):
     """pi_out may alias pi_old or adv: each block of states reads its pairs into local
-    lanes before it writes any of them back (once), and blocks own disjoint pairs."""
+    lanes before it writes any of them back (once), and blocks own disjoint pairs.
+    log_ref = log π_ref (−inf where π_ref = 0) is read for reverse KL only, ref for the
+    other f only (the caller forms log π_ref once per run, not once per call)."""
     n_states = a_indptr.shape[0] - 1
     per_task = TASK_BLOCKS * LANES
     for c in prange((n_states + per_task - 1) // per_task):
         _ppo_states(a_indptr, c * per_task, min((c + 1) * per_task, n_states), pi_old, adv,
-                    weight, ref, code, alpha, tau, eps_low, eps_high, beta, lr, n_steps, theta,
-                    pi_out, clipped_out, gsq_out, kl_out)
+                    weight, ref, log_ref, code, alpha, tau, eps_low, eps_high, beta, lr, n_steps,
+                    theta, pi_out, clipped_out, gsq_out, kl_out)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, eps_low, eps_high,
-                beta, lr, n_steps, theta, pi_out, clipped_out, gsq_out, kl_out):
+def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, log_ref, code, alpha, tau, eps_low,
+                eps_high, beta, lr, n_steps, theta, pi_out, clipped_out, gsq_out, kl_out):
     """ppo_update for the states s0 ≤ s < s1: LANES states at a time, every inner step on
     (n_rows, LANES) blocks (see _softmax), written back once."""
     n_rows = max_actions(a_indptr, s0, s1)
@@ -174,12 +176,15 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
     lo_ratio = 1.0 - eps_low
     for b0 in range(s0, s1, LANES):
         b1 = min(b0 + LANES, s1)
-        if regularized:  # π_ref into q in the same pass
-            _load_ppo_lanes(a_indptr, b0, b1, n_lanes, theta, pi_old, adv, ref, th, old, av, q,
-                            True)
+        if umode == U_REVERSE:  # log π_ref into logq in the same pass (−inf: a masked pair)
+            _load_ppo_lanes(a_indptr, b0, b1, n_lanes, theta, pi_old, adv, log_ref, -math.inf,
+                            th, old, av, logq, True)
+        elif regularized:  # π_ref into q in the same pass
+            _load_ppo_lanes(a_indptr, b0, b1, n_lanes, theta, pi_old, adv, ref, 0.0, th, old,
+                            av, q, True)
         else:
-            _load_ppo_lanes(a_indptr, b0, b1, n_lanes, theta, pi_old, adv, ref, th, old, av, q,
-                            False)
+            _load_ppo_lanes(a_indptr, b0, b1, n_lanes, theta, pi_old, adv, ref, 0.0, th, old,
+                            av, q, False)
         # the one bound t on π each pair's clip can meet, negated where Ã < 0: r = π/π_old
         # stays below 1 + ε_high where Ã > 0 (above 1 − ε_low where Ã < 0) as π < t (π > t,
         # i.e. −π < −t), so that the clip is active where copysign(π, Ã) < thr; at
@@ -193,7 +198,7 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
         for l in range(n_lanes):
             w[l] = weight[b0 + l] if b0 + l < b1 else 0.0
         if regularized:
-            if code == REVERSE_KL or code == ALPHA:  # −inf at π_ref = 0 (masks the pair)
+            if code == ALPHA:  # −inf at π_ref = 0 (masks the pair)
                 scale = alpha if umode == U_ALPHA_UNIT else 1.0  # one flog call site
                 for a in range(n_rows):
                     for l in range(n_lanes):
@@ -249,10 +254,10 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, code, alpha, tau, ep
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _load_ppo_lanes(a_indptr, s0, s1, n_lanes, theta, pi_old, adv, ref, th, old, av, q,
-                    with_ref):
-    """load_lanes of θ (padding PAD_LOGIT), π_old and Ã (padding 0), and of π_ref into q
-    (padding 0) if ``with_ref`` (a literal), in one pass."""
+def _load_ppo_lanes(a_indptr, s0, s1, n_lanes, theta, pi_old, adv, ref, ref_pad, th, old, av,
+                    q, with_ref):
+    """load_lanes of θ (padding PAD_LOGIT), π_old and Ã (padding 0), and of ref into q
+    (padding ref_pad) if ``with_ref`` (a literal), in one pass."""
     n_rows = th.shape[0]
     for l in range(n_lanes):
         n = 0
@@ -270,7 +275,7 @@ def _load_ppo_lanes(a_indptr, s0, s1, n_lanes, theta, pi_old, adv, ref, th, old,
             old[a, l] = 0.0
             av[a, l] = 0.0
             if with_ref:
-                q[a, l] = 0.0
+                q[a, l] = ref_pad
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
