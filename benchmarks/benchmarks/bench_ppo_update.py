@@ -44,6 +44,7 @@ class PPOUpdateSuite:
     repeat = (5, 20, 0.5)
     rounds = 1
     warmup_time = 0.0
+    timeout = 300  # numba's first case compiles every branch of the kernel: 71 s cold, idle
 
     def setup(self, backend, n_states, divergence, n_threads):
         check_params(backend, n_states, n_threads)
