@@ -51,7 +51,6 @@ LAST_ROWS = True
 # per policy), 6 bytes read per entry instead of 10; every result is still certified by
 # an exact product (:meth:`Evaluator._sweep`). None: never.
 SINGLE_ROWS = 5_000
-CONSTANT_PART = True  # the value corrections' part along 1 exactly (Evaluator._sweep)
 VALUE_SYSTEM = "evaluation system (I - gamma P_pi) v = r_pi - tau D_f(pi)"
 VISIT_SYSTEM = "visitation system (I - gamma P_pi^T) d = (1 - gamma) mu"
 
@@ -459,11 +458,16 @@ class Evaluator:
             out_value += self._base[0][1]
         if x_visit is not None:
             out_visit += self._base[1][1]
-            # 1ᵀ(I − γP_πᵀ) y = (1 − γ) 1ᵀy exactly: the sweeps keep the mass of y (their
-            # slow direction, contracting by γ only) as long as products keep this balance
-            mass = (1.0 - self.mdp.gamma) * _krylov.dot(_ONES(n), x_visit)
-            out_visit += (mass - _krylov.dot(_ONES(n), out_visit)) / n
+            self._balance_mass(x_visit, out_visit)
         return False
+
+    def _balance_mass(self, y, out):
+        """Shift an approximate out = (I − γP_πᵀ) y along 1 so that 1ᵀout = (1 − γ) 1ᵀy, as
+        it holds exactly: the sweeps keep the mass of y (their slow direction, contracting
+        by γ only) as long as products keep this balance."""
+        n = self.mdp.n_states
+        mass = (1.0 - self.mdp.gamma) * _krylov.dot(_ONES(n), y)
+        out += (mass - _krylov.dot(_ONES(n), out)) / n
 
     def q_values(self, v, out=None):
         """Q̃ = r + γ P v, flat (n_pairs,), for state values ``v`` (n_states,) (into ``out``
@@ -567,13 +571,12 @@ class Evaluator:
         if base is None or not self._corrects():
             return False
         rows = self._correction_rows()
-        n = self.mdp.n_states
         e = np.subtract(x, base[0])
         self.n_passes += 1
         if side == 0:
             # A 1 = (1 − γ) 1 exactly (P_π 1 = 1): the correction's part along 1 (large
             # after the sweeps' extrapolation along it) is taken exactly, not in float32
-            mid = CONSTANT_PART and 0.5 * (e.min() + e.max())
+            mid = _krylov.extrapolation(e, self.space)
             e -= mid
             self._rows_fresh = False
             self._k["correction_products"](*rows, e, _EMPTY, out, _EMPTY, self._buf,
@@ -584,9 +587,7 @@ class Evaluator:
             self._k["correction_products"](*rows, _EMPTY, e, _EMPTY, out, self._buf,
                                            self.n_threads)
             out += base[1]
-            # 1ᵀ(I − γP_πᵀ) y = (1 − γ) 1ᵀy exactly: keep the balance (see _corrections)
-            mass = (1.0 - self.mdp.gamma) * _krylov.dot(_ONES(n), x)
-            out += (mass - _krylov.dot(_ONES(n), out)) / n
+            self._balance_mass(x, out)
         return True
 
     def _value_system(self):

@@ -1,13 +1,17 @@
-"""Issue 17, target 1: evaluate / visitation on the garnet with Richardson's corrections on
-P_π's entries in float32 (``fastppo._evaluator.SINGLE_ROWS``) on and off (switched per
-call), and SciPy's bicgstab on the assembled matrix (issue17.py's), interleaved in one
+"""Issue 17, target 1: `evaluate` / `visitation` with one of the evaluator's switches on and off
+(per call), and SciPy's bicgstab on the assembled matrix (issue17.py's), interleaved in one
 process; medians of thread and wall time, products and passes, and the true relative
-residual ‖b − A x‖/‖b‖ of each result. The first call of each (this process's first on
-the MDP, which makes the uint16 column indices) is timed apart.
+residual ‖b − A x‖/‖b‖ of each result. The first call of each (this process's first on the
+MDP, which makes the uint16 column indices) is timed apart.
+
+SWITCH is one of:
+- ``narrow``: P's column indices as uint16 or int32 (``fastppo._evaluator.NARROW_INDICES``);
+- ``corrections``: Richardson's corrections on P_π's entries in float32 or none
+  (``fastppo._evaluator.SINGLE_ROWS``).
 
 Usage (from the repository root)::
 
-    python benchmarks/issue17_corrections.py N_STATES REPEAT BACKEND [FAMILY]
+    python benchmarks/issue17_switch.py SWITCH N_STATES REPEAT BACKEND [FAMILY]
 """
 import sys
 import time
@@ -20,19 +24,23 @@ import fastppo._evaluator as E
 from benchmarks.common import build_mdp
 from issue17 import assemble, bicgstab, relres
 
-S, R, be = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-family = sys.argv[4] if len(sys.argv) > 4 else "garnet"
+# per switch: the evaluator's attribute, its value on and off, and the two labels
+SWITCHES = {"narrow": ("NARROW_INDICES", True, False, "uint16", "int32"),
+            "corrections": ("SINGLE_ROWS", E.SINGLE_ROWS, None, "f32", "f64")}
+
+name, S, R, be = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+family = sys.argv[5] if len(sys.argv) > 5 else "garnet"
+attr, on_value, off_value, on, off = SWITCHES[name]
 mdp = build_mdp(family, S)  # issue17.py's (garnet: A = 10, b = 10, γ = 0.99, seed 0)
 pi = fastppo.softmax(mdp, np.random.default_rng(1).standard_normal(mdp.n_pairs))
 A, At, c = assemble(mdp, pi)
 mu = mdp.rho
 kw = dict(backend=be, n_threads=1)
-SWITCH = E.SINGLE_ROWS
 
 
-def switched(f, on):
+def switched(f, value):
     def run():
-        E.SINGLE_ROWS = SWITCH if on else None
+        setattr(E, attr, value)
         return f()
     return run
 
@@ -45,10 +53,11 @@ def visitation():
     return fastppo.visitation(mdp, pi, mu, full_output=True, **kw)
 
 
-runs = {"evaluate f32": switched(evaluate, True), "evaluate f64": switched(evaluate, False),
+runs = {f"evaluate {on}": switched(evaluate, on_value),
+        f"evaluate {off}": switched(evaluate, off_value),
         "evaluate bicgstab": lambda: bicgstab(A, c),
-        "visitation f32": switched(visitation, True),
-        "visitation f64": switched(visitation, False),
+        f"visitation {on}": switched(visitation, on_value),
+        f"visitation {off}": switched(visitation, off_value),
         "visitation bicgstab": lambda: bicgstab(At, mu)}
 with threadpool_limits(1):
     first, out = {}, {}
@@ -64,10 +73,10 @@ with threadpool_limits(1):
             f()
             thread[k].append(time.thread_time() - t)
             wall[k].append(time.perf_counter() - w)
-E.SINGLE_ROWS = SWITCH
+setattr(E, attr, on_value)
 med = {k: 1e3 * np.median(v) for k, v in thread.items()}
 medw = {k: 1e3 * np.median(v) for k, v in wall.items()}
-print(f"{family} S={mdp.n_states} backend={be} repeat={R} SINGLE_ROWS={SWITCH}")
+print(f"{family} S={mdp.n_states} backend={be} repeat={R} {attr}={on_value} / {off_value}")
 for k in runs:
     o = out[k]
     if k.startswith("evaluate"):
@@ -79,6 +88,6 @@ for k in runs:
           f"  residual {relres(M, x, b):.2e}{extra}")
 for op in ("evaluate", "visitation"):
     b, bw = med[f"{op} bicgstab"], medw[f"{op} bicgstab"]
-    print(f"  {op}: vs bicgstab, f32 {b / med[op + ' f32']:.2f}x "
-          f"(wall {bw / medw[op + ' f32']:.2f}x), f64 {b / med[op + ' f64']:.2f}x "
-          f"(wall {bw / medw[op + ' f64']:.2f}x)")
+    print(f"  {op}: vs bicgstab, {on} {b / med[f'{op} {on}']:.2f}x "
+          f"(wall {bw / medw[f'{op} {on}']:.2f}x), {off} {b / med[f'{op} {off}']:.2f}x "
+          f"(wall {bw / medw[f'{op} {off}']:.2f}x)")
