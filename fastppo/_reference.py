@@ -208,10 +208,13 @@ def ppo_update(a_indptr, pi_old, adv, weight, ref, log_ref, code, alpha, tau, ep
     """``n_steps`` ascent steps on the clipped surrogate (+ β KL(π_old ‖ π_θ) penalty).
     ``pi_out`` may be ``pi_old`` or ``adv`` (written once, at the end). ``log_ref``
     (log π_ref, which the compiled kernels read for reverse KL) is not read: π f' comes
-    from ``ref`` for every f."""
+    from ``ref`` for every f. ``kl_out`` is KL(π_new ‖ softmax(θ on entry)) per state, which
+    is KL(π_new ‖ π_old) where π_old is the softmax of the logits it starts from."""
     s = _states(a_indptr)
     reg = from_code(code, alpha)
     pi = np.empty_like(theta)
+    pi_start = np.empty_like(theta)
+    segment_softmax(a_indptr, theta, pi_start)
     for step in range(n_steps):
         segment_softmax(a_indptr, theta, pi)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -229,7 +232,7 @@ def ppo_update(a_indptr, pi_old, adv, weight, ref, log_ref, code, alpha, tau, ep
         clipped_out[:] = _segment_sum(a_indptr, (~active & (adv != 0)).astype(np.int64))
         theta += lr * g
     segment_softmax(a_indptr, theta, pi)
-    kl_out[:] = _segment_sum(a_indptr, rel_entr(pi, pi_old))
+    kl_out[:] = _segment_sum(a_indptr, rel_entr(pi, pi_start))
     pi_out[:] = pi
 
 

@@ -162,6 +162,24 @@ def test_hand_setup_has_both_clips():
     assert ADV[5] == 0.0  # neither active nor counted as clipped
 
 
+def exact_kl(a_indptr, theta, theta0):
+    """(KL(softmax θ ‖ softmax θ0), its tolerance) per state, at 50 digits: 1e-12 of
+    Σ π |log(π/π0)| (the sum cancels: its condition), plus 8 ulp of the log-probabilities,
+    8 eps Σ π (1 + |log π| + |log π0|) (each term's log ratio comes from rounded inputs)."""
+    import mpmath as mp
+    with mp.workdps(50):
+        kls, scales = [], []
+        for lo, hi in blocks(a_indptr):
+            x, x0 = [mp.mpf(float(t)) for t in theta[lo:hi]], [mp.mpf(float(t)) for t in theta0[lo:hi]]
+            lz, lz0 = mp.log(mp.fsum(mp.exp(t) for t in x)), mp.log(mp.fsum(mp.exp(t) for t in x0))
+            terms = [mp.exp(t - lz) * ((t - lz) - (t0 - lz0)) for t, t0 in zip(x, x0)]
+            logs = [mp.exp(t - lz) * (1 + abs(t - lz) + abs(t0 - lz0)) for t, t0 in zip(x, x0)]
+            kls.append(float(mp.fsum(terms)))
+            scales.append(float(1e-12 * mp.fsum(abs(t) for t in terms)
+                                + 8 * np.finfo(float).eps * mp.fsum(logs)))
+    return np.array(kls), np.array(scales)
+
+
 @pytest.mark.parametrize("kind,code,tau", [(None, _codes.NONE, 0.0), ("ForwardKL", _codes.FORWARD_KL, 0.3),
                                            ("ReverseKL", _codes.REVERSE_KL, 0.3),
                                            ("ChiSquare", _codes.CHI_SQUARE, 0.3)])
@@ -199,8 +217,34 @@ def test_clipped_pairs_move_only_by_centering_and_regularizer(backend, n_threads
     np.testing.assert_allclose(gsq, [np.sum(g[0:3] ** 2), np.sum(g[3:7] ** 2)], rtol=1e-14)
     new = _softmax(theta)
     np.testing.assert_allclose(pi_out, new, rtol=1e-14, atol=0)
-    kls = [new[lo:hi] @ np.log(new[lo:hi] / PI_OLD[lo:hi]) for lo, hi in blocks(A_INDPTR)]
-    np.testing.assert_allclose(kl, kls, rtol=1e-12, atol=1e-16)
+    # the KL of the update: from the policy of the logits on entry (here not π_old, which
+    # the clip reads; PPOClip passes π_old = softmax(θ)), against the defining sum at 50
+    # digits, relative to Σ π |log(π/π0)| (the sum cancels: KL ≈ 3e-6 from terms ≈ 1e-3)
+    kls, tol = exact_kl(A_INDPTR, theta, THETA)
+    assert np.all(np.abs(kl - kls) <= tol), (kl, kls)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e6, -1e9])
+def test_kl_output_is_the_update_kl(backend, n_threads, offset):
+    """kl_out = KL(π_new ‖ π_old) for π_old = softmax(θ) on entry (as PPOClip passes it),
+    against the defining sum at 50 digits (tolerance: exact_kl), also for logits
+    far from 0 (a per-state offset: the kernels take every logit from its lane max), small
+    steps (KL ≈ 1e-8, the sum cancelling) and pairs with π_old = 0 (logit 800 below)."""
+    mdp = small(11, False, n_states=70)
+    rng = np.random.default_rng(12)
+    theta0 = 2.0 * rng.standard_normal(mdp.n_pairs) + offset * rng.random(mdp.n_states)[
+        np.repeat(np.arange(mdp.n_states), np.diff(mdp.a_indptr))]
+    theta0[::7] -= 800.0  # e^-800 underflows: π_old = 0 there
+    theta0[mdp.a_indptr[:-1]] += 801.0  # and never on the first pair of a state
+    pi_old = fastppo.softmax(mdp, theta0, backend="numpy")
+    adv, weight = rng.standard_normal(mdp.n_pairs), rng.random(mdp.n_states) + 0.1
+    for lr in (1e-4, 0.5):
+        theta, pi_new, _, _, kl = call_ppo_kernel(backend, mdp.a_indptr, pi_old, adv, weight,
+                                                   pi_old, _codes.NONE, 0.0, 0.2, 0.2, 0.0, lr,
+                                                   4, theta0, n_threads)
+        kls, tol = exact_kl(mdp.a_indptr, theta, theta0)
+        assert np.all(np.abs(kl - kls) <= tol), (lr, np.abs(kl - kls).max())
+        assert kls.max() > 0 and np.isfinite(kl).all()  # the logits moved
 
 
 def test_kl_penalty_term_by_hand(backend):

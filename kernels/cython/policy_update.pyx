@@ -131,6 +131,7 @@ def ppo_update(const int64_t[::1] a_indptr, const double[::1] pi_old, const doub
 
     log_ref = log pi_ref (-inf where pi_ref = 0) is read for reverse KL only, ref for the
     other f only (the caller forms log pi_ref once per run, not once per call).
+    kl_out = KL(pi_new || softmax(theta on entry)) per state.
     pi_out may alias pi_old or adv: each block of states reads its pairs into local lanes
     before it writes any of them back (store_lanes, once), and blocks own disjoint pairs."""
     cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, per_task = TASK_BLOCKS * LANES, c
@@ -174,7 +175,7 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
                      else U_ALPHA_UNIT if code == ALPHA and ALPHA_UNIT_MIN <= alpha < 1.0
                      else U_ALPHA if code == ALPHA else U_NONE)
     size = n_rows * LANES
-    cdef double* buf = <double*> malloc((9 * size + 10 * LANES) * sizeof(double))
+    cdef double* buf = <double*> malloc((10 * size + 11 * LANES) * sizeof(double))
     cdef int64_t* clipped = <int64_t*> malloc(LANES * sizeof(int64_t))
     if buf == NULL or clipped == NULL:
         free(buf)
@@ -189,7 +190,8 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
     cdef double* q = buf + 6 * size
     cdef double* pf = buf + 7 * size
     cdef double* logq = buf + 8 * size
-    cdef double* m = buf + 9 * size
+    cdef double* x0 = buf + 9 * size  # theta - m on entry (the KL's pi_theta0)
+    cdef double* m = buf + 10 * size
     cdef double* m_next = m + LANES
     cdef double* z = m_next + LANES
     cdef double* rz = z + LANES
@@ -199,6 +201,7 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
     cdef double* mean_f = mean_b + LANES
     cdef double* gsq = mean_f + LANES
     cdef double* kl = gsq + LANES
+    cdef double* logz0 = kl + LANES  # log z of theta on entry
     for k in range((s1 - s0 + LANES - 1) // LANES):
         b0 = s0 + k * LANES
         b1 = min(b0 + LANES, s1)
@@ -232,6 +235,10 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
         # the ascent step, which also takes the max of the new logits (the next softmax's
         # shift, into m_next)
         max_lanes(th, n_rows, LANES, m)
+        for a in range(n_rows):  # x0 = theta - m on entry: log pi_theta0 + log z0
+            for l in range(LANES):
+                i = a * LANES + l
+                x0[i] = th[i] - m[l]
         for step in range(n_steps + 1):
             if umode == U_ALPHA_UNIT and step < n_steps:  # and the power e^w in pf
                 _exp_alpha_lanes(n_rows, th, m, logq, 1.0 - alpha, p, z, rz, pf)
@@ -239,7 +246,10 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
                 _exp_u_lanes(n_rows, th, m, logq, p, z, rz, b)
             else:
                 exp_lanes(th, n_rows, LANES, m, p, z, rz)
-            if step == n_steps:  # pi = e rz in _kl_lanes, fused with KL(pi || pi_old)
+            if step == 0:
+                for l in range(LANES):
+                    logz0[l] = flog(z[l])
+            if step == n_steps:  # pi = e rz in _kl_lanes, fused with KL(pi || pi_theta0)
                 break
             if umode == U_ALPHA or umode == U_ALPHA_UNIT:
                 for l in range(LANES):
@@ -262,7 +272,9 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
             swap = m
             m = m_next
             m_next = swap
-        _kl_lanes(n_rows, p, rz, old, kl)
+        for l in range(LANES):  # log(pi/pi_theta0) = ((theta - m) - x0) - (log z - log z0)
+            logz[l] = flog(z[l]) - logz0[l]
+        _kl_lanes(n_rows, p, rz, th, m, x0, logz, kl)
         store_lanes(a_indptr, b0, b1, th, theta)
         store_lanes(a_indptr, b0, b1, p, pi_out)
         for l in range(b1 - b0):
@@ -546,10 +558,13 @@ cdef inline void _ascend(Py_ssize_t n_rows, dptr th, cdptr p, cdptr b, cdptr mea
             m_next[l] = t if (a == 0) | (t > m_next[l]) else m_next[l] + 0.0
 
 
-cdef inline void _kl_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr old,
-                           dptr kl) noexcept nogil:
+cdef inline void _kl_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr th, cdptr m,
+                           cdptr x0, cdptr c, dptr kl) noexcept nogil:
     """pi = e rz in place (p holds e^(theta - m) from exp_lanes) and kl = sum_a pi
-    log(pi / pi_old) per lane (0 where pi = 0)."""
+    log(pi / pi0) per lane (0 where pi = 0), pi0 = softmax(theta0) the policy of the logits
+    on entry, from the two log-softmaxes: log(pi / pi0) = ((theta - m) - x0) - c, with
+    x0 = theta0 - m0 and c = log z - log z0 per lane (one flog per lane, not one per pair;
+    each logit taken from its own lane max, so that logits far from 0 do not cancel)."""
     cdef Py_ssize_t a, l, i
     cdef double t, pi
     for l in range(LANES):
@@ -559,5 +574,5 @@ cdef inline void _kl_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr old,
             i = a * LANES + l
             pi = p[i] * rz[l]
             p[i] = pi
-            t = pi * flog(pi / old[i])
+            t = pi * (((th[i] - m[l]) - x0[i]) - c[l])
             kl[l] = kl[l] + (t if pi > 0.0 else 0.0)

@@ -12,7 +12,9 @@
 ``ppo_update``: ``n_steps`` ascent steps θ ← θ + η g on the clipped surrogate (SPEC §1),
     plus an optional KL penalty β·KL(π_old ‖ π_θ); every state is independent, so all
     inner steps run state by state in one pass. Writes the final policy, and per state
-    the clipped-pair count at the last step, ‖g‖² at the first step and KL(π_new ‖ π_old).
+    the clipped-pair count at the last step, ‖g‖² at the first step and KL(π_new ‖ π_θ0),
+    π_θ0 = softmax(θ on entry) (π_old where, as in PPOClip, π_old is the softmax of the
+    logits it starts from), from the log-softmaxes: one log per state, not per pair.
 Mirrors kernels/cython/policy_update.pyx.
 """
 import math
@@ -146,17 +148,17 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, log_ref, code, alpha
     """ppo_update for the states s0 ≤ s < s1: LANES states at a time, every inner step on
     (n_rows, LANES) blocks (see _softmax), written back once."""
     n_rows = max_actions(a_indptr, s0, s1)
-    block = np.empty((8, n_rows, LANES))
-    th, p, b, old, thr, av, q, pf = (block[0], block[1], block[2], block[3], block[4],
-                                     block[5], block[6], block[7])
+    block = np.empty((9, n_rows, LANES))
+    th, p, b, old, thr, av, q, pf, x0 = (block[0], block[1], block[2], block[3], block[4],
+                                          block[5], block[6], block[7], block[8])
     logq = np.empty((n_rows, LANES) if tau != 0.0 and (code == REVERSE_KL or code == ALPHA)
                     else (0, LANES))  # log π_ref (α log π_ref for U_ALPHA_UNIT)
-    lanes = np.empty((11, LANES))
-    m, m_next, z, rz, logz, w, mean_b, mean_f, gsq, kl = (
+    lanes = np.empty((12, LANES))
+    m, m_next, z, rz, logz, w, mean_b, mean_f, gsq, kl, logz0 = (
         lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], lanes[5], lanes[6], lanes[7],
-        lanes[8], lanes[9])
+        lanes[8], lanes[9], lanes[10])  # logz0: log z of θ on entry
     clipped = np.empty(LANES, dtype=np.int64)
-    k = exp_constants(lanes[10])
+    k = exp_constants(lanes[11])
     n_lanes = th.shape[1]
     regularized = tau != 0.0 and code != NONE
     penalized = beta != 0.0
@@ -215,6 +217,9 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, log_ref, code, alpha
         # ascent step, which also takes the max of the new logits (the next softmax's
         # shift, into m_next)
         max_lanes(th, n_rows, n_lanes, m)
+        for a in range(n_rows):  # x0 = θ − m on entry: log π_θ0 + log z0
+            for l in range(n_lanes):
+                x0[a, l] = th[a, l] - m[l]
         for step in range(n_steps + 1):
             if umode == U_ALPHA_UNIT and step < n_steps:  # and the power e^w in pf
                 _exp_alpha_lanes(n_rows, th, m, logq, 1.0 - alpha, p, z, rz, pf, k)
@@ -222,7 +227,10 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, log_ref, code, alpha
                 _exp_u_lanes(n_rows, th, m, logq, p, z, rz, b, k)
             else:
                 exp_lanes(th, n_rows, n_lanes, m, p, z, rz, k)
-            if step == n_steps:  # π = e·rz below, fused with KL(π ‖ π_old)
+            if step == 0:
+                for l in range(n_lanes):
+                    logz0[l] = flog(z[l])
+            if step == n_steps:  # π = e·rz below, fused with KL(π ‖ π_θ0)
                 break
             if umode == U_ALPHA or umode == U_ALPHA_UNIT:
                 for l in range(n_lanes):
@@ -244,7 +252,9 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, log_ref, code, alpha
                          p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next)
             for l in range(n_lanes):  # the new shift (the ascent read the current one)
                 m[l] = m_next[l]
-        _kl_lanes(n_rows, p, rz, old, kl)
+        for l in range(n_lanes):  # log(π/π_θ0) = ((θ − m) − x0) − (log z − log z0)
+            logz[l] = flog(z[l]) - logz0[l]
+        _kl_lanes(n_rows, p, rz, th, m, x0, logz, kl)
         store_lanes(a_indptr, b0, b1, th, theta)
         store_lanes(a_indptr, b0, b1, p, pi_out)
         for l in range(b1 - b0):
@@ -316,9 +326,12 @@ def _exp_alpha_lanes(n_rows, th, m, alogq, one_minus_alpha, e, z, rz, power, k):
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _kl_lanes(n_rows, p, rz, old, kl):
-    """π = e·rz in place (p holds e^{θ − m} from exp_lanes) and kl = Σ_a π log(π/π_old)
-    per lane (0 where π = 0)."""
+def _kl_lanes(n_rows, p, rz, th, m, x0, c, kl):
+    """π = e·rz in place (p holds e^{θ − m} from exp_lanes) and kl = Σ_a π log(π/π_θ0)
+    per lane (0 where π = 0), π_θ0 = softmax(θ0) the policy of the logits on entry, from the
+    two log-softmaxes: log(π/π_θ0) = ((θ − m) − x0) − c, with x0 = θ0 − m0 and
+    c = log z − log z0 per lane (one flog per lane, not one per pair; each logit taken from
+    its own lane max, so that logits far from 0 do not cancel)."""
     n_lanes = p.shape[1]
     for l in range(n_lanes):
         kl[l] = 0.0
@@ -326,7 +339,7 @@ def _kl_lanes(n_rows, p, rz, old, kl):
         for l in range(n_lanes):
             pi = p[a, l] * rz[l]
             p[a, l] = pi
-            t = pi * flog(pi / old[a, l])
+            t = pi * (((th[a, l] - m[l]) - x0[a, l]) - c[l])
             kl[l] += t if pi > 0.0 else 0.0
 
 
