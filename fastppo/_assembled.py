@@ -40,7 +40,7 @@ BAND_FLOPS_PER_ENTRY = 19.0
 KERNELS = ("merge_pattern", "assemble_values", "assemble_deterministic", "patch_deterministic",
            "distinct_pairs_bound",
            "split_matvec",
-           "triangular_solve", "sgs_operator", "sgs_bicgstab")
+           "triangular_solve", "sgs_operator", "sgs_start", "sgs_bicgstab")
 
 
 class AssembledMatrix:
@@ -342,6 +342,13 @@ class SplitView:
         m._k["triangular_solve"](*m._parts, self._einv, out, out, 1, self.transpose, 1)
         out += x
         out *= self._e
+
+    def start(self, b, x, b_hat, y, out):
+        """The warm start from x: b_hat = b̂ (``rhs``), y = (E + U_B) x (``to_y``) and out =
+        Â y (``operator_at``), the same bits, in one pass over A (``sgs_start``)."""
+        m = self.m
+        m._k["sgs_start"](*m._parts, self._e, self._einv, self._kdiag, b, x, b_hat, y, out,
+                          self.transpose, 1)
 
     def bicgstab_steps(self, y, r, r_hat, p, v, s, t, snap, state, threshold, blowup,
                        max_products):

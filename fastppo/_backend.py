@@ -30,7 +30,7 @@ STEMS = {
     "episodic": ("episodic_values", "episodic_visits"),
     "assembled": ("merge_pattern", "assemble_values", "assemble_deterministic",
                   "patch_deterministic", "distinct_pairs_bound", "split_matvec",
-                  "triangular_solve", "sgs_operator", "sgs_bicgstab"),
+                  "triangular_solve", "sgs_operator", "sgs_start", "sgs_bicgstab"),
     "batched": ("bellman_matvec_batch", "bellman_rmatvec_batch", "q_values_batch",
                 "sweep_residual_batch", "sweep_update_batch", "regularized_reward_batch",
                 "shared_weights", "bellman_matvec_shared"),

@@ -622,9 +622,16 @@ def sgs(system, x0, stop, max_iter, *, max_restarts=5):
     M = system.assembled()
     n = b.shape[0]
     b_hat, y, r = np.empty(n), np.zeros(n), np.empty(n)
-    M.rhs(b, b_hat)
-    if x0 is not None:
-        M.to_y(x, y)
+    warm = WARM_SGS_START and x0 is not None
+    if warm:
+        # b̂, y₀ = (E + U_B) x₀ and the first product Â y₀ (before any check changes x), from
+        # the known x₀ = x without a backward sweep, in one pass (``SplitView.start``)
+        first_product = np.empty(n)
+        M.start(b, x, b_hat, y, first_product)
+    else:
+        M.rhs(b, b_hat)
+        if x0 is not None:
+            M.to_y(x, y)
 
     # whether y may have moved since the last check (whose x is then y's): every product
     # and compiled run of steps may move it; the iteration restores a snapshot only after
@@ -638,16 +645,14 @@ def sgs(system, x0, stop, max_iter, *, max_restarts=5):
         np.subtract(b, r, out=r)
         return stop.relative(r, bnorm), 1
 
-    if WARM_SGS_START and x0 is not None:
-        # the first product (before any check changes x) is Â y₀ with y₀ = (E + U_B) x₀
-        # and x₀ = x known: its backward sweep is skipped (``SplitView.operator_at``)
+    if warm:
         first = [True]
 
         def operator(vector, out):
             moved[0] = True
-            if first[0]:
+            if first[0]:  # vector is y₀
                 first[0] = False
-                M.operator_at(vector, x, out)
+                out[:] = first_product
             else:
                 M.operator(vector, out)
     else:

@@ -535,6 +535,18 @@ def sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, trans
     out *= diag
 
 
+def sgs_start(indptr, mid, indices, data, diag, dinv, kdiag, b, x, b_hat, y, out, transpose,
+              n_threads=1):
+    """SGS-BiCGSTAB's warm start from x: b_hat = E (E + L_B)⁻¹ b, y = (E + U_B) x and
+    out = Â y = E (x + (E + L_B)⁻¹ (y + K x)), E = ``diag``, K = ``kdiag`` (= D − 2E)."""
+    triangular_solve(indptr, mid, indices, data, dinv, b, b_hat, 1, transpose)
+    b_hat *= diag
+    split_matvec(indptr, mid, indices, data, diag, x, y, 2, transpose)
+    triangular_solve(indptr, mid, indices, data, dinv, kdiag * x + y, out, 1, transpose)
+    out += x
+    out *= diag
+
+
 def sgs_bicgstab(indptr, mid, indices, data, diag, dinv, kdiag, transpose, y, r, r_hat, p, v,
                  s, t, w, snap, state, threshold, blowup, max_products, n_threads=1):
     """BiCGSTAB steps on Â y = b̂, Â = :func:`sgs_operator`: from the iterate ``y``, its

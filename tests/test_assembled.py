@@ -330,6 +330,21 @@ def test_split_view_kernels_against_dense_triangular_solves(backend, transpose, 
     y0 = (E + U) @ x0
     M.operator_at(y0, x0, out)
     np.testing.assert_allclose(out, E @ np.linalg.solve(E + L, B @ x0), rtol=1e-12, atol=1e-13)
+    # the three in one pass (transpose 0), the same bits as rhs, to_y and operator_at
+    b = np.random.default_rng(1).normal(size=mdp.n_states)
+    b_hat, y, first = (np.full_like(x, np.nan) for _ in range(3))
+    M.start(b, x0, b_hat, y, first)
+    np.testing.assert_allclose(b_hat, E @ np.linalg.solve(E + L, b), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(y, y0, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(first, E @ np.linalg.solve(E + L, B @ x0), rtol=1e-12,
+                               atol=1e-13)
+    if backend != "numpy":
+        expect = [np.empty_like(x) for _ in range(3)]
+        M.rhs(b, expect[0])
+        M.to_y(x0, expect[1])
+        M.operator_at(expect[1], x0, expect[2])
+        for got, want in zip((b_hat, y, first), expect):
+            np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("transpose", [0, 1])

@@ -385,7 +385,8 @@ def _assembled_calls(mdp, inp, n_threads):
         "patch_deterministic": [("", patched)],
         "assemble_values": [("", lambda k: _outputs(k, (a, pp, pd, pos, inp["pi"], mdp.gamma),
                                                     [out(nnz + S), out()], n_threads))],
-        "split_matvec": [], "triangular_solve": [], "sgs_operator": [], "sgs_bicgstab": [],
+        "split_matvec": [], "triangular_solve": [], "sgs_operator": [], "sgs_start": [],
+        "sgs_bicgstab": [],
         # a filter of 2^(64 - shift) bits (garbage in: the kernel clears it): 64 bits
         # (collisions) and 2^16
         "distinct_pairs_bound": [(f"shift{shift}", lambda k, shift=shift: np.array([float(k(
@@ -412,6 +413,10 @@ def _assembled_calls(mdp, inp, n_threads):
         calls["sgs_operator"].append(
             (f"t{t}", lambda k, t=t: _outputs(k, (*parts, e, 1.0 / e, diag - 2.0 * e, x),
                                               [out(), out()], n_threads, keep=[1], tail=(t,))))
+        calls["sgs_start"].append(
+            (f"t{t}", lambda k, t=t, b=b_hat: _outputs(
+                k, (*parts, e, 1.0 / e, diag - 2.0 * e, b, x), [out(), out(), out()],
+                n_threads, tail=(t,))))
     return calls
 
 

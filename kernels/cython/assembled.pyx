@@ -18,6 +18,9 @@
 ``triangular_solve``: out = B_part⁻¹ x (part 1 or 2; ``out`` may be ``x``; ``dinv`` = 1/E)
 ``sgs_operator``:     out = E (E + L_B)⁻¹ B (E + U_B)⁻¹ x (Eisenstat's trick; ``diag`` = E,
                       ``dinv`` = 1/E, ``kdiag`` = D − 2E; ``t`` scratch)
+``sgs_start``:        b_hat = E (E + L_B)⁻¹ b, y = (E + U_B) x and out = Â y = E (x + (E +
+                      L_B)⁻¹ (y + K x)) (the warm start of ``fastppo._krylov.sgs``; one pass
+                      for B = A; see kernels/numba/assembled.py)
 
 B = A (``transpose`` 0) or Aᵀ (1) = D + L_B + U_B; ``part`` 0: B, 1: E + L_B, 2: E + U_B
 for a diagonal E (E = D/ω in the SSOR sweeps).
@@ -356,6 +359,45 @@ def sgs_operator(const int64_t[::1] indptr, const int64_t[::1] mid, const int32_
     n_threads)"""
     with nogil:
         _sgs(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose)
+
+
+def sgs_start(const int64_t[::1] indptr, const int64_t[::1] mid, const int32_t[::1] indices,
+              const double[::1] data, const double[::1] diag, const double[::1] dinv,
+              const double[::1] kdiag, const double[::1] b, const double[::1] x,   # IN
+              double[::1] b_hat, double[::1] y, double[::1] out, int transpose,
+              int n_threads):                                                       # OUT
+    """sgs_start(indptr, mid, indices, data, diag, dinv, kdiag, b, x, b_hat, y, out,
+    transpose, n_threads)"""
+    cdef Py_ssize_t n = dinv.shape[0], i
+    cdef int64_t j, c
+    cdef double acc, au, aw
+    with nogil:
+        if transpose != 0:  # the three sweeps in turn (Aᵀ's rows are columns here)
+            _solve(indptr, mid, indices, data, dinv, b, b_hat, 1, transpose)
+            for i in range(n):
+                b_hat[i] = b_hat[i] * diag[i]
+            _matvec(indptr, mid, indices, data, diag, x, y, 2, transpose)
+            for i in range(n):
+                out[i] = kdiag[i] * x[i] + y[i]
+            _solve(indptr, mid, indices, data, dinv, out, out, 1, transpose)
+        else:  # one forward pass: row i's upper part makes y[i], its lower part both sweeps
+            for i in range(n):
+                acc = diag[i] * x[i]
+                for j in range(mid[i], indptr[i + 1]):
+                    acc = acc + data[j] * x[indices[j]]
+                y[i] = acc
+                au = b[i]
+                aw = kdiag[i] * x[i] + acc
+                for j in range(indptr[i], mid[i]):
+                    c = indices[j]
+                    au = au - data[j] * b_hat[c]
+                    aw = aw - data[j] * out[c]
+                b_hat[i] = au * dinv[i]
+                out[i] = aw * dinv[i]
+            for i in range(n):
+                b_hat[i] = b_hat[i] * diag[i]
+        for i in range(n):
+            out[i] = (out[i] + x[i]) * diag[i]
 
 
 cdef inline double _dot(const double[::1] a, const double[::1] b) noexcept nogil:

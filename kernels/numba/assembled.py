@@ -46,6 +46,13 @@ a diagonal E given as ``diag`` (E = D: the parts of B) or ``dinv`` = 1/E:
                       K = D − 2E given as ``kdiag``, t = (E + U_B)⁻¹ x and
                       out = E [t + (E + L_B)⁻¹ (x + K t)]); ``diag`` = E, ``dinv`` = 1/E,
                       ``t`` is scratch
+``sgs_start``:        the warm start of SGS-BiCGSTAB from x (``fastppo._krylov.sgs``):
+                      b_hat = E (E + L_B)⁻¹ b, y = (E + U_B) x and out = Â y, the first
+                      product, as E (x + (E + L_B)⁻¹ (y + K x)) from the known x (no
+                      backward sweep); for B = A in one forward pass over the rows (row i's
+                      upper part gives y[i], its lower part both forward sweeps), the same
+                      bits as ``triangular_solve``, ``split_matvec`` and the sweep done
+                      one after another; for Aᵀ those three in turn
 
 ``sgs_bicgstab``:     BiCGSTAB steps on the ``sgs_operator`` system Â y = b̂ (the loop of
                       ``fastppo._krylov._bicgstab``, compiled): from the iterate ``y`` and
@@ -335,6 +342,36 @@ def sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, trans
     _sgs(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose)
 
 
+def sgs_start(indptr, mid, indices, data, diag, dinv, kdiag, b, x, b_hat, y, out, transpose):
+    n = dinv.shape[0]
+    if transpose != 0:  # the three sweeps in turn (Aᵀ's rows are columns here)
+        _solve(indptr, mid, indices, data, dinv, b, b_hat, 1, transpose)
+        for i in range(n):
+            b_hat[i] = b_hat[i] * diag[i]
+        _matvec(indptr, mid, indices, data, diag, x, y, 2, transpose)
+        for i in range(n):
+            out[i] = kdiag[i] * x[i] + y[i]
+        _solve(indptr, mid, indices, data, dinv, out, out, 1, transpose)
+    else:  # one forward pass: row i's upper part makes y[i], its lower part both sweeps
+        for i in range(n):
+            acc = diag[i] * x[i]
+            for j in range(np.uint64(mid[i]), np.uint64(indptr[i + 1])):
+                acc += data[j] * x[np.uint32(indices[j])]
+            y[i] = acc
+            au = b[i]
+            aw = kdiag[i] * x[i] + acc
+            for j in range(np.uint64(indptr[i]), np.uint64(mid[i])):
+                c = np.uint32(indices[j])
+                au -= data[j] * b_hat[c]
+                aw -= data[j] * out[c]
+            b_hat[i] = au * dinv[i]
+            out[i] = aw * dinv[i]
+        for i in range(n):
+            b_hat[i] = b_hat[i] * diag[i]
+    for i in range(n):
+        out[i] = (out[i] + x[i]) * diag[i]
+
+
 @njit(cache=True, inline="always")
 def _dot(a, b):
     acc = 0.0
@@ -397,4 +434,4 @@ def sgs_bicgstab(indptr, mid, indices, data, diag, dinv, kdiag, transpose, y, r,
 
 KERNELS = serial(merge_pattern, assemble_values, assemble_deterministic, patch_deterministic,
                  distinct_pairs_bound,
-                 split_matvec, triangular_solve, sgs_operator, sgs_bicgstab)
+                 split_matvec, triangular_solve, sgs_operator, sgs_start, sgs_bicgstab)
