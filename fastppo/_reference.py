@@ -76,6 +76,12 @@ def correction_weights(a_indptr, p_indptr, p_data, pi, weights, n_threads=1):
     weights[:] = (np.repeat(pi, np.diff(p_indptr)) * p_data.astype(np.float64)).astype(np.float32)
 
 
+def transposed_weights(t_pairs, t_data, pi, weights, n_threads=1):
+    """weights[k] = π(t_pairs[k]) t_data[k] in double, rounded to float32: P_π's entries in
+    float32 in the transposed order of ``Transitions.transposed_pattern``."""
+    weights[:] = (pi[t_pairs] * t_data.astype(np.float64)).astype(np.float32)
+
+
 def correction_products(state_indptr, p_indices, weights, gamma, x, y, out_x, out_y, buf,
                         n_threads=1):
     """out_x = x − γ P̂_π x and out_y = y − γ P̂_πᵀ y, P̂_π the float32 ``weights`` of the

@@ -229,7 +229,8 @@ def _scaled(b, x0):
 
 def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
     """Richardson sweeps for all members in lockstep (``_krylov.richardson`` per member:
-    the same extrapolation, and a member whose sweeps end unconverged above its start's
+    the extrapolation by the mid-range, ``_krylov.MEAN_EXTRAPOLATION`` False, from the
+    kernels' min and max; a member whose sweeps end unconverged above its start's
     residual hands over its start).
 
     The iterates are one (n, K') array of K' members (those still sweeping, and members
