@@ -9,9 +9,7 @@ SWITCH is one of:
 - ``corrections``: Richardson's corrections on P_π's entries in float32 or none
   (``fastppo._evaluator.SINGLE_ROWS``);
 - ``extrapolation``: the value sweeps' part along 1 by the residual's mean or mid-range
-  (``fastppo._krylov.MEAN_EXTRAPOLATION``);
-- ``transposed``: visitation's corrections as a gather on P_πᵀ's float32 rows or a scatter
-  on P_π's (``fastppo._evaluator.TRANSPOSED_ROWS``; evaluate is the same either way).
+  (``fastppo._krylov.MEAN_EXTRAPOLATION``; visitation is the same either way).
 
 Usage (from the repository root)::
 
@@ -32,8 +30,7 @@ from issue17 import assemble, bicgstab, relres
 # per switch: the module, its attribute, its value on and off, and the two labels
 SWITCHES = {"narrow": (E, "NARROW_INDICES", True, False, "uint16", "int32"),
             "corrections": (E, "SINGLE_ROWS", E.SINGLE_ROWS, None, "f32", "f64"),
-            "extrapolation": (K, "MEAN_EXTRAPOLATION", True, False, "mean", "midrange"),
-            "transposed": (E, "TRANSPOSED_ROWS", True, False, "gather", "scatter")}
+            "extrapolation": (K, "MEAN_EXTRAPOLATION", True, False, "mean", "midrange")}
 
 name, S, R, be = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 family = sys.argv[5] if len(sys.argv) > 5 else "garnet"

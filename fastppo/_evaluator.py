@@ -51,10 +51,6 @@ LAST_ROWS = True
 # per policy), 6 bytes read per entry instead of 10; every result is still certified by
 # an exact product (:meth:`Evaluator._sweep`). None: never.
 SINGLE_ROWS = 5_000
-# visitation's corrections gather on P_πᵀ's float32 entries (Evaluator._transposed_rows: a
-# per-MDP transposed pattern, Transitions.transposed_pattern, and one pass per policy that
-# writes its entries in order) instead of scattering on P_π's; off: the scatter
-TRANSPOSED_ROWS = True
 VALUE_SYSTEM = "evaluation system (I - gamma P_pi) v = r_pi - tau D_f(pi)"
 VISIT_SYSTEM = "visitation system (I - gamma P_pi^T) d = (1 - gamma) mu"
 
@@ -262,8 +258,7 @@ class Evaluator:
         k = {name: get_kernel(name, backend) for name in (
             "bellman_matvec", "bellman_rmatvec", "bellman_products", "q_values",
             "regularized_reward", "advantages", "q_advantages", "policy_gradient",
-            "greedy_policy", "segment_softmax", "correction_weights", "transposed_weights",
-            "correction_products")}
+            "greedy_policy", "segment_softmax", "correction_weights", "correction_products")}
         self._k = k
         self.pi = None
         self._held_rows = None
@@ -284,8 +279,6 @@ class Evaluator:
         self._single = None  # whether they apply to the loaded policy (_corrects)
         self._single_rows = None  # its float32 rows (_correction_rows), on first use
         self._weights32 = None  # their buffer, kept across policies
-        self._transposed = None  # the same entries in P_πᵀ's order (_transposed_rows)
-        self._weights32_t = None  # their buffer, kept across policies
         self._buf32 = self._x32 = None  # float32 scatter buffers and gathered correction
         self._matrix = None  # the loaded policy's assembled I − γP_π, on first use
         self._direct = None  # the last one assembled straight from P (a deterministic policy)
@@ -308,7 +301,7 @@ class Evaluator:
         self.pi = pi
         self._rows_fresh = False
         self._sweep_base = [None, None]
-        self._single = self._single_rows = self._transposed = None
+        self._single = self._single_rows = None
         self._matrix = None
         self._narrow_rows = None
         mdp = self.mdp
@@ -556,30 +549,6 @@ class Evaluator:
             self._single_rows = (p_indptr[a_indptr], indices, self._weights32, mdp.gamma)
         return self._single_rows
 
-    def _transposed_rows(self):
-        """(t_indptr, t_sources, float32 weights, γ) of the loaded policy for
-        ``correction_products``' gather on P_πᵀ (``TRANSPOSED_ROWS``), or None (the
-        scatter on :meth:`_correction_rows`): the same float32 entries as those, in the
-        order of ``Transitions.transposed_pattern`` (made once per MDP), by one pass of
-        ``transposed_weights`` on first use per policy (counted in ``n_passes``). A gather
-        sums each state's entries in one fixed order: the same bits at any thread count.
-        Memory: 4 bytes per entry of P, kept across policies, beside the pattern's 14."""
-        if self._transposed is None:
-            mdp = self.mdp
-            pattern = mdp._transitions.transposed_pattern(mdp.a_indptr, mdp.n_states) \
-                if TRANSPOSED_ROWS else None
-            if pattern is None:
-                self._transposed = False
-            else:
-                indptr, sources, pairs, data = pattern
-                if self._weights32_t is None:
-                    self._weights32_t = np.empty(data.shape[0], dtype=np.float32)
-                self.n_passes += 1
-                self._k["transposed_weights"](pairs, data, self.pi, self._weights32_t,
-                                              self.n_threads)
-                self._transposed = (indptr, sources, self._weights32_t, mdp.gamma)
-        return self._transposed or None
-
     def _keep_base(self, side, x, out):
         """(x, A x) of an exact sweep product: the base of the next corrections."""
         if not self._corrects():
@@ -601,7 +570,7 @@ class Evaluator:
         base = self._sweep_base[side]
         if base is None or not self._corrects():
             return False
-        rows = self._correction_rows() if side == 0 else self._transposed_rows()
+        rows = self._correction_rows()
         e = np.subtract(x, base[0])
         self.n_passes += 1
         if side == 0:
@@ -614,14 +583,9 @@ class Evaluator:
                                            self.n_threads)
             out += base[1]
             out += (1.0 - self.mdp.gamma) * mid
-        elif rows is not None:  # a gather on P_πᵀ's rows
-            self._k["correction_products"](*rows, e, _EMPTY, out, _EMPTY, self._buf,
-                                           self.n_threads)
-            out += base[1]
-            self._balance_mass(x, out)
         else:
-            self._k["correction_products"](*self._correction_rows(), _EMPTY, e, _EMPTY, out,
-                                           self._buf, self.n_threads)
+            self._k["correction_products"](*rows, _EMPTY, e, _EMPTY, out, self._buf,
+                                           self.n_threads)
             out += base[1]
             self._balance_mass(x, out)
         return True

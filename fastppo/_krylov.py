@@ -396,7 +396,7 @@ class _Sweeps:
 def extrapolation(r, space=LOCAL):
     """The residual's part along 1, estimated: a sweep of the value system adds ``shift``
     times it along 1. Its mean (``MEAN_EXTRAPOLATION``), or its mid-range ½ (min r + max r)
-    (MacQueen's bounds; ``fastppo.batched`` per member keeps it). The part to remove is
+    (MacQueen's bounds). ``fastppo.batched`` does the same per member. The part to remove is
     uᵀr, u P_π's stationary distribution (uᵀ(I − γP_π) = (1 − γ)uᵀ); the rest of r has
     uᵀw = 0, and the mean's error (1/n − u)ᵀw averages w's entries where the mid-range's
     ½ (min w + max w) rests on its two extremes, noisier the more states: on garnets at

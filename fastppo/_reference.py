@@ -76,12 +76,6 @@ def correction_weights(a_indptr, p_indptr, p_data, pi, weights, n_threads=1):
     weights[:] = (np.repeat(pi, np.diff(p_indptr)) * p_data.astype(np.float64)).astype(np.float32)
 
 
-def transposed_weights(t_pairs, t_data, pi, weights, n_threads=1):
-    """weights[k] = π(t_pairs[k]) t_data[k] in double, rounded to float32: P_π's entries in
-    float32 in the transposed order of ``Transitions.transposed_pattern``."""
-    weights[:] = (pi[t_pairs] * t_data.astype(np.float64)).astype(np.float32)
-
-
 def correction_products(state_indptr, p_indices, weights, gamma, x, y, out_x, out_y, buf,
                         n_threads=1):
     """out_x = x − γ P̂_π x and out_y = y − γ P̂_πᵀ y, P̂_π the float32 ``weights`` of the
@@ -636,12 +630,13 @@ def regularized_reward_batch(a_indptr, r, r_of, pi, pi_of, ref, code, alpha, tau
 
 
 def sweep_residual_batch(b, r, stats, n_threads=1):
-    """r ← b − r (r holds A x); per member i (column): Σ r², min r, max r in stats[:, i]."""
+    """r ← b − r (r holds A x); per member i (column): Σ r², min r, max r, Σ r in stats[:, i]."""
     np.subtract(b, r, out=r)
     if r.shape[0]:
         stats[0] = np.einsum("si,si->i", r, r)
         stats[1] = r.min(axis=0)
         stats[2] = r.max(axis=0)
+        stats[3] = r.sum(axis=0)
 
 
 def sweep_update_batch(x, r, offset, n_threads=1):

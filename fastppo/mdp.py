@@ -664,34 +664,6 @@ class Transitions:
             self._narrow = narrow
         return self._narrow
 
-    def transposed_pattern(self, a_indptr, n_states):
-        """P's entries ordered by successor (P_πᵀ's rows for every policy on all pairs),
-        where every state fits in uint16 and every entry in uint32, else None:
-        ``(t_indptr, t_sources, t_pairs, t_data)``, row s' of P_πᵀ being the entries
-        t_indptr[s'] ≤ k < t_indptr[s' + 1], each from state t_sources[k] (uint16) through
-        pair t_pairs[k] (uint32) with probability t_data[k] (``p_data``'s dtype); within a
-        row, in P's order (sources ascending). A policy's float32 entries in this order
-        (``transposed_weights``) turn the visitation side's corrections into a gather
-        (``correction_products``). Made on first use (a stable sort of the successors),
-        read-only; memory: 6 bytes per entry plus ``p_data``'s 8 (4 for float32)."""
-        nnz = self.p_indices.shape[0]
-        if n_states > NARROW_STATES or nnz >= 1 << 32:
-            return None
-        key = ("transposed", n_states)
-        if key not in self._patterns:
-            successors = self.narrow_indices(n_states)
-            order = np.argsort(successors, kind="stable")
-            pairs = np.repeat(np.arange(self.p_indptr.shape[0] - 1, dtype=np.uint32),
-                              np.diff(self.p_indptr))[order]
-            states = np.repeat(np.arange(n_states, dtype=np.uint16), np.diff(a_indptr))
-            indptr = np.zeros(n_states + 1, dtype=np.int64)
-            np.cumsum(np.bincount(successors, minlength=n_states), out=indptr[1:])
-            pattern = (indptr, states[pairs], pairs, self.p_data[order])
-            for a in pattern:
-                a.flags.writeable = False
-            self._patterns[key] = pattern
-        return self._patterns[key]
-
     @functools.cached_property
     def row_lengths(self):
         """Successor entries of each pair, ``diff(p_indptr)``, shape (n_pairs,), int64

@@ -164,16 +164,7 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
         "correction_products": [(f"{sides}-chunks{c}", lambda k, sides=sides, c=c: _corrections(
                                     k, (pp[a], pj, _weights32(a, pp, pd, pi), g), inp["x"],
                                     inp["q"][:S], sides, c, n_threads))
-                                for sides in ("xy", "x", "y") for c in chunks]
-        # visitation's corrections as a gather on P_πᵀ's rows (Transitions.transposed_pattern)
-        + [(f"transposed-chunks{c}", lambda k, c=c: _corrections(
-            k, _transposed_rows(mdp, pi), inp["q"][:S], inp["x"], "x", c, n_threads))
-           for c in chunks],
-        "transposed_weights": [(label, lambda k, p=p: _run(
-                                   k, np.full(pd.shape[0], np.nan, np.float32),
-                                   *mdp._transitions.transposed_pattern(a, S)[2:], p,
-                                   n_threads=n_threads))
-                               for label, p in (("pi", pi), ("zeros", zpi))],
+                                for sides in ("xy", "x", "y") for c in chunks],
         "segment_softmax": [(f"x{s}", lambda k, s=s: _run(k, out(L), a, s * inp["logits"], n_threads=n_threads))
                             for s in (1.0, 1e3)],
         "advantages": [("", lambda k: _run(k, out(L), a, pi, inp["q"], n_threads=n_threads))],
@@ -311,17 +302,6 @@ def _weights32(a, pp, pd, pi):
     w = np.empty(pd.shape[0], dtype=np.float32)
     ref.correction_weights(a, pp, pd, pi, w)
     return w
-
-
-def _transposed_rows(mdp, pi):
-    """P_πᵀ's rows in float32 for correction_products' gather (the NumPy reference's
-    transposed_weights on the MDP's transposed pattern)."""
-    from fastppo import _reference as ref
-
-    indptr, sources, pairs, data = mdp._transitions.transposed_pattern(mdp.a_indptr, mdp.n_states)
-    w = np.empty(data.shape[0], dtype=np.float32)
-    ref.transposed_weights(pairs, data, pi, w)
-    return indptr, sources, w, mdp.gamma
 
 
 def _corrections(kernel, args, x, y, sides, chunks, n_threads):
@@ -488,7 +468,7 @@ def _batched_calls(mdp, inp, n_threads, chunks):
         # the sweeps' passes over (S, K) arrays: r = b − A x and its per-member statistics,
         # x ← x + r + offset
         "sweep_residual_batch": [("", lambda k: _outputs(
-            k, (x,), (ax, out(3, K)), n_threads))],
+            k, (x,), (ax, out(4, K)), n_threads))],
         "sweep_update_batch": [("", lambda k: _in_place(
             k, x, ax, offset, n_threads=n_threads))],
         "regularized_reward_batch": [(tag, lambda k, code=code, alpha=alpha, tau=tau, of=of: _run(

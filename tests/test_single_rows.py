@@ -6,8 +6,7 @@ sums in double: against a loop reference and the NumPy reference, the Cython and
 twins the same bits, 1 and 2 threads. ``evaluate`` and ``visitation`` with the corrections on
 (``_evaluator.SINGLE_ROWS``) agree with np.linalg.solve, their residuals are true float64
 residuals at most tol (every result certified by an exact product), and corrections did
-run. Visitation's corrections gather on P_πᵀ's rows (``_evaluator.TRANSPOSED_ROWS``:
-``Transitions.transposed_pattern`` and ``transposed_weights``) or scatter on P_π's.
+run.
 """
 import numpy as np
 import pytest
@@ -88,50 +87,6 @@ def test_correction_products_match_a_loop_and_the_twins_agree(n_threads):
             np.testing.assert_array_equal(a[1], b[1])
 
 
-@pytest.mark.parametrize("n_threads", [1, 2], ids=lambda n: f"threads{n}")
-def test_transposed_rows_match_a_loop_and_the_twins_agree(n_threads):
-    """Visitation's corrections as a gather on P_πᵀ's rows: the transposed pattern holds
-    every entry of P once, in its successor's row, sources ascending; ``transposed_weights``
-    gives ``correction_weights``' float32 numbers in that order (all three backends), and
-    the gather ``y − γ P̂_πᵀ y`` matches the loop, the same bits on both twins, any chunks
-    and thread counts."""
-    for mdp in (random_mdp(43, n_states=23, n_actions=3, gamma=0.9, density=0.3),
-                random_mdp(44, n_states=19, n_actions=4, gamma=0.9, rectangular=False, density=0.3),
-                fastppo.garnet(500, 3, 7, gamma=0.95, seed=5)):
-        S = mdp.n_states
-        y = np.random.default_rng(6).normal(size=S)
-        pi = random_policy(mdp, 7, sharp=2.0)[0]
-        pi[mdp.a_indptr[:-1][::2]] = 0.0
-        weights, _, want = loop_products(mdp, pi, np.zeros(S), y)
-        indptr, sources, pairs, data = mdp._transitions.transposed_pattern(mdp.a_indptr, S)
-        assert sources.dtype == np.uint16 and pairs.dtype == np.uint32
-        # the pattern, by a loop: entry j of pair k (state s) sits in row p_indices[j]
-        rows = [[] for _ in range(S)]
-        for s in range(S):
-            for k in range(mdp.a_indptr[s], mdp.a_indptr[s + 1]):
-                for j in range(mdp.p_indptr[k], mdp.p_indptr[k + 1]):
-                    rows[mdp.p_indices[j]].append((s, k, mdp.p_data[j], weights[j]))
-        np.testing.assert_array_equal(np.diff(indptr), [len(r) for r in rows])
-        flat = [e for r in rows for e in r]
-        np.testing.assert_array_equal(sources, [e[0] for e in flat])
-        np.testing.assert_array_equal(pairs, [e[1] for e in flat])
-        np.testing.assert_array_equal(data, [e[2] for e in flat])
-        got = {}
-        for which in [*COMPILED, "numpy"]:
-            w = np.full(data.shape, np.nan, dtype=np.float32)
-            get_kernel("transposed_weights", which)(pairs, data, pi, w, n_threads)
-            np.testing.assert_array_equal(w, [e[3] for e in flat])
-            k = get_kernel("correction_products", which)
-            for n_chunks in (1, 2, 3):
-                oy = call(k, (indptr, sources, w, mdp.gamma), y, EMPTY, n_chunks, n_threads)[0]
-                np.testing.assert_allclose(oy, want, rtol=1e-13, atol=1e-13)
-                got.setdefault(which, []).append(oy)
-        for which in COMPILED:
-            for a in got[which]:
-                np.testing.assert_array_equal(a, got["cython"][0])
-    assert mdp._transitions.transposed_pattern(mdp.a_indptr, 1 << 17) is None  # no uint16
-
-
 def _counted(monkeypatch):
     """Counts the corrections the evaluator's sweeps ran (Evaluator._sweep returning True)."""
     count = [0]
@@ -146,13 +101,10 @@ def _counted(monkeypatch):
     return count
 
 
-@pytest.mark.parametrize("transposed", [True, False], ids=["gather", "scatter"])
 @pytest.mark.parametrize("n_threads", [1, 2], ids=lambda n: f"threads{n}")
 @pytest.mark.parametrize("which", COMPILED)
-def test_solves_on_corrections_match_dense_solve_and_are_certified(which, n_threads, transposed,
-                                                                   monkeypatch):
+def test_solves_on_corrections_match_dense_solve_and_are_certified(which, n_threads, monkeypatch):
     monkeypatch.setattr(evaluator, "SINGLE_ROWS", 1)
-    monkeypatch.setattr(evaluator, "TRANSPOSED_ROWS", transposed)
     count = _counted(monkeypatch)
     mdp = fastppo.garnet(400, 4, 6, gamma=0.99, seed=9)
     pi = random_policy(mdp, 10)[0]
@@ -180,12 +132,9 @@ def test_solves_on_corrections_match_dense_solve_and_are_certified(which, n_thre
     assert naive.rel_err(ev.v, off.v) <= REL
 
 
-@pytest.mark.parametrize("transposed", [True, False], ids=["gather", "scatter"])
 @pytest.mark.parametrize("which", COMPILED)
-def test_corrections_give_the_same_bits_on_both_twins_and_thread_counts(which, transposed,
-                                                                        monkeypatch):
+def test_corrections_give_the_same_bits_on_both_twins_and_thread_counts(which, monkeypatch):
     monkeypatch.setattr(evaluator, "SINGLE_ROWS", 1)
-    monkeypatch.setattr(evaluator, "TRANSPOSED_ROWS", transposed)
     mdp = fastppo.garnet(300, 3, 5, gamma=0.95, seed=12)
     pi = random_policy(mdp, 13)[0]
     out = {}
@@ -215,14 +164,6 @@ def test_where_corrections_apply(monkeypatch):
         if applies:
             rows = E._correction_rows()
             assert rows[1].dtype == np.uint16 and rows[2].dtype == np.float32
-            passes = E.n_passes
-            rows_t = E._transposed_rows()  # one pass per policy, counted
-            assert rows_t[1].dtype == np.uint16 and rows_t[2].dtype == np.float32
-            assert E._transposed_rows() is rows_t and E.n_passes == passes + 1
-    monkeypatch.setattr(evaluator, "TRANSPOSED_ROWS", False)
-    E = Evaluator(mdp, None, "cython", 1)
-    E.load(pi)
-    assert E._corrects() and E._transposed_rows() is None
     for threshold in (None, mdp.n_states + 1):
         monkeypatch.setattr(evaluator, "SINGLE_ROWS", threshold)
         E = Evaluator(mdp, None, "cython", 1)

@@ -20,7 +20,7 @@ product and sum is in double. ``p_indices`` may be uint16 (``column``: an MDP of
 same sums. Mirrors kernels/numba/linear.py.
 """
 from cython.parallel cimport prange
-from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint16_t
 
 include "_probability.pxi"
 
@@ -346,22 +346,6 @@ def correction_weights(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
             p = pi[k]
             for j in range(p_indptr[k], p_indptr[k + 1]):
                 weights[j] = <float>(p * <double>p_data[j])
-
-
-def transposed_weights(const uint32_t[::1] t_pairs, const probability[::1] t_data,
-                       const double[::1] pi,                                          # IN
-                       float[::1] weights, int n_threads):                            # OUT
-    """transposed_weights(t_pairs, t_data, pi, weights, n_threads)
-
-    weights[k] = π(t_pairs[k]) t_data[k] (the product in double, rounded to float32) for
-    every entry k of P_πᵀ's rows (``fastppo.mdp.Transitions.transposed_pattern``: P's
-    entries ordered by successor, t_data their values, t_pairs their pairs): the same
-    float32 numbers as ``correction_weights``, in the transposed order, written in
-    order (the reads of π are the scattered ones). For ``correction_products``' gather
-    on P_πᵀ."""
-    cdef Py_ssize_t n = t_pairs.shape[0], k
-    for k in prange(n, nogil=True, schedule="static", num_threads=n_threads):
-        weights[k] = <float>(pi[t_pairs[k]] * <double>t_data[k])
 
 
 def correction_products(const int64_t[::1] state_indptr, const column[::1] p_indices,

@@ -211,11 +211,6 @@ def correction_weights(a_indptr, p_indptr, p_data, pi, weights):
                 weights[j] = np.float32(p * np.float64(p_data[j]))
 
 
-def transposed_weights(t_pairs, t_data, pi, weights):
-    for k in prange(t_pairs.shape[0]):
-        weights[k] = np.float32(pi[np.uint64(t_pairs[k])] * np.float64(t_data[k]))
-
-
 def correction_products(state_indptr, p_indices, weights, gamma, x, y, out_x, out_y, buf):
     n_states = state_indptr.shape[0] - 1
     n_chunks = buf.shape[0]
@@ -256,4 +251,4 @@ def correction_products(state_indptr, p_indices, weights, gamma, x, y, out_x, ou
             out_y[s] = y[s] - gamma * acc
 
 KERNELS = twins(bellman_matvec, bellman_rmatvec, q_values, bellman_products, correction_weights,
-                transposed_weights, correction_products)
+                correction_products)
