@@ -237,11 +237,10 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
     block of SIMD lanes in the products, ``_lane_blocks``; until then they ride along,
     their statistics ignored); each sweep is one batched product and two passes over the
     (n, K') arrays (kernels ``sweep_residual_batch``: r = b − A x and each member's Σ r²,
-    min r, max r, Σ r;
-    ``sweep_update_batch``: x ← x + r + shift · mid-range(r)). Each member keeps its own
-    scale, residual, slow-sweep count and stopping decision; its norms are summed in
-    another order than its own call's (the decisions agree but for residuals within
-    round-off of a threshold).
+    min r, max r, Σ r; ``sweep_update_batch``: x ← x + r + shift · mean(r), as
+    :func:`_krylov.extrapolation`). Each member keeps its own scale, residual, slow-sweep
+    count and stopping decision; its norms are summed in another order than its own
+    call's (the decisions agree but for residuals within round-off of a threshold).
 
     B : (K, n) scaled right-hand sides; X0 : list of K scaled starts (None: zero).
     Returns (list of K LinearResult, number of batched products).
