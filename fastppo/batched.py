@@ -237,8 +237,8 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
     block of SIMD lanes in the products, ``_lane_blocks``; until then they ride along,
     their statistics ignored); each sweep is one batched product and two passes over the
     (n, K') arrays (kernels ``sweep_residual_batch``: r = b − A x and each member's Σ r²,
-    min r, max r, Σ r; ``sweep_update_batch``: x ← x + r + shift · mean(r), as
-    :func:`_krylov.extrapolation`). Each member keeps its own scale, residual, slow-sweep
+    min r, max r, Σ r; ``sweep_update_batch``: x ← x + r + shift · (mid-range or mean of
+    r, as :func:`_krylov.extrapolation`)). Each member keeps its own scale, residual, slow-sweep
     count and stopping decision; its norms are summed in another order than its own
     call's (the decisions agree but for residuals within round-off of a threshold).
 
@@ -309,7 +309,7 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
             # mean, or ½ (min r + max r)); a frozen column riding along may overflow: its
             # lane alone, unread
             with np.errstate(over="ignore", invalid="ignore"):
-                if _krylov.MEAN_EXTRAPOLATION:
+                if _krylov.mean_extrapolation(n):
                     offset = shift * (stats[3] / n)
                 else:
                     offset = shift * (0.5 * (stats[1] + stats[2]))

@@ -246,9 +246,12 @@ def test_each_solver_through_the_one_interface(name):
 @pytest.mark.parametrize("mean", [True, False], ids=["mean", "midrange"])
 def test_extrapolation_along_one_by_mean_or_mid_range(mean, monkeypatch):
     """The value sweeps' part along 1: the residual's mean (``MEAN_EXTRAPOLATION``) or its
-    mid-range; either way the sweeps reach tol with the dense solution, alone and batched
-    (the same estimate per member), and on a garnet the mean's sweeps take no more products."""
+    mid-range (below ``MEAN_STATES``); either way the sweeps reach tol with the dense
+    solution, alone and batched (the same estimate per member), and on a garnet the mean's
+    sweeps take no more products."""
     monkeypatch.setattr(K, "MEAN_EXTRAPOLATION", mean)
+    monkeypatch.setattr(K, "MEAN_STATES", 1)
+    assert K.mean_extrapolation(10) == mean
     r = np.array([3.0, -1.0, 0.5, 0.25])
     assert K.extrapolation(r) == (np.mean(r) if mean else 1.0)
     mdp = fastppo.garnet(600, 4, 5, gamma=0.99, seed=21)
