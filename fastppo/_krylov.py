@@ -108,6 +108,17 @@ def start_is_better(residual, start_residual):
     return residual > (0.5 if HALVED_HANDOVER else 1.0) * start_residual
 
 
+def hands_over_start(residual, start_residual, shift, cold, n):
+    """Whether sweeps that gave up hand over their start: :func:`start_is_better`, or
+    always for the value system (``shift``) from a zero start (``cold``) where it is
+    extrapolated by the mean (:func:`mean_extrapolation`). The mid-range's sweeps first
+    drive a gridworld's residual up and hand over zero; the mean's halve it, and
+    SGS-BiCGSTAB took 89 products from their iterate against 83 from zero (the 50k grid;
+    queue 155 against 153, local and pendulum the same)."""
+    return (shift != 0 and cold and mean_extrapolation(n)) or start_is_better(residual,
+                                                                              start_residual)
+
+
 class ConvergenceError(RuntimeError):
     """A linear solve did not reach its tolerance within ``max_iter`` products."""
 
@@ -384,7 +395,8 @@ class _Sweeps:
         slow = exact and self.n_matvec >= self.min_sweeps and self.slow >= 2
         if self.n_matvec >= self.max_iter or slow:
             stalled = self.n_matvec < self.max_iter
-            if exact and start_is_better(residual, self.start_residual):
+            if exact and hands_over_start(residual, self.start_residual, self.system.shift,
+                                          self.x0 is None, self.stop.space.size(x)):
                 x = np.zeros_like(x) if self.x0 is None else np.array(self.x0, dtype=np.float64)
                 residual = self.start_residual
             self.result = LinearResult(x, self.n_matvec, residual, False, "richardson",

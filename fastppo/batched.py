@@ -298,7 +298,8 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
                 gave_up = n_matvec >= _krylov.MIN_SWEEPS and slow[m] >= 2
                 if n_matvec >= max_iter or gave_up:
                     end = x[:, i].copy()
-                    if _krylov.start_is_better(residual, start_residual[m]):
+                    if _krylov.hands_over_start(residual, start_residual[m], shift,
+                                                X0[m] is None, n):
                         end = np.zeros(n) if X0[m] is None else np.array(X0[m], dtype=np.float64)
                         residual = start_residual[m]
                     results[m] = _krylov.LinearResult(end, n_matvec, residual, False,

@@ -265,6 +265,17 @@ def test_extrapolation_along_one_by_mean_or_mid_range(mean, monkeypatch):
         monkeypatch.setattr(K, "MEAN_EXTRAPOLATION", False)
         mid = fastppo.evaluate(mdp, pis[0], backend="cython", n_threads=1, method="richardson")
         assert ev.n_matvec <= mid.n_matvec
+        monkeypatch.setattr(K, "MEAN_EXTRAPOLATION", True)
+    # a gridworld: the sweeps give up and hand over (with the mean, from zero: zero)
+    grid = fastppo.gridworld(15, 15, gamma=0.99)
+    pis = np.stack([random_policy(grid, 30 + i)[0] for i in range(2)])
+    batch = fastppo.evaluate_batch(grid, pis, backend="cython", n_threads=1)
+    for m in range(2):
+        one = fastppo.evaluate(grid, pis[m], backend="cython", n_threads=1)
+        assert one.method.startswith("richardson+") and batch.method[m] == one.method
+        assert batch.n_matvec[m] == one.n_matvec
+        assert naive.rel_err(one.v, naive.evaluate(grid, pis[m])[0]) <= 1e-10
+        assert naive.rel_err(batch.v[m], one.v) <= 1e-10
 
 
 def test_solvers_use_the_one_stopping_rule():
