@@ -92,14 +92,14 @@ def breakdown(mdp, K, backend, n_threads, repeat):
     one_pi = pis[:1]
     x, b, ax = interleaved(S, K), np.random.default_rng(3).random((S, K)), interleaved(S, K)
     x[:] = np.random.default_rng(4).random((S, K))
-    stats, shift = np.empty((3, K)), gamma / (1.0 - gamma)
+    stats, shift = np.empty((4, K)), gamma / (1.0 - gamma)
     residual_kernel = get_kernel("sweep_residual_batch", backend)
     update_kernel = get_kernel("sweep_update_batch", backend)
 
     def sweep_vector_ops():  # as fastppo.batched._sweeps, one sweep of K members
         residual_kernel(b, ax, stats, n_threads)  # (ax drifts call to call, harmlessly)
         np.sqrt(stats[0])
-        update_kernel(x, ax, shift * (0.5 * (stats[1] + stats[2])), n_threads)
+        update_kernel(x, ax, shift * (stats[3] / x.shape[0]), n_threads)
 
     q, adv = np.empty((K, mdp.n_pairs)), np.empty((K, mdp.n_pairs))
     vt = interleaved(S, K)

@@ -7,7 +7,9 @@ MDP, which makes the uint16 column indices) is timed apart.
 SWITCH is one of:
 - ``narrow``: P's column indices as uint16 or int32 (``fastppo._evaluator.NARROW_INDICES``);
 - ``corrections``: Richardson's corrections on P_π's entries in float32 or none
-  (``fastppo._evaluator.SINGLE_ROWS``).
+  (``fastppo._evaluator.SINGLE_ROWS``);
+- ``extrapolation``: the value sweeps' part along 1 by the residual's mean or mid-range
+  (``fastppo._krylov.MEAN_EXTRAPOLATION``; visitation is the same either way).
 
 Usage (from the repository root)::
 
@@ -21,16 +23,18 @@ from threadpoolctl import threadpool_limits
 
 import fastppo
 import fastppo._evaluator as E
+import fastppo._krylov as K
 from benchmarks.common import build_mdp
 from issue17 import assemble, bicgstab, relres
 
-# per switch: the evaluator's attribute, its value on and off, and the two labels
-SWITCHES = {"narrow": ("NARROW_INDICES", True, False, "uint16", "int32"),
-            "corrections": ("SINGLE_ROWS", E.SINGLE_ROWS, None, "f32", "f64")}
+# per switch: the module, its attribute, its value on and off, and the two labels
+SWITCHES = {"narrow": (E, "NARROW_INDICES", True, False, "uint16", "int32"),
+            "corrections": (E, "SINGLE_ROWS", E.SINGLE_ROWS, None, "f32", "f64"),
+            "extrapolation": (K, "MEAN_EXTRAPOLATION", True, False, "mean", "midrange")}
 
 name, S, R, be = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 family = sys.argv[5] if len(sys.argv) > 5 else "garnet"
-attr, on_value, off_value, on, off = SWITCHES[name]
+module, attr, on_value, off_value, on, off = SWITCHES[name]
 mdp = build_mdp(family, S)  # issue17.py's (garnet: A = 10, b = 10, γ = 0.99, seed 0)
 pi = fastppo.softmax(mdp, np.random.default_rng(1).standard_normal(mdp.n_pairs))
 A, At, c = assemble(mdp, pi)
@@ -40,7 +44,7 @@ kw = dict(backend=be, n_threads=1)
 
 def switched(f, value):
     def run():
-        setattr(E, attr, value)
+        setattr(module, attr, value)
         return f()
     return run
 
@@ -73,7 +77,7 @@ with threadpool_limits(1):
             f()
             thread[k].append(time.thread_time() - t)
             wall[k].append(time.perf_counter() - w)
-setattr(E, attr, on_value)
+setattr(module, attr, on_value)
 med = {k: 1e3 * np.median(v) for k, v in thread.items()}
 medw = {k: 1e3 * np.median(v) for k, v in wall.items()}
 print(f"{family} S={mdp.n_states} backend={be} repeat={R} {attr}={on_value} / {off_value}")

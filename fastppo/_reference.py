@@ -645,12 +645,13 @@ def regularized_reward_batch(a_indptr, r, r_of, pi, pi_of, ref, code, alpha, tau
 
 
 def sweep_residual_batch(b, r, stats, n_threads=1):
-    """r ← b − r (r holds A x); per member i (column): Σ r², min r, max r in stats[:, i]."""
+    """r ← b − r (r holds A x); per member i (column): Σ r², min r, max r, Σ r in stats[:, i]."""
     np.subtract(b, r, out=r)
     if r.shape[0]:
         stats[0] = np.einsum("si,si->i", r, r)
         stats[1] = r.min(axis=0)
         stats[2] = r.max(axis=0)
+        stats[3] = r.sum(axis=0)
 
 
 def sweep_update_batch(x, r, offset, n_threads=1):

@@ -237,11 +237,10 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
     block of SIMD lanes in the products, ``_lane_blocks``; until then they ride along,
     their statistics ignored); each sweep is one batched product and two passes over the
     (n, K') arrays (kernels ``sweep_residual_batch``: r = b − A x and each member's Σ r²,
-    min r, max r;
-    ``sweep_update_batch``: x ← x + r + shift · mid-range(r)). Each member keeps its own
-    scale, residual, slow-sweep count and stopping decision; its norms are summed in
-    another order than its own call's (the decisions agree but for residuals within
-    round-off of a threshold).
+    min r, max r, Σ r; ``sweep_update_batch``: x ← x + r + shift · (mid-range or mean of
+    r, as :func:`_krylov.extrapolation`)). Each member keeps its own scale, residual, slow-sweep
+    count and stopping decision; its norms are summed in another order than its own
+    call's (the decisions agree but for residuals within round-off of a threshold).
 
     B : (K, n) scaled right-hand sides; X0 : list of K scaled starts (None: zero).
     Returns (list of K LinearResult, number of batched products).
@@ -262,7 +261,7 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
     # buffers of K members, reused as the active members shrink; the iterates alternate
     # between two (a repack reads the columns of the other), the residual overwrites A x
     spaces = [_interleaved_scratch(f"sweeps {i}", n, K) for i in range(4)]
-    stats_space = np.empty(3 * K)
+    stats_space = np.empty(4 * K)
     while True:
         active = [m for m in range(K) if results[m] is None]
         if not active:
@@ -276,7 +275,7 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
             if current[m] is not None:
                 x[:, i] = current[m]
         b[:] = B[active].T
-        stats = stats_space[:3 * k].reshape(3, k)
+        stats = stats_space[:4 * k].reshape(4, k)
         product = members.batch_product(transposed, active)
         finished = False
         while not finished:
@@ -299,17 +298,22 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
                 gave_up = n_matvec >= _krylov.MIN_SWEEPS and slow[m] >= 2
                 if n_matvec >= max_iter or gave_up:
                     end = x[:, i].copy()
-                    if _krylov.start_is_better(residual, start_residual[m]):
+                    if _krylov.hands_over_start(residual, start_residual[m], shift,
+                                                X0[m] is None, n):
                         end = np.zeros(n) if X0[m] is None else np.array(X0[m], dtype=np.float64)
                         residual = start_residual[m]
                     results[m] = _krylov.LinearResult(end, n_matvec, residual, False,
                                                       "richardson", stalled=n_matvec < max_iter)
             running = sum(results[m] is None for m in active)
             finished = running == 0 or _lane_blocks(running) < _lane_blocks(k)
-            # x ← x + r + shift · ½ (min r + max r), per member (as _krylov._Sweeps); a
-            # frozen column riding along may overflow: its lane alone, unread
+            # x ← x + r + shift · (r's part along 1), per member (as _krylov._Sweeps: its
+            # mean, or ½ (min r + max r)); a frozen column riding along may overflow: its
+            # lane alone, unread
             with np.errstate(over="ignore", invalid="ignore"):
-                offset = shift * (0.5 * (stats[1] + stats[2]))
+                if _krylov.mean_extrapolation(n):
+                    offset = shift * (stats[3] / n)
+                else:
+                    offset = shift * (0.5 * (stats[1] + stats[2]))
             update_kernel(x, r, offset, nt)
         for i, m in enumerate(active):
             current[m] = x[:, i]

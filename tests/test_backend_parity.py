@@ -473,7 +473,7 @@ def _batched_calls(mdp, inp, n_threads, chunks):
         # the sweeps' passes over (S, K) arrays: r = b − A x and its per-member statistics,
         # x ← x + r + offset
         "sweep_residual_batch": [("", lambda k: _outputs(
-            k, (x,), (ax, out(3, K)), n_threads))],
+            k, (x,), (ax, out(4, K)), n_threads))],
         "sweep_update_batch": [("", lambda k: _in_place(
             k, x, ax, offset, n_threads=n_threads))],
         "regularized_reward_batch": [(tag, lambda k, code=code, alpha=alpha, tau=tau, of=of: _run(

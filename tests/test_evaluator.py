@@ -243,6 +243,41 @@ def test_each_solver_through_the_one_interface(name):
     assert not res.converged and not res.stalled and res.n_matvec <= 4
 
 
+@pytest.mark.parametrize("mean", [True, False], ids=["mean", "midrange"])
+def test_extrapolation_along_one_by_mean_or_mid_range(mean, monkeypatch):
+    """The value sweeps' part along 1: the residual's mean (``MEAN_EXTRAPOLATION``) or its
+    mid-range (below ``MEAN_STATES``); either way the sweeps reach tol with the dense
+    solution, alone and batched (the same estimate per member), and on a garnet the mean's
+    sweeps take no more products."""
+    monkeypatch.setattr(K, "MEAN_EXTRAPOLATION", mean)
+    monkeypatch.setattr(K, "MEAN_STATES", 1)
+    assert K.mean_extrapolation(10) == mean
+    r = np.array([3.0, -1.0, 0.5, 0.25])
+    assert K.extrapolation(r) == (np.mean(r) if mean else 1.0)
+    mdp = fastppo.garnet(600, 4, 5, gamma=0.99, seed=21)
+    pis = np.stack([random_policy(mdp, 22 + i)[0] for i in range(2)])
+    ev = fastppo.evaluate(mdp, pis[0], backend="cython", n_threads=1, method="richardson")
+    batch = fastppo.evaluate_batch(mdp, pis, backend="cython", n_threads=1)
+    for got, pi in ((ev.v, pis[0]), (batch.v[0], pis[0]), (batch.v[1], pis[1])):
+        assert naive.rel_err(got, naive.evaluate(mdp, pi)[0]) <= 1e-10
+    assert batch.n_matvec[0] == ev.n_matvec
+    if mean:
+        monkeypatch.setattr(K, "MEAN_EXTRAPOLATION", False)
+        mid = fastppo.evaluate(mdp, pis[0], backend="cython", n_threads=1, method="richardson")
+        assert ev.n_matvec <= mid.n_matvec
+        monkeypatch.setattr(K, "MEAN_EXTRAPOLATION", True)
+    # a gridworld: the sweeps give up and hand over (with the mean, from zero: zero)
+    grid = fastppo.gridworld(15, 15, gamma=0.99)
+    pis = np.stack([random_policy(grid, 30 + i)[0] for i in range(2)])
+    batch = fastppo.evaluate_batch(grid, pis, backend="cython", n_threads=1)
+    for m in range(2):
+        one = fastppo.evaluate(grid, pis[m], backend="cython", n_threads=1)
+        assert one.method.startswith("richardson+") and batch.method[m] == one.method
+        assert batch.n_matvec[m] == one.n_matvec
+        assert naive.rel_err(one.v, naive.evaluate(grid, pis[m])[0]) <= 1e-10
+        assert naive.rel_err(batch.v[m], one.v) <= 1e-10
+
+
 def test_solvers_use_the_one_stopping_rule():
     """A rule accepting 1e-4 makes every solver stop there: the decision is the rule's."""
 

@@ -514,7 +514,8 @@ def sweep_residual_batch(const double[:, ::1] b,                                
     """sweep_residual_batch(b, r, stats, n_threads)
 
     r ← b − r in place (r holds A x on entry), and per member i: stats[0, i] = Σ_s r[s, i]²,
-    stats[1, i] = min_s r[s, i], stats[2, i] = max_s r[s, i] (sums in order of s). One
+    stats[1, i] = min_s r[s, i], stats[2, i] = max_s r[s, i], stats[3, i] = Σ_s r[s, i]
+    (sums in order of s). One
     serial pass at any ``n_threads`` (the (S, K) arrays stay in cache).
     Mirrors kernels/numba/batched.py.
     """
@@ -526,6 +527,7 @@ def sweep_residual_batch(const double[:, ::1] b,                                
         stats[0, i] = 0.0
         stats[1, i] = b[0, i] - r[0, i]
         stats[2, i] = stats[1, i]
+        stats[3, i] = 0.0
     for s in range(n_states):
         for i in range(K):
             t = b[s, i] - r[s, i]
@@ -533,6 +535,7 @@ def sweep_residual_batch(const double[:, ::1] b,                                
             stats[0, i] = stats[0, i] + t * t
             stats[1, i] = t if t < stats[1, i] else stats[1, i]
             stats[2, i] = t if t > stats[2, i] else stats[2, i]
+            stats[3, i] = stats[3, i] + t
 
 
 def sweep_update_batch(double[:, ::1] x,                                          # IN/OUT

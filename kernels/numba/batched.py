@@ -215,6 +215,7 @@ def sweep_residual_batch(b, r, stats):
         stats[0, i] = 0.0
         stats[1, i] = b[0, i] - r[0, i]
         stats[2, i] = stats[1, i]
+        stats[3, i] = 0.0
     for s in range(n_states):
         for i in range(K):
             t = b[s, i] - r[s, i]
@@ -222,6 +223,7 @@ def sweep_residual_batch(b, r, stats):
             stats[0, i] = stats[0, i] + t * t
             stats[1, i] = t if t < stats[1, i] else stats[1, i]
             stats[2, i] = t if t > stats[2, i] else stats[2, i]
+            stats[3, i] = stats[3, i] + t
 
 
 def sweep_update_batch(x, r, offset):
