@@ -310,10 +310,8 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
             # mean, or ½ (min r + max r)); a frozen column riding along may overflow: its
             # lane alone, unread
             with np.errstate(over="ignore", invalid="ignore"):
-                if _krylov.mean_extrapolation(n):
-                    offset = shift * (stats[3] / n)
-                else:
-                    offset = shift * (0.5 * (stats[1] + stats[2]))
+                mean = [_krylov.mean_extrapolation(n, X0[m] is None) for m in active]
+                offset = shift * np.where(mean, stats[3] / n, 0.5 * (stats[1] + stats[2]))
             update_kernel(x, r, offset, nt)
         for i, m in enumerate(active):
             current[m] = x[:, i]
