@@ -276,6 +276,8 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
                 x[:, i] = current[m]
         b[:] = B[active].T
         stats = stats_space[:4 * k].reshape(4, k)
+        # each member's estimate along 1 (_krylov.extrapolation): the mean from zero starts
+        by_mean = [_krylov.mean_extrapolation(n, X0[m] is None) for m in active]
         product = members.batch_product(transposed, active)
         finished = False
         while not finished:
@@ -310,8 +312,7 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
             # mean, or ½ (min r + max r)); a frozen column riding along may overflow: its
             # lane alone, unread
             with np.errstate(over="ignore", invalid="ignore"):
-                mean = [_krylov.mean_extrapolation(n, X0[m] is None) for m in active]
-                offset = shift * np.where(mean, stats[3] / n, 0.5 * (stats[1] + stats[2]))
+                offset = shift * np.where(by_mean, stats[3] / n, 0.5 * (stats[1] + stats[2]))
             update_kernel(x, r, offset, nt)
         for i, m in enumerate(active):
             current[m] = x[:, i]
