@@ -297,7 +297,9 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
                     continue
                 slow[m] = slow[m] + 1 if residual > max_rate * last[m] else 0
                 last[m] = residual
-                gave_up = n_matvec >= _krylov.MIN_SWEEPS and slow[m] >= 2
+                gave_up = (n_matvec >= _krylov.MIN_SWEEPS and slow[m] >= 2
+                           and not _krylov.within_reach(residual, start_residual[m],
+                                                        n_matvec, stop.target))
                 if n_matvec >= max_iter or gave_up:
                     end = x[:, i].copy()
                     if _krylov.hands_over_start(residual, start_residual[m], shift,

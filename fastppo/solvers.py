@@ -320,10 +320,15 @@ _HISTORY = [("iter", np.int64), ("J", np.float64), ("gap", np.float64),
 
 # ------------------------------------------------------- predicted warm starts
 # steps x_k − x_{k−1} between consecutive solutions kept per linear system: at most
-# WARM_STEPS, and at most WARM_BYTES of them (12 at 50k and 10⁶ states, 7 float32 steps
-# at 10⁷). The README run took 1,312 passes with 12 against 1,406 with 7 (RESULTS.md)
+# WARM_STEPS, and at most WARM_BYTES of them for the value system, VISIT_WARM_BYTES for
+# the visitation system (12 at 50k and 10⁶ states; float32 steps at 10⁷: 7 for v, 12 for
+# d). The README run took 1,312 passes with 12 against 1,406 with 7 (RESULTS.md); late
+# in a PPO-Clip run the visitation solve takes the most products, so its steps set the
+# passes: at 10⁶ (float32, from log π* + 0.001 noise) 12 steps for d reached 5 passes per
+# iteration from iteration 14 on, with 7 for v as with 12, and 7 for d stayed at 6
 WARM_STEPS = 12
 WARM_BYTES = 300_000_000
+VISIT_WARM_BYTES = 500_000_000
 SKETCH_ROWS = 512
 # from this many states on the steps are kept in float32 (half the memory: steps of 40 MB
 # at 10⁷ states, not 80 MB); a step only shapes the start, the solve certifies the result
@@ -410,8 +415,9 @@ class _Trajectory:
     """The last solution of one linear system across outer iterations and the steps
     before it (:func:`predicted_start`)."""
 
-    def __init__(self):
+    def __init__(self, visitation=False):
         self.x, self.steps, self.sketches = None, [], []
+        self.visitation = visitation  # its steps within VISIT_WARM_BYTES, else WARM_BYTES
 
     def push(self, x, step=True):
         """Record the newest solution; ``step``: it follows the previous one (False for
@@ -423,7 +429,8 @@ class _Trajectory:
             dx.flags.writeable = False  # never changed: a checkpoint shares it, no copy
             self.steps.insert(0, dx)
             self.sketches.insert(0, sketch(dx))
-            keep = max(2, min(WARM_STEPS, WARM_BYTES // dx.nbytes))
+            budget = VISIT_WARM_BYTES if self.visitation else WARM_BYTES
+            keep = max(2, min(WARM_STEPS, budget // dx.nbytes))
             del self.steps[keep:], self.sketches[keep:]
         self.x = x
 
@@ -471,7 +478,7 @@ class _ExactMethod(IterativeMethod):
             self.logits = V.check_logits(mdp, init, "init")
         self._table = init is None or np.ndim(init) != 1  # results as (S, A) tables
         self.pi = E.softmax(self.logits)
-        self._vs, self._ds = _Trajectory(), _Trajectory()  # solutions of v and d
+        self._vs, self._ds = _Trajectory(), _Trajectory(visitation=True)  # solutions of v, d
         if lr is None:
             step_scale = V.check_positive(step_scale, "step_scale")
             E.load(self.pi)

@@ -644,3 +644,31 @@ def test_evaluation_writes_q_into_the_given_buffer(backend, method):
     assert given.q is buf
     np.testing.assert_array_equal(buf, fresh.q)
     np.testing.assert_array_equal(given.v, fresh.v)
+
+
+def test_slow_sweeps_near_tol_go_on():
+    """Sweeps slower than MAX_RATE hand over to the Krylov methods unless REACH_SWEEPS
+    more at their mean rate meet tol: A = I − diag(0.65), a sweep multiplies the error by
+    0.65 exactly. From a start 2e-11 off, giving up after MIN_SWEEPS products would
+    assemble a matrix where three more sweeps finish; from zero the sweeps give up."""
+    n, rate = 50, 0.65
+    A = np.eye(n) * (1.0 - rate)
+    b = np.random.default_rng(3).normal(size=n)
+    x = b / (1.0 - rate)
+    system = K.System(lambda v, out: np.matmul(A, v, out=out), b, "diagonal system")
+    stop = K.StoppingRule(1e-12)
+    near = x + 2e-11 * np.linalg.norm(b) / (1.0 - rate) * np.ones(n) / np.sqrt(n)
+    res = K.solve(system, near, stop=stop, max_iter=200)
+    assert res.method == "richardson" and res.residual <= 1e-12
+    # the residual falls by exactly 0.65 per sweep: 2e-11 · 0.65^7 < 1e-12 < 2e-11 · 0.65^6
+    assert res.n_matvec == 8
+    # A is a multiple of I: the relative error is the relative residual
+    assert np.linalg.norm(res.x - x) <= 1.0000001 * res.residual * np.linalg.norm(x)
+    far = K.solve(system, None, stop=stop, max_iter=200)
+    assert far.method.startswith("richardson+") and far.residual <= 1e-12
+    # the rule itself: 4.3e-12 after four products from 1.7e-11 (rate 0.63) is in reach
+    assert K.within_reach(4.28e-12, 1.72e-11, 4, 1e-12)
+    assert not K.within_reach(4.28e-12, 1.72e-11, 4, 1e-13)
+    assert not K.within_reach(0.5, 1.0, 4, 1e-12)
+    assert not K.within_reach(2e-11, 1.72e-11, 4, 1e-12)  # rising: no rate
+    assert not K.within_reach(1e-12, 1.72e-11, 1, 1e-12)

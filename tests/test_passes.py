@@ -224,9 +224,9 @@ def trajectory(n, modes, seed=0, size=200):
     return [x_inf + sum(lam ** k * u for lam, u in zip(modes, us)) for k in range(n)]
 
 
-def steps_of(xs):
+def steps_of(xs, visitation=False):
     """(x, steps newest first, sketches) of the solutions xs (oldest first)."""
-    t = solvers._Trajectory()
+    t = solvers._Trajectory(visitation)
     for x in xs:
         t.push(x)
     return t
@@ -248,16 +248,27 @@ def test_predicted_start_is_exact_on_a_linear_recurrence():
     assert 1e-9 * scale < err < scale
 
 
-def test_steps_kept_within_the_memory_budget(monkeypatch):
-    """At most WARM_BYTES of steps per system (the 10⁷-state runs), never fewer than two."""
+@pytest.mark.parametrize("visitation", [False, True])
+def test_steps_kept_within_the_memory_budget(monkeypatch, visitation):
+    """At most WARM_BYTES (value) or VISIT_WARM_BYTES (visitation) of steps per system
+    (the 10⁷-state runs), never fewer than two; the other budget plays no part."""
     xs = trajectory(solvers.WARM_STEPS + 5, (0.9, 0.7, -0.5))
     step_bytes = xs[0].nbytes  # float64 below FLOAT32_STEPS_FROM states
+    own, other = ("VISIT_WARM_BYTES", "WARM_BYTES") if visitation else ("WARM_BYTES",
+                                                                        "VISIT_WARM_BYTES")
+    monkeypatch.setattr(solvers, other, 3 * step_bytes)
     for budget, kept in ((5 * step_bytes, 5), (5 * step_bytes - 1, 4), (0, 2),
                          (10**12, solvers.WARM_STEPS)):
-        monkeypatch.setattr(solvers, "WARM_BYTES", budget)
-        t = steps_of(xs)
+        monkeypatch.setattr(solvers, own, budget)
+        t = steps_of(xs, visitation)
         assert len(t.steps) == len(t.sketches) == kept
         np.testing.assert_array_equal(t.steps[-1], xs[-kept] - xs[-kept - 1])  # the newest
+
+
+def test_ppo_clip_keeps_the_visitation_steps_in_their_budget():
+    mdp = fastppo.garnet(300, 3, 4, seed=5)
+    ppo = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1), backend="numba", n_threads=1)
+    assert not ppo._vs.visitation and ppo._ds.visitation
 
 
 def test_predicted_start_falls_back_when_the_path_is_rough():
