@@ -320,15 +320,13 @@ _HISTORY = [("iter", np.int64), ("J", np.float64), ("gap", np.float64),
 
 # ------------------------------------------------------- predicted warm starts
 # steps x_k − x_{k−1} between consecutive solutions kept per linear system: at most
-# WARM_STEPS, and at most WARM_BYTES of them for the value system, VISIT_WARM_BYTES for
-# the visitation system (12 at 50k and 10⁶ states; float32 steps at 10⁷: 7 for v, 12 for
-# d). The README run took 1,312 passes with 12 against 1,406 with 7 (RESULTS.md); late
-# in a PPO-Clip run the visitation solve takes the most products, so its steps set the
-# passes: at 10⁶ (float32, from log π* + 0.001 noise) 12 steps for d reached 5 passes per
-# iteration from iteration 14 on, with 7 for v as with 12, and 7 for d stayed at 6
+# WARM_STEPS, and at most WARM_BYTES of them (12 at 50k, 10⁶ and 10⁷ states, float32 from
+# FLOAT32_STEPS_FROM). The README run took 1,312 passes with 12 against 1,406 with 7
+# (RESULTS.md); at 10⁶ (float32, from log π* + 0.001 noise) 12 per system reached 5 passes
+# per late iteration from iteration 14 on, 7 stayed at 6 (12 for d and 7 for v: 5 passes,
+# but 15 % more products)
 WARM_STEPS = 12
-WARM_BYTES = 300_000_000
-VISIT_WARM_BYTES = 500_000_000
+WARM_BYTES = 500_000_000
 SKETCH_ROWS = 512
 # from this many states on the steps are kept in float32 (half the memory: steps of 40 MB
 # at 10⁷ states, not 80 MB); a step only shapes the start, the solve certifies the result
@@ -337,18 +335,28 @@ FLOAT32_STEPS_FROM = MIXED_STATES
 
 @functools.lru_cache(maxsize=4)
 def _count_sketch(n):
-    """(bucket, sign) of a fixed CountSketch ℝⁿ → ℝ^SKETCH_ROWS: x ↦ Σ_i sign_i x_i e_bucket_i."""
+    """(bucket, sign) of a fixed CountSketch ℝⁿ → ℝ^SKETCH_ROWS: x ↦ Σ_i sign_i x_i e_bucket_i
+    (uint16 and int8: 30 MB at 10⁷ states, not 160)."""
     rng = np.random.default_rng(20_512)
-    bucket = rng.integers(0, SKETCH_ROWS, size=n)
-    sign = rng.integers(0, 2, size=n) * 2.0 - 1.0
+    bucket = rng.integers(0, SKETCH_ROWS, size=n).astype(np.uint16)
+    sign = (rng.integers(0, 2, size=n) * 2 - 1).astype(np.int8)
     bucket.flags.writeable = sign.flags.writeable = False
     return bucket, sign
 
 
+CHUNK = 1 << 20  # entries per block of the O(n) loops over steps (no vector-sized temporaries)
+
+
 def sketch(x):
-    """The CountSketch of x, shape (SKETCH_ROWS,)."""
+    """The CountSketch of x, shape (SKETCH_ROWS,), summed per block of CHUNK entries."""
     bucket, sign = _count_sketch(x.shape[0])
-    return np.bincount(bucket, weights=sign * x, minlength=SKETCH_ROWS)
+    out = np.zeros(SKETCH_ROWS)
+    for lo in range(0, x.shape[0], CHUNK):
+        part = slice(lo, lo + CHUNK)
+        out += np.bincount(bucket[part], weights=np.multiply(sign[part], x[part],
+                                                              dtype=np.float64),
+                           minlength=SKETCH_ROWS)
+    return out
 
 
 def predicted_start(x, steps, sketches):
@@ -390,10 +398,12 @@ def predicted_start(x, steps, sketches):
             return x
         cols = np.ldexp(cols, -np.frexp(big)[1])  # entries ≤ 1 (exactly scaled): LAPACK's range
         c = np.linalg.lstsq(cols[:, 1:], cols[:, 0], rcond=None)[0]
-        step = np.multiply(steps[0], c[0], dtype=np.float64)  # steps may be float32
-        term = np.empty_like(step)
-        for i in range(1, m):
-            step += np.multiply(steps[i], c[i], out=term, dtype=np.float64)
+        step = np.empty(x.shape[0])
+        for lo in range(0, x.shape[0], CHUNK):  # steps may be float32: per block, in float64
+            part = slice(lo, lo + CHUNK)
+            block = np.multiply(steps[0][part], c[0], out=step[part], dtype=np.float64)
+            for i in range(1, m):
+                block += np.multiply(steps[i][part], c[i], dtype=np.float64)
         size = norm(step)
         last = math.sqrt(float(np.einsum("i,i->", steps[0], steps[0], dtype=np.float64)))
         if not (math.isfinite(size) and size <= 2.0 * last):  # or NaN
@@ -415,9 +425,8 @@ class _Trajectory:
     """The last solution of one linear system across outer iterations and the steps
     before it (:func:`predicted_start`)."""
 
-    def __init__(self, visitation=False):
+    def __init__(self):
         self.x, self.steps, self.sketches = None, [], []
-        self.visitation = visitation  # its steps within VISIT_WARM_BYTES, else WARM_BYTES
 
     def push(self, x, step=True):
         """Record the newest solution; ``step``: it follows the previous one (False for
@@ -429,8 +438,7 @@ class _Trajectory:
             dx.flags.writeable = False  # never changed: a checkpoint shares it, no copy
             self.steps.insert(0, dx)
             self.sketches.insert(0, sketch(dx))
-            budget = VISIT_WARM_BYTES if self.visitation else WARM_BYTES
-            keep = max(2, min(WARM_STEPS, budget // dx.nbytes))
+            keep = max(2, min(WARM_STEPS, WARM_BYTES // dx.nbytes))
             del self.steps[keep:], self.sketches[keep:]
         self.x = x
 
@@ -478,7 +486,7 @@ class _ExactMethod(IterativeMethod):
             self.logits = V.check_logits(mdp, init, "init")
         self._table = init is None or np.ndim(init) != 1  # results as (S, A) tables
         self.pi = E.softmax(self.logits)
-        self._vs, self._ds = _Trajectory(), _Trajectory(visitation=True)  # solutions of v, d
+        self._vs, self._ds = _Trajectory(), _Trajectory()  # solutions of v and d
         if lr is None:
             step_scale = V.check_positive(step_scale, "step_scale")
             E.load(self.pi)

@@ -224,9 +224,9 @@ def trajectory(n, modes, seed=0, size=200):
     return [x_inf + sum(lam ** k * u for lam, u in zip(modes, us)) for k in range(n)]
 
 
-def steps_of(xs, visitation=False):
+def steps_of(xs):
     """(x, steps newest first, sketches) of the solutions xs (oldest first)."""
-    t = solvers._Trajectory(visitation)
+    t = solvers._Trajectory()
     for x in xs:
         t.push(x)
     return t
@@ -248,27 +248,16 @@ def test_predicted_start_is_exact_on_a_linear_recurrence():
     assert 1e-9 * scale < err < scale
 
 
-@pytest.mark.parametrize("visitation", [False, True])
-def test_steps_kept_within_the_memory_budget(monkeypatch, visitation):
-    """At most WARM_BYTES (value) or VISIT_WARM_BYTES (visitation) of steps per system
-    (the 10⁷-state runs), never fewer than two; the other budget plays no part."""
+def test_steps_kept_within_the_memory_budget(monkeypatch):
+    """At most WARM_BYTES of steps per system (the 10⁷-state runs), never fewer than two."""
     xs = trajectory(solvers.WARM_STEPS + 5, (0.9, 0.7, -0.5))
     step_bytes = xs[0].nbytes  # float64 below FLOAT32_STEPS_FROM states
-    own, other = ("VISIT_WARM_BYTES", "WARM_BYTES") if visitation else ("WARM_BYTES",
-                                                                        "VISIT_WARM_BYTES")
-    monkeypatch.setattr(solvers, other, 3 * step_bytes)
     for budget, kept in ((5 * step_bytes, 5), (5 * step_bytes - 1, 4), (0, 2),
                          (10**12, solvers.WARM_STEPS)):
-        monkeypatch.setattr(solvers, own, budget)
-        t = steps_of(xs, visitation)
+        monkeypatch.setattr(solvers, "WARM_BYTES", budget)
+        t = steps_of(xs)
         assert len(t.steps) == len(t.sketches) == kept
         np.testing.assert_array_equal(t.steps[-1], xs[-kept] - xs[-kept - 1])  # the newest
-
-
-def test_ppo_clip_keeps_the_visitation_steps_in_their_budget():
-    mdp = fastppo.garnet(300, 3, 4, seed=5)
-    ppo = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1), backend="numba", n_threads=1)
-    assert not ppo._vs.visitation and ppo._ds.visitation
 
 
 def test_predicted_start_falls_back_when_the_path_is_rough():
@@ -518,3 +507,28 @@ def test_evaluate_takes_q_from_the_rows_of_its_last_sweep(which, monkeypatch):
         assert naive.rel_err(out[True].q, q) <= 1e-9 and naive.rel_err(out[True].adv, adv) <= 1e-9
     assert out[True].method != "richardson"  # the slow MDP's sweeps handed over
     assert saved == [1, 0, 0]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sketch_and_start_by_blocks(monkeypatch, dtype):
+    """The CountSketch and the predicted start, computed per block of CHUNK entries (no
+    vector-sized temporaries at 10⁷ states), against one unblocked NumPy expression."""
+    xs = [x.astype(dtype) for x in trajectory(solvers.WARM_STEPS + 3, (0.9, 0.7, -0.5),
+                                              size=1000)]
+    bucket, sign = solvers._count_sketch(1000)
+    assert bucket.dtype == np.uint16 and sign.dtype == np.int8
+    assert set(np.unique(sign)) == {-1, 1} and bucket.max() < solvers.SKETCH_ROWS
+    x = xs[-1]
+    whole = np.bincount(bucket.astype(np.intp), weights=sign * x.astype(np.float64),
+                        minlength=solvers.SKETCH_ROWS)
+    np.testing.assert_array_equal(solvers.sketch(x), whole)  # one block: the same sums
+    t = steps_of(xs)
+    starts = {}
+    for chunk in (solvers.CHUNK, 7):
+        monkeypatch.setattr(solvers, "CHUNK", chunk)
+        np.testing.assert_allclose(solvers.sketch(x), whole, rtol=1e-12,
+                                   atol=1e-13 * np.abs(x).sum())
+        starts[chunk] = solvers.predicted_start(t.x, t.steps, t.sketches)
+    # the same sketches: elementwise in the same order, the blocks do not change a bit
+    assert starts[7] is not t.x
+    np.testing.assert_array_equal(starts[7], starts[solvers.CHUNK])
