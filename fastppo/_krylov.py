@@ -30,7 +30,8 @@ residual for free at every sweep. Plain sweeps contract at rate γ (2,300 sweeps
 1e-10 at γ = 0.99), but only along one direction: P_π 1 = 1. For the value system the
 MacQueen bounds  T x + γ/(1−γ) min(Tx − x) ≤ v ≤ T x + γ/(1−γ) max(Tx − x)  remove it
 (each sweep adds γ/(1−γ) times the residual's part along 1, estimated by MacQueen's
-mid-range or, from ``MEAN_STATES`` states on, by its mean: :func:`extrapolation`,
+mid-range or, from ``MEAN_STATES`` states on (``WARM_MEAN_STATES`` from warm starts), by
+its mean: :func:`extrapolation`,
 ``System.shift``); for the
 visitation system a start of the right mass (1ᵀy = 1/(1−γ)) has no error along it. What
 is left contracts at the mixing rate of P_π: about 0.2 per sweep on garnet MDPs, where
@@ -90,9 +91,11 @@ MAX_RATE, MIN_SWEEPS = 0.6, 4  # Richardson gives up when slower than this (in "
 # ... unless this many more sweeps at their mean rate since the first product meet tol
 REACH_SWEEPS = 4
 # the value sweeps estimate the residual's part along 1 by its mean, not its mid-range,
-# from MEAN_STATES states on (:func:`extrapolation`)
+# from MEAN_STATES states on from zero starts, WARM_MEAN_STATES from warm starts
+# (:func:`extrapolation`)
 MEAN_EXTRAPOLATION = True
 MEAN_STATES = 1 << 15
+WARM_MEAN_STATES = 1 << 19
 REFINE = 1e-5  # approximate (float32) products: an exact one after the residual fell this much
 # approximate products near tol too, the last one predicted (from the last sweep's rate) exact
 PREDICT_LAST = True
@@ -129,8 +132,8 @@ def hands_over_start(residual, start_residual, shift, cold, n):
     drive a gridworld's residual up and hand over zero; the mean's halve it, and
     SGS-BiCGSTAB took 89 products from their iterate against 83 from zero (the 50k grid;
     queue 155 against 153, local and pendulum the same)."""
-    return (shift != 0 and mean_extrapolation(n, cold)) or start_is_better(residual,
-                                                                           start_residual)
+    return (shift != 0 and cold and mean_extrapolation(n)) or start_is_better(residual,
+                                                                              start_residual)
 
 
 class ConvergenceError(RuntimeError):
@@ -438,16 +441,19 @@ def extrapolation(r, space=LOCAL, cold=True):
 
 
 def mean_extrapolation(n, cold=True):
-    """Whether the value sweeps of n states extrapolate by the residual's mean: from a
-    zero start (``cold``) and from ``MEAN_STATES`` states on (``MEAN_EXTRAPOLATION``).
-    Warm starts keep the mid-range: on the README run (garnet 50k, PPO-Clip's predicted
-    starts) the mean took 2,272 products and 4.69 passes per late iteration against the
-    mid-range's 2,236 and 4.10. Below ``MEAN_STATES``, the mid-range, as before: on a
+    """Whether the value sweeps of n states extrapolate by the residual's mean
+    (``MEAN_EXTRAPOLATION``): from ``MEAN_STATES`` states on from a zero start (``cold``),
+    from ``WARM_MEAN_STATES`` from a warm one. On the README run (garnet 50k, PPO-Clip's
+    predicted starts) the mean from warm starts took 2,272 products and 4.69 passes per late
+    iteration against the mid-range's 2,236 and 4.10; at 10⁶ states (float32, from log π* +
+    0.001 noise) the mid-range's first sweep from a warm start raised the residual ~10×
+    (3e-11 → 7e-10) and the mean's did not: iterations 6–8 took 16, 13 and 12 products
+    against 20, 16 and 15, the passes alike. Below ``MEAN_STATES``, the mid-range: on a
     30 × 30 gridworld at γ = 0.99999 the mean's sweeps hand a better iterate to the LU,
     whose refinement then stops at tol (1e-12) where, from the start, it reached 1e-14;
     with the condition 1/(1 − γ) = 10⁵ that moved J by 1e-7, and PPO-Clip's J, non-decreasing
     to 1e-9 there (issue 17 target 3), fell once."""
-    return MEAN_EXTRAPOLATION and cold and n >= MEAN_STATES
+    return MEAN_EXTRAPOLATION and n >= (MEAN_STATES if cold else WARM_MEAN_STATES)
 
 
 def richardson(system, x0, stop, max_iter, *, max_rate=MAX_RATE, min_sweeps=MIN_SWEEPS):

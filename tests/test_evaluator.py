@@ -246,7 +246,8 @@ def test_each_solver_through_the_one_interface(name):
 @pytest.mark.parametrize("mean", [True, False], ids=["mean", "midrange"])
 def test_extrapolation_along_one_by_mean_or_mid_range(mean, monkeypatch):
     """The value sweeps' part along 1: the residual's mean (``MEAN_EXTRAPOLATION``, from
-    zero starts) or its mid-range (below ``MEAN_STATES``, and from warm starts); either way the sweeps reach tol with the dense
+    zero starts; from warm starts from ``WARM_MEAN_STATES`` on) or its mid-range; either way
+    the sweeps reach tol with the dense
     solution, alone and batched (the same estimate per member), and on a garnet the mean's
     sweeps take no more products."""
     monkeypatch.setattr(K, "MEAN_EXTRAPOLATION", mean)
@@ -254,8 +255,13 @@ def test_extrapolation_along_one_by_mean_or_mid_range(mean, monkeypatch):
     assert K.mean_extrapolation(10) == mean
     r = np.array([3.0, -1.0, 0.5, 0.25])
     assert K.extrapolation(r) == (np.mean(r) if mean else 1.0)
-    assert not K.mean_extrapolation(10, cold=False)  # warm starts: the mid-range
+    assert not K.mean_extrapolation(10, cold=False)  # warm starts: the mid-range ...
     assert K.extrapolation(r, cold=False) == 1.0
+    monkeypatch.setattr(K, "WARM_MEAN_STATES", 4)  # ... below WARM_MEAN_STATES
+    assert K.mean_extrapolation(4, cold=False) == mean
+    assert not K.mean_extrapolation(3, cold=False)
+    assert K.extrapolation(r, cold=False) == (np.mean(r) if mean else 1.0)
+    monkeypatch.setattr(K, "WARM_MEAN_STATES", 1 << 19)
     mdp = fastppo.garnet(600, 4, 5, gamma=0.99, seed=21)
     pis = np.stack([random_policy(mdp, 22 + i)[0] for i in range(2)])
     ev = fastppo.evaluate(mdp, pis[0], backend="cython", n_threads=1, method="richardson")
