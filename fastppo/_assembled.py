@@ -12,6 +12,7 @@ part L (j < i) first and the strictly upper part U after (the kernels
 ``kernels/*/assembled`` document the layout), so Gauss–Seidel sweeps need no sorting.
 """
 import functools
+import os
 import weakref
 
 import numpy as np
@@ -23,7 +24,7 @@ from scipy.sparse.linalg import splu
 
 from ._backend import get_kernel
 
-__all__ = ["AssembledMatrix", "SplitView", "OMEGA"]
+__all__ = ["AssembledMatrix", "SplitView", "OMEGA", "fits_in_memory"]
 
 OMEGA = 1.0  # SSOR relaxation of the preconditioner (ω > 1 breaks down on advective MDPs)
 FILL_CAP = 20.0  # LU: at most this many times the entries of A in L + U
@@ -36,6 +37,40 @@ PATCH_SHARE = 0.25
 # garnet at 50k: 2 n β² = 3.1e9 flops in 0.166 s against 3.28 ms per product of 3.3e6
 # entries, idle machine)
 BAND_FLOPS_PER_ENTRY = 19.0
+
+# an assembly may use at most this share of the memory the system has available
+MEMORY_SHARE = 0.5
+
+
+def available_memory():
+    """Bytes the system can still give this process without swapping (Linux: MemAvailable;
+    elsewhere free pages; inf when unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
+
+
+def assembly_bytes(mdp):
+    """An upper bound of the bytes an assembly takes: per successor entry of P an int32
+    column and an int64 position while merging and a float64 value, per state 40."""
+    return 20 * int(mdp.p_indptr[-1]) + 40 * mdp.n_states
+
+
+def fits_in_memory(mdp):
+    """Whether I − γP_π may be assembled: :func:`assembly_bytes` within ``MEMORY_SHARE``
+    of :func:`available_memory`. At 10⁷ states and 10⁹ successor entries it takes ~20 GB:
+    past the 24 GiB of a box that holds the float32 MDP (10 GiB), so the solvers go on
+    matrix-free (BiCGSTAB) instead of failing for memory."""
+    return assembly_bytes(mdp) <= MEMORY_SHARE * available_memory()
+
 
 KERNELS = ("merge_pattern", "assemble_values", "assemble_deterministic", "patch_deterministic",
            "distinct_pairs_bound",

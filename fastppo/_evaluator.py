@@ -27,7 +27,7 @@ import functools
 import numpy as np
 
 from . import _krylov
-from ._assembled import OMEGA, AssembledMatrix
+from ._assembled import OMEGA, AssembledMatrix, fits_in_memory
 from ._backend import get_kernel
 from ._codes import REVERSE_KL
 from ._result import Result
@@ -364,7 +364,10 @@ class Evaluator:
 
     def assembled(self, transpose=False):
         """The loaded policy's I − γP_π (or its transpose), assembled on first use and
-        shared by both systems (a ``fastppo._assembled.SplitView``)."""
+        shared by both systems (a ``fastppo._assembled.SplitView``); None where it would
+        not fit in memory (``fastppo._assembled.fits_in_memory``)."""
+        if self._matrix is None and not fits_in_memory(self.mdp):
+            return None
         if self._matrix is None and self._held_rows is None:  # straight from P
             # patched from the last such matrix where few states changed
             self._matrix = AssembledMatrix(self.mdp, None, self.backend, self._workspace,

@@ -667,7 +667,8 @@ def sgs(system, x0, stop, max_iter, *, max_restarts=5):
     Parameters
     ----------
     system, x0, stop, max_iter
-        The solver interface; without ``system.assembled`` this is :func:`bicgstab`.
+        The solver interface; without ``system.assembled`` (or where it returns None:
+        the matrix would not fit in memory) this is :func:`bicgstab`.
     max_restarts : int
         As in :func:`bicgstab`.
 
@@ -682,6 +683,8 @@ def sgs(system, x0, stop, max_iter, *, max_restarts=5):
     if bnorm == 0.0:
         return LinearResult(x, 0, 0.0, True, "sgs")
     M = system.assembled()
+    if M is None:  # it would not fit in memory
+        return bicgstab(system, x0, stop, max_iter, max_restarts=max_restarts)
     n = b.shape[0]
     b_hat, y, r = np.empty(n), np.zeros(n), np.empty(n)
     warm = WARM_SGS_START and x0 is not None
@@ -971,7 +974,7 @@ def _finish(system, first, links, stop, max_iter):
         if not nxt.method:  # declined (no assembled form, or the LU would fill too much)
             continue
         res = nxt
-        used.append(name)
+        used.append(res.method)  # "bicgstab" where sgs had no assembled form in memory
         total += res.n_matvec
     method = "+".join(used)
     if not (res.converged or at_round_off(res)):

@@ -47,7 +47,7 @@ import threading
 import numpy as np
 
 from . import _krylov
-from ._assembled import OMEGA, AssembledMatrix
+from ._assembled import OMEGA, AssembledMatrix, fits_in_memory
 from . import _validation as V
 from ._backend import get_kernel, resolve_backend, resolve_threads
 from ._evaluator import (DEFAULT_RESTART, DEFAULT_TOL, VALUE_SYSTEM, VISIT_SYSTEM, policy_rows,
@@ -199,8 +199,11 @@ class _Members:
 
     def assembled(self, transposed, m):
         """``assembled()`` of member m's system: its I − γP_π assembled on first use
-        (``Evaluator.assembled``), for the chain's solvers after the sweeps."""
+        (``Evaluator.assembled``), for the chain's solvers after the sweeps; None where it
+        would not fit in memory."""
         def view():
+            if m not in self._matrices and not fits_in_memory(self.mdp):
+                return None
             if m not in self._matrices:
                 self._matrices[m] = AssembledMatrix(self.mdp, policy_rows(self.mdp, self.policy(m)),
                                                     self.backend)

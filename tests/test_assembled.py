@@ -714,3 +714,28 @@ def test_envelope_order_narrows_the_band_of_a_ring():
     rcm_band = np.abs(where[np.repeat(np.arange(n), np.diff(indptr))] - where[indices[:nnz]]).max()
     assert max(below, above) <= rcm_band
     assert max(below, above) <= 1.1 * 2 * k < rcm_band
+
+
+# ------------------------------------------------ an assembly that would not fit in memory
+def test_no_assembly_past_the_memory_share(monkeypatch):
+    """Where the assembled I − γP_π would exceed MEMORY_SHARE of the available memory (a
+    10⁷-state MDP: ~20 GB) the chain goes on matrix-free, alone and batched, to the same
+    accuracy; with memory to spare it assembles."""
+    from fastppo import _assembled
+
+    grid = fastppo.gridworld(15, 15, gamma=0.99)  # the sweeps hand over here
+    pis = np.stack([random_policy(grid, 40 + i)[0] for i in range(2)])
+    v_ref = [naive.evaluate(grid, pi)[0] for pi in pis]
+    assert _assembled.assembly_bytes(grid) == 20 * grid.p_indptr[-1] + 40 * grid.n_states
+    roomy = fastppo.evaluate(grid, pis[0], backend="cython", n_threads=1)
+    assert roomy.method.startswith("richardson+") and "bicgstab" not in roomy.method
+    monkeypatch.setattr(_assembled, "available_memory",
+                        lambda: 1.9 * _assembled.assembly_bytes(grid))  # below 2x: no room
+    assert not _assembled.fits_in_memory(grid)
+    tight = fastppo.evaluate(grid, pis[0], backend="cython", n_threads=1)
+    assert tight.method == "richardson+bicgstab"
+    assert naive.rel_err(tight.v, v_ref[0]) <= 1e-10
+    batch = fastppo.evaluate_batch(grid, pis, backend="cython", n_threads=1)
+    for m in range(2):
+        assert batch.method[m] == "richardson+bicgstab"
+        assert naive.rel_err(batch.v[m], v_ref[m]) <= 1e-10
