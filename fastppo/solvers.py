@@ -123,7 +123,7 @@ def solve(mdp, reg=None, *, tol=1e-12, max_iter=10_000, lin_tol=1e-13, v0=None, 
     pi = _first_policy(E, v0, pi0)
     pi, ev, it, residual, n_matvec, converged = _policy_iteration(E, pi, v0, tol, max_iter,
                                                                    lin_tol)
-    return SolveResult(policy=mdp.to_table(pi.copy()), sigma=_sigma(mdp, pi), v=ev.v,
+    return SolveResult(policy=mdp.to_table(pi), sigma=_sigma(mdp, pi), v=ev.v,
                        q=mdp.to_table(ev.q), adv=mdp.to_table(ev.adv), J=ev.J, n_iter=it,
                        bellman_residual=residual, n_matvec=n_matvec, n_passes=E.n_passes,
                        converged=converged, backend=E.backend)
@@ -227,8 +227,10 @@ def _policy_iteration(E, pi, v, tol, max_iter, lin_tol):
                 f"decreases, above tol={tol:g} and 10x the round-off floor {floor:.2g} "
                 f"(gamma={mdp.gamma:g}) times the scale {scale:.3g}; raise tol")
         if converged:
-            if ev.adv is None:  # the steps skipped Ã: that of the returned policy
-                ev.adv = E.advantages(ev.q)
+            if ev.adv is None:  # the steps skipped Ã: that of the returned policy, into
+                # the Q̃ buffer that does not hold ev.q (the step before's, spent)
+                spare = q_buffers[1] if ev.q is q_buffers[0] else q_buffers[0]
+                ev.adv = E.advantages(ev.q, out=spare)
             return pi, ev, it, residual, n_matvec, converged
         if eval_tol == lin_tol:
             best = min(best, residual)
