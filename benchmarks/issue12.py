@@ -42,6 +42,7 @@ from fastppo._backend import get_kernel
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from baseline_ppo import BaselinePPO  # noqa: E402
+from benchmarks.common import reset_peak_rss  # noqa: E402 -- benchmarks/benchmarks/common.py
 
 PHASES = ("solves", "q_adv", "ppo_update", "rest")
 
@@ -100,22 +101,13 @@ def ms(x):
 
 
 def peak_rss_gib():
-    """The process's peak resident memory since it started or since :func:`reset_peak`
+    """The process's peak resident memory since it started or since ``reset_peak_rss``
     (Linux: VmHWM; elsewhere ``ru_maxrss``, which cannot be reset)."""
     try:
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2**20
     except (OSError, StopIteration):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def reset_peak():
-    """Restart the peak of :func:`peak_rss_gib` from the current resident memory (Linux)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
 
 
 def report(h, cpu, phases, label, first, last):
@@ -208,7 +200,7 @@ def large(args):
         del opt
         # the start's solve is not part of the PPO-Clip run: its peak reported, then reset
         print(f"peak RSS through the solve {peak_rss_gib():.2f} GiB; reset", flush=True)
-        reset_peak()
+        reset_peak_rss()
     phases = Phases()
     ppo = fastppo.PPOClip(mdp, reg, init=init, reference=reference, backend=backend,
                           n_threads=nt)
