@@ -273,6 +273,72 @@ def test_ppo_update_divergence_edges(mdps, code, alpha, ref_from):
             np.testing.assert_array_equal(g, b)
 
 
+def _ppo_stepwise(which, mdp, code, tau, n_threads):
+    """ppo_update, 40 steps at lr 0.3 with Ã in [−4, 4]: weights 0.1 in the even blocks of
+    32 states, so that every logit step stays within fexpm1_step's |δ| ≤ 1/4 (the next e
+    as π e^δ, 39 times in a row), and 3 in the odd ones (steps beyond 1/4: full softmaxes)."""
+    rng = np.random.default_rng(5)
+    n, S = mdp.n_pairs, mdp.n_states
+    theta = rng.normal(size=n)
+    pi_old = fastppo.softmax(mdp, 0.8 * theta, backend="numpy")
+    adv = np.clip(rng.normal(size=n), -4.0, 4.0)
+    weight = np.where(np.arange(S) // 32 % 2 == 0, 0.1, 3.0)
+    ref = fastppo.softmax(mdp, rng.normal(size=n) / 2, backend="numpy")
+    outs = [np.full(n, np.nan), np.full(S, -1, np.int64), np.full(S, np.nan), np.full(S, np.nan)]
+    get_kernel("ppo_update", which)(mdp.a_indptr, pi_old, adv, weight, ref,
+                                    ppo_log_ref(code, tau, ref), code, 0.0, tau, 0.2, 0.25,
+                                    0.0, 0.3, 40, theta, *outs, n_threads)
+    return [theta, *outs]
+
+
+@pytest.mark.parametrize("code,tau", [(_codes.NONE, 0.0), (_codes.FORWARD_KL, 0.3),
+                                      (_codes.REVERSE_KL, 0.3), (_codes.JENSEN_SHANNON, 0.3),
+                                      (_codes.CHI_SQUARE, 0.3), (_codes.HELLINGER, 0.3)])
+def test_ppo_update_steps_by_exp_of_the_step(mdps, code, tau):
+    """Between inner steps ppo_update forms the next softmax as π e^δ (fexpm1_step) where
+    every |δ| ≤ 1/4 in a block, and by a full softmax elsewhere: over 40 steps, with blocks
+    of each kind, θ, π, ‖g‖² and the KL agree with the NumPy reference (a softmax of θ at
+    every step) to 1e-12, and the twins bit for bit (1 and 2 threads)."""
+    for mdp in mdps:
+        expect = _ppo_stepwise("numpy", mdp, code, tau, 1)
+        nb = _ppo_stepwise("numba", mdp, code, tau, 1)
+        for name, got in (("numba", nb), ("cython", _ppo_stepwise("cython", mdp, code, tau, 1)),
+                          ("cython-2", _ppo_stepwise("cython", mdp, code, tau, 2))):
+            for i, (g, e) in enumerate(zip(got, expect)):
+                if i == 2:
+                    np.testing.assert_array_equal(g, e)
+                else:
+                    err = naive.rel_err(g, e)
+                    assert err <= REL, f"{name} output {i}: {err:.3g}"
+            for g, b in zip(got, nb):
+                np.testing.assert_array_equal(g, b, err_msg=name)
+
+
+@pytest.mark.parametrize("which", ["numba", "cython"])
+def test_exp_of_the_step_error_bound(which):
+    """π e^δ = fma(π, fexpm1_step(δ, δ²), π) for |δ| ≤ 1/4 within 2e-16 relative of the 80-bit
+    value (module docstring of _softmax), the twins bit for bit."""
+    if which == "numba":
+        from fastppo._kernels.numba._softmax import stepped
+    else:
+        from fastppo._kernels.cython._info import stepped
+    rng = np.random.default_rng(4)
+    d = np.concatenate([np.linspace(-0.25, 0.25, 200_001), rng.uniform(-0.25, 0.25, 100_000),
+                        [0.0, -0.0, 1e-300, -1e-300, 1e-10, -1e-10]])
+    pi = rng.uniform(0.0, 1.0, d.size)
+    pi[::7] = 1.0
+    pi[::11] = np.exp(rng.uniform(-700.0, 0.0, pi[::11].size))
+    got = np.full(d.size, np.nan)
+    stepped(pi, d, got)
+    true = pi.astype(np.longdouble) * np.exp(d.astype(np.longdouble))
+    err = float(np.max(np.abs((got - true) / true)))
+    assert err <= 2e-16, f"π e^δ relative error {err:.3g}"
+    other = np.full(d.size, np.nan)
+    from fastppo._kernels.cython._info import stepped as cy
+    cy(pi, d, other)
+    np.testing.assert_array_equal(got.view(np.uint64), other.view(np.uint64))
+
+
 def test_fexpm1_or_exp_is_fexpm1_and_fexp():
     """One reduction for both: e^x − 1 bit for bit as fexpm1 where x ≤ 1, e^x as fexp
     everywhere (the cython twin is covered by the ppo_update tests' bit-identity)."""

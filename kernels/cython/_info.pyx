@@ -58,3 +58,15 @@ def elementary(const double[::1] x,                                             
             exp_neg_out[i] = fexp_neg(0.0 if x[i] > 0.0 else x[i])
             expm1_out[i] = fexpm1(x[i])
             log_out[i] = flog(x[i])
+
+
+def stepped(const double[::1] pi, const double[::1] d,                        # IN
+            double[::1] out):                                                # OUT
+    """stepped(pi, d, out)
+
+    pi e^d as ppo_update forms it between steps, fma(pi, fexpm1_step(d, d d), pi),
+    elementwise."""
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(d.shape[0]):
+            out[i] = fma(pi[i], fexpm1_step(d[i], d[i] * d[i]), pi[i])

@@ -48,6 +48,16 @@ cdef extern from *:
     #define FASTPPO_LG5 1.818357216161805012e-01
     #define FASTPPO_LG6 1.531383769920937332e-01
     #define FASTPPO_LG7 1.479819860511658591e-01
+    #define FASTPPO_STEP_MAX 0.25
+    #define FASTPPO_S0 0.5
+    #define FASTPPO_S1 0.16666666666665322
+    #define FASTPPO_S2 0.04166666666666555
+    #define FASTPPO_S3 0.008333333336202819
+    #define FASTPPO_S4 0.0013888888891279828
+    #define FASTPPO_S5 0.00019841253314374944
+    #define FASTPPO_S6 2.4801573530729414e-05
+    #define FASTPPO_S7 2.7592569930959876e-06
+    #define FASTPPO_S8 2.758669229104366e-07
     #define FASTPPO_EXP_BIAS ((uint64_t)1023)
     #define FASTPPO_EXP_BIAS_64 ((uint64_t)(1023 + 64))
     #define FASTPPO_MANTISSA ((uint64_t)0x000FFFFFFFFFFFFFULL)
@@ -87,6 +97,16 @@ cdef extern from *:
     const double LG5 "FASTPPO_LG5"
     const double LG6 "FASTPPO_LG6"
     const double LG7 "FASTPPO_LG7"
+    const double STEP_MAX "FASTPPO_STEP_MAX"
+    const double S0 "FASTPPO_S0"
+    const double S1 "FASTPPO_S1"
+    const double S2 "FASTPPO_S2"
+    const double S3 "FASTPPO_S3"
+    const double S4 "FASTPPO_S4"
+    const double S5 "FASTPPO_S5"
+    const double S6 "FASTPPO_S6"
+    const double S7 "FASTPPO_S7"
+    const double S8 "FASTPPO_S8"
     const uint64_t EXP_BIAS "FASTPPO_EXP_BIAS"
     const uint64_t EXP_BIAS_64 "FASTPPO_EXP_BIAS_64"
     const uint64_t MANTISSA "FASTPPO_MANTISSA"
@@ -166,6 +186,13 @@ cdef inline double fexpm1_or_exp(double x, bint minus_one) noexcept nogil:
     rest = _pow2((n - n1) + SHIFTER, EXP_BIAS)
     whole = scale * rest  # 2^n exactly where minus_one (-58 <= n <= 2)
     return fma(whole, u, whole - 1.0) if minus_one else fma(scale, u, scale) * rest
+
+
+cdef inline double fexpm1_step(double d, double d2) noexcept nogil:
+    """e^d - 1 for |d| <= STEP_MAX, d2 = d d: d + d2 S(d), S of degree 8 (no reduction)."""
+    cdef double lo = fma(fma(fma(S3, d, S2), d, S1), d, S0)
+    cdef double hi = fma(fma(fma(fma(S8, d, S7), d, S6), d, S5), d, S4)
+    return fma(d2, fma(hi, d2 * d2, lo), d)
 
 
 cdef inline double flog(double x) noexcept nogil:

@@ -161,6 +161,7 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
     cdef int step
     cdef bint regularized = tau != 0.0 and code != NONE
     cdef bint penalized = beta != 0.0
+    cdef bint stepwise, fresh
     cdef int mode = PF_NONE, umode = U_NONE
     cdef double hi_ratio = 1.0 + eps_high, lo_ratio = 1.0 - eps_low, scale
     cdef double* swap
@@ -174,8 +175,10 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
             umode = (U_CHI if code == CHI_SQUARE else U_HELLINGER if code == HELLINGER
                      else U_ALPHA_UNIT if code == ALPHA and ALPHA_UNIT_MIN <= alpha < 1.0
                      else U_ALPHA if code == ALPHA else U_NONE)
+    # e^delta by fexpm1_step between steps: not for the alpha modes (log pi from log z)
+    stepwise = not penalized and umode != U_ALPHA and umode != U_ALPHA_UNIT
     size = n_rows * LANES
-    cdef double* buf = <double*> malloc((10 * size + 11 * LANES) * sizeof(double))
+    cdef double* buf = <double*> malloc((10 * size + 12 * LANES) * sizeof(double))
     cdef int64_t* clipped = <int64_t*> malloc(LANES * sizeof(int64_t))
     if buf == NULL or clipped == NULL:
         free(buf)
@@ -202,6 +205,7 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
     cdef double* gsq = mean_f + LANES
     cdef double* kl = gsq + LANES
     cdef double* logz0 = kl + LANES  # log z of theta on entry
+    cdef double* over = logz0 + LANES  # pairs with |delta| > STEP_MAX per lane (_ascend_exp)
     for k in range((s1 - s0 + LANES - 1) // LANES):
         b0 = s0 + k * LANES
         b1 = min(b0 + LANES, s1)
@@ -233,14 +237,19 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
         # each step: softmax (exp_lanes, then pi = e rz inside _clip_lanes), the clipped
         # advantages b (minus tau u for the U_ modes), pi f' and its sum for PF_BLOCK, and
         # the ascent step, which also takes the max of the new logits (the next softmax's
-        # shift, into m_next)
+        # shift, into m_next), or (stepwise, before the last step) forms the next softmax's
+        # e = pi e^delta itself (_ascend_exp: fresh only where some |delta| > STEP_MAX)
         max_lanes(th, n_rows, LANES, m)
         for a in range(n_rows):  # x0 = theta - m on entry: log pi_theta0 + log z0
             for l in range(LANES):
                 i = a * LANES + l
                 x0[i] = th[i] - m[l]
+        fresh = True
         for step in range(n_steps + 1):
-            if umode == U_ALPHA_UNIT and step < n_steps:  # and the power e^w in pf
+            if not fresh:  # e and z from _ascend_exp
+                for l in range(LANES):
+                    rz[l] = 1.0 / z[l]
+            elif umode == U_ALPHA_UNIT and step < n_steps:  # and the power e^w in pf
                 _exp_alpha_lanes(n_rows, th, m, logq, 1.0 - alpha, p, z, rz, pf)
             elif umode == U_REVERSE and step < n_steps:  # and u = (theta - m) - log pi_ref in b
                 _exp_u_lanes(n_rows, th, m, logq, p, z, rz, b)
@@ -267,11 +276,23 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
             if step == 0:
                 for l in range(LANES):
                     gsq[l] = 0.0
-            _ascend_step(mode == PF_BLOCK, code == FORWARD_KL, penalized, step == 0, n_rows, th,
-                         p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next)
-            swap = m
-            m = m_next
-            m_next = swap
+            if stepwise and step < n_steps - 1:
+                _ascend_exp_step(mode == PF_BLOCK, code == FORWARD_KL, step == 0,
+                                 umode == U_REVERSE, n_rows, th, p, b, mean_b, pf, w, tau, lr,
+                                 gsq, m, logq, z, over)
+                fresh = False
+                for l in range(b1 - b0):
+                    if over[l] != 0.0:
+                        fresh = True
+                if fresh:  # a full softmax next, from the new max
+                    max_lanes(th, n_rows, LANES, m)
+            else:
+                _ascend_step(mode == PF_BLOCK, code == FORWARD_KL, penalized, step == 0,
+                             n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next)
+                swap = m
+                m = m_next
+                m_next = swap
+                fresh = True
         for l in range(LANES):  # log(pi/pi_theta0) = ((theta - m) - x0) - (log z - log z0)
             logz[l] = flog(z[l]) - logz0[l]
         _kl_lanes(n_rows, p, rz, th, m, x0, logz, kl)
@@ -556,6 +577,79 @@ cdef inline void _ascend(Py_ssize_t n_rows, dptr th, cdptr p, cdptr b, cdptr mea
             t = th[i] + lr * g
             th[i] = t
             m_next[l] = t if (a == 0) | (t > m_next[l]) else m_next[l] + 0.0
+
+
+cdef inline void _ascend_exp_step(bint block, bint scaled, bint first, bint with_u,
+                                  Py_ssize_t n_rows, dptr th, dptr p, dptr b, cdptr mean_b,
+                                  cdptr pf, cdptr w, double tau, double lr, dptr gsq, cdptr m,
+                                  cdptr logq, dptr z, dptr over) noexcept nogil:
+    """_ascend_exp with literal flags (one branch-free loop per combination)."""
+    if block and scaled:
+        if first:
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over,
+                        True, True, True, False)
+        else:
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over,
+                        True, True, False, False)
+    elif block:
+        if first:
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over,
+                        True, False, True, False)
+        else:
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over,
+                        True, False, False, False)
+    elif with_u:
+        if first:
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over,
+                        False, False, True, True)
+        else:
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over,
+                        False, False, False, True)
+    else:
+        if first:
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over,
+                        False, False, True, False)
+        else:
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over,
+                        False, False, False, False)
+
+
+cdef inline void _ascend_exp(Py_ssize_t n_rows, dptr th, dptr p, dptr b, cdptr mean_b,
+                             cdptr pf, cdptr w, double tau, double lr, dptr gsq, cdptr m,
+                             cdptr logq, dptr z, dptr over, bint block, bint scaled,
+                             bint first, bint with_u) noexcept nogil:
+    """_ascend (beta = 0) fused with the next step's exp: theta += delta, delta = lr g, and
+    e = pi e^delta (fexpm1_step) into p with z = sum_a e per lane, so that the next pi is
+    e / z without an exp of theta (the shift m stays: e is pi_theta up to a factor per
+    lane). Exact to the bound of fexpm1_step where |delta| <= STEP_MAX: over counts per lane
+    the pairs where it is not (or delta is NaN), and such a block takes a full softmax.
+    with_u (U_REVERSE): u = (theta - m) - log pi_ref into b, as _exp_u_lanes."""
+    cdef Py_ssize_t a, l, i
+    cdef double g, t, pi, d, d2, e
+    cdef double step_max2 = STEP_MAX * STEP_MAX
+    for l in range(LANES):
+        z[l] = 0.0
+        over[l] = 0.0
+    for a in range(n_rows):
+        for l in range(LANES):
+            i = a * LANES + l
+            pi = p[i]
+            g = pi * (b[i] - mean_b[l])
+            if block:
+                g = g - (pf[i] if scaled else tau * pf[i])
+            g = g * w[l]
+            if first:
+                gsq[l] = gsq[l] + g * g
+            d = lr * g
+            t = th[i] + d
+            th[i] = t
+            d2 = d * d
+            over[l] = over[l] + (0.0 if d2 <= step_max2 else 1.0)
+            e = fma(pi, fexpm1_step(d, d2), pi)
+            p[i] = e
+            z[l] = z[l] + e
+            if with_u:
+                b[i] = (t - m[l]) - logq[i]
 
 
 cdef inline void _kl_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr th, cdptr m,

@@ -29,6 +29,11 @@ scalar calls do not vectorise here (llvmlite has no SVML).
   subnormal results are within one subnormal step (4.9e-324) of e^x; e^x < 2^-1075
   (x < −745.13) is exactly 0, x > 709.78 gives inf, NaN stays NaN. :func:`fexp_neg` is the
   same function for x ≤ 0 (the softmax's arguments) with one power of two fewer.
+- :func:`fexpm1_step`: e^d − 1 for |d| ≤ STEP_MAX = 1/4 (a logit's step inside
+  ``ppo_update``) without reduction: d + d² S(d), S of degree 8 fitted to (e^d − 1 − d)/d²
+  (Chebyshev, S(0) = 1/2; the fit's error on e^d − 1 is ≤ 2.9e-17·e^d), by Horner in two
+  halves joined by d⁴; π e^δ = fma(π, fexpm1_step(δ, δ²), π) has relative error ≤ 2e-16
+  (1.46e-16, 0.89 ulp, measured).
 - :func:`fexpm1`: e^x − 1 for x ≤ 1 from the same reduction, 2^n (e^r − 1) + (2^n − 1),
   without the cancellation of e^x − 1 near 0: relative error ≤ 5e-16 on [−40, 1]; −1
   below −40 (where e^x < 2^-57).
@@ -68,15 +73,20 @@ P0, P1, P2, P3, P4 = (0.5, 0.16666666666666666, 0.041666666666651364, 0.00833333
                       0.0013888888905871347)
 P5, P6, P7, P8, P9 = (0.0001984126985433077, 2.4801536409064087e-05, 2.7557280082684685e-06,
                       2.761379555451986e-07, 2.509554598170022e-08)
+# S(d) ≈ (e^d − 1 − d)/d² on [−STEP_MAX, STEP_MAX], S0 + S1 d + ... + S8 d^8 (Chebyshev)
+STEP_MAX = 0.25  # the largest logit step |δ| that fexpm1_step takes
+S0, S1, S2 = 0.5, 0.16666666666665322, 0.04166666666666555
+S3, S4, S5 = 0.008333333336202819, 0.0013888888891279828, 0.00019841253314374944
+S6, S7, S8 = 2.4801573530729414e-05, 2.7592569930959876e-06, 2.758669229104366e-07
 # fdlibm e_log.c: R(z) = LG1 z + LG2 z² + ... + LG7 z^7
 LG1, LG2, LG3, LG4 = (6.666666666666735130e-01, 3.999999999940941908e-01,
                       2.857142874366239149e-01, 2.222219843214978396e-01)
 LG5, LG6, LG7 = 1.818357216161805012e-01, 1.531383769920937332e-01, 1.479819860511658591e-01
 
-# fexp_neg's constants as an array k (see fexp_neg): EXP_MIN, LOG2E, SHIFTER, −LN2_HI, −LN2_LO,
-# P0..P9, TWO_M64
+# fexp_neg's and fexpm1_step's constants as an array k (see fexp_neg): EXP_MIN, LOG2E, SHIFTER,
+# −LN2_HI, −LN2_LO, P0..P9, TWO_M64, then S0..S8
 EXP_CONSTANTS = np.array([EXP_MIN, LOG2E, SHIFTER, -LN2_HI, -LN2_LO, P0, P1, P2, P3, P4, P5, P6,
-                          P7, P8, P9, TWO_M64])
+                          P7, P8, P9, TWO_M64, S0, S1, S2, S3, S4, S5, S6, S7, S8])
 
 U52 = np.uint64(52)
 EXP_BIAS = np.uint64(1023)
@@ -177,8 +187,18 @@ def fexp_neg(x, k):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def fexpm1_step(d, d2, k):
+    """e^d − 1 for |d| ≤ STEP_MAX, d2 = d·d (k: as :func:`fexp_neg`): d + d2 S(d), no
+    reduction; the step of a logit, for π e^δ = fma(π, fexpm1_step(δ, δ²), π) (error
+    bound: the module docstring)."""
+    lo = fma(fma(fma(k[19], d, k[18]), d, k[17]), d, k[16])
+    hi = fma(fma(fma(fma(k[24], d, k[23]), d, k[22]), d, k[21]), d, k[20])
+    return fma(d2, fma(hi, d2 * d2, lo), d)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def exp_constants(out):
-    """EXP_CONSTANTS copied at run time into out[:16] (for fexp_neg in a hot loop), returned.
+    """EXP_CONSTANTS copied at run time into out[:25] (for fexp_neg in a hot loop), returned.
     ``out`` should be a row of a scratch array the loop also writes to, so that LLVM cannot
     prove the constants unchanged and fold them back into the constant pool."""
     k = out[:EXP_CONSTANTS.shape[0]]
@@ -376,3 +396,11 @@ def elementary(x, exp_out, exp_neg_out, expm1_out, log_out):
         exp_neg_out[i] = fexp_neg(0.0 if x[i] > 0.0 else x[i], EXP_CONSTANTS)
         expm1_out[i] = fexpm1(x[i])
         log_out[i] = flog(x[i])
+
+
+@njit(cache=True, error_model="numpy")
+def stepped(pi, d, out):
+    """π e^δ as ppo_update forms it between steps, fma(π, fexpm1_step(δ, δ²), π),
+    elementwise (tests). Mirrors kernels/cython/_info.pyx (``stepped``)."""
+    for i in range(d.shape[0]):
+        out[i] = fma(pi[i], fexpm1_step(d[i], d[i] * d[i], EXP_CONSTANTS), pi[i])

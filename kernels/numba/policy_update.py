@@ -15,6 +15,11 @@
     the clipped-pair count at the last step, ‖g‖² at the first step and KL(π_new ‖ π_θ0),
     π_θ0 = softmax(θ on entry) (π_old where, as in PPOClip, π_old is the softmax of the
     logits it starts from), from the log-softmaxes: one log per state, not per pair.
+    Between steps the next softmax comes from the step itself, π_{k+1} ∝ π_k e^δ with δ
+    each logit's step (:func:`fexpm1_step`, no range reduction), in each block of states
+    whose every |δ| is ≤ 1/4 (β = 0; not for the α-divergence, whose π f' takes log π
+    from log z); a full softmax of θ otherwise, at the first step and for the policy
+    returned.
 Mirrors kernels/cython/policy_update.pyx.
 """
 import math
@@ -25,9 +30,9 @@ from numba import njit, prange
 from ._codes import ALPHA, CHI_SQUARE, FORWARD_KL, HELLINGER, JENSEN_SHANNON, NONE, REVERSE_KL
 from ._divergence import fprime, fprime_inv, fprime_inv_tail, p_fprime, ref_f
 from ._jit import twins
-from ._softmax import (LANES, PAD_LOGIT, exp_constants, exp_lanes, fexp_neg, fexpm1_or_exp,
-                       flog, flog_positive, fma, max_actions, max_lanes,
-                       store_lanes)
+from ._softmax import (LANES, PAD_LOGIT, STEP_MAX, exp_constants, exp_lanes, fexp_neg,
+                       fexpm1_or_exp, fexpm1_step, flog, flog_positive, fma, max_actions,
+                       max_lanes, store_lanes)
 
 TASK_BLOCKS = 32  # blocks of LANES states per parallel task
 GREEDY_CHUNK = 64  # states per parallel task of the greedy step
@@ -153,10 +158,10 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, log_ref, code, alpha
                                           block[5], block[6], block[7], block[8])
     logq = np.empty((n_rows, LANES) if tau != 0.0 and (code == REVERSE_KL or code == ALPHA)
                     else (0, LANES))  # log π_ref (α log π_ref for U_ALPHA_UNIT)
-    lanes = np.empty((12, LANES))
-    m, m_next, z, rz, logz, w, mean_b, mean_f, gsq, kl, logz0 = (
+    lanes = np.empty((13, LANES))
+    m, m_next, z, rz, logz, w, mean_b, mean_f, gsq, kl, logz0, over = (
         lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], lanes[5], lanes[6], lanes[7],
-        lanes[8], lanes[9], lanes[10])  # logz0: log z of θ on entry
+        lanes[8], lanes[9], lanes[10], lanes[12])  # logz0: log z of θ on entry
     clipped = np.empty(LANES, dtype=np.int64)
     k = exp_constants(lanes[11])
     n_lanes = th.shape[1]
@@ -174,6 +179,8 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, log_ref, code, alpha
             umode = (U_CHI if code == CHI_SQUARE else U_HELLINGER if code == HELLINGER
                      else U_ALPHA_UNIT if code == ALPHA and ALPHA_UNIT_MIN <= alpha < 1.0
                      else U_ALPHA if code == ALPHA else U_NONE)
+    # e^δ by fexpm1_step between steps: not for the α modes (log π from log z)
+    stepwise = not penalized and umode != U_ALPHA and umode != U_ALPHA_UNIT
     hi_ratio = 1.0 + eps_high
     lo_ratio = 1.0 - eps_low
     for b0 in range(s0, s1, LANES):
@@ -215,13 +222,19 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, log_ref, code, alpha
         # each step: softmax (exp_lanes, then π = e·rz inside _clip_lanes), the clipped
         # advantages b (minus τ u for the U_ modes), π f' and its sum for PF_BLOCK, and the
         # ascent step, which also takes the max of the new logits (the next softmax's
-        # shift, into m_next)
+        # shift, into m_next), or (``stepwise``, before the last step) forms the next
+        # softmax's e = π e^δ itself (_ascend_exp: a full softmax only where some
+        # |δ| > STEP_MAX)
         max_lanes(th, n_rows, n_lanes, m)
         for a in range(n_rows):  # x0 = θ − m on entry: log π_θ0 + log z0
             for l in range(n_lanes):
                 x0[a, l] = th[a, l] - m[l]
+        fresh = True
         for step in range(n_steps + 1):
-            if umode == U_ALPHA_UNIT and step < n_steps:  # and the power e^w in pf
+            if not fresh:  # e and z from _ascend_exp
+                for l in range(n_lanes):
+                    rz[l] = 1.0 / z[l]
+            elif umode == U_ALPHA_UNIT and step < n_steps:  # and the power e^w in pf
                 _exp_alpha_lanes(n_rows, th, m, logq, 1.0 - alpha, p, z, rz, pf, k)
             elif umode == U_REVERSE and step < n_steps:  # and u = (θ − m) − log π_ref in b
                 _exp_u_lanes(n_rows, th, m, logq, p, z, rz, b, k)
@@ -248,10 +261,22 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, log_ref, code, alpha
             if step == 0:
                 for l in range(n_lanes):
                     gsq[l] = 0.0
-            _ascend_step(mode == PF_BLOCK, code == FORWARD_KL, penalized, step == 0, n_rows, th,
-                         p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next)
-            for l in range(n_lanes):  # the new shift (the ascent read the current one)
-                m[l] = m_next[l]
+            if stepwise and step < n_steps - 1:
+                _ascend_exp_step(mode == PF_BLOCK, code == FORWARD_KL, step == 0,
+                                 umode == U_REVERSE, n_rows, th, p, b, mean_b, pf, w, tau, lr,
+                                 gsq, m, logq, z, over, k)
+                fresh = False
+                for l in range(b1 - b0):
+                    if over[l] != 0.0:
+                        fresh = True
+                if fresh:  # a full softmax next, from the new max
+                    max_lanes(th, n_rows, n_lanes, m)
+            else:
+                _ascend_step(mode == PF_BLOCK, code == FORWARD_KL, penalized, step == 0, n_rows,
+                             th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next)
+                for l in range(n_lanes):  # the new shift (the ascent read the current one)
+                    m[l] = m_next[l]
+                fresh = True
         for l in range(n_lanes):  # log(π/π_θ0) = ((θ − m) − x0) − (log z − log z0)
             logz[l] = flog(z[l]) - logz0[l]
         _kl_lanes(n_rows, p, rz, th, m, x0, logz, kl)
@@ -323,6 +348,75 @@ def _exp_alpha_lanes(n_rows, th, m, alogq, one_minus_alpha, e, z, rz, power, k):
             power[a, l] = fexp_neg(fma(one_minus_alpha, x, alogq[a, l]), k)
     for l in range(n_lanes):
         rz[l] = 1.0 / z[l]
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _ascend_exp_step(block, scaled, first, with_u, n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq,
+                     m, logq, z, over, k):
+    """:func:`_ascend_exp` with literal flags (one branch-free loop per combination)."""
+    if block and scaled:
+        if first:
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, k,
+                        True, True, True, False)
+        else:
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, k,
+                        True, True, False, False)
+    elif block:
+        if first:
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, k,
+                        True, False, True, False)
+        else:
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, k,
+                        True, False, False, False)
+    elif with_u:
+        if first:
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, k,
+                        False, False, True, True)
+        else:
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, k,
+                        False, False, False, True)
+    else:
+        if first:
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, k,
+                        False, False, True, False)
+        else:
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, k,
+                        False, False, False, False)
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, k, block,
+                scaled, first, with_u):
+    """:func:`_ascend` (β = 0) fused with the next step's exp: θ += δ, δ = lr·g, and
+    e = π e^δ (:func:`fexpm1_step`) into p with z = Σ_a e per lane, so that the next π is
+    e/z without an exp of θ (the shift m stays: e is π_θ up to a factor per lane). Exact to
+    fexpm1_step's bound where |δ| ≤ STEP_MAX: ``over`` counts per lane the pairs where it
+    is not (or δ is NaN), and such a block takes a full softmax. ``with_u`` (U_REVERSE):
+    u = (θ − m) − log π_ref into b, as :func:`_exp_u_lanes`."""
+    n_lanes = th.shape[1]
+    step_max2 = STEP_MAX * STEP_MAX
+    for l in range(n_lanes):
+        z[l] = 0.0
+        over[l] = 0.0
+    for a in range(n_rows):
+        for l in range(n_lanes):
+            pi = p[a, l]
+            g = pi * (b[a, l] - mean_b[l])
+            if block:
+                g = g - (pf[a, l] if scaled else tau * pf[a, l])
+            g = g * w[l]
+            if first:
+                gsq[l] += g * g
+            d = lr * g
+            t = th[a, l] + d
+            th[a, l] = t
+            d2 = d * d
+            over[l] += 0.0 if d2 <= step_max2 else 1.0
+            e = fma(pi, fexpm1_step(d, d2, k), pi)
+            p[a, l] = e
+            z[l] += e
+            if with_u:
+                b[a, l] = (t - m[l]) - logq[a, l]
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
