@@ -273,7 +273,7 @@ def test_ppo_update_divergence_edges(mdps, code, alpha, ref_from):
             np.testing.assert_array_equal(g, b)
 
 
-def _ppo_stepwise(which, mdp, code, tau, n_threads):
+def _ppo_stepwise(which, mdp, code, alpha, tau, n_threads):
     """ppo_update, 40 steps at lr 0.3 with Ã in [−4, 4]: weights 0.1 in the even blocks of
     32 states, so that every logit step stays within fexpm1_step's |δ| ≤ 1/4 (the next e
     as π e^δ, 39 times in a row), and 3 in the odd ones (steps beyond 1/4: full softmaxes)."""
@@ -286,24 +286,24 @@ def _ppo_stepwise(which, mdp, code, tau, n_threads):
     ref = fastppo.softmax(mdp, rng.normal(size=n) / 2, backend="numpy")
     outs = [np.full(n, np.nan), np.full(S, -1, np.int64), np.full(S, np.nan), np.full(S, np.nan)]
     get_kernel("ppo_update", which)(mdp.a_indptr, pi_old, adv, weight, ref,
-                                    ppo_log_ref(code, tau, ref), code, 0.0, tau, 0.2, 0.25,
+                                    ppo_log_ref(code, tau, ref), code, alpha, tau, 0.2, 0.25,
                                     0.0, 0.3, 40, theta, *outs, n_threads)
     return [theta, *outs]
 
 
-@pytest.mark.parametrize("code,tau", [(_codes.NONE, 0.0), (_codes.FORWARD_KL, 0.3),
-                                      (_codes.REVERSE_KL, 0.3), (_codes.JENSEN_SHANNON, 0.3),
-                                      (_codes.CHI_SQUARE, 0.3), (_codes.HELLINGER, 0.3)])
-def test_ppo_update_steps_by_exp_of_the_step(mdps, code, tau):
-    """Between inner steps ppo_update forms the next softmax as π e^δ (fexpm1_step) where
-    every |δ| ≤ 1/4 in a block, and by a full softmax elsewhere: over 40 steps, with blocks
-    of each kind, θ, π, ‖g‖² and the KL agree with the NumPy reference (a softmax of θ at
-    every step) to 1e-12, and the twins bit for bit (1 and 2 threads)."""
+@pytest.mark.parametrize("code,alpha,tau", CODES)
+def test_ppo_update_steps_by_exp_of_the_step(mdps, code, alpha, tau):
+    """Between inner steps ppo_update forms the next softmax as π e^δ (fexpm1_step; for
+    0 < α < 1 the power π^(1−α) π_ref^α too) where every |δ| ≤ 1/4 in a block, and by a full
+    softmax elsewhere: over 40 steps, with blocks of each kind, θ, π, ‖g‖² and the KL agree
+    with the NumPy reference (a softmax of θ at every step) to 1e-12, and the twins bit
+    for bit (1 and 2 threads)."""
     for mdp in mdps:
-        expect = _ppo_stepwise("numpy", mdp, code, tau, 1)
-        nb = _ppo_stepwise("numba", mdp, code, tau, 1)
-        for name, got in (("numba", nb), ("cython", _ppo_stepwise("cython", mdp, code, tau, 1)),
-                          ("cython-2", _ppo_stepwise("cython", mdp, code, tau, 2))):
+        expect = _ppo_stepwise("numpy", mdp, code, alpha, tau, 1)
+        nb = _ppo_stepwise("numba", mdp, code, alpha, tau, 1)
+        for name, got in (("numba", nb),
+                          ("cython", _ppo_stepwise("cython", mdp, code, alpha, tau, 1)),
+                          ("cython-2", _ppo_stepwise("cython", mdp, code, alpha, tau, 2))):
             for i, (g, e) in enumerate(zip(got, expect)):
                 if i == 2:
                     np.testing.assert_array_equal(g, e)

@@ -25,10 +25,15 @@ cdef enum:
     U_CHI = 3       # pf = 2 pi (pi - pi_ref)/pi_ref and mean_f = sum_a pf (PF_BLOCK)
     U_HELLINGER = 4  # pf = pi - sqrt(pi pi_ref) and mean_f = sum_a pf (PF_BLOCK)
     U_ALPHA = 5     # pf = pi f'_alpha and mean_f (PF_BLOCK; logq holds log pi_ref)
-    U_ALPHA_UNIT = 6  # U_ALPHA for 0.01 <= alpha < 1: pf from _exp_alpha_lanes (logq holds
-                      # alpha log pi_ref, pf the power e^w and logz z^(alpha - 1) on entry)
+    U_ALPHA_UNIT = 6  # U_ALPHA for 0.01 <= alpha < 1: pf from the power e^w in pw
+                      # (_exp_alpha_lanes or _ascend_exp; logq holds alpha log pi_ref, logz
+                      # z^(alpha - 1) on entry)
 
 cdef double TINIEST = 5e-324  # the smallest positive double
+# zs (the product of the normalisers since the last full softmax, each within e^(+-STEP_MAX))
+# is kept within these bounds, so that e zs neither overflows nor underflows
+cdef double ZS_MIN = 1e-100
+cdef double ZS_MAX = 1e100
 # the least alpha of U_ALPHA_UNIT: there pi f' = (pi - pi^(1 - alpha) pi_ref^alpha)/alpha, whose
 # rounding near pi = pi_ref, a few ulp of pi, 1/alpha amplifies (below: U_ALPHA's expm1)
 cdef double ALPHA_UNIT_MIN = 0.01
@@ -175,10 +180,9 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
             umode = (U_CHI if code == CHI_SQUARE else U_HELLINGER if code == HELLINGER
                      else U_ALPHA_UNIT if code == ALPHA and ALPHA_UNIT_MIN <= alpha < 1.0
                      else U_ALPHA if code == ALPHA else U_NONE)
-    # e^delta by fexpm1_step between steps: not for the alpha modes (log pi from log z)
-    stepwise = not penalized and umode != U_ALPHA and umode != U_ALPHA_UNIT
+    stepwise = not penalized  # e^delta by fexpm1_step between steps (_ascend_exp)
     size = n_rows * LANES
-    cdef double* buf = <double*> malloc((10 * size + 12 * LANES) * sizeof(double))
+    cdef double* buf = <double*> malloc((11 * size + 13 * LANES) * sizeof(double))
     cdef int64_t* clipped = <int64_t*> malloc(LANES * sizeof(int64_t))
     if buf == NULL or clipped == NULL:
         free(buf)
@@ -194,7 +198,8 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
     cdef double* pf = buf + 7 * size
     cdef double* logq = buf + 8 * size
     cdef double* x0 = buf + 9 * size  # theta - m on entry (the KL's pi_theta0)
-    cdef double* m = buf + 10 * size
+    cdef double* pw = buf + 10 * size  # U_ALPHA_UNIT: the power e^w
+    cdef double* m = buf + 11 * size
     cdef double* m_next = m + LANES
     cdef double* z = m_next + LANES
     cdef double* rz = z + LANES
@@ -206,6 +211,7 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
     cdef double* kl = gsq + LANES
     cdef double* logz0 = kl + LANES  # log z of theta on entry
     cdef double* over = logz0 + LANES  # pairs with |delta| > STEP_MAX per lane (_ascend_exp)
+    cdef double* zs = over + LANES  # e^(theta - m) = e zs: the normalisers since the last exp
     for k in range((s1 - s0 + LANES - 1) // LANES):
         b0 = s0 + k * LANES
         b1 = min(b0 + LANES, s1)
@@ -236,9 +242,9 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
                         mean_f[l] = mean_f[l] - q[i]
         # each step: softmax (exp_lanes, then pi = e rz inside _clip_lanes), the clipped
         # advantages b (minus tau u for the U_ modes), pi f' and its sum for PF_BLOCK, and
-        # the ascent step, which also takes the max of the new logits (the next softmax's
-        # shift, into m_next), or (stepwise, before the last step) forms the next softmax's
-        # e = pi e^delta itself (_ascend_exp: fresh only where some |delta| > STEP_MAX)
+        # the ascent step, which (stepwise) forms the next softmax's e = pi e^delta itself
+        # (_ascend_exp: a full softmax only where some |delta| > STEP_MAX), or (beta != 0)
+        # takes the max of the new logits (the next softmax's shift, into m_next)
         max_lanes(th, n_rows, LANES, m)
         for a in range(n_rows):  # x0 = theta - m on entry: log pi_theta0 + log z0
             for l in range(LANES):
@@ -249,25 +255,28 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
             if not fresh:  # e and z from _ascend_exp
                 for l in range(LANES):
                     rz[l] = 1.0 / z[l]
-            elif umode == U_ALPHA_UNIT and step < n_steps:  # and the power e^w in pf
-                _exp_alpha_lanes(n_rows, th, m, logq, 1.0 - alpha, p, z, rz, pf)
-            elif umode == U_REVERSE and step < n_steps:  # and u = (theta - m) - log pi_ref in b
-                _exp_u_lanes(n_rows, th, m, logq, p, z, rz, b)
             else:
-                exp_lanes(th, n_rows, LANES, m, p, z, rz)
+                if umode == U_ALPHA_UNIT and step < n_steps:  # and the power e^w in pw
+                    _exp_alpha_lanes(n_rows, th, m, logq, 1.0 - alpha, p, z, rz, pw)
+                elif umode == U_REVERSE and step < n_steps:  # and u = (theta - m) - log pi_ref
+                    _exp_u_lanes(n_rows, th, m, logq, p, z, rz, b)  # in b
+                else:
+                    exp_lanes(th, n_rows, LANES, m, p, z, rz)
+                for l in range(LANES):
+                    zs[l] = 1.0
             if step == 0:
                 for l in range(LANES):
                     logz0[l] = flog(z[l])
             if step == n_steps:  # pi = e rz in _kl_lanes, fused with KL(pi || pi_theta0)
                 break
-            if umode == U_ALPHA or umode == U_ALPHA_UNIT:
+            if umode == U_ALPHA or umode == U_ALPHA_UNIT:  # log sum_a e^(theta - m)
                 for l in range(LANES):
-                    logz[l] = flog(z[l])
+                    logz[l] = flog(z[l] * zs[l])
             if umode == U_ALPHA_UNIT:  # z^(alpha - 1)
                 for l in range(LANES):
                     logz[l] = fexp_neg(-(1.0 - alpha) * logz[l])
             _clip_step(umode, n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf,
-                       mean_f, logz, alpha)
+                       mean_f, logz, alpha, pw)
             if step == n_steps - 1:
                 _count_clipped(n_rows, p, av, thr, clipped)
             if mode == PF_BLOCK:  # g = pi (b - (sum pi b - tau sum pf)) - tau pf
@@ -276,13 +285,16 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
             if step == 0:
                 for l in range(LANES):
                     gsq[l] = 0.0
-            if stepwise and step < n_steps - 1:
+            if stepwise:
+                for l in range(LANES):
+                    zs[l] = zs[l] * z[l]
                 _ascend_exp_step(mode == PF_BLOCK, code == FORWARD_KL, step == 0,
-                                 umode == U_REVERSE, n_rows, th, p, b, mean_b, pf, w, tau, lr,
-                                 gsq, m, logq, z, over)
+                                 umode == U_REVERSE, umode == U_ALPHA_UNIT, n_rows, th, p, b,
+                                 mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                                 1.0 - alpha)
                 fresh = False
-                for l in range(b1 - b0):
-                    if over[l] != 0.0:
+                for l in range(b1 - b0):  # a step beyond STEP_MAX, or zs far from 1
+                    if over[l] != 0.0 or not (ZS_MIN <= zs[l] <= ZS_MAX):
                         fresh = True
                 if fresh:  # a full softmax next, from the new max
                     max_lanes(th, n_rows, LANES, m)
@@ -292,9 +304,8 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
                 swap = m
                 m = m_next
                 m_next = swap
-                fresh = True
         for l in range(LANES):  # log(pi/pi_theta0) = ((theta - m) - x0) - (log z - log z0)
-            logz[l] = flog(z[l]) - logz0[l]
+            logz[l] = flog(z[l] * zs[l]) - logz0[l]
         _kl_lanes(n_rows, p, rz, th, m, x0, logz, kl)
         store_lanes(a_indptr, b0, b1, th, theta)
         store_lanes(a_indptr, b0, b1, p, pi_out)
@@ -352,44 +363,45 @@ cdef inline void _thresholds(Py_ssize_t size, cdptr old, cdptr av, double hi_rat
 cdef inline void _clip_step(int umode, Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av,
                             cdptr thr, dptr b, dptr mean_b, cdptr th, cdptr m, cdptr q,
                             cdptr logq, double tau, dptr pf, dptr mean_f, cdptr logz,
-                            double alpha) noexcept nogil:
+                            double alpha, cdptr pw) noexcept nogil:
     """_clip_lanes with a literal umode (one branch-free loop per mode)."""
     if umode == U_NONE:
         _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
-                    alpha, U_NONE)
+                    alpha, U_NONE, pw)
     elif umode == U_REVERSE:
         _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
-                    alpha, U_REVERSE)
+                    alpha, U_REVERSE, pw)
     elif umode == U_JS:
         _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
-                    alpha, U_JS)
+                    alpha, U_JS, pw)
     elif umode == U_CHI:
         _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
-                    alpha, U_CHI)
+                    alpha, U_CHI, pw)
     elif umode == U_HELLINGER:
         _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
-                    alpha, U_HELLINGER)
+                    alpha, U_HELLINGER, pw)
     elif umode == U_ALPHA_UNIT:
         _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
-                    alpha, U_ALPHA_UNIT)
+                    alpha, U_ALPHA_UNIT, pw)
     else:
         _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
-                    alpha, U_ALPHA)
+                    alpha, U_ALPHA, pw)
 
 
 cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdptr thr, dptr b,
                              dptr mean_b, cdptr th, cdptr m, cdptr q, cdptr logq, double tau,
                              dptr pf, dptr mean_f, cdptr logz, double alpha,
-                             int umode) noexcept nogil:
-    """pi = e rz in place (p holds e^(theta - m) from exp_lanes), b = the advantage where the
-    clipped objective is active (else 0), minus tau u by umode (u = f'(pi/pi_ref) up to a
-    constant per lane, which cancels in u - sum_a pi u: the ascent is then the plain
-    pi (b - sum pi b)), mean_b = sum_a pi b per lane. u is 0 where it would be NaN or
-    infinite (pi_ref = 0 for U_REVERSE, pi = 0 for U_JS): f' enters g times pi only. U_CHI,
-    U_HELLINGER and U_ALPHA form pf = pi f'(pi/pi_ref) and mean_f = sum_a pf instead
-    (padding rows, where pi_ref = 0, get 0), with log pi = (theta - m) - log z (logz);
+                             int umode, cdptr pw) noexcept nogil:
+    """pi = e rz in place (p holds e = e^(theta - m)/zs from exp_lanes or _ascend_exp), b =
+    the advantage where the clipped objective is active (else 0), minus tau u by umode
+    (u = f'(pi/pi_ref) up to a constant per lane, which cancels in u - sum_a pi u: the
+    ascent is then the plain pi (b - sum pi b)), mean_b = sum_a pi b per lane. u is 0 where
+    it would be NaN or infinite (pi_ref = 0 for U_REVERSE, pi = 0 for U_JS): f' enters g
+    times pi only. U_CHI, U_HELLINGER and U_ALPHA form pf = pi f'(pi/pi_ref) and
+    mean_f = sum_a pf instead (padding rows, where pi_ref = 0, get 0), with
+    log pi = (theta - m) - log (z zs) (logz);
     U_ALPHA_UNIT (ALPHA_UNIT_MIN <= alpha < 1) as (pi - pi^(1 - alpha) pi_ref^alpha)/alpha,
-    the power from _exp_alpha_lanes (in pf and logz on entry): no expm1 there, so where pi
+    the power e^w in pw and z^(alpha - 1) in logz on entry: no expm1 there, so where pi
     is near pi_ref this pf is accurate to a few ulp of pi/alpha, not relative to itself.
     U_JS takes flog_positive of pi + pi_ref (its u is masked where that is 0).
     (chi-square keeps pi f' = 2 pi (pi - pi_ref)/pi_ref: u = pi (2/pi_ref) overflows where
@@ -437,7 +449,7 @@ cdef inline void _clip_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr av, cdpt
                 pf[i] = t if q[i] > 0.0 else 0.0
                 mean_f[l] = mean_f[l] + pf[i]
             elif umode == U_ALPHA_UNIT:  # pi f' = (pi - pi^(1 - alpha) pi_ref^alpha)/alpha
-                t = (pi - pf[i] * logz[l]) * inv_alpha  # the power as pf logz (_exp_alpha_lanes)
+                t = (pi - pw[i] * logz[l]) * inv_alpha  # the power as pw logz
                 t = t if pi > 0.0 else 0.0
                 pf[i] = t if q[i] > 0.0 else 0.0
                 mean_f[l] = mean_f[l] + pf[i]
@@ -580,52 +592,64 @@ cdef inline void _ascend(Py_ssize_t n_rows, dptr th, cdptr p, cdptr b, cdptr mea
 
 
 cdef inline void _ascend_exp_step(bint block, bint scaled, bint first, bint with_u,
-                                  Py_ssize_t n_rows, dptr th, dptr p, dptr b, cdptr mean_b,
-                                  cdptr pf, cdptr w, double tau, double lr, dptr gsq, cdptr m,
-                                  cdptr logq, dptr z, dptr over) noexcept nogil:
+                                  bint with_power, Py_ssize_t n_rows, dptr th, dptr p, dptr b,
+                                  cdptr mean_b, cdptr pf, cdptr w, double tau, double lr,
+                                  dptr gsq, cdptr m, cdptr logq, dptr z, dptr over, dptr pw,
+                                  double one_minus_alpha) noexcept nogil:
     """_ascend_exp with literal flags (one branch-free loop per combination)."""
     if block and scaled:
         if first:
-            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over,
-                        True, True, True, False)
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                        one_minus_alpha, True, True, True, False, False)
         else:
-            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over,
-                        True, True, False, False)
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                        one_minus_alpha, True, True, False, False, False)
+    elif block and with_power:
+        if first:
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                        one_minus_alpha, True, False, True, False, True)
+        else:
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                        one_minus_alpha, True, False, False, False, True)
     elif block:
         if first:
-            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over,
-                        True, False, True, False)
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                        one_minus_alpha, True, False, True, False, False)
         else:
-            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over,
-                        True, False, False, False)
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                        one_minus_alpha, True, False, False, False, False)
     elif with_u:
         if first:
-            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over,
-                        False, False, True, True)
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                        one_minus_alpha, False, False, True, True, False)
         else:
-            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over,
-                        False, False, False, True)
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                        one_minus_alpha, False, False, False, True, False)
     else:
         if first:
-            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over,
-                        False, False, True, False)
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                        one_minus_alpha, False, False, True, False, False)
         else:
-            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over,
-                        False, False, False, False)
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                        one_minus_alpha, False, False, False, False, False)
 
 
 cdef inline void _ascend_exp(Py_ssize_t n_rows, dptr th, dptr p, dptr b, cdptr mean_b,
                              cdptr pf, cdptr w, double tau, double lr, dptr gsq, cdptr m,
-                             cdptr logq, dptr z, dptr over, bint block, bint scaled,
-                             bint first, bint with_u) noexcept nogil:
-    """_ascend (beta = 0) fused with the next step's exp: theta += delta, delta = lr g, and
-    e = pi e^delta (fexpm1_step) into p with z = sum_a e per lane, so that the next pi is
-    e / z without an exp of theta (the shift m stays: e is pi_theta up to a factor per
-    lane). Exact to the bound of fexpm1_step where |delta| <= STEP_MAX: over counts per lane
-    the pairs where it is not (or delta is NaN), and such a block takes a full softmax.
-    with_u (U_REVERSE): u = (theta - m) - log pi_ref into b, as _exp_u_lanes."""
+                             cdptr logq, dptr z, dptr over, dptr pw, double one_minus_alpha,
+                             bint block, bint scaled, bint first, bint with_u,
+                             bint with_power) noexcept nogil:
+    """_ascend (beta = 0) fused with the next step's exp: theta += lr g, and e = pi e^delta
+    (fexpm1_step; delta the new theta minus the old, as rounded, so that pi stays the
+    softmax of the stored theta) into p with z = sum_a e per lane, so that the next pi is
+    e / z without an exp of theta (the shift m stays; e^(theta - m) = e zs, zs the product
+    of the normalisers since the last full softmax). Exact to the bound of fexpm1_step
+    where |delta| <= STEP_MAX: over counts per lane the pairs where it is not (or delta is
+    NaN), and such a block takes a full softmax. with_u (U_REVERSE): u = (theta - m) -
+    log pi_ref into b, as _exp_u_lanes; with_power (U_ALPHA_UNIT): the power e^w times
+    e^((1 - alpha) delta) in pw, as _exp_alpha_lanes."""
     cdef Py_ssize_t a, l, i
-    cdef double g, t, pi, d, d2, e
+    cdef double g, t, pi, d, d2, e, dw
     cdef double step_max2 = STEP_MAX * STEP_MAX
     for l in range(LANES):
         z[l] = 0.0
@@ -640,8 +664,9 @@ cdef inline void _ascend_exp(Py_ssize_t n_rows, dptr th, dptr p, dptr b, cdptr m
             g = g * w[l]
             if first:
                 gsq[l] = gsq[l] + g * g
-            d = lr * g
-            t = th[i] + d
+            t = th[i] + lr * g
+            d = t - th[i]  # the step as stored (exact where |theta| >= |lr g|: Fast2Sum)
+            d = d if th[i] > PAD_LOGIT else 0.0  # (padding: -inf - -inf)
             th[i] = t
             d2 = d * d
             over[l] = over[l] + (0.0 if d2 <= step_max2 else 1.0)
@@ -650,15 +675,19 @@ cdef inline void _ascend_exp(Py_ssize_t n_rows, dptr th, dptr p, dptr b, cdptr m
             z[l] = z[l] + e
             if with_u:
                 b[i] = (t - m[l]) - logq[i]
+            if with_power:
+                dw = one_minus_alpha * d
+                pw[i] = fma(pw[i], fexpm1_step(dw, dw * dw), pw[i])
 
 
 cdef inline void _kl_lanes(Py_ssize_t n_rows, dptr p, cdptr rz, cdptr th, cdptr m,
                            cdptr x0, cdptr c, dptr kl) noexcept nogil:
-    """pi = e rz in place (p holds e^(theta - m) from exp_lanes) and kl = sum_a pi
-    log(pi / pi0) per lane (0 where pi = 0), pi0 = softmax(theta0) the policy of the logits
-    on entry, from the two log-softmaxes: log(pi / pi0) = ((theta - m) - x0) - c, with
-    x0 = theta0 - m0 and c = log z - log z0 per lane (one flog per lane, not one per pair;
-    each logit taken from its own lane max, so that logits far from 0 do not cancel)."""
+    """pi = e rz in place (p holds e = e^(theta - m)/zs from exp_lanes or _ascend_exp) and
+    kl = sum_a pi log(pi / pi0) per lane (0 where pi = 0), pi0 = softmax(theta0) the policy
+    of the logits on entry, from the two log-softmaxes: log(pi / pi0) = ((theta - m) - x0)
+    - c, with x0 = theta0 - m0 and c = log (z zs) - log z0 per lane (one flog per lane, not
+    one per pair; each logit taken from its own lane max, so that logits far from 0 do not
+    cancel)."""
     cdef Py_ssize_t a, l, i
     cdef double t, pi
     for l in range(LANES):

@@ -16,10 +16,10 @@
     π_θ0 = softmax(θ on entry) (π_old where, as in PPOClip, π_old is the softmax of the
     logits it starts from), from the log-softmaxes: one log per state, not per pair.
     Between steps the next softmax comes from the step itself, π_{k+1} ∝ π_k e^δ with δ
-    each logit's step (:func:`fexpm1_step`, no range reduction), in each block of states
-    whose every |δ| is ≤ 1/4 (β = 0; not for the α-divergence, whose π f' takes log π
-    from log z); a full softmax of θ otherwise, at the first step and for the policy
-    returned.
+    each logit's step (:func:`fexpm1_step`, no range reduction; 0 < α < 1 steps its power
+    π^{1−α} π_ref^α likewise), in each block of states whose every |δ| is ≤ 1/4 (β = 0);
+    a full softmax of θ at the first step and wherever a step is larger. log π and the
+    KL take log z times the normalisers since the last full softmax (zs).
 Mirrors kernels/cython/policy_update.pyx.
 """
 import math
@@ -41,6 +41,10 @@ TINIEST = 5e-324  # the smallest positive double
 # the least α of U_ALPHA_UNIT: there π f' = (π − π^{1−α} π_ref^α)/α, whose rounding near
 # π = π_ref, a few ulp of π, 1/α amplifies (below: U_ALPHA's expm1)
 ALPHA_UNIT_MIN = 0.01
+# zs (the product of the normalisers since the last full softmax, each within e^{±STEP_MAX})
+# is kept within these bounds, so that e·zs neither overflows nor underflows
+ZS_MIN = 1e-100
+ZS_MAX = 1e100
 
 PF_NONE = 0  # no τ term in the ascent (none, or folded into b: U_REVERSE, U_JS)
 PF_BLOCK = 1  # π f' in the block pf, its lane sums in mean_f
@@ -51,8 +55,8 @@ U_JS = 2  # b −= τ u, u = (θ − m) − log(π + π_ref)
 U_CHI = 3  # pf = 2π (π − π_ref)/π_ref and mean_f = Σ_a pf (PF_BLOCK)
 U_HELLINGER = 4  # pf = π − √(π π_ref) and mean_f = Σ_a pf (PF_BLOCK)
 U_ALPHA = 5  # pf = π f'_α and mean_f (PF_BLOCK; logq holds log π_ref)
-U_ALPHA_UNIT = 6  # U_ALPHA for 0.01 ≤ α < 1: pf from _exp_alpha_lanes (logq holds α log π_ref,
-                  # pf the power e^w and logz z^{α−1} on entry)
+U_ALPHA_UNIT = 6  # U_ALPHA for 0.01 ≤ α < 1: pf from the power e^w in pw (_exp_alpha_lanes or
+                  # _ascend_exp; logq holds α log π_ref, logz z^{α−1} on entry)
 
 
 def greedy_policy(a_indptr, q, ref, code, alpha, tau, pi_out, value_out):
@@ -153,15 +157,16 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, log_ref, code, alpha
     """ppo_update for the states s0 ≤ s < s1: LANES states at a time, every inner step on
     (n_rows, LANES) blocks (see _softmax), written back once."""
     n_rows = max_actions(a_indptr, s0, s1)
-    block = np.empty((9, n_rows, LANES))
-    th, p, b, old, thr, av, q, pf, x0 = (block[0], block[1], block[2], block[3], block[4],
-                                          block[5], block[6], block[7], block[8])
+    block = np.empty((10, n_rows, LANES))
+    th, p, b, old, thr, av, q, pf, x0, pw = (block[0], block[1], block[2], block[3], block[4],
+                                              block[5], block[6], block[7], block[8], block[9])
     logq = np.empty((n_rows, LANES) if tau != 0.0 and (code == REVERSE_KL or code == ALPHA)
                     else (0, LANES))  # log π_ref (α log π_ref for U_ALPHA_UNIT)
-    lanes = np.empty((13, LANES))
-    m, m_next, z, rz, logz, w, mean_b, mean_f, gsq, kl, logz0, over = (
+    lanes = np.empty((14, LANES))
+    m, m_next, z, rz, logz, w, mean_b, mean_f, gsq, kl, logz0, over, zs = (
         lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], lanes[5], lanes[6], lanes[7],
-        lanes[8], lanes[9], lanes[10], lanes[12])  # logz0: log z of θ on entry
+        lanes[8], lanes[9], lanes[10], lanes[12], lanes[13])  # logz0: log z of θ on entry;
+    # zs: e^{θ − m} = e·zs, the product of the normalisers since the last full softmax
     clipped = np.empty(LANES, dtype=np.int64)
     k = exp_constants(lanes[11])
     n_lanes = th.shape[1]
@@ -179,8 +184,7 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, log_ref, code, alpha
             umode = (U_CHI if code == CHI_SQUARE else U_HELLINGER if code == HELLINGER
                      else U_ALPHA_UNIT if code == ALPHA and ALPHA_UNIT_MIN <= alpha < 1.0
                      else U_ALPHA if code == ALPHA else U_NONE)
-    # e^δ by fexpm1_step between steps: not for the α modes (log π from log z)
-    stepwise = not penalized and umode != U_ALPHA and umode != U_ALPHA_UNIT
+    stepwise = not penalized  # e^δ by fexpm1_step between steps (_ascend_exp)
     hi_ratio = 1.0 + eps_high
     lo_ratio = 1.0 - eps_low
     for b0 in range(s0, s1, LANES):
@@ -221,10 +225,9 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, log_ref, code, alpha
                         mean_f[l] = mean_f[l] - q[a, l]
         # each step: softmax (exp_lanes, then π = e·rz inside _clip_lanes), the clipped
         # advantages b (minus τ u for the U_ modes), π f' and its sum for PF_BLOCK, and the
-        # ascent step, which also takes the max of the new logits (the next softmax's
-        # shift, into m_next), or (``stepwise``, before the last step) forms the next
-        # softmax's e = π e^δ itself (_ascend_exp: a full softmax only where some
-        # |δ| > STEP_MAX)
+        # ascent step, which (``stepwise``) forms the next softmax's e = π e^δ itself
+        # (_ascend_exp: a full softmax only where some |δ| > STEP_MAX), or (β ≠ 0) takes
+        # the max of the new logits (the next softmax's shift, into m_next)
         max_lanes(th, n_rows, n_lanes, m)
         for a in range(n_rows):  # x0 = θ − m on entry: log π_θ0 + log z0
             for l in range(n_lanes):
@@ -234,25 +237,28 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, log_ref, code, alpha
             if not fresh:  # e and z from _ascend_exp
                 for l in range(n_lanes):
                     rz[l] = 1.0 / z[l]
-            elif umode == U_ALPHA_UNIT and step < n_steps:  # and the power e^w in pf
-                _exp_alpha_lanes(n_rows, th, m, logq, 1.0 - alpha, p, z, rz, pf, k)
-            elif umode == U_REVERSE and step < n_steps:  # and u = (θ − m) − log π_ref in b
-                _exp_u_lanes(n_rows, th, m, logq, p, z, rz, b, k)
             else:
-                exp_lanes(th, n_rows, n_lanes, m, p, z, rz, k)
+                if umode == U_ALPHA_UNIT and step < n_steps:  # and the power e^w in pw
+                    _exp_alpha_lanes(n_rows, th, m, logq, 1.0 - alpha, p, z, rz, pw, k)
+                elif umode == U_REVERSE and step < n_steps:  # and u = (θ − m) − log π_ref
+                    _exp_u_lanes(n_rows, th, m, logq, p, z, rz, b, k)  # in b
+                else:
+                    exp_lanes(th, n_rows, n_lanes, m, p, z, rz, k)
+                for l in range(n_lanes):
+                    zs[l] = 1.0
             if step == 0:
                 for l in range(n_lanes):
                     logz0[l] = flog(z[l])
             if step == n_steps:  # π = e·rz below, fused with KL(π ‖ π_θ0)
                 break
-            if umode == U_ALPHA or umode == U_ALPHA_UNIT:
+            if umode == U_ALPHA or umode == U_ALPHA_UNIT:  # log Σ_a e^{θ − m}
                 for l in range(n_lanes):
-                    logz[l] = flog(z[l])
+                    logz[l] = flog(z[l] * zs[l])
             if umode == U_ALPHA_UNIT:  # z^{α−1}
                 for l in range(n_lanes):
                     logz[l] = fexp_neg(-(1.0 - alpha) * logz[l], k)
             _clip_step(umode, n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f,
-                       logz, alpha)
+                       logz, alpha, pw)
             if step == n_steps - 1:
                 _count_clipped(n_rows, p, av, thr, clipped)
             if mode == PF_BLOCK:  # g = π (b − (Σπb − τ Σpf)) − τ pf
@@ -261,13 +267,16 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, log_ref, code, alpha
             if step == 0:
                 for l in range(n_lanes):
                     gsq[l] = 0.0
-            if stepwise and step < n_steps - 1:
+            if stepwise:
+                for l in range(n_lanes):
+                    zs[l] = zs[l] * z[l]
                 _ascend_exp_step(mode == PF_BLOCK, code == FORWARD_KL, step == 0,
-                                 umode == U_REVERSE, n_rows, th, p, b, mean_b, pf, w, tau, lr,
-                                 gsq, m, logq, z, over, k)
+                                 umode == U_REVERSE, umode == U_ALPHA_UNIT, n_rows, th, p, b,
+                                 mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw, 1.0 - alpha,
+                                 k)
                 fresh = False
-                for l in range(b1 - b0):
-                    if over[l] != 0.0:
+                for l in range(b1 - b0):  # a step beyond STEP_MAX, or zs far from 1
+                    if over[l] != 0.0 or not (ZS_MIN <= zs[l] <= ZS_MAX):
                         fresh = True
                 if fresh:  # a full softmax next, from the new max
                     max_lanes(th, n_rows, n_lanes, m)
@@ -276,9 +285,8 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, log_ref, code, alpha
                              th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next)
                 for l in range(n_lanes):  # the new shift (the ascent read the current one)
                     m[l] = m_next[l]
-                fresh = True
         for l in range(n_lanes):  # log(π/π_θ0) = ((θ − m) − x0) − (log z − log z0)
-            logz[l] = flog(z[l]) - logz0[l]
+            logz[l] = flog(z[l] * zs[l]) - logz0[l]
         _kl_lanes(n_rows, p, rz, th, m, x0, logz, kl)
         store_lanes(a_indptr, b0, b1, th, theta)
         store_lanes(a_indptr, b0, b1, p, pi_out)
@@ -351,48 +359,58 @@ def _exp_alpha_lanes(n_rows, th, m, alogq, one_minus_alpha, e, z, rz, power, k):
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _ascend_exp_step(block, scaled, first, with_u, n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq,
-                     m, logq, z, over, k):
+def _ascend_exp_step(block, scaled, first, with_u, with_power, n_rows, th, p, b, mean_b, pf, w,
+                     tau, lr, gsq, m, logq, z, over, pw, one_minus_alpha, k):
     """:func:`_ascend_exp` with literal flags (one branch-free loop per combination)."""
     if block and scaled:
         if first:
-            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, k,
-                        True, True, True, False)
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                        one_minus_alpha, k, True, True, True, False, False)
         else:
-            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, k,
-                        True, True, False, False)
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                        one_minus_alpha, k, True, True, False, False, False)
+    elif block and with_power:
+        if first:
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                        one_minus_alpha, k, True, False, True, False, True)
+        else:
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                        one_minus_alpha, k, True, False, False, False, True)
     elif block:
         if first:
-            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, k,
-                        True, False, True, False)
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                        one_minus_alpha, k, True, False, True, False, False)
         else:
-            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, k,
-                        True, False, False, False)
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                        one_minus_alpha, k, True, False, False, False, False)
     elif with_u:
         if first:
-            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, k,
-                        False, False, True, True)
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                        one_minus_alpha, k, False, False, True, True, False)
         else:
-            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, k,
-                        False, False, False, True)
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                        one_minus_alpha, k, False, False, False, True, False)
     else:
         if first:
-            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, k,
-                        False, False, True, False)
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                        one_minus_alpha, k, False, False, True, False, False)
         else:
-            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, k,
-                        False, False, False, False)
+            _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                        one_minus_alpha, k, False, False, False, False, False)
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, k, block,
-                scaled, first, with_u):
-    """:func:`_ascend` (β = 0) fused with the next step's exp: θ += δ, δ = lr·g, and
-    e = π e^δ (:func:`fexpm1_step`) into p with z = Σ_a e per lane, so that the next π is
-    e/z without an exp of θ (the shift m stays: e is π_θ up to a factor per lane). Exact to
-    fexpm1_step's bound where |δ| ≤ STEP_MAX: ``over`` counts per lane the pairs where it
-    is not (or δ is NaN), and such a block takes a full softmax. ``with_u`` (U_REVERSE):
-    u = (θ − m) − log π_ref into b, as :func:`_exp_u_lanes`."""
+def _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over, pw,
+                one_minus_alpha, k, block, scaled, first, with_u, with_power):
+    """:func:`_ascend` (β = 0) fused with the next step's exp: θ += lr·g, and e = π e^δ
+    (:func:`fexpm1_step`; δ the new θ minus the old, as rounded, so that π stays the softmax
+    of the stored θ) into p with z = Σ_a e per lane, so that the next π is
+    e/z without an exp of θ (the shift m stays; e^{θ − m} = e·zs, zs the product of the
+    normalisers since the last full softmax). Exact to fexpm1_step's bound where
+    |δ| ≤ STEP_MAX: ``over`` counts per lane the pairs where it is not (or δ is NaN), and
+    such a block takes a full softmax. ``with_u`` (U_REVERSE): u = (θ − m) − log π_ref into
+    b, as :func:`_exp_u_lanes`; ``with_power`` (U_ALPHA_UNIT): the power e^w times
+    e^{(1−α)δ} in pw, as :func:`_exp_alpha_lanes`."""
     n_lanes = th.shape[1]
     step_max2 = STEP_MAX * STEP_MAX
     for l in range(n_lanes):
@@ -407,8 +425,9 @@ def _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over,
             g = g * w[l]
             if first:
                 gsq[l] += g * g
-            d = lr * g
-            t = th[a, l] + d
+            t = th[a, l] + lr * g
+            d = t - th[a, l]  # the step as stored (exact where |θ| ≥ |lr·g|: Fast2Sum)
+            d = d if th[a, l] > PAD_LOGIT else 0.0  # (padding: −inf − −inf)
             th[a, l] = t
             d2 = d * d
             over[l] += 0.0 if d2 <= step_max2 else 1.0
@@ -417,15 +436,18 @@ def _ascend_exp(n_rows, th, p, b, mean_b, pf, w, tau, lr, gsq, m, logq, z, over,
             z[l] += e
             if with_u:
                 b[a, l] = (t - m[l]) - logq[a, l]
+            if with_power:
+                dw = one_minus_alpha * d
+                pw[a, l] = fma(pw[a, l], fexpm1_step(dw, dw * dw, k), pw[a, l])
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
 def _kl_lanes(n_rows, p, rz, th, m, x0, c, kl):
-    """π = e·rz in place (p holds e^{θ − m} from exp_lanes) and kl = Σ_a π log(π/π_θ0)
-    per lane (0 where π = 0), π_θ0 = softmax(θ0) the policy of the logits on entry, from the
-    two log-softmaxes: log(π/π_θ0) = ((θ − m) − x0) − c, with x0 = θ0 − m0 and
-    c = log z − log z0 per lane (one flog per lane, not one per pair; each logit taken from
-    its own lane max, so that logits far from 0 do not cancel)."""
+    """π = e·rz in place (p holds e = e^{θ − m}/zs from exp_lanes or _ascend_exp) and
+    kl = Σ_a π log(π/π_θ0) per lane (0 where π = 0), π_θ0 = softmax(θ0) the policy of the
+    logits on entry, from the two log-softmaxes: log(π/π_θ0) = ((θ − m) − x0) − c, with
+    x0 = θ0 − m0 and c = log(z·zs) − log z0 per lane (one flog per lane, not one per pair;
+    each logit taken from its own lane max, so that logits far from 0 do not cancel)."""
     n_lanes = p.shape[1]
     for l in range(n_lanes):
         kl[l] = 0.0
@@ -439,41 +461,41 @@ def _kl_lanes(n_rows, p, rz, th, m, x0, c, kl):
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
 def _clip_step(umode, n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
-               alpha):
+               alpha, pw):
     """:func:`_clip_lanes` with a literal ``umode`` (one branch-free loop per mode)."""
     if umode == U_NONE:
         _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
-                    alpha, U_NONE)
+                    alpha, U_NONE, pw)
     elif umode == U_REVERSE:
         _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
-                    alpha, U_REVERSE)
+                    alpha, U_REVERSE, pw)
     elif umode == U_JS:
         _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
-                    alpha, U_JS)
+                    alpha, U_JS, pw)
     elif umode == U_CHI:
         _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
-                    alpha, U_CHI)
+                    alpha, U_CHI, pw)
     elif umode == U_HELLINGER:
         _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
-                    alpha, U_HELLINGER)
+                    alpha, U_HELLINGER, pw)
     elif umode == U_ALPHA_UNIT:
         _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
-                    alpha, U_ALPHA_UNIT)
+                    alpha, U_ALPHA_UNIT, pw)
     else:
         _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz,
-                    alpha, U_ALPHA)
+                    alpha, U_ALPHA, pw)
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
 def _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean_f, logz, alpha,
-                umode):
-    """π = e·rz in place (p holds e^{θ − m} from exp_lanes), b = the advantage where the
-    clipped objective is active (else 0), minus τ u by ``umode`` (u = f'(π/π_ref) up to a
-    constant per lane, which cancels in u − Σ_a π u: the ascent is then the plain
-    π (b − Σπb)), mean_b = Σ_a π b per lane. u is 0 where it would be NaN or
+                umode, pw):
+    """π = e·rz in place (p holds e = e^{θ − m}/zs from exp_lanes or _ascend_exp), b = the
+    advantage where the clipped objective is active (else 0), minus τ u by ``umode``
+    (u = f'(π/π_ref) up to a constant per lane, which cancels in u − Σ_a π u: the ascent is
+    then the plain π (b − Σπb)), mean_b = Σ_a π b per lane. u is 0 where it would be NaN or
     infinite (π_ref = 0 for U_REVERSE, π = 0 for U_JS): f' enters g times π only. U_CHI,
     U_HELLINGER and U_ALPHA form pf = π f'(π/π_ref) and mean_f = Σ_a pf instead (padding
-    rows, where π_ref = 0, get 0), with log π = (θ − m) − log z (logz); U_ALPHA_UNIT
+    rows, where π_ref = 0, get 0), with log π = (θ − m) − log(z·zs) (logz); U_ALPHA_UNIT
     (ALPHA_UNIT_MIN ≤ α < 1) as (π − π^{1−α} π_ref^α)/α, the power from
     :func:`_exp_alpha_lanes` (in pf and logz on entry): no expm1 there, so where π is near
     π_ref this pf is accurate to a few ulp of π/α, not relative to itself. U_JS takes
@@ -521,7 +543,7 @@ def _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean
                 pf[a, l] = t if q[a, l] > 0.0 else 0.0
                 mean_f[l] += pf[a, l]
             elif umode == U_ALPHA_UNIT:  # π f' = (π − π^{1−α} π_ref^α)/α
-                t = (pi - pf[a, l] * logz[l]) * inv_alpha  # the power as pf·logz
+                t = (pi - pw[a, l] * logz[l]) * inv_alpha  # the power as pw·logz
                 t = t if pi > 0.0 else 0.0
                 pf[a, l] = t if q[a, l] > 0.0 else 0.0
                 mean_f[l] += pf[a, l]
