@@ -497,8 +497,9 @@ def _clip_lanes(n_rows, p, rz, av, thr, b, mean_b, th, m, q, logq, tau, pf, mean
     U_HELLINGER and U_ALPHA form pf = π f'(π/π_ref) and mean_f = Σ_a pf instead (padding
     rows, where π_ref = 0, get 0), with log π = (θ − m) − log(z·zs) (logz); U_ALPHA_UNIT
     (ALPHA_UNIT_MIN ≤ α < 1) as (π − π^{1−α} π_ref^α)/α, the power from
-    :func:`_exp_alpha_lanes` (in pf and logz on entry): no expm1 there, so where π is near
-    π_ref this pf is accurate to a few ulp of π/α, not relative to itself. U_JS takes
+    :func:`_exp_alpha_lanes` or :func:`_ascend_exp` (in pw and logz on entry): no expm1
+    there, so where π is near π_ref this pf is accurate to a few ulp of π/α, not relative
+    to itself. U_JS takes
     flog_positive of π + π_ref (its u is masked where that is 0). (χ² keeps
     π f' = 2π (π − π_ref)/π_ref: u = π (2/π_ref) overflows where π_ref is subnormal.)
     Called with literal flags, so that each call compiles to one branch-free loop."""
