@@ -299,8 +299,8 @@ cdef int _ppo_states(const int64_t* a_indptr, Py_ssize_t s0, Py_ssize_t s1,
                 if fresh:  # a full softmax next, from the new max
                     max_lanes(th, n_rows, LANES, m)
             else:
-                _ascend_step(mode == PF_BLOCK, code == FORWARD_KL, penalized, step == 0,
-                             n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next)
+                _ascend_step(mode == PF_BLOCK, code == FORWARD_KL, step == 0, n_rows, th, p, b,
+                             mean_b, old, pf, w, tau, beta, lr, gsq, m_next)
                 swap = m
                 m = m_next
                 m_next = swap
@@ -512,66 +512,42 @@ cdef inline void _exp_u_lanes(Py_ssize_t n_rows, cdptr th, cdptr m, cdptr logq, 
         rz[l] = 1.0 / z[l]
 
 
-cdef inline void _ascend_step(bint block, bint scaled, bint penalized, bint first,
-                              Py_ssize_t n_rows, dptr th, cdptr p, cdptr b, cdptr mean_b,
-                              cdptr old, cdptr pf, cdptr w, double tau, double beta, double lr,
-                              dptr gsq, dptr m_next) noexcept nogil:
+cdef inline void _ascend_step(bint block, bint scaled, bint first, Py_ssize_t n_rows, dptr th,
+                              cdptr p, cdptr b, cdptr mean_b, cdptr old, cdptr pf, cdptr w,
+                              double tau, double beta, double lr, dptr gsq,
+                              dptr m_next) noexcept nogil:
     """_ascend with literal flags (one branch-free loop per combination)."""
     if block and scaled:
-        if penalized:
-            if first:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        True, True, True, True)
-            else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        True, True, True, False)
+        if first:
+            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                    True, True, True)
         else:
-            if first:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        True, True, False, True)
-            else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        True, True, False, False)
+            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                    True, True, False)
     elif block:
-        if penalized:
-            if first:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        True, False, True, True)
-            else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        True, False, True, False)
+        if first:
+            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                    True, False, True)
         else:
-            if first:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        True, False, False, True)
-            else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        True, False, False, False)
+            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                    True, False, False)
     else:
-        if penalized:
-            if first:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        False, False, True, True)
-            else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        False, False, True, False)
+        if first:
+            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                    False, False, True)
         else:
-            if first:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        False, False, False, True)
-            else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        False, False, False, False)
+            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                    False, False, False)
 
 
 cdef inline void _ascend(Py_ssize_t n_rows, dptr th, cdptr p, cdptr b, cdptr mean_b, cdptr old,
                          cdptr pf, cdptr w, double tau, double beta, double lr, dptr gsq,
-                         dptr m_next, bint block, bint scaled, bint penalized,
-                         bint first) noexcept nogil:
-    """theta += lr g on a block, g = w [pi (b - sum pi b) - tau (pf - pi sum pf)
-    + beta (pi_old - pi)] with mean_b = sum pi b - tau sum pf: pi (b - mean_b), minus tau pf
-    if block (PF_BLOCK; pf holds tau pf already if scaled); the beta term if penalized;
-    gsq += g^2 if first; m_next = the new max of theta per lane."""
+                         dptr m_next, bint block, bint scaled, bint first) noexcept nogil:
+    """theta += lr g on a block with the KL penalty (beta != 0; _ascend_exp otherwise),
+    g = w [pi (b - sum pi b) - tau (pf - pi sum pf) + beta (pi_old - pi)] with
+    mean_b = sum pi b - tau sum pf: pi (b - mean_b), minus tau pf if block (PF_BLOCK; pf
+    holds tau pf already if scaled), plus the beta term; gsq += g^2 if first; m_next = the
+    new max of theta per lane (the next softmax's shift)."""
     cdef Py_ssize_t a, l, i
     cdef double g, t, pi
     for a in range(n_rows):
@@ -581,8 +557,7 @@ cdef inline void _ascend(Py_ssize_t n_rows, dptr th, cdptr p, cdptr b, cdptr mea
             g = pi * (b[i] - mean_b[l])
             if block:
                 g = g - (pf[i] if scaled else tau * pf[i])
-            if penalized:
-                g = g + beta * (old[i] - pi)
+            g = g + beta * (old[i] - pi)
             g = g * w[l]
             if first:
                 gsq[l] = gsq[l] + g * g

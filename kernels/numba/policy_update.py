@@ -281,8 +281,8 @@ def _ppo_states(a_indptr, s0, s1, pi_old, adv, weight, ref, log_ref, code, alpha
                 if fresh:  # a full softmax next, from the new max
                     max_lanes(th, n_rows, n_lanes, m)
             else:
-                _ascend_step(mode == PF_BLOCK, code == FORWARD_KL, penalized, step == 0, n_rows,
-                             th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next)
+                _ascend_step(mode == PF_BLOCK, code == FORWARD_KL, step == 0, n_rows, th, p, b,
+                             mean_b, old, pf, w, tau, beta, lr, gsq, m_next)
                 for l in range(n_lanes):  # the new shift (the ascent read the current one)
                     m[l] = m_next[l]
         for l in range(n_lanes):  # log(π/π_θ0) = ((θ − m) − x0) − (log z − log z0)
@@ -566,64 +566,41 @@ def _count_clipped(n_rows, p, av, thr, clipped):
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _ascend_step(block, scaled, penalized, first, n_rows, th, p, b, mean_b, old, pf, w, tau, beta,
-                 lr, gsq, m_next):
+def _ascend_step(block, scaled, first, n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq,
+                 m_next):
     """:func:`_ascend` with literal flags (one branch-free loop per combination)."""
     if block and scaled:
-        if penalized:
-            if first:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        True, True, True, True)
-            else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        True, True, True, False)
+        if first:
+            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                    True, True, True)
         else:
-            if first:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        True, True, False, True)
-            else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        True, True, False, False)
+            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                    True, True, False)
     elif block:
-        if penalized:
-            if first:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        True, False, True, True)
-            else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        True, False, True, False)
+        if first:
+            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                    True, False, True)
         else:
-            if first:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        True, False, False, True)
-            else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        True, False, False, False)
+            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                    True, False, False)
     else:
-        if penalized:
-            if first:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        False, False, True, True)
-            else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        False, False, True, False)
+        if first:
+            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                    False, False, True)
         else:
-            if first:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        False, False, False, True)
-            else:
-                _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
-                        False, False, False, False)
+            _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next,
+                    False, False, False)
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
 def _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next, block, scaled,
-            penalized, first):
-    """θ += lr·g on a block, g = w π (b − Σπb) − τ (pf − π Σpf) + β (π_old − π) (SPEC §1),
-    with mean_b = Σπb − τ Σpf, and m_next = the new max of θ per lane: g = π (b − mean_b),
-    minus τ pf if ``block`` (PF_BLOCK; pf holds τ pf already if ``scaled``); ``penalized``:
-    with the β term; ``first``: gsq += g² per lane. Called with literal flags, so that each
-    call compiles to one branch-free loop."""
+            first):
+    """θ += lr·g on a block with the KL penalty (β ≠ 0; :func:`_ascend_exp` otherwise),
+    g = w π (b − Σπb) − τ (pf − π Σpf) + β (π_old − π) (SPEC §1), with mean_b = Σπb − τ Σpf,
+    and m_next = the new max of θ per lane (the next softmax's shift): g = π (b − mean_b),
+    minus τ pf if ``block`` (PF_BLOCK; pf holds τ pf already if ``scaled``), plus the β term;
+    ``first``: gsq += g² per lane. Called with literal flags, so that each call compiles to
+    one branch-free loop."""
     n_lanes = th.shape[1]
     for a in range(n_rows):
         for l in range(n_lanes):
@@ -631,8 +608,7 @@ def _ascend(n_rows, th, p, b, mean_b, old, pf, w, tau, beta, lr, gsq, m_next, bl
             g = pi * (b[a, l] - mean_b[l])
             if block:
                 g = g - (pf[a, l] if scaled else tau * pf[a, l])
-            if penalized:
-                g = g + beta * (old[a, l] - pi)
+            g = g + beta * (old[a, l] - pi)
             g = g * w[l]
             if first:
                 gsq[l] += g * g
