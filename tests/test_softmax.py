@@ -200,17 +200,24 @@ def test_ppo_update_matches_numpy_and_twins(mdps, code, alpha, tau, beta):
     for mdp in mdps:
         expect = _ppo("numpy", mdp, code, alpha, tau, beta)
         nb = _ppo("numba", mdp, code, alpha, tau, beta)
-        for name, got in (("numba", nb), ("cython", _ppo("cython", mdp, code, alpha, tau, beta)),
-                          ("numba-2", _ppo("numba", mdp, code, alpha, tau, beta, 2)),
-                          ("cython-2", _ppo("cython", mdp, code, alpha, tau, beta, 2))):
-            for i, (g, e) in enumerate(zip(got, expect)):
-                if i == 2:  # clipped-pair counts
-                    np.testing.assert_array_equal(g, e)
-                else:
-                    err = naive.rel_err(g, e)
-                    assert err <= REL, f"{name} output {i}: {err:.3g}"
-            for g, b in zip(got, nb):
-                np.testing.assert_array_equal(g, b, err_msg=name)
+        _check_ppo_outputs(expect, nb, (
+            ("numba", nb), ("cython", _ppo("cython", mdp, code, alpha, tau, beta)),
+            ("numba-2", _ppo("numba", mdp, code, alpha, tau, beta, 2)),
+            ("cython-2", _ppo("cython", mdp, code, alpha, tau, beta, 2))))
+
+
+def _check_ppo_outputs(expect, nb, runs):
+    """Each (name, outputs) of ``runs`` against the NumPy reference's (to REL; the
+    clipped-pair counts exactly) and bit for bit against numba's ``nb``."""
+    for name, got in runs:
+        for i, (g, e) in enumerate(zip(got, expect)):
+            if i == 2:  # clipped-pair counts
+                np.testing.assert_array_equal(g, e)
+            else:
+                err = naive.rel_err(g, e)
+                assert err <= REL, f"{name} output {i}: {err:.3g}"
+        for g, b in zip(got, nb):
+            np.testing.assert_array_equal(g, b, err_msg=name)
 
 
 def _ppo_edges(which, mdp, code, alpha, ref_from):
@@ -301,17 +308,9 @@ def test_ppo_update_steps_by_exp_of_the_step(mdps, code, alpha, tau):
     for mdp in mdps:
         expect = _ppo_stepwise("numpy", mdp, code, alpha, tau, 1)
         nb = _ppo_stepwise("numba", mdp, code, alpha, tau, 1)
-        for name, got in (("numba", nb),
-                          ("cython", _ppo_stepwise("cython", mdp, code, alpha, tau, 1)),
-                          ("cython-2", _ppo_stepwise("cython", mdp, code, alpha, tau, 2))):
-            for i, (g, e) in enumerate(zip(got, expect)):
-                if i == 2:
-                    np.testing.assert_array_equal(g, e)
-                else:
-                    err = naive.rel_err(g, e)
-                    assert err <= REL, f"{name} output {i}: {err:.3g}"
-            for g, b in zip(got, nb):
-                np.testing.assert_array_equal(g, b, err_msg=name)
+        _check_ppo_outputs(expect, nb, (
+            ("numba", nb), ("cython", _ppo_stepwise("cython", mdp, code, alpha, tau, 1)),
+            ("cython-2", _ppo_stepwise("cython", mdp, code, alpha, tau, 2))))
 
 
 @pytest.mark.parametrize("which", ["numba", "cython"])
