@@ -9,6 +9,8 @@ rule near γ = 1, and RiverSwim (issue 13, item 2).
 - the RiverSwim chain with every method; default arguments at γ ∈ {0.999, 0.9999,
   0.99999}.
 """
+import functools
+
 import numpy as np
 import pytest
 
@@ -345,6 +347,80 @@ def test_split_view_kernels_against_dense_triangular_solves(backend, transpose, 
         M.operator_at(expect[1], x0, expect[2])
         for got, want in zip((b_hat, y, first), expect):
             np.testing.assert_array_equal(got, want)
+
+
+def _sweep_in_stored_order(M, x, part, transpose):
+    """The sweep of ``triangular_solve`` by explicit loops over the stored entries, in
+    their order: for A, out[i] = (x[i] − Σ_j data[j] out[indices[j]]) / E_i over row i's
+    lower (forward) or upper (backward) entries; for Aᵀ, row i's value is final once the
+    earlier rows have scattered into it, and it scatters its upper (forward) or lower
+    (backward) entries."""
+    n, out = M.n_states, np.array(x, dtype=float)
+    forward = part == 1
+    rows = range(n) if forward else range(n - 1, -1, -1)
+    for i in rows:
+        lower = forward != bool(transpose)  # the part of row i the sweep reads
+        lo, hi = (M.indptr[i], M.mid[i]) if lower else (M.mid[i], M.indptr[i + 1])
+        if transpose:
+            oi = out[i] * M.dinv[i]
+            out[i] = oi
+            for j in range(lo, hi):
+                out[M.indices[j]] -= M.data[j] * oi
+        else:
+            acc = out[i]
+            for j in range(lo, hi):
+                acc = acc - M.data[j] * out[M.indices[j]]
+            out[i] = acc * M.dinv[i]
+    return out
+
+
+@pytest.mark.parametrize("layout", ["as stored", "parts reversed", "no neighbours"])
+def test_sweeps_take_the_neighbour_from_a_register_with_the_same_sums(backend, layout):
+    """The sweeps read the row solved just before from a register where it is the row's
+    entry next to the diagonal (a gridworld's rows: always, as stored); reversing each
+    part moves it to the other end (read back from memory), and a pattern without the
+    neighbours has none. Either way every sweep (A and Aᵀ, forward and backward, alone and
+    within the SGS operator) is bit for bit the explicit loops in stored order, and the
+    operator the dense one."""
+    mdp = fastppo.gridworld(7, 9, gamma=0.97)
+    pi = random_policy(mdp, 4)[0]
+    M = AssembledMatrix(mdp, policy_rows(mdp, pi), backend)
+    n = mdp.n_states
+    # private copies (the pattern is the MDP's cached one)
+    M.indptr, M.mid, M.indices, M.data = (a.copy() for a in M._parts)
+    if layout == "parts reversed":
+        for i in range(n):
+            for lo, hi in ((M.indptr[i], M.mid[i]), (M.mid[i], M.indptr[i + 1])):
+                M.indices[lo:hi] = M.indices[lo:hi][::-1].copy()
+                M.data[lo:hi] = M.data[lo:hi][::-1].copy()
+    elif layout == "no neighbours":  # drop the entries (i, i ± 1): another matrix, still valid
+        rows = np.repeat(np.arange(n), np.diff(M.indptr))
+        keep = np.abs(M.indices - rows) != 1
+        M.indptr[1:] = np.cumsum(np.bincount(rows[keep], minlength=n))
+        M.mid[:] = M.indptr[:-1] + np.bincount(rows[keep & (M.indices < rows)], minlength=n)
+        M.indices, M.data = M.indices[keep], np.concatenate([M.data[:M.nnz][keep], M.diag])
+        M.nnz = int(keep.sum())
+    M._parts = M.indptr, M.mid, M.indices, M.data
+    edge = [np.sum(M.indices[M.mid[i] - 1] == i - 1) for i in range(1, n) if M.mid[i] > M.indptr[i]]
+    assert (sum(edge) > n // 2) == (layout == "as stored")
+    x = np.random.default_rng(3).normal(size=n)
+    B = M.csr().toarray()
+    if backend == "numpy":  # the reference solves by scipy's spsolve_triangular
+        same = functools.partial(np.testing.assert_allclose, rtol=1e-13, atol=1e-14)
+    else:
+        same = np.testing.assert_array_equal
+    for transpose in (0, 1):
+        V = M.view(transpose)
+        out = np.full(n, np.nan)
+        V.to_x(x, out)
+        same(out, _sweep_in_stored_order(M, x, 2, transpose))
+        V.rhs(x, out)
+        same(out, _sweep_in_stored_order(M, x, 1, transpose) * M.diag)
+        Bt = B.T if transpose else B
+        E, L, U = np.diag(np.diag(Bt)), np.tril(Bt, -1), np.triu(Bt, 1)
+        V.operator(x, out)
+        np.testing.assert_allclose(out, E @ np.linalg.solve(E + L, Bt @ np.linalg.solve(E + U, x)),
+                                   rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize("transpose", [0, 1])

@@ -23,7 +23,11 @@
                       for B = A; see kernels/numba/assembled.py)
 
 B = A (``transpose`` 0) or Aᵀ (1) = D + L_B + U_B; ``part`` 0: B, 1: E + L_B, 2: E + U_B
-for a diagonal E (E = D/ω in the SSOR sweeps).
+for a diagonal E (E = D/ω in the SSOR sweeps). The sweeps (``triangular_solve`` and
+those in ``sgs_operator``, ``sgs_start``, ``sgs_bicgstab``) take the row they solved just
+before from a register where it is the current row's entry next to the diagonal (the
+last of its lower part, the first of its upper: gridworlds, queues), not through the
+store just made, which would sit on the serial path from row to row: the same sums.
 Serial (``n_threads`` is ignored). Mirrors kernels/numba/assembled.py.
 """
 from libc.math cimport sqrt
@@ -290,37 +294,111 @@ cdef void _matvec(const int64_t[::1] indptr, const int64_t[::1] mid,
                 out[indices[j]] += data[j] * xi
 
 
+cdef void _forward(const int64_t *indptr, const int64_t *mid, const int32_t *indices,
+                   const double *data, const double *dinv, const double *x, double *out,
+                   Py_ssize_t n) noexcept nogil:
+    """out = (D + L)⁻¹ x over the rows' lower parts, in order; out[i − 1] from a register
+    where it is row i's last lower entry. ``out`` may be ``x``. (The sweeps are functions
+    of their own, not inlined into the kernels: there GCC ran out of registers and
+    reloaded a pointer per row, 1.3–1.5× the time on the pendulum grid's short rows.)"""
+    cdef Py_ssize_t i
+    cdef int64_t j, a, b
+    cdef double acc, prev = 0.0
+    for i in range(n):
+        a = indptr[i]
+        b = mid[i]
+        acc = x[i]
+        if b > a and indices[b - 1] == i - 1:
+            for j in range(a, b - 1):  # (a loop each: no select on prev)
+                acc = acc - data[j] * out[indices[j]]
+            acc = acc - data[b - 1] * prev
+        else:
+            for j in range(a, b):
+                acc = acc - data[j] * out[indices[j]]
+        prev = acc * dinv[i]
+        out[i] = prev
+
+
+cdef void _backward(const int64_t *indptr, const int64_t *mid, const int32_t *indices,
+                    const double *data, const double *dinv, const double *x, double *out,
+                    Py_ssize_t n) noexcept nogil:
+    """out = (D + U)⁻¹ x over the rows' upper parts, from the last row; out[i + 1] from a
+    register where it is row i's first upper entry. ``out`` may be ``x``."""
+    cdef Py_ssize_t i
+    cdef int64_t j, a, b
+    cdef double acc, prev = 0.0
+    for i in range(n - 1, -1, -1):
+        a = mid[i]
+        b = indptr[i + 1]
+        acc = x[i]
+        if b > a and indices[a] == i + 1:
+            acc = acc - data[a] * prev
+            for j in range(a + 1, b):
+                acc = acc - data[j] * out[indices[j]]
+        else:
+            for j in range(a, b):
+                acc = acc - data[j] * out[indices[j]]
+        prev = acc * dinv[i]
+        out[i] = prev
+
+
+cdef void _scattered(const int64_t *indptr, const int64_t *mid, const int32_t *indices,
+                     const double *data, const double *dinv, double *out, Py_ssize_t n,
+                     bint forward) noexcept nogil:
+    """In place, the sweeps of Aᵀ's parts by A's rows: forward (D + Uᵀ), row i scattering
+    its upper entries, or backward (D + Lᵀ), its lower ones. Row k (the next) is loaded
+    once row i has scattered; row i's term of it is kept in a register where it is the
+    part's entry next to the diagonal (each target once per row: any order, the same
+    sums)."""
+    cdef Py_ssize_t t, i, k
+    cdef int64_t j, a, b
+    cdef double oi, w, cur
+    if n == 0:
+        return
+    cur = out[0] if forward else out[n - 1]
+    for t in range(n):
+        i = t if forward else n - 1 - t
+        oi = cur * dinv[i]
+        out[i] = oi
+        w = 0.0
+        if forward:
+            k = i + 1
+            a = mid[i]
+            b = indptr[i + 1]
+            if b > a and indices[a] == k:
+                w = data[a] * oi
+                a = a + 1
+        else:
+            k = i - 1
+            a = indptr[i]
+            b = mid[i]
+            if b > a and indices[b - 1] == k:
+                w = data[b - 1] * oi
+                b = b - 1
+        for j in range(a, b):
+            out[indices[j]] -= data[j] * oi
+        if 0 <= k < n:
+            cur = out[k] - w  # (w = 0 elsewhere: x − 0 = x)
+
+
 cdef void _solve(const int64_t[::1] indptr, const int64_t[::1] mid,
                  const int32_t[::1] indices, const double[::1] data,
                  const double[::1] dinv, const double[::1] x, double[::1] out,
                  int part, int transpose) noexcept nogil:
-    cdef Py_ssize_t n = dinv.shape[0], t, i
-    cdef int64_t j, a, b
-    cdef double acc, oi
-    cdef bint lower
-    if transpose == 0:
-        lower = part == 1  # (D + L): forward over rows; (D + U): backward
-        for t in range(n):
-            i = t if lower else n - 1 - t
-            a = indptr[i] if lower else mid[i]
-            b = mid[i] if lower else indptr[i + 1]
-            acc = x[i]
-            for j in range(a, b):
-                acc = acc - data[j] * out[indices[j]]
-            out[i] = acc * dinv[i]
-    else:
-        # (D + Uᵀ) (part 1): forward, scattering row i's upper entries; (D + Lᵀ): backward
-        lower = part == 1  # forward
+    cdef Py_ssize_t n = dinv.shape[0], i
+    cdef const int32_t *columns = &indices[0] if indices.shape[0] else NULL
+    cdef const double *values = &data[0]
+    if n == 0:
+        return
+    if transpose == 0:  # (D + L): forward over rows; (D + U): backward
+        if part == 1:
+            _forward(&indptr[0], &mid[0], columns, values, &dinv[0], &x[0], &out[0], n)
+        else:
+            _backward(&indptr[0], &mid[0], columns, values, &dinv[0], &x[0], &out[0], n)
+    else:  # (D + Uᵀ) (part 1): forward; (D + Lᵀ): backward
         for i in range(n):  # (out may be x)
             out[i] = x[i]
-        for t in range(n):
-            i = t if lower else n - 1 - t
-            oi = out[i] * dinv[i]
-            out[i] = oi
-            a = mid[i] if lower else indptr[i]
-            b = indptr[i + 1] if lower else mid[i]
-            for j in range(a, b):
-                out[indices[j]] -= data[j] * oi
+        _scattered(&indptr[0], &mid[0], columns, values, &dinv[0], &out[0], n, part == 1)
 
 
 def split_matvec(const int64_t[::1] indptr, const int64_t[::1] mid, const int32_t[::1] indices,
