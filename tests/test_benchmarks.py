@@ -65,3 +65,21 @@ def test_kernel_suite_runs_each_kernel(monkeypatch):
                 suite.time_kernel(kernel, backend, B.SIZES[0], B.FAMILIES[0], n_threads)
                 ran += 1
     assert ran == len(B.KERNELS) * (len(B.BACKENDS) * len(B.THREADS) - 1)
+
+
+def test_sweep_suite_runs_each_family(monkeypatch):
+    """bench_kernels.SweepSuite's setup and timed call (the SGS operator) at the smallest
+    size for every family, backend and system (the operator's values are tested in
+    tests/test_assembled.py)."""
+    monkeypatch.setenv("FASTPPO_ASV_SLOW", "0")
+    monkeypatch.syspath_prepend(str(BENCH))
+    from benchmarks import bench_kernels as B
+    ran = 0
+    for family in B.FAMILIES:
+        for backend in B.SweepSuite.params[0]:
+            for transpose in (0, 1):
+                suite = B.SweepSuite()
+                suite.setup(backend, B.SIZES[0], family, transpose)
+                suite.time_sgs_operator(backend, B.SIZES[0], family, transpose)
+                ran += 1
+    assert ran == len(B.FAMILIES) * 2 * 2

@@ -7,6 +7,10 @@ pass (a lockstep sweep: compare with ``bellman_matvec`` + ``bellman_rmatvec``);
 ``regularized_reward_kl``: r_π − τ D_f(π) for forward KL (a pass over the pairs, no product).
 Together with the ``*Products`` tracks this separates "fewer products" from "faster
 products".
+
+``SweepSuite``: one product of SGS-BiCGSTAB's operator Â (a backward and a forward
+Gauss–Seidel sweep over the assembled I − γP_π, ``sgs_operator``), for A (the value
+system) and Aᵀ (visitation): the serial sweeps of the slow-mixing families.
 """
 import numpy as np
 
@@ -50,4 +54,29 @@ class KernelSuite:
         warm((kernel, backend, n_states, family, n_threads), self.call)
 
     def time_kernel(self, kernel, backend, n_states, family, n_threads):
+        self.call()
+
+
+class SweepSuite:
+    params = [["numba", "cython"], SIZES, FAMILIES, [0, 1]]
+    param_names = ["backend", "n_states", "family", "transpose"]
+    number = 1
+    repeat = (5, 20, 0.2)
+    rounds = 1
+    warmup_time = 0.0
+
+    def setup(self, backend, n_states, family, transpose):
+        check_params(backend, n_states)
+        kernel_or_skip("sgs_operator", backend)
+        from fastppo._assembled import AssembledMatrix
+        from fastppo._evaluator import policy_rows
+
+        m = get_mdp(family, n_states)
+        view = AssembledMatrix(m, policy_rows(m, get_policy(family, n_states)), backend).view(
+            transpose)
+        x, out = np.random.default_rng(0).random(m.n_states), np.empty(m.n_states)
+        self.call = lambda: view.operator(x, out)
+        warm(("sgs_operator", backend, n_states, family, transpose), self.call)
+
+    def time_sgs_operator(self, backend, n_states, family, transpose):
         self.call()
