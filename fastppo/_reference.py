@@ -515,8 +515,10 @@ def split_matvec(indptr, mid, indices, data, diag, x, out, part, transpose, n_th
     out[:] = diag * x + (L @ x if part != 2 else 0.0) + (U @ x if part != 1 else 0.0)
 
 
-def triangular_solve(indptr, mid, indices, data, dinv, x, out, part, transpose, n_threads=1):
-    """out = (E + L_B)⁻¹ x (part 1) or (E + U_B)⁻¹ x (part 2), E = 1 / ``dinv``."""
+def triangular_solve(indptr, mid, indices, data, dinv, x, out, part, transpose, near=0,
+                     n_threads=1):
+    """out = (E + L_B)⁻¹ x (part 1) or (E + U_B)⁻¹ x (part 2), E = 1 / ``dinv``. ``near``
+    (the compiled sweeps' hint, kernels/*/assembled) changes nothing here."""
     from scipy.sparse.linalg import spsolve_triangular
 
     E, L, U = _parts(indptr, mid, indices, data, 1.0 / dinv, transpose)
@@ -524,7 +526,7 @@ def triangular_solve(indptr, mid, indices, data, dinv, x, out, part, transpose, 
     out[:] = spsolve_triangular(T.tocsr(), np.array(x), lower=part == 1)
 
 
-def sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose,
+def sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose, near=0,
                  n_threads=1):
     """out = E (E + L_B)⁻¹ B (E + U_B)⁻¹ x, E = ``diag`` (= 1 / ``dinv``), B's diagonal
     D = ``kdiag`` + 2E (symmetric SOR, split); ``t`` scratch."""
@@ -536,7 +538,7 @@ def sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, trans
 
 
 def sgs_start(indptr, mid, indices, data, diag, dinv, kdiag, b, x, b_hat, y, out, transpose,
-              n_threads=1):
+              near=0, n_threads=1):
     """SGS-BiCGSTAB's warm start from x: b_hat = E (E + L_B)⁻¹ b, y = (E + U_B) x and
     out = Â y = E (x + (E + L_B)⁻¹ (y + K x)), E = ``diag``, K = ``kdiag`` (= D − 2E)."""
     triangular_solve(indptr, mid, indices, data, dinv, b, b_hat, 1, transpose)
@@ -547,8 +549,8 @@ def sgs_start(indptr, mid, indices, data, diag, dinv, kdiag, b, x, b_hat, y, out
     out *= diag
 
 
-def sgs_bicgstab(indptr, mid, indices, data, diag, dinv, kdiag, transpose, y, r, r_hat, p, v,
-                 s, t, w, snap, state, threshold, blowup, max_products, n_threads=1):
+def sgs_bicgstab(indptr, mid, indices, data, diag, dinv, kdiag, transpose, near, y, r, r_hat,
+                 p, v, s, t, w, snap, state, threshold, blowup, max_products, n_threads=1):
     """BiCGSTAB steps on Â y = b̂, Â = :func:`sgs_operator`: from the iterate ``y``, its
     recursive residual ``r``, shadow ``r_hat`` and directions ``p``, ``v``; ``state`` =
     [ρ, α, ω, ‖r‖/‖b̂‖, the lowest of it so far, ‖b̂‖, status] read and written. Stops when

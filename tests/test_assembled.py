@@ -17,7 +17,7 @@ import pytest
 import fastppo
 import naive
 from conftest import random_policy
-from fastppo._assembled import AssembledMatrix
+from fastppo._assembled import NEAR_LOWER, NEAR_UPPER, AssembledMatrix, near_parts
 from fastppo._evaluator import Evaluator, policy_rows
 
 EPS = np.finfo(float).eps
@@ -374,14 +374,16 @@ def _sweep_in_stored_order(M, x, part, transpose):
     return out
 
 
+@pytest.mark.parametrize("near", ["from the pattern", 0, NEAR_LOWER | NEAR_UPPER])
 @pytest.mark.parametrize("layout", ["as stored", "parts reversed", "no neighbours"])
-def test_sweeps_take_the_neighbour_from_a_register_with_the_same_sums(backend, layout):
-    """The sweeps read the row solved just before from a register where it is the row's
-    entry next to the diagonal (a gridworld's rows: always, as stored); reversing each
-    part moves it to the other end (read back from memory), and a pattern without the
-    neighbours has none. Either way every sweep (A and Aᵀ, forward and backward, alone and
-    within the SGS operator) is bit for bit the explicit loops in stored order, and the
-    operator the dense one."""
+def test_sweeps_take_the_neighbour_from_a_register_with_the_same_sums(backend, layout, near):
+    """With ``near`` the sweeps read the row solved just before from a register where it
+    is the row's entry next to the diagonal (a gridworld's rows, as stored: ``near_parts``
+    sets both bits); reversing each part moves it to the other end (read back from
+    memory), and a pattern without the neighbours has none (neither sets a bit). With the
+    bits from the pattern, forced on or off, every sweep (A and Aᵀ, forward and backward,
+    alone and within the SGS operator) is bit for bit the explicit loops in stored order,
+    and the operator the dense one."""
     mdp = fastppo.gridworld(7, 9, gamma=0.97)
     pi = random_policy(mdp, 4)[0]
     M = AssembledMatrix(mdp, policy_rows(mdp, pi), backend)
@@ -401,8 +403,9 @@ def test_sweeps_take_the_neighbour_from_a_register_with_the_same_sums(backend, l
         M.indices, M.data = M.indices[keep], np.concatenate([M.data[:M.nnz][keep], M.diag])
         M.nnz = int(keep.sum())
     M._parts = M.indptr, M.mid, M.indices, M.data
-    edge = [np.sum(M.indices[M.mid[i] - 1] == i - 1) for i in range(1, n) if M.mid[i] > M.indptr[i]]
-    assert (sum(edge) > n // 2) == (layout == "as stored")
+    bits = near_parts(M.indptr, M.mid, M.indices)
+    assert bits == (NEAR_LOWER | NEAR_UPPER if layout == "as stored" else 0)
+    M._cache["near"] = bits if near == "from the pattern" else near
     x = np.random.default_rng(3).normal(size=n)
     B = M.csr().toarray()
     if backend == "numpy":  # the reference solves by scipy's spsolve_triangular
@@ -421,6 +424,16 @@ def test_sweeps_take_the_neighbour_from_a_register_with_the_same_sums(backend, l
         V.operator(x, out)
         np.testing.assert_allclose(out, E @ np.linalg.solve(E + L, Bt @ np.linalg.solve(E + U, x)),
                                    rtol=1e-12, atol=1e-13)
+
+
+def test_near_parts_of_the_families():
+    """The sweeps' hint: a gridworld's rows end their lower part with i − 1 and start their
+    upper part with i + 1; a garnet's successors are random."""
+    mdps = small_mdps(0.99)
+    for name, bits in (("grid", NEAR_LOWER | NEAR_UPPER), ("garnet", 0)):
+        mdp = mdps[name]
+        M = AssembledMatrix(mdp, policy_rows(mdp, random_policy(mdp, 1)[0]), "numpy")
+        assert M.near == near_parts(M.indptr, M.mid, M.indices) == bits, name
 
 
 @pytest.mark.parametrize("transpose", [0, 1])

@@ -398,25 +398,29 @@ def _assembled_calls(mdp, inp, n_threads):
             calls["split_matvec"].append(
                 (f"t{t}-part{part}", lambda k, t=t, part=part: _run(
                     k, out(), *parts, e, x, extra=None, n_threads=n_threads, tail=(part, t))))
-            if part:
-                calls["triangular_solve"].append(
-                    (f"t{t}-part{part}", lambda k, t=t, part=part: _run(
-                        k, out(), *parts, 1.0 / e, x, n_threads=n_threads, tail=(part, t))))
         b_hat = np.random.default_rng(13 + t).normal(size=S)
         bnorm = float(np.linalg.norm(b_hat))
         start = [np.zeros(S), b_hat, b_hat, np.zeros(S), np.zeros(S), out(), out(), out(),
                  np.zeros(S), np.array([1.0, 1.0, 1.0, 1.0, 1.0, bnorm, np.nan])]
-        calls["sgs_bicgstab"].append(  # three steps (six products) from y = 0
-            (f"t{t}", lambda k, t=t, start=start: _outputs(
-                k, (*parts, e, 1.0 / e, diag - 2.0 * e, t), start, n_threads,
-                keep=[0, 1, 3, 4, 9], tail=(0.0, 1e8, 6))))
-        calls["sgs_operator"].append(
-            (f"t{t}", lambda k, t=t: _outputs(k, (*parts, e, 1.0 / e, diag - 2.0 * e, x),
-                                              [out(), out()], n_threads, keep=[1], tail=(t,))))
-        calls["sgs_start"].append(
-            (f"t{t}", lambda k, t=t, b=b_hat: _outputs(
-                k, (*parts, e, 1.0 / e, diag - 2.0 * e, b, x), [out(), out(), out()],
-                n_threads, tail=(t,))))
+        # the sweeps with the neighbour's register path (``near``: both bits, whether the
+        # neighbour is there or not) and without (the same sums either way)
+        for near in (0, 3):
+            for part in (1, 2):
+                calls["triangular_solve"].append(
+                    (f"t{t}-part{part}-near{near}", lambda k, t=t, part=part, near=near: _run(
+                        k, out(), *parts, 1.0 / e, x, n_threads=n_threads, tail=(part, t, near))))
+            calls["sgs_bicgstab"].append(  # three steps (six products) from y = 0
+                (f"t{t}-near{near}", lambda k, t=t, start=start, near=near: _outputs(
+                    k, (*parts, e, 1.0 / e, diag - 2.0 * e, t, near), start, n_threads,
+                    keep=[0, 1, 3, 4, 9], tail=(0.0, 1e8, 6))))
+            calls["sgs_operator"].append(
+                (f"t{t}-near{near}", lambda k, t=t, near=near: _outputs(
+                    k, (*parts, e, 1.0 / e, diag - 2.0 * e, x), [out(), out()], n_threads,
+                    keep=[1], tail=(t, near))))
+            calls["sgs_start"].append(
+                (f"t{t}-near{near}", lambda k, t=t, b=b_hat, near=near: _outputs(
+                    k, (*parts, e, 1.0 / e, diag - 2.0 * e, b, x), [out(), out(), out()],
+                    n_threads, tail=(t, near))))
     return calls
 
 

@@ -23,17 +23,27 @@
                       for B = A; see kernels/numba/assembled.py)
 
 B = A (``transpose`` 0) or Aᵀ (1) = D + L_B + U_B; ``part`` 0: B, 1: E + L_B, 2: E + U_B
-for a diagonal E (E = D/ω in the SSOR sweeps). The sweeps (``triangular_solve`` and
-those in ``sgs_operator``, ``sgs_start``, ``sgs_bicgstab``) take the row they solved just
-before from a register where it is the current row's entry next to the diagonal (the
-last of its lower part, the first of its upper: gridworlds, queues), not through the
-store just made, which would sit on the serial path from row to row: the same sums.
-Serial (``n_threads`` is ignored). Mirrors kernels/numba/assembled.py.
+for a diagonal E (E = D/ω in the SSOR sweeps). ``near`` (the sweeps: triangular_solve,
+and those in sgs_operator, sgs_start, sgs_bicgstab): bits NEAR_LOWER / NEAR_UPPER where
+most rows' lower part ends with column i − 1 / upper part starts with i + 1
+(``fastppo._assembled.near_parts``: gridworlds, queues). Such a sweep takes the row it
+solved just before from a register instead of through the store just made, which sits
+on the serial path from row to row; the same sums in the same order. Without the bit, a
+sweep is the plain loop (on the pendulum grid, where 3 % of rows have the neighbour
+there, the check cost its SGS operator 10–45 %).
+Serial (``n_threads`` is ignored). Mirrors kernels/numba/assembled.py (whose sweeps
+ignore ``near``).
 """
 from libc.math cimport sqrt
 from libc.stdint cimport int32_t, int64_t, uint64_t
 
 include "_probability.pxi"
+
+
+cdef enum:
+    # ``near`` bits of the sweeps (fastppo._assembled.near_parts)
+    NEAR_LOWER = 1  # row i's lower part may end with column i − 1
+    NEAR_UPPER = 2  # its upper part may start with i + 1
 
 
 cdef inline int64_t _merge_row(const int32_t[::1] p_indices, int64_t first, int64_t last,
@@ -297,10 +307,8 @@ cdef void _matvec(const int64_t[::1] indptr, const int64_t[::1] mid,
 cdef void _forward(const int64_t *indptr, const int64_t *mid, const int32_t *indices,
                    const double *data, const double *dinv, const double *x, double *out,
                    Py_ssize_t n) noexcept nogil:
-    """out = (D + L)⁻¹ x over the rows' lower parts, in order; out[i − 1] from a register
-    where it is row i's last lower entry. ``out`` may be ``x``. (The sweeps are functions
-    of their own, not inlined into the kernels: there GCC ran out of registers and
-    reloaded a pointer per row, 1.3–1.5× the time on the pendulum grid's short rows.)"""
+    """out = (D + L)⁻¹ x over the rows' lower parts, in order, out[i − 1] from a register
+    where it is row i's last lower entry. ``out`` may be ``x``."""
     cdef Py_ssize_t i
     cdef int64_t j, a, b
     cdef double acc, prev = 0.0
@@ -322,7 +330,7 @@ cdef void _forward(const int64_t *indptr, const int64_t *mid, const int32_t *ind
 cdef void _backward(const int64_t *indptr, const int64_t *mid, const int32_t *indices,
                     const double *data, const double *dinv, const double *x, double *out,
                     Py_ssize_t n) noexcept nogil:
-    """out = (D + U)⁻¹ x over the rows' upper parts, from the last row; out[i + 1] from a
+    """out = (D + U)⁻¹ x over the rows' upper parts, from the last row, out[i + 1] from a
     register where it is row i's first upper entry. ``out`` may be ``x``."""
     cdef Py_ssize_t i
     cdef int64_t j, a, b
@@ -347,14 +355,12 @@ cdef void _scattered(const int64_t *indptr, const int64_t *mid, const int32_t *i
                      bint forward) noexcept nogil:
     """In place, the sweeps of Aᵀ's parts by A's rows: forward (D + Uᵀ), row i scattering
     its upper entries, or backward (D + Lᵀ), its lower ones. Row k (the next) is loaded
-    once row i has scattered; row i's term of it is kept in a register where it is the
+    once row i has scattered, row i's term of it kept in a register where it is the
     part's entry next to the diagonal (each target once per row: any order, the same
     sums)."""
     cdef Py_ssize_t t, i, k
     cdef int64_t j, a, b
     cdef double oi, w, cur
-    if n == 0:
-        return
     cur = out[0] if forward else out[n - 1]
     for t in range(n):
         i = t if forward else n - 1 - t
@@ -381,24 +387,71 @@ cdef void _scattered(const int64_t *indptr, const int64_t *mid, const int32_t *i
             cur = out[k] - w  # (w = 0 elsewhere: x − 0 = x)
 
 
-cdef void _solve(const int64_t[::1] indptr, const int64_t[::1] mid,
-                 const int32_t[::1] indices, const double[::1] data,
-                 const double[::1] dinv, const double[::1] x, double[::1] out,
-                 int part, int transpose) noexcept nogil:
-    cdef Py_ssize_t n = dinv.shape[0], i
-    cdef const int32_t *columns = &indices[0] if indices.shape[0] else NULL
-    cdef const double *values = &data[0]
-    if n == 0:
-        return
-    if transpose == 0:  # (D + L): forward over rows; (D + U): backward
-        if part == 1:
-            _forward(&indptr[0], &mid[0], columns, values, &dinv[0], &x[0], &out[0], n)
-        else:
-            _backward(&indptr[0], &mid[0], columns, values, &dinv[0], &x[0], &out[0], n)
-    else:  # (D + Uᵀ) (part 1): forward; (D + Lᵀ): backward
+cdef inline void _solve(const int64_t[::1] indptr, const int64_t[::1] mid,
+                        const int32_t[::1] indices, const double[::1] data,
+                        const double[::1] dinv, const double[::1] x, double[::1] out,
+                        int part, int transpose) noexcept nogil:
+    """The plain sweep of part 1 or 2 (where the neighbour's check costs more than it
+    saves: :func:`_sweep`)."""
+    cdef Py_ssize_t n = dinv.shape[0], t, i
+    cdef int64_t j, a, b
+    cdef double acc, oi
+    cdef bint lower
+    if transpose == 0:
+        lower = part == 1  # (D + L): forward over rows; (D + U): backward
+        for t in range(n):
+            i = t if lower else n - 1 - t
+            a = indptr[i] if lower else mid[i]
+            b = mid[i] if lower else indptr[i + 1]
+            acc = x[i]
+            for j in range(a, b):
+                acc = acc - data[j] * out[indices[j]]
+            out[i] = acc * dinv[i]
+    else:
+        # (D + Uᵀ) (part 1): forward, scattering row i's upper entries; (D + Lᵀ): backward
+        lower = part == 1  # forward
         for i in range(n):  # (out may be x)
             out[i] = x[i]
-        _scattered(&indptr[0], &mid[0], columns, values, &dinv[0], &out[0], n, part == 1)
+        for t in range(n):
+            i = t if lower else n - 1 - t
+            oi = out[i] * dinv[i]
+            out[i] = oi
+            a = mid[i] if lower else indptr[i]
+            b = indptr[i + 1] if lower else mid[i]
+            for j in range(a, b):
+                out[indices[j]] -= data[j] * oi
+
+
+cdef void _near_solve(const int64_t[::1] indptr, const int64_t[::1] mid,
+                      const int32_t[::1] indices, const double[::1] data,
+                      const double[::1] dinv, const double[::1] x, double[::1] out,
+                      int part, int transpose) noexcept nogil:
+    """The sweep of part 1 or 2 with the neighbour from a register (:func:`_forward`,
+    :func:`_backward`, :func:`_scattered`); A has off-diagonal entries."""
+    cdef Py_ssize_t n = dinv.shape[0], i
+    if transpose == 0:
+        if part == 1:
+            _forward(&indptr[0], &mid[0], &indices[0], &data[0], &dinv[0], &x[0], &out[0], n)
+        else:
+            _backward(&indptr[0], &mid[0], &indices[0], &data[0], &dinv[0], &x[0], &out[0], n)
+    else:
+        for i in range(n):  # (out may be x)
+            out[i] = x[i]
+        _scattered(&indptr[0], &mid[0], &indices[0], &data[0], &dinv[0], &out[0], n, part == 1)
+
+
+cdef inline void _sweep(const int64_t[::1] indptr, const int64_t[::1] mid,
+                        const int32_t[::1] indices, const double[::1] data,
+                        const double[::1] dinv, const double[::1] x, double[::1] out,
+                        int part, int transpose, int near) noexcept nogil:
+    """out = (E + L_B)⁻¹ x (part 1) or (E + U_B)⁻¹ x (part 2): :func:`_near_solve` where
+    ``near`` has the bit of the part of A's rows the sweep reads (the lower one for
+    (D + L) and (D + Lᵀ)), else :func:`_solve`."""
+    cdef int bit = NEAR_LOWER if (part == 1) == (transpose == 0) else NEAR_UPPER
+    if dinv.shape[0] > 0 and near & bit:
+        _near_solve(indptr, mid, indices, data, dinv, x, out, part, transpose)
+    else:
+        _solve(indptr, mid, indices, data, dinv, x, out, part, transpose)
 
 
 def split_matvec(const int64_t[::1] indptr, const int64_t[::1] mid, const int32_t[::1] indices,
@@ -411,20 +464,22 @@ def split_matvec(const int64_t[::1] indptr, const int64_t[::1] mid, const int32_
 def triangular_solve(const int64_t[::1] indptr, const int64_t[::1] mid,
                      const int32_t[::1] indices, const double[::1] data,
                      const double[::1] dinv, const double[::1] x,                      # IN
-                     double[::1] out, int part, int transpose, int n_threads):         # OUT
-    """triangular_solve(indptr, mid, indices, data, dinv, x, out, part, transpose, n_threads)"""
-    _solve(indptr, mid, indices, data, dinv, x, out, part, transpose)
+                     double[::1] out, int part, int transpose, int near,               # OUT
+                     int n_threads):
+    """triangular_solve(indptr, mid, indices, data, dinv, x, out, part, transpose, near,
+    n_threads)"""
+    _sweep(indptr, mid, indices, data, dinv, x, out, part, transpose, near)
 
 
 cdef void _sgs(const int64_t[::1] indptr, const int64_t[::1] mid, const int32_t[::1] indices,
                const double[::1] data, const double[::1] diag, const double[::1] dinv,
                const double[::1] kdiag, const double[::1] x, double[::1] t, double[::1] out,
-               int transpose) noexcept nogil:
+               int transpose, int near) noexcept nogil:
     cdef Py_ssize_t n = dinv.shape[0], i
-    _solve(indptr, mid, indices, data, dinv, x, t, 2, transpose)
+    _sweep(indptr, mid, indices, data, dinv, x, t, 2, transpose, near)
     for i in range(n):
         out[i] = x[i] + kdiag[i] * t[i]
-    _solve(indptr, mid, indices, data, dinv, out, out, 1, transpose)
+    _sweep(indptr, mid, indices, data, dinv, out, out, 1, transpose, near)
     for i in range(n):
         out[i] = diag[i] * (t[i] + out[i])
 
@@ -432,32 +487,33 @@ cdef void _sgs(const int64_t[::1] indptr, const int64_t[::1] mid, const int32_t[
 def sgs_operator(const int64_t[::1] indptr, const int64_t[::1] mid, const int32_t[::1] indices,
                  const double[::1] data, const double[::1] diag, const double[::1] dinv,
                  const double[::1] kdiag, const double[::1] x,                         # IN
-                 double[::1] t, double[::1] out, int transpose, int n_threads):        # OUT
+                 double[::1] t, double[::1] out, int transpose, int near,              # OUT
+                 int n_threads):
     """sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose,
-    n_threads)"""
+    near, n_threads)"""
     with nogil:
-        _sgs(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose)
+        _sgs(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose, near)
 
 
 def sgs_start(const int64_t[::1] indptr, const int64_t[::1] mid, const int32_t[::1] indices,
               const double[::1] data, const double[::1] diag, const double[::1] dinv,
               const double[::1] kdiag, const double[::1] b, const double[::1] x,   # IN
-              double[::1] b_hat, double[::1] y, double[::1] out, int transpose,
+              double[::1] b_hat, double[::1] y, double[::1] out, int transpose, int near,
               int n_threads):                                                       # OUT
     """sgs_start(indptr, mid, indices, data, diag, dinv, kdiag, b, x, b_hat, y, out,
-    transpose, n_threads)"""
+    transpose, near, n_threads)"""
     cdef Py_ssize_t n = dinv.shape[0], i
     cdef int64_t j, c
     cdef double acc, au, aw
     with nogil:
         if transpose != 0:  # the three sweeps in turn (Aᵀ's rows are columns here)
-            _solve(indptr, mid, indices, data, dinv, b, b_hat, 1, transpose)
+            _sweep(indptr, mid, indices, data, dinv, b, b_hat, 1, transpose, near)
             for i in range(n):
                 b_hat[i] = b_hat[i] * diag[i]
             _matvec(indptr, mid, indices, data, diag, x, y, 2, transpose)
             for i in range(n):
                 out[i] = kdiag[i] * x[i] + y[i]
-            _solve(indptr, mid, indices, data, dinv, out, out, 1, transpose)
+            _sweep(indptr, mid, indices, data, dinv, out, out, 1, transpose, near)
         else:  # one forward pass: row i's upper part makes y[i], its lower part both sweeps
             for i in range(n):
                 acc = diag[i] * x[i]
@@ -488,13 +544,13 @@ cdef inline double _dot(const double[::1] a, const double[::1] b) noexcept nogil
 
 def sgs_bicgstab(const int64_t[::1] indptr, const int64_t[::1] mid, const int32_t[::1] indices,
                  const double[::1] data, const double[::1] diag, const double[::1] dinv,
-                 const double[::1] kdiag, int transpose,                               # IN
+                 const double[::1] kdiag, int transpose, int near,                     # IN
                  double[::1] y, double[::1] r, const double[::1] r_hat, double[::1] p,
                  double[::1] v, double[::1] s, double[::1] t, double[::1] w,
                  double[::1] snap, double[::1] state, double threshold, double blowup,
                  int64_t max_products, int n_threads):                                 # IN/OUT
-    """sgs_bicgstab(indptr, mid, indices, data, diag, dinv, kdiag, transpose, y, r, r_hat, p,
-    v, s, t, w, snap, state, threshold, blowup, max_products, n_threads) -> products"""
+    """sgs_bicgstab(indptr, mid, indices, data, diag, dinv, kdiag, transpose, near, y, r,
+    r_hat, p, v, s, t, w, snap, state, threshold, blowup, max_products, n_threads) -> products"""
     cdef Py_ssize_t n = y.shape[0], i
     cdef double rho = state[0], alpha = state[1], omega = state[2], rel = state[3]
     cdef double snap_rel = state[4], bnorm = state[5]
@@ -513,7 +569,7 @@ def sgs_bicgstab(const int64_t[::1] indptr, const int64_t[::1] mid, const int32_
             beta = (rho_new / rho) * (alpha / omega)
             for i in range(n):
                 p[i] = r[i] + beta * (p[i] - omega * v[i])
-            _sgs(indptr, mid, indices, data, diag, dinv, kdiag, p, w, v, transpose)
+            _sgs(indptr, mid, indices, data, diag, dinv, kdiag, p, w, v, transpose, near)
             used = used + 1
             denom = _dot(r_hat, v)
             if denom == 0.0:
@@ -522,7 +578,7 @@ def sgs_bicgstab(const int64_t[::1] indptr, const int64_t[::1] mid, const int32_
             alpha = rho_new / denom
             for i in range(n):
                 s[i] = r[i] - alpha * v[i]
-            _sgs(indptr, mid, indices, data, diag, dinv, kdiag, s, w, t, transpose)
+            _sgs(indptr, mid, indices, data, diag, dinv, kdiag, s, w, t, transpose, near)
             used = used + 1
             tt = _dot(t, t)
             omega = _dot(t, s) / tt if tt > 0.0 else 0.0

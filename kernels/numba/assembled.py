@@ -65,12 +65,12 @@ a diagonal E given as ``diag`` (E = D: the parts of B) or ``dinv`` = 1/E:
                       the iterate saved whenever the residual halved); returns the products
                       with Â.
 
-The sweeps (``triangular_solve``, and those in ``sgs_operator``, ``sgs_start`` and
-``sgs_bicgstab``) take the row they solved just before from a register where it is the
-current row's entry next to the diagonal (the last of its lower part, the first of its
-upper: gridworlds, queues), instead of loading it back through the store just made,
-which sits on the serial path from row to row: the same sums in the same order
-(gridworld at 50k: ~0.65× the time of the SGS operator, cython).
+``near`` (the sweeps: ``triangular_solve``, ``sgs_operator``, ``sgs_start``,
+``sgs_bicgstab``): the pattern's hint (``fastppo._assembled.near_parts``) on which the
+Cython twin takes the row a sweep solved just before from a register instead of through
+the store just made (gridworld at 50k: ~0.6× the time of its SGS operator). Here it is
+unused: the same sums either way, and LLVM's code for that path measured no gain (grid
+0.91–0.98×, queue2d 1.06–1.10× the plain sweeps' time at 10k).
 
 The sweeps are sequential by nature: every kernel here is serial (``n_threads`` is
 ignored). Mirrors kernels/cython/assembled.pyx.
@@ -301,92 +301,36 @@ def _matvec(indptr, mid, indices, data, diag, x, out, part, transpose):
 
 
 @njit(cache=True)
-def _forward(indptr, mid, indices, data, dinv, x, out):
-    """out = (D + L)⁻¹ x, rows in order; out[i − 1] from a register where it is row i's
-    last lower entry (module docstring)."""
-    prev = 0.0
-    for i in range(dinv.shape[0]):
-        a, b = indptr[i], mid[i]
-        acc = x[i]
-        if b > a and indices[b - 1] == i - 1:
-            for j in range(np.uint64(a), np.uint64(b - 1)):  # (a loop each)
-                acc -= data[j] * out[np.uint32(indices[j])]
-            acc -= data[b - 1] * prev
-        else:
-            for j in range(np.uint64(a), np.uint64(b)):
-                acc -= data[j] * out[np.uint32(indices[j])]
-        prev = acc * dinv[i]
-        out[i] = prev
-
-
-@njit(cache=True)
-def _backward(indptr, mid, indices, data, dinv, x, out):
-    """out = (D + U)⁻¹ x from the last row; out[i + 1] from a register where it is row i's
-    first upper entry."""
-    prev = 0.0
-    for i in range(dinv.shape[0] - 1, -1, -1):
-        a, b = mid[i], indptr[i + 1]
-        acc = x[i]
-        if b > a and indices[a] == i + 1:
-            acc -= data[a] * prev
-            for j in range(np.uint64(a + 1), np.uint64(b)):
-                acc -= data[j] * out[np.uint32(indices[j])]
-        else:
-            for j in range(np.uint64(a), np.uint64(b)):
-                acc -= data[j] * out[np.uint32(indices[j])]
-        prev = acc * dinv[i]
-        out[i] = prev
-
-
-@njit(cache=True)
-def _scattered(indptr, mid, indices, data, dinv, out, forward):
-    """In place: (D + Uᵀ) forward, row i scattering its upper entries, or (D + Lᵀ)
-    backward, its lower ones; row k (the next) loaded once row i has scattered, row i's
-    term of it kept in a register where it is the part's entry next to the diagonal."""
-    n = dinv.shape[0]
-    if n == 0:
-        return
-    cur = out[0] if forward else out[n - 1]
-    for t in range(n):
-        i = t if forward else n - 1 - t
-        oi = cur * dinv[i]
-        out[i] = oi
-        a, b = _bounds(indptr, mid, i, not forward)
-        w = 0.0
-        if forward:
-            k = i + 1
-            if b > a and indices[a] == k:
-                w = data[a] * oi
-                a += 1
-        else:
-            k = i - 1
-            if b > a and indices[b - 1] == k:
-                w = data[b - 1] * oi
-                b -= 1
-        for j in range(np.uint64(a), np.uint64(b)):
-            out[np.uint32(indices[j])] -= data[j] * oi
-        if 0 <= k < n:
-            cur = out[k] - w  # (w = 0 elsewhere: x − 0 = x)
-
-
-@njit(cache=True)
 def _solve(indptr, mid, indices, data, dinv, x, out, part, transpose):
-    if transpose == 0:  # (D + L): forward over rows; (D + U): backward
-        if part == 1:
-            _forward(indptr, mid, indices, data, dinv, x, out)
-        else:
-            _backward(indptr, mid, indices, data, dinv, x, out)
-    else:  # (D + Uᵀ) (part 1): forward; (D + Lᵀ): backward
-        for i in range(dinv.shape[0]):  # (out may be x)
+    n = dinv.shape[0]
+    if transpose == 0:
+        lower = part == 1  # (D + L): forward over rows; (D + U): backward
+        for t in range(n):
+            i = t if lower else n - 1 - t
+            a, b = _bounds(indptr, mid, i, lower)
+            acc = x[i]
+            for j in range(np.uint64(a), np.uint64(b)):
+                acc -= data[j] * out[np.uint32(indices[j])]
+            out[i] = acc * dinv[i]
+    else:
+        # (D + Uᵀ) (part 1): forward, scattering row i's upper entries; (D + Lᵀ): backward
+        forward = part == 1
+        for i in range(n):  # (out may be x)
             out[i] = x[i]
-        _scattered(indptr, mid, indices, data, dinv, out, part == 1)
+        for t in range(n):
+            i = t if forward else n - 1 - t
+            oi = out[i] * dinv[i]
+            out[i] = oi
+            a, b = _bounds(indptr, mid, i, not forward)
+            for j in range(np.uint64(a), np.uint64(b)):
+                out[np.uint32(indices[j])] -= data[j] * oi
 
 
 def split_matvec(indptr, mid, indices, data, diag, x, out, part, transpose):
     _matvec(indptr, mid, indices, data, diag, x, out, part, transpose)
 
 
-def triangular_solve(indptr, mid, indices, data, dinv, x, out, part, transpose):
+def triangular_solve(indptr, mid, indices, data, dinv, x, out, part, transpose, near):
     _solve(indptr, mid, indices, data, dinv, x, out, part, transpose)
 
 
@@ -401,11 +345,12 @@ def _sgs(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose):
         out[i] = diag[i] * (t[i] + out[i])
 
 
-def sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose):
+def sgs_operator(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose, near):
     _sgs(indptr, mid, indices, data, diag, dinv, kdiag, x, t, out, transpose)
 
 
-def sgs_start(indptr, mid, indices, data, diag, dinv, kdiag, b, x, b_hat, y, out, transpose):
+def sgs_start(indptr, mid, indices, data, diag, dinv, kdiag, b, x, b_hat, y, out, transpose,
+              near):
     n = dinv.shape[0]
     if transpose != 0:  # the three sweeps in turn (Aᵀ's rows are columns here)
         _solve(indptr, mid, indices, data, dinv, b, b_hat, 1, transpose)
@@ -443,8 +388,8 @@ def _dot(a, b):
     return acc
 
 
-def sgs_bicgstab(indptr, mid, indices, data, diag, dinv, kdiag, transpose, y, r, r_hat, p, v,
-                 s, t, w, snap, state, threshold, blowup, max_products):
+def sgs_bicgstab(indptr, mid, indices, data, diag, dinv, kdiag, transpose, near, y, r, r_hat, p,
+                 v, s, t, w, snap, state, threshold, blowup, max_products):
     n = y.shape[0]
     rho, alpha, omega, rel, snap_rel, bnorm = state[0], state[1], state[2], state[3], state[4], state[5]
     used, status = 0, 1
