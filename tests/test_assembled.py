@@ -381,9 +381,9 @@ def test_sweeps_take_the_neighbour_from_a_register_with_the_same_sums(backend, l
     is the row's entry next to the diagonal (a gridworld's rows, as stored: ``near_parts``
     sets both bits); reversing each part moves it to the other end (read back from
     memory), and a pattern without the neighbours has none (neither sets a bit). With the
-    bits from the pattern, forced on or off, every sweep (A and Aᵀ, forward and backward,
-    alone and within the SGS operator) is bit for bit the explicit loops in stored order,
-    and the operator the dense one."""
+    bits from the pattern, forced on or off, every sweep (A and Aᵀ, forward and backward)
+    is bit for bit the explicit loops in stored order, and the SGS operator, made of the
+    same sweeps, is the dense one."""
     mdp = fastppo.gridworld(7, 9, gamma=0.97)
     pi = random_policy(mdp, 4)[0]
     M = AssembledMatrix(mdp, policy_rows(mdp, pi), backend)
