@@ -134,12 +134,13 @@ def policy_rows(mdp, pi, previous=None, backend=None, n_threads=1, in_place=Fals
         if rows is not None:
             return rows
     a_indptr = np.empty(mdp.n_states + 1, dtype=np.int64)
-    p_indptr = np.empty(n_used + 1, dtype=np.int64)
-    get_kernel("compact_indptr", backend)(mdp.a_indptr, T.p_indptr, pi, a_indptr, p_indptr, 1)
+    p_indptr, pairs = np.empty(n_used + 1, dtype=np.int64), np.empty(n_used, dtype=np.int64)
+    get_kernel("compact_indptr", backend)(mdp.a_indptr, T.p_indptr, pi, a_indptr, p_indptr,
+                                          pairs, 1)
     indices = np.empty(p_indptr[-1], dtype=T.p_indices.dtype)
     data, weights = np.empty(p_indptr[-1], dtype=T.p_data.dtype), np.empty(n_used)
-    get_kernel("compact_rows", backend)(mdp.a_indptr, T.p_indptr, T.p_indices, T.p_data, pi,
-                                        a_indptr, p_indptr, indices, data, weights, n_threads)
+    get_kernel("compact_rows", backend)(T.p_indptr, T.p_indices, T.p_data, pi, pairs, p_indptr,
+                                        indices, data, weights, n_threads)
     return a_indptr, p_indptr, indices, data, weights
 
 

@@ -125,10 +125,12 @@ def policy_gradient(a_indptr, pi, b, weight, ref, code, alpha, tau, out, n_threa
     out[:] = weight[s] * g
 
 
-def compact_indptr(a_indptr, p_indptr, pi, out_a_indptr, out_p_indptr, n_threads=1):
-    """Pointers of the pairs with π > 0: out_a_indptr (n_states + 1,) to them per state,
-    out_p_indptr (n_used + 1,) to their rows of P, packed in pair order."""
+def compact_indptr(a_indptr, p_indptr, pi, out_a_indptr, out_p_indptr, out_pairs, n_threads=1):
+    """The pairs with π > 0, in order, into out_pairs (n_used,), and their pointers:
+    out_a_indptr (n_states + 1,) to them per state, out_p_indptr (n_used + 1,) to their
+    rows of P, packed in pair order."""
     used = np.flatnonzero(pi)
+    out_pairs[:] = used
     out_a_indptr[0] = 0
     np.cumsum(np.bincount(_states(a_indptr)[used], minlength=a_indptr.shape[0] - 1),
               out=out_a_indptr[1:])
@@ -136,16 +138,15 @@ def compact_indptr(a_indptr, p_indptr, pi, out_a_indptr, out_p_indptr, n_threads
     np.cumsum(np.diff(p_indptr)[used], out=out_p_indptr[1:])
 
 
-def compact_rows(a_indptr, p_indptr, p_indices, p_data, pi, out_a_indptr, out_p_indptr,
-                 out_indices, out_data, out_pi, n_threads=1):
-    """The rows of P and π of the pairs with π > 0 (in pair order) at the pointers of
+def compact_rows(p_indptr, p_indices, p_data, pi, pairs, out_p_indptr, out_indices, out_data,
+                 out_pi, n_threads=1):
+    """The rows of P and π of ``pairs`` (in that order) at the pointers of
     :func:`compact_indptr`."""
-    used = np.flatnonzero(pi)
-    lengths = np.diff(p_indptr)[used]
-    gather = np.repeat(p_indptr[used] - out_p_indptr[:-1], lengths) + np.arange(out_p_indptr[-1])
+    lengths = np.diff(p_indptr)[pairs]
+    gather = np.repeat(p_indptr[pairs] - out_p_indptr[:-1], lengths) + np.arange(out_p_indptr[-1])
     out_indices[:] = p_indices[gather]
     out_data[:] = p_data[gather]
-    out_pi[:] = pi[used]
+    out_pi[:] = pi[pairs]
 
 
 # -------------------------------------------------------------- policy update

@@ -117,17 +117,18 @@ def _compact_calls(mdp, policies, n_threads):
     a, pp, pj, pd = mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data
 
     def indptr(k, p):
-        out_a, out_p = np.full(mdp.n_states + 1, -1), np.full(np.count_nonzero(p) + 1, -1)
-        k(a, pp, p, out_a, out_p, n_threads)
-        return np.concatenate([out_a, out_p]).astype(float)
+        n_used = np.count_nonzero(p)
+        out_a, out_p = np.full(mdp.n_states + 1, -1), np.full(n_used + 1, -1)
+        pairs = np.full(n_used, -1)
+        k(a, pp, p, out_a, out_p, pairs, n_threads)
+        return np.concatenate([out_a, out_p, pairs]).astype(float)
 
     def rows(k, p):
         used = np.flatnonzero(p)
-        out_a = np.concatenate([[0], np.cumsum(np.bincount(mdp.s_indices[used], minlength=mdp.n_states))])
         out_p = np.concatenate([[0], np.cumsum(np.diff(pp)[used])])
         indices = np.full(out_p[-1], -1, dtype=pj.dtype)
         data, w = np.full(out_p[-1], np.nan), np.full(used.shape[0], np.nan)
-        k(a, pp, pj, pd, p, out_a, out_p, indices, data, w, n_threads)
+        k(pp, pj, pd, p, used, out_p, indices, data, w, n_threads)
         return np.concatenate([indices, data, w])
 
     return {"compact_indptr": [(label, lambda k, p=p: indptr(k, p)) for label, p in policies],

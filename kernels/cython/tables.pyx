@@ -5,8 +5,8 @@
 ``advantages``:         out = q − Σ_a π q  (per state)
 ``q_advantages``:       q = r + scale·rows and adv = q − Σ_a π q in one pass
 ``policy_gradient``:    out[k] = w(s) π_k [(b_k − Σ_a π b) − τ(f'_k − Σ_a π f')]
-``compact_indptr``:     the pair and row pointers of the pairs with π > 0 (serial prefix sums)
-``compact_rows``:       their rows of P and their π, gathered by those pointers
+``compact_indptr``:     the pairs with π > 0 and their pair and row pointers (serial prefix sums)
+``compact_rows``:       their rows of P and their π, gathered pair by pair
 Mirrors kernels/numba/tables.py.
 """
 from cython.parallel cimport prange
@@ -19,8 +19,12 @@ include "_codes.pxi"
 include "_divergence.pxi"
 include "_softmax.pxi"
 
+cdef extern from *:
+    void prefetch "__builtin_prefetch" (const void *address, int write, int locality) nogil
+
 cdef enum:
     TASK_BLOCKS = 32  # blocks of LANES states per parallel task
+    ROWS_AHEAD = 8  # compact_rows: the pair whose rows are prefetched (kernels/numba/tables.py)
     TERM_CHUNK = 512  # pairs per chunk of divergence terms (4 KB)
 
 
@@ -203,8 +207,9 @@ def policy_gradient(const int64_t[::1] a_indptr, const double[::1] pi, const dou
 
 def compact_indptr(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                    const double[::1] pi,                                          # IN
-                   int64_t[::1] out_a_indptr, int64_t[::1] out_p_indptr, int n_threads):  # OUT
-    """compact_indptr(a_indptr, p_indptr, pi, out_a_indptr, out_p_indptr, n_threads)
+                   int64_t[::1] out_a_indptr, int64_t[::1] out_p_indptr,
+                   int64_t[::1] out_pairs, int n_threads):                        # OUT
+    """compact_indptr(a_indptr, p_indptr, pi, out_a_indptr, out_p_indptr, out_pairs, n_threads)
 
     Serial at any ``n_threads`` (prefix sums)."""
     cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, s
@@ -215,28 +220,37 @@ def compact_indptr(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
         for s in range(n_states):
             for k in range(a_indptr[s], a_indptr[s + 1]):
                 if pi[k] != 0.0:
+                    out_pairs[j] = k
                     out_p_indptr[j + 1] = out_p_indptr[j] + (p_indptr[k + 1] - p_indptr[k])
                     j += 1
             out_a_indptr[s + 1] = j
 
 
-def compact_rows(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
-                 const int32_t[::1] p_indices, const probability[::1] p_data, const double[::1] pi,
-                 const int64_t[::1] out_a_indptr, const int64_t[::1] out_p_indptr,  # IN
+def compact_rows(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
+                 const probability[::1] p_data, const double[::1] pi,
+                 const int64_t[::1] pairs, const int64_t[::1] out_p_indptr,          # IN
                  int32_t[::1] out_indices, probability[::1] out_data, double[::1] out_pi,
                  int n_threads):                                                     # OUT
-    """compact_rows(a_indptr, p_indptr, p_indices, p_data, pi, out_a_indptr, out_p_indptr,
-    out_indices, out_data, out_pi, n_threads)"""
-    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, s
-    cdef int64_t k, j, i, e
-    for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
-        j = out_a_indptr[s]
-        for k in range(a_indptr[s], a_indptr[s + 1]):
-            if pi[k] != 0.0:
-                out_pi[j] = pi[k]
-                i = out_p_indptr[j]
-                for e in range(p_indptr[k], p_indptr[k + 1]):
-                    out_indices[i] = p_indices[e]
-                    out_data[i] = p_data[e]
-                    i = i + 1
-                j = j + 1
+    """compact_rows(p_indptr, p_indices, p_data, pi, pairs, out_p_indptr, out_indices,
+    out_data, out_pi, n_threads)
+
+    One compact row per pair of ``pairs``, in turn; the rows of the pair ``ROWS_AHEAD``
+    on are prefetched (first and last entries): a deterministic policy's rows lie ~A
+    rows apart in P, a stride the hardware does not follow."""
+    cdef Py_ssize_t n_used = pairs.shape[0], j
+    cdef int64_t k, i, e, ahead
+    for j in prange(n_used, nogil=True, schedule="static", num_threads=n_threads):
+        if j + ROWS_AHEAD < n_used:
+            ahead = pairs[j + ROWS_AHEAD]
+            if p_indptr[ahead + 1] > p_indptr[ahead]:
+                prefetch(&p_indices[p_indptr[ahead]], 0, 3)
+                prefetch(&p_indices[p_indptr[ahead + 1] - 1], 0, 3)
+                prefetch(&p_data[p_indptr[ahead]], 0, 3)
+                prefetch(&p_data[p_indptr[ahead + 1] - 1], 0, 3)
+        k = pairs[j]
+        out_pi[j] = pi[k]
+        i = out_p_indptr[j]
+        for e in range(p_indptr[k], p_indptr[k + 1]):
+            out_indices[i] = p_indices[e]
+            out_data[i] = p_data[e]
+            i = i + 1

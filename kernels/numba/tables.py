@@ -5,8 +5,8 @@
 ``advantages``:         out = q − Σ_a π q  (per state)
 ``q_advantages``:       q = r + scale·rows and adv = q − Σ_a π q in one pass
 ``policy_gradient``:    out[k] = w(s) π_k [(b_k − Σ_a π b) − τ(f'_k − Σ_a π f')]
-``compact_indptr``:     the pair and row pointers of the pairs with π > 0 (serial prefix sums)
-``compact_rows``:       their rows of P and their π, gathered by those pointers
+``compact_indptr``:     the pairs with π > 0 and their pair and row pointers (serial prefix sums)
+``compact_rows``:       their rows of P and their π, gathered pair by pair
 Mirrors kernels/cython/tables.pyx.
 """
 import math
@@ -17,10 +17,12 @@ from numba import njit, prange
 from ._codes import FORWARD_KL, REVERSE_KL
 from ._divergence import DBL_MIN, SQRT_HALF, p_fprime, ref_f
 from ._jit import serial, twins
+from ._prefetch import prefetch_read
 from ._softmax import LANES, flog_or_log1p, max_actions, softmax_states
 
 TASK_BLOCKS = 32  # blocks of LANES states per parallel task
 TERM_CHUNK = 512  # pairs per chunk of divergence terms (4 KB)
+ROWS_AHEAD = 8  # compact_rows: the pair whose rows are prefetched
 
 
 def segment_softmax(a_indptr, logits, out):
@@ -151,31 +153,38 @@ def policy_gradient(a_indptr, pi, b, weight, ref, code, alpha, tau, out):
             out[k] = weight[s] * g
 
 
-def compact_indptr(a_indptr, p_indptr, pi, out_a_indptr, out_p_indptr):
+def compact_indptr(a_indptr, p_indptr, pi, out_a_indptr, out_p_indptr, out_pairs):
     out_a_indptr[0] = 0
     out_p_indptr[0] = 0
     j = 0
     for s in range(a_indptr.shape[0] - 1):  # prefix sums: serial
         for k in range(a_indptr[s], a_indptr[s + 1]):
             if pi[k] != 0.0:
+                out_pairs[j] = k
                 out_p_indptr[j + 1] = out_p_indptr[j] + (p_indptr[k + 1] - p_indptr[k])
                 j += 1
         out_a_indptr[s + 1] = j
 
 
-def compact_rows(a_indptr, p_indptr, p_indices, p_data, pi, out_a_indptr, out_p_indptr,
-                 out_indices, out_data, out_pi):
-    for s in prange(a_indptr.shape[0] - 1):
-        j = out_a_indptr[s]
-        for k in range(a_indptr[s], a_indptr[s + 1]):
-            if pi[k] != 0.0:
-                out_pi[j] = pi[k]
-                i = out_p_indptr[j]
-                for e in range(p_indptr[k], p_indptr[k + 1]):
-                    out_indices[i] = p_indices[e]
-                    out_data[i] = p_data[e]
-                    i += 1
-                j += 1
+def compact_rows(p_indptr, p_indices, p_data, pi, pairs, out_p_indptr, out_indices, out_data,
+                 out_pi):
+    n_used = pairs.shape[0]
+    for j in prange(n_used):
+        if j + ROWS_AHEAD < n_used:  # the rows ROWS_AHEAD pairs on (kernels/cython/tables.pyx)
+            ahead = pairs[j + ROWS_AHEAD]
+            lo, hi = p_indptr[ahead], p_indptr[ahead + 1]
+            if hi > lo:
+                prefetch_read(p_indices, lo)
+                prefetch_read(p_indices, hi - 1)
+                prefetch_read(p_data, lo)
+                prefetch_read(p_data, hi - 1)
+        k = pairs[j]
+        out_pi[j] = pi[k]
+        i = out_p_indptr[j]
+        for e in range(p_indptr[k], p_indptr[k + 1]):
+            out_indices[i] = p_indices[e]
+            out_data[i] = p_data[e]
+            i += 1
 
 
 KERNELS = {**twins(segment_softmax, regularized_reward, advantages, q_advantages, policy_gradient,
