@@ -21,7 +21,7 @@ BACKENDS = ("numba", "cython", "numpy")
 DEFAULT_BACKEND = "cython"
 # kernel file stem → kernel names (identical in kernels/numba, kernels/cython, _reference)
 STEMS = {
-    "linear": ("bellman_matvec", "bellman_rmatvec", "q_values", "bellman_products",
+    "linear": ("bellman_matvec", "bellman_rmatvec", "q_values", "q_greedy", "bellman_products",
                "correction_weights", "correction_products"),
     "tables": ("segment_softmax", "regularized_reward", "advantages", "q_advantages",
                "policy_gradient", "compact_indptr", "compact_rows"),

@@ -45,6 +45,8 @@ class EpisodicEvaluator(Evaluator):
     (L = Σ n, the expected episode length); ``d = n / L``.
     """
 
+    fuses_greedy = False  # its evaluation always makes Q̃
+
     def __init__(self, mdp, reg, backend, n_threads, **solver_options):
         super().__init__(mdp, reg, backend, n_threads, **solver_options)
         self._order = mdp.topological_order

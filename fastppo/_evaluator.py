@@ -257,7 +257,7 @@ class Evaluator:
             self.ref = ref
         self.tol, self.max_iter, self.restart, self.method = tol, max_iter, restart, method
         k = {name: get_kernel(name, backend) for name in (
-            "bellman_matvec", "bellman_rmatvec", "bellman_products", "q_values",
+            "bellman_matvec", "bellman_rmatvec", "bellman_products", "q_values", "q_greedy",
             "regularized_reward", "advantages", "q_advantages", "policy_gradient",
             "greedy_policy", "segment_softmax", "correction_weights", "correction_products")}
         self._k = k
@@ -292,12 +292,13 @@ class Evaluator:
         return self.mdp.uniform_policy()
 
     # ------------------------------------------------------------- the loaded policy
-    def load(self, pi, patch=False):
+    def load(self, pi, patch=False, pairs=None):
         """Make ``pi`` (flat, checked; kept by reference, not copied) the current policy.
         ``patch``: its compact rows may be patched, in place, from the last loaded
         policy's (:func:`policy_rows`; for policy iteration, whose consecutive policies
         differ in few states), and ``pi`` is kept as the reference of the next patch: the
-        caller leaves it unchanged until the next ``load``."""
+        caller leaves it unchanged until the next ``load``. ``pairs``: the pairs with
+        π > 0 in order, if the caller has them (:meth:`q_greedy`'s), else found here."""
         previous = self._previous if patch and self._compact else None
         self.pi = pi
         self._rows_fresh = False
@@ -308,7 +309,8 @@ class Evaluator:
         mdp = self.mdp
         self._pairs = None
         if DIRECT_ASSEMBLY and self.method in ("sgs", "lu"):
-            used = np.flatnonzero(pi != 0)  # on booleans: ~6x faster than on floats
+            # (flatnonzero on booleans: ~6x faster than on floats)
+            used = np.flatnonzero(pi != 0) if pairs is None else pairs
             if used.shape[0] == mdp.n_states and used.shape[0] <= mdp.n_pairs // 2:
                 # deterministic (one pair per state), solved on the assembled matrix
                 # alone. A patch of the last rows re-reads only the changed states' rows
@@ -661,7 +663,10 @@ class Evaluator:
     def _evaluation(self, res, b, passes, advantages=True, q=True, q_out=None):
         mdp = self.mdp
         v = res.x
-        q, adv = self._q_advantages(res, b, advantages, q, q_out)
+        if q or advantages:
+            q, adv = self._q_advantages(res, b, advantages, q, q_out)
+        else:
+            q = adv = None
         return Evaluation(v=v, q=q, adv=adv, J=self.space.dot(mdp.rho, v), n_matvec=res.n_matvec,
                           n_passes=self.n_passes - passes, residual=res.residual,
                           method=res.method, fill=self._fill(res), backend=self.backend)
@@ -684,7 +689,7 @@ class Evaluator:
                                     self.tol_name, self.space)
         return dict(stop=stop, max_iter=self.max_iter, method=self.method, restart=self.restart)
 
-    def evaluation(self, v0=None, tol=None, advantages=True, q_out=None):
+    def evaluation(self, v0=None, tol=None, advantages=True, q_out=None, q=True):
         """Ṽ, Q̃, Ã and J of the loaded policy.
 
         Parameters
@@ -699,6 +704,9 @@ class Evaluator:
         q_out : ndarray of shape (n_pairs,), optional
             Q̃ written into it (policy iteration alternates two: no fresh 8·n_pairs bytes
             per step).
+        q : bool, default True
+            False with ``advantages`` False: neither Q̃ nor Ã (``q``, ``adv`` None; policy
+            iteration at τ = 0 makes Q̃ with its greedy step, :meth:`q_greedy`).
 
         Returns
         -------
@@ -708,7 +716,7 @@ class Evaluator:
         passes = self.n_passes
         system = self._value_system()
         res = _krylov.solve(system, v0, **self._solve_options(tol))
-        return self._evaluation(res, system.b, passes, advantages, q_out=q_out)
+        return self._evaluation(res, system.b, passes, advantages, q, q_out)
 
     def visitation(self, mu, d0=None, tol=None):
         """d^π_μ of the loaded policy.
@@ -764,6 +772,21 @@ class Evaluator:
         return out
 
     # -------------------------------------------------------- per-state operations
+    # q_greedy serves policy iteration at τ = 0 (subclasses whose Q̃ needs more than P's
+    # local rows, or another pass, say False)
+    fuses_greedy = True
+
+    def q_greedy(self, v, q_out, pi_out, value_out):
+        """Q̃ = r + γ P v into ``q_out`` and the greedy step at τ = 0 (:meth:`greedy`) in one
+        pass over P (counted in ``n_passes``); returns the pair π_out takes at each state,
+        shape (n_states,) int64."""
+        mdp = self.mdp
+        pairs = np.empty(mdp.n_states, dtype=np.int64)
+        self.n_passes += 1
+        self._k["q_greedy"](mdp.a_indptr, mdp.p_indptr, self._column_indices(), mdp.p_data,
+                            mdp.r, mdp.gamma, v, q_out, pi_out, pairs, value_out, self.n_threads)
+        return pairs
+
     def greedy(self, q, pi_out, value_out):
         """The regularized greedy step: per state, pi_out = argmax_p Σ p q − τ D_f(p ‖ π_ref)
         and value_out its value (the regularized Bellman operator applied to q)."""

@@ -55,6 +55,14 @@ def q_values(p_indptr, p_indices, p_data, r, gamma, v, out, n_threads=1):
     out[:] = r + gamma * (_P(p_indptr, p_indices, p_data, v.shape[0]) @ v)
 
 
+def q_greedy(a_indptr, p_indptr, p_indices, p_data, r, gamma, v, q_out, pi_out, pairs_out,
+             value_out, n_threads=1):
+    """:func:`q_values`, then :func:`greedy_policy` at τ = 0; pairs_out[s] the pair π takes."""
+    q_values(p_indptr, p_indices, p_data, r, gamma, v, q_out)
+    greedy_policy(a_indptr, q_out, q_out, NONE, 0.0, 0.0, pi_out, value_out)
+    pairs_out[:] = np.flatnonzero(pi_out)
+
+
 def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out_x, out_y,
                      rows, buf, n_threads=1):
     """out_x = x − γ P_π x with rows = P x per pair, and out_y = y − γ P_πᵀ y, in one call;

@@ -431,6 +431,8 @@ class DistributedEvaluator(Evaluator):
     """fastppo's Evaluator on this rank's block: products exchange vector entries over
     MPI (module docstring), every reduction goes through a :class:`RankSpace`."""
 
+    fuses_greedy = False  # Q̃ gathers x over MPI (q_values)
+
     def __init__(self, M, reg, backend, n_threads, **options):
         if reg is not None and getattr(reg, "ref", None) is not None:
             raise ValueError("fastppo.distributed supports the uniform reference policy only "

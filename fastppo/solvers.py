@@ -147,6 +147,7 @@ FORCING = 0.05
 # steps at residuals 0.8 … 0.01, 124 → 111 products; the grid 446 → 335)
 LOOSE_CAP = 1e-3
 START_FROM_TV = True
+FUSED_GREEDY = True  # τ = 0: Q̃ and the greedy step in one pass (Evaluator.q_greedy)
 NEAR_STABLE = 1e-3  # τ = 0: evaluate exactly once a step changes at most this share of states
 
 
@@ -183,15 +184,30 @@ def _policy_iteration(E, pi, v, tol, max_iter, lin_tol):
     first = LOOSE_EVALUATION if v is None else WARM_EVALUATION
     eval_tol, last, stalls = max(lin_tol, first), np.inf, 0
     reload = True
+    # τ = 0: Q̃ and its greedy step in one pass (E.q_greedy), which names the new policy's
+    # pairs: no search for them in the load, a comparison over states, not pairs
+    fused = tau == 0 and E.fuses_greedy and FUSED_GREEDY
+    pairs = new_pairs = None
     for it in range(1, max_iter + 1):
         if reload:
-            E.load(pi, patch=True)
-        ev = _evaluate(E, v, eval_tol, q_buffers[it % 2])
+            if pairs is None:
+                E.load(pi, patch=True)
+            else:
+                E.load(pi, patch=True, pairs=pairs)
+        if fused:
+            ev = _evaluate(E, v, eval_tol, q=False)
+            ev.q = q_buffers[it % 2]
+            new_pairs = E.q_greedy(ev.v, ev.q, new_pi, tv)
+        else:
+            ev = _evaluate(E, v, eval_tol, q_buffers[it % 2])
+            E.greedy(ev.q, new_pi, tv)
         v, n_matvec = ev.v, n_matvec + ev.n_matvec
-        E.greedy(ev.q, new_pi, tv)
         residual = space.amax(tv - v)
         scale = max(r_scale, space.amax(v))
-        stable = tau == 0 and space.all_equal(new_pi, pi)
+        if fused:
+            stable = pairs is not None and space.all_equal(new_pairs, pairs)
+        else:
+            stable = tau == 0 and space.all_equal(new_pi, pi)
         stalls = stalls + 1 if residual >= last else 0
         if eval_tol > lin_tol and (stable or residual <= eval_tol * scale
                                    or stalls == LOOSE_STALLS):
@@ -238,6 +254,7 @@ def _policy_iteration(E, pi, v, tol, max_iter, lin_tol):
               and space.sum(new_pi != pi) <= 2 * NEAR_STABLE * space.size(v)):
             eval_tol = lin_tol  # few states changed: the next policy is likely the last
         pi, new_pi = new_pi, pi
+        pairs = new_pairs
         reload = True
         if START_FROM_TV and ev.method == "richardson":
             # Tv is T_π v for the new greedy π (the greedy step's value): one sweep of the
@@ -253,18 +270,19 @@ def _policy_iteration(E, pi, v, tol, max_iter, lin_tol):
 SKIP_STALLED_SWEEPS = True
 
 
-def _evaluate(E, v, tol, q_out=None):
+def _evaluate(E, v, tol, q_out=None, q=True):
     """``E.evaluation(v, tol)``, Q̃ without Ã (``adv`` may be None), into ``q_out``
-    if given. After an evaluation
+    if given (``q`` False: neither, ``q`` None). After an evaluation
     whose sweeps stalled and whose next solver (SGS-BiCGSTAB, or the LU where it is
     cheap) finished, the next evaluations start with that solver (``E.method``), and fall
     back to "auto" if it fails."""
+    options = dict(advantages=False, q_out=q_out) if q else dict(advantages=False, q=False)
     if E.method != "auto":
         try:
-            return E.evaluation(v, tol=tol, advantages=False, q_out=q_out)
+            return E.evaluation(v, tol=tol, **options)
         except ConvergenceError:
             E.method = "auto"
-    ev = E.evaluation(v, tol=tol, advantages=False, q_out=q_out)
+    ev = E.evaluation(v, tol=tol, **options)
     if SKIP_STALLED_SWEEPS and ev.method in ("richardson+sgs", "richardson+lu"):
         E.method = ev.method.split("+")[1]
     return ev

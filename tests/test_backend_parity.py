@@ -152,6 +152,9 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
                                                             extra=np.full((c, S), np.nan), n_threads=n_threads))
                             for c in chunks],
         "q_values": [("", lambda k: _run(k, out(L), pp, pj, pd, mdp.r, g, inp["x"], n_threads=n_threads))],
+        # Q̃ and its greedy step; "ties": every Q̃ of a state equal (the first pair wins)
+        "q_greedy": [(label, lambda k, r=r, v=v: _q_greedy(k, a, pp, pj, pd, r, g, v, n_threads))
+                     for label, r, v in (("", mdp.r, inp["x"]), ("ties", np.zeros(L), np.ones(S)))],
         # both products and the rows in one pass, or one side alone (length-0 inputs)
         "bellman_products": [(f"{sides}-{label}-chunks{c}",
                               lambda k, sides=sides, p=p, c=c: _products(
@@ -592,6 +595,14 @@ def test_batched_regularized_rewards_equal_member_kernels(mdps):
                                                             ref, code, alpha, 0.7, one, 1)
                     err = naive.rel_err(out[i], one)
                     assert err <= 1e-13, f"{which} code {code} alpha {alpha} member {i}: {err:.3g}"
+
+
+def _q_greedy(kernel, a, pp, pj, pd, r, g, v, n_threads):
+    """q_greedy's outputs, concatenated as float (NaN / −1 pre-filled: each must be written)."""
+    S, L = a.shape[0] - 1, r.shape[0]
+    q, pi, value, pairs = np.full(L, np.nan), np.full(L, np.nan), np.full(S, np.nan), np.full(S, -1)
+    kernel(a, pp, pj, pd, r, g, v, q, pi, pairs, value, n_threads)
+    return np.concatenate([q, pi, value, pairs])
 
 
 def _run(kernel, out, *args, extra=None, n_threads, tail=()):

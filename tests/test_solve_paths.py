@@ -132,3 +132,30 @@ def test_sigma_of_a_stochastic_policy_is_its_argmax():
     det = (np.arange(mdp.n_pairs) == mdp.a_indptr[:-1][mdp.s_indices] + 1).astype(float)
     np.testing.assert_array_equal(S._sigma(mdp, det), mdp.to_sigma(det))
     assert S._sigma(mdp, det).dtype == np.int64
+
+
+@pytest.mark.parametrize("backend", ["numba", "cython", "numpy"])
+@pytest.mark.parametrize("name", ["pendulum", "garnet", "gridworld"])
+def test_fused_greedy_step_gives_the_same_solve(backend, name, monkeypatch):
+    """τ = 0: Q̃ and the greedy step in one pass (``Evaluator.q_greedy``, which names the
+    pairs the load then takes) give the same iterates as ``q_values`` + ``greedy`` + a
+    load that finds the pairs itself, bit for bit, with the fused step run every step."""
+    mdp = slow_mixing_mdps()[name]
+    calls = []
+    q_greedy = S.Evaluator.q_greedy
+
+    def spy(self, v, q_out, pi_out, value_out):
+        pairs = q_greedy(self, v, q_out, pi_out, value_out)
+        assert np.array_equal(pairs, np.flatnonzero(pi_out))  # one pair per state, π's
+        calls.append(pairs.shape[0])
+        return pairs
+
+    monkeypatch.setattr(S.Evaluator, "q_greedy", spy)
+    fused = fastppo.solve(mdp, backend=backend, n_threads=1)
+    monkeypatch.setattr(S, "FUSED_GREEDY", False)
+    plain = fastppo.solve(mdp, backend=backend, n_threads=1)
+    assert len(calls) == fused.n_iter and set(calls) == {mdp.n_states}
+    for field in ("v", "q", "adv", "policy", "sigma"):
+        np.testing.assert_array_equal(getattr(fused, field), getattr(plain, field), err_msg=field)
+    assert (fused.n_iter, fused.n_matvec, fused.n_passes) == (plain.n_iter, plain.n_matvec,
+                                                                plain.n_passes)

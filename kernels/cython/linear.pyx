@@ -4,6 +4,7 @@
 ``bellman_rmatvec``: out = x − γ P_πᵀ x, scattered into per-chunk buffers
                      ``buf`` (n_chunks, n_states) reduced in a fixed order
 ``q_values``:        out = r + γ P v
+``q_greedy``:        q_values and the greedy step at τ = 0 in one pass (π, its pairs, T v)
 ``bellman_products``: both products of one lockstep sweep in one pass over P:
                      out_x = x − γ P_π x (and ``rows`` = P x per pair),
                      out_y = y − γ P_πᵀ y; a side whose input has length 0 is skipped;
@@ -167,6 +168,46 @@ def q_values(const int64_t[::1] p_indptr, const column[::1] p_indices,
         else:
             row = row_sum(&p_indices[0], &p_data[0], &v[0], p_indptr[k], p_indptr[k + 1], &t)
         out[k] = r[k] + gamma * (row / t)
+
+
+def q_greedy(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
+             const column[::1] p_indices, const probability[::1] p_data, const double[::1] r,
+             double gamma, const double[::1] v,                                     # IN
+             double[::1] q_out, double[::1] pi_out, int64_t[::1] pairs_out,
+             double[::1] value_out, int n_threads):                                 # OUT
+    """q_greedy(a_indptr, p_indptr, p_indices, p_data, r, gamma, v, q_out, pi_out, pairs_out,
+    value_out, n_threads)
+
+    ``q_values`` and the greedy step at τ = 0 (policy_update.pyx's ``greedy_policy``) in
+    one pass, state by state: the same Q̃, π (the first argmax) and value; ``pairs_out[s]``
+    the pair π takes at s."""
+    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, s
+    cdef int64_t k, j, best, last = max(p_indices.shape[0], 1) - 1
+    cdef double row, t, qk, qmax
+    cdef bint fetch = v.shape[0] >= PREFETCH_STATES
+    for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
+        best = a_indptr[s]
+        qmax = 0.0
+        for k in range(a_indptr[s], a_indptr[s + 1]):
+            row = 0.0
+            t = 0.0
+            if fetch:
+                for j in range(p_indptr[k], p_indptr[k + 1]):
+                    prefetch(&v[p_indices[min(j + AHEAD, last)]], 0, 3)
+                    row = row + p_data[j] * v[p_indices[j]]
+                    t = t + p_data[j]
+                t = folded_total(&p_data[0], t)
+            else:
+                row = row_sum(&p_indices[0], &p_data[0], &v[0], p_indptr[k], p_indptr[k + 1], &t)
+            qk = r[k] + gamma * (row / t)
+            q_out[k] = qk
+            pi_out[k] = 0.0
+            if k == a_indptr[s] or qk > qmax:
+                qmax = qk
+                best = k
+        pi_out[best] = 1.0
+        pairs_out[s] = best
+        value_out[s] = qmax
 
 
 ctypedef fused gathered:  # x: float64, or float32 for corrections (half the bytes gathered)

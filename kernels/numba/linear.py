@@ -4,6 +4,8 @@
 ``bellman_rmatvec``: out = x − γ P_πᵀ x       (visitation system), scattered into
                      per-chunk buffers reduced in a fixed order (no atomics)
 ``q_values``:        out = r + γ P v          (per pair)
+``q_greedy``:        q_values and the greedy step at τ = 0 in one pass, state by
+                     state (the first argmax, its pair per state, its value)
 ``bellman_products``: both products of one lockstep sweep in one pass over P:
                      out_x = x − γ P_π x (and ``rows`` = P x per pair, whose
                      r + γ·rows are the Q-values of x), out_y = y − γ P_πᵀ y;
@@ -112,6 +114,37 @@ def q_values(p_indptr, p_indices, p_data, r, gamma, v, out):
                 row += p_data[j] * v[np.uint32(p_indices[j])]
                 t += np.float64(p_data[j])
         out[k] = r[k] + gamma * (row / folded_total(p_data, t))
+
+
+def q_greedy(a_indptr, p_indptr, p_indices, p_data, r, gamma, v, q_out, pi_out, pairs_out,
+             value_out):
+    n_states = a_indptr.shape[0] - 1
+    ahead, last = np.uint64(AHEAD), np.uint64(max(p_indices.shape[0], 1) - 1)
+    fetch = v.shape[0] >= PREFETCH_STATES
+    for s in prange(n_states):
+        best = a_indptr[s]
+        qmax = 0.0
+        for k in range(a_indptr[s], a_indptr[s + 1]):
+            row = 0.0
+            t = 0.0
+            if fetch:
+                for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+                    prefetch_read(v, np.uint32(p_indices[min(j + ahead, last)]))
+                    row += p_data[j] * v[np.uint32(p_indices[j])]
+                    t += np.float64(p_data[j])
+            else:
+                for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+                    row += p_data[j] * v[np.uint32(p_indices[j])]
+                    t += np.float64(p_data[j])
+            qk = r[k] + gamma * (row / folded_total(p_data, t))
+            q_out[k] = qk
+            pi_out[k] = 0.0
+            if k == a_indptr[s] or qk > qmax:
+                qmax = qk
+                best = k
+        pi_out[best] = 1.0
+        pairs_out[s] = best
+        value_out[s] = qmax
 
 
 def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out_x, out_y,
@@ -250,5 +283,5 @@ def correction_products(state_indptr, p_indices, weights, gamma, x, y, out_x, ou
                 acc += buf[c, s]
             out_y[s] = y[s] - gamma * acc
 
-KERNELS = twins(bellman_matvec, bellman_rmatvec, q_values, bellman_products, correction_weights,
+KERNELS = twins(bellman_matvec, bellman_rmatvec, q_values, q_greedy, bellman_products, correction_weights,
                 correction_products)
