@@ -2,7 +2,9 @@
 product).
 
 ``bellman_matvec``: x − γP_π x; ``bellman_rmatvec``: x − γP_πᵀ x;
-``q_values``: r + γ P v; ``bellman_products``: both products and the rows P x in one
+``q_values``: r + γ P v; ``q_greedy``: r + γ P v and its greedy step at τ = 0 in one pass
+(policy iteration's step); ``compact_rows``: a deterministic policy's rows of P gathered;
+``bellman_products``: both products and the rows P x in one
 pass (a lockstep sweep: compare with ``bellman_matvec`` + ``bellman_rmatvec``);
 ``regularized_reward_kl``: r_π − τ D_f(π) for forward KL (a pass over the pairs, no product).
 Together with the ``*Products`` tracks this separates "fewer products" from "faster
@@ -17,8 +19,8 @@ import numpy as np
 from .common import (BACKENDS, FAMILIES, SIZES, THREADS, check_params, get_mdp, get_policy,
                      kernel_or_skip, warm)
 
-KERNELS = ["bellman_matvec", "bellman_rmatvec", "q_values", "bellman_products",
-           "regularized_reward_kl"]
+KERNELS = ["bellman_matvec", "bellman_rmatvec", "q_values", "q_greedy", "bellman_products",
+           "regularized_reward_kl", "compact_rows"]
 
 
 class KernelSuite:
@@ -45,6 +47,19 @@ class KernelSuite:
             buf = np.empty((max(2, n_threads), 2 * m.n_states))
             args = (m.a_indptr, *csr, pi, m.gamma, x, x[::-1].copy(), np.empty(m.n_states),
                     np.empty(m.n_states), np.empty(m.n_pairs), buf, n_threads)
+        elif kernel == "q_greedy":  # Q̃ and the greedy step at τ = 0 (policy iteration's step)
+            args = (m.a_indptr, *csr, m.r, m.gamma, x, np.empty(m.n_pairs), np.empty(m.n_pairs),
+                    np.empty(m.n_states, dtype=np.int64), np.empty(m.n_states), n_threads)
+        elif kernel == "compact_rows":  # a random deterministic policy's rows of P
+            rng = np.random.default_rng(1)
+            pairs = m.a_indptr[:-1] + rng.integers(0, np.diff(m.a_indptr))
+            lengths = np.diff(m.p_indptr)[pairs]
+            out_p = np.concatenate([[0], np.cumsum(lengths)])
+            one_hot = np.zeros(m.n_pairs)
+            one_hot[pairs] = 1.0
+            args = (m.p_indptr, m.p_indices, m.p_data, one_hot, pairs, out_p,
+                    np.empty(out_p[-1], dtype=m.p_indices.dtype),
+                    np.empty(out_p[-1], dtype=m.p_data.dtype), np.empty(m.n_states), n_threads)
         elif kernel == "regularized_reward_kl":  # forward KL = 2 (fastppo._codes), τ = 0.1
             args = (m.a_indptr, m.r, pi, np.full(m.n_pairs, 0.1), 2, 0.0, 0.1,
                     np.empty(m.n_states), n_threads)
