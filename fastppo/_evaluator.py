@@ -321,16 +321,19 @@ class Evaluator:
                 rows = None if previous is None else _patched_rows(
                     mdp, pi, *previous, deterministic=True, in_place=True)
                 if rows is not None:
-                    self._hold(rows, patch)
+                    self._hold(rows, patch, pairs)
                     return
                 self._pairs, self._compact, self._patch = used, True, patch
                 self._weights = None  # π on its pairs, on first use
                 self._held_rows, self._previous = None, None
                 return
         rows = policy_rows(mdp, pi, previous, self.backend, self.n_threads, in_place=True)
-        self._hold(rows, patch)
+        self._hold(rows, patch, pairs)
 
-    def _hold(self, rows, patch):
+    def _hold(self, rows, patch, pairs=None):
+        # a caller's pairs of a deterministic policy: r_π is their gather (regularized_reward)
+        if pairs is not None and pairs.shape[0] == self.mdp.n_states:
+            self._pairs, self._weights = pairs, None
         self._compact = rows[0] is not self.mdp.a_indptr
         self._previous = (self.pi, rows[:5]) if patch and self._compact else None
         self._held_rows = (*rows, self.mdp.gamma)
