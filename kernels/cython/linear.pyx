@@ -147,27 +147,36 @@ def bellman_rmatvec(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
         out[s] = x[s] - gamma * acc
 
 
+cdef inline double q_pair(const int64_t *p_indptr, const column *p_indices,
+                          const probability *p_data, const double *r, double gamma,
+                          const double *v, int64_t k, int64_t last, bint fetch) noexcept nogil:
+    """Q̃ of pair k: r[k] + γ (P v)[k], its row summed in order (with the row's sum for
+    float rows, _probability.pxi's folded_total); ``fetch``: prefetching v ``AHEAD``
+    entries on."""
+    cdef double row = 0.0, t = 0.0
+    cdef int64_t j
+    if fetch:
+        for j in range(p_indptr[k], p_indptr[k + 1]):
+            prefetch(&v[p_indices[min(j + AHEAD, last)]], 0, 3)
+            row = row + p_data[j] * v[p_indices[j]]
+            t = t + p_data[j]
+        t = folded_total(p_data, t)
+    else:
+        row = row_sum(p_indices, p_data, v, p_indptr[k], p_indptr[k + 1], &t)
+    return r[k] + gamma * (row / t)
+
+
 def q_values(const int64_t[::1] p_indptr, const column[::1] p_indices,
              const probability[::1] p_data, const double[::1] r, double gamma,
              const double[::1] v,                                               # IN
              double[::1] out, int n_threads):                                   # OUT
     """q_values(p_indptr, p_indices, p_data, r, gamma, v, out, n_threads)"""
     cdef Py_ssize_t n_pairs = out.shape[0], k
-    cdef int64_t j, last = max(p_indices.shape[0], 1) - 1
-    cdef double row, t
+    cdef int64_t last = max(p_indices.shape[0], 1) - 1
     cdef bint fetch = v.shape[0] >= PREFETCH_STATES
     for k in prange(n_pairs, nogil=True, schedule="static", num_threads=n_threads):
-        row = 0.0
-        t = 0.0  # the row's sum, in the same pass (folded_total)
-        if fetch:
-            for j in range(p_indptr[k], p_indptr[k + 1]):
-                prefetch(&v[p_indices[min(j + AHEAD, last)]], 0, 3)
-                row = row + p_data[j] * v[p_indices[j]]
-                t = t + p_data[j]
-            t = folded_total(&p_data[0], t)
-        else:
-            row = row_sum(&p_indices[0], &p_data[0], &v[0], p_indptr[k], p_indptr[k + 1], &t)
-        out[k] = r[k] + gamma * (row / t)
+        out[k] = q_pair(&p_indptr[0], &p_indices[0], &p_data[0], &r[0], gamma, &v[0], k, last,
+                        fetch)
 
 
 def q_greedy(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
@@ -182,24 +191,15 @@ def q_greedy(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
     one pass, state by state: the same Q̃, π (the first argmax) and value; ``pairs_out[s]``
     the pair π takes at s."""
     cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, s
-    cdef int64_t k, j, best, last = max(p_indices.shape[0], 1) - 1
-    cdef double row, t, qk, qmax
+    cdef int64_t k, best, last = max(p_indices.shape[0], 1) - 1
+    cdef double qk, qmax
     cdef bint fetch = v.shape[0] >= PREFETCH_STATES
     for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
         best = a_indptr[s]
         qmax = 0.0
         for k in range(a_indptr[s], a_indptr[s + 1]):
-            row = 0.0
-            t = 0.0
-            if fetch:
-                for j in range(p_indptr[k], p_indptr[k + 1]):
-                    prefetch(&v[p_indices[min(j + AHEAD, last)]], 0, 3)
-                    row = row + p_data[j] * v[p_indices[j]]
-                    t = t + p_data[j]
-                t = folded_total(&p_data[0], t)
-            else:
-                row = row_sum(&p_indices[0], &p_data[0], &v[0], p_indptr[k], p_indptr[k + 1], &t)
-            qk = r[k] + gamma * (row / t)
+            qk = q_pair(&p_indptr[0], &p_indices[0], &p_data[0], &r[0], gamma, &v[0], k, last,
+                        fetch)
             q_out[k] = qk
             pi_out[k] = 0.0
             if k == a_indptr[s] or qk > qmax:

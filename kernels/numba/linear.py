@@ -36,7 +36,7 @@ compiles a specialisation per dtype, and every product and sum is in float64.
 Mirrors kernels/cython/linear.pyx.
 """
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from ._jit import twins
 from ._prefetch import AHEAD, FUSED_PREFETCH_STATES, PREFETCH_STATES, prefetch_read, prefetch_write
@@ -97,46 +97,39 @@ def bellman_rmatvec(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, out, bu
         out[s] = x[s] - gamma * acc
 
 
+@njit(cache=True, nogil=True, inline="always")
+def q_pair(p_indptr, p_indices, p_data, r, gamma, v, k, ahead, last, fetch):
+    """Q̃ of pair k: r[k] + γ (P v)[k], its row summed in order (kernels/cython/linear.pyx)."""
+    row = 0.0
+    t = 0.0  # the row's sum, in the same pass (folded_total)
+    if fetch:
+        for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+            prefetch_read(v, np.uint32(p_indices[min(j + ahead, last)]))
+            row += p_data[j] * v[np.uint32(p_indices[j])]
+            t += np.float64(p_data[j])
+    else:
+        for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+            row += p_data[j] * v[np.uint32(p_indices[j])]
+            t += np.float64(p_data[j])
+    return r[k] + gamma * (row / folded_total(p_data, t))
+
+
 def q_values(p_indptr, p_indices, p_data, r, gamma, v, out):
-    n_pairs = out.shape[0]
     ahead, last = np.uint64(AHEAD), np.uint64(max(p_indices.shape[0], 1) - 1)
     fetch = v.shape[0] >= PREFETCH_STATES
-    for k in prange(n_pairs):
-        row = 0.0
-        t = 0.0  # the row's sum, in the same pass (folded_total)
-        if fetch:
-            for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
-                prefetch_read(v, np.uint32(p_indices[min(j + ahead, last)]))
-                row += p_data[j] * v[np.uint32(p_indices[j])]
-                t += np.float64(p_data[j])
-        else:
-            for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
-                row += p_data[j] * v[np.uint32(p_indices[j])]
-                t += np.float64(p_data[j])
-        out[k] = r[k] + gamma * (row / folded_total(p_data, t))
+    for k in prange(out.shape[0]):
+        out[k] = q_pair(p_indptr, p_indices, p_data, r, gamma, v, k, ahead, last, fetch)
 
 
 def q_greedy(a_indptr, p_indptr, p_indices, p_data, r, gamma, v, q_out, pi_out, pairs_out,
              value_out):
-    n_states = a_indptr.shape[0] - 1
     ahead, last = np.uint64(AHEAD), np.uint64(max(p_indices.shape[0], 1) - 1)
     fetch = v.shape[0] >= PREFETCH_STATES
-    for s in prange(n_states):
+    for s in prange(a_indptr.shape[0] - 1):
         best = a_indptr[s]
         qmax = 0.0
         for k in range(a_indptr[s], a_indptr[s + 1]):
-            row = 0.0
-            t = 0.0
-            if fetch:
-                for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
-                    prefetch_read(v, np.uint32(p_indices[min(j + ahead, last)]))
-                    row += p_data[j] * v[np.uint32(p_indices[j])]
-                    t += np.float64(p_data[j])
-            else:
-                for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
-                    row += p_data[j] * v[np.uint32(p_indices[j])]
-                    t += np.float64(p_data[j])
-            qk = r[k] + gamma * (row / folded_total(p_data, t))
+            qk = q_pair(p_indptr, p_indices, p_data, r, gamma, v, k, ahead, last, fetch)
             q_out[k] = qk
             pi_out[k] = 0.0
             if k == a_indptr[s] or qk > qmax:
