@@ -179,6 +179,8 @@ def readme(args):
 
 def large(args):
     use_before(args)
+    if not args.blocks:
+        evaluator_module.BLOCKED_STATES = None
     nt, backend = args.threads, args.backend
     fastppo.PPOClip(fastppo.garnet(200, 10, 10, seed=1), fastppo.ForwardKL(0.1), backend=backend,
                     n_threads=nt).run(3)
@@ -271,11 +273,15 @@ def load_state(mdp, path, backend, nt):
 def late(args):
     """Late iterations from saved states (``large --save``), in alternated blocks: ``F`` the
     10⁶ state with every product exact near tol (``_krylov.PREDICT_LAST`` off, the rule
-    before it), ``T`` the same with the prediction, ``S`` the small state (--small-state,
-    e.g. 50k: its own side of the ratio, in the same process and minutes). Each block
-    restarts from its state, so F and T run the same iterations; every solve's float64
-    residual is recomputed outside the timed step."""
+    before it), ``T`` the same with the prediction (today's defaults), ``U`` T without P's
+    entries in column blocks (``_evaluator.BLOCKED_STATES`` None), ``S`` the small state
+    (--small-state, e.g. 50k: its own side of the ratio, in the same process and minutes).
+    Each block restarts from its state, so F, T and U run the same iterations; the blocked
+    layout is made on each block's first pass (``BLOCKED_AFTER`` 0: in its first
+    iteration's time); every solve's float64 residual is recomputed outside the timed step."""
     import fastppo._krylov as krylov
+    blocked_states = evaluator_module.BLOCKED_STATES
+    evaluator_module.BLOCKED_AFTER = 0
     nt, backend = args.threads, args.backend
     fastppo.PPOClip(fastppo.garnet(200, 10, 10, seed=1), fastppo.ForwardKL(0.1), backend=backend,
                     n_threads=nt).run(3)
@@ -301,6 +307,7 @@ def late(args):
     times = defaultdict(list)
     for block in args.blocks:
         krylov.PREDICT_LAST = block != "F"
+        evaluator_module.BLOCKED_STATES = None if block == "U" else blocked_states
         small = block == "S"
         mdp = mdps["small" if small else "big"]
         ppo = load_state(mdp, args.small_state if small else args.state, backend, nt)
@@ -323,7 +330,8 @@ def late(args):
                   f"{residuals[0][0]:.1e} / {residuals[0][1]:.1e}, recomputed {tv:.1e} / {td:.1e}; "
                   f"J {row['J']:.15g}", flush=True)
         del ppo
-    names = {"F": "every product exact near tol (before)", "T": "PREDICT_LAST", "S": "small state"}
+    names = {"F": "every product exact near tol (before)", "T": "PREDICT_LAST",
+             "U": "PREDICT_LAST, no column blocks", "S": "small state"}
     for block, rows in times.items():
         r = np.array(rows)
         print(f"{names[block]:>38}: median {np.median(r[:, 0]):.3f} s wall, {np.median(r[:, 1]):.3f} "
@@ -456,6 +464,8 @@ def main():
                    "times standard normal noise per pair: the late phase without the "
                    "iterations before it")
     g.add_argument("--save", help="write the final iterate and warm starts here (for late)")
+    g.add_argument("--no-blocks", dest="blocks", action="store_false",
+                   help="products on P's own rows only (_evaluator.BLOCKED_STATES None)")
     g.set_defaults(func=large)
     lt = sub.add_parser("late")
     lt.add_argument("--state", required=True, help="a state written by large --save")

@@ -27,7 +27,7 @@ import functools
 import numpy as np
 
 from . import _krylov
-from ._assembled import OMEGA, AssembledMatrix, fits_in_memory
+from ._assembled import MEMORY_SHARE, OMEGA, AssembledMatrix, available_memory, fits_in_memory
 from ._backend import get_kernel
 from ._codes import REVERSE_KL
 from ._result import Result
@@ -51,6 +51,19 @@ LAST_ROWS = True
 # per policy), 6 bytes read per entry instead of 10; every result is still certified by
 # an exact product (:meth:`Evaluator._sweep`). None: never.
 SINGLE_ROWS = 5_000
+# the exact passes of both sides (with the rows) or of the visitation side alone, on all
+# pairs of a float64 P, run from this many states on on a copy of P's entries in column
+# blocks (``blocked_products``; 16 bytes per entry, made only within MEMORY_SHARE of the
+# available memory): the lines a chunk gathers from and scatters into (16 bytes a state,
+# one buffer per chunk) then lie in one block of columns at a time, at most BLOCK_BYTES of
+# lines over all chunks. Measured here (2 cores, 32 MiB of L3 shared): random updates of
+# such lines cost ~0.8 ns per entry up to ~8 MB of lines and ~2.7 ns at 30 MB; the fused
+# pass at 10⁶ states takes 0.5–0.65× the time (benchmarks/RESULTS.md, issue 12 target 5).
+# The copy is made on the evaluator's BLOCKED_AFTER-th such pass: a run that makes many
+# pays for it once (~2 s at 10⁸ entries). None: never.
+BLOCKED_STATES = 1 << 19
+BLOCK_BYTES = 8 << 20
+BLOCKED_AFTER = 8
 VALUE_SYSTEM = "evaluation system (I - gamma P_pi) v = r_pi - tau D_f(pi)"
 VISIT_SYSTEM = "visitation system (I - gamma P_pi^T) d = (1 - gamma) mu"
 
@@ -108,6 +121,31 @@ def ppo_log_ref(code, tau, ref):
         return ref
     with np.errstate(divide="ignore"):
         return np.log(ref)
+
+
+def blocked_layout(mdp, n_chunks, n_blocks, backend=None, n_threads=1):
+    """P's entries in ``n_blocks`` blocks of columns for ``blocked_products`` with
+    ``n_chunks`` chunks of states: (begins, ends, pairs, columns, data), chunk c's entries
+    of block b (columns [b w, (b + 1) w), w = ⌈n_states / n_blocks⌉) at begins[b, c] ≤ e <
+    ends[b, c] with their pair (int32), column (int32) and probability, in P's order; the
+    chunks' regions one after the other, blocks in order. 16 bytes per entry of P."""
+    n, nnz = mdp.n_states, mdp.p_indices.shape[0]
+    width = -(-n // n_blocks)
+    chunk_pairs = mdp.a_indptr[np.arange(n_chunks + 1) * n // n_chunks]
+    counts = np.zeros((n_chunks, n_blocks), dtype=np.int64)
+    step = 1 << 24  # entries per bincount: no nnz-sized temporary
+    for c in range(n_chunks):
+        first, end = mdp.p_indptr[chunk_pairs[c]], mdp.p_indptr[chunk_pairs[c + 1]]
+        for lo in range(first, end, step):
+            counts[c] += np.bincount(mdp.p_indices[lo:min(lo + step, end)] // width,
+                                     minlength=n_blocks)
+    ends = np.cumsum(counts.ravel()).reshape(n_chunks, n_blocks).T.copy()
+    begins = ends - counts.T
+    pairs, columns = np.empty(nnz, dtype=np.int32), np.empty(nnz, dtype=np.int32)
+    data = np.empty(nnz)
+    get_kernel("blocked_entries", backend)(mdp.p_indptr, mdp.p_indices, mdp.p_data, chunk_pairs,
+                                           width, begins.copy(), pairs, columns, data, n_threads)
+    return begins, ends, pairs, columns, data
 
 
 def policy_rows(mdp, pi, previous=None, backend=None, n_threads=1, in_place=False):
@@ -259,7 +297,8 @@ class Evaluator:
         k = {name: get_kernel(name, backend) for name in (
             "bellman_matvec", "bellman_rmatvec", "bellman_products", "q_values", "q_greedy",
             "regularized_reward", "advantages", "q_advantages", "policy_gradient",
-            "greedy_policy", "segment_softmax", "correction_weights", "correction_products")}
+            "greedy_policy", "segment_softmax", "correction_weights", "correction_products",
+            "blocked_products")}
         self._k = k
         self.pi = None
         self._held_rows = None
@@ -284,6 +323,8 @@ class Evaluator:
         self._matrix = None  # the loaded policy's assembled I − γP_π, on first use
         self._direct = None  # the last one assembled straight from P (a deterministic policy)
         self._workspace = {}  # the assembled matrices' scratch, kept across policies
+        self._blocked = None  # P's entries in column blocks (_blocked_layout), on first use
+        self._blocked_passes = 0  # exact passes so far that blocked_products can make
         self.omega = OMEGA
 
     @functools.cached_property
@@ -436,13 +477,40 @@ class Evaluator:
             self._rows_fresh = False
         if x_visit is None:
             x_visit = out_visit = _EMPTY
-        self._k["bellman_products"](*self._product_rows, x_value, x_visit, out_value, out_visit,
-                                    rows, self._buf, self.n_threads)
+        blocked = None
+        own = self._rows
+        if (x_visit.shape[0] and (rows.shape[0] or not x_value.shape[0])
+                and own[2] is self.mdp.p_indices):  # both sides and rows, or visitation's
+            self._blocked_passes += 1
+            blocked = self._blocked_layout()
+        if blocked is not None:
+            self._k["blocked_products"](own[0], *blocked, own[4], own[5],
+                                        x_value, x_visit, out_value, out_visit, rows,
+                                        self._blocked_weights, self._buf, self.n_threads)
+        else:
+            self._k["bellman_products"](*self._product_rows, x_value, x_visit, out_value,
+                                        out_visit, rows, self._buf, self.n_threads)
         if self.mixed:
             for side, (x, out) in enumerate(((x_value, out_value), (x_visit, out_visit))):
                 if x.shape[0]:
                     self._base[side] = (x.copy(), out.copy())
         return True
+
+    def _blocked_layout(self):
+        """:func:`blocked_layout` for ``blocked_products``, made on the BLOCKED_AFTER-th
+        pass it could serve where it applies (see BLOCKED_STATES), else None."""
+        mdp = self.mdp
+        if self._blocked is None:
+            n, nnz = mdp.n_states, mdp.p_indices.shape[0]
+            if (BLOCKED_STATES is None or n < BLOCKED_STATES or self._blocked_passes < BLOCKED_AFTER
+                    or mdp.p_data.dtype != np.float64
+                    or 16 * nnz > MEMORY_SHARE * available_memory()):
+                return None
+            n_chunks = self._buf.shape[0]
+            n_blocks = max(1, -(-16 * n * n_chunks // BLOCK_BYTES))
+            self._blocked = blocked_layout(mdp, n_chunks, n_blocks, self.backend, self.n_threads)
+            self._blocked_weights = np.empty(mdp.n_pairs)
+        return self._blocked
 
     def _corrections(self, x_value, x_visit, out_value, out_visit):
         """Approximate products from the last exact ones (see :meth:`products`)."""

@@ -78,6 +78,34 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
 
 
 
+def blocked_entries(p_indptr, p_indices, p_data, chunk_pairs, width, cursor, out_pairs,
+                    out_columns, out_data, n_threads=1):
+    """P's entries sorted by (block of the column, chunk of the pair), P's order within
+    each, written from cursor[b, c] on (cursor advanced past them)."""
+    pair = np.repeat(np.arange(p_indptr.shape[0] - 1), np.diff(p_indptr))
+    chunk = np.searchsorted(chunk_pairs, pair, side="right") - 1
+    block = p_indices // width
+    for b in range(cursor.shape[0]):
+        for c in range(cursor.shape[1]):
+            j = np.flatnonzero((block == b) & (chunk == c))
+            e = slice(cursor[b, c], cursor[b, c] + j.shape[0])
+            out_pairs[e], out_columns[e], out_data[e] = pair[j], p_indices[j], p_data[j]
+            cursor[b, c] += j.shape[0]
+
+
+def blocked_products(a_indptr, begins, ends, pairs, columns, data, pi, gamma, x, y, out_x,
+                     out_y, rows, weights, buf, n_threads=1):
+    """bellman_products (both sides and rows, or the visitation side when ``x`` has length
+    0) from P's entries in any order: (pair, column, probability) triplets; the entries
+    outside every [begins, ends) region are unused."""
+    used = np.concatenate([np.arange(b, e) for b, e in zip(begins.ravel(), ends.ravel())])
+    P = sp.csr_array((data[used], (pairs[used], columns[used])),
+                     shape=(pi.shape[0], y.shape[0]))
+    if x.shape[0]:
+        rows[:] = P @ x
+        out_x[:] = x - gamma * _segment_sum(a_indptr, pi * rows)
+    out_y[:] = y - gamma * (P.T @ (pi * y[_states(a_indptr)]))
+
 
 def correction_weights(a_indptr, p_indptr, p_data, pi, weights, n_threads=1):
     """weights[j] = π(k) P[j] in double, rounded to float32, for every entry j of pair k."""

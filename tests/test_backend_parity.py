@@ -10,7 +10,7 @@ import naive
 from conftest import random_mdp, random_policy
 from fastppo import _codes
 from fastppo._backend import STEMS, get_kernel
-from fastppo._evaluator import policy_rows, ppo_log_ref
+from fastppo._evaluator import blocked_layout, policy_rows, ppo_log_ref
 
 REL = 1e-10
 COMPILED = ["numba", "cython"]
@@ -161,6 +161,14 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
                                   k, (a, pp, pj, pd, p, g), inp["x"], inp["q"][:S], sides, c, n_threads))
                              for sides in ("xy", "x", "y") for label, p in (("pi", pi), ("zeros", zpi))
                              for c in chunks],
+        # P's entries in column blocks, and the fused pass on them
+        "blocked_entries": [(f"chunks{c}-blocks{b}", lambda k, c=c, b=b: _blocked_entries(
+                                 k, mdp, c, b, n_threads)) for c in chunks for b in (1, 3)],
+        "blocked_products": [(f"{sides}-{label}-chunks{c}-blocks{b}",
+                              lambda k, sides=sides, p=p, c=c, b=b: _blocked_products(
+                                  k, mdp, p, inp["x"], inp["q"][:S], sides, c, b, n_threads))
+                             for sides in ("xy", "y") for label, p in (("pi", pi), ("zeros", zpi))
+                             for c in chunks for b in (1, 3)],
         # P_π's entries in float32, and the corrections' products on them (each side, both)
         "correction_weights": [(label, lambda k, p=p: _run(k, np.full(pd.shape[0], np.nan, np.float32),
                                                             a, pp, pd, p, n_threads=n_threads))
@@ -286,6 +294,33 @@ def _episodic_calls(n_threads):
                                                     n_threads=n_threads))],
             "episodic_visits": [("", lambda k: _run(k, np.full(S, np.nan), *args, dag.rho,
                                                     n_threads=n_threads))]}
+
+
+def _blocked_entries(kernel, mdp, chunks, blocks, n_threads):
+    """blocked_entries into outputs pre-filled with -1 / NaN; its outputs and the advanced
+    cursor concatenated."""
+    begins = blocked_layout(mdp, chunks, blocks, "numpy")[0]
+    nnz = mdp.p_indices.shape[0]
+    cursor = begins.copy()
+    pairs, columns = np.full(nnz, -1, np.int32), np.full(nnz, -1, np.int32)
+    data = np.full(nnz, np.nan)
+    kernel(mdp.p_indptr, mdp.p_indices, mdp.p_data,
+           mdp.a_indptr[np.arange(chunks + 1) * mdp.n_states // chunks], -(-mdp.n_states // blocks),
+           cursor, pairs, columns, data, n_threads)
+    return np.concatenate([cursor.ravel(), pairs, columns, data])
+
+
+def _blocked_products(kernel, mdp, pi, x, y, sides, chunks, blocks, n_threads):
+    """blocked_products on the layout of ``blocked_layout``, both sides ("xy") or the
+    visitation side ("y"); out_x, out_y and rows (those it makes)."""
+    S, L = mdp.n_states, mdp.n_pairs
+    empty = np.empty(0)
+    ox, rows = (np.full(S, np.nan), np.full(L, np.nan)) if "x" in sides else (empty, empty)
+    oy = np.full(S, np.nan)
+    kernel(mdp.a_indptr, *blocked_layout(mdp, chunks, blocks, "numpy"), pi, mdp.gamma,
+           x if "x" in sides else empty, y, ox, oy, rows, np.full(L, np.nan),
+           np.full((chunks, 2 * S), np.nan), n_threads)
+    return np.concatenate([ox, oy, rows])
 
 
 def _products(kernel, args, x, y, sides, chunks, n_threads):
@@ -637,6 +672,31 @@ def test_kernels_match_numpy(mdps, which, n_threads):
                 assert np.isfinite(got).all(), (name, label)
                 err = naive.rel_err(got, expect)
                 assert err <= REL, f"{which} {name} {label}: {err:.3g}"
+
+
+@pytest.mark.parametrize("which", COMPILED + ["numpy"])
+def test_blocked_products_are_bellman_products_bit_for_bit(mdps, which):
+    """The fused pass (and the visitation side alone) on P's entries in column blocks sums
+    what bellman_products sums, in the same order (rows are sorted by column): equal bit
+    for bit, every chunk and block count, on 1 and 2 threads."""
+    rng = np.random.default_rng(9)
+    for mdp in mdps:
+        inp = _kernel_inputs(mdp, rng)
+        S = mdp.n_states
+        rows = (mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data)
+        for pi in (inp["pi"], _zeroed(mdp, inp["pi"])):
+            for chunks in (1, 2, 3):
+                for n_threads in (1, 2):
+                    for sides in ("xy", "y"):
+                        plain = _products(get_kernel("bellman_products", which),
+                                          (*rows, pi, mdp.gamma), inp["x"], inp["q"][:S], sides,
+                                          chunks, n_threads)
+                        for blocks in (1, 2, 5, S):
+                            blocked = _blocked_products(
+                                get_kernel("blocked_products", which), mdp, pi, inp["x"],
+                                inp["q"][:S], sides, chunks, blocks, n_threads)
+                            np.testing.assert_array_equal(
+                                blocked, plain, err_msg=f"{sides}, {chunks} chunks, {blocks} blocks")
 
 
 @pytest.mark.parametrize("which", COMPILED)

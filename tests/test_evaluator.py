@@ -678,3 +678,43 @@ def test_slow_sweeps_near_tol_go_on():
     assert not K.within_reach(0.5, 1.0, 4, 1e-12)
     assert not K.within_reach(2e-11, 1.72e-11, 4, 1e-12)  # rising: no rate
     assert not K.within_reach(1e-12, 1.72e-11, 1, 1e-12)
+
+
+@pytest.mark.parametrize("backend_name", ["cython", "numba", "numpy"])
+def test_ppoclip_on_blocked_entries_is_bit_for_bit_the_same(backend_name, monkeypatch):
+    """From BLOCKED_STATES states on, the exact fused passes run on P's entries in column
+    blocks (``blocked_products``) once BLOCKED_AFTER of them ran: the same iterates, passes
+    and products as on P's own rows, bit for bit, on 1 and 2 threads."""
+    import fastppo._evaluator as Ev
+    mdp = fastppo.garnet(700, 4, 6, seed=2)
+    monkeypatch.setattr(Ev, "BLOCKED_AFTER", 3)
+    monkeypatch.setattr(Ev, "BLOCK_BYTES", 16 * 700 * 2 // 5)  # five blocks of columns
+    for n_threads in (1, 2):
+        runs = []
+        for states in (None, 1):
+            monkeypatch.setattr(Ev, "BLOCKED_STATES", states)
+            ppo = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1), backend=backend_name,
+                                  n_threads=n_threads)
+            ppo.run(5)
+            runs.append((ppo, ppo._evaluator._blocked))
+        (plain, none), (blocked, layout) = runs
+        assert none is None and layout is not None and layout[0].shape == (5, 2)
+        np.testing.assert_array_equal(blocked.logits, plain.logits)
+        np.testing.assert_array_equal(blocked._v, plain._v)
+        np.testing.assert_array_equal(blocked._d, plain._d)
+        for key in ("J", "n_passes", "n_matvec"):
+            np.testing.assert_array_equal(blocked.history[key], plain.history[key], err_msg=key)
+
+
+def test_no_column_blocks_for_float32_rows_or_below_the_size(monkeypatch):
+    """The blocked layout is for float64 P from BLOCKED_STATES states on: float32 rows
+    (read with their row sums) and smaller MDPs keep the products on P's own rows."""
+    import fastppo._evaluator as Ev
+    monkeypatch.setattr(Ev, "BLOCKED_AFTER", 0)
+    for dtype, states in ((np.float32, 1), (np.float64, 701)):
+        monkeypatch.setattr(Ev, "BLOCKED_STATES", states)
+        ppo = fastppo.PPOClip(fastppo.garnet(700, 4, 6, seed=2, dtype=dtype),
+                              fastppo.ForwardKL(0.1), backend="cython", n_threads=1)
+        ppo.run(2)
+        assert ppo._evaluator._blocked is None
+        assert ppo._evaluator._blocked_passes > 0

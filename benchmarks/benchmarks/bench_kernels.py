@@ -6,6 +6,8 @@ product).
 (policy iteration's step); ``compact_rows``: a deterministic policy's rows of P gathered;
 ``bellman_products``: both products and the rows P x in one
 pass (a lockstep sweep: compare with ``bellman_matvec`` + ``bellman_rmatvec``);
+``blocked_products``: the same pass on P's entries in column blocks (at least two: the
+evaluator blocks from 2¹⁹ states on, where it pays; here it tracks the kernel's cost);
 ``regularized_reward_kl``: r_π − τ D_f(π) for forward KL (a pass over the pairs, no product).
 Together with the ``*Products`` tracks this separates "fewer products" from "faster
 products".
@@ -16,11 +18,13 @@ system) and Aᵀ (visitation): the serial sweeps of the slow-mixing families.
 """
 import numpy as np
 
+from fastppo._evaluator import BLOCK_BYTES, blocked_layout
+
 from .common import (BACKENDS, FAMILIES, SIZES, THREADS, check_params, get_mdp, get_policy,
                      kernel_or_skip, warm)
 
 KERNELS = ["bellman_matvec", "bellman_rmatvec", "q_values", "q_greedy", "bellman_products",
-           "regularized_reward_kl", "compact_rows"]
+           "blocked_products", "regularized_reward_kl", "compact_rows"]
 
 
 class KernelSuite:
@@ -47,6 +51,13 @@ class KernelSuite:
             buf = np.empty((max(2, n_threads), 2 * m.n_states))
             args = (m.a_indptr, *csr, pi, m.gamma, x, x[::-1].copy(), np.empty(m.n_states),
                     np.empty(m.n_states), np.empty(m.n_pairs), buf, n_threads)
+        elif kernel == "blocked_products":  # the evaluator's chunks and block size
+            chunks = max(2, n_threads)
+            blocks = max(2, -(-16 * m.n_states * chunks // BLOCK_BYTES))
+            layout = blocked_layout(m, chunks, blocks, backend, n_threads)
+            args = (m.a_indptr, *layout, pi, m.gamma, x, x[::-1].copy(), np.empty(m.n_states),
+                    np.empty(m.n_states), np.empty(m.n_pairs), np.empty(m.n_pairs),
+                    np.empty((chunks, 2 * m.n_states)), n_threads)
         elif kernel == "q_greedy":  # Q̃ and the greedy step at τ = 0 (policy iteration's step)
             args = (m.a_indptr, *csr, m.r, m.gamma, x, np.empty(m.n_pairs), np.empty(m.n_pairs),
                     np.empty(m.n_states, dtype=np.int64), np.empty(m.n_states), n_threads)

@@ -11,6 +11,9 @@
                      x and the scatter buffers may be float32 (corrections);
                      with both sides, buf (n_chunks, 2 n_states) holds x and the
                      sums interleaved, buf[c, 2i] = x[i], buf[c, 2i + 1] = sums
+``blocked_products``: bellman_products (both sides and rows, or the visitation side;
+                     float64 P) on P's entries in column blocks (``blocked_entries``):
+                     the same sums, the lines it touches in one block's columns at a time
 From ``PREFETCH_STATES`` states on (a fused pass with both sides: ``FUSED_PREFETCH_STATES``),
 every gather and scatter prefetches the state of the entry ``AHEAD`` positions on (GCC's
 ``__builtin_prefetch``; a hint: no result changes); below, each row is summed by a loop
@@ -369,6 +372,108 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                 acc = acc + buf[c, stride * s + stride - 1]
             out_y[s] = y[s] - gamma * acc
 
+
+
+def blocked_entries(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
+                    const double[::1] p_data, const int64_t[::1] chunk_pairs, int64_t width,
+                    int64_t[:, ::1] cursor,                                          # IN/OUT
+                    int32_t[::1] out_pairs, int32_t[::1] out_columns, double[::1] out_data,
+                    int n_threads):                                                  # OUT
+    """blocked_entries(p_indptr, p_indices, p_data, chunk_pairs, width, cursor, out_pairs, out_columns, out_data, n_threads)
+
+    P's entries in column blocks (``blocked_products``): entry j of pair k in chunk c
+    (chunk_pairs[c] ≤ k < chunk_pairs[c + 1]) goes to position cursor[b, c] (then
+    incremented), b = p_indices[j] // width, with its pair, column and probability: each
+    (block, chunk) region holds its entries in P's order."""
+    cdef Py_ssize_t n_chunks = chunk_pairs.shape[0] - 1, c
+    cdef int64_t k, j, e, b
+    for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
+        for k in range(chunk_pairs[c], chunk_pairs[c + 1]):
+            for j in range(p_indptr[k], p_indptr[k + 1]):
+                b = p_indices[j] // width
+                e = cursor[b, c]
+                cursor[b, c] = e + 1
+                out_pairs[e] = <int32_t>k
+                out_columns[e] = p_indices[j]
+                out_data[e] = p_data[j]
+
+
+def blocked_products(const int64_t[::1] a_indptr, const int64_t[:, ::1] begins,
+                     const int64_t[:, ::1] ends, const int32_t[::1] pairs,
+                     const int32_t[::1] columns, const double[::1] data,
+                     const double[::1] pi, double gamma, const double[::1] x,
+                     const double[::1] y,                                             # IN
+                     double[::1] out_x, double[::1] out_y, double[::1] rows,
+                     double[::1] weights, double[:, ::1] buf, int n_threads):         # OUT
+    """blocked_products(a_indptr, begins, ends, pairs, columns, data, pi, gamma, x, y, out_x, out_y, rows, weights, buf, n_threads)
+
+    bellman_products with both sides and ``rows``, or the visitation side alone (``x``,
+    ``out_x`` and ``rows`` of length 0; ``buf`` (n_chunks, n_states) then), float64 P, on
+    P's entries in column blocks (``blocked_entries``): chunk c of the states walks block
+    b's entries begins[b, c] ≤ e < ends[b, c], then block b + 1, so the lines of ``buf`` it
+    gathers from and scatters into lie in one block's columns at a time (the caches hold
+    them; all of them do not, from ~2¹⁹ states). rows[k] gathers across the blocks in
+    column order, which is P's order within a row, and each state's sums take the chunk's
+    pairs in order: the same sums as bellman_products, bit for bit. ``weights``: scratch,
+    π(k) y(s) per pair k of state s.
+    """
+    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, n_chunks = buf.shape[0], c, s, lo, hi, t
+    cdef Py_ssize_t n_blocks = begins.shape[0], b
+    cdef bint both = x.shape[0] > 0
+    cdef Py_ssize_t stride = 2 if both else 1
+    cdef int64_t k, e, start, stop, i
+    cdef double acc, d, ys
+    cdef double *z
+    cdef double *row = NULL
+    cdef double *w = &weights[0]
+    cdef const int32_t *pair = &pairs[0]
+    cdef const int32_t *col = &columns[0]
+    cdef const double *dat = &data[0]
+    if both:
+        row = &rows[0]
+    for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
+        z = &buf[c, 0]
+        for t in range(n_states):  # bellman_products' lines: x beside the sums, or the sums
+            if both:
+                z[2 * t] = x[t]
+                z[2 * t + 1] = 0.0
+            else:
+                z[t] = 0.0
+        lo = c * n_states // n_chunks
+        hi = (c + 1) * n_states // n_chunks
+        for s in range(lo, hi):
+            ys = y[s]
+            for k in range(a_indptr[s], a_indptr[s + 1]):
+                w[k] = pi[k] * ys
+                if both:
+                    row[k] = 0.0
+        for b in range(n_blocks):
+            start = begins[b, c]
+            stop = ends[b, c]
+            if both:
+                for e in range(start, stop):
+                    prefetch(&z[2 * <int64_t>col[min(e + AHEAD, stop - 1)]], 1, 3)
+                    i = 2 * <int64_t>col[e]
+                    k = pair[e]
+                    d = dat[e]
+                    row[k] = row[k] + d * z[i]
+                    z[i + 1] += w[k] * d
+            else:
+                for e in range(start, stop):
+                    prefetch(&z[col[min(e + AHEAD, stop - 1)]], 1, 3)
+                    z[col[e]] += w[pair[e]] * dat[e]
+        if both:
+            for s in range(lo, hi):
+                acc = 0.0
+                for k in range(a_indptr[s], a_indptr[s + 1]):
+                    if pi[k] != 0.0:
+                        acc = acc + pi[k] * row[k]
+                out_x[s] = x[s] - gamma * acc
+    for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
+        acc = 0.0
+        for c in range(n_chunks):
+            acc = acc + buf[c, stride * s + stride - 1]
+        out_y[s] = y[s] - gamma * acc
 
 
 def correction_weights(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,

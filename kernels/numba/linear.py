@@ -16,6 +16,9 @@
                      ``buf`` (n_chunks, 2 n_states) holds x and the scatter sums
                      interleaved, buf[c, 2i] = x[i], buf[c, 2i + 1] = the sums of
                      state i, so one cache line serves the gather and the scatter
+``blocked_products``: bellman_products (both sides and rows, or the visitation side;
+                     float64 P) on P's entries in column blocks (``blocked_entries``):
+                     the same sums, the lines it touches in one block's columns at a time
 
 where (P_π x)(s) = Σ_a π(a|s) Σ_s' P(s'|s,a) x(s'). Each kernel is compiled twice
 from one Python function: serial, and ``parallel=True`` (used when n_threads > 1).
@@ -228,6 +231,73 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
 
 
 
+def blocked_entries(p_indptr, p_indices, p_data, chunk_pairs, width, cursor, out_pairs,
+                    out_columns, out_data):
+    n_chunks = chunk_pairs.shape[0] - 1
+    for c in prange(n_chunks):
+        for k in range(np.uint64(chunk_pairs[c]), np.uint64(chunk_pairs[c + 1])):
+            for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+                b = np.uint64(p_indices[j]) // np.uint64(width)
+                e = cursor[b, c]
+                cursor[b, c] = e + 1
+                out_pairs[e] = np.int32(k)
+                out_columns[e] = p_indices[j]
+                out_data[e] = p_data[j]
+
+
+def blocked_products(a_indptr, begins, ends, pairs, columns, data, pi, gamma, x, y, out_x,
+                     out_y, rows, weights, buf):
+    n_states = a_indptr.shape[0] - 1
+    n_chunks = buf.shape[0]
+    n_blocks = begins.shape[0]
+    both = x.shape[0] > 0
+    ahead, one, two = np.uint64(AHEAD), np.uint64(1), np.uint64(2)
+    for c in prange(n_chunks):
+        z = buf[c]
+        if both:  # bellman_products' interleaved lines
+            for t in range(n_states):
+                z[2 * t] = x[t]
+                z[2 * t + 1] = 0.0
+        else:
+            z[:n_states] = 0.0
+        lo = c * n_states // n_chunks
+        hi = (c + 1) * n_states // n_chunks
+        for s in range(lo, hi):
+            ys = y[s]
+            for k in range(np.uint64(a_indptr[s]), np.uint64(a_indptr[s + 1])):
+                weights[k] = pi[k] * ys
+                if both:
+                    rows[k] = 0.0
+        for b in range(n_blocks):
+            start = np.uint64(begins[b, c])
+            stop = np.uint64(ends[b, c])
+            if both:
+                for e in range(start, stop):
+                    prefetch_write(z, two * np.uint64(columns[min(e + ahead, stop - one)]))
+                    i = two * np.uint64(columns[e])
+                    k = np.uint64(pairs[e])
+                    d = data[e]
+                    rows[k] = rows[k] + d * z[i]
+                    z[i + one] += weights[k] * d
+            else:
+                for e in range(start, stop):
+                    prefetch_write(z, np.uint64(columns[min(e + ahead, stop - one)]))
+                    z[np.uint64(columns[e])] += weights[np.uint64(pairs[e])] * data[e]
+        if both:
+            for s in range(lo, hi):
+                acc = 0.0
+                for k in range(np.uint64(a_indptr[s]), np.uint64(a_indptr[s + 1])):
+                    if pi[k] != 0.0:
+                        acc += pi[k] * rows[k]
+                out_x[s] = x[s] - gamma * acc
+    stride = 2 if both else 1
+    for s in prange(n_states):
+        acc = 0.0
+        for c in range(n_chunks):
+            acc += buf[c, stride * s + stride - 1]
+        out_y[s] = y[s] - gamma * acc
+
+
 def correction_weights(a_indptr, p_indptr, p_data, pi, weights):
     n_states = a_indptr.shape[0] - 1
     for s in prange(n_states):
@@ -276,5 +346,5 @@ def correction_products(state_indptr, p_indices, weights, gamma, x, y, out_x, ou
                 acc += buf[c, s]
             out_y[s] = y[s] - gamma * acc
 
-KERNELS = twins(bellman_matvec, bellman_rmatvec, q_values, q_greedy, bellman_products, correction_weights,
-                correction_products)
+KERNELS = twins(bellman_matvec, bellman_rmatvec, q_values, q_greedy, bellman_products,
+                blocked_entries, blocked_products, correction_weights, correction_products)
