@@ -59,8 +59,8 @@ SINGLE_ROWS = 5_000
 # lines over all chunks. Measured here (2 cores, 32 MiB of L3 shared): random updates of
 # such lines cost ~0.8 ns per entry up to ~8 MB of lines and ~2.7 ns at 30 MB; the fused
 # pass at 10⁶ states takes 0.5–0.65× the time (benchmarks/RESULTS.md, issue 12 target 5).
-# The copy is made on the evaluator's BLOCKED_AFTER-th such pass: a run that makes many
-# pays for it once (~2 s at 10⁸ entries). None: never.
+# The copy is made on the evaluator's BLOCKED_AFTER-th exact fused pass: a run that makes
+# many (PPO-Clip) pays for it once (~2 s at 10⁸ entries). None: never.
 BLOCKED_STATES = 1 << 19
 BLOCK_BYTES = 8 << 20
 BLOCKED_AFTER = 8
@@ -324,7 +324,7 @@ class Evaluator:
         self._direct = None  # the last one assembled straight from P (a deterministic policy)
         self._workspace = {}  # the assembled matrices' scratch, kept across policies
         self._blocked = None  # P's entries in column blocks (_blocked_layout), on first use
-        self._blocked_passes = 0  # exact passes so far that blocked_products can make
+        self._fused_passes = 0  # exact fused passes on P's own rows so far
         self.omega = OMEGA
 
     @functools.cached_property
@@ -452,6 +452,9 @@ class Evaluator:
         out_value = (I − γP_π) x_value and out_visit = (I − γP_πᵀ) x_visit, a side given
         as None skipped. An exact value product also keeps P x_value per pair (not for
         compact rows), from which :meth:`evaluation_and_visitation` takes Q̃ without a pass.
+        From BLOCKED_STATES states on, the exact passes of both sides or of the visitation
+        side run on P's entries in column blocks once made (:meth:`_blocked_layout`): the
+        same sums.
 
         Mixed precision (``self.mixed``; ``exact`` False): each side's product is its last
         exact product A x̂ plus the product of the correction x − x̂, gathered (value) and
@@ -481,7 +484,8 @@ class Evaluator:
         own = self._rows
         if (x_visit.shape[0] and (rows.shape[0] or not x_value.shape[0])
                 and own[2] is self.mdp.p_indices):  # both sides and rows, or visitation's
-            self._blocked_passes += 1
+            if rows.shape[0]:
+                self._fused_passes += 1
             blocked = self._blocked_layout()
         if blocked is not None:
             self._k["blocked_products"](own[0], *blocked, own[4], own[5],
@@ -498,12 +502,14 @@ class Evaluator:
 
     def _blocked_layout(self):
         """:func:`blocked_layout` for ``blocked_products``, made on the BLOCKED_AFTER-th
-        pass it could serve where it applies (see BLOCKED_STATES), else None."""
+        exact fused pass where it applies (see BLOCKED_STATES), else None. The visitation
+        side's passes use it once made but never make it (a lone visitation's few passes
+        would not pay for it)."""
         mdp = self.mdp
         if self._blocked is None:
             n, nnz = mdp.n_states, mdp.p_indices.shape[0]
-            if (BLOCKED_STATES is None or n < BLOCKED_STATES or self._blocked_passes < BLOCKED_AFTER
-                    or mdp.p_data.dtype != np.float64
+            if (BLOCKED_STATES is None or n < BLOCKED_STATES
+                    or self._fused_passes < BLOCKED_AFTER or mdp.p_data.dtype != np.float64
                     or 16 * nnz > MEMORY_SHARE * available_memory()):
                 return None
             n_chunks = self._buf.shape[0]

@@ -717,4 +717,4 @@ def test_no_column_blocks_for_float32_rows_or_below_the_size(monkeypatch):
                               fastppo.ForwardKL(0.1), backend="cython", n_threads=1)
         ppo.run(2)
         assert ppo._evaluator._blocked is None
-        assert ppo._evaluator._blocked_passes > 0
+        assert ppo._evaluator._fused_passes > 0
