@@ -53,7 +53,7 @@ LAST_ROWS = True
 SINGLE_ROWS = 5_000
 # the exact passes of both sides (with the rows) or of the visitation side alone, on all
 # pairs of a float64 P, run from this many states on on a copy of P's entries in column
-# blocks (``blocked_products``; 16 bytes per entry, made only within MEMORY_SHARE of the
+# blocks (``blocked_products``; 13 bytes per entry, made only within MEMORY_SHARE of the
 # available memory): the lines a chunk gathers from and scatters into (16 bytes a state,
 # one buffer per chunk) then lie in one block of columns at a time, at most BLOCK_BYTES of
 # lines over all chunks. Measured here (2 cores, 32 MiB of L3 shared): random updates of
@@ -125,27 +125,40 @@ def ppo_log_ref(code, tau, ref):
 
 def blocked_layout(mdp, n_chunks, n_blocks, backend=None, n_threads=1):
     """P's entries in ``n_blocks`` blocks of columns for ``blocked_products`` with
-    ``n_chunks`` chunks of states: (begins, ends, pairs, columns, data), chunk c's entries
-    of block b (columns [b w, (b + 1) w), w = ⌈n_states / n_blocks⌉) at begins[b, c] ≤ e <
-    ends[b, c] with their pair (int32), column (int32) and probability, in P's order; the
-    chunks' regions one after the other, blocks in order. 16 bytes per entry of P."""
-    n, nnz = mdp.n_states, mdp.p_indices.shape[0]
+    ``n_chunks`` chunks of states: (chunk_pairs, begins, ends, steps, columns, data). Chunk
+    c's entries of block b (columns [b w, (b + 1) w), w = ⌈n_states / n_blocks⌉) are
+    begins[b, c] ≤ e < ends[b, c], in P's order, each with its column (int32), its
+    probability and its pair as a one-byte step from the pair before (from chunk_pairs[c],
+    the chunk's first pair; a step over 255 takes fillers of probability 0 first, one per
+    255 pairs with no entry in the block); the chunks' regions one after the other, blocks
+    in order. 13 bytes per entry of P (``blocked_entries``)."""
+    n = mdp.n_states
     width = -(-n // n_blocks)
     chunk_pairs = mdp.a_indptr[np.arange(n_chunks + 1) * n // n_chunks]
     counts = np.zeros((n_chunks, n_blocks), dtype=np.int64)
-    step = 1 << 24  # entries per bincount: no nnz-sized temporary
+    step = 1 << 20  # pairs per round: no nnz-sized temporary
     for c in range(n_chunks):
-        first, end = mdp.p_indptr[chunk_pairs[c]], mdp.p_indptr[chunk_pairs[c + 1]]
-        for lo in range(first, end, step):
-            counts[c] += np.bincount(mdp.p_indices[lo:min(lo + step, end)] // width,
-                                     minlength=n_blocks)
+        last = np.full(n_blocks, chunk_pairs[c])
+        for k0 in range(chunk_pairs[c], chunk_pairs[c + 1], step):
+            k1 = min(k0 + step, chunk_pairs[c + 1])
+            pair = np.repeat(np.arange(k0, k1), np.diff(mdp.p_indptr[k0:k1 + 1]))
+            block = mdp.p_indices[mdp.p_indptr[k0]:mdp.p_indptr[k1]] // width
+            for b in range(n_blocks):
+                k = pair[block == b]
+                if k.shape[0]:
+                    fillers = np.maximum(np.diff(k, prepend=last[b]) - 1, 0) // 255
+                    counts[c, b] += k.shape[0] + fillers.sum()
+                    last[b] = k[-1]
     ends = np.cumsum(counts.ravel()).reshape(n_chunks, n_blocks).T.copy()
     begins = ends - counts.T
-    pairs, columns = np.empty(nnz, dtype=np.int32), np.empty(nnz, dtype=np.int32)
-    data = np.empty(nnz)
+    size = int(counts.sum())
+    steps, columns = np.empty(size, dtype=np.uint8), np.empty(size, dtype=np.int32)
+    data = np.empty(size)
+    cursor = begins.copy()
     get_kernel("blocked_entries", backend)(mdp.p_indptr, mdp.p_indices, mdp.p_data, chunk_pairs,
-                                           width, begins.copy(), pairs, columns, data, n_threads)
-    return begins, ends, pairs, columns, data
+                                           width, cursor, np.empty_like(cursor), steps, columns,
+                                           data, n_threads)
+    return chunk_pairs, begins, ends, steps, columns, data
 
 
 def policy_rows(mdp, pi, previous=None, backend=None, n_threads=1, in_place=False):
@@ -510,7 +523,7 @@ class Evaluator:
             n, nnz = mdp.n_states, mdp.p_indices.shape[0]
             if (BLOCKED_STATES is None or n < BLOCKED_STATES
                     or self._fused_passes < BLOCKED_AFTER or mdp.p_data.dtype != np.float64
-                    or 16 * nnz > MEMORY_SHARE * available_memory()):
+                    or 13 * nnz > MEMORY_SHARE * available_memory()):
                 return None
             n_chunks = self._buf.shape[0]
             n_blocks = max(1, -(-16 * n * n_chunks // BLOCK_BYTES))

@@ -78,34 +78,44 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
 
 
 
-def blocked_entries(p_indptr, p_indices, p_data, chunk_pairs, width, cursor, out_pairs,
+def blocked_entries(p_indptr, p_indices, p_data, chunk_pairs, width, cursor, last, out_steps,
                     out_columns, out_data, n_threads=1):
-    """P's entries sorted by (block of the column, chunk of the pair), P's order within
-    each, written from cursor[b, c] on (cursor advanced past them)."""
-    pair = np.repeat(np.arange(p_indptr.shape[0] - 1), np.diff(p_indptr))
-    chunk = np.searchsorted(chunk_pairs, pair, side="right") - 1
-    block = p_indices // width
-    for b in range(cursor.shape[0]):
-        for c in range(cursor.shape[1]):
-            j = np.flatnonzero((block == b) & (chunk == c))
-            e = slice(cursor[b, c], cursor[b, c] + j.shape[0])
-            out_pairs[e], out_columns[e], out_data[e] = pair[j], p_indices[j], p_data[j]
-            cursor[b, c] += j.shape[0]
+    """Entry j of pair k in chunk c to position cursor[b, c] (then advanced), b its block
+    of columns, with its column, its probability and its pair as a step from the region's
+    pair before (chunk_pairs[c] for the first), a step over 255 preceded by fillers (step
+    255, probability 0, the same column). ``last``: scratch (the region's last pair)."""
+    for c in range(chunk_pairs.shape[0] - 1):
+        last[:, c] = chunk_pairs[c]
+        for k in range(chunk_pairs[c], chunk_pairs[c + 1]):
+            for j in range(p_indptr[k], p_indptr[k + 1]):
+                b = p_indices[j] // width
+                step = k - last[b, c]
+                while True:
+                    e = cursor[b, c]
+                    out_steps[e], out_columns[e] = min(step, 255), p_indices[j]
+                    out_data[e] = p_data[j] if step <= 255 else 0.0
+                    cursor[b, c] += 1
+                    if step <= 255:
+                        break
+                    step -= 255
+                last[b, c] = k
 
 
-def blocked_products(a_indptr, begins, ends, pairs, columns, data, pi, gamma, x, y, out_x,
-                     out_y, rows, weights, buf, n_threads=1):
+def blocked_products(a_indptr, chunk_pairs, begins, ends, steps, columns, data, pi, gamma, x,
+                     y, out_x, out_y, rows, weights, buf, n_threads=1):
     """bellman_products (both sides and rows, or the visitation side when ``x`` has length
-    0) from P's entries in any order: (pair, column, probability) triplets; the entries
-    outside every [begins, ends) region are unused."""
-    used = np.concatenate([np.arange(b, e) for b, e in zip(begins.ravel(), ends.ravel())])
-    P = sp.csr_array((data[used], (pairs[used], columns[used])),
-                     shape=(pi.shape[0], y.shape[0]))
+    0) from P's entries in (block, chunk) regions: each entry's pair is the region's first
+    pair plus its steps so far (fillers add probability 0)."""
+    pairs, used = [], []
+    for (b, c), start in np.ndenumerate(begins):
+        used.append(np.arange(start, ends[b, c]))
+        pairs.append(chunk_pairs[c] + np.cumsum(steps[start:ends[b, c]].astype(np.int64)))
+    used, pairs = np.concatenate(used), np.concatenate(pairs)
+    P = sp.csr_array((data[used], (pairs, columns[used])), shape=(pi.shape[0], y.shape[0]))
     if x.shape[0]:
         rows[:] = P @ x
         out_x[:] = x - gamma * _segment_sum(a_indptr, pi * rows)
     out_y[:] = y - gamma * (P.T @ (pi * y[_states(a_indptr)]))
-
 
 def correction_weights(a_indptr, p_indptr, p_data, pi, weights, n_threads=1):
     """weights[j] = π(k) P[j] in double, rounded to float32, for every entry j of pair k."""

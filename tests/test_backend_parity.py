@@ -297,17 +297,17 @@ def _episodic_calls(n_threads):
 
 
 def _blocked_entries(kernel, mdp, chunks, blocks, n_threads):
-    """blocked_entries into outputs pre-filled with -1 / NaN; its outputs and the advanced
+    """blocked_entries into outputs pre-filled with sentinels; its outputs and the advanced
     cursor concatenated."""
-    begins = blocked_layout(mdp, chunks, blocks, "numpy")[0]
-    nnz = mdp.p_indices.shape[0]
+    chunk_pairs, begins, ends, steps = blocked_layout(mdp, chunks, blocks, "numpy")[:4]
+    size = steps.shape[0]
     cursor = begins.copy()
-    pairs, columns = np.full(nnz, -1, np.int32), np.full(nnz, -1, np.int32)
-    data = np.full(nnz, np.nan)
-    kernel(mdp.p_indptr, mdp.p_indices, mdp.p_data,
-           mdp.a_indptr[np.arange(chunks + 1) * mdp.n_states // chunks], -(-mdp.n_states // blocks),
-           cursor, pairs, columns, data, n_threads)
-    return np.concatenate([cursor.ravel(), pairs, columns, data])
+    out_steps, columns = np.full(size, 77, np.uint8), np.full(size, -1, np.int32)
+    data = np.full(size, np.nan)
+    kernel(mdp.p_indptr, mdp.p_indices, mdp.p_data, chunk_pairs, -(-mdp.n_states // blocks),
+           cursor, np.empty_like(cursor), out_steps, columns, data, n_threads)
+    np.testing.assert_array_equal(cursor, ends)
+    return np.concatenate([cursor.ravel(), out_steps, columns, data])
 
 
 def _blocked_products(kernel, mdp, pi, x, y, sides, chunks, blocks, n_threads):
@@ -697,6 +697,25 @@ def test_blocked_products_are_bellman_products_bit_for_bit(mdps, which):
                                 inp["q"][:S], sides, chunks, blocks, n_threads)
                             np.testing.assert_array_equal(
                                 blocked, plain, err_msg=f"{sides}, {chunks} chunks, {blocks} blocks")
+
+
+@pytest.mark.parametrize("which", COMPILED + ["numpy"])
+def test_blocked_entries_step_over_long_gaps_with_fillers(which):
+    """A gridworld's blocks of columns see runs of more than 255 pairs without an entry:
+    fillers (step 255, probability 0) take those steps, and the products stay
+    bellman_products' bit for bit, on every backend."""
+    mdp = fastppo.gridworld(60, 50)
+    S = mdp.n_states
+    rng = np.random.default_rng(4)
+    pi = fastppo.softmax(mdp, rng.normal(size=mdp.n_pairs), backend="numpy")
+    x, y = rng.random(S), rng.random(S)
+    plain = _products(get_kernel("bellman_products", which),
+                      (mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data, pi, mdp.gamma),
+                      x, y, "xy", 2, 2)
+    steps, data = blocked_layout(mdp, 2, 7, which, 2)[3::2]
+    assert ((steps == 255) & (data == 0.0)).sum() > 0
+    blocked = _blocked_products(get_kernel("blocked_products", which), mdp, pi, x, y, "xy", 2, 7, 2)
+    np.testing.assert_array_equal(blocked, plain)
 
 
 @pytest.mark.parametrize("which", COMPILED)

@@ -698,7 +698,7 @@ def test_ppoclip_on_blocked_entries_is_bit_for_bit_the_same(backend_name, monkey
             ppo.run(5)
             runs.append((ppo, ppo._evaluator._blocked))
         (plain, none), (blocked, layout) = runs
-        assert none is None and layout is not None and layout[0].shape == (5, 2)
+        assert none is None and layout is not None and layout[1].shape == (5, 2)
         np.testing.assert_array_equal(blocked.logits, plain.logits)
         np.testing.assert_array_equal(blocked._v, plain._v)
         np.testing.assert_array_equal(blocked._d, plain._d)

@@ -24,7 +24,7 @@ product and sum is in double. ``p_indices`` may be uint16 (``column``: an MDP of
 same sums. Mirrors kernels/numba/linear.py.
 """
 from cython.parallel cimport prange
-from libc.stdint cimport int32_t, int64_t, uint16_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
 
 include "_probability.pxi"
 
@@ -377,45 +377,58 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
 def blocked_entries(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
                     const double[::1] p_data, const int64_t[::1] chunk_pairs, int64_t width,
                     int64_t[:, ::1] cursor,                                          # IN/OUT
-                    int32_t[::1] out_pairs, int32_t[::1] out_columns, double[::1] out_data,
-                    int n_threads):                                                  # OUT
-    """blocked_entries(p_indptr, p_indices, p_data, chunk_pairs, width, cursor, out_pairs, out_columns, out_data, n_threads)
+                    int64_t[:, ::1] last, uint8_t[::1] out_steps, int32_t[::1] out_columns,
+                    double[::1] out_data, int n_threads):                            # OUT
+    """blocked_entries(p_indptr, p_indices, p_data, chunk_pairs, width, cursor, last, out_steps, out_columns, out_data, n_threads)
 
     P's entries in column blocks (``blocked_products``): entry j of pair k in chunk c
     (chunk_pairs[c] ≤ k < chunk_pairs[c + 1]) goes to position cursor[b, c] (then
-    incremented), b = p_indices[j] // width, with its pair, column and probability: each
-    (block, chunk) region holds its entries in P's order."""
-    cdef Py_ssize_t n_chunks = chunk_pairs.shape[0] - 1, c
-    cdef int64_t k, j, e, b
+    advanced), b = p_indices[j] // width, with its column, its probability and its pair as
+    a step from the pair of the entry before it in the region (from chunk_pairs[c] for the
+    first), one byte: a step over 255 is made of fillers first (step 255, probability 0,
+    the entry's column), which add 0 to the sums. Each (block, chunk) region holds its
+    entries in P's order. ``last``: scratch, the region's last pair."""
+    cdef Py_ssize_t n_chunks = chunk_pairs.shape[0] - 1, n_blocks = cursor.shape[0], c
+    cdef int64_t k, j, e, b, step
     for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
+        for b in range(n_blocks):
+            last[b, c] = chunk_pairs[c]
         for k in range(chunk_pairs[c], chunk_pairs[c + 1]):
             for j in range(p_indptr[k], p_indptr[k + 1]):
                 b = p_indices[j] // width
                 e = cursor[b, c]
-                cursor[b, c] = e + 1
-                out_pairs[e] = <int32_t>k
+                step = k - last[b, c]
+                while step > 255:
+                    out_steps[e] = 255
+                    out_columns[e] = p_indices[j]
+                    out_data[e] = 0.0
+                    e = e + 1
+                    step = step - 255
+                out_steps[e] = <uint8_t>step
                 out_columns[e] = p_indices[j]
                 out_data[e] = p_data[j]
+                cursor[b, c] = e + 1
+                last[b, c] = k
 
 
-def blocked_products(const int64_t[::1] a_indptr, const int64_t[:, ::1] begins,
-                     const int64_t[:, ::1] ends, const int32_t[::1] pairs,
-                     const int32_t[::1] columns, const double[::1] data,
-                     const double[::1] pi, double gamma, const double[::1] x,
-                     const double[::1] y,                                             # IN
+def blocked_products(const int64_t[::1] a_indptr, const int64_t[::1] chunk_pairs,
+                     const int64_t[:, ::1] begins, const int64_t[:, ::1] ends,
+                     const uint8_t[::1] steps, const int32_t[::1] columns,
+                     const double[::1] data, const double[::1] pi, double gamma,
+                     const double[::1] x, const double[::1] y,                        # IN
                      double[::1] out_x, double[::1] out_y, double[::1] rows,
                      double[::1] weights, double[:, ::1] buf, int n_threads):         # OUT
-    """blocked_products(a_indptr, begins, ends, pairs, columns, data, pi, gamma, x, y, out_x, out_y, rows, weights, buf, n_threads)
+    """blocked_products(a_indptr, chunk_pairs, begins, ends, steps, columns, data, pi, gamma, x, y, out_x, out_y, rows, weights, buf, n_threads)
 
     bellman_products with both sides and ``rows``, or the visitation side alone (``x``,
     ``out_x`` and ``rows`` of length 0; ``buf`` (n_chunks, n_states) then), float64 P, on
     P's entries in column blocks (``blocked_entries``): chunk c of the states walks block
-    b's entries begins[b, c] ≤ e < ends[b, c], then block b + 1, so the lines of ``buf`` it
-    gathers from and scatters into lie in one block's columns at a time (the caches hold
-    them; all of them do not, from ~2¹⁹ states). rows[k] gathers across the blocks in
-    column order, which is P's order within a row, and each state's sums take the chunk's
-    pairs in order: the same sums as bellman_products, bit for bit. ``weights``: scratch,
-    π(k) y(s) per pair k of state s.
+    b's entries begins[b, c] ≤ e < ends[b, c] (their pairs from chunk_pairs[c] on, by
+    steps), then block b + 1, so the lines of ``buf`` it gathers from and scatters into
+    lie in one block's columns at a time (the caches hold them; all of them do not, from
+    ~2¹⁹ states). rows[k] gathers across the blocks in column order, which is P's order
+    within a row, and each state's sums take the chunk's pairs in order: the same sums as
+    bellman_products, bit for bit. ``weights``: scratch, π(k) y(s) per pair k of state s.
     """
     cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, n_chunks = buf.shape[0], c, s, lo, hi, t
     cdef Py_ssize_t n_blocks = begins.shape[0], b
@@ -426,7 +439,7 @@ def blocked_products(const int64_t[::1] a_indptr, const int64_t[:, ::1] begins,
     cdef double *z
     cdef double *row = NULL
     cdef double *w = &weights[0]
-    cdef const int32_t *pair = &pairs[0]
+    cdef const uint8_t *step = &steps[0]
     cdef const int32_t *col = &columns[0]
     cdef const double *dat = &data[0]
     if both:
@@ -450,18 +463,20 @@ def blocked_products(const int64_t[::1] a_indptr, const int64_t[:, ::1] begins,
         for b in range(n_blocks):
             start = begins[b, c]
             stop = ends[b, c]
+            k = chunk_pairs[c]
             if both:
                 for e in range(start, stop):
                     prefetch(&z[2 * <int64_t>col[min(e + AHEAD, stop - 1)]], 1, 3)
                     i = 2 * <int64_t>col[e]
-                    k = pair[e]
+                    k = k + step[e]
                     d = dat[e]
                     row[k] = row[k] + d * z[i]
                     z[i + 1] += w[k] * d
             else:
                 for e in range(start, stop):
                     prefetch(&z[col[min(e + AHEAD, stop - 1)]], 1, 3)
-                    z[col[e]] += w[pair[e]] * dat[e]
+                    k = k + step[e]
+                    z[col[e]] += w[k] * dat[e]
         if both:
             for s in range(lo, hi):
                 acc = 0.0

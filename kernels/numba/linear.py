@@ -231,22 +231,33 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
 
 
 
-def blocked_entries(p_indptr, p_indices, p_data, chunk_pairs, width, cursor, out_pairs,
+def blocked_entries(p_indptr, p_indices, p_data, chunk_pairs, width, cursor, last, out_steps,
                     out_columns, out_data):
     n_chunks = chunk_pairs.shape[0] - 1
+    n_blocks = cursor.shape[0]
     for c in prange(n_chunks):
-        for k in range(np.uint64(chunk_pairs[c]), np.uint64(chunk_pairs[c + 1])):
+        for b in range(n_blocks):
+            last[b, c] = chunk_pairs[c]
+        for k in range(chunk_pairs[c], chunk_pairs[c + 1]):
             for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
                 b = np.uint64(p_indices[j]) // np.uint64(width)
                 e = cursor[b, c]
-                cursor[b, c] = e + 1
-                out_pairs[e] = np.int32(k)
+                step = k - last[b, c]
+                while step > 255:  # fillers: step 255, probability 0
+                    out_steps[e] = 255
+                    out_columns[e] = p_indices[j]
+                    out_data[e] = 0.0
+                    e += 1
+                    step -= 255
+                out_steps[e] = np.uint8(step)
                 out_columns[e] = p_indices[j]
                 out_data[e] = p_data[j]
+                cursor[b, c] = e + 1
+                last[b, c] = k
 
 
-def blocked_products(a_indptr, begins, ends, pairs, columns, data, pi, gamma, x, y, out_x,
-                     out_y, rows, weights, buf):
+def blocked_products(a_indptr, chunk_pairs, begins, ends, steps, columns, data, pi, gamma, x, y,
+                     out_x, out_y, rows, weights, buf):
     n_states = a_indptr.shape[0] - 1
     n_chunks = buf.shape[0]
     n_blocks = begins.shape[0]
@@ -271,18 +282,20 @@ def blocked_products(a_indptr, begins, ends, pairs, columns, data, pi, gamma, x,
         for b in range(n_blocks):
             start = np.uint64(begins[b, c])
             stop = np.uint64(ends[b, c])
+            k = np.uint64(chunk_pairs[c])
             if both:
                 for e in range(start, stop):
                     prefetch_write(z, two * np.uint64(columns[min(e + ahead, stop - one)]))
                     i = two * np.uint64(columns[e])
-                    k = np.uint64(pairs[e])
+                    k += np.uint64(steps[e])
                     d = data[e]
                     rows[k] = rows[k] + d * z[i]
                     z[i + one] += weights[k] * d
             else:
                 for e in range(start, stop):
                     prefetch_write(z, np.uint64(columns[min(e + ahead, stop - one)]))
-                    z[np.uint64(columns[e])] += weights[np.uint64(pairs[e])] * data[e]
+                    k += np.uint64(steps[e])
+                    z[np.uint64(columns[e])] += weights[k] * data[e]
         if both:
             for s in range(lo, hi):
                 acc = 0.0
