@@ -561,6 +561,20 @@ def test_each_path_against_the_dense_solution(method, gamma):
         check_solution(mdp, pi, ev, d_res, mu)
 
 
+def test_gmres_lengthens_a_cycle_too_slow_for_the_budget():
+    """GMRES(40) on the 120-state pendulum at γ = 0.9999 gains 5–20 % a cycle: at that
+    rate tol lies beyond max_iter, so the cycle doubles (to n here, where GMRES is exact)
+    instead of running out of products (it did, at 4e-9, on one host)."""
+    mdp = small_mdps(0.9999)["pendulum"]
+    pi = random_policy(mdp, 11)[0]
+    ev = fastppo.evaluate(mdp, pi, method="gmres")
+    d = fastppo.visitation(mdp, pi, mdp.rho, method="gmres", full_output=True)
+    for res in (ev, d):
+        assert res.method == "gmres"
+        assert res.n_matvec < 400, res.n_matvec  # 5,000 (all of max_iter) before
+    check_solution(mdp, pi, ev, d, mdp.rho)
+
+
 def test_backends_agree_on_the_assembled_paths():
     mdp = fastppo.queue2d(capacity=(9, 8), gamma=0.999)
     pi = random_policy(mdp, 4)[0]
