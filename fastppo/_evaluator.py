@@ -53,16 +53,19 @@ LAST_ROWS = True
 SINGLE_ROWS = 5_000
 # the exact passes of both sides (with the rows) or of the visitation side alone, on all
 # pairs of a float64 P, run from this many states on on a copy of P's entries in column
-# blocks (``blocked_products``; 13 bytes per entry, made only within MEMORY_SHARE of the
+# blocks (``blocked_products``; 11 bytes per entry, made only within MEMORY_SHARE of the
 # available memory): the lines a chunk gathers from and scatters into (16 bytes a state,
 # one buffer per chunk) then lie in one block of columns at a time, at most BLOCK_BYTES of
-# lines over all chunks. Measured here (2 cores, 32 MiB of L3 shared): random updates of
-# such lines cost ~0.8 ns per entry up to ~8 MB of lines and ~2.7 ns at 30 MB; the fused
-# pass at 10⁶ states takes 0.5–0.65× the time (benchmarks/RESULTS.md, issue 12 target 5).
+# lines over all chunks (blocks of at most 2¹⁶ states: columns as 16-bit offsets). Each
+# block re-reads the chunk's per-pair rows and weights, so fewer blocks read less, but
+# the lines must stay cached while other processes share the L3: measured here (2 cores,
+# 32 MiB of L3 shared), the fused pass at 10⁶ states took 0.65× P's own rows with 2 MB
+# (16 blocks), 0.95–1.0× with 4–8 MB on a busy host and 0.6× with 8 MB on a quiet one
+# (benchmarks/RESULTS.md, issue 12 target 5).
 # The copy is made on the evaluator's BLOCKED_AFTER-th exact fused pass: a run that makes
-# many (PPO-Clip) pays for it once (~2 s at 10⁸ entries). None: never.
+# many (PPO-Clip) pays for it once (~4 s at 10⁸ entries). None: never.
 BLOCKED_STATES = 1 << 19
-BLOCK_BYTES = 8 << 20
+BLOCK_BYTES = 2 << 20
 BLOCKED_AFTER = 8
 VALUE_SYSTEM = "evaluation system (I - gamma P_pi) v = r_pi - tau D_f(pi)"
 VISIT_SYSTEM = "visitation system (I - gamma P_pi^T) d = (1 - gamma) mu"
@@ -127,37 +130,28 @@ def blocked_layout(mdp, n_chunks, n_blocks, backend=None, n_threads=1):
     """P's entries in ``n_blocks`` blocks of columns for ``blocked_products`` with
     ``n_chunks`` chunks of states: (chunk_pairs, begins, ends, steps, columns, data). Chunk
     c's entries of block b (columns [b w, (b + 1) w), w = ⌈n_states / n_blocks⌉) are
-    begins[b, c] ≤ e < ends[b, c], in P's order, each with its column (int32), its
-    probability and its pair as a one-byte step from the pair before (from chunk_pairs[c],
-    the chunk's first pair; a step over 255 takes fillers of probability 0 first, one per
-    255 pairs with no entry in the block); the chunks' regions one after the other, blocks
-    in order. 13 bytes per entry of P (``blocked_entries``)."""
+    begins[b, c] ≤ e < ends[b, c], in P's order, each with its column less b w (uint16
+    where w ≤ 2¹⁶, else int32), its probability and its pair as a one-byte step from the
+    pair before (from chunk_pairs[c], the chunk's first pair; a step over 255 takes
+    fillers of probability 0 first, one per 255 pairs with no entry in the block); the
+    chunks' regions one after the other, blocks in order. 11 bytes per entry of P (13 for
+    blocks wider than 2¹⁶ states; ``blocked_entries``)."""
     n = mdp.n_states
     width = -(-n // n_blocks)
     chunk_pairs = mdp.a_indptr[np.arange(n_chunks + 1) * n // n_chunks]
-    counts = np.zeros((n_chunks, n_blocks), dtype=np.int64)
-    step = 1 << 20  # pairs per round: no nnz-sized temporary
-    for c in range(n_chunks):
-        last = np.full(n_blocks, chunk_pairs[c])
-        for k0 in range(chunk_pairs[c], chunk_pairs[c + 1], step):
-            k1 = min(k0 + step, chunk_pairs[c + 1])
-            pair = np.repeat(np.arange(k0, k1), np.diff(mdp.p_indptr[k0:k1 + 1]))
-            block = mdp.p_indices[mdp.p_indptr[k0]:mdp.p_indptr[k1]] // width
-            for b in range(n_blocks):
-                k = pair[block == b]
-                if k.shape[0]:
-                    fillers = np.maximum(np.diff(k, prepend=last[b]) - 1, 0) // 255
-                    counts[c, b] += k.shape[0] + fillers.sum()
-                    last[b] = k[-1]
-    ends = np.cumsum(counts.ravel()).reshape(n_chunks, n_blocks).T.copy()
-    begins = ends - counts.T
+    kernel = get_kernel("blocked_entries", backend)
+    column = np.uint16 if width <= 1 << 16 else np.int32
+    counts = np.zeros((n_blocks, n_chunks), dtype=np.int64)  # the regions' sizes first
+    kernel(mdp.p_indptr, mdp.p_indices, mdp.p_data, chunk_pairs, width, counts,
+           np.empty_like(counts), np.empty(0, np.uint8), np.empty(0, column), np.empty(0),
+           n_threads)
+    ends = np.cumsum(counts.T.ravel()).reshape(n_chunks, n_blocks).T.copy()
+    begins = ends - counts
     size = int(counts.sum())
-    steps, columns = np.empty(size, dtype=np.uint8), np.empty(size, dtype=np.int32)
-    data = np.empty(size)
+    steps, columns, data = np.empty(size, np.uint8), np.empty(size, column), np.empty(size)
     cursor = begins.copy()
-    get_kernel("blocked_entries", backend)(mdp.p_indptr, mdp.p_indices, mdp.p_data, chunk_pairs,
-                                           width, cursor, np.empty_like(cursor), steps, columns,
-                                           data, n_threads)
+    kernel(mdp.p_indptr, mdp.p_indices, mdp.p_data, chunk_pairs, width, cursor,
+           np.empty_like(cursor), steps, columns, data, n_threads)
     return chunk_pairs, begins, ends, steps, columns, data
 
 
@@ -271,7 +265,8 @@ class Evaluator:
         Linear-solve chain (``fastppo._krylov.chain``).
     mixed : bool, optional
         Sweeps of the lockstep solve on float32 corrections (:meth:`products`); default:
-        from ``MIXED_STATES`` states on, with the compiled backends.
+        from ``MIXED_STATES`` states on, with the compiled backends, until the evaluator
+        makes its copy of P in column blocks (see ``BLOCKED_STATES``).
     tol_name : str, default "tol"
         The caller's name for ``tol`` in error messages ("lin_tol" for ``solve`` and
         the PPO methods).
@@ -517,16 +512,19 @@ class Evaluator:
         """:func:`blocked_layout` for ``blocked_products``, made on the BLOCKED_AFTER-th
         exact fused pass where it applies (see BLOCKED_STATES), else None. The visitation
         side's passes use it once made but never make it (a lone visitation's few passes
-        would not pay for it)."""
+        would not pay for it). Making it ends ``mixed``: an exact pass on it costs less
+        than a pass of float32 corrections on P's own rows (10⁶ states: 175 against 189 ms,
+        and late PPO-Clip iterations 0.83× the time with the same passes; RESULTS.md)."""
         mdp = self.mdp
         if self._blocked is None:
-            n, nnz = mdp.n_states, mdp.p_indices.shape[0]
+            n, nnz, n_chunks = mdp.n_states, mdp.p_indices.shape[0], self._buf.shape[0]
+            n_blocks = max(1, -(-16 * n * n_chunks // BLOCK_BYTES))
+            entry = 11 if -(-n // n_blocks) <= 1 << 16 else 13  # bytes (blocked_layout)
             if (BLOCKED_STATES is None or n < BLOCKED_STATES
                     or self._fused_passes < BLOCKED_AFTER or mdp.p_data.dtype != np.float64
-                    or 13 * nnz > MEMORY_SHARE * available_memory()):
+                    or entry * nnz > MEMORY_SHARE * available_memory()):
                 return None
-            n_chunks = self._buf.shape[0]
-            n_blocks = max(1, -(-16 * n * n_chunks // BLOCK_BYTES))
+            self.mixed, self._base, self._buf32 = False, [None, None], None
             self._blocked = blocked_layout(mdp, n_chunks, n_blocks, self.backend, self.n_threads)
             self._blocked_weights = np.empty(mdp.n_pairs)
         return self._blocked

@@ -81,9 +81,11 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
 def blocked_entries(p_indptr, p_indices, p_data, chunk_pairs, width, cursor, last, out_steps,
                     out_columns, out_data, n_threads=1):
     """Entry j of pair k in chunk c to position cursor[b, c] (then advanced), b its block
-    of columns, with its column, its probability and its pair as a step from the region's
-    pair before (chunk_pairs[c] for the first), a step over 255 preceded by fillers (step
-    255, probability 0, the same column). ``last``: scratch (the region's last pair)."""
+    of columns, with its column within the block (p_indices[j] − b·width), its probability
+    and its pair as a step from the region's pair before (chunk_pairs[c] for the first), a
+    step over 255 preceded by fillers (step 255, probability 0, the same column). ``last``:
+    scratch (the region's last pair). Outputs of length 0: only ``cursor`` advances."""
+    write = out_steps.shape[0] > 0
     for c in range(chunk_pairs.shape[0] - 1):
         last[:, c] = chunk_pairs[c]
         for k in range(chunk_pairs[c], chunk_pairs[c + 1]):
@@ -92,8 +94,9 @@ def blocked_entries(p_indptr, p_indices, p_data, chunk_pairs, width, cursor, las
                 step = k - last[b, c]
                 while True:
                     e = cursor[b, c]
-                    out_steps[e], out_columns[e] = min(step, 255), p_indices[j]
-                    out_data[e] = p_data[j] if step <= 255 else 0.0
+                    if write:
+                        out_steps[e], out_columns[e] = min(step, 255), p_indices[j] - b * width
+                        out_data[e] = p_data[j] if step <= 255 else 0.0
                     cursor[b, c] += 1
                     if step <= 255:
                         break
@@ -105,13 +108,16 @@ def blocked_products(a_indptr, chunk_pairs, begins, ends, steps, columns, data, 
                      y, out_x, out_y, rows, weights, buf, n_threads=1):
     """bellman_products (both sides and rows, or the visitation side when ``x`` has length
     0) from P's entries in (block, chunk) regions: each entry's pair is the region's first
-    pair plus its steps so far (fillers add probability 0)."""
-    pairs, used = [], []
+    pair plus its steps so far (fillers add probability 0), each entry's column its block's
+    first column plus its offset."""
+    width = -(-y.shape[0] // begins.shape[0])
+    pairs, used, cols = [], [], []
     for (b, c), start in np.ndenumerate(begins):
         used.append(np.arange(start, ends[b, c]))
         pairs.append(chunk_pairs[c] + np.cumsum(steps[start:ends[b, c]].astype(np.int64)))
-    used, pairs = np.concatenate(used), np.concatenate(pairs)
-    P = sp.csr_array((data[used], (pairs, columns[used])), shape=(pi.shape[0], y.shape[0]))
+        cols.append(b * width + columns[start:ends[b, c]].astype(np.int64))
+    used, pairs, cols = np.concatenate(used), np.concatenate(pairs), np.concatenate(cols)
+    P = sp.csr_array((data[used], (pairs, cols)), shape=(pi.shape[0], y.shape[0]))
     if x.shape[0]:
         rows[:] = P @ x
         out_x[:] = x - gamma * _segment_sum(a_indptr, pi * rows)

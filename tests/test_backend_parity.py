@@ -298,13 +298,18 @@ def _episodic_calls(n_threads):
 
 def _blocked_entries(kernel, mdp, chunks, blocks, n_threads):
     """blocked_entries into outputs pre-filled with sentinels; its outputs and the advanced
-    cursor concatenated."""
+    cursor concatenated. Without outputs it counts the regions' sizes."""
     chunk_pairs, begins, ends, steps = blocked_layout(mdp, chunks, blocks, "numpy")[:4]
-    size = steps.shape[0]
+    size, width = steps.shape[0], -(-mdp.n_states // blocks)
+    counts = np.zeros_like(begins)
+    kernel(mdp.p_indptr, mdp.p_indices, mdp.p_data, chunk_pairs, width, counts,
+           np.empty_like(counts), np.empty(0, np.uint8), np.empty(0, np.int32), np.empty(0),
+           n_threads)
+    np.testing.assert_array_equal(counts, ends - begins)
     cursor = begins.copy()
     out_steps, columns = np.full(size, 77, np.uint8), np.full(size, -1, np.int32)
     data = np.full(size, np.nan)
-    kernel(mdp.p_indptr, mdp.p_indices, mdp.p_data, chunk_pairs, -(-mdp.n_states // blocks),
+    kernel(mdp.p_indptr, mdp.p_indices, mdp.p_data, chunk_pairs, width,
            cursor, np.empty_like(cursor), out_steps, columns, data, n_threads)
     np.testing.assert_array_equal(cursor, ends)
     return np.concatenate([cursor.ravel(), out_steps, columns, data])
@@ -716,6 +721,27 @@ def test_blocked_entries_step_over_long_gaps_with_fillers(which):
     assert ((steps == 255) & (data == 0.0)).sum() > 0
     blocked = _blocked_products(get_kernel("blocked_products", which), mdp, pi, x, y, "xy", 2, 7, 2)
     np.testing.assert_array_equal(blocked, plain)
+
+
+@pytest.mark.parametrize("which", COMPILED + ["numpy"])
+def test_blocked_columns_are_offsets_in_16_bits_up_to_that_width(which):
+    """Each entry keeps its column less its block's first column: uint16 for blocks of at
+    most 2¹⁶ states, int32 for wider ones; both give bellman_products' sums bit for bit."""
+    mdp = fastppo.garnet(70_000, 2, 3, seed=3)
+    S = mdp.n_states
+    rng = np.random.default_rng(5)
+    pi = fastppo.softmax(mdp, rng.normal(size=mdp.n_pairs), backend="numpy")
+    x, y = rng.random(S), rng.random(S)
+    plain = _products(get_kernel("bellman_products", which),
+                      (mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data, pi, mdp.gamma),
+                      x, y, "xy", 2, 2)
+    for blocks, dtype in ((1, np.int32), (2, np.uint16)):
+        columns = blocked_layout(mdp, 2, blocks, which, 2)[4]
+        assert columns.dtype == dtype
+        assert columns.max() >= 30_000  # offsets span the block
+        blocked = _blocked_products(get_kernel("blocked_products", which), mdp, pi, x, y, "xy",
+                                    2, blocks, 2)
+        np.testing.assert_array_equal(blocked, plain, err_msg=f"{blocks} blocks")
 
 
 @pytest.mark.parametrize("which", COMPILED)

@@ -706,6 +706,35 @@ def test_ppoclip_on_blocked_entries_is_bit_for_bit_the_same(backend_name, monkey
             np.testing.assert_array_equal(blocked.history[key], plain.history[key], err_msg=key)
 
 
+def test_the_blocked_copy_ends_the_float32_corrections(monkeypatch):
+    """Mixed precision sweeps stop once the copy in column blocks is made (an exact pass
+    on it costs less than a pass of corrections): the evaluator's products are exact from
+    then on, and the run agrees with one on exact products throughout."""
+    import fastppo._evaluator as Ev
+    mdp = fastppo.garnet(700, 4, 6, seed=2)
+    monkeypatch.setattr(Ev, "MIXED_STATES", 1)
+    monkeypatch.setattr(Ev, "BLOCKED_AFTER", 3)
+    monkeypatch.setattr(Ev, "BLOCK_BYTES", 16 * 700 * 2 // 5)
+    runs = {}
+    for states in (None, 1):
+        monkeypatch.setattr(Ev, "BLOCKED_STATES", states)
+        runs[states] = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1), backend="cython",
+                                       n_threads=2)
+        runs[states].run(6)
+    still, ended = runs[None]._evaluator, runs[1]._evaluator
+    assert still.mixed and still._blocked is None
+    assert not ended.mixed and ended._blocked is not None
+    x = np.ones(mdp.n_states)
+    assert ended.products(x, x, np.empty_like(x), np.empty_like(x), exact=False)
+    monkeypatch.setattr(Ev, "MIXED_STATES", 1 << 40)
+    monkeypatch.setattr(Ev, "BLOCKED_STATES", None)
+    exact = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1), backend="cython", n_threads=2)
+    exact.run(6)
+    assert not exact._evaluator.mixed
+    np.testing.assert_allclose(runs[1].logits, exact.logits, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(runs[1].history["J"], exact.history["J"], rtol=1e-11)
+
+
 def test_no_column_blocks_for_float32_rows_or_below_the_size(monkeypatch):
     """The blocked layout is for float64 P from BLOCKED_STATES states on: float32 rows
     (read with their row sums) and smaller MDPs keep the products on P's own rows."""

@@ -377,19 +377,22 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
 def blocked_entries(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
                     const double[::1] p_data, const int64_t[::1] chunk_pairs, int64_t width,
                     int64_t[:, ::1] cursor,                                          # IN/OUT
-                    int64_t[:, ::1] last, uint8_t[::1] out_steps, int32_t[::1] out_columns,
+                    int64_t[:, ::1] last, uint8_t[::1] out_steps, column[::1] out_columns,
                     double[::1] out_data, int n_threads):                            # OUT
     """blocked_entries(p_indptr, p_indices, p_data, chunk_pairs, width, cursor, last, out_steps, out_columns, out_data, n_threads)
 
     P's entries in column blocks (``blocked_products``): entry j of pair k in chunk c
     (chunk_pairs[c] ≤ k < chunk_pairs[c + 1]) goes to position cursor[b, c] (then
-    advanced), b = p_indices[j] // width, with its column, its probability and its pair as
-    a step from the pair of the entry before it in the region (from chunk_pairs[c] for the
-    first), one byte: a step over 255 is made of fillers first (step 255, probability 0,
-    the entry's column), which add 0 to the sums. Each (block, chunk) region holds its
-    entries in P's order. ``last``: scratch, the region's last pair."""
+    advanced), b = p_indices[j] // width, with its column within the block (p_indices[j] −
+    b·width: uint16 where width ≤ 2¹⁶), its probability and its pair as a step from the
+    pair of the entry before it in the region (from chunk_pairs[c] for the first), one
+    byte: a step over 255 is made of fillers first (step 255, probability 0, the entry's
+    column), which add 0 to the sums. Each (block, chunk) region holds its entries in P's
+    order. ``last``: scratch, the region's last pair. With outputs of length 0 it only
+    advances ``cursor`` (the regions' sizes, fillers included, from zeros)."""
     cdef Py_ssize_t n_chunks = chunk_pairs.shape[0] - 1, n_blocks = cursor.shape[0], c
     cdef int64_t k, j, e, b, step
+    cdef bint write = out_steps.shape[0] > 0
     for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
         for b in range(n_blocks):
             last[b, c] = chunk_pairs[c]
@@ -399,21 +402,23 @@ def blocked_entries(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,
                 e = cursor[b, c]
                 step = k - last[b, c]
                 while step > 255:
-                    out_steps[e] = 255
-                    out_columns[e] = p_indices[j]
-                    out_data[e] = 0.0
+                    if write:
+                        out_steps[e] = 255
+                        out_columns[e] = <column>(p_indices[j] - b * width)
+                        out_data[e] = 0.0
                     e = e + 1
                     step = step - 255
-                out_steps[e] = <uint8_t>step
-                out_columns[e] = p_indices[j]
-                out_data[e] = p_data[j]
+                if write:
+                    out_steps[e] = <uint8_t>step
+                    out_columns[e] = <column>(p_indices[j] - b * width)
+                    out_data[e] = p_data[j]
                 cursor[b, c] = e + 1
                 last[b, c] = k
 
 
 def blocked_products(const int64_t[::1] a_indptr, const int64_t[::1] chunk_pairs,
                      const int64_t[:, ::1] begins, const int64_t[:, ::1] ends,
-                     const uint8_t[::1] steps, const int32_t[::1] columns,
+                     const uint8_t[::1] steps, const column[::1] columns,
                      const double[::1] data, const double[::1] pi, double gamma,
                      const double[::1] x, const double[::1] y,                        # IN
                      double[::1] out_x, double[::1] out_y, double[::1] rows,
@@ -424,7 +429,7 @@ def blocked_products(const int64_t[::1] a_indptr, const int64_t[::1] chunk_pairs
     ``out_x`` and ``rows`` of length 0; ``buf`` (n_chunks, n_states) then), float64 P, on
     P's entries in column blocks (``blocked_entries``): chunk c of the states walks block
     b's entries begins[b, c] ≤ e < ends[b, c] (their pairs from chunk_pairs[c] on, by
-    steps), then block b + 1, so the lines of ``buf`` it gathers from and scatters into
+    steps; their columns from b·width on, width = ⌈n_states / n_blocks⌉), then block b + 1, so the lines of ``buf`` it gathers from and scatters into
     lie in one block's columns at a time (the caches hold them; all of them do not, from
     ~2¹⁹ states). rows[k] gathers across the blocks in column order, which is P's order
     within a row, and each state's sums take the chunk's pairs in order: the same sums as
@@ -432,15 +437,17 @@ def blocked_products(const int64_t[::1] a_indptr, const int64_t[::1] chunk_pairs
     """
     cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, n_chunks = buf.shape[0], c, s, lo, hi, t
     cdef Py_ssize_t n_blocks = begins.shape[0], b
+    cdef Py_ssize_t width = (n_states + n_blocks - 1) // n_blocks
     cdef bint both = x.shape[0] > 0
     cdef Py_ssize_t stride = 2 if both else 1
     cdef int64_t k, e, start, stop, i
     cdef double acc, d, ys
     cdef double *z
+    cdef double *zb
     cdef double *row = NULL
     cdef double *w = &weights[0]
     cdef const uint8_t *step = &steps[0]
-    cdef const int32_t *col = &columns[0]
+    cdef const column *col = &columns[0]
     cdef const double *dat = &data[0]
     if both:
         row = &rows[0]
@@ -464,19 +471,20 @@ def blocked_products(const int64_t[::1] a_indptr, const int64_t[::1] chunk_pairs
             start = begins[b, c]
             stop = ends[b, c]
             k = chunk_pairs[c]
+            zb = z + stride * b * width  # the block's lines
             if both:
                 for e in range(start, stop):
-                    prefetch(&z[2 * <int64_t>col[min(e + AHEAD, stop - 1)]], 1, 3)
+                    prefetch(&zb[2 * <int64_t>col[min(e + AHEAD, stop - 1)]], 1, 3)
                     i = 2 * <int64_t>col[e]
                     k = k + step[e]
                     d = dat[e]
-                    row[k] = row[k] + d * z[i]
-                    z[i + 1] += w[k] * d
+                    row[k] = row[k] + d * zb[i]
+                    zb[i + 1] += w[k] * d
             else:
                 for e in range(start, stop):
-                    prefetch(&z[col[min(e + AHEAD, stop - 1)]], 1, 3)
+                    prefetch(&zb[col[min(e + AHEAD, stop - 1)]], 1, 3)
                     k = k + step[e]
-                    z[col[e]] += w[k] * dat[e]
+                    zb[col[e]] += w[k] * dat[e]
         if both:
             for s in range(lo, hi):
                 acc = 0.0

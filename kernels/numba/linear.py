@@ -235,6 +235,7 @@ def blocked_entries(p_indptr, p_indices, p_data, chunk_pairs, width, cursor, las
                     out_columns, out_data):
     n_chunks = chunk_pairs.shape[0] - 1
     n_blocks = cursor.shape[0]
+    write = out_steps.shape[0] > 0  # else only the regions' sizes, into cursor
     for c in prange(n_chunks):
         for b in range(n_blocks):
             last[b, c] = chunk_pairs[c]
@@ -243,15 +244,18 @@ def blocked_entries(p_indptr, p_indices, p_data, chunk_pairs, width, cursor, las
                 b = np.uint64(p_indices[j]) // np.uint64(width)
                 e = cursor[b, c]
                 step = k - last[b, c]
+                offset = np.uint64(p_indices[j]) - b * np.uint64(width)  # within the block
                 while step > 255:  # fillers: step 255, probability 0
-                    out_steps[e] = 255
-                    out_columns[e] = p_indices[j]
-                    out_data[e] = 0.0
+                    if write:
+                        out_steps[e] = 255
+                        out_columns[e] = offset
+                        out_data[e] = 0.0
                     e += 1
                     step -= 255
-                out_steps[e] = np.uint8(step)
-                out_columns[e] = p_indices[j]
-                out_data[e] = p_data[j]
+                if write:
+                    out_steps[e] = np.uint8(step)
+                    out_columns[e] = offset
+                    out_data[e] = p_data[j]
                 cursor[b, c] = e + 1
                 last[b, c] = k
 
@@ -261,8 +265,10 @@ def blocked_products(a_indptr, chunk_pairs, begins, ends, steps, columns, data, 
     n_states = a_indptr.shape[0] - 1
     n_chunks = buf.shape[0]
     n_blocks = begins.shape[0]
+    width = np.uint64((n_states + n_blocks - 1) // n_blocks)
     both = x.shape[0] > 0
     ahead, one, two = np.uint64(AHEAD), np.uint64(1), np.uint64(2)
+    line = two if both else one  # entries of buf per state
     for c in prange(n_chunks):
         z = buf[c]
         if both:  # bellman_products' interleaved lines
@@ -283,19 +289,20 @@ def blocked_products(a_indptr, chunk_pairs, begins, ends, steps, columns, data, 
             start = np.uint64(begins[b, c])
             stop = np.uint64(ends[b, c])
             k = np.uint64(chunk_pairs[c])
+            base = line * np.uint64(b) * width  # the block's lines (columns within it)
             if both:
                 for e in range(start, stop):
-                    prefetch_write(z, two * np.uint64(columns[min(e + ahead, stop - one)]))
-                    i = two * np.uint64(columns[e])
+                    prefetch_write(z, base + two * np.uint64(columns[min(e + ahead, stop - one)]))
+                    i = base + two * np.uint64(columns[e])
                     k += np.uint64(steps[e])
                     d = data[e]
                     rows[k] = rows[k] + d * z[i]
                     z[i + one] += weights[k] * d
             else:
                 for e in range(start, stop):
-                    prefetch_write(z, np.uint64(columns[min(e + ahead, stop - one)]))
+                    prefetch_write(z, base + np.uint64(columns[min(e + ahead, stop - one)]))
                     k += np.uint64(steps[e])
-                    z[np.uint64(columns[e])] += weights[k] * data[e]
+                    z[base + np.uint64(columns[e])] += weights[k] * data[e]
         if both:
             for s in range(lo, hi):
                 acc = 0.0
