@@ -429,9 +429,9 @@ def blocked_products(const int64_t[::1] a_indptr, const int64_t[::1] chunk_pairs
     ``out_x`` and ``rows`` of length 0; ``buf`` (n_chunks, n_states) then), float64 P, on
     P's entries in column blocks (``blocked_entries``): chunk c of the states walks block
     b's entries begins[b, c] ≤ e < ends[b, c] (their pairs from chunk_pairs[c] on, by
-    steps; their columns from b·width on, width = ⌈n_states / n_blocks⌉), then block b + 1, so the lines of ``buf`` it gathers from and scatters into
-    lie in one block's columns at a time (the caches hold them; all of them do not, from
-    ~2¹⁹ states). rows[k] gathers across the blocks in column order, which is P's order
+    steps; their columns from b·width on, width = ⌈n_states / n_blocks⌉), then block
+    b + 1, so the lines of ``buf`` it gathers from and scatters into lie in one block's
+    columns at a time (the caches hold them; all of them do not, from ~2¹⁹ states). rows[k] gathers across the blocks in column order, which is P's order
     within a row, and each state's sums take the chunk's pairs in order: the same sums as
     bellman_products, bit for bit. ``weights``: scratch, π(k) y(s) per pair k of state s.
     """
