@@ -8,6 +8,8 @@ product).
 pass (a lockstep sweep: compare with ``bellman_matvec`` + ``bellman_rmatvec``);
 ``blocked_products``: the same pass on P's entries in column blocks (at least two: the
 evaluator blocks from 2¹⁹ states on, where it pays; here it tracks the kernel's cost);
+``blocked_entries``: the copy those blocks are made of (``blocked_layout``: the regions
+counted, then filled; made once per run);
 ``regularized_reward_kl``: r_π − τ D_f(π) for forward KL (a pass over the pairs, no product).
 Together with the ``*Products`` tracks this separates "fewer products" from "faster
 products".
@@ -24,7 +26,13 @@ from .common import (BACKENDS, FAMILIES, SIZES, THREADS, check_params, get_mdp, 
                      kernel_or_skip, warm)
 
 KERNELS = ["bellman_matvec", "bellman_rmatvec", "q_values", "q_greedy", "bellman_products",
-           "blocked_products", "regularized_reward_kl", "compact_rows"]
+           "blocked_products", "blocked_entries", "regularized_reward_kl", "compact_rows"]
+
+
+def _blocks(m, n_threads):
+    """(chunks, blocks) of the evaluator's blocked copy (at least two blocks here)."""
+    chunks = max(2, n_threads)
+    return chunks, max(2, -(-16 * m.n_states * chunks // BLOCK_BYTES))
 
 
 class KernelSuite:
@@ -51,9 +59,10 @@ class KernelSuite:
             buf = np.empty((max(2, n_threads), 2 * m.n_states))
             args = (m.a_indptr, *csr, pi, m.gamma, x, x[::-1].copy(), np.empty(m.n_states),
                     np.empty(m.n_states), np.empty(m.n_pairs), buf, n_threads)
+        elif kernel == "blocked_entries":  # the copy, as the evaluator sizes it
+            self.call = lambda: blocked_layout(m, *_blocks(m, n_threads), backend, n_threads)
         elif kernel == "blocked_products":  # the evaluator's chunks and block size
-            chunks = max(2, n_threads)
-            blocks = max(2, -(-16 * m.n_states * chunks // BLOCK_BYTES))
+            chunks, blocks = _blocks(m, n_threads)
             layout = blocked_layout(m, chunks, blocks, backend, n_threads)
             args = (m.a_indptr, *layout, pi, m.gamma, x, x[::-1].copy(), np.empty(m.n_states),
                     np.empty(m.n_states), np.empty(m.n_pairs), np.empty(m.n_pairs),
@@ -76,7 +85,8 @@ class KernelSuite:
                     np.empty(m.n_states), n_threads)
         else:
             args = (*csr, m.r, m.gamma, x, np.empty(m.n_pairs), n_threads)
-        self.call = lambda: k(*args)
+        if kernel != "blocked_entries":
+            self.call = lambda: k(*args)
         warm((kernel, backend, n_states, family, n_threads), self.call)
 
     def time_kernel(self, kernel, backend, n_states, family, n_threads):
