@@ -58,10 +58,10 @@ SINGLE_ROWS = 5_000
 # one buffer per chunk) then lie in one block of columns at a time, at most BLOCK_BYTES of
 # lines over all chunks (blocks of at most 2¹⁶ states: columns as 16-bit offsets). Each
 # block re-reads the chunk's per-pair rows and weights, so fewer blocks read less, but
-# the lines must stay cached while other processes share the L3: measured here (2 cores,
-# 32 MiB of L3 shared), the fused pass at 10⁶ states took 0.65× P's own rows with 2 MB
-# (16 blocks), 0.95–1.0× with 4–8 MB on a busy host and 0.6× with 8 MB on a quiet one
-# (benchmarks/RESULTS.md, issue 12 target 5).
+# the lines must stay in a fast cache: the fused pass at 10⁶ states took 0.65× P's own
+# rows with 2 MB (16 blocks) and 0.95–1.0× with 4–8 MB on a 2-core Intel Xeon (L2 2 MiB
+# per core, a slow shared L3), 0.6–0.8× with 8 MB on a 2-core AMD EPYC (L2 512 KiB, L3
+# 32 MiB) (benchmarks/RESULTS.md, issue 12 target 5).
 # The copy is made on the evaluator's BLOCKED_AFTER-th exact fused pass: a run that makes
 # many (PPO-Clip) pays for it once (~4 s at 10⁸ entries). None: never.
 BLOCKED_STATES = 1 << 19
