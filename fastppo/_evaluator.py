@@ -126,6 +126,12 @@ def ppo_log_ref(code, tau, ref):
         return np.log(ref)
 
 
+def blocked_columns(n_states, n_blocks):
+    """The dtype of :func:`blocked_layout`'s column offsets: uint16 for blocks of at most
+    2¹⁶ states, else int32."""
+    return np.dtype(np.uint16 if -(-n_states // n_blocks) <= 1 << 16 else np.int32)
+
+
 def blocked_layout(mdp, n_chunks, n_blocks, backend=None, n_threads=1):
     """P's entries in ``n_blocks`` blocks of columns for ``blocked_products`` with
     ``n_chunks`` chunks of states: (chunk_pairs, begins, ends, steps, columns, data). Chunk
@@ -140,7 +146,7 @@ def blocked_layout(mdp, n_chunks, n_blocks, backend=None, n_threads=1):
     width = -(-n // n_blocks)
     chunk_pairs = mdp.a_indptr[np.arange(n_chunks + 1) * n // n_chunks]
     kernel = get_kernel("blocked_entries", backend)
-    column = np.uint16 if width <= 1 << 16 else np.int32
+    column = blocked_columns(n, n_blocks)
     counts = np.zeros((n_blocks, n_chunks), dtype=np.int64)  # the regions' sizes first
     kernel(mdp.p_indptr, mdp.p_indices, mdp.p_data, chunk_pairs, width, counts,
            np.empty_like(counts), np.empty(0, np.uint8), np.empty(0, column), np.empty(0),
@@ -517,14 +523,15 @@ class Evaluator:
         and late PPO-Clip iterations 0.83× the time with the same passes; RESULTS.md)."""
         mdp = self.mdp
         if self._blocked is None:
-            n, nnz, n_chunks = mdp.n_states, mdp.p_indices.shape[0], self._buf.shape[0]
-            n_blocks = max(1, -(-16 * n * n_chunks // BLOCK_BYTES))
-            entry = 11 if -(-n // n_blocks) <= 1 << 16 else 13  # bytes (blocked_layout)
+            n, n_chunks = mdp.n_states, self._buf.shape[0]
             if (BLOCKED_STATES is None or n < BLOCKED_STATES
-                    or self._fused_passes < BLOCKED_AFTER or mdp.p_data.dtype != np.float64
-                    or entry * nnz > MEMORY_SHARE * available_memory()):
+                    or self._fused_passes < BLOCKED_AFTER or mdp.p_data.dtype != np.float64):
                 return None
-            self.mixed, self._base, self._buf32 = False, [None, None], None
+            n_blocks = max(1, -(-16 * n * n_chunks // BLOCK_BYTES))
+            entry = 9 + blocked_columns(n, n_blocks).itemsize  # bytes: step, column, data
+            if entry * mdp.p_indices.shape[0] > MEMORY_SHARE * available_memory():
+                return None
+            self.mixed, self._base, self._buf32, self._x32 = False, [None, None], None, None
             self._blocked = blocked_layout(mdp, n_chunks, n_blocks, self.backend, self.n_threads)
             self._blocked_weights = np.empty(mdp.n_pairs)
         return self._blocked

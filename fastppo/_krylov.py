@@ -793,16 +793,15 @@ def gmres(system, x0, stop, max_iter, *, restart=40):
             stalls += 1
             if stalls == 3 and (stop.accepts_stall(residual) or m >= max_m):  # round-off
                 return LinearResult(x, n_matvec, residual, False, "gmres", stalled=True)
-            if stalls == 3:  # GMRES(m) stagnates above round-off: a longer cycle
-                m = min(2 * m, max_m)
-                V, H = np.empty((m + 1, n)), np.zeros((m + 1, m))
-                stalls = 0
+            longer = stalls == 3  # GMRES(m) stagnates above round-off
         else:
             stalls = 0
-            if m < max_m and last < np.inf and m * math.log(stop.target / residual) > \
-                    (max_iter - n_matvec) * math.log(residual / last):  # tol beyond the budget
-                m = min(2 * m, max_m)
-                V, H = np.empty((m + 1, n)), np.zeros((m + 1, m))
+            longer = (m < max_m and last < np.inf and m * math.log(stop.target / residual)
+                      > (max_iter - n_matvec) * math.log(residual / last))  # tol beyond budget
+        if longer:  # a longer cycle
+            m = min(2 * m, max_m)
+            V, H = np.empty((m + 1, n)), np.zeros((m + 1, m))
+            stalls = 0
         last = residual
         np.divide(r, beta, out=V[0])
         g = np.zeros(m + 1)

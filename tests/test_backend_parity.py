@@ -328,6 +328,19 @@ def _blocked_products(kernel, mdp, pi, x, y, sides, chunks, blocks, n_threads):
     return np.concatenate([ox, oy, rows])
 
 
+def _random_products(mdp, which, seed):
+    """A random softmax π, x and y, and bellman_products' both sides (2 chunks, 2 threads)
+    on ``which``: (pi, x, y, outputs)."""
+    S = mdp.n_states
+    rng = np.random.default_rng(seed)
+    pi = fastppo.softmax(mdp, rng.normal(size=mdp.n_pairs), backend="numpy")
+    x, y = rng.random(S), rng.random(S)
+    plain = _products(get_kernel("bellman_products", which),
+                      (mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data, pi, mdp.gamma),
+                      x, y, "xy", 2, 2)
+    return pi, x, y, plain
+
+
 def _products(kernel, args, x, y, sides, chunks, n_threads):
     """bellman_products with the sides in ``sides``; its outputs concatenated."""
     empty = np.empty(0)
@@ -710,13 +723,7 @@ def test_blocked_entries_step_over_long_gaps_with_fillers(which):
     fillers (step 255, probability 0) take those steps, and the products stay
     bellman_products' bit for bit, on every backend."""
     mdp = fastppo.gridworld(60, 50)
-    S = mdp.n_states
-    rng = np.random.default_rng(4)
-    pi = fastppo.softmax(mdp, rng.normal(size=mdp.n_pairs), backend="numpy")
-    x, y = rng.random(S), rng.random(S)
-    plain = _products(get_kernel("bellman_products", which),
-                      (mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data, pi, mdp.gamma),
-                      x, y, "xy", 2, 2)
+    pi, x, y, plain = _random_products(mdp, which, 4)
     steps, data = blocked_layout(mdp, 2, 7, which, 2)[3::2]
     assert ((steps == 255) & (data == 0.0)).sum() > 0
     blocked = _blocked_products(get_kernel("blocked_products", which), mdp, pi, x, y, "xy", 2, 7, 2)
@@ -728,13 +735,7 @@ def test_blocked_columns_are_offsets_in_16_bits_up_to_that_width(which):
     """Each entry keeps its column less its block's first column: uint16 for blocks of at
     most 2¹⁶ states, int32 for wider ones; both give bellman_products' sums bit for bit."""
     mdp = fastppo.garnet(70_000, 2, 3, seed=3)
-    S = mdp.n_states
-    rng = np.random.default_rng(5)
-    pi = fastppo.softmax(mdp, rng.normal(size=mdp.n_pairs), backend="numpy")
-    x, y = rng.random(S), rng.random(S)
-    plain = _products(get_kernel("bellman_products", which),
-                      (mdp.a_indptr, mdp.p_indptr, mdp.p_indices, mdp.p_data, pi, mdp.gamma),
-                      x, y, "xy", 2, 2)
+    pi, x, y, plain = _random_products(mdp, which, 5)
     for blocks, dtype in ((1, np.int32), (2, np.uint16)):
         columns = blocked_layout(mdp, 2, blocks, which, 2)[4]
         assert columns.dtype == dtype
