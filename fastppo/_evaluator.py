@@ -45,12 +45,13 @@ MIXED_STATES = 1 << 19  # from here on, lockstep sweeps on float32 corrections (
 NARROW_INDICES = True
 # evaluate's sweeps keep P x per pair on the product predicted to meet tol: Q̃ without a pass
 LAST_ROWS = True
-# evaluate's and visitation's Richardson sweeps: from this many states on (up to 2¹⁶, where
-# P's column indices are uint16), the products the sweeps do not ask exact are corrections
-# on P_π's entries in float32 (Evaluator._correction_rows: 4 more bytes per entry of P,
-# per policy), 6 bytes read per entry instead of 10; every result is still certified by
-# an exact product (:meth:`Evaluator._sweep`). None: never.
-SINGLE_ROWS = 5_000
+# evaluate's Richardson sweeps: from this many states on (up to 2¹⁶, where P's column
+# indices are uint16), their products run on P_π's entries in the states' rows
+# (Evaluator._state_rows: 8 more bytes per entry of P, made once per policy): a row's
+# entries in one loop, eight gathered at a time with AVX-512, no per-pair bookkeeping; at
+# 10k states 0.37 ns per entry against 0.53 on the pairs' rows (benchmarks/RESULTS.md,
+# issue 17 target 1). None: never.
+STATE_ROWS = 5_000
 # the exact passes of both sides (with the rows) or of the visitation side alone, on all
 # pairs of a float64 P, run from this many states on on a copy of P's entries in column
 # blocks (``blocked_products``; 11 bytes per entry, made only within MEMORY_SHARE of the
@@ -311,7 +312,7 @@ class Evaluator:
         k = {name: get_kernel(name, backend) for name in (
             "bellman_matvec", "bellman_rmatvec", "bellman_products", "q_values", "q_greedy",
             "regularized_reward", "advantages", "q_advantages", "policy_gradient",
-            "greedy_policy", "segment_softmax", "correction_weights", "correction_products",
+            "greedy_policy", "segment_softmax", "state_weights", "state_matvec",
             "blocked_products")}
         self._k = k
         self.pi = None
@@ -329,10 +330,9 @@ class Evaluator:
             mixed = backend != "numpy" and mdp.n_states >= MIXED_STATES
         self.mixed = bool(mixed)
         self._base = [None, None]  # per side: (x, A x) of its last exact product
-        self._sweep_base = [None, None]  # the same for the sweeps' float32-row corrections
-        self._single = None  # whether they apply to the loaded policy (_corrects)
-        self._single_rows = None  # its float32 rows (_correction_rows), on first use
-        self._weights32 = None  # their buffer, kept across policies
+        self._single = None  # whether the sweeps use the states' rows (_state_rows_apply)
+        self._single_rows = None  # the loaded policy's (_state_rows), on first use
+        self._state_weights = None  # their buffer, kept across policies
         self._buf32 = self._x32 = None  # float32 scatter buffers and gathered correction
         self._matrix = None  # the loaded policy's assembled I − γP_π, on first use
         self._direct = None  # the last one assembled straight from P (a deterministic policy)
@@ -357,7 +357,6 @@ class Evaluator:
         previous = self._previous if patch and self._compact else None
         self.pi = pi
         self._rows_fresh = False
-        self._sweep_base = [None, None]
         self._single = self._single_rows = None
         self._matrix = None
         self._narrow_rows = None
@@ -598,97 +597,59 @@ class Evaluator:
 
     def _value_sweep(self, x, out, exact):
         """The value system's sweep product (``System.sweep_product``): the product the
-        sweeps ask exact (the first, and the one predicted to meet tol) by :meth:`products`,
-        which keeps P x per pair, so that Q̃ of a solution met there comes from its rows
-        (:meth:`_q_advantages`) instead of a pass of ``q_values``; the others by
-        :meth:`matvec`. The same sums either way (bit for bit): exact. With float32 rows
-        (:meth:`_single_rows`), the others are corrections (:meth:`_sweep`)."""
-        if not exact and self._sweep(0, x, out):
-            return False
+        sweeps ask exact (the one predicted to meet tol) by :meth:`products`, which keeps
+        P x per pair, so that Q̃ of a solution met there comes from its rows
+        (:meth:`_q_advantages`) instead of a pass of ``q_values``; the others on the
+        states' rows (:meth:`_state_matvec`) or by :meth:`matvec`. Every product is exact
+        (float64; on the states' rows another order of the sums)."""
         if exact and LAST_ROWS:
             self.products(x, None, out, None)
-        else:
+        elif not self._state_matvec(x, out):
             self.matvec(x, out)
-        self._keep_base(0, x, out)
         return True
 
-    def _visit_sweep(self, y, out, exact):
-        """The visitation system's sweep product: :meth:`rmatvec`, or a correction on
-        float32 rows where the sweeps do not ask it exact (:meth:`_sweep`)."""
-        if not exact and self._sweep(1, y, out):
-            return False
-        self.rmatvec(y, out)
-        self._keep_base(1, y, out)
-        return True
-
-    def _corrects(self):
-        """Whether the sweeps' products may be float32 corrections (:meth:`_sweep`):
-        ``SINGLE_ROWS`` on and at least that many states, P's column indices uint16 (at
-        most 2¹⁶ states), a compiled backend, the loaded policy on all pairs (not compact
-        rows), and not ``mixed`` (whose lockstep sweeps correct in their own way)."""
+    def _state_rows_apply(self):
+        """Whether the value sweeps' products run on the states' rows
+        (:meth:`_state_matvec`): ``STATE_ROWS`` on and at least that many states, P's
+        column indices uint16 (at most 2¹⁶ states), a compiled backend, and the loaded
+        policy on all pairs (not compact rows)."""
         if self._single is None:
             n = self.mdp.n_states
-            self._single = (SINGLE_ROWS is not None and n >= SINGLE_ROWS
-                            and self.backend != "numpy" and not self.mixed and not self._compact
+            self._single = (STATE_ROWS is not None and n >= STATE_ROWS
+                            and self.backend != "numpy" and not self._compact
                             and self._product_rows[2].dtype == np.uint16)
         return self._single
 
-    def _correction_rows(self):
-        """(state_indptr, uint16 column indices, float32 weights, γ) of the loaded policy
-        for ``correction_products``: P_π's entries π(a|s) P(s'|s, a) rounded to float32,
-        one row per state (P's rows of its pairs, duplicates not merged), made by one pass
-        of ``correction_weights`` on first use per policy (counted in ``n_passes``).
-        Memory: 4 bytes per entry of P, kept by the evaluator across policies."""
+    def _state_rows(self):
+        """(state_indptr, uint16 column indices, weights, γ) of the loaded policy for
+        ``state_matvec``: P_π's entries π(a|s) P(s'|s, a) in double, one row per state
+        (P's rows of its pairs, duplicates not merged), made by one pass of
+        ``state_weights`` on first use per policy (counted in ``n_passes``). Memory: 8
+        bytes per entry of P, kept by the evaluator across policies."""
         if self._single_rows is None:
             mdp = self.mdp
-            if self._weights32 is None:
-                self._weights32 = np.empty(mdp.p_data.shape[0], dtype=np.float32)
+            if self._state_weights is None:
+                self._state_weights = np.empty(mdp.p_data.shape[0])
             a_indptr, p_indptr, indices = self._product_rows[:3]
             self.n_passes += 1
-            self._k["correction_weights"](a_indptr, p_indptr, mdp.p_data, self.pi,
-                                          self._weights32, self.n_threads)
-            self._single_rows = (p_indptr[a_indptr], indices, self._weights32, mdp.gamma)
+            self._k["state_weights"](a_indptr, p_indptr, mdp.p_data, self.pi,
+                                     self._state_weights, self.n_threads)
+            self._single_rows = (p_indptr[a_indptr], indices, self._state_weights, mdp.gamma)
         return self._single_rows
 
-    def _keep_base(self, side, x, out):
-        """(x, A x) of an exact sweep product: the base of the next corrections."""
-        if not self._corrects():
-            return
-        base = self._sweep_base[side]
-        if base is None:
-            base = self._sweep_base[side] = (np.empty_like(x), np.empty_like(out))
-        np.copyto(base[0], x)
-        np.copyto(base[1], out)
-
-    def _sweep(self, side, x, out):
-        """A x̂ + Â (x − x̂) into ``out`` for side 0 (value) or 1 (visitation), (x̂, A x̂) the
-        side's last exact product and Â = I − γP̂_π (or its transpose), P̂_π's entries in
-        float32 (:meth:`_correction_rows`: 6 bytes read per entry instead of 10, and no
-        per-pair work; double sums). Its error is ~6e-8 ‖x − x̂‖: the sweeps ask a new
-        exact base once their residual fell by ``_krylov.REFINE`` and certify a result met
-        on a correction by an exact product (``_krylov._Sweeps``). Returns False (nothing
-        done) where corrections do not apply (:meth:`_corrects`)."""
-        base = self._sweep_base[side]
-        if base is None or not self._corrects():
+    def _state_matvec(self, x, out):
+        """out = (I − γP_π) x on P_π's entries in the states' rows (:meth:`_state_rows`):
+        10 bytes read per entry and no per-pair work, eight x gathered at a time with
+        AVX-512. Returns False (nothing done) where they do not apply
+        (:meth:`_state_rows_apply`). The visitation's scatter gains nothing this way (at
+        10k states the same time as ``bellman_rmatvec``, at 50k 8 % more), so it stays
+        on the pairs' rows."""
+        if not self._state_rows_apply():
             return False
-        rows = self._correction_rows()
-        e = np.subtract(x, base[0])
+        rows = self._state_rows()
         self.n_passes += 1
-        if side == 0:
-            # A 1 = (1 − γ) 1 exactly (P_π 1 = 1): the correction's part along 1 (large
-            # after the sweeps' extrapolation along it) is taken exactly, not in float32
-            mid = _krylov.extrapolation(e, self.space)
-            e -= mid
-            self._rows_fresh = False
-            self._k["correction_products"](*rows, e, _EMPTY, out, _EMPTY, self._buf,
-                                           self.n_threads)
-            out += base[1]
-            out += (1.0 - self.mdp.gamma) * mid
-        else:
-            self._k["correction_products"](*rows, _EMPTY, e, _EMPTY, out, self._buf,
-                                           self.n_threads)
-            out += base[1]
-            self._balance_mass(x, out)
+        self._rows_fresh = False
+        self._k["state_matvec"](*rows, x, out, self.n_threads)
         return True
 
     def _value_system(self):
@@ -707,8 +668,7 @@ class Evaluator:
             y0 = d0 / (scale * total) if total > 0 else None
         return _krylov.System(self.rmatvec, mu, VISIT_SYSTEM,
                               assembled=(None if self.assembled is None
-                                         else functools.partial(self.assembled, True)),
-                              sweep_product=self._visit_sweep), y0
+                                         else functools.partial(self.assembled, True))), y0
 
     def _q_advantages(self, res, b, advantages=True, q=True, out=None):
         """Q̃ = r + γ P v and Ã = Q̃ − Σ_a π Q̃ of the solution ``res`` of the value system

@@ -123,22 +123,16 @@ def blocked_products(a_indptr, chunk_pairs, begins, ends, steps, columns, data, 
         out_x[:] = x - gamma * _segment_sum(a_indptr, pi * rows)
     out_y[:] = y - gamma * (P.T @ (pi * y[_states(a_indptr)]))
 
-def correction_weights(a_indptr, p_indptr, p_data, pi, weights, n_threads=1):
-    """weights[j] = π(k) P[j] in double, rounded to float32, for every entry j of pair k."""
-    weights[:] = (np.repeat(pi, np.diff(p_indptr)) * p_data.astype(np.float64)).astype(np.float32)
+def state_weights(a_indptr, p_indptr, p_data, pi, weights, n_threads=1):
+    """weights[j] = π(k) P[j] in double for every entry j of pair k."""
+    weights[:] = np.repeat(pi, np.diff(p_indptr)) * p_data.astype(np.float64)
 
 
-def correction_products(state_indptr, p_indices, weights, gamma, x, y, out_x, out_y, buf,
-                        n_threads=1):
-    """out_x = x − γ P̂_π x and out_y = y − γ P̂_πᵀ y, P̂_π the float32 ``weights`` of the
-    states' rows ``state_indptr`` as stored, in double; a side of length 0 is skipped."""
+def state_matvec(state_indptr, p_indices, weights, gamma, x, out, n_threads=1):
+    """out = x − γ P_π x, P_π's entries ``weights`` in the states' rows ``state_indptr``."""
     n_states = state_indptr.shape[0] - 1
-    P = sp.csr_array((weights.astype(np.float64), p_indices, state_indptr),
-                     shape=(n_states, n_states))
-    if x.shape[0]:
-        out_x[:] = x - gamma * (P @ x)
-    if y.shape[0]:
-        out_y[:] = y - gamma * (P.T @ y)
+    P = sp.csr_array((weights, p_indices, state_indptr), shape=(n_states, n_states))
+    out[:] = x - gamma * (P @ x)
 
 # --------------------------------------------------------------------- tables
 def segment_softmax(a_indptr, logits, out, n_threads=1):

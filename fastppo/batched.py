@@ -257,7 +257,10 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
     current = dict(enumerate(X0))  # each active member's iterate (None: zero)
     last, slow = np.full(K, np.inf), np.zeros(K, dtype=np.int64)
     start_residual = np.full(K, np.inf)  # each member's true residual at its start
-    n_matvec = 0
+    # residuals seen (each sweep's, and the first); a zero start's first is b, free (as
+    # _krylov._Sweeps.zero_start): the product runs only for a member with a start given
+    n_seen, n_products = 0, 0
+    free = np.array([x0 is None for x0 in X0], dtype=np.int64)
     residual_kernel = get_kernel("sweep_residual_batch", members.backend)
     update_kernel = get_kernel("sweep_update_batch", members.backend)
     nt = members.n_threads
@@ -268,7 +271,7 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
     while True:
         active = [m for m in range(K) if results[m] is None]
         if not active:
-            return results, n_matvec
+            return results, n_products
         # (re)pack the active members' columns: frozen members leave the products
         k = len(active)
         spaces[0], spaces[3] = spaces[3], spaces[0]
@@ -284,15 +287,20 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
         product = members.batch_product(transposed, active)
         finished = False
         while not finished:
-            product(x, r)
-            n_matvec += 1
+            if n_seen > 0 or not free[active].all():
+                product(x, r)
+                n_products += 1
+            else:
+                r[:] = 0.0
+            n_seen += 1
             residual_kernel(b, r, stats, nt)
             norms = np.sqrt(stats[0])
             for i, m in enumerate(active):
                 if results[m] is not None:  # frozen, its column not yet repacked away
                     continue
                 residual = norms[i] / bnorm[m]
-                if n_matvec == 1:
+                n_matvec = n_seen - free[m]  # this member's products
+                if n_seen == 1:
                     start_residual[m] = residual
                 if stop.met(residual):
                     results[m] = _krylov.LinearResult(x[:, i].copy(), n_matvec, residual, True,
@@ -300,9 +308,9 @@ def _sweeps(members, transposed, B, X0, shift, stop, max_iter, max_rate):
                     continue
                 slow[m] = slow[m] + 1 if residual > max_rate * last[m] else 0
                 last[m] = residual
-                gave_up = (n_matvec >= _krylov.MIN_SWEEPS and slow[m] >= 2
+                gave_up = (n_seen >= _krylov.MIN_SWEEPS and slow[m] >= 2
                            and not _krylov.within_reach(residual, start_residual[m],
-                                                        n_matvec, stop.target))
+                                                        n_seen, stop.target))
                 if n_matvec >= max_iter or gave_up:
                     end = x[:, i].copy()
                     if _krylov.hands_over_start(residual, start_residual[m], shift,

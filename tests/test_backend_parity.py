@@ -169,14 +169,13 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
                                   k, mdp, p, inp["x"], inp["q"][:S], sides, c, b, n_threads))
                              for sides in ("xy", "y") for label, p in (("pi", pi), ("zeros", zpi))
                              for c in chunks for b in (1, 3)],
-        # P_π's entries in float32, and the corrections' products on them (each side, both)
-        "correction_weights": [(label, lambda k, p=p: _run(k, np.full(pd.shape[0], np.nan, np.float32),
-                                                            a, pp, pd, p, n_threads=n_threads))
-                               for label, p in (("pi", pi), ("zeros", zpi))],
-        "correction_products": [(f"{sides}-chunks{c}", lambda k, sides=sides, c=c: _corrections(
-                                    k, (pp[a], pj, _weights32(a, pp, pd, pi), g), inp["x"],
-                                    inp["q"][:S], sides, c, n_threads))
-                                for sides in ("xy", "x", "y") for c in chunks],
+        # P_π's entries in the states' rows, and the value product on them
+        "state_weights": [(label, lambda k, p=p: _run(k, out(pd.shape[0]), a, pp, pd, p,
+                                                      n_threads=n_threads))
+                          for label, p in (("pi", pi), ("zeros", zpi))],
+        "state_matvec": [("", lambda k: _run(k, out(S), pp[a], pj.astype(np.uint16),
+                                             _state_weights(a, pp, pd, pi), g, inp["x"],
+                                             n_threads=n_threads))],
         "segment_softmax": [(f"x{s}", lambda k, s=s: _run(k, out(L), a, s * inp["logits"], n_threads=n_threads))
                             for s in (1.0, 1e3)],
         "advantages": [("", lambda k: _run(k, out(L), a, pi, inp["q"], n_threads=n_threads))],
@@ -352,23 +351,13 @@ def _products(kernel, args, x, y, sides, chunks, n_threads):
     return np.concatenate([ox, oy, rows])
 
 
-def _weights32(a, pp, pd, pi):
-    """P_π's entries in float32 (the NumPy reference's correction_weights)."""
+def _state_weights(a, pp, pd, pi):
+    """P_π's entries in the states' rows (the NumPy reference's state_weights)."""
     from fastppo import _reference as ref
 
-    w = np.empty(pd.shape[0], dtype=np.float32)
-    ref.correction_weights(a, pp, pd, pi, w)
+    w = np.empty(pd.shape[0])
+    ref.state_weights(a, pp, pd, pi, w)
     return w
-
-
-def _corrections(kernel, args, x, y, sides, chunks, n_threads):
-    """correction_products with the sides in ``sides``; its outputs concatenated."""
-    empty = np.empty(0)
-    S = x.shape[0]
-    ox, oy = (np.full(S, np.nan) if side in sides else empty for side in "xy")
-    kernel(*args, x if "x" in sides else empty, y if "y" in sides else empty, ox, oy,
-           np.full((chunks, 2 * S), np.nan), n_threads)
-    return np.concatenate([ox, oy])
 
 
 def _assembled_calls(mdp, inp, n_threads):

@@ -14,6 +14,9 @@
 ``blocked_products``: bellman_products (both sides and rows, or the visitation side;
                      float64 P) on P's entries in column blocks (``blocked_entries``):
                      the same sums, the lines it touches in one block's columns at a time
+``state_matvec``:    bellman_matvec on P_π's entries in the states' rows (``state_weights``,
+                     per policy; at most 2¹⁶ states): no pair's bookkeeping, a gather of
+                     eight x at a time with AVX-512 (_state_rows.h)
 From ``PREFETCH_STATES`` states on (a fused pass with both sides: ``FUSED_PREFETCH_STATES``),
 every gather and scatter prefetches the state of the entry ``AHEAD`` positions on (GCC's
 ``__builtin_prefetch``; a hint: no result changes); below, each row is summed by a loop
@@ -499,14 +502,19 @@ def blocked_products(const int64_t[::1] a_indptr, const int64_t[::1] chunk_pairs
         out_y[s] = y[s] - gamma * acc
 
 
-def correction_weights(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
-                       const probability[::1] p_data, const double[::1] pi,      # IN
-                       float[::1] weights, int n_threads):                        # OUT
-    """correction_weights(a_indptr, p_indptr, p_data, pi, weights, n_threads)
+cdef extern from "_state_rows.h" nogil:
+    double state_row8(const uint16_t *idx, const double *w, const double *x, int64_t start,
+                      int64_t stop)
 
-    weights[j] = π(k) P[j] (the product in double, rounded to float32) for every entry j
-    of every pair k: P_π's entries in float32, states' rows as stored (duplicates not
-    merged, not re-normalised), for ``correction_products``."""
+
+def state_weights(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
+                  const probability[::1] p_data, const double[::1] pi,            # IN
+                  double[::1] weights, int n_threads):                            # OUT
+    """state_weights(a_indptr, p_indptr, p_data, pi, weights, n_threads)
+
+    weights[j] = π(k) P[j] (in double) for every entry j of every pair k: P_π's entries,
+    states' rows as stored (P's rows of its pairs, duplicates not merged), for
+    ``state_matvec``."""
     cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, s
     cdef int64_t k, j
     cdef double p
@@ -514,77 +522,22 @@ def correction_weights(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
         for k in range(a_indptr[s], a_indptr[s + 1]):
             p = pi[k]
             for j in range(p_indptr[k], p_indptr[k + 1]):
-                weights[j] = <float>(p * <double>p_data[j])
+                weights[j] = p * <double>p_data[j]
 
 
-def correction_products(const int64_t[::1] state_indptr, const column[::1] p_indices,
-                        const float[::1] weights, double gamma, const double[::1] x,
-                        const double[::1] y,                                        # IN
-                        double[::1] out_x, double[::1] out_y, double[:, ::1] buf,
-                        int n_threads):                                             # OUT
-    """correction_products(state_indptr, p_indices, weights, gamma, x, y, out_x, out_y, buf, n_threads)
+def state_matvec(const int64_t[::1] state_indptr, const uint16_t[::1] p_indices,
+                 const double[::1] weights, double gamma, const double[::1] x,       # IN
+                 double[::1] out, int n_threads):                                   # OUT
+    """state_matvec(state_indptr, p_indices, weights, gamma, x, out, n_threads)
 
-    out_x = x − γ P̂_π x and out_y = y − γ P̂_πᵀ y, P̂_π the float32 entries ``weights``
-    (``correction_weights``) of the states' rows ``state_indptr`` (= p_indptr[a_indptr])
-    read as they are: one row per state, no pair's bookkeeping, no row re-normalised;
-    every product and sum in double. For corrections of Richardson's sweeps
-    (fastppo._evaluator), whose error is then ~6e-8 of the correction. The gather sums a
-    state's entries in four partial sums (entry j into sum (j − start) mod 4 while four
-    remain, the rest into the first; combined as (s0 + s1) + (s2 + s3)): the Numba twin's
-    order. A side whose input has length 0 is skipped; the scatter goes to
-    buf[c, :n_states] per chunk c, summed in a fixed order.
-    """
-    cdef Py_ssize_t n_states = state_indptr.shape[0] - 1, n_chunks = buf.shape[0], c, s, lo, hi, t
-    cdef bint do_x = x.shape[0] > 0, do_y = y.shape[0] > 0
-    cdef int64_t j, start, stop
-    cdef double ys, acc, s0, s1, s2, s3
-    cdef const column *indices = &p_indices[0]
-    cdef const float *w = &weights[0]
-    cdef const double *xs = NULL
-    cdef double *z
-    if do_x:
-        xs = &x[0]
-    for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
-        z = &buf[c, 0]
-        if do_y:
-            for t in range(n_states):
-                z[t] = 0.0
-        lo = c * n_states // n_chunks
-        hi = (c + 1) * n_states // n_chunks
-        for s in range(lo, hi):
-            start = state_indptr[s]
-            stop = state_indptr[s + 1]
-            if do_x:
-                s0 = 0.0
-                s1 = 0.0
-                s2 = 0.0
-                s3 = 0.0
-                j = start
-                while j + 4 <= stop:
-                    s0 = s0 + <double>w[j] * xs[indices[j]]
-                    s1 = s1 + <double>w[j + 1] * xs[indices[j + 1]]
-                    s2 = s2 + <double>w[j + 2] * xs[indices[j + 2]]
-                    s3 = s3 + <double>w[j + 3] * xs[indices[j + 3]]
-                    j = j + 4
-                while j < stop:
-                    s0 = s0 + <double>w[j] * xs[indices[j]]
-                    j = j + 1
-                out_x[s] = x[s] - gamma * ((s0 + s1) + (s2 + s3))
-            if do_y:
-                ys = y[s]
-                j = start
-                while j + 4 <= stop:
-                    z[indices[j]] += ys * <double>w[j]
-                    z[indices[j + 1]] += ys * <double>w[j + 1]
-                    z[indices[j + 2]] += ys * <double>w[j + 2]
-                    z[indices[j + 3]] += ys * <double>w[j + 3]
-                    j = j + 4
-                while j < stop:
-                    z[indices[j]] += ys * <double>w[j]
-                    j = j + 1
-    if do_y:
-        for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
-            acc = 0.0
-            for c in range(n_chunks):
-                acc = acc + buf[c, s]
-            out_y[s] = y[s] - gamma * acc
+    out = x − γ P_π x on P_π's entries ``weights`` (``state_weights``) in the states' rows
+    ``state_indptr`` (= p_indptr[a_indptr]): one row per state, no pair's bookkeeping; an
+    MDP of at most 2¹⁶ states (uint16 columns). Each row in eight partial sums
+    (_state_rows.h: the lanes of an AVX-512 gather where the CPU has one; the Numba
+    twin's order)."""
+    cdef Py_ssize_t n_states = state_indptr.shape[0] - 1, s
+    cdef const uint16_t *indices = &p_indices[0]
+    cdef const double *w = &weights[0]
+    cdef const double *xs = &x[0]
+    for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
+        out[s] = x[s] - gamma * state_row8(indices, w, xs, state_indptr[s], state_indptr[s + 1])
