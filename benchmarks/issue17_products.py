@@ -8,9 +8,7 @@ On ``fastppo.garnet(S, 10, 10, gamma=0.99, seed=0)`` and the issue's policy
 (π = softmax(θ), θ ~ N(0, 1)): SciPy's CSR products with the assembled I − γP_π and its
 transpose (``A @ x``, ``Aᵀ @ x``; issue17.py's bicgstab runs on them), and fastppo's
 ``bellman_matvec`` / ``bellman_rmatvec`` on both compiled backends with P's column indices
-as int32 and as uint16 (``Transitions.narrow_indices``), one thread; and the sweeps'
-value products on P_π's entries in the states' rows (``state_weights``, once per policy,
-and ``state_matvec``, uint16 indices). ``--other``: also the
+as int32 and as uint16 (``Transitions.narrow_indices``), one thread. ``--other``: also the
 products of another build's ``linear`` extension module (a path to its .so), e.g. main's.
 
 A solve runs its products back to back on the same P, so each round times the last 8 of
@@ -56,15 +54,6 @@ def main(argv=None):
         for tag, rows in indices.items():
             runs[f"{which} matvec {tag}"] = lambda mv=mv, rows=rows: mv(*rows, x, out, 1)
             runs[f"{which} rmatvec {tag}"] = lambda rmv=rmv, rows=rows: rmv(*rows, x, out, buf, 1)
-        if narrow is not None:  # the value sweeps' products (fastppo._evaluator.STATE_ROWS)
-            weights = np.empty(mdp.p_data.shape[0])
-            sw = get_kernel("state_weights", which)
-            state = (mdp.p_indptr[mdp.a_indptr], narrow, weights, mdp.gamma)
-            sw(mdp.a_indptr, mdp.p_indptr, mdp.p_data, pi, weights, 1)
-            smv = get_kernel("state_matvec", which)
-            runs[f"{which} state weights"] = lambda sw=sw, w=weights: sw(
-                mdp.a_indptr, mdp.p_indptr, mdp.p_data, pi, w, 1)
-            runs[f"{which} state matvec"] = lambda k=smv, r=state: k(*r, x, out, 1)
     if args.other:
         spec = importlib.util.spec_from_file_location("linear", args.other)
         other = importlib.util.module_from_spec(spec)

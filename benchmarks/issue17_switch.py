@@ -6,8 +6,6 @@ MDP, which makes the uint16 column indices) is timed apart.
 
 SWITCH is one of:
 - ``narrow``: P's column indices as uint16 or int32 (``fastppo._evaluator.NARROW_INDICES``);
-- ``state-rows``: the value sweeps' products on P_π's entries in the states' rows or on
-  the pairs' rows (``fastppo._evaluator.STATE_ROWS``; visitation is the same either way);
 - ``extrapolation``: the value sweeps' part along 1 by the residual's mean or mid-range
   (``fastppo._krylov.MEAN_EXTRAPOLATION``; visitation is the same either way).
 
@@ -29,7 +27,6 @@ from issue17 import assemble, bicgstab, relres
 
 # per switch: the module, its attribute, its value on and off, and the two labels
 SWITCHES = {"narrow": (E, "NARROW_INDICES", True, False, "uint16", "int32"),
-            "state-rows": (E, "STATE_ROWS", E.STATE_ROWS, None, "states", "pairs"),
             "extrapolation": (K, "MEAN_EXTRAPOLATION", True, False, "mean", "midrange")}
 
 name, S, R, be = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]

@@ -45,13 +45,6 @@ MIXED_STATES = 1 << 19  # from here on, lockstep sweeps on float32 corrections (
 NARROW_INDICES = True
 # evaluate's sweeps keep P x per pair on the product predicted to meet tol: Q̃ without a pass
 LAST_ROWS = True
-# evaluate's Richardson sweeps: from this many states on (up to 2¹⁶, where P's column
-# indices are uint16), their products run on P_π's entries in the states' rows
-# (Evaluator._state_rows: 8 more bytes per entry of P, made once per policy): a row's
-# entries in one loop, eight gathered at a time with AVX-512, no per-pair bookkeeping; at
-# 10k states 0.37 ns per entry against 0.53 on the pairs' rows (benchmarks/RESULTS.md,
-# issue 17 target 1). None: never.
-STATE_ROWS = 5_000
 # the exact passes of both sides (with the rows) or of the visitation side alone, on all
 # pairs of a float64 P, run from this many states on on a copy of P's entries in column
 # blocks (``blocked_products``; 11 bytes per entry, made only within MEMORY_SHARE of the
@@ -312,8 +305,7 @@ class Evaluator:
         k = {name: get_kernel(name, backend) for name in (
             "bellman_matvec", "bellman_rmatvec", "bellman_products", "q_values", "q_greedy",
             "regularized_reward", "advantages", "q_advantages", "policy_gradient",
-            "greedy_policy", "segment_softmax", "state_weights", "state_matvec",
-            "blocked_products")}
+            "greedy_policy", "segment_softmax", "blocked_products")}
         self._k = k
         self.pi = None
         self._held_rows = None
@@ -330,9 +322,6 @@ class Evaluator:
             mixed = backend != "numpy" and mdp.n_states >= MIXED_STATES
         self.mixed = bool(mixed)
         self._base = [None, None]  # per side: (x, A x) of its last exact product
-        self._single = None  # whether the sweeps use the states' rows (_state_rows_apply)
-        self._single_rows = None  # the loaded policy's (_state_rows), on first use
-        self._state_weights = None  # their buffer, kept across policies
         self._buf32 = self._x32 = None  # float32 scatter buffers and gathered correction
         self._matrix = None  # the loaded policy's assembled I − γP_π, on first use
         self._direct = None  # the last one assembled straight from P (a deterministic policy)
@@ -357,7 +346,6 @@ class Evaluator:
         previous = self._previous if patch and self._compact else None
         self.pi = pi
         self._rows_fresh = False
-        self._single = self._single_rows = None
         self._matrix = None
         self._narrow_rows = None
         mdp = self.mdp
@@ -597,59 +585,14 @@ class Evaluator:
 
     def _value_sweep(self, x, out, exact):
         """The value system's sweep product (``System.sweep_product``): the product the
-        sweeps ask exact (the one predicted to meet tol) by :meth:`products`, which keeps
-        P x per pair, so that Q̃ of a solution met there comes from its rows
-        (:meth:`_q_advantages`) instead of a pass of ``q_values``; the others on the
-        states' rows (:meth:`_state_matvec`) or by :meth:`matvec`. Every product is exact
-        (float64; on the states' rows another order of the sums)."""
+        sweeps ask exact (a warm start's first, and the one predicted to meet tol) by
+        :meth:`products`, which keeps P x per pair, so that Q̃ of a solution met there
+        comes from its rows (:meth:`_q_advantages`) instead of a pass of ``q_values``; the
+        others by :meth:`matvec`. The same sums either way (bit for bit)."""
         if exact and LAST_ROWS:
             self.products(x, None, out, None)
-        elif not self._state_matvec(x, out):
+        else:
             self.matvec(x, out)
-        return True
-
-    def _state_rows_apply(self):
-        """Whether the value sweeps' products run on the states' rows
-        (:meth:`_state_matvec`): ``STATE_ROWS`` on and at least that many states, P's
-        column indices uint16 (at most 2¹⁶ states), a compiled backend, and the loaded
-        policy on all pairs (not compact rows)."""
-        if self._single is None:
-            n = self.mdp.n_states
-            self._single = (STATE_ROWS is not None and n >= STATE_ROWS
-                            and self.backend != "numpy" and not self._compact
-                            and self._product_rows[2].dtype == np.uint16)
-        return self._single
-
-    def _state_rows(self):
-        """(state_indptr, uint16 column indices, weights, γ) of the loaded policy for
-        ``state_matvec``: P_π's entries π(a|s) P(s'|s, a) in double, one row per state
-        (P's rows of its pairs, duplicates not merged), made by one pass of
-        ``state_weights`` on first use per policy (counted in ``n_passes``). Memory: 8
-        bytes per entry of P, kept by the evaluator across policies."""
-        if self._single_rows is None:
-            mdp = self.mdp
-            if self._state_weights is None:
-                self._state_weights = np.empty(mdp.p_data.shape[0])
-            a_indptr, p_indptr, indices = self._product_rows[:3]
-            self.n_passes += 1
-            self._k["state_weights"](a_indptr, p_indptr, mdp.p_data, self.pi,
-                                     self._state_weights, self.n_threads)
-            self._single_rows = (p_indptr[a_indptr], indices, self._state_weights, mdp.gamma)
-        return self._single_rows
-
-    def _state_matvec(self, x, out):
-        """out = (I − γP_π) x on P_π's entries in the states' rows (:meth:`_state_rows`):
-        10 bytes read per entry and no per-pair work, eight x gathered at a time with
-        AVX-512. Returns False (nothing done) where they do not apply
-        (:meth:`_state_rows_apply`). The visitation's scatter gains nothing this way (at
-        10k states the same time as ``bellman_rmatvec``, at 50k 8 % more), so it stays
-        on the pairs' rows."""
-        if not self._state_rows_apply():
-            return False
-        rows = self._state_rows()
-        self.n_passes += 1
-        self._rows_fresh = False
-        self._k["state_matvec"](*rows, x, out, self.n_threads)
         return True
 
     def _value_system(self):

@@ -123,17 +123,6 @@ def blocked_products(a_indptr, chunk_pairs, begins, ends, steps, columns, data, 
         out_x[:] = x - gamma * _segment_sum(a_indptr, pi * rows)
     out_y[:] = y - gamma * (P.T @ (pi * y[_states(a_indptr)]))
 
-def state_weights(a_indptr, p_indptr, p_data, pi, weights, n_threads=1):
-    """weights[j] = π(k) P[j] in double for every entry j of pair k."""
-    weights[:] = np.repeat(pi, np.diff(p_indptr)) * p_data.astype(np.float64)
-
-
-def state_matvec(state_indptr, p_indices, weights, gamma, x, out, n_threads=1):
-    """out = x − γ P_π x, P_π's entries ``weights`` in the states' rows ``state_indptr``."""
-    n_states = state_indptr.shape[0] - 1
-    P = sp.csr_array((weights, p_indices, state_indptr), shape=(n_states, n_states))
-    out[:] = x - gamma * (P @ x)
-
 # --------------------------------------------------------------------- tables
 def segment_softmax(a_indptr, logits, out, n_threads=1):
     """out = exp(θ − max_s θ) / Σ_a exp(θ − max_s θ) within each state."""

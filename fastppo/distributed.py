@@ -497,10 +497,6 @@ class DistributedEvaluator(Evaluator):
             self.rmatvec(x_visit, out_visit)
         return True
 
-    def _state_rows_apply(self):
-        """No products on the states' rows across ranks: the sweeps' products exchange."""
-        return False
-
     # the assembled matrix, its LU and SGS need every row in one process: Krylov only
     assembled = None
 

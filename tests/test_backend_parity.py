@@ -169,13 +169,6 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
                                   k, mdp, p, inp["x"], inp["q"][:S], sides, c, b, n_threads))
                              for sides in ("xy", "y") for label, p in (("pi", pi), ("zeros", zpi))
                              for c in chunks for b in (1, 3)],
-        # P_π's entries in the states' rows, and the value product on them
-        "state_weights": [(label, lambda k, p=p: _run(k, out(pd.shape[0]), a, pp, pd, p,
-                                                      n_threads=n_threads))
-                          for label, p in (("pi", pi), ("zeros", zpi))],
-        "state_matvec": [("", lambda k: _run(k, out(S), pp[a], pj.astype(np.uint16),
-                                             _state_weights(a, pp, pd, pi), g, inp["x"],
-                                             n_threads=n_threads))],
         "segment_softmax": [(f"x{s}", lambda k, s=s: _run(k, out(L), a, s * inp["logits"], n_threads=n_threads))
                             for s in (1.0, 1e3)],
         "advantages": [("", lambda k: _run(k, out(L), a, pi, inp["q"], n_threads=n_threads))],
@@ -349,15 +342,6 @@ def _products(kernel, args, x, y, sides, chunks, n_threads):
     kernel(*args, x if "x" in sides else empty, y if "y" in sides else empty, ox, oy, rows,
            np.full((chunks, 2 * S), np.nan), n_threads)
     return np.concatenate([ox, oy, rows])
-
-
-def _state_weights(a, pp, pd, pi):
-    """P_π's entries in the states' rows (the NumPy reference's state_weights)."""
-    from fastppo import _reference as ref
-
-    w = np.empty(pd.shape[0])
-    ref.state_weights(a, pp, pd, pi, w)
-    return w
 
 
 def _assembled_calls(mdp, inp, n_threads):

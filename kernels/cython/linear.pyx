@@ -14,9 +14,6 @@
 ``blocked_products``: bellman_products (both sides and rows, or the visitation side;
                      float64 P) on P's entries in column blocks (``blocked_entries``):
                      the same sums, the lines it touches in one block's columns at a time
-``state_matvec``:    bellman_matvec on P_π's entries in the states' rows (``state_weights``,
-                     per policy; at most 2¹⁶ states): no pair's bookkeeping, a gather of
-                     eight x at a time with AVX-512 (_state_rows.h)
 From ``PREFETCH_STATES`` states on (a fused pass with both sides: ``FUSED_PREFETCH_STATES``),
 every gather and scatter prefetches the state of the entry ``AHEAD`` positions on (GCC's
 ``__builtin_prefetch``; a hint: no result changes); below, each row is summed by a loop
@@ -500,44 +497,3 @@ def blocked_products(const int64_t[::1] a_indptr, const int64_t[::1] chunk_pairs
         for c in range(n_chunks):
             acc = acc + buf[c, stride * s + stride - 1]
         out_y[s] = y[s] - gamma * acc
-
-
-cdef extern from "_state_rows.h" nogil:
-    double state_row8(const uint16_t *idx, const double *w, const double *x, int64_t start,
-                      int64_t stop)
-
-
-def state_weights(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
-                  const probability[::1] p_data, const double[::1] pi,            # IN
-                  double[::1] weights, int n_threads):                            # OUT
-    """state_weights(a_indptr, p_indptr, p_data, pi, weights, n_threads)
-
-    weights[j] = π(k) P[j] (in double) for every entry j of every pair k: P_π's entries,
-    states' rows as stored (P's rows of its pairs, duplicates not merged), for
-    ``state_matvec``."""
-    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, s
-    cdef int64_t k, j
-    cdef double p
-    for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
-        for k in range(a_indptr[s], a_indptr[s + 1]):
-            p = pi[k]
-            for j in range(p_indptr[k], p_indptr[k + 1]):
-                weights[j] = p * <double>p_data[j]
-
-
-def state_matvec(const int64_t[::1] state_indptr, const uint16_t[::1] p_indices,
-                 const double[::1] weights, double gamma, const double[::1] x,       # IN
-                 double[::1] out, int n_threads):                                   # OUT
-    """state_matvec(state_indptr, p_indices, weights, gamma, x, out, n_threads)
-
-    out = x − γ P_π x on P_π's entries ``weights`` (``state_weights``) in the states' rows
-    ``state_indptr`` (= p_indptr[a_indptr]): one row per state, no pair's bookkeeping; an
-    MDP of at most 2¹⁶ states (uint16 columns). Each row in eight partial sums
-    (_state_rows.h: the lanes of an AVX-512 gather where the CPU has one; the Numba
-    twin's order)."""
-    cdef Py_ssize_t n_states = state_indptr.shape[0] - 1, s
-    cdef const uint16_t *indices = &p_indices[0]
-    cdef const double *w = &weights[0]
-    cdef const double *xs = &x[0]
-    for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
-        out[s] = x[s] - gamma * state_row8(indices, w, xs, state_indptr[s], state_indptr[s + 1])

@@ -19,8 +19,6 @@
 ``blocked_products``: bellman_products (both sides and rows, or the visitation side;
                      float64 P) on P's entries in column blocks (``blocked_entries``):
                      the same sums, the lines it touches in one block's columns at a time
-``state_matvec``:    bellman_matvec on P_π's entries in the states' rows (``state_weights``,
-                     per policy; at most 2¹⁶ states), a row in eight partial sums
 
 where (P_π x)(s) = Σ_a π(a|s) Σ_s' P(s'|s,a) x(s'). Each kernel is compiled twice
 from one Python function: serial, and ``parallel=True`` (used when n_threads > 1).
@@ -320,43 +318,5 @@ def blocked_products(a_indptr, chunk_pairs, begins, ends, steps, columns, data, 
         out_y[s] = y[s] - gamma * acc
 
 
-def state_weights(a_indptr, p_indptr, p_data, pi, weights):
-    n_states = a_indptr.shape[0] - 1
-    for s in prange(n_states):
-        for k in range(np.uint64(a_indptr[s]), np.uint64(a_indptr[s + 1])):
-            p = pi[k]
-            for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
-                weights[j] = p * np.float64(p_data[j])
-
-
-@njit(inline="always")
-def _state_row8(indices, weights, x, start, stop):
-    """The Cython twin's eight partial sums (kernels/cython/_state_rows.h), one at a time."""
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
-    eight, j = np.uint64(8), start
-    while j + eight <= stop:
-        a0 += weights[j] * x[np.uint32(indices[j])]
-        a1 += weights[j + np.uint64(1)] * x[np.uint32(indices[j + np.uint64(1)])]
-        a2 += weights[j + np.uint64(2)] * x[np.uint32(indices[j + np.uint64(2)])]
-        a3 += weights[j + np.uint64(3)] * x[np.uint32(indices[j + np.uint64(3)])]
-        a4 += weights[j + np.uint64(4)] * x[np.uint32(indices[j + np.uint64(4)])]
-        a5 += weights[j + np.uint64(5)] * x[np.uint32(indices[j + np.uint64(5)])]
-        a6 += weights[j + np.uint64(6)] * x[np.uint32(indices[j + np.uint64(6)])]
-        a7 += weights[j + np.uint64(7)] * x[np.uint32(indices[j + np.uint64(7)])]
-        j += eight
-    while j < stop:
-        a0 += weights[j] * x[np.uint32(indices[j])]
-        j += np.uint64(1)
-    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
-
-
-def state_matvec(state_indptr, p_indices, weights, gamma, x, out):
-    n_states = state_indptr.shape[0] - 1
-    for s in prange(n_states):
-        start = np.uint64(state_indptr[s])
-        stop = np.uint64(state_indptr[s + 1])
-        out[s] = x[s] - gamma * _state_row8(p_indices, weights, x, start, stop)
-
-
 KERNELS = twins(bellman_matvec, bellman_rmatvec, q_values, q_greedy, bellman_products,
-                blocked_entries, blocked_products, state_weights, state_matvec)
+                blocked_entries, blocked_products)
