@@ -792,6 +792,38 @@ def test_sweeps_that_end_worse_than_their_start_hand_over_the_start(backend):
     np.testing.assert_allclose(ev.v, v, rtol=1e-9, atol=1e-9 * np.abs(v).max())
 
 
+@pytest.mark.parametrize("backend", ["numba", "cython", "numpy"])
+def test_sweeps_take_a_zero_start_residual_without_a_product(backend):
+    """From a zero start the first residual is b itself (A 0 = 0): no product runs at
+    x = 0, every product counted is one that ran, and the iterates are those of a start
+    of explicit zeros (one product more: its first is A 0)."""
+    from fastppo import _krylov
+
+    mdp = fastppo.garnet(300, 4, 5, gamma=0.95, seed=21)
+    pi = fastppo.softmax(mdp, np.random.default_rng(2).standard_normal(mdp.n_pairs))
+    E = Evaluator(mdp, None, backend, 1)
+    E.load(pi)
+    stop = _krylov.StoppingRule(1e-12, mdp.gamma)
+    results, calls = {}, {}
+    for name, x0 in (("none", None), ("zeros", np.zeros(mdp.n_states))):
+        ran = calls[name] = []
+        system = E._value_system()
+
+        def sweep_product(x, out, exact, ran=ran, product=system.sweep_product):
+            ran.append(float(np.abs(x).max()))
+            return product(x, out, exact)
+
+        system.sweep_product = sweep_product
+        results[name] = _krylov.richardson(system, x0, stop, 5000)
+    assert results["none"].converged and min(calls["none"]) > 0.0  # never at x = 0
+    assert results["none"].n_matvec == len(calls["none"])
+    assert calls["zeros"][0] == 0.0 and results["zeros"].n_matvec == len(calls["zeros"])
+    assert results["zeros"].n_matvec == results["none"].n_matvec + 1
+    np.testing.assert_array_equal(results["none"].x, results["zeros"].x)
+    v = naive.evaluate(mdp, pi)[0]
+    np.testing.assert_allclose(results["none"].x, v, rtol=1e-10, atol=1e-10 * np.abs(v).max())
+
+
 def test_envelope_order_narrows_the_band_of_a_ring():
     """On a local garnet (successors within ±k on a ring; the best band is 2k) the order of
     ``envelope`` is a permutation whose band is at most RCM's and within 10 % of 2k (RCM:
