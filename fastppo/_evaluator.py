@@ -583,17 +583,16 @@ class Evaluator:
         check_finite(c, "r_pi - tau * D_f(pi)")
         return c
 
-    def _value_sweep(self, x, out, exact):
-        """The value system's sweep product (``System.sweep_product``): the product the
-        sweeps ask exact (a warm start's first, and the one predicted to meet tol) by
+    def _value_sweep(self, x, out, last):
+        """The value system's sweep product (``System.sweep_product``): one that may be
+        the sweeps' last (a warm start's first, or the one predicted to meet tol) by
         :meth:`products`, which keeps P x per pair, so that Q̃ of a solution met there
         comes from its rows (:meth:`_q_advantages`) instead of a pass of ``q_values``; the
         others by :meth:`matvec`. The same sums either way (bit for bit)."""
-        if exact and LAST_ROWS:
+        if last and LAST_ROWS:
             self.products(x, None, out, None)
         else:
             self.matvec(x, out)
-        return True
 
     def _value_system(self):
         gamma = self.mdp.gamma

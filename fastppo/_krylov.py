@@ -218,9 +218,10 @@ class System:
         first call; None when A is only known by its product (``sgs`` then runs
         BiCGSTAB on ``matvec``).
     sweep_product : callable, optional
-        ``sweep_product(x, out, exact) -> bool``: A x into ``out`` for Richardson's sweeps,
-        told whether they ask for an exact product (the first, and the one predicted to
-        meet tol: :class:`_Sweeps`), returning whether it was exact. None: ``matvec``.
+        ``sweep_product(x, out, last)``: A x into ``out`` for Richardson's sweeps (exact),
+        told whether it may be their last (a warm start's first, or the one predicted to
+        meet tol: :class:`_Sweeps`), so that it can keep what the caller needs of a
+        solution met there. None: ``matvec``.
     """
 
     __slots__ = ("matvec", "b", "what", "shift", "assembled", "sweep_product")
@@ -489,9 +490,9 @@ def richardson(system, x0, stop, max_iter, *, max_rate=MAX_RATE, min_sweeps=MIN_
     while sweeps.result is None:
         if product is None:
             system.matvec(sweeps.x, sweeps.r)
-            sweeps.absorb()
         else:
-            sweeps.absorb(product(sweeps.x, sweeps.r, sweeps.exact))
+            product(sweeps.x, sweeps.r, sweeps.exact)
+        sweeps.absorb()
     return sweeps.result
 
 
