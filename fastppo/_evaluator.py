@@ -45,6 +45,13 @@ MIXED_STATES = 1 << 19  # from here on, lockstep sweeps on float32 corrections (
 NARROW_INDICES = True
 # evaluate's sweeps keep P x per pair on the product predicted to meet tol: Q̃ without a pass
 LAST_ROWS = True
+# single visitation solves (Richardson's sweeps and the Krylov methods after them) on an MDP
+# of at most 2¹⁶ states: their products gather by state from P's entries in the transposed
+# order (Transitions.transposed_pattern, 14 bytes per entry, once per MDP), weighted by π
+# once per policy (8 bytes per entry), instead of scattering: at 10k states 20 products and
+# the weights took 10.7–11.0 ms against 13.7–14.1 ms (benchmarks/RESULTS.md, issue 17
+# target 1). False: never.
+TRANSPOSED_VISITS = True
 # the exact passes of both sides (with the rows) or of the visitation side alone, on all
 # pairs of a float64 P, run from this many states on on a copy of P's entries in column
 # blocks (``blocked_products``; 11 bytes per entry, made only within MEMORY_SHARE of the
@@ -305,7 +312,8 @@ class Evaluator:
         k = {name: get_kernel(name, backend) for name in (
             "bellman_matvec", "bellman_rmatvec", "bellman_products", "q_values", "q_greedy",
             "regularized_reward", "advantages", "q_advantages", "policy_gradient",
-            "greedy_policy", "segment_softmax", "blocked_products")}
+            "greedy_policy", "segment_softmax", "blocked_products", "transposed_weights",
+            "transposed_rmatvec")}
         self._k = k
         self.pi = None
         self._held_rows = None
@@ -323,6 +331,8 @@ class Evaluator:
         self.mixed = bool(mixed)
         self._base = [None, None]  # per side: (x, A x) of its last exact product
         self._buf32 = self._x32 = None  # float32 scatter buffers and gathered correction
+        self._transposed = None  # the loaded policy's P_πᵀ entries (_transposed_rows)
+        self._transposed_weights = None  # their buffer, kept across policies
         self._matrix = None  # the loaded policy's assembled I − γP_π, on first use
         self._direct = None  # the last one assembled straight from P (a deterministic policy)
         self._workspace = {}  # the assembled matrices' scratch, kept across policies
@@ -346,6 +356,7 @@ class Evaluator:
         previous = self._previous if patch and self._compact else None
         self.pi = pi
         self._rows_fresh = False
+        self._transposed = None
         self._matrix = None
         self._narrow_rows = None
         mdp = self.mdp
@@ -447,6 +458,40 @@ class Evaluator:
         """out = (I − γP_πᵀ) x."""
         self.n_passes += 1
         self._k["bellman_rmatvec"](*self._product_rows, x, out, self._buf, self.n_threads)
+
+    def visit_matvec(self, x, out):
+        """out = (I − γP_πᵀ) x for a visitation solve: a gather on P's entries in the
+        transposed order (:meth:`_transposed_rows`) where they apply, else :meth:`rmatvec`.
+        Exact either way (another order of the sums)."""
+        rows = self._transposed_rows()
+        if rows is None:
+            self.rmatvec(x, out)
+            return
+        self.n_passes += 1
+        self._k["transposed_rmatvec"](*rows, x, out, self.n_threads)
+
+    def _transposed_rows(self):
+        """(t_indptr, t_sources, P_πᵀ's entries, γ) of the loaded policy for
+        ``transposed_rmatvec``, or None where they do not apply: ``TRANSPOSED_VISITS`` off,
+        more than 2¹⁶ states, the NumPy backend, or compact rows (a policy on at most half
+        of the pairs: its scatter reads only those). The entries are made by one pass of
+        ``transposed_weights`` on first use per policy (counted in ``n_passes``)."""
+        if self._transposed is None:
+            mdp = self.mdp
+            pattern = (mdp._transitions.transposed_pattern(mdp.a_indptr)
+                       if TRANSPOSED_VISITS and self.backend != "numpy" and not self._compact
+                       else None)
+            if pattern is None:
+                self._transposed = False
+            else:
+                t_indptr, pairs, sources, data = pattern
+                if self._transposed_weights is None:
+                    self._transposed_weights = np.empty(data.shape[0])
+                self.n_passes += 1
+                self._k["transposed_weights"](pairs, data, self.pi, self._transposed_weights,
+                                              self.n_threads)
+                self._transposed = (t_indptr, sources, self._transposed_weights, mdp.gamma)
+        return self._transposed or None
 
     def products(self, x_value, x_visit, out_value, out_visit, exact=True):
         """The products of one lockstep sweep in one pass over P (``bellman_products``):
@@ -608,7 +653,7 @@ class Evaluator:
         else:
             total = self.space.sum(d0)
             y0 = d0 / (scale * total) if total > 0 else None
-        return _krylov.System(self.rmatvec, mu, VISIT_SYSTEM,
+        return _krylov.System(self.visit_matvec, mu, VISIT_SYSTEM,
                               assembled=(None if self.assembled is None
                                          else functools.partial(self.assembled, True))), y0
 

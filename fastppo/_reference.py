@@ -123,6 +123,17 @@ def blocked_products(a_indptr, chunk_pairs, begins, ends, steps, columns, data, 
         out_x[:] = x - gamma * _segment_sum(a_indptr, pi * rows)
     out_y[:] = y - gamma * (P.T @ (pi * y[_states(a_indptr)]))
 
+def transposed_weights(t_pairs, t_data, pi, weights, n_threads=1):
+    """weights[e] = π(t_pairs[e]) P[e], P's entries in the transposed order."""
+    weights[:] = pi[t_pairs] * t_data.astype(np.float64)
+
+
+def transposed_rmatvec(t_indptr, t_sources, weights, gamma, y, out, n_threads=1):
+    """out = y − γ P_πᵀ y, P_πᵀ's entries ``weights`` by state (t_indptr) from t_sources."""
+    n_states = t_indptr.shape[0] - 1
+    PT = sp.csr_array((weights, t_sources, t_indptr), shape=(n_states, n_states))
+    out[:] = y - gamma * (PT @ y)
+
 # --------------------------------------------------------------------- tables
 def segment_softmax(a_indptr, logits, out, n_threads=1):
     """out = exp(θ − max_s θ) / Σ_a exp(θ − max_s θ) within each state."""

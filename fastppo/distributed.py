@@ -497,6 +497,10 @@ class DistributedEvaluator(Evaluator):
             self.rmatvec(x_visit, out_visit)
         return True
 
+    def _transposed_rows(self):
+        """No transposed gather across ranks: the visitation's products scatter and exchange."""
+        return None
+
     # the assembled matrix, its LU and SGS need every row in one process: Krylov only
     assembled = None
 

@@ -14,6 +14,9 @@
 ``blocked_products``: bellman_products (both sides and rows, or the visitation side;
                      float64 P) on P's entries in column blocks (``blocked_entries``):
                      the same sums, the lines it touches in one block's columns at a time
+``transposed_rmatvec``: out = y − γ P_πᵀ y as a gather on P's entries in the transposed
+                     order (at most 2¹⁶ states; ``transposed_weights`` once per policy),
+                     eight y gathered at a time with AVX-512 (_rows8.h)
 From ``PREFETCH_STATES`` states on (a fused pass with both sides: ``FUSED_PREFETCH_STATES``),
 every gather and scatter prefetches the state of the entry ``AHEAD`` positions on (GCC's
 ``__builtin_prefetch``; a hint: no result changes); below, each row is summed by a loop
@@ -497,3 +500,40 @@ def blocked_products(const int64_t[::1] a_indptr, const int64_t[::1] chunk_pairs
         for c in range(n_chunks):
             acc = acc + buf[c, stride * s + stride - 1]
         out_y[s] = y[s] - gamma * acc
+
+
+cdef extern from "_rows8.h" nogil:
+    double row8(const uint16_t *idx, const double *w, const double *x, int64_t start,
+                int64_t stop)
+
+
+def transposed_weights(const int32_t[::1] t_pairs, const probability[::1] t_data,
+                       const double[::1] pi,                                        # IN
+                       double[::1] weights, int n_threads):                         # OUT
+    """transposed_weights(t_pairs, t_data, pi, weights, n_threads)
+
+    weights[e] = π(t_pairs[e]) P[e] for every entry e of P in the transposed order
+    (``fastppo.mdp.Transitions.transposed_pattern``): P_πᵀ's entries, column by column,
+    for ``transposed_rmatvec``. π is gathered (AVX-512 where the CPU has it: GCC
+    vectorises the loop)."""
+    cdef Py_ssize_t m = t_pairs.shape[0], e
+    for e in prange(m, nogil=True, schedule="static", num_threads=n_threads):
+        weights[e] = pi[t_pairs[e]] * <double>t_data[e]
+
+
+def transposed_rmatvec(const int64_t[::1] t_indptr, const uint16_t[::1] t_sources,
+                       const double[::1] weights, double gamma, const double[::1] y,  # IN
+                       double[::1] out, int n_threads):                               # OUT
+    """transposed_rmatvec(t_indptr, t_sources, weights, gamma, y, out, n_threads)
+
+    out = y − γ P_πᵀ y as a gather: out[c] = y[c] − γ Σ_e weights[e] y[t_sources[e]] over
+    state c's entries t_indptr[c] ≤ e < t_indptr[c + 1] (``transposed_weights``; at most
+    2¹⁶ states), each in eight partial sums (_rows8.h: the lanes of an AVX-512 gather where
+    the CPU has one; the Numba twin's order). A state's sum does not depend on the
+    threads: the same bits on any number."""
+    cdef Py_ssize_t n_states = t_indptr.shape[0] - 1, c
+    cdef const uint16_t *src = &t_sources[0]
+    cdef const double *w = &weights[0]
+    cdef const double *ys = &y[0]
+    for c in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
+        out[c] = y[c] - gamma * row8(src, w, ys, t_indptr[c], t_indptr[c + 1])

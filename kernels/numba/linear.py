@@ -19,6 +19,8 @@
 ``blocked_products``: bellman_products (both sides and rows, or the visitation side;
                      float64 P) on P's entries in column blocks (``blocked_entries``):
                      the same sums, the lines it touches in one block's columns at a time
+``transposed_rmatvec``: y − γ P_πᵀ y as a gather on P's entries in the transposed order
+                     (``transposed_weights`` per policy), each state in eight partial sums
 
 where (P_π x)(s) = Σ_a π(a|s) Σ_s' P(s'|s,a) x(s'). Each kernel is compiled twice
 from one Python function: serial, and ``parallel=True`` (used when n_threads > 1).
@@ -318,5 +320,37 @@ def blocked_products(a_indptr, chunk_pairs, begins, ends, steps, columns, data, 
         out_y[s] = y[s] - gamma * acc
 
 
+def transposed_weights(t_pairs, t_data, pi, weights):
+    for e in prange(t_pairs.shape[0]):
+        weights[e] = pi[t_pairs[e]] * np.float64(t_data[e])
+
+
+@njit(inline="always")
+def _row8(indices, weights, x, start, stop):
+    """The Cython twin's eight partial sums (kernels/cython/_rows8.h), one at a time."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+    eight, j = np.uint64(8), start
+    while j + eight <= stop:
+        a0 += weights[j] * x[np.uint32(indices[j])]
+        a1 += weights[j + np.uint64(1)] * x[np.uint32(indices[j + np.uint64(1)])]
+        a2 += weights[j + np.uint64(2)] * x[np.uint32(indices[j + np.uint64(2)])]
+        a3 += weights[j + np.uint64(3)] * x[np.uint32(indices[j + np.uint64(3)])]
+        a4 += weights[j + np.uint64(4)] * x[np.uint32(indices[j + np.uint64(4)])]
+        a5 += weights[j + np.uint64(5)] * x[np.uint32(indices[j + np.uint64(5)])]
+        a6 += weights[j + np.uint64(6)] * x[np.uint32(indices[j + np.uint64(6)])]
+        a7 += weights[j + np.uint64(7)] * x[np.uint32(indices[j + np.uint64(7)])]
+        j += eight
+    while j < stop:
+        a0 += weights[j] * x[np.uint32(indices[j])]
+        j += np.uint64(1)
+    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+
+
+def transposed_rmatvec(t_indptr, t_sources, weights, gamma, y, out):
+    for c in prange(t_indptr.shape[0] - 1):
+        out[c] = y[c] - gamma * _row8(t_sources, weights, y, np.uint64(t_indptr[c]),
+                                      np.uint64(t_indptr[c + 1]))
+
+
 KERNELS = twins(bellman_matvec, bellman_rmatvec, q_values, q_greedy, bellman_products,
-                blocked_entries, blocked_products)
+                blocked_entries, blocked_products, transposed_weights, transposed_rmatvec)

@@ -1,0 +1,34 @@
+/* One row of a CSR with uint16 columns, Σ_j w[j] x[idx[j]] for start ≤ j < stop, in eight
+   partial sums: entry j into sum (j − start) mod 8 while eight remain, the rest into the
+   first, combined as ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)); every product and
+   sum rounded on its own (no FMA). With AVX-512 the eight sums are the lanes of one
+   register and each step gathers eight x (kernels/numba/linear.py's _row8: the same sums,
+   one at a time). */
+#ifndef FASTPPO_ROWS8_H
+#define FASTPPO_ROWS8_H
+#include <stdint.h>
+#if defined(__AVX512F__) && defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+static inline double row8(const uint16_t *idx, const double *w, const double *x,
+                          int64_t start, int64_t stop) {
+    int64_t j = start;
+    double a[8];
+#if defined(__AVX512F__) && defined(__AVX2__)
+    __m512d acc = _mm512_setzero_pd();
+    for (; j + 8 <= stop; j += 8) {
+        __m256i c = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(idx + j)));
+        acc = _mm512_add_pd(acc, _mm512_mul_pd(_mm512_loadu_pd(w + j),
+                                               _mm512_i32gather_pd(c, x, 8)));
+    }
+    _mm512_storeu_pd(a, acc);
+#else
+    for (int l = 0; l < 8; l++) a[l] = 0.0;
+    for (; j + 8 <= stop; j += 8)
+        for (int l = 0; l < 8; l++) a[l] = a[l] + w[j + l] * x[idx[j + l]];
+#endif
+    for (; j < stop; j++) a[0] = a[0] + w[j] * x[idx[j]];
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+#endif
