@@ -46,12 +46,14 @@ NARROW_INDICES = True
 # evaluate's sweeps keep P x per pair on the product predicted to meet tol: Q̃ without a pass
 LAST_ROWS = True
 # single visitation solves (Richardson's sweeps and the Krylov methods after them) on an MDP
-# of at most 2¹⁶ states: their products gather by state from P's entries in the transposed
-# order (Transitions.transposed_pattern, 14 bytes per entry, once per MDP), weighted by π
-# once per policy (8 bytes per entry), instead of scattering: at 10k states 20 products and
-# the weights took 10.7–11.0 ms against 13.7–14.1 ms (benchmarks/RESULTS.md, issue 17
-# target 1). False: never.
-TRANSPOSED_VISITS = True
+# of this many states up to 2¹⁶: their products gather by state from P's entries in the
+# transposed order (Transitions.transposed_pattern, 14 bytes per entry, once per MDP),
+# weighted by π once per policy (8 bytes per entry), instead of scattering: on the 10k
+# garnet 20 products and the weights took 10.7–11.0 ms against 13.7–14.1 ms
+# (benchmarks/RESULTS.md, issue 17 target 1). Another order of the sums: the lockstep
+# solves (which scatter) then match the single ones to round-off, below it bit for bit.
+# None: never.
+TRANSPOSED_STATES = 5_000
 # the exact passes of both sides (with the rows) or of the visitation side alone, on all
 # pairs of a float64 P, run from this many states on on a copy of P's entries in column
 # blocks (``blocked_products``; 11 bytes per entry, made only within MEMORY_SHARE of the
@@ -472,15 +474,17 @@ class Evaluator:
 
     def _transposed_rows(self):
         """(t_indptr, t_sources, P_πᵀ's entries, γ) of the loaded policy for
-        ``transposed_rmatvec``, or None where they do not apply: ``TRANSPOSED_VISITS`` off,
-        more than 2¹⁶ states, the NumPy backend, or compact rows (a policy on at most half
-        of the pairs: its scatter reads only those). The entries are made by one pass of
-        ``transposed_weights`` on first use per policy (counted in ``n_passes``)."""
+        ``transposed_rmatvec``, or None where they do not apply: fewer than
+        ``TRANSPOSED_STATES`` states or more than 2¹⁶, the NumPy backend, compact rows (a
+        policy on at most half of the pairs: its scatter reads only those), or float32
+        storage (whose products re-normalise each pair's row). The entries are made by one
+        pass of ``transposed_weights`` on first use per policy (counted in ``n_passes``)."""
         if self._transposed is None:
             mdp = self.mdp
             pattern = (mdp._transitions.transposed_pattern(mdp.a_indptr)
-                       if TRANSPOSED_VISITS and self.backend != "numpy" and not self._compact
-                       else None)
+                       if (TRANSPOSED_STATES is not None and mdp.n_states >= TRANSPOSED_STATES
+                           and self.backend != "numpy" and not self._compact
+                           and mdp.p_data.dtype == np.float64) else None)
             if pattern is None:
                 self._transposed = False
             else:

@@ -1063,7 +1063,9 @@ def solve_pair(value, visit, products, v0=None, y0=None, *, stop, max_iter, meth
     converges leaves the lockstep and the other sweeps on alone through ``products`` with
     None for the finished side; a system whose sweeps stall continues with the Krylov
     methods (its ``matvec``) on its own. With exact products each system's iterates are
-    exactly those of :func:`solve` on it alone. So when the value system's result is
+    exactly those of :func:`solve` on it alone, when its ``matvec`` sums as ``products``
+    does (the evaluator's visitation gathers from ``TRANSPOSED_STATES`` states on: then
+    to round-off). So when the value system's result is
     "richardson" (with at least one product), the last ``products`` call with an
     ``x_value`` was exact, at its returned iterate divided by 2^:func:`scale_exponent` (b).
     Other methods solve the two systems one after the other with their ``matvec``.

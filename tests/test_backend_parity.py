@@ -144,6 +144,9 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
     def out(n):
         return np.full(n, np.nan)  # every entry must be written
 
+    tp = mdp._transitions.transposed_pattern(a)  # P's entries by successor
+    tw = np.asarray(pi)[tp[1]] * tp[3]  # P_πᵀ's entries in that order
+
     calls = {
         **_update_calls(mdp, inp, n_threads),
         "bellman_matvec": [("", lambda k: _run(k, out(S), a, pp, pj, pd, pi, g, inp["x"], n_threads=n_threads))],
@@ -169,6 +172,12 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
                                   k, mdp, p, inp["x"], inp["q"][:S], sides, c, b, n_threads))
                              for sides in ("xy", "y") for label, p in (("pi", pi), ("zeros", zpi))
                              for c in chunks for b in (1, 3)],
+        # P_πᵀ's entries in the transposed order, and the visitation's gather on them
+        "transposed_weights": [(label, lambda k, p=p: _run(k, out(pd.shape[0]), tp[1], tp[3], p,
+                                                           n_threads=n_threads))
+                               for label, p in (("pi", pi), ("zeros", zpi))],
+        "transposed_rmatvec": [("", lambda k: _run(k, out(S), tp[0], tp[2], tw, g, inp["x"],
+                                                   n_threads=n_threads))],
         "segment_softmax": [(f"x{s}", lambda k, s=s: _run(k, out(L), a, s * inp["logits"], n_threads=n_threads))
                             for s in (1.0, 1e3)],
         "advantages": [("", lambda k: _run(k, out(L), a, pi, inp["q"], n_threads=n_threads))],
