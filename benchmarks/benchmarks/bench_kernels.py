@@ -10,6 +10,9 @@ pass (a lockstep sweep: compare with ``bellman_matvec`` + ``bellman_rmatvec``);
 evaluator blocks from 2¹⁹ states on, where it pays; here it tracks the kernel's cost);
 ``blocked_entries``: the copy those blocks are made of (``blocked_layout``: the regions
 counted, then filled; made once per run);
+``transposed_rmatvec``: x − γP_πᵀ x as a gather from P's entries in the transposed order
+(single visitation solves up to 2¹⁶ states; compare with ``bellman_rmatvec``);
+``transposed_weights``: P_πᵀ's entries in that order, once per policy;
 ``regularized_reward_kl``: r_π − τ D_f(π) for forward KL (a pass over the pairs, no product).
 Together with the ``*Products`` tracks this separates "fewer products" from "faster
 products".
@@ -26,7 +29,8 @@ from .common import (BACKENDS, FAMILIES, SIZES, THREADS, check_params, get_mdp, 
                      kernel_or_skip, warm)
 
 KERNELS = ["bellman_matvec", "bellman_rmatvec", "q_values", "q_greedy", "bellman_products",
-           "blocked_products", "blocked_entries", "regularized_reward_kl", "compact_rows"]
+           "blocked_products", "blocked_entries", "transposed_rmatvec", "transposed_weights",
+           "regularized_reward_kl", "compact_rows"]
 
 
 def _blocks(m, n_threads):
@@ -67,6 +71,16 @@ class KernelSuite:
             args = (m.a_indptr, *layout, pi, m.gamma, x, x[::-1].copy(), np.empty(m.n_states),
                     np.empty(m.n_states), np.empty(m.n_pairs), np.empty(m.n_pairs),
                     np.empty((chunks, 2 * m.n_states)), n_threads)
+        elif kernel in ("transposed_rmatvec", "transposed_weights"):  # up to 2¹⁶ states
+            pattern = m._transitions.transposed_pattern(m.a_indptr)
+            if pattern is None:
+                raise NotImplementedError("more than 2^16 states: the visitation scatters")
+            t_indptr, pairs, sources, data = pattern
+            weights = pi[pairs] * data
+            if kernel == "transposed_weights":
+                args = (pairs, data, pi, weights, n_threads)
+            else:
+                args = (t_indptr, sources, weights, m.gamma, x, np.empty(m.n_states), n_threads)
         elif kernel == "q_greedy":  # Q̃ and the greedy step at τ = 0 (policy iteration's step)
             args = (m.a_indptr, *csr, m.r, m.gamma, x, np.empty(m.n_pairs), np.empty(m.n_pairs),
                     np.empty(m.n_states, dtype=np.int64), np.empty(m.n_states), n_threads)
