@@ -365,6 +365,9 @@ def _count_sketch(n):
 
 
 CHUNK = 1 << 20  # entries per block of the O(n) loops over steps (no vector-sized temporaries)
+# entries per block of predicted_start's sum of steps: its float64 temporaries stay in L2
+# (10⁶ states, 12 float32 steps: 12.0 ms a start against 16.5 ms in blocks of CHUNK)
+STEP_CHUNK = 1 << 16
 
 
 def sketch(x):
@@ -419,8 +422,8 @@ def predicted_start(x, steps, sketches):
         cols = np.ldexp(cols, -np.frexp(big)[1])  # entries ≤ 1 (exactly scaled): LAPACK's range
         c = np.linalg.lstsq(cols[:, 1:], cols[:, 0], rcond=None)[0]
         step = np.empty(x.shape[0])
-        for lo in range(0, x.shape[0], CHUNK):  # steps may be float32: per block, in float64
-            part = slice(lo, lo + CHUNK)
+        for lo in range(0, x.shape[0], STEP_CHUNK):  # steps may be float32: per block, in float64
+            part = slice(lo, lo + STEP_CHUNK)
             block = np.multiply(steps[0][part], c[0], out=step[part], dtype=np.float64)
             for i in range(1, m):
                 block += np.multiply(steps[i][part], c[i], dtype=np.float64)
