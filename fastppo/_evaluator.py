@@ -481,7 +481,7 @@ class Evaluator:
         pass of ``transposed_weights`` on first use per policy (counted in ``n_passes``)."""
         if self._transposed is None:
             mdp = self.mdp
-            pattern = (mdp._transitions.transposed_pattern(mdp.a_indptr)
+            pattern = (mdp._transitions.transposed_pattern(mdp.n_states, mdp.s_indices)
                        if (TRANSPOSED_STATES is not None and mdp.n_states >= TRANSPOSED_STATES
                            and self.backend != "numpy" and not self._compact
                            and mdp.p_data.dtype == np.float64) else None)

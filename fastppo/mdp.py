@@ -664,16 +664,16 @@ class Transitions:
             self._narrow = narrow
         return self._narrow
 
-    def transposed_pattern(self, a_indptr):
+    def transposed_pattern(self, n_states, s_indices):
         """P's entries in the transposed order, for the visitation's gather
         (``transposed_rmatvec``) on an MDP of at most 2¹⁶ states (else None):
         ``(t_indptr, t_pairs, t_sources, t_data)``, state c's entries at t_indptr[c] ≤ e <
         t_indptr[c + 1], each with its pair (int32), that pair's state (uint16) and its
         probability, in P's order within a state (a stable sort by successor). Made on
-        first use (``a_indptr``: the MDP's, fixed for these arrays), read-only.
+        first use (``s_indices``: the MDP's state of each pair, fixed for these arrays),
+        read-only.
 
         Memory: 14 bytes per entry of P (float64 P), plus 8 per state."""
-        n_states = a_indptr.shape[0] - 1
         if n_states > NARROW_STATES:
             return None
         if "transposed" not in self._patterns:
@@ -682,7 +682,7 @@ class Transitions:
             np.cumsum(np.bincount(self.p_indices, minlength=n_states), out=t_indptr[1:])
             pairs = np.repeat(np.arange(self.p_indptr.shape[0] - 1, dtype=np.int32),
                               np.diff(self.p_indptr))[order]
-            sources = np.repeat(np.arange(n_states, dtype=np.uint16), np.diff(a_indptr))[pairs]
+            sources = s_indices[pairs].astype(np.uint16)
             data = self.p_data[order]
             for a in (t_indptr, pairs, sources, data):
                 a.flags.writeable = False

@@ -144,7 +144,7 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
     def out(n):
         return np.full(n, np.nan)  # every entry must be written
 
-    tp = mdp._transitions.transposed_pattern(a)  # P's entries by successor
+    tp = mdp._transitions.transposed_pattern(S, mdp.s_indices)  # P's entries by successor
     tw = np.asarray(pi)[tp[1]] * tp[3]  # P_πᵀ's entries in that order
 
     calls = {

@@ -72,7 +72,7 @@ class KernelSuite:
                     np.empty(m.n_states), np.empty(m.n_pairs), np.empty(m.n_pairs),
                     np.empty((chunks, 2 * m.n_states)), n_threads)
         elif kernel in ("transposed_rmatvec", "transposed_weights"):  # up to 2¹⁶ states
-            pattern = m._transitions.transposed_pattern(m.a_indptr)
+            pattern = m._transitions.transposed_pattern(m.n_states, m.s_indices)
             if pattern is None:
                 raise NotImplementedError("more than 2^16 states: the visitation scatters")
             t_indptr, pairs, sources, data = pattern
