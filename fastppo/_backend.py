@@ -23,7 +23,7 @@ DEFAULT_BACKEND = "cython"
 STEMS = {
     "linear": ("bellman_matvec", "bellman_rmatvec", "q_values", "q_greedy", "bellman_products",
                "blocked_entries", "blocked_products", "transposed_weights",
-               "transposed_rmatvec"),
+               "transposed_rmatvec", "row_sweep"),
     "tables": ("segment_softmax", "regularized_reward", "advantages", "q_advantages",
                "policy_gradient", "compact_indptr", "compact_rows"),
     "policy_update": ("greedy_policy", "ppo_update"),

@@ -54,6 +54,13 @@ LAST_ROWS = True
 # solves (which scatter) then match the single ones to round-off, below it bit for bit.
 # None: never.
 TRANSPOSED_STATES = 5_000
+# single solves' Richardson sweeps on an MDP of this many states up to 2¹⁶ (float64 P, a
+# policy on all pairs): each sweep one pass of ``row_sweep`` (product, residual, update and
+# r's sums at once) on P_π's state rows, made by ``shared_weights`` once per policy (8 bytes
+# per entry), or on P_πᵀ's (TRANSPOSED_STATES), instead of a product and vector operations.
+# None: never.
+ROW_SWEEP_STATES = 5_000
+SWEEP_CHUNKS = 16  # row_sweep's chunks of r's sums: fixed, so any thread count sums alike
 # the exact passes of both sides (with the rows) or of the visitation side alone, on all
 # pairs of a float64 P, run from this many states on on a copy of P's entries in column
 # blocks (``blocked_products``; 11 bytes per entry, made only within MEMORY_SHARE of the
@@ -315,7 +322,7 @@ class Evaluator:
             "bellman_matvec", "bellman_rmatvec", "bellman_products", "q_values", "q_greedy",
             "regularized_reward", "advantages", "q_advantages", "policy_gradient",
             "greedy_policy", "segment_softmax", "blocked_products", "transposed_weights",
-            "transposed_rmatvec")}
+            "transposed_rmatvec", "shared_weights", "row_sweep")}
         self._k = k
         self.pi = None
         self._held_rows = None
@@ -335,6 +342,9 @@ class Evaluator:
         self._buf32 = self._x32 = None  # float32 scatter buffers and gathered correction
         self._transposed = None  # the loaded policy's P_πᵀ entries (_transposed_rows)
         self._transposed_weights = None  # their buffer, kept across policies
+        self._state = None  # the loaded policy's P_π by state (_state_rows)
+        self._state_weights = None  # its buffer, kept across policies
+        self._sweep_stats = np.empty((SWEEP_CHUNKS, 4))
         self._matrix = None  # the loaded policy's assembled I − γP_π, on first use
         self._direct = None  # the last one assembled straight from P (a deterministic policy)
         self._workspace = {}  # the assembled matrices' scratch, kept across policies
@@ -359,6 +369,7 @@ class Evaluator:
         self.pi = pi
         self._rows_fresh = False
         self._transposed = None
+        self._state = None
         self._matrix = None
         self._narrow_rows = None
         mdp = self.mdp
@@ -496,6 +507,44 @@ class Evaluator:
                                               self.n_threads)
                 self._transposed = (t_indptr, sources, self._transposed_weights, mdp.gamma)
         return self._transposed or None
+
+    def _row_sweeps_apply(self):
+        """Whether single solves sweep with ``row_sweep`` (ROW_SWEEP_STATES)."""
+        mdp = self.mdp
+        return (ROW_SWEEP_STATES is not None and ROW_SWEEP_STATES <= mdp.n_states <= 1 << 16
+                and self.backend != "numpy" and not self._compact
+                and mdp.p_data.dtype == np.float64)
+
+    def _state_rows(self):
+        """(row_indptr, P's uint16 columns, P_π's entries, γ) of the loaded policy: P_π by
+        state, each state's pairs' rows one after another, for ``row_sweep``. The entries
+        are made by one pass of ``shared_weights`` on first use per policy (counted in
+        ``n_passes``)."""
+        if self._state is None:
+            mdp = self.mdp
+            if self._state_weights is None:
+                self._state_weights = np.empty(mdp.p_data.shape[0])
+            self.n_passes += 1
+            self._k["shared_weights"](mdp.p_indptr, mdp.p_data, self.pi, self._state_weights,
+                                      self.n_threads)
+            self._state = (mdp.p_indptr[mdp.a_indptr], self._column_indices(),
+                           self._state_weights, mdp.gamma)
+        return self._state
+
+    def _value_row_sweep(self, b, x, out):
+        """A sweep of the value system (``System.sweep``) by ``row_sweep``."""
+        self.n_passes += 1
+        self._rows_fresh = False
+        self._k["row_sweep"](*self._state_rows(), b, x, out, self._sweep_stats, self.n_threads)
+        return self._sweep_stats
+
+    def _visit_row_sweep(self, b, x, out):
+        """A sweep of the visitation system (``System.sweep``) by ``row_sweep`` on P_πᵀ's
+        entries (:meth:`_transposed_rows`)."""
+        self.n_passes += 1
+        self._k["row_sweep"](*self._transposed_rows(), b, x, out, self._sweep_stats,
+                             self.n_threads)
+        return self._sweep_stats
 
     def products(self, x_value, x_visit, out_value, out_visit, exact=True):
         """The products of one lockstep sweep in one pass over P (``bellman_products``):
@@ -647,7 +696,8 @@ class Evaluator:
         gamma = self.mdp.gamma
         return _krylov.System(self.matvec, self.regularized_reward(), VALUE_SYSTEM,
                               shift=gamma / (1.0 - gamma), assembled=self.assembled,
-                              sweep_product=self._value_sweep)
+                              sweep_product=self._value_sweep,
+                              sweep=self._value_row_sweep if self._row_sweeps_apply() else None)
 
     def _visit_system(self, mu, d0):
         scale = 1.0 - self.mdp.gamma
@@ -657,7 +707,9 @@ class Evaluator:
         else:
             total = self.space.sum(d0)
             y0 = d0 / (scale * total) if total > 0 else None
-        return _krylov.System(self.visit_matvec, mu, VISIT_SYSTEM,
+        sweep = (self._visit_row_sweep if self._row_sweeps_apply()
+                 and self._transposed_rows() is not None else None)
+        return _krylov.System(self.visit_matvec, mu, VISIT_SYSTEM, sweep=sweep,
                               assembled=(None if self.assembled is None
                                          else functools.partial(self.assembled, True))), y0
 

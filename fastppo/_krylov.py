@@ -222,14 +222,19 @@ class System:
         told whether it may be their last (a warm start's first, or the one predicted to
         meet tol: :class:`_Sweeps`), so that it can keep what the caller needs of a
         solution met there. None: ``matvec``.
+    sweep : callable, optional
+        ``sweep(b, x, out)``: a whole Richardson sweep in one pass, x + r into ``out`` (r = b
+        − A x), returning r's partial sums, an array of rows (Σ r, Σ r², min r, max r) (the
+        ``row_sweep`` kernel); Richardson's sweeps that need nothing more use it. None:
+        ``sweep_product`` and vector operations.
     """
 
-    __slots__ = ("matvec", "b", "what", "shift", "assembled", "sweep_product")
+    __slots__ = ("matvec", "b", "what", "shift", "assembled", "sweep_product", "sweep")
 
     def __init__(self, matvec, b, what="linear system", shift=0.0, assembled=None,
-                 sweep_product=None):
+                 sweep_product=None, sweep=None):
         self.matvec, self.b, self.what, self.shift = matvec, b, what, shift
-        self.assembled, self.sweep_product = assembled, sweep_product
+        self.assembled, self.sweep_product, self.sweep = assembled, sweep_product, sweep
 
 
 class LinearResult:
@@ -367,6 +372,7 @@ class _Sweeps:
         self.x0 = x0  # the caller's start (not modified: ``x`` is a copy), None for zero
         self.start_residual = np.inf  # the true residual at the start (the first product)
         self.r = np.empty(system.b.shape[0])
+        self.y = None  # the next sweep of ``System.sweep``, on first use
         self.n_matvec, self.last, self.slow = 0, np.inf, 0
         self.n_residuals = 0  # residuals absorbed: products, and the free one of a zero start
         self.exact = True  # the next product must be exact (the first one, a certification)
@@ -385,11 +391,34 @@ class _Sweeps:
             self.absorb(product=False)
 
     def absorb(self, exact=True, product=True):
+        """Take A x from ``r``: its residual decides (:meth:`_decide`), then x ← x + r
+        (+ the shift along 1)."""
         r, x = self.r, self.x
+        np.subtract(self.system.b, r, out=r)
+        if self._decide(self.stop.relative(r, self.bnorm), exact, product):
+            x += r
+            if self.system.shift:
+                x += self.system.shift * extrapolation(r, self.stop.space, self.x0 is None)
+
+    def absorb_sweep(self, stats):
+        """Take a sweep made by the system (``System.sweep``): x + r in ``y``, and r's
+        partial sums ``stats`` (chunks of (Σ r, Σ r², min r, max r)). The same decisions as
+        :meth:`absorb`; x is then that sweep (+ the shift along 1)."""
+        total, squares = stats[:, 0].sum(), stats[:, 1].sum()
+        if self._decide(math.sqrt(squares) / self.bnorm, True, True):
+            self.x, self.y = self.y, self.x
+            if self.system.shift:
+                n = self.x.shape[0]
+                self.x += self.system.shift * (
+                    total / n if mean_extrapolation(n, self.x0 is None)
+                    else 0.5 * (stats[:, 2].min() + stats[:, 3].max()))
+
+    def _decide(self, residual, exact, product):
+        """Record a residual of x; sets ``result`` if the sweeps end there. Returns whether
+        they go on."""
+        x = self.x
         self.n_matvec += product
         self.n_residuals += 1
-        np.subtract(self.system.b, r, out=r)
-        residual = self.stop.relative(r, self.bnorm)
         # the last sweep's rate, on any product (an approximate residual is accurate to
         # ~1e-7 of the last exact one: far within this test's margin); once products
         # were approximate, a slow sweep asks the next product exact, and the sweeps give
@@ -416,9 +445,9 @@ class _Sweeps:
         if self.stop.met(residual):
             if exact:
                 self.result = LinearResult(x, self.n_matvec, residual, True, "richardson")
-            else:
-                self.exact = True  # certify x by an exact product before accepting it
-            return
+                return False
+            self.exact = True  # certify x by an exact product before accepting it
+            return True
         self.slow = self.slow + 1 if slower else 0
         slow = (exact and self.n_residuals >= self.min_sweeps and self.slow >= 2
                 and not within_reach(residual, self.start_residual, self.n_residuals,
@@ -431,10 +460,8 @@ class _Sweeps:
                 residual = self.start_residual
             self.result = LinearResult(x, self.n_matvec, residual, False, "richardson",
                                        stalled=stalled)
-            return
-        x += r
-        if self.system.shift:
-            x += self.system.shift * extrapolation(r, self.stop.space, self.x0 is None)
+            return False
+        return True
 
 
 def extrapolation(r, space=LOCAL, cold=True):
@@ -486,8 +513,13 @@ def richardson(system, x0, stop, max_iter, *, max_rate=MAX_RATE, min_sweeps=MIN_
     """
     sweeps = _Sweeps(system, x0, stop, max_iter, max_rate, min_sweeps)
     sweeps.zero_start()
-    product = system.sweep_product
+    product, sweep = system.sweep_product, system.sweep
     while sweeps.result is None:
+        if sweep is not None and not sweeps.exact:
+            if sweeps.y is None:
+                sweeps.y = np.empty_like(sweeps.x)
+            sweeps.absorb_sweep(sweep(system.b, sweeps.x, sweeps.y))
+            continue
         if product is None:
             system.matvec(sweeps.x, sweeps.r)
         else:
@@ -960,7 +992,7 @@ def _scaled(system, x0, stop):
         return system, x0, 0
     b = pow2_scaled(system.b, -e)
     return (System(system.matvec, b, system.what, system.shift, system.assembled,
-                   system.sweep_product),
+                   system.sweep_product, system.sweep),
             None if x0 is None else pow2_scaled(x0, -e), e)
 
 

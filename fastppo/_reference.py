@@ -134,6 +134,19 @@ def transposed_rmatvec(t_indptr, t_sources, weights, gamma, y, out, n_threads=1)
     PT = sp.csr_array((weights, t_sources, t_indptr), shape=(n_states, n_states))
     out[:] = y - gamma * (PT @ y)
 
+
+def row_sweep(indptr, sources, weights, gamma, b, x, out, stats, n_threads=1):
+    """out = x + r, r = b − (x − γ W x), W the CSR (weights, sources, indptr); stats[c] =
+    (Σ r, Σ r², min r, max r) over the c-th of stats.shape[0] equal chunks of rows."""
+    n = b.shape[0]
+    W = sp.csr_array((weights, sources, indptr), shape=(n, n))
+    r = b - (x - gamma * (W @ x))
+    out[:] = x + r
+    for c in range(stats.shape[0]):
+        part = r[c * n // stats.shape[0]:(c + 1) * n // stats.shape[0]]
+        stats[c] = (part.sum(), (part * part).sum(), np.min(part, initial=np.inf),
+                    np.max(part, initial=-np.inf))
+
 # --------------------------------------------------------------------- tables
 def segment_softmax(a_indptr, logits, out, n_threads=1):
     """out = exp(θ − max_s θ) / Σ_a exp(θ − max_s θ) within each state."""

@@ -146,6 +146,9 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
 
     tp = mdp._transitions.transposed_pattern(S, mdp.s_indices)  # P's entries by successor
     tw = np.asarray(pi)[tp[1]] * tp[3]  # P_πᵀ's entries in that order
+    # P_π by state (each state's pairs' rows in turn) and by successor: row_sweep's CSRs
+    state_rows = (pp[a], mdp._transitions.narrow_indices(S), np.repeat(pi, np.diff(pp)) * pd)
+    sweep_rows = (("state", state_rows), ("transposed", (tp[0], tp[2], tw)))
 
     calls = {
         **_update_calls(mdp, inp, n_threads),
@@ -178,6 +181,11 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
                                for label, p in (("pi", pi), ("zeros", zpi))],
         "transposed_rmatvec": [("", lambda k: _run(k, out(S), tp[0], tp[2], tw, g, inp["x"],
                                                    n_threads=n_threads))],
+        # a sweep x + r and r's sums by chunk (at most one state each: S)
+        "row_sweep": [(f"{label}-chunks{c}", lambda k, rows=rows, c=c: _outputs(
+                           k, (*rows, g, inp["q"][:S], inp["x"]),
+                           (out(S), np.full((c, 4), np.nan)), n_threads))
+                      for label, rows in sweep_rows for c in (1, 3, S)],
         "segment_softmax": [(f"x{s}", lambda k, s=s: _run(k, out(L), a, s * inp["logits"], n_threads=n_threads))
                             for s in (1.0, 1e3)],
         "advantages": [("", lambda k: _run(k, out(L), a, pi, inp["q"], n_threads=n_threads))],

@@ -17,6 +17,9 @@
 ``transposed_rmatvec``: out = y − γ P_πᵀ y as a gather on P's entries in the transposed
                      order (at most 2¹⁶ states; ``transposed_weights`` once per policy),
                      eight y gathered at a time with AVX-512 (_rows8.h)
+``row_sweep``:       one Richardson sweep x + r, r = b − (x − γ W x), on a CSR W of at most
+                     2¹⁶ states in the same eight sums (P_π's state rows or P_πᵀ's), with
+                     r's sum, sum of squares, min and max over fixed chunks
 From ``PREFETCH_STATES`` states on (a fused pass with both sides: ``FUSED_PREFETCH_STATES``),
 every gather and scatter prefetches the state of the entry ``AHEAD`` positions on (GCC's
 ``__builtin_prefetch``; a hint: no result changes); below, each row is summed by a loop
@@ -27,6 +30,7 @@ product and sum is in double. ``p_indices`` may be uint16 (``column``: an MDP of
 same sums. Mirrors kernels/numba/linear.py.
 """
 from cython.parallel cimport prange
+from libc.math cimport INFINITY
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
 
 include "_probability.pxi"
@@ -537,3 +541,41 @@ def transposed_rmatvec(const int64_t[::1] t_indptr, const uint16_t[::1] t_source
     cdef const double *ys = &y[0]
     for c in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
         out[c] = y[c] - gamma * row8(src, w, ys, t_indptr[c], t_indptr[c + 1])
+
+
+def row_sweep(const int64_t[::1] indptr, const uint16_t[::1] sources,
+              const double[::1] weights, double gamma, const double[::1] b,
+              const double[::1] x,                                              # IN
+              double[::1] out, double[:, ::1] stats, int n_threads):            # OUT
+    """row_sweep(indptr, sources, weights, gamma, b, x, out, stats, n_threads)
+
+    One Richardson sweep of (I − γW) x = b, W a CSR of at most 2¹⁶ states (row i's entries
+    indptr[i] ≤ e < indptr[i + 1], ``weights`` at columns ``sources``: P_π's state rows or
+    P_πᵀ's, ``transposed_rmatvec``'s): r = b − (x − γ W x), each row in row8's eight sums,
+    and out = x + r. stats[c] = (Σ r, Σ r², min r, max r) over the c-th of stats.shape[0]
+    equal chunks of rows, each summed in order: the same bits on any number of threads."""
+    cdef Py_ssize_t n = b.shape[0], n_chunks = stats.shape[0], c, i, lo, hi
+    cdef const uint16_t *src = &sources[0]
+    cdef const double *w = &weights[0]
+    cdef const double *xs = &x[0]
+    cdef double r, total, squares, least, most
+    for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
+        lo = c * n // n_chunks
+        hi = (c + 1) * n // n_chunks
+        total = 0.0
+        squares = 0.0
+        least = INFINITY
+        most = -INFINITY
+        for i in range(lo, hi):
+            r = b[i] - (xs[i] - gamma * row8(src, w, xs, indptr[i], indptr[i + 1]))
+            out[i] = xs[i] + r
+            total = total + r
+            squares = squares + r * r
+            if r < least:
+                least = r
+            if r > most:
+                most = r
+        stats[c, 0] = total
+        stats[c, 1] = squares
+        stats[c, 2] = least
+        stats[c, 3] = most

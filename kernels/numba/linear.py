@@ -21,6 +21,9 @@
                      the same sums, the lines it touches in one block's columns at a time
 ``transposed_rmatvec``: y − γ P_πᵀ y as a gather on P's entries in the transposed order
                      (``transposed_weights`` per policy), each state in eight partial sums
+``row_sweep``:       one Richardson sweep x + r, r = b − (x − γ W x), on a CSR W of at most
+                     2¹⁶ states in the same eight sums (P_π's state rows or P_πᵀ's), with
+                     r's sum, sum of squares, min and max over fixed chunks
 
 where (P_π x)(s) = Σ_a π(a|s) Σ_s' P(s'|s,a) x(s'). Each kernel is compiled twice
 from one Python function: serial, and ``parallel=True`` (used when n_threads > 1).
@@ -352,5 +355,27 @@ def transposed_rmatvec(t_indptr, t_sources, weights, gamma, y, out):
                                       np.uint64(t_indptr[c + 1]))
 
 
+def row_sweep(indptr, sources, weights, gamma, b, x, out, stats):
+    n, n_chunks = b.shape[0], stats.shape[0]
+    for c in prange(n_chunks):
+        total = squares = 0.0
+        least, most = np.inf, -np.inf
+        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+            r = b[i] - (x[i] - gamma * _row8(sources, weights, x, np.uint64(indptr[i]),
+                                             np.uint64(indptr[i + 1])))
+            out[i] = x[i] + r
+            total += r
+            squares += r * r
+            if r < least:
+                least = r
+            if r > most:
+                most = r
+        stats[c, 0] = total
+        stats[c, 1] = squares
+        stats[c, 2] = least
+        stats[c, 3] = most
+
+
 KERNELS = twins(bellman_matvec, bellman_rmatvec, q_values, q_greedy, bellman_products,
-                blocked_entries, blocked_products, transposed_weights, transposed_rmatvec)
+                blocked_entries, blocked_products, transposed_weights, transposed_rmatvec,
+                row_sweep)
