@@ -13,6 +13,7 @@ also to its asyncio task); ``set_backend`` and ``set_num_threads`` are process-w
 """
 import contextlib
 import contextvars
+import functools
 import importlib
 import numbers
 import os
@@ -23,7 +24,7 @@ DEFAULT_BACKEND = "cython"
 STEMS = {
     "linear": ("bellman_matvec", "bellman_rmatvec", "q_values", "q_greedy", "bellman_products",
                "blocked_entries", "blocked_products", "transposed_weights",
-               "transposed_rmatvec", "row_sweep"),
+               "transposed_rmatvec", "row_sweep", "state_products"),
     "tables": ("segment_softmax", "regularized_reward", "advantages", "q_advantages",
                "policy_gradient", "compact_indptr", "compact_rows"),
     "policy_update": ("greedy_policy", "ppo_update"),
@@ -102,9 +103,11 @@ def env_threads():
     return int(env)
 
 
+@functools.cache
 def max_threads():
     """The most kernel threads a call may ask for: the machine's logical CPUs
-    (``os.cpu_count()``, also Numba's default thread pool). More only oversubscribe."""
+    (``os.cpu_count()``, also Numba's default thread pool; asked once: ~50 µs a call
+    here). More only oversubscribe."""
     return os.cpu_count() or 1
 
 

@@ -322,7 +322,7 @@ class Evaluator:
             "bellman_matvec", "bellman_rmatvec", "bellman_products", "q_values", "q_greedy",
             "regularized_reward", "advantages", "q_advantages", "policy_gradient",
             "greedy_policy", "segment_softmax", "blocked_products", "transposed_weights",
-            "transposed_rmatvec", "shared_weights", "row_sweep")}
+            "transposed_rmatvec", "shared_weights", "row_sweep", "state_products")}
         self._k = k
         self.pi = None
         self._held_rows = None
@@ -687,7 +687,17 @@ class Evaluator:
         :meth:`products`, which keeps P x per pair, so that Q̃ of a solution met there
         comes from its rows (:meth:`_q_advantages`) instead of a pass of ``q_values``; the
         others by :meth:`matvec`. The same sums either way (bit for bit)."""
-        if last and LAST_ROWS:
+        if last and LAST_ROWS and self._state is not None:
+            # after row_sweep's sweeps: P_π's state rows are hot, P's own may not be
+            self.n_passes += 1
+            if self._q_rows is None:
+                self._q_rows = np.empty(self.mdp.n_pairs)
+            self._rows_fresh = True
+            mdp = self.mdp
+            row_indptr, indices, weights, gamma = self._state
+            self._k["state_products"](mdp.a_indptr, mdp.p_indptr, indices, mdp.p_data, weights,
+                                      self.pi, gamma, x, out, self._q_rows, self.n_threads)
+        elif last and LAST_ROWS:
             self.products(x, None, out, None)
         else:
             self.matvec(x, out)

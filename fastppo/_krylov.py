@@ -404,7 +404,7 @@ class _Sweeps:
         """Take a sweep made by the system (``System.sweep``): x + r in ``y``, and r's
         partial sums ``stats`` (chunks of (Σ r, Σ r², min r, max r)). The same decisions as
         :meth:`absorb`; x is then that sweep (+ the shift along 1)."""
-        total, squares = stats[:, 0].sum(), stats[:, 1].sum()
+        total, squares = stats[:, :2].sum(axis=0).tolist()
         if self._decide(math.sqrt(squares) / self.bnorm, True, True):
             self.x, self.y = self.y, self.x
             if self.system.shift:

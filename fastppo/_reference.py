@@ -135,6 +135,19 @@ def transposed_rmatvec(t_indptr, t_sources, weights, gamma, y, out, n_threads=1)
     out[:] = y - gamma * (PT @ y)
 
 
+def state_products(a_indptr, p_indptr, indices, p_data, weights, pi, gamma, x, out, rows,
+                   n_threads=1):
+    """out = x − γ P_π x and rows = P x per pair, from P_π's entries ``weights`` (π(k) P[j],
+    pair k's rows one after another): each pair's sum divided by its π, or from P where
+    π < 1e-150."""
+    shape = (pi.shape[0], x.shape[0])
+    pairs = sp.csr_array((weights, indices, p_indptr), shape=shape) @ x
+    direct = sp.csr_array((p_data, indices, p_indptr), shape=shape) @ x
+    small = pi < 1e-150
+    rows[:] = np.where(small, direct, pairs / np.where(small, 1.0, pi))
+    out[:] = x - gamma * _segment_sum(a_indptr, pairs)
+
+
 def row_sweep(indptr, sources, weights, gamma, b, x, out, stats, n_threads=1):
     """out = x + r, r = b − (x − γ W x), W the CSR (weights, sources, indptr); stats[c] =
     (Σ r, Σ r², min r, max r) over the c-th of stats.shape[0] equal chunks of rows."""

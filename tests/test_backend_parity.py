@@ -181,6 +181,11 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
                                for label, p in (("pi", pi), ("zeros", zpi))],
         "transposed_rmatvec": [("", lambda k: _run(k, out(S), tp[0], tp[2], tw, g, inp["x"],
                                                    n_threads=n_threads))],
+        # P_π x and P x per pair from the state rows; "tiny": π < 1e-150 and 0 take P's rows
+        "state_products": [(label, lambda k, p=p: _outputs(
+                                k, (a, pp, state_rows[1], pd, np.repeat(p, np.diff(pp)) * pd, p, g,
+                                    inp["x"]), (out(S), out(L)), n_threads))
+                           for label, p in (("pi", pi), ("tiny", _tiny(zpi)))],
         # a sweep x + r and r's sums by chunk (at most one state each: S)
         "row_sweep": [(f"{label}-chunks{c}", lambda k, rows=rows, c=c: _outputs(
                            k, (*rows, g, inp["q"][:S], inp["x"]),
@@ -212,6 +217,13 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
                      _run(k, out(L), a, p, inp["b"], inp["weight"], inp["ref"], code, alpha, tau,
                           n_threads=n_threads)))
     return calls
+
+
+def _tiny(pi):
+    """pi with its exact zeros and, in every fourth pair, 1e-200 in place of its value."""
+    pi = np.array(pi)
+    pi[::4] = np.where(pi[::4] > 0, 1e-200, 0.0)
+    return pi
 
 
 def _outputs(kernel, args, outs, n_threads, keep=None, tail=()):

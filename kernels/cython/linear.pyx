@@ -20,6 +20,8 @@
 ``row_sweep``:       one Richardson sweep x + r, r = b − (x − γ W x), on a CSR W of at most
                      2¹⁶ states in the same eight sums (P_π's state rows or P_πᵀ's), with
                      r's sum, sum of squares, min and max over fixed chunks
+``state_products``:  out = x − γ P_π x on P_π's state rows (row_sweep's), and rows = P x per
+                     pair, each pair's sum divided by π (all π > 0)
 From ``PREFETCH_STATES`` states on (a fused pass with both sides: ``FUSED_PREFETCH_STATES``),
 every gather and scatter prefetches the state of the entry ``AHEAD`` positions on (GCC's
 ``__builtin_prefetch``; a hint: no result changes); below, each row is summed by a loop
@@ -43,6 +45,8 @@ ctypedef fused column:  # p_indices: int32, or uint16 when every state fits (few
 
 cdef extern from *:
     void prefetch "__builtin_prefetch" (const void *address, int write, int locality) nogil
+
+cdef double DIRECT_PI = 1e-150  # state_products: below, a pair's row from P (π P[j] may be subnormal)
 
 cdef enum:
     AHEAD = 32  # entries of P ahead (kernels/numba/_prefetch.py: the same)
@@ -579,3 +583,35 @@ def row_sweep(const int64_t[::1] indptr, const uint16_t[::1] sources,
         stats[c, 1] = squares
         stats[c, 2] = least
         stats[c, 3] = most
+
+
+def state_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
+                   const uint16_t[::1] indices, const double[::1] p_data,
+                   const double[::1] weights, const double[::1] pi, double gamma,
+                   const double[::1] x,                                           # IN
+                   double[::1] out, double[::1] rows, int n_threads):             # OUT
+    """state_products(a_indptr, p_indptr, indices, p_data, weights, pi, gamma, x, out, rows, n_threads)
+
+    out = x − γ P_π x from P_π's entries weights[j] = π(k) P[j] (``shared_weights``), and
+    rows = P x per pair: (Σ_{j in pair k's row} weights[j] x[indices[j]]) / π(k), P x's
+    row to round-off (each weight rounded once), or, where π(k) < DIRECT_PI (0 included),
+    Σ P[j] x[indices[j]] from P itself. Each pair's sum in order, the state's the sum of
+    its pairs'. At most 2¹⁶ states (uint16 columns), float64 P."""
+    cdef Py_ssize_t n_states = out.shape[0], s
+    cdef int64_t k, j
+    cdef double acc, row, direct
+    for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
+        acc = 0.0
+        for k in range(a_indptr[s], a_indptr[s + 1]):
+            row = 0.0
+            for j in range(p_indptr[k], p_indptr[k + 1]):
+                row = row + weights[j] * x[indices[j]]
+            if pi[k] >= DIRECT_PI:
+                rows[k] = row / pi[k]
+            else:
+                direct = 0.0
+                for j in range(p_indptr[k], p_indptr[k + 1]):
+                    direct = direct + p_data[j] * x[indices[j]]
+                rows[k] = direct
+            acc = acc + row
+        out[s] = x[s] - gamma * acc

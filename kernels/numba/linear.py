@@ -24,6 +24,8 @@
 ``row_sweep``:       one Richardson sweep x + r, r = b − (x − γ W x), on a CSR W of at most
                      2¹⁶ states in the same eight sums (P_π's state rows or P_πᵀ's), with
                      r's sum, sum of squares, min and max over fixed chunks
+``state_products``:  out = x − γ P_π x on P_π's state rows (row_sweep's), and rows = P x per
+                     pair, each pair's sum divided by π (all π > 0)
 
 where (P_π x)(s) = Σ_a π(a|s) Σ_s' P(s'|s,a) x(s'). Each kernel is compiled twice
 from one Python function: serial, and ``parallel=True`` (used when n_threads > 1).
@@ -376,6 +378,27 @@ def row_sweep(indptr, sources, weights, gamma, b, x, out, stats):
         stats[c, 3] = most
 
 
+DIRECT_PI = 1e-150  # state_products: below, a pair's row from P (π P[j] may be subnormal)
+
+
+def state_products(a_indptr, p_indptr, indices, p_data, weights, pi, gamma, x, out, rows):
+    for s in prange(out.shape[0]):
+        acc = 0.0
+        for k in range(np.uint64(a_indptr[s]), np.uint64(a_indptr[s + 1])):
+            row = 0.0
+            for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+                row += weights[j] * x[np.uint32(indices[j])]
+            if pi[k] >= DIRECT_PI:
+                rows[k] = row / pi[k]
+            else:
+                direct = 0.0
+                for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+                    direct += p_data[j] * x[np.uint32(indices[j])]
+                rows[k] = direct
+            acc += row
+        out[s] = x[s] - gamma * acc
+
+
 KERNELS = twins(bellman_matvec, bellman_rmatvec, q_values, q_greedy, bellman_products,
                 blocked_entries, blocked_products, transposed_weights, transposed_rmatvec,
-                row_sweep)
+                row_sweep, state_products)
