@@ -1,0 +1,163 @@
+"""A single solve's Richardson sweeps in one pass each (issue 17, target 1).
+
+``row_sweep`` makes a whole sweep, x + r with r = b − (x − γ W x), and r's sums by chunk, on
+a CSR W of at most 2¹⁶ states: P_π's state rows (``shared_weights``, once per policy) for
+the value system, P_πᵀ's (``transposed_weights``) for the visitation. ``state_products``
+makes the sweeps' last product from the same state rows, with P x per pair for Q̃ (each
+pair's sum divided by π, or P's row where π < 1e-150). Checked against loops in the
+kernels' order (bit for bit), the dense P, np.linalg.solve, twins and thread counts;
+``_evaluator.ROW_SWEEP_STATES`` lowered so that small MDPs take the path.
+"""
+import numpy as np
+import pytest
+
+import fastppo
+import fastppo._evaluator as evaluator
+import naive
+from conftest import random_policy
+from fastppo._backend import get_kernel
+from fastppo._evaluator import Evaluator
+
+COMPILED = ["numba", "cython"]
+
+
+def eight_sums(indptr, sources, weights, x, i):
+    """Row i of W x in the kernels' eight partial sums (tests/test_transposed.py)."""
+    start, stop = indptr[i], indptr[i + 1]
+    full = start + (stop - start) // 8 * 8
+    a = [0.0] * 8
+    for e in range(start, stop):
+        lane = (e - start) % 8 if e < full else 0
+        a[lane] = a[lane] + weights[e] * x[sources[e]]
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+
+
+def state_rows(mdp, pi):
+    return (mdp.p_indptr[mdp.a_indptr], mdp._transitions.narrow_indices(mdp.n_states),
+            np.repeat(pi, np.diff(mdp.p_indptr)) * mdp.p_data)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2], ids=lambda n: f"threads{n}")
+@pytest.mark.parametrize("which", COMPILED)
+def test_row_sweep_is_a_sweep_in_eight_sums_with_its_chunks_sums(which, n_threads):
+    mdp = fastppo.garnet(61, 3, 11, gamma=0.9, seed=3)
+    pi = random_policy(mdp, 4)[0]
+    rng = np.random.default_rng(5)
+    b, x = rng.normal(size=mdp.n_states), rng.normal(size=mdp.n_states)
+    rows = state_rows(mdp, pi)
+    r = np.array([b[i] - (x[i] - mdp.gamma * eight_sums(*rows, x, i)) for i in range(mdp.n_states)])
+    for n_chunks in (1, 4, mdp.n_states + 3):  # more chunks than rows: some empty
+        out, stats = np.full(mdp.n_states, np.nan), np.full((n_chunks, 4), np.nan)
+        get_kernel("row_sweep", which)(*rows, mdp.gamma, b, x, out, stats, n_threads)
+        np.testing.assert_array_equal(out, x + r)
+        for c in range(n_chunks):
+            part = r[c * mdp.n_states // n_chunks:(c + 1) * mdp.n_states // n_chunks]
+            total = squares = 0.0
+            for v in part:  # in order
+                total, squares = total + v, squares + v * v
+            least, most = (part.min(), part.max()) if part.size else (np.inf, -np.inf)
+            np.testing.assert_array_equal(stats[c], [total, squares, least, most])
+
+
+@pytest.mark.parametrize("which", COMPILED + ["numpy"])
+def test_state_products_give_p_pi_x_and_p_x_per_pair(which):
+    mdp = fastppo.garnet(40, 4, 7, gamma=0.95, seed=6)
+    x = np.random.default_rng(7).normal(size=mdp.n_states)
+    _, P, _ = naive.dense(mdp)
+    pi = random_policy(mdp, 8)[0]
+    tiny = pi.copy()
+    tiny[::3] = 1e-200  # below 1e-150: those pairs' rows come from P
+    tiny[1::7] = 0.0
+    for policy in (pi, tiny):
+        out, rows = np.full(mdp.n_states, np.nan), np.full(mdp.n_pairs, np.nan)
+        indptr, indices, weights = state_rows(mdp, policy)
+        get_kernel("state_products", which)(mdp.a_indptr, mdp.p_indptr, indices, mdp.p_data,
+                                            weights, policy, mdp.gamma, x, out, rows, 1)
+        assert naive.rel_err(rows, P @ x) <= 1e-14
+        expect = x - mdp.gamma * naive.P_pi(mdp, policy) @ x
+        assert naive.rel_err(out, expect) <= 1e-14
+    small = tiny < 1e-150
+    assert small.sum() > 5
+    np.testing.assert_array_equal(rows[small], [
+        sum(mdp.p_data[j] * x[mdp.p_indices[j]] for j in range(mdp.p_indptr[k], mdp.p_indptr[k + 1]))
+        for k in np.flatnonzero(small)])  # P's row, summed in order
+
+
+@pytest.mark.parametrize("gamma", [0.99, 0.9999])
+@pytest.mark.parametrize("n_threads", [1, 2], ids=lambda n: f"threads{n}")
+@pytest.mark.parametrize("which", COMPILED)
+def test_solves_on_row_sweeps_are_certified_and_agree(which, n_threads, gamma, monkeypatch):
+    mdp = fastppo.garnet(400, 4, 6, gamma=gamma, seed=9)
+    pi = random_policy(mdp, 10)[0]
+    mu = np.random.default_rng(11).dirichlet(np.ones(mdp.n_states))
+    A = np.eye(mdp.n_states) - mdp.gamma * naive.P_pi(mdp, pi)
+    v_ref, q_ref, adv_ref = naive.evaluate(mdp, pi)
+    monkeypatch.setattr(evaluator, "TRANSPOSED_STATES", 1)
+    out = {}
+    for threshold in (1, None):
+        monkeypatch.setattr(evaluator, "ROW_SWEEP_STATES", threshold)
+        E = Evaluator(mdp, None, which, n_threads)
+        E.load(pi)
+        system = E._value_system()
+        assert (system.sweep is not None) == (threshold is not None)
+        out[threshold] = E.evaluation(), E.visitation(mu)
+    ev, vis = out[1]
+    plain_ev, plain_vis = out[None]
+    # the stopping rule: tol (1e-12), or the round-off floor 10 eps (1 + γ) / (1 − γ)
+    target = max(1e-12, 10 * np.finfo(float).eps * (1 + gamma) / (1 - gamma)) * (1 + 1e-3)
+    c = naive.r_pi(mdp, pi)
+    assert ev.residual <= target and vis.residual <= target
+    assert np.linalg.norm(c - A @ ev.v) / np.linalg.norm(c) <= target
+    y = vis.d / (1.0 - mdp.gamma)
+    assert np.linalg.norm(mu - A.T @ y) / np.linalg.norm(mu) <= target
+    assert ev.method == "richardson" and vis.method == plain_vis.method
+    # on garnets the sweeps converge; the value sweeps' weights cost one pass, and the
+    # last product (from the state rows, with P v per pair) serves Q̃: no q_values pass;
+    # at γ = 0.9999 the round-off floor is met by a sweep not predicted to meet it: Q̃
+    # then takes a pass of q_values
+    assert ev.n_passes == ev.n_matvec + (1 if gamma < 0.999 else 2)
+    assert abs(ev.n_matvec - plain_ev.n_matvec) <= 1
+    bound = 1e-10 / (1.0 - gamma) * 1e-2
+    assert naive.rel_err(ev.v, v_ref) <= bound and naive.rel_err(ev.q, q_ref) <= bound
+    np.testing.assert_allclose(ev.adv, adv_ref, rtol=0, atol=bound * np.abs(q_ref).max())
+    sums = np.add.reduceat(pi * ev.adv, mdp.a_indptr[:-1])
+    assert np.abs(sums).max() <= 1e-12 * np.abs(ev.q).max()
+    np.testing.assert_allclose(ev.v, plain_ev.v, rtol=1e-10 if gamma > 0.999 else 1e-12)
+    np.testing.assert_allclose(vis.d, plain_vis.d, rtol=1e-10, atol=1e-15)
+    assert naive.rel_err(vis.d, naive.visitation(mdp, pi, mu)) <= bound
+
+
+def test_row_sweeps_give_the_same_bits_on_both_twins_and_thread_counts(monkeypatch):
+    monkeypatch.setattr(evaluator, "ROW_SWEEP_STATES", 1)
+    monkeypatch.setattr(evaluator, "TRANSPOSED_STATES", 1)
+    mdp = fastppo.garnet(300, 3, 5, gamma=0.95, seed=12)
+    pi = random_policy(mdp, 13)[0]
+    out = {(b, n): (fastppo.evaluate(mdp, pi, backend=b, n_threads=n),
+                    fastppo.visitation(mdp, pi, backend=b, n_threads=n))
+           for b in COMPILED for n in (1, 2)}
+    first_ev, first_d = out["cython", 1]
+    for ev, d in out.values():
+        for name in ("v", "q", "adv"):
+            np.testing.assert_array_equal(getattr(ev, name), getattr(first_ev, name))
+        np.testing.assert_array_equal(d, first_d)
+
+
+def test_where_row_sweeps_apply(monkeypatch):
+    mdp = fastppo.garnet(300, 3, 5, gamma=0.95, seed=14)
+    pi = random_policy(mdp, 15)[0]
+    det = np.zeros(mdp.n_pairs)
+    det[mdp.a_indptr[:-1]] = 1.0
+    single = fastppo.MDP(mdp.a_indptr, mdp.a_indices, mdp.p_indptr, mdp.p_indices,
+                         mdp.p_data, mdp.r, mdp.gamma, dtype=np.float32)
+    monkeypatch.setattr(evaluator, "ROW_SWEEP_STATES", 1)
+    for m, which, policy, applies in ((mdp, "cython", pi, True), (mdp, "numba", pi, True),
+                                      (mdp, "numpy", pi, False), (mdp, "cython", det, False),
+                                      (single, "cython", pi, False)):
+        E = Evaluator(m, None, which, 1)
+        E.load(policy)
+        assert E._row_sweeps_apply() == applies, (which, m.p_data.dtype)
+    for threshold in (None, mdp.n_states + 1):
+        monkeypatch.setattr(evaluator, "ROW_SWEEP_STATES", threshold)
+        E = Evaluator(mdp, None, "cython", 1)
+        E.load(pi)
+        assert not E._row_sweeps_apply()
