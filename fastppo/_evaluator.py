@@ -56,9 +56,10 @@ LAST_ROWS = True
 TRANSPOSED_STATES = 5_000
 # single solves' Richardson sweeps on an MDP of this many states up to 2¹⁶ (float64 P, a
 # policy on all pairs): each sweep one pass of ``row_sweep`` (product, residual, update and
-# r's sums at once) on P_π's state rows, made by ``shared_weights`` once per policy (8 bytes
-# per entry), or on P_πᵀ's (TRANSPOSED_STATES), instead of a product and vector operations.
-# None: never.
+# r's sums at once) on P_π's state rows, written by the policy's first sweep
+# (``state_sweep``; 8 bytes per entry), or on P_πᵀ's (TRANSPOSED_STATES), instead of a
+# product and vector operations; their last product, by ``state_products``, keeps P x per
+# pair for Q̃ from the same rows. None: never.
 ROW_SWEEP_STATES = 5_000
 SWEEP_CHUNKS = 16  # row_sweep's chunks of r's sums: fixed, so any thread count sums alike
 # the exact passes of both sides (with the rows) or of the visitation side alone, on all
@@ -322,7 +323,7 @@ class Evaluator:
             "bellman_matvec", "bellman_rmatvec", "bellman_products", "q_values", "q_greedy",
             "regularized_reward", "advantages", "q_advantages", "policy_gradient",
             "greedy_policy", "segment_softmax", "blocked_products", "transposed_weights",
-            "transposed_rmatvec", "shared_weights", "row_sweep", "state_products")}
+            "transposed_rmatvec", "row_sweep", "state_sweep", "state_products")}
         self._k = k
         self.pi = None
         self._held_rows = None
@@ -342,7 +343,7 @@ class Evaluator:
         self._buf32 = self._x32 = None  # float32 scatter buffers and gathered correction
         self._transposed = None  # the loaded policy's P_πᵀ entries (_transposed_rows)
         self._transposed_weights = None  # their buffer, kept across policies
-        self._state = None  # the loaded policy's P_π by state (_state_rows)
+        self._state = None  # the loaded policy's P_π by state (_value_row_sweep)
         self._state_weights = None  # its buffer, kept across policies
         self._sweep_stats = np.empty((SWEEP_CHUNKS, 4))
         self._matrix = None  # the loaded policy's assembled I − γP_π, on first use
@@ -515,27 +516,24 @@ class Evaluator:
                 and self.backend != "numpy" and not self._compact
                 and mdp.p_data.dtype == np.float64)
 
-    def _state_rows(self):
-        """(row_indptr, P's uint16 columns, P_π's entries, γ) of the loaded policy: P_π by
-        state, each state's pairs' rows one after another, for ``row_sweep``. The entries
-        are made by one pass of ``shared_weights`` on first use per policy (counted in
-        ``n_passes``)."""
+    def _value_row_sweep(self, b, x, out):
+        """A sweep of the value system (``System.sweep``) by ``row_sweep`` on P_π's state
+        rows (each state's pairs' rows one after another, weighted by π: 8 bytes per entry,
+        a buffer kept across policies); the policy's first sweep writes them as it goes
+        (``state_sweep``)."""
+        self.n_passes += 1
+        self._rows_fresh = False
         if self._state is None:
             mdp = self.mdp
             if self._state_weights is None:
                 self._state_weights = np.empty(mdp.p_data.shape[0])
-            self.n_passes += 1
-            self._k["shared_weights"](mdp.p_indptr, mdp.p_data, self.pi, self._state_weights,
-                                      self.n_threads)
-            self._state = (mdp.p_indptr[mdp.a_indptr], self._column_indices(),
-                           self._state_weights, mdp.gamma)
-        return self._state
-
-    def _value_row_sweep(self, b, x, out):
-        """A sweep of the value system (``System.sweep``) by ``row_sweep``."""
-        self.n_passes += 1
-        self._rows_fresh = False
-        self._k["row_sweep"](*self._state_rows(), b, x, out, self._sweep_stats, self.n_threads)
+            indices = self._column_indices()
+            self._k["state_sweep"](mdp.a_indptr, mdp.p_indptr, indices, mdp.p_data, self.pi,
+                                   mdp.gamma, b, x, out, self._state_weights,
+                                   self._sweep_stats, self.n_threads)
+            self._state = (mdp.p_indptr[mdp.a_indptr], indices, self._state_weights, mdp.gamma)
+        else:
+            self._k["row_sweep"](*self._state, b, x, out, self._sweep_stats, self.n_threads)
         return self._sweep_stats
 
     def _visit_row_sweep(self, b, x, out):

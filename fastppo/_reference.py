@@ -135,6 +135,13 @@ def transposed_rmatvec(t_indptr, t_sources, weights, gamma, y, out, n_threads=1)
     out[:] = y - gamma * (PT @ y)
 
 
+def state_sweep(a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, out, weights, stats,
+                n_threads=1):
+    """P_π's state rows into ``weights`` (``shared_weights``), then ``row_sweep`` on them."""
+    shared_weights(p_indptr, p_data, pi, weights)
+    row_sweep(p_indptr[a_indptr], indices, weights, gamma, b, x, out, stats)
+
+
 def state_products(a_indptr, p_indptr, indices, p_data, weights, pi, gamma, x, out, rows,
                    n_threads=1):
     """out = x − γ P_π x and rows = P x per pair, from P_π's entries ``weights`` (π(k) P[j],

@@ -181,6 +181,11 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
                                for label, p in (("pi", pi), ("zeros", zpi))],
         "transposed_rmatvec": [("", lambda k: _run(k, out(S), tp[0], tp[2], tw, g, inp["x"],
                                                    n_threads=n_threads))],
+        # a sweep writing the state rows (weights, then the sweep and its sums)
+        "state_sweep": [(label, lambda k, p=p: _outputs(
+                             k, (a, pp, state_rows[1], pd, p, g, inp["q"][:S], inp["x"]),
+                             (out(S), out(pd.shape[0]), np.full((3, 4), np.nan)), n_threads))
+                        for label, p in (("pi", pi), ("zeros", zpi))],
         # P_π x and P x per pair from the state rows; "tiny": π < 1e-150 and 0 take P's rows
         "state_products": [(label, lambda k, p=p: _outputs(
                                 k, (a, pp, state_rows[1], pd, np.repeat(p, np.diff(pp)) * pd, p, g,

@@ -20,6 +20,8 @@
 ``row_sweep``:       one Richardson sweep x + r, r = b − (x − γ W x), on a CSR W of at most
                      2¹⁶ states in the same eight sums (P_π's state rows or P_πᵀ's), with
                      r's sum, sum of squares, min and max over fixed chunks
+``state_sweep``:     row_sweep on P_π's state rows, writing them (π(k) P[j]) as it goes: the
+                     first sweep of a policy
 ``state_products``:  out = x − γ P_π x on P_π's state rows (row_sweep's), and rows = P x per
                      pair, each pair's sum divided by π (all π > 0)
 From ``PREFETCH_STATES`` states on (a fused pass with both sides: ``FUSED_PREFETCH_STATES``),
@@ -584,6 +586,49 @@ def row_sweep(const int64_t[::1] indptr, const uint16_t[::1] sources,
         stats[c, 2] = least
         stats[c, 3] = most
 
+
+def state_sweep(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
+                const uint16_t[::1] indices, const double[::1] p_data, const double[::1] pi,
+                double gamma, const double[::1] b, const double[::1] x,           # IN
+                double[::1] out, double[::1] weights, double[:, ::1] stats,
+                int n_threads):                                                   # OUT
+    """state_sweep(a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, out, weights, stats, n_threads)
+
+    ``row_sweep`` on P_π's state rows (state s's entries p_indptr[a_indptr[s]] ≤ j <
+    p_indptr[a_indptr[s + 1]]), writing them first, weights[j] = π(k) P[j]
+    (``shared_weights``), state by state in the same pass: the same bits as
+    ``shared_weights`` then ``row_sweep``. At most 2¹⁶ states, float64 P."""
+    cdef Py_ssize_t n = b.shape[0], n_chunks = stats.shape[0], c, i, lo, hi
+    cdef int64_t k, j
+    cdef const uint16_t *src = &indices[0]
+    cdef double *w = &weights[0]
+    cdef const double *xs = &x[0]
+    cdef double r, total, squares, least, most, p
+    for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
+        lo = c * n // n_chunks
+        hi = (c + 1) * n // n_chunks
+        total = 0.0
+        squares = 0.0
+        least = INFINITY
+        most = -INFINITY
+        for i in range(lo, hi):
+            for k in range(a_indptr[i], a_indptr[i + 1]):
+                p = pi[k]
+                for j in range(p_indptr[k], p_indptr[k + 1]):
+                    w[j] = p * p_data[j]
+            r = b[i] - (xs[i] - gamma * row8(src, w, xs, p_indptr[a_indptr[i]],
+                                             p_indptr[a_indptr[i + 1]]))
+            out[i] = xs[i] + r
+            total = total + r
+            squares = squares + r * r
+            if r < least:
+                least = r
+            if r > most:
+                most = r
+        stats[c, 0] = total
+        stats[c, 1] = squares
+        stats[c, 2] = least
+        stats[c, 3] = most
 
 def state_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                    const uint16_t[::1] indices, const double[::1] p_data,

@@ -24,6 +24,8 @@
 ``row_sweep``:       one Richardson sweep x + r, r = b − (x − γ W x), on a CSR W of at most
                      2¹⁶ states in the same eight sums (P_π's state rows or P_πᵀ's), with
                      r's sum, sum of squares, min and max over fixed chunks
+``state_sweep``:     row_sweep on P_π's state rows, writing them (π(k) P[j]) as it goes: the
+                     first sweep of a policy
 ``state_products``:  out = x − γ P_π x on P_π's state rows (row_sweep's), and rows = P x per
                      pair, each pair's sum divided by π (all π > 0)
 
@@ -378,6 +380,31 @@ def row_sweep(indptr, sources, weights, gamma, b, x, out, stats):
         stats[c, 3] = most
 
 
+def state_sweep(a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, out, weights, stats):
+    n, n_chunks = b.shape[0], stats.shape[0]
+    for c in prange(n_chunks):
+        total = squares = 0.0
+        least, most = np.inf, -np.inf
+        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+            for k in range(np.uint64(a_indptr[i]), np.uint64(a_indptr[i + 1])):
+                p = pi[k]
+                for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+                    weights[j] = p * p_data[j]
+            r = b[i] - (x[i] - gamma * _row8(indices, weights, x, np.uint64(p_indptr[a_indptr[i]]),
+                                             np.uint64(p_indptr[a_indptr[i + 1]])))
+            out[i] = x[i] + r
+            total += r
+            squares += r * r
+            if r < least:
+                least = r
+            if r > most:
+                most = r
+        stats[c, 0] = total
+        stats[c, 1] = squares
+        stats[c, 2] = least
+        stats[c, 3] = most
+
+
 DIRECT_PI = 1e-150  # state_products: below, a pair's row from P (π P[j] may be subnormal)
 
 
@@ -401,4 +428,4 @@ def state_products(a_indptr, p_indptr, indices, p_data, weights, pi, gamma, x, o
 
 KERNELS = twins(bellman_matvec, bellman_rmatvec, q_values, q_greedy, bellman_products,
                 blocked_entries, blocked_products, transposed_weights, transposed_rmatvec,
-                row_sweep, state_products)
+                row_sweep, state_sweep, state_products)
