@@ -61,6 +61,11 @@ TRANSPOSED_STATES = 5_000
 # product and vector operations; their last product, by ``state_products``, keeps P x per
 # pair for Q̃ from the same rows. None: never.
 ROW_SWEEP_STATES = 5_000
+# ... and at least this many entries of P per state on average: rows long enough for the
+# eight-lane gathers to repay the policy's first sweep writing them (the 10k garnet, 100
+# entries a state: evaluate −11 %; the gridworld, queue and pendulum, 12–20: +2–5 %,
+# their sweeps hand over to SGS after a few products; benchmarks/RESULTS.md, issue 17)
+ROW_SWEEP_ENTRIES = 32
 SWEEP_CHUNKS = 16  # row_sweep's chunks of r's sums: fixed, so any thread count sums alike
 # the exact passes of both sides (with the rows) or of the visitation side alone, on all
 # pairs of a float64 P, run from this many states on on a copy of P's entries in column
@@ -510,9 +515,10 @@ class Evaluator:
         return self._transposed or None
 
     def _row_sweeps_apply(self):
-        """Whether single solves sweep with ``row_sweep`` (ROW_SWEEP_STATES)."""
+        """Whether single solves sweep with ``row_sweep`` (ROW_SWEEP_STATES, ROW_SWEEP_ENTRIES)."""
         mdp = self.mdp
         return (ROW_SWEEP_STATES is not None and ROW_SWEEP_STATES <= mdp.n_states <= 1 << 16
+                and mdp.p_indices.shape[0] >= ROW_SWEEP_ENTRIES * mdp.n_states
                 and self.backend != "numpy" and not self._compact
                 and mdp.p_data.dtype == np.float64)
 

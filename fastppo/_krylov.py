@@ -38,7 +38,10 @@ is left contracts at the mixing rate of P_π: about 0.2 per sweep on garnet MDPs
 this reaches 1e-12 in ~20 products with no orthogonalisation. On slow-mixing MDPs the
 rate approaches γ; the sweeps then stop early (``max_rate``) and the assembled solvers
 continue, from the last iterate or from the start if that was better (on gridworlds the
-extrapolation first multiplies the value system's residual by ~50).
+extrapolation first multiplies the value system's residual by ~50). A system may make a
+whole sweep in one pass (``System.sweep``: product, residual, update and the residual's
+sums; the evaluator's ``row_sweep``); the sweeps use it except where their product must
+keep more (``sweep_product``'s last).
 
 ``sgs``: BiCGSTAB on I − γP_π assembled once per policy (duplicate successors merged,
 ``fastppo._assembled``), split-preconditioned by symmetric Gauss–Seidel with Eisenstat's
@@ -1096,8 +1099,9 @@ def solve_pair(value, visit, products, v0=None, y0=None, *, stop, max_iter, meth
     None for the finished side; a system whose sweeps stall continues with the Krylov
     methods (its ``matvec``) on its own. With exact products each system's iterates are
     exactly those of :func:`solve` on it alone, when its ``matvec`` sums as ``products``
-    does (the evaluator's visitation gathers from ``TRANSPOSED_STATES`` states on: then
-    to round-off). So when the value system's result is
+    does (the evaluator's single solves sweep on P_π's state rows and gather the
+    visitation from ``ROW_SWEEP_STATES`` and ``TRANSPOSED_STATES`` states on: then to
+    round-off). So when the value system's result is
     "richardson" (with at least one product), the last ``products`` call with an
     ``x_value`` was exact, at its returned iterate divided by 2^:func:`scale_exponent` (b).
     Other methods solve the two systems one after the other with their ``matvec``.

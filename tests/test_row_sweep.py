@@ -6,7 +6,8 @@ policy's first sweep, ``state_sweep``), P_πᵀ's (``transposed_weights``) for t
 makes the sweeps' last product from the same state rows, with P x per pair for Q̃ (each
 pair's sum divided by π, or P's row where π < 1e-150). Checked against loops in the
 kernels' order (bit for bit), the dense P, np.linalg.solve, twins and thread counts;
-``_evaluator.ROW_SWEEP_STATES`` lowered so that small MDPs take the path.
+``_evaluator.ROW_SWEEP_STATES`` and ``ROW_SWEEP_ENTRIES`` lowered so that small MDPs take
+the path.
 """
 import numpy as np
 import pytest
@@ -30,6 +31,13 @@ def eight_sums(indptr, sources, weights, x, i):
         lane = (e - start) % 8 if e < full else 0
         a[lane] = a[lane] + weights[e] * x[sources[e]]
     return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+
+
+@pytest.fixture
+def small_rows(monkeypatch):
+    """Row sweeps from one state and one entry per state on."""
+    monkeypatch.setattr(evaluator, "ROW_SWEEP_STATES", 1)
+    monkeypatch.setattr(evaluator, "ROW_SWEEP_ENTRIES", 1)
 
 
 def state_rows(mdp, pi):
@@ -104,7 +112,8 @@ def test_state_products_give_p_pi_x_and_p_x_per_pair(which):
 @pytest.mark.parametrize("gamma", [0.99, 0.9999])
 @pytest.mark.parametrize("n_threads", [1, 2], ids=lambda n: f"threads{n}")
 @pytest.mark.parametrize("which", COMPILED)
-def test_solves_on_row_sweeps_are_certified_and_agree(which, n_threads, gamma, monkeypatch):
+def test_solves_on_row_sweeps_are_certified_and_agree(which, n_threads, gamma, monkeypatch,
+                                                      small_rows):
     mdp = fastppo.garnet(400, 4, 6, gamma=gamma, seed=9)
     pi = random_policy(mdp, 10)[0]
     mu = np.random.default_rng(11).dirichlet(np.ones(mdp.n_states))
@@ -145,8 +154,7 @@ def test_solves_on_row_sweeps_are_certified_and_agree(which, n_threads, gamma, m
     assert naive.rel_err(vis.d, naive.visitation(mdp, pi, mu)) <= bound
 
 
-def test_row_sweeps_give_the_same_bits_on_both_twins_and_thread_counts(monkeypatch):
-    monkeypatch.setattr(evaluator, "ROW_SWEEP_STATES", 1)
+def test_row_sweeps_give_the_same_bits_on_both_twins_and_thread_counts(monkeypatch, small_rows):
     monkeypatch.setattr(evaluator, "TRANSPOSED_STATES", 1)
     mdp = fastppo.garnet(300, 3, 5, gamma=0.95, seed=12)
     pi = random_policy(mdp, 13)[0]
@@ -168,6 +176,12 @@ def test_where_row_sweeps_apply(monkeypatch):
     single = fastppo.MDP(mdp.a_indptr, mdp.a_indices, mdp.p_indptr, mdp.p_indices,
                          mdp.p_data, mdp.r, mdp.gamma, dtype=np.float32)
     monkeypatch.setattr(evaluator, "ROW_SWEEP_STATES", 1)
+    grid = fastppo.gridworld(20, 20, gamma=0.95)  # 12 entries a state: short rows
+    for m, which, policy, applies in ((mdp, "cython", pi, False), (grid, "cython", None, False)):
+        E = Evaluator(m, None, which, 1)
+        E.load(random_policy(m, 16)[0] if policy is None else policy)
+        assert E._row_sweeps_apply() == applies  # below ROW_SWEEP_ENTRIES (32) a state
+    monkeypatch.setattr(evaluator, "ROW_SWEEP_ENTRIES", 1)
     for m, which, policy, applies in ((mdp, "cython", pi, True), (mdp, "numba", pi, True),
                                       (mdp, "numpy", pi, False), (mdp, "cython", det, False),
                                       (single, "cython", pi, False)):
