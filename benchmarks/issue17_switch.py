@@ -7,7 +7,9 @@ MDP, which makes the uint16 column indices) is timed apart.
 SWITCH is one of:
 - ``narrow``: P's column indices as uint16 or int32 (``fastppo._evaluator.NARROW_INDICES``);
 - ``extrapolation``: the value sweeps' part along 1 by the residual's mean or mid-range
-  (``fastppo._krylov.MEAN_EXTRAPOLATION``; visitation is the same either way).
+  (``fastppo._krylov.MEAN_EXTRAPOLATION``; visitation is the same either way);
+- ``rows``: single solves' sweeps in one pass each on P_π's state rows (``row_sweep``), or a
+  product and vector operations each (``fastppo._evaluator.ROW_SWEEP_STATES``).
 
 Usage (from the repository root)::
 
@@ -27,7 +29,8 @@ from issue17 import assemble, bicgstab, relres
 
 # per switch: the module, its attribute, its value on and off, and the two labels
 SWITCHES = {"narrow": (E, "NARROW_INDICES", True, False, "uint16", "int32"),
-            "extrapolation": (K, "MEAN_EXTRAPOLATION", True, False, "mean", "midrange")}
+            "extrapolation": (K, "MEAN_EXTRAPOLATION", True, False, "mean", "midrange"),
+            "rows": (E, "ROW_SWEEP_STATES", E.ROW_SWEEP_STATES, None, "rows", "products")}
 
 name, S, R, be = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 family = sys.argv[5] if len(sys.argv) > 5 else "garnet"

@@ -54,12 +54,13 @@ LAST_ROWS = True
 # solves (which scatter) then match the single ones to round-off, below it bit for bit.
 # None: never.
 TRANSPOSED_STATES = 5_000
-# single solves' Richardson sweeps on an MDP of this many states up to 2¹⁶ (float64 P, a
-# policy on all pairs): each sweep one pass of ``row_sweep`` (product, residual, update and
-# r's sums at once) on P_π's state rows, written by the policy's first sweep
-# (``state_sweep``; 8 bytes per entry), or on P_πᵀ's (TRANSPOSED_STATES), instead of a
-# product and vector operations; their last product, by ``state_products``, keeps P x per
-# pair for Q̃ from the same rows. None: never.
+# single value solves' Richardson sweeps on an MDP of this many states up to 2¹⁶ (float64
+# P, a policy on all pairs): each sweep one pass of ``row_sweep`` (product, residual,
+# update and r's sums at once) on P_π's state rows, written by the policy's first sweep
+# (``state_sweep``; 8 bytes per entry), instead of a product and vector operations; their
+# last product, by ``state_products``, keeps P x per pair for Q̃ from the same rows. (On
+# P_πᵀ's rows, TRANSPOSED_STATES, the visitation's sweeps took 7 % longer at 10k and the
+# same at 50k: they keep transposed_rmatvec.) None: never.
 ROW_SWEEP_STATES = 5_000
 # ... and at least this many entries of P per state on average: rows long enough for the
 # eight-lane gathers to repay the policy's first sweep writing them (the 10k garnet, 100
@@ -542,14 +543,6 @@ class Evaluator:
             self._k["row_sweep"](*self._state, b, x, out, self._sweep_stats, self.n_threads)
         return self._sweep_stats
 
-    def _visit_row_sweep(self, b, x, out):
-        """A sweep of the visitation system (``System.sweep``) by ``row_sweep`` on P_πᵀ's
-        entries (:meth:`_transposed_rows`)."""
-        self.n_passes += 1
-        self._k["row_sweep"](*self._transposed_rows(), b, x, out, self._sweep_stats,
-                             self.n_threads)
-        return self._sweep_stats
-
     def products(self, x_value, x_visit, out_value, out_visit, exact=True):
         """The products of one lockstep sweep in one pass over P (``bellman_products``):
         out_value = (I − γP_π) x_value and out_visit = (I − γP_πᵀ) x_visit, a side given
@@ -721,9 +714,7 @@ class Evaluator:
         else:
             total = self.space.sum(d0)
             y0 = d0 / (scale * total) if total > 0 else None
-        sweep = (self._visit_row_sweep if self._row_sweeps_apply()
-                 and self._transposed_rows() is not None else None)
-        return _krylov.System(self.visit_matvec, mu, VISIT_SYSTEM, sweep=sweep,
+        return _krylov.System(self.visit_matvec, mu, VISIT_SYSTEM,
                               assembled=(None if self.assembled is None
                                          else functools.partial(self.assembled, True))), y0
 

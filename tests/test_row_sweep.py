@@ -1,8 +1,8 @@
-"""A single solve's Richardson sweeps in one pass each (issue 17, target 1).
+"""A single value solve's Richardson sweeps in one pass each (issue 17, target 1).
 
 ``row_sweep`` makes a whole sweep, x + r with r = b − (x − γ W x), and r's sums by chunk, on
-a CSR W of at most 2¹⁶ states: P_π's state rows for the value system (written by the
-policy's first sweep, ``state_sweep``), P_πᵀ's (``transposed_weights``) for the visitation. ``state_products``
+a CSR W of at most 2¹⁶ states: P_π's state rows (written by the policy's first sweep,
+``state_sweep``); the visitation keeps ``transposed_rmatvec``. ``state_products``
 makes the sweeps' last product from the same state rows, with P x per pair for Q̃ (each
 pair's sum divided by π, or P's row where π < 1e-150). Checked against loops in the
 kernels' order (bit for bit), the dense P, np.linalg.solve, twins and thread counts;
@@ -112,14 +112,12 @@ def test_state_products_give_p_pi_x_and_p_x_per_pair(which):
 @pytest.mark.parametrize("gamma", [0.99, 0.9999])
 @pytest.mark.parametrize("n_threads", [1, 2], ids=lambda n: f"threads{n}")
 @pytest.mark.parametrize("which", COMPILED)
-def test_solves_on_row_sweeps_are_certified_and_agree(which, n_threads, gamma, monkeypatch,
-                                                      small_rows):
+def test_evaluations_on_row_sweeps_are_certified_and_agree(which, n_threads, gamma, monkeypatch,
+                                                           small_rows):
     mdp = fastppo.garnet(400, 4, 6, gamma=gamma, seed=9)
     pi = random_policy(mdp, 10)[0]
-    mu = np.random.default_rng(11).dirichlet(np.ones(mdp.n_states))
     A = np.eye(mdp.n_states) - mdp.gamma * naive.P_pi(mdp, pi)
     v_ref, q_ref, adv_ref = naive.evaluate(mdp, pi)
-    monkeypatch.setattr(evaluator, "TRANSPOSED_STATES", 1)
     out = {}
     for threshold in (1, None):
         monkeypatch.setattr(evaluator, "ROW_SWEEP_STATES", threshold)
@@ -127,45 +125,36 @@ def test_solves_on_row_sweeps_are_certified_and_agree(which, n_threads, gamma, m
         E.load(pi)
         system = E._value_system()
         assert (system.sweep is not None) == (threshold is not None)
-        out[threshold] = E.evaluation(), E.visitation(mu)
-    ev, vis = out[1]
-    plain_ev, plain_vis = out[None]
+        out[threshold] = E.evaluation()
+    ev, plain = out[1], out[None]
     # the stopping rule: tol (1e-12), or the round-off floor 10 eps (1 + γ) / (1 − γ)
     target = max(1e-12, 10 * np.finfo(float).eps * (1 + gamma) / (1 - gamma)) * (1 + 1e-3)
     c = naive.r_pi(mdp, pi)
-    assert ev.residual <= target and vis.residual <= target
+    assert ev.residual <= target
     assert np.linalg.norm(c - A @ ev.v) / np.linalg.norm(c) <= target
-    y = vis.d / (1.0 - mdp.gamma)
-    assert np.linalg.norm(mu - A.T @ y) / np.linalg.norm(mu) <= target
-    assert ev.method == "richardson" and vis.method == plain_vis.method
+    assert ev.method == "richardson"
     # on garnets the sweeps converge; the first sweep writes the state rows (no pass of
     # its own), and the last product (from them, with P v per pair) serves Q̃: no q_values pass;
     # at γ = 0.9999 the round-off floor is met by a sweep not predicted to meet it: Q̃
     # then takes a pass of q_values
     assert ev.n_passes == ev.n_matvec + (0 if gamma < 0.999 else 1)
-    assert abs(ev.n_matvec - plain_ev.n_matvec) <= 1
+    assert abs(ev.n_matvec - plain.n_matvec) <= 1
     bound = 1e-10 / (1.0 - gamma) * 1e-2
     assert naive.rel_err(ev.v, v_ref) <= bound and naive.rel_err(ev.q, q_ref) <= bound
     np.testing.assert_allclose(ev.adv, adv_ref, rtol=0, atol=bound * np.abs(q_ref).max())
     sums = np.add.reduceat(pi * ev.adv, mdp.a_indptr[:-1])
     assert np.abs(sums).max() <= 1e-12 * np.abs(ev.q).max()
-    np.testing.assert_allclose(ev.v, plain_ev.v, rtol=1e-10 if gamma > 0.999 else 1e-12)
-    np.testing.assert_allclose(vis.d, plain_vis.d, rtol=1e-10, atol=1e-15)
-    assert naive.rel_err(vis.d, naive.visitation(mdp, pi, mu)) <= bound
+    np.testing.assert_allclose(ev.v, plain.v, rtol=1e-10 if gamma > 0.999 else 1e-12)
 
 
-def test_row_sweeps_give_the_same_bits_on_both_twins_and_thread_counts(monkeypatch, small_rows):
-    monkeypatch.setattr(evaluator, "TRANSPOSED_STATES", 1)
+def test_row_sweeps_give_the_same_bits_on_both_twins_and_thread_counts(small_rows):
     mdp = fastppo.garnet(300, 3, 5, gamma=0.95, seed=12)
     pi = random_policy(mdp, 13)[0]
-    out = {(b, n): (fastppo.evaluate(mdp, pi, backend=b, n_threads=n),
-                    fastppo.visitation(mdp, pi, backend=b, n_threads=n))
+    out = {(b, n): fastppo.evaluate(mdp, pi, backend=b, n_threads=n)
            for b in COMPILED for n in (1, 2)}
-    first_ev, first_d = out["cython", 1]
-    for ev, d in out.values():
+    for ev in out.values():
         for name in ("v", "q", "adv"):
-            np.testing.assert_array_equal(getattr(ev, name), getattr(first_ev, name))
-        np.testing.assert_array_equal(d, first_d)
+            np.testing.assert_array_equal(getattr(ev, name), getattr(out["cython", 1], name))
 
 
 def test_where_row_sweeps_apply(monkeypatch):

@@ -18,7 +18,7 @@
                      order (at most 2¹⁶ states; ``transposed_weights`` once per policy),
                      eight y gathered at a time with AVX-512 (_rows8.h)
 ``row_sweep``:       one Richardson sweep x + r, r = b − (x − γ W x), on a CSR W of at most
-                     2¹⁶ states in the same eight sums (P_π's state rows or P_πᵀ's), with
+                     2¹⁶ states in the same eight sums (P_π's state rows: a value solve), with
                      r's sum, sum of squares, min and max over fixed chunks
 ``state_sweep``:     row_sweep on P_π's state rows, writing them (π(k) P[j]) as it goes: the
                      first sweep of a policy
@@ -556,8 +556,8 @@ def row_sweep(const int64_t[::1] indptr, const uint16_t[::1] sources,
     """row_sweep(indptr, sources, weights, gamma, b, x, out, stats, n_threads)
 
     One Richardson sweep of (I − γW) x = b, W a CSR of at most 2¹⁶ states (row i's entries
-    indptr[i] ≤ e < indptr[i + 1], ``weights`` at columns ``sources``: P_π's state rows or
-    P_πᵀ's, ``transposed_rmatvec``'s): r = b − (x − γ W x), each row in row8's eight sums,
+    indptr[i] ≤ e < indptr[i + 1], ``weights`` at columns ``sources``: P_π's state rows):
+    r = b − (x − γ W x), each row in row8's eight sums,
     and out = x + r. stats[c] = (Σ r, Σ r², min r, max r) over the c-th of stats.shape[0]
     equal chunks of rows, each summed in order: the same bits on any number of threads."""
     cdef Py_ssize_t n = b.shape[0], n_chunks = stats.shape[0], c, i, lo, hi

@@ -22,7 +22,7 @@
 ``transposed_rmatvec``: y − γ P_πᵀ y as a gather on P's entries in the transposed order
                      (``transposed_weights`` per policy), each state in eight partial sums
 ``row_sweep``:       one Richardson sweep x + r, r = b − (x − γ W x), on a CSR W of at most
-                     2¹⁶ states in the same eight sums (P_π's state rows or P_πᵀ's), with
+                     2¹⁶ states in the same eight sums (P_π's state rows: a value solve), with
                      r's sum, sum of squares, min and max over fixed chunks
 ``state_sweep``:     row_sweep on P_π's state rows, writing them (π(k) P[j]) as it goes: the
                      first sweep of a policy
