@@ -59,8 +59,8 @@ TRANSPOSED_STATES = 5_000
 # update and r's sums at once) on P_π's state rows, written by the policy's first sweep
 # (``state_sweep``; 8 bytes per entry), instead of a product and vector operations; their
 # last product, by ``state_products``, keeps P x per pair for Q̃ from the same rows. (On
-# P_πᵀ's rows, TRANSPOSED_STATES, the visitation's sweeps took 7 % longer at 10k and the
-# same at 50k: they keep transposed_rmatvec.) None: never.
+# P_πᵀ's rows, TRANSPOSED_STATES, the visitation's sweeps took the same time as with
+# transposed_rmatvec, −2 to 0 % at 10k and 50k: they keep it.) None: never.
 ROW_SWEEP_STATES = 5_000
 # ... and at least this many entries of P per state on average: rows long enough for the
 # eight-lane gathers to repay the policy's first sweep writing them (the 10k garnet, 100
