@@ -683,7 +683,9 @@ class Evaluator:
         the sweeps' last (a warm start's first, or the one predicted to meet tol) by
         :meth:`products`, which keeps P x per pair, so that Q̃ of a solution met there
         comes from its rows (:meth:`_q_advantages`) instead of a pass of ``q_values``; the
-        others by :meth:`matvec`. The same sums either way (bit for bit)."""
+        others by :meth:`matvec`. The same sums either way (bit for bit); after
+        ``row_sweep``'s sweeps (P_π's state rows made) the last is ``state_products`` on
+        those rows: P x per pair to round-off (each pair's sum divided by π)."""
         if last and LAST_ROWS and self._state is not None:
             # after row_sweep's sweeps: P_π's state rows are hot, P's own may not be
             self.n_passes += 1
@@ -721,8 +723,9 @@ class Evaluator:
     def _q_advantages(self, res, b, advantages=True, q=True, out=None):
         """Q̃ = r + γ P v and Ã = Q̃ − Σ_a π Q̃ of the solution ``res`` of the value system
         with right-hand side ``b``: from the rows of its last sweep when that was at v
-        (Richardson, rows kept: the same numbers, the iterate being v / 2^e; one pass over
-        the pairs, ``q_advantages``), else by a pass of ``q_values`` (and Ã only if
+        (Richardson, rows kept: the same numbers, the iterate being v / 2^e, or to
+        round-off after row sweeps, :meth:`_value_sweep`; one pass over the pairs,
+        ``q_advantages``), else by a pass of ``q_values`` (and Ã only if
         ``advantages``; else None).
 
         ``q`` False: (None, Ã), Ã made in place over the rows' buffer (or Q̃'s, from the
