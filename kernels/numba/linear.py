@@ -27,7 +27,7 @@
 ``state_sweep``:     row_sweep on P_π's state rows, writing them (π(k) P[j]) as it goes: the
                      first sweep of a policy
 ``state_products``:  out = x − γ P_π x on P_π's state rows (row_sweep's), and rows = P x per
-                     pair, each pair's sum divided by π (all π > 0)
+                     pair, each pair's sum divided by π (P's row below π = 1e-150)
 
 where (P_π x)(s) = Σ_a π(a|s) Σ_s' P(s'|s,a) x(s'). Each kernel is compiled twice
 from one Python function: serial, and ``parallel=True`` (used when n_threads > 1).
