@@ -501,6 +501,11 @@ class DistributedEvaluator(Evaluator):
         """No transposed gather across ranks: the visitation's products scatter and exchange."""
         return None
 
+    def _row_sweeps_apply(self):
+        """No one-pass sweeps across ranks: each sweep's product exchanges x (``matvec``),
+        and its reductions go through the rank space."""
+        return False
+
     # the assembled matrix, its LU and SGS need every row in one process: Krylov only
     assembled = None
 

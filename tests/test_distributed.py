@@ -37,20 +37,22 @@ def needs_mpi(test):
     return pytest.mark.slow(_skip(test))
 
 
-def _env():
+def _env(**extra):
     env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1",
-               OPENBLAS_NUM_THREADS="1", HYDRA_LAUNCHER="fork", FASTPPO_BACKEND="cython")
+               OPENBLAS_NUM_THREADS="1", HYDRA_LAUNCHER="fork", FASTPPO_BACKEND="cython",
+               **extra)
     env.pop("FASTPPO_NUM_THREADS", None)
     return env
 
 
-def mpirun(n, *args, timeout=TIMEOUT, launcher=False):
-    """``mpiexec -n n python [-m fastppo.mpi_run] distributed_check.py args``: (process, seconds)."""
+def mpirun(n, *args, timeout=TIMEOUT, launcher=False, env=None):
+    """``mpiexec -n n python [-m fastppo.mpi_run] distributed_check.py args``: (process,
+    seconds); ``env``: more environment variables."""
     watch = ["-m", "fastppo.mpi_run"] if launcher else []
     cmd = [MPIEXEC, "-n", str(n), sys.executable, *watch, str(SCRIPT), *map(str, args)]
     t0 = time.monotonic()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(),
-                       stdin=subprocess.DEVNULL)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                       env=_env(**(env or {})), stdin=subprocess.DEVNULL)
     return p, time.monotonic() - t0
 
 
@@ -83,6 +85,15 @@ def test_two_ranks_match_one_process(mdp_file):
 def test_two_ranks_match_one_process_slow_mixing(slow_mdp_file):
     # successors local in index: BiCGSTAB and GMRES run after the sweeps stall
     p, _ = mpirun(2, "parity", slow_mdp_file)
+    _ok(p)
+    assert "parity ok" in p.stdout
+
+
+@needs_mpi
+def test_two_ranks_match_one_process_on_row_sweeps(mdp_file):
+    # one process's value sweeps on P_π's state rows (thresholds lowered to this MDP);
+    # the ranks keep their products, whose x is exchanged
+    p, _ = mpirun(2, "parity", mdp_file, env={"FASTPPO_CHECK_ROW_SWEEPS": "1"})
     _ok(p)
     assert "parity ok" in p.stdout
 

@@ -23,6 +23,12 @@ import numpy as np
 import fastppo
 from fastppo import distributed as D
 
+if os.environ.get("FASTPPO_CHECK_ROW_SWEEPS") == "1":
+    # one process's value sweeps on P_π's state rows from the smallest MDPs on (the ranks'
+    # blocks never take them: their columns are global)
+    import fastppo._evaluator
+    fastppo._evaluator.ROW_SWEEP_STATES = fastppo._evaluator.ROW_SWEEP_ENTRIES = 1
+
 mode, path = sys.argv[1], sys.argv[2]
 out = sys.argv[3] if len(sys.argv) > 3 else None
 M = D.DistributedMDP.load(path)
