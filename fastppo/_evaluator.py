@@ -54,13 +54,12 @@ LAST_ROWS = True
 # solves (which scatter) then match the single ones to round-off, below it bit for bit.
 # None: never.
 TRANSPOSED_STATES = 5_000
-# single value solves' Richardson sweeps on an MDP of this many states up to 2¹⁶ (float64
-# P, a policy on all pairs): each sweep one pass of ``row_sweep`` (product, residual,
-# update and r's sums at once) on P_π's state rows, written by the policy's first sweep
-# (``state_sweep``; 8 bytes per entry), instead of a product and vector operations; their
-# last product, by ``state_products``, keeps P x per pair for Q̃ from the same rows. (On
-# P_πᵀ's rows, TRANSPOSED_STATES, the visitation's sweeps took the same time as with
-# transposed_rmatvec, −2 to 0 % at 10k and 50k: they keep it.) None: never.
+# single solves' Richardson sweeps on an MDP of this many states up to 2¹⁶ (float64 P, a
+# policy on all pairs): each sweep one pass of ``row_sweep`` (product, residual, update and
+# r's sums at once, no NumPy operation between sweeps) on P_π's state rows, written by the
+# policy's first sweep (``state_sweep``; 8 bytes per entry), or on P_πᵀ's entries for the
+# visitation (TRANSPOSED_STATES); the value sweeps' last product, by ``state_products``,
+# keeps P x per pair for Q̃ from the same rows. None: never.
 ROW_SWEEP_STATES = 5_000
 # ... and at least this many entries of P per state on average: rows long enough for the
 # eight-lane gathers to repay the policy's first sweep writing them (the 10k garnet, 100
@@ -516,14 +515,15 @@ class Evaluator:
         return self._transposed or None
 
     def _row_sweeps_apply(self):
-        """Whether single solves sweep with ``row_sweep`` (ROW_SWEEP_STATES, ROW_SWEEP_ENTRIES)."""
+        """Whether single solves sweep with ``row_sweep`` (ROW_SWEEP_STATES, ROW_SWEEP_ENTRIES;
+        the visitation also needs :meth:`_transposed_rows`)."""
         mdp = self.mdp
         return (ROW_SWEEP_STATES is not None and ROW_SWEEP_STATES <= mdp.n_states <= 1 << 16
                 and mdp.p_indices.shape[0] >= ROW_SWEEP_ENTRIES * mdp.n_states
                 and self.backend != "numpy" and not self._compact
                 and mdp.p_data.dtype == np.float64)
 
-    def _value_row_sweep(self, b, x, out):
+    def _value_row_sweep(self, b, x, shift, out):
         """A sweep of the value system (``System.sweep``) by ``row_sweep`` on P_π's state
         rows (each state's pairs' rows one after another, weighted by π: 8 bytes per entry,
         a buffer kept across policies); the policy's first sweep writes them as it goes
@@ -535,13 +535,20 @@ class Evaluator:
             if self._state_weights is None:
                 self._state_weights = np.empty(mdp.p_data.shape[0])
             indices = self._column_indices()
-            self._k["state_sweep"](mdp.a_indptr, mdp.p_indptr, indices, mdp.p_data, self.pi,
-                                   mdp.gamma, b, x, out, self._state_weights,
-                                   self._sweep_stats, self.n_threads)
+            sums = self._k["state_sweep"](mdp.a_indptr, mdp.p_indptr, indices, mdp.p_data,
+                                          self.pi, mdp.gamma, b, x, shift, out,
+                                          self._state_weights, self._sweep_stats, self.n_threads)
             self._state = (mdp.p_indptr[mdp.a_indptr], indices, self._state_weights, mdp.gamma)
-        else:
-            self._k["row_sweep"](*self._state, b, x, out, self._sweep_stats, self.n_threads)
-        return self._sweep_stats
+            return sums
+        return self._k["row_sweep"](*self._state, b, x, shift, out, self._sweep_stats,
+                                    self.n_threads)
+
+    def _visit_row_sweep(self, b, x, shift, out):
+        """A sweep of the visitation system (``System.sweep``) by ``row_sweep`` on P_πᵀ's
+        entries (:meth:`_transposed_rows`)."""
+        self.n_passes += 1
+        return self._k["row_sweep"](*self._transposed_rows(), b, x, shift, out,
+                                    self._sweep_stats, self.n_threads)
 
     def products(self, x_value, x_visit, out_value, out_visit, exact=True):
         """The products of one lockstep sweep in one pass over P (``bellman_products``):
@@ -716,7 +723,9 @@ class Evaluator:
         else:
             total = self.space.sum(d0)
             y0 = d0 / (scale * total) if total > 0 else None
-        return _krylov.System(self.visit_matvec, mu, VISIT_SYSTEM,
+        sweep = (self._visit_row_sweep if self._row_sweeps_apply()
+                 and self._transposed_rows() is not None else None)
+        return _krylov.System(self.visit_matvec, mu, VISIT_SYSTEM, sweep=sweep,
                               assembled=(None if self.assembled is None
                                          else functools.partial(self.assembled, True))), y0
 

@@ -226,8 +226,8 @@ class System:
         meet tol: :class:`_Sweeps`), so that it can keep what the caller needs of a
         solution met there. None: ``matvec``.
     sweep : callable, optional
-        ``sweep(b, x, out)``: a whole Richardson sweep in one pass, x + r into ``out`` (r = b
-        − A x), returning r's partial sums, an array of rows (Σ r, Σ r², min r, max r) (the
+        ``sweep(b, x, shift, out)``: x ← x + shift, then a whole Richardson sweep in one
+        pass, x + r into ``out`` (r = b − A x), returning (Σ r, Σ r², min r, max r) (the
         ``row_sweep`` kernel); Richardson's sweeps that need nothing more use it. None:
         ``sweep_product`` and vector operations.
     """
@@ -376,6 +376,7 @@ class _Sweeps:
         self.start_residual = np.inf  # the true residual at the start (the first product)
         self.r = np.empty(system.b.shape[0])
         self.y = None  # the next sweep of ``System.sweep``, on first use
+        self.pending = 0.0  # x's shift along 1 not yet stored (:meth:`sweep`)
         self.n_matvec, self.last, self.slow = 0, np.inf, 0
         self.n_residuals = 0  # residuals absorbed: products, and the free one of a zero start
         self.exact = True  # the next product must be exact (the first one, a certification)
@@ -403,23 +404,32 @@ class _Sweeps:
             if self.system.shift:
                 x += self.system.shift * extrapolation(r, self.stop.space, self.x0 is None)
 
-    def absorb_sweep(self, stats):
-        """Take a sweep made by the system (``System.sweep``): x + r in ``y``, and r's
-        partial sums ``stats`` (chunks of (Σ r, Σ r², min r, max r)). The same decisions as
-        :meth:`absorb`; x is then that sweep (+ the shift along 1)."""
-        total, squares = stats[:, :2].sum(axis=0).tolist()
+    def sweep(self):
+        """One sweep made by the system (``System.sweep``): x ← x + ``pending``, then x + r
+        into ``y``, with r's sums. The same decisions as :meth:`absorb`; x is then that
+        sweep, and its shift along 1 is pending (stored by the next sweep, or by
+        :meth:`settle`): no NumPy operation between two sweeps."""
+        if self.y is None:
+            self.y = np.empty_like(self.x)
+        total, squares, least, most = self.system.sweep(self.system.b, self.x, self.pending,
+                                                         self.y)
+        self.pending = 0.0  # stored into x by the sweep
         if self._decide(math.sqrt(squares) / self.bnorm, True, True):
             self.x, self.y = self.y, self.x
             if self.system.shift:
                 n = self.x.shape[0]
-                self.x += self.system.shift * (
-                    total / n if mean_extrapolation(n, self.x0 is None)
-                    else 0.5 * (stats[:, 2].min() + stats[:, 3].max()))
+                self.pending = self.system.shift * (
+                    total / n if mean_extrapolation(n, self.x0 is None) else 0.5 * (least + most))
+
+    def settle(self):
+        """x ← x + ``pending`` (stored, as :meth:`absorb` stores its shift)."""
+        if self.pending:
+            self.x += self.pending
+            self.pending = 0.0
 
     def _decide(self, residual, exact, product):
-        """Record a residual of x; sets ``result`` if the sweeps end there. Returns whether
-        they go on."""
-        x = self.x
+        """Record a residual of x (+ ``pending``); sets ``result`` if the sweeps end there.
+        Returns whether they go on."""
         self.n_matvec += product
         self.n_residuals += 1
         # the last sweep's rate, on any product (an approximate residual is accurate to
@@ -447,7 +457,8 @@ class _Sweeps:
             self.exact = True  # the next product should meet tol: exact, no certificate
         if self.stop.met(residual):
             if exact:
-                self.result = LinearResult(x, self.n_matvec, residual, True, "richardson")
+                self.settle()
+                self.result = LinearResult(self.x, self.n_matvec, residual, True, "richardson")
                 return False
             self.exact = True  # certify x by an exact product before accepting it
             return True
@@ -457,6 +468,8 @@ class _Sweeps:
                                      self.stop.target))
         if self.n_matvec >= self.max_iter or slow:
             stalled = self.n_matvec < self.max_iter
+            self.settle()
+            x = self.x
             if exact and hands_over_start(residual, self.start_residual, self.system.shift,
                                           self.x0 is None, self.stop.space.size(x)):
                 x = np.zeros_like(x) if self.x0 is None else np.array(self.x0, dtype=np.float64)
@@ -516,13 +529,12 @@ def richardson(system, x0, stop, max_iter, *, max_rate=MAX_RATE, min_sweeps=MIN_
     """
     sweeps = _Sweeps(system, x0, stop, max_iter, max_rate, min_sweeps)
     sweeps.zero_start()
-    product, sweep = system.sweep_product, system.sweep
+    product = system.sweep_product
     while sweeps.result is None:
-        if sweep is not None and not sweeps.exact:
-            if sweeps.y is None:
-                sweeps.y = np.empty_like(sweeps.x)
-            sweeps.absorb_sweep(sweep(system.b, sweeps.x, sweeps.y))
+        if system.sweep is not None and not sweeps.exact:
+            sweeps.sweep()
             continue
+        sweeps.settle()
         if product is None:
             system.matvec(sweeps.x, sweeps.r)
         else:
@@ -1099,9 +1111,8 @@ def solve_pair(value, visit, products, v0=None, y0=None, *, stop, max_iter, meth
     None for the finished side; a system whose sweeps stall continues with the Krylov
     methods (its ``matvec``) on its own. With exact products each system's iterates are
     exactly those of :func:`solve` on it alone, when its ``matvec`` sums as ``products``
-    does (the evaluator's single solves sweep on P_π's state rows and gather the
-    visitation from ``ROW_SWEEP_STATES`` and ``TRANSPOSED_STATES`` states on: then to
-    round-off). So when the value system's result is
+    does (the evaluator's single solves sweep on P_π's state rows and P_πᵀ's entries, from
+    ``ROW_SWEEP_STATES`` and ``TRANSPOSED_STATES`` states on: then to round-off). So when the value system's result is
     "richardson" (with at least one product), the last ``products`` call with an
     ``x_value`` was exact, at its returned iterate divided by 2^:func:`scale_exponent` (b).
     Other methods solve the two systems one after the other with their ``matvec``.

@@ -135,11 +135,11 @@ def transposed_rmatvec(t_indptr, t_sources, weights, gamma, y, out, n_threads=1)
     out[:] = y - gamma * (PT @ y)
 
 
-def state_sweep(a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, out, weights, stats,
-                n_threads=1):
+def state_sweep(a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, shift, out, weights,
+                stats, n_threads=1):
     """P_π's state rows into ``weights`` (``shared_weights``), then ``row_sweep`` on them."""
     shared_weights(p_indptr, p_data, pi, weights)
-    row_sweep(p_indptr[a_indptr], indices, weights, gamma, b, x, out, stats)
+    return row_sweep(p_indptr[a_indptr], indices, weights, gamma, b, x, shift, out, stats)
 
 
 def state_products(a_indptr, p_indptr, indices, p_data, weights, pi, gamma, x, out, rows,
@@ -155,17 +155,22 @@ def state_products(a_indptr, p_indptr, indices, p_data, weights, pi, gamma, x, o
     out[:] = x - gamma * _segment_sum(a_indptr, pairs)
 
 
-def row_sweep(indptr, sources, weights, gamma, b, x, out, stats, n_threads=1):
-    """out = x + r, r = b − (x − γ W x), W the CSR (weights, sources, indptr); stats[c] =
-    (Σ r, Σ r², min r, max r) over the c-th of stats.shape[0] equal chunks of rows."""
+def row_sweep(indptr, sources, weights, gamma, b, x, shift, out, stats, n_threads=1):
+    """x += shift, then out = x + r, r = b − (x − γ W x), W the CSR (weights, sources,
+    indptr); stats[c] = (Σ r, Σ r², min r, max r) over the c-th of stats.shape[0] equal
+    chunks of rows; returns them over all rows."""
     n = b.shape[0]
     W = sp.csr_array((weights, sources, indptr), shape=(n, n))
+    x += shift
     r = b - (x - gamma * (W @ x))
     out[:] = x + r
     for c in range(stats.shape[0]):
         part = r[c * n // stats.shape[0]:(c + 1) * n // stats.shape[0]]
         stats[c] = (part.sum(), (part * part).sum(), np.min(part, initial=np.inf),
                     np.max(part, initial=-np.inf))
+    return (float(stats[:, 0].sum()), float(stats[:, 1].sum()), float(stats[:, 2].min()),
+            float(stats[:, 3].max()))
+
 
 # --------------------------------------------------------------------- tables
 def segment_softmax(a_indptr, logits, out, n_threads=1):

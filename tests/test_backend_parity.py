@@ -182,18 +182,18 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
         "transposed_rmatvec": [("", lambda k: _run(k, out(S), tp[0], tp[2], tw, g, inp["x"],
                                                    n_threads=n_threads))],
         # a sweep writing the state rows (weights, then the sweep and its sums)
-        "state_sweep": [(label, lambda k, p=p: _outputs(
-                             k, (a, pp, state_rows[1], pd, p, g, inp["q"][:S], inp["x"]),
+        "state_sweep": [(f"{label}-shift{c}", lambda k, p=p, c=c: _sweep(
+                             k, (a, pp, state_rows[1], pd, p, g, inp["q"][:S]), inp["x"], c,
                              (out(S), out(pd.shape[0]), np.full((3, 4), np.nan)), n_threads))
-                        for label, p in (("pi", pi), ("zeros", zpi))],
+                        for label, p in (("pi", pi), ("zeros", zpi)) for c in (0.0, 0.3)],
         # P_π x and P x per pair from the state rows; "tiny": π < 1e-150 and 0 take P's rows
         "state_products": [(label, lambda k, p=p: _outputs(
                                 k, (a, pp, state_rows[1], pd, np.repeat(p, np.diff(pp)) * pd, p, g,
                                     inp["x"]), (out(S), out(L)), n_threads))
                            for label, p in (("pi", pi), ("tiny", _tiny(zpi)))],
         # a sweep x + r and r's sums by chunk (at most one state each: S)
-        "row_sweep": [(f"{label}-chunks{c}", lambda k, rows=rows, c=c: _outputs(
-                           k, (*rows, g, inp["q"][:S], inp["x"]),
+        "row_sweep": [(f"{label}-chunks{c}", lambda k, rows=rows, c=c: _sweep(
+                           k, (*rows, g, inp["q"][:S]), inp["x"], 0.3,
                            (out(S), np.full((c, 4), np.nan)), n_threads))
                       for label, rows in sweep_rows for c in (1, 3, S)],
         "segment_softmax": [(f"x{s}", lambda k, s=s: _run(k, out(L), a, s * inp["logits"], n_threads=n_threads))
@@ -229,6 +229,14 @@ def _tiny(pi):
     pi = np.array(pi)
     pi[::4] = np.where(pi[::4] > 0, 1e-200, 0.0)
     return pi
+
+
+def _sweep(kernel, args, x, shift, outs, n_threads):
+    """A sweep's outputs, x after it (x + shift) and the four sums it returns, flattened
+    into one float array."""
+    x, outs = x.copy(), [o.copy() for o in outs]
+    sums = kernel(*args, x, shift, *outs, n_threads)
+    return np.concatenate([x, *(o.ravel() for o in outs), np.asarray(sums, dtype=np.float64)])
 
 
 def _outputs(kernel, args, outs, n_threads, keep=None, tail=()):

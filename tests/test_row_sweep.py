@@ -1,8 +1,8 @@
-"""A single value solve's Richardson sweeps in one pass each (issue 17, target 1).
+"""A single solve's Richardson sweeps in one pass each (issue 17, target 1).
 
-``row_sweep`` makes a whole sweep, x + r with r = b − (x − γ W x), and r's sums by chunk, on
-a CSR W of at most 2¹⁶ states: P_π's state rows (written by the policy's first sweep,
-``state_sweep``); the visitation keeps ``transposed_rmatvec``. ``state_products``
+``row_sweep`` makes a whole sweep, x + r with r = b − (x − γ W x), and r's sums, on a CSR W
+of at most 2¹⁶ states: P_π's state rows for the value system (written by the policy's
+first sweep, ``state_sweep``), P_πᵀ's entries for the visitation. ``state_products``
 makes the sweeps' last product from the same state rows, with P x per pair for Q̃ (each
 pair's sum divided by π, or P's row where π < 1e-150). Checked against loops in the
 kernels' order (bit for bit), the dense P, np.linalg.solve, twins and thread counts;
@@ -45,19 +45,27 @@ def state_rows(mdp, pi):
             np.repeat(pi, np.diff(mdp.p_indptr)) * mdp.p_data)
 
 
+@pytest.mark.parametrize("shift", [0.0, 0.3])
 @pytest.mark.parametrize("n_threads", [1, 2], ids=lambda n: f"threads{n}")
 @pytest.mark.parametrize("which", COMPILED)
-def test_row_sweep_is_a_sweep_in_eight_sums_with_its_chunks_sums(which, n_threads):
+def test_row_sweep_is_a_sweep_in_eight_sums_with_its_chunks_sums(which, n_threads, shift):
+    """x + shift stored, then the sweep, bit for bit; the sums per chunk in order, then
+    over the chunks in order."""
     mdp = fastppo.garnet(61, 3, 11, gamma=0.9, seed=3)
     pi = random_policy(mdp, 4)[0]
     rng = np.random.default_rng(5)
     b, x = rng.normal(size=mdp.n_states), rng.normal(size=mdp.n_states)
     rows = state_rows(mdp, pi)
-    r = np.array([b[i] - (x[i] - mdp.gamma * eight_sums(*rows, x, i)) for i in range(mdp.n_states)])
+    xs = x + shift  # stored
+    r = np.array([b[i] - (xs[i] - mdp.gamma * eight_sums(*rows, xs, i)) for i in range(mdp.n_states)])
     for n_chunks in (1, 4, mdp.n_states + 3):  # more chunks than rows: some empty
         out, stats = np.full(mdp.n_states, np.nan), np.full((n_chunks, 4), np.nan)
-        get_kernel("row_sweep", which)(*rows, mdp.gamma, b, x, out, stats, n_threads)
-        np.testing.assert_array_equal(out, x + r)
+        x_in = x.copy()
+        sums = get_kernel("row_sweep", which)(*rows, mdp.gamma, b, x_in, shift, out, stats,
+                                              n_threads)
+        np.testing.assert_array_equal(x_in, xs)
+        np.testing.assert_array_equal(out, xs + r)
+        expect = [0.0, 0.0, np.inf, -np.inf]
         for c in range(n_chunks):
             part = r[c * mdp.n_states // n_chunks:(c + 1) * mdp.n_states // n_chunks]
             total = squares = 0.0
@@ -65,6 +73,9 @@ def test_row_sweep_is_a_sweep_in_eight_sums_with_its_chunks_sums(which, n_thread
                 total, squares = total + v, squares + v * v
             least, most = (part.min(), part.max()) if part.size else (np.inf, -np.inf)
             np.testing.assert_array_equal(stats[c], [total, squares, least, most])
+            expect = [expect[0] + total, expect[1] + squares, min(expect[2], least),
+                      max(expect[3], most)]
+        np.testing.assert_array_equal(sums, expect)
 
 
 @pytest.mark.parametrize("n_threads", [1, 2], ids=lambda n: f"threads{n}")
@@ -76,13 +87,15 @@ def test_state_sweep_writes_the_state_rows_and_sweeps_on_them(which, n_threads):
     b, x = rng.normal(size=mdp.n_states), rng.normal(size=mdp.n_states)
     rows = state_rows(mdp, pi)
     expect = [np.empty(mdp.n_states), np.empty((3, 4))]
-    get_kernel("row_sweep", which)(*rows, mdp.gamma, b, x, *expect, n_threads)
+    sums = get_kernel("row_sweep", which)(*rows, mdp.gamma, b, x.copy(), 0.3, *expect, n_threads)
     weights, out, stats = np.full(rows[2].shape, np.nan), np.empty(mdp.n_states), np.empty((3, 4))
-    get_kernel("state_sweep", which)(mdp.a_indptr, mdp.p_indptr, rows[1], mdp.p_data, pi,
-                                     mdp.gamma, b, x, out, weights, stats, n_threads)
+    got = get_kernel("state_sweep", which)(mdp.a_indptr, mdp.p_indptr, rows[1], mdp.p_data, pi,
+                                           mdp.gamma, b, x.copy(), 0.3, out, weights, stats,
+                                           n_threads)
     np.testing.assert_array_equal(weights, rows[2])
     np.testing.assert_array_equal(out, expect[0])
     np.testing.assert_array_equal(stats, expect[1])
+    assert got == sums
 
 
 @pytest.mark.parametrize("which", COMPILED + ["numpy"])
@@ -153,14 +166,44 @@ def test_evaluations_on_row_sweeps_are_certified_and_agree(which, n_threads, gam
     np.testing.assert_allclose(ev.v, plain.v, rtol=1e-10 if gamma > 0.999 else 1e-12)
 
 
-def test_row_sweeps_give_the_same_bits_on_both_twins_and_thread_counts(small_rows):
+@pytest.mark.parametrize("gamma", [0.99, 0.9999])
+@pytest.mark.parametrize("which", COMPILED)
+def test_visitations_on_row_sweeps_are_certified_and_agree(which, gamma, monkeypatch,
+                                                           small_rows):
+    mdp = fastppo.garnet(400, 4, 6, gamma=gamma, seed=9)
+    pi = random_policy(mdp, 10)[0]
+    mu = np.random.default_rng(11).dirichlet(np.ones(mdp.n_states))
+    A = np.eye(mdp.n_states) - mdp.gamma * naive.P_pi(mdp, pi)
+    monkeypatch.setattr(evaluator, "TRANSPOSED_STATES", 1)
+    out = {}
+    for threshold in (1, None):
+        monkeypatch.setattr(evaluator, "ROW_SWEEP_STATES", threshold)
+        E = Evaluator(mdp, None, which, 1)
+        E.load(pi)
+        assert (E._visit_system(mu, None)[0].sweep is not None) == (threshold is not None)
+        out[threshold] = E.visitation(mu)
+    vis, plain = out[1], out[None]
+    target = max(1e-12, 10 * np.finfo(float).eps * (1 + gamma) / (1 - gamma)) * (1 + 1e-3)
+    y = vis.d / (1.0 - mdp.gamma)
+    assert vis.residual <= target
+    assert np.linalg.norm(mu - A.T @ y) / np.linalg.norm(mu) <= target
+    assert vis.method == "richardson" and abs(vis.n_matvec - plain.n_matvec) <= 1
+    assert naive.rel_err(vis.d, naive.visitation(mdp, pi, mu)) <= 1e-10 / (1.0 - gamma) * 1e-2
+    np.testing.assert_allclose(vis.d, plain.d, rtol=1e-10, atol=1e-15)
+
+
+def test_row_sweeps_give_the_same_bits_on_both_twins_and_thread_counts(small_rows, monkeypatch):
+    monkeypatch.setattr(evaluator, "TRANSPOSED_STATES", 1)
     mdp = fastppo.garnet(300, 3, 5, gamma=0.95, seed=12)
     pi = random_policy(mdp, 13)[0]
-    out = {(b, n): fastppo.evaluate(mdp, pi, backend=b, n_threads=n)
+    out = {(b, n): (fastppo.evaluate(mdp, pi, backend=b, n_threads=n),
+                    fastppo.visitation(mdp, pi, backend=b, n_threads=n))
            for b in COMPILED for n in (1, 2)}
-    for ev in out.values():
+    first_ev, first_d = out["cython", 1]
+    for ev, d in out.values():
         for name in ("v", "q", "adv"):
-            np.testing.assert_array_equal(getattr(ev, name), getattr(out["cython", 1], name))
+            np.testing.assert_array_equal(getattr(ev, name), getattr(first_ev, name))
+        np.testing.assert_array_equal(d, first_d)
 
 
 def test_where_row_sweeps_apply(monkeypatch):

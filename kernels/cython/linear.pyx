@@ -17,9 +17,9 @@
 ``transposed_rmatvec``: out = y − γ P_πᵀ y as a gather on P's entries in the transposed
                      order (at most 2¹⁶ states; ``transposed_weights`` once per policy),
                      eight y gathered at a time with AVX-512 (_rows8.h)
-``row_sweep``:       one Richardson sweep x + r, r = b − (x − γ W x), on a CSR W of at most
-                     2¹⁶ states in the same eight sums (P_π's state rows: a value solve), with
-                     r's sum, sum of squares, min and max over fixed chunks
+``row_sweep``:       x ← x + shift, then one Richardson sweep x + r, r = b − (x − γ W x), on a
+                     CSR W of at most 2¹⁶ states in the same eight sums (P_π's state rows: a
+                     value solve); returns r's sum, sum of squares, min and max (fixed chunks)
 ``state_sweep``:     row_sweep on P_π's state rows, writing them (π(k) P[j]) as it goes: the
                      first sweep of a policy
 ``state_products``:  out = x − γ P_π x on P_π's state rows (row_sweep's), and rows = P x per
@@ -550,21 +550,25 @@ def transposed_rmatvec(const int64_t[::1] t_indptr, const uint16_t[::1] t_source
 
 
 def row_sweep(const int64_t[::1] indptr, const uint16_t[::1] sources,
-              const double[::1] weights, double gamma, const double[::1] b,
-              const double[::1] x,                                              # IN
+              const double[::1] weights, double gamma, const double[::1] b,    # IN
+              double[::1] x, double shift,                                      # IN/OUT
               double[::1] out, double[:, ::1] stats, int n_threads):            # OUT
-    """row_sweep(indptr, sources, weights, gamma, b, x, out, stats, n_threads)
+    """row_sweep(indptr, sources, weights, gamma, b, x, shift, out, stats, n_threads)
 
-    One Richardson sweep of (I − γW) x = b, W a CSR of at most 2¹⁶ states (row i's entries
-    indptr[i] ≤ e < indptr[i + 1], ``weights`` at columns ``sources``: P_π's state rows):
-    r = b − (x − γ W x), each row in row8's eight sums,
-    and out = x + r. stats[c] = (Σ r, Σ r², min r, max r) over the c-th of stats.shape[0]
-    equal chunks of rows, each summed in order: the same bits on any number of threads."""
+    x ← x + shift, then one Richardson sweep of (I − γW) x = b, W a CSR of at most 2¹⁶
+    states (row i's entries indptr[i] ≤ e < indptr[i + 1], ``weights`` at columns
+    ``sources``: P_π's state rows): r = b − (x − γ W x), each row in row8's eight sums, and
+    out = x + r. Returns (Σ r, Σ r², min r, max r), each summed over stats.shape[0] equal
+    chunks of rows in order (``stats``: their partial sums), then over the chunks in
+    order: the same bits on any number of threads."""
     cdef Py_ssize_t n = b.shape[0], n_chunks = stats.shape[0], c, i, lo, hi
     cdef const uint16_t *src = &sources[0]
     cdef const double *w = &weights[0]
     cdef const double *xs = &x[0]
-    cdef double r, total, squares, least, most
+    cdef double r, xi, total, squares, least, most
+    if shift != 0.0:
+        for i in prange(n, nogil=True, schedule="static", num_threads=n_threads):
+            x[i] = x[i] + shift
     for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
         lo = c * n // n_chunks
         hi = (c + 1) * n // n_chunks
@@ -573,8 +577,9 @@ def row_sweep(const int64_t[::1] indptr, const uint16_t[::1] sources,
         least = INFINITY
         most = -INFINITY
         for i in range(lo, hi):
-            r = b[i] - (xs[i] - gamma * row8(src, w, xs, indptr[i], indptr[i + 1]))
-            out[i] = xs[i] + r
+            xi = xs[i]
+            r = b[i] - (xi - gamma * row8(src, w, xs, indptr[i], indptr[i + 1]))
+            out[i] = xi + r
             total = total + r
             squares = squares + r * r
             if r < least:
@@ -585,14 +590,30 @@ def row_sweep(const int64_t[::1] indptr, const uint16_t[::1] sources,
         stats[c, 1] = squares
         stats[c, 2] = least
         stats[c, 3] = most
+    return _combined(stats)
+
+
+cdef tuple _combined(double[:, ::1] stats):
+    """(Σ, Σ, min, max) of the chunks' partial sums, in order."""
+    cdef double total = 0.0, squares = 0.0, least = INFINITY, most = -INFINITY
+    cdef Py_ssize_t c
+    for c in range(stats.shape[0]):
+        total = total + stats[c, 0]
+        squares = squares + stats[c, 1]
+        if stats[c, 2] < least:
+            least = stats[c, 2]
+        if stats[c, 3] > most:
+            most = stats[c, 3]
+    return total, squares, least, most
 
 
 def state_sweep(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                 const uint16_t[::1] indices, const double[::1] p_data, const double[::1] pi,
-                double gamma, const double[::1] b, const double[::1] x,           # IN
+                double gamma, const double[::1] b,                                # IN
+                double[::1] x, double shift,                                      # IN/OUT
                 double[::1] out, double[::1] weights, double[:, ::1] stats,
                 int n_threads):                                                   # OUT
-    """state_sweep(a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, out, weights, stats, n_threads)
+    """state_sweep(a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, shift, out, weights, stats, n_threads)
 
     ``row_sweep`` on P_π's state rows (state s's entries p_indptr[a_indptr[s]] ≤ j <
     p_indptr[a_indptr[s + 1]]), writing them first, weights[j] = π(k) P[j]
@@ -603,7 +624,10 @@ def state_sweep(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
     cdef const uint16_t *src = &indices[0]
     cdef double *w = &weights[0]
     cdef const double *xs = &x[0]
-    cdef double r, total, squares, least, most, p
+    cdef double r, xi, total, squares, least, most, p
+    if shift != 0.0:
+        for i in prange(n, nogil=True, schedule="static", num_threads=n_threads):
+            x[i] = x[i] + shift
     for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
         lo = c * n // n_chunks
         hi = (c + 1) * n // n_chunks
@@ -616,9 +640,10 @@ def state_sweep(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                 p = pi[k]
                 for j in range(p_indptr[k], p_indptr[k + 1]):
                     w[j] = p * p_data[j]
-            r = b[i] - (xs[i] - gamma * row8(src, w, xs, p_indptr[a_indptr[i]],
+            xi = xs[i]
+            r = b[i] - (xi - gamma * row8(src, w, xs, p_indptr[a_indptr[i]],
                                              p_indptr[a_indptr[i + 1]]))
-            out[i] = xs[i] + r
+            out[i] = xi + r
             total = total + r
             squares = squares + r * r
             if r < least:
@@ -629,6 +654,8 @@ def state_sweep(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
         stats[c, 1] = squares
         stats[c, 2] = least
         stats[c, 3] = most
+    return _combined(stats)
+
 
 def state_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                    const uint16_t[::1] indices, const double[::1] p_data,

@@ -21,9 +21,9 @@
                      the same sums, the lines it touches in one block's columns at a time
 ``transposed_rmatvec``: y − γ P_πᵀ y as a gather on P's entries in the transposed order
                      (``transposed_weights`` per policy), each state in eight partial sums
-``row_sweep``:       one Richardson sweep x + r, r = b − (x − γ W x), on a CSR W of at most
-                     2¹⁶ states in the same eight sums (P_π's state rows: a value solve), with
-                     r's sum, sum of squares, min and max over fixed chunks
+``row_sweep``:       x ← x + shift, then one Richardson sweep x + r, r = b − (x − γ W x), on a
+                     CSR W of at most 2¹⁶ states in the same eight sums (P_π's state rows: a
+                     value solve); returns r's sum, sum of squares, min and max (fixed chunks)
 ``state_sweep``:     row_sweep on P_π's state rows, writing them (π(k) P[j]) as it goes: the
                      first sweep of a policy
 ``state_products``:  out = x − γ P_π x on P_π's state rows (row_sweep's), and rows = P x per
@@ -359,15 +359,34 @@ def transposed_rmatvec(t_indptr, t_sources, weights, gamma, y, out):
                                       np.uint64(t_indptr[c + 1]))
 
 
-def row_sweep(indptr, sources, weights, gamma, b, x, out, stats):
+@njit(inline="always")
+def _combined(stats):
+    """(Σ, Σ, min, max) of the chunks' partial sums, in order (the Cython twin's)."""
+    total = squares = 0.0
+    least, most = np.inf, -np.inf
+    for c in range(stats.shape[0]):
+        total += stats[c, 0]
+        squares += stats[c, 1]
+        if stats[c, 2] < least:
+            least = stats[c, 2]
+        if stats[c, 3] > most:
+            most = stats[c, 3]
+    return total, squares, least, most
+
+
+def row_sweep(indptr, sources, weights, gamma, b, x, shift, out, stats):
     n, n_chunks = b.shape[0], stats.shape[0]
+    if shift != 0.0:
+        for i in prange(n):
+            x[i] += shift
     for c in prange(n_chunks):
         total = squares = 0.0
         least, most = np.inf, -np.inf
         for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
-            r = b[i] - (x[i] - gamma * _row8(sources, weights, x, np.uint64(indptr[i]),
-                                             np.uint64(indptr[i + 1])))
-            out[i] = x[i] + r
+            xi = x[i]
+            r = b[i] - (xi - gamma * _row8(sources, weights, x, np.uint64(indptr[i]),
+                                           np.uint64(indptr[i + 1])))
+            out[i] = xi + r
             total += r
             squares += r * r
             if r < least:
@@ -378,10 +397,15 @@ def row_sweep(indptr, sources, weights, gamma, b, x, out, stats):
         stats[c, 1] = squares
         stats[c, 2] = least
         stats[c, 3] = most
+    return _combined(stats)
 
 
-def state_sweep(a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, out, weights, stats):
+def state_sweep(a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, shift, out, weights,
+                stats):
     n, n_chunks = b.shape[0], stats.shape[0]
+    if shift != 0.0:
+        for i in prange(n):
+            x[i] += shift
     for c in prange(n_chunks):
         total = squares = 0.0
         least, most = np.inf, -np.inf
@@ -390,9 +414,10 @@ def state_sweep(a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, out, weigh
                 p = pi[k]
                 for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
                     weights[j] = p * p_data[j]
-            r = b[i] - (x[i] - gamma * _row8(indices, weights, x, np.uint64(p_indptr[a_indptr[i]]),
-                                             np.uint64(p_indptr[a_indptr[i + 1]])))
-            out[i] = x[i] + r
+            xi = x[i]
+            r = b[i] - (xi - gamma * _row8(indices, weights, x, np.uint64(p_indptr[a_indptr[i]]),
+                                           np.uint64(p_indptr[a_indptr[i + 1]])))
+            out[i] = xi + r
             total += r
             squares += r * r
             if r < least:
@@ -403,6 +428,7 @@ def state_sweep(a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, out, weigh
         stats[c, 1] = squares
         stats[c, 2] = least
         stats[c, 3] = most
+    return _combined(stats)
 
 
 DIRECT_PI = 1e-150  # state_products: below, a pair's row from P (π P[j] may be subnormal)
