@@ -489,6 +489,13 @@ class Evaluator:
         self.n_passes += 1
         self._k["transposed_rmatvec"](*rows, x, out, self.n_threads)
 
+    def _transposed_apply(self):
+        """Whether :meth:`_transposed_rows` apply (without making them)."""
+        mdp = self.mdp
+        return (TRANSPOSED_STATES is not None and TRANSPOSED_STATES <= mdp.n_states <= 1 << 16
+                and self.backend != "numpy" and not self._compact
+                and mdp.p_data.dtype == np.float64)
+
     def _transposed_rows(self):
         """(t_indptr, t_sources, P_πᵀ's entries, γ) of the loaded policy for
         ``transposed_rmatvec``, or None where they do not apply: fewer than
@@ -499,9 +506,7 @@ class Evaluator:
         if self._transposed is None:
             mdp = self.mdp
             pattern = (mdp._transitions.transposed_pattern(mdp.n_states, mdp.s_indices)
-                       if (TRANSPOSED_STATES is not None and mdp.n_states >= TRANSPOSED_STATES
-                           and self.backend != "numpy" and not self._compact
-                           and mdp.p_data.dtype == np.float64) else None)
+                       if self._transposed_apply() else None)
             if pattern is None:
                 self._transposed = False
             else:
@@ -516,7 +521,7 @@ class Evaluator:
 
     def _row_sweeps_apply(self):
         """Whether single solves sweep with ``row_sweep`` (ROW_SWEEP_STATES, ROW_SWEEP_ENTRIES;
-        the visitation also needs :meth:`_transposed_rows`)."""
+        the visitation also needs :meth:`_transposed_apply`)."""
         mdp = self.mdp
         return (ROW_SWEEP_STATES is not None and ROW_SWEEP_STATES <= mdp.n_states <= 1 << 16
                 and mdp.p_indices.shape[0] >= ROW_SWEEP_ENTRIES * mdp.n_states
@@ -723,8 +728,10 @@ class Evaluator:
         else:
             total = self.space.sum(d0)
             y0 = d0 / (scale * total) if total > 0 else None
-        sweep = (self._visit_row_sweep if self._row_sweeps_apply()
-                 and self._transposed_rows() is not None else None)
+        # (the rows are made by the first sweep that needs them: the lockstep solves,
+        # which scatter, never make them)
+        sweep = (self._visit_row_sweep if self._row_sweeps_apply() and self._transposed_apply()
+                 else None)
         return _krylov.System(self.visit_matvec, mu, VISIT_SYSTEM, sweep=sweep,
                               assembled=(None if self.assembled is None
                                          else functools.partial(self.assembled, True))), y0

@@ -206,6 +206,20 @@ def test_row_sweeps_give_the_same_bits_on_both_twins_and_thread_counts(small_row
         np.testing.assert_array_equal(d, first_d)
 
 
+def test_lockstep_solves_make_no_rows(small_rows, monkeypatch):
+    """PPO-Clip's lockstep solves take fused passes on P's own rows: neither P_π's state
+    rows nor P_πᵀ's entries are made for them (each would cost a pass per policy)."""
+    monkeypatch.setattr(evaluator, "TRANSPOSED_STATES", 1)
+    mdp = fastppo.garnet(300, 3, 5, gamma=0.95, seed=12)
+    E = Evaluator(mdp, None, "cython", 1)
+    E.load(random_policy(mdp, 13)[0])
+    ev, vis = E.evaluation_and_visitation(mdp.rho)
+    assert E._state is None and E._transposed is None
+    assert ev.n_passes == vis.n_passes == E.n_passes
+    E.visitation(mdp.rho)  # a single solve makes P_πᵀ's entries on its first sweep
+    assert E._transposed
+
+
 def test_where_row_sweeps_apply(monkeypatch):
     mdp = fastppo.garnet(300, 3, 5, gamma=0.95, seed=14)
     pi = random_policy(mdp, 15)[0]
