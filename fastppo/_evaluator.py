@@ -58,8 +58,9 @@ TRANSPOSED_STATES = 5_000
 # policy on all pairs): each sweep one pass of ``row_sweep`` (product, residual, update and
 # r's sums at once, no NumPy operation between sweeps) on P_π's state rows, written by the
 # policy's first sweep (``state_sweep``; 8 bytes per entry), or on P_πᵀ's entries for the
-# visitation (TRANSPOSED_STATES); the value sweeps' last product, by ``state_products``,
-# keeps P x per pair for Q̃ from the same rows. None: never.
+# visitation (TRANSPOSED_STATES; written by its first sweep, ``transposed_sweep``); the
+# value sweeps' last product, by ``state_products``, keeps P x per pair for Q̃ from the
+# same rows. None: never.
 ROW_SWEEP_STATES = 5_000
 # ... and at least this many entries of P per state on average: rows long enough for the
 # eight-lane gathers to repay the policy's first sweep writing them (the 10k garnet, 100
@@ -328,7 +329,8 @@ class Evaluator:
             "bellman_matvec", "bellman_rmatvec", "bellman_products", "q_values", "q_greedy",
             "regularized_reward", "advantages", "q_advantages", "policy_gradient",
             "greedy_policy", "segment_softmax", "blocked_products", "transposed_weights",
-            "transposed_rmatvec", "row_sweep", "state_sweep", "state_products")}
+            "transposed_rmatvec", "row_sweep", "state_sweep", "transposed_sweep",
+            "state_products")}
         self._k = k
         self.pi = None
         self._held_rows = None
@@ -550,10 +552,23 @@ class Evaluator:
 
     def _visit_row_sweep(self, b, x, shift, out):
         """A sweep of the visitation system (``System.sweep``) by ``row_sweep`` on P_πᵀ's
-        entries (:meth:`_transposed_rows`)."""
+        entries (:meth:`_transposed_rows`); the policy's first sweep writes them as it goes
+        (``transposed_sweep``)."""
         self.n_passes += 1
-        return self._k["row_sweep"](*self._transposed_rows(), b, x, shift, out,
-                                    self._sweep_stats, self.n_threads)
+        if self._transposed is None:
+            mdp = self.mdp
+            t_indptr, pairs, sources, data = mdp._transitions.transposed_pattern(
+                mdp.n_states, mdp.s_indices)
+            if self._transposed_weights is None:
+                self._transposed_weights = np.empty(data.shape[0])
+            sums = self._k["transposed_sweep"](t_indptr, pairs, sources, data, self.pi,
+                                               mdp.gamma, b, x, shift, out,
+                                               self._transposed_weights, self._sweep_stats,
+                                               self.n_threads)
+            self._transposed = (t_indptr, sources, self._transposed_weights, mdp.gamma)
+            return sums
+        return self._k["row_sweep"](*self._transposed, b, x, shift, out, self._sweep_stats,
+                                    self.n_threads)
 
     def products(self, x_value, x_visit, out_value, out_visit, exact=True):
         """The products of one lockstep sweep in one pass over P (``bellman_products``):

@@ -228,8 +228,8 @@ class System:
     sweep : callable, optional
         ``sweep(b, x, shift, out)``: x ← x + shift, then a whole Richardson sweep in one
         pass, x + r into ``out`` (r = b − A x), returning (Σ r, Σ r², min r, max r) (the
-        ``row_sweep`` kernel); Richardson's sweeps that need nothing more use it. None:
-        ``sweep_product`` and vector operations.
+        ``row_sweep`` kernel); Richardson's sweeps use it, except for the products that
+        ``sweep_product`` is asked for. None: ``sweep_product`` and vector operations.
     """
 
     __slots__ = ("matvec", "b", "what", "shift", "assembled", "sweep_product", "sweep")
@@ -531,7 +531,9 @@ def richardson(system, x0, stop, max_iter, *, max_rate=MAX_RATE, min_sweeps=MIN_
     sweeps.zero_start()
     product = system.sweep_product
     while sweeps.result is None:
-        if system.sweep is not None and not sweeps.exact:
+        # an exact product is asked for to keep what sweep_product keeps; the sweep itself
+        # is exact
+        if system.sweep is not None and (product is None or not sweeps.exact):
             sweeps.sweep()
             continue
         sweeps.settle()

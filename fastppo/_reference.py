@@ -142,6 +142,13 @@ def state_sweep(a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, shift, out
     return row_sweep(p_indptr[a_indptr], indices, weights, gamma, b, x, shift, out, stats)
 
 
+def transposed_sweep(t_indptr, t_pairs, t_sources, t_data, pi, gamma, b, x, shift, out,
+                     weights, stats, n_threads=1):
+    """P_πᵀ's entries into ``weights`` (``transposed_weights``), then ``row_sweep`` on them."""
+    transposed_weights(t_pairs, t_data, pi, weights)
+    return row_sweep(t_indptr, t_sources, weights, gamma, b, x, shift, out, stats)
+
+
 def state_products(a_indptr, p_indptr, indices, p_data, weights, pi, gamma, x, out, rows,
                    n_threads=1):
     """out = x − γ P_π x and rows = P x per pair, from P_π's entries ``weights`` (π(k) P[j],

@@ -186,6 +186,12 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
                              k, (a, pp, state_rows[1], pd, p, g, inp["q"][:S]), inp["x"], c,
                              (out(S), out(pd.shape[0]), np.full((3, 4), np.nan)), n_threads))
                         for label, p in (("pi", pi), ("zeros", zpi)) for c in (0.0, 0.3)],
+        # a visitation sweep writing P_πᵀ's entries (transposed_weights, then row_sweep)
+        "transposed_sweep": [(f"{label}-shift{c}", lambda k, p=p, c=c: _sweep(
+                                  k, (tp[0], tp[1], tp[2], tp[3], p, g, inp["q"][:S]), inp["x"],
+                                  c, (out(S), out(pd.shape[0]), np.full((3, 4), np.nan)),
+                                  n_threads))
+                             for label, p in (("pi", pi), ("zeros", zpi)) for c in (0.0, 0.3)],
         # P_π x and P x per pair from the state rows; "tiny": π < 1e-150 and 0 take P's rows
         "state_products": [(label, lambda k, p=p: _outputs(
                                 k, (a, pp, state_rows[1], pd, np.repeat(p, np.diff(pp)) * pd, p, g,

@@ -2,7 +2,8 @@
 
 ``row_sweep`` makes a whole sweep, x + r with r = b − (x − γ W x), and r's sums, on a CSR W
 of at most 2¹⁶ states: P_π's state rows for the value system (written by the policy's
-first sweep, ``state_sweep``), P_πᵀ's entries for the visitation. ``state_products``
+first sweep, ``state_sweep``), P_πᵀ's entries for the visitation (``transposed_sweep``).
+``state_products``
 makes the sweeps' last product from the same state rows, with P x per pair for Q̃ (each
 pair's sum divided by π, or P's row where π < 1e-150). Checked against loops in the
 kernels' order (bit for bit), the dense P, np.linalg.solve, twins and thread counts;
@@ -98,6 +99,30 @@ def test_state_sweep_writes_the_state_rows_and_sweeps_on_them(which, n_threads):
     assert got == sums
 
 
+@pytest.mark.parametrize("n_threads", [1, 2], ids=lambda n: f"threads{n}")
+@pytest.mark.parametrize("which", COMPILED + ["numpy"])
+def test_transposed_sweep_writes_p_pi_transposed_and_sweeps_on_it(which, n_threads):
+    mdp = fastppo.garnet(61, 3, 11, gamma=0.9, seed=3)
+    pi = random_policy(mdp, 4)[0]
+    rng = np.random.default_rng(5)
+    b, x = rng.normal(size=mdp.n_states), rng.normal(size=mdp.n_states)
+    t_indptr, pairs, sources, data = mdp._transitions.transposed_pattern(mdp.n_states,
+                                                                         mdp.s_indices)
+    tw = np.full(data.shape[0], np.nan)
+    get_kernel("transposed_weights", which)(pairs, data, pi, tw, n_threads)
+    expect = [np.empty(mdp.n_states), np.empty((3, 4))]
+    sums = get_kernel("row_sweep", which)(t_indptr, sources, tw, mdp.gamma, b, x.copy(), 0.3,
+                                          *expect, n_threads)
+    weights, out, stats = np.full(tw.shape, np.nan), np.empty(mdp.n_states), np.empty((3, 4))
+    got = get_kernel("transposed_sweep", which)(t_indptr, pairs, sources, data, pi, mdp.gamma,
+                                                b, x.copy(), 0.3, out, weights, stats,
+                                                n_threads)
+    np.testing.assert_array_equal(weights, tw)
+    np.testing.assert_array_equal(out, expect[0])
+    np.testing.assert_array_equal(stats, expect[1])
+    assert got == sums
+
+
 @pytest.mark.parametrize("which", COMPILED + ["numpy"])
 def test_state_products_give_p_pi_x_and_p_x_per_pair(which):
     mdp = fastppo.garnet(40, 4, 7, gamma=0.95, seed=6)
@@ -183,6 +208,9 @@ def test_visitations_on_row_sweeps_are_certified_and_agree(which, gamma, monkeyp
         assert (E._visit_system(mu, None)[0].sweep is not None) == (threshold is not None)
         out[threshold] = E.visitation(mu)
     vis, plain = out[1], out[None]
+    # the first sweep writes P_πᵀ's entries (no pass of its own), the path without makes
+    # them by a pass of transposed_weights
+    assert vis.n_passes == vis.n_matvec and plain.n_passes == plain.n_matvec + 1
     target = max(1e-12, 10 * np.finfo(float).eps * (1 + gamma) / (1 - gamma)) * (1 + 1e-3)
     y = vis.d / (1.0 - mdp.gamma)
     assert vis.residual <= target

@@ -22,6 +22,8 @@
                      value solve); returns r's sum, sum of squares, min and max (fixed chunks)
 ``state_sweep``:     row_sweep on P_π's state rows, writing them (π(k) P[j]) as it goes: the
                      first sweep of a policy
+``transposed_sweep``: row_sweep on P_πᵀ's entries, writing them (π P[e]) as it goes: a
+                     visitation's first sweep of a policy
 ``state_products``:  out = x − γ P_π x on P_π's state rows (row_sweep's), and rows = P x per
                      pair, each pair's sum divided by π (P's row below π = 1e-150)
 From ``PREFETCH_STATES`` states on (a fused pass with both sides: ``FUSED_PREFETCH_STATES``),
@@ -643,6 +645,53 @@ def state_sweep(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
             xi = xs[i]
             r = b[i] - (xi - gamma * row8(src, w, xs, p_indptr[a_indptr[i]],
                                              p_indptr[a_indptr[i + 1]]))
+            out[i] = xi + r
+            total = total + r
+            squares = squares + r * r
+            if r < least:
+                least = r
+            if r > most:
+                most = r
+        stats[c, 0] = total
+        stats[c, 1] = squares
+        stats[c, 2] = least
+        stats[c, 3] = most
+    return _combined(stats)
+
+
+def transposed_sweep(const int64_t[::1] t_indptr, const int32_t[::1] t_pairs,
+                     const uint16_t[::1] t_sources, const double[::1] t_data,
+                     const double[::1] pi, double gamma, const double[::1] b,     # IN
+                     double[::1] x, double shift,                                 # IN/OUT
+                     double[::1] out, double[::1] weights, double[:, ::1] stats,
+                     int n_threads):                                              # OUT
+    """transposed_sweep(t_indptr, t_pairs, t_sources, t_data, pi, gamma, b, x, shift, out, weights, stats, n_threads)
+
+    ``row_sweep`` on P_πᵀ's entries in the transposed order, writing them first,
+    weights[e] = π(t_pairs[e]) t_data[e] (``transposed_weights``), state by state in the
+    same pass: the same bits as ``transposed_weights`` then ``row_sweep``. At most 2¹⁶
+    states, float64 P."""
+    cdef Py_ssize_t n = b.shape[0], n_chunks = stats.shape[0], c, i, lo, hi
+    cdef int64_t e
+    cdef const uint16_t *src = &t_sources[0]
+    cdef double *w = &weights[0]
+    cdef const double *xs = &x[0]
+    cdef double r, xi, total, squares, least, most
+    if shift != 0.0:
+        for i in prange(n, nogil=True, schedule="static", num_threads=n_threads):
+            x[i] = x[i] + shift
+    for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
+        lo = c * n // n_chunks
+        hi = (c + 1) * n // n_chunks
+        total = 0.0
+        squares = 0.0
+        least = INFINITY
+        most = -INFINITY
+        for i in range(lo, hi):
+            for e in range(t_indptr[i], t_indptr[i + 1]):
+                w[e] = pi[t_pairs[e]] * t_data[e]
+            xi = xs[i]
+            r = b[i] - (xi - gamma * row8(src, w, xs, t_indptr[i], t_indptr[i + 1]))
             out[i] = xi + r
             total = total + r
             squares = squares + r * r

@@ -26,6 +26,8 @@
                      value solve); returns r's sum, sum of squares, min and max (fixed chunks)
 ``state_sweep``:     row_sweep on P_π's state rows, writing them (π(k) P[j]) as it goes: the
                      first sweep of a policy
+``transposed_sweep``: row_sweep on P_πᵀ's entries, writing them (π P[e]) as it goes: a
+                     visitation's first sweep of a policy
 ``state_products``:  out = x − γ P_π x on P_π's state rows (row_sweep's), and rows = P x per
                      pair, each pair's sum divided by π (P's row below π = 1e-150)
 
@@ -431,6 +433,35 @@ def state_sweep(a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, shift, out
     return _combined(stats)
 
 
+def transposed_sweep(t_indptr, t_pairs, t_sources, t_data, pi, gamma, b, x, shift, out,
+                     weights, stats):
+    n, n_chunks = b.shape[0], stats.shape[0]
+    if shift != 0.0:
+        for i in prange(n):
+            x[i] += shift
+    for c in prange(n_chunks):
+        total = squares = 0.0
+        least, most = np.inf, -np.inf
+        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+            for e in range(np.uint64(t_indptr[i]), np.uint64(t_indptr[i + 1])):
+                weights[e] = pi[t_pairs[e]] * t_data[e]
+            xi = x[i]
+            r = b[i] - (xi - gamma * _row8(t_sources, weights, x, np.uint64(t_indptr[i]),
+                                           np.uint64(t_indptr[i + 1])))
+            out[i] = xi + r
+            total += r
+            squares += r * r
+            if r < least:
+                least = r
+            if r > most:
+                most = r
+        stats[c, 0] = total
+        stats[c, 1] = squares
+        stats[c, 2] = least
+        stats[c, 3] = most
+    return _combined(stats)
+
+
 DIRECT_PI = 1e-150  # state_products: below, a pair's row from P (π P[j] may be subnormal)
 
 
@@ -454,4 +485,4 @@ def state_products(a_indptr, p_indptr, indices, p_data, weights, pi, gamma, x, o
 
 KERNELS = twins(bellman_matvec, bellman_rmatvec, q_values, q_greedy, bellman_products,
                 blocked_entries, blocked_products, transposed_weights, transposed_rmatvec,
-                row_sweep, state_sweep, state_products)
+                row_sweep, state_sweep, transposed_sweep, state_products)
