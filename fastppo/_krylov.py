@@ -428,8 +428,8 @@ class _Sweeps:
             self.pending = 0.0
 
     def _decide(self, residual, exact, product):
-        """Record a residual of x (+ ``pending``); sets ``result`` if the sweeps end there.
-        Returns whether they go on."""
+        """Record a residual of x (with nothing pending); sets ``result`` if the sweeps end
+        there. Returns whether they go on."""
         self.n_matvec += product
         self.n_residuals += 1
         # the last sweep's rate, on any product (an approximate residual is accurate to
@@ -457,7 +457,6 @@ class _Sweeps:
             self.exact = True  # the next product should meet tol: exact, no certificate
         if self.stop.met(residual):
             if exact:
-                self.settle()
                 self.result = LinearResult(self.x, self.n_matvec, residual, True, "richardson")
                 return False
             self.exact = True  # certify x by an exact product before accepting it
@@ -468,7 +467,6 @@ class _Sweeps:
                                      self.stop.target))
         if self.n_matvec >= self.max_iter or slow:
             stalled = self.n_matvec < self.max_iter
-            self.settle()
             x = self.x
             if exact and hands_over_start(residual, self.start_residual, self.system.shift,
                                           self.x0 is None, self.stop.space.size(x)):
@@ -1114,7 +1112,8 @@ def solve_pair(value, visit, products, v0=None, y0=None, *, stop, max_iter, meth
     methods (its ``matvec``) on its own. With exact products each system's iterates are
     exactly those of :func:`solve` on it alone, when its ``matvec`` sums as ``products``
     does (the evaluator's single solves sweep on P_π's state rows and P_πᵀ's entries, from
-    ``ROW_SWEEP_STATES`` and ``TRANSPOSED_STATES`` states on: then to round-off). So when the value system's result is
+    ``ROW_SWEEP_STATES`` and ``TRANSPOSED_STATES`` states on: then to round-off). So when
+    the value system's result is
     "richardson" (with at least one product), the last ``products`` call with an
     ``x_value`` was exact, at its returned iterate divided by 2^:func:`scale_exponent` (b).
     Other methods solve the two systems one after the other with their ``matvec``.
