@@ -541,12 +541,12 @@ class Evaluator:
             mdp = self.mdp
             if self._state_weights is None:
                 self._state_weights = np.empty(mdp.p_data.shape[0])
-            indices = self._column_indices()
-            sums = self._k["state_sweep"](mdp.a_indptr, mdp.p_indptr, indices, mdp.p_data,
-                                          self.pi, mdp.gamma, b, x, shift, out,
-                                          self._state_weights, self._sweep_stats, self.n_threads)
-            self._state = (mdp.p_indptr[mdp.a_indptr], indices, self._state_weights, mdp.gamma)
-            return sums
+            self._state = (mdp.p_indptr[mdp.a_indptr], self._column_indices(),
+                           self._state_weights, mdp.gamma)
+            return self._k["state_sweep"](self._state[0], mdp.a_indptr, mdp.p_indptr,
+                                          self._state[1], mdp.p_data, self.pi, mdp.gamma, b, x,
+                                          shift, out, self._state_weights, self._sweep_stats,
+                                          self.n_threads)
         return self._k["row_sweep"](*self._state, b, x, shift, out, self._sweep_stats,
                                     self.n_threads)
 

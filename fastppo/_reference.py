@@ -135,11 +135,12 @@ def transposed_rmatvec(t_indptr, t_sources, weights, gamma, y, out, n_threads=1)
     out[:] = y - gamma * (PT @ y)
 
 
-def state_sweep(a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, shift, out, weights,
-                stats, n_threads=1):
-    """P_π's state rows into ``weights`` (``shared_weights``), then ``row_sweep`` on them."""
+def state_sweep(row_indptr, a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, shift, out,
+                weights, stats, n_threads=1):
+    """P_π's state rows into ``weights`` (``shared_weights``), then ``row_sweep`` on them
+    (state s's at row_indptr[s] = p_indptr[a_indptr[s]])."""
     shared_weights(p_indptr, p_data, pi, weights)
-    return row_sweep(p_indptr[a_indptr], indices, weights, gamma, b, x, shift, out, stats)
+    return row_sweep(row_indptr, indices, weights, gamma, b, x, shift, out, stats)
 
 
 def transposed_sweep(t_indptr, t_pairs, t_sources, t_data, pi, gamma, b, x, shift, out,

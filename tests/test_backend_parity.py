@@ -183,7 +183,7 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
                                                    n_threads=n_threads))],
         # a sweep writing the state rows (weights, then the sweep and its sums)
         "state_sweep": [(f"{label}-shift{c}", lambda k, p=p, c=c: _sweep(
-                             k, (a, pp, state_rows[1], pd, p, g, inp["q"][:S]), inp["x"], c,
+                             k, (pp[a], a, pp, state_rows[1], pd, p, g, inp["q"][:S]), inp["x"], c,
                              (out(S), out(pd.shape[0]), np.full((3, 4), np.nan)), n_threads))
                         for label, p in (("pi", pi), ("zeros", zpi)) for c in (0.0, 0.3)],
         # a visitation sweep writing P_πᵀ's entries (transposed_weights, then row_sweep)

@@ -90,9 +90,9 @@ def test_state_sweep_writes_the_state_rows_and_sweeps_on_them(which, n_threads):
     expect = [np.empty(mdp.n_states), np.empty((3, 4))]
     sums = get_kernel("row_sweep", which)(*rows, mdp.gamma, b, x.copy(), 0.3, *expect, n_threads)
     weights, out, stats = np.full(rows[2].shape, np.nan), np.empty(mdp.n_states), np.empty((3, 4))
-    got = get_kernel("state_sweep", which)(mdp.a_indptr, mdp.p_indptr, rows[1], mdp.p_data, pi,
-                                           mdp.gamma, b, x.copy(), 0.3, out, weights, stats,
-                                           n_threads)
+    got = get_kernel("state_sweep", which)(rows[0], mdp.a_indptr, mdp.p_indptr, rows[1],
+                                           mdp.p_data, pi, mdp.gamma, b, x.copy(), 0.3, out,
+                                           weights, stats, n_threads)
     np.testing.assert_array_equal(weights, rows[2])
     np.testing.assert_array_equal(out, expect[0])
     np.testing.assert_array_equal(stats, expect[1])

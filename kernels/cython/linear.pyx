@@ -20,10 +20,10 @@
 ``row_sweep``:       x ← x + shift, then one Richardson sweep x + r, r = b − (x − γ W x), on a
                      CSR W of at most 2¹⁶ states in the same eight sums (P_π's state rows: a
                      value solve); returns r's sum, sum of squares, min and max (fixed chunks)
-``state_sweep``:     row_sweep on P_π's state rows, writing them (π(k) P[j]) as it goes: the
-                     first sweep of a policy
-``transposed_sweep``: row_sweep on P_πᵀ's entries, writing them (π P[e]) as it goes: a
-                     visitation's first sweep of a policy
+``state_sweep``:     row_sweep on P_π's state rows, writing them (π(k) P[j]) chunk by chunk
+                     as it goes: the first sweep of a policy
+``transposed_sweep``: row_sweep on P_πᵀ's entries, writing them (π P[e]) chunk by chunk as
+                     it goes: a visitation's first sweep of a policy
 ``state_products``:  out = x − γ P_π x on P_π's state rows (row_sweep's), and rows = P x per
                      pair, each pair's sum divided by π (P's row below π = 1e-150)
 From ``PREFETCH_STATES`` states on (a fused pass with both sides: ``FUSED_PREFETCH_STATES``),
@@ -551,48 +551,26 @@ def transposed_rmatvec(const int64_t[::1] t_indptr, const uint16_t[::1] t_source
         out[c] = y[c] - gamma * row8(src, w, ys, t_indptr[c], t_indptr[c + 1])
 
 
-def row_sweep(const int64_t[::1] indptr, const uint16_t[::1] sources,
-              const double[::1] weights, double gamma, const double[::1] b,    # IN
-              double[::1] x, double shift,                                      # IN/OUT
-              double[::1] out, double[:, ::1] stats, int n_threads):            # OUT
-    """row_sweep(indptr, sources, weights, gamma, b, x, shift, out, stats, n_threads)
-
-    x ← x + shift, then one Richardson sweep of (I − γW) x = b, W a CSR of at most 2¹⁶
-    states (row i's entries indptr[i] ≤ e < indptr[i + 1], ``weights`` at columns
-    ``sources``: P_π's state rows): r = b − (x − γ W x), each row in row8's eight sums, and
-    out = x + r. Returns (Σ r, Σ r², min r, max r), each summed over stats.shape[0] equal
-    chunks of rows in order (``stats``: their partial sums), then over the chunks in
-    order: the same bits on any number of threads."""
-    cdef Py_ssize_t n = b.shape[0], n_chunks = stats.shape[0], c, i, lo, hi
-    cdef const uint16_t *src = &sources[0]
-    cdef const double *w = &weights[0]
-    cdef const double *xs = &x[0]
-    cdef double r, xi, total, squares, least, most
-    if shift != 0.0:
-        for i in prange(n, nogil=True, schedule="static", num_threads=n_threads):
-            x[i] = x[i] + shift
-    for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
-        lo = c * n // n_chunks
-        hi = (c + 1) * n // n_chunks
-        total = 0.0
-        squares = 0.0
-        least = INFINITY
-        most = -INFINITY
-        for i in range(lo, hi):
-            xi = xs[i]
-            r = b[i] - (xi - gamma * row8(src, w, xs, indptr[i], indptr[i + 1]))
-            out[i] = xi + r
-            total = total + r
-            squares = squares + r * r
-            if r < least:
-                least = r
-            if r > most:
-                most = r
-        stats[c, 0] = total
-        stats[c, 1] = squares
-        stats[c, 2] = least
-        stats[c, 3] = most
-    return _combined(stats)
+cdef void _sweep_rows(const int64_t *indptr, const uint16_t *src, const double *w,
+                      double gamma, const double *b, const double *x, double *out,
+                      Py_ssize_t lo, Py_ssize_t hi, double *sums) noexcept nogil:
+    """Rows lo ≤ i < hi of a sweep: r = b − (x − γ W x) in row8's sums, out = x + r, and
+    sums = (Σ r, Σ r², min r, max r) over those rows in order."""
+    cdef double r, total = 0.0, squares = 0.0, least = INFINITY, most = -INFINITY
+    cdef Py_ssize_t i
+    for i in range(lo, hi):
+        r = b[i] - (x[i] - gamma * row8(src, w, x, indptr[i], indptr[i + 1]))
+        out[i] = x[i] + r
+        total = total + r
+        squares = squares + r * r
+        if r < least:
+            least = r
+        if r > most:
+            most = r
+    sums[0] = total
+    sums[1] = squares
+    sums[2] = least
+    sums[3] = most
 
 
 cdef tuple _combined(double[:, ::1] stats):
@@ -609,53 +587,54 @@ cdef tuple _combined(double[:, ::1] stats):
     return total, squares, least, most
 
 
-def state_sweep(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
-                const uint16_t[::1] indices, const double[::1] p_data, const double[::1] pi,
-                double gamma, const double[::1] b,                                # IN
+def row_sweep(const int64_t[::1] indptr, const uint16_t[::1] sources,
+              const double[::1] weights, double gamma, const double[::1] b,    # IN
+              double[::1] x, double shift,                                      # IN/OUT
+              double[::1] out, double[:, ::1] stats, int n_threads):            # OUT
+    """row_sweep(indptr, sources, weights, gamma, b, x, shift, out, stats, n_threads)
+
+    x ← x + shift, then one Richardson sweep of (I − γW) x = b, W a CSR of at most 2¹⁶
+    states (row i's entries indptr[i] ≤ e < indptr[i + 1], ``weights`` at columns
+    ``sources``: P_π's state rows): r = b − (x − γ W x), each row in row8's eight sums, and
+    out = x + r. Returns (Σ r, Σ r², min r, max r), each summed over stats.shape[0] equal
+    chunks of rows in order (``stats``: their partial sums), then over the chunks in
+    order: the same bits on any number of threads."""
+    cdef Py_ssize_t n = b.shape[0], n_chunks = stats.shape[0], c, i
+    if shift != 0.0:
+        for i in prange(n, nogil=True, schedule="static", num_threads=n_threads):
+            x[i] = x[i] + shift
+    for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
+        _sweep_rows(&indptr[0], &sources[0], &weights[0], gamma, &b[0], &x[0], &out[0],
+                    c * n // n_chunks, (c + 1) * n // n_chunks, &stats[c, 0])
+    return _combined(stats)
+
+
+def state_sweep(const int64_t[::1] row_indptr, const int64_t[::1] a_indptr,
+                const int64_t[::1] p_indptr, const uint16_t[::1] indices,
+                const double[::1] p_data, const double[::1] pi, double gamma,
+                const double[::1] b,                                              # IN
                 double[::1] x, double shift,                                      # IN/OUT
                 double[::1] out, double[::1] weights, double[:, ::1] stats,
                 int n_threads):                                                   # OUT
-    """state_sweep(a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, shift, out, weights, stats, n_threads)
+    """state_sweep(row_indptr, a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, shift, out, weights, stats, n_threads)
 
-    ``row_sweep`` on P_π's state rows (state s's entries p_indptr[a_indptr[s]] ≤ j <
-    p_indptr[a_indptr[s + 1]]), writing them first, weights[j] = π(k) P[j]
-    (``shared_weights``), state by state in the same pass: the same bits as
-    ``shared_weights`` then ``row_sweep``. At most 2¹⁶ states, float64 P."""
+    ``row_sweep`` on P_π's state rows (state s's entries row_indptr[s] = p_indptr[a_indptr[s]]
+    ≤ j < row_indptr[s + 1]), each chunk of states' rows written first, weights[j] =
+    π(k) P[j] (``shared_weights``), in the same pass: the same bits as ``shared_weights``
+    then ``row_sweep``. At most 2¹⁶ states, float64 P."""
     cdef Py_ssize_t n = b.shape[0], n_chunks = stats.shape[0], c, i, lo, hi
     cdef int64_t k, j
-    cdef const uint16_t *src = &indices[0]
-    cdef double *w = &weights[0]
-    cdef const double *xs = &x[0]
-    cdef double r, xi, total, squares, least, most, p
     if shift != 0.0:
         for i in prange(n, nogil=True, schedule="static", num_threads=n_threads):
             x[i] = x[i] + shift
     for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
         lo = c * n // n_chunks
         hi = (c + 1) * n // n_chunks
-        total = 0.0
-        squares = 0.0
-        least = INFINITY
-        most = -INFINITY
-        for i in range(lo, hi):
-            for k in range(a_indptr[i], a_indptr[i + 1]):
-                p = pi[k]
-                for j in range(p_indptr[k], p_indptr[k + 1]):
-                    w[j] = p * p_data[j]
-            xi = xs[i]
-            r = b[i] - (xi - gamma * row8(src, w, xs, p_indptr[a_indptr[i]],
-                                             p_indptr[a_indptr[i + 1]]))
-            out[i] = xi + r
-            total = total + r
-            squares = squares + r * r
-            if r < least:
-                least = r
-            if r > most:
-                most = r
-        stats[c, 0] = total
-        stats[c, 1] = squares
-        stats[c, 2] = least
-        stats[c, 3] = most
+        for k in range(a_indptr[lo], a_indptr[hi]):
+            for j in range(p_indptr[k], p_indptr[k + 1]):
+                weights[j] = pi[k] * p_data[j]
+        _sweep_rows(&row_indptr[0], &indices[0], &weights[0], gamma, &b[0], &x[0], &out[0],
+                    lo, hi, &stats[c, 0])
     return _combined(stats)
 
 
@@ -667,42 +646,22 @@ def transposed_sweep(const int64_t[::1] t_indptr, const int32_t[::1] t_pairs,
                      int n_threads):                                              # OUT
     """transposed_sweep(t_indptr, t_pairs, t_sources, t_data, pi, gamma, b, x, shift, out, weights, stats, n_threads)
 
-    ``row_sweep`` on P_πᵀ's entries in the transposed order, writing them first,
-    weights[e] = π(t_pairs[e]) t_data[e] (``transposed_weights``), state by state in the
+    ``row_sweep`` on P_πᵀ's entries in the transposed order, each chunk of states' entries
+    written first, weights[e] = π(t_pairs[e]) t_data[e] (``transposed_weights``), in the
     same pass: the same bits as ``transposed_weights`` then ``row_sweep``. At most 2¹⁶
     states, float64 P."""
     cdef Py_ssize_t n = b.shape[0], n_chunks = stats.shape[0], c, i, lo, hi
     cdef int64_t e
-    cdef const uint16_t *src = &t_sources[0]
-    cdef double *w = &weights[0]
-    cdef const double *xs = &x[0]
-    cdef double r, xi, total, squares, least, most
     if shift != 0.0:
         for i in prange(n, nogil=True, schedule="static", num_threads=n_threads):
             x[i] = x[i] + shift
     for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
         lo = c * n // n_chunks
         hi = (c + 1) * n // n_chunks
-        total = 0.0
-        squares = 0.0
-        least = INFINITY
-        most = -INFINITY
-        for i in range(lo, hi):
-            for e in range(t_indptr[i], t_indptr[i + 1]):
-                w[e] = pi[t_pairs[e]] * t_data[e]
-            xi = xs[i]
-            r = b[i] - (xi - gamma * row8(src, w, xs, t_indptr[i], t_indptr[i + 1]))
-            out[i] = xi + r
-            total = total + r
-            squares = squares + r * r
-            if r < least:
-                least = r
-            if r > most:
-                most = r
-        stats[c, 0] = total
-        stats[c, 1] = squares
-        stats[c, 2] = least
-        stats[c, 3] = most
+        for e in range(t_indptr[lo], t_indptr[hi]):
+            weights[e] = pi[t_pairs[e]] * t_data[e]
+        _sweep_rows(&t_indptr[0], &t_sources[0], &weights[0], gamma, &b[0], &x[0], &out[0],
+                    lo, hi, &stats[c, 0])
     return _combined(stats)
 
 

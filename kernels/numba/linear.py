@@ -24,10 +24,10 @@
 ``row_sweep``:       x ← x + shift, then one Richardson sweep x + r, r = b − (x − γ W x), on a
                      CSR W of at most 2¹⁶ states in the same eight sums (P_π's state rows: a
                      value solve); returns r's sum, sum of squares, min and max (fixed chunks)
-``state_sweep``:     row_sweep on P_π's state rows, writing them (π(k) P[j]) as it goes: the
-                     first sweep of a policy
-``transposed_sweep``: row_sweep on P_πᵀ's entries, writing them (π P[e]) as it goes: a
-                     visitation's first sweep of a policy
+``state_sweep``:     row_sweep on P_π's state rows, writing them (π(k) P[j]) chunk by chunk
+                     as it goes: the first sweep of a policy
+``transposed_sweep``: row_sweep on P_πᵀ's entries, writing them (π P[e]) chunk by chunk as
+                     it goes: a visitation's first sweep of a policy
 ``state_products``:  out = x − γ P_π x on P_π's state rows (row_sweep's), and rows = P x per
                      pair, each pair's sum divided by π (P's row below π = 1e-150)
 
@@ -376,60 +376,51 @@ def _combined(stats):
     return total, squares, least, most
 
 
+@njit(inline="always")
+def _sweep_rows(indptr, sources, weights, gamma, b, x, out, lo, hi, sums):
+    """Rows lo ≤ i < hi of a sweep, and their (Σ r, Σ r², min r, max r) into ``sums``
+    (the Cython twin's _sweep_rows)."""
+    total = squares = 0.0
+    least, most = np.inf, -np.inf
+    for i in range(lo, hi):
+        r = b[i] - (x[i] - gamma * _row8(sources, weights, x, np.uint64(indptr[i]),
+                                         np.uint64(indptr[i + 1])))
+        out[i] = x[i] + r
+        total += r
+        squares += r * r
+        if r < least:
+            least = r
+        if r > most:
+            most = r
+    sums[0] = total
+    sums[1] = squares
+    sums[2] = least
+    sums[3] = most
+
+
 def row_sweep(indptr, sources, weights, gamma, b, x, shift, out, stats):
     n, n_chunks = b.shape[0], stats.shape[0]
     if shift != 0.0:
         for i in prange(n):
             x[i] += shift
     for c in prange(n_chunks):
-        total = squares = 0.0
-        least, most = np.inf, -np.inf
-        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
-            xi = x[i]
-            r = b[i] - (xi - gamma * _row8(sources, weights, x, np.uint64(indptr[i]),
-                                           np.uint64(indptr[i + 1])))
-            out[i] = xi + r
-            total += r
-            squares += r * r
-            if r < least:
-                least = r
-            if r > most:
-                most = r
-        stats[c, 0] = total
-        stats[c, 1] = squares
-        stats[c, 2] = least
-        stats[c, 3] = most
+        _sweep_rows(indptr, sources, weights, gamma, b, x, out, c * n // n_chunks,
+                    (c + 1) * n // n_chunks, stats[c])
     return _combined(stats)
 
 
-def state_sweep(a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, shift, out, weights,
-                stats):
+def state_sweep(row_indptr, a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, shift, out,
+                weights, stats):
     n, n_chunks = b.shape[0], stats.shape[0]
     if shift != 0.0:
         for i in prange(n):
             x[i] += shift
     for c in prange(n_chunks):
-        total = squares = 0.0
-        least, most = np.inf, -np.inf
-        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
-            for k in range(np.uint64(a_indptr[i]), np.uint64(a_indptr[i + 1])):
-                p = pi[k]
-                for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
-                    weights[j] = p * p_data[j]
-            xi = x[i]
-            r = b[i] - (xi - gamma * _row8(indices, weights, x, np.uint64(p_indptr[a_indptr[i]]),
-                                           np.uint64(p_indptr[a_indptr[i + 1]])))
-            out[i] = xi + r
-            total += r
-            squares += r * r
-            if r < least:
-                least = r
-            if r > most:
-                most = r
-        stats[c, 0] = total
-        stats[c, 1] = squares
-        stats[c, 2] = least
-        stats[c, 3] = most
+        lo, hi = c * n // n_chunks, (c + 1) * n // n_chunks
+        for k in range(np.uint64(a_indptr[lo]), np.uint64(a_indptr[hi])):
+            for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+                weights[j] = pi[k] * p_data[j]
+        _sweep_rows(row_indptr, indices, weights, gamma, b, x, out, lo, hi, stats[c])
     return _combined(stats)
 
 
@@ -440,25 +431,10 @@ def transposed_sweep(t_indptr, t_pairs, t_sources, t_data, pi, gamma, b, x, shif
         for i in prange(n):
             x[i] += shift
     for c in prange(n_chunks):
-        total = squares = 0.0
-        least, most = np.inf, -np.inf
-        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
-            for e in range(np.uint64(t_indptr[i]), np.uint64(t_indptr[i + 1])):
-                weights[e] = pi[t_pairs[e]] * t_data[e]
-            xi = x[i]
-            r = b[i] - (xi - gamma * _row8(t_sources, weights, x, np.uint64(t_indptr[i]),
-                                           np.uint64(t_indptr[i + 1])))
-            out[i] = xi + r
-            total += r
-            squares += r * r
-            if r < least:
-                least = r
-            if r > most:
-                most = r
-        stats[c, 0] = total
-        stats[c, 1] = squares
-        stats[c, 2] = least
-        stats[c, 3] = most
+        lo, hi = c * n // n_chunks, (c + 1) * n // n_chunks
+        for e in range(np.uint64(t_indptr[lo]), np.uint64(t_indptr[hi])):
+            weights[e] = pi[t_pairs[e]] * t_data[e]
+        _sweep_rows(t_indptr, t_sources, weights, gamma, b, x, out, lo, hi, stats[c])
     return _combined(stats)
 
 
