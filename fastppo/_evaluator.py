@@ -193,7 +193,7 @@ def policy_rows(mdp, pi, previous=None, backend=None, n_threads=1, in_place=Fals
     (``in_place``: into the old arrays themselves, which the caller gives up).
     """
     T = mdp._transitions
-    n_used = np.count_nonzero(pi)
+    n_used = mdp.n_pairs if pi.min(initial=1.0) > 0 else np.count_nonzero(pi)
     if n_used > mdp.n_pairs // 2:
         return mdp.a_indptr, T.p_indptr, T.p_indices, T.p_data, pi
     if previous is not None:
