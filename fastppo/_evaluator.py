@@ -118,6 +118,17 @@ class Evaluation(Result):
     """
 
 
+@functools.cache
+def _kernels(backend):
+    """{name: kernel} of the evaluator on ``backend`` (made once per backend; not modified)."""
+    return {name: get_kernel(name, backend) for name in (
+        "bellman_matvec", "bellman_rmatvec", "bellman_products", "q_values", "q_greedy",
+        "regularized_reward", "advantages", "q_advantages", "policy_gradient",
+        "greedy_policy", "segment_softmax", "blocked_products", "transposed_weights",
+        "transposed_rmatvec", "row_sweep", "state_sweep", "transposed_sweep",
+        "state_products")}
+
+
 def regularizer_args(mdp, reg):
     """(code, alpha, tau, ref): a regularizer's kernel arguments, π_ref flat (n_pairs,)
     and checked against the MDP; (0, 0, 0, None) for None, and code 0 when τ = 0."""
@@ -325,13 +336,7 @@ class Evaluator:
         if ref is not None:
             self.ref = ref
         self.tol, self.max_iter, self.restart, self.method = tol, max_iter, restart, method
-        k = {name: get_kernel(name, backend) for name in (
-            "bellman_matvec", "bellman_rmatvec", "bellman_products", "q_values", "q_greedy",
-            "regularized_reward", "advantages", "q_advantages", "policy_gradient",
-            "greedy_policy", "segment_softmax", "blocked_products", "transposed_weights",
-            "transposed_rmatvec", "row_sweep", "state_sweep", "transposed_sweep",
-            "state_products")}
-        self._k = k
+        self._k = _kernels(backend)
         self.pi = None
         self._held_rows = None
         self._narrow_rows = None  # _rows with narrow column indices (_product_rows)
@@ -541,7 +546,7 @@ class Evaluator:
             mdp = self.mdp
             if self._state_weights is None:
                 self._state_weights = np.empty(mdp.p_data.shape[0])
-            self._state = (mdp.p_indptr[mdp.a_indptr], self._column_indices(),
+            self._state = (mdp._state_indptr, self._column_indices(),
                            self._state_weights, mdp.gamma)
             return self._k["state_sweep"](self._state[0], mdp.a_indptr, mdp.p_indptr,
                                           self._state[1], mdp.p_data, self.pi, mdp.gamma, b, x,

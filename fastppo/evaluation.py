@@ -117,7 +117,7 @@ def evaluate(mdp, pi, reg=None, *, v0=None, tol=DEFAULT_TOL, max_iter=None,
     >>> ev.v.shape, bool(abs(ev.adv.sum()) < 1e-8 * len(ev.adv))
     ((100,), True)
     """
-    flat = V.as_policy(mdp, pi)
+    flat = V.as_policy(mdp, pi, copy=False)  # used during this call only
     E = Evaluator(mdp, reg, resolve_backend(backend), resolve_threads(n_threads),
                   **_solver_args(tol, max_iter, restart, method))
     v0 = _guess(v0, mdp.n_states, "v0")
@@ -155,7 +155,7 @@ def visitation(mdp, pi, mu=None, *, d0=None, tol=DEFAULT_TOL, max_iter=None,
         termination divided by the expected episode length, 0 on terminal states
         (``full_output`` adds ``visits`` and ``length``).
     """
-    flat = V.as_policy(mdp, pi)
+    flat = V.as_policy(mdp, pi, copy=False)  # used during this call only
     mu = mdp.rho if mu is None else V.check_distribution(mu, mdp.n_states, "mu")
     E = Evaluator(mdp, None, resolve_backend(backend), resolve_threads(n_threads),
                   **_solver_args(tol, max_iter, restart, method))

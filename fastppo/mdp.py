@@ -29,7 +29,7 @@ _STATE_SCALARS = ("gamma", "n_states", "n_pairs", "n_actions", "is_rectangular")
 # what with_rewards / with_gamma / with_rho take over (attributes and cached properties):
 # the action layout, the transitions and what is derived from them alone ...
 _STRUCTURE = ("a_indptr", "a_indices", "p_indptr", "p_indices", "p_data", "n_states", "n_pairs",
-              "n_actions", "is_rectangular", "_transitions", "s_indices")
+              "n_actions", "is_rectangular", "_transitions", "s_indices", "_state_indptr")
 # ... and, when the rewards stay, the caches that depend on the rewards but not on γ or ρ
 _REWARD_CACHES = ("terminal", "topological_order")
 
@@ -519,6 +519,14 @@ class MDP:
         """The transition arrays and their caches (:class:`Transitions`); an MDP made from
         another with the same arrays may take over the other's holder and its caches."""
         return Transitions(self.p_indptr, self.p_indices, self.p_data)
+
+    @functools.cached_property
+    def _state_indptr(self):
+        """P's entries by state: state s's at p_indptr[a_indptr[s]] ≤ j <
+        p_indptr[a_indptr[s + 1]], shape (n_states + 1,), int64 (computed once, read-only)."""
+        indptr = self.p_indptr[self.a_indptr]
+        indptr.flags.writeable = False
+        return indptr
 
     @functools.cached_property
     def s_indices(self):

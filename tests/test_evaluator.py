@@ -102,6 +102,24 @@ def test_compact_rows_of_sparse_policies(backend):
     assert naive.rel_err(E.visitation(mdp.rho).d, naive.visitation(mdp, pi)) <= REL
 
 
+@pytest.mark.parametrize("kind", ["stochastic", "deterministic"])
+def test_evaluate_and_visitation_leave_the_callers_policy_alone(backend, kind):
+    """They check π without copying it (``as_policy(copy=False)``): nothing writes into it
+    (a read-only array would raise), and the results are the copy's. 6,000 states: the
+    row sweeps run on the compiled backends."""
+    mdp = fastppo.garnet(6000, 4, 10, gamma=0.9, seed=3)
+    pi = random_policy(mdp, 5)[0] if kind == "stochastic" else np.zeros(mdp.n_pairs)
+    if kind == "deterministic":
+        pi[mdp.a_indptr[:-1]] = 1.0
+    frozen = pi.copy()
+    frozen.flags.writeable = False
+    ev = fastppo.evaluate(mdp, frozen, backend=backend)
+    d = fastppo.visitation(mdp, frozen, backend=backend)
+    np.testing.assert_array_equal(frozen, pi)
+    np.testing.assert_array_equal(ev.v, fastppo.evaluate(mdp, pi.copy(), backend=backend).v)
+    np.testing.assert_array_equal(d, fastppo.visitation(mdp, pi.copy(), backend=backend))
+
+
 def _loop_compact_rows(mdp, pi):
     """The compact rows of the pairs with π > 0, by plain loops (reference)."""
     a_indptr, p_indptr, indices, data, weights = [0], [0], [], [], []

@@ -349,6 +349,8 @@ TABLE_CASES = [
     (lambda m: V.check_policy(m, [[1.5, -0.5], [0.5, 0.5]]), ValueError,
      r"pi must be finite and non-negative: pair \(s=0, a=1\) has -0\.5"),
     (lambda m: V.check_policy(m, [0.5, 0.5, NAN, 0.5]), ValueError, r"pi must be finite and non-negative: pair \(s=1, a=0\) has nan"),
+    (lambda m: V.check_policy(m, [0.5, 0.5, INF, 0.5]), ValueError, r"pi must be finite and non-negative: pair \(s=1, a=0\) has inf"),
+    (lambda m: V.check_policy(m, [0.5, 0.5, 0.5, -INF]), ValueError, r"pi must be finite and non-negative: pair \(s=1, a=1\) has -inf"),
     (lambda m: V.check_policy(m, [[0.5, 0.5], [0.5, 0.6]]), ValueError,
      r"pi must sum to 1 in every state: state 1 sums to 1\.1 \(off by 0\.1\)"),
     (lambda m: V.check_policy(m, [[0.5, 0.5], [0.5, 0.6]], name="pi_ref"), ValueError, r"pi_ref must sum to 1 in every state: state 1"),
@@ -370,6 +372,22 @@ def test_non_rectangular_table_shape_rejected(nonrect):
     with pytest.raises(ValueError, match=r"pi must have shape \(3,\), got \(2, 2\)"):
         V.check_policy(nonrect, np.full((2, 2), 0.5))
     np.testing.assert_array_equal(V.check_policy(nonrect, [0.25, 0.75, 1.0]), [0.25, 0.75, 1.0])
+    for bad, k in ((NAN, 1), (INF, 2), (-0.25, 0)):
+        pi = np.array([0.25, 0.75, 1.0])
+        pi[k] = bad
+        with pytest.raises(ValueError, match=r"pi must be finite and non-negative: pair \(s=\d, a=\d\) has "):
+            V.check_policy(nonrect, pi)
+    with pytest.raises(ValueError, match=r"pi must sum to 1 in every state: state 0 sums to 1\.25"):
+        V.check_policy(nonrect, [0.5, 0.75, 1.0])
+
+
+def test_check_policy_copies_unless_told_not_to(mdp):
+    pi = np.full(4, 0.5)
+    assert V.check_policy(mdp, pi) is not pi
+    assert V.as_policy(mdp, pi, copy=False) is pi
+    table = np.full((2, 2), 0.5)  # a view of it, reshaped
+    assert np.shares_memory(V.as_policy(mdp, table, copy=False), table)
+    assert not np.shares_memory(V.as_policy(mdp, table), table)
 
 
 SCALAR_CASES = [
