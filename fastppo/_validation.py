@@ -558,8 +558,8 @@ def pair_table(mdp, x, name, dtype=np.float64, copy=True):
 
 def check_policy(mdp, pi, name="pi", copy=True):
     """A policy as (n_pairs,) float64: non-negative, finite, summing to 1 in every state.
-    ``copy`` False: ``pi`` itself when it is already a contiguous float64 flat table (for
-    callers that use it only during the call)."""
+    ``copy`` False: ``pi`` itself, or a view of it, when it is already contiguous float64
+    (for callers that use it only during the call)."""
     flat = pair_table(mdp, pi, name, copy=copy)
     if mdp.is_rectangular:  # a product with ones: ~4x faster than reduceat
         sums = flat.reshape(mdp.n_states, mdp.n_actions) @ np.ones(mdp.n_actions)
