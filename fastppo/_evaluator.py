@@ -496,12 +496,27 @@ class Evaluator:
         self.n_passes += 1
         self._k["transposed_rmatvec"](*rows, x, out, self.n_threads)
 
-    def _transposed_apply(self):
-        """Whether :meth:`_transposed_rows` apply (without making them)."""
+    def _gathers_apply(self, from_states):
+        """Whether rows of P_π (or P_πᵀ) for the eight-lane gathers apply: from
+        ``from_states`` (None: never) up to 2¹⁶ states (uint16 columns), a compiled backend,
+        a policy on all pairs (not compact rows) and float64 P."""
         mdp = self.mdp
-        return (TRANSPOSED_STATES is not None and TRANSPOSED_STATES <= mdp.n_states <= 1 << 16
+        return (from_states is not None and from_states <= mdp.n_states <= 1 << 16
                 and self.backend != "numpy" and not self._compact
                 and mdp.p_data.dtype == np.float64)
+
+    def _transposed_apply(self):
+        """Whether :meth:`_transposed_rows` apply (without making them)."""
+        return self._gathers_apply(TRANSPOSED_STATES)
+
+    def _transposed_parts(self):
+        """(t_indptr, t_pairs, t_sources, t_data) of P's transposed pattern, and the buffer
+        of P_πᵀ's entries (kept across policies)."""
+        mdp = self.mdp
+        pattern = mdp._transitions.transposed_pattern(mdp.n_states, mdp.s_indices)
+        if self._transposed_weights is None:
+            self._transposed_weights = np.empty(pattern[3].shape[0])
+        return (*pattern, self._transposed_weights)
 
     def _transposed_rows(self):
         """(t_indptr, t_sources, P_πᵀ's entries, γ) of the loaded policy for
@@ -511,29 +526,21 @@ class Evaluator:
         storage (whose products re-normalise each pair's row). The entries are made by one
         pass of ``transposed_weights`` on first use per policy (counted in ``n_passes``)."""
         if self._transposed is None:
-            mdp = self.mdp
-            pattern = (mdp._transitions.transposed_pattern(mdp.n_states, mdp.s_indices)
-                       if self._transposed_apply() else None)
-            if pattern is None:
+            if not self._transposed_apply():
                 self._transposed = False
             else:
-                t_indptr, pairs, sources, data = pattern
-                if self._transposed_weights is None:
-                    self._transposed_weights = np.empty(data.shape[0])
+                t_indptr, pairs, sources, data, weights = self._transposed_parts()
                 self.n_passes += 1
-                self._k["transposed_weights"](pairs, data, self.pi, self._transposed_weights,
-                                              self.n_threads)
-                self._transposed = (t_indptr, sources, self._transposed_weights, mdp.gamma)
+                self._k["transposed_weights"](pairs, data, self.pi, weights, self.n_threads)
+                self._transposed = (t_indptr, sources, weights, self.mdp.gamma)
         return self._transposed or None
 
     def _row_sweeps_apply(self):
         """Whether single solves sweep with ``row_sweep`` (ROW_SWEEP_STATES, ROW_SWEEP_ENTRIES;
         the visitation also needs :meth:`_transposed_apply`)."""
         mdp = self.mdp
-        return (ROW_SWEEP_STATES is not None and ROW_SWEEP_STATES <= mdp.n_states <= 1 << 16
-                and mdp.p_indices.shape[0] >= ROW_SWEEP_ENTRIES * mdp.n_states
-                and self.backend != "numpy" and not self._compact
-                and mdp.p_data.dtype == np.float64)
+        return (self._gathers_apply(ROW_SWEEP_STATES)
+                and mdp.p_indices.shape[0] >= ROW_SWEEP_ENTRIES * mdp.n_states)
 
     def _value_row_sweep(self, b, x, shift, out):
         """A sweep of the value system (``System.sweep``) by ``row_sweep`` on P_π's state
@@ -561,16 +568,12 @@ class Evaluator:
         (``transposed_sweep``)."""
         self.n_passes += 1
         if self._transposed is None:
-            mdp = self.mdp
-            t_indptr, pairs, sources, data = mdp._transitions.transposed_pattern(
-                mdp.n_states, mdp.s_indices)
-            if self._transposed_weights is None:
-                self._transposed_weights = np.empty(data.shape[0])
-            sums = self._k["transposed_sweep"](t_indptr, pairs, sources, data, self.pi,
-                                               mdp.gamma, b, x, shift, out,
-                                               self._transposed_weights, self._sweep_stats,
+            gamma = self.mdp.gamma
+            t_indptr, pairs, sources, data, weights = self._transposed_parts()
+            sums = self._k["transposed_sweep"](t_indptr, pairs, sources, data, self.pi, gamma,
+                                               b, x, shift, out, weights, self._sweep_stats,
                                                self.n_threads)
-            self._transposed = (t_indptr, sources, self._transposed_weights, mdp.gamma)
+            self._transposed = (t_indptr, sources, weights, gamma)
             return sums
         return self._k["row_sweep"](*self._transposed, b, x, shift, out, self._sweep_stats,
                                     self.n_threads)

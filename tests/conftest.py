@@ -64,6 +64,22 @@ def random_policy(mdp, seed, sharp=1.0):
     return fastppo.softmax(mdp, logits, backend="numpy"), logits
 
 
+def gather_rows_cases():
+    """(mdp, π, cases) for where the evaluator's rows for eight-lane gathers apply: a
+    300-state garnet, a policy on all its pairs, and (mdp, backend, policy, applies) for a
+    compiled backend, the NumPy one, a deterministic policy (compact rows) and float32
+    storage."""
+    mdp = fastppo.garnet(300, 3, 5, gamma=0.95, seed=14)
+    pi = random_policy(mdp, 15)[0]
+    det = np.zeros(mdp.n_pairs)
+    det[mdp.a_indptr[:-1]] = 1.0
+    single = fastppo.MDP(mdp.a_indptr, mdp.a_indices, mdp.p_indptr, mdp.p_indices,
+                         mdp.p_data, mdp.r, mdp.gamma, dtype=np.float32)
+    return mdp, pi, ((mdp, "cython", pi, True), (mdp, "numba", pi, True),
+                     (mdp, "numpy", pi, False), (mdp, "cython", det, False),
+                     (single, "cython", pi, False))
+
+
 @pytest.fixture
 def small_mdp():
     return random_mdp(0)

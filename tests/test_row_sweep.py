@@ -16,7 +16,7 @@ import pytest
 import fastppo
 import fastppo._evaluator as evaluator
 import naive
-from conftest import random_policy
+from conftest import gather_rows_cases, random_policy
 from fastppo._backend import get_kernel
 from fastppo._evaluator import Evaluator
 
@@ -249,12 +249,7 @@ def test_lockstep_solves_make_no_rows(small_rows, monkeypatch):
 
 
 def test_where_row_sweeps_apply(monkeypatch):
-    mdp = fastppo.garnet(300, 3, 5, gamma=0.95, seed=14)
-    pi = random_policy(mdp, 15)[0]
-    det = np.zeros(mdp.n_pairs)
-    det[mdp.a_indptr[:-1]] = 1.0
-    single = fastppo.MDP(mdp.a_indptr, mdp.a_indices, mdp.p_indptr, mdp.p_indices,
-                         mdp.p_data, mdp.r, mdp.gamma, dtype=np.float32)
+    mdp, pi, cases = gather_rows_cases()
     monkeypatch.setattr(evaluator, "ROW_SWEEP_STATES", 1)
     grid = fastppo.gridworld(20, 20, gamma=0.95)  # 12 entries a state: short rows
     for m, which, policy, applies in ((mdp, "cython", pi, False), (grid, "cython", None, False)):
@@ -262,9 +257,7 @@ def test_where_row_sweeps_apply(monkeypatch):
         E.load(random_policy(m, 16)[0] if policy is None else policy)
         assert E._row_sweeps_apply() == applies  # below ROW_SWEEP_ENTRIES (32) a state
     monkeypatch.setattr(evaluator, "ROW_SWEEP_ENTRIES", 1)
-    for m, which, policy, applies in ((mdp, "cython", pi, True), (mdp, "numba", pi, True),
-                                      (mdp, "numpy", pi, False), (mdp, "cython", det, False),
-                                      (single, "cython", pi, False)):
+    for m, which, policy, applies in cases:
         E = Evaluator(m, None, which, 1)
         E.load(policy)
         assert E._row_sweeps_apply() == applies, (which, m.p_data.dtype)

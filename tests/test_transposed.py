@@ -14,7 +14,7 @@ import pytest
 import fastppo
 import fastppo._evaluator as evaluator
 import naive
-from conftest import random_mdp, random_policy
+from conftest import gather_rows_cases, random_mdp, random_policy
 from fastppo._backend import get_kernel
 from fastppo._evaluator import Evaluator
 
@@ -121,16 +121,9 @@ def test_the_gather_gives_the_same_bits_on_both_twins_and_thread_counts(monkeypa
 
 
 def test_where_the_gather_applies(monkeypatch):
-    mdp = fastppo.garnet(300, 3, 5, gamma=0.95, seed=14)
-    pi = random_policy(mdp, 15)[0]
-    det = np.zeros(mdp.n_pairs)
-    det[mdp.a_indptr[:-1]] = 1.0
-    single = fastppo.MDP(mdp.a_indptr, mdp.a_indices, mdp.p_indptr, mdp.p_indices,
-                         mdp.p_data, mdp.r, mdp.gamma, dtype=np.float32)
+    mdp, pi, cases = gather_rows_cases()
     monkeypatch.setattr(evaluator, "TRANSPOSED_STATES", 1)
-    for m, which, policy, applies in ((mdp, "cython", pi, True), (mdp, "numba", pi, True),
-                                      (mdp, "numpy", pi, False), (mdp, "cython", det, False),
-                                      (single, "cython", pi, False)):
+    for m, which, policy, applies in cases:
         E = Evaluator(m, None, which, 1)
         E.load(policy)
         assert (E._transposed_rows() is not None) == applies, (which, m.p_data.dtype)

@@ -551,6 +551,14 @@ def transposed_rmatvec(const int64_t[::1] t_indptr, const uint16_t[::1] t_source
         out[c] = y[c] - gamma * row8(src, w, ys, t_indptr[c], t_indptr[c + 1])
 
 
+cdef void _shifted(double[::1] x, double shift, int n_threads) noexcept nogil:
+    """x ← x + shift (the sweeps' pending shift along 1; nothing when it is 0)."""
+    cdef Py_ssize_t i
+    if shift != 0.0:
+        for i in prange(x.shape[0], schedule="static", num_threads=n_threads):
+            x[i] = x[i] + shift
+
+
 cdef void _sweep_rows(const int64_t *indptr, const uint16_t *src, const double *w,
                       double gamma, const double *b, const double *x, double *out,
                       Py_ssize_t lo, Py_ssize_t hi, double *sums) noexcept nogil:
@@ -599,10 +607,8 @@ def row_sweep(const int64_t[::1] indptr, const uint16_t[::1] sources,
     out = x + r. Returns (Σ r, Σ r², min r, max r), each summed over stats.shape[0] equal
     chunks of rows in order (``stats``: their partial sums), then over the chunks in
     order: the same bits on any number of threads."""
-    cdef Py_ssize_t n = b.shape[0], n_chunks = stats.shape[0], c, i
-    if shift != 0.0:
-        for i in prange(n, nogil=True, schedule="static", num_threads=n_threads):
-            x[i] = x[i] + shift
+    cdef Py_ssize_t n = b.shape[0], n_chunks = stats.shape[0], c
+    _shifted(x, shift, n_threads)
     for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
         _sweep_rows(&indptr[0], &sources[0], &weights[0], gamma, &b[0], &x[0], &out[0],
                     c * n // n_chunks, (c + 1) * n // n_chunks, &stats[c, 0])
@@ -622,11 +628,9 @@ def state_sweep(const int64_t[::1] row_indptr, const int64_t[::1] a_indptr,
     ≤ j < row_indptr[s + 1]), each chunk of states' rows written first, weights[j] =
     π(k) P[j] (``shared_weights``), in the same pass: the same bits as ``shared_weights``
     then ``row_sweep``. At most 2¹⁶ states, float64 P."""
-    cdef Py_ssize_t n = b.shape[0], n_chunks = stats.shape[0], c, i, lo, hi
+    cdef Py_ssize_t n = b.shape[0], n_chunks = stats.shape[0], c, lo, hi
     cdef int64_t k, j
-    if shift != 0.0:
-        for i in prange(n, nogil=True, schedule="static", num_threads=n_threads):
-            x[i] = x[i] + shift
+    _shifted(x, shift, n_threads)
     for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
         lo = c * n // n_chunks
         hi = (c + 1) * n // n_chunks
@@ -650,11 +654,9 @@ def transposed_sweep(const int64_t[::1] t_indptr, const int32_t[::1] t_pairs,
     written first, weights[e] = π(t_pairs[e]) t_data[e] (``transposed_weights``), in the
     same pass: the same bits as ``transposed_weights`` then ``row_sweep``. At most 2¹⁶
     states, float64 P."""
-    cdef Py_ssize_t n = b.shape[0], n_chunks = stats.shape[0], c, i, lo, hi
+    cdef Py_ssize_t n = b.shape[0], n_chunks = stats.shape[0], c, lo, hi
     cdef int64_t e
-    if shift != 0.0:
-        for i in prange(n, nogil=True, schedule="static", num_threads=n_threads):
-            x[i] = x[i] + shift
+    _shifted(x, shift, n_threads)
     for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
         lo = c * n // n_chunks
         hi = (c + 1) * n // n_chunks

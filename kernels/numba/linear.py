@@ -377,6 +377,14 @@ def _combined(stats):
 
 
 @njit(inline="always")
+def _shifted(x, shift):
+    """x ← x + shift (the Cython twin's _shifted)."""
+    if shift != 0.0:
+        for i in prange(x.shape[0]):
+            x[i] += shift
+
+
+@njit(inline="always")
 def _sweep_rows(indptr, sources, weights, gamma, b, x, out, lo, hi, sums):
     """Rows lo ≤ i < hi of a sweep, and their (Σ r, Σ r², min r, max r) into ``sums``
     (the Cython twin's _sweep_rows)."""
@@ -400,9 +408,7 @@ def _sweep_rows(indptr, sources, weights, gamma, b, x, out, lo, hi, sums):
 
 def row_sweep(indptr, sources, weights, gamma, b, x, shift, out, stats):
     n, n_chunks = b.shape[0], stats.shape[0]
-    if shift != 0.0:
-        for i in prange(n):
-            x[i] += shift
+    _shifted(x, shift)
     for c in prange(n_chunks):
         _sweep_rows(indptr, sources, weights, gamma, b, x, out, c * n // n_chunks,
                     (c + 1) * n // n_chunks, stats[c])
@@ -412,9 +418,7 @@ def row_sweep(indptr, sources, weights, gamma, b, x, shift, out, stats):
 def state_sweep(row_indptr, a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, shift, out,
                 weights, stats):
     n, n_chunks = b.shape[0], stats.shape[0]
-    if shift != 0.0:
-        for i in prange(n):
-            x[i] += shift
+    _shifted(x, shift)
     for c in prange(n_chunks):
         lo, hi = c * n // n_chunks, (c + 1) * n // n_chunks
         for k in range(np.uint64(a_indptr[lo]), np.uint64(a_indptr[hi])):
@@ -427,9 +431,7 @@ def state_sweep(row_indptr, a_indptr, p_indptr, indices, p_data, pi, gamma, b, x
 def transposed_sweep(t_indptr, t_pairs, t_sources, t_data, pi, gamma, b, x, shift, out,
                      weights, stats):
     n, n_chunks = b.shape[0], stats.shape[0]
-    if shift != 0.0:
-        for i in prange(n):
-            x[i] += shift
+    _shifted(x, shift)
     for c in prange(n_chunks):
         lo, hi = c * n // n_chunks, (c + 1) * n // n_chunks
         for e in range(np.uint64(t_indptr[lo]), np.uint64(t_indptr[hi])):
