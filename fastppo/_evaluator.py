@@ -67,6 +67,10 @@ ROW_SWEEP_STATES = 5_000
 # entries a state: evaluate −11 %; the gridworld, queue and pendulum, 12–20: +2–5 %,
 # their sweeps hand over to SGS after a few products; benchmarks/RESULTS.md, issue 17)
 ROW_SWEEP_ENTRIES = 32
+# the row sweeps after the pass that wrote the rows: prefetched (row_sweep's ``prefetch``);
+# an array the caches lost reads at memory speed for two passes here, with prefetching
+# faster (benchmarks/RESULTS.md, issue 17)
+COLD_PASSES = 2
 SWEEP_CHUNKS = 16  # row_sweep's chunks of r's sums: fixed, so any thread count sums alike
 # the exact passes of both sides (with the rows) or of the visitation side alone, on all
 # pairs of a float64 P, run from this many states on on a copy of P's entries in column
@@ -358,6 +362,7 @@ class Evaluator:
         self._state = None  # the loaded policy's P_π by state (_value_row_sweep)
         self._state_weights = None  # its buffer, kept across policies
         self._sweep_stats = np.empty((SWEEP_CHUNKS, 4))
+        self._cold_passes = 0  # row sweeps still to prefetch the rows last written (COLD_PASSES)
         self._matrix = None  # the loaded policy's assembled I − γP_π, on first use
         self._direct = None  # the last one assembled straight from P (a deterministic policy)
         self._workspace = {}  # the assembled matrices' scratch, kept across policies
@@ -555,12 +560,14 @@ class Evaluator:
                 self._state_weights = np.empty(mdp.p_data.shape[0])
             self._state = (mdp._state_indptr, self._column_indices(),
                            self._state_weights, mdp.gamma)
+            self._cold_passes = COLD_PASSES
             return self._k["state_sweep"](self._state[0], mdp.a_indptr, mdp.p_indptr,
                                           self._state[1], mdp.p_data, self.pi, mdp.gamma, b, x,
                                           shift, out, self._state_weights, self._sweep_stats,
                                           self.n_threads)
+        self._cold_passes -= 1
         return self._k["row_sweep"](*self._state, b, x, shift, out, self._sweep_stats,
-                                    self.n_threads)
+                                    self._cold_passes >= 0, self.n_threads)
 
     def _visit_row_sweep(self, b, x, shift, out):
         """A sweep of the visitation system (``System.sweep``) by ``row_sweep`` on P_πᵀ's
@@ -574,9 +581,11 @@ class Evaluator:
                                                b, x, shift, out, weights, self._sweep_stats,
                                                self.n_threads)
             self._transposed = (t_indptr, sources, weights, gamma)
+            self._cold_passes = COLD_PASSES
             return sums
+        self._cold_passes -= 1
         return self._k["row_sweep"](*self._transposed, b, x, shift, out, self._sweep_stats,
-                                    self.n_threads)
+                                    self._cold_passes >= 0, self.n_threads)
 
     def products(self, x_value, x_visit, out_value, out_visit, exact=True):
         """The products of one lockstep sweep in one pass over P (``bellman_products``):

@@ -163,10 +163,11 @@ def state_products(a_indptr, p_indptr, indices, p_data, weights, pi, gamma, x, o
     out[:] = x - gamma * _segment_sum(a_indptr, pairs)
 
 
-def row_sweep(indptr, sources, weights, gamma, b, x, shift, out, stats, n_threads=1):
+def row_sweep(indptr, sources, weights, gamma, b, x, shift, out, stats, prefetch=False,
+              n_threads=1):
     """x += shift, then out = x + r, r = b − (x − γ W x), W the CSR (weights, sources,
     indptr); stats[c] = (Σ r, Σ r², min r, max r) over the c-th of stats.shape[0] equal
-    chunks of rows; returns them over all rows."""
+    chunks of rows; returns them over all rows. ``prefetch``: the compiled kernels' hint."""
     n = b.shape[0]
     W = sp.csr_array((weights, sources, indptr), shape=(n, n))
     x += shift

@@ -197,11 +197,11 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
                                 k, (a, pp, state_rows[1], pd, np.repeat(p, np.diff(pp)) * pd, p, g,
                                     inp["x"]), (out(S), out(L)), n_threads))
                            for label, p in (("pi", pi), ("tiny", _tiny(zpi)))],
-        # a sweep x + r and r's sums by chunk (at most one state each: S)
-        "row_sweep": [(f"{label}-chunks{c}", lambda k, rows=rows, c=c: _sweep(
+        # a sweep x + r and r's sums by chunk (at most one state each: S), rows prefetched or not
+        "row_sweep": [(f"{label}-chunks{c}-prefetch{f}", lambda k, rows=rows, c=c, f=f: _sweep(
                            k, (*rows, g, inp["q"][:S]), inp["x"], 0.3,
-                           (out(S), np.full((c, 4), np.nan)), n_threads))
-                      for label, rows in sweep_rows for c in (1, 3, S)],
+                           (out(S), np.full((c, 4), np.nan)), n_threads, tail=(f,)))
+                      for label, rows in sweep_rows for c in (1, 3, S) for f in (False, True)],
         "segment_softmax": [(f"x{s}", lambda k, s=s: _run(k, out(L), a, s * inp["logits"], n_threads=n_threads))
                             for s in (1.0, 1e3)],
         "advantages": [("", lambda k: _run(k, out(L), a, pi, inp["q"], n_threads=n_threads))],
@@ -237,11 +237,11 @@ def _tiny(pi):
     return pi
 
 
-def _sweep(kernel, args, x, shift, outs, n_threads):
+def _sweep(kernel, args, x, shift, outs, n_threads, tail=()):
     """A sweep's outputs, x after it (x + shift) and the four sums it returns, flattened
-    into one float array."""
+    into one float array (``tail``: arguments after the outputs)."""
     x, outs = x.copy(), [o.copy() for o in outs]
-    sums = kernel(*args, x, shift, *outs, n_threads)
+    sums = kernel(*args, x, shift, *outs, *tail, n_threads)
     return np.concatenate([x, *(o.ravel() for o in outs), np.asarray(sums, dtype=np.float64)])
 
 

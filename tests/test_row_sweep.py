@@ -46,12 +46,14 @@ def state_rows(mdp, pi):
             np.repeat(pi, np.diff(mdp.p_indptr)) * mdp.p_data)
 
 
+@pytest.mark.parametrize("prefetch", [False, True], ids=lambda f: f"prefetch{int(f)}")
 @pytest.mark.parametrize("shift", [0.0, 0.3])
 @pytest.mark.parametrize("n_threads", [1, 2], ids=lambda n: f"threads{n}")
 @pytest.mark.parametrize("which", COMPILED)
-def test_row_sweep_is_a_sweep_in_eight_sums_with_its_chunks_sums(which, n_threads, shift):
+def test_row_sweep_is_a_sweep_in_eight_sums_with_its_chunks_sums(which, n_threads, shift,
+                                                                 prefetch):
     """x + shift stored, then the sweep, bit for bit; the sums per chunk in order, then
-    over the chunks in order."""
+    over the chunks in order; prefetching the rows changes no bit."""
     mdp = fastppo.garnet(61, 3, 11, gamma=0.9, seed=3)
     pi = random_policy(mdp, 4)[0]
     rng = np.random.default_rng(5)
@@ -63,7 +65,7 @@ def test_row_sweep_is_a_sweep_in_eight_sums_with_its_chunks_sums(which, n_thread
         out, stats = np.full(mdp.n_states, np.nan), np.full((n_chunks, 4), np.nan)
         x_in = x.copy()
         sums = get_kernel("row_sweep", which)(*rows, mdp.gamma, b, x_in, shift, out, stats,
-                                              n_threads)
+                                              prefetch, n_threads)
         np.testing.assert_array_equal(x_in, xs)
         np.testing.assert_array_equal(out, xs + r)
         expect = [0.0, 0.0, np.inf, -np.inf]
@@ -88,7 +90,8 @@ def test_state_sweep_writes_the_state_rows_and_sweeps_on_them(which, n_threads):
     b, x = rng.normal(size=mdp.n_states), rng.normal(size=mdp.n_states)
     rows = state_rows(mdp, pi)
     expect = [np.empty(mdp.n_states), np.empty((3, 4))]
-    sums = get_kernel("row_sweep", which)(*rows, mdp.gamma, b, x.copy(), 0.3, *expect, n_threads)
+    sums = get_kernel("row_sweep", which)(*rows, mdp.gamma, b, x.copy(), 0.3, *expect, False,
+                                          n_threads)
     weights, out, stats = np.full(rows[2].shape, np.nan), np.empty(mdp.n_states), np.empty((3, 4))
     got = get_kernel("state_sweep", which)(rows[0], mdp.a_indptr, mdp.p_indptr, rows[1],
                                            mdp.p_data, pi, mdp.gamma, b, x.copy(), 0.3, out,
@@ -112,7 +115,7 @@ def test_transposed_sweep_writes_p_pi_transposed_and_sweeps_on_it(which, n_threa
     get_kernel("transposed_weights", which)(pairs, data, pi, tw, n_threads)
     expect = [np.empty(mdp.n_states), np.empty((3, 4))]
     sums = get_kernel("row_sweep", which)(t_indptr, sources, tw, mdp.gamma, b, x.copy(), 0.3,
-                                          *expect, n_threads)
+                                          *expect, False, n_threads)
     weights, out, stats = np.full(tw.shape, np.nan), np.empty(mdp.n_states), np.empty((3, 4))
     got = get_kernel("transposed_sweep", which)(t_indptr, pairs, sources, data, pi, mdp.gamma,
                                                 b, x.copy(), 0.3, out, weights, stats,

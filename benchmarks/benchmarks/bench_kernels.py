@@ -90,9 +90,9 @@ class KernelSuite:
             if indices is None:
                 raise NotImplementedError("more than 2^16 states: the sweeps take products")
             weights = np.repeat(pi, np.diff(m.p_indptr)) * m.p_data
-            if kernel == "row_sweep":  # no shift: x is not changed between samples
+            if kernel == "row_sweep":  # no shift: x is not changed between samples; warm rows
                 args = (m.p_indptr[m.a_indptr], indices, weights, m.gamma, x[::-1].copy(), x,
-                        0.0, np.empty(m.n_states), np.empty((16, 4)), n_threads)
+                        0.0, np.empty(m.n_states), np.empty((16, 4)), False, n_threads)
             else:
                 args = (m.a_indptr, m.p_indptr, indices, m.p_data, weights, pi, m.gamma, x,
                         np.empty(m.n_states), np.empty(m.n_pairs), n_threads)

@@ -19,9 +19,10 @@
                      eight y gathered at a time with AVX-512 (_rows8.h)
 ``row_sweep``:       x ← x + shift, then one Richardson sweep x + r, r = b − (x − γ W x), on a
                      CSR W of at most 2¹⁶ states in the same eight sums (P_π's state rows: a
-                     value solve); returns r's sum, sum of squares, min and max (fixed chunks)
+                     value solve); returns r's sum, sum of squares, min and max (fixed chunks);
+                     ``prefetch``: W's entries STREAM_AHEAD on (its first passes)
 ``state_sweep``:     row_sweep on P_π's state rows, writing them (π(k) P[j]) chunk by chunk
-                     as it goes: the first sweep of a policy
+                     as it goes: the first sweep of a policy (P and the rows prefetched)
 ``transposed_sweep``: row_sweep on P_πᵀ's entries, writing them (π P[e]) chunk by chunk as
                      it goes: a visitation's first sweep of a policy
 ``state_products``:  out = x − γ P_π x on P_π's state rows (row_sweep's), and rows = P x per
@@ -60,6 +61,10 @@ cdef enum:
     # a fused pass (both sides) from this many: its lines (x beside the sums, 16 bytes a
     # state) fill a core's L2 (512 KiB here) from 2¹⁵ states on
     FUSED_PREFETCH_STATES = 1 << 15
+    # the row sweeps' cold passes (the rows' writing pass and row_sweep's ``prefetch``)
+    # prefetch the streamed entries this many on: the hardware's own prefetch falls
+    # behind on an array the caches lost (kernels/numba/_prefetch.py: the same)
+    STREAM_AHEAD = 256
 
 
 cdef inline double row_sum(const column *indices, const probability *data, const double *x,
@@ -517,6 +522,8 @@ def blocked_products(const int64_t[::1] a_indptr, const int64_t[::1] chunk_pairs
 cdef extern from "_rows8.h" nogil:
     double row8(const uint16_t *idx, const double *w, const double *x, int64_t start,
                 int64_t stop)
+    void prefetch_rows(const uint16_t *idx, const double *w, int64_t lo, int64_t hi,
+                       int64_t end)
 
 
 def transposed_weights(const int32_t[::1] t_pairs, const probability[::1] t_data,
@@ -561,12 +568,17 @@ cdef void _shifted(double[::1] x, double shift, int n_threads) noexcept nogil:
 
 cdef void _sweep_rows(const int64_t *indptr, const uint16_t *src, const double *w,
                       double gamma, const double *b, const double *x, double *out,
-                      Py_ssize_t lo, Py_ssize_t hi, double *sums) noexcept nogil:
+                      Py_ssize_t lo, Py_ssize_t hi, double *sums,
+                      int64_t fetch_end) noexcept nogil:
     """Rows lo ≤ i < hi of a sweep: r = b − (x − γ W x) in row8's sums, out = x + r, and
-    sums = (Σ r, Σ r², min r, max r) over those rows in order."""
+    sums = (Σ r, Σ r², min r, max r) over those rows in order. Each row prefetches W's
+    entries STREAM_AHEAD on, below ``fetch_end`` (0: none)."""
     cdef double r, total = 0.0, squares = 0.0, least = INFINITY, most = -INFINITY
     cdef Py_ssize_t i
     for i in range(lo, hi):
+        if fetch_end:
+            prefetch_rows(src, w, indptr[i] + STREAM_AHEAD, indptr[i + 1] + STREAM_AHEAD,
+                          fetch_end)
         r = b[i] - (x[i] - gamma * row8(src, w, x, indptr[i], indptr[i + 1]))
         out[i] = x[i] + r
         total = total + r
@@ -598,20 +610,23 @@ cdef tuple _combined(double[:, ::1] stats):
 def row_sweep(const int64_t[::1] indptr, const uint16_t[::1] sources,
               const double[::1] weights, double gamma, const double[::1] b,    # IN
               double[::1] x, double shift,                                      # IN/OUT
-              double[::1] out, double[:, ::1] stats, int n_threads):            # OUT
-    """row_sweep(indptr, sources, weights, gamma, b, x, shift, out, stats, n_threads)
+              double[::1] out, double[:, ::1] stats,                            # OUT
+              bint prefetch, int n_threads):
+    """row_sweep(indptr, sources, weights, gamma, b, x, shift, out, stats, prefetch, n_threads)
 
     x ← x + shift, then one Richardson sweep of (I − γW) x = b, W a CSR of at most 2¹⁶
     states (row i's entries indptr[i] ≤ e < indptr[i + 1], ``weights`` at columns
     ``sources``: P_π's state rows): r = b − (x − γ W x), each row in row8's eight sums, and
     out = x + r. Returns (Σ r, Σ r², min r, max r), each summed over stats.shape[0] equal
     chunks of rows in order (``stats``: their partial sums), then over the chunks in
-    order: the same bits on any number of threads."""
+    order: the same bits on any number of threads. ``prefetch``: prefetch W STREAM_AHEAD
+    entries on (W's first passes after it was written: a hint, the same bits)."""
     cdef Py_ssize_t n = b.shape[0], n_chunks = stats.shape[0], c
+    cdef int64_t fetch_end = indptr[n] if prefetch else 0
     _shifted(x, shift, n_threads)
     for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
         _sweep_rows(&indptr[0], &sources[0], &weights[0], gamma, &b[0], &x[0], &out[0],
-                    c * n // n_chunks, (c + 1) * n // n_chunks, &stats[c, 0])
+                    c * n // n_chunks, (c + 1) * n // n_chunks, &stats[c, 0], fetch_end)
     return _combined(stats)
 
 
@@ -627,18 +642,23 @@ def state_sweep(const int64_t[::1] row_indptr, const int64_t[::1] a_indptr,
     ``row_sweep`` on P_π's state rows (state s's entries row_indptr[s] = p_indptr[a_indptr[s]]
     ≤ j < row_indptr[s + 1]), each chunk of states' rows written first, weights[j] =
     π(k) P[j] (``shared_weights``), in the same pass: the same bits as ``shared_weights``
-    then ``row_sweep``. At most 2¹⁶ states, float64 P."""
+    then ``row_sweep``. P's entries and the weights are prefetched STREAM_AHEAD on. At
+    most 2¹⁶ states, float64 P."""
     cdef Py_ssize_t n = b.shape[0], n_chunks = stats.shape[0], c, lo, hi
-    cdef int64_t k, j
+    cdef int64_t k, j, last = p_indptr[a_indptr[n]]
     _shifted(x, shift, n_threads)
     for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
         lo = c * n // n_chunks
         hi = (c + 1) * n // n_chunks
         for k in range(a_indptr[lo], a_indptr[hi]):
+            prefetch_rows(&indices[0], &p_data[0], p_indptr[k] + STREAM_AHEAD,
+                          p_indptr[k + 1] + STREAM_AHEAD, last)
+            for j in range(p_indptr[k] + STREAM_AHEAD, min(p_indptr[k + 1] + STREAM_AHEAD, last), 8):
+                prefetch(&weights[j], 1, 3)
             for j in range(p_indptr[k], p_indptr[k + 1]):
                 weights[j] = pi[k] * p_data[j]
         _sweep_rows(&row_indptr[0], &indices[0], &weights[0], gamma, &b[0], &x[0], &out[0],
-                    lo, hi, &stats[c, 0])
+                    lo, hi, &stats[c, 0], 0)
     return _combined(stats)
 
 
@@ -663,7 +683,7 @@ def transposed_sweep(const int64_t[::1] t_indptr, const int32_t[::1] t_pairs,
         for e in range(t_indptr[lo], t_indptr[hi]):
             weights[e] = pi[t_pairs[e]] * t_data[e]
         _sweep_rows(&t_indptr[0], &t_sources[0], &weights[0], gamma, &b[0], &x[0], &out[0],
-                    lo, hi, &stats[c, 0])
+                    lo, hi, &stats[c, 0], 0)
     return _combined(stats)
 
 

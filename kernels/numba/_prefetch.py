@@ -20,6 +20,10 @@ PREFETCH_STATES = 1 << 17
 # fill a core's L2 (512 KiB here) from 2¹⁵ states on; at 50,000 states prefetching took
 # a third off the pass (benchmarks/RESULTS.md, issue 12)
 FUSED_PREFETCH_STATES = 1 << 15
+# the row sweeps' cold passes (the rows' writing pass and row_sweep's ``prefetch``)
+# prefetch the streamed entries this many on: the hardware's own prefetch falls behind
+# on an array the caches lost (kernels/cython/linear.pyx: the same)
+STREAM_AHEAD = 256
 
 
 def _prefetch(write):

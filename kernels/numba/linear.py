@@ -23,9 +23,10 @@
                      (``transposed_weights`` per policy), each state in eight partial sums
 ``row_sweep``:       x ← x + shift, then one Richardson sweep x + r, r = b − (x − γ W x), on a
                      CSR W of at most 2¹⁶ states in the same eight sums (P_π's state rows: a
-                     value solve); returns r's sum, sum of squares, min and max (fixed chunks)
+                     value solve); returns r's sum, sum of squares, min and max (fixed chunks);
+                     ``prefetch``: W's entries STREAM_AHEAD on (its first passes)
 ``state_sweep``:     row_sweep on P_π's state rows, writing them (π(k) P[j]) chunk by chunk
-                     as it goes: the first sweep of a policy
+                     as it goes: the first sweep of a policy (P and the rows prefetched)
 ``transposed_sweep``: row_sweep on P_πᵀ's entries, writing them (π P[e]) chunk by chunk as
                      it goes: a visitation's first sweep of a policy
 ``state_products``:  out = x − γ P_π x on P_π's state rows (row_sweep's), and rows = P x per
@@ -53,7 +54,8 @@ import numpy as np
 from numba import njit, prange
 
 from ._jit import twins
-from ._prefetch import AHEAD, FUSED_PREFETCH_STATES, PREFETCH_STATES, prefetch_read, prefetch_write
+from ._prefetch import (AHEAD, FUSED_PREFETCH_STATES, PREFETCH_STATES, STREAM_AHEAD,
+                        prefetch_read, prefetch_write)
 from ._probability import folded_total, row_total
 
 
@@ -385,12 +387,28 @@ def _shifted(x, shift):
 
 
 @njit(inline="always")
-def _sweep_rows(indptr, sources, weights, gamma, b, x, out, lo, hi, sums):
-    """Rows lo ≤ i < hi of a sweep, and their (Σ r, Σ r², min r, max r) into ``sums``
-    (the Cython twin's _sweep_rows)."""
+def _prefetch_rows(indices, weights, lo, hi, end):
+    """Hints that entries lo ≤ j < min(hi, end) will be read soon: one prefetch per 8
+    weights and per 32 columns (the Cython twin's prefetch_rows, _rows8.h)."""
+    j, hi = lo & ~np.int64(7), min(hi, end)
+    while j < hi:
+        prefetch_read(weights, j)
+        if (j & 31) == 0:
+            prefetch_read(indices, j)
+        j += 8
+
+
+@njit(inline="always")
+def _sweep_rows(indptr, sources, weights, gamma, b, x, out, lo, hi, sums, fetch_end):
+    """Rows lo ≤ i < hi of a sweep, and their (Σ r, Σ r², min r, max r) into ``sums``;
+    each row prefetches W's entries STREAM_AHEAD on, below ``fetch_end`` (0: none) (the
+    Cython twin's _sweep_rows)."""
     total = squares = 0.0
     least, most = np.inf, -np.inf
     for i in range(lo, hi):
+        if fetch_end:
+            _prefetch_rows(sources, weights, np.int64(indptr[i] + STREAM_AHEAD),
+                           np.int64(indptr[i + 1] + STREAM_AHEAD), fetch_end)
         r = b[i] - (x[i] - gamma * _row8(sources, weights, x, np.uint64(indptr[i]),
                                          np.uint64(indptr[i + 1])))
         out[i] = x[i] + r
@@ -406,25 +424,32 @@ def _sweep_rows(indptr, sources, weights, gamma, b, x, out, lo, hi, sums):
     sums[3] = most
 
 
-def row_sweep(indptr, sources, weights, gamma, b, x, shift, out, stats):
+def row_sweep(indptr, sources, weights, gamma, b, x, shift, out, stats, prefetch):
     n, n_chunks = b.shape[0], stats.shape[0]
+    fetch_end = np.int64(indptr[n]) if prefetch else np.int64(0)
     _shifted(x, shift)
     for c in prange(n_chunks):
         _sweep_rows(indptr, sources, weights, gamma, b, x, out, c * n // n_chunks,
-                    (c + 1) * n // n_chunks, stats[c])
+                    (c + 1) * n // n_chunks, stats[c], fetch_end)
     return _combined(stats)
 
 
 def state_sweep(row_indptr, a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, shift, out,
                 weights, stats):
     n, n_chunks = b.shape[0], stats.shape[0]
+    last = np.int64(p_indptr[a_indptr[n]])
     _shifted(x, shift)
     for c in prange(n_chunks):
         lo, hi = c * n // n_chunks, (c + 1) * n // n_chunks
         for k in range(np.uint64(a_indptr[lo]), np.uint64(a_indptr[hi])):
-            for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+            start, stop = np.int64(p_indptr[k]), np.int64(p_indptr[k + 1])
+            _prefetch_rows(indices, p_data, start + STREAM_AHEAD, stop + STREAM_AHEAD, last)
+            for j in range(start + STREAM_AHEAD, min(stop + STREAM_AHEAD, last), 8):
+                prefetch_write(weights, j)
+            for j in range(np.uint64(start), np.uint64(stop)):
                 weights[j] = pi[k] * p_data[j]
-        _sweep_rows(row_indptr, indices, weights, gamma, b, x, out, lo, hi, stats[c])
+        _sweep_rows(row_indptr, indices, weights, gamma, b, x, out, lo, hi, stats[c],
+                    np.int64(0))
     return _combined(stats)
 
 
@@ -436,7 +461,8 @@ def transposed_sweep(t_indptr, t_pairs, t_sources, t_data, pi, gamma, b, x, shif
         lo, hi = c * n // n_chunks, (c + 1) * n // n_chunks
         for e in range(np.uint64(t_indptr[lo]), np.uint64(t_indptr[hi])):
             weights[e] = pi[t_pairs[e]] * t_data[e]
-        _sweep_rows(t_indptr, t_sources, weights, gamma, b, x, out, lo, hi, stats[c])
+        _sweep_rows(t_indptr, t_sources, weights, gamma, b, x, out, lo, hi, stats[c],
+                    np.int64(0))
     return _combined(stats)
 
 
