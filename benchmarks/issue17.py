@@ -11,7 +11,9 @@ For each family (``benchmarks/benchmarks/common.py``; γ = 0.99, a stochastic po
 pinned to one thread:
 
 - ``evaluate`` (unregularized) and ``visitation`` (μ = ρ) of fastppo at tol 1e-12;
-- SciPy on the assembled I − γP_π (CSR; Aᵀ as CSR for the visitation system): ``bicgstab``
+- SciPy on the assembled I − γP_π (CSR with int32 indices, its faster form, ``narrow``;
+  Aᵀ as CSR for the visitation system; also bicgstab on the int64 CSR that csr_array
+  makes from these inputs, ratio in brackets): ``bicgstab``
   (rtol 1e-12, atol 0; restarted from its iterate after a breakdown) and ``spsolve``
   (SuperLU, default COLAMD order; only on ``--spsolve`` families: on garnets its fill is
   ~S²); their assembly is not timed, fastppo's (and its
@@ -87,26 +89,42 @@ def bicgstab(A, b, tol=1e-12):
     return x
 
 
-def assemble(mdp, pi):
+def assemble(mdp, pi, wide=False):
+    """I − γP_π and its transpose as CSR (int32 indices: :func:`narrow`; ``wide``: the
+    int64 that csr_array keeps from these inputs), and r_π."""
     P = sp.csr_array((mdp.p_data, mdp.p_indices, mdp.p_indptr), shape=(mdp.n_pairs, mdp.n_states))
     Pi = sp.csr_array((pi, np.arange(mdp.n_pairs), mdp.a_indptr), shape=(mdp.n_states, mdp.n_pairs))
     A = (sp.eye_array(mdp.n_states, format="csr") - mdp.gamma * (Pi @ P)).tocsr()
-    return A, A.T.tocsr(), np.add.reduceat(pi * mdp.r, mdp.a_indptr[:-1])
+    form = (lambda M: M) if wide else narrow
+    return form(A), form(A.T.tocsr()), np.add.reduceat(pi * mdp.r, mdp.a_indptr[:-1])
+
+
+def narrow(A):
+    """A with int32 indices where they fit: SciPy's faster form of the same CSR (12 bytes an
+    entry instead of 16). csr_array keeps the int64 of int64 inputs (fastppo's pointers,
+    np.arange), csr_matrix makes int32; on the 10k garnet bicgstab took 15.9 ms on int32
+    against 19.9 ms on int64 (benchmarks/RESULTS.md, issue 17)."""
+    if max(A.nnz, A.shape[0]) >= 2**31:
+        return A
+    return sp.csr_array((A.data, A.indices.astype(np.int32), A.indptr.astype(np.int32)),
+                        shape=A.shape)
 
 
 def linear_section(mdp, repeat, with_spsolve):
     pi = fastppo.softmax(mdp, np.random.default_rng(1).standard_normal(mdp.n_pairs))
     A, At, c = assemble(mdp, pi)
+    A64, At64, _ = assemble(mdp, pi, wide=True)
     mu = mdp.rho
     Acsc, Atcsc = A.tocsc(), At.tocsc()
     kw = dict(backend=BACKEND, n_threads=1)
     rows = {}
-    for op, b, M, Mc in (("evaluate", c, A, Acsc), ("visitation", mu, At, Atcsc)):
+    for op, b, M, M64, Mc in (("evaluate", c, A, A64, Acsc), ("visitation", mu, At, At64, Atcsc)):
         if op == "evaluate":
             ours = lambda: fastppo.evaluate(mdp, pi, **kw)  # noqa: E731
         else:
             ours = lambda: fastppo.visitation(mdp, pi, mu, full_output=True, **kw)  # noqa: E731
-        contenders = {"fastppo": ours, "bicgstab": lambda: bicgstab(M, b)}
+        contenders = {"fastppo": ours, "bicgstab": lambda: bicgstab(M, b),
+                      "bicgstab int64": lambda: bicgstab(M64, b)}
         if with_spsolve:
             contenders["spsolve"] = lambda: spla.spsolve(Mc, b)
         med, out = interleaved(contenders, repeat)
@@ -286,8 +304,10 @@ def main(argv=None):
                 fill = "" if fill is None else f", LU fill {fill:.1f}x"
                 print(f"  {op:10s} fastppo {1e3 * med['fastppo']:8.1f} ms ({method}{fill}; res "
                       f"{res['fastppo']:.1e}) | bicgstab {1e3 * med['bicgstab']:8.1f} ms (res "
-                      f"{res['bicgstab']:.1e}) | spsolve {1e3 * med['spsolve']:8.1f} ms | ratio "
-                      f"vs bicgstab {med['bicgstab'] / med['fastppo']:.2f}x, vs spsolve "
+                      f"{res['bicgstab']:.1e}; int64 {1e3 * med['bicgstab int64']:.1f} ms) | "
+                      f"spsolve {1e3 * med['spsolve']:8.1f} ms | ratio "
+                      f"vs bicgstab {med['bicgstab'] / med['fastppo']:.2f}x (int64 "
+                      f"{med['bicgstab int64'] / med['fastppo']:.2f}x), vs spsolve "
                       f"{med['spsolve'] / med['fastppo']:.2f}x", flush=True)
             if a.solve:
                 med, err, cpu = solve_section(mdp, a.repeat, a.qe_pi, a.qe_vi, a.qe_eps,
