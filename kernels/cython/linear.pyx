@@ -24,7 +24,8 @@
 ``state_sweep``:     row_sweep on P_π's state rows, writing them (π(k) P[j]) chunk by chunk
                      as it goes: the first sweep of a policy (P and the rows prefetched)
 ``transposed_sweep``: row_sweep on P_πᵀ's entries, writing them (π P[e]) chunk by chunk as
-                     it goes: a visitation's first sweep of a policy
+                     it goes: a visitation's first sweep of a policy (its entries and the
+                     weights prefetched)
 ``state_products``:  out = x − γ P_π x on P_π's state rows (row_sweep's), and rows = P x per
                      pair, each pair's sum divided by π (P's row below π = 1e-150)
 From ``PREFETCH_STATES`` states on (a fused pass with both sides: ``FUSED_PREFETCH_STATES``),
@@ -672,16 +673,25 @@ def transposed_sweep(const int64_t[::1] t_indptr, const int32_t[::1] t_pairs,
 
     ``row_sweep`` on P_πᵀ's entries in the transposed order, each chunk of states' entries
     written first, weights[e] = π(t_pairs[e]) t_data[e] (``transposed_weights``), in the
-    same pass: the same bits as ``transposed_weights`` then ``row_sweep``. At most 2¹⁶
-    states, float64 P."""
+    same pass: the same bits as ``transposed_weights`` then ``row_sweep``. Its entries and
+    the weights are prefetched STREAM_AHEAD on, 64 at a time. At most 2¹⁶ states, float64
+    P."""
     cdef Py_ssize_t n = b.shape[0], n_chunks = stats.shape[0], c, lo, hi
-    cdef int64_t e
+    cdef int64_t e, block, q, last = t_indptr[n]
     _shifted(x, shift, n_threads)
     for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
         lo = c * n // n_chunks
         hi = (c + 1) * n // n_chunks
-        for e in range(t_indptr[lo], t_indptr[hi]):
-            weights[e] = pi[t_pairs[e]] * t_data[e]
+        for block in range(t_indptr[lo], t_indptr[hi], 64):
+            for q in range(block + STREAM_AHEAD, min(block + 64 + STREAM_AHEAD, last), 8):
+                prefetch(&t_data[q], 0, 3)
+                prefetch(&weights[q], 1, 3)
+                if q % 16 == 0:
+                    prefetch(&t_pairs[q], 0, 3)
+                if q % 32 == 0:
+                    prefetch(&t_sources[q], 0, 3)
+            for e in range(block, min(block + 64, t_indptr[hi])):
+                weights[e] = pi[t_pairs[e]] * t_data[e]
         _sweep_rows(&t_indptr[0], &t_sources[0], &weights[0], gamma, &b[0], &x[0], &out[0],
                     lo, hi, &stats[c, 0], 0)
     return _combined(stats)

@@ -28,7 +28,8 @@
 ``state_sweep``:     row_sweep on P_π's state rows, writing them (π(k) P[j]) chunk by chunk
                      as it goes: the first sweep of a policy (P and the rows prefetched)
 ``transposed_sweep``: row_sweep on P_πᵀ's entries, writing them (π P[e]) chunk by chunk as
-                     it goes: a visitation's first sweep of a policy
+                     it goes: a visitation's first sweep of a policy (its entries and the
+                     weights prefetched)
 ``state_products``:  out = x − γ P_π x on P_π's state rows (row_sweep's), and rows = P x per
                      pair, each pair's sum divided by π (P's row below π = 1e-150)
 
@@ -456,11 +457,21 @@ def state_sweep(row_indptr, a_indptr, p_indptr, indices, p_data, pi, gamma, b, x
 def transposed_sweep(t_indptr, t_pairs, t_sources, t_data, pi, gamma, b, x, shift, out,
                      weights, stats):
     n, n_chunks = b.shape[0], stats.shape[0]
+    last = np.int64(t_indptr[n])
     _shifted(x, shift)
     for c in prange(n_chunks):
         lo, hi = c * n // n_chunks, (c + 1) * n // n_chunks
-        for e in range(np.uint64(t_indptr[lo]), np.uint64(t_indptr[hi])):
-            weights[e] = pi[t_pairs[e]] * t_data[e]
+        end = np.int64(t_indptr[hi])
+        for block in range(np.int64(t_indptr[lo]), end, 64):
+            for q in range(block + STREAM_AHEAD, min(block + 64 + STREAM_AHEAD, last), 8):
+                prefetch_read(t_data, q)
+                prefetch_write(weights, q)
+                if q % 16 == 0:
+                    prefetch_read(t_pairs, q)
+                if q % 32 == 0:
+                    prefetch_read(t_sources, q)
+            for e in range(np.uint64(block), np.uint64(min(block + 64, end))):
+                weights[e] = pi[t_pairs[e]] * t_data[e]
         _sweep_rows(t_indptr, t_sources, weights, gamma, b, x, out, lo, hi, stats[c],
                     np.int64(0))
     return _combined(stats)
