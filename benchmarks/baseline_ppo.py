@@ -4,7 +4,8 @@ What a competent user writes in ~30 lines instead of importing fastppo, and the 
 of every PPO-Clip speed ratio in ``RESULTS.md``. One outer iteration (SPEC §1):
 
 - softmax of θ (table (S, A));
-- P_π = Π P assembled as a scipy CSR by a sparse product (Π: S × SA, π on the diagonal blocks);
+- P_π = Π P assembled as a scipy CSR by a sparse product (Π: S × SA, π on the diagonal blocks;
+  int32 indices where they fit, SciPy's faster form: 7 % off an iteration at 50k);
 - ``scipy.sparse.linalg.bicgstab`` from zero for (I − γP_π) v = r_π − τ D_f(π), rtol 1e-10;
 - Q = r + γ P v and Ã = Q − Σ_a π Q by NumPy;
 - ``bicgstab`` on (I − γP_π)ᵀ y = S·μ for d = y / Σy, rtol 1e-10 (S·μ: scipy's bicgstab
@@ -39,13 +40,18 @@ class BaselinePPO:
 
     def __init__(self, P, r, gamma, mu, kind="forward-kl", tau=0.0, ref=None, clip=0.2,
                  inner_steps=10, lr=None, step_scale=1.0):
-        self.P, self.r, self.gamma, self.mu = sp.csr_array(P), np.asarray(r), gamma, mu
+        self.r, self.gamma, self.mu = np.asarray(r), gamma, mu
         S, A = self.r.shape
+        # int32 indices where they fit: SciPy's faster CSR (csr_array keeps int64 inputs)
+        P = sp.csr_array(P)
+        index = np.int32 if max(P.nnz, S * A) < 2**31 else np.int64
+        self.P = sp.csr_array((P.data, P.indices.astype(index), P.indptr.astype(index)),
+                              shape=P.shape)
         self.ref = np.full((S, A), 1.0 / A) if ref is None else ref
         self.kind, self.tau, self.clip, self.K = kind, tau, clip, inner_steps
         self.theta = np.log(self.ref)
-        self._cols = np.arange(S * A)
-        self._rows = np.arange(0, S * A + 1, A)
+        self._cols = np.arange(S * A, dtype=index)
+        self._rows = np.arange(0, S * A + 1, A, dtype=index)
         if lr is None:  # fastppo's scale-free default: largest first per-state step = step_scale
             d0 = self.evaluate(softmax(self.theta))[2]
             lr = step_scale * (1.0 - gamma) / d0.max()
