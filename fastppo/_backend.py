@@ -24,8 +24,7 @@ DEFAULT_BACKEND = "cython"
 STEMS = {
     "linear": ("bellman_matvec", "bellman_rmatvec", "q_values", "q_greedy", "bellman_products",
                "blocked_entries", "blocked_products", "transposed_weights",
-               "transposed_rmatvec", "row_sweep", "state_sweep", "transposed_sweep",
-               "state_products"),
+               "transposed_rmatvec", "row_sweep", "pair_sweep", "transposed_sweep"),
     "tables": ("segment_softmax", "regularized_reward", "advantages", "q_advantages",
                "policy_gradient", "compact_indptr", "compact_rows"),
     "policy_update": ("greedy_policy", "ppo_update"),

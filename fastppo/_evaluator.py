@@ -55,21 +55,23 @@ LAST_ROWS = True
 # None: never.
 TRANSPOSED_STATES = 5_000
 # single solves' Richardson sweeps on an MDP of this many states up to 2¹⁶ (float64 P, a
-# policy on all pairs): each sweep one pass of ``row_sweep`` (product, residual, update and
-# r's sums at once, no NumPy operation between sweeps) on P_π's state rows, written by the
-# policy's first sweep (``state_sweep``; 8 bytes per entry), or on P_πᵀ's entries for the
-# visitation (TRANSPOSED_STATES; written by its first sweep, ``transposed_sweep``); the
-# value sweeps' last product, by ``state_products``, keeps P x per pair for Q̃ from the
-# same rows. None: never.
+# policy on all pairs): each sweep one pass (product, residual, update and r's sums at
+# once, no NumPy operation between sweeps): the value's by ``pair_sweep`` on P's own rows,
+# each entry weighted by its pair's π as it is read (a pair code per entry, once per MDP:
+# MDP._pair_codes; on the 10k garnet the sweeps without writing P_π's rows took 0.7–1.3 ms
+# less than with, benchmarks/RESULTS.md, issue 17), the last (predicted to meet tol) by
+# ``bellman_products``, which keeps P x per pair for Q̃; the visitation's by ``row_sweep``
+# on P_πᵀ's entries (TRANSPOSED_STATES; written by its first sweep, ``transposed_sweep``).
+# None: never.
 ROW_SWEEP_STATES = 5_000
 # ... and at least this many entries of P per state on average: rows long enough for the
-# eight-lane gathers to repay the policy's first sweep writing them (the 10k garnet, 100
-# entries a state: evaluate −11 %; the gridworld, queue and pendulum, 12–20: +2–5 %,
-# their sweeps hand over to SGS after a few products; benchmarks/RESULTS.md, issue 17)
+# eight-lane gathers (the 10k garnet, 100 entries a state, with P_π's rows written:
+# evaluate −11 %; the gridworld, queue and pendulum, 12–20: +2–5 %, their sweeps hand over
+# to SGS after a few products; benchmarks/RESULTS.md, issue 17)
 ROW_SWEEP_ENTRIES = 32
-# the row sweeps after the pass that wrote the rows: prefetched (row_sweep's ``prefetch``);
-# an array the caches lost reads at memory speed for two passes here, with prefetching
-# faster (benchmarks/RESULTS.md, issue 17)
+# the visitation's row sweeps after the pass that wrote P_πᵀ's entries: prefetched
+# (row_sweep's ``prefetch``; pair_sweep always prefetches); an array the caches lost reads
+# at memory speed for two passes here, with prefetching faster (RESULTS.md, issue 17)
 COLD_PASSES = 2
 SWEEP_CHUNKS = 16  # row_sweep's chunks of r's sums: fixed, so any thread count sums alike
 # the exact passes of both sides (with the rows) or of the visitation side alone, on all
@@ -129,8 +131,7 @@ def _kernels(backend):
         "bellman_matvec", "bellman_rmatvec", "bellman_products", "q_values", "q_greedy",
         "regularized_reward", "advantages", "q_advantages", "policy_gradient",
         "greedy_policy", "segment_softmax", "blocked_products", "transposed_weights",
-        "transposed_rmatvec", "row_sweep", "state_sweep", "transposed_sweep",
-        "state_products")}
+        "transposed_rmatvec", "row_sweep", "pair_sweep", "transposed_sweep")}
 
 
 def regularizer_args(mdp, reg):
@@ -359,8 +360,6 @@ class Evaluator:
         self._buf32 = self._x32 = None  # float32 scatter buffers and gathered correction
         self._transposed = None  # the loaded policy's P_πᵀ entries (_transposed_rows)
         self._transposed_weights = None  # their buffer, kept across policies
-        self._state = None  # the loaded policy's P_π by state (_value_row_sweep)
-        self._state_weights = None  # its buffer, kept across policies
         self._sweep_stats = np.empty((SWEEP_CHUNKS, 4))
         self._cold_passes = 0  # row sweeps still to prefetch the rows last written (COLD_PASSES)
         self._matrix = None  # the loaded policy's assembled I − γP_π, on first use
@@ -387,7 +386,6 @@ class Evaluator:
         self.pi = pi
         self._rows_fresh = False
         self._transposed = None
-        self._state = None
         self._matrix = None
         self._narrow_rows = None
         mdp = self.mdp
@@ -541,33 +539,25 @@ class Evaluator:
         return self._transposed or None
 
     def _row_sweeps_apply(self):
-        """Whether single solves sweep with ``row_sweep`` (ROW_SWEEP_STATES, ROW_SWEEP_ENTRIES;
-        the visitation also needs :meth:`_transposed_apply`)."""
+        """Whether single solves sweep with ``row_sweep`` / ``pair_sweep`` (ROW_SWEEP_STATES,
+        ROW_SWEEP_ENTRIES, at most 256 pairs a state; the visitation also needs
+        :meth:`_transposed_apply`)."""
         mdp = self.mdp
         return (self._gathers_apply(ROW_SWEEP_STATES)
-                and mdp.p_indices.shape[0] >= ROW_SWEEP_ENTRIES * mdp.n_states)
+                and mdp.p_indices.shape[0] >= ROW_SWEEP_ENTRIES * mdp.n_states
+                and mdp._pair_codes is not None)
 
     def _value_row_sweep(self, b, x, shift, out):
-        """A sweep of the value system (``System.sweep``) by ``row_sweep`` on P_π's state
-        rows (each state's pairs' rows one after another, weighted by π: 8 bytes per entry,
-        a buffer kept across policies); the policy's first sweep writes them as it goes
-        (``state_sweep``)."""
+        """A sweep of the value system (``System.sweep``) by ``pair_sweep``: P_π's state
+        rows read from P itself, each entry weighted by its pair's π as it is read (no
+        rows written; each state's pairs' rows one after another, 10 bytes and a pair
+        code per entry)."""
         self.n_passes += 1
         self._rows_fresh = False
-        if self._state is None:
-            mdp = self.mdp
-            if self._state_weights is None:
-                self._state_weights = np.empty(mdp.p_data.shape[0])
-            self._state = (mdp._state_indptr, self._column_indices(),
-                           self._state_weights, mdp.gamma)
-            self._cold_passes = COLD_PASSES
-            return self._k["state_sweep"](self._state[0], mdp.a_indptr, mdp.p_indptr,
-                                          self._state[1], mdp.p_data, self.pi, mdp.gamma, b, x,
-                                          shift, out, self._state_weights, self._sweep_stats,
-                                          self.n_threads)
-        self._cold_passes -= 1
-        return self._k["row_sweep"](*self._state, b, x, shift, out, self._sweep_stats,
-                                    self._cold_passes >= 0, self.n_threads)
+        mdp = self.mdp
+        return self._k["pair_sweep"](mdp._state_indptr, mdp.a_indptr, mdp._pair_codes,
+                                     self._column_indices(), mdp.p_data, self.pi, mdp.gamma,
+                                     b, x, shift, out, self._sweep_stats, self.n_threads)
 
     def _visit_row_sweep(self, b, x, shift, out):
         """A sweep of the visitation system (``System.sweep``) by ``row_sweep`` on P_πᵀ's
@@ -727,20 +717,8 @@ class Evaluator:
         the sweeps' last (a warm start's first, or the one predicted to meet tol) by
         :meth:`products`, which keeps P x per pair, so that Q̃ of a solution met there
         comes from its rows (:meth:`_q_advantages`) instead of a pass of ``q_values``; the
-        others by :meth:`matvec`. The same sums either way (bit for bit); after
-        ``row_sweep``'s sweeps (P_π's state rows made) the last is ``state_products`` on
-        those rows: P x per pair to round-off (each pair's sum divided by π)."""
-        if last and LAST_ROWS and self._state is not None:
-            # after row_sweep's sweeps: P_π's state rows are hot, P's own may not be
-            self.n_passes += 1
-            if self._q_rows is None:
-                self._q_rows = np.empty(self.mdp.n_pairs)
-            self._rows_fresh = True
-            mdp = self.mdp
-            row_indptr, indices, weights, gamma = self._state
-            self._k["state_products"](mdp.a_indptr, mdp.p_indptr, indices, mdp.p_data, weights,
-                                      self.pi, gamma, x, out, self._q_rows, self.n_threads)
-        elif last and LAST_ROWS:
+        others by :meth:`matvec`. The same sums either way (bit for bit)."""
+        if last and LAST_ROWS:
             self.products(x, None, out, None)
         else:
             self.matvec(x, out)

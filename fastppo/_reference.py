@@ -135,11 +135,12 @@ def transposed_rmatvec(t_indptr, t_sources, weights, gamma, y, out, n_threads=1)
     out[:] = y - gamma * (PT @ y)
 
 
-def state_sweep(row_indptr, a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, shift, out,
-                weights, stats, n_threads=1):
-    """P_π's state rows into ``weights`` (``shared_weights``), then ``row_sweep`` on them
-    (state s's at row_indptr[s] = p_indptr[a_indptr[s]])."""
-    shared_weights(p_indptr, p_data, pi, weights)
+def pair_sweep(row_indptr, a_indptr, codes, indices, p_data, pi, gamma, b, x, shift, out,
+               stats, n_threads=1):
+    """``row_sweep`` on P_π's state rows, entry j of state s weighted by
+    π(a_indptr[s] + codes[j]) (state s's at row_indptr[s] = p_indptr[a_indptr[s]])."""
+    states = np.repeat(np.arange(b.shape[0]), np.diff(row_indptr))
+    weights = pi[a_indptr[states] + codes[:row_indptr[-1]]] * p_data[:row_indptr[-1]]
     return row_sweep(row_indptr, indices, weights, gamma, b, x, shift, out, stats)
 
 
@@ -148,19 +149,6 @@ def transposed_sweep(t_indptr, t_pairs, t_sources, t_data, pi, gamma, b, x, shif
     """P_πᵀ's entries into ``weights`` (``transposed_weights``), then ``row_sweep`` on them."""
     transposed_weights(t_pairs, t_data, pi, weights)
     return row_sweep(t_indptr, t_sources, weights, gamma, b, x, shift, out, stats)
-
-
-def state_products(a_indptr, p_indptr, indices, p_data, weights, pi, gamma, x, out, rows,
-                   n_threads=1):
-    """out = x − γ P_π x and rows = P x per pair, from P_π's entries ``weights`` (π(k) P[j],
-    pair k's rows one after another): each pair's sum divided by its π, or from P where
-    π < 1e-150."""
-    shape = (pi.shape[0], x.shape[0])
-    pairs = sp.csr_array((weights, indices, p_indptr), shape=shape) @ x
-    direct = sp.csr_array((p_data, indices, p_indptr), shape=shape) @ x
-    small = pi < 1e-150
-    rows[:] = np.where(small, direct, pairs / np.where(small, 1.0, pi))
-    out[:] = x - gamma * _segment_sum(a_indptr, pairs)
 
 
 def row_sweep(indptr, sources, weights, gamma, b, x, shift, out, stats, prefetch=False,

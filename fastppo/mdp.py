@@ -29,7 +29,8 @@ _STATE_SCALARS = ("gamma", "n_states", "n_pairs", "n_actions", "is_rectangular")
 # what with_rewards / with_gamma / with_rho take over (attributes and cached properties):
 # the action layout, the transitions and what is derived from them alone ...
 _STRUCTURE = ("a_indptr", "a_indices", "p_indptr", "p_indices", "p_data", "n_states", "n_pairs",
-              "n_actions", "is_rectangular", "_transitions", "s_indices", "_state_indptr")
+              "n_actions", "is_rectangular", "_transitions", "s_indices", "_state_indptr",
+              "_pair_codes")
 # ... and, when the rewards stay, the caches that depend on the rewards but not on γ or ρ
 _REWARD_CACHES = ("terminal", "topological_order")
 
@@ -527,6 +528,20 @@ class MDP:
         indptr = self.p_indptr[self.a_indptr]
         indptr.flags.writeable = False
         return indptr
+
+    @functools.cached_property
+    def _pair_codes(self):
+        """Each entry of P's pair among its state's pairs (k − a_indptr[s] for an entry of
+        pair k of state s), shape (p_indptr[-1],), uint8: the value sweeps weight P's own
+        rows by π with it (kernel ``pair_sweep``). None when a state has more than 256
+        pairs. Computed once, read-only."""
+        counts = np.diff(self.a_indptr)
+        if counts.max(initial=0) > 256:
+            return None
+        place = np.arange(self.n_pairs) - np.repeat(self.a_indptr[:-1], counts)
+        codes = np.repeat(place.astype(np.uint8), np.diff(self.p_indptr))
+        codes.flags.writeable = False
+        return codes
 
     @functools.cached_property
     def s_indices(self):

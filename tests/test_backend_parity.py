@@ -181,22 +181,17 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
                                for label, p in (("pi", pi), ("zeros", zpi))],
         "transposed_rmatvec": [("", lambda k: _run(k, out(S), tp[0], tp[2], tw, g, inp["x"],
                                                    n_threads=n_threads))],
-        # a sweep writing the state rows (weights, then the sweep and its sums)
-        "state_sweep": [(f"{label}-shift{c}", lambda k, p=p, c=c: _sweep(
-                             k, (pp[a], a, pp, state_rows[1], pd, p, g, inp["q"][:S]), inp["x"], c,
-                             (out(S), out(pd.shape[0]), np.full((3, 4), np.nan)), n_threads))
-                        for label, p in (("pi", pi), ("zeros", zpi)) for c in (0.0, 0.3)],
+        # a value sweep on P's rows weighted by π as they are read (the state rows' sweep)
+        "pair_sweep": [(f"{label}-shift{c}", lambda k, p=p, c=c: _sweep(
+                            k, (pp[a], a, mdp._pair_codes, state_rows[1], pd, p, g, inp["q"][:S]),
+                            inp["x"], c, (out(S), np.full((3, 4), np.nan)), n_threads))
+                       for label, p in (("pi", pi), ("zeros", zpi)) for c in (0.0, 0.3)],
         # a visitation sweep writing P_πᵀ's entries (transposed_weights, then row_sweep)
         "transposed_sweep": [(f"{label}-shift{c}", lambda k, p=p, c=c: _sweep(
                                   k, (tp[0], tp[1], tp[2], tp[3], p, g, inp["q"][:S]), inp["x"],
                                   c, (out(S), out(pd.shape[0]), np.full((3, 4), np.nan)),
                                   n_threads))
                              for label, p in (("pi", pi), ("zeros", zpi)) for c in (0.0, 0.3)],
-        # P_π x and P x per pair from the state rows; "tiny": π < 1e-150 and 0 take P's rows
-        "state_products": [(label, lambda k, p=p: _outputs(
-                                k, (a, pp, state_rows[1], pd, np.repeat(p, np.diff(pp)) * pd, p, g,
-                                    inp["x"]), (out(S), out(L)), n_threads))
-                           for label, p in (("pi", pi), ("tiny", _tiny(zpi)))],
         # a sweep x + r and r's sums by chunk (at most one state each: S), rows prefetched or not
         "row_sweep": [(f"{label}-chunks{c}-prefetch{f}", lambda k, rows=rows, c=c, f=f: _sweep(
                            k, (*rows, g, inp["q"][:S]), inp["x"], 0.3,
@@ -228,13 +223,6 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
                      _run(k, out(L), a, p, inp["b"], inp["weight"], inp["ref"], code, alpha, tau,
                           n_threads=n_threads)))
     return calls
-
-
-def _tiny(pi):
-    """pi with its exact zeros and, in every fourth pair, 1e-200 in place of its value."""
-    pi = np.array(pi)
-    pi[::4] = np.where(pi[::4] > 0, 1e-200, 0.0)
-    return pi
 
 
 def _sweep(kernel, args, x, shift, outs, n_threads, tail=()):

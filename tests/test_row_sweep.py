@@ -1,12 +1,11 @@
 """A single solve's Richardson sweeps in one pass each (issue 17, target 1).
 
 ``row_sweep`` makes a whole sweep, x + r with r = b − (x − γ W x), and r's sums, on a CSR W
-of at most 2¹⁶ states: P_π's state rows for the value system (written by the policy's
-first sweep, ``state_sweep``), P_πᵀ's entries for the visitation (``transposed_sweep``).
-``state_products``
-makes the sweeps' last product from the same state rows, with P x per pair for Q̃ (each
-pair's sum divided by π, or P's row where π < 1e-150). Checked against loops in the
-kernels' order (bit for bit), the dense P, np.linalg.solve, twins and thread counts;
+of at most 2¹⁶ states: P_πᵀ's entries for the visitation (written by its first sweep,
+``transposed_sweep``). ``pair_sweep`` makes the value system's sweeps on P's own rows by
+state, each entry weighted by its pair's π as it is read (``MDP._pair_codes``): row_sweep's
+sums on P_π's state rows, without writing them. Checked against loops in the kernels'
+order (bit for bit), the dense P, np.linalg.solve, twins and thread counts;
 ``_evaluator.ROW_SWEEP_STATES`` and ``ROW_SWEEP_ENTRIES`` lowered so that small MDPs take
 the path.
 """
@@ -83,23 +82,62 @@ def test_row_sweep_is_a_sweep_in_eight_sums_with_its_chunks_sums(which, n_thread
 
 @pytest.mark.parametrize("n_threads", [1, 2], ids=lambda n: f"threads{n}")
 @pytest.mark.parametrize("which", COMPILED + ["numpy"])
-def test_state_sweep_writes_the_state_rows_and_sweeps_on_them(which, n_threads):
-    mdp = fastppo.garnet(61, 3, 11, gamma=0.9, seed=3)
-    pi = random_policy(mdp, 4)[0]
+def test_pair_sweep_is_row_sweep_on_the_state_rows(which, n_threads):
+    """P's rows weighted by π as they are read: the bits of row_sweep on P_π's state rows
+    (π(k) P[j] stored), with states of 1 to 20 pairs (the permute takes up to 16, a
+    gather more) and π with exact zeros."""
     rng = np.random.default_rng(5)
-    b, x = rng.normal(size=mdp.n_states), rng.normal(size=mdp.n_states)
-    rows = state_rows(mdp, pi)
-    expect = [np.empty(mdp.n_states), np.empty((3, 4))]
-    sums = get_kernel("row_sweep", which)(*rows, mdp.gamma, b, x.copy(), 0.3, *expect, False,
-                                          n_threads)
-    weights, out, stats = np.full(rows[2].shape, np.nan), np.empty(mdp.n_states), np.empty((3, 4))
-    got = get_kernel("state_sweep", which)(rows[0], mdp.a_indptr, mdp.p_indptr, rows[1],
-                                           mdp.p_data, pi, mdp.gamma, b, x.copy(), 0.3, out,
-                                           weights, stats, n_threads)
-    np.testing.assert_array_equal(weights, rows[2])
-    np.testing.assert_array_equal(out, expect[0])
-    np.testing.assert_array_equal(stats, expect[1])
-    assert got == sums
+    counts = np.array([1, 3, 8, 9, 16, 17, 20, 2] * 5)
+    mdps = (fastppo.garnet(61, 3, 11, gamma=0.9, seed=3),
+            fastppo.MDP.from_sa_pairs(*_pairs(counts, rng), gamma=0.9))
+    for mdp in mdps:
+        for pi in (random_policy(mdp, 4)[0], _with_zeros(random_policy(mdp, 6)[0], mdp)):
+            b, x = rng.normal(size=mdp.n_states), rng.normal(size=mdp.n_states)
+            rows = state_rows(mdp, pi)
+            expect = [np.empty(mdp.n_states), np.empty((3, 4))]
+            sums = get_kernel("row_sweep", which)(*rows, mdp.gamma, b, x.copy(), 0.3, *expect,
+                                                  False, n_threads)
+            out, stats = np.full(mdp.n_states, np.nan), np.full((3, 4), np.nan)
+            got = get_kernel("pair_sweep", which)(rows[0], mdp.a_indptr, mdp._pair_codes,
+                                                  rows[1], mdp.p_data, pi, mdp.gamma, b,
+                                                  x.copy(), 0.3, out, stats, n_threads)
+            np.testing.assert_array_equal(out, expect[0])
+            np.testing.assert_array_equal(stats, expect[1])
+            assert got == sums
+
+
+def _pairs(counts, rng):
+    """(s_indices, a_indices, P, R) of an MDP whose state s has counts[s] actions, each with
+    one to eleven successors."""
+    n = counts.shape[0]
+    s_idx = np.repeat(np.arange(n), counts)
+    a_idx = np.concatenate([np.arange(c) for c in counts])
+    P = np.zeros((s_idx.shape[0], n))
+    for k in range(s_idx.shape[0]):
+        succ = rng.choice(n, size=rng.integers(1, 12), replace=False)
+        P[k, succ] = rng.dirichlet(np.ones(succ.shape[0]))
+    return s_idx, a_idx, P, rng.normal(size=s_idx.shape[0])
+
+
+def _with_zeros(pi, mdp):
+    """π with its first pair of every other state set to 0 (renormalised)."""
+    pi = pi.copy()
+    first = mdp.a_indptr[:-1:2]
+    pi[first[np.diff(mdp.a_indptr)[::2] > 1]] = 0.0
+    return pi / np.repeat(np.add.reduceat(pi, mdp.a_indptr[:-1]), np.diff(mdp.a_indptr))
+
+
+def test_pair_codes_are_each_entrys_pair_among_its_states():
+    mdp = fastppo.garnet(30, 4, 5, gamma=0.9, seed=1)
+    codes = mdp._pair_codes
+    states = mdp.s_indices
+    for k in range(mdp.n_pairs):
+        lo, hi = mdp.p_indptr[k], mdp.p_indptr[k + 1]
+        assert (codes[lo:hi] == k - mdp.a_indptr[states[k]]).all()
+    assert codes.dtype == np.uint8 and not codes.flags.writeable
+    wide = fastppo.MDP.from_sa_pairs(np.zeros(257, dtype=int), np.arange(257),
+                                  np.ones((257, 1)), np.zeros(257), gamma=0.9)
+    assert wide._pair_codes is None  # more than 256 pairs in a state: no pair sweeps
 
 
 @pytest.mark.parametrize("n_threads", [1, 2], ids=lambda n: f"threads{n}")
@@ -126,30 +164,6 @@ def test_transposed_sweep_writes_p_pi_transposed_and_sweeps_on_it(which, n_threa
     assert got == sums
 
 
-@pytest.mark.parametrize("which", COMPILED + ["numpy"])
-def test_state_products_give_p_pi_x_and_p_x_per_pair(which):
-    mdp = fastppo.garnet(40, 4, 7, gamma=0.95, seed=6)
-    x = np.random.default_rng(7).normal(size=mdp.n_states)
-    _, P, _ = naive.dense(mdp)
-    pi = random_policy(mdp, 8)[0]
-    tiny = pi.copy()
-    tiny[::3] = 1e-200  # below 1e-150: those pairs' rows come from P
-    tiny[1::7] = 0.0
-    for policy in (pi, tiny):
-        out, rows = np.full(mdp.n_states, np.nan), np.full(mdp.n_pairs, np.nan)
-        indptr, indices, weights = state_rows(mdp, policy)
-        get_kernel("state_products", which)(mdp.a_indptr, mdp.p_indptr, indices, mdp.p_data,
-                                            weights, policy, mdp.gamma, x, out, rows, 1)
-        assert naive.rel_err(rows, P @ x) <= 1e-14
-        expect = x - mdp.gamma * naive.P_pi(mdp, policy) @ x
-        assert naive.rel_err(out, expect) <= 1e-14
-    small = tiny < 1e-150
-    assert small.sum() > 5
-    np.testing.assert_array_equal(rows[small], [
-        sum(mdp.p_data[j] * x[mdp.p_indices[j]] for j in range(mdp.p_indptr[k], mdp.p_indptr[k + 1]))
-        for k in np.flatnonzero(small)])  # P's row, summed in order
-
-
 @pytest.mark.parametrize("zeros", [False, True], ids=["full", "zeros"])
 @pytest.mark.parametrize("gamma", [0.99, 0.9999])
 @pytest.mark.parametrize("n_threads", [1, 2], ids=lambda n: f"threads{n}")
@@ -158,7 +172,7 @@ def test_evaluations_on_row_sweeps_are_certified_and_agree(which, n_threads, gam
                                                            monkeypatch, small_rows):
     mdp = fastppo.garnet(400, 4, 6, gamma=gamma, seed=9)
     pi = random_policy(mdp, 10)[0]
-    if zeros:  # one action of every other state never taken: Q̃ there from P's own rows
+    if zeros:  # one action of every other state never taken
         pi = pi.reshape(mdp.n_states, 4)
         pi[::2, 0] = 0.0
         pi = (pi / pi.sum(axis=1, keepdims=True)).ravel()
@@ -179,10 +193,9 @@ def test_evaluations_on_row_sweeps_are_certified_and_agree(which, n_threads, gam
     assert ev.residual <= target
     assert np.linalg.norm(c - A @ ev.v) / np.linalg.norm(c) <= target
     assert ev.method == "richardson"
-    # on garnets the sweeps converge; the first sweep writes the state rows (no pass of
-    # its own), and the last product (from them, with P v per pair) serves Q̃: no pass of
-    # q_values where the last was predicted (so for the full policy at γ = 0.99); one
-    # where tol was met by a sweep not predicted to meet it
+    # on garnets the sweeps converge, and the last product (with P v per pair) serves Q̃:
+    # no pass of q_values where the last was predicted (so for the full policy at
+    # γ = 0.99); one where tol was met by a sweep not predicted to meet it
     extra = ev.n_passes - ev.n_matvec
     assert extra in (0, 1) and (extra == 0 or gamma > 0.999 or zeros)
     assert abs(ev.n_matvec - plain.n_matvec) <= 1
@@ -238,14 +251,14 @@ def test_row_sweeps_give_the_same_bits_on_both_twins_and_thread_counts(small_row
 
 
 def test_lockstep_solves_make_no_rows(small_rows, monkeypatch):
-    """PPO-Clip's lockstep solves take fused passes on P's own rows: neither P_π's state
-    rows nor P_πᵀ's entries are made for them (each would cost a pass per policy)."""
+    """PPO-Clip's lockstep solves take fused passes on P's own rows: P_πᵀ's entries are not
+    made for them (that would cost a pass per policy)."""
     monkeypatch.setattr(evaluator, "TRANSPOSED_STATES", 1)
     mdp = fastppo.garnet(300, 3, 5, gamma=0.95, seed=12)
     E = Evaluator(mdp, None, "cython", 1)
     E.load(random_policy(mdp, 13)[0])
     ev, vis = E.evaluation_and_visitation(mdp.rho)
-    assert E._state is None and E._transposed is None
+    assert E._transposed is None
     assert ev.n_passes == vis.n_passes == E.n_passes
     E.visitation(mdp.rho)  # a single solve makes P_πᵀ's entries on its first sweep
     assert E._transposed

@@ -13,10 +13,10 @@ counted, then filled; made once per run);
 ``transposed_rmatvec``: x − γP_πᵀ x as a gather from P's entries in the transposed order
 (single visitation solves up to 2¹⁶ states; compare with ``bellman_rmatvec``);
 ``transposed_weights``: P_πᵀ's entries in that order, once per policy;
-``row_sweep``: a whole Richardson sweep (x + r and r's sums) on P_π's state rows (a single
-value solve's sweeps up to 2¹⁶ states; compare with ``bellman_matvec``);
-``state_products``: x − γP_π x and P x per pair from the same state rows (those sweeps'
-last product; compare with ``bellman_products``);
+``row_sweep``: a whole Richardson sweep (x + r and r's sums) on P_π's state rows written
+(a single visitation solve's sweeps, on P_πᵀ's entries, up to 2¹⁶ states);
+``pair_sweep``: the same sweep on P's own rows weighted by π as they are read (a single
+value solve's sweeps up to 2¹⁶ states; compare with ``row_sweep`` and ``bellman_matvec``);
 ``regularized_reward_kl``: r_π − τ D_f(π) for forward KL (a pass over the pairs, no product).
 Together with the ``*Products`` tracks this separates "fewer products" from "faster
 products".
@@ -34,7 +34,7 @@ from .common import (BACKENDS, FAMILIES, SIZES, THREADS, check_params, get_mdp, 
 
 KERNELS = ["bellman_matvec", "bellman_rmatvec", "q_values", "q_greedy", "bellman_products",
            "blocked_products", "blocked_entries", "transposed_rmatvec", "transposed_weights",
-           "row_sweep", "state_products", "regularized_reward_kl", "compact_rows"]
+           "row_sweep", "pair_sweep", "regularized_reward_kl", "compact_rows"]
 
 
 def _blocks(m, n_threads):
@@ -85,17 +85,18 @@ class KernelSuite:
                 args = (pairs, data, pi, weights, n_threads)
             else:
                 args = (t_indptr, sources, weights, m.gamma, x, np.empty(m.n_states), n_threads)
-        elif kernel in ("row_sweep", "state_products"):  # P_π's state rows, up to 2¹⁶ states
+        elif kernel in ("row_sweep", "pair_sweep"):  # P_π's state rows, up to 2¹⁶ states
             indices = m._transitions.narrow_indices(m.n_states)
             if indices is None:
                 raise NotImplementedError("more than 2^16 states: the sweeps take products")
-            weights = np.repeat(pi, np.diff(m.p_indptr)) * m.p_data
-            if kernel == "row_sweep":  # no shift: x is not changed between samples; warm rows
-                args = (m.p_indptr[m.a_indptr], indices, weights, m.gamma, x[::-1].copy(), x,
-                        0.0, np.empty(m.n_states), np.empty((16, 4)), False, n_threads)
+            # no shift: x is not changed between samples
+            tail = (m.gamma, x[::-1].copy(), x, 0.0, np.empty(m.n_states), np.empty((16, 4)))
+            if kernel == "row_sweep":  # warm rows
+                weights = np.repeat(pi, np.diff(m.p_indptr)) * m.p_data
+                args = (m._state_indptr, indices, weights, *tail, False, n_threads)
             else:
-                args = (m.a_indptr, m.p_indptr, indices, m.p_data, weights, pi, m.gamma, x,
-                        np.empty(m.n_states), np.empty(m.n_pairs), n_threads)
+                args = (m._state_indptr, m.a_indptr, m._pair_codes, indices, m.p_data, pi,
+                        *tail, n_threads)
         elif kernel == "q_greedy":  # Q̃ and the greedy step at τ = 0 (policy iteration's step)
             args = (m.a_indptr, *csr, m.r, m.gamma, x, np.empty(m.n_pairs), np.empty(m.n_pairs),
                     np.empty(m.n_states, dtype=np.int64), np.empty(m.n_states), n_threads)

@@ -21,13 +21,12 @@
                      CSR W of at most 2¹⁶ states in the same eight sums (P_π's state rows: a
                      value solve); returns r's sum, sum of squares, min and max (fixed chunks);
                      ``prefetch``: W's entries STREAM_AHEAD on (its first passes)
-``state_sweep``:     row_sweep on P_π's state rows, writing them (π(k) P[j]) chunk by chunk
-                     as it goes: the first sweep of a policy (P and the rows prefetched)
+``pair_sweep``:      row_sweep on P_π's state rows read from P itself, each entry weighted by
+                     its pair's π as it is read (per-entry pair codes): the same bits, no
+                     rows written (a value solve's sweeps)
 ``transposed_sweep``: row_sweep on P_πᵀ's entries, writing them (π P[e]) chunk by chunk as
                      it goes: a visitation's first sweep of a policy (its entries and the
                      weights prefetched)
-``state_products``:  out = x − γ P_π x on P_π's state rows (row_sweep's), and rows = P x per
-                     pair, each pair's sum divided by π (P's row below π = 1e-150)
 From ``PREFETCH_STATES`` states on (a fused pass with both sides: ``FUSED_PREFETCH_STATES``),
 every gather and scatter prefetches the state of the entry ``AHEAD`` positions on (GCC's
 ``__builtin_prefetch``; a hint: no result changes); below, each row is summed by a loop
@@ -52,7 +51,6 @@ ctypedef fused column:  # p_indices: int32, or uint16 when every state fits (few
 cdef extern from *:
     void prefetch "__builtin_prefetch" (const void *address, int write, int locality) nogil
 
-cdef double DIRECT_PI = 1e-150  # state_products: below, a pair's row from P (π P[j] may be subnormal)
 
 cdef enum:
     AHEAD = 32  # entries of P ahead (kernels/numba/_prefetch.py: the same)
@@ -525,6 +523,11 @@ cdef extern from "_rows8.h" nogil:
                 int64_t stop)
     void prefetch_rows(const uint16_t *idx, const double *w, int64_t lo, int64_t hi,
                        int64_t end)
+    double row8_pairs(const uint16_t *idx, const uint8_t *code, const double *p,
+                      const double *pi, int64_t n_pairs, const double *x, int64_t start,
+                      int64_t stop)
+    void prefetch_pairs(const uint16_t *idx, const uint8_t *code, const double *p,
+                        int64_t lo, int64_t hi, int64_t end)
 
 
 def transposed_weights(const int32_t[::1] t_pairs, const probability[::1] t_data,
@@ -569,18 +572,27 @@ cdef void _shifted(double[::1] x, double shift, int n_threads) noexcept nogil:
 
 cdef void _sweep_rows(const int64_t *indptr, const uint16_t *src, const double *w,
                       double gamma, const double *b, const double *x, double *out,
-                      Py_ssize_t lo, Py_ssize_t hi, double *sums,
-                      int64_t fetch_end) noexcept nogil:
+                      Py_ssize_t lo, Py_ssize_t hi, double *sums, int64_t fetch_end,
+                      const int64_t *a_indptr, const uint8_t *codes,
+                      const double *pi) noexcept nogil:
     """Rows lo ≤ i < hi of a sweep: r = b − (x − γ W x) in row8's sums, out = x + r, and
     sums = (Σ r, Σ r², min r, max r) over those rows in order. Each row prefetches W's
-    entries STREAM_AHEAD on, below ``fetch_end`` (0: none)."""
-    cdef double r, total = 0.0, squares = 0.0, least = INFINITY, most = -INFINITY
+    entries STREAM_AHEAD on, below ``fetch_end`` (0: none). With ``codes`` (else NULL), W
+    is P's rows ``w`` weighted by π on the fly (row8_pairs; a_indptr, pi)."""
+    cdef double r, row, total = 0.0, squares = 0.0, least = INFINITY, most = -INFINITY
     cdef Py_ssize_t i
     for i in range(lo, hi):
-        if fetch_end:
-            prefetch_rows(src, w, indptr[i] + STREAM_AHEAD, indptr[i + 1] + STREAM_AHEAD,
-                          fetch_end)
-        r = b[i] - (x[i] - gamma * row8(src, w, x, indptr[i], indptr[i + 1]))
+        if codes != NULL:
+            prefetch_pairs(src, codes, w, indptr[i] + STREAM_AHEAD,
+                           indptr[i + 1] + STREAM_AHEAD, fetch_end)
+            row = row8_pairs(src, codes, w, pi + a_indptr[i], a_indptr[i + 1] - a_indptr[i],
+                             x, indptr[i], indptr[i + 1])
+        else:
+            if fetch_end:
+                prefetch_rows(src, w, indptr[i] + STREAM_AHEAD, indptr[i + 1] + STREAM_AHEAD,
+                              fetch_end)
+            row = row8(src, w, x, indptr[i], indptr[i + 1])
+        r = b[i] - (x[i] - gamma * row)
         out[i] = x[i] + r
         total = total + r
         squares = squares + r * r
@@ -627,39 +639,32 @@ def row_sweep(const int64_t[::1] indptr, const uint16_t[::1] sources,
     _shifted(x, shift, n_threads)
     for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
         _sweep_rows(&indptr[0], &sources[0], &weights[0], gamma, &b[0], &x[0], &out[0],
-                    c * n // n_chunks, (c + 1) * n // n_chunks, &stats[c, 0], fetch_end)
+                    c * n // n_chunks, (c + 1) * n // n_chunks, &stats[c, 0], fetch_end,
+                    NULL, NULL, NULL)
     return _combined(stats)
 
 
-def state_sweep(const int64_t[::1] row_indptr, const int64_t[::1] a_indptr,
-                const int64_t[::1] p_indptr, const uint16_t[::1] indices,
-                const double[::1] p_data, const double[::1] pi, double gamma,
-                const double[::1] b,                                              # IN
-                double[::1] x, double shift,                                      # IN/OUT
-                double[::1] out, double[::1] weights, double[:, ::1] stats,
-                int n_threads):                                                   # OUT
-    """state_sweep(row_indptr, a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, shift, out, weights, stats, n_threads)
+def pair_sweep(const int64_t[::1] row_indptr, const int64_t[::1] a_indptr,
+               const uint8_t[::1] codes, const uint16_t[::1] indices,
+               const double[::1] p_data, const double[::1] pi, double gamma,
+               const double[::1] b,                                                # IN
+               double[::1] x, double shift,                                        # IN/OUT
+               double[::1] out, double[:, ::1] stats, int n_threads):              # OUT
+    """pair_sweep(row_indptr, a_indptr, codes, indices, p_data, pi, gamma, b, x, shift, out, stats, n_threads)
 
-    ``row_sweep`` on P_π's state rows (state s's entries row_indptr[s] = p_indptr[a_indptr[s]]
-    ≤ j < row_indptr[s + 1]), each chunk of states' rows written first, weights[j] =
-    π(k) P[j] (``shared_weights``), in the same pass: the same bits as ``shared_weights``
-    then ``row_sweep``. P's entries and the weights are prefetched STREAM_AHEAD on. At
-    most 2¹⁶ states, float64 P."""
-    cdef Py_ssize_t n = b.shape[0], n_chunks = stats.shape[0], c, lo, hi
-    cdef int64_t k, j, last = p_indptr[a_indptr[n]]
+    ``row_sweep`` on P_π's state rows taken from P itself (state s's entries
+    row_indptr[s] = p_indptr[a_indptr[s]] ≤ j < row_indptr[s + 1]), entry j weighted by
+    π(a_indptr[s] + codes[j]) as it is read (``codes``: the entry's pair among its
+    state's, ``fastppo.mdp.MDP._pair_codes``): row_sweep's sums on the weights π(k) P[j],
+    bit for bit, without writing them. P's entries are prefetched STREAM_AHEAD on. At most
+    2¹⁶ states and 256 pairs a state, float64 P."""
+    cdef Py_ssize_t n = b.shape[0], n_chunks = stats.shape[0], c
+    cdef int64_t last = row_indptr[n]
     _shifted(x, shift, n_threads)
     for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
-        lo = c * n // n_chunks
-        hi = (c + 1) * n // n_chunks
-        for k in range(a_indptr[lo], a_indptr[hi]):
-            prefetch_rows(&indices[0], &p_data[0], p_indptr[k] + STREAM_AHEAD,
-                          p_indptr[k + 1] + STREAM_AHEAD, last)
-            for j in range(p_indptr[k] + STREAM_AHEAD, min(p_indptr[k + 1] + STREAM_AHEAD, last), 8):
-                prefetch(&weights[j], 1, 3)
-            for j in range(p_indptr[k], p_indptr[k + 1]):
-                weights[j] = pi[k] * p_data[j]
-        _sweep_rows(&row_indptr[0], &indices[0], &weights[0], gamma, &b[0], &x[0], &out[0],
-                    lo, hi, &stats[c, 0], 0)
+        _sweep_rows(&row_indptr[0], &indices[0], &p_data[0], gamma, &b[0], &x[0], &out[0],
+                    c * n // n_chunks, (c + 1) * n // n_chunks, &stats[c, 0], last,
+                    &a_indptr[0], &codes[0], &pi[0])
     return _combined(stats)
 
 
@@ -693,37 +698,5 @@ def transposed_sweep(const int64_t[::1] t_indptr, const int32_t[::1] t_pairs,
             for e in range(block, min(block + 64, t_indptr[hi])):
                 weights[e] = pi[t_pairs[e]] * t_data[e]
         _sweep_rows(&t_indptr[0], &t_sources[0], &weights[0], gamma, &b[0], &x[0], &out[0],
-                    lo, hi, &stats[c, 0], 0)
+                    lo, hi, &stats[c, 0], 0, NULL, NULL, NULL)
     return _combined(stats)
-
-
-def state_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
-                   const uint16_t[::1] indices, const double[::1] p_data,
-                   const double[::1] weights, const double[::1] pi, double gamma,
-                   const double[::1] x,                                           # IN
-                   double[::1] out, double[::1] rows, int n_threads):             # OUT
-    """state_products(a_indptr, p_indptr, indices, p_data, weights, pi, gamma, x, out, rows, n_threads)
-
-    out = x − γ P_π x from P_π's entries weights[j] = π(k) P[j] (``shared_weights``), and
-    rows = P x per pair: (Σ_{j in pair k's row} weights[j] x[indices[j]]) / π(k), P x's
-    row to round-off (each weight rounded once), or, where π(k) < DIRECT_PI (0 included),
-    Σ P[j] x[indices[j]] from P itself. Each pair's sum in order, the state's the sum of
-    its pairs'. At most 2¹⁶ states (uint16 columns), float64 P."""
-    cdef Py_ssize_t n_states = out.shape[0], s
-    cdef int64_t k, j
-    cdef double acc, row, direct
-    for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
-        acc = 0.0
-        for k in range(a_indptr[s], a_indptr[s + 1]):
-            row = 0.0
-            for j in range(p_indptr[k], p_indptr[k + 1]):
-                row = row + weights[j] * x[indices[j]]
-            if pi[k] >= DIRECT_PI:
-                rows[k] = row / pi[k]
-            else:
-                direct = 0.0
-                for j in range(p_indptr[k], p_indptr[k + 1]):
-                    direct = direct + p_data[j] * x[indices[j]]
-                rows[k] = direct
-            acc = acc + row
-        out[s] = x[s] - gamma * acc

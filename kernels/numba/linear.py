@@ -25,16 +25,12 @@
                      CSR W of at most 2¹⁶ states in the same eight sums (P_π's state rows: a
                      value solve); returns r's sum, sum of squares, min and max (fixed chunks);
                      ``prefetch``: W's entries STREAM_AHEAD on (its first passes)
-``state_sweep``:     row_sweep on P_π's state rows, writing them (π(k) P[j]) chunk by chunk
-                     as it goes: the first sweep of a policy (P and the rows prefetched)
+``pair_sweep``:      row_sweep on P_π's state rows read from P itself, each entry weighted by
+                     its pair's π as it is read (per-entry pair codes): the same bits, no
+                     rows written (a value solve's sweeps)
 ``transposed_sweep``: row_sweep on P_πᵀ's entries, writing them (π P[e]) chunk by chunk as
                      it goes: a visitation's first sweep of a policy (its entries and the
                      weights prefetched)
-``state_products``:  out = x − γ P_π x on P_π's state rows (row_sweep's), and rows = P x per
-                     pair, each pair's sum divided by π (P's row below π = 1e-150)
-
-where (P_π x)(s) = Σ_a π(a|s) Σ_s' P(s'|s,a) x(s'). Each kernel is compiled twice
-from one Python function: serial, and ``parallel=True`` (used when n_threads > 1).
 Loop bounds and CSR indices are cast to unsigned so Numba drops its negative-index
 wrap-around check (1.36x faster products, S = 50,000 garnet). Pairs with π = 0 are
 skipped (adding 0 changes nothing), so a deterministic policy costs one row per state.
@@ -400,18 +396,55 @@ def _prefetch_rows(indices, weights, lo, hi, end):
 
 
 @njit(inline="always")
-def _sweep_rows(indptr, sources, weights, gamma, b, x, out, lo, hi, sums, fetch_end):
+def _row8_pairs(indices, codes, p_data, pi, k0, x, start, stop):
+    """_row8 on the weights pi[k0 + codes[j]] · p_data[j], each rounded as a stored weight is
+    (the Cython twin's row8_pairs, _rows8.h); unsigned indices, as _row8's."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+    eight, j = np.uint64(8), start
+    while j + eight <= stop:
+        a0 += (pi[k0 + codes[j]] * p_data[j]) * x[np.uint32(indices[j])]
+        j1 = j + np.uint64(1)
+        a1 += (pi[k0 + codes[j1]] * p_data[j1]) * x[np.uint32(indices[j1])]
+        j2 = j + np.uint64(2)
+        a2 += (pi[k0 + codes[j2]] * p_data[j2]) * x[np.uint32(indices[j2])]
+        j3 = j + np.uint64(3)
+        a3 += (pi[k0 + codes[j3]] * p_data[j3]) * x[np.uint32(indices[j3])]
+        j4 = j + np.uint64(4)
+        a4 += (pi[k0 + codes[j4]] * p_data[j4]) * x[np.uint32(indices[j4])]
+        j5 = j + np.uint64(5)
+        a5 += (pi[k0 + codes[j5]] * p_data[j5]) * x[np.uint32(indices[j5])]
+        j6 = j + np.uint64(6)
+        a6 += (pi[k0 + codes[j6]] * p_data[j6]) * x[np.uint32(indices[j6])]
+        j7 = j + np.uint64(7)
+        a7 += (pi[k0 + codes[j7]] * p_data[j7]) * x[np.uint32(indices[j7])]
+        j += eight
+    while j < stop:
+        a0 += (pi[k0 + codes[j]] * p_data[j]) * x[np.uint32(indices[j])]
+        j += np.uint64(1)
+    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+
+
+@njit(inline="always")
+def _sweep_rows(indptr, sources, weights, gamma, b, x, out, lo, hi, sums, fetch_end,
+                a_indptr, codes, pi):
     """Rows lo ≤ i < hi of a sweep, and their (Σ r, Σ r², min r, max r) into ``sums``;
-    each row prefetches W's entries STREAM_AHEAD on, below ``fetch_end`` (0: none) (the
-    Cython twin's _sweep_rows)."""
+    each row prefetches W's entries STREAM_AHEAD on, below ``fetch_end`` (0: none). With
+    ``codes`` (else of length 0), W is P's rows ``weights`` weighted by π on the fly
+    (_row8_pairs; a_indptr, pi) (the Cython twin's _sweep_rows)."""
     total = squares = 0.0
     least, most = np.inf, -np.inf
+    pairs = codes.shape[0] > 0
     for i in range(lo, hi):
+        start, stop = np.int64(indptr[i]), np.int64(indptr[i + 1])
         if fetch_end:
-            _prefetch_rows(sources, weights, np.int64(indptr[i] + STREAM_AHEAD),
-                           np.int64(indptr[i + 1] + STREAM_AHEAD), fetch_end)
-        r = b[i] - (x[i] - gamma * _row8(sources, weights, x, np.uint64(indptr[i]),
-                                         np.uint64(indptr[i + 1])))
+            _prefetch_rows(sources, weights, start + STREAM_AHEAD, stop + STREAM_AHEAD,
+                           fetch_end)
+        if pairs:
+            row = _row8_pairs(sources, codes, weights, pi, np.uint64(a_indptr[i]), x,
+                              np.uint64(start), np.uint64(stop))
+        else:
+            row = _row8(sources, weights, x, np.uint64(start), np.uint64(stop))
+        r = b[i] - (x[i] - gamma * row)
         out[i] = x[i] + r
         total += r
         squares += r * r
@@ -425,32 +458,28 @@ def _sweep_rows(indptr, sources, weights, gamma, b, x, out, lo, hi, sums, fetch_
     sums[3] = most
 
 
+_NO_CODES = np.empty(0, dtype=np.uint8)
+_NO_PI = np.empty(0)
+_NO_INDPTR = np.empty(0, dtype=np.int64)
+
+
 def row_sweep(indptr, sources, weights, gamma, b, x, shift, out, stats, prefetch):
     n, n_chunks = b.shape[0], stats.shape[0]
     fetch_end = np.int64(indptr[n]) if prefetch else np.int64(0)
     _shifted(x, shift)
     for c in prange(n_chunks):
         _sweep_rows(indptr, sources, weights, gamma, b, x, out, c * n // n_chunks,
-                    (c + 1) * n // n_chunks, stats[c], fetch_end)
+                    (c + 1) * n // n_chunks, stats[c], fetch_end, _NO_INDPTR, _NO_CODES, _NO_PI)
     return _combined(stats)
 
 
-def state_sweep(row_indptr, a_indptr, p_indptr, indices, p_data, pi, gamma, b, x, shift, out,
-                weights, stats):
+def pair_sweep(row_indptr, a_indptr, codes, indices, p_data, pi, gamma, b, x, shift, out, stats):
     n, n_chunks = b.shape[0], stats.shape[0]
-    last = np.int64(p_indptr[a_indptr[n]])
+    last = np.int64(row_indptr[n])
     _shifted(x, shift)
     for c in prange(n_chunks):
-        lo, hi = c * n // n_chunks, (c + 1) * n // n_chunks
-        for k in range(np.uint64(a_indptr[lo]), np.uint64(a_indptr[hi])):
-            start, stop = np.int64(p_indptr[k]), np.int64(p_indptr[k + 1])
-            _prefetch_rows(indices, p_data, start + STREAM_AHEAD, stop + STREAM_AHEAD, last)
-            for j in range(start + STREAM_AHEAD, min(stop + STREAM_AHEAD, last), 8):
-                prefetch_write(weights, j)
-            for j in range(np.uint64(start), np.uint64(stop)):
-                weights[j] = pi[k] * p_data[j]
-        _sweep_rows(row_indptr, indices, weights, gamma, b, x, out, lo, hi, stats[c],
-                    np.int64(0))
+        _sweep_rows(row_indptr, indices, p_data, gamma, b, x, out, c * n // n_chunks,
+                    (c + 1) * n // n_chunks, stats[c], last, a_indptr, codes, pi)
     return _combined(stats)
 
 
@@ -473,31 +502,10 @@ def transposed_sweep(t_indptr, t_pairs, t_sources, t_data, pi, gamma, b, x, shif
             for e in range(np.uint64(block), np.uint64(min(block + 64, end))):
                 weights[e] = pi[t_pairs[e]] * t_data[e]
         _sweep_rows(t_indptr, t_sources, weights, gamma, b, x, out, lo, hi, stats[c],
-                    np.int64(0))
+                    np.int64(0), _NO_INDPTR, _NO_CODES, _NO_PI)
     return _combined(stats)
-
-
-DIRECT_PI = 1e-150  # state_products: below, a pair's row from P (π P[j] may be subnormal)
-
-
-def state_products(a_indptr, p_indptr, indices, p_data, weights, pi, gamma, x, out, rows):
-    for s in prange(out.shape[0]):
-        acc = 0.0
-        for k in range(np.uint64(a_indptr[s]), np.uint64(a_indptr[s + 1])):
-            row = 0.0
-            for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
-                row += weights[j] * x[np.uint32(indices[j])]
-            if pi[k] >= DIRECT_PI:
-                rows[k] = row / pi[k]
-            else:
-                direct = 0.0
-                for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
-                    direct += p_data[j] * x[np.uint32(indices[j])]
-                rows[k] = direct
-            acc += row
-        out[s] = x[s] - gamma * acc
 
 
 KERNELS = twins(bellman_matvec, bellman_rmatvec, q_values, q_greedy, bellman_products,
                 blocked_entries, blocked_products, transposed_weights, transposed_rmatvec,
-                row_sweep, state_sweep, transposed_sweep, state_products)
+                row_sweep, pair_sweep, transposed_sweep)
