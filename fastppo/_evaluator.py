@@ -58,8 +58,8 @@ TRANSPOSED_STATES = 5_000
 # policy on all pairs): each sweep one pass (product, residual, update and r's sums at
 # once, no NumPy operation between sweeps): the value's by ``pair_sweep`` on P's own rows,
 # each entry weighted by its pair's π as it is read (a pair code per entry, once per MDP:
-# MDP._pair_codes; on the 10k garnet the sweeps without writing P_π's rows took 0.7–1.3 ms
-# less than with, benchmarks/RESULTS.md, issue 17), the last (predicted to meet tol) by
+# MDP._pair_codes; on the 10k garnet an evaluate ~3 % faster than with P_π's rows written
+# by its first sweep, benchmarks/RESULTS.md, issue 17), the last (predicted to meet tol) by
 # ``bellman_products``, which keeps P x per pair for Q̃; the visitation's by ``row_sweep``
 # on P_πᵀ's entries (TRANSPOSED_STATES; written by its first sweep, ``transposed_sweep``).
 # None: never.
@@ -749,8 +749,8 @@ class Evaluator:
     def _q_advantages(self, res, b, advantages=True, q=True, out=None):
         """Q̃ = r + γ P v and Ã = Q̃ − Σ_a π Q̃ of the solution ``res`` of the value system
         with right-hand side ``b``: from the rows of its last sweep when that was at v
-        (Richardson, rows kept: the same numbers, the iterate being v / 2^e, or to
-        round-off after row sweeps, :meth:`_value_sweep`; one pass over the pairs,
+        (Richardson, rows kept: the same numbers, the iterate being v / 2^e,
+        :meth:`_value_sweep`; one pass over the pairs,
         ``q_advantages``), else by a pass of ``q_values`` (and Ã only if
         ``advantages``; else None).
 
