@@ -18,9 +18,9 @@
                      order (at most 2¹⁶ states; ``transposed_weights`` once per policy),
                      eight y gathered at a time with AVX-512 (_rows8.h)
 ``row_sweep``:       x ← x + shift, then one Richardson sweep x + r, r = b − (x − γ W x), on a
-                     CSR W of at most 2¹⁶ states in the same eight sums (P_π's state rows: a
-                     value solve); returns r's sum, sum of squares, min and max (fixed chunks);
-                     ``prefetch``: W's entries STREAM_AHEAD on (its first passes)
+                     CSR W of at most 2¹⁶ states in the same eight sums (P_πᵀ's entries: a
+                     visitation solve); returns r's sum, sum of squares, min and max (fixed
+                     chunks); ``prefetch``: W's entries STREAM_AHEAD on (its first passes)
 ``pair_sweep``:      row_sweep on P_π's state rows read from P itself, each entry weighted by
                      its pair's π as it is read (per-entry pair codes): the same bits, no
                      rows written (a value solve's sweeps)
@@ -629,7 +629,7 @@ def row_sweep(const int64_t[::1] indptr, const uint16_t[::1] sources,
 
     x ← x + shift, then one Richardson sweep of (I − γW) x = b, W a CSR of at most 2¹⁶
     states (row i's entries indptr[i] ≤ e < indptr[i + 1], ``weights`` at columns
-    ``sources``: P_π's state rows): r = b − (x − γ W x), each row in row8's eight sums, and
+    ``sources``: P_πᵀ's entries): r = b − (x − γ W x), each row in row8's eight sums, and
     out = x + r. Returns (Σ r, Σ r², min r, max r), each summed over stats.shape[0] equal
     chunks of rows in order (``stats``: their partial sums), then over the chunks in
     order: the same bits on any number of threads. ``prefetch``: prefetch W STREAM_AHEAD
@@ -688,7 +688,9 @@ def transposed_sweep(const int64_t[::1] t_indptr, const int32_t[::1] t_pairs,
         lo = c * n // n_chunks
         hi = (c + 1) * n // n_chunks
         for block in range(t_indptr[lo], t_indptr[hi], 64):
-            for q in range(block + STREAM_AHEAD, min(block + 64 + STREAM_AHEAD, last), 8):
+            # from a multiple of 8, so that every 2nd / 4th q starts a line of t_pairs / t_sources
+            for q in range((block + STREAM_AHEAD) & ~(<int64_t>7),
+                           min(block + 64 + STREAM_AHEAD, last), 8):
                 prefetch(&t_data[q], 0, 3)
                 prefetch(&weights[q], 1, 3)
                 if q % 16 == 0:

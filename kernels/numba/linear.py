@@ -22,9 +22,9 @@
 ``transposed_rmatvec``: y − γ P_πᵀ y as a gather on P's entries in the transposed order
                      (``transposed_weights`` per policy), each state in eight partial sums
 ``row_sweep``:       x ← x + shift, then one Richardson sweep x + r, r = b − (x − γ W x), on a
-                     CSR W of at most 2¹⁶ states in the same eight sums (P_π's state rows: a
-                     value solve); returns r's sum, sum of squares, min and max (fixed chunks);
-                     ``prefetch``: W's entries STREAM_AHEAD on (its first passes)
+                     CSR W of at most 2¹⁶ states in the same eight sums (P_πᵀ's entries: a
+                     visitation solve); returns r's sum, sum of squares, min and max (fixed
+                     chunks); ``prefetch``: W's entries STREAM_AHEAD on (its first passes)
 ``pair_sweep``:      row_sweep on P_π's state rows read from P itself, each entry weighted by
                      its pair's π as it is read (per-entry pair codes): the same bits, no
                      rows written (a value solve's sweeps)
@@ -384,14 +384,18 @@ def _shifted(x, shift):
 
 
 @njit(inline="always")
-def _prefetch_rows(indices, weights, lo, hi, end):
+def _prefetch_rows(indices, weights, codes, lo, hi, end):
     """Hints that entries lo ≤ j < min(hi, end) will be read soon: one prefetch per 8
-    weights and per 32 columns (the Cython twin's prefetch_rows, _rows8.h)."""
+    weights, per 32 columns and per 64 pair codes (``codes`` of length 0: none) (the Cython
+    twin's prefetch_rows and prefetch_pairs, _rows8.h)."""
     j, hi = lo & ~np.int64(7), min(hi, end)
+    pairs = codes.shape[0] > 0
     while j < hi:
         prefetch_read(weights, j)
         if (j & 31) == 0:
             prefetch_read(indices, j)
+        if pairs and (j & 63) == 0:
+            prefetch_read(codes, j)
         j += 8
 
 
@@ -437,7 +441,7 @@ def _sweep_rows(indptr, sources, weights, gamma, b, x, out, lo, hi, sums, fetch_
     for i in range(lo, hi):
         start, stop = np.int64(indptr[i]), np.int64(indptr[i + 1])
         if fetch_end:
-            _prefetch_rows(sources, weights, start + STREAM_AHEAD, stop + STREAM_AHEAD,
+            _prefetch_rows(sources, weights, codes, start + STREAM_AHEAD, stop + STREAM_AHEAD,
                            fetch_end)
         if pairs:
             row = _row8_pairs(sources, codes, weights, pi, np.uint64(a_indptr[i]), x,
@@ -492,7 +496,9 @@ def transposed_sweep(t_indptr, t_pairs, t_sources, t_data, pi, gamma, b, x, shif
         lo, hi = c * n // n_chunks, (c + 1) * n // n_chunks
         end = np.int64(t_indptr[hi])
         for block in range(np.int64(t_indptr[lo]), end, 64):
-            for q in range(block + STREAM_AHEAD, min(block + 64 + STREAM_AHEAD, last), 8):
+            # from a multiple of 8, so that every 2nd / 4th q starts a line of t_pairs / t_sources
+            for q in range((block + STREAM_AHEAD) & ~np.int64(7),
+                           min(block + 64 + STREAM_AHEAD, last), 8):
                 prefetch_read(t_data, q)
                 prefetch_write(weights, q)
                 if q % 16 == 0:
