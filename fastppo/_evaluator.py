@@ -30,6 +30,7 @@ from . import _krylov
 from ._assembled import MEMORY_SHARE, OMEGA, AssembledMatrix, available_memory, fits_in_memory
 from ._backend import get_kernel
 from ._codes import REVERSE_KL
+from ._memory import scratch
 from ._result import Result
 from ._validation import check_finite
 
@@ -518,7 +519,7 @@ class Evaluator:
         mdp = self.mdp
         pattern = mdp._transitions.transposed_pattern(mdp.n_states, mdp.s_indices)
         if self._transposed_weights is None:
-            self._transposed_weights = np.empty(pattern[3].shape[0])
+            self._transposed_weights = scratch(self, pattern[3].shape[0])
         return (*pattern, self._transposed_weights)
 
     def _transposed_rows(self):
@@ -602,8 +603,8 @@ class Evaluator:
         if x_value is None:
             x_value = out_value = _EMPTY
         elif not self._compact:
-            if self._q_rows is None:
-                self._q_rows = np.empty(self.mdp.n_pairs)
+            if self._q_rows is None:  # the evaluator's own, never handed out
+                self._q_rows = scratch(self, self.mdp.n_pairs)
             rows = self._q_rows
             self._rows_fresh = True
         else:
@@ -754,19 +755,20 @@ class Evaluator:
         ``q_advantages``), else by a pass of ``q_values`` (and Ã only if
         ``advantages``; else None).
 
-        ``q`` False: (None, Ã), Ã made in place over the rows' buffer (or Q̃'s, from the
-        pass of ``q_values``), which is handed to the caller: no Q̃ array, one per-pair
-        array in all (the kernels read each pair before they write it).
+        ``q`` False: (None, Ã), Ã made from the rows into a new array (or in place over
+        Q̃'s, from the pass of ``q_values``): no Q̃ array (the rows' buffer is the
+        evaluator's own, kept between calls: ``fastppo._memory.scratch``).
 
         ``out``: Q̃ written into it (n_pairs,) instead of a new array."""
         mdp, nt = self.mdp, self.n_threads
         fresh = self._rows_fresh and res.method == "richardson" and res.n_matvec > 0
         if not q:
-            adv = self._q_rows if self._q_rows is not None else np.empty(mdp.n_pairs)
-            self._q_rows, self._rows_fresh = None, False  # the caller's now
+            adv = np.empty(mdp.n_pairs)
+            self._rows_fresh = False
             if fresh:
                 scale = float(np.ldexp(mdp.gamma, _krylov.scale_exponent(b)))
-                self._k["q_advantages"](mdp.a_indptr, self.pi, adv, mdp.r, scale, adv, adv, nt)
+                self._k["q_advantages"](mdp.a_indptr, self.pi, self._q_rows, mdp.r, scale, adv,
+                                        adv, nt)
             else:
                 self.n_passes += 1
                 self.q_values(res.x, out=adv)

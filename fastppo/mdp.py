@@ -21,6 +21,7 @@ import scipy.sparse as sp
 
 from . import _validation as V
 from ._backend import get_kernel
+from ._memory import huge
 
 __all__ = ["MDP"]
 
@@ -101,6 +102,7 @@ class MDP:
                                               copy=_copy, dtype=dtype)
         a_indptr = arrays["a_indptr"]
         for name, x in arrays.items():
+            x = huge(x)  # read at every pass: on huge pages (fastppo._memory)
             x.flags.writeable = False
             setattr(self, name, x)
         self.gamma = V.check_gamma(gamma)
@@ -525,7 +527,7 @@ class MDP:
     def _state_indptr(self):
         """P's entries by state: state s's at p_indptr[a_indptr[s]] ≤ j <
         p_indptr[a_indptr[s + 1]], shape (n_states + 1,), int64 (computed once, read-only)."""
-        indptr = self.p_indptr[self.a_indptr]
+        indptr = huge(self.p_indptr[self.a_indptr])
         indptr.flags.writeable = False
         return indptr
 
@@ -539,14 +541,14 @@ class MDP:
         if counts.max(initial=0) > 256:
             return None
         place = np.arange(self.n_pairs) - np.repeat(self.a_indptr[:-1], counts)
-        codes = np.repeat(place.astype(np.uint8), np.diff(self.p_indptr))
+        codes = huge(np.repeat(place.astype(np.uint8), np.diff(self.p_indptr)))
         codes.flags.writeable = False
         return codes
 
     @functools.cached_property
     def s_indices(self):
         """State of each pair, shape (n_pairs,), int64 (computed once, read-only)."""
-        s = np.repeat(np.arange(self.n_states, dtype=np.int64), np.diff(self.a_indptr))
+        s = huge(np.repeat(np.arange(self.n_states, dtype=np.int64), np.diff(self.a_indptr)))
         s.flags.writeable = False
         return s
 
@@ -682,7 +684,7 @@ class Transitions:
         if n_states > NARROW_STATES:
             return None
         if self._narrow is None:
-            narrow = self.p_indices.astype(np.uint16)
+            narrow = huge(self.p_indices.astype(np.uint16))
             narrow.flags.writeable = False
             self._narrow = narrow
         return self._narrow
@@ -707,9 +709,10 @@ class Transitions:
                               np.diff(self.p_indptr))[order]
             sources = s_indices[pairs].astype(np.uint16)
             data = self.p_data[order]
-            for a in (t_indptr, pairs, sources, data):
+            parts = tuple(huge(a) for a in (t_indptr, pairs, sources, data))
+            for a in parts:
                 a.flags.writeable = False
-            self._patterns["transposed"] = (t_indptr, pairs, sources, data)
+            self._patterns["transposed"] = parts
         return self._patterns["transposed"]
 
     @functools.cached_property

@@ -19,7 +19,7 @@ import pytest
 import fastppo
 import naive
 from conftest import random_mdp, random_policy
-from fastppo import _codes
+from fastppo import _codes, _memory
 from fastppo._backend import get_kernel
 
 TAU = 0.5
@@ -420,7 +420,7 @@ def test_result_shapes():
 
 
 @pytest.mark.parametrize("regularized", [True, False])
-def test_solve_holds_few_per_pair_arrays(backend, regularized):
+def test_solve_holds_few_per_pair_arrays(backend, regularized, monkeypatch):
     # at peak, policy iteration holds π, the next π, two Q̃ buffers, the sweep rows (then
     # Ã, in place) and, regularized, π_ref: 6 per-pair arrays (8.1 before Ã went over the
     # rows and the returned policy stopped being copied; 16.4 → 15 GiB at 10⁷ states).
@@ -432,6 +432,7 @@ def test_solve_holds_few_per_pair_arrays(backend, regularized):
     reg = fastppo.ForwardKL(0.1) if regularized else None
     pair_bytes = 8 * mdp.n_pairs
     fastppo.solve(mdp, reg, backend=backend)  # compiles (numba)
+    monkeypatch.setattr(_memory, "_POOL", _memory._Pool())  # scratch buffers made anew, traced
     tracemalloc.start()
     try:
         res = fastppo.solve(mdp, reg, backend=backend)

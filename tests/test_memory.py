@@ -1,0 +1,121 @@
+"""fastppo._memory: arrays on huge pages, and the scratch buffers kept between calls."""
+import gc
+import pickle
+
+import numpy as np
+import pytest
+
+import fastppo
+from fastppo import _memory
+
+needs_thp = pytest.mark.skipif(not _memory.ENABLED, reason="no transparent huge pages here")
+
+
+class Owner:
+    pass
+
+
+def huge_kib(a):
+    """AnonHugePages (KiB) of the mapping that holds ``a``'s first byte (Linux smaps)."""
+    address, inside = a.ctypes.data, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and all(c in "0123456789abcdef-" for c in head):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "AnonHugePages:":
+                return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int32, np.uint16, np.uint8])
+def test_huge_copies_contents_dtype_shape_and_flags(dtype):
+    a = (np.arange(300_000) % 251).astype(dtype)
+    a.flags.writeable = False
+    h = _memory.huge(a)
+    assert h.dtype == a.dtype and h.shape == a.shape and h.flags.c_contiguous
+    np.testing.assert_array_equal(h, a)
+    assert not h.flags.writeable
+    if _memory.ENABLED and a.nbytes >= _memory.HUGE_BYTES:
+        assert _memory.is_huge(h) and h is not a
+        assert _memory.huge(h) is h  # not copied twice
+    # an ordinary array to every consumer: it pickles as one
+    back = pickle.loads(pickle.dumps(h))
+    assert type(back) is np.ndarray and not _memory.is_huge(back)
+    np.testing.assert_array_equal(back, a)
+
+
+def test_small_arrays_and_disabled_huge_pages_are_left_alone(monkeypatch):
+    small = np.ones(_memory.HUGE_BYTES // 8 - 1)
+    assert _memory.huge(small) is small
+    big = np.ones(_memory.HUGE_BYTES)
+    monkeypatch.setattr(_memory, "ENABLED", False)
+    assert _memory.huge(big) is big
+    assert not _memory.is_huge(_memory.scratch(Owner(), 10))
+
+
+@needs_thp
+def test_huge_arrays_lie_on_huge_pages():
+    h = _memory.huge(np.ones(1 << 20))  # 8 MiB
+    assert h.ctypes.data % _memory.PAGE == 0
+    assert huge_kib(h) >= 2048
+
+
+@needs_thp
+def test_mdp_arrays_the_sweeps_read_are_on_huge_pages():
+    mdp = fastppo.garnet(2000, 10, 10, gamma=0.9, seed=0)  # 200k entries
+    T = mdp._transitions
+    for a in (mdp.p_data, mdp.p_indices, mdp.p_indptr, mdp.r, mdp.s_indices, mdp._pair_codes,
+              T.narrow_indices(mdp.n_states), *T.transposed_pattern(mdp.n_states, mdp.s_indices)[1:]):
+        assert a.nbytes < _memory.HUGE_BYTES or _memory.is_huge(a)
+        assert not a.flags.writeable
+    # an MDP derived from it shares them
+    assert mdp.with_gamma(0.5).p_data is mdp.p_data
+
+
+def test_scratch_buffers_are_kept_for_their_owner_then_reused():
+    a, b = Owner(), Owner()
+    x = _memory.scratch(a, 100_000)
+    y = _memory.scratch(b, 100_000)
+    assert x.shape == (100_000,) and x.dtype == np.float64 and x.flags.writeable
+    assert not np.shares_memory(x, y)  # two live owners never share
+    x[:] = 1.0
+    address = x.ctypes.data
+    del a, x
+    gc.collect()
+    c = Owner()
+    z = _memory.scratch(c, 100_000)  # a's buffer, given back
+    assert z.ctypes.data == address
+    assert not np.shares_memory(z, y)
+    w = _memory.scratch(c, 100_000, np.float32)  # another dtype: another buffer
+    assert w.dtype == np.float32 and not np.shares_memory(w, z)
+
+
+def test_scratch_keeps_a_bounded_number_of_bytes(monkeypatch):
+    monkeypatch.setattr(_memory, "_POOL", _memory._Pool())
+    monkeypatch.setattr(_memory, "KEEP_BYTES", 3 * 800_000)
+    owners = [Owner() for _ in range(6)]
+    for o in owners:
+        _memory.scratch(o, 100_000)
+    del owners, o
+    gc.collect()
+    kept = _memory._POOL.kept()
+    assert 0 < len(kept) <= _memory.KEEP_BUFFERS
+    assert sum(b.nbytes for b in kept) <= 3 * 800_000
+
+
+def test_evaluations_are_unchanged_by_kept_buffers():
+    """Evaluators in turn on one MDP reuse the rows' and P_πᵀ's buffers; every
+    result is that of a fresh process (the same bits as the first call)."""
+    mdp = fastppo.garnet(6000, 6, 6, gamma=0.95, seed=1)  # row sweeps, P_πᵀ gathers
+    rng = np.random.default_rng(0)
+    pis = [fastppo.softmax(mdp, rng.standard_normal(mdp.n_pairs)) for _ in range(3)]
+    first = [(fastppo.evaluate(mdp, p, n_threads=1), fastppo.visitation(mdp, p, n_threads=1))
+             for p in pis]
+    gc.collect()
+    for p, (ev, d) in zip(pis, first):
+        again = fastppo.evaluate(mdp, p, n_threads=1)
+        np.testing.assert_array_equal(again.q, ev.q)
+        np.testing.assert_array_equal(again.adv, ev.adv)
+        np.testing.assert_array_equal(fastppo.visitation(mdp, p, n_threads=1), d)
