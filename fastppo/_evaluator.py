@@ -360,6 +360,7 @@ class Evaluator:
         self._base = [None, None]  # per side: (x, A x) of its last exact product
         self._buf32 = self._x32 = None  # float32 scatter buffers and gathered correction
         self._transposed = None  # the loaded policy's P_πᵀ entries (_transposed_rows)
+        self._pair_args = None  # pair_sweep's arrays for the loaded policy, on first use
         self._transposed_weights = None  # their buffer, kept across policies
         self._sweep_stats = np.empty((SWEEP_CHUNKS, 4))
         self._cold_passes = 0  # row sweeps still to prefetch the rows last written (COLD_PASSES)
@@ -386,6 +387,7 @@ class Evaluator:
         previous = self._previous if patch and self._compact else None
         self.pi = pi
         self._rows_fresh = False
+        self._pair_args = None
         self._transposed = None
         self._matrix = None
         self._narrow_rows = None
@@ -555,10 +557,12 @@ class Evaluator:
         code per entry)."""
         self.n_passes += 1
         self._rows_fresh = False
-        mdp = self.mdp
-        return self._k["pair_sweep"](mdp._state_indptr, mdp.a_indptr, mdp._pair_codes,
-                                     self._column_indices(), mdp.p_data, self.pi, mdp.gamma,
-                                     b, x, shift, out, self._sweep_stats, self.n_threads)
+        if self._pair_args is None:  # per policy
+            mdp = self.mdp
+            self._pair_args = (mdp._state_indptr, mdp.a_indptr, mdp._pair_codes,
+                               self._column_indices(), mdp.p_data, self.pi, mdp.gamma)
+        return self._k["pair_sweep"](*self._pair_args, b, x, shift, out, self._sweep_stats,
+                                     self.n_threads)
 
     def _visit_row_sweep(self, b, x, shift, out):
         """A sweep of the visitation system (``System.sweep``) by ``row_sweep`` on P_πᵀ's

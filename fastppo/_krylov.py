@@ -377,6 +377,8 @@ class _Sweeps:
         self.r = np.empty(system.b.shape[0])
         self.y = None  # the next sweep of ``System.sweep``, on first use
         self.pending = 0.0  # x's shift along 1 not yet stored (:meth:`sweep`)
+        # how :meth:`sweep` estimates the residual's part along 1 (:func:`extrapolation`)
+        self.mean = mean_extrapolation(system.b.shape[0], x0 is None)
         self.n_matvec, self.last, self.slow = 0, np.inf, 0
         self.n_residuals = 0  # residuals absorbed: products, and the free one of a zero start
         self.exact = True  # the next product must be exact (the first one, a certification)
@@ -391,8 +393,12 @@ class _Sweeps:
         """Absorb the residual b of a zero start without a product (A 0 = 0, exactly);
         nothing when the caller gave a start or the system is already solved."""
         if self.result is None and self.x0 is None:
-            self.r[:] = 0.0
-            self.absorb(product=False)
+            # r = b − A 0 = b, whose relative residual is ‖b‖ / ‖b‖ = 1 exactly (the same norm)
+            if self._decide(1.0, True, False):
+                r, x = self.system.b, self.x
+                x += r  # (x is zero: as absorb makes it)
+                if self.system.shift:
+                    x += self.system.shift * extrapolation(r, self.stop.space, True)
 
     def absorb(self, exact=True, product=True):
         """Take A x from ``r``: its residual decides (:meth:`_decide`), then x ← x + r
@@ -417,9 +423,8 @@ class _Sweeps:
         if self._decide(math.sqrt(squares) / self.bnorm, True, True):
             self.x, self.y = self.y, self.x
             if self.system.shift:
-                n = self.x.shape[0]
                 self.pending = self.system.shift * (
-                    total / n if mean_extrapolation(n, self.x0 is None) else 0.5 * (least + most))
+                    total / self.x.shape[0] if self.mean else 0.5 * (least + most))
 
     def settle(self):
         """x ← x + ``pending`` (stored, as :meth:`absorb` stores its shift)."""
