@@ -23,6 +23,7 @@ from scipy.linalg import lapack
 from scipy.sparse.linalg import splu
 
 from ._backend import get_kernel
+from ._memory import scratch
 
 __all__ = ["AssembledMatrix", "SplitView", "OMEGA", "fits_in_memory", "near_parts"]
 
@@ -303,15 +304,18 @@ class AssembledMatrix:
 
     def _band_buffer(self, shape):
         """Zeros of ``shape`` (Fortran order): the workspace's buffer when it has one of that
-        shape (the matrix whose factor it holds loses it), else a new array."""
+        shape (the matrix whose factor it holds loses it), else this matrix's scratch buffer
+        (``fastppo._memory.scratch``, kept between calls: a fresh 180 MB of zeros for the
+        local garnet at 50k made its visitation take 222–534 ms, median 462, against 220–231
+        ms with a kept one, side by side; RESULTS.md, issue 17, twelfth session)."""
         held = None if self._workspace is None else self._workspace.get("band")
         if held is not None and held[0].shape == shape:
             ab, owner = held[0], held[1]()
             if owner is not None:
                 owner._lu = None
-            ab.fill(0.0)
         else:
-            ab = np.zeros(shape, order="F")
+            ab = scratch(shape[0] * shape[1]).reshape(shape, order="F")
+        ab.fill(0.0)
         if self._workspace is not None:
             self._workspace["band"] = (ab, weakref.ref(self))
         return ab

@@ -521,7 +521,7 @@ class Evaluator:
         mdp = self.mdp
         pattern = mdp._transitions.transposed_pattern(mdp.n_states, mdp.s_indices)
         if self._transposed_weights is None:
-            self._transposed_weights = scratch(self, pattern[3].shape[0])
+            self._transposed_weights = scratch(pattern[3].shape[0])
         return (*pattern, self._transposed_weights)
 
     def _transposed_rows(self):
@@ -607,8 +607,8 @@ class Evaluator:
         if x_value is None:
             x_value = out_value = _EMPTY
         elif not self._compact:
-            if self._q_rows is None:  # the evaluator's own, never handed out
-                self._q_rows = scratch(self, self.mdp.n_pairs)
+            if self._q_rows is None:  # the evaluator's own (kept between calls)
+                self._q_rows = scratch(self.mdp.n_pairs)
             rows = self._q_rows
             self._rows_fresh = True
         else:

@@ -50,20 +50,18 @@ ENABLED = hasattr(mmap, "MADV_HUGEPAGE") and hasattr(mmap, "MAP_PRIVATE") and _t
 def is_huge(a):
     """Whether ``a`` lies in a mapping of :func:`huge`."""
     base = a
-    while isinstance(base, np.ndarray):
-        base = base.base
-    return isinstance(base, memoryview) and isinstance(base.obj, _HugeMapping)
+    while isinstance(base, (np.ndarray, memoryview)):
+        base = base.base if isinstance(base, np.ndarray) else base.obj
+    return isinstance(base, _HugeMapping)
 
 
 def _maps_a_file(a):
     """Whether ``a`` is, or views, a mapping of a file (``np.memmap``)."""
     base = a
-    while isinstance(base, np.ndarray):
+    while isinstance(base, (np.ndarray, memoryview)):
         if isinstance(base, np.memmap):
             return True
-        base = base.base
-    if isinstance(base, memoryview):
-        base = base.obj
+        base = base.base if isinstance(base, np.ndarray) else base.obj
     return isinstance(base, mmap.mmap) and not isinstance(base, _HugeMapping)
 
 
@@ -110,9 +108,10 @@ def _empty(n, dtype):
 
 
 # scratch buffers kept between calls (the last given back first), at most this many and
-# bytes: a larger computation's own allocations cost little beside it
+# bytes (a band LU's storage at 50k states: 180 MB); beyond, a computation's own
+# allocations cost little beside it
 KEEP_BUFFERS = 4
-KEEP_BYTES = 64 << 20
+KEEP_BYTES = 512 << 20
 
 
 class _Pool:
@@ -153,11 +152,12 @@ class _Pool:
 _POOL = _Pool()
 
 
-def scratch(owner, n, dtype=np.float64):
-    """A buffer of shape (n,) (contents undefined, on huge pages from ``HUGE_BYTES`` on) for
-    ``owner`` alone: taken from the buffers kept between calls, or made, and kept again
-    (up to ``KEEP_BUFFERS`` and ``KEEP_BYTES``) once ``owner`` is collected. It must not
-    outlive ``owner``, nor be handed to a caller."""
+def scratch(n, dtype=np.float64):
+    """A buffer of shape (n,) (contents undefined, on huge pages from ``HUGE_BYTES`` on),
+    taken from the buffers kept between calls, or made; it is kept again (up to
+    ``KEEP_BUFFERS`` and ``KEEP_BYTES``) once it and every array viewing it are collected
+    (a view's ``base`` is the array returned here)."""
     buf = _POOL.take(n, dtype)
-    weakref.finalize(owner, _POOL.give, buf)
-    return buf
+    out = np.frombuffer(memoryview(buf), dtype=buf.dtype)
+    weakref.finalize(out, _POOL.give, buf)
+    return out

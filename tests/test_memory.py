@@ -11,10 +11,6 @@ from fastppo import _memory
 needs_thp = pytest.mark.skipif(not _memory.ENABLED, reason="no transparent huge pages here")
 
 
-class Owner:
-    pass
-
-
 def huge_kib(a):
     """AnonHugePages (KiB) of the mapping that holds ``a``'s first byte (Linux smaps)."""
     address, inside = a.ctypes.data, False
@@ -52,7 +48,7 @@ def test_small_arrays_and_disabled_huge_pages_are_left_alone(monkeypatch):
     big = np.ones(_memory.HUGE_BYTES)
     monkeypatch.setattr(_memory, "ENABLED", False)
     assert _memory.huge(big) is big
-    assert not _memory.is_huge(_memory.scratch(Owner(), 10))
+    assert not _memory.is_huge(_memory.scratch(_memory.HUGE_BYTES))
 
 
 @needs_thp
@@ -74,35 +70,54 @@ def test_mdp_arrays_the_sweeps_read_are_on_huge_pages():
     assert mdp.with_gamma(0.5).p_data is mdp.p_data
 
 
-def test_scratch_buffers_are_kept_for_their_owner_then_reused():
-    a, b = Owner(), Owner()
-    x = _memory.scratch(a, 100_000)
-    y = _memory.scratch(b, 100_000)
+def test_scratch_buffers_are_kept_until_every_view_is_gone_then_reused():
+    x = _memory.scratch(100_000)
+    y = _memory.scratch(100_000)
     assert x.shape == (100_000,) and x.dtype == np.float64 and x.flags.writeable
-    assert not np.shares_memory(x, y)  # two live owners never share
-    x[:] = 1.0
+    assert _memory.is_huge(x) == _memory.ENABLED  # 800 KB
+    assert not np.shares_memory(x, y)  # two live buffers never share
     address = x.ctypes.data
-    del a, x
+    view = x.reshape(1000, 100, order="F")[3:]  # a factor held in a view of it
+    assert view.base is x
+    del x
     gc.collect()
-    c = Owner()
-    z = _memory.scratch(c, 100_000)  # a's buffer, given back
-    assert z.ctypes.data == address
-    assert not np.shares_memory(z, y)
-    w = _memory.scratch(c, 100_000, np.float32)  # another dtype: another buffer
-    assert w.dtype == np.float32 and not np.shares_memory(w, z)
+    z = _memory.scratch(100_000)  # x is still viewed: not given back
+    assert not np.shares_memory(z, view)
+    del view, z
+    gc.collect()
+    kept = [b.ctypes.data for b in _memory._POOL.kept()]
+    assert address in kept
+    w = _memory.scratch(100_000)
+    assert w.ctypes.data in kept and not np.shares_memory(w, y)
+    v = _memory.scratch(100_000, np.float32)  # another dtype: another buffer
+    assert v.dtype == np.float32 and not np.shares_memory(v, w)
 
 
 def test_scratch_keeps_a_bounded_number_of_bytes(monkeypatch):
     monkeypatch.setattr(_memory, "_POOL", _memory._Pool())
     monkeypatch.setattr(_memory, "KEEP_BYTES", 3 * 800_000)
-    owners = [Owner() for _ in range(6)]
-    for o in owners:
-        _memory.scratch(o, 100_000)
-    del owners, o
+    buffers = [_memory.scratch(100_000) for _ in range(6)]
+    del buffers
     gc.collect()
     kept = _memory._POOL.kept()
     assert 0 < len(kept) <= _memory.KEEP_BUFFERS
     assert sum(b.nbytes for b in kept) <= 3 * 800_000
+
+
+def test_a_solve_gives_its_buffers_back_without_a_collection():
+    """No reference cycle holds an evaluator's scratch buffers (each call would then
+    make new ones): they are kept again as the call returns."""
+    mdp = fastppo.garnet(6000, 6, 6, gamma=0.95, seed=1)
+    pi = fastppo.softmax(mdp, np.random.default_rng(0).standard_normal(mdp.n_pairs))
+    gc.disable()
+    try:
+        fastppo.visitation(mdp, pi, n_threads=1)
+        kept = {b.ctypes.data for b in _memory._POOL.kept()}
+        fastppo.visitation(mdp, pi, n_threads=1)
+        assert {b.ctypes.data for b in _memory._POOL.kept()} == kept
+        assert any(b.nbytes == 8 * mdp.p_indices.shape[0] for b in _memory._POOL.kept())
+    finally:
+        gc.enable()
 
 
 def test_evaluations_are_unchanged_by_kept_buffers():
