@@ -304,10 +304,11 @@ class AssembledMatrix:
 
     def _band_buffer(self, shape):
         """Zeros of ``shape`` (Fortran order): the workspace's buffer when it has one of that
-        shape (the matrix whose factor it holds loses it), else this matrix's scratch buffer
-        (``fastppo._memory.scratch``, kept between calls: a fresh 180 MB of zeros for the
-        local garnet at 50k made its visitation take 222–534 ms, median 462, against 220–231
-        ms with a kept one, side by side; RESULTS.md, issue 17, twelfth session)."""
+        shape (the matrix whose factor it holds loses it), else a scratch buffer, kept
+        between calls once the factor in it is gone (``fastppo._memory.scratch``: a fresh
+        180 MB of zeros for the local garnet at 50k made its visitation take 222–534 ms,
+        median 462, against 219–231 ms with a kept one, side by side; RESULTS.md, issue 17,
+        twelfth session)."""
         held = None if self._workspace is None else self._workspace.get("band")
         if held is not None and held[0].shape == shape:
             ab, owner = held[0], held[1]()

@@ -23,7 +23,7 @@ DEFAULT_BACKEND = "cython"
 # kernel file stem → kernel names (identical in kernels/numba, kernels/cython, _reference)
 STEMS = {
     "linear": ("bellman_matvec", "bellman_rmatvec", "q_values", "q_greedy", "bellman_products",
-               "blocked_entries", "blocked_products", "transposed_weights",
+               "q_products", "blocked_entries", "blocked_products", "transposed_weights",
                "transposed_rmatvec", "row_sweep", "pair_sweep", "transposed_sweep"),
     "tables": ("segment_softmax", "regularized_reward", "advantages", "q_advantages",
                "policy_gradient", "compact_indptr", "compact_rows"),

@@ -132,7 +132,7 @@ def _kernels(backend):
         "bellman_matvec", "bellman_rmatvec", "bellman_products", "q_values", "q_greedy",
         "regularized_reward", "advantages", "q_advantages", "policy_gradient",
         "greedy_policy", "segment_softmax", "blocked_products", "transposed_weights",
-        "transposed_rmatvec", "row_sweep", "pair_sweep", "transposed_sweep")}
+        "transposed_rmatvec", "row_sweep", "pair_sweep", "transposed_sweep", "q_products")}
 
 
 def regularizer_args(mdp, reg):
@@ -361,6 +361,8 @@ class Evaluator:
         self._buf32 = self._x32 = None  # float32 scatter buffers and gathered correction
         self._transposed = None  # the loaded policy's P_πᵀ entries (_transposed_rows)
         self._pair_args = None  # pair_sweep's arrays for the loaded policy, on first use
+        # evaluation's Q̃ and Ã with its last product (_q_product): γ 2^e, and (q, adv)
+        self._fused_scale = self._fused_qa = None
         self._transposed_weights = None  # their buffer, kept across policies
         self._sweep_stats = np.empty((SWEEP_CHUNKS, 4))
         self._cold_passes = 0  # row sweeps still to prefetch the rows last written (COLD_PASSES)
@@ -611,6 +613,7 @@ class Evaluator:
                 self._q_rows = scratch(self.mdp.n_pairs)
             rows = self._q_rows
             self._rows_fresh = True
+            self._fused_qa = None
         else:
             self._rows_fresh = False
         if x_visit is None:
@@ -723,10 +726,26 @@ class Evaluator:
         :meth:`products`, which keeps P x per pair, so that Q̃ of a solution met there
         comes from its rows (:meth:`_q_advantages`) instead of a pass of ``q_values``; the
         others by :meth:`matvec`. The same sums either way (bit for bit)."""
-        if last and LAST_ROWS:
+        if last and LAST_ROWS and self._fused_scale is not None:
+            self._q_product(x, out)
+        elif last and LAST_ROWS:
             self.products(x, None, out, None)
         else:
             self.matvec(x, out)
+
+    def _q_product(self, x, out):
+        """A value product that makes Q̃ and Ã of its iterate as well (``q_products``: the
+        rows of :meth:`products` and ``q_advantages`` of them in one pass, the same bits),
+        for :meth:`evaluation` when it asked for both (``_fused_scale``: γ 2^e of its
+        system's scaling); :meth:`_q_advantages` hands them over if the solve ends there."""
+        self.n_passes += 1
+        mdp = self.mdp
+        if self._fused_qa is None:
+            self._fused_qa = (np.empty(mdp.n_pairs), np.empty(mdp.n_pairs))
+        q, adv = self._fused_qa
+        self._k["q_products"](*self._product_rows[:5], mdp.gamma, x, mdp.r, self._fused_scale,
+                              out, q, adv, self.n_threads)
+        self._rows_fresh = True
 
     def _value_system(self):
         gamma = self.mdp.gamma
@@ -778,6 +797,8 @@ class Evaluator:
                 self.q_values(res.x, out=adv)
                 self._k["advantages"](mdp.a_indptr, self.pi, adv, adv, nt)
             return None, adv
+        if fresh and self._fused_qa is not None:  # made by the last product (_q_product)
+            return self._fused_qa
         if fresh:
             q = np.empty(mdp.n_pairs) if out is None else out
             # without ``advantages``, Ã goes over the rows, which are spent: no per-pair
@@ -853,8 +874,16 @@ class Evaluator:
         """
         passes = self.n_passes
         system = self._value_system()
-        res = _krylov.solve(system, v0, **self._solve_options(tol))
-        return self._evaluation(res, system.b, passes, advantages, q, q_out)
+        # Q̃ and Ã with the last sweep's product where the sweeps run on P's own rows
+        self._fused_scale = (float(np.ldexp(self.mdp.gamma, _krylov.scale_exponent(system.b)))
+                             if q and advantages and q_out is None and system.sweep is not None
+                             else None)
+        self._fused_qa = None
+        try:
+            res = _krylov.solve(system, v0, **self._solve_options(tol))
+            return self._evaluation(res, system.b, passes, advantages, q, q_out)
+        finally:
+            self._fused_scale = self._fused_qa = None
 
     def visitation(self, mu, d0=None, tol=None):
         """d^π_μ of the loaded policy.

@@ -78,6 +78,16 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
 
 
 
+def q_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, r, scale, out_x, q, adv,
+               n_threads=1):
+    """:func:`bellman_products`' value side with its rows P x, then :func:`q_advantages` of
+    them: out_x = x − γ P_π x, q = r + scale·P x, adv = q − Σ_a π q."""
+    rows = np.empty(q.shape[0])
+    bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, np.empty(0), out_x,
+                     np.empty(0), rows, None)
+    q_advantages(a_indptr, pi, rows, r, scale, q, adv)
+
+
 def blocked_entries(p_indptr, p_indices, p_data, chunk_pairs, width, cursor, last, out_steps,
                     out_columns, out_data, n_threads=1):
     """Entry j of pair k in chunk c to position cursor[b, c] (then advanced), b its block

@@ -167,6 +167,12 @@ def _calls(mdp, inp, n_threads, chunks=(1, 2, 3)):
                                   k, (a, pp, pj, pd, p, g), inp["x"], inp["q"][:S], sides, c, n_threads))
                              for sides in ("xy", "x", "y") for label, p in (("pi", pi), ("zeros", zpi))
                              for c in chunks],
+        # the value side's product with its rows, and Q̃, Ã of them (a value solve's last)
+        "q_products": [(f"{label}-{cols}", lambda k, p=p, j=j: _outputs(
+                            k, (a, pp, j, pd, p, g, inp["x"], mdp.r, g * 2.0 ** -3),
+                            (out(S), out(L), out(L)), n_threads))
+                       for label, p in (("pi", pi), ("zeros", zpi))
+                       for cols, j in (("int32", pj), ("uint16", state_rows[1]))],
         # P's entries in column blocks, and the fused pass on them
         "blocked_entries": [(f"chunks{c}-blocks{b}", lambda k, c=c, b=b: _blocked_entries(
                                  k, mdp, c, b, n_threads)) for c in chunks for b in (1, 3)],

@@ -282,3 +282,53 @@ def test_where_row_sweeps_apply(monkeypatch):
         E = Evaluator(mdp, None, "cython", 1)
         E.load(pi)
         assert not E._row_sweeps_apply()
+
+
+@pytest.mark.parametrize("n_threads", [1, 2], ids=lambda n: f"threads{n}")
+@pytest.mark.parametrize("which", COMPILED + ["numpy"])
+def test_q_products_is_bellman_products_then_q_advantages(which, n_threads):
+    """The last product of a value solve with Q̃ and Ã: the bits of bellman_products' value
+    side with its rows, then q_advantages of them (π with exact zeros; 1 to 20 pairs)."""
+    rng = np.random.default_rng(7)
+    counts = np.array([1, 3, 8, 9, 16, 17, 20, 2] * 5)
+    mdps = (fastppo.garnet(61, 3, 11, gamma=0.9, seed=3),
+            fastppo.MDP.from_sa_pairs(*_pairs(counts, rng), gamma=0.9))
+    for mdp in mdps:
+        for pi in (random_policy(mdp, 4)[0], _with_zeros(random_policy(mdp, 6)[0], mdp)):
+            x, scale = rng.normal(size=mdp.n_states), mdp.gamma * 2.0 ** 5
+            L, S = mdp.n_pairs, mdp.n_states
+            cols = mdp._transitions.narrow_indices(S)
+            rows, out = np.empty(L), np.empty(S)
+            get_kernel("bellman_products", which)(mdp.a_indptr, mdp.p_indptr, cols, mdp.p_data,
+                                                  pi, mdp.gamma, x, np.empty(0), out, np.empty(0),
+                                                  rows, np.empty((2, S)), n_threads)
+            q, adv = np.empty(L), np.empty(L)
+            get_kernel("q_advantages", which)(mdp.a_indptr, pi, rows, mdp.r, scale, q, adv,
+                                              n_threads)
+            got = [np.full(S, np.nan), np.full(L, np.nan), np.full(L, np.nan)]
+            get_kernel("q_products", which)(mdp.a_indptr, mdp.p_indptr, cols, mdp.p_data, pi,
+                                            mdp.gamma, x, mdp.r, scale, *got, n_threads)
+            for a, b in zip(got, (out, q, adv)):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_an_evaluation_takes_q_and_advantages_from_its_last_product():
+    """evaluate's Q̃ and Ã from the last sweep's product (q_products) are those of the
+    rows' path (Q̃ into a caller's buffer: bellman_products, then q_advantages), bit for
+    bit, with the same passes; and they satisfy Σ_a π Ã = 0 and Q̃ = r + γ P v."""
+    mdp = fastppo.garnet(6000, 6, 6, gamma=0.95, seed=2)
+    pi = random_policy(mdp, 3)[0]
+    for which in COMPILED:
+        fused, rows = Evaluator(mdp, None, which, 1), Evaluator(mdp, None, which, 1)
+        fused.load(pi)
+        rows.load(pi)
+        assert fused._row_sweeps_apply()
+        a = fused.evaluation()
+        b = rows.evaluation(q_out=np.empty(mdp.n_pairs))
+        for name in ("v", "q", "adv"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        assert a.n_passes == b.n_passes and a.method == "richardson"
+        sums = np.add.reduceat(pi * a.adv, mdp.a_indptr[:-1])
+        assert np.abs(sums).max() <= 1e-12 * np.abs(a.q).max()
+        np.testing.assert_allclose(a.q, mdp.r + mdp.gamma * (mdp.P @ a.v), rtol=0,
+                                   atol=1e-12 * np.abs(a.q).max())

@@ -17,6 +17,8 @@ counted, then filled; made once per run);
 (a single visitation solve's sweeps, on P_πᵀ's entries, up to 2¹⁶ states);
 ``pair_sweep``: the same sweep on P's own rows weighted by π as they are read (a single
 value solve's sweeps up to 2¹⁶ states; compare with ``row_sweep`` and ``bellman_matvec``);
+``q_products``: a value solve's last product with Q̃ and Ã of its iterate in one pass
+(compare with ``bellman_products``' value side and ``q_advantages``);
 ``regularized_reward_kl``: r_π − τ D_f(π) for forward KL (a pass over the pairs, no product).
 Together with the ``*Products`` tracks this separates "fewer products" from "faster
 products".
@@ -34,7 +36,7 @@ from .common import (BACKENDS, FAMILIES, SIZES, THREADS, check_params, get_mdp, 
 
 KERNELS = ["bellman_matvec", "bellman_rmatvec", "q_values", "q_greedy", "bellman_products",
            "blocked_products", "blocked_entries", "transposed_rmatvec", "transposed_weights",
-           "row_sweep", "pair_sweep", "regularized_reward_kl", "compact_rows"]
+           "row_sweep", "pair_sweep", "q_products", "regularized_reward_kl", "compact_rows"]
 
 
 def _blocks(m, n_threads):
@@ -97,6 +99,9 @@ class KernelSuite:
             else:
                 args = (m._state_indptr, m.a_indptr, m._pair_codes, indices, m.p_data, pi,
                         *tail, n_threads)
+        elif kernel == "q_products":  # the last product of a value solve, with Q̃ and Ã
+            args = (m.a_indptr, *csr, pi, m.gamma, x, m.r, m.gamma, np.empty(m.n_states),
+                    np.empty(m.n_pairs), np.empty(m.n_pairs), n_threads)
         elif kernel == "q_greedy":  # Q̃ and the greedy step at τ = 0 (policy iteration's step)
             args = (m.a_indptr, *csr, m.r, m.gamma, x, np.empty(m.n_pairs), np.empty(m.n_pairs),
                     np.empty(m.n_states, dtype=np.int64), np.empty(m.n_states), n_threads)

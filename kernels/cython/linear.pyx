@@ -11,6 +11,8 @@
                      x and the scatter buffers may be float32 (corrections);
                      with both sides, buf (n_chunks, 2 n_states) holds x and the
                      sums interleaved, buf[c, 2i] = x[i], buf[c, 2i + 1] = sums
+``q_products``:      bellman_products' value side with its rows, and Q̃ = r + γ P v, Ã of them,
+                     in one pass (a value solve's last product: no rows' array)
 ``blocked_products``: bellman_products (both sides and rows, or the visitation side;
                      float64 P) on P's entries in column blocks (``blocked_entries``):
                      the same sums, the lines it touches in one block's columns at a time
@@ -391,6 +393,38 @@ def bellman_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
                 acc = acc + buf[c, stride * s + stride - 1]
             out_y[s] = y[s] - gamma * acc
 
+
+
+def q_products(const int64_t[::1] a_indptr, const int64_t[::1] p_indptr,
+               const column[::1] p_indices, const probability[::1] p_data,
+               const double[::1] pi, double gamma, const double[::1] x,
+               const double[::1] r, double scale,                                   # IN
+               double[::1] out_x, double[::1] q, double[::1] adv, int n_threads):   # OUT
+    """q_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, r, scale, out_x, q, adv, n_threads)
+
+    The value side of ``bellman_products`` with its rows, and ``q_advantages`` (tables.pyx)
+    of those rows, state by state in one pass: out_x = x − γ P_π x, q = r + scale · P x per
+    pair, adv = q − Σ_a π q; the same sums, bit for bit, without the rows' array (a value
+    solve's last product, at most 2¹⁶ states: no prefetch)."""
+    cdef Py_ssize_t n_states = a_indptr.shape[0] - 1, s
+    cdef int64_t k
+    cdef double acc, mean, row, tot, qk
+    cdef const column *indices = &p_indices[0]
+    cdef const probability *data = &p_data[0]
+    for s in prange(n_states, nogil=True, schedule="static", num_threads=n_threads):
+        acc = 0.0
+        mean = 0.0
+        for k in range(a_indptr[s], a_indptr[s + 1]):
+            row = row_sum(indices, data, &x[0], p_indptr[k], p_indptr[k + 1], &tot)
+            row = row / tot
+            if pi[k] != 0.0:
+                acc = acc + pi[k] * row
+            qk = row * scale + r[k]
+            q[k] = qk
+            mean = mean + pi[k] * qk
+        out_x[s] = x[s] - gamma * acc
+        for k in range(a_indptr[s], a_indptr[s + 1]):
+            adv[k] = q[k] - mean
 
 
 def blocked_entries(const int64_t[::1] p_indptr, const int32_t[::1] p_indices,

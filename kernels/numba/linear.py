@@ -241,6 +241,28 @@ def bellman_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, y, out
 
 
 
+def q_products(a_indptr, p_indptr, p_indices, p_data, pi, gamma, x, r, scale, out_x, q, adv):
+    n_states = a_indptr.shape[0] - 1
+    for s in prange(n_states):
+        acc = 0.0
+        mean = 0.0
+        for k in range(np.uint64(a_indptr[s]), np.uint64(a_indptr[s + 1])):
+            row = 0.0
+            t = 0.0
+            for j in range(np.uint64(p_indptr[k]), np.uint64(p_indptr[k + 1])):
+                row += p_data[j] * x[np.uint32(p_indices[j])]
+                t += np.float64(p_data[j])
+            row = row / folded_total(p_data, t)
+            if pi[k] != 0.0:
+                acc += pi[k] * row
+            qk = row * scale + r[k]
+            q[k] = qk
+            mean += pi[k] * qk
+        out_x[s] = x[s] - gamma * acc
+        for k in range(np.uint64(a_indptr[s]), np.uint64(a_indptr[s + 1])):
+            adv[k] = q[k] - mean
+
+
 def blocked_entries(p_indptr, p_indices, p_data, chunk_pairs, width, cursor, last, out_steps,
                     out_columns, out_data):
     n_chunks = chunk_pairs.shape[0] - 1
@@ -512,6 +534,6 @@ def transposed_sweep(t_indptr, t_pairs, t_sources, t_data, pi, gamma, b, x, shif
     return _combined(stats)
 
 
-KERNELS = twins(bellman_matvec, bellman_rmatvec, q_values, q_greedy, bellman_products,
+KERNELS = twins(bellman_matvec, bellman_rmatvec, q_values, q_greedy, bellman_products, q_products,
                 blocked_entries, blocked_products, transposed_weights, transposed_rmatvec,
                 row_sweep, pair_sweep, transposed_sweep)
