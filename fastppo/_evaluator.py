@@ -360,10 +360,10 @@ class Evaluator:
         self._base = [None, None]  # per side: (x, A x) of its last exact product
         self._buf32 = self._x32 = None  # float32 scatter buffers and gathered correction
         self._transposed = None  # the loaded policy's P_πᵀ entries (_transposed_rows)
+        self._transposed_weights = None  # their buffer, kept across policies
         self._pair_args = None  # pair_sweep's arrays for the loaded policy, on first use
         # evaluation's Q̃ and Ã with its last product (_q_product): γ 2^e, and (q, adv)
-        self._fused_scale = self._fused_qa = None
-        self._transposed_weights = None  # their buffer, kept across policies
+        self._q_scale = self._q_last = None
         self._sweep_stats = np.empty((SWEEP_CHUNKS, 4))
         self._cold_passes = 0  # row sweeps still to prefetch the rows last written (COLD_PASSES)
         self._matrix = None  # the loaded policy's assembled I − γP_π, on first use
@@ -613,7 +613,7 @@ class Evaluator:
                 self._q_rows = scratch(self.mdp.n_pairs)
             rows = self._q_rows
             self._rows_fresh = True
-            self._fused_qa = None
+            self._q_last = None
         else:
             self._rows_fresh = False
         if x_visit is None:
@@ -726,7 +726,7 @@ class Evaluator:
         :meth:`products`, which keeps P x per pair, so that Q̃ of a solution met there
         comes from its rows (:meth:`_q_advantages`) instead of a pass of ``q_values``; the
         others by :meth:`matvec`. The same sums either way (bit for bit)."""
-        if last and LAST_ROWS and self._fused_scale is not None:
+        if last and LAST_ROWS and self._q_scale is not None:
             self._q_product(x, out)
         elif last and LAST_ROWS:
             self.products(x, None, out, None)
@@ -736,14 +736,14 @@ class Evaluator:
     def _q_product(self, x, out):
         """A value product that makes Q̃ and Ã of its iterate as well (``q_products``: the
         rows of :meth:`products` and ``q_advantages`` of them in one pass, the same bits),
-        for :meth:`evaluation` when it asked for both (``_fused_scale``: γ 2^e of its
+        for :meth:`evaluation` when it asked for both (``_q_scale``: γ 2^e of its
         system's scaling); :meth:`_q_advantages` hands them over if the solve ends there."""
         self.n_passes += 1
         mdp = self.mdp
-        if self._fused_qa is None:
-            self._fused_qa = (np.empty(mdp.n_pairs), np.empty(mdp.n_pairs))
-        q, adv = self._fused_qa
-        self._k["q_products"](*self._product_rows[:5], mdp.gamma, x, mdp.r, self._fused_scale,
+        if self._q_last is None:
+            self._q_last = (np.empty(mdp.n_pairs), np.empty(mdp.n_pairs))
+        q, adv = self._q_last
+        self._k["q_products"](*self._product_rows[:5], mdp.gamma, x, mdp.r, self._q_scale,
                               out, q, adv, self.n_threads)
         self._rows_fresh = True
 
@@ -797,8 +797,8 @@ class Evaluator:
                 self.q_values(res.x, out=adv)
                 self._k["advantages"](mdp.a_indptr, self.pi, adv, adv, nt)
             return None, adv
-        if fresh and self._fused_qa is not None:  # made by the last product (_q_product)
-            return self._fused_qa
+        if fresh and self._q_last is not None:  # made by the last product (_q_product)
+            return self._q_last
         if fresh:
             q = np.empty(mdp.n_pairs) if out is None else out
             # without ``advantages``, Ã goes over the rows, which are spent: no per-pair
@@ -875,15 +875,15 @@ class Evaluator:
         passes = self.n_passes
         system = self._value_system()
         # Q̃ and Ã with the last sweep's product where the sweeps run on P's own rows
-        self._fused_scale = (float(np.ldexp(self.mdp.gamma, _krylov.scale_exponent(system.b)))
+        self._q_scale = (float(np.ldexp(self.mdp.gamma, _krylov.scale_exponent(system.b)))
                              if q and advantages and q_out is None and system.sweep is not None
                              else None)
-        self._fused_qa = None
+        self._q_last = None
         try:
             res = _krylov.solve(system, v0, **self._solve_options(tol))
             return self._evaluation(res, system.b, passes, advantages, q, q_out)
         finally:
-            self._fused_scale = self._fused_qa = None
+            self._q_scale = self._q_last = None
 
     def visitation(self, mu, d0=None, tol=None):
         """d^π_μ of the loaded policy.
