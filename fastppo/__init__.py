@@ -14,6 +14,7 @@ from .evaluation import Evaluation, evaluate, gradient, softmax, visitation
 from .batched import BatchEvaluation, evaluate_batch, visitation_batch
 from .generators import chain, garnet, gridworld, pendulum, queue2d, token_tree
 from .mdp import MDP
+from ._memory import release_buffers
 from .tokens import OutcomeReward, TokenMDP, token_mdp
 from . import reward_model
 from .sampled import (AdaptiveKLController, Rollout, SampledPPO, SampledPPOConfig,
@@ -41,5 +42,5 @@ __all__ = [
     "sampled_target", "SampledTarget", "NoTargetError", "expected_update", "advantage_scale",
     "tv_distance",
     "backend", "set_backend", "get_backend", "set_num_threads", "show_backends",
-    "sweep", "reward_model",
+    "sweep", "reward_model", "release_buffers",
 ]

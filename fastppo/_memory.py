@@ -26,7 +26,7 @@ import weakref
 
 import numpy as np
 
-__all__ = ["HUGE_BYTES", "huge", "scratch"]
+__all__ = ["HUGE_BYTES", "huge", "release_buffers", "scratch"]
 
 HUGE_BYTES = 1 << 19  # arrays from 512 KiB (their huge pages cost at most 4x their bytes)
 PAGE = 1 << 21  # 2 MiB
@@ -161,3 +161,20 @@ def scratch(n, dtype=np.float64):
     out = np.frombuffer(memoryview(buf), dtype=buf.dtype)
     weakref.finalize(out, _POOL.give, buf)
     return out
+
+
+def release_buffers():
+    """Free the work buffers fastppo keeps between calls.
+
+    The solvers keep some of the buffers a call needs for itself (a visitation's P_πᵀ
+    entries, the value rows, a band LU's storage: at most 4 buffers and 512 MiB; and this
+    thread's work arrays of ``evaluate_batch`` / ``visitation_batch``), so that the next
+    call does not touch fresh pages. This returns their memory to the system (a buffer
+    still in use by a live solver is freed when that solver is).
+    """
+    from .batched import release_scratch
+
+    with _POOL._lock:
+        _POOL._free.clear()
+        _POOL._given.clear()
+    release_scratch()

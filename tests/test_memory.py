@@ -134,3 +134,16 @@ def test_evaluations_are_unchanged_by_kept_buffers():
         np.testing.assert_array_equal(again.q, ev.q)
         np.testing.assert_array_equal(again.adv, ev.adv)
         np.testing.assert_array_equal(fastppo.visitation(mdp, p, n_threads=1), d)
+
+
+def test_release_buffers_empties_the_kept_buffers():
+    mdp = fastppo.garnet(6000, 6, 6, gamma=0.95, seed=1)
+    pi = fastppo.softmax(mdp, np.random.default_rng(0).standard_normal(mdp.n_pairs))
+    fastppo.visitation(mdp, pi, n_threads=1)
+    fastppo.evaluate_batch(mdp, [pi, pi], n_threads=1)
+    assert _memory._POOL.kept()
+    fastppo.release_buffers()
+    assert _memory._POOL.kept() == []
+    # the next call makes its buffers anew, with the same results
+    d = fastppo.visitation(mdp, pi, n_threads=1)
+    np.testing.assert_allclose(d.sum(), 1.0, rtol=0, atol=1e-12)
