@@ -8,9 +8,9 @@ on huge pages a cold ``evaluate`` took 13.6–13.7 ms against 15.7–16.3 ms on 
 arrays on 4 KiB pages (benchmarks/RESULTS.md, issue 17, twelfth session). NumPy asks for
 huge pages only from 4 MiB on, and malloc often hands back memory already on small pages.
 
-:func:`huge` copies an array of at least ``HUGE_BYTES`` into its own anonymous mapping
-advised ``MADV_HUGEPAGE`` (whole 2 MiB pages: at most 2 MiB more than the array, nothing
-for smaller arrays); the copy is an ordinary ndarray (it pickles as one, and its mapping is
+:func:`huge` copies an array of ``HUGE_BYTES`` to ``HUGE_MAX_BYTES`` into its own
+anonymous mapping advised ``MADV_HUGEPAGE`` (whole 2 MiB pages: at most 2 MiB more than the
+array, nothing for smaller or larger arrays); the copy is an ordinary ndarray (it pickles as one, and its mapping is
 unmapped with it). Where huge pages are unavailable (another OS, THP "never") it returns
 the array itself. Only for arrays made once and read many times: a fresh huge page is
 zeroed (and may be compacted) on first touch, so per-call arrays stay on NumPy's
@@ -26,9 +26,13 @@ import weakref
 
 import numpy as np
 
-__all__ = ["HUGE_BYTES", "huge", "release_buffers", "scratch"]
+__all__ = ["HUGE_BYTES", "HUGE_MAX_BYTES", "huge", "release_buffers", "scratch"]
 
 HUGE_BYTES = 1 << 19  # arrays from 512 KiB (their huge pages cost at most 4x their bytes)
+# ... up to 256 MiB: beyond, a copy at construction would double the peak memory of the
+# largest MDPs (8 GB of P's data at 10⁹ transitions) for nothing measured (10⁶ states: the
+# fused pass 336–375 ms on huge pages against 324–332 ms; NumPy advises ≥ 4 MiB itself)
+HUGE_MAX_BYTES = 1 << 28
 PAGE = 1 << 21  # 2 MiB
 
 
@@ -83,13 +87,13 @@ def _mapped(nbytes):
 def huge(a):
     """``a`` (C-contiguous) on transparent huge pages: a copy in a mapping of whole 2 MiB
     pages starting at a 2 MiB boundary, with ``a``'s dtype, shape and ``writeable`` flag;
-    ``a`` itself when it has fewer than ``HUGE_BYTES`` bytes, is there already, maps a
-    file (``np.memmap``: ``MDP.load(..., mmap_mode=...)`` keeps its mapping), or huge pages
-    are unavailable."""
+    ``a`` itself when it has fewer than ``HUGE_BYTES`` or more than ``HUGE_MAX_BYTES``
+    bytes, is there already, maps a file (``np.memmap``: ``MDP.load(..., mmap_mode=...)``
+    keeps its mapping), or huge pages are unavailable."""
     if _maps_a_file(a):
         return a
     a = np.ascontiguousarray(a)
-    if not ENABLED or a.nbytes < HUGE_BYTES or is_huge(a):
+    if not ENABLED or not HUGE_BYTES <= a.nbytes <= HUGE_MAX_BYTES or is_huge(a):
         return a
     raw = _mapped(a.nbytes)
     if raw is None:

@@ -147,3 +147,13 @@ def test_release_buffers_empties_the_kept_buffers():
     # the next call makes its buffers anew, with the same results
     d = fastppo.visitation(mdp, pi, n_threads=1)
     np.testing.assert_allclose(d.sum(), 1.0, rtol=0, atol=1e-12)
+
+
+def test_arrays_above_the_largest_size_are_not_copied(monkeypatch):
+    """A copy at construction would double the largest MDPs' peak memory: from
+    HUGE_MAX_BYTES on, huge() leaves the array where it is."""
+    a = np.ones(_memory.HUGE_BYTES // 8 * 4)
+    monkeypatch.setattr(_memory, "HUGE_MAX_BYTES", a.nbytes - 1)
+    assert _memory.huge(a) is a
+    monkeypatch.setattr(_memory, "HUGE_MAX_BYTES", a.nbytes)
+    assert (_memory.huge(a) is not a) == _memory.ENABLED
