@@ -51,22 +51,25 @@ def _thp_enabled():
 ENABLED = hasattr(mmap, "MADV_HUGEPAGE") and hasattr(mmap, "MAP_PRIVATE") and _thp_enabled()
 
 
+def _owners(a):
+    """``a`` and the objects its memory comes from, outermost first (array bases, then
+    the objects behind memoryviews)."""
+    while isinstance(a, (np.ndarray, memoryview)):
+        yield a
+        a = a.base if isinstance(a, np.ndarray) else a.obj
+    yield a
+
+
 def is_huge(a):
     """Whether ``a`` lies in a mapping of :func:`huge`."""
-    base = a
-    while isinstance(base, (np.ndarray, memoryview)):
-        base = base.base if isinstance(base, np.ndarray) else base.obj
-    return isinstance(base, _HugeMapping)
+    return isinstance(list(_owners(a))[-1], _HugeMapping)
 
 
 def _maps_a_file(a):
     """Whether ``a`` is, or views, a mapping of a file (``np.memmap``)."""
-    base = a
-    while isinstance(base, (np.ndarray, memoryview)):
-        if isinstance(base, np.memmap):
-            return True
-        base = base.base if isinstance(base, np.ndarray) else base.obj
-    return isinstance(base, mmap.mmap) and not isinstance(base, _HugeMapping)
+    return any(isinstance(o, np.memmap) or (isinstance(o, mmap.mmap)
+                                             and not isinstance(o, _HugeMapping))
+               for o in _owners(a))
 
 
 def _mapped(nbytes):

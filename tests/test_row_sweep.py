@@ -87,23 +87,30 @@ def test_pair_sweep_is_row_sweep_on_the_state_rows(which, n_threads):
     (π(k) P[j] stored), with states of 1 to 20 pairs (the permute takes up to 16, a
     gather more) and π with exact zeros."""
     rng = np.random.default_rng(5)
+    for mdp, pi in _pair_cases(rng):
+        b, x = rng.normal(size=mdp.n_states), rng.normal(size=mdp.n_states)
+        rows = state_rows(mdp, pi)
+        expect = [np.empty(mdp.n_states), np.empty((3, 4))]
+        sums = get_kernel("row_sweep", which)(*rows, mdp.gamma, b, x.copy(), 0.3, *expect,
+                                              False, n_threads)
+        out, stats = np.full(mdp.n_states, np.nan), np.full((3, 4), np.nan)
+        got = get_kernel("pair_sweep", which)(rows[0], mdp.a_indptr, mdp._pair_codes,
+                                              rows[1], mdp.p_data, pi, mdp.gamma, b,
+                                              x.copy(), 0.3, out, stats, n_threads)
+        np.testing.assert_array_equal(out, expect[0])
+        np.testing.assert_array_equal(stats, expect[1])
+        assert got == sums
+
+
+def _pair_cases(rng):
+    """(MDP, π) of a garnet and of an MDP whose states have 1 to 20 pairs (the permute takes
+    up to 16, a gather more), each with a random π and one with exact zeros."""
     counts = np.array([1, 3, 8, 9, 16, 17, 20, 2] * 5)
     mdps = (fastppo.garnet(61, 3, 11, gamma=0.9, seed=3),
             fastppo.MDP.from_sa_pairs(*_pairs(counts, rng), gamma=0.9))
     for mdp in mdps:
         for pi in (random_policy(mdp, 4)[0], _with_zeros(random_policy(mdp, 6)[0], mdp)):
-            b, x = rng.normal(size=mdp.n_states), rng.normal(size=mdp.n_states)
-            rows = state_rows(mdp, pi)
-            expect = [np.empty(mdp.n_states), np.empty((3, 4))]
-            sums = get_kernel("row_sweep", which)(*rows, mdp.gamma, b, x.copy(), 0.3, *expect,
-                                                  False, n_threads)
-            out, stats = np.full(mdp.n_states, np.nan), np.full((3, 4), np.nan)
-            got = get_kernel("pair_sweep", which)(rows[0], mdp.a_indptr, mdp._pair_codes,
-                                                  rows[1], mdp.p_data, pi, mdp.gamma, b,
-                                                  x.copy(), 0.3, out, stats, n_threads)
-            np.testing.assert_array_equal(out, expect[0])
-            np.testing.assert_array_equal(stats, expect[1])
-            assert got == sums
+            yield mdp, pi
 
 
 def _pairs(counts, rng):
@@ -290,26 +297,22 @@ def test_q_products_is_bellman_products_then_q_advantages(which, n_threads):
     """The last product of a value solve with Q̃ and Ã: the bits of bellman_products' value
     side with its rows, then q_advantages of them (π with exact zeros; 1 to 20 pairs)."""
     rng = np.random.default_rng(7)
-    counts = np.array([1, 3, 8, 9, 16, 17, 20, 2] * 5)
-    mdps = (fastppo.garnet(61, 3, 11, gamma=0.9, seed=3),
-            fastppo.MDP.from_sa_pairs(*_pairs(counts, rng), gamma=0.9))
-    for mdp in mdps:
-        for pi in (random_policy(mdp, 4)[0], _with_zeros(random_policy(mdp, 6)[0], mdp)):
-            x, scale = rng.normal(size=mdp.n_states), mdp.gamma * 2.0 ** 5
-            L, S = mdp.n_pairs, mdp.n_states
-            cols = mdp._transitions.narrow_indices(S)
-            rows, out = np.empty(L), np.empty(S)
-            get_kernel("bellman_products", which)(mdp.a_indptr, mdp.p_indptr, cols, mdp.p_data,
-                                                  pi, mdp.gamma, x, np.empty(0), out, np.empty(0),
-                                                  rows, np.empty((2, S)), n_threads)
-            q, adv = np.empty(L), np.empty(L)
-            get_kernel("q_advantages", which)(mdp.a_indptr, pi, rows, mdp.r, scale, q, adv,
-                                              n_threads)
-            got = [np.full(S, np.nan), np.full(L, np.nan), np.full(L, np.nan)]
-            get_kernel("q_products", which)(mdp.a_indptr, mdp.p_indptr, cols, mdp.p_data, pi,
-                                            mdp.gamma, x, mdp.r, scale, *got, n_threads)
-            for a, b in zip(got, (out, q, adv)):
-                np.testing.assert_array_equal(a, b)
+    for mdp, pi in _pair_cases(rng):
+        x, scale = rng.normal(size=mdp.n_states), mdp.gamma * 2.0 ** 5
+        L, S = mdp.n_pairs, mdp.n_states
+        cols = mdp._transitions.narrow_indices(S)
+        rows, out = np.empty(L), np.empty(S)
+        get_kernel("bellman_products", which)(mdp.a_indptr, mdp.p_indptr, cols, mdp.p_data,
+                                              pi, mdp.gamma, x, np.empty(0), out, np.empty(0),
+                                              rows, np.empty((2, S)), n_threads)
+        q, adv = np.empty(L), np.empty(L)
+        get_kernel("q_advantages", which)(mdp.a_indptr, pi, rows, mdp.r, scale, q, adv,
+                                          n_threads)
+        got = [np.full(S, np.nan), np.full(L, np.nan), np.full(L, np.nan)]
+        get_kernel("q_products", which)(mdp.a_indptr, mdp.p_indptr, cols, mdp.p_data, pi,
+                                        mdp.gamma, x, mdp.r, scale, *got, n_threads)
+        for a, b in zip(got, (out, q, adv)):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_an_evaluation_takes_q_and_advantages_from_its_last_product():
