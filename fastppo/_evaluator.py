@@ -778,21 +778,23 @@ class Evaluator:
         ``q_advantages``), else by a pass of ``q_values`` (and Ã only if
         ``advantages``; else None).
 
-        ``q`` False: (None, Ã), Ã made from the rows into a new array (or in place over
-        Q̃'s, from the pass of ``q_values``): no Q̃ array (the rows' buffer is the
-        evaluator's own, kept between calls: ``fastppo._memory.scratch``).
+        ``q`` False: (None, Ã), Ã written over the rows, whose buffer is handed over (the
+        next product takes another kept buffer, ``fastppo._memory.scratch``: PPO-Clip's
+        next π, written over Ã, takes the pages of the π two steps before it), or over
+        Q̃ from the pass of ``q_values``: no Q̃ array, and no fresh per-pair array
+        (its page faults cost ~45 ms a step at 10⁶ states, RESULTS.md).
 
         ``out``: Q̃ written into it (n_pairs,) instead of a new array."""
         mdp, nt = self.mdp, self.n_threads
         fresh = self._rows_fresh and res.method == "richardson" and res.n_matvec > 0
         if not q:
-            adv = np.empty(mdp.n_pairs)
             self._rows_fresh = False
             if fresh:
+                adv, self._q_rows = self._q_rows, None
                 scale = float(np.ldexp(mdp.gamma, _krylov.scale_exponent(b)))
-                self._k["q_advantages"](mdp.a_indptr, self.pi, self._q_rows, mdp.r, scale, adv,
-                                        adv, nt)
+                self._k["q_advantages"](mdp.a_indptr, self.pi, adv, mdp.r, scale, adv, adv, nt)
             else:
+                adv = scratch(mdp.n_pairs)
                 self.n_passes += 1
                 self.q_values(res.x, out=adv)
                 self._k["advantages"](mdp.a_indptr, self.pi, adv, adv, nt)
