@@ -34,7 +34,11 @@ pickle). Common fields, then the method's own:
 
 The exact methods add ``mu`` (the weighting, (n_states,), a distribution with full
 support) and the warm starts of their linear solves ``v_warm`` and ``d_warm``
-((n_states,), finite, ``d_warm`` ≥ 0; absent before the first solve); their settings
+((n_states,), finite, ``d_warm`` ≥ 0; absent before the first solve), the steps before
+them ``v_step1``, ``d_step1``, ... ((n_states,), newest first, at most ``WARM_STEPS``)
+and what the visitation's start is fitted on (``solvers.predicted_start``): ``pi_design``,
+π at ``solvers.design_pairs`` of ``d_warm``'s policy, and ``d_design1``, ... the
+CountSketches (``SKETCH_ROWS``,) of the policy steps behind ``d_step1``, ...; their settings
 are ``lr``, ``lin_tol``, ``warm_start``, ``backend``, ``n_threads`` (+ ``clip``,
 ``inner_steps`` for PPOClip; ``kl_target``, ``beta``, ``inner_steps`` for KLPenaltyPPO).
 ``SampledPPO`` adds the critic ``values`` ((n_states,), finite), ``v_exact`` (the warm

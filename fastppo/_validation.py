@@ -712,9 +712,10 @@ def check_length(x, n, name, what):
     return x
 
 
-def check_state_vector(x, n_states, name, nonnegative=False):
-    """A saved (n_states,) vector (a warm start, a critic): float64, finite (and ≥ 0)."""
-    check_length(x, n_states, name, "n_states")
+def check_state_vector(x, n_states, name, nonnegative=False, size_name="n_states"):
+    """A saved (n_states,) vector (a warm start, a critic): float64, finite (and ≥ 0);
+    another saved vector of ``n_states`` entries, called ``size_name`` in the error."""
+    check_length(x, n_states, name, size_name)
     x = as_float_array(x, name, copy=True)
     check_finite(x, name)
     if nonnegative and (x < 0).any():

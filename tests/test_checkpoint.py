@@ -62,9 +62,11 @@ def test_checkpoint_schema(tmp_path):
     assert str(e["format"]) == "fastppo-checkpoint-2" and str(e["method"]) == "KLPenaltyPPO"
     # the warm starts: the last solutions and, after them, the steps between the solutions
     # of consecutive iterations (from which the next start is predicted)
+    # (and the policy's steps behind d's, which the visitation's start is fitted on)
     assert set(e) == {"format", "method", "mdp_digest", "regularizer", "ref", "settings",
                       "n_iter", "history", "reference", "logits", "pi", "table", "mu",
-                      "v_warm", "d_warm", "v_step1", "v_step2", "d_step1", "d_step2"}
+                      "v_warm", "d_warm", "v_step1", "v_step2", "d_step1", "d_step2",
+                      "pi_design", "d_design1", "d_design2"}
     assert json.loads(str(e["regularizer"])) == {"name": "alpha", "tau": 0.1, "alpha": 0.5}
     assert json.loads(str(e["settings"])) == {
         "kl_target": 0.01, "beta": ppo.beta, "inner_steps": 10, "lr": ppo.lr, "lin_tol": 1e-12,
@@ -73,6 +75,11 @@ def test_checkpoint_schema(tmp_path):
     assert np.array_equal(e["ref"], ref) and e["logits"].shape == (mdp.n_pairs,)
     for k in ("v_warm", "d_warm", "mu", "v_step1", "v_step2", "d_step1", "d_step2"):
         assert e[k].shape == (mdp.n_states,) and e[k].dtype == np.float64
+    # π of d_warm's policy (the one before the last update) at every pair (120 ≤ DESIGN_PAIRS)
+    assert e["pi_design"].shape == (mdp.n_pairs,) and not np.array_equal(e["pi_design"], ppo.pi)
+    np.testing.assert_allclose(e["pi_design"].reshape(40, 3).sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    for k in ("d_design1", "d_design2"):
+        assert e[k].shape == (fastppo.solvers.SKETCH_ROWS,) and e[k].dtype == np.float64
     # no entry is an object array: the file loads without pickle
     assert all(v.dtype != object for v in e.values())
 
@@ -259,6 +266,11 @@ DAMAGE = {  # name -> (changes(folder), the field named in the one-line error)
     "n_iter negative": (lambda d: {"n_iter": np.array(-3)}, "n_iter must be >= 0, got -3"),
     "v_warm short": (lambda d: {"v_warm": np.zeros(3)},
                      r"v_warm must have shape \(200,\) \(n_states\), got \(3,\)"),
+    "pi_design short": (lambda d: {"pi_design": np.zeros(3)},
+                        r"pi_design must have shape \(800,\) \(the sampled pairs\), got \(3,\)"),
+    "d_design beyond the steps": (lambda d: {"d_design12": entries(d)["d_design1"]},
+                                  "d_design12 without its d_step"),
+    "d_design NaN": (lambda d: {"d_design1": np.full(512, np.nan)}, "d_design1 must be finite"),
     "lin_tol zero": (lambda d: {"settings": settings_with(d, lin_tol=0.0)}, "lin_tol must be > 0"),
     "warm_start string": (lambda d: {"settings": settings_with(d, warm_start="yes")},
                           "warm_start must be True or False, got 'yes'"),

@@ -406,17 +406,24 @@ def test_ppo_log_ref_is_formed_once_and_only_for_reverse_kl():
     np.testing.assert_array_equal(ppo._log_ref, np.log(ppo._ref))
 
 
-def test_ppo_clip_step_holds_four_per_pair_arrays(backend):
+def test_ppo_clip_step_holds_four_per_pair_arrays(backend, monkeypatch, request):
     # at peak, a step holds θ, π_old, π_ref and one array that is the sweep rows, then Ã
     # (in place), then π_new: tracemalloc sees NumPy's allocations; n_pairs ≫ n_states so
-    # the per-state vectors (and the kernels' blocks) weigh less than one per-pair array
+    # the per-state vectors, the kernels' blocks (Numba's ppo_update: ~300 KB at 120
+    # actions) and the visitation start's samples of π (DESIGN_PAIRS, a fixed number)
+    # weigh little beside one per-pair array
     if backend == "numpy":
         pytest.skip("the NumPy reference computes with per-pair temporaries by design")
     tracemalloc = pytest.importorskip("tracemalloc")
-    mdp = fastppo.garnet(400, 120, 3, gamma=0.9, seed=3)
+    # the kept buffers from NumPy's allocator, which tracemalloc sees (not huge pages)
+    monkeypatch.setattr(fastppo._memory, "HUGE_BYTES", 1 << 62)
+    monkeypatch.setattr(fastppo.solvers, "DESIGN_PAIRS", 1 << 10)
+    fastppo.solvers.design_pairs.cache_clear()
+    request.addfinalizer(fastppo.solvers.design_pairs.cache_clear)
+    mdp = fastppo.garnet(2000, 120, 3, gamma=0.9, seed=3)
     pair_bytes = 8 * mdp.n_pairs
     fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1), backend=backend).run(2)  # compiles (numba)
-    fastppo.release_buffers()  # the kept buffers are made under tracemalloc (below 512 KiB)
+    fastppo.release_buffers()  # the kept buffers are made under tracemalloc
     tracemalloc.start()
     try:
         ppo = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1), backend=backend)
@@ -428,7 +435,7 @@ def test_ppo_clip_step_holds_four_per_pair_arrays(backend):
     finally:
         tracemalloc.stop()
     assert ppo.history["n_passes"][-1] > 1  # the step ran its sweeps
-    assert 4 * pair_bytes <= peak < 5 * pair_bytes, f"{peak / pair_bytes:.2f} per-pair arrays"
+    assert 4 * pair_bytes <= peak < 4.5 * pair_bytes, f"{peak / pair_bytes:.2f} per-pair arrays"
 
 
 # ---------------------------------------------------------------------- history
