@@ -353,8 +353,9 @@ SKETCH_ROWS = 512
 FLOAT32_STEPS_FROM = MIXED_STATES
 
 
-# the visitation's warm start fits its coefficients to the policy's newest step, known
-# before the solve (:func:`predicted_start`, ``design``), seen at this many pairs drawn once
+# the visitation's warm start may fit its coefficients to the policy's newest step, known
+# before the solve (:func:`predicted_start`, ``design``), seen at this many pairs drawn
+# once (README run: 1,198 passes with 2¹², 1,182 with 2¹⁴; ~0.1 ms a step at 50k)
 DESIGN_PAIRS = 1 << 14
 
 
@@ -421,9 +422,9 @@ def predicted_start(x, steps, sketches, design=None):
     policy's steps, for the visitation), the coefficients may be fitted to the newest step
     instead: u_0 ≈ Σ_{i=1..M} c_i u_i, and Δ_next ≈ Σ_{i=1..M} c_i Δ_i (to first order
     the solution moves linearly with the policy); of the two fits, the one with the
-    smaller relative residual is taken (a sample of the policy that misses its step does
-    not fit). On the README run this halved the visitation start's error late in the run
-    and took 1,195 passes against 1,341 (RESULTS.md).
+    smaller expected error is taken (:func:`_error`: a sample of the policy that misses
+    its step does not fit). On the README run this halved the visitation start's error
+    late in the run and took 1,182 passes against 1,341 (RESULTS.md).
 
     Parameters
     ----------
@@ -642,7 +643,7 @@ class _ExactMethod(IterativeMethod):
     def _visit_design(self):
         """The CountSketch of the policy's step since d's last solution at
         :func:`design_pairs` (None before one): what the visitation's warm start is fitted
-        on (a least-squares fit on SKETCH_ROWS rows, not 2¹⁶)."""
+        on (a least-squares fit on SKETCH_ROWS rows, not DESIGN_PAIRS)."""
         if self._pi_design is None:
             return None
         return sketch(self.pi[design_pairs(self.mdp.n_pairs)] - self._pi_design)
