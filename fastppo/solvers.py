@@ -802,9 +802,9 @@ class _ExactMethod(IterativeMethod):
                 raise ValueError(f"{x}_step1..{x}_step{WARM_STEPS} must be a run of steps "
                                  f"from {x}_step1, after {x}_warm")
             designs = [state.get(f"{x}_design{i}") for i in range(1, WARM_STEPS + 1)]
-            if any(u is not None for u in designs[n:]):
-                raise ValueError(f"{x}_design{n + 1 + [u is not None for u in designs[n:]].index(True)}"
-                                 f" without its {x}_step")
+            extra = [i for i, u in enumerate(designs, 1) if u is not None and i > n]
+            if extra:
+                raise ValueError(f"{x}_design{extra[0]} without its {x}_step{extra[0]}")
             trajectory.restore(state[f"{x}_warm"], steps[:n], designs[:n])
         self._pi_design = state["pi_design"]
 
