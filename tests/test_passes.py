@@ -9,7 +9,10 @@ from the last solutions.
 - the evaluator's lockstep solve: one pass per sweep, Q̃ without a pass of its own (and equal
   to ``q_values`` bit for bit), counts in ``n_passes`` and ``n_matvec``;
 - ``predicted_start``: exact on a linear recurrence, falls back on a rough trajectory;
-  PPO-Clip with predicted starts has the iterates of cold solves and needs fewer passes.
+  fitted on the newest step of what drives the solutions (PPO-Clip's visitation: the
+  policy's step), exact where the solutions move linearly with it and the steps' own fit
+  is not, left for the own fit where it does not fit; PPO-Clip with predicted starts has
+  the iterates of cold solves and needs fewer passes.
 """
 import warnings
 
