@@ -788,13 +788,12 @@ class Evaluator:
         mdp, nt = self.mdp, self.n_threads
         fresh = self._rows_fresh and res.method == "richardson" and res.n_matvec > 0
         if not q:
-            self._rows_fresh = False
+            adv = self._q_rows if self._q_rows is not None else scratch(mdp.n_pairs)
+            self._q_rows, self._rows_fresh = None, False  # the caller's now
             if fresh:
-                adv, self._q_rows = self._q_rows, None
                 scale = float(np.ldexp(mdp.gamma, _krylov.scale_exponent(b)))
                 self._k["q_advantages"](mdp.a_indptr, self.pi, adv, mdp.r, scale, adv, adv, nt)
             else:
-                adv = scratch(mdp.n_pairs)
                 self.n_passes += 1
                 self.q_values(res.x, out=adv)
                 self._k["advantages"](mdp.a_indptr, self.pi, adv, adv, nt)

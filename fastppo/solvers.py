@@ -648,11 +648,11 @@ class _ExactMethod(IterativeMethod):
             return None
         return sketch(self.pi[design_pairs(self.mdp.n_pairs)] - self._pi_design)
 
-    def _remember_visitation(self, d, step=True, design=None):
+    def _remember_visitation(self, d, design=None, step=True):
         """:meth:`_remember` d of the loaded policy ``self.pi``, with its policy step
-        (``design``: :meth:`_visit_design`, if made for this policy's start)."""
+        ``design`` (:meth:`_visit_design`, made for this policy's start)."""
         if step:
-            self._remember(self._ds, d, self._visit_design() if design is None else design)
+            self._remember(self._ds, d, design)
         else:
             self._ds.push(d, step=False)
         self._pi_design = self.pi[design_pairs(self.mdp.n_pairs)]
@@ -882,7 +882,7 @@ class PPOClip(_ExactMethod):
         """d_old/(1−γ) from the evaluation (d_old is kept: the next warm start), and the
         products its solve took."""
         vis = ev.visitation
-        self._remember_visitation(vis.d, design=ev.design)
+        self._remember_visitation(vis.d, ev.design)
         return visit_weights(self.mdp, vis), vis.n_matvec
 
     def _update(self, ev):
