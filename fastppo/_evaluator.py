@@ -372,6 +372,11 @@ class Evaluator:
         self._blocked = None  # P's entries in column blocks (_blocked_layout), on first use
         self._fused_passes = 0  # exact fused passes on P's own rows so far
         self.omega = OMEGA
+        # pairs at which each evaluation keeps Q̃ (Evaluation.q_probe: a warm start's
+        # residual fit, fastppo.solvers), None for none; and c = r_π − τ D_f of the loaded
+        # policy, on first use
+        self.probe_pairs = None
+        self._probed = self._reward = None
 
     @functools.cached_property
     def ref(self):
@@ -389,6 +394,7 @@ class Evaluator:
         previous = self._previous if patch and self._compact else None
         self.pi = pi
         self._rows_fresh = False
+        self._reward = None
         self._pair_args = None
         self._transposed = None
         self._matrix = None
@@ -704,8 +710,15 @@ class Evaluator:
         return q
 
     def regularized_reward(self):
-        """c = r_π − τ D_f(π ‖ π_ref), shape (n_states,); ValueError if not finite (a
-        divergence that is infinite at this policy)."""
+        """c = r_π − τ D_f(π ‖ π_ref), shape (n_states,), read-only (made once per loaded
+        policy); ValueError if not finite (a divergence that is infinite at this policy)."""
+        if self._reward is None:
+            c = self._regularized_reward()
+            c.flags.writeable = False
+            self._reward = c
+        return self._reward
+
+    def _regularized_reward(self):
         mdp = self.mdp
         if self.tau == 0.0 and self._pairs is not None:
             # a deterministic policy (``load``'s direct path): Σ_a π r has one term, a
@@ -792,13 +805,15 @@ class Evaluator:
             self._q_rows, self._rows_fresh = None, False  # the caller's now
             if fresh:
                 scale = float(np.ldexp(mdp.gamma, _krylov.scale_exponent(b)))
+                self._probe(adv, scale)
                 self._k["q_advantages"](mdp.a_indptr, self.pi, adv, mdp.r, scale, adv, adv, nt)
             else:
                 self.n_passes += 1
-                self.q_values(res.x, out=adv)
+                self._probe(self.q_values(res.x, out=adv))
                 self._k["advantages"](mdp.a_indptr, self.pi, adv, adv, nt)
             return None, adv
         if fresh and self._q_last is not None:  # made by the last product (_q_product)
+            self._probe(self._q_last[0])
             return self._q_last
         if fresh:
             q = np.empty(mdp.n_pairs) if out is None else out
@@ -808,10 +823,19 @@ class Evaluator:
             self._rows_fresh = advantages
             scale = float(np.ldexp(mdp.gamma, _krylov.scale_exponent(b)))
             self._k["q_advantages"](mdp.a_indptr, self.pi, self._q_rows, mdp.r, scale, q, adv, nt)
+            self._probe(q)
             return q, adv if advantages else None
         self.n_passes += 1
         q = self.q_values(res.x, out=out)
+        self._probe(q)
         return q, self.advantages(q) if advantages else None
+
+    def _probe(self, q, scale=None):
+        """Keep Q̃ at ``probe_pairs`` (if set) for the Evaluation: q's own, or r + scale·q
+        from rows q = P x (Q̃ as ``q_advantages`` makes it)."""
+        pairs = self.probe_pairs
+        if pairs is not None:
+            self._probed = q[pairs] if scale is None else q[pairs] * scale + self.mdp.r[pairs]
 
     def advantages(self, q, out=None):
         """Ã = Q̃ − Σ_a π Q̃ of the loaded policy, flat (n_pairs,), from its Q̃ ``q``
@@ -823,13 +847,17 @@ class Evaluator:
     def _evaluation(self, res, b, passes, advantages=True, q=True, q_out=None):
         mdp = self.mdp
         v = res.x
+        self._probed = None
         if q or advantages:
             q, adv = self._q_advantages(res, b, advantages, q, q_out)
         else:
             q = adv = None
-        return Evaluation(v=v, q=q, adv=adv, J=self.space.dot(mdp.rho, v), n_matvec=res.n_matvec,
-                          n_passes=self.n_passes - passes, residual=res.residual,
-                          method=res.method, fill=self._fill(res), backend=self.backend)
+        ev = Evaluation(v=v, q=q, adv=adv, J=self.space.dot(mdp.rho, v), n_matvec=res.n_matvec,
+                        n_passes=self.n_passes - passes, residual=res.residual,
+                        method=res.method, fill=self._fill(res), backend=self.backend)
+        if self.probe_pairs is not None:
+            ev.q_probe = self._probed  # Q̃ at probe_pairs (None if not made)
+        return ev
 
     def _visitation(self, res, passes):
         d = (1.0 - self.mdp.gamma) * res.x

@@ -375,6 +375,33 @@ def design_pairs(n_pairs):
     return pairs
 
 
+# the value system's warm start fits its coefficients to residuals where it can: each kept
+# solution's residual under the new policy, b − (I − γP_π) v_j, at PROBE_STATES states drawn
+# once, from v_j and Q̃_j kept there (no pass over P; :func:`predicted_start`). The README
+# run's late iterations took 2.3 passes against 3.15, 10⁶ states 2.7 against 2.85 (fewer
+# fused ones: RESULTS.md). Fewer states (each a row of the fit) where the probes of
+# WARM_STEPS + 1 solutions would pass 1/8 of a per-pair array, none below PROBE_MIN
+PROBE_STATES = 256
+PROBE_MIN = 64
+
+
+def probe_points(a_indptr):
+    """(states, pairs, starts) of the value system's residual fit, or None (too few
+    states: :data:`PROBE_MIN`): states drawn once (sorted), their pairs in order, and where
+    each state's pairs start among them (read-only)."""
+    n = a_indptr.shape[0] - 1
+    m = min(PROBE_STATES, n // (8 * (WARM_STEPS + 1)))
+    if m < PROBE_MIN:
+        return None
+    states = np.sort(np.random.default_rng(20_514).choice(n, m, replace=False))
+    counts = np.diff(a_indptr)[states]
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    pairs = np.repeat(a_indptr[states] - starts, counts) + np.arange(int(counts.sum()))
+    for a in (states, pairs, starts):
+        a.flags.writeable = False
+    return states, pairs, starts
+
+
 @functools.lru_cache(maxsize=4)
 def _count_sketch(n):
     """(bucket, sign) of a fixed CountSketch ℝⁿ → ℝ^SKETCH_ROWS: x ↦ Σ_i sign_i x_i e_bucket_i
@@ -404,7 +431,7 @@ def sketch(x):
     return out
 
 
-def predicted_start(x, steps, sketches, design=None):
+def predicted_start(x, steps, sketches, design=None, residuals=None):
     r"""The warm start x + Σ_i c_i Δ_i for the next solve of a linear system whose
     solutions over the last outer iterations were x, x − Δ_1, x − Δ_1 − Δ_2, ...
 
@@ -426,7 +453,13 @@ def predicted_start(x, steps, sketches, design=None):
     instead: u_0 ≈ Σ_{i=1..M} c_i u_i, and Δ_next ≈ Σ_{i=1..M} c_i Δ_i (to first order
     the solution moves linearly with the policy); of the two fits, the one with the
     smaller expected error is taken (:func:`_error`: a sample of the policy that misses
-    its step does not fit). On the README run this halved the visitation start's error
+    its step does not fit).
+
+    With ``residuals`` ``[ρ_0, ρ_1, ...]``, samples of the residuals that x, x − Δ_1, ...
+    have in the system about to be solved (one per solution), the coefficients minimize
+    the start's sampled residual instead: ρ_0 − Σ_i c_i (ρ_i − ρ_{i−1}), the residual
+    being affine in the start. The solve stops on the residual, and this fit sees the new
+    system, which the extrapolations do not. On the README run this halved the visitation start's error
     late in the run and took 1,182 passes against 1,341 (RESULTS.md).
 
     Parameters
@@ -445,8 +478,14 @@ def predicted_start(x, steps, sketches, design=None):
     if len(steps) < 2:
         return x
     with np.errstate(over="ignore", invalid="ignore"):  # steps of any size (a resumed run)
-        fit = _fit(sketches)  # Δ_1 on Δ_2..Δ_M
-        if design is not None:  # u_0 on u_1..u_M, if its error looks smaller
+        fit = None
+        if residuals is not None:  # ρ_0 on ρ_i − ρ_{i−1}, i = 1..M, sketched (a small
+            # LAPACK problem: on a tall one OpenBLAS's threads spin against the kernels')
+            fit = _fit([sketch(residuals[0]),
+                        *(sketch(residuals[i] - residuals[i - 1]) for i in range(1, len(steps) + 1))])
+        if fit is None:
+            fit = _fit(sketches)  # Δ_1 on Δ_2..Δ_M
+        if design is not None and residuals is None:  # u_0 on u_1..u_M, if its error looks smaller
             other = _fit([design[0], *design[1]])
             if other is not None and (fit is None or _error(other, sketches, steps[0].dtype)
                                       < _error(fit, sketches, steps[0].dtype)):
@@ -510,10 +549,15 @@ class _Trajectory:
 
     def __init__(self):
         self.x, self.steps, self.sketches, self.designs = None, [], [], []
+        self.probes = []  # per solution, newest first: what its residual is made from, or None
 
-    def push(self, x, step=True, design=None):
+    def push(self, x, step=True, design=None, probe=None):
         """Record the newest solution; ``step``: it follows the previous one (False for
-        a repeated evaluation of the same policy), ``design`` the step that drove it."""
+        a repeated evaluation of the same policy), ``design`` the step that drove it,
+        ``probe`` what :meth:`start`'s ``residual`` takes for it."""
+        probe = None if probe is None else _read_only(probe)
+        if not (step and self.x is not None):
+            self.probes[:1] = [probe]
         if step and self.x is not None:
             n = x.shape[0]
             dx = np.subtract(x, self.x, out=np.empty(
@@ -522,25 +566,34 @@ class _Trajectory:
             self.steps.insert(0, dx)
             self.sketches.insert(0, sketch(dx))
             self.designs.insert(0, None if design is None else _read_only(design))
+            self.probes.insert(0, probe)
             keep = max(2, min(WARM_STEPS, WARM_BYTES // dx.nbytes))
             del self.steps[keep:], self.sketches[keep:], self.designs[keep:]
+            del self.probes[keep + 1:]
         self.x = x
 
-    def start(self, design=None):
+    def start(self, design=None, residuals=None):
         """The predicted warm start (None before any solution); with ``design``, the
         newest step of what drives the solutions, fitted on it where every step has its
-        own."""
+        own; with ``residuals`` (the probes, newest first ↦ their solutions' sampled
+        residuals in the next system, one row each), fitted on them where every solution
+        has a probe."""
         if self.x is None:
             return None
         known = design is not None and all(u is not None for u in self.designs)
+        probed = (residuals is not None and len(self.probes) == len(self.steps) + 1
+                  and len(self.steps) >= 2 and all(p is not None for p in self.probes))
         return predicted_start(self.x, self.steps, self.sketches,
-                               (design, self.designs) if known else None)
+                               (design, self.designs) if known else None,
+                               residuals(self.probes) if probed else None)
 
-    def restore(self, x, steps, designs=()):
+    def restore(self, x, steps, designs=(), probes=()):
         self.x, self.steps = x, [_read_only(dx) for dx in steps]
         self.sketches = [sketch(dx) for dx in self.steps]
         designs = [None if u is None else _read_only(u) for u in designs]
         self.designs = (designs + [None] * len(steps))[:len(steps)]
+        probes = [None if p is None else _read_only(p) for p in probes]
+        self.probes = (probes + [None] * (len(steps) + 1))[:len(steps) + 1] if x is not None else []
 
 
 class _ExactMethod(IterativeMethod):
@@ -560,7 +613,8 @@ class _ExactMethod(IterativeMethod):
     STATE = {"mu": ("states", False), "v_warm": ("states", True), "d_warm": ("states", True),
              **{f"{x}_step{i}": ("states", True) for x in "vd" for i in range(1, WARM_STEPS + 1)},
              "pi_design": ("pairs", True),
-             **{f"d_design{i}": ("pairs", True) for i in range(1, WARM_STEPS + 1)}}
+             **{f"d_design{i}": ("pairs", True) for i in range(1, WARM_STEPS + 1)},
+             **{f"v_probe{i}": ("pairs", True) for i in range(WARM_STEPS + 1)}}
     SETTINGS = ("lr", "lin_tol", "warm_start", "backend", "n_threads")
 
     def __init__(self, mdp, reg, lr, mu, init, step_scale, reference, backend, n_threads,
@@ -584,6 +638,10 @@ class _ExactMethod(IterativeMethod):
         self.pi = E.softmax(self.logits)
         self._vs, self._ds = _Trajectory(), _Trajectory()  # solutions of v and d
         self._pi_design = None  # π at design_pairs of d's last solution (_visit_design)
+        # where v's solutions keep what their residuals are made of (_value_residuals)
+        self._probe = probe_points(mdp.a_indptr) if mdp.gamma < 1 else None  # or None
+        if self._probe is not None:
+            E.probe_pairs = self._probe[1]
         if lr is None:
             step_scale = V.check_positive(step_scale, "step_scale")
             E.load(self.pi)
@@ -638,10 +696,34 @@ class _ExactMethod(IterativeMethod):
         (``design``: :meth:`_Trajectory.start`)."""
         return trajectory.start(design) if self.warm_start else None
 
-    def _remember(self, trajectory, x, design=None):
+    def _remember(self, trajectory, x, design=None, probe=None):
         """Record x, this outer iteration's solution; the first iteration's replaces a
         solution of the same policy made at set-up (d_0 for the step size)."""
-        trajectory.push(x, step=self.warm_start and self.n_iter > 0, design=design)
+        trajectory.push(x, step=self.warm_start and self.n_iter > 0, design=design,
+                        probe=probe)
+
+    def _value_start(self):
+        """The value system's warm start, fitted on the residuals where it can."""
+        return self._vs.start(residuals=self._value_residuals) if self.warm_start else None
+
+    def _value_probe(self, ev):
+        """What the residual of an evaluation's v is made from: v at the probe states, then
+        Q̃ − r = γ P v at their pairs (None without them)."""
+        q = ev.get("q_probe")
+        if self._probe is None or q is None:
+            return None
+        states, pairs, _ = self._probe
+        return np.concatenate((ev.v[states], q - self.mdp.r[pairs]))
+
+    def _value_residuals(self, probes):
+        """The residuals b − (I − γP_π) v_j at the probe states, one row per probe of a
+        solution v_j, for the loaded policy π (b = r_π − τ D_f): b − v_j + Σ_a π (Q̃_j − r)."""
+        states, pairs, starts = self._probe
+        n = states.shape[0]
+        table = np.array(probes)
+        table[:, n:] *= self.pi[pairs]
+        return (self._evaluator.regularized_reward()[states] - table[:, :n]
+                + np.add.reduceat(table[:, n:], starts, axis=1))
 
     def _visit_design(self):
         """The CountSketch of the policy's step since d's last solution at
@@ -684,7 +766,7 @@ class _ExactMethod(IterativeMethod):
         """Exact quantities of the current policy that the update needs (an Evaluation)."""
         E = self._evaluator
         E.load(self.pi)
-        return E.evaluation(self._warm(self._vs), tol=self._solve_tol())
+        return E.evaluation(self._value_start(), tol=self._solve_tol())
 
     def step(self):
         """One outer iteration; returns its diagnostics (a dict, also appended to history)."""
@@ -693,7 +775,7 @@ class _ExactMethod(IterativeMethod):
         if self.n_iter == 0:
             self._check_iterate(1, "the init logits are too far apart")
         ev = self._evaluate()
-        self._remember(self._vs, ev.v)
+        self._remember(self._vs, ev.v, probe=self._value_probe(ev))
         max_abs_adv = float(max(ev.adv.max(), -ev.adv.min()))  # before _update (no temporary)
         info = self._update(ev)
         self._check_iterate(self.n_iter + 1)
@@ -777,6 +859,8 @@ class _ExactMethod(IterativeMethod):
                 state[f"{x}_step{i}"] = dx
         for i, u in enumerate(self._ds.designs, 1):
             state[f"d_design{i}"] = u
+        for i, p in enumerate(self._vs.probes):
+            state[f"v_probe{i}"] = p
         return state
 
     @classmethod
@@ -788,9 +872,13 @@ class _ExactMethod(IterativeMethod):
             return lambda x, name: V.check_state_vector(x, size, name, False, size_name)
         designs = {f"d_design{i}": sized(SKETCH_ROWS, "SKETCH_ROWS")
                    for i in range(1, WARM_STEPS + 1)}
+        probe = probe_points(mdp.a_indptr)
+        m = 0 if probe is None else probe[0].shape[0] + probe[1].shape[0]
+        probes = {f"v_probe{i}": sized(m, "the probed states and pairs")
+                  for i in range(WARM_STEPS + 1)}
         return {"mu": None, "v_warm": check_states(mdp),
                 "d_warm": check_states(mdp, nonnegative=True), **steps,
-                "pi_design": sized(n, "the sampled pairs"), **designs}
+                "pi_design": sized(n, "the sampled pairs"), **designs, **probes}
 
     @classmethod
     def _restore_arguments(cls, state):
@@ -808,7 +896,13 @@ class _ExactMethod(IterativeMethod):
             extra = [i for i, u in enumerate(designs, 1) if u is not None and i > n]
             if extra:
                 raise ValueError(f"{x}_design{extra[0]} without its {x}_step{extra[0]}")
-            trajectory.restore(state[f"{x}_warm"], steps[:n], designs[:n])
+            probes = [state.get(f"{x}_probe{i}") for i in range(WARM_STEPS + 1)]
+            extra = [i for i, p in enumerate(probes) if p is not None
+                     and (i > n or state[f"{x}_warm"] is None)]
+            if extra:
+                raise ValueError(f"{x}_probe{extra[0]} without its solution ({x}_warm, "
+                                 f"{x}_step1..)")
+            trajectory.restore(state[f"{x}_warm"], steps[:n], designs[:n], probes[:n + 1])
         self._pi_design = state["pi_design"]
 
 
@@ -875,7 +969,7 @@ class PPOClip(_ExactMethod):
         E = self._evaluator
         E.load(self.pi)
         design = self._visit_design()
-        ev, vis = E.evaluation_and_visitation(self.mu, self._warm(self._vs),
+        ev, vis = E.evaluation_and_visitation(self.mu, self._value_start(),
                                               self._warm(self._ds, design),
                                               tol=self._solve_tol(), q=False)
         ev.visitation, ev.design = vis, design

@@ -25,6 +25,7 @@ from fastppo import _krylov
 import naive
 from conftest import random_mdp, random_policy
 from fastppo._backend import get_kernel
+from fastppo._errors import UsageError
 from fastppo._evaluator import Evaluator, policy_rows
 
 EMPTY = np.empty(0)
@@ -327,7 +328,7 @@ def test_predicted_starts_save_passes_not_accuracy(monkeypatch):
     reg = fastppo.ForwardKL(0.1)
     predicted = fastppo.PPOClip(mdp, reg).run(40)
     cold = fastppo.PPOClip(mdp, reg, warm_start=False).run(40)
-    monkeypatch.setattr(solvers, "predicted_start", lambda x, steps, sketches, design=None: x)
+    monkeypatch.setattr(solvers, "predicted_start", lambda x, steps, sketches, design=None, residuals=None: x)
     last = fastppo.PPOClip(mdp, reg).run(40)  # warm starts from the last solutions only
     # each solve is accurate to its relative residual 1e-12, whatever its start:
     # |ΔJ| ≤ ‖Δv‖₂ ≤ 1e-12 (1+γ)/(1−γ) ‖v‖₂
@@ -347,7 +348,7 @@ def test_float32_steps_above_the_threshold(monkeypatch, tmp_path):
     mdp = fastppo.garnet(400, 5, 5, gamma=0.97, seed=7)
     reg = fastppo.ForwardKL(0.1)
     with monkeypatch.context() as m:
-        m.setattr(solvers, "predicted_start", lambda x, steps, sketches, design=None: x)
+        m.setattr(solvers, "predicted_start", lambda x, steps, sketches, design=None, residuals=None: x)
         last_only = fastppo.PPOClip(mdp, reg).run(40).history["n_passes"][20:].sum()
     exact = fastppo.PPOClip(mdp, reg).run(40)
     monkeypatch.setattr(solvers, "FLOAT32_STEPS_FROM", 1)
@@ -573,3 +574,86 @@ def test_sketch_and_start_by_blocks(monkeypatch, dtype):
     # the same sketches: elementwise in the same order, the blocks do not change a bit
     assert starts[7] is not t.x
     np.testing.assert_array_equal(starts[7], starts[solvers.CHUNK])
+
+
+# ------------------------------------------------- the value start fitted on residuals
+@pytest.fixture
+def small_probes(monkeypatch):
+    """Probes on small MDPs too (PROBE_MIN 8: garnet(2000, ...) probes 19 states)."""
+    monkeypatch.setattr(solvers, "PROBE_MIN", 8)
+
+
+def test_value_residuals_are_those_of_the_kept_solutions(small_probes):
+    """What the value start is fitted on: for each kept solution v_j (x, x − Δ_1, ...), its
+    residual b − (I − γP_π) v_j under the newly loaded policy at the probe states, from
+    v_j and Q̃_j kept there; against dense P_π assembled by explicit loops."""
+    mdp = fastppo.garnet(2000, 3, 3, gamma=0.95, seed=4)
+    ppo = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1))
+    ppo.run(6)
+    states, pairs, starts = ppo._probe
+    assert states.shape[0] == 2000 // (8 * (solvers.WARM_STEPS + 1))
+    assert len(ppo._vs.probes) == len(ppo._vs.steps) + 1 == 6
+    E = ppo._evaluator
+    E.load(ppo.pi)  # the next policy, as _evaluate loads it before the start
+    got = ppo._value_residuals(ppo._vs.probes)
+    P_pi = np.zeros((mdp.n_states, mdp.n_states))
+    for s in range(mdp.n_states):
+        for k in range(mdp.a_indptr[s], mdp.a_indptr[s + 1]):
+            for j in range(mdp.p_indptr[k], mdp.p_indptr[k + 1]):
+                P_pi[s, mdp.p_indices[j]] += ppo.pi[k] * mdp.p_data[j]
+    b = E.regularized_reward()
+    v = ppo._vs.x
+    for j, row in enumerate(got):
+        expected = b - (v - mdp.gamma * (P_pi @ v))
+        np.testing.assert_allclose(row, expected[states], rtol=0,
+                                   atol=1e-12 * np.abs(b).max())
+        if j < len(ppo._vs.steps):
+            v = v - ppo._vs.steps[j]
+
+
+def test_residual_fitted_value_starts_save_passes_not_accuracy(monkeypatch):
+    """Late iterations take fewer passes with the value start fitted on residuals than with
+    the extrapolation alone, and the iterates are the same to the solves' accuracy."""
+    mdp = fastppo.garnet(10_000, 4, 4, gamma=0.99, seed=1)  # 96 probe states
+    reg = fastppo.ForwardKL(0.1)
+    fitted = fastppo.PPOClip(mdp, reg)
+    assert fitted._probe[0].shape[0] == 96
+    fitted = fitted.run(40)
+    monkeypatch.setattr(solvers, "probe_points", lambda a_indptr: None)
+    extrapolated = fastppo.PPOClip(mdp, reg).run(40)
+    bound = 1e-12 * (1 + mdp.gamma) / (1 - mdp.gamma) * np.linalg.norm(fitted.v)
+    np.testing.assert_allclose(fitted.logits, extrapolated.logits, rtol=0, atol=1e-9)
+    assert np.abs(fitted.history["J"] - extrapolated.history["J"]).max() <= bound
+    # 247 against 266 passes (cython and numba)
+    passes = [r.history["n_passes"][20:].sum() for r in (fitted, extrapolated)]
+    assert passes[0] < 0.95 * passes[1], passes
+
+
+def test_probes_resume_bit_for_bit_and_are_checked(small_probes, tmp_path):
+    """The probes are checkpointed (v_probe0 for v_warm, v_probe1.. for the solutions
+    behind it): a resume continues bit for bit; a damaged probe is named in the error."""
+    mdp = fastppo.garnet(2000, 3, 3, gamma=0.95, seed=4)
+    ppo = fastppo.PPOClip(mdp, fastppo.ForwardKL(0.1))
+    ppo.run(16)
+    ppo.save(tmp_path)
+    rest = ppo.run(8)
+    path = tmp_path / "checkpoint.npz"
+    with np.load(path, allow_pickle=False) as f:
+        saved = {k: f[k] for k in f.files}
+    names = {f"v_probe{i}" for i in range(solvers.WARM_STEPS + 1)}
+    assert names <= set(saved)
+    resumed = fastppo.PPOClip.resume(tmp_path).run(8)
+    np.testing.assert_array_equal(resumed.logits, rest.logits)
+    np.testing.assert_array_equal(resumed.history["n_passes"], rest.history["n_passes"])
+    size = saved["v_probe0"].shape[0]
+    for changes, message in (
+            ({"v_probe3": np.zeros(3)},
+             rf"v_probe3 must have shape \({size},\) \(the probed states and pairs\)"),
+            ({"v_probe2": np.full(size, np.nan)}, "v_probe2 must be finite"),
+            ({"v_warm": None, **{f"v_step{i}": None for i in range(1, 13)}},
+             r"v_probe0 without its solution")):
+        damaged = {**saved, **changes}
+        with open(path, "wb") as f:
+            np.savez(f, **{k: v for k, v in damaged.items() if v is not None})
+        with pytest.raises(UsageError, match=message):
+            fastppo.PPOClip.resume(tmp_path)
