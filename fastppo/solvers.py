@@ -478,13 +478,9 @@ def predicted_start(x, steps, sketches, design=None, residuals=None):
     if len(steps) < 2:
         return x
     with np.errstate(over="ignore", invalid="ignore"):  # steps of any size (a resumed run)
-        fit = None
-        if residuals is not None:  # ρ_0 on ρ_i − ρ_{i−1}, i = 1..M, sketched (a small
-            # LAPACK problem: on a tall one OpenBLAS's threads spin against the kernels')
-            fit = _fit([sketch(residuals[0]),
-                        *(sketch(residuals[i] - residuals[i - 1]) for i in range(1, len(steps) + 1))])
-        if fit is None:
-            fit = _fit(sketches)  # Δ_1 on Δ_2..Δ_M
+        fit = _fit(sketches)  # Δ_1 on Δ_2..Δ_M
+        if residuals is not None:
+            fit = _residual_fit(residuals, fit)
         if design is not None and residuals is None:  # u_0 on u_1..u_M, if its error looks smaller
             other = _fit([design[0], *design[1]])
             if other is not None and (fit is None or _error(other, sketches, steps[0].dtype)
@@ -521,6 +517,29 @@ def _fit(vectors):
     target = float(np.linalg.norm(cols[:, 0]))
     miss = float(np.linalg.norm(cols[:, 0] - cols[:, 1:] @ c))
     return c, miss / target if target > 0.0 else math.inf
+
+
+def _residual_fit(residuals, fit):
+    """The fit of :func:`predicted_start` on the sampled residuals ρ_0, ρ_1, ... (rows), if
+    it beats ``fit`` (the steps' own, or None) on the probes it was not fitted on: fitted
+    on the even ones, both are compared on the odd ones; the winner on all of them.
+    Least squares on CountSketches: a small LAPACK problem (on a tall one OpenBLAS's
+    threads woke and spun against the kernels')."""
+    rows = np.asarray(residuals)
+    columns = [rows[0], *np.diff(rows, axis=0)]  # ρ_0 − Σ c_i (ρ_i − ρ_{i−1})
+
+    def fitted(part):
+        return _fit([sketch(u[part]) for u in columns])
+
+    def missed(c, part):  # the start's residual at the probes ``part``
+        k = c.shape[0]
+        return norm(columns[0][part] - np.column_stack(columns[1:k + 1])[part] @ c)
+
+    even, odd = slice(0, None, 2), slice(1, None, 2)
+    trial = fitted(even)
+    if trial is None or (fit is not None and missed(fit[0], odd) <= missed(trial[0], odd)):
+        return fit
+    return fitted(slice(None))
 
 
 def _error(fit, sketches, dtype):

@@ -657,3 +657,20 @@ def test_probes_resume_bit_for_bit_and_are_checked(small_probes, tmp_path):
             np.savez(f, **{k: v for k, v in damaged.items() if v is not None})
         with pytest.raises(UsageError, match=message):
             fastppo.PPOClip.resume(tmp_path)
+
+
+def test_residual_fit_recovers_an_affine_residual_and_keeps_a_better_fit():
+    """_residual_fit: where ρ_0 = Σ c_i (ρ_i − ρ_{i−1}) holds exactly it finds c (the start's
+    sampled residual vanishes); a fit that predicts the held-out (odd) probes better than
+    the one fitted on the even ones is kept as it is."""
+    rng = np.random.default_rng(5)
+    diffs = rng.normal(size=(4, 300))
+    c = np.array([0.7, -0.2, 1.5, 0.3])
+    rows = np.cumsum(np.vstack([diffs.T @ c, diffs]), axis=0)  # ρ_0, ρ_0 + D_1, ...
+    got, miss = solvers._residual_fit(rows, None)
+    np.testing.assert_allclose(got, c, rtol=1e-10)
+    assert miss < 1e-12
+    spoiled = rows.copy()
+    spoiled[0, ::2] += rng.normal(size=150)  # the even probes no longer fit any c
+    given = (c, 0.0)
+    assert solvers._residual_fit(spoiled, given) is given
