@@ -458,3 +458,25 @@ def test_zero_tau_is_the_plain_mdp(rect):
 def test_repr():
     assert repr(fastppo.ForwardKL(0.25)) == "ForwardKL(tau=0.25, ref=uniform)"
     assert repr(fastppo.AlphaDivergence(0.5, 2, ref=np.ones(3))) == "AlphaDivergence(tau=0.5, alpha=2.0, ref=given)"
+
+
+def test_regularized_reward_is_kept_per_loaded_policy():
+    """Evaluator.regularized_reward is made once per loaded policy (the value start needs
+    it before the solve): read-only, the same array until the next ``load``, and then that
+    policy's (against explicit sums: Σ π r − τ Σ π log(π/π_ref))."""
+    from fastppo._evaluator import Evaluator
+
+    mdp = fastppo.garnet(30, 3, 2, gamma=0.9, seed=2)
+    reg = fastppo.ReverseKL(0.2)
+    E = Evaluator(mdp, reg, "cython", 1)
+    rng = np.random.default_rng(3)
+    for _ in range(2):
+        pi = fastppo.softmax(mdp, rng.normal(size=mdp.n_pairs))
+        E.load(pi)
+        c = E.regularized_reward()
+        assert E.regularized_reward() is c and not c.flags.writeable
+        ref = mdp.uniform_policy()
+        expect = [sum(pi[k] * (mdp.r[k] - 0.2 * np.log(pi[k] / ref[k]))
+                      for k in range(mdp.a_indptr[s], mdp.a_indptr[s + 1]))
+                  for s in range(mdp.n_states)]
+        np.testing.assert_allclose(c, expect, rtol=1e-12, atol=1e-14)
