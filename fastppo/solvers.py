@@ -453,14 +453,16 @@ def predicted_start(x, steps, sketches, design=None, residuals=None):
     instead: u_0 ≈ Σ_{i=1..M} c_i u_i, and Δ_next ≈ Σ_{i=1..M} c_i Δ_i (to first order
     the solution moves linearly with the policy); of the two fits, the one with the
     smaller expected error is taken (:func:`_error`: a sample of the policy that misses
-    its step does not fit).
+    its step does not fit). On the README run this halved the visitation start's error
+    late in the run and took 1,182 passes against 1,341 (RESULTS.md).
 
     With ``residuals`` ``[ρ_0, ρ_1, ...]``, samples of the residuals that x, x − Δ_1, ...
-    have in the system about to be solved (one per solution), the coefficients minimize
-    the start's sampled residual instead: ρ_0 − Σ_i c_i (ρ_i − ρ_{i−1}), the residual
-    being affine in the start. The solve stops on the residual, and this fit sees the new
-    system, which the extrapolations do not. On the README run this halved the visitation start's error
-    late in the run and took 1,182 passes against 1,341 (RESULTS.md).
+    have in the system about to be solved (one per solution), the coefficients may
+    minimize the start's sampled residual instead, ρ_0 − Σ_i c_i (ρ_i − ρ_{i−1}) (the
+    residual is affine in the start), where that fit beats the steps' own on held-out
+    samples (:func:`_residual_fit`). The solve stops on the residual, and this fit sees
+    the new system, which the extrapolations do not: PPO-Clip's value start then has
+    1/12–1/16 of the residual late in a run (RESULTS.md).
 
     Parameters
     ----------
@@ -573,7 +575,7 @@ class _Trajectory:
     def push(self, x, step=True, design=None, probe=None):
         """Record the newest solution; ``step``: it follows the previous one (False for
         a repeated evaluation of the same policy), ``design`` the step that drove it,
-        ``probe`` what :meth:`start`'s ``residual`` takes for it."""
+        ``probe`` what :meth:`start`'s ``residuals`` makes its residual from."""
         probe = None if probe is None else _read_only(probe)
         if not (step and self.x is not None):
             self.probes[:1] = [probe]
@@ -628,7 +630,9 @@ class _ExactMethod(IterativeMethod):
     # starts (the last solutions v_warm, d_warm and the steps before them, v_step1 =
     # v_warm − the solution before, ... : the predicted start of the next solve)
     # the policy's steps behind d's (d_design1: the sketch of π at design_pairs of d_warm's
-    # policy − of the one before, ...) and π at design_pairs of d_warm's policy (pi_design)
+    # policy − of the one before, ...) and π at design_pairs of d_warm's policy (pi_design);
+    # v and Q̃ − r of v's solutions at the probe points (v_probe0 for v_warm, v_probe1 for
+    # the solution before, ...: what their residuals under the next policy are made from)
     STATE = {"mu": ("states", False), "v_warm": ("states", True), "d_warm": ("states", True),
              **{f"{x}_step{i}": ("states", True) for x in "vd" for i in range(1, WARM_STEPS + 1)},
              "pi_design": ("pairs", True),
