@@ -38,7 +38,9 @@ support) and the warm starts of their linear solves ``v_warm`` and ``d_warm``
 them ``v_step1``, ``d_step1``, ... ((n_states,), newest first, at most ``WARM_STEPS``)
 and what the visitation's start is fitted on (``solvers.predicted_start``): ``pi_design``,
 π at ``solvers.design_pairs`` of ``d_warm``'s policy, and ``d_design1``, ... the
-CountSketches (``SKETCH_ROWS``,) of the policy steps behind ``d_step1``, ...; their settings
+CountSketches (``SKETCH_ROWS``,) of the policy steps behind ``d_step1``, ..., and what the
+value start is fitted on: ``v_probe0`` (for ``v_warm``), ``v_probe1``, ... (v and Q̃ − r of
+each solution at ``solvers.probe_points``; absent below ``PROBE_MIN`` probe states); their settings
 are ``lr``, ``lin_tol``, ``warm_start``, ``backend``, ``n_threads`` (+ ``clip``,
 ``inner_steps`` for PPOClip; ``kl_target``, ``beta``, ``inner_steps`` for KLPenaltyPPO).
 ``SampledPPO`` adds the critic ``values`` ((n_states,), finite), ``v_exact`` (the warm

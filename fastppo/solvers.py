@@ -534,8 +534,8 @@ def _residual_fit(residuals, fit):
         return _fit([sketch(u[part]) for u in columns])
 
     def missed(c, part):  # the start's residual at the probes ``part``
-        k = c.shape[0]
-        return norm(columns[0][part] - np.column_stack(columns[1:k + 1])[part] @ c)
+        used = np.column_stack([u[part] for u in columns[1:c.shape[0] + 1]])
+        return norm(columns[0][part] - used @ c)
 
     even, odd = slice(0, None, 2), slice(1, None, 2)
     trial = fitted(even)
@@ -577,9 +577,9 @@ class _Trajectory:
         a repeated evaluation of the same policy), ``design`` the step that drove it,
         ``probe`` what :meth:`start`'s ``residuals`` makes its residual from."""
         probe = None if probe is None else _read_only(probe)
-        if not (step and self.x is not None):
+        if not (step and self.x is not None):  # x replaces the newest solution
             self.probes[:1] = [probe]
-        if step and self.x is not None:
+        else:
             n = x.shape[0]
             dx = np.subtract(x, self.x, out=np.empty(
                 n, dtype=np.float32 if n >= FLOAT32_STEPS_FROM else np.float64))
@@ -662,7 +662,7 @@ class _ExactMethod(IterativeMethod):
         self._vs, self._ds = _Trajectory(), _Trajectory()  # solutions of v and d
         self._pi_design = None  # π at design_pairs of d's last solution (_visit_design)
         # where v's solutions keep what their residuals are made of (_value_residuals)
-        self._probe = probe_points(mdp.a_indptr) if mdp.gamma < 1 else None  # or None
+        self._probe = probe_points(mdp.a_indptr) if mdp.gamma < 1 else None
         if self._probe is not None:
             E.probe_pairs = self._probe[1]
         if lr is None:
