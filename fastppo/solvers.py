@@ -380,8 +380,10 @@ def design_pairs(n_pairs):
 # once, from v_j and Q̃_j kept there (no pass over P; :func:`predicted_start`). The README
 # run's late iterations took 2.3 passes against 3.15, 10⁶ states 2.7 against 2.85 (fewer
 # fused ones: RESULTS.md). Fewer states (each a row of the fit) where the probes of
-# WARM_STEPS + 1 solutions would pass 1/8 of a per-pair array, none below PROBE_MIN
-PROBE_STATES = 256
+# WARM_STEPS + 1 solutions would pass 1/8 of a per-pair array, none below PROBE_MIN. At
+# 10⁶ states 2,048 took 2.40 passes a late iteration against 2.58 with 256 (fewer value
+# solves missing tol at the start: 1.08 value products against 1.20); 8,192 no fewer
+PROBE_STATES = 2048
 PROBE_MIN = 64
 
 
