@@ -18,8 +18,9 @@ residuals, whose products and buffers would add to the time and the memory).
 ``large ... --save FILE`` writes the last iterate and the warm starts' trajectories;
 ``python benchmarks/issue12.py late --state late1m.npz --small-state late50k.npz --threads 2``
 runs late iterations from such states in alternated blocks (the 10⁶ state with and
-without ``_krylov.PREDICT_LAST``, and the 50k state: both sides of the ≤ 25× ratio in
-one process).
+without ``_krylov.PREDICT_LAST``, and the 50k state), each block from the saved state;
+``python benchmarks/issue12.py ratio --state late1m.npz --small-state late50k.npz --threads 2``
+interleaves both sides of the ≤ 25× ratio in one process, each run on from its state.
 
 Phases (wall time, summed per iteration, from wrappers around the private methods):
 ``solves`` the lockstep Richardson solve of Ṽ and d (one fused pass per sweep: the two
@@ -340,6 +341,42 @@ def late(args):
     print(f"peak RSS {peak_rss_gib():.2f} GiB")
 
 
+def ratio(args):
+    """Both sides of target 5's ratio in one process, interleaved: the load of the hour moves
+    the two sizes differently (separate runs minutes apart gave 21–24.5× in an hour where
+    this gave 24.8×, RESULTS.md). Late iterations of the --n-states and --small-n garnets
+    from states ``large --save`` wrote, each first warmed by --warm iterations (a saved
+    state keeps the solutions and their steps, not the value fit's probes nor the policy's
+    design: they fill again within WARM_STEPS + 1 iterations), then --rounds rounds of
+    --iters large and --small-iters small iterations. Prints each side's median wall time
+    and passes, and the ratio of the medians."""
+    evaluator_module.BLOCKED_AFTER = 0  # the blocked copy in the first (warm) iteration
+    nt, backend = args.threads, args.backend
+    runs, times, passes = {}, defaultdict(list), defaultdict(list)
+    for side, n, path in (("large", args.n_states, args.state),
+                          ("small", args.small_n, args.small_state)):
+        runs[side] = load_state(fastppo.garnet(n, 10, 10, gamma=0.99, seed=0), path, backend, nt)
+        for _ in range(args.warm):
+            runs[side].step()
+    print(f"{backend}, {nt} thread(s): {args.n_states:,} and {args.small_n:,} states, "
+          f"{args.warm} warm iterations each", flush=True)
+    for r in range(args.rounds):
+        for side, k in (("large", args.iters), ("small", args.small_iters)):
+            for _ in range(k):
+                row = runs[side].step()
+                times[side].append(row["seconds"])
+                passes[side].append(row["n_passes"])
+        print(f"round {r + 1}: {args.n_states:,} median {np.median(times['large'][-args.iters:]):.3f} s, "
+              f"{args.small_n:,} median {1e3 * np.median(times['small'][-args.small_iters:]):.1f} ms",
+              flush=True)
+    big, small = np.median(times["large"]), np.median(times["small"])
+    print(f"{args.n_states:,}: median {big:.3f} s ({np.mean(passes['large']):.2f} passes, "
+          f"{len(times['large'])} iterations); {args.small_n:,}: median {1e3 * small:.1f} ms "
+          f"({np.mean(passes['small']):.2f} passes, {len(times['small'])} iterations); "
+          f"ratio {big / small:.1f}x")
+    print(f"peak RSS {peak_rss_gib():.2f} GiB")
+
+
 def _kernels_from(path):
     """The linear kernels of ``path`` (a kernels/numba/linear.py of another commit, e.g.
     ``git show COMMIT:kernels/numba/linear.py > before.py``), compiled in this process."""
@@ -476,11 +513,21 @@ def main():
     lt.add_argument("--iters", type=int, default=4)
     lt.add_argument("--small-iters", type=int, default=8)
     lt.set_defaults(func=late)
+    ra = sub.add_parser("ratio")
+    ra.add_argument("--state", required=True, help="a state written by large --save")
+    ra.add_argument("--n-states", type=int, default=1_000_000)
+    ra.add_argument("--small-state", required=True, help="the 50k side (large --save)")
+    ra.add_argument("--small-n", type=int, default=50_000)
+    ra.add_argument("--warm", type=int, default=14)
+    ra.add_argument("--rounds", type=int, default=6)
+    ra.add_argument("--iters", type=int, default=4)
+    ra.add_argument("--small-iters", type=int, default=12)
+    ra.set_defaults(func=ratio)
     t = sub.add_parser("passes")
     t.add_argument("--n-states", type=int, default=1_000_000)
     t.add_argument("--repeat", type=int, default=5)
     t.set_defaults(func=passes)
-    for q in (r, g, t, lt):
+    for q in (r, g, t, lt, ra):
         q.add_argument("--threads", type=int, default=1)
         q.add_argument("--backend", help="default: the library's (FASTPPO_BACKEND, else cython)")
         q.add_argument("--before", help="a kernels/numba/linear.py of another commit (git "
