@@ -120,9 +120,10 @@ class EpisodicEvaluator(Evaluator):
                       n_passes=self.n_passes - passes, residual=residual, method=METHOD,
                       backend=self.backend)
 
-    def evaluation_and_visitation(self, mu, v0=None, d0=None, tol=None, q=True):
-        """:meth:`evaluation` and :meth:`visitation`; (Evaluation, Result) (``q`` is
-        accepted for the Evaluator's signature; Q̃ is always made here)."""
+    def evaluation_and_visitation(self, mu, v0=None, d0=None, tol=None, q=True, ahead=False):
+        """:meth:`evaluation` and :meth:`visitation`; (Evaluation, Result) (``q`` and
+        ``ahead`` are accepted for the Evaluator's signature: Q̃ is always made here, and
+        the solves are direct, with no sweep ahead)."""
         return self.evaluation(), self.visitation(mu)
 
     def gradient(self, mu, tol=None):

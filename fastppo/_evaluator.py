@@ -860,12 +860,19 @@ class Evaluator:
         return ev
 
     def _visitation(self, res, passes):
-        d = (1.0 - self.mdp.gamma) * res.x
-        np.maximum(d, 0.0, out=d)  # clears round-off negatives only (d >= (1-γ)μ >= 0 exactly)
+        vis = Result(d=self._normalized(res.x), n_matvec=res.n_matvec,
+                     n_passes=self.n_passes - passes, residual=res.residual,
+                     method=res.method, fill=self._fill(res), backend=self.backend)
+        if res.ahead is not None:
+            vis.d_ahead = self._normalized(res.ahead)
+        return vis
+
+    def _normalized(self, y):
+        """d = (1 − γ) y, its round-off negatives cleared (d ≥ (1 − γ)μ ≥ 0 exactly), summing to 1."""
+        d = (1.0 - self.mdp.gamma) * y
+        np.maximum(d, 0.0, out=d)
         d /= self.space.sum(d)
-        return Result(d=d, n_matvec=res.n_matvec, n_passes=self.n_passes - passes,
-                      residual=res.residual, method=res.method, fill=self._fill(res),
-                      backend=self.backend)
+        return d
 
     def _fill(self, res):
         """The LU's fill ratio when an LU ran for ``res``, else None."""
@@ -934,9 +941,12 @@ class Evaluator:
         system, y0 = self._visit_system(mu, d0)
         return self._visitation(_krylov.solve(system, y0, **self._solve_options(tol)), passes)
 
-    def evaluation_and_visitation(self, mu, v0=None, d0=None, tol=None, q=True):
+    def evaluation_and_visitation(self, mu, v0=None, d0=None, tol=None, q=True, ahead=False):
         """:meth:`evaluation` and :meth:`visitation` of the loaded policy, their linear
         systems advanced together (``fastppo._krylov.solve_pair``); the same results.
+        ``ahead``: the visitation's Result also holds ``d_ahead``, d one sweep past its
+        certified solution, where the sweeps converged on it (``LinearResult.ahead``; its
+        residual is not computed): a warm start for the next policy's solve.
 
         A lockstep sweep is one pass over P (:meth:`products`), and Q̃ comes from the rows
         of the value system's last sweep (no pass of its own) when the sweeps solved it.
@@ -952,7 +962,7 @@ class Evaluator:
         value = self._value_system()
         visit, y0 = self._visit_system(mu, d0)
         res_v, res_d = _krylov.solve_pair(value, visit, self.products, v0, y0,
-                                          **self._solve_options(tol))
+                                          visit_ahead=ahead, **self._solve_options(tol))
         ev = self._evaluation(res_v, value.b, passes, q=q)
         vis = self._visitation(res_d, passes)
         vis.n_passes = ev.n_passes

@@ -259,13 +259,19 @@ class LinearResult:
     stalled : bool
         Not converged although budget was left (the solver gave up: slow sweeps,
         exhausted restarts, or no progress at the round-off floor).
+    ahead : ndarray of shape (n,) or None
+        Where asked (:func:`solve_pair`'s ``visit_ahead``), the sweep after ``x`` when
+        Richardson converged on an exact product: x + r from that product's residual r,
+        whose own residual is not computed (for I − γM with M column-stochastic it is
+        γ M r, at most γ ‖r‖₁ in 1-norm). A warm start for a nearby system, not a result.
     """
 
-    __slots__ = ("x", "n_matvec", "residual", "converged", "method", "stalled")
+    __slots__ = ("x", "n_matvec", "residual", "converged", "method", "stalled", "ahead")
 
-    def __init__(self, x, n_matvec, residual, converged, method, stalled=False):
+    def __init__(self, x, n_matvec, residual, converged, method, stalled=False, ahead=None):
         self.x, self.n_matvec, self.residual = x, int(n_matvec), float(residual)
         self.converged, self.method, self.stalled = bool(converged), method, bool(stalled)
+        self.ahead = ahead
 
     def __repr__(self):
         return (f"LinearResult(method={self.method!r}, n_matvec={self.n_matvec}, "
@@ -368,8 +374,10 @@ class _Sweeps:
     on the pendulum at 50k the sweeps gave up at 0.71 of the start's, and it took 33
     products from there against 24 from the start."""
 
-    def __init__(self, system, x0, stop, max_iter, max_rate=MAX_RATE, min_sweeps=MIN_SWEEPS):
+    def __init__(self, system, x0, stop, max_iter, max_rate=MAX_RATE, min_sweeps=MIN_SWEEPS,
+                 ahead=False):
         self.system, self.stop, self.max_iter = system, stop, max_iter
+        self.ahead = ahead  # LinearResult.ahead on a converged exact product
         self.max_rate, self.min_sweeps = max_rate, min_sweeps
         self.bnorm, self.x = _start(system, x0, stop)
         self.x0 = x0  # the caller's start (not modified: ``x`` is a copy), None for zero
@@ -406,9 +414,17 @@ class _Sweeps:
         r, x = self.r, self.x
         np.subtract(self.system.b, r, out=r)
         if self._decide(self.stop.relative(r, self.bnorm), exact, product):
+            self._step(x, r)
+        elif self.ahead and exact and self.result.converged:
+            self.result.ahead = self._step(x + r, r, False)
+
+    def _step(self, x, r, add=True):
+        """x ← x + r (unless not ``add``: x already holds it) + the shift along 1."""
+        if add:
             x += r
-            if self.system.shift:
-                x += self.system.shift * extrapolation(r, self.stop.space, self.x0 is None)
+        if self.system.shift:
+            x += self.system.shift * extrapolation(r, self.stop.space, self.x0 is None)
+        return x
 
     def sweep(self):
         """One sweep made by the system (``System.sweep``): x ← x + ``pending``, then x + r
@@ -1059,12 +1075,13 @@ def _finish(system, first, links, stop, max_iter):
             f"{method} on the {system.what} did not reach {stop.name}={stop.tol:g}{floor} within "
             f"max_iter={max_iter} products (relative residual {res.residual:.3g}); raise "
             f"max_iter or {stop.name}")
-    return LinearResult(res.x, total, res.residual, True, method)
+    return LinearResult(res.x, total, res.residual, True, method, ahead=res.ahead)
 
 
 def _unscaled(res, e):
-    x = pow2_scaled(res.x, e) if e else res.x
-    return LinearResult(x, res.n_matvec, res.residual, res.converged, res.method)
+    x, ahead = (res.x, res.ahead) if not e else (
+        pow2_scaled(res.x, e), None if res.ahead is None else pow2_scaled(res.ahead, e))
+    return LinearResult(x, res.n_matvec, res.residual, res.converged, res.method, ahead=ahead)
 
 
 def solve(system, x0=None, *, stop, max_iter, method="auto", restart=40):
@@ -1106,7 +1123,7 @@ def solve(system, x0=None, *, stop, max_iter, method="auto", restart=40):
 
 
 def solve_pair(value, visit, products, v0=None, y0=None, *, stop, max_iter, method="auto",
-               restart=40):
+               restart=40, visit_ahead=False):
     """Solve the value and visitation systems of one policy together.
 
     With ``method="auto"`` both run Richardson sweeps in lockstep, one
@@ -1141,6 +1158,9 @@ def solve_pair(value, visit, products, v0=None, y0=None, *, stop, max_iter, meth
         Starts of the two systems.
     stop, max_iter, method, restart
         As in :func:`solve`, for each system (``max_iter`` is each system's budget).
+    visit_ahead : bool
+        Give the visitation's result its ``ahead`` (:class:`LinearResult`) where its
+        sweeps converge.
 
     Returns
     -------
@@ -1157,7 +1177,7 @@ def solve_pair(value, visit, products, v0=None, y0=None, *, stop, max_iter, meth
                 solve(visit, y0, stop=stop, max_iter=max_iter, method=method, restart=restart))
     sv, v0, ev = _scaled(value, v0, stop)
     sy, y0, ey = _scaled(visit, y0, stop)
-    a, b = _Sweeps(sv, v0, stop, max_iter), _Sweeps(sy, y0, stop, max_iter)
+    a, b = _Sweeps(sv, v0, stop, max_iter), _Sweeps(sy, y0, stop, max_iter, ahead=visit_ahead)
     a.zero_start()
     b.zero_start()
     while a.result is None and b.result is None:

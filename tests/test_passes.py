@@ -674,3 +674,20 @@ def test_residual_fit_recovers_an_affine_residual_and_keeps_a_better_fit():
     spoiled[0, ::2] += rng.normal(size=150)  # the even probes no longer fit any c
     given = (c, 0.0)
     assert solvers._residual_fit(spoiled, given) is given
+
+
+def test_ppoclip_keeps_the_visitation_one_sweep_ahead(monkeypatch):
+    """PPO-Clip's visitation warm starts come from d one sweep past each certified solve
+    (``d_ahead``), while the update's weights take the certified d: the same iterates as
+    with the certified d kept (to the solves' accuracy), in fewer passes late in the run."""
+    mdp = fastppo.garnet(2000, 5, 8, gamma=0.97, seed=3)
+    reg = fastppo.ForwardKL(0.1)
+    ahead = fastppo.PPOClip(mdp, reg).run(60)
+    real = Evaluator.evaluation_and_visitation
+    monkeypatch.setattr(Evaluator, "evaluation_and_visitation",
+                        lambda self, *args, ahead=False, **kwargs: real(self, *args, **kwargs))
+    certified = fastppo.PPOClip(mdp, reg).run(60)
+    np.testing.assert_allclose(ahead.logits, certified.logits, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(ahead.history["J"], certified.history["J"], rtol=1e-11)
+    late = slice(30, None)
+    assert ahead.history["n_passes"][late].sum() < certified.history["n_passes"][late].sum()
