@@ -25,6 +25,7 @@ interface in ``fastppo._krylov``.
 import functools
 
 import numpy as np
+import scipy.sparse as sp
 
 from . import _krylov
 from ._assembled import MEMORY_SHARE, OMEGA, AssembledMatrix, available_memory, fits_in_memory
@@ -377,6 +378,7 @@ class Evaluator:
         # policy, on first use
         self.probe_pairs = None
         self._probed = self._reward = None
+        self._probe_matrix = None  # (probe_pairs, P's rows there), on first use
 
     @functools.cached_property
     def ref(self):
@@ -857,7 +859,26 @@ class Evaluator:
                         method=res.method, fill=self._fill(res), backend=self.backend)
         if self.probe_pairs is not None:
             ev.q_probe = self._probed  # Q̃ at probe_pairs (None if not made)
+        if res.ahead is not None:
+            ev.v_ahead = res.ahead
+            if self._probed is not None:  # Q̃ + γ P (v_ahead − v) at probe_pairs
+                ev.q_probe_ahead = self._probed + mdp.gamma * (self._probe_rows() @ (res.ahead - v))
         return ev
+
+    def _probe_rows(self):
+        """P's rows at ``probe_pairs``, a scipy CSR (len(probe_pairs), n_states) in float64,
+        made once."""
+        pairs = self.probe_pairs
+        if self._probe_matrix is None or self._probe_matrix[0] is not pairs:
+            mdp = self.mdp
+            lo, counts = mdp.p_indptr[pairs], np.diff(mdp.p_indptr)[pairs]
+            indptr = np.concatenate(([0], np.cumsum(counts)))
+            entries = np.repeat(lo - indptr[:-1], counts) + np.arange(indptr[-1])
+            rows = sp.csr_array((mdp.p_data[entries].astype(np.float64),
+                                 mdp.p_indices[entries], indptr),
+                                shape=(pairs.shape[0], mdp.n_states))
+            self._probe_matrix = (pairs, rows)
+        return self._probe_matrix[1]
 
     def _visitation(self, res, passes):
         vis = Result(d=self._normalized(res.x), n_matvec=res.n_matvec,
@@ -944,9 +965,11 @@ class Evaluator:
     def evaluation_and_visitation(self, mu, v0=None, d0=None, tol=None, q=True, ahead=False):
         """:meth:`evaluation` and :meth:`visitation` of the loaded policy, their linear
         systems advanced together (``fastppo._krylov.solve_pair``); the same results.
-        ``ahead``: the visitation's Result also holds ``d_ahead``, d one sweep past its
-        certified solution, where the sweeps converged on it (``LinearResult.ahead``; its
-        residual is not computed): a warm start for the next policy's solve.
+        ``ahead``: where the sweeps converged, the visitation's Result also holds
+        ``d_ahead``, d one sweep past its certified solution (``LinearResult.ahead``; its
+        residual is not computed), and the Evaluation ``v_ahead``, Ṽ one sweep on, with
+        Q̃ of it at ``probe_pairs`` (``q_probe_ahead``): warm starts for the next policy's
+        solves.
 
         A lockstep sweep is one pass over P (:meth:`products`), and Q̃ comes from the rows
         of the value system's last sweep (no pass of its own) when the sweeps solved it.
@@ -962,7 +985,7 @@ class Evaluator:
         value = self._value_system()
         visit, y0 = self._visit_system(mu, d0)
         res_v, res_d = _krylov.solve_pair(value, visit, self.products, v0, y0,
-                                          visit_ahead=ahead, **self._solve_options(tol))
+                                          ahead=ahead, **self._solve_options(tol))
         ev = self._evaluation(res_v, value.b, passes, q=q)
         vis = self._visitation(res_d, passes)
         vis.n_passes = ev.n_passes

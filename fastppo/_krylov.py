@@ -260,10 +260,12 @@ class LinearResult:
         Not converged although budget was left (the solver gave up: slow sweeps,
         exhausted restarts, or no progress at the round-off floor).
     ahead : ndarray of shape (n,) or None
-        Where asked (:func:`solve_pair`'s ``visit_ahead``), the sweep after ``x`` when
-        Richardson converged on an exact product: x + r from that product's residual r,
-        whose own residual is not computed (for I − γM with M column-stochastic it is
-        γ M r, at most γ ‖r‖₁ in 1-norm). A warm start for a nearby system, not a result.
+        Where asked (:func:`solve_pair`'s ``ahead``), the sweep after ``x`` when Richardson
+        converged on an exact product: x + r from that product's residual r, without the
+        system's shift along 1. Its own residual is not computed: for A = I − γM it is
+        γ M r, at most γ ‖r‖∞ for M row-stochastic (the value system) and γ ‖r‖₁ for M
+        column-stochastic (the visitation). A warm start for a nearby system, not a
+        result.
     """
 
     __slots__ = ("x", "n_matvec", "residual", "converged", "method", "stalled", "ahead")
@@ -416,15 +418,13 @@ class _Sweeps:
         if self._decide(self.stop.relative(r, self.bnorm), exact, product):
             self._step(x, r)
         elif self.ahead and exact and self.result.converged:
-            self.result.ahead = self._step(x + r, r, False)
+            self.result.ahead = x + r  # no shift: r may be round-off, which it would amplify
 
-    def _step(self, x, r, add=True):
-        """x ← x + r (unless not ``add``: x already holds it) + the shift along 1."""
-        if add:
-            x += r
+    def _step(self, x, r):
+        """x ← x + r + the shift along 1."""
+        x += r
         if self.system.shift:
             x += self.system.shift * extrapolation(r, self.stop.space, self.x0 is None)
-        return x
 
     def sweep(self):
         """One sweep made by the system (``System.sweep``): x ← x + ``pending``, then x + r
@@ -1123,7 +1123,7 @@ def solve(system, x0=None, *, stop, max_iter, method="auto", restart=40):
 
 
 def solve_pair(value, visit, products, v0=None, y0=None, *, stop, max_iter, method="auto",
-               restart=40, visit_ahead=False):
+               restart=40, ahead=False):
     """Solve the value and visitation systems of one policy together.
 
     With ``method="auto"`` both run Richardson sweeps in lockstep, one
@@ -1158,9 +1158,8 @@ def solve_pair(value, visit, products, v0=None, y0=None, *, stop, max_iter, meth
         Starts of the two systems.
     stop, max_iter, method, restart
         As in :func:`solve`, for each system (``max_iter`` is each system's budget).
-    visit_ahead : bool
-        Give the visitation's result its ``ahead`` (:class:`LinearResult`) where its
-        sweeps converge.
+    ahead : bool
+        Give each result its ``ahead`` (:class:`LinearResult`) where its sweeps converge.
 
     Returns
     -------
@@ -1177,7 +1176,8 @@ def solve_pair(value, visit, products, v0=None, y0=None, *, stop, max_iter, meth
                 solve(visit, y0, stop=stop, max_iter=max_iter, method=method, restart=restart))
     sv, v0, ev = _scaled(value, v0, stop)
     sy, y0, ey = _scaled(visit, y0, stop)
-    a, b = _Sweeps(sv, v0, stop, max_iter), _Sweeps(sy, y0, stop, max_iter, ahead=visit_ahead)
+    a, b = (_Sweeps(sv, v0, stop, max_iter, ahead=ahead),
+            _Sweeps(sy, y0, stop, max_iter, ahead=ahead))
     a.zero_start()
     b.zero_start()
     while a.result is None and b.result is None:

@@ -734,13 +734,15 @@ class _ExactMethod(IterativeMethod):
         return self._vs.start(residuals=self._value_residuals) if self.warm_start else None
 
     def _value_probe(self, ev):
-        """What the residual of an evaluation's v is made from: v at the probe states, then
-        Q̃ − r = γ P v at their pairs (None without them)."""
-        q = ev.get("q_probe")
+        """What the residual of the kept v is made from (an evaluation's v, or ``v_ahead``
+        where it has one): v at the probe states, then Q̃ − r = γ P v at their pairs (None
+        without them)."""
+        v, q = ((ev.v_ahead, ev.get("q_probe_ahead")) if "v_ahead" in ev
+                else (ev.v, ev.get("q_probe")))
         if self._probe is None or q is None:
             return None
         states, pairs, _ = self._probe
-        return np.concatenate((ev.v[states], q - self.mdp.r[pairs]))
+        return np.concatenate((v[states], q - self.mdp.r[pairs]))
 
     def _value_residuals(self, probes):
         """The residuals b − (I − γP_π) v_j at the probe states, one row per probe of a
@@ -802,7 +804,7 @@ class _ExactMethod(IterativeMethod):
         if self.n_iter == 0:
             self._check_iterate(1, "the init logits are too far apart")
         ev = self._evaluate()
-        self._remember(self._vs, ev.v, probe=self._value_probe(ev))
+        self._remember(self._vs, ev.get("v_ahead", ev.v), probe=self._value_probe(ev))
         max_abs_adv = float(max(ev.adv.max(), -ev.adv.min()))  # before _update (no temporary)
         info = self._update(ev)
         self._check_iterate(self.n_iter + 1)

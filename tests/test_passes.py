@@ -408,8 +408,9 @@ def test_float32_corrections_in_a_ppo_run(monkeypatch, predict_last):
     """PPO-Clip with the lockstep solves on float32 corrections has the iterates of the
     exact sweeps (to the solves' accuracy). Late in the run, once the predicted warm
     starts are within 1e5 tol, the sweeps stay on corrections but for the product
-    predicted to meet tol (``PREDICT_LAST``): as many passes as the exact sweeps, most of
-    them on corrections; without the prediction every late product is exact."""
+    predicted to meet tol (``PREDICT_LAST``): as many passes as the exact sweeps, and
+    corrections in nearly every solve (a solve whose products are all predicted to meet
+    tol has none); without the prediction every late product is exact."""
     monkeypatch.setattr(_krylov, "PREDICT_LAST", predict_last)
     mdp = fastppo.garnet(300, 5, 8, gamma=0.97, seed=3)
     reg = fastppo.ForwardKL(0.1)
@@ -424,7 +425,7 @@ def test_float32_corrections_in_a_ppo_run(monkeypatch, predict_last):
     assert np.abs(a.history["J"] - b.history["J"]).max() <= bound
     if predict_last:
         late = np.bincount(approximate, minlength=40)[20:]
-        assert late.min() > 0  # corrections in every late solve
+        assert (late > 0).mean() >= 0.9  # corrections in nearly every late solve
         assert b.history["n_passes"][20:].mean() <= a.history["n_passes"][20:].mean() + 0.5
     else:
         assert approximate and max(approximate) < 30  # warm starts within 1e5 tol: exact sweeps
@@ -676,10 +677,11 @@ def test_residual_fit_recovers_an_affine_residual_and_keeps_a_better_fit():
     assert solvers._residual_fit(spoiled, given) is given
 
 
-def test_ppoclip_keeps_the_visitation_one_sweep_ahead(monkeypatch):
-    """PPO-Clip's visitation warm starts come from d one sweep past each certified solve
-    (``d_ahead``), while the update's weights take the certified d: the same iterates as
-    with the certified d kept (to the solves' accuracy), in fewer passes late in the run."""
+def test_ppoclip_keeps_its_solutions_one_sweep_ahead(monkeypatch):
+    """PPO-Clip's warm starts come from Ṽ and d one sweep past each certified solve
+    (``v_ahead``, with Q̃ at the probe pairs, and ``d_ahead``), while the update takes the
+    certified Ã and d: the same iterates as with the certified solutions kept (to the
+    solves' accuracy), in fewer passes late in the run."""
     mdp = fastppo.garnet(2000, 5, 8, gamma=0.97, seed=3)
     reg = fastppo.ForwardKL(0.1)
     ahead = fastppo.PPOClip(mdp, reg).run(60)
@@ -691,3 +693,22 @@ def test_ppoclip_keeps_the_visitation_one_sweep_ahead(monkeypatch):
     np.testing.assert_allclose(ahead.history["J"], certified.history["J"], rtol=1e-11)
     late = slice(30, None)
     assert ahead.history["n_passes"][late].sum() < certified.history["n_passes"][late].sum()
+
+
+@pytest.mark.parametrize("which", ["numba", "cython", "numpy"])
+def test_value_ahead_carries_its_q_at_the_probe_pairs(which):
+    """``ahead``: the Evaluation's ``v_ahead`` is Ṽ one sweep on, and ``q_probe_ahead``
+    Q̃ of it, r + γ P v_ahead, at ``probe_pairs`` (for the residual fit of the next start)."""
+    mdp = random_mdp(26, n_states=40, n_actions=3, gamma=0.95, rectangular=False, density=0.3)
+    pi = random_policy(mdp, 4)[0]
+    E = Evaluator(mdp, fastppo.ForwardKL(0.2), which, 1)
+    E.probe_pairs = np.sort(np.random.default_rng(3).choice(mdp.n_pairs, 17, replace=False))
+    E.load(pi)
+    ev, vis = E.evaluation_and_visitation(np.full(mdp.n_states, 1 / mdp.n_states), ahead=True)
+    assert "v_ahead" in ev and "d_ahead" in vis
+    rows = np.array([mdp.p_data[mdp.p_indptr[k]:mdp.p_indptr[k + 1]] @
+                     ev.v_ahead[mdp.p_indices[mdp.p_indptr[k]:mdp.p_indptr[k + 1]]]
+                     for k in E.probe_pairs])
+    want = mdp.r[E.probe_pairs] + mdp.gamma * rows
+    assert naive.rel_err(ev.q_probe_ahead, want) <= 1e-13
+    assert not np.array_equal(ev.v_ahead, ev.v)
