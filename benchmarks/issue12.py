@@ -366,9 +366,9 @@ def ratio(args):
                 row = runs[side].step()
                 times[side].append(row["seconds"])
                 passes[side].append(row["n_passes"])
-        print(f"round {r + 1}: {args.n_states:,} median {np.median(times['large'][-args.iters:]):.3f} s, "
-              f"{args.small_n:,} median {1e3 * np.median(times['small'][-args.small_iters:]):.1f} ms",
-              flush=True)
+        big, small = times["large"][-args.iters:], times["small"][-args.small_iters:]
+        print(f"round {r + 1}: {args.n_states:,} median {np.median(big):.3f} s, "
+              f"{args.small_n:,} median {1e3 * np.median(small):.1f} ms", flush=True)
     big, small = np.median(times["large"]), np.median(times["small"])
     print(f"{args.n_states:,}: median {big:.3f} s ({np.mean(passes['large']):.2f} passes, "
           f"{len(times['large'])} iterations); {args.small_n:,}: median {1e3 * small:.1f} ms "

@@ -889,7 +889,8 @@ class Evaluator:
         return vis
 
     def _normalized(self, y):
-        """d = (1 − γ) y, its round-off negatives cleared (d ≥ (1 − γ)μ ≥ 0 exactly), summing to 1."""
+        """d = (1 − γ) y with its round-off negatives cleared (d ≥ (1 − γ)μ ≥ 0 exactly),
+        scaled to sum to 1."""
         d = (1.0 - self.mdp.gamma) * y
         np.maximum(d, 0.0, out=d)
         d /= self.space.sum(d)

@@ -263,8 +263,8 @@ class LinearResult:
         Where asked (:func:`solve_pair`'s ``ahead``), the sweep after ``x`` when Richardson
         converged on an exact product: x + r from that product's residual r, without the
         system's shift along 1. Its own residual is not computed: for A = I − γM it is
-        γ M r, at most γ ‖r‖∞ for M row-stochastic (the value system) and γ ‖r‖₁ for M
-        column-stochastic (the visitation). A warm start for a nearby system, not a
+        γ M r, at most γ ‖r‖∞ for M row-stochastic (the value system) and γ ‖r‖₁ for
+        M column-stochastic (the visitation). A warm start for a nearby system, not a
         result.
     """
 

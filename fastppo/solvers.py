@@ -708,7 +708,9 @@ class _ExactMethod(IterativeMethod):
 
     @property
     def _v(self):
-        """Ṽ of the last evaluated policy (None before the first)."""
+        """Ṽ of the last evaluated policy, one sweep past its certified solution where the
+        solve gave that sweep (``Evaluation.v_ahead``: the warm start); None before the
+        first."""
         return self._vs.x
 
     @property
